@@ -1,0 +1,39 @@
+# The README's two commands: `make up` starts the studio, `make test` runs the whole suite.
+# Both set everything up on a fresh machine first (a virtualenv, torch==2.13.0, then the project).
+
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: up test install browser lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's chromium for the browser tests (no browser download at run time).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "chromium could not be installed; browser tests will be skipped"; }
+
+up: install
+	$(VENV)/bin/distill-studio up
+
+test: install browser
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check backend worker ui tests benchmarks
+
+bench: install
+	$(PY) -m benchmarks.paper_table
+
+clean:
+	rm -rf $(VENV) .ds-data

@@ -1,0 +1,234 @@
+"""Who may do what: the roles, their permissions, and the dependencies that enforce them.
+
+This module is the one place where authorisation happens. Routes never check roles themselves:
+they declare what they need, and get it already authorised, e.g.
+
+    def cancel_run(run: WritableRun, principal: Writer) -> RunOut: ...
+    def delete_model(model: DeletableModel, ...) -> ...
+
+| permission | viewer | member | admin | owner | what                                          |
+| ---------- | :----: | :----: | :---: | :---: | --------------------------------------------- |
+| read       |   x    |   x    |   x   |   x   | list and read models, datasets, runs, ...    |
+| write      |        |   x    |   x   |   x   | upload, launch, cancel, register, edit tags   |
+| delete     |        |        |   x   |   x   | delete or archive models and datasets         |
+| manage     |        |        |   x   |   x   | members (not owners), users, webhooks, audit  |
+| own        |        |        |       |   x   | grant the owner role, change or remove owners |
+
+A read-only token has only `read`, whatever the role. A team-owned resource is looked up within
+the caller's team first: an id of another team answers 404 exactly like an id that does not
+exist (nobody learns which ids other teams use); only then does a missing permission answer 403.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.db.tables import Artifact, Dataset, Membership, Model, Role, Run, Team, Webhook
+from backend.deps import CurrentUser, Principal, SessionDep
+from backend.errors import Forbidden, NotFound
+from backend.teams.service import Owned, get_owned
+
+
+class Permission(str, enum.Enum):  # noqa: UP042 - plain str values in messages
+    read = "read"
+    write = "write"
+    delete = "delete"
+    manage = "manage"
+    own = "own"
+
+
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    Role.viewer.value: frozenset({Permission.read}),
+    Role.member.value: frozenset({Permission.read, Permission.write}),
+    Role.admin.value: frozenset(
+        {Permission.read, Permission.write, Permission.delete, Permission.manage}
+    ),
+    Role.owner.value: frozenset(Permission),
+}
+
+_NEEDS = {
+    Permission.write: "member",
+    Permission.delete: "admin",
+    Permission.manage: "admin",
+    Permission.own: "owner",
+}
+_DOES = {
+    Permission.write: "change things",
+    Permission.delete: "delete or archive models and datasets",
+    Permission.manage: "manage members, webhooks and the audit log",
+    Permission.own: "grant the owner role or change owners",
+}
+
+
+def allowed(principal: Principal, permission: Permission) -> bool:
+    if principal.read_only and permission is not Permission.read:
+        return False
+    return permission in ROLE_PERMISSIONS.get(principal.role, frozenset())
+
+
+def require(principal: Principal, permission: Permission) -> Principal:
+    """The principal if it has `permission` in its team; 403 saying what is missing otherwise."""
+    if allowed(principal, permission):
+        return principal
+    if principal.read_only:
+        raise Forbidden(
+            "this token is read-only; use a token made without read_only to change things"
+        )
+    raise Forbidden(
+        f"your role in team {principal.team_id} is {principal.role}, which cannot "
+        f"{_DOES[permission]}; that needs the {_NEEDS[permission]} role (ask a team owner or admin)"
+    )
+
+
+# -- the caller, with a permission in the team of the request ---------------------------------
+
+
+def _writer(principal: CurrentUser) -> Principal:
+    return require(principal, Permission.write)
+
+
+def _deleter(principal: CurrentUser) -> Principal:
+    return require(principal, Permission.delete)
+
+
+def _manager(principal: CurrentUser) -> Principal:
+    return require(principal, Permission.manage)
+
+
+def _account(principal: CurrentUser) -> Principal:
+    """For changes to the caller's own account (tokens, new teams): any role, no read-only token."""
+    if principal.read_only:
+        raise Forbidden(
+            "this token is read-only; use a token made without read_only to change things"
+        )
+    return principal
+
+
+def _user_creator(principal: CurrentUser) -> Principal:
+    """Superusers, and admins and owners of the request's team, create users."""
+    if principal.user.is_superuser and not principal.read_only:
+        return principal
+    return require(principal, Permission.manage)
+
+
+Reader = CurrentUser
+Account = Annotated[Principal, Depends(_account)]
+UserCreator = Annotated[Principal, Depends(_user_creator)]
+Writer = Annotated[Principal, Depends(_writer)]
+Deleter = Annotated[Principal, Depends(_deleter)]
+Manager = Annotated[Principal, Depends(_manager)]
+
+
+# -- team-owned resources, looked up in the caller's team and authorised ----------------------
+
+
+def _owned(
+    session: Session, principal: Principal, table: type[Owned], id_: int, permission: Permission
+) -> Owned:
+    row = get_owned(session, table, id_, principal.team_id)  # 404 first: other teams' ids
+    require(principal, permission)
+    return row
+
+
+def model_for_read(model_id: int, session: SessionDep, principal: CurrentUser) -> Model:
+    return _owned(session, principal, Model, model_id, Permission.read)
+
+
+def model_for_write(model_id: int, session: SessionDep, principal: CurrentUser) -> Model:
+    return _owned(session, principal, Model, model_id, Permission.write)
+
+
+def model_for_delete(model_id: int, session: SessionDep, principal: CurrentUser) -> Model:
+    return _owned(session, principal, Model, model_id, Permission.delete)
+
+
+def dataset_for_read(dataset_id: int, session: SessionDep, principal: CurrentUser) -> Dataset:
+    return _owned(session, principal, Dataset, dataset_id, Permission.read)
+
+
+def dataset_for_write(dataset_id: int, session: SessionDep, principal: CurrentUser) -> Dataset:
+    return _owned(session, principal, Dataset, dataset_id, Permission.write)
+
+
+def dataset_for_delete(dataset_id: int, session: SessionDep, principal: CurrentUser) -> Dataset:
+    return _owned(session, principal, Dataset, dataset_id, Permission.delete)
+
+
+def run_for_read(run_id: int, session: SessionDep, principal: CurrentUser) -> Run:
+    return _owned(session, principal, Run, run_id, Permission.read)
+
+
+def run_for_write(run_id: int, session: SessionDep, principal: CurrentUser) -> Run:
+    return _owned(session, principal, Run, run_id, Permission.write)
+
+
+def artifact_for_read(artifact_id: int, session: SessionDep, principal: CurrentUser) -> Artifact:
+    return _owned(session, principal, Artifact, artifact_id, Permission.read)
+
+
+def webhook_for_manage(webhook_id: int, session: SessionDep, principal: CurrentUser) -> Webhook:
+    return _owned(session, principal, Webhook, webhook_id, Permission.manage)
+
+
+OwnedModel = Annotated[Model, Depends(model_for_read)]
+WritableModel = Annotated[Model, Depends(model_for_write)]
+DeletableModel = Annotated[Model, Depends(model_for_delete)]
+OwnedDataset = Annotated[Dataset, Depends(dataset_for_read)]
+WritableDataset = Annotated[Dataset, Depends(dataset_for_write)]
+DeletableDataset = Annotated[Dataset, Depends(dataset_for_delete)]
+OwnedRun = Annotated[Run, Depends(run_for_read)]
+WritableRun = Annotated[Run, Depends(run_for_write)]
+OwnedArtifact = Annotated[Artifact, Depends(artifact_for_read)]
+ManagedWebhook = Annotated[Webhook, Depends(webhook_for_manage)]
+
+
+# -- a team named in the path (/teams/{team_id}/...) -------------------------------------------
+
+
+@dataclass
+class TeamAccess:
+    """A team the caller belongs to, and the caller as a member of that team."""
+
+    team: Team
+    principal: Principal
+
+
+def _team_access(session: Session, principal: Principal, team_id: int) -> TeamAccess:
+    """The caller in team `team_id` (its role there); 404 when not a member of it.
+
+    A token scoped to another team does not reach this team either (404).
+    """
+    scoped_elsewhere = principal.token.team_id is not None and principal.token.team_id != team_id
+    membership = None if scoped_elsewhere else session.scalar(
+        select(Membership).where(
+            Membership.user_id == principal.user.id, Membership.team_id == team_id
+        )
+    )
+    team = session.get(Team, team_id) if membership is not None else None
+    if membership is None or team is None:
+        raise NotFound(f"team {team_id} not found")
+    there = Principal(
+        user=principal.user, team_id=team_id, role=membership.role,
+        read_only=principal.read_only, token=principal.token,
+    )
+    return TeamAccess(team=team, principal=there)
+
+
+def team_for_read(team_id: int, session: SessionDep, principal: CurrentUser) -> TeamAccess:
+    return _team_access(session, principal, team_id)
+
+
+def team_for_manage(team_id: int, session: SessionDep, principal: CurrentUser) -> TeamAccess:
+    access = _team_access(session, principal, team_id)
+    require(access.principal, Permission.manage)
+    return access
+
+
+MemberTeam = Annotated[TeamAccess, Depends(team_for_read)]
+ManagedTeam = Annotated[TeamAccess, Depends(team_for_manage)]

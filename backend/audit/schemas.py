@@ -1,0 +1,20 @@
+"""Schemas of /api/v1/audit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from backend.teams.schemas import OrmModel, UtcDateTime
+
+
+class AuditEntryOut(OrmModel):
+    id: int
+    user_id: int | None = Field(description="null once the user was deleted; see username.")
+    username: str
+    action: str = Field(description="<resource>.<verb>, e.g. model.delete, run.cancel.")
+    resource_type: str
+    resource_id: str | None
+    detail: dict[str, Any] = Field(description="What changed (old and new values), names, ...")
+    created_at: UtcDateTime

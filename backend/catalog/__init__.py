@@ -1,0 +1,1 @@
+"""The catalog of losses, students and schemes, served from worker/engine/catalog.py (torch-free)."""

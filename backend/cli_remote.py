@@ -1,0 +1,679 @@
+"""`distill-studio runs | models | datasets | teams ...`: a running studio, scripted over REST.
+
+    distill-studio runs create -f run.yaml --wait      launch a run config, follow it to the end
+    distill-studio runs list | show ID | cancel ID | wait ID | register ID --name NAME
+    distill-studio runs compare 12 14 15               configs and results side by side
+    distill-studio models push teacher.pt2 --name resnet32
+    distill-studio models push w.safetensors --name r8 --architecture resnet8 \\
+        --kwargs '{"input_shape": [3, 32, 32], "num_classes": 10}'
+    distill-studio models list --tag cifar10 | show ID | update ID --tag prod | delete ID [--archive]
+    distill-studio datasets push cifar.npz --name cifar | list | show ID | delete ID [--archive]
+    distill-studio teams list | create NAME | members ID | add ID USER --role admin | ...
+
+Every command talks to `--api-url` (DS_API_URL) with `--token` (DS_TOKEN), acting for `--team`
+(DS_TEAM_ID, default: the token's team). `--json` prints JSON on stdout for scripts; tables and
+progress otherwise (progress and errors go to stderr). Errors exit with status 1 and the API's
+message; `runs create --wait` and `runs wait` exit with 1 when the run did not succeed.
+
+It uses only the typed client (`backend.client`), never the database.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from pydantic import BaseModel
+
+from backend.client import ApiError, Client, Run
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+F = TypeVar("F", bound=Callable[..., Any])
+
+ApiUrl = Annotated[
+    str, typer.Option("--api-url", envvar="DS_API_URL", help="The studio's URL.", show_default=True)
+]
+Token = Annotated[
+    str | None, typer.Option("--token", envvar="DS_TOKEN", help="API token (ds_...).", show_default=False)
+]
+Team = Annotated[
+    int | None,
+    typer.Option("--team", envvar="DS_TEAM_ID", help="Act for this team id (X-Team-Id).", show_default=False),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Limit = Annotated[int, typer.Option(help="Rows per page.", min=1, max=200)]
+AllPages = Annotated[bool, typer.Option("--all", help="Follow the cursor through every page.")]
+Tags = Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for several).")]
+
+runs_app = typer.Typer(help="Launch, follow, cancel and compare runs.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: push, list, tag, delete or archive.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Datasets: push, list, delete or archive.", no_args_is_help=True)
+teams_app = typer.Typer(help="Teams and their members.", no_args_is_help=True)
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+def client(api_url: str, token: str | None, team: int | None) -> Client:
+    if not token:
+        raise typer.BadParameter(
+            "give an API token with --token or DS_TOKEN (create one in the UI, or "
+            "POST /api/v1/auth/tokens)", param_hint="--token",
+        )
+    return Client(api_url or DEFAULT_API_URL, token, team_id=team, timeout=60)
+
+
+def api_errors(fn: F) -> F:
+    """Turn an API error into its message on stderr and exit status 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            where = f" ({exc.status})" if exc.status else ""
+            typer.echo(f"error{where}: {exc.detail}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(_plain(value), indent=2, default=str))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain fixed-width table (no colours: it pipes well)."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def _pages(fetch: Callable[[str | None], Any], every: bool) -> Iterator[Any]:
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield from page.items
+        if not every or not page.next_cursor or not page.items:
+            return
+        cursor = page.next_cursor
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """A run config from a YAML or JSON file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="-f") from None
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"{path} is not valid YAML or JSON: {exc}", param_hint="-f") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} must hold one run config (a mapping)", param_hint="-f")
+    return data
+
+
+def _progress_line(run: Run) -> str:
+    eta = f", eta {run.eta_seconds:.0f}s" if run.eta_seconds else ""
+    return (f"run {run.id} {run.status}: {run.progress:.0%} (epoch {run.epoch}, step {run.step}/"
+            f"{run.total_steps or '?'}{eta})")
+
+
+def _follow_run(api: Client, run_id: int, poll: float, timeout: float | None, quiet: bool) -> Run:
+    last = [""]
+
+    def show(run: Run) -> None:
+        line = _progress_line(run)
+        if not quiet and line != last[0]:
+            typer.echo(line, err=True)
+            last[0] = line
+
+    try:
+        return api.wait(run_id, timeout=timeout, poll=poll, on_progress=show)
+    except TimeoutError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _run_rows(runs: Sequence[Run]) -> list[list[Any]]:
+    return [
+        [r.id, r.name, r.status, f"{r.progress:.0%}", r.teacher_model_id, r.dataset_id,
+         r.summary.get("student_top1"), r.created_at.strftime("%Y-%m-%d %H:%M") if r.created_at else None]
+        for r in runs
+    ]
+
+
+RUN_HEADERS = ("id", "name", "status", "progress", "teacher", "dataset", "student_top1", "created")
+
+
+def _show_run(run: Run, as_json: bool) -> None:
+    if as_json:
+        emit_json(run)
+        return
+    typer.echo(table(RUN_HEADERS, _run_rows([run])))
+    if run.error:
+        typer.echo(f"\nerror: {run.error}")
+    if run.summary:
+        typer.echo("")
+        typer.echo(table(("result", "value"), sorted(
+            (k, v) for k, v in run.summary.items() if not isinstance(v, dict | list)
+        )))
+
+
+@runs_app.command("create")
+@api_errors
+def runs_create(
+    file: Annotated[Path, typer.Option("-f", "--file", help="Run config (YAML or JSON).")],
+    name: Annotated[str | None, typer.Option(help="Override the config's name.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it until it ends.")] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.05)] = 2.0,
+    timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Launch a run from a run config file (teacher.model_id, dataset.dataset_id, ...)."""
+    config = load_config(file)
+    if name:
+        config["name"] = name
+    api = client(api_url, token, team)
+    run = api.create_run(config)
+    if not as_json:
+        typer.echo(f"run {run.id} queued ({run.name})", err=True)
+    if wait:
+        run = _follow_run(api, run.id, poll, timeout, quiet=as_json)
+    _show_run(run, as_json)
+    if wait and run.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@runs_app.command("list")
+@api_errors
+def runs_list(
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")] = None,
+    q: Annotated[str | None, typer.Option(help="Name contains.")] = None,
+    limit: Limit = 20, every: AllPages = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Runs of the team, newest first."""
+    api = client(api_url, token, team)
+    runs = list(_pages(lambda c: api.runs(limit=limit, cursor=c, status=status, q=q), every))
+    if as_json:
+        emit_json(runs)
+    else:
+        typer.echo(table(RUN_HEADERS, _run_rows(runs)))
+
+
+@runs_app.command("show")
+@api_errors
+def runs_show(
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """One run: status, progress and results."""
+    _show_run(client(api_url, token, team).run(run_id), as_json)
+
+
+@runs_app.command("wait")
+@api_errors
+def runs_wait(
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.05)] = 2.0,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Follow a run until it ends; exit status 1 unless it succeeded."""
+    run = _follow_run(client(api_url, token, team), run_id, poll, timeout, quiet=as_json)
+    _show_run(run, as_json)
+    if run.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@runs_app.command("cancel")
+@api_errors
+def runs_cancel(
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Cancel a run (queued: at once; running: the worker stops it shortly)."""
+    run = client(api_url, token, team).cancel_run(run_id)
+    if as_json:
+        emit_json(run)
+    else:
+        state = "cancelled" if run.status == "cancelled" else "will stop shortly"
+        typer.echo(f"run {run.id} {state}")
+
+
+@runs_app.command("register")
+@api_errors
+def runs_register(
+    run_id: Annotated[int, typer.Argument(help="A succeeded run.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: <run name>-student).")] = None,
+    description: Annotated[str | None, typer.Option(help="Model description.")] = None,
+    tag: Tags = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Register a succeeded run's student as a model (a teacher or student for later runs)."""
+    model = client(api_url, token, team).register_run(
+        run_id, name, description=description, tags=tag or None
+    )
+    if as_json:
+        emit_json(model)
+    else:
+        typer.echo(f"model {model.id}: {model.name} v{model.version} ({model.status})")
+
+
+def _losses(config: dict[str, Any]) -> str:
+    parts = []
+    for loss in config.get("losses") or []:
+        params = ",".join(f"{k}={v}" for k, v in sorted((loss.get("params") or {}).items()))
+        weight = loss.get("weight", 1.0)
+        text = loss.get("name", "?") + (f"({params})" if params else "")
+        parts.append(text if weight in (1, 1.0) else f"{text}x{weight:g}")
+    return " + ".join(parts) or "-"
+
+
+def _student(config: dict[str, Any]) -> str:
+    student = config.get("student") or {}
+    if student.get("source") == "model":
+        return f"model {(student.get('model') or {}).get('model_id')}"
+    kwargs = ",".join(f"{k}={v}" for k, v in sorted((student.get("kwargs") or {}).items()))
+    return f"{student.get('architecture', 'resnet8')}" + (f"({kwargs})" if kwargs else "")
+
+
+COMPARE_CONFIG: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    ("teacher", lambda c: f"model {(c.get('teacher') or {}).get('model_id')}"),
+    ("dataset", lambda c: f"dataset {(c.get('dataset') or {}).get('dataset_id')}"),
+    ("student", _student),
+    ("losses", _losses),
+    ("layer pairs", lambda c: ", ".join(
+        f"{p.get('teacher')}->{p.get('student')}" for p in c.get("layer_pairs") or []) or "-"),
+    ("scheme", lambda c: c.get("scheme", "offline")),
+    ("epochs", lambda c: (c.get("training") or {}).get("epochs")),
+    ("batch size", lambda c: (c.get("training") or {}).get("batch_size")),
+    ("optimizer", lambda c: (c.get("training") or {}).get("optimizer")),
+    ("lr", lambda c: (c.get("training") or {}).get("lr")),
+    ("schedule", lambda c: (c.get("training") or {}).get("schedule")),
+    ("seed", lambda c: c.get("seed")),
+]
+COMPARE_RESULTS = [
+    ("teacher top-1", "teacher_top1"), ("student top-1", "student_top1"),
+    ("agreement", "agreement"), ("student params", "student_params"),
+    ("student size", "student_size_bytes"), ("student FLOPs", "student_flops"),
+    ("student latency ms", "student_cpu_latency_ms"), ("teacher latency ms", "teacher_cpu_latency_ms"),
+]
+
+
+def compare_rows(runs: Sequence[Run]) -> list[tuple[str, list[Any]]]:
+    """(label, one value per run) for the config and the results of `runs`."""
+    rows: list[tuple[str, list[Any]]] = [
+        ("name", [r.name for r in runs]), ("status", [r.status for r in runs]),
+    ]
+    rows += [(label, [get(r.config or {}) for r in runs]) for label, get in COMPARE_CONFIG]
+    for label, key in COMPARE_RESULTS:
+        values = [r.summary.get(key) for r in runs]
+        if key == "student_size_bytes":
+            values = [_size(v) if v is not None else None for v in values]
+        rows.append((label, values))
+    return rows
+
+
+@runs_app.command("compare")
+@api_errors
+def runs_compare(
+    run_ids: Annotated[list[int], typer.Argument(help="Two or more run ids; the first is the baseline.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Runs side by side: their configs (rows that differ are marked *) and their results."""
+    api = client(api_url, token, team)
+    runs = [api.run(i) for i in run_ids]
+    rows = compare_rows(runs)
+    if as_json:
+        emit_json({"run_ids": [r.id for r in runs], "rows": {label: vals for label, vals in rows}})
+        return
+    config_labels = {label for label, _ in COMPARE_CONFIG}
+    marked = [
+        (f"* {label}" if label in config_labels and len({_cell(v) for v in vals}) > 1 else f"  {label}",
+         *vals)
+        for label, vals in rows
+    ]
+    typer.echo(table(["", *(f"run {r.id}" for r in runs)], marked))
+
+
+# -- models -----------------------------------------------------------------------------------
+
+MODEL_HEADERS = ("id", "name", "version", "format", "architecture", "status", "tags", "accuracy", "size")
+
+
+def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
+    return [
+        [m.id, m.name, m.version, m.format, m.architecture, m.status + (" (archived)" if getattr(m, "archived", False) else ""),
+         getattr(m, "tags", None) or [], (m.card or {}).get("accuracy"), _size(m.size_bytes)]
+        for m in models
+    ]
+
+
+@models_app.command("push")
+@api_errors
+def models_push(
+    file: Annotated[Path, typer.Argument(help="A .pt2 archive or .safetensors weights.", exists=True, dir_okay=False)],
+    name: Annotated[str, typer.Option(help="Model name; an existing name gets a new version.")],
+    format_: Annotated[str | None, typer.Option("--format", help="pt2 | safetensors (default: extension).")] = None,
+    architecture: Annotated[str | None, typer.Option(help="For safetensors: the catalog architecture.")] = None,
+    kwargs: Annotated[str | None, typer.Option(help='For safetensors, JSON: {"input_shape": [3, 32, 32], "num_classes": 10}')] = None,
+    description: Annotated[str, typer.Option(help="What it is.")] = "",
+    tag: Tags = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Upload a model (a worker inspects it: status pending -> ready)."""
+    try:
+        parsed = json.loads(kwargs) if kwargs else None
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
+    api = client(api_url, token, team)
+    model = api.upload_model(file, name, format=format_, architecture=architecture, kwargs=parsed,
+                             description=description)
+    if tag:
+        model = api.update_model(model.id, tags=tag)
+    if as_json:
+        emit_json(model)
+    else:
+        typer.echo(f"model {model.id}: {model.name} v{model.version} ({model.status})")
+
+
+@models_app.command("list")
+@api_errors
+def models_list(
+    tag: Tags = None,
+    name: Annotated[str | None, typer.Option(help="Only this name (all versions).")] = None,
+    archived: Annotated[bool, typer.Option("--archived", help="Include archived models.")] = False,
+    limit: Limit = 50, every: AllPages = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Models of the team, newest first (filter by tags: every --tag must match)."""
+    api = client(api_url, token, team)
+    models = list(_pages(lambda c: api.find_models(
+        tags=tag, name=name, include_archived=archived, limit=limit, cursor=c), every))
+    if as_json:
+        emit_json(models)
+    else:
+        typer.echo(table(MODEL_HEADERS, _model_rows(models)))
+
+
+@models_app.command("show")
+@api_errors
+def models_show(
+    model_id: Annotated[int, typer.Argument(help="Model id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """One model with its card and lineage."""
+    model = client(api_url, token, team).model(model_id)
+    if as_json:
+        emit_json(model)
+        return
+    typer.echo(table(MODEL_HEADERS, _model_rows([model])))
+    if model.description:
+        typer.echo(f"\n{model.description}")
+    card = {k: v for k, v in (model.card or {}).items() if v is not None}
+    if card:
+        typer.echo("\n" + table(("card", "value"), sorted(card.items())))
+    lineage = {k: v for k, v in (getattr(model, "lineage", None) or {}).items() if k != "run_config"}
+    if any(v is not None for v in lineage.values()):
+        typer.echo("\n" + table(("lineage", "value"), sorted(lineage.items())))
+
+
+@models_app.command("update")
+@api_errors
+def models_update(
+    model_id: Annotated[int, typer.Argument(help="Model id.")],
+    description: Annotated[str | None, typer.Option(help="New description.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Replaces the tags (repeat for several).")] = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Change a model's description or tags."""
+    model = client(api_url, token, team).update_model(model_id, description=description, tags=tag)
+    if as_json:
+        emit_json(model)
+    else:
+        typer.echo(f"model {model.id}: tags {_cell(getattr(model, 'tags', []))}")
+
+
+@models_app.command("delete")
+@api_errors
+def models_delete(
+    model_id: Annotated[int, typer.Argument(help="Model id.")],
+    archive: Annotated[bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")] = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Delete a model (refused while runs use it: archive it instead)."""
+    kept = client(api_url, token, team).delete_model(model_id, archive=archive)
+    if as_json:
+        emit_json({"id": model_id, "archived": kept is not None, "deleted": kept is None})
+    else:
+        typer.echo(f"model {model_id} {'archived' if kept is not None else 'deleted'}")
+
+
+# -- datasets ---------------------------------------------------------------------------------
+
+DATASET_HEADERS = ("id", "name", "format", "status", "samples", "classes", "tags", "size")
+
+
+def _dataset_rows(datasets: Sequence[Any]) -> list[list[Any]]:
+    return [
+        [d.id, d.name, d.format, d.status + (" (archived)" if getattr(d, "archived", False) else ""),
+         d.info.num_samples if d.info else None, d.info.num_classes if d.info else None,
+         getattr(d, "tags", None) or [], _size(d.size_bytes)]
+        for d in datasets
+    ]
+
+
+@datasets_app.command("push")
+@api_errors
+def datasets_push(
+    file: Annotated[Path, typer.Argument(help="A .npz (x, y), .zip (class folders) or .csv.", exists=True, dir_okay=False)],
+    name: Annotated[str, typer.Option(help="Dataset name.")],
+    format_: Annotated[str | None, typer.Option("--format", help="npz | zip | csv (default: extension).")] = None,
+    label_column: Annotated[str, typer.Option(help="csv only: the label column.")] = "label",
+    description: Annotated[str | None, typer.Option(help="What it is.")] = None,
+    tag: Tags = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Upload a dataset (a worker scans it: status pending -> ready)."""
+    api = client(api_url, token, team)
+    dataset = api.upload_dataset(file, name, format=format_, label_column=label_column)
+    if tag or description:
+        dataset = api.update_dataset(dataset.id, description=description, tags=tag or None)
+    if as_json:
+        emit_json(dataset)
+    else:
+        typer.echo(f"dataset {dataset.id}: {dataset.name} ({dataset.status})")
+
+
+@datasets_app.command("list")
+@api_errors
+def datasets_list(
+    tag: Tags = None,
+    name: Annotated[str | None, typer.Option(help="Only this name.")] = None,
+    archived: Annotated[bool, typer.Option("--archived", help="Include archived datasets.")] = False,
+    limit: Limit = 50, every: AllPages = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Datasets of the team, newest first."""
+    api = client(api_url, token, team)
+    datasets = list(_pages(lambda c: api.find_datasets(
+        tags=tag, name=name, include_archived=archived, limit=limit, cursor=c), every))
+    if as_json:
+        emit_json(datasets)
+    else:
+        typer.echo(table(DATASET_HEADERS, _dataset_rows(datasets)))
+
+
+@datasets_app.command("show")
+@api_errors
+def datasets_show(
+    dataset_id: Annotated[int, typer.Argument(help="Dataset id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """One dataset."""
+    dataset = client(api_url, token, team).dataset(dataset_id)
+    if as_json:
+        emit_json(dataset)
+    else:
+        typer.echo(table(DATASET_HEADERS, _dataset_rows([dataset])))
+
+
+@datasets_app.command("delete")
+@api_errors
+def datasets_delete(
+    dataset_id: Annotated[int, typer.Argument(help="Dataset id.")],
+    archive: Annotated[bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")] = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Delete a dataset (refused while runs use it: archive it instead)."""
+    kept = client(api_url, token, team).delete_dataset(dataset_id, archive=archive)
+    if as_json:
+        emit_json({"id": dataset_id, "archived": kept is not None, "deleted": kept is None})
+    else:
+        typer.echo(f"dataset {dataset_id} {'archived' if kept is not None else 'deleted'}")
+
+
+# -- teams ------------------------------------------------------------------------------------
+
+
+@teams_app.command("list")
+@api_errors
+def teams_list(
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Your teams, with your role in each."""
+    teams = client(api_url, token, team).teams()
+    if as_json:
+        emit_json(teams)
+    else:
+        typer.echo(table(("id", "name", "role"), [[t.id, t.name, t.role] for t in teams]))
+
+
+@teams_app.command("create")
+@api_errors
+def teams_create(
+    name: Annotated[str, typer.Argument(help="Team name (unique).")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Create a team; you become its owner."""
+    created = client(api_url, token, team).create_team(name)
+    if as_json:
+        emit_json(created)
+    else:
+        typer.echo(f"team {created.id}: {created.name} (you are its owner; use --team {created.id})")
+
+
+@teams_app.command("members")
+@api_errors
+def teams_members(
+    team_id: Annotated[int, typer.Argument(help="Team id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Members of a team with their roles."""
+    members = client(api_url, token, team).team_members(team_id)
+    if as_json:
+        emit_json(members)
+    else:
+        typer.echo(table(("user_id", "username", "role"), [[m.user_id, m.username, m.role] for m in members]))
+
+
+@teams_app.command("add")
+@api_errors
+def teams_add(
+    team_id: Annotated[int, typer.Argument(help="Team id.")],
+    username: Annotated[str, typer.Argument(help="An existing user.")],
+    role: Annotated[str, typer.Option(help="owner | admin | member | viewer.")] = "member",
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Add a user to a team (admins and owners; only owners grant owner)."""
+    member = client(api_url, token, team).add_member(team_id, username, role)
+    if as_json:
+        emit_json(member)
+    else:
+        typer.echo(f"{member.username} is now {member.role} of team {team_id}")
+
+
+@teams_app.command("role")
+@api_errors
+def teams_role(
+    team_id: Annotated[int, typer.Argument(help="Team id.")],
+    user_id: Annotated[int, typer.Argument(help="The member's user id.")],
+    role: Annotated[str, typer.Argument(help="owner | admin | member | viewer.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Change a member's role."""
+    member = client(api_url, token, team).set_member_role(team_id, user_id, role)
+    if as_json:
+        emit_json(member)
+    else:
+        typer.echo(f"{member.username} is now {member.role} of team {team_id}")
+
+
+@teams_app.command("remove")
+@api_errors
+def teams_remove(
+    team_id: Annotated[int, typer.Argument(help="Team id.")],
+    user_id: Annotated[int, typer.Argument(help="The member's user id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Remove a member from a team (or leave it, with your own user id)."""
+    client(api_url, token, team).remove_member(team_id, user_id)
+    if as_json:
+        emit_json({"team_id": team_id, "user_id": user_id, "removed": True})
+    else:
+        typer.echo(f"user {user_id} removed from team {team_id}")
+
+
+def main() -> None:  # pragma: no cover - `python -m backend.cli_remote`
+    app = typer.Typer(no_args_is_help=True)
+    for name, sub in (("runs", runs_app), ("models", models_app), ("datasets", datasets_app),
+                      ("teams", teams_app)):
+        app.add_typer(sub, name=name)
+    app(prog_name="distill-studio")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Saved comparisons of runs, shared with the team."""

@@ -1,0 +1,82 @@
+"""Saved comparisons: a team's named sets of runs, for the Compare page and for sharing.
+
+Every run of a comparison must belong to the caller's team when it is saved (an id of another
+team answers 404 exactly like an id that does not exist). Runs deleted later simply drop out of
+what the page shows; the comparison keeps their ids.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.access import Permission, allowed
+from backend.audit.service import audit
+from backend.db.tables import Comparison, Run, User
+from backend.deps import Principal
+from backend.errors import Forbidden, NotFound
+from backend.security import utcnow
+from backend.teams.service import page
+
+
+def _check_runs(session: Session, team_id: int, run_ids: list[int]) -> list[int]:
+    """The ids without duplicates, in order; 404 naming the first that is not the team's."""
+    ids = list(dict.fromkeys(run_ids))
+    found = set(session.scalars(select(Run.id).where(Run.team_id == team_id, Run.id.in_(ids))))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise NotFound(f"run {missing[0]} not found{more}; pick runs of your team to compare")
+    return ids
+
+
+def create(
+    session: Session, principal: Principal, name: str, run_ids: list[int], description: str = ""
+) -> Comparison:
+    ids = _check_runs(session, principal.team_id, run_ids)
+    row = Comparison(
+        team_id=principal.team_id, name=name, description=description, run_ids=ids,
+        created_by=principal.user.id, created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    audit(session, principal, "comparison.create", "comparison", row.id, {"run_ids": ids})
+    session.commit()
+    return row
+
+
+def list_comparisons(
+    session: Session, team_id: int, *, limit: int, cursor: str | None
+) -> tuple[list[Comparison], str | None]:
+    return page(session, select(Comparison).where(Comparison.team_id == team_id), Comparison,
+                limit, cursor)
+
+
+def get(session: Session, comparison_id: int, team_id: int) -> Comparison:
+    row = session.scalar(
+        select(Comparison).where(Comparison.id == comparison_id, Comparison.team_id == team_id)
+    )
+    if row is None:
+        raise NotFound(f"comparison {comparison_id} not found")
+    return row
+
+
+def delete(session: Session, principal: Principal, comparison_id: int) -> None:
+    """Delete a comparison: whoever saved it, or an admin or owner of the team."""
+    row = get(session, comparison_id, principal.team_id)
+    mine = row.created_by == principal.user.id and allowed(principal, Permission.write)
+    if not mine and not allowed(principal, Permission.delete):
+        raise Forbidden(
+            f"comparison {row.id} was saved by someone else; only they or a team admin or "
+            "owner can delete it"
+        )
+    audit(session, principal, "comparison.delete", "comparison", row.id, {"name": row.name})
+    session.delete(row)
+    session.commit()
+
+
+def usernames(session: Session, rows: list[Comparison]) -> dict[int, str]:
+    ids = {r.created_by for r in rows if r.created_by is not None}
+    if not ids:
+        return {}
+    return dict(session.execute(select(User.id, User.username).where(User.id.in_(ids))).all())

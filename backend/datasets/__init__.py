@@ -1,0 +1,1 @@
+"""Datasets: uploaded training data (npz arrays, zip image folders, csv tables)."""

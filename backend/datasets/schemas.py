@@ -1,0 +1,74 @@
+"""Schemas of /api/v1/datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backend.teams.schemas import OrmModel, Tags, UtcDateTime
+
+
+class DatasetOut(OrmModel):
+    id: int
+    name: str
+    description: str
+    format: str = Field(description="npz | zip | csv")
+    label_column: str
+    size_bytes: int
+    sha256: str
+    status: str = Field(description="pending -> ready once a worker scanned it, or failed.")
+    error: str | None
+    info: dict[str, Any] | None = Field(
+        description="num_samples, num_classes, classes, class_counts, input_shape, kind."
+    )
+    tags: list[str]
+    archived: bool = Field(description="Hidden from lists unless include_archived=true.")
+    created_at: UtcDateTime
+
+    @field_validator("info", mode="after")
+    @classmethod
+    def _without_preview(cls, info: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The sample thumbnails are served by GET /datasets/{id}/samples, not in every list."""
+        if info and "preview" in info:
+            return {k: v for k, v in info.items() if k != "preview"}
+        return info
+
+
+class SamplePreview(BaseModel):
+    index: int = Field(description="The sample's position in the dataset.")
+    label: str
+    mime: str = Field(description="image/png or image/jpeg.")
+    data: str = Field(description="The thumbnail, base64.")
+
+
+class RowPreview(BaseModel):
+    index: int
+    label: str
+    values: list[float | None]
+
+
+class DatasetSamplesOut(BaseModel):
+    """A few samples recorded by the worker that scanned the dataset (the API never opens an
+    upload): image thumbnails spread over the classes, or the first rows of a table."""
+
+    kind: str | None = Field(description="image | tabular; null when no preview was recorded.")
+    samples: list[SamplePreview] = Field(default_factory=list, description="kind image.")
+    columns: list[str] = Field(default_factory=list, description="kind tabular: feature names.")
+    columns_total: int | None = Field(None, description="Feature columns in the file.")
+    rows: list[RowPreview] = Field(default_factory=list, description="kind tabular.")
+
+
+class DatasetUpdate(BaseModel):
+    """Fields to change; those left out stay as they are."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"description": "CIFAR-10, 5k-image subset", "tags": ["cifar10"]}]
+        },
+    )
+
+    description: str | None = Field(None, max_length=10_000)
+    tags: Tags | None = Field(None, description="Replaces the tags.")
+    archived: bool | None = Field(None, description="false brings an archived dataset back.")

@@ -1,0 +1,1 @@
+"""Models: uploaded teachers (and students produced by runs), versioned by name within a team."""

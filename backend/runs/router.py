@@ -1,0 +1,210 @@
+"""`/api/v1/runs`: launch distillation runs, follow them, read their metrics and outputs, and
+register a finished run's student as a model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from backend.access import OwnedRun, Reader, WritableRun, Writer
+from backend.artifacts import service as artifacts
+from backend.artifacts.schemas import ArtifactOut
+from backend.db.tables import Status
+from backend.deps import SessionDep, StoreDep
+from backend.errors import responses
+from backend.models import service as models
+from backend.models.schemas import ModelOut, RegisterIn
+from backend.runs import service
+from backend.runs.schemas import MetricsOut, PlanIn, PlanOut, RunOut
+from backend.teams.schemas import Page
+from worker.engine.config import RunConfig
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+RUN_CONFIG_EXAMPLES: dict[str, Any] = {
+    "kd_at": {
+        "summary": "KD + attention transfer into a ResNet-8",
+        "description": "Logit KD (T=4) and attention transfer on the last stage, 15 epochs.",
+        "value": {
+            "name": "kd + at",
+            "teacher": {"model_id": 1},
+            "dataset": {"dataset_id": 1, "val_fraction": 0.2},
+            "student": {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.5}},
+            "layer_pairs": [{"teacher": "layer3", "student": "layer3"}],
+            "losses": [
+                {"name": "ce", "weight": 1.0},
+                {"name": "kd", "weight": 1.0, "params": {"temperature": 4}},
+                {"name": "at", "weight": 100, "pairs": [0]},
+            ],
+            "scheme": "offline",
+            "training": {"epochs": 15, "batch_size": 64, "lr": 0.05, "optimizer": "sgd",
+                         "schedule": "cosine", "device": "auto"},
+            "seed": 0,
+        },
+    },
+    "kd_only": {
+        "summary": "Plain Hinton KD, default student",
+        "value": {"name": "kd", "teacher": {"model_id": 1}, "dataset": {"dataset_id": 1}},
+    },
+    "from_registered_student": {
+        "summary": "Start the student from a registered model",
+        "value": {
+            "name": "kd from a registered student",
+            "teacher": {"model_id": 1},
+            "dataset": {"dataset_id": 1},
+            "student": {"source": "model", "model": {"model_id": 7}},
+            "losses": [{"name": "ce"}, {"name": "kd", "params": {"temperature": 4}}],
+            "training": {"epochs": 5},
+        },
+    },
+}
+
+
+@router.post(
+    "", response_model=RunOut, status_code=201,
+    summary="Launch a run from a run config (teacher.model_id, dataset.dataset_id, ...)",
+    responses=responses(
+        401, 403, 404, 409, 422, 503,
+        e404="a referenced model or dataset is not in your team",
+        e409="a referenced model or dataset is not ready, or archived",
+        e422="the config is invalid (unknown loss, layer not found, ...)",
+        e503="broker unreachable (nothing saved) or no worker answered",
+    ),
+)
+def create_run(
+    session: SessionDep,
+    principal: Writer,
+    config: Annotated[RunConfig, Body(openapi_examples=RUN_CONFIG_EXAMPLES)],
+) -> RunOut:
+    return RunOut.model_validate(service.create_run(session, principal, config))
+
+
+@router.post(
+    "/plan", response_model=PlanOut, responses=responses(401, 403, 404, 409, 422, 503),
+    summary="Teacher and student layer tables side by side, with suggested layer pairs",
+)
+def plan(
+    session: SessionDep,
+    principal: Reader,
+    body: Annotated[PlanIn, Body(openapi_examples={"zoo": {"summary": "a zoo student", "value": {
+        "teacher_model_id": 1, "dataset_id": 1,
+        "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
+    }}})],
+) -> PlanOut:
+    result = service.plan(
+        session, principal.team_id, body.teacher_model_id, body.dataset_id, body.student
+    )
+    return PlanOut.model_validate(result)
+
+
+@router.get(
+    "", response_model=Page[RunOut], responses=responses(401, 403, 422, 503),
+    summary="Runs of your team, newest first",
+)
+def list_runs(
+    session: SessionDep,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    status: Status | None = None,
+    teacher_model_id: int | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="Name contains (any case).")] = None,
+) -> Page[RunOut]:
+    rows, next_cursor = service.list_runs(
+        session, principal.team_id, limit=limit, cursor=cursor,
+        status=status.value if status else None, teacher_model_id=teacher_model_id, q=q,
+    )
+    return Page[RunOut](items=[RunOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{run_id}", response_model=RunOut, responses=responses(401, 403, 404, 422, 503),
+    summary="One run: status, progress, summary",
+)
+def get_run(run: OwnedRun) -> RunOut:
+    return RunOut.model_validate(run)
+
+
+@router.get(
+    "/{run_id}/metrics", response_model=MetricsOut, responses=responses(401, 403, 404, 422, 503),
+    summary="Metric series of a run",
+)
+def get_metrics(
+    session: SessionDep,
+    run: OwnedRun,
+    names: Annotated[str | None, Query(description="Comma-separated series names; default all.")] = None,
+    since_step: Annotated[int | None, Query(description="Only steps after this one.")] = None,
+) -> MetricsOut:
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    return MetricsOut.model_validate({"series": service.metrics(session, run, wanted, since_step)})
+
+
+@router.post(
+    "/{run_id}/cancel", response_model=RunOut,
+    summary="Cancel a run (queued: at once, 200; running: the worker stops it, 202)",
+    responses={202: {"model": RunOut, "description": "the worker will stop it shortly"},
+               **responses(401, 403, 404, 409, 422, 503, e409="the run already finished")},
+)
+def cancel_run(
+    session: SessionDep, principal: Reader, run: WritableRun, response: Response
+) -> RunOut:
+    run, at_once = service.cancel(session, principal, run)
+    if not at_once:
+        response.status_code = 202
+    return RunOut.model_validate(run)
+
+
+@router.post(
+    "/{run_id}/retry", response_model=RunOut, status_code=201,
+    summary="Launch a new run with the same config as a finished one (failed, cancelled, ...)",
+    responses=responses(
+        401, 403, 404, 409, 422, 503,
+        e409="the run has not finished, or its teacher or dataset is no longer ready",
+        e503="broker unreachable (nothing saved)",
+    ),
+)
+def retry_run(session: SessionDep, principal: Reader, run: WritableRun) -> RunOut:
+    return RunOut.model_validate(service.retry(session, principal, run))
+
+
+@router.post(
+    "/{run_id}/register", response_model=ModelOut, status_code=201,
+    summary="Register a succeeded run's student as a model (a teacher or student for later runs)",
+    responses=responses(
+        401, 403, 404, 409, 422, 503,
+        e409="the run has not succeeded, or has no student weights",
+        e503="broker unreachable; nothing was saved",
+    ),
+)
+def register_run(
+    session: SessionDep, store: StoreDep, principal: Reader, run: WritableRun,
+    body: Annotated[RegisterIn | None, Body()] = None,
+) -> ModelOut:
+    body = body or RegisterIn()
+    model = models.register_run(
+        session, store, principal, run, name=body.name, description=body.description,
+        tags=list(body.tags),
+    )
+    return ModelOut.model_validate(model)
+
+
+@router.get(
+    "/{run_id}/config.yaml", response_class=PlainTextResponse,
+    summary="The run config as YAML (runs the same with `distill-studio train`)",
+    responses={200: {"content": {"text/yaml": {}}}, **responses(401, 403, 404, 422, 503)},
+)
+def get_config_yaml(run: OwnedRun) -> PlainTextResponse:
+    return PlainTextResponse(
+        service.config_yaml(run), media_type="text/yaml",
+        headers={"Content-Disposition": f'inline; filename="run-{run.id}.yaml"'},
+    )
+
+
+@router.get(
+    "/{run_id}/artifacts", response_model=list[ArtifactOut],
+    responses=responses(401, 403, 404, 422, 503), summary="A run's outputs",
+)
+def list_artifacts(session: SessionDep, run: OwnedRun) -> list[ArtifactOut]:
+    return [ArtifactOut.model_validate(a) for a in artifacts.list_for_run(session, run)]

@@ -1,0 +1,370 @@
+"""Runs: check a run config against the team's models and datasets, queue it, follow it.
+
+Creating a run checks, in this order, so the first message is the one to fix first:
+1. references are by id (`path` is for the standalone CLI);
+2. the teacher, dataset (and student model) exist in the caller's team (404) and are ready (409);
+3. every layer pair names a teacher layer and a student layer that exist and can be matched (422).
+Then the run is committed and DISTILL is queued; if the broker is down the row is removed (503).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import yaml
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from backend import queue
+from backend.audit.service import audit
+from backend.db.tables import TERMINAL_RUN_STATES, Dataset, Metric, Model, Run, Status
+from backend.deps import Principal
+from backend.errors import Conflict, Invalid, InvalidMany
+from backend.security import utcnow
+from backend.settings import get_settings
+from backend.teams.service import get_owned, page, scoped
+from backend.webhooks.service import dispatch_run_event
+from worker.celery_app import DISTILL, INSPECT_STUDENT
+from worker.engine import pairing  # torch-free, like config and catalog
+from worker.engine.config import RunConfig, StudentSpec
+
+PATH_REFUSED = "the API takes model_id/dataset_id; 'path' is for the standalone CLI"
+WAITING = (Status.pending.value, Status.queued.value, Status.running.value)
+DEVICE_QUEUES = {"cpu": "cpu", "cuda": "gpu"}
+
+
+# -- references -------------------------------------------------------------------------------
+
+
+def refuse_paths(config: RunConfig) -> None:
+    problems = []
+    if config.teacher.path is not None:
+        problems.append(("teacher.path", PATH_REFUSED, ["body", "teacher", "path"]))
+    if config.dataset.path is not None:
+        problems.append(("dataset.path", PATH_REFUSED, ["body", "dataset", "path"]))
+    student_model = config.student.model
+    if config.student.source == "model" and student_model is not None and student_model.path:
+        problems.append(("student.model.path", PATH_REFUSED, ["body", "student", "model", "path"]))
+    if problems:
+        raise InvalidMany(problems)
+
+
+def ready_model(session: Session, model_id: int, team_id: int) -> Model:
+    """The team's model `model_id`, inspected and ready (404 / 409 otherwise)."""
+    model = get_owned(session, Model, model_id, team_id)
+    if model.archived:
+        raise Conflict(
+            f"model {model.id} is archived; bring it back with PATCH /api/v1/models/{model.id} "
+            '{"archived": false}, or pick another model'
+        )
+    if model.status in WAITING:
+        raise Conflict(f"model {model.id} is still being inspected; retry when its status is ready")
+    if model.status != Status.ready.value:
+        raise Conflict(
+            f"model {model.id} failed inspection: {model.error or 'no reason recorded'}; "
+            "upload a fixed file as a new version"
+        )
+    return model
+
+
+def ready_dataset(session: Session, dataset_id: int, team_id: int) -> Dataset:
+    dataset = get_owned(session, Dataset, dataset_id, team_id)
+    if dataset.archived:
+        raise Conflict(
+            f"dataset {dataset.id} is archived; bring it back with PATCH "
+            f'/api/v1/datasets/{dataset.id} {{"archived": false}}, or pick another dataset'
+        )
+    if dataset.status in WAITING:
+        raise Conflict(f"dataset {dataset.id} is still being scanned; retry when its status is ready")
+    if dataset.status != Status.ready.value:
+        raise Conflict(
+            f"dataset {dataset.id} failed its scan: {dataset.error or 'no reason recorded'}; "
+            "upload a fixed file"
+        )
+    return dataset
+
+
+def inspection_of(model: Model) -> dict[str, Any]:
+    if not model.inspection:
+        raise Conflict(f"model {model.id} has no layer table; upload it again to re-inspect it")
+    return model.inspection
+
+
+# -- student inspections (zoo students are built by a worker: the API has no torch) -----------
+
+
+class _Cache:
+    """A small thread-safe LRU of zoo student inspections, keyed by their build arguments."""
+
+    def __init__(self, size: int = 128) -> None:
+        self.size, self.items, self.lock = size, OrderedDict[str, dict[str, Any]](), threading.Lock()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+            return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_student_cache = _Cache()
+
+
+def zoo_inspection(
+    architecture: str, kwargs: dict[str, Any], input_shape: list[int], num_classes: int
+) -> dict[str, Any]:
+    """The layer table of a zoo student, from a worker (INSPECT_STUDENT), cached in-process."""
+    args = [architecture, kwargs, list(input_shape), int(num_classes)]
+    key = json.dumps(args, sort_keys=True)
+    cached = _student_cache.get(key)
+    if cached is not None:
+        return cached
+    try:
+        result = queue.call(INSPECT_STUDENT, args, timeout=get_settings().inspect_timeout_s)
+    except queue.TaskFailed as exc:
+        raise Invalid(
+            "student", f"could not build '{architecture}' with {kwargs or 'default parameters'} "
+            f"for inputs {input_shape} and {num_classes} classes: {exc}", loc=["body", "student"],
+        ) from None
+    _student_cache.put(key, result)
+    return result
+
+
+def _shape_source(dataset: Dataset | None, teacher: Model) -> tuple[list[int], int]:
+    """Input shape and number of classes the student is built for: the dataset's, else teacher's."""
+    info = (dataset.info if dataset is not None else None) or {}
+    shape, classes = info.get("input_shape"), info.get("num_classes")
+    if shape and classes:
+        return list(shape), int(classes)
+    insp = teacher.inspection or {}
+    shape = shape or insp.get("input_shape") or (teacher.arch_kwargs or {}).get("input_shape")
+    classes = classes or insp.get("num_classes") or (teacher.arch_kwargs or {}).get("num_classes")
+    if not shape or not classes:
+        source = f"dataset {dataset.id}" if dataset is not None else f"model {teacher.id}"
+        raise Conflict(
+            f"{source} does not say its input shape and number of classes, which the student "
+            "needs; give a dataset that was scanned successfully"
+        )
+    return list(shape), int(classes)
+
+
+def student_inspection(
+    session: Session, spec: StudentSpec, team_id: int, teacher: Model, dataset: Dataset | None
+) -> dict[str, Any]:
+    if spec.source == "model":
+        assert spec.model is not None
+        if spec.model.model_id is None:
+            raise Invalid("student.model.path", PATH_REFUSED, loc=["body", "student", "model", "path"])
+        return inspection_of(ready_model(session, spec.model.model_id, team_id))
+    shape, classes = _shape_source(dataset, teacher)
+    try:  # zoo, derived from the teacher, or the teacher's own architecture
+        arch, kwargs = spec.zoo_architecture(teacher.architecture, dict(teacher.arch_kwargs or {}))
+    except ValueError as exc:
+        raise Invalid("student.source", str(exc), loc=["body", "student", "source"]) from exc
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("input_shape", "num_classes")}
+    return zoo_inspection(arch, kwargs, shape, classes)
+
+
+# -- layer pairs ------------------------------------------------------------------------------
+
+
+def check_layer_pairs(
+    config: RunConfig, teacher: dict[str, Any], student: dict[str, Any]
+) -> None:
+    """Every pair names existing layers that can be matched; 422 listing each problem."""
+    problems: list[tuple[str, str, list[str | int]]] = []
+    for i, pair in enumerate(config.layer_pairs):
+        where = f"layer_pairs[{i}]"
+        t_layer = s_layer = None
+        try:
+            t_layer = pairing.find_layer(teacher, pair.teacher, "teacher")
+        except ValueError as exc:
+            problems.append((f"{where}.teacher", str(exc), ["body", "layer_pairs", i, "teacher"]))
+        try:
+            s_layer = pairing.find_layer(student, pair.student, "student")
+        except ValueError as exc:
+            problems.append((f"{where}.student", str(exc), ["body", "layer_pairs", i, "student"]))
+        if t_layer is not None and s_layer is not None:
+            message = pairing.check_pair(t_layer, s_layer, tap=pair.tap, student=student)
+            if message:
+                problems.append((where, message, ["body", "layer_pairs", i]))
+    if problems:
+        raise InvalidMany(problems)
+
+
+# -- creating runs ----------------------------------------------------------------------------
+
+
+def queue_for(config: RunConfig) -> str:
+    device = config.training.device
+    return DEVICE_QUEUES.get(device, get_settings().default_queue)
+
+
+def create_run(session: Session, principal: Principal, config: RunConfig) -> Run:
+    """Validate `config` against the team's models and datasets, save the run and queue it."""
+    refuse_paths(config)
+    team_id = principal.team_id
+    assert config.teacher.model_id is not None and config.dataset.dataset_id is not None
+    teacher = ready_model(session, config.teacher.model_id, team_id)
+    dataset = ready_dataset(session, config.dataset.dataset_id, team_id)
+    student_insp = None
+    if config.student.source == "model":  # the student model must exist and be ready, pairs or not
+        student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
+    if config.layer_pairs:
+        teacher_insp = inspection_of(teacher)
+        if student_insp is None:  # a zoo student: only built (by a worker) when pairs need it
+            student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
+        check_layer_pairs(config, teacher_insp, student_insp)
+    student_model_id = config.student.model.model_id if (
+        config.student.source == "model" and config.student.model is not None
+    ) else None
+    run = Run(
+        team_id=team_id, name=config.name, config=config.model_dump(mode="json"),
+        status=Status.queued.value, queue=queue_for(config), teacher_model_id=teacher.id,
+        student_model_id=student_model_id, dataset_id=dataset.id, created_by=principal.user.id,
+        created_at=utcnow(),
+    )
+    session.add(run)
+    session.flush()
+    entry = audit(session, principal, "run.create", "run", run.id, {
+        "name": run.name, "teacher_model_id": teacher.id, "dataset_id": dataset.id,
+        "student_model_id": student_model_id, "queue": run.queue,
+    })
+    session.commit()
+    try:
+        queue.enqueue(DISTILL, [run.id], queue=run.queue)
+    except queue.BrokerUnavailable:
+        session.delete(entry)
+        session.delete(run)
+        session.commit()
+        raise
+    return run
+
+
+def plan(
+    session: Session, team_id: int, teacher_model_id: int, dataset_id: int | None,
+    student: StudentSpec,
+) -> dict[str, Any]:
+    """Teacher and student inspections side by side, with suggested layer pairs."""
+    teacher = ready_model(session, teacher_model_id, team_id)
+    teacher_insp = inspection_of(teacher)
+    dataset = ready_dataset(session, dataset_id, team_id) if dataset_id is not None else None
+    student_insp = student_inspection(session, student, team_id, teacher, dataset)
+    suggested = pairing.suggest_pairs(teacher_insp, student_insp)
+    return {
+        "teacher": teacher_insp,
+        "student": student_insp,
+        "suggested_pairs": suggested,
+        "teacher_params": teacher_insp.get("params"),
+        "student_params": student_insp.get("params"),
+    }
+
+
+# -- reading and cancelling -------------------------------------------------------------------
+
+
+def list_runs(
+    session: Session, team_id: int, *, limit: int, cursor: str | None, status: str | None,
+    teacher_model_id: int | None, q: str | None,
+) -> tuple[list[Run], str | None]:
+    stmt = scoped(Run, team_id)
+    if status:
+        stmt = stmt.where(Run.status == status)
+    if teacher_model_id is not None:
+        stmt = stmt.where(Run.teacher_model_id == teacher_model_id)
+    if q:
+        stmt = stmt.where(func.lower(Run.name).contains(q.lower(), autoescape=True))
+    return page(session, stmt, Run, limit, cursor)
+
+
+def get_run(session: Session, run_id: int, team_id: int) -> Run:
+    return get_owned(session, Run, run_id, team_id)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def metrics(
+    session: Session, run: Run, names: list[str] | None, since_step: int | None
+) -> dict[str, dict[str, list[Any]]]:
+    """Series of the run by name, ordered by step; only steps after `since_step` when given."""
+    stmt = select(Metric.name, Metric.step, Metric.epoch, Metric.value).where(Metric.run_id == run.id)
+    if names:
+        stmt = stmt.where(Metric.name.in_(names))
+    if since_step is not None:
+        stmt = stmt.where(Metric.step > since_step)
+    series: dict[str, dict[str, list[Any]]] = {}
+    for name, step, epoch, value in session.execute(stmt.order_by(Metric.name, Metric.step)):
+        s = series.setdefault(name, {"steps": [], "values": [], "epochs": []})
+        s["steps"].append(step)
+        s["values"].append(_finite(value))
+        s["epochs"].append(epoch)
+    return series
+
+
+def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]:
+    """Cancel a run: queued ones at once (True), running ones by flag for the worker (False).
+
+    A run cancelled at once never reaches a worker, so its webhooks are told from here.
+    """
+    if run.status not in TERMINAL_RUN_STATES and run.status != Status.running.value:
+        done = session.execute(
+            update(Run)
+            .where(Run.id == run.id, Run.status.in_([Status.queued.value, Status.pending.value]))
+            .values(status=Status.cancelled.value, cancel_requested=True, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount == 1:
+            audit(session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": "queued"})
+        session.commit()
+        session.refresh(run)
+        if done.rowcount == 1:
+            dispatch_run_event(session, run.id)
+            return run, True
+    if run.status in TERMINAL_RUN_STATES:
+        raise Conflict(f"run {run.id} already {run.status}")
+    session.execute(
+        update(Run).where(Run.id == run.id).values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    audit(session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": run.status})
+    session.commit()
+    session.refresh(run)
+    return run, False
+
+
+def retry(session: Session, principal: Principal, run: Run) -> Run:
+    """A new run with the same config as a finished one (failed, cancelled or succeeded).
+
+    The config is checked again like a new one: its teacher and dataset must still be ready."""
+    if run.status not in TERMINAL_RUN_STATES:
+        raise Conflict(
+            f"run {run.id} is still {run.status}; wait until it ends, or cancel it first"
+        )
+    try:
+        config = RunConfig.model_validate(run.config)
+    except ValueError as exc:
+        raise Invalid(
+            "config", f"run {run.id}'s config is no longer valid ({str(exc).splitlines()[-1]}); "
+            "download its YAML, fix it and launch it from New run", loc=["path", "run_id"],
+        ) from None
+    return create_run(session, principal, config)
+
+
+def config_yaml(run: Run) -> str:
+    try:
+        return RunConfig.model_validate(run.config).to_yaml()
+    except ValueError:  # a config saved under an older catalog: export it as it was stored
+        return yaml.safe_dump(run.config, sort_keys=False)

@@ -1,0 +1,92 @@
+"""All settings of the studio, in one place, read from `DS_*` environment variables.
+
+The embedded default (`distill-studio up`) and production (docker-compose) differ only in these
+values: point `DS_DATABASE_URL` at PostgreSQL and `DS_BROKER_URL` at Redis and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "change-me-dev-secret-key"
+DEFAULT_ADMIN_PASSWORD = "change-me"
+
+
+class Settings(BaseSettings):
+    # hide_input_in_errors: a refused configuration must not print the secrets it was given
+    model_config = SettingsConfigDict(
+        env_prefix="DS_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
+
+    env: Literal["dev", "test", "production"] = "dev"
+    data_dir: Path = Path(".ds-data")
+
+    # URLs: empty means "the embedded default inside data_dir".
+    database_url: str = ""
+    broker_url: str = ""
+    artifacts_url: str = ""
+
+    api_url: str = "http://127.0.0.1:8000"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    ui_port: int = 8501
+    broker_port: int = 6390
+
+    secret_key: str = DEFAULT_SECRET_KEY
+    admin_username: str = "admin"
+    admin_password: str = ""  # empty: generated once and kept in data_dir/credentials.json
+
+    # Uploads and jobs
+    max_upload_mb: int = 512
+    max_zip_entries: int = 100_000
+    max_zip_uncompressed_mb: int = 2048
+    inspect_timeout_s: int = 120
+    max_attempts: int = 3
+    visibility_timeout_s: int = 48 * 3600
+    default_queue: Literal["gpu", "cpu"] = "cpu"  # for runs with device "auto"
+    metrics_flush_s: float = 2.0
+    heartbeat_s: float = 5.0  # a training process marks its run alive this often
+    run_stale_s: float = 60.0  # a running run without a heartbeat for this long is recovered
+    recover_every_s: float = 30.0  # how often each worker looks for such runs
+    token_ttl_days: int = 90
+
+    # Webhooks: attempt n+1 waits webhook_backoff_s * 2**(n-1) (1, 2, 4, 8, 16 x the base)
+    webhook_max_attempts: int = 6  # the first try and 5 retries
+    webhook_backoff_s: float = 1.0
+    webhook_timeout_s: float = 10.0
+
+    @model_validator(mode="after")
+    def _fill_defaults_and_refuse_weak_secrets(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'studio.db').resolve()}"
+        if not self.broker_url:
+            self.broker_url = f"redis://127.0.0.1:{self.broker_port}/0"
+        if not self.artifacts_url:
+            self.artifacts_url = (self.data_dir / "artifacts").resolve().as_uri()
+        if self.env == "production":
+            if self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32:
+                raise ValueError(
+                    "DS_SECRET_KEY must be set to a random value of 32+ characters in production "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
+            if self.admin_password in ("", DEFAULT_ADMIN_PASSWORD) or len(self.admin_password) < 12:
+                raise ValueError("DS_ADMIN_PASSWORD must be set to 12+ characters in production")
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,113 @@
+"""`/api/v1/teams` (your teams, their members) and `/api/v1/users` (creating accounts)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from backend.access import Account, ManagedTeam, MemberTeam, UserCreator
+from backend.db.tables import Membership, User
+from backend.deps import CurrentUser, SessionDep
+from backend.errors import responses
+from backend.teams import members, service
+from backend.teams.schemas import (
+    MemberAdd,
+    MemberOut,
+    MemberUpdate,
+    TeamCreate,
+    TeamOut,
+    UserCreate,
+    UserOut,
+)
+
+router = APIRouter(prefix="/teams", tags=["teams"])
+users_router = APIRouter(prefix="/users", tags=["teams"])
+
+
+def _member_out(membership: Membership, user: User) -> MemberOut:
+    return MemberOut(user_id=user.id, username=user.username, role=membership.role)
+
+
+@router.get(
+    "", response_model=list[TeamOut], responses=responses(401, 503),
+    summary="Teams you belong to, with your role",
+)
+def list_teams(session: SessionDep, principal: CurrentUser) -> list[TeamOut]:
+    return [
+        TeamOut(id=team.id, name=team.name, role=role)
+        for team, role in service.user_teams(session, principal.user.id)
+    ]
+
+
+@router.post(
+    "", response_model=TeamOut, status_code=201, responses=responses(401, 403, 409, 422, 503),
+    summary="Create a team; you become its owner (switch to it with X-Team-Id)",
+)
+def create_team(session: SessionDep, principal: Account, body: TeamCreate) -> TeamOut:
+    team = members.create_team(session, principal, body.name)
+    return TeamOut(id=team.id, name=team.name, role="owner")
+
+
+@router.get(
+    "/{team_id}", response_model=TeamOut, responses=responses(401, 404, 422, 503),
+    summary="One of your teams, with your role in it",
+)
+def get_team(access: MemberTeam) -> TeamOut:
+    return TeamOut(id=access.team.id, name=access.team.name, role=access.principal.role)
+
+
+@router.get(
+    "/{team_id}/members", response_model=list[MemberOut], responses=responses(401, 404, 422, 503),
+    summary="Members of one of your teams, with their roles",
+)
+def list_members(session: SessionDep, access: MemberTeam) -> list[MemberOut]:
+    return [_member_out(m, u) for m, u in members.members(session, access.team.id)]
+
+
+@router.post(
+    "/{team_id}/members", response_model=MemberOut, status_code=201,
+    responses=responses(401, 403, 404, 409, 422, 503, e404="no such team of yours, or no such user"),
+    summary="Add an existing user to the team with a role (admins and owners; owners grant owner)",
+)
+def add_member(session: SessionDep, access: ManagedTeam, body: MemberAdd) -> MemberOut:
+    membership, user = members.add_member(
+        session, access.principal, access.team.id, body.username, body.role.value
+    )
+    return _member_out(membership, user)
+
+
+@router.patch(
+    "/{team_id}/members/{user_id}", response_model=MemberOut,
+    responses=responses(401, 403, 404, 409, 422, 503, e409="the last owner cannot be demoted"),
+    summary="Change a member's role (owners grant owner and change owners; one owner must stay)",
+)
+def update_member(
+    session: SessionDep, access: ManagedTeam, user_id: int, body: MemberUpdate
+) -> MemberOut:
+    membership, user = members.update_member(
+        session, access.principal, access.team.id, user_id, body.role.value
+    )
+    return _member_out(membership, user)
+
+
+@router.delete(
+    "/{team_id}/members/{user_id}", status_code=204, response_class=Response,
+    responses=responses(401, 403, 404, 409, 422, 503, e409="the last owner cannot be removed"),
+    summary="Remove a member (admins and owners; anyone may leave; one owner must stay)",
+)
+def remove_member(session: SessionDep, access: MemberTeam, user_id: int) -> Response:
+    members.remove_member(session, access.principal, access.team.id, user_id)
+    return Response(status_code=204)
+
+
+@users_router.post(
+    "", response_model=UserOut, status_code=201, responses=responses(401, 403, 409, 422, 503),
+    summary="Create a user in the team of this request (superusers, team admins and owners)",
+)
+def create_user(session: SessionDep, principal: UserCreator, body: UserCreate) -> UserOut:
+    user, membership = members.create_user(
+        session, principal, body.username, body.password, body.role.value
+    )
+    return UserOut(
+        id=user.id, username=user.username, is_superuser=user.is_superuser,
+        team_id=membership.team_id, role=membership.role, created_at=user.created_at,
+    )

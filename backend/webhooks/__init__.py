@@ -1,0 +1,1 @@
+"""Webhooks: URLs a team registers to be told, with a signed POST, when a run ends."""

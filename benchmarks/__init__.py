@@ -1,0 +1,1 @@
+"""Engine and API benchmarks; results in docs/benchmarks.md."""

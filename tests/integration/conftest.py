@@ -1,0 +1,87 @@
+"""Helpers for integration tests that drive the API in-process and a real worker process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The demo teacher (.pt2) and digits dataset (.npz), made once per test session."""
+    from worker.engine.pipeline import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture
+def api(studio_env, admin_token) -> TestClient:
+    from backend.app import create_app
+
+    client = TestClient(create_app(), base_url="http://testserver/api/v1")
+    client.headers["Authorization"] = f"Bearer {admin_token}"
+    return client
+
+
+def wait_status(api: TestClient, path: str, done: set[str], timeout: float = 600) -> dict:
+    deadline = time.time() + timeout
+    body: dict = {}
+    while time.time() < deadline:
+        body = api.get(path).json()
+        if body["status"] in done:
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"{path} stayed {body.get('status')}: {body}")
+
+
+def wait_run(api: TestClient, run_id: int, timeout: float = 600) -> dict:
+    return wait_status(api, f"/runs/{run_id}", {"succeeded", "failed", "cancelled"}, timeout)
+
+
+def wait_step(api: TestClient, run_id: int, step: int, timeout: float = 600) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        body = api.get(f"/runs/{run_id}").json()
+        if body["step"] >= step or body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} never reached step {step}")
+
+
+def upload_demo(api: TestClient, demo_files: tuple[Path, Path]) -> tuple[dict, dict]:
+    teacher_path, data_path = demo_files
+    with open(teacher_path, "rb") as fh:
+        r = api.post("/models", files={"file": ("teacher.pt2", fh)}, data={"name": "t", "format": "pt2"})
+    assert r.status_code == 201, r.text
+    with open(data_path, "rb") as fh:
+        d = api.post("/datasets", files={"file": ("digits.npz", fh)}, data={"name": "digits"})
+    assert d.status_code == 201, d.text
+    return r.json(), d.json()
+
+
+def mark_ready_from(api: TestClient, model: dict, dataset: dict) -> tuple[dict, dict]:
+    m = wait_status(api, f"/models/{model['id']}", {"ready", "failed"})
+    d = wait_status(api, f"/datasets/{dataset['id']}", {"ready", "failed"})
+    assert m["status"] == "ready", m
+    assert d["status"] == "ready", d
+    return m, d
+
+
+def run_config(model: dict, dataset: dict, **overrides) -> dict:
+    training = {"epochs": 3, "batch_size": 64, "checkpoint_every": 20, **overrides.pop("training", {})}
+    return {
+        "name": "integration run",
+        "teacher": {"model_id": model["id"]},
+        "student": {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.5}},
+        "dataset": {"dataset_id": dataset["id"]},
+        "losses": [{"name": "ce"}, {"name": "kd"}],
+        "training": training,
+        **overrides,
+    }
+
+
+def metric_steps(api: TestClient, run_id: int, name: str = "loss") -> list[int]:
+    return api.get(f"/runs/{run_id}/metrics", params={"names": name}).json()["series"][name]["steps"]

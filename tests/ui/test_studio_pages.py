@@ -1,0 +1,411 @@
+"""The studio pages beyond the first slice (AppTest against a real API in a uvicorn thread, on
+SQLite): model versions and the runs that used a teacher, dataset samples and split, run
+filters, retry and the worker log, Compare (diff highlighting, curves, Pareto scatters, saving
+and sharing), and the Team page (members, tokens shown once, revoke).
+
+What a worker writes (inspections, scans with their previews, finished runs) is written to the
+database directly, as in test_pages.py; the previews come from the engine's own
+`dataset_preview`, the function the scan task calls.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from streamlit.testing.v1 import AppTest
+
+from backend.client import ApiError, Client
+from tests.conftest import make_studio_env, migrate
+from tests.ui.test_pages import (
+    APP,
+    INSPECTION,
+    SUMMARY,
+    TEACHER_KWARGS,
+    TIMEOUT,
+    _finish_run,
+    _free_port,
+    _serve,
+    _texts,
+    _update,
+)
+
+
+@dataclass
+class Studio:
+    url: str
+    token: str
+    teacher_v1: int
+    teacher_v2: int
+    images: int
+    table: int
+    run_a: int
+    run_b: int
+    failed: int
+
+
+def _app(studio: Studio, page: str | None = None, **query: Any) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["token"] = studio.token
+    me = Client(studio.url, studio.token).me()
+    at.session_state["me"] = me.model_dump(mode="json")
+    at.session_state["team_id"] = me.team_id
+    at.run()
+    if page:
+        at.query_params.update({k: str(v) for k, v in query.items()})
+        at.switch_page(f"app_pages/{page}").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _scan(dataset_id: int, x: np.ndarray, y: np.ndarray, classes: list[str], names=None) -> None:
+    """What the scan task records: dataset_info plus dataset_preview."""
+    import torch
+
+    from worker.engine.data import TensorData, dataset_info, dataset_preview
+
+    data = TensorData(torch.from_numpy(x), torch.from_numpy(y), classes)
+    info = dataset_info(data)
+    info["preview"] = dataset_preview(data, feature_names=names)
+    _update("Dataset", dataset_id, status="ready", info=info)
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+    tmp = tmp_path_factory.mktemp("ui-studio-2")
+    env = make_studio_env(tmp, "sqlite")
+    with pytest.MonkeyPatch.context() as mp:
+        env.apply(mp)
+        migrate()
+        from backend.bootstrap import ensure_admin
+        from backend.db import session_scope
+
+        with session_scope() as session:
+            token = ensure_admin(session).token
+        port = _free_port()
+        server, thread = _serve(port)
+        url = f"http://127.0.0.1:{port}"
+        mp.setenv("DS_API_URL", url)
+        try:
+            yield _seed(Client(url, token), url, token, tmp)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+
+def _seed(api: Client, url: str, token: str, tmp: Path) -> Studio:
+    weights = tmp / "teacher.safetensors"
+    save_file({"fc.weight": np.zeros((4, 8), np.float32)}, str(weights))
+    teachers = []
+    for _ in range(2):  # two versions of one name
+        model = api.upload_model(
+            weights, "cifar-teacher", architecture="resnet8", kwargs=TEACHER_KWARGS
+        )
+        card = {"input_shape": [3, 8, 8], "num_classes": 4, "params": 1234, "flops": 56789}
+        _update("Model", model.id, status="ready", inspection=INSPECTION, card=card)
+        teachers.append(model.id)
+
+    rng = np.random.default_rng(0)
+    images = tmp / "shapes.npz"
+    x = rng.random((40, 3, 8, 8), dtype=np.float32)
+    y = np.arange(40) % 4
+    np.savez(images, x=x, y=y)
+    image_ds = api.upload_dataset(images, "shapes")
+    _scan(image_ds.id, x, y, ["circle", "square", "star", "triangle"])
+
+    table = tmp / "iris.csv"
+    table.write_text(
+        "sepal,petal,kind\n" + "".join(f"{i / 10},{i / 5},{'ab'[i % 2]}\n" for i in range(30))
+    )
+    table_ds = api.upload_dataset(table, "iris-ish", label_column="kind")
+    tx = np.array([[i / 10, i / 5] for i in range(30)], np.float32)
+    _scan(table_ds.id, tx, np.arange(30) % 2, ["a", "b"], names=["sepal", "petal"])
+
+    config = {
+        "name": "kd-t4",
+        "teacher": {"model_id": teachers[0]},
+        "student": {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}},
+        "dataset": {"dataset_id": image_ds.id},
+        "losses": [{"name": "ce"}, {"name": "kd", "params": {"temperature": 4.0}}],
+        "training": {"epochs": 2, "device": "cpu"},
+    }
+    run_a = api.create_run(config)
+    _finish_run(run_a.id)
+    other = copy.deepcopy(config)
+    other["name"], other["training"]["epochs"] = "kd-t8", 3
+    other["losses"][1]["params"]["temperature"] = 8.0
+    run_b = api.create_run(other)
+    _finish_run(run_b.id)
+    bigger = {
+        **SUMMARY,
+        "student_top1": 0.89,
+        "student_size_bytes": 4096,
+        "student_params": 640,
+        "student_cpu_latency_ms": 0.4,
+    }
+    _update("Run", run_b.id, summary=bigger, worker="gpu-box:4242", attempts=1)
+    failed = api.create_run({**config, "name": "kd-broken"})
+    _update(
+        "Run",
+        failed.id,
+        status="failed",
+        error="CUDA out of memory; lower the batch size",
+        attempts=2,
+        worker="gpu-box:777",
+    )
+    return Studio(
+        url,
+        token,
+        teachers[0],
+        teachers[1],
+        image_ds.id,
+        table_ds.id,
+        run_a.id,
+        run_b.id,
+        failed.id,
+    )
+
+
+# -- models: versions, runs, accuracy ----------------------------------------------------------
+
+
+def test_models_list_latest_versions(studio: Studio) -> None:
+    at = _app(studio, "models.py")
+    table = at.dataframe[0].value
+    row = table[table["name"] == "cifar-teacher"]
+    assert len(row) == 1 and row.iloc[0]["version"] == 2 and row.iloc[0]["versions"] == 2
+    assert row.iloc[0]["params"] == 1234 and row.iloc[0]["FLOPs"] == "56.8k"
+    at.toggle(key="models_latest").set_value(False).run()
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_model_page_versions_runs_and_accuracy(studio: Studio) -> None:
+    at = _app(studio, "model.py", id=studio.teacher_v1)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Top-1 accuracy"] == "91.00%"  # measured by its newest succeeded run
+    assert metrics["Best student top-1"] == "89.00%" and metrics["Runs as teacher"] == "3"
+    assert metrics["FLOPs"] == "56.8k" and metrics["CPU latency"] == "1.5 ms"
+    labels = [t.label for t in at.tabs]
+    assert labels == ["Layers by stage", "Versions (2)", "Runs with this teacher (3)"]
+    versions = next(f.value for f in at.dataframe if "version" in f.value.columns)
+    assert list(versions["version"]) == ["v2", "v1 (this one)"]
+    runs = next(f.value for f in at.dataframe if "student top-1" in f.value.columns)
+    assert set(runs["name"]) == {"kd-t4", "kd-t8", "kd-broken"}
+
+    fresh = _app(studio, "model.py", id=studio.teacher_v2)
+    assert "Runs with this teacher (0)" in [t.label for t in fresh.tabs]
+    assert "No run has used this model" in _texts(fresh.info)
+    assert {m.label: m.value for m in fresh.metric}["Top-1 accuracy"] == "—"
+
+
+# -- datasets: samples, rows, split ------------------------------------------------------------
+
+
+def test_dataset_image_samples_and_split(studio: Studio) -> None:
+    at = _app(studio, "datasets.py")
+    at.selectbox(key="ds_selected").set_value(studio.images).run()
+    images = at.get("image")
+    assert len(images) == 16
+    captions = [i.caption for img in images for i in img.proto.imgs]
+    assert captions[:4] == ["circle", "square", "star", "triangle"]  # spread over the classes
+    assert all(i.url for img in images for i in img.proto.imgs)
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Train"], metrics["Validation"]) == ("32", "8")  # 20% of each class
+    assert "Runs hold out 20% of every class" in _texts(at.caption)
+
+
+def test_dataset_table_rows(studio: Studio) -> None:
+    at = _app(studio, "datasets.py")
+    at.selectbox(key="ds_selected").set_value(studio.table).run()
+    rows = next(f.value for f in at.dataframe if "sepal" in f.value.columns)
+    assert list(rows.columns) == ["kind", "sepal", "petal"] and len(rows) == 16
+    assert rows.iloc[1].tolist() == ["b", 0.1, 0.2]
+    assert not at.get("image")
+
+
+def test_samples_endpoint_is_team_scoped_and_lists_stay_small(studio: Studio) -> None:
+    api = Client(studio.url, studio.token)
+    assert len(api.dataset_samples(studio.images, n=5).samples) == 5
+    assert "preview" not in (api.dataset(studio.images).info.model_dump())
+    with pytest.raises(ApiError) as missing:
+        api.dataset_samples(999_999)
+    assert missing.value.status == 404
+
+
+# -- runs: filters, compare selection, retry, worker log ---------------------------------------
+
+
+def test_runs_filters_and_compare_selection(studio: Studio) -> None:
+    at = _app(studio, "runs.py")
+    frame = at.dataframe[0].value
+    assert {"kd-t4", "kd-t8", "kd-broken"} <= set(frame["name"])
+    assert set(frame["teacher"]) == {"cifar-teacher v1"}
+
+    at.selectbox(key="runs_teacher").set_value(studio.teacher_v2).run()
+    assert "No runs match these filters" in _texts(at.info)
+    at.selectbox(key="runs_teacher").set_value(studio.teacher_v1).run()
+    at.text_input(key="runs_q").set_value("t8").run()
+    assert list(at.dataframe[0].value["name"]) == ["kd-t8"]
+    at.text_input(key="runs_q").set_value("").run()
+
+    names = list(at.dataframe[0].value["name"])
+    picked = [names.index("kd-t4"), names.index("kd-t8")]
+    at.session_state["runs_table"] = {"selection": {"rows": picked, "columns": [], "cells": []}}
+    at.run()
+    compare = next(b for b in at.button if b.label.startswith("Compare 2 runs"))
+    compare.click().run()
+    assert not at.exception
+    assert "Compare runs" in _texts(at.title)
+    assert at.multiselect(key="cmp_runs").value == [studio.run_a, studio.run_b]
+
+
+def test_failed_run_shows_the_log_and_retries(studio: Studio) -> None:
+    at = _app(studio, "run.py", id=studio.failed)
+    assert "CUDA out of memory" in _texts(at.error) and "Retry" in _texts(at.error)
+    log = next(e for e in at.expander if e.label.startswith("Worker log"))
+    assert "2 attempts" in log.label
+    events = next(f.value for f in at.dataframe if "event" in f.value.columns)
+    assert list(events["event"]) == ["queued", "running", "failed"]
+    assert "gpu-box:777" in events.iloc[1]["detail"] and "attempt 2" in events.iloc[1]["detail"]
+
+    at.button(key="run_retry").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "kd-broken" in _texts(at.title) and "queued" in _texts(at.toast)
+    api = Client(studio.url, studio.token)
+    newest = api.runs(q="kd-broken").items[0]
+    assert newest.id != studio.failed and newest.status == "queued"
+    assert newest.config == api.run(studio.failed).config
+
+
+def test_retry_api_refuses_unfinished_runs(studio: Studio) -> None:
+    api = Client(studio.url, studio.token)
+    queued = api.create_run({**api.run(studio.run_a).config, "name": "still-queued"})
+    with pytest.raises(ApiError) as refused:
+        api.retry_run(queued.id)
+    assert refused.value.status == 409 and "still queued" in refused.value.detail
+    with pytest.raises(ApiError) as missing:
+        api.retry_run(999_999)
+    assert missing.value.status == 404
+    api.cancel_run(queued.id)
+
+
+# -- compare -----------------------------------------------------------------------------------
+
+
+def _diff_table(at: AppTest) -> Any:
+    return next(f for f in at.dataframe if "config key" in f.value.columns)
+
+
+def test_compare_diff_results_curves_and_pareto(studio: Studio) -> None:
+    at = _app(studio, "compare.py", runs=f"{studio.run_a},{studio.run_b}")
+    assert at.multiselect(key="cmp_runs").value == [studio.run_a, studio.run_b]
+    results = next(f for f in at.dataframe if "Δ vs teacher (pp)" in f.value.columns)
+    assert list(results.value["student top-1"]) == [0.87, 0.89]
+    assert "#0f7b3f" in results.proto.arrow_data.styler.styles  # the best value is marked
+
+    diff = _diff_table(at)
+    assert list(diff.value["config key"]) == ["losses.kd.params.temperature", "training.epochs"]
+    assert diff.value.iloc[0].tolist() == ["losses.kd.params.temperature", "4", "8"]
+    assert "rgba(255, 189, 69" in diff.proto.arrow_data.styler.styles  # differing cells highlighted
+    assert "baseline" in _texts(at.caption)
+
+    at.toggle(key="cmp_all_keys").set_value(True).run()
+    every = _diff_table(at).value
+    assert "student.architecture" in set(every["config key"]) and len(every) > 5
+
+    assert len(at.get("vega_lite_chart")) == 3  # curves, size scatter, latency scatter
+    at.selectbox(key="cmp_metric").set_value("loss/kd").run()
+    assert not at.exception
+    assert "Pareto front" in _texts(at.caption)
+
+
+def test_compare_needs_two_runs_and_handles_deleted_ones(studio: Studio) -> None:
+    at = _app(studio, "compare.py")
+    assert "Pick at least two runs" in _texts(at.info)
+    gone = _app(studio, "compare.py", runs=f"{studio.run_a},999999")
+    assert "#999999" in _texts(gone.warning)
+    assert gone.multiselect(key="cmp_runs").value == [studio.run_a]
+
+
+def test_compare_save_share_open_and_delete(studio: Studio) -> None:
+    at = _app(studio, "compare.py", runs=f"{studio.run_b},{studio.run_a}")
+    at.button(key="FormSubmitter:cmp_save_form-Save comparison for the team").click().run()
+    assert "Give the comparison a name" in _texts(at.error)
+    at.text_input(key="cmp_name").set_value("temperature sweep")
+    at.button(key="FormSubmitter:cmp_save_form-Save comparison for the team").click().run()
+    assert not at.exception and "Saved." in _texts(at.success)
+    api = Client(studio.url, studio.token)
+    saved = [c for c in api.comparisons().items if c.name == "temperature sweep"]
+    assert len(saved) == 1 and saved[0].run_ids == [studio.run_b, studio.run_a]
+    assert saved[0].created_by_name == "admin"
+    assert f"?comparison={saved[0].id}" in _texts(at.code)
+
+    shared = _app(studio, "compare.py", comparison=saved[0].id)
+    assert shared.multiselect(key="cmp_runs").value == [studio.run_b, studio.run_a]
+    shared.button(key="cmp_delete").click().run()
+    assert not shared.exception
+    assert not [c for c in api.comparisons().items if c.id == saved[0].id]
+
+
+def test_comparisons_api_validates_runs(studio: Studio) -> None:
+    api = Client(studio.url, studio.token)
+    with pytest.raises(ApiError) as missing:
+        api.create_comparison("bad", [studio.run_a, 999_999])
+    assert missing.value.status == 404 and "run 999999 not found" in missing.value.detail
+    with pytest.raises(ApiError) as empty:
+        api.create_comparison("empty", [])
+    assert empty.value.status == 422
+    made = api.create_comparison("dupes", [studio.run_a, studio.run_a, studio.run_b])
+    assert made.run_ids == [studio.run_a, studio.run_b]
+    assert api.comparison(made.id).name == "dupes"
+    api.delete_comparison(made.id)
+    with pytest.raises(ApiError) as deleted:
+        api.comparison(made.id)
+    assert deleted.value.status == 404
+
+
+# -- team: members, tokens shown once, revoke --------------------------------------------------
+
+
+def test_team_members_and_tokens(studio: Studio) -> None:
+    at = _app(studio, "team.py")
+    assert "Team & tokens" in _texts(at.title)
+    teams = next(f.value for f in at.dataframe if "your role" in f.value.columns)
+    assert len(teams) == 1 and "acting for" in teams.iloc[0]["team"]
+    members = next(f.value for f in at.dataframe if "user" in f.value.columns)
+    assert members.iloc[0]["user"] == "admin (you)"
+    tokens = next(f.value for f in at.dataframe if "prefix" in f.value.columns)
+    assert any("(this session)" in name for name in tokens["name"])
+
+    at.text_input(key="tok_name").set_value("ci-nightly")
+    at.checkbox(key="tok_ro").check()
+    at.button(key="FormSubmitter:token_form-Create token").click().run()
+    assert not at.exception
+    assert "shown only this once" in _texts(at.success)
+    secret = next(c.value for c in at.code if str(c.value).startswith("ds_"))
+    me = Client(studio.url, secret).me()
+    assert me.read_only and me.username == "admin"
+    tokens = next(f.value for f in at.dataframe if "prefix" in f.value.columns)
+    row = tokens[tokens["name"] == "ci-nightly"].iloc[0]
+    assert row["access"] == "read-only" and row["state"] == "active"
+    assert secret.split("_")[1] in row["prefix"] and secret not in row.to_string()
+
+    at.run()  # any later run of the page: the secret is gone for good
+    assert not [c for c in at.code if str(c.value).startswith("ds_")]
+
+    created = next(t for t in Client(studio.url, studio.token).tokens() if t.name == "ci-nightly")
+    at.selectbox(key="tok_revoke_pick").set_value(created.id).run()
+    at.button(key="tok_revoke").click().run()
+    assert not at.exception
+    with pytest.raises(ApiError) as revoked:
+        Client(studio.url, secret).me()
+    assert revoked.value.status == 401
+    assert "ci-nightly" not in set(
+        next(f.value for f in at.dataframe if "prefix" in f.value.columns)["name"]
+    )

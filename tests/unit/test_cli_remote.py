@@ -1,0 +1,197 @@
+"""`distill-studio runs | models | datasets | teams` against a real API server (uvicorn in a
+thread, SQLite, the real broker). No worker runs: the test stands in for it in the database."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import save_file
+from typer.testing import CliRunner
+
+from backend.cli import app
+
+INSPECTION = {
+    "input_shape": [3, 8, 8], "output_shape": [4], "num_classes": 4, "params": 1234, "flops": 5678,
+    "layers": [{"path": "fc", "type": "Linear", "input_shape": [16], "output_shape": [4],
+                "params": 68, "stage": None}],
+    "stages": [],
+}
+INFO = {"num_samples": 24, "num_classes": 4, "classes": ["a", "b", "c", "d"],
+        "class_counts": [6, 6, 6, 6], "input_shape": [3, 8, 8], "kind": "image"}
+
+
+@pytest.fixture
+def server(sqlite_env) -> Iterator[str]:
+    """The API on a free port of 127.0.0.1, served by uvicorn from a thread."""
+    import uvicorn
+
+    from backend.app import create_app
+
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=0, log_level="warning",
+                            lifespan="off")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def cli(server: str) -> Any:
+    from backend.bootstrap import ensure_admin
+    from backend.db import session_scope
+
+    with session_scope() as session:
+        token = ensure_admin(session).token
+    runner = CliRunner()
+    env = {"DS_API_URL": server, "DS_TOKEN": token, "DS_TEAM_ID": ""}
+
+    def invoke(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == code, (result.output, result.stderr, result.exception)
+        return result
+
+    return invoke
+
+
+def _set(table: str, row_id: int, **fields: Any) -> None:
+    from backend.db import session_scope, tables
+
+    with session_scope() as session:
+        row = session.get(getattr(tables, table), row_id)
+        for key, value in fields.items():
+            setattr(row, key, value)
+
+
+def _finish_next_run(after: int) -> threading.Thread:
+    """Stand in for the worker: the next run created trains for a moment and succeeds."""
+    from sqlalchemy import select
+
+    from backend.db import session_scope
+    from backend.db.tables import Run
+
+    def work() -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with session_scope() as session:
+                run_id = session.scalar(select(Run.id).where(Run.id > after))
+            if run_id:
+                _set("Run", run_id, status="running", progress=0.5, epoch=1, step=3, total_steps=6)
+                time.sleep(0.4)
+                _set("Run", run_id, status="succeeded", progress=1.0, step=6,
+                     finished_at=datetime.now(UTC),
+                     summary={"teacher_top1": 0.9, "student_top1": 0.8, "student_params": 800})
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
+    weights = tmp_path / "teacher.safetensors"
+    save_file({"fc.weight": np.zeros((4, 16), np.float32)}, str(weights))
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=np.zeros((24, 3, 8, 8), np.float32), y=np.arange(24) % 4)
+
+    pushed = json.loads(cli(
+        "models", "push", str(weights), "--name", "teacher", "--architecture", "resnet8",
+        "--kwargs", '{"input_shape": [3, 8, 8], "num_classes": 4}', "--tag", "digits",
+        "--description", "a teacher", "--json").stdout)
+    assert pushed["format"] == "safetensors" and pushed["tags"] == ["digits"]
+    assert pushed["status"] == "pending"
+    dataset = json.loads(cli("datasets", "push", str(data), "--name", "tiny", "--json").stdout)
+    _set("Model", pushed["id"], status="ready", inspection=INSPECTION)
+    _set("Dataset", dataset["id"], status="ready", info=INFO)
+
+    listed = cli("models", "list", "--tag", "digits").stdout
+    assert "teacher" in listed and "safetensors" in listed and "resnet8" in listed
+    assert json.loads(cli("models", "list", "--tag", "other", "--json").stdout) == []
+    shown = cli("models", "show", str(pushed["id"])).stdout
+    assert "a teacher" in shown and "source" in shown and "upload" in shown
+    assert "tiny" in cli("datasets", "list").stdout
+
+    # runs: create from YAML, list, show, compare, cancel, create --wait
+    config = {
+        "name": "kd", "teacher": {"model_id": pushed["id"]}, "dataset": {"dataset_id": dataset["id"]},
+        "student": {"architecture": "resnet8", "kwargs": {"width": 0.25}},
+        "losses": [{"name": "ce"}, {"name": "kd", "params": {"temperature": 4}}],
+        "training": {"epochs": 1, "batch_size": 8, "lr": 0.05, "device": "cpu"},
+    }
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(config))
+    first = json.loads(cli("runs", "create", "-f", str(run_file), "--json").stdout)
+    assert first["status"] == "queued" and first["name"] == "kd"
+
+    config["training"]["lr"] = 0.1
+    run_file.write_text(yaml.safe_dump(config))
+    worker = _finish_next_run(first["id"])
+    waited = cli("runs", "create", "-f", str(run_file), "--name", "kd-lr0.1", "--wait", "--poll", "0.1")
+    worker.join()
+    assert "queued" in waited.stderr and "succeeded: 100%" in waited.stderr
+    assert "running: 50% (epoch 1, step 3/6" in waited.stderr
+    assert "kd-lr0.1" in waited.stdout and "student_top1" in waited.stdout
+    second = json.loads(cli("runs", "list", "--json").stdout)[0]
+    assert second["name"] == "kd-lr0.1" and second["status"] == "succeeded"
+
+    table = cli("runs", "list", "--status", "queued").stdout
+    assert "kd " in table and "kd-lr0.1" not in table
+    assert "queued" in cli("runs", "show", str(first["id"])).stdout
+
+    compared = cli("runs", "compare", str(first["id"]), str(second["id"])).stdout
+    width = len(compared.splitlines()[1].split("  ")[0])  # the label column, from its dashes
+    lines = {line[:width].strip(): line[width:] for line in compared.splitlines()[2:]}
+    assert lines["* lr"].split() == ["0.05", "0.1"]
+    assert lines["losses"].strip().split("  ")[0] == "ce + kd(temperature=4)"
+    assert lines["student top-1"].split() == ["-", "0.8"] and "epochs" in lines
+    as_json = json.loads(cli("runs", "compare", str(first["id"]), str(second["id"]), "--json").stdout)
+    assert as_json["run_ids"] == [first["id"], second["id"]]
+    assert as_json["rows"]["lr"] == [0.05, 0.1] and as_json["rows"]["student top-1"] == [None, 0.8]
+
+    assert cli("runs", "cancel", str(first["id"])).stdout.strip() == f"run {first['id']} cancelled"
+    failed = cli("runs", "cancel", str(first["id"]), code=1)
+    assert f"error (409): run {first['id']} already cancelled" in failed.stderr
+    refused = cli("runs", "register", str(second["id"]), code=1)  # no weights were recorded
+    assert "has no student weights" in refused.stderr
+
+    # teams
+    created = json.loads(cli("teams", "create", "lab", "--json").stdout)
+    assert created["role"] == "owner"
+    assert "lab" in cli("teams", "list").stdout
+    members = json.loads(cli("teams", "members", str(created["id"]), "--json").stdout)
+    assert [m["username"] for m in members] == ["admin"]
+    empty = json.loads(cli("models", "list", "--team", str(created["id"]), "--json").stdout)
+    assert empty == []
+
+    # errors say what is wrong
+    missing = cli("runs", "show", "9999", code=1)
+    assert "error (404): run 9999 not found" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- not a mapping")
+    assert "one run config" in cli("runs", "create", "-f", str(bad), code=2).stderr
+    assert cli("models", "delete", str(pushed["id"]), code=1).stderr.startswith("error (409): model")
+    assert "archived" in cli("models", "delete", str(pushed["id"]), "--archive").stdout
+
+
+def test_cli_needs_a_token(server: str) -> None:
+    result = CliRunner().invoke(app, ["runs", "list"], env={"DS_API_URL": server, "DS_TOKEN": ""})
+    assert result.exit_code == 2 and "DS_TOKEN" in result.stderr
+    result = CliRunner().invoke(app, ["runs", "list", "--token", "ds_abcdefgh_" + "x" * 43],
+                                env={"DS_API_URL": server})
+    assert result.exit_code == 1 and "error (401): unknown API token" in result.stderr

@@ -1,0 +1,414 @@
+"""The typed client against the real app (through Starlette's TestClient), on SQLite and
+PostgreSQL, with the real broker. No worker runs here: models and datasets stay `pending` unless
+a test marks them ready in the database, and queued runs stay queued."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from backend.client import ApiError, Client, Run
+
+BASE = "http://testserver"
+TEACHER_KWARGS = {"input_shape": [3, 8, 8], "num_classes": 4, "width": 0.25}
+INSPECTION = {
+    "input_shape": [3, 8, 8],
+    "output_shape": [4],
+    "num_classes": 4,
+    "params": 1234,
+    "flops": 56789,
+    "layers": [
+        {
+            "path": "layer1",
+            "type": "Sequential",
+            "input_shape": [4, 8, 8],
+            "output_shape": [4, 8, 8],
+            "params": 300,
+            "stage": 0,
+        },
+        {
+            "path": "fc",
+            "type": "Linear",
+            "input_shape": [16],
+            "output_shape": [4],
+            "params": 68,
+            "stage": None,
+        },
+    ],
+    "stages": [
+        {"index": 0, "resolution": [8, 8], "channels": 4, "layers": ["layer1"], "end": "layer1"}
+    ],
+}
+
+
+@pytest.fixture
+def api(studio_env, admin_token: str) -> Iterator[Client]:
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    with TestClient(create_app()) as http:
+        yield Client(BASE, admin_token, http=http)
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    path = tmp_path / "teacher.safetensors"
+    save_file({"fc.weight": np.zeros((4, 16), np.float32)}, str(path))
+    return path
+
+
+@pytest.fixture
+def npz(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.random((24, 3, 8, 8), dtype=np.float32), y=np.arange(24) % 4)
+    return path
+
+
+def _set_ready(table_name: str, row_id: int, **fields: Any) -> None:
+    """Stand in for the worker: mark an upload inspected (the API reads it like any other)."""
+    from backend.db import session_scope, tables
+
+    table = getattr(tables, table_name)
+    with session_scope() as session:
+        row = session.get(table, row_id)
+        row.status = "ready"
+        for key, value in fields.items():
+            setattr(row, key, value)
+
+
+def _ready_inputs(api: Client, weights: Path, npz: Path) -> tuple[int, int]:
+    model = api.upload_model(weights, "teacher", architecture="resnet8", kwargs=TEACHER_KWARGS)
+    _set_ready("Model", model.id, inspection=INSPECTION)
+    dataset = api.upload_dataset(npz, "tiny")
+    _set_ready(
+        "Dataset",
+        dataset.id,
+        info={
+            "num_samples": 24,
+            "num_classes": 4,
+            "classes": ["a", "b", "c", "d"],
+            "class_counts": [6, 6, 6, 6],
+            "input_shape": [3, 8, 8],
+            "kind": "image",
+        },
+    )
+    return model.id, dataset.id
+
+
+def _config(model_id: int, dataset_id: int, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "client-test",
+        "teacher": {"model_id": model_id},
+        "student": {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}},
+        "dataset": {"dataset_id": dataset_id, "val_fraction": 0.25},
+        "losses": [
+            {"name": "ce", "weight": 1.0},
+            {"name": "kd", "weight": 1.0, "params": {"temperature": 4.0}},
+        ],
+        "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+        **overrides,
+    }
+
+
+# -- auth, health, catalog ----------------------------------------------------------------------
+
+
+def test_login_me_health_and_catalog(api: Client) -> None:
+    logged_in = Client.login(BASE, "admin", "admin-password-123", http=api._http)
+    assert logged_in.token and logged_in.token != api.token
+    me = logged_in.me()
+    assert me.username == "admin"
+    assert me.team_id in [team.id for team in me.teams]
+
+    assert api.health().status == "ok"
+
+    catalog = api.catalog()
+    kd = catalog.loss("kd")
+    assert kd is not None and kd.kind == "logits" and not kd.needs_pairs
+    temperature = next(p for p in kd.params if p.name == "temperature")
+    assert temperature.type == "float" and temperature.default == 4.0
+    assert catalog.loss("at").needs_pairs
+    assert catalog.student("resnet8") is not None and "sgd" in catalog.optimizers
+    assert catalog.scheme("offline") is not None
+
+
+def test_errors_carry_the_servers_detail(api: Client) -> None:
+    with pytest.raises(ApiError) as wrong:
+        Client.login(BASE, "admin", "not-the-password", http=api._http)
+    assert wrong.value.status == 401
+    assert str(wrong.value) == wrong.value.detail and wrong.value.detail
+
+    with pytest.raises(ApiError) as anonymous:
+        Client(BASE, http=api._http).models()
+    assert anonymous.value.status == 401
+
+    with pytest.raises(ApiError) as missing:
+        api.model(999_999)
+    assert missing.value.status == 404 and "999999" in missing.value.detail
+
+
+def test_unreachable_api_says_how_to_fix_it() -> None:
+    with pytest.raises(ApiError) as err, Client("http://127.0.0.1:9", timeout=2) as offline:
+        offline.health()
+    assert err.value.status == 0
+    assert "cannot reach" in err.value.detail and "distill-studio up" in err.value.detail
+
+
+# -- models and datasets -----------------------------------------------------------------------
+
+
+def test_upload_model_streams_and_reports_progress(api: Client, weights: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    model = api.upload_model(
+        weights,
+        "teacher",
+        architecture="resnet8",
+        kwargs=TEACHER_KWARGS,
+        description="tiny",
+        on_progress=lambda sent, total: seen.append((sent, total)),
+    )
+    size = weights.stat().st_size
+    assert seen and seen[-1] == (size, size)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+    assert model.format == "safetensors" and model.architecture == "resnet8"
+    assert model.arch_kwargs == TEACHER_KWARGS
+    assert model.size_bytes == size
+    assert model.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert model.status == "pending" and model.version == 1
+
+    again = api.upload_model(
+        weights.open("rb"),
+        "teacher",
+        format="safetensors",
+        architecture="resnet8",
+        kwargs=TEACHER_KWARGS,
+    )
+    assert again.version == 2
+
+    detail = api.model(model.id)
+    assert detail.id == model.id and detail.inspection is None
+    assert {m.id for m in api.models(name="teacher").items} == {model.id, again.id}
+    assert [m.id for m in api.models(status="ready").items] == []
+
+    dest = api.download_model(model.id, weights.parent / "copy.safetensors")
+    assert dest.read_bytes() == weights.read_bytes()
+
+
+def test_upload_errors_name_the_field(api: Client, weights: Path) -> None:
+    with pytest.raises(ApiError) as no_arch:
+        api.upload_model(weights, "teacher")
+    assert no_arch.value.status == 422 and "architecture" in no_arch.value.detail
+
+    with pytest.raises(ApiError) as bad_shape:
+        api.upload_model(
+            weights,
+            "teacher",
+            architecture="resnet8",
+            kwargs={"input_shape": "big", "num_classes": 4},
+        )
+    assert bad_shape.value.status == 422 and "input_shape" in bad_shape.value.detail
+
+    odd = weights.with_suffix(".bin")
+    odd.write_bytes(b"x")
+    with pytest.raises(ValueError, match="format="):
+        api.upload_model(odd, "teacher")
+    with pytest.raises(FileNotFoundError):
+        api.upload_model(weights.with_name("missing.pt2"), "teacher")
+
+
+def test_iterators_follow_cursors(api: Client, weights: Path) -> None:
+    ids = [
+        api.upload_model(weights, f"m{i}", architecture="resnet8", kwargs=TEACHER_KWARGS).id
+        for i in range(3)
+    ]
+    first = api.models(limit=2)
+    assert len(first.items) == 2 and first.next_cursor
+    assert sorted(m.id for m in api.iter_models(page_size=1)) == sorted(ids)
+
+
+def test_upload_dataset(api: Client, npz: Path) -> None:
+    seen: list[int] = []
+    dataset = api.upload_dataset(npz, "tiny", on_progress=lambda sent, _: seen.append(sent))
+    assert dataset.format == "npz" and dataset.status == "pending"
+    assert dataset.size_bytes == npz.stat().st_size == seen[-1]
+    assert api.dataset(dataset.id).name == "tiny"
+    assert [d.id for d in api.iter_datasets()] == [dataset.id]
+
+
+# -- runs and artifacts ------------------------------------------------------------------------
+
+
+def test_run_life_cycle(api: Client, weights: Path, npz: Path) -> None:
+    model_id, dataset_id = _ready_inputs(api, weights, npz)
+    run = api.create_run(_config(model_id, dataset_id))
+    assert isinstance(run, Run) and run.status == "queued" and not run.is_terminal
+    assert run.teacher_model_id == model_id and run.dataset_id == dataset_id
+    assert run.config["losses"][1]["params"] == {"temperature": 4.0}
+
+    assert api.run(run.id).name == "client-test"
+    assert [r.id for r in api.runs(status="queued").items] == [run.id]
+    assert [r.id for r in api.iter_runs(q="client")] == [run.id]
+    assert api.runs(status="succeeded").items == []
+    assert "client-test" in api.run_config_yaml(run.id)
+    assert api.metrics(run.id).series == {} or all(
+        not s.steps for s in api.metrics(run.id).series.values()
+    )
+    assert api.artifacts(run.id) == []
+
+    with pytest.raises(TimeoutError, match="still queued"):
+        api.wait(run.id, timeout=0.2, poll=0.05)
+
+    cancelled = api.cancel_run(run.id)
+    assert cancelled.cancel_requested or cancelled.status == "cancelled"
+    seen: list[str] = []
+    final = api.wait(run.id, timeout=10, poll=0.1, on_progress=lambda r: seen.append(r.status))
+    assert final.status == "cancelled" and seen[-1] == "cancelled"
+
+
+def test_run_config_objects_and_errors(api: Client, weights: Path, npz: Path) -> None:
+    from worker.engine.config import RunConfig
+
+    model_id, dataset_id = _ready_inputs(api, weights, npz)
+    config = RunConfig.model_validate(_config(model_id, dataset_id, name="typed"))
+    assert api.create_run(config).name == "typed"
+
+    with pytest.raises(ApiError) as unknown_loss:
+        api.create_run(_config(model_id, dataset_id, losses=[{"name": "kdd"}]))
+    assert unknown_loss.value.status == 422 and "kdd" in unknown_loss.value.detail
+
+    with pytest.raises(ApiError) as no_pairs:
+        api.create_run(_config(model_id, dataset_id, losses=[{"name": "at"}]))
+    assert no_pairs.value.status == 422 and "layer_pairs" in no_pairs.value.detail
+
+
+def test_download_artifact(api: Client, weights: Path, npz: Path, tmp_path: Path) -> None:
+    from backend.db import session_scope
+    from backend.db.tables import Artifact
+    from backend.db.tables import Run as RunRow
+    from backend.storage import get_store
+
+    model_id, dataset_id = _ready_inputs(api, weights, npz)
+    run = api.create_run(_config(model_id, dataset_id))
+    payload = b"student weights " * 1000
+    with session_scope() as session:
+        team_id = session.get(RunRow, run.id).team_id
+        stored = get_store().put_bytes(
+            f"teams/{team_id}/runs/{run.id}/student.safetensors", payload
+        )
+        session.add(
+            Artifact(
+                team_id=team_id,
+                run_id=run.id,
+                kind="student_safetensors",
+                filename="student.safetensors",
+                storage_key=stored.key,
+                size_bytes=stored.size,
+                sha256=stored.sha256,
+            )
+        )
+    [artifact] = api.artifacts(run.id)
+    assert artifact.kind == "student_safetensors" and artifact.size_bytes == len(payload)
+
+    into_folder = api.download_artifact(artifact.id, tmp_path)
+    assert into_folder == tmp_path / "student.safetensors"
+    assert into_folder.read_bytes() == payload
+    named = api.download_artifact(artifact.id, tmp_path / "sub" / "w.safetensors")
+    assert named.read_bytes() == payload
+    assert api.artifact_bytes(artifact.id) == ("student.safetensors", payload)
+
+    with pytest.raises(ApiError) as missing:
+        api.download_artifact(999_999, tmp_path)
+    assert missing.value.status == 404
+
+
+def test_tokens(api: Client) -> None:
+    created = api.create_token("script", read_only=True)
+    assert created.token and created.read_only
+    reader = Client(BASE, created.token, http=api._http)
+    assert reader.me().read_only
+    with pytest.raises(ApiError) as refused:
+        reader.create_run({"name": "x"})
+    assert refused.value.status == 403
+    assert created.id in [t.id for t in api.tokens()]
+    assert api.revoke_token(created.id).revoked_at is not None
+    with pytest.raises(ApiError):
+        reader.me()
+
+
+def test_client_import_is_light() -> None:
+    code = (
+        "import sys; from backend.client import Client; "
+        "heavy = [m for m in ('torch', 'sqlalchemy', 'fastapi', 'celery', 'backend.settings', "
+        "'worker') if m in sys.modules]; print(heavy); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the studio pages' calls: teacher filter, retry, comparisons, samples, teams ----------------
+
+
+def test_runs_by_teacher_retry_and_comparisons(api: Client, weights: Path, npz: Path) -> None:
+    model_id, dataset_id = _ready_inputs(api, weights, npz)
+    other_teacher = api.upload_model(weights, "other", architecture="resnet8", kwargs=TEACHER_KWARGS)
+    first = api.create_run(_config(model_id, dataset_id, name="first"))
+    second = api.create_run(_config(model_id, dataset_id, name="second"))
+    assert {r.id for r in api.runs(teacher_model_id=model_id).items} == {first.id, second.id}
+    assert api.runs(teacher_model_id=other_teacher.id).items == []
+    assert [r.id for r in api.iter_runs(teacher_model_id=model_id, page_size=1)] == [
+        second.id,
+        first.id,
+    ]
+
+    with pytest.raises(ApiError) as running:
+        api.retry_run(first.id)
+    assert running.value.status == 409 and "still queued" in running.value.detail
+    api.cancel_run(first.id)
+    again = api.retry_run(first.id)
+    assert again.id not in (first.id, second.id) and again.status == "queued"
+    assert again.config == api.run(first.id).config and again.worker is None
+
+    saved = api.create_comparison("first vs second", [first.id, second.id], "a note")
+    assert saved.run_ids == [first.id, second.id] and saved.description == "a note"
+    assert saved.created_by_name == "admin"
+    assert [c.id for c in api.comparisons().items] == [saved.id]
+    assert api.comparison(saved.id).name == "first vs second"
+    with pytest.raises(ApiError) as unknown_run:
+        api.create_comparison("bad", [first.id, 10**6])
+    assert unknown_run.value.status == 404 and f"run {10**6} not found" in unknown_run.value.detail
+    api.delete_comparison(saved.id)
+    assert api.comparisons().items == []
+
+
+def test_dataset_samples_and_teams(api: Client, npz: Path) -> None:
+    dataset = api.upload_dataset(npz, "tiny")
+    assert api.dataset_samples(dataset.id).kind is None  # not scanned yet: no preview
+    preview = {
+        "kind": "image",
+        "samples": [
+            {"index": i, "label": "a", "mime": "image/png", "data": "iVBORw0KGgo="} for i in range(20)
+        ],
+    }
+    _set_ready("Dataset", dataset.id, info={"num_samples": 24, "preview": preview})
+    samples = api.dataset_samples(dataset.id, n=16)
+    assert samples.kind == "image" and len(samples.samples) == 16
+    assert samples.samples[3].index == 3 and samples.samples[0].mime == "image/png"
+    assert "preview" not in api.dataset(dataset.id).info.model_dump()
+    assert all("preview" not in (d.info.model_dump() if d.info else {}) for d in api.datasets().items)
+
+    teams = api.teams()
+    assert [t.id for t in teams] == [api.me().team_id]
+    members = api.team_members(teams[0].id)
+    assert [(m.username, m.role) for m in members] == [("admin", "owner")]
+    with pytest.raises(ApiError) as other:
+        api.team_members(10**6)
+    assert other.value.status == 404

@@ -1,0 +1,312 @@
+"""Pure functions behind the pages (no Streamlit, no HTTP): config diffs, Pareto fronts, split
+sizes, a run's event history, and the Compare page's tables. Runs are `backend.client.Run`s.
+Unit-tested in tests/ui/test_analysis.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+MISSING = "—"
+
+
+# --------------------------------------------------------------------------------------------
+# Config differences
+# --------------------------------------------------------------------------------------------
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested run config as {dotted key: leaf}: `training.lr`, `losses.kd.params.temperature`.
+
+    Lists of dicts with a `name` (losses) are keyed by that name, so adding a loss to one run
+    shows up as its own keys instead of shifting every later index; other lists of dicts (layer
+    pairs) by index; lists of plain values stay one leaf.
+    """
+    out: dict[str, Any] = {}
+    if isinstance(value, Mapping):
+        if not value and prefix:
+            out[prefix] = "{}"
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        names = [v.get("name") for v in value]
+        named = all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
+        for i, item in enumerate(value):
+            label = item["name"] if named else str(i)
+            rest = {k: v for k, v in item.items() if not (named and k == "name")}
+            key = f"{prefix}.{label}"
+            out.update(flatten(rest, key) if rest else {key: "on"})
+    elif isinstance(value, list):
+        out[prefix] = ", ".join(_leaf(v) for v in value) if value else "[]"
+    else:
+        out[prefix] = value
+    return out
+
+
+def _leaf(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+IGNORED_KEYS = ("name",)  # differs for every run and is shown as the column header anyway
+
+
+def config_diff(
+    configs: Sequence[Mapping[str, Any]], ignore: Iterable[str] = IGNORED_KEYS
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """(keys that differ between the configs, one flat dict per config with only those keys).
+
+    A key missing from a config counts as a difference (shown as "—")."""
+    flat = [flatten(c) for c in configs]
+    keys: list[str] = []
+    for f in flat:
+        keys.extend(k for k in f if k not in keys)
+    skip = set(ignore)
+    differing = []
+    for key in keys:
+        if key in skip:
+            continue
+        values = [f.get(key, MISSING) for f in flat]
+        if any(not _same(values[0], v) for v in values[1:]):
+            differing.append(key)
+    return differing, [{k: f.get(k, MISSING) for k in differing} for f in flat]
+
+
+def differs_from_first(values: Sequence[Any]) -> list[bool]:
+    """Per value, whether it differs from the first one (the baseline); the first is False."""
+    return [i > 0 and not _same(values[0], v) for i, v in enumerate(values)]
+
+
+# --------------------------------------------------------------------------------------------
+# Pareto front
+# --------------------------------------------------------------------------------------------
+
+
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool]:
+    """Which points are Pareto-optimal when *lower cost* (first) and *higher accuracy* (second)
+    are both better: no other point is at least as good on both and strictly better on one.
+
+    Points with a missing or non-finite coordinate are never on the front. Equal points are both
+    on it. O(n log n): sort by cost, then by accuracy descending, and sweep.
+    """
+    valid = [
+        i
+        for i, (cost, acc) in enumerate(points)
+        if cost is not None and acc is not None and math.isfinite(cost) and math.isfinite(acc)
+    ]
+    order = sorted(valid, key=lambda i: (points[i][0], -points[i][1]))
+    on_front = [False] * len(points)
+    best_acc = -math.inf
+    best_cost: float | None = None
+    for i in order:
+        cost, acc = points[i]
+        if acc > best_acc:
+            on_front[i], best_acc, best_cost = True, acc, cost
+        elif acc == best_acc and cost == best_cost:
+            on_front[i] = True  # a duplicate of a front point
+    return on_front
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset split (mirrors worker.engine.data.split, torch-free)
+# --------------------------------------------------------------------------------------------
+
+
+def split_sizes(
+    class_counts: Mapping[str, int] | Sequence[int], val_fraction: float
+) -> tuple[int, int]:
+    """(train samples, validation samples) of the engine's stratified split: per class,
+    round(n_c * val_fraction) samples, at least 1 and at most n_c - 1 (none for a single one)."""
+    counts = (
+        list(class_counts.values()) if isinstance(class_counts, Mapping) else list(class_counts)
+    )
+    val = 0
+    for n in counts:
+        n = int(n)
+        k = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 else 0
+        val += k
+    return sum(int(n) for n in counts) - val, val
+
+
+# --------------------------------------------------------------------------------------------
+# A run's history (what the worker did, from the run's own fields)
+# --------------------------------------------------------------------------------------------
+
+
+def run_events(run: Any, epoch_scores: Mapping[int, float] | None = None) -> list[dict[str, Any]]:
+    """The run's life as a list of {time, event, detail}, oldest first: created and queued,
+    picked up by a worker (with the attempt count), each validated epoch, cancel requests, and
+    how it ended (with the error). `run` is a `backend.client.Run`."""
+    events: list[dict[str, Any]] = []
+
+    def add(when: datetime | None, event: str, detail: str = "") -> None:
+        events.append({"time": when, "event": event, "detail": detail})
+
+    add(run.created_at, "queued", f"on queue `{run.queue or '?'}`")
+    worker = getattr(run, "worker", None)
+    attempts = int(run.attempts or 0)
+    if run.started_at is not None or attempts:
+        who = f"worker `{worker}`" if worker else "a worker"
+        detail = f"{who}, attempt {attempts}" if attempts else who
+        if attempts > 1:
+            detail += f" — the {attempts - 1} earlier attempt(s) lost their worker and resumed"
+        add(run.started_at, "running", detail)
+    for epoch, score in sorted((epoch_scores or {}).items()):
+        add(None, f"epoch {epoch + 1} validated", f"val/top1 {score:.2%}")
+    if run.cancel_requested and run.status != "cancelled":
+        add(None, "cancel requested", "the worker stops at its next step")
+    heartbeat = getattr(run, "heartbeat_at", None)
+    if not run.is_terminal and heartbeat is not None:
+        add(heartbeat, "last heartbeat", f"step {run.step:,} of {run.total_steps:,}")
+    if run.is_terminal:
+        detail = {
+            "succeeded": "student, evaluation and artifacts stored",
+            "cancelled": "stopped on request; the last checkpoint is kept",
+            "failed": run.error or "no reason recorded",
+        }.get(run.status, "")
+        add(run.finished_at, run.status, detail)
+    return events
+
+
+# --------------------------------------------------------------------------------------------
+# The Compare page's tables
+# --------------------------------------------------------------------------------------------
+
+HIGHLIGHT = "background-color: rgba(255, 189, 69, 0.35)"
+BEST = "font-weight: 700; color: #0f7b3f"
+FRONT, DOMINATED = "Pareto front", "dominated"
+
+RESULTS = [  # (column, summary key, format, higher is better)
+    ("student top-1", "student_top1", "pct", True),
+    ("teacher top-1", "teacher_top1", "pct", None),
+    ("agreement", "agreement", "pct", True),
+    ("params", "student_params", "count", False),
+    ("size", "student_size_bytes", "bytes", False),
+    ("FLOPs", "student_flops", "count", False),
+    ("CPU latency (ms)", "student_cpu_latency_ms", "ms", False),
+]
+
+
+def run_label(run: Any) -> str:
+    return f"#{run.id} {run.name}"
+
+
+def results_frame(runs: list[Any]) -> pd.DataFrame:
+    """One row per run: its status, the summary's results and student minus teacher top-1."""
+    rows = []
+    for run in runs:
+        summary = run.summary or {}
+        row: dict[str, Any] = {"run": run_label(run), "status": run.status}
+        for column, key, _, _ in RESULTS:
+            row[column] = summary.get(key)
+        t1, s1 = summary.get("teacher_top1"), summary.get("student_top1")
+        row["Δ vs teacher (pp)"] = (s1 - t1) * 100 if s1 is not None and t1 is not None else None
+        rows.append(row)
+    columns = ["run", "status", *[c for c, *_ in RESULTS], "Δ vs teacher (pp)"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def best_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame of CSS strings marking the best value of each result column (ties all marked)."""
+    styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    if len(frame) < 2:
+        return styles
+    for column, _, _, higher in RESULTS:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if higher is None or values.notna().sum() < 2 or values.nunique() < 2:
+            continue
+        best = values.max() if higher else values.min()
+        styles.loc[values == best, column] = BEST
+    return styles
+
+
+def diff_frame(runs: list[Any], show_all: bool = False) -> pd.DataFrame:
+    """One row per config key (only keys that differ, unless `show_all`), one column per run."""
+    configs = [run.config or {} for run in runs]
+    if show_all:
+        flat = [flatten(c) for c in configs]
+        keys = [k for k in dict.fromkeys(k for f in flat for k in f) if k != "name"]
+        values = [{k: f.get(k, MISSING) for k in keys} for f in flat]
+    else:
+        keys, values = config_diff(configs)
+    data = {
+        run_label(run): [_cell(v.get(k, MISSING)) for k in keys]
+        for run, v in zip(runs, values, strict=True)
+    }
+    return pd.DataFrame(data, index=pd.Index(keys, name="config key"))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def diff_styles(frame: pd.DataFrame) -> pd.DataFrame:
+    """CSS marking each cell that differs from the baseline (the first column)."""
+    styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    for key, row in frame.iterrows():
+        marks = differs_from_first(list(row.values))
+        for column, marked in zip(frame.columns, marks, strict=True):
+            if marked:
+                styles.loc[key, column] = HIGHLIGHT
+    return styles
+
+
+def tradeoff_frame(
+    runs: list[Any], cost_key: str, teacher_costs: Mapping[int, float] | None = None
+) -> pd.DataFrame:
+    """Students (and each distinct teacher) as points: label, kind, cost, accuracy, on_front and
+    front ("Pareto front" or "dominated"), the front computed over all of them.
+
+    `cost_key` is a summary suffix: `size_bytes`, `params`, `flops` or `cpu_latency_ms`;
+    `teacher_costs` fills a teacher's cost the summary lacks (e.g. its file size)."""
+    rows: list[dict[str, Any]] = []
+    teachers: set[Any] = set()
+    for run in runs:
+        s = run.summary or {}
+        rows.append(
+            {
+                "label": run_label(run),
+                "kind": "student",
+                "cost": s.get(f"student_{cost_key}"),
+                "accuracy": s.get("student_top1"),
+            }
+        )
+        key = (run.teacher_model_id, s.get("teacher_top1"))
+        if run.teacher_model_id is not None and key not in teachers and s.get("teacher_top1"):
+            teachers.add(key)
+            rows.append(
+                {
+                    "label": f"teacher #{run.teacher_model_id}",
+                    "kind": "teacher",
+                    "cost": s.get(f"teacher_{cost_key}")
+                    or (teacher_costs or {}).get(run.teacher_model_id),
+                    "accuracy": s.get("teacher_top1"),
+                }
+            )
+    frame = pd.DataFrame(rows, columns=["label", "kind", "cost", "accuracy"])
+    frame["cost"] = pd.to_numeric(frame["cost"], errors="coerce")
+    frame["accuracy"] = pd.to_numeric(frame["accuracy"], errors="coerce")
+    frame = frame.dropna(subset=["cost", "accuracy"]).reset_index(drop=True)
+    points = list(zip(frame["cost"], frame["accuracy"], strict=True))
+    frame["on_front"] = pareto_front(points) if points else []
+    frame["front"] = [FRONT if on else DOMINATED for on in frame["on_front"]]
+    return frame

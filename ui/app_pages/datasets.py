@@ -1,0 +1,280 @@
+"""Datasets: upload (.npz, .zip of class folders, .csv), list, and look at one dataset."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from backend.client import ApiError, Dataset, DatasetSamples
+from ui import components as ui
+from ui.analysis import split_sizes
+from worker.engine.config import DatasetRef
+
+VAL_FRACTION = DatasetRef.model_fields["val_fraction"].default  # what a run holds out
+FORMATS = {".npz": "npz", ".zip": "zip", ".csv": "csv"}
+FORMAT_HELP = {
+    "npz": "arrays `x` (samples × …) and `y` (integer labels)",
+    "zip": "one folder per class with images inside",
+    "csv": "one row per sample: a label column and numeric feature columns",
+}
+
+
+def _upload_form() -> None:
+    file = st.file_uploader(
+        "Dataset file",
+        type=["npz", "zip", "csv"],
+        key=f"ds_file_{st.session_state.get('ds_n', 0)}",
+        help="; ".join(f".{k}: {v}" for k, v in FORMAT_HELP.items()),
+    )
+    if file is None:
+        st.caption("  \n".join(f"**.{k}** — {v}" for k, v in FORMAT_HELP.items()))
+        return
+    fmt = FORMATS.get(Path(file.name).suffix.lower())
+    if fmt is None:
+        st.error(f"'{file.name}' is not .npz, .zip or .csv; convert it to one of those.")
+        return
+    left, right = st.columns(2)
+    name = left.text_input("Name", placeholder=Path(file.name).stem, key="ds_name")
+    label_column = "label"
+    if fmt == "csv":
+        label_column = right.text_input(
+            "Label column", "label", key="ds_label", help="The column that holds each row's class."
+        )
+    if st.button("Upload dataset", type="primary", icon=":material/upload:", key="ds_submit"):
+        _upload(file, name or Path(file.name).stem, fmt, label_column)
+
+
+def _upload(file: Any, name: str, fmt: str, label_column: str) -> None:
+    bar = st.progress(0.0, text="Uploading…")
+
+    def progress(sent: int, total: int) -> None:
+        bar.progress(sent / total if total else 1.0, text=f"Uploading… {ui.fmt_bytes(sent)}")
+
+    dataset = ui.fetch(
+        ui.client().upload_dataset,
+        file,
+        name=name,
+        format=fmt,
+        label_column=label_column,
+        on_progress=progress,
+        stop=False,
+    )
+    bar.empty()
+    if dataset is not None:
+        st.session_state["ds_selected"] = dataset.id
+        st.session_state["ds_n"] = st.session_state.get("ds_n", 0) + 1  # clears the uploader
+        st.session_state["ds_flash"] = {"id": dataset.id, "name": dataset.name}
+        st.rerun()
+
+
+def _frame(datasets: list[Dataset]) -> pd.DataFrame:
+    rows = []
+    for d in datasets:
+        info = d.info
+        rows.append(
+            {
+                "id": d.id,
+                "name": d.name,
+                "format": d.format,
+                "status": ui.status_label(d.status),
+                "samples": info.num_samples if info else None,
+                "classes": info.num_classes if info else None,
+                "input": ui.fmt_shape(info.input_shape) if info else "—",
+                "size": ui.fmt_bytes(d.size_bytes),
+                "created": d.created_at,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _class_counts(dataset: Dataset) -> pd.DataFrame:
+    info = dataset.info
+    if info is None or not info.class_counts:
+        return pd.DataFrame(columns=["class", "count"])
+    counts = info.class_counts
+    if isinstance(counts, dict):
+        pairs = list(counts.items())
+    else:
+        names = list(info.classes or range(len(counts)))
+        pairs = list(zip([str(n) for n in names], counts, strict=False))
+    return pd.DataFrame(pairs, columns=["class", "count"])
+
+
+def _detail(dataset: Dataset) -> None:
+    head, badge = st.columns([5, 1], vertical_alignment="center")
+    head.subheader(dataset.name)
+    with badge:
+        ui.status_badge(dataset.status)
+    if dataset.status == "failed":
+        st.error(
+            f"Scanning failed: {dataset.error or 'no reason given'}. Fix the file and "
+            "upload it again."
+        )
+        return
+    if dataset.status != "ready" or dataset.info is None:
+        st.info(
+            "A worker is scanning the dataset… this page refreshes by itself.",
+            icon=":material/hourglass_top:",
+        )
+        return
+    info = dataset.info
+    cols = st.columns(5)
+    cols[0].metric("Samples", ui.fmt_count(info.num_samples))
+    cols[1].metric("Classes", info.num_classes if info.num_classes is not None else "—")
+    cols[2].metric("Input", ui.fmt_shape(info.input_shape))
+    cols[3].metric("Kind", info.kind or dataset.format)
+    cols[4].metric("File size", ui.fmt_bytes(dataset.size_bytes))
+    counts = _class_counts(dataset)
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        _samples(dataset)
+    with right:
+        _split(dataset, counts)
+        if not counts.empty:
+            _counts_chart(counts)
+
+
+def _split(dataset: Dataset, counts: pd.DataFrame) -> None:
+    """The train/validation split a run uses (stratified per class, val_fraction 0.2 default)."""
+    st.markdown("**Train / validation split**")
+    if counts.empty:
+        st.caption("Class counts unknown: the split is shown once the scan records them.")
+        return
+    train, val = split_sizes(dict(zip(counts["class"], counts["count"], strict=True)), VAL_FRACTION)
+    cols = st.columns(2)
+    cols[0].metric("Train", ui.fmt_count(train), help="Samples the student is trained on.")
+    cols[1].metric(
+        "Validation",
+        ui.fmt_count(val),
+        help="Held out: top-1 of teacher and student is measured here.",
+    )
+    st.caption(
+        f"Runs hold out {VAL_FRACTION:.0%} of every class by default (stratified, seeded by the "
+        "run's seed); change it under *New run → Training → Advanced → Validation share*."
+    )
+
+
+def _samples(dataset: Dataset) -> None:
+    st.markdown("**Samples**")
+    with st.spinner("Loading samples…"):
+        preview = _fetch_samples(dataset.id)
+    if preview is None:
+        return
+    if preview.kind == "image" and preview.samples:
+        per_row = 8
+        for start in range(0, len(preview.samples), per_row):
+            cols = st.columns(per_row, gap="small")
+            for col, sample in zip(cols, preview.samples[start : start + per_row], strict=False):
+                col.image(
+                    base64.b64decode(sample.data),
+                    caption=f"{sample.label}",
+                    width="stretch",
+                )
+        st.caption(
+            f"{len(preview.samples)} samples spread over the classes, enlarged without smoothing."
+        )
+    elif preview.kind == "tabular" and preview.rows:
+        frame = pd.DataFrame(
+            [[r.label, *r.values] for r in preview.rows],
+            columns=[dataset.label_column or "label", *preview.columns],
+            index=pd.Index([r.index for r in preview.rows], name="row"),
+        )
+        st.dataframe(frame, key=f"ds_rows_{dataset.id}", height=300)
+        extra = (preview.columns_total or 0) - len(preview.columns)
+        note = f" ({extra} more columns not shown)" if extra > 0 else ""
+        st.caption(f"The first {len(preview.rows)} rows{note}.")
+    else:
+        ui.empty_state(
+            "No preview recorded for this dataset — it was scanned before previews existed; "
+            "upload it again to get one.",
+            icon=":material/image_not_supported:",
+        )
+
+
+def _fetch_samples(dataset_id: int) -> DatasetSamples | None:
+    try:
+        return ui.client().dataset_samples(dataset_id, n=16)
+    except ApiError as exc:
+        if exc.status in (404, 405) and exc.detail == "Not Found":  # an API without the route
+            st.caption("This API does not serve sample previews yet; update the studio.")
+        else:
+            ui.show_api_error(exc)
+        return None
+
+
+def _counts_chart(counts: pd.DataFrame) -> None:
+    st.markdown("**Samples per class**")
+    chart = (
+        alt.Chart(counts)
+        .mark_bar(cornerRadiusTopLeft=3, cornerRadiusTopRight=3)
+        .encode(
+            x=alt.X("class:N", sort=None, title="class"),
+            y=alt.Y("count:Q", title="samples"),
+            tooltip=["class", "count"],
+        )
+        .properties(height=220)
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+def _list(datasets: list[Dataset]) -> None:
+    if not datasets:
+        ui.empty_state(f"No datasets yet — upload one above, or {ui.DEMO_HINT}.")
+        return
+    st.dataframe(
+        _frame(datasets),
+        placeholder=ui.MISSING_CELL,
+        hide_index=True,
+        key="datasets_table",
+        column_config={
+            "id": st.column_config.NumberColumn("ID", width="small"),
+            "samples": st.column_config.NumberColumn("samples", format="localized"),
+            "created": st.column_config.DatetimeColumn("Created", format="distance"),
+        },
+    )
+    ids = [d.id for d in datasets]
+    if st.session_state.get("ds_selected") not in ids:
+        st.session_state["ds_selected"] = ids[0]
+    by_id = {d.id: d for d in datasets}
+    selected = st.selectbox(
+        "Look at",
+        ids,
+        key="ds_selected",
+        format_func=lambda i: f"#{i} {by_id[i].name} ({by_id[i].status})",
+    )
+    with st.container(border=True):
+        _detail(by_id[selected])
+
+
+def _flash(slot: Any, datasets: list[Dataset]) -> None:
+    """The note about a dataset just uploaded, kept until its scan ends."""
+    flash = st.session_state.get("ds_flash")
+    if not flash:
+        return
+    status = next((d.status for d in datasets if d.id == flash["id"]), "failed")
+    if status in ("pending", "running", "queued"):
+        slot.success(
+            f"Uploaded **{flash['name']}**; a worker is scanning it — this page refreshes by "
+            "itself.",
+            icon=":material/hourglass_top:",
+        )
+        return
+    st.session_state.pop("ds_flash")
+    if status == "ready":
+        slot.success(f"Uploaded **{flash['name']}**: scanned and ready for runs.")
+
+
+st.title("Datasets")
+flash_slot = st.empty()
+with st.spinner("Loading datasets…"):
+    datasets = ui.all_items(ui.client().datasets)
+_flash(flash_slot, datasets)
+with st.expander("Upload a dataset", icon=":material/upload:", expanded=not datasets):
+    _upload_form()
+_list(datasets)
+ui.refresh_while(any(d.status in ("pending", "running") for d in datasets), key="datasets")

@@ -1,0 +1,658 @@
+"""New run: teacher, dataset and student; plan the layer pairs; losses; training; review; launch.
+
+Every form is built from the catalog (`GET /api/v1/catalog`). The config is checked locally with
+the same pydantic `RunConfig` the API and the engine use, shown as YAML, and can be pasted back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from pydantic import ValidationError
+
+from backend.client import Catalog, Plan
+from ui import components as ui
+from worker.engine.config import RunConfig, TrainSettings
+
+TRAIN_DEFAULTS = TrainSettings().model_dump()
+TAPS = ["output", "input"]
+PAIR_COLUMNS = ["teacher", "student", "tap", "teacher_shape", "student_shape"]
+
+
+# --------------------------------------------------------------------------------------------
+# State helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _pairs() -> list[dict[str, Any]]:
+    return st.session_state.setdefault("nr_pairs", [])
+
+
+def _set_pairs(pairs: list[dict[str, Any]]) -> None:
+    st.session_state["nr_pairs"] = [
+        {"teacher": p["teacher"], "student": p["student"], "tap": p.get("tap") or "output"}
+        for p in pairs
+    ]
+    st.session_state["nr_pairs_ver"] = st.session_state.get("nr_pairs_ver", 0) + 1
+
+
+def _plan() -> Plan | None:
+    stored = st.session_state.get("nr_plan")
+    return Plan.model_validate(stored["plan"]) if stored else None
+
+
+def _plan_key(teacher: int | None, dataset: int | None, arch: str, kwargs: dict) -> str:
+    return json.dumps([teacher, dataset, arch, kwargs], sort_keys=True, default=str)
+
+
+def _shapes(plan: Plan | None) -> tuple[dict[str, str], dict[str, str]]:
+    if plan is None:
+        return {}, {}
+    teacher = {layer.path: ui.fmt_shape(layer.output_shape) for layer in plan.teacher.layers}
+    student = {layer.path: ui.fmt_shape(layer.output_shape) for layer in plan.student.layers}
+    return teacher, student
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+def _sources() -> tuple[int | None, int | None]:
+    models, datasets = ui.ready_models(), ui.ready_datasets()
+    if not models or not datasets:
+        missing = [
+            what
+            for what, items in (("a ready teacher model", models), ("a ready dataset", datasets))
+            if not items
+        ]
+        ui.empty_state(
+            f"You need {' and '.join(missing)} first — upload them on the Models and Datasets "
+            f"pages, or {ui.DEMO_HINT}.",
+            icon=":material/explore:",
+        )
+        st.stop()
+    models_by_id = {m.id: m for m in models}
+    datasets_by_id = {d.id: d for d in datasets}
+    wanted = ui.query_id("teacher")  # from a model page's "Distil this teacher"
+    if wanted is not None:
+        del st.query_params["teacher"]
+        if wanted in models_by_id:
+            st.session_state["nr_teacher"] = wanted
+    for key, ids in (("nr_teacher", models_by_id), ("nr_dataset", datasets_by_id)):
+        if st.session_state.get(key) not in ids:
+            st.session_state.pop(key, None)
+    left, middle, right = st.columns([2, 2, 2])
+    teacher = left.selectbox(
+        "Teacher",
+        list(models_by_id),
+        key="nr_teacher",
+        persist_state="session",
+        format_func=lambda i: _model_label(models_by_id[i]),
+        help="Ready models of your team. The teacher stays frozen during training.",
+    )
+    dataset = middle.selectbox(
+        "Dataset",
+        list(datasets_by_id),
+        key="nr_dataset",
+        persist_state="session",
+        format_func=lambda i: _dataset_label(datasets_by_id[i]),
+    )
+    right.text_input(
+        "Run name", key="nr_name", persist_state="session", placeholder="e.g. resnet8-kd-at"
+    )
+    return teacher, dataset
+
+
+def _model_label(model: Any) -> str:
+    params = f" · {ui.fmt_count(model.inspection.params)} params" if model.inspection else ""
+    return f"#{model.id} {model.name} v{model.version}{params}"
+
+
+def _dataset_label(dataset: Any) -> str:
+    info = dataset.info
+    extra = f" · {info.num_samples} samples, {info.num_classes} classes" if info else ""
+    return f"#{dataset.id} {dataset.name}{extra}"
+
+
+def _student(catalog: Catalog) -> tuple[str, dict[str, Any]]:
+    names = [e.name for e in catalog.students]
+    if st.session_state.get("nr_student") not in names:
+        st.session_state["nr_student"] = names[0]
+    left, right = st.columns([2, 3])
+    with left:
+        arch = st.selectbox(
+            "Student architecture",
+            names,
+            key="nr_student",
+            persist_state="session",
+            format_func=lambda n: f"{catalog.student(n).title} ({n})",
+        )
+        entry = catalog.student(arch)
+        ui.entry_help(entry)
+    with right:
+        kwargs = ui.param_form(entry, f"nr_student.{arch}", columns=2, persist=True)
+    return arch, kwargs
+
+
+def _plan_section(teacher: int | None, dataset: int | None, arch: str, kwargs: dict) -> None:
+    key = _plan_key(teacher, dataset, arch, kwargs)
+    stored = st.session_state.get("nr_plan")
+    stale = stored is not None and stored["key"] != key
+    label = "Plan again" if stale else "Plan"
+    row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    clicked = row.button(
+        label,
+        icon=":material/explore:",
+        type="primary" if stored is None or stale else "secondary",
+        key="nr_plan_btn",
+    )
+    if stale:
+        row.warning("Teacher, dataset or student changed since the plan — plan again.")
+    elif stored is None:
+        row.caption(
+            "Inspect teacher and student side by side and suggest layer pairs at "
+            "the ends of their resolution stages."
+        )
+    if clicked:
+        student = {"source": "zoo", "architecture": arch, "kwargs": kwargs}
+        with st.spinner("Inspecting teacher and student…"):
+            plan = ui.fetch(ui.client().plan, teacher, dataset, student, stop=False)
+        if plan is not None:
+            st.session_state["nr_plan"] = {"key": key, "plan": plan.model_dump(mode="json")}
+            _adopt_pairs(plan)
+            st.rerun()
+    plan = _plan()
+    if plan is not None:
+        _plan_tables(plan)
+
+
+def _adopt_pairs(plan: Plan) -> None:
+    """Keep the current pairs if they all exist in the new plan, else take the suggested ones."""
+    teacher, student = _shapes(plan)
+    current = _pairs()
+    if current and all(p["teacher"] in teacher and p["student"] in student for p in current):
+        _set_pairs(current)
+    else:
+        _set_pairs([p.model_dump() for p in plan.suggested_pairs])
+
+
+def _plan_tables(plan: Plan) -> None:
+    left, right = st.columns(2)
+    ratio = (plan.teacher_params or 0) / plan.student_params if plan.student_params else None
+    for col, title, insp, params in (
+        (left, "Teacher", plan.teacher, plan.teacher_params),
+        (right, "Student", plan.student, plan.student_params),
+    ):
+        with col, st.container(border=True):
+            st.markdown(f"**{title}**")
+            m1, m2, m3 = st.columns(3)
+            m1.metric("Parameters", ui.fmt_count(params if params is not None else insp.params))
+            m2.metric("FLOPs", ui.fmt_count(insp.flops))
+            m3.metric("Output", ui.fmt_shape(insp.output_shape))
+            frame = ui.layers_frame(insp).drop(columns=["input"])
+            st.dataframe(
+                frame,
+                placeholder=ui.MISSING_CELL,
+                hide_index=True,
+                height=280,
+                key=f"nr_layers_{title}",
+                column_config={"params": st.column_config.NumberColumn(format="localized")},
+            )
+    if ratio:
+        st.caption(f"The student has **{ratio:.1f}×** fewer parameters than the teacher.")
+
+
+def _pairs_section() -> None:
+    plan = _plan()
+    pairs = _pairs()
+    t_shapes, s_shapes = _shapes(plan)
+    st.caption(
+        "Each pair matches a teacher feature to a student feature. Connectors (1×1 conv "
+        "or linear) are added when channels differ, pooling when sizes differ."
+    )
+    frame = pd.DataFrame(
+        [
+            {
+                **p,
+                "teacher_shape": t_shapes.get(p["teacher"], "?"),
+                "student_shape": s_shapes.get(p["student"], "?"),
+            }
+            for p in pairs
+        ],
+        columns=PAIR_COLUMNS,
+    )
+    if plan is None:
+        if pairs:
+            st.dataframe(frame, hide_index=True)
+        st.info(
+            "Plan first to choose layer pairs from the two models' layers.",
+            icon=":material/explore:",
+        )
+        return
+    key = f"nr_pairs_editor_{st.session_state.get('nr_pairs_ver', 0)}"
+    st.data_editor(
+        frame,
+        key=key,
+        num_rows="dynamic",
+        hide_index=False,
+        on_change=_apply_edits,
+        args=(key,),
+        width="stretch",
+        column_config={
+            "teacher": st.column_config.SelectboxColumn(
+                "teacher layer", options=list(t_shapes), required=True
+            ),
+            "student": st.column_config.SelectboxColumn(
+                "student layer", options=list(s_shapes), required=True
+            ),
+            "tap": st.column_config.SelectboxColumn(
+                "tap", options=TAPS, default="output", required=True, width="small"
+            ),
+            "teacher_shape": st.column_config.TextColumn("teacher shape", disabled=True),
+            "student_shape": st.column_config.TextColumn("student shape", disabled=True),
+        },
+    )
+    cols = st.columns([1, 1, 4])
+    if cols[0].button("Suggested pairs", icon=":material/auto_awesome:", key="nr_pairs_reset"):
+        _set_pairs([p.model_dump() for p in plan.suggested_pairs])
+        st.rerun()
+    if cols[1].button("Clear pairs", icon=":material/clear_all:", key="nr_pairs_clear"):
+        _set_pairs([])
+        st.rerun()
+
+
+def _apply_edits(key: str) -> None:
+    """Fold the data editor's edits into `nr_pairs` (and refresh the shape columns)."""
+    edits = st.session_state.get(key) or {}
+    pairs = [dict(p) for p in _pairs()]
+    for index, change in (edits.get("edited_rows") or {}).items():
+        row = pairs[int(index)]
+        row.update({k: v for k, v in change.items() if k in ("teacher", "student", "tap")})
+    for added in edits.get("added_rows") or []:
+        pairs.append(
+            {
+                "teacher": added.get("teacher"),
+                "student": added.get("student"),
+                "tap": added.get("tap") or "output",
+            }
+        )
+    deleted = {int(i) for i in edits.get("deleted_rows") or []}
+    kept = [p for i, p in enumerate(pairs) if i not in deleted]
+    _set_pairs([p for p in kept if p.get("teacher") or p.get("student")])
+
+
+def _losses(catalog: Catalog) -> list[dict[str, Any]]:
+    pairs = _pairs()
+    usable = [e for e in catalog.losses if pairs or not e.needs_pairs]
+    names = [e.name for e in usable]
+    chosen = st.session_state.get("nr_losses")
+    if chosen is None:
+        chosen = [n for n in ("ce", "kd") if n in names]
+    st.session_state["nr_losses"] = [n for n in chosen if n in names]
+    selected = st.multiselect(
+        "Losses",
+        names,
+        key="nr_losses",
+        persist_state="session",
+        format_func=lambda n: f"{catalog.loss(n).title} ({n})",
+        help="The training loss is the weighted sum of these terms.",
+    )
+    if not pairs and any(e.needs_pairs for e in catalog.losses):
+        feature = ", ".join(e.title for e in catalog.losses if e.needs_pairs)
+        st.caption(f"Feature losses ({feature}) need layer pairs: plan and keep at least one pair.")
+    if not selected:
+        st.warning("Choose at least one loss (e.g. cross-entropy and KD).")
+    return [_loss_form(catalog, name, len(pairs)) for name in selected]
+
+
+def _loss_form(catalog: Catalog, name: str, n_pairs: int) -> dict[str, Any]:
+    entry = catalog.loss(name)
+    with st.container(border=True):
+        head, weight_col = st.columns([3, 1])
+        head.markdown(f"**{entry.title}** · `{name}` · {entry.kind}")
+        with head:
+            ui.entry_help(entry)
+        weight_key = f"nr_loss.{name}.weight"
+        if weight_key not in st.session_state:
+            st.session_state[weight_key] = float(entry.extra.get("default_weight", 1.0))
+        weight = weight_col.number_input(
+            "weight", 0.0, 1000.0, step=0.1, format="%g", key=weight_key, persist_state="session"
+        )
+        params = ui.param_form(entry, f"nr_loss.{name}", persist=True) if entry.params else {}
+        spec: dict[str, Any] = {"name": name, "weight": weight, "params": params}
+        if entry.needs_pairs and n_pairs:
+            pairs_key = f"nr_loss.{name}.pairs"
+            options = list(range(n_pairs))
+            labels = [f"{i}: {p['teacher']} → {p['student']}" for i, p in enumerate(_pairs())]
+            st.session_state[pairs_key] = [
+                i for i in st.session_state.get(pairs_key, []) if i in options
+            ]
+            subset = st.multiselect(
+                "pairs",
+                options,
+                key=pairs_key,
+                persist_state="session",
+                placeholder="all pairs",
+                format_func=lambda i: labels[i],
+                help="Which layer pairs this loss uses; leave empty for all of them.",
+            )
+            if subset:
+                spec["pairs"] = subset
+    return spec
+
+
+def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training settings, {'scheme', 'seed', 'val_fraction'})."""
+    d = TRAIN_DEFAULTS
+    _defaults(
+        {
+            "nr_t.epochs": d["epochs"],
+            "nr_t.batch_size": d["batch_size"],
+            "nr_t.optimizer": d["optimizer"],
+            "nr_t.lr": d["lr"],
+            "nr_t.momentum": d["momentum"],
+            "nr_t.weight_decay": d["weight_decay"],
+            "nr_t.schedule": d["schedule"],
+            "nr_t.device": d["device"],
+            "nr_t.amp": d["amp"],
+            "nr_t.checkpoint_every": d["checkpoint_every"],
+            "nr_t.log_every": d["log_every"],
+            "nr_t.step_milestones": ",".join(f"{m:g}" for m in d["step_milestones"]),
+            "nr_t.step_gamma": d["step_gamma"],
+            "nr_seed": 0,
+            "nr_val_fraction": 0.2,
+            "nr_scheme": catalog.schemes[0].name if catalog.schemes else "offline",
+        }
+    )
+    c = st.columns(4)
+    t: dict[str, Any] = {
+        "epochs": c[0].number_input(
+            "Epochs", 1, 10_000, key="nr_t.epochs", persist_state="session"
+        ),
+        "batch_size": c[1].number_input(
+            "Batch size", 1, 65_536, key="nr_t.batch_size", persist_state="session"
+        ),
+        "optimizer": c[2].selectbox(
+            "Optimizer",
+            catalog.optimizers or ["sgd", "adamw"],
+            key="nr_t.optimizer",
+            persist_state="session",
+        ),
+        "lr": c[3].number_input(
+            "Learning rate",
+            1e-6,
+            10.0,
+            step=0.01,
+            format="%g",
+            key="nr_t.lr",
+            persist_state="session",
+        ),
+    }
+    c = st.columns(4)
+    t["momentum"] = c[0].number_input(
+        "Momentum",
+        0.0,
+        0.999,
+        step=0.01,
+        format="%g",
+        key="nr_t.momentum",
+        persist_state="session",
+        help="SGD only.",
+    )
+    t["weight_decay"] = c[1].number_input(
+        "Weight decay",
+        0.0,
+        1.0,
+        step=1e-4,
+        format="%g",
+        key="nr_t.weight_decay",
+        persist_state="session",
+    )
+    t["schedule"] = c[2].selectbox(
+        "LR schedule", catalog.schedules or ["cosine"], key="nr_t.schedule", persist_state="session"
+    )
+    t["device"] = c[3].selectbox(
+        "Device",
+        ["auto", "cpu", "cuda"],
+        key="nr_t.device",
+        persist_state="session",
+        help="auto: a GPU worker when one is available.",
+    )
+    if t["schedule"] == "step":
+        c = st.columns(4)
+        text = c[0].text_input(
+            "Milestones",
+            key="nr_t.step_milestones",
+            persist_state="session",
+            help="Epoch fractions where the LR drops, e.g. 0.5,0.75.",
+        )
+        t["step_milestones"] = _floats(text)
+        t["step_gamma"] = c[1].number_input(
+            "Gamma",
+            0.001,
+            1.0,
+            step=0.05,
+            format="%g",
+            key="nr_t.step_gamma",
+            persist_state="session",
+        )
+    with st.expander("Advanced", icon=":material/tune:"):
+        c = st.columns(4)
+        t["amp"] = c[0].checkbox("Mixed precision (GPU)", key="nr_t.amp", persist_state="session")
+        t["checkpoint_every"] = c[1].number_input(
+            "Checkpoint every (steps)",
+            1,
+            10**9,
+            key="nr_t.checkpoint_every",
+            persist_state="session",
+        )
+        t["log_every"] = c[2].number_input(
+            "Log every (steps)", 1, 10**6, key="nr_t.log_every", persist_state="session"
+        )
+        seed = c[3].number_input("Seed", 0, 2**31 - 1, key="nr_seed", persist_state="session")
+        c = st.columns(4)
+        val = c[0].number_input(
+            "Validation share",
+            0.01,
+            0.89,
+            step=0.05,
+            format="%g",
+            key="nr_val_fraction",
+            persist_state="session",
+        )
+        schemes = [s.name for s in catalog.schemes] or ["offline"]
+        scheme = c[1].selectbox(
+            "Scheme",
+            schemes,
+            key="nr_scheme",
+            persist_state="session",
+            format_func=lambda n: _scheme_label(catalog, n),
+        )
+    return t, {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
+
+
+def _scheme_label(catalog: Catalog, name: str) -> str:
+    entry = catalog.scheme(name)
+    return f"{entry.title} ({name})" if entry else name
+
+
+def _defaults(values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        st.session_state.setdefault(key, value)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        st.error("Milestones: give numbers separated by commas, e.g. 0.5,0.75.")
+        return []
+
+
+# --------------------------------------------------------------------------------------------
+# Review, YAML and launch
+# --------------------------------------------------------------------------------------------
+
+
+def _config(
+    teacher: int | None,
+    dataset: int | None,
+    arch: str,
+    kwargs: dict,
+    losses: list[dict],
+    training: dict,
+    misc: dict,
+) -> dict[str, Any]:
+    name = st.session_state.get("nr_name") or f"{arch}-{'-'.join(loss['name'] for loss in losses)}"
+    return {
+        "name": name,
+        "teacher": {"model_id": teacher},
+        "student": {"source": "zoo", "architecture": arch, "kwargs": kwargs},
+        "dataset": {"dataset_id": dataset, "val_fraction": misc["val_fraction"]},
+        "layer_pairs": [dict(p) for p in _pairs()],
+        "losses": losses,
+        "scheme": misc["scheme"],
+        "training": training,
+        "seed": misc["seed"],
+    }
+
+
+def validation_errors(config: dict[str, Any]) -> list[str]:
+    """The run config's problems, each naming the field (empty when it is valid)."""
+    try:
+        RunConfig.model_validate(config)
+    except ValidationError as exc:
+        return [
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        ]
+    return []
+
+
+def _load_yaml() -> None:
+    """Fill the form from pasted YAML (an on_click callback: runs before the widgets)."""
+    text = st.session_state.get("nr_yaml", "")
+    try:
+        cfg = RunConfig.from_yaml(text)
+    except ValidationError as exc:
+        st.session_state["nr_yaml_error"] = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        return
+    except Exception as exc:  # noqa: BLE001 - YAML syntax errors of any kind
+        st.session_state["nr_yaml_error"] = f"not valid YAML: {exc}"
+        return
+    st.session_state.pop("nr_yaml_error", None)
+    _fill_form(cfg)
+    st.session_state["nr_flash"] = "Loaded the pasted config into the form below."
+
+
+def _fill_form(cfg: RunConfig) -> None:
+    s = st.session_state
+    s["nr_name"] = cfg.name
+    if cfg.teacher.model_id is not None:
+        s["nr_teacher"] = cfg.teacher.model_id
+    if cfg.dataset.dataset_id is not None:
+        s["nr_dataset"] = cfg.dataset.dataset_id
+    s["nr_val_fraction"] = cfg.dataset.val_fraction
+    if cfg.student.source == "zoo":
+        s["nr_student"] = cfg.student.architecture
+        for key, value in cfg.student.kwargs.items():
+            s[f"nr_student.{cfg.student.architecture}.{key}"] = value
+    _set_pairs([p.model_dump() for p in cfg.layer_pairs])
+    s["nr_losses"] = [loss.name for loss in cfg.losses]
+    for loss in cfg.losses:
+        s[f"nr_loss.{loss.name}.weight"] = float(loss.weight)
+        s[f"nr_loss.{loss.name}.pairs"] = list(loss.pairs or [])
+        for key, value in loss.params.items():
+            s[f"nr_loss.{loss.name}.{key}"] = value
+    for key, value in cfg.training.model_dump().items():
+        s[f"nr_t.{key}"] = ",".join(f"{m:g}" for m in value) if key == "step_milestones" else value
+    s["nr_scheme"] = cfg.scheme
+    s["nr_seed"] = cfg.seed
+
+
+def _review(config: dict[str, Any]) -> None:
+    errors = validation_errors(config)
+    if errors:
+        st.error("Fix these before launching:\n\n" + "\n".join(f"- {e}" for e in errors))
+        st.code(json.dumps(config, indent=2), language="json")
+        return
+    yaml_text = RunConfig.model_validate(config).to_yaml()
+    st.code(yaml_text, language="yaml", height=320)
+    left, right = st.columns([1, 1])
+    left.download_button(
+        "Download run.yaml",
+        yaml_text,
+        file_name=f"{config['name']}.yaml",
+        mime="application/x-yaml",
+        icon=":material/save:",
+        key="nr_download",
+    )
+    right.caption(
+        "Run it without the studio: `distill-studio train run.yaml` "
+        "(with local `path`s instead of ids)."
+    )
+    if st.button(
+        "Launch run",
+        type="primary",
+        icon=":material/rocket_launch:",
+        key="nr_launch",
+        width="stretch",
+    ):
+        with st.spinner("Queueing the run…"):
+            run = ui.fetch(ui.client().create_run, config, stop=False)
+        if run is not None:
+            st.session_state["run_flash"] = f"Run **{run.name}** queued on `{run.queue}`."
+            ui.go("run", id=run.id)
+
+
+def _paste_yaml() -> None:
+    with st.expander("Paste a run config (YAML)", icon=":material/content_paste:"):
+        st.text_area(
+            "YAML",
+            key="nr_yaml",
+            persist_state="session",
+            height=220,
+            placeholder="name: my-run\nteacher: {model_id: 1}\n…",
+        )
+        st.button(
+            "Load into the form", on_click=_load_yaml, key="nr_yaml_load", icon=":material/input:"
+        )
+        if error := st.session_state.get("nr_yaml_error"):
+            st.error(f"Could not load the YAML: {error}")
+
+
+# --------------------------------------------------------------------------------------------
+# Page
+# --------------------------------------------------------------------------------------------
+
+st.title("New run")
+catalog = ui.catalog()
+_paste_yaml()
+if flash := st.session_state.pop("nr_flash", None):
+    st.success(flash)
+
+st.subheader("1 · Teacher and data")
+teacher_id, dataset_id = _sources()
+
+st.subheader("2 · Student")
+arch, kwargs = _student(catalog)
+
+st.subheader("3 · Plan and layer pairs")
+_plan_section(teacher_id, dataset_id, arch, kwargs)
+_pairs_section()
+
+st.subheader("4 · Losses")
+losses = _losses(catalog)
+
+st.subheader("5 · Training")
+training, misc = _training(catalog)
+
+st.subheader("6 · Review and launch")
+_review(_config(teacher_id, dataset_id, arch, kwargs, losses, training, misc))

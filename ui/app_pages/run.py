@@ -1,0 +1,462 @@
+"""One run: live progress and loss curves (a fragment that refreshes every 2 s until the run
+ends), cancel, and after success the teacher-vs-student evaluation and the artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from backend.client import ApiError, Client, Metrics, Run
+from ui import components as ui
+from ui.analysis import run_events
+
+REFRESH_S = 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: fetched incrementally while live, folded into a per-run cache in session state
+# --------------------------------------------------------------------------------------------
+
+
+def _cache(run_id: int) -> dict[str, Any]:
+    return st.session_state.setdefault(f"run_metrics_{run_id}", {"series": {}, "last": None})
+
+
+def _merge(cache: dict[str, Any], metrics: Metrics) -> None:
+    for name, series in metrics.series.items():
+        points = cache["series"].setdefault(name, {})
+        for step, value, epoch in zip(
+            series.steps, series.values, series.epochs or [None] * len(series.steps), strict=False
+        ):
+            points[int(step)] = (value, epoch)
+            if cache["last"] is None or step > cache["last"]:
+                cache["last"] = int(step)
+
+
+def load_metrics(api: Client, run_id: int, full: bool) -> pd.DataFrame:
+    """All points so far as a long frame (name, step, epoch, value)."""
+    cache = _cache(run_id)
+    if full:
+        cache["series"], cache["last"] = {}, None
+    metrics = ui.fetch(api.metrics, run_id, since_step=cache["last"], stop=False)
+    if metrics is not None:
+        _merge(cache, metrics)
+    rows = [
+        (name, step, epoch, value)
+        for name, points in cache["series"].items()
+        for step, (value, epoch) in points.items()
+        if value is not None
+    ]
+    return pd.DataFrame(rows, columns=["name", "step", "epoch", "value"])
+
+
+def line_spec(
+    title: str, n_points: int, log: bool = False, percent: bool = False, height: int = 280
+) -> dict[str, Any]:
+    """Vega-Lite for named series over steps (a plain spec: cheap to redraw every 2 s)."""
+    y: dict[str, Any] = {"field": "value", "type": "quantitative", "title": title}
+    if log:
+        y["scale"] = {"type": "log"}
+    if percent:
+        y["axis"] = {"format": "%"}
+    return {
+        "height": height,
+        "mark": {"type": "line", "point": n_points < 40},
+        "encoding": {
+            "x": {
+                "field": "step",
+                "type": "quantitative",
+                "title": "step",
+                "axis": {"format": "d"},
+            },
+            "y": y,
+            "color": {
+                "field": "name",
+                "type": "nominal",
+                "title": None,
+                "legend": {"orient": "bottom"},
+            },
+            "tooltip": [
+                {"field": "name", "type": "nominal"},
+                {"field": "step", "type": "quantitative"},
+                {"field": "epoch", "type": "quantitative"},
+                {"field": "value", "type": "quantitative", "format": ".4g"},
+            ],
+        },
+    }
+
+
+def split_series(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(losses incl. validation losses, validation scores in [0, 1], everything else)."""
+    names = frame["name"]
+    is_loss = names.str.startswith("loss") | names.str.startswith("val/loss")
+    is_score = names.str.startswith("val/") & ~is_loss
+    return frame[is_loss], frame[is_score], frame[~is_loss & ~is_score]
+
+
+def _charts(frame: pd.DataFrame) -> None:
+    if frame.empty:
+        st.caption("No metrics reported yet — they appear after the first logged steps.")
+        return
+    losses, scores, rest = split_series(frame)
+    left, right = st.columns([3, 2])
+    with left:
+        head, toggle = st.columns([3, 2])
+        head.markdown("**Loss terms**")
+        log = toggle.toggle("log scale", key="run_log")
+        if losses.empty:
+            st.caption("No loss values yet.")
+        else:
+            log = log and bool((losses["value"] > 0).all())
+            st.vega_lite_chart(losses, line_spec("loss", len(losses), log=log), width="stretch")
+    with right:
+        st.markdown("**Validation**")
+        if scores.empty:
+            st.caption("Validation runs at the end of each epoch.")
+        else:
+            percent = bool(scores["value"].between(0, 1).all())
+            spec = line_spec("score", len(scores), percent=percent)
+            st.vega_lite_chart(scores, spec, width="stretch")
+    if not rest.empty:
+        with st.expander("Other series (learning rate, …)", icon=":material/show_chart:"):
+            for name, group in rest.groupby("name"):
+                spec = line_spec(str(name), len(group), height=160)
+                st.vega_lite_chart(group, spec, width="stretch")
+
+
+# --------------------------------------------------------------------------------------------
+# Live panel
+# --------------------------------------------------------------------------------------------
+
+
+def _progress(run: Run) -> None:
+    epochs = (run.config.get("training") or {}).get("epochs")
+    text = f"{run.progress:.0%}"
+    if run.status == "queued":
+        text = f"queued on `{run.queue or '?'}` — waiting for a worker"
+    st.progress(min(max(float(run.progress or 0.0), 0.0), 1.0), text=text)
+    cols = st.columns(4)
+    cols[0].metric("Epoch", f"{_epoch(run, epochs)}/{epochs}" if epochs else run.epoch)
+    cols[1].metric("Step", f"{run.step:,}/{run.total_steps:,}" if run.total_steps else run.step)
+    cols[2].metric(
+        "Throughput", "—" if run.throughput is None else f"{run.throughput:,.0f} samples/s"
+    )
+    if run.is_terminal:
+        duration = None
+        if run.started_at and run.finished_at:
+            duration = (run.finished_at - run.started_at).total_seconds()
+        cols[3].metric("Duration", ui.fmt_duration(duration))
+    else:
+        cols[3].metric("ETA", ui.fmt_duration(run.eta_seconds))
+
+
+def _epoch(run: Run, epochs: int) -> int:
+    """The epoch being trained, counted from 1 (the API counts from 0); all of them when done."""
+    if run.status == "succeeded":
+        return epochs
+    if run.status == "queued" and run.step == 0:
+        return 0
+    return min(run.epoch + 1, epochs)
+
+
+def live_panel(run_id: int, was_terminal: bool) -> None:
+    """Progress, counters and curves; refreshes itself every 2 s until the run ends."""
+
+    @st.fragment(run_every=None if was_terminal else REFRESH_S)
+    def _panel() -> None:
+        api = ui.client()
+        run = ui.fetch(api.run, run_id, stop=False)
+        if run is None:
+            return
+        if run.is_terminal and not was_terminal:
+            st.rerun()  # the whole page: evaluation, artifacts, and no more refreshing
+        _progress(run)
+        frame = load_metrics(api, run_id, full=was_terminal)
+        _charts(frame)
+        _log(run, frame)
+
+    _panel()
+
+
+def epoch_scores(frame: pd.DataFrame) -> dict[int, float]:
+    """{epoch: val/top1} from the metrics frame."""
+    top1 = frame[frame["name"] == "val/top1"] if not frame.empty else frame
+    return {int(e): float(v) for e, v in zip(top1["epoch"], top1["value"], strict=False)}
+
+
+def _log(run: Run, frame: pd.DataFrame) -> None:
+    """What happened to the run: queued, picked up by which worker (attempts), epochs, the end."""
+    events = run_events(run, epoch_scores(frame))
+    label = f"Worker log · {len(events)} events"
+    if run.attempts > 1:
+        label += f" · {run.attempts} attempts"
+    with st.expander(label, icon=":material/terminal:", expanded=run.status == "failed"):
+        if run.status == "failed":
+            st.code(run.error or "no reason recorded", language=None, wrap_lines=True)
+        table = pd.DataFrame(events, columns=["time", "event", "detail"])
+        st.dataframe(
+            table,
+            placeholder=ui.MISSING_CELL,
+            hide_index=True,
+            width="stretch",
+            key=f"run_log_{run.id}",
+            column_config={
+                "time": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss"),
+                "detail": st.column_config.TextColumn("detail", width="large"),
+            },
+        )
+        st.caption(
+            "From the run's record: the worker that took it (host:pid), each attempt, every "
+            "validated epoch and how it ended. Worker process logs are in the data folder's "
+            "`logs/` on the worker's machine."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Header, evaluation, artifacts
+# --------------------------------------------------------------------------------------------
+
+
+def _header(run: Run) -> None:
+    title, badge, action = st.columns([5, 1, 1], vertical_alignment="center")
+    title.title(f"{run.name}")
+    with badge:
+        ui.status_badge(run.status)
+    if run.is_terminal:
+        with action:
+            _retry_button(run)
+    else:
+        if run.cancel_requested:
+            action.caption("Stopping…")
+        elif action.button(
+            "Cancel", icon=":material/stop_circle:", key="run_cancel", width="stretch"
+        ):
+            done = ui.fetch(ui.client().cancel_run, run.id, stop=False)
+            if done is not None:
+                st.toast(
+                    "Cancellation requested; the run stops at its next step.",
+                    icon=":material/stop_circle:",
+                )
+                st.rerun()
+    cfg = run.config or {}
+    student = cfg.get("student") or {}
+    kwargs = ", ".join(f"{k}={v}" for k, v in (student.get("kwargs") or {}).items())
+    losses = " + ".join(
+        f"{loss.get('weight', 1):g}·{loss.get('name')}" for loss in cfg.get("losses") or []
+    )
+    facts = [
+        f"run #{run.id}",
+        f"teacher #{run.teacher_model_id}" if run.teacher_model_id else "",
+        f"student **{student.get('architecture', '?')}**" + (f" ({kwargs})" if kwargs else ""),
+        f"dataset #{run.dataset_id}" if run.dataset_id else "",
+        f"losses {losses}" if losses else "",
+        f"{len(cfg.get('layer_pairs') or [])} layer pairs",
+        f"queue `{run.queue}`" if run.queue else "",
+        f"attempt {run.attempts}" if run.attempts > 1 else "",
+    ]
+    st.caption(" · ".join(f for f in facts if f))
+
+
+def _retry_button(run: Run) -> None:
+    label = "Run again" if run.status == "succeeded" else "Retry"
+    if not st.button(
+        label,
+        icon=":material/replay:",
+        key="run_retry",
+        width="stretch",
+        help="Launch a new run with exactly this config.",
+    ):
+        return
+    api = ui.client()
+    try:
+        new = api.retry_run(run.id)
+    except ApiError as exc:
+        if exc.status in (404, 405) and exc.detail == "Not Found":  # an API without /retry
+            new = ui.fetch(api.create_run, run.config, stop=False)
+        else:
+            ui.show_api_error(exc)
+            return
+    if new is not None:
+        st.session_state["run_flash"] = (
+            f"Run **{new.name}** #{new.id} queued — a retry of #{run.id}."
+        )
+        ui.go("run", id=new.id)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    try:
+        return f"{float(a) / float(b):.2f}×" if a and b else "—"
+    except (TypeError, ValueError):
+        return "—"
+
+
+def _ms(value: Any) -> str:
+    return "—" if value is None else f"{value:.2f} ms"
+
+
+EVALUATION_ROWS = [
+    ("Top-1 accuracy", "top1", ui.fmt_pct),
+    ("Top-5 accuracy", "top5", ui.fmt_pct),
+    ("Parameters", "params", ui.fmt_count),
+    ("Size", "size_bytes", ui.fmt_bytes),
+    ("FLOPs", "flops", ui.fmt_count),
+    ("CPU latency, 1 sample", "cpu_latency_ms", _ms),
+    ("CPU latency, batch of 64", "cpu_latency_b64_ms", _ms),
+]
+
+
+def evaluation_frame(summary: dict[str, Any]) -> pd.DataFrame:
+    """Teacher vs student: accuracy, parameters, size, FLOPs, CPU latency; for costs the ratio
+    teacher / student (how many times smaller or faster the student is)."""
+    out = []
+    for label, key, fmt in EVALUATION_ROWS:
+        t, s = summary.get(f"teacher_{key}"), summary.get(f"student_{key}")
+        if t is None and s is None:
+            continue
+        ratio = "—" if "accuracy" in label else _ratio(t, s)
+        out.append({"": label, "teacher": fmt(t), "student": fmt(s), "teacher / student": ratio})
+    return pd.DataFrame(out, columns=["", "teacher", "student", "teacher / student"])
+
+
+def _with_teacher_size(run: Run) -> dict[str, Any]:
+    """The summary, with the teacher's file size from its model when the worker did not say."""
+    summary = dict(run.summary or {})
+    if summary.get("teacher_size_bytes") is None and run.teacher_model_id is not None:
+        teacher = ui.fetch(ui.client().model, run.teacher_model_id, stop=False)
+        if teacher is not None:
+            summary["teacher_size_bytes"] = teacher.size_bytes
+    return summary
+
+
+def _evaluation(run: Run) -> None:
+    summary = _with_teacher_size(run)
+    st.subheader("Evaluation")
+    cols = st.columns(4)
+    t1, s1 = summary.get("teacher_top1"), summary.get("student_top1")
+    delta = f"{(s1 - t1) * 100:+.2f} pp vs teacher" if t1 is not None and s1 is not None else None
+    cols[0].metric("Student top-1", ui.fmt_pct(s1), delta=delta)
+    cols[1].metric(
+        "Agreement",
+        ui.fmt_pct(summary.get("agreement")),
+        help="Share of validation samples where student and teacher predict the same class.",
+    )
+    cols[2].metric(
+        "Compression",
+        _ratio(summary.get("teacher_params"), summary.get("student_params")),
+        help="Teacher parameters / student parameters.",
+    )
+    cols[3].metric(
+        "CPU speed-up",
+        _ratio(summary.get("teacher_cpu_latency_ms"), summary.get("student_cpu_latency_ms")),
+    )
+    frame = evaluation_frame(summary)
+    if not frame.empty:
+        st.dataframe(frame, hide_index=True, width="stretch", key="run_eval")
+    with st.expander("Full summary", icon=":material/receipt_long:"):
+        st.json(summary, expanded=False)
+
+
+def _artifacts(run: Run) -> None:
+    api = ui.client()
+    artifacts = ui.fetch(api.artifacts, run.id, stop=False)
+    st.subheader("Artifacts")
+    if not artifacts:
+        ui.empty_state("This run produced no artifacts.")
+        return
+    for artifact in artifacts:
+        name, meta, button = st.columns([3, 2, 1], vertical_alignment="center")
+        name.markdown(f"**{artifact.filename}**  \n`{artifact.kind}`")
+        meta.caption(f"{ui.fmt_bytes(artifact.size_bytes)} · sha256 `{artifact.sha256[:12]}`")
+        with button:
+            st.download_button(
+                "Download",
+                data=_downloader(api, artifact.id),
+                file_name=artifact.filename,
+                mime="application/octet-stream",
+                icon=":material/download:",
+                key=f"art_{artifact.id}",
+                on_click="ignore",
+                width="stretch",
+            )
+
+
+def _downloader(api: Client, artifact_id: int) -> Any:
+    return lambda: api.artifact_bytes(artifact_id)[1]
+
+
+def _config(run: Run) -> None:
+    with st.expander("Run config (YAML)", icon=":material/description:"):
+        text = ui.fetch(ui.client().run_config_yaml, run.id, stop=False)
+        if text is None:
+            return
+        st.code(text, language="yaml")
+        st.download_button(
+            "Download config.yaml",
+            text,
+            file_name=f"run-{run.id}.yaml",
+            mime="application/x-yaml",
+            icon=":material/save:",
+            key="run_yaml",
+        )
+
+
+def _pick() -> int | None:
+    runs = ui.all_items(ui.client().runs, limit=100)
+    if not runs:
+        ui.empty_state(f"No runs yet — start one on the New run page, or {ui.DEMO_HINT}.")
+        return None
+    choice = st.selectbox(
+        "Run",
+        runs,
+        index=None,
+        placeholder="Choose a run…",
+        format_func=lambda r: f"#{r.id} {r.name} ({r.status})",
+    )
+    return choice.id if choice else None
+
+
+# --------------------------------------------------------------------------------------------
+# Page
+# --------------------------------------------------------------------------------------------
+
+run_id = ui.query_id()
+if run_id is None:
+    run_id = _pick()
+if run_id is not None:
+    if flash := st.session_state.pop("run_flash", None):
+        st.toast(flash, icon=":material/rocket_launch:")
+    with st.spinner("Loading the run…"):
+        run = ui.fetch(ui.client().run, run_id)
+    links = st.columns([1, 1, 6])
+    with links[0]:
+        st.page_link(ui.PAGES["runs"], label="All runs", icon=":material/arrow_back:")
+    if run.teacher_model_id:
+        with links[1]:
+            st.page_link(
+                ui.PAGES["model"],
+                label="Teacher",
+                icon=":material/neurology:",
+                query_params={"id": str(run.teacher_model_id)},
+            )
+    _header(run)
+    if run.status == "failed":
+        st.error(
+            f"The run failed: {run.error or 'no reason given'}  \n"
+            "Fix the cause (the worker log below has the details), then press **Retry** — or "
+            "download the config, change it and launch it from **New run**.",
+            icon=":material/cancel:",
+        )
+    elif run.status == "cancelled":
+        st.warning(
+            "The run was cancelled; its last checkpoint is kept. **Retry** starts it again "
+            "with the same config.",
+            icon=":material/block:",
+        )
+    if run.status == "succeeded":  # the results first, then how training went
+        _evaluation(run)
+        _artifacts(run)
+        st.subheader("Training")
+    live_panel(run.id, run.is_terminal)
+    _config(run)

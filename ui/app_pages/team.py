@@ -1,0 +1,302 @@
+"""Team: the teams you belong to, their members and roles, and your API tokens (create — the
+secret is shown once —, list with prefix, last use and expiry, revoke)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from backend.client import ApiError, ApiToken, TeamRef
+from ui import components as ui
+
+ROLE_HELP = {
+    "owner": "everything, including granting the owner role",
+    "admin": "manage members, webhooks and the audit log; delete models and datasets",
+    "member": "upload, launch, cancel and compare",
+    "viewer": "read only",
+}
+NEW_TOKEN_KEY = "team_new_token"
+
+
+# --------------------------------------------------------------------------------------------
+# Teams and members
+# --------------------------------------------------------------------------------------------
+
+
+def _teams() -> list[TeamRef]:
+    try:
+        return ui.client().teams()
+    except ApiError as exc:
+        if exc.status in (404, 405) and exc.detail == "Not Found":
+            me = st.session_state.get("me") or {}
+            return [TeamRef.model_validate(t) for t in me.get("teams") or []]
+        ui.show_api_error(exc)
+        return []
+
+
+def _team_section(teams: list[TeamRef]) -> TeamRef | None:
+    current_id = st.session_state.get("team_id")
+    current = next((t for t in teams if t.id == current_id), teams[0] if teams else None)
+    if current is None:
+        ui.empty_state("You belong to no team yet — ask an admin to add you to one.")
+        return None
+    frame = pd.DataFrame(
+        [
+            {
+                "team": t.name + ("  ← acting for" if t.id == current.id else ""),
+                "your role": t.role,
+                "what you can do": ROLE_HELP.get(t.role, ""),
+            }
+            for t in teams
+        ]
+    )
+    st.dataframe(frame, hide_index=True, key="team_teams")
+    if len(teams) > 1:
+        st.caption("Switch team with the selector in the sidebar; every page then acts for it.")
+    return current
+
+
+def _members(team: TeamRef) -> None:
+    st.subheader(f"Members of {team.name}")
+    try:
+        members = ui.client().team_members(team.id)
+    except ApiError as exc:
+        if exc.status in (404, 405) and exc.detail == "Not Found":
+            st.info(
+                "This API version does not list team members yet. Until it does, an admin "
+                "can see them with `distill-studio` on the server.",
+                icon=":material/info:",
+            )
+        else:
+            ui.show_api_error(exc)
+        return
+    if not members:
+        ui.empty_state("No members listed.")
+        return
+    me = (st.session_state.get("me") or {}).get("username")
+    frame = pd.DataFrame(
+        [
+            {
+                "user": m.username + (" (you)" if m.username == me else ""),
+                "role": m.role,
+                "can": ROLE_HELP.get(m.role, ""),
+            }
+            for m in sorted(members, key=lambda m: (_role_rank(m.role), m.username))
+        ]
+    )
+    st.dataframe(frame, hide_index=True, key="team_members")
+    if team.role in ("owner", "admin"):
+        st.caption(
+            "Add members or change roles over the API: `POST /api/v1/teams/{id}/members` "
+            "(username, role) and `PATCH /api/v1/teams/{id}/members/{user_id}`."
+        )
+    else:
+        st.caption("Ask a team owner or admin to add people or change roles.")
+
+
+def _role_rank(role: str) -> int:
+    order = ["owner", "admin", "member", "viewer"]
+    return order.index(role) if role in order else len(order)
+
+
+# --------------------------------------------------------------------------------------------
+# API tokens
+# --------------------------------------------------------------------------------------------
+
+
+def session_prefix() -> str | None:
+    """The visible prefix of this session's own token (`ds_<prefix>_<secret>`)."""
+    parts = str(st.session_state.get("token") or "").split("_")
+    return parts[1] if len(parts) >= 3 else None
+
+
+def token_state(token: ApiToken, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    if token.revoked_at is not None:
+        return "revoked"
+    expires = token.expires_at
+    if expires is not None:
+        expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+        if expires <= now:
+            return "expired"
+    return "active"
+
+
+def tokens_frame(tokens: list[ApiToken], teams: dict[int, str]) -> pd.DataFrame:
+    mine = session_prefix()
+    rows: list[dict[str, Any]] = []
+    for t in tokens:
+        name = t.name + (" (this session)" if t.prefix and t.prefix == mine else "")
+        rows.append(
+            {
+                "name": name,
+                "prefix": f"ds_{t.prefix}_…" if t.prefix else "—",
+                "state": token_state(t),
+                "access": "read-only" if t.read_only else "read & write",
+                "team": teams.get(t.team_id, f"#{t.team_id}") if t.team_id else "any of yours",
+                "created": t.created_at,
+                "last used": t.last_used_at,
+                "expires": t.expires_at,
+            }
+        )
+    columns = ["name", "prefix", "state", "access", "team", "created", "last used", "expires"]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in ("created", "last used", "expires"):  # None -> NaT: shown empty
+        frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce")
+    return frame
+
+
+def is_sign_in(token: ApiToken) -> bool:
+    """A token made by signing in with a password (the UI's own sessions)."""
+    return token.name == "login"
+
+
+def _create_form(team: TeamRef | None) -> None:
+    with st.form("token_form", border=True, clear_on_submit=True):
+        st.markdown("**Create a token** for scripts, CI or the Python client")
+        c = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
+        name = c[0].text_input("Name", key="tok_name", placeholder="e.g. ci-nightly", max_chars=100)
+        days = c[1].number_input(
+            "Expires in (days)", 0, 3650, 90, key="tok_days", help="0: never expires."
+        )
+        read_only = c[2].checkbox("Read-only", key="tok_ro", help="Only GET requests work.")
+        scoped = c[3].checkbox(
+            "This team only",
+            key="tok_scoped",
+            help=f"Bind it to {team.name if team else 'the current team'}.",
+        )
+        submitted = st.form_submit_button("Create token", type="primary", icon=":material/key:")
+    if not submitted:
+        return
+    if not name.strip():
+        st.error("Name the token (e.g. after the script that uses it), then create it.")
+        return
+    try:
+        created = ui.client().create_token(
+            name.strip(), read_only=read_only, team_scoped=scoped, expires_in_days=int(days)
+        )
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    st.session_state[NEW_TOKEN_KEY] = {"name": created.name, "token": created.token}
+    st.rerun()
+
+
+def _show_new_token() -> None:
+    """The secret of a token just created: shown on this one run of the page, never again."""
+    new = st.session_state.pop(NEW_TOKEN_KEY, None)
+    if not new:
+        return
+    with st.container(border=True):
+        st.success(
+            f"Token **{new['name']}** created. Copy it now — it is shown only this once "
+            "(the studio keeps just a hash of it).",
+            icon=":material/key:",
+        )
+        st.code(new["token"], language=None)
+        st.caption(
+            "Copy it with the button at the right of the box. Use it as "
+            "`Authorization: Bearer <token>`, or `Client(url, token)` in Python."
+        )
+
+
+def _revoke(tokens: list[ApiToken]) -> None:
+    active = [t for t in tokens if token_state(t) == "active"]
+    if not active:
+        return
+    by_id = {t.id: t for t in active}
+    mine = session_prefix()
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    chosen = left.selectbox(
+        "Revoke a token",
+        list(by_id),
+        index=None,
+        placeholder="Pick a token to revoke…",
+        key="tok_revoke_pick",
+        format_func=lambda i: (
+            f"{by_id[i].name} · ds_{by_id[i].prefix}_…"
+            + (" (this session)" if by_id[i].prefix == mine else "")
+        ),
+    )
+    clicked = right.button(
+        "Revoke",
+        icon=":material/block:",
+        key="tok_revoke",
+        disabled=chosen is None,
+        width="stretch",
+    )
+    if chosen is not None and by_id[chosen].prefix == mine:
+        st.warning("This is the token of this session: revoking it signs you out.")
+    if clicked and chosen is not None:
+        try:
+            ui.client().revoke_token(chosen)
+        except ApiError as exc:
+            ui.show_api_error(exc)
+            return
+        st.session_state.pop("tok_revoke_pick", None)
+        if by_id[chosen].prefix == mine:
+            ui.sign_out()
+        st.toast(
+            f"Revoked {by_id[chosen].name}; it stops working at once.", icon=":material/block:"
+        )
+        st.rerun()
+
+
+def _tokens(teams: list[TeamRef], team: TeamRef | None) -> None:
+    st.subheader("API tokens")
+    _show_new_token()
+    _create_form(team)
+    tokens = ui.fetch(ui.client().tokens, stop=False)
+    if tokens is None:
+        return
+    left, right = st.columns(2)
+    show_all = left.toggle("Show revoked and expired tokens", key="tok_all")
+    sessions = right.toggle(
+        "Show sign-in sessions",
+        key="tok_sessions",
+        help="Every password sign-in (on this page or POST /auth/token) makes a token named login.",
+    )
+    mine = session_prefix()
+    listed = [
+        t
+        for t in tokens
+        if (show_all or token_state(t) == "active")
+        and (sessions or not is_sign_in(t) or t.prefix == mine)
+    ]
+    listed.sort(key=lambda t: t.created_at or datetime.min.replace(tzinfo=UTC), reverse=True)
+    hidden = sum(is_sign_in(t) and t.prefix != mine and token_state(t) == "active" for t in tokens)
+    if not listed:
+        ui.empty_state("No active tokens — create one above.", icon=":material/key_off:")
+    else:
+        stamp = st.column_config.DatetimeColumn(format="distance")
+        st.dataframe(
+            tokens_frame(listed, {t.id: t.name for t in teams}),
+            placeholder=ui.MISSING_CELL,
+            hide_index=True,
+            key="tok_table",
+            column_config={
+                "name": st.column_config.TextColumn("name", width="medium"),
+                "created": stamp,
+                "last used": stamp,
+                "expires": stamp,
+            },
+        )
+        note = f"{hidden} other sign-in session(s) hidden. " if hidden and not sessions else ""
+        st.caption(note + "Last use is recorded at most once a minute.")
+    _revoke(tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# Page
+# --------------------------------------------------------------------------------------------
+
+st.title("Team & tokens")
+with st.spinner("Loading your teams…"):
+    my_teams = _teams()
+acting = _team_section(my_teams)
+if acting is not None:
+    _members(acting)
+_tokens(my_teams, acting)

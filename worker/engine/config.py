@@ -1,0 +1,224 @@
+"""The run config: one JSON/YAML document that describes a distillation run completely.
+
+It is validated here (pydantic, no torch), stored with the run, exported as YAML, and runs the
+same from the CLI (`distill-studio train run.yaml`) as through the API.
+
+Models and datasets are referenced either by id (a model/dataset registered in the studio) or by
+a local `path` (standalone CLI use). The worker resolves ids to files before calling the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from worker.engine import catalog
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    """A model file: a registered model (`model_id`) or a local file (`path`)."""
+
+    model_id: int | None = None
+    path: str | None = None
+    format: Literal["pt2", "safetensors"] | None = None
+    architecture: str | None = Field(None, description="Zoo architecture, for safetensors weights.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Zoo architecture arguments.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if (self.model_id is None) == (self.path is None):
+            raise ValueError("give exactly one of 'model_id' (a registered model) or 'path' (a file)")
+        return self
+
+
+class StudentSpec(_Strict):
+    """The student: a zoo architecture, derived from the teacher, the teacher's own, or a model.
+
+    - "zoo": `architecture` with `kwargs` from the catalog (the default);
+    - "derived": a shallower/narrower version of a zoo teacher: its depth times `depth_factor`
+      and its width times `width_factor` (`catalog.derived_architecture` gives the result);
+    - "teacher": self-distillation, the teacher's own architecture with fresh weights;
+    - "model": a registered model (safetensors) to start from.
+    "derived" and "teacher" need a teacher whose architecture is in the zoo (safetensors
+    weights with an architecture), not a .pt2 graph.
+    """
+
+    source: Literal["zoo", "derived", "teacher", "model"] = "zoo"
+    architecture: str = Field("resnet8", description="Catalog name of the student architecture.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Architecture parameters.")
+    model: ModelRef | None = Field(None, description="With source='model': the model to start from.")
+    depth_factor: float = Field(
+        0.5, gt=0.0, le=1.0, description="With source='derived': the teacher's depth times this."
+    )
+    width_factor: float = Field(
+        0.5, gt=0.0, le=1.0, description="With source='derived': the teacher's width times this."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> StudentSpec:
+        if self.source == "model":
+            if self.model is None:
+                raise ValueError("student.source='model' needs student.model")
+            return self
+        if self.source in ("derived", "teacher"):
+            return self  # resolved against the teacher: see `zoo_architecture`
+        entry = catalog.STUDENTS.get(self.architecture)
+        if entry is None:
+            raise ValueError(
+                f"unknown student architecture '{self.architecture}'; "
+                f"nearest: {', '.join(catalog.nearest(self.architecture, list(catalog.STUDENTS)))}"
+            )
+        errors = catalog.student_problems(self.architecture, self.kwargs)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def zoo_architecture(
+        self, teacher_arch: str | None = None, teacher_kwargs: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """The catalog name and parameters of the student to build (torch-free).
+
+        `teacher_arch` / `teacher_kwargs` describe the teacher (its zoo architecture, None for a
+        .pt2 graph); they matter for "derived" and "teacher". Raises ValueError saying what is
+        needed when the teacher has no zoo architecture, and for source "model" (loaded, not
+        built).
+        """
+        if self.source == "derived":
+            return catalog.derived_architecture(
+                teacher_arch, teacher_kwargs, self.depth_factor, self.width_factor
+            )
+        if self.source == "teacher":
+            return catalog.same_architecture(teacher_arch, teacher_kwargs)
+        if self.source == "model":
+            raise ValueError("student.source='model' loads student.model; there is nothing to build")
+        return self.architecture, dict(self.kwargs)
+
+
+class DatasetRef(_Strict):
+    dataset_id: int | None = None
+    path: str | None = None
+    format: Literal["npz", "zip", "csv"] | None = None
+    label_column: str = "label"
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Held-out share for evaluation.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetRef:
+        if (self.dataset_id is None) == (self.path is None):
+            raise ValueError("give exactly one of 'dataset_id' (a registered dataset) or 'path'")
+        return self
+
+
+class LayerPair(_Strict):
+    """A teacher module and a student module (by dotted path) whose features are matched."""
+
+    teacher: str
+    student: str
+    tap: Literal["output", "input"] = "output"
+
+
+class LossSpec(_Strict):
+    name: str
+    # up to 1e5: RepDistiller weights SP 3000 and PKT 30000 (their values are tiny)
+    weight: float = Field(1.0, ge=0.0, le=100_000.0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    pairs: list[int] | None = Field(
+        None, description="Indices into layer_pairs this loss uses; default: all pairs."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LossSpec:
+        entry = catalog.LOSSES.get(self.name)
+        if entry is None:
+            raise ValueError(
+                f"unknown loss '{self.name}'; the catalog has: {', '.join(sorted(catalog.LOSSES))}"
+            )
+        errors = entry.check_params(self.params)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def resolved_params(self) -> dict[str, Any]:
+        return {**catalog.LOSSES[self.name].defaults(), **self.params}
+
+
+class TrainSettings(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_milestones: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75], description="With schedule='step': epoch fractions."
+    )
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="Autocast (bf16) on GPU; ignored on CPU.")
+    checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints.")
+    log_every: int = Field(1, ge=1, description="Steps between reported metrics (mean over them).")
+    export_onnx: bool = Field(
+        True,
+        description="Also write the student as ONNX (student.onnx) next to safetensors and .pt2; "
+        "the exporter takes a few seconds (about 5 s the first time in a process, 2 s after).",
+    )
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", min_length=1, max_length=200)
+    teacher: ModelRef
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    dataset: DatasetRef
+    layer_pairs: list[LayerPair] = Field(default_factory=list)
+    losses: list[LossSpec] = Field(
+        default_factory=lambda: [LossSpec(name="ce", weight=1.0), LossSpec(name="kd", weight=1.0)]
+    )
+    scheme: str = "offline"
+    training: TrainSettings = Field(default_factory=TrainSettings)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value not in catalog.SCHEMES:
+            raise ValueError(f"unknown scheme '{value}'; the catalog has: {', '.join(catalog.SCHEMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _losses_fit_pairs(self) -> RunConfig:
+        if not self.losses:
+            raise ValueError("losses: give at least one loss, e.g. [{'name': 'ce'}, {'name': 'kd'}]")
+        for i, loss in enumerate(self.losses):
+            entry = catalog.LOSSES[loss.name]
+            if entry.needs_pairs and not self.layer_pairs:
+                raise ValueError(
+                    f"losses[{i}] '{loss.name}' matches features and needs layer_pairs "
+                    "(teacher/student module paths); see GET /api/v1/models/{id} for the layers"
+                )
+            used = len(loss.pairs) if loss.pairs is not None else len(self.layer_pairs)
+            need = entry.extra.get("min_pairs", 1 if entry.needs_pairs else 0)
+            if used < need:
+                raise ValueError(
+                    f"losses[{i}] '{loss.name}' needs at least {need} layer pairs "
+                    f"(it relates consecutive layers); it has {used}"
+                )
+            for j in loss.pairs or []:
+                if not 0 <= j < len(self.layer_pairs):
+                    raise ValueError(
+                        f"losses[{i}].pairs: index {j} out of range; there are "
+                        f"{len(self.layer_pairs)} layer_pairs"
+                    )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> RunConfig:
+        return cls.model_validate(yaml.safe_load(text))

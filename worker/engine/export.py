@@ -1,0 +1,120 @@
+"""Export a trained model: safetensors weights, a `torch.export` archive, ONNX.
+
+- `save_safetensors`: tensors only; with the studio's metadata (architecture, its kwargs, input
+  shape, class count) so `loading.load_model(path, "safetensors")` can rebuild a zoo model.
+- `export_pt2`: `torch.export.export` on CPU in eval mode with a dynamic batch dimension,
+  saved by `torch.export.save`; loads back with `loading.load_model(path, "pt2")`. Source stack
+  traces (local file paths) are stripped from the saved graph.
+- `export_onnx`: the same graph as ONNX (dynamic batch, input "input", output "logits"), through
+  the dynamo exporter, falling back to the TorchScript exporter when it fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+def _metadata(module: nn.Module) -> dict[str, str]:
+    """The studio's description of a zoo model, JSON-encoded per key (safetensors wants str)."""
+    meta = {"format": "pt"}
+    for key in ("arch", "arch_kwargs", "input_shape", "num_classes"):
+        value = getattr(module, key, None)
+        if value is not None:
+            meta[key] = json.dumps(list(value) if isinstance(value, tuple) else value)
+    return meta
+
+
+def save_safetensors(module: nn.Module, path: Path) -> None:
+    """Write the module's state dict as contiguous CPU tensors.
+
+    Tensors that share storage (tied weights) are cloned, since safetensors refuses aliasing; a
+    strict `load_state_dict` of the file restores every key.
+    """
+    seen: set[tuple[int, int]] = set()
+    tensors: dict[str, Tensor] = {}
+    for key, value in module.state_dict().items():
+        if not isinstance(value, Tensor):
+            continue
+        tensor = value.detach().to("cpu").contiguous()
+        storage = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        if storage in seen and tensor.numel() > 0:
+            tensor = tensor.clone()
+        seen.add((tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()))
+        tensors[key] = tensor
+    save_file(tensors, str(path), metadata=_metadata(module))
+
+
+@contextmanager
+def _cpu_eval(module: nn.Module) -> Iterator[nn.Module]:
+    """The module in eval mode on CPU (a copy when it lives elsewhere); mode restored after."""
+    on_cpu = all(t.device.type == "cpu" for t in [*module.parameters(), *module.buffers()])
+    model = module if on_cpu else copy.deepcopy(module).cpu()
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _example(input_shape: Sequence[int]) -> Tensor:
+    return torch.randn(2, *[int(s) for s in input_shape])
+
+
+def _batch_dim() -> tuple[dict[int, torch.export.Dim]]:
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def export_program(module: nn.Module, input_shape: Sequence[int]) -> torch.export.ExportedProgram:
+    """`torch.export.export` of the module (eval, CPU) with a dynamic batch dimension."""
+    with _cpu_eval(module) as model:
+        try:
+            program = torch.export.export(
+                model, (_example(input_shape),), dynamic_shapes=_batch_dim()
+            )
+        except Exception as exc:
+            raise ValueError(
+                f"torch.export could not trace the model for input shape {list(input_shape)} "
+                f"with a dynamic batch: {type(exc).__name__}: {exc}"
+            ) from exc
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    return program
+
+
+def export_pt2(module: nn.Module, input_shape: Sequence[int], path: Path) -> None:
+    """Save a `.pt2` archive that `loading.load_model(path, "pt2")` loads back."""
+    program = export_program(module, input_shape)
+    with Path(path).open("wb") as fh:
+        torch.export.save(program, fh)
+
+
+def export_onnx(module: nn.Module, input_shape: Sequence[int], path: Path) -> None:
+    """Save a single-file ONNX model with a dynamic batch (input "input", output "logits")."""
+    path = Path(path)
+    with _cpu_eval(module) as model:
+        example = (_example(input_shape),)
+        try:
+            torch.onnx.export(
+                model, example, str(path), input_names=["input"], output_names=["logits"],
+                dynamic_shapes=_batch_dim(), dynamo=True, external_data=False, verbose=False,
+            )
+            return
+        except Exception as exc:  # the dynamo exporter is young; the TorchScript one still works
+            log.warning("dynamo ONNX export failed (%s); using the TorchScript exporter", exc)
+        torch.onnx.export(
+            model, example, str(path), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            opset_version=17,
+        )

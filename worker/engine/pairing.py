@@ -1,0 +1,145 @@
+"""Layer pairs between a teacher and a student, checked on inspection tables (torch-free).
+
+The backend imports this module to validate run configs against the stored inspections of both
+models (`taps.inspect_model` output), so it imports nothing heavy. Shapes here exclude the batch
+dimension: a 4D feature map (N, C, H, W) is a 3-element shape [C, H, W], a vector (N, D) is [D].
+
+What a connector (`connectors.build_connector`) can bridge:
+- map -> map: any channels (1x1 conv + BN) and any spatial size (pooling / interpolation);
+- vector -> vector: any width (linear + BN);
+- map -> vector: global average pooling then linear;
+- sequence -> sequence ([L, D]): same length L, any width (linear on D).
+A vector cannot become a spatial map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from worker.engine.catalog import nearest
+
+
+def fmt_shape(shape: Sequence[int] | None) -> str:
+    """[64,8,8] (compact, as the UI shows shapes)."""
+    return "none" if shape is None else "[" + ",".join(str(int(s)) for s in shape) + "]"
+
+
+def unknown_layer_message(path: str, paths: Sequence[str], side: str) -> str:
+    """The error for an unknown module path, e.g. "layer 'layer9' not in teacher; nearest: ..."."""
+    return f"layer '{path}' not in {side}; nearest: {', '.join(nearest(path, list(paths)))}"
+
+
+def find_layer(inspection: dict[str, Any], path: str, side: str) -> dict[str, Any]:
+    """The row of `path` in an inspection's layer table; ValueError naming the nearest paths."""
+    for row in inspection.get("layers", []):
+        if row["path"] == path:
+            return row
+    paths = [row["path"] for row in inspection.get("layers", [])]
+    raise ValueError(unknown_layer_message(path, paths, side))
+
+
+def shape_problem(
+    student_shape: Sequence[int] | None, teacher_shape: Sequence[int] | None
+) -> str | None:
+    """Why no connector maps a student feature of `student_shape` to `teacher_shape`, or None."""
+    if student_shape is None or teacher_shape is None:
+        side = "student" if student_shape is None else "teacher"
+        return f"the {side} layer has no tensor output to match"
+    s, t = list(student_shape), list(teacher_shape)
+    if (len(s), len(t)) in ((3, 3), (1, 1), (3, 1)):
+        return None
+    if len(s) == 1 and len(t) == 3:
+        return "cannot rebuild a spatial map from a vector"
+    if len(s) == 2 and len(t) == 2:
+        if s[0] == t[0]:
+            return None
+        return f"sequence lengths differ ({s[0]} vs {t[0]}); pick layers with as many tokens"
+    return (
+        f"no connector maps a {len(s) + 1}D student feature to a {len(t) + 1}D teacher feature; "
+        "pick layers whose outputs are both maps (N,C,H,W) or both vectors (N,D)"
+    )
+
+
+def check_pair(
+    teacher_layer: dict[str, Any],
+    student_layer: dict[str, Any],
+    tap: str = "output",
+    *,
+    student: dict[str, Any] | None = None,
+) -> str | None:
+    """None when a connector can bridge the two layers, else a message with both shapes.
+
+    `tap` selects the layers' "output" or (first) "input" shape. Give the student's inspection as
+    `student` to have the message name a student layer that would fit.
+    """
+    key = "input_shape" if tap == "input" else "output_shape"
+    t_shape, s_shape = teacher_layer.get(key), student_layer.get(key)
+    problem = shape_problem(s_shape, t_shape)
+    if problem is None:
+        return None
+    message = (
+        f"teacher layer '{teacher_layer['path']}' {fmt_shape(t_shape)} vs student layer "
+        f"'{student_layer['path']}' {fmt_shape(s_shape)}: {problem}"
+    )
+    if t_shape is not None and len(t_shape) == 3 and (s_shape is None or len(s_shape) != 3):
+        message += "; pick a student layer with a 4D output"
+        ends = _map_stage_ends(student) if student else []
+        if ends:
+            row = find_layer(student or {}, ends[-1], "student")
+            message += f" such as {row['path']} {fmt_shape(row['output_shape'])}"
+    return message
+
+
+def _map_stage_ends(inspection: dict[str, Any] | None) -> list[str]:
+    """End layers of the spatial (4D) stages, shallow to deep."""
+    stages = (inspection or {}).get("stages", [])
+    return [s["end"] for s in stages if s.get("resolution") is not None and s.get("end")]
+
+
+def _penultimate(inspection: dict[str, Any]) -> str | None:
+    """The feature layer just before the classifier: the head's last row that is not the end."""
+    heads = [s for s in inspection.get("stages", []) if s.get("resolution") is None]
+    if not heads or not heads[-1]["layers"]:
+        return None
+    end = heads[-1]["end"]
+    candidates = [
+        p for p in heads[-1]["layers"]
+        if p != end and not p.startswith(end + ".") and not end.startswith(p + ".")
+    ]
+    if not candidates:
+        return None
+    path = candidates[-1]
+    while "." in path and path.rsplit(".", 1)[0] in candidates:
+        path = path.rsplit(".", 1)[0]  # the outermost module that produced this feature
+    return path
+
+
+def suggest_pairs(
+    teacher: dict[str, Any], student: dict[str, Any], max_pairs: int = 3
+) -> list[dict[str, Any]]:
+    """Stage-end pairs, deepest first when choosing, returned shallow to deep.
+
+    Both networks' spatial stages are aligned from the end (the last teacher stage with the last
+    student stage, and so on), at most `max_pairs`, keeping only pairs `check_pair` accepts. When
+    either network has no spatial stage (MLPs), the penultimate features are paired instead.
+    """
+    t_ends, s_ends = _map_stage_ends(teacher), _map_stage_ends(student)
+    candidates = list(zip(reversed(t_ends), reversed(s_ends), strict=False))
+    if not candidates:
+        t_pen, s_pen = _penultimate(teacher), _penultimate(student)
+        candidates = [(t_pen, s_pen)] if t_pen and s_pen else []
+    pairs: list[dict[str, Any]] = []
+    for t_path, s_path in candidates:
+        if len(pairs) >= max_pairs:
+            break
+        t_row = find_layer(teacher, t_path, "teacher")
+        s_row = find_layer(student, s_path, "student")
+        if check_pair(t_row, s_row) is None:
+            pairs.append({
+                "teacher": t_path,
+                "student": s_path,
+                "teacher_shape": t_row["output_shape"],
+                "student_shape": s_row["output_shape"],
+            })
+    return pairs[::-1]

@@ -1,0 +1,91 @@
+"""Student architectures, registered under their catalog names (`catalog.STUDENTS`).
+
+`build_student(name, input_shape, num_classes, **kwargs)` checks the name and the parameters
+against the catalog and returns a fresh `nn.Module` that carries `input_shape`, `num_classes`,
+`arch` and `arch_kwargs` so it can be saved and rebuilt (safetensors + architecture name).
+`derive_student` builds a shallower/narrower version of a zoo teacher (depth and width factors).
+
+Families: CIFAR ResNets (`resnet8`..`resnet110`, `resnet8x4`, `resnet32x4`, `resnet`), wide
+ResNets (`wrn_16_1`, `wrn_16_2`, `wrn_40_1`, `wrn_40_2`, `wrn`), VGG with BN (`vgg8`, `vgg11`,
+`vgg13`, `vgg`), `mobilenetv2`, `shufflenetv1`, `shufflenetv2` and `mlp`. Every network takes any
+input size down to 8x8 and any number of input channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+from torch import nn
+
+from worker.engine import catalog
+from worker.engine.students.mlp import MLP, mlp
+from worker.engine.students.mobilenetv2 import MobileNetV2, mobilenetv2
+from worker.engine.students.resnet import ResNet, resnet, resnet_generic, resnet_x4
+from worker.engine.students.shufflenet import ShuffleNetV1, ShuffleNetV2, shufflenetv1, shufflenetv2
+from worker.engine.students.vgg import VGG, vgg, vgg_named
+from worker.engine.students.wrn import NAMED as WRN_NAMED
+from worker.engine.students.wrn import WideResNet, wrn, wrn_named
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    **{f"resnet{d}": partial(resnet, d) for d in catalog.RESNET_DEPTHS},
+    **{f"resnet{d}x4": partial(resnet_x4, d) for d in (8, 32)},
+    "resnet": resnet_generic,
+    **{name: partial(wrn_named, name) for name in WRN_NAMED},
+    "wrn": wrn,
+    **{f"vgg{d}": partial(vgg_named, d) for d in catalog.VGG_NAMED},
+    "vgg": vgg,
+    "mobilenetv2": mobilenetv2,
+    "shufflenetv1": shufflenetv1,
+    "shufflenetv2": shufflenetv2,
+    "mlp": mlp,
+}
+
+
+def build_student(
+    name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any
+) -> nn.Module:
+    """A new, randomly initialised student `name` for inputs `input_shape` (without batch).
+
+    Raises ValueError for an unknown name (listing the nearest ones) or parameters the catalog
+    does not accept.
+    """
+    if name not in REGISTRY:
+        raise ValueError(
+            f"unknown student architecture '{name}'; nearest: "
+            f"{', '.join(catalog.nearest(name, list(REGISTRY)))}"
+        )
+    errors = catalog.student_problems(name, kwargs)
+    if errors:
+        raise ValueError("; ".join(errors))
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    return REGISTRY[name](tuple(int(s) for s in input_shape), int(num_classes), **kwargs)
+
+
+def derive_student(
+    teacher_arch: str | None,
+    teacher_kwargs: dict[str, Any] | None,
+    depth_factor: float,
+    width_factor: float,
+    input_shape: Sequence[int],
+    num_classes: int,
+) -> nn.Module:
+    """A fresh student derived from a zoo teacher by depth and width factors (each in (0, 1]).
+
+    The architecture and its parameters come from `catalog.derived_architecture` (resnet depth
+    -> nearest 6n+2, wrn 6n+4, vgg fewer convolutions, mlp fewer/narrower layers, mobilenet and
+    shufflenet multipliers). A teacher without a zoo architecture (a .pt2 graph) raises
+    ValueError saying to upload it as safetensors with its architecture.
+    """
+    arch, kwargs = catalog.derived_architecture(
+        teacher_arch, teacher_kwargs, depth_factor, width_factor
+    )
+    return build_student(arch, input_shape, num_classes, **kwargs)
+
+
+__all__ = [
+    "MLP", "REGISTRY", "VGG", "MobileNetV2", "ResNet", "ShuffleNetV1", "ShuffleNetV2",
+    "WideResNet", "build_student", "derive_student",
+]

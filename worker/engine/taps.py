@@ -1,0 +1,301 @@
+"""Model inspection and feature taps, both built on forward hooks.
+
+`inspect_model` runs one dummy forward and records, for every named submodule, its input and
+output shapes, its parameter count and the resolution stage it belongs to; the table is what the
+UI shows and what layer pairs are checked against. `FeatureTaps` captures the tensors of chosen
+modules during training (the teacher/student features that feature losses compare).
+
+Stages (used by auto-pairing, `pairing.suggest_pairs`): walking the modules in the order their
+forward *finished*, a stage is a maximal run of modules with a 4D output of the same spatial
+resolution; its `end` is the last module to finish at that resolution, which is the outermost
+one (e.g. `layer2` rather than `layer2.2.relu2`). Global pooling to 1x1 and everything after the
+last spatial stage form a final "head" stage with resolution null; 1x1 maps in the middle of the
+network (squeeze-excitation) do not break a stage, nor does work at the old resolution inside a
+down-sampling block (a pre-activation, a bottleneck's first 1x1: see `_inner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from worker.engine.loading import ModelLoadError
+from worker.engine.pairing import unknown_layer_message
+
+_BATCH = 2
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    leaves, _ = tree_flatten(value)
+    return next((leaf for leaf in leaves if isinstance(leaf, Tensor)), None)
+
+
+def _shape(value: Any) -> list[int] | None:
+    """Shape without the batch dimension of the first tensor in `value`."""
+    tensor = _first_tensor(value)
+    return None if tensor is None or tensor.dim() == 0 else [int(s) for s in tensor.shape[1:]]
+
+
+def _param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+class _Recorder:
+    """Forward hooks that record every named submodule's first call (shapes, parameters)."""
+
+    def __init__(self, types: dict[str, str]) -> None:
+        self.types = types
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []  # call order (pre-hooks)
+        self.finished: list[str] = []  # finishing order (forward hooks)
+        self._started: set[str] = set()
+
+    def attach(self, module: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        handles = []
+        for path, sub in module.named_modules():
+            if path:
+                handles.append(sub.register_forward_pre_hook(self._pre(path)))
+                handles.append(sub.register_forward_hook(self._post(path)))
+        return handles
+
+    def _pre(self, path: str) -> Any:
+        def hook(_mod: nn.Module, _args: Any) -> None:
+            if path not in self._started:
+                self._started.add(path)
+                self.order.append(path)
+
+        return hook
+
+    def _post(self, path: str) -> Any:
+        def hook(mod: nn.Module, args: Any, output: Any) -> None:
+            if path in self.rows:
+                return  # a module called twice keeps its first call
+            self.rows[path] = {
+                "path": path,
+                "type": self.types.get(path, type(mod).__name__),
+                "input_shape": _shape(args[0]) if args else None,
+                "output_shape": _shape(output),
+                "params": _param_count(mod),
+                "stage": None,
+            }
+            self.finished.append(path)
+
+        return hook
+
+
+def inspect_model(module: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """One dummy forward (batch 2, eval, no grad) with a hook on every named submodule.
+
+    Returns JSON-able {"input_shape", "output_shape", "num_classes", "params", "flops",
+    "layers": [{"path", "type", "input_shape", "output_shape", "params", "stage"}],
+    "stages": [{"index", "resolution", "channels", "layers", "end"}]}. Shapes exclude the
+    batch; layers are in call order; `flops` is per sample as counted by
+    `torch.utils.flop_counter` (a multiply-add is 2). Raises ModelLoadError when the forward
+    fails on that input shape.
+    """
+    shape = [int(s) for s in input_shape]
+    recorder = _Recorder(getattr(module, "module_types", None) or {})
+    output, flops = _dummy_forward(module, shape, recorder.attach(module))
+    rows = recorder.rows
+    stages = _stages([rows[p] for p in recorder.finished], recorder.order)
+    out_shape = _shape(output)
+    return {
+        "input_shape": shape,
+        "output_shape": out_shape,
+        "num_classes": out_shape[0] if out_shape is not None and len(out_shape) == 1 else None,
+        "params": _param_count(module),
+        "flops": flops,
+        "layers": [rows[p] for p in recorder.order if p in rows],
+        "stages": stages,
+    }
+
+
+def _dummy_forward(
+    module: nn.Module, shape: list[int], handles: list[torch.utils.hooks.RemovableHandle]
+) -> tuple[Any, int]:
+    """Run the forward under the flop counter; always removes `handles` and restores the mode."""
+    device, dtype = _device_dtype(module)
+    was_training = module.training
+    module.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            output = module(torch.randn(_BATCH, *shape, device=device, dtype=dtype))
+    except Exception as exc:
+        built_for = getattr(module, "input_shape", None)
+        fix = (
+            f"the model expects input_shape {list(built_for)}"
+            if built_for
+            else "give the input shape the model expects without the batch, e.g. [3, 32, 32]"
+        )
+        raise ModelLoadError(
+            f"the model's forward failed on a dummy input of shape {shape} (batch excluded): "
+            f"{type(exc).__name__}: {exc}; {fix}"
+        ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        module.train(was_training)
+    return output, int(counter.get_total_flops()) // _BATCH
+
+
+def _resolution(row: dict[str, Any], key: str = "output_shape") -> tuple[int, int] | None:
+    shape = row.get(key)
+    return (shape[1], shape[2]) if shape is not None and len(shape) == 3 else None
+
+
+def _is_global_pool(row: dict[str, Any]) -> bool:
+    """A parameter-free module that reduces a spatial map to 1x1 (the classifier's pooling)."""
+    source = _resolution(row, "input_shape")
+    shrinks = source is not None and source[0] * source[1] > 1
+    return _resolution(row) == (1, 1) and row["params"] == 0 and (shrinks or "Pool" in row["type"])
+
+
+def _head_start(seq: list[dict[str, Any]]) -> int:
+    """Index (in finishing order) where the head begins."""
+    spatial = [i for i, r in enumerate(seq) if _resolution(r) not in (None, (1, 1))]
+    last_big = spatial[-1] if spatial else -1
+    for i in range(last_big + 1, len(seq)):
+        if _is_global_pool(seq[i]):
+            return i
+    maps = [i for i, r in enumerate(seq) if _resolution(r) is not None]
+    return (maps[-1] if maps else -1) + 1
+
+
+def _inner(seq: list[dict[str, Any]]) -> set[str]:
+    """Rows computed inside a module whose output has another spatial resolution.
+
+    That is the old-resolution work at the start of a down-sampling block: a pre-activation
+    BN-ReLU (wide ResNets), a bottleneck's 1x1 before its strided 3x3 (MobileNet, ShuffleNet,
+    ResNet-50), a branch of a two-branch block. Such rows belong to the stage they run in but
+    never start or end one, so `layer1` (not `layer2.0.relu1`) ends the first stage.
+    """
+    res = {row["path"]: _resolution(row) for row in seq}
+    inner = set()
+    for path, own in res.items():
+        parts = path.split(".")
+        ancestors = (res.get(".".join(parts[:k])) for k in range(1, len(parts)))
+        if own is not None and any(a is not None and a != own for a in ancestors):
+            inner.add(path)
+    return inner
+
+
+def _stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """Group rows (in finishing order) into resolution stages plus a head; sets row["stage"]."""
+    head_start = _head_start(seq)
+    inner = _inner(seq)
+    big = [i for i, r in enumerate(seq) if _resolution(r) not in (None, (1, 1))]
+    last_big = big[-1] if big else -1
+    stages: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for i, row in enumerate(seq):
+        res = _resolution(row)
+        spatial = (
+            i < head_start and res is not None and not (res == (1, 1) and i < last_big)
+            and row["path"] not in inner
+        )
+        if i >= head_start:
+            if current is None or current["resolution"] is not None:
+                current = _new_stage(stages, None)
+        elif spatial and (current is None or current["resolution"] != list(res)):
+            current = _new_stage(stages, list(res))
+        if current is None:
+            continue
+        current["layers"].append(row["path"])
+        row["stage"] = current["index"]
+        if i >= head_start or spatial:
+            current["end"] = row["path"]
+            out = row["output_shape"]
+            current["channels"] = out[0] if out else None
+    rank = {p: k for k, p in enumerate(order)}
+    for stage in stages:
+        stage["layers"].sort(key=lambda p: rank.get(p, len(rank)))
+    return stages
+
+
+def _new_stage(stages: list[dict[str, Any]], resolution: list[int] | None) -> dict[str, Any]:
+    stage = {"index": len(stages), "resolution": resolution, "channels": None, "layers": [],
+             "end": None}
+    stages.append(stage)
+    return stage
+
+
+class FeatureTaps:
+    """Capture module outputs (or first inputs) during forward passes.
+
+        with FeatureTaps(teacher, [("layer2", "output"), ("layer3", "output")], detach=True) as t:
+            logits = teacher(x)
+            f2, f3 = t.features
+
+    `features` is reset at the start of every forward of the root module and holds one tensor per
+    tap, in the order given; a module called more than once keeps its first call's tensor.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        taps: Sequence[tuple[str, Literal["output", "input"]]],
+        side: str = "teacher",
+        detach: bool = False,
+    ) -> None:
+        self.module = module
+        self.taps = [(path, kind) for path, kind in taps]
+        self.side = side
+        self.detach = detach
+        self._values: list[Tensor | None] = [None] * len(self.taps)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        modules = dict(module.named_modules())
+        paths = [p for p in modules if p]
+        for path, kind in self.taps:
+            if path not in modules or not path:
+                raise ValueError(unknown_layer_message(path, paths, side))
+            if kind not in ("output", "input"):
+                raise ValueError(f"tap for '{path}' must be 'output' or 'input', got {kind!r}")
+        self._modules = [modules[path] for path, _ in self.taps]
+
+    @property
+    def features(self) -> list[Tensor]:
+        missing = [p for (p, _), v in zip(self.taps, self._values, strict=True) if v is None]
+        if missing:
+            raise RuntimeError(
+                f"{self.side} layers {missing} did not run in the last forward; tap modules "
+                "that the forward actually calls"
+            )
+        return [v for v in self._values if v is not None]
+
+    def __enter__(self) -> FeatureTaps:
+        self._handles.append(self.module.register_forward_pre_hook(self._reset))
+        for i, (sub, (_, kind)) in enumerate(zip(self._modules, self.taps, strict=True)):
+            self._handles.append(sub.register_forward_hook(self._hook(i, kind)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _reset(self, _mod: nn.Module, _args: Any) -> None:
+        self._values = [None] * len(self.taps)
+
+    def _hook(self, index: int, kind: str) -> Any:
+        def hook(_mod: nn.Module, args: Any, output: Any) -> None:
+            if self._values[index] is not None:
+                return
+            value = _first_tensor(args[0] if kind == "input" and args else output)
+            if value is not None and self.detach:
+                value = value.detach()
+            self._values[index] = value
+
+        return hook

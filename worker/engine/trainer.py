@@ -1,0 +1,524 @@
+"""The training loop: one student distilled from one frozen teacher (the `offline` scheme).
+
+Deterministic on CPU: the same config gives bit-identical weights, and a run interrupted (cancel,
+crash) and resumed from its checkpoint ends exactly where an uninterrupted run would. The order
+of samples in epoch e is a permutation from `torch.Generator().manual_seed(seed * 1_000_003 + e)`,
+cut into batches in order (the last one may be smaller), so a resume at batch b of epoch e just
+re-creates that permutation and continues at b.
+
+A checkpoint holds the student and loss-module states (connectors, pre-trained auxiliary modules
+and their `prepared` flags), optimizer, scheduler, the position (step, epoch, batch), the CPU/CUDA
+RNG states and the history so far; it is written atomically (tmp file + `os.replace`) and read
+with `torch.load(weights_only=True)`.
+
+Losses declare what they need through class flags, never by name: `needs_teacher` (else the
+teacher forward is skipped), `needs_input_grad` (the input batch requires grad), `needs_prepare`
+(`prepare_once` runs after any checkpoint is restored and before the first step, on the teacher
+features of the loss's pairs over the training data in a fixed order; a resumed run whose
+checkpoint says `prepared` skips it). Every step a loss gets the logits, labels, its pairs'
+features, the input batch and both models (`StepOutputs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worker.engine import catalog
+from worker.engine.config import RunConfig, TrainSettings
+from worker.engine.data import TensorData
+from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
+
+PERMUTATION_STRIDE = 1_000_003
+
+
+class Cancelled(Exception):
+    """Raised by `train` when `Callbacks.should_stop()` said so; a checkpoint was saved first."""
+
+
+@dataclass
+class StepReport:
+    step: int
+    epoch: int
+    total_steps: int
+    metrics: dict[str, float]
+    throughput: float  # training samples per second over the reported window
+    eta_seconds: float
+
+
+class Callbacks:
+    """Hooks the caller overrides to follow (and stop) training; every method is a no-op here."""
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        """Before the first step; `start_step` > 0 when resuming from a checkpoint."""
+
+    def on_step(self, report: StepReport) -> None:
+        """Every `training.log_every` steps, with metrics averaged over those steps."""
+
+    def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        """After each epoch (0-based): val/top1, val/loss, train/loss."""
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        """After a checkpoint was written."""
+
+    def should_stop(self) -> bool:
+        """Checked before every step; True saves a checkpoint and raises `Cancelled`.
+
+        Also checked before every batch of a loss's pre-training (`needs_prepare`), which runs
+        before the first step: True there raises `Cancelled` with nothing saved yet.
+        """
+        return False
+
+
+@dataclass
+class TrainResult:
+    student: nn.Module
+    steps: int
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Term:
+    """One configured loss: its module, weight, metric key and which layer pairs it reads."""
+
+    key: str
+    loss: DistillLoss
+    weight: float
+    pairs: list[int]
+
+
+@dataclass
+class _State:
+    """Where the loop is, plus what a resume needs to carry on exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# setup
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def _build_student(config: RunConfig, data: TensorData) -> nn.Module:
+    if config.student.source != "zoo":
+        raise ValueError(
+            "student.source='model' needs the loaded student module passed as train(student=...)"
+        )
+    from worker.engine.students import build_student
+
+    return build_student(
+        config.student.architecture, data.input_shape, data.num_classes, **config.student.kwargs
+    )
+
+
+def _freeze_teacher(teacher: nn.Module) -> None:
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        teacher.eval()  # some exported graph modules refuse .eval(); they are already inference
+
+
+def _pair_shapes(
+    config: RunConfig, teacher: nn.Module, student: nn.Module, x: Tensor
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(student_shape, teacher_shape) of each layer pair, from one dummy forward of each model."""
+    if not config.layer_pairs:
+        return []
+    s_feats, t_feats = _tap_once(config, teacher, student, x)
+    return [(tuple(s.shape[1:]), tuple(t.shape[1:])) for s, t in zip(s_feats, t_feats, strict=True)]
+
+
+def _tap_once(
+    config: RunConfig, teacher: nn.Module, student: nn.Module, x: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    was_training = student.training
+    student.eval()
+    with _taps(config, teacher, student) as (t_taps, s_taps), torch.inference_mode():
+        teacher(x)
+        student(x)
+        result = list(s_taps.features), list(t_taps.features)
+    student.train(was_training)
+    return result
+
+
+@contextlib.contextmanager
+def _taps(config: RunConfig, teacher: nn.Module, student: nn.Module) -> Iterator[tuple[Any, Any]]:
+    """FeatureTaps on both models for the configured layer pairs (None when there are none)."""
+    if not config.layer_pairs:
+        yield None, None
+        return
+    from worker.engine.taps import FeatureTaps
+
+    t_taps = FeatureTaps(teacher, [(p.teacher, p.tap) for p in config.layer_pairs], side="teacher")
+    s_taps = FeatureTaps(student, [(p.student, p.tap) for p in config.layer_pairs], side="student")
+    with t_taps, s_taps:
+        yield t_taps, s_taps
+
+
+def _build_terms(
+    config: RunConfig,
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]],
+    data: TensorData,
+    teacher: nn.Module,
+    student: nn.Module,
+) -> list[_Term]:
+    specs, epochs = config.losses, config.training.epochs
+    paths = [(p.student, p.teacher) for p in config.layer_pairs]
+    s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
+    terms, names = [], [s.name for s in specs]
+    for i, spec in enumerate(specs):
+        needs = catalog.LOSSES[spec.name].needs_pairs
+        idx = list(range(len(shapes))) if spec.pairs is None else list(spec.pairs)
+        idx = idx if needs else []
+        ctx = LossContext(
+            data.num_classes, [shapes[j] for j in idx], len(data), epochs,
+            pair_paths=[paths[j] for j in idx],
+            student_modules=[s_mods[paths[j][0]] for j in idx],
+            teacher_modules=[t_mods[paths[j][1]] for j in idx],
+        )
+        key = spec.name if names.count(spec.name) == 1 else f"{spec.name}_{i}"
+        terms.append(_Term(key, build_loss(spec, ctx), spec.weight, idx))
+    return terms
+
+
+def _optimizer(ts: TrainSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if ts.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=ts.lr, weight_decay=ts.weight_decay)
+    return torch.optim.SGD(params, lr=ts.lr, momentum=ts.momentum, weight_decay=ts.weight_decay)
+
+
+def _schedule(ts: TrainSettings, total_steps: int, opt: torch.optim.Optimizer) -> Any:
+    """Per-step LR factor: cosine to 0, step decay at epoch fractions, or constant."""
+    milestones = [m * total_steps for m in ts.step_milestones]
+
+    def factor(step: int) -> float:
+        if ts.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        if ts.schedule == "step":
+            return ts.step_gamma ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, skip_single: bool
+) -> list[Tensor]:
+    """The index batches of one epoch, in order; a trailing batch of 1 is dropped if asked."""
+    gen = torch.Generator().manual_seed(seed * PERMUTATION_STRIDE + epoch)
+    batches = list(torch.randperm(n, generator=gen).split(batch_size))
+    if skip_single and batches and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _save_checkpoint(path: Path, student: nn.Module, losses: nn.ModuleList, opt: Any, sched: Any,
+                     state: _State, total_steps: int) -> None:
+    payload = {
+        "student": student.state_dict(),
+        "losses": losses.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "total_steps": total_steps,
+        "step": state.step,
+        "epoch": state.epoch,
+        "batch": state.batch,
+        "epoch_loss_sum": state.epoch_loss_sum,
+        "epoch_loss_count": state.epoch_loss_count,
+        "history": state.history,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, student: nn.Module, losses: nn.ModuleList, opt: Any,
+                     sched: Any, total_steps: int) -> _State:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("total_steps") != total_steps:
+        raise ValueError(
+            f"checkpoint '{path}' belongs to a run of {ckpt.get('total_steps')} steps but this "
+            f"config makes {total_steps} (epochs, batch size or data changed); restore those "
+            "settings to resume, or delete the checkpoint to start over"
+        )
+    try:
+        student.load_state_dict(ckpt["student"])
+        losses.load_state_dict(ckpt["losses"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"checkpoint '{path}' does not fit this run's student or losses ({exc}); "
+            "delete it to start over"
+        ) from exc
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"])
+    if ckpt["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    return _State(
+        ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["epoch_loss_sum"],
+        ckpt["epoch_loss_count"], list(ckpt["history"]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+class _Window:
+    """Accumulates per-step metrics between two reports."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self.started = time.perf_counter()
+
+    def add(self, metrics: dict[str, float], batch: int) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.samples += batch
+
+    def report(self, step: int, epoch: int, total: int) -> StepReport:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        steps = max(self.counts.get("loss", 1), 1)
+        metrics = {k: s / self.counts[k] for k, s in self.sums.items()}
+        eta = elapsed / steps * (total - step)
+        return StepReport(step, epoch, total, metrics, self.samples / elapsed, eta)
+
+
+class _Loop:
+    """The state one `train` call works on; methods are the steps of the loop."""
+
+    def __init__(self, config: RunConfig, teacher: nn.Module, student: nn.Module,
+                 terms: list[_Term], device: torch.device, cb: Callbacks) -> None:
+        self.config, self.ts = config, config.training
+        self.teacher, self.student, self.terms = teacher, student, terms
+        self.device, self.cb = device, cb
+        self.losses = nn.ModuleList(t.loss for t in terms)
+        params = [p for m in (student, self.losses) for p in m.parameters() if p.requires_grad]
+        self.opt = _optimizer(self.ts, params)
+        self.amp = device.type == "cuda" and self.ts.amp
+        # a trailing batch of 1 breaks BatchNorm in training mode (student or a connector)
+        self.skip_single = _has_batchnorm(student) or _has_batchnorm(self.losses)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def active_terms(self, epoch: int) -> list[_Term]:
+        active = [t for t in self.terms if t.loss.active(epoch)]
+        exclusive = [t for t in active if t.loss.exclusive(epoch)]
+        return exclusive or active
+
+    def step(self, x: Tensor, y: Tensor, epoch: int, taps: tuple[Any, Any]) -> dict[str, Tensor]:
+        """One optimisation step; returns the detached weighted terms and the total."""
+        terms = self.active_terms(epoch)
+        if not terms:
+            raise ValueError(f"no loss is active in epoch {epoch}; add one that always is (ce)")
+        t_logits, t_feats = self.teacher_forward(x, taps[0], terms)
+        if x.is_floating_point() and any(t.loss.needs_input_grad for t in terms):
+            x = x.detach().requires_grad_(True)
+        with self.autocast():
+            s_logits = self.student(x)
+        s_feats = list(taps[1].features) if taps[1] is not None else []
+        values: dict[str, Tensor] = {}
+        with self.autocast():  # connectors see bf16 features under amp
+            for term in terms:
+                out = StepOutputs(
+                    s_logits, t_logits, y, [s_feats[i] for i in term.pairs],
+                    [t_feats[i] for i in term.pairs], epoch,
+                    inputs=x, student=self.student, teacher=self.teacher,
+                )
+                values[term.key] = term.weight * term.loss(out).float()
+        total = torch.stack(list(values.values())).sum()
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        return {"loss": total.detach(), **{f"loss/{k}": v.detach() for k, v in values.items()}}
+
+    def teacher_forward(
+        self, x: Tensor, taps: Any, terms: list[_Term]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Teacher logits and features, frozen; skipped when no active term reads the teacher."""
+        if not any(t.loss.needs_teacher for t in terms):
+            return x.new_empty(0), []
+        with torch.inference_mode(), self.autocast():
+            logits = self.teacher(x)
+            feats = list(taps.features) if taps is not None else []
+        # clone outside inference mode: inference tensors cannot be saved for backward
+        return logits.clone(), [f.clone() for f in feats]
+
+    def prepare(self, data: TensorData) -> None:
+        """Run `prepare_once` of every loss that needs it (after a checkpoint was restored)."""
+        todo = [t for t in self.terms if t.loss.needs_prepare and not bool(t.loss.prepared)]
+        if not todo:
+            return
+        with _taps(self.config, self.teacher, self.student) as (t_taps, _):
+            for term in todo:
+                term.loss.prepare_once(self.teacher_features(data, t_taps, term.pairs), self.device)
+
+    def teacher_features(
+        self, data: TensorData, taps: Any, pairs: list[int]
+    ) -> Callable[[], Iterator[list[Tensor]]]:
+        """A re-iterable source of the teacher features of `pairs`, batch by batch, in the
+        order of epoch 0, without gradient."""
+
+        def batches() -> Iterator[list[Tensor]]:
+            order = epoch_batches(
+                len(data), self.ts.batch_size, self.config.seed, 0, self.skip_single
+            )
+            for idx in order:
+                if self.cb.should_stop():
+                    raise Cancelled("cancelled while pre-training a loss's auxiliary modules")
+                with torch.no_grad(), self.autocast():
+                    self.teacher(data.x[idx].to(self.device))
+                    feats = taps.features if taps is not None else []
+                yield [feats[i].detach() for i in pairs]
+
+        return batches
+
+    @torch.inference_mode()
+    def validate(self, data: TensorData) -> dict[str, float]:
+        self.student.eval()
+        correct, loss_sum = 0, 0.0
+        for i in range(0, len(data), max(self.ts.batch_size, 256)):
+            x = data.x[i : i + max(self.ts.batch_size, 256)].to(self.device)
+            y = data.y[i : i + max(self.ts.batch_size, 256)].to(self.device)
+            with self.autocast():
+                logits = self.student(x).float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        self.student.train()
+        n = max(len(data), 1)
+        return {"val/top1": correct / n, "val/loss": loss_sum / n}
+
+
+def _check_finite(report: StepReport) -> None:
+    if not math.isfinite(report.metrics["loss"]):
+        raise FloatingPointError(
+            f"the loss became {report.metrics['loss']} at step {report.step} "
+            f"({report.metrics}); lower training.lr or the loss weights, or turn off amp"
+        )
+
+
+def train(
+    config: RunConfig,
+    teacher: nn.Module,
+    train_data: TensorData,
+    val_data: TensorData,
+    *,
+    student: nn.Module | None = None,
+    callbacks: Callbacks | None = None,
+    checkpoint_path: Path | None = None,
+) -> TrainResult:
+    """Distil `teacher` into the configured student on `train_data`; see the module docstring."""
+    cb = callbacks or Callbacks()
+    ts = config.training
+    if len(train_data) == 0:
+        raise ValueError("the training split is empty; upload more samples")
+    device = resolve_device(ts.device)
+    torch.manual_seed(config.seed)
+    student = student if student is not None else _build_student(config, train_data)
+    _freeze_teacher(teacher)
+    teacher.to(device)
+    student.to(device).train()
+    shapes = _pair_shapes(config, teacher, student, train_data.x[:2].to(device))
+    terms = _build_terms(config, shapes, train_data, teacher, student)
+    loop = _Loop(config, teacher, student, terms, device, cb)
+    loop.losses.to(device)
+    per_epoch = len(epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single))
+    if per_epoch == 0:
+        raise ValueError("the training split has a single sample; BatchNorm needs at least 2")
+    total = per_epoch * ts.epochs
+    sched = _schedule(ts, total, loop.opt)
+    state = _State()
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = _load_checkpoint(
+            Path(checkpoint_path), student, loop.losses, loop.opt, sched, total
+        )
+    loop.prepare(train_data)
+    cb.on_start(total, state.step)
+    _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
+    return TrainResult(student, state.step, ts.epochs, state.history)
+
+
+def _run_epochs(loop: _Loop, sched: Any, state: _State, train_data: TensorData,
+                val_data: TensorData, total: int, ckpt: Path | None) -> None:
+    ts, seed = loop.ts, loop.config.seed
+
+    def save() -> None:
+        if ckpt is not None:
+            _save_checkpoint(Path(ckpt), loop.student, loop.losses, loop.opt, sched, state, total)
+            loop.cb.on_checkpoint(Path(ckpt), state.step)
+
+    window = _Window()
+    with _taps(loop.config, loop.teacher, loop.student) as taps:
+        while state.epoch < ts.epochs:
+            batches = epoch_batches(
+                len(train_data), ts.batch_size, seed, state.epoch, loop.skip_single
+            )
+            while state.batch < len(batches):
+                if loop.cb.should_stop():
+                    save()
+                    raise Cancelled(f"cancelled at step {state.step}")
+                idx = batches[state.batch]
+                x, y = train_data.x[idx].to(loop.device), train_data.y[idx].to(loop.device)
+                metrics = loop.step(x, y, state.epoch, taps)
+                metrics["lr"] = torch.tensor(sched.get_last_lr()[0])
+                sched.step()
+                state.step, state.batch = state.step + 1, state.batch + 1
+                window.add({k: float(v) for k, v in metrics.items()}, len(idx))
+                state.epoch_loss_sum += float(metrics["loss"]) * len(idx)
+                state.epoch_loss_count += len(idx)
+                if state.step % ts.log_every == 0 or state.step == total:
+                    report = window.report(state.step, state.epoch, total)
+                    _check_finite(report)
+                    loop.cb.on_step(report)
+                    window = _Window()
+                if state.step % ts.checkpoint_every == 0 and state.batch < len(batches):
+                    save()  # the epoch-end checkpoint follows right after the last batch
+            _end_epoch(loop, state, val_data)
+            save()
+
+
+def _end_epoch(loop: _Loop, state: _State, val_data: TensorData) -> None:
+    metrics = loop.validate(val_data) if len(val_data) else {}
+    metrics["train/loss"] = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
+    loop.cb.on_epoch(state.epoch, state.step, metrics)
+    state.history.append({"epoch": float(state.epoch), "step": float(state.step), **metrics})
+    state.epoch, state.batch = state.epoch + 1, 0
+    state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0

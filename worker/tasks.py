@@ -1,0 +1,471 @@
+"""Celery tasks: the glue between the database, the artifact store and the engine.
+
+Tasks take IDs, open their own DB session, fetch inputs from the artifact store into a scratch
+folder, call the engine with callbacks that report progress, and write results back. The engine
+(torch) is imported inside the tasks only, so the worker's parent process never touches CUDA.
+
+Exactly-once for runs: `claim_run` atomically moves a run to `running` under a row lock and
+counts the attempt; a redelivered message for a run that is finished, cancelled, or being trained
+by a live worker is dropped; after `DS_MAX_ATTEMPTS` attempts the run is failed with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select, update
+
+from backend.db import session_scope, with_db_retry
+from backend.db.tables import TERMINAL_RUN_STATES, Artifact, Dataset, Model, Run, Status
+from backend.settings import get_settings
+from backend.storage import get_store
+from worker.celery_app import DISTILL, INSPECT_MODEL, INSPECT_STUDENT, SCAN_DATASET, celery_app
+from worker.reporting import LostClaim
+from worker.webhooks import enqueue_run_event  # also registers the deliver_webhook task
+
+log = logging.getLogger(__name__)
+
+
+
+def _stale_after() -> timedelta:
+    return timedelta(seconds=get_settings().run_stale_s)
+
+
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    base = get_settings().data_dir / "scratch"
+    base.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=base)
+
+
+def _short_error(exc: BaseException) -> str:
+    """The message a user sees: the exception's own words, not a traceback."""
+    text = str(exc) or exc.__class__.__name__
+    return text if len(text) < 2000 else text[:2000] + " ..."
+
+
+# -- models and datasets ----------------------------------------------------------------------
+
+
+Apply = Callable[[Any], None]
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """Whether the task's soft time limit caused `exc` (directly or as a cause or context)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _process_upload(table: type[Model] | type[Dataset], row_id: int,
+                    work: Callable[[Path, Any], Apply]) -> str:
+    """Fetch an uploaded file into scratch, run `work(path, row)` on it here in the worker, and
+    record the outcome. `work` returns a function that applies its results to the row. Any
+    exception (a hostile or broken file, a missing dependency, the time limit) marks the row
+    failed with the reason, so an upload never stays pending."""
+    with session_scope() as s:
+        row = s.get(table, row_id)
+        if row is None:
+            return "missing"
+        row.status = Status.running.value
+    error, apply = None, None
+    try:
+        with _scratch() as tmp:
+            path = get_store().get_file(row.storage_key, Path(tmp) / f"upload.{row.format}")
+            apply = work(path, row)
+    except Exception as exc:  # noqa: BLE001 - the upload's fault, reported to the user
+        if _timed_out(exc):  # also when the engine wrapped it ("the model's forward failed")
+            error = f"took longer than the {get_settings().inspect_timeout_s}s limit"
+        else:
+            log.warning("%s %s failed: %s", table.__tablename__, row_id, exc)
+            error = _short_error(exc)
+    with session_scope() as s:
+        row = s.get(table, row_id)
+        if row is None:
+            return "missing"
+        if error is not None or apply is None:
+            row.status, row.error = Status.failed.value, error
+            return "failed"
+        apply(row)
+        row.status, row.error = Status.ready.value, None
+    return "ready"
+
+
+@celery_app.task(name=INSPECT_MODEL, soft_time_limit=get_settings().inspect_timeout_s)
+def inspect_model(model_id: int) -> str:
+    """Load an uploaded model safely, run one dummy forward and record its layer table."""
+
+    def work(path: Path, model: Model) -> Apply:
+        from worker.engine.loading import load_model
+        from worker.engine.taps import inspect_model as inspect
+
+        loaded = load_model(path, model.format, model.architecture, dict(model.arch_kwargs or {}))
+        inspection = inspect(loaded.module, loaded.input_shape)
+        card = {key: inspection.get(key) for key in ("input_shape", "num_classes", "params", "flops")}
+
+        def apply(row: Model) -> None:
+            row.inspection = inspection
+            row.card = {**(row.card or {}), **card}
+
+        return apply
+
+    return _process_upload(Model, model_id, work)
+
+
+@celery_app.task(name=SCAN_DATASET, soft_time_limit=get_settings().inspect_timeout_s)
+def scan_dataset(dataset_id: int) -> str:
+    """Read an uploaded dataset (safely) and record its size, classes, input shape and preview."""
+
+    def work(path: Path, ds: Dataset) -> Apply:
+        from worker.engine.data import (
+            csv_feature_names,
+            dataset_info,
+            dataset_preview,
+            load_dataset,
+        )
+
+        settings = get_settings()
+        data = load_dataset(
+            path, ds.format, ds.label_column,
+            max_entries=settings.max_zip_entries,
+            max_uncompressed_bytes=settings.max_zip_uncompressed_mb * 1024 * 1024,
+        )
+        info = dataset_info(data)
+        columns = csv_feature_names(path, ds.label_column) if ds.format == "csv" else None
+        info["preview"] = dataset_preview(data, feature_names=columns)
+
+        def apply(row: Dataset) -> None:
+            row.info = info
+
+        return apply
+
+    return _process_upload(Dataset, dataset_id, work)
+
+
+@celery_app.task(name=INSPECT_STUDENT, soft_time_limit=60)
+def inspect_student(
+    architecture: str, kwargs: dict[str, Any], input_shape: list[int], num_classes: int
+) -> dict[str, Any]:
+    """The layer table of a zoo student, for the pair picker and run validation."""
+    from worker.engine.students import build_student
+    from worker.engine.taps import inspect_model as inspect
+
+    module = build_student(architecture, input_shape, num_classes, **kwargs)
+    return inspect(module, input_shape)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _alive_elsewhere(run: Run, me: str, now: datetime) -> bool:
+    """Whether another live worker process holds this run (worker ids are `host:pid`)."""
+    if run.status != Status.running.value or run.worker in (None, me):
+        return False
+    heartbeat = run.heartbeat_at
+    if heartbeat is None:
+        return False
+    if heartbeat.tzinfo is None:
+        heartbeat = heartbeat.replace(tzinfo=UTC)
+    if now - heartbeat >= _stale_after():
+        return False
+    host, _, pid = run.worker.rpartition(":")
+    if host == me.rpartition(":")[0] and pid.isdigit() and not _pid_alive(int(pid)):
+        return False  # its process on this machine is gone: take over at once
+    return True
+
+
+class Heartbeat:
+    """Marks a claimed run alive every `DS_HEARTBEAT_S` from a thread of the training process.
+
+    It dies with the process, so a missing heartbeat means a lost worker, whatever the training
+    loop is doing (a long epoch, evaluation, export).
+    """
+
+    def __init__(self, run_id: int, worker: str) -> None:
+        self.run_id, self.worker = run_id, worker
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{run_id}")
+
+    def _beat(self) -> None:
+        while not self.stop.wait(get_settings().heartbeat_s):
+            try:
+                with session_scope() as s:
+                    s.execute(
+                        update(Run).where(Run.id == self.run_id, Run.worker == self.worker)
+                        .values(heartbeat_at=datetime.now(UTC))
+                    )
+            except Exception:  # noqa: BLE001 - the database may be away; keep beating
+                log.warning("heartbeat for run %s failed", self.run_id)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+@dataclass
+class Claim:
+    team_id: int
+    config: dict[str, Any]
+    attempt: int
+
+
+def claim_run(run_id: int, worker: str) -> Claim | None:
+    """Atomically take a run for this worker, or return None if it must not run here.
+
+    A run cancelled before it started, or out of attempts, ends here (and its webhooks fire).
+    """
+    claim = _claim(run_id, worker)
+    if claim == "ended":
+        enqueue_run_event(run_id)
+        return None
+    return claim
+
+
+def _claim(run_id: int, worker: str) -> Claim | str | None:
+    settings = get_settings()
+    with session_scope() as s:
+        run = s.scalar(select(Run).where(Run.id == run_id).with_for_update())
+        if run is None or run.status in TERMINAL_RUN_STATES:
+            return None
+        now = datetime.now(UTC)
+        if run.cancel_requested:
+            run.status, run.finished_at = Status.cancelled.value, now
+            return "ended"
+        if _alive_elsewhere(run, worker, now):
+            log.info("run %s is being trained by %s; dropping duplicate delivery", run_id, run.worker)
+            return None
+        if run.attempts >= settings.max_attempts:
+            run.status, run.finished_at = Status.failed.value, now
+            run.error = (
+                f"gave up after {run.attempts} attempts (the worker was lost each time); "
+                f"last error: {run.error or 'none recorded'}"
+            )
+            return "ended"
+        run.attempts += 1
+        run.status, run.worker, run.heartbeat_at = Status.running.value, worker, now
+        run.started_at = run.started_at or now
+        return Claim(run.team_id, dict(run.config), run.attempts)
+
+
+def _resolve_inputs(config: dict[str, Any], tmp: Path) -> tuple[Any, Path, Path]:
+    """Fetch the teacher and dataset files; fill the config with their formats."""
+    from worker.engine.config import RunConfig
+
+    store = get_store()
+    with session_scope() as s:
+        teacher = s.get(Model, config["teacher"]["model_id"])
+        dataset = s.get(Dataset, config["dataset"]["dataset_id"])
+        if teacher is None or dataset is None:
+            raise ValueError("the run's teacher or dataset was deleted")
+        config["teacher"].update(
+            format=teacher.format, architecture=teacher.architecture, kwargs=teacher.arch_kwargs or {}
+        )
+        config["dataset"].update(format=dataset.format, label_column=dataset.label_column)
+        student_model = None
+        if config.get("student", {}).get("source") == "model":
+            student_model = s.get(Model, config["student"]["model"]["model_id"])
+            if student_model is None:
+                raise ValueError("the run's student model was deleted")
+            config["student"]["model"].update(
+                format=student_model.format, architecture=student_model.architecture,
+                kwargs=student_model.arch_kwargs or {},
+            )
+        t_key, t_fmt, d_key, d_fmt = teacher.storage_key, teacher.format, dataset.storage_key, dataset.format
+        s_key = student_model.storage_key if student_model else None
+    teacher_path = store.get_file(t_key, tmp / f"teacher.{t_fmt}")
+    dataset_path = store.get_file(d_key, tmp / f"dataset.{d_fmt}")
+    if s_key:
+        config["student"]["model"]["path"] = str(store.get_file(s_key, tmp / "student_init.safetensors"))
+    return RunConfig.model_validate(config), teacher_path, dataset_path
+
+
+def checkpoint_key(team_id: int, run_id: int) -> str:
+    return f"team-{team_id}/runs/{run_id}/checkpoint.pt"
+
+
+@celery_app.task(name=DISTILL, bind=True)
+def distill(self, run_id: int) -> str:
+    """Train one run end to end; resumable from its last checkpoint."""
+    from worker.engine.pipeline import run_distillation
+    from worker.engine.trainer import Cancelled
+    from worker.reporting import DbReporter
+
+    worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"
+    claim = with_db_retry(lambda: claim_run(run_id, worker))
+    if claim is None:
+        return "skipped"
+    store = get_store()
+    ckpt_key = checkpoint_key(claim.team_id, run_id)
+    try:
+        with Heartbeat(run_id, worker), _scratch() as tmp_str:
+            tmp = Path(tmp_str)
+            config, teacher_path, dataset_path = _resolve_inputs(claim.config, tmp)
+            ckpt = tmp / "checkpoint.pt"
+            if store.exists(ckpt_key):
+                store.get_file(ckpt_key, ckpt)
+            reporter = DbReporter(run_id, ckpt_key, worker)
+            summary = run_distillation(
+                config, teacher_path, dataset_path, tmp / "out", callbacks=reporter, checkpoint_path=ckpt
+            )
+            reporter.flush()
+            _store_results(run_id, claim.team_id, worker, tmp / "out", summary)
+    except Cancelled:
+        _finish(run_id, worker, Status.cancelled, None)
+        enqueue_run_event(run_id)
+        return "cancelled"
+    except LostClaim:
+        log.warning("run %s: another worker resumed it; this copy stops", run_id)
+        return "taken-over"
+    except Exception as exc:  # noqa: BLE001 - the run fails with the reason; the message is acked
+        log.error("run %s failed:\n%s", run_id, traceback.format_exc())
+        _finish(run_id, worker, Status.failed, _short_error(exc))
+        enqueue_run_event(run_id)
+        return "failed"
+    enqueue_run_event(run_id)
+    return "succeeded"
+
+
+def _store_results(run_id: int, team_id: int, worker: str, out: Path, summary: dict[str, Any]) -> None:
+    """Upload every artifact, then record them and the summary in one transaction.
+
+    If any upload fails, the ones already written are removed and nothing is recorded.
+    """
+    store = get_store()
+    written: list[tuple[str, str, Any]] = []
+    try:
+        for kind, filename in summary["artifacts"].items():
+            key = f"team-{team_id}/runs/{run_id}/{filename}"
+            written.append((kind, filename, store.put_file(key, out / filename)))
+    except BaseException:
+        for _, _, stored in written:
+            store.delete(stored.key)
+        raise
+
+    def record() -> None:
+        with session_scope() as s:
+            run = s.scalar(select(Run).where(Run.id == run_id).with_for_update())
+            if run is None or run.worker != worker:
+                raise LostClaim(f"run {run_id} was taken over by another worker")
+            for kind, filename, stored in written:
+                s.add(
+                    Artifact(
+                        team_id=team_id, run_id=run_id, kind=kind, filename=filename,
+                        storage_key=stored.key, size_bytes=stored.size, sha256=stored.sha256,
+                    )
+                )
+            run.summary = {k: v for k, v in summary.items() if k != "artifacts"}
+            run.status, run.error, run.finished_at = Status.succeeded.value, None, datetime.now(UTC)
+            run.progress = 1.0
+
+    try:
+        with_db_retry(record)
+    except BaseException:
+        for _, _, stored in written:
+            store.delete(stored.key)
+        raise
+
+
+def _finish(run_id: int, worker: str, status: Status, error: str | None) -> None:
+    def write() -> None:
+        with session_scope() as s:
+            run = s.get(Run, run_id)
+            if run is not None and run.worker == worker:
+                run.status, run.error, run.finished_at = status.value, error, datetime.now(UTC)
+
+    with_db_retry(write)
+
+
+# -- recovery of runs whose worker died ----------------------------------------------------------
+
+
+def recover_stale_runs() -> list[int]:
+    """Re-queue runs marked running whose worker stopped sending heartbeats.
+
+    A worker whose pool process dies gives its message back to the broker by itself
+    (`task_reject_on_worker_lost`); a worker killed whole leaves the message unacknowledged until
+    the broker's visibility timeout. This sweep covers that case: the run goes back to `queued`
+    and a fresh message is sent. Duplicate messages are harmless: `claim_run` admits one.
+    """
+    from backend.queue import enqueue
+
+    cutoff = datetime.now(UTC) - _stale_after()
+    with session_scope() as s:
+        stale = s.execute(
+            select(Run.id, Run.queue).where(Run.status == Status.running.value, Run.heartbeat_at < cutoff)
+        ).all()
+        recovered = []
+        for run_id, queue in stale:
+            moved = s.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == Status.running.value, Run.heartbeat_at < cutoff)
+                .values(status=Status.queued.value, worker=None)
+            ).rowcount
+            if moved:
+                recovered.append((run_id, queue))
+    for run_id, queue in recovered:
+        log.warning("run %s lost its worker; re-queued to resume from its checkpoint", run_id)
+        enqueue(DISTILL, [run_id], queue)
+    return [run_id for run_id, _ in recovered]
+
+
+def _recovery_loop(stop: threading.Event) -> None:
+    while not stop.wait(get_settings().recover_every_s):
+        try:
+            recover_stale_runs()
+        except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
+            log.exception("recovering stale runs failed")
+
+
+_stop_recovery = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_recovery(**_: Any) -> None:
+    threading.Thread(target=_recovery_loop, args=(_stop_recovery,), daemon=True,
+                     name="run-recovery").start()
+
+
+@signals.worker_shutdown.connect
+def _stop_recovery_loop(**_: Any) -> None:
+    _stop_recovery.set()
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    """A forked pool process must not share the parent's database connections."""
+    from backend.db import get_engine
+
+    get_engine().dispose(close=False)
+
+
+def cleanup_scratch() -> None:
+    shutil.rmtree(get_settings().data_dir / "scratch", ignore_errors=True)

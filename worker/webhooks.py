@@ -1,0 +1,142 @@
+"""Webhook deliveries: the Celery task that POSTs a signed run event, retrying with backoff.
+
+Torch-free. `worker/tasks.py` imports this module (so the worker registers the task) and calls
+`enqueue_run_event(run_id)` when a run ends. The API calls the same recording code for runs it
+cancels before any worker saw them (backend.webhooks.service.dispatch_run_event).
+
+Every delivery carries
+
+    Content-Type: application/json
+    X-Distill-Event: run.succeeded | run.failed | run.cancelled
+    X-Distill-Delivery: <delivery id>      (the same on every attempt: deduplicate on it)
+    X-Distill-Signature: sha256=<hex HMAC-SHA256(webhook secret, raw body)>
+
+and counts as delivered on any 2xx answer. Otherwise it is tried again after
+DS_WEBHOOK_BACKOFF_S x 1, 2, 4, 8, 16 seconds, DS_WEBHOOK_MAX_ATTEMPTS tries in all; each attempt's
+status code or error is recorded on the delivery (GET /api/v1/webhooks/{id}/deliveries).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import httpx
+
+from backend.db import session_scope, with_db_retry
+from backend.db.tables import Webhook, WebhookDelivery
+from backend.security import sign_payload, utcnow, webhook_secret
+from backend.settings import get_settings
+from backend.webhooks.service import (
+    DELIVER_WEBHOOK,
+    FAILED,
+    RETRYING,
+    SUCCEEDED,
+    record_run_event,
+)
+from worker.celery_app import celery_app
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "DistillStudio-Webhook/1"
+MAX_ERROR = 500
+
+
+def backoff_s(attempts: int) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt: base x 1, 2, 4, 8, 16, ..."""
+    return get_settings().webhook_backoff_s * 2 ** max(attempts - 1, 0)
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR else text[:MAX_ERROR] + " ..."
+
+
+def attempt_delivery(delivery_id: int) -> float | None:
+    """Make one attempt and record it; seconds until the next attempt, or None when done."""
+    settings = get_settings()
+    with session_scope() as s:
+        delivery = s.get(WebhookDelivery, delivery_id)
+        if delivery is None or delivery.status in (SUCCEEDED, FAILED):
+            return None
+        hook = s.get(Webhook, delivery.webhook_id)
+        if hook is None or not hook.active:
+            delivery.status, delivery.next_attempt_at = FAILED, None
+            delivery.last_error = "the webhook was paused or deleted before delivery"
+            return None
+        url, body, event, salt = hook.url, delivery.body.encode(), delivery.event, hook.secret_salt
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Distill-Event": event,
+        "X-Distill-Delivery": str(delivery_id),
+        "X-Distill-Signature": sign_payload(webhook_secret(salt), body),
+    }
+    code: int | None = None
+    error: str | None = None
+    try:
+        response = httpx.post(
+            url, content=body, headers=headers, timeout=settings.webhook_timeout_s,
+            follow_redirects=False,
+        )
+        code = response.status_code
+        if not 200 <= code < 300:
+            error = _short(f"HTTP {code}: {response.text}")
+    except httpx.HTTPError as exc:
+        error = _short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    now = utcnow()
+    with session_scope() as s:
+        delivery = s.get(WebhookDelivery, delivery_id)
+        if delivery is None:  # the webhook was deleted meanwhile
+            return None
+        delivery.attempts += 1
+        delivery.last_attempt_at, delivery.last_status_code, delivery.last_error = now, code, error
+        if error is None:
+            delivery.status, delivery.delivered_at, delivery.next_attempt_at = SUCCEEDED, now, None
+            return None
+        if delivery.attempts >= settings.webhook_max_attempts:
+            delivery.status, delivery.next_attempt_at = FAILED, None
+            log.warning("webhook delivery %s failed for good: %s", delivery_id, error)
+            return None
+        wait = backoff_s(delivery.attempts)
+        delivery.status, delivery.next_attempt_at = RETRYING, now + timedelta(seconds=wait)
+        return wait
+
+
+@celery_app.task(name=DELIVER_WEBHOOK, bind=True, max_retries=None, acks_late=True)
+def deliver_webhook(self, delivery_id: int) -> str:
+    """Send one webhook delivery; schedules itself again (with backoff) until it is done."""
+    wait = with_db_retry(lambda: attempt_delivery(delivery_id))
+    if wait is not None:
+        raise self.retry(countdown=wait, queue="cpu")
+    return "done"
+
+
+def enqueue_run_event(run_id: int) -> list[int]:
+    """Record a delivery per subscribed webhook of the run's team, and queue them.
+
+    Call it when a run reaches succeeded, failed or cancelled. It never raises: a broken
+    webhook setup must not fail the run (problems are logged and kept on the deliveries).
+    """
+    try:
+        def record() -> list[int]:
+            with session_scope() as s:
+                return record_run_event(s, run_id)
+
+        ids = with_db_retry(record, attempts=5)
+    except Exception:  # noqa: BLE001
+        log.exception("could not record webhook deliveries for run %s", run_id)
+        return []
+    for delivery_id in ids:
+        try:
+            deliver_webhook.apply_async(args=[delivery_id], queue="cpu")
+        except Exception as exc:  # noqa: BLE001 - the broker is away; the row says so
+            log.warning("webhook delivery %s not queued: %s", delivery_id, exc)
+            try:
+                with session_scope() as s:
+                    delivery = s.get(WebhookDelivery, delivery_id)
+                    if delivery is not None:
+                        delivery.last_error = "not queued: the broker was unreachable"
+            except Exception:  # noqa: BLE001
+                log.exception("could not record that delivery %s was not queued", delivery_id)
+    return ids
