@@ -81,6 +81,8 @@ class Store:
                         raise TooLarge(limit)
                     digest.update(chunk)
                     out.write(chunk)
+            if self.fs.isdir(final):  # mv would move the file *into* it, under another name
+                raise StorageError(f"cannot write {key}: a folder stands at that key")
             self.fs.mv(tmp, final)
         except BaseException:
             if self.fs.exists(tmp):

@@ -33,6 +33,7 @@ from backend.webhooks.service import (
     RETRYING,
     SUCCEEDED,
     record_run_event,
+    send,
 )
 from worker.celery_app import celery_app
 
@@ -127,16 +128,9 @@ def enqueue_run_event(run_id: int) -> list[int]:
     except Exception:  # noqa: BLE001
         log.exception("could not record webhook deliveries for run %s", run_id)
         return []
-    for delivery_id in ids:
-        try:
-            deliver_webhook.apply_async(args=[delivery_id], queue="cpu")
-        except Exception as exc:  # noqa: BLE001 - the broker is away; the row says so
-            log.warning("webhook delivery %s not queued: %s", delivery_id, exc)
-            try:
-                with session_scope() as s:
-                    delivery = s.get(WebhookDelivery, delivery_id)
-                    if delivery is not None:
-                        delivery.last_error = "not queued: the broker was unreachable"
-            except Exception:  # noqa: BLE001
-                log.exception("could not record that delivery %s was not queued", delivery_id)
+    try:  # through backend.queue, which publishes to the broker of the current settings
+        with session_scope() as s:
+            send(s, ids)
+    except Exception:  # noqa: BLE001 - the database went away after recording
+        log.exception("could not queue webhook deliveries %s", ids)
     return ids

@@ -117,6 +117,10 @@ class _Cache:
             while len(self.items) > self.size:
                 self.items.popitem(last=False)
 
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
 
 _student_cache = _Cache()
 

@@ -317,7 +317,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     main(page).get_by_text("Train / validation split").wait_for()
     shots.append(shoot(page, "datasets"))
 
-    # -- new run: plan, suggested pairs, ce + kd + at, 5 epochs --------------------------------
+    # -- new run: plan, suggested pairs, ce + kd + at, 15 epochs --------------------------------
     nav(page, "New run")
     heading(page, "New run")
     select(page, "Teacher", "digits-teacher")
@@ -331,7 +331,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     main(page).get_by_text("fewer parameters than the teacher").wait_for(timeout=150_000)
     main(page).get_by_role("button", name="Suggested pairs").wait_for()
     multiselect_add(page, "Losses", "(at)")
-    number(page, "Epochs", 5)
+    number(page, "Epochs", 15)  # long enough for the page to refresh a few times while it trains
     main(page).get_by_text("- name: at").first.wait_for()
     shots.append(shoot(page, "new_run"))
     click(page, "Launch run")

@@ -107,6 +107,7 @@ def seeded(request: pytest.FixtureRequest,
                 session.flush()
                 ids["artifact_id"] = [good.id, bad.id]
             yield Seeded(app, api, token, ids, own, env, outside)
+        runs_service._student_cache.clear()  # the planted inspections must not outlive the module
         reset_caches()
     next(database, None)
 
