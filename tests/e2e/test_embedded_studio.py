@@ -1,7 +1,8 @@
 """The whole embedded studio, as a new user gets it, driven only over HTTP.
 
 `distill-studio up` starts SQLite, a Valkey child process, the API, one worker and the UI and
-registers the demo teacher and dataset. Through the REST API alone the test then plans a run,
+registers the demo teacher and dataset. Through the REST API alone the test then uploads a
+teacher (the demo's .pt2) and the digits as an .npz, plans a run,
 launches KD + attention transfer on a suggested layer pair, watches it progress, downloads the
 student and checks its accuracy on the held-out digits against the teacher's. Ctrl-C (SIGINT)
 must stop every process.
@@ -68,10 +69,23 @@ def test_upload_distill_download_over_http(studio) -> None:
     http = httpx.Client(base_url=f"{api}/api/v1", timeout=60,
                         headers={"Authorization": f"Bearer {r.json()['access_token']}"})
 
-    teacher = _wait_ready(http, "models", "digits-teacher")
-    dataset = _wait_ready(http, "datasets", "digits")
+    # upload a teacher and a dataset as a user would: the demo teacher's own .pt2 (as exported
+    # elsewhere) and the bundled digits as an .npz
+    demo = _wait_ready(http, "models", "digits-teacher")
+    teacher_file = studio["data"] / "teacher.pt2"
+    teacher_file.write_bytes(http.get(f"/models/{demo['id']}/download").content)
+    with open(teacher_file, "rb") as fh:
+        r = http.post("/models", files={"file": ("teacher.pt2", fh)},
+                      data={"name": "uploaded-teacher", "format": "pt2"})
+    assert r.status_code == 201, r.text
+    digits_file = _digits_npz(studio["data"] / "digits.npz")
+    with open(digits_file, "rb") as fh:
+        r = http.post("/datasets", files={"file": ("digits.npz", fh)}, data={"name": "my-digits"})
+    assert r.status_code == 201, r.text
+    teacher = _wait_ready(http, "models", "uploaded-teacher")
+    dataset = _wait_ready(http, "datasets", "my-digits")
     assert teacher["inspection"]["input_shape"] == [1, 8, 8]
-    assert dataset["info"]["num_classes"] == 10
+    assert dataset["info"]["num_classes"] == 10 and dataset["info"]["num_samples"] == 1797
 
     student = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.5}}
     plan = http.post("/runs/plan", json={"teacher_model_id": teacher["id"],
@@ -117,8 +131,6 @@ def test_upload_distill_download_over_http(studio) -> None:
     assert {"student_safetensors", "student_pt2", "config", "evaluation"} <= set(artifacts)
     student_file = studio["data"] / "downloaded_student.pt2"
     student_file.write_bytes(http.get(f"/artifacts/{artifacts['student_pt2']['id']}/download").content)
-    teacher_file = studio["data"] / "downloaded_teacher.pt2"
-    teacher_file.write_bytes(http.get(f"/models/{teacher['id']}/download").content)
 
     student_acc, teacher_acc = _held_out_accuracy(student_file), _held_out_accuracy(teacher_file)
     summary = state["summary"]
@@ -149,6 +161,15 @@ def _wait_ready(http: httpx.Client, kind: str, name: str) -> dict:
             return detail
         time.sleep(0.5)
     raise AssertionError(f"{kind} '{name}' never became ready")
+
+
+def _digits_npz(path: Path) -> Path:
+    """scikit-learn's bundled digits as the studio's .npz format (x: N x 1 x 8 x 8 in [0, 1])."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(path, x=(digits.images[:, None] / 16.0).astype(np.float32), y=digits.target)
+    return path
 
 
 def _held_out_accuracy(path: Path) -> float:

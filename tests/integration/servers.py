@@ -1,6 +1,7 @@
 """Studios for tests that need more than the in-process API: a real API server process
 (`distill-studio api`, i.e. uvicorn) on a free loopback port, and a module-wide studio with one
-worker. Used by test_hostile_*.py, test_secrets.py and benchmarks/load_api.py; no tests here.
+worker, and a TCP proxy that can cut a server away. Used by test_hostile_*.py, test_secrets.py,
+test_reliability.py and benchmarks/load_api.py; no tests here.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,3 +117,82 @@ def studio_with_worker(tmp: Path, worker_env: dict[str, str] | None = None) -> I
         finally:
             worker.stop()
             reset_caches()
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to `target_port` that a test can cut and restore, to take a
+    server (PostgreSQL) away from the studio's processes and give it back, like a network fault.
+
+    `cut()` closes every open connection and refuses new ones (the port is closed); `restore()`
+    listens again on the same port.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed by cut() or stop()
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def cut(self) -> None:
+        if self._listener is not None:  # shutdown wakes the accept() blocked on it; close alone not
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def restore(self) -> None:
+        self.start()
+
+    stop = cut

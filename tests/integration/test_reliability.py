@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     wait_run,
     wait_step,
 )
+from tests.integration.servers import TcpProxy
 
 pytestmark = pytest.mark.slow
 # Each fault is exercised on one database to keep the suite short: PostgreSQL (production) where
@@ -72,7 +73,7 @@ def test_pool_process_killed_resumes_from_checkpoint(api, studio_env: StudioEnv,
         recovered_in = time.time() - started
         assert run["status"] == "succeeded", (run, worker.output()[-3000:])
         assert run["attempts"] == 2
-        resumed = re.findall(r"run %d resumes from its checkpoint at step (\d+)" % run_id, worker.output())
+        resumed = re.findall(rf"run {run_id} resumes from its checkpoint at step (\d+)", worker.output())
         assert resumed and int(resumed[0]) >= 30, "resumed from the last checkpoint, not from zero"
         _assert_every_step_once(api, run)
         print(f"pool process SIGKILLed at step ≥35; resumed from step {resumed[0]}; "
@@ -254,3 +255,56 @@ def test_broker_restart_loses_nothing_and_runs_nothing_twice(valkey_env, demo_fi
             _assert_every_step_once(api, run)
     finally:
         worker.stop()
+
+
+@ON_POSTGRES
+def test_database_away_mid_run_api_503_and_the_run_carries_on(
+    studio_env: StudioEnv, admin_token: str, demo_files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL is cut away from the API and the worker (every connection dropped, the port
+    closed) for 12 s while a run trains: the API answers 503 with the reason, the worker retries
+    its writes, and the run finishes once with every step's metrics when the database is back."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from backend.db import reset_caches
+
+    pg_port = int(re.search(r":(\d+)/", studio_env.env["DS_DATABASE_URL"]).group(1))  # type: ignore[union-attr]
+    proxy = TcpProxy(pg_port).start()
+    url = re.sub(r":\d+/", f":{proxy.port}/", studio_env.env["DS_DATABASE_URL"], count=1)
+    env = StudioEnv({**studio_env.env, "DS_DATABASE_URL": url}, studio_env.data_dir)
+    monkeypatch.setenv("DS_DATABASE_URL", url)
+    reset_caches()
+    worker = WorkerProcess(env, "w1").start()
+    try:
+        with TestClient(create_app(), base_url="http://testserver/api/v1") as api:
+            api.headers["Authorization"] = f"Bearer {admin_token}"
+            model, dataset = _ready(api, demo_files)
+            run_id = api.post("/runs", json=run_config(model, dataset, training={
+                "epochs": 6, "checkpoint_every": 10})).json()["id"]
+            wait_step(api, run_id, 20)
+            proxy.cut()
+            cut_at, answers = time.time(), []
+            while time.time() - cut_at < 12:
+                r = api.get(f"/runs/{run_id}")
+                answers.append(r.status_code)
+                if r.status_code == 503:
+                    assert r.json()["detail"] == "database unavailable, retry in a few seconds"
+                    assert r.headers["Retry-After"] == "5"
+                time.sleep(1)
+            proxy.restore()
+            run = wait_run(api, run_id)
+            assert set(answers) == {503}, answers
+            assert run["status"] == "succeeded", (run, worker.output()[-3000:])
+            assert run["attempts"] == 1, "the worker rode out the outage; nobody took the run over"
+            _assert_every_step_once(api, run)
+            retries = worker.output().count("database unavailable")
+            assert retries >= 1, "the worker noticed the outage and retried"
+            print(f"database away 12 s at step ≥20: {len(answers)} API answers, all 503; "
+                  f"worker retried {retries} writes; run succeeded with {run['total_steps']} "
+                  f"steps each once, attempts 1, {time.time() - cut_at:.1f}s after the cut")
+    finally:
+        worker.stop()
+        proxy.stop()
+        monkeypatch.setenv("DS_DATABASE_URL", studio_env.env["DS_DATABASE_URL"])
+        reset_caches()

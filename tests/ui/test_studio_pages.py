@@ -1,16 +1,19 @@
 """The studio pages beyond the first slice (AppTest against a real API in a uvicorn thread, on
 SQLite): model versions and the runs that used a teacher, dataset samples and split, run
 filters, retry and the worker log, Compare (diff highlighting, curves, Pareto scatters, saving
-and sharing), and the Team page (members, tokens shown once, revoke).
+and sharing), New run's student sources and layer-pair warnings, and the Team page (members
+managed by admins, read-only for others, tokens shown once, revoke).
 
 What a worker writes (inspections, scans with their previews, finished runs) is written to the
 database directly, as in test_pages.py; the previews come from the engine's own
-`dataset_preview`, the function the scan task calls.
+`dataset_preview`, the function the scan task calls. A zoo student's layer table (built by a
+worker for Plan) is put in the API's in-process cache of them, under the key the API looks up.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +53,14 @@ class Studio:
     failed: int
 
 
-def _app(studio: Studio, page: str | None = None, **query: Any) -> AppTest:
+def _app(
+    studio: Studio, page: str | None = None, *, token: str | None = None, **query: Any
+) -> AppTest:
+    """The app signed in with `token` (default: the admin's), on `page` under ui/app_pages."""
+    token = token or studio.token
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["token"] = studio.token
-    me = Client(studio.url, studio.token).me()
+    at.session_state["token"] = token
+    me = Client(studio.url, token).me()
     at.session_state["me"] = me.model_dump(mode="json")
     at.session_state["team_id"] = me.team_id
     at.run()
@@ -409,3 +416,249 @@ def test_team_members_and_tokens(studio: Studio) -> None:
     assert "ci-nightly" not in set(
         next(f.value for f in at.dataframe if "prefix" in f.value.columns)["name"]
     )
+
+
+# -- new run: where the student comes from; layer pairs that cannot fit --------------------------
+
+STUDENT_INSPECTION = {**INSPECTION, "params": 321}  # the teacher's layers, fewer parameters
+SHAPES_INPUT, SHAPES_CLASSES = [3, 8, 8], 4  # the "shapes" dataset the students are built for
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_cached_students() -> Iterator[None]:
+    """The planted inspections below must not outlive this module (later tests would get them)."""
+    yield
+    from backend.runs import service
+
+    service._student_cache.clear()
+
+
+def _cache_student(architecture: str, kwargs: dict[str, Any]) -> None:
+    """What a worker answers for this zoo student, already in the API's cache (no worker here)."""
+    from backend.runs import service
+
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("input_shape", "num_classes")}
+    key = json.dumps([architecture, kwargs, SHAPES_INPUT, SHAPES_CLASSES], sort_keys=True)
+    service._student_cache.put(key, STUDENT_INSPECTION)
+
+
+def _new_run(studio: Studio) -> AppTest:
+    at = _app(studio, "new_run.py")
+    at.selectbox(key="nr_teacher").set_value(studio.teacher_v1)
+    at.selectbox(key="nr_dataset").set_value(studio.images).run()
+    return at
+
+
+def _run_named(studio: Studio, name: str) -> Any:
+    return next(r for r in Client(studio.url, studio.token).runs(q=name).items if r.name == name)
+
+
+def test_new_run_student_derived_or_the_teachers_own(studio: Studio) -> None:
+    from worker.engine import catalog
+
+    at = _new_run(studio)
+    source = at.radio(key="nr_student_source")
+    assert source.value == "zoo" and len(source.options) == 4  # a zoo teacher: every source
+
+    source.set_value("teacher").run()
+    assert "the student is **resnet8** (width 0.25), the teacher's own" in _texts(at.caption)
+    assert "source: teacher" in _texts(at.code)
+
+    at.radio(key="nr_student_source").set_value("derived").run()
+    at.number_input(key="nr_student.depth_factor").set_value(0.5)
+    at.number_input(key="nr_student.width_factor").set_value(0.75).run()
+    arch, kwargs = catalog.derived_architecture("resnet8", TEACHER_KWARGS, 0.5, 0.75)
+    assert f"The student is **{arch}** (width {kwargs['width']:g})" in _texts(at.markdown)
+    _cache_student(arch, kwargs)
+    at.button(key="nr_plan_btn").click().run()
+    assert not at.exception and not at.error, _texts(at.error)
+    assert at.session_state["nr_plan"]["plan"]["student_params"] == 321  # the derived student
+    review = _texts(at.code)
+    assert "source: derived" in review and "width_factor: 0.75" in review
+    assert at.session_state["nr_pairs"], "the plan's suggested pairs"
+
+    at.number_input(key="nr_student.width_factor").set_value(0.5).run()
+    assert "plan again" in _texts(at.warning)  # the factors are part of the plan
+    at.number_input(key="nr_student.width_factor").set_value(0.75).run()
+    at.text_input(key="nr_name").set_value("derived-kd").run()
+    at.button(key="nr_launch").click().run()
+    assert not at.exception and not at.error, _texts(at.error)
+    assert "derived-kd" in _texts(at.title)
+    student = _run_named(studio, "derived-kd").config["student"]
+    assert (student["source"], student["depth_factor"], student["width_factor"]) == (
+        "derived",
+        0.5,
+        0.75,
+    )
+
+
+def test_new_run_student_model_and_pairs_that_cannot_fit(studio: Studio) -> None:
+    at = _new_run(studio)
+    at.radio(key="nr_student_source").set_value("model").run()
+    at.selectbox(key="nr_student_model").set_value(studio.teacher_v2).run()
+    at.button(key="nr_plan_btn").click().run()  # a model's own layer table: no worker needed
+    assert not at.exception and not at.error, _texts(at.error)
+    plan = at.session_state["nr_plan"]["plan"]
+    assert [layer["path"] for layer in plan["student"]["layers"]] == [
+        "conv1",
+        "layer1",
+        "layer2",
+        "fc",
+    ]
+    assert "cannot fit" not in _texts(at.warning)
+
+    at.session_state["nr_pairs"] = [
+        {"teacher": "layer2", "student": "layer2", "tap": "output"},
+        {"teacher": "layer2", "student": "fc", "tap": "output"},  # a vector for a map
+        {"teacher": "layer2", "student": "fc", "tap": "input"},  # the same, at the inputs
+    ]
+    at.run()
+    warning = _texts(at.warning)
+    assert "These layer pairs cannot fit" in warning and "pair 0" not in warning
+    assert (
+        "pair 1: teacher layer 'layer2' [8,4,4] vs student layer 'fc' [4]: cannot rebuild a "
+        "spatial map from a vector" in warning
+    )
+    assert "student layers that would fit: conv1 [4,8,8], layer1 [4,8,8], layer2 [8,4,4]" in warning
+    assert "pair 2: teacher layer 'layer2' [4,8,8] vs student layer 'fc' [8]" in warning
+    assert "student layers that would fit: conv1 [3,8,8], layer1 [4,8,8], layer2 [4,8,8]" in warning
+    assert "Fix these before launching" in _texts(at.error)
+    assert not [b for b in at.button if b.key == "nr_launch"]
+
+    at.session_state["nr_pairs"] = [{"teacher": "layer2", "student": "layer2", "tap": "output"}]
+    at.text_input(key="nr_name").set_value("from-a-model").run()
+    assert "cannot fit" not in _texts(at.warning)
+    at.button(key="nr_launch").click().run()
+    assert not at.exception and not at.error, _texts(at.error)
+    student = _run_named(studio, "from-a-model").config["student"]
+    assert student["source"] == "model" and student["model"]["model_id"] == studio.teacher_v2
+
+
+def test_new_run_yaml_paste_restores_every_student_source(studio: Studio) -> None:
+    at = _new_run(studio)
+
+    def paste(student: str) -> None:
+        at.text_area(key="nr_yaml").set_value(
+            f"name: pasted\nteacher: {{model_id: {studio.teacher_v1}}}\n"
+            f"dataset: {{dataset_id: {studio.images}}}\nstudent: {student}\n"
+        )
+        at.button(key="nr_yaml_load").click().run()
+        assert not at.exception
+
+    paste("{source: derived, depth_factor: 0.25, width_factor: 0.75}")
+    assert at.radio(key="nr_student_source").value == "derived"
+    assert at.number_input(key="nr_student.depth_factor").value == 0.25
+    assert at.number_input(key="nr_student.width_factor").value == 0.75
+    assert "width_factor: 0.75" in _texts(at.code)
+
+    paste("{source: teacher}")
+    assert at.radio(key="nr_student_source").value == "teacher"
+    assert "source: teacher" in _texts(at.code)
+
+    paste(f"{{source: model, model: {{model_id: {studio.teacher_v2}}}}}")
+    assert at.radio(key="nr_student_source").value == "model"
+    assert at.selectbox(key="nr_student_model").value == studio.teacher_v2
+
+    paste("{source: zoo, architecture: resnet14, kwargs: {width: 0.5}}")
+    assert at.radio(key="nr_student_source").value == "zoo"
+    assert at.selectbox(key="nr_student").value == "resnet14"
+    assert at.number_input(key="nr_student.resnet14.width").value == 0.5
+
+    paste("{source: model, model: {path: student.safetensors}}")
+    assert "student.model.path: the studio takes ids" in _texts(at.error)
+
+
+def test_new_run_pt2_teacher_offers_no_derived_student(studio: Studio, tmp_path: Path) -> None:
+    graph = tmp_path / "graph.pt2"
+    graph.write_bytes(b"PK not really an export archive")
+    pt2 = Client(studio.url, studio.token).upload_model(graph, "graph-teacher")
+    _update("Model", pt2.id, status="ready", inspection=INSPECTION)
+
+    at = _new_run(studio)
+    at.radio(key="nr_student_source").set_value("derived").run()
+    at.selectbox(key="nr_teacher").set_value(pt2.id).run()
+    assert not at.exception
+    source = at.radio(key="nr_student_source")
+    assert source.value == "zoo" and len(source.options) == 2  # a zoo architecture, a model
+    assert "is a .pt2 graph with no zoo architecture" in _texts(at.warning)
+    assert "need a zoo teacher" in _texts(at.caption)
+    assert "source: zoo" in _texts(at.code)
+
+
+# -- team: admins manage members, everyone else reads ------------------------------------------
+
+BOB_PASSWORD = "bob-password-123"
+
+
+def _members(at: AppTest) -> Any:
+    return next(f.value for f in at.dataframe if "user" in f.value.columns)
+
+
+def test_team_admin_adds_changes_and_removes_members(studio: Studio) -> None:
+    api = Client(studio.url, studio.token)
+    team_id = api.me().team_id
+    assert team_id is not None
+    other = api.create_team("lab-b")  # bob exists, but only in another team
+    bob = api.use_team(other.id).create_user("bob", BOB_PASSWORD, "member")
+    api.use_team(None)
+
+    at = _app(studio, "team.py")
+    assert "owner" in at.selectbox(key="mem_add_role").options[0]  # an owner grants every role
+    at.text_input(key="mem_add_user").set_value("nobody")
+    at.button(key="FormSubmitter:member_add-Add member").click().run()
+    assert "no user named 'nobody'; create it first" in _texts(at.error)
+
+    at.text_input(key="mem_add_user").set_value("bob")
+    at.selectbox(key="mem_add_role").set_value("viewer")
+    at.button(key="FormSubmitter:member_add-Add member").click().run()
+    assert not at.exception and not at.error, _texts(at.error)
+    members = _members(at)
+    assert members[members["user"] == "bob"].iloc[0]["role"] == "viewer"
+
+    at.selectbox(key="mem_pick").set_value(bob.id).run()
+    at.selectbox(key=f"mem_role_{bob.id}").set_value("admin").run()
+    at.button(key="mem_role_save").click().run()
+    assert not at.exception and not at.error, _texts(at.error)
+    roles = {m.username: m.role for m in api.team_members(team_id)}
+    assert roles["bob"] == "admin"
+
+    at.button(key="mem_remove").click().run()
+    assert "Remove **bob** (admin)" in _texts(at.warning)
+    assert "bob" in {m.username for m in api.team_members(team_id)}  # nothing yet
+    at.button(key="mem_remove_no").click().run()
+    assert "Remove **bob**" not in _texts(at.warning)
+    assert "bob" in {m.username for m in api.team_members(team_id)}
+
+    at.button(key="mem_remove").click().run()
+    at.button(key="mem_remove_yes").click().run()
+    assert not at.exception and not at.error, _texts(at.error)
+    assert "bob" not in {m.username for m in api.team_members(team_id)}
+    assert "bob" not in set(_members(at)["user"])
+
+
+def test_team_admins_cannot_touch_owners_and_viewers_only_read(studio: Studio) -> None:
+    api = Client(studio.url, studio.token)
+    team_id = api.me().team_id
+    assert team_id is not None
+    api.add_member(team_id, "bob", "admin")
+    api.create_user("vera", "vera-password-123", "viewer")
+
+    bob = Client.login(studio.url, "bob", BOB_PASSWORD).token
+    assert bob is not None
+    at = _app(studio, "team.py", token=bob)
+    at.session_state["team_id"] = team_id  # act for the admin's team
+    at.run()
+    assert not at.exception
+    assert all("owner" not in option for option in at.selectbox(key="mem_add_role").options)
+    picks = at.selectbox(key="mem_pick").options
+    assert any("vera" in option for option in picks)
+    assert not any(option.startswith("admin") for option in picks)  # the owner is not offered
+    assert "only an owner changes or removes owners" in _texts(at.caption)
+
+    vera = Client.login(studio.url, "vera", "vera-password-123").token
+    assert vera is not None
+    at = _app(studio, "team.py", token=vera)
+    assert {"admin", "bob", "vera (you)"} <= set(_members(at)["user"])
+    assert not [w for w in at.text_input if w.key == "mem_add_user"]
+    assert not [w for w in at.selectbox if w.key == "mem_pick"]
+    assert "Ask a team owner or admin" in _texts(at.caption)

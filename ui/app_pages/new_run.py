@@ -2,6 +2,9 @@
 
 Every form is built from the catalog (`GET /api/v1/catalog`). The config is checked locally with
 the same pydantic `RunConfig` the API and the engine use, shown as YAML, and can be pasted back.
+The student is a zoo architecture, derived from a zoo teacher, the teacher's own architecture
+(self-distillation) or a ready model of the team; layer pairs are checked against the plan's
+layer tables with the engine's torch-free `pairing`, as the API checks them at launch.
 """
 
 from __future__ import annotations
@@ -13,13 +16,24 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend.client import Catalog, Plan
+from backend.client import Catalog, Model, Plan
 from ui import components as ui
-from worker.engine.config import RunConfig, TrainSettings
+from worker.engine import catalog as engine_catalog  # torch-free, like config and pairing
+from worker.engine import pairing
+from worker.engine.config import RunConfig, StudentSpec, TrainSettings
 
 TRAIN_DEFAULTS = TrainSettings().model_dump()
+STUDENT_DEFAULTS = StudentSpec().model_dump()
 TAPS = ["output", "input"]
 PAIR_COLUMNS = ["teacher", "student", "tap", "teacher_shape", "student_shape"]
+STUDENT_SOURCES = {
+    "zoo": "A zoo architecture",
+    "derived": "Derived from the teacher",
+    "teacher": "The teacher's architecture",
+    "model": "A model of the team",
+}
+FROM_TEACHER = ("derived", "teacher")  # sources that need a zoo teacher
+FITTING_SHOWN = 3  # student layers named as ones that would fit a teacher layer
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,15 +58,25 @@ def _plan() -> Plan | None:
     return Plan.model_validate(stored["plan"]) if stored else None
 
 
-def _plan_key(teacher: int | None, dataset: int | None, arch: str, kwargs: dict) -> str:
-    return json.dumps([teacher, dataset, arch, kwargs], sort_keys=True, default=str)
+def _plan_key(teacher: int | None, dataset: int | None, student: dict[str, Any]) -> str:
+    return json.dumps([teacher, dataset, student], sort_keys=True, default=str)
 
 
-def _shapes(plan: Plan | None) -> tuple[dict[str, str], dict[str, str]]:
+def _plan_is_current(key: str) -> bool:
+    stored = st.session_state.get("nr_plan")
+    return stored is not None and stored["key"] == key
+
+
+def _shapes(plan: Plan | None, tap: str = "output") -> tuple[dict[str, str], dict[str, str]]:
+    """{path: shape} of the teacher's and the student's layers, at the `tap` side."""
     if plan is None:
         return {}, {}
-    teacher = {layer.path: ui.fmt_shape(layer.output_shape) for layer in plan.teacher.layers}
-    student = {layer.path: ui.fmt_shape(layer.output_shape) for layer in plan.student.layers}
+
+    def shape(layer: Any) -> str:
+        return ui.fmt_shape(layer.input_shape if tap == "input" else layer.output_shape)
+
+    teacher = {layer.path: shape(layer) for layer in plan.teacher.layers}
+    student = {layer.path: shape(layer) for layer in plan.student.layers}
     return teacher, student
 
 
@@ -61,7 +85,8 @@ def _shapes(plan: Plan | None) -> tuple[dict[str, str], dict[str, str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _sources() -> tuple[int | None, int | None]:
+def _sources() -> tuple[int | None, int | None, dict[int, Model]]:
+    """(teacher id, dataset id, the team's ready models by id)."""
     models, datasets = ui.ready_models(), ui.ready_datasets()
     if not models or not datasets:
         missing = [
@@ -104,7 +129,7 @@ def _sources() -> tuple[int | None, int | None]:
     right.text_input(
         "Run name", key="nr_name", persist_state="session", placeholder="e.g. resnet8-kd-at"
     )
-    return teacher, dataset
+    return teacher, dataset, models_by_id
 
 
 def _model_label(model: Any) -> str:
@@ -118,7 +143,151 @@ def _dataset_label(dataset: Any) -> str:
     return f"#{dataset.id} {dataset.name}{extra}"
 
 
-def _student(catalog: Catalog) -> tuple[str, dict[str, Any]]:
+def zoo_teacher_problem(teacher: Model | None) -> str | None:
+    """Why no student can be built from `teacher`'s architecture (None when one can).
+
+    The same check the API makes for sources "derived" and "teacher"
+    (`catalog.same_architecture`): the teacher must be zoo weights whose parameters fit.
+    """
+    if teacher is None:
+        return "choose a teacher first"
+    if not teacher.architecture:
+        return f"teacher {_model_label(teacher)} is a .pt2 graph with no zoo architecture"
+    try:
+        engine_catalog.same_architecture(teacher.architecture, dict(teacher.arch_kwargs))
+    except ValueError as exc:
+        return f"teacher {_model_label(teacher)}: {exc}"
+    return None
+
+
+def _student(
+    catalog: Catalog, teacher: Model | None, models: dict[int, Model]
+) -> tuple[dict[str, Any], str]:
+    """The student spec of the run config (any source), and a short name for it."""
+    s = st.session_state
+    problem = zoo_teacher_problem(teacher)
+    sources = [k for k in STUDENT_SOURCES if problem is None or k not in FROM_TEACHER]
+    chosen = s.get("nr_student_source", "zoo")
+    if chosen not in sources:
+        if chosen in FROM_TEACHER:
+            st.warning(
+                f"The student was {STUDENT_SOURCES[chosen].lower()}, but {problem}. "
+                "It is a zoo architecture again: pick one below, a model of the team, or a "
+                "teacher uploaded as safetensors with its architecture.",
+                icon=":material/warning:",
+            )
+        s["nr_student_source"] = "zoo"
+    source = st.radio(
+        "Student source",
+        sources,
+        key="nr_student_source",
+        persist_state="session",
+        horizontal=True,
+        format_func=lambda k: STUDENT_SOURCES[k],
+        help="Derived and the teacher's architecture need a teacher whose architecture is in "
+        "the zoo (safetensors weights uploaded with an architecture).",
+    )
+    if problem is not None and teacher is not None:
+        st.caption(
+            f"Derived and self-distillation students need a zoo teacher; {problem}. Upload "
+            "the teacher as safetensors weights with its architecture to build them from it."
+        )
+    if source == "derived":
+        assert teacher is not None
+        return _derived_student(teacher), "derived"
+    if source == "teacher":
+        assert teacher is not None
+        arch, kwargs = engine_catalog.same_architecture(
+            teacher.architecture, dict(teacher.arch_kwargs)
+        )
+        st.caption(
+            f"Self-distillation: the student is **{arch}**{_kwargs_text(kwargs)}, the "
+            "teacher's own architecture, with fresh weights."
+        )
+        return {"source": "teacher"}, f"self-{arch}"
+    if source == "model":
+        return _model_student(teacher, models)
+    arch, kwargs = _zoo_student(catalog)
+    return {"source": "zoo", "architecture": arch, "kwargs": kwargs}, arch
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    """' (width 0.5, depth 14)': an architecture's parameters, without the data's shape."""
+    shown = [
+        f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in kwargs.items()
+        if k not in ("input_shape", "num_classes")
+    ]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def _derived_student(teacher: Model) -> dict[str, Any]:
+    _defaults(
+        {
+            "nr_student.depth_factor": STUDENT_DEFAULTS["depth_factor"],
+            "nr_student.width_factor": STUDENT_DEFAULTS["width_factor"],
+        }
+    )
+    left, middle, right = st.columns([1, 1, 3], vertical_alignment="bottom")
+    depth = left.number_input(
+        "Depth factor",
+        0.05,
+        1.0,
+        step=0.05,
+        format="%g",
+        key="nr_student.depth_factor",
+        persist_state="session",
+        help="The student's depth is the teacher's times this, snapped to a depth the "
+        "architecture family allows.",
+    )
+    width = middle.number_input(
+        "Width factor",
+        0.05,
+        1.0,
+        step=0.05,
+        format="%g",
+        key="nr_student.width_factor",
+        persist_state="session",
+        help="The student's width (channels, hidden units) is the teacher's times this.",
+    )
+    try:
+        arch, kwargs = engine_catalog.derived_architecture(
+            teacher.architecture, dict(teacher.arch_kwargs), depth, width
+        )
+    except ValueError as exc:
+        right.error(f"No student can be derived: {exc}. Change the factors.")
+    else:
+        right.markdown(f"The student is **{arch}**{_kwargs_text(kwargs)}.")
+    return {"source": "derived", "depth_factor": float(depth), "width_factor": float(width)}
+
+
+def _model_student(teacher: Model | None, models: dict[int, Model]) -> tuple[dict[str, Any], str]:
+    s = st.session_state
+    wanted = s.get("nr_student_model")
+    if wanted not in models:
+        if wanted is not None:
+            st.warning(
+                f"Model #{wanted} is not a ready model of your team; pick the student's model "
+                "again.",
+                icon=":material/warning:",
+            )
+        others = [i for i in models if teacher is None or i != teacher.id]
+        s["nr_student_model"] = (others or list(models))[0]
+    model_id = st.selectbox(
+        "Student model",
+        list(models),
+        key="nr_student_model",
+        persist_state="session",
+        format_func=lambda i: _model_label(models[i]),
+        help="A ready model of your team: the student starts from its weights and is trained; "
+        "the teacher stays frozen.",
+    )
+    if teacher is not None and model_id == teacher.id:
+        st.caption("The student starts as a copy of the teacher.")
+    return {"source": "model", "model": {"model_id": model_id}}, models[model_id].name
+
+
+def _zoo_student(catalog: Catalog) -> tuple[str, dict[str, Any]]:
     names = [e.name for e in catalog.students]
     if st.session_state.get("nr_student") not in names:
         st.session_state["nr_student"] = names[0]
@@ -138,8 +307,8 @@ def _student(catalog: Catalog) -> tuple[str, dict[str, Any]]:
     return arch, kwargs
 
 
-def _plan_section(teacher: int | None, dataset: int | None, arch: str, kwargs: dict) -> None:
-    key = _plan_key(teacher, dataset, arch, kwargs)
+def _plan_section(teacher: int | None, dataset: int | None, student: dict[str, Any]) -> None:
+    key = _plan_key(teacher, dataset, student)
     stored = st.session_state.get("nr_plan")
     stale = stored is not None and stored["key"] != key
     label = "Plan again" if stale else "Plan"
@@ -158,7 +327,6 @@ def _plan_section(teacher: int | None, dataset: int | None, arch: str, kwargs: d
             "the ends of their resolution stages."
         )
     if clicked:
-        student = {"source": "zoo", "architecture": arch, "kwargs": kwargs}
         with st.spinner("Inspecting teacher and student…"):
             plan = ui.fetch(ui.client().plan, teacher, dataset, student, stop=False)
         if plan is not None:
@@ -206,10 +374,54 @@ def _plan_tables(plan: Plan) -> None:
         st.caption(f"The student has **{ratio:.1f}×** fewer parameters than the teacher.")
 
 
-def _pairs_section() -> None:
+def pair_problems(plan: Plan, pairs: list[dict[str, Any]]) -> list[str]:
+    """Why each layer pair cannot be matched, as "pair i: ..." with both shapes and the student
+    layers that would fit (empty when every pair fits). The checks of the API at launch."""
+    teacher = plan.teacher.model_dump(mode="json")
+    student = plan.student.model_dump(mode="json")
+    problems: list[str] = []
+    for i, pair in enumerate(pairs):
+        tap = pair.get("tap") or "output"
+        missing = [side for side in ("teacher", "student") if not pair.get(side)]
+        if missing:
+            problems.append(
+                f"pair {i}: choose a {' and a '.join(missing)} layer, or delete the row"
+            )
+            continue
+        try:
+            t_layer = pairing.find_layer(teacher, pair["teacher"], "teacher")
+            s_layer = pairing.find_layer(student, pair["student"], "student")
+        except ValueError as exc:
+            problems.append(f"pair {i}: {exc}")
+            continue
+        message = pairing.check_pair(t_layer, s_layer, tap=tap)
+        if message:
+            problems.append(f"pair {i}: {message}; {_fitting(student, t_layer, tap)}")
+    return problems
+
+
+def _fitting(student: dict[str, Any], teacher_layer: dict[str, Any], tap: str) -> str:
+    """The deepest student layers a connector could match to `teacher_layer`."""
+    key = "input_shape" if tap == "input" else "output_shape"
+    target = teacher_layer.get(key)
+    fits = [
+        row
+        for row in student.get("layers", [])
+        if pairing.shape_problem(row.get(key), target) is None
+    ]
+    if not fits:
+        return "no student layer fits it: pick another teacher layer"
+    shown = ", ".join(
+        f"{row['path']} {pairing.fmt_shape(row[key])}" for row in fits[-FITTING_SHOWN:]
+    )
+    return f"student layers that would fit: {shown}"
+
+
+def _pairs_section() -> list[str]:
+    """The pairs table; returns the pairs' problems against the plan (empty without a plan)."""
     plan = _plan()
     pairs = _pairs()
-    t_shapes, s_shapes = _shapes(plan)
+    shapes = {tap: _shapes(plan, tap) for tap in TAPS}
     st.caption(
         "Each pair matches a teacher feature to a student feature. Connectors (1×1 conv "
         "or linear) are added when channels differ, pooling when sizes differ."
@@ -218,8 +430,8 @@ def _pairs_section() -> None:
         [
             {
                 **p,
-                "teacher_shape": t_shapes.get(p["teacher"], "?"),
-                "student_shape": s_shapes.get(p["student"], "?"),
+                "teacher_shape": shapes[p.get("tap") or "output"][0].get(p["teacher"], "?"),
+                "student_shape": shapes[p.get("tap") or "output"][1].get(p["student"], "?"),
             }
             for p in pairs
         ],
@@ -232,7 +444,8 @@ def _pairs_section() -> None:
             "Plan first to choose layer pairs from the two models' layers.",
             icon=":material/explore:",
         )
-        return
+        return []
+    t_shapes, s_shapes = shapes["output"]
     key = f"nr_pairs_editor_{st.session_state.get('nr_pairs_ver', 0)}"
     st.data_editor(
         frame,
@@ -256,6 +469,14 @@ def _pairs_section() -> None:
             "student_shape": st.column_config.TextColumn("student shape", disabled=True),
         },
     )
+    problems = pair_problems(plan, pairs)
+    if problems:
+        st.warning(
+            "**These layer pairs cannot fit** — no connector maps the student feature to the "
+            "teacher's, and the launch would be refused. Pick a fitting student layer in the "
+            "table, or delete the pair:\n\n" + "\n".join(f"- {p}" for p in problems),
+            icon=":material/warning:",
+        )
     cols = st.columns([1, 1, 4])
     if cols[0].button("Suggested pairs", icon=":material/auto_awesome:", key="nr_pairs_reset"):
         _set_pairs([p.model_dump() for p in plan.suggested_pairs])
@@ -263,6 +484,7 @@ def _pairs_section() -> None:
     if cols[1].button("Clear pairs", icon=":material/clear_all:", key="nr_pairs_clear"):
         _set_pairs([])
         st.rerun()
+    return problems
 
 
 def _apply_edits(key: str) -> None:
@@ -501,17 +723,19 @@ def _floats(text: str) -> list[float]:
 def _config(
     teacher: int | None,
     dataset: int | None,
-    arch: str,
-    kwargs: dict,
+    student: dict[str, Any],
+    student_name: str,
     losses: list[dict],
     training: dict,
     misc: dict,
 ) -> dict[str, Any]:
-    name = st.session_state.get("nr_name") or f"{arch}-{'-'.join(loss['name'] for loss in losses)}"
+    name = st.session_state.get("nr_name") or (
+        f"{student_name}-{'-'.join(loss['name'] for loss in losses)}"
+    )
     return {
         "name": name,
         "teacher": {"model_id": teacher},
-        "student": {"source": "zoo", "architecture": arch, "kwargs": kwargs},
+        "student": student,
         "dataset": {"dataset_id": dataset, "val_fraction": misc["val_fraction"]},
         "layer_pairs": [dict(p) for p in _pairs()],
         "losses": losses,
@@ -547,6 +771,21 @@ def _load_yaml() -> None:
     except Exception as exc:  # noqa: BLE001 - YAML syntax errors of any kind
         st.session_state["nr_yaml_error"] = f"not valid YAML: {exc}"
         return
+    paths = [
+        where
+        for where, ref in (
+            ("teacher", cfg.teacher),
+            ("dataset", cfg.dataset),
+            ("student.model", cfg.student.model if cfg.student.source == "model" else None),
+        )
+        if ref is not None and ref.path is not None
+    ]
+    if paths:
+        st.session_state["nr_yaml_error"] = (
+            f"{', '.join(p + '.path' for p in paths)}: the studio takes ids of your team's "
+            "models and datasets (model_id, dataset_id); 'path' is for the standalone CLI"
+        )
+        return
     st.session_state.pop("nr_yaml_error", None)
     _fill_form(cfg)
     st.session_state["nr_flash"] = "Loaded the pasted config into the form below."
@@ -560,10 +799,17 @@ def _fill_form(cfg: RunConfig) -> None:
     if cfg.dataset.dataset_id is not None:
         s["nr_dataset"] = cfg.dataset.dataset_id
     s["nr_val_fraction"] = cfg.dataset.val_fraction
-    if cfg.student.source == "zoo":
-        s["nr_student"] = cfg.student.architecture
-        for key, value in cfg.student.kwargs.items():
-            s[f"nr_student.{cfg.student.architecture}.{key}"] = value
+    student = cfg.student
+    s["nr_student_source"] = student.source
+    if student.source == "zoo":
+        s["nr_student"] = student.architecture
+        for key, value in student.kwargs.items():
+            s[f"nr_student.{student.architecture}.{key}"] = value
+    elif student.source == "derived":
+        s["nr_student.depth_factor"] = student.depth_factor
+        s["nr_student.width_factor"] = student.width_factor
+    elif student.source == "model" and student.model is not None:
+        s["nr_student_model"] = student.model.model_id
     _set_pairs([p.model_dump() for p in cfg.layer_pairs])
     s["nr_losses"] = [loss.name for loss in cfg.losses]
     for loss in cfg.losses:
@@ -577,8 +823,8 @@ def _fill_form(cfg: RunConfig) -> None:
     s["nr_seed"] = cfg.seed
 
 
-def _review(config: dict[str, Any]) -> None:
-    errors = validation_errors(config)
+def _review(config: dict[str, Any], pair_errors: list[str]) -> None:
+    errors = validation_errors(config) + [f"layer_pairs: {problem}" for problem in pair_errors]
     if errors:
         st.error("Fix these before launching:\n\n" + "\n".join(f"- {e}" for e in errors))
         st.code(json.dumps(config, indent=2), language="json")
@@ -639,14 +885,16 @@ if flash := st.session_state.pop("nr_flash", None):
     st.success(flash)
 
 st.subheader("1 · Teacher and data")
-teacher_id, dataset_id = _sources()
+teacher_id, dataset_id, ready = _sources()
 
 st.subheader("2 · Student")
-arch, kwargs = _student(catalog)
+student_spec, student_name = _student(catalog, ready.get(teacher_id), ready)
 
 st.subheader("3 · Plan and layer pairs")
-_plan_section(teacher_id, dataset_id, arch, kwargs)
-_pairs_section()
+_plan_section(teacher_id, dataset_id, student_spec)
+pair_errors = _pairs_section()
+if not _plan_is_current(_plan_key(teacher_id, dataset_id, student_spec)):
+    pair_errors = []  # checked against an older plan: the API checks them at launch
 
 st.subheader("4 · Losses")
 losses = _losses(catalog)
@@ -655,4 +903,7 @@ st.subheader("5 · Training")
 training, misc = _training(catalog)
 
 st.subheader("6 · Review and launch")
-_review(_config(teacher_id, dataset_id, arch, kwargs, losses, training, misc))
+_review(
+    _config(teacher_id, dataset_id, student_spec, student_name, losses, training, misc),
+    pair_errors,
+)

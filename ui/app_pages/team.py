@@ -1,5 +1,10 @@
 """Team: the teams you belong to, their members and roles, and your API tokens (create — the
-secret is shown once —, list with prefix, last use and expiry, revoke)."""
+secret is shown once —, list with prefix, last use and expiry, revoke).
+
+Admins and owners of the team acted for also manage its members here: add an existing user,
+change a role, remove a member (after a confirmation). The API enforces the rules (only owners
+grant the owner role or change owners; a team keeps one owner); the page offers only what the
+viewer's role allows and shows the API's message otherwise. Everyone else sees the list."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.client import ApiError, ApiToken, TeamRef
+from backend.client import ApiError, ApiToken, Member, TeamRef
 from ui import components as ui
 
 ROLE_HELP = {
@@ -18,7 +23,10 @@ ROLE_HELP = {
     "member": "upload, launch, cancel and compare",
     "viewer": "read only",
 }
+ROLES = list(ROLE_HELP)
+MANAGERS = ("owner", "admin")
 NEW_TOKEN_KEY = "team_new_token"
+REMOVE_KEY = "mem_remove_pending"  # the user id waiting for the removal to be confirmed
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,13 +96,136 @@ def _members(team: TeamRef) -> None:
         ]
     )
     st.dataframe(frame, hide_index=True, key="team_members")
-    if team.role in ("owner", "admin"):
-        st.caption(
-            "Add members or change roles over the API: `POST /api/v1/teams/{id}/members` "
-            "(username, role) and `PATCH /api/v1/teams/{id}/members/{user_id}`."
-        )
+    if team.role in MANAGERS and not (st.session_state.get("me") or {}).get("read_only"):
+        _manage_members(team, members)
     else:
         st.caption("Ask a team owner or admin to add people or change roles.")
+
+
+def grantable_roles(my_role: str) -> list[str]:
+    """The roles `my_role` may give: owners all of them, admins all but owner."""
+    return ROLES if my_role == "owner" else [r for r in ROLES if r != "owner"]
+
+
+def manageable(my_role: str, members: list[Member], me: str | None) -> list[Member]:
+    """The members whose role `my_role` may change or who it may remove (never yourself here:
+    an admin demoting or removing themself would lose this page)."""
+    return [m for m in members if m.username != me and (my_role == "owner" or m.role != "owner")]
+
+
+def _manage_members(team: TeamRef, members: list[Member]) -> None:
+    roles = grantable_roles(team.role)
+    with st.form("member_add", border=True, clear_on_submit=True):
+        st.markdown("**Add a member** — an existing user of the studio")
+        c = st.columns([3, 2, 2], vertical_alignment="bottom")
+        username = c[0].text_input("Username", key="mem_add_user", max_chars=100)
+        role = c[1].selectbox(
+            "Role",
+            roles,
+            index=roles.index("member"),
+            key="mem_add_role",
+            format_func=_role_label,
+        )
+        submitted = c[2].form_submit_button("Add member", icon=":material/person_add:")
+    if submitted:
+        _add_member(team, username.strip(), role)
+
+    me = (st.session_state.get("me") or {}).get("username")
+    others = {m.user_id: m for m in manageable(team.role, members, me)}
+    if not others:
+        st.caption(
+            "There is nobody else whose role you can change"
+            + ("; only an owner changes owners." if team.role != "owner" else ".")
+        )
+        return
+    with st.container(border=True):
+        st.markdown("**Change a role or remove a member**")
+        c = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
+        user_id = c[0].selectbox(
+            "Member",
+            list(others),
+            key="mem_pick",
+            format_func=lambda i: f"{others[i].username} ({others[i].role})",
+        )
+        member = others[user_id]
+        new_role = c[1].selectbox(
+            "New role",
+            roles,
+            index=roles.index(member.role) if member.role in roles else 0,
+            key=f"mem_role_{user_id}",
+            format_func=_role_label,
+        )
+        if c[2].button(
+            "Change role",
+            icon=":material/manage_accounts:",
+            key="mem_role_save",
+            disabled=new_role == member.role,
+            width="stretch",
+        ):
+            _change_role(team, member, new_role)
+        if c[3].button(
+            "Remove…", icon=":material/person_remove:", key="mem_remove", width="stretch"
+        ):
+            st.session_state[REMOVE_KEY] = user_id
+        if team.role != "owner":
+            st.caption("Owners are not listed: only an owner changes or removes owners.")
+    if st.session_state.get(REMOVE_KEY) != user_id:  # picked someone else: ask again
+        st.session_state.pop(REMOVE_KEY, None)
+        return
+    _confirm_removal(team, member)
+
+
+def _role_label(role: str) -> str:
+    return f"{role} — {ROLE_HELP[role]}" if role in ROLE_HELP else role
+
+
+def _add_member(team: TeamRef, username: str, role: str) -> None:
+    if not username:
+        st.error("Give the username of an existing user, then add them.")
+        return
+    try:
+        added = ui.client().add_member(team.id, username, role)
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    st.toast(
+        f"Added {added.username} to {team.name} as {added.role}.", icon=":material/person_add:"
+    )
+    st.rerun()
+
+
+def _change_role(team: TeamRef, member: Member, role: str) -> None:
+    try:
+        ui.client().set_member_role(team.id, member.user_id, role)
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    st.toast(f"{member.username} is now {role} of {team.name}.", icon=":material/manage_accounts:")
+    st.rerun()
+
+
+def _confirm_removal(team: TeamRef, member: Member) -> None:
+    with st.container(border=True):
+        st.warning(
+            f"Remove **{member.username}** ({member.role}) from {team.name}? They lose access "
+            "to its models, datasets and runs at once; add them again to undo.",
+            icon=":material/person_remove:",
+        )
+        c = st.columns([1, 1, 4])
+        confirmed = c[0].button("Remove", type="primary", key="mem_remove_yes", width="stretch")
+        if c[1].button("Cancel", key="mem_remove_no", width="stretch"):
+            st.session_state.pop(REMOVE_KEY, None)
+            st.rerun()
+    if not confirmed:
+        return
+    st.session_state.pop(REMOVE_KEY, None)
+    try:
+        ui.client().remove_member(team.id, member.user_id)
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    st.toast(f"Removed {member.username} from {team.name}.", icon=":material/person_remove:")
+    st.rerun()
 
 
 def _role_rank(role: str) -> int:

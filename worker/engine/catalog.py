@@ -1,8 +1,10 @@
 """The one catalog: every loss, student architecture and training scheme, declared once.
 
 This module imports nothing heavy (no torch). The backend validates run configs against it, the UI
-builds its forms from it (`GET /api/v1/catalog`), and the engine registers its implementations
-under the same names; `tests/unit/test_catalog.py` checks the three agree.
+builds its forms from it (`GET /api/v1/catalog`, which serves `as_json()`), and the engine
+registers its loss and student implementations under the same names, their constructors taking
+the catalog's parameters with the same defaults (the trainer itself is the one scheme,
+`offline`); `tests/unit/test_catalog.py` checks the three agree.
 """
 
 from __future__ import annotations

@@ -96,6 +96,53 @@ def test_fitnets_gradients_reach_student_and_connector_not_teacher() -> None:
     assert ft.grad is None
 
 
+def _mse_by_hand(a: torch.Tensor, b: torch.Tensor) -> float:
+    pairs = list(zip(a.flatten().tolist(), b.flatten().tolist(), strict=True))
+    return sum((x - y) ** 2 for x, y in pairs) / len(pairs)
+
+
+def test_fitnets_identity_connector_sums_the_pairs_mse_and_is_zero_for_identical() -> None:
+    s1, t1 = torch.randn(2, 3), torch.randn(2, 3)
+    s2, t2 = torch.randn(2, 2, 2, 2), torch.randn(2, 2, 2, 2)
+    pairs = [((3,), (3,)), ((2, 2, 2), (2, 2, 2))]
+    loss = build_loss(LossSpec(name="fitnets"), LossContext(10, pairs))
+    assert all(isinstance(c, torch.nn.Identity) for c in loss.connectors)  # shapes match
+    z = torch.zeros(2, 10)
+    got = loss(_out(z, z, student_feats=[s1, s2], teacher_feats=[t1, t2]))
+    assert got.item() == pytest.approx(_mse_by_hand(s1, t1) + _mse_by_hand(s2, t2), rel=1e-5)
+    same = loss(_out(z, z, student_feats=[t1, t2], teacher_feats=[t1.clone(), t2.clone()]))
+    assert same.item() == 0.0
+
+
+def test_fitnets_value_through_a_known_linear_bn_connector() -> None:
+    """Student [3] -> teacher [2]: Linear (no bias) then BatchNorm1d with batch statistics."""
+    s = torch.tensor([[1.0, 0.0, 2.0], [0.5, -1.0, 1.0], [-1.0, 2.0, 0.0]])
+    t = torch.tensor([[0.5, 1.0], [-1.0, 0.0], [2.0, -0.5]])
+    w = [[1.0, -0.5, 0.25], [0.0, 2.0, -1.0]]
+    loss = build_loss(LossSpec(name="fitnets"), LossContext(10, [((3,), (2,))]))
+    with torch.no_grad():
+        loss.connectors[0].proj.weight.copy_(torch.tensor(w))
+    expected = 0.0
+    for c in range(2):
+        r = [sum(w[c][k] * s[b, k].item() for k in range(3)) for b in range(3)]
+        mean = sum(r) / 3
+        var = sum((v - mean) ** 2 for v in r) / 3  # biased, as batch norm normalises
+        expected += sum(((r[b] - mean) / math.sqrt(var + 1e-5) - t[b, c].item()) ** 2
+                        for b in range(3))
+    z = torch.zeros(3, 10)
+    got = loss(_out(z, z, student_feats=[s], teacher_feats=[t]))
+    assert got.item() == pytest.approx(expected / 6, rel=1e-5)
+
+
+def test_fitnets_zero_when_the_pooled_student_map_is_the_teacher() -> None:
+    fs = torch.randn(2, 3, 4, 4)
+    loss = build_loss(LossSpec(name="fitnets"), LossContext(10, [((3, 4, 4), (3, 2, 2))]))
+    z = torch.zeros(2, 10)
+    ft = fs.reshape(2, 3, 2, 2, 2, 2).mean((3, 5))  # 2x2 block means: the connector pools
+    got = loss(_out(z, z, student_feats=[fs], teacher_feats=[ft]))
+    assert got.item() == pytest.approx(0.0, abs=1e-12)
+
+
 def test_fitnets_hint_stage_is_exclusive() -> None:
     loss = build_loss(
         LossSpec(name="fitnets", params={"hint_epochs": 2}), LossContext(10, [((4,), (4,))])

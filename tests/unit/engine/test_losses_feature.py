@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,25 @@ def _check_grads(loss: nn.Module, fs: list[torch.Tensor], ft: list[torch.Tensor]
 def _maps(*shapes: tuple[int, ...], grad: bool = False, seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(*s, generator=gen).requires_grad_(grad) for s in shapes]
+
+
+@torch.no_grad()
+def _set_identity(module: nn.Module) -> nn.Module:
+    """Every conv of `module` (equal in/out channels) the identity, every batch norm the identity
+    in eval mode (running mean 0, running var + eps = 1); for inputs >= 0 ReLUs and LeakyReLUs
+    are then the identity too, so the whole module is."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] // 2
+            m.weight.zero_()
+            m.weight[:, :, k, k] = torch.eye(m.out_channels, m.in_channels)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.eval()
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0 - m.eps)
+    return module
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +263,36 @@ def test_ka_value_affinity_and_gradients() -> None:
     assert all(p.grad is None for p in loss.autoencoders.parameters())
 
 
+def test_ft_zero_when_the_translator_reproduces_the_paraphraser() -> None:
+    """Same channels, the translator given the paraphraser's conv weights (its batch norms the
+    identity): the student factor of the teacher's own feature is the teacher factor."""
+    torch.manual_seed(0)
+    loss = _loss("ft", [((3, 4, 4), (3, 4, 4))], rate=0.5).eval()
+    encoder_convs = [m for m in loss.paraphrasers[0].encoder if isinstance(m, nn.Conv2d)]
+    translator_convs = [m for m in loss.translators[0] if isinstance(m, nn.Conv2d)]
+    _set_identity(loss.translators[0])
+    with torch.no_grad():
+        for src, dst in zip(encoder_convs, translator_convs, strict=True):
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+    (ft,) = _maps((2, 3, 4, 4))
+    assert loss(_out([ft.clone()], [ft])).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(_out([ft.roll(1, 0)], [ft])).item() > 1e-3
+
+
+def test_ka_zero_for_a_positive_multiple_of_the_code_with_identity_modules() -> None:
+    """Identity encoder and adapter (rate 1): the codes are the features themselves, compared
+    after L2 normalisation, so any positive multiple of the teacher feature gives zero, both
+    for the code and the affinity term; another sample's feature does not."""
+    loss = _loss("ka", [((3, 4, 4), (3, 4, 4))], rate=1.0, affinity_weight=2.0).eval()
+    _set_identity(loss.autoencoders[0].encoder)
+    _set_identity(loss.adapters[0])
+    ft = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.1  # > 0
+    assert loss(_out([ft.clone()], [ft])).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(_out([3.0 * ft], [ft])).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(_out([ft.roll(1, 0)], [ft])).item() > 1e-3
+
+
 # ----------------------------------------------------------------------------------------------
 # vid
 
@@ -258,6 +308,30 @@ def test_vid_gaussian_nll_by_hand() -> None:
                    for a, b in zip(s.flatten().tolist(), t.flatten().tolist(), strict=True)) / 4
     assert loss.variance(0).tolist() == pytest.approx([2.0, 2.0], rel=1e-6)
     assert loss(_out([s], [t])).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_vid_nll_is_minimal_when_the_mean_is_the_teacher_and_at_the_empirical_variance() -> None:
+    loss = _loss("vid", [((3, 2, 2), (3, 2, 2))], init_var=2.0)
+    _set_identity(loss.regressors[0])  # mu(s) = s for s >= 0
+    t = torch.rand(2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    s = t.clone().requires_grad_(True)
+    best = loss(_out([s], [t]))
+    assert best.item() == pytest.approx(0.5 * math.log(2.0), rel=1e-6)  # only 0.5 log sigma^2
+    best.backward()
+    assert s.grad is not None and s.grad.abs().max().item() < 1e-7  # a stationary point
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        moved = t + 0.1 * torch.randn(t.shape, generator=gen)
+        assert loss(_out([moved], [t])).item() > best.item()
+    # for a fixed mean, the best sigma_c^2 is the channel's mean squared residual
+    s = torch.rand(2, 3, 2, 2, generator=gen)
+    residual = (t - s).pow(2).mean((0, 2, 3))
+    with torch.no_grad():
+        loss.log_scales[0].copy_(torch.log(torch.expm1(residual - loss.eps)))
+    assert loss.variance(0).tolist() == pytest.approx(residual.tolist(), rel=1e-5)
+    loss.zero_grad()
+    loss(_out([s], [t])).backward()
+    assert loss.log_scales[0].grad.abs().max().item() < 1e-6
 
 
 def test_vid_gradients_reach_regressor_and_variance() -> None:
@@ -316,6 +390,46 @@ def test_reviewkd_orders_levels_shallow_to_deep_and_trains_all_fusions() -> None
     assert ramp(_out(fs, ft, epoch=0)).item() == pytest.approx(
         ramp(_out(fs, ft, epoch=9)).item() / 4, rel=1e-5
     )
+
+
+def _hcl_by_hand(a: np.ndarray, b: np.ndarray) -> float:
+    """MSE at full size, then of l x l block means (l = 4, 2, 1 below the size), weights 1/2^k."""
+    h = a.shape[2]
+    loss, weight, total = float(((a - b) ** 2).mean()), 1.0, 1.0
+    for level in (4, 2, 1):
+        if level >= h:
+            continue
+        k = h // level
+        pa = a.reshape(*a.shape[:2], level, k, level, k).mean((3, 5))
+        pb = b.reshape(*b.shape[:2], level, k, level, k).mean((3, 5))
+        weight /= 2
+        loss += weight * float(((pa - pb) ** 2).mean())
+        total += weight
+    return loss / total
+
+
+def test_reviewkd_whole_loss_by_hand_and_zero_when_fused_features_are_the_teacher() -> None:
+    """Identity convs and batch norms, a constant attention (weights 0, biases b0, b1): the
+    deepest output is its student feature s_d, the shallower one sig(b0) s_sh + sig(b1) up(s_d)
+    (nearest upsampling of the deeper level's residual)."""
+    pairs = [((4, 4, 4), (4, 4, 4)), ((4, 2, 2), (4, 2, 2))]
+    loss = _loss("reviewkd", pairs, mid_channels=4, warmup_epochs=4).eval()
+    for abf in loss.abfs:
+        _set_identity(abf.conv1)
+        _set_identity(abf.conv2)
+    att = loss.abfs[0].att[0]
+    with torch.no_grad():
+        att.weight.zero_()
+        att.bias.copy_(torch.tensor([0.5, -1.0]))
+    fs, ft = _maps((2, 4, 4, 4), (2, 4, 2, 2)), _maps((2, 4, 4, 4), (2, 4, 2, 2), seed=1)
+    sig = 1 / (1 + np.exp(-np.array([0.5, -1.0])))
+    s_sh, s_d = fs[0].numpy(), fs[1].numpy()
+    fused_sh = sig[0] * s_sh + sig[1] * s_d.repeat(2, axis=2).repeat(2, axis=3)
+    expected = _hcl_by_hand(fused_sh, ft[0].numpy()) + _hcl_by_hand(s_d, ft[1].numpy())
+    assert loss(_out(fs, ft, epoch=1)).item() == pytest.approx(expected / 2, rel=1e-5)  # ramp 2/4
+    assert loss(_out(fs, ft, epoch=7)).item() == pytest.approx(expected, rel=1e-5)
+    teacher = [torch.tensor(fused_sh, dtype=torch.float32), fs[1].clone()]
+    assert loss(_out(fs, teacher, epoch=7)).item() == pytest.approx(0.0, abs=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Response-based (dkd, dist, logit_std, pad) and relation-based (rkd, sp, cc, pkt, crd) losses.
 
 Expected values are computed independently, with numpy and explicit loops over 2-3 samples.
+The gradient check at the end also covers kd, at and nst.
 """
 
 from __future__ import annotations
@@ -350,6 +351,26 @@ def test_crd_queue_size_is_fixed_capped_and_in_the_state_dict() -> None:
     assert {"queue_0", "queue_ptr"} <= set(loss.state_dict())
 
 
+def test_crd_aligned_embeddings_give_the_minimum_and_shuffled_ones_more() -> None:
+    """Same heads and same features: every positive has similarity 1, the largest possible, so
+    the loss is its lower bound for this queue, log(1 + sum_k exp((s.q_k - 1) / tau)); pairing
+    each student with another sample's teacher feature only lowers the positives."""
+    torch.manual_seed(0)
+    f = torch.randn(6, 5)
+    loss = _loss("crd", [((5,), (5,))], n=100, feat_dim=4, queue_size=8, nce_t=0.5).eval()
+    loss.embed_t.load_state_dict(loss.embed_s.state_dict())
+    queue = loss.queue_0.clone()
+    s = torch.nn.functional.normalize(loss.embed_s[0].linear(f), dim=1).detach().numpy()
+    bound = np.mean([math.log(1 + np.exp((s[b] @ queue.numpy().T - 1) / 0.5).sum())
+                     for b in range(6)])
+    aligned = loss(_feat_out(f, f.clone())).item()
+    assert aligned == pytest.approx(bound, rel=1e-5)
+    for shift in range(1, 6):
+        shuffled = loss(_feat_out(f, f.roll(shift, 0))).item()
+        assert shuffled > aligned + 0.1, shift
+    assert torch.equal(loss.queue_0, queue)  # in eval mode nothing is enqueued
+
+
 def test_crd_training_step_decreases_the_loss_on_a_toy_problem() -> None:
     torch.manual_seed(0)
     x = torch.randn(64, 8)
@@ -371,6 +392,9 @@ def test_crd_training_step_decreases_the_loss_on_a_toy_problem() -> None:
 # all of them: gradients reach the student and the loss's own modules, never the teacher
 
 CASES = {
+    "kd": ({}, None),
+    "at": ({}, ((4, 4, 4), (8, 2, 2))),  # channels differ, the student map is pooled
+    "nst": ({"degree": 3, "c": 1.0}, ((4, 4, 4), (8, 2, 2))),  # poly kernel (x.y + 1)^3
     "dkd": ({}, None),
     "dist": ({}, None),
     "logit_std": ({"base": "dkd", "warmup": 0}, None),
