@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's chromium for the browser tests (no browser download at run time).
+# Debian's chromium for the browser tests (no browser download at run time), and an emoji font
+# so the status icons in the screenshots are drawn.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	@{ command -v chromium >/dev/null 2>&1 && [ -d /usr/share/fonts/truetype/noto ]; } || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    fonts-noto-color-emoji) >/dev/null 2>&1 \
 	  || echo "chromium could not be installed; browser tests will be skipped"; }
 
 up: install

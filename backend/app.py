@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
-from backend import errors, queue
+from backend import errors, openapi_examples, queue
 from backend.artifacts.router import router as artifacts_router
 from backend.audit.router import router as audit_router
 from backend.auth.router import router as auth_router
@@ -45,6 +45,12 @@ __version__ = _version()
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ok", "database": True, "broker": True, "version": "0.1.0"}]
+        }
+    )
+
     status: str
     database: bool
     broker: bool
@@ -66,7 +72,9 @@ health_router = APIRouter(tags=["health"])
 
 @health_router.get(
     "/health", response_model=Health, summary="Is the API up, and can it reach the database and broker?",
-    responses={503: {"model": Health, "description": "the database is unreachable"}},
+    responses={503: {"model": Health, "description": "the database is unreachable", "content": {
+        "application/json": {"example": {"status": "degraded", "database": False, "broker": True,
+                                         "version": "0.1.0"}}}}},
 )
 def health() -> Any:
     db, broker = database_ok(), queue.broker_ok()
@@ -86,6 +94,7 @@ def create_app() -> FastAPI:
         ),
     )
     errors.install(app)
+    openapi_examples.install(app)
     app.add_middleware(BodyLimit)  # 413 while the body streams in, before parsing it
     for router in (health_router, auth_router, teams_router, users_router, catalog_router,
                    models_router, datasets_router, runs_router, artifacts_router, audit_router,

@@ -360,14 +360,13 @@ def _progress_bar():  # noqa: ANN202 - a Callbacks subclass defined inside, with
     return Bar()
 
 
-# -- a running studio over REST: runs, models, datasets, teams (backend/cli_remote.py) --------
+# -- a running studio over REST: runs, models, datasets, teams, artifacts, comparisons, tokens,
+# webhooks, audit (backend/cli_remote.py) -----------------------------------------------------
 
-from backend.cli_remote import datasets_app, models_app, runs_app, teams_app  # noqa: E402
+from backend.cli_remote import REMOTE_APPS  # noqa: E402
 
-app.add_typer(runs_app, name="runs")
-app.add_typer(models_app, name="models")
-app.add_typer(datasets_app, name="datasets")
-app.add_typer(teams_app, name="teams")
+for _name, _sub in REMOTE_APPS.items():
+    app.add_typer(_sub, name=_name)
 
 
 if __name__ == "__main__":

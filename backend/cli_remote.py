@@ -1,4 +1,5 @@
-"""`distill-studio runs | models | datasets | teams ...`: a running studio, scripted over REST.
+"""`distill-studio runs | models | datasets | teams | artifacts | comparisons | tokens | webhooks |
+audit ...`: a running studio, scripted over REST.
 
     distill-studio runs create -f run.yaml --wait      launch a run config, follow it to the end
     distill-studio runs list | show ID | cancel ID | wait ID | register ID --name NAME
@@ -9,6 +10,12 @@
     distill-studio models list --tag cifar10 | show ID | update ID --tag prod | delete ID [--archive]
     distill-studio datasets push cifar.npz --name cifar | list | show ID | delete ID [--archive]
     distill-studio teams list | create NAME | members ID | add ID USER --role admin | ...
+    distill-studio models download ID -o teacher.pt2   (datasets download, artifacts download too)
+    distill-studio artifacts list RUN_ID | download ID [-o DEST]
+    distill-studio comparisons create NAME 12 14 | list | show ID | delete ID
+    distill-studio tokens list | create --name ci --read-only | revoke ID
+    distill-studio webhooks list | create URL --event run.failed | delete ID | deliveries ID
+    distill-studio audit list --action model --all
 
 Every command talks to `--api-url` (DS_API_URL) with `--token` (DS_TOKEN), acting for `--team`
 (DS_TEAM_ID, default: the token's team). `--json` prints JSON on stdout for scripts; tables and
@@ -23,6 +30,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -52,9 +60,16 @@ AllPages = Annotated[bool, typer.Option("--all", help="Follow the cursor through
 Tags = Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for several).")]
 
 runs_app = typer.Typer(help="Launch, follow, cancel and compare runs.", no_args_is_help=True)
-models_app = typer.Typer(help="The model registry: push, list, tag, delete or archive.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Datasets: push, list, delete or archive.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: push, list, tag, download, delete or archive.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Datasets: push, list, download, delete or archive.", no_args_is_help=True)
 teams_app = typer.Typer(help="Teams and their members.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="A run's outputs: list and download them.", no_args_is_help=True)
+comparisons_app = typer.Typer(help="Saved comparisons of runs, shared with the team.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Your API tokens for scripts: list, create, revoke.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="URLs told when runs end (admins and owners).", no_args_is_help=True)
+audit_app = typer.Typer(help="The team's audit log (admins and owners).", no_args_is_help=True)
+
+REMOTE_APPS: dict[str, typer.Typer] = {}  # filled at the end of the module: name -> sub-command
 
 
 # -- plumbing ---------------------------------------------------------------------------------
@@ -126,6 +141,23 @@ def _pages(fetch: Callable[[str | None], Any], every: bool) -> Iterator[Any]:
         if not every or not page.next_cursor or not page.items:
             return
         cursor = page.next_cursor
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%d %H:%M") if value else None
+
+
+Dest = Annotated[
+    Path, typer.Option("-o", "--output", help="File to write, or an existing folder (the server's file name).")
+]
+
+
+def _downloaded(what: str, item_id: int, path: Path, as_json: bool) -> None:
+    if as_json:
+        emit_json({"id": item_id, "path": str(path), "size_bytes": path.stat().st_size})
+    else:
+        typer.echo(str(path))
+        typer.echo(f"{what} {item_id}: {_size(path.stat().st_size)} written", err=True)
 
 
 def _size(n: int | None) -> str:
@@ -366,17 +398,22 @@ def runs_compare(
     """Runs side by side: their configs (rows that differ are marked *) and their results."""
     api = client(api_url, token, team)
     runs = [api.run(i) for i in run_ids]
-    rows = compare_rows(runs)
     if as_json:
+        rows = compare_rows(runs)
         emit_json({"run_ids": [r.id for r in runs], "rows": {label: vals for label, vals in rows}})
         return
+    typer.echo(compare_table(runs))
+
+
+def compare_table(runs: Sequence[Run]) -> str:
+    """`compare_rows` as a table, one column per run; config rows that differ are marked *."""
     config_labels = {label for label, _ in COMPARE_CONFIG}
     marked = [
         (f"* {label}" if label in config_labels and len({_cell(v) for v in vals}) > 1 else f"  {label}",
          *vals)
-        for label, vals in rows
+        for label, vals in compare_rows(runs)
     ]
-    typer.echo(table(["", *(f"run {r.id}" for r in runs)], marked))
+    return table(["", *(f"run {r.id}" for r in runs)], marked)
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -492,6 +529,18 @@ def models_delete(
         typer.echo(f"model {model_id} {'archived' if kept is not None else 'deleted'}")
 
 
+@models_app.command("download")
+@api_errors
+def models_download(
+    model_id: Annotated[int, typer.Argument(help="Model id.")],
+    output: Dest = Path("."),
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Download a model's file (.pt2 or .safetensors); prints the path written."""
+    path = client(api_url, token, team).download_model(model_id, output)
+    _downloaded("model", model_id, path, as_json)
+
+
 # -- datasets ---------------------------------------------------------------------------------
 
 DATASET_HEADERS = ("id", "name", "format", "status", "samples", "classes", "tags", "size")
@@ -574,6 +623,18 @@ def datasets_delete(
         emit_json({"id": dataset_id, "archived": kept is not None, "deleted": kept is None})
     else:
         typer.echo(f"dataset {dataset_id} {'archived' if kept is not None else 'deleted'}")
+
+
+@datasets_app.command("download")
+@api_errors
+def datasets_download(
+    dataset_id: Annotated[int, typer.Argument(help="Dataset id.")],
+    output: Dest = Path("."),
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Download a dataset's file; prints the path written."""
+    path = client(api_url, token, team).download_dataset(dataset_id, output)
+    _downloaded("dataset", dataset_id, path, as_json)
 
 
 # -- teams ------------------------------------------------------------------------------------
@@ -667,10 +728,298 @@ def teams_remove(
         typer.echo(f"user {user_id} removed from team {team_id}")
 
 
+# -- artifacts --------------------------------------------------------------------------------
+
+ARTIFACT_HEADERS = ("id", "run", "kind", "filename", "size", "sha256", "created")
+
+
+@artifacts_app.command("list")
+@api_errors
+def artifacts_list(
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """A run's outputs (student weights, config, evaluation, ...)."""
+    arts = client(api_url, token, team).artifacts(run_id)
+    if as_json:
+        emit_json(arts)
+    else:
+        typer.echo(table(ARTIFACT_HEADERS, [
+            [a.id, a.run_id, a.kind, a.filename, _size(a.size_bytes), a.sha256[:12], _when(a.created_at)]
+            for a in arts
+        ]))
+
+
+@artifacts_app.command("download")
+@api_errors
+def artifacts_download(
+    artifact_id: Annotated[int, typer.Argument(help="Artifact id (see `artifacts list RUN_ID`).")],
+    output: Dest = Path("."),
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Download an artifact's file; prints the path written."""
+    path = client(api_url, token, team).download_artifact(artifact_id, output)
+    _downloaded("artifact", artifact_id, path, as_json)
+
+
+# -- saved comparisons ------------------------------------------------------------------------
+
+COMPARISON_HEADERS = ("id", "name", "runs", "by", "created")
+
+
+def _comparison_rows(items: Sequence[Any]) -> list[list[Any]]:
+    return [[c.id, c.name, c.run_ids, c.created_by_name, _when(c.created_at)] for c in items]
+
+
+@comparisons_app.command("create")
+@api_errors
+def comparisons_create(
+    name: Annotated[str, typer.Argument(help="What the comparison is about.")],
+    run_ids: Annotated[list[int], typer.Argument(help="Run ids; the first is the baseline.")],
+    description: Annotated[str, typer.Option(help="Why these runs.")] = "",
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Save a comparison of runs for the team."""
+    saved = client(api_url, token, team).create_comparison(name, run_ids, description)
+    if as_json:
+        emit_json(saved)
+    else:
+        typer.echo(f"comparison {saved.id}: {saved.name} (runs {_cell(saved.run_ids)})")
+
+
+@comparisons_app.command("list")
+@api_errors
+def comparisons_list(
+    limit: Limit = 50, every: AllPages = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """The team's saved comparisons, newest first."""
+    api = client(api_url, token, team)
+    items = list(_pages(lambda c: api.comparisons(limit=limit, cursor=c), every))
+    if as_json:
+        emit_json(items)
+    else:
+        typer.echo(table(COMPARISON_HEADERS, _comparison_rows(items)))
+
+
+@comparisons_app.command("show")
+@api_errors
+def comparisons_show(
+    comparison_id: Annotated[int, typer.Argument(help="Comparison id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """A saved comparison, with its runs side by side (as `runs compare`)."""
+    api = client(api_url, token, team)
+    saved = api.comparison(comparison_id)
+    if as_json:
+        emit_json(saved)
+        return
+    typer.echo(table(COMPARISON_HEADERS, _comparison_rows([saved])))
+    if saved.description:
+        typer.echo(f"\n{saved.description}")
+    typer.echo("\n" + compare_table([api.run(i) for i in saved.run_ids]))
+
+
+@comparisons_app.command("delete")
+@api_errors
+def comparisons_delete(
+    comparison_id: Annotated[int, typer.Argument(help="Comparison id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Delete a saved comparison (whoever saved it, or a team admin or owner)."""
+    client(api_url, token, team).delete_comparison(comparison_id)
+    if as_json:
+        emit_json({"id": comparison_id, "deleted": True})
+    else:
+        typer.echo(f"comparison {comparison_id} deleted")
+
+
+# -- API tokens -------------------------------------------------------------------------------
+
+TOKEN_HEADERS = ("id", "name", "prefix", "team", "read_only", "created", "last_used", "expires", "revoked")
+
+
+def _token_rows(tokens: Sequence[Any]) -> list[list[Any]]:
+    return [
+        [t.id, t.name, t.prefix, t.team_id, "yes" if t.read_only else "no", _when(t.created_at),
+         _when(t.last_used_at), _when(t.expires_at), _when(t.revoked_at)]
+        for t in tokens
+    ]
+
+
+@tokens_app.command("list")
+@api_errors
+def tokens_list(
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Your API tokens (prefix, scope, last use, expiry; never the secret)."""
+    tokens = client(api_url, token, team).tokens()
+    if as_json:
+        emit_json(tokens)
+    else:
+        typer.echo(table(TOKEN_HEADERS, _token_rows(tokens)))
+
+
+@tokens_app.command("create")
+@api_errors
+def tokens_create(
+    name: Annotated[str, typer.Option(help="What the token is for, e.g. ci.")] = "token",
+    read_only: Annotated[bool, typer.Option("--read-only", help="Only GET requests work with it.")] = False,
+    team_scoped: Annotated[bool, typer.Option(
+        "--team-scoped", help="Bind it to the team of this request (--team).")] = False,
+    expires_in_days: Annotated[int | None, typer.Option(
+        help="Days until it expires (default DS_TOKEN_TTL_DAYS; 0 never).", min=0, max=3650)] = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Create an API token; prints the secret on stdout (shown only this once)."""
+    created = client(api_url, token, team).create_token(
+        name, read_only=read_only, team_scoped=team_scoped, expires_in_days=expires_in_days
+    )
+    if as_json:
+        emit_json(created)
+        return
+    typer.echo(created.token)
+    expires = _when(created.expires_at) or "never"
+    typer.echo(f"token {created.id} ({created.name}, expires {expires}): store it now, it is "
+               "shown only this once", err=True)
+
+
+@tokens_app.command("revoke")
+@api_errors
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id (see `tokens list`).")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Revoke one of your tokens (refused with 401 from then on)."""
+    revoked = client(api_url, token, team).revoke_token(token_id)
+    if as_json:
+        emit_json(revoked)
+    else:
+        typer.echo(f"token {revoked.id} ({revoked.name}) revoked")
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+
+WEBHOOK_HEADERS = ("id", "url", "events", "active", "secret", "description")
+DELIVERY_HEADERS = ("id", "event", "run", "status", "attempts", "last_code", "last_error", "created")
+
+
+@webhooks_app.command("list")
+@api_errors
+def webhooks_list(
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """The team's webhooks."""
+    hooks = client(api_url, token, team).webhooks()
+    if as_json:
+        emit_json(hooks)
+    else:
+        typer.echo(table(WEBHOOK_HEADERS, [
+            [h.id, h.url, h.events, "yes" if h.active else "paused", f"{h.secret_prefix}...",
+             h.description] for h in hooks
+        ]))
+
+
+@webhooks_app.command("create")
+@api_errors
+def webhooks_create(
+    url: Annotated[str, typer.Argument(help="http(s) URL to POST each event to.")],
+    event: Annotated[list[str] | None, typer.Option(
+        "--event", help="run.succeeded | run.failed | run.cancelled (repeat; default: all).")] = None,
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Register a URL told when runs end; prints its signing secret (shown only this once)."""
+    hook = client(api_url, token, team).create_webhook(url, event or None, description)
+    if as_json:
+        emit_json(hook)
+        return
+    typer.echo(hook.secret)
+    typer.echo(f"webhook {hook.id}: {hook.url} ({_cell(hook.events)}); the secret above signs "
+               "each delivery (X-Distill-Signature) and is shown only this once", err=True)
+
+
+@webhooks_app.command("delete")
+@api_errors
+def webhooks_delete(
+    webhook_id: Annotated[int, typer.Argument(help="Webhook id.")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Delete a webhook (its pending retries stop)."""
+    client(api_url, token, team).delete_webhook(webhook_id)
+    if as_json:
+        emit_json({"id": webhook_id, "deleted": True})
+    else:
+        typer.echo(f"webhook {webhook_id} deleted")
+
+
+@webhooks_app.command("deliveries")
+@api_errors
+def webhooks_deliveries(
+    webhook_id: Annotated[int, typer.Argument(help="Webhook id.")],
+    status: Annotated[str | None, typer.Option(help="pending | retrying | succeeded | failed.")] = None,
+    event: Annotated[str | None, typer.Option(help="run.succeeded | run.failed | run.cancelled.")] = None,
+    limit: Limit = 50, every: AllPages = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Deliveries of a webhook, newest first: status, attempts, last status code and error."""
+    api = client(api_url, token, team)
+    items = list(_pages(lambda c: api.deliveries(
+        webhook_id, status=status, event=event, limit=limit, cursor=c), every))
+    if as_json:
+        emit_json(items)
+    else:
+        typer.echo(table(DELIVERY_HEADERS, [
+            [d.id, d.event, d.run_id, d.status, d.attempts, d.last_status_code, d.last_error,
+             _when(d.created_at)] for d in items
+        ]))
+
+
+# -- audit log --------------------------------------------------------------------------------
+
+AUDIT_HEADERS = ("id", "when", "user", "action", "resource", "detail")
+
+
+@audit_app.command("list")
+@api_errors
+def audit_list(
+    action: Annotated[str | None, typer.Option(help="`model` (every model.*) or one, e.g. model.delete.")] = None,
+    resource_type: Annotated[str | None, typer.Option(help="model, dataset, run, webhook, ...")] = None,
+    resource_id: Annotated[str | None, typer.Option(help="The resource's id.")] = None,
+    user_id: Annotated[int | None, typer.Option(help="Only this user's actions.")] = None,
+    limit: Limit = 50, every: AllPages = False,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """The team's audit log, newest first (admins and owners)."""
+    api = client(api_url, token, team)
+    entries = list(_pages(lambda c: api.audit(
+        action=action, resource_type=resource_type, resource_id=resource_id, user_id=user_id,
+        limit=limit, cursor=c), every))
+    if as_json:
+        emit_json(entries)
+        return
+    typer.echo(table(AUDIT_HEADERS, [
+        [e.id, _when(e.created_at), e.username, e.action,
+         f"{e.resource_type} {e.resource_id}" if e.resource_id else e.resource_type,
+         _short(json.dumps(e.detail, sort_keys=True, default=str))]
+        for e in entries
+    ]))
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+REMOTE_APPS.update({
+    "runs": runs_app, "models": models_app, "datasets": datasets_app, "teams": teams_app,
+    "artifacts": artifacts_app, "comparisons": comparisons_app, "tokens": tokens_app,
+    "webhooks": webhooks_app, "audit": audit_app,
+})
+
+
 def main() -> None:  # pragma: no cover - `python -m backend.cli_remote`
     app = typer.Typer(no_args_is_help=True)
-    for name, sub in (("runs", runs_app), ("models", models_app), ("datasets", datasets_app),
-                      ("teams", teams_app)):
+    for name, sub in REMOTE_APPS.items():
         app.add_typer(sub, name=name)
     app(prog_name="distill-studio")
 

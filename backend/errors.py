@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError, DisconnectionError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,6 +44,18 @@ class ErrorItem(BaseModel):
 class ErrorOut(BaseModel):
     """The body of every error response."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"detail": "model 7 not found"},
+                {"detail": "losses.0.name: unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+                 "errors": [{"loc": ["body", "losses", 0, "name"],
+                             "msg": "unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+                             "type": "value_error"}]},
+            ]
+        }
+    )
+
     detail: str = Field(description="What was wrong and how to fix it, in one sentence.")
     errors: list[ErrorItem] | None = Field(
         None, description="422 only: each invalid field with its location."
@@ -61,6 +73,26 @@ ERROR_TEXT: dict[int, str] = {
     422: "a field is invalid; `detail` names it and `errors` lists each one",
     503: "the database, broker or a worker does not answer; nothing was changed, retry",
 }
+
+
+ERROR_EXAMPLES: dict[int, dict[str, Any]] = {
+    400: {"detail": "the request cannot be carried out as sent"},
+    401: {"detail": "not signed in: send `Authorization: Bearer <token>`; get a token from "
+                    "POST /api/v1/auth/token (username, password)"},
+    403: {"detail": "your role in team 1 is viewer, which cannot change things; that needs the "
+                    "member role (ask a team owner or admin)"},
+    404: {"detail": "model 7 not found"},
+    409: {"detail": "model 7 is still being inspected; retry when its status is ready"},
+    413: {"detail": "file is larger than 2048 MiB; split it, or raise DS_MAX_UPLOAD_MB on the "
+                    "server"},
+    422: {"detail": "losses.0.name: unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+          "errors": [{"loc": ["body", "losses", 0, "name"],
+                      "msg": "unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+                      "type": "value_error"}]},
+    503: {"detail": "the job queue (broker) is unreachable, so nothing was started or saved; "
+                    "check that Redis/Valkey runs at DS_BROKER_URL and retry"},
+}
+"""An example body of each documented error status (what `/docs` shows)."""
 
 
 def responses(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
@@ -230,6 +262,10 @@ def _document_errors(app: FastAPI) -> None:
                         response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
                         if code == "422":
                             response["description"] = ERROR_TEXT[422]
+                    media = response.get("content", {}).get("application/json")
+                    if media is not None and media.get("schema", {}).get("$ref") == ERROR_REF:
+                        fallback = {"detail": response.get("description", "error")}
+                        media.setdefault("example", ERROR_EXAMPLES.get(int(code), fallback))
         if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)

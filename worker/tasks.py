@@ -304,7 +304,10 @@ def _resolve_inputs(config: dict[str, Any], tmp: Path) -> tuple[Any, Path, Path]
     teacher_path = store.get_file(t_key, tmp / f"teacher.{t_fmt}")
     dataset_path = store.get_file(d_key, tmp / f"dataset.{d_fmt}")
     if s_key:
-        config["student"]["model"]["path"] = str(store.get_file(s_key, tmp / "student_init.safetensors"))
+        # the engine starts from a file: its `path` stands in for the id (a ModelRef holds one)
+        ref = config["student"]["model"]
+        ref.pop("model_id", None)
+        ref["path"] = str(store.get_file(s_key, tmp / "student_init.safetensors"))
     return RunConfig.model_validate(config), teacher_path, dataset_path
 
 

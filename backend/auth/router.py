@@ -21,6 +21,9 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 @router.post(
     "/token", response_model=TokenOut, summary="Sign in with username and password",
     responses=responses(401, 422, 503, e401="wrong username or password"),
+    openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {
+        "example": {"username": "admin", "password": "a long passphrase"},
+    }}}},
 )
 def login(
     session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]

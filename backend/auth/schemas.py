@@ -6,9 +6,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.teams.schemas import OrmModel, TeamOut, UtcDateTime
 
+EXAMPLE_TOKEN = "ds_k3q9x2mv_hZvd3ggKgyc9HjEEZsXV38vFwCVY_MXpFbq2_urxHjQ"
+_API_TOKEN = {
+    "id": 4, "name": "ci", "prefix": "k3q9x2mv", "team_id": 1, "read_only": True,
+    "created_at": "2026-03-02T09:30:00Z", "last_used_at": "2026-03-05T18:02:11Z",
+    "expires_at": "2026-04-01T09:30:00Z", "revoked_at": None,
+}
+
 
 class TokenOut(BaseModel):
     """OAuth2 token response: send `Authorization: Bearer <access_token>`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"access_token": EXAMPLE_TOKEN, "token_type": "bearer",
+                                         "expires_at": "2026-04-01T09:30:00Z"}]}
+    )
 
     access_token: str
     token_type: str = "bearer"
@@ -16,6 +28,14 @@ class TokenOut(BaseModel):
 
 
 class MeOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": 1, "username": "admin", "team_id": 1, "role": "owner",
+                          "read_only": False, "teams": [{"id": 1, "name": "default", "role": "owner"},
+                                                        {"id": 2, "name": "vision-lab", "role": "admin"}]}]
+        }
+    )
+
     id: int
     username: str
     team_id: int = Field(description="The team this request acts for.")
@@ -42,6 +62,8 @@ class TokenCreate(BaseModel):
 
 
 class ApiTokenOut(OrmModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_API_TOKEN]})
+
     id: int
     name: str
     prefix: str
@@ -54,4 +76,8 @@ class ApiTokenOut(OrmModel):
 
 
 class ApiTokenCreated(ApiTokenOut):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**_API_TOKEN, "last_used_at": None, "token": EXAMPLE_TOKEN}]}
+    )
+
     token: str = Field(description="The token itself; shown only this once.")

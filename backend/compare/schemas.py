@@ -31,6 +31,14 @@ class ComparisonCreate(BaseModel):
 
 
 class ComparisonOut(OrmModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": 3, "name": "kd vs kd+at on digits", "description": "does attention "
+                          "transfer help?", "run_ids": [12, 14], "created_by": 1,
+                          "created_by_name": "admin", "created_at": "2026-03-02T11:00:00Z"}]
+        }
+    )
+
     id: int
     name: str
     description: str

@@ -32,6 +32,14 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
     "", response_model=DatasetOut, status_code=201,
     summary="Upload a dataset (.npz with x and y, .zip of class folders, or .csv with a label column)",
     responses=responses(401, 403, 413, 422, 503, e503="broker unreachable; nothing was saved"),
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"examples": {
+        "npz": {"summary": "Arrays x and y (curl -F file=@cifar10.npz)",
+                "value": {"file": "<the .npz file>", "name": "cifar10",
+                          "description": "CIFAR-10, 5k-image subset"}},
+        "csv": {"summary": "A table with a label column",
+                "value": {"file": "<the .csv file>", "name": "iris", "format": "csv",
+                          "label_column": "species"}},
+    }}}}},
 )
 def upload_dataset(
     session: SessionDep,

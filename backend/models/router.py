@@ -32,6 +32,15 @@ router = APIRouter(prefix="/models", tags=["models"])
     "", response_model=ModelOut, status_code=201,
     summary="Upload a model (.pt2 archive, or .safetensors weights of a catalog architecture)",
     responses=responses(401, 403, 413, 422, 503, e503="broker unreachable; nothing was saved"),
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"examples": {
+        "pt2": {"summary": "A torch.export archive (curl -F file=@teacher.pt2)",
+                "value": {"file": "<the .pt2 file>", "name": "resnet32x4-cifar100",
+                          "description": "teacher, 79.4% top-1"}},
+        "safetensors": {"summary": "Weights of a catalog architecture",
+                        "value": {"file": "<the .safetensors file>", "name": "resnet8-cifar10",
+                                  "format": "safetensors", "architecture": "resnet8",
+                                  "kwargs": '{"input_shape": [3, 32, 32], "num_classes": 10}'}},
+    }}}}},
 )
 def upload_model(
     session: SessionDep,

@@ -45,7 +45,26 @@ class Lineage(BaseModel):
     run_config: dict[str, Any] | None = None
 
 
+_MODEL: dict[str, Any] = {
+    "id": 7, "name": "resnet8-kd", "version": 1, "description": "a registered student",
+    "format": "safetensors", "architecture": "resnet8",
+    "arch_kwargs": {"width": 0.5, "input_shape": [1, 8, 8], "num_classes": 10},
+    "size_bytes": 312480, "sha256": "9f2c1e0b7d4a5c3e8f6a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6",
+    "status": "ready", "error": None,
+    "card": {"source": "run", "format": "safetensors", "input_shape": [1, 8, 8], "num_classes": 10,
+             "accuracy": 0.94, "teacher_accuracy": 0.97, "agreement": 0.95, "size_bytes": 312480,
+             "params": 78042, "flops": 1203456, "latency_ms": 0.41},
+    "tags": ["student", "digits"], "archived": False, "source_run_id": 12,
+    "lineage": {"source_run_id": 12, "teacher_model_id": 1, "dataset_id": 1,
+                "run_config": {"name": "kd-r8", "teacher": {"model_id": 1},
+                               "dataset": {"dataset_id": 1}}},
+    "created_at": "2026-03-02T10:13:05Z",
+}
+
+
 class ModelOut(OrmModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_MODEL]})
+
     id: int
     name: str
     version: int
@@ -66,6 +85,25 @@ class ModelOut(OrmModel):
 
 
 class ModelDetail(ModelOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{**_MODEL, "inspection": {
+                "input_shape": [1, 8, 8], "output_shape": [10], "num_classes": 10,
+                "params": 78042, "flops": 1203456,
+                "layers": [
+                    {"path": "conv1", "type": "Conv2d", "input_shape": [1, 8, 8],
+                     "output_shape": [8, 8, 8], "params": 72, "stage": 0},
+                    {"path": "layer3", "type": "Sequential", "input_shape": [16, 4, 4],
+                     "output_shape": [32, 2, 2], "params": 51264, "stage": 2},
+                    {"path": "fc", "type": "Linear", "input_shape": [32], "output_shape": [10],
+                     "params": 330, "stage": None},
+                ],
+                "stages": [{"index": 2, "resolution": [2, 2], "channels": 32,
+                            "layers": ["layer3"], "end": "layer3"}],
+            }}]
+        }
+    )
+
     inspection: dict[str, Any] | None = Field(
         description="Input/output shapes, parameters and every layer with its output shape."
     )

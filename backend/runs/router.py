@@ -193,7 +193,10 @@ def register_run(
 @router.get(
     "/{run_id}/config.yaml", response_class=PlainTextResponse,
     summary="The run config as YAML (runs the same with `distill-studio train`)",
-    responses={200: {"content": {"text/yaml": {}}}, **responses(401, 403, 404, 422, 503)},
+    responses={200: {"content": {"text/yaml": {"example": (
+        "name: kd\nteacher:\n  model_id: 1\ndataset:\n  dataset_id: 1\nlosses:\n- name: ce\n"
+        "- name: kd\n  params:\n    temperature: 4\ntraining:\n  epochs: 15\n"
+    )}}}, **responses(401, 403, 404, 422, 503)},
 )
 def get_config_yaml(run: OwnedRun) -> PlainTextResponse:
     return PlainTextResponse(

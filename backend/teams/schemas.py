@@ -43,10 +43,16 @@ class Page(BaseModel, Generic[T]):
     """One page of a list, newest first; pass `next_cursor` as `?cursor=` for the next page."""
 
     items: list[T]
-    next_cursor: str | None = Field(None, description="Opaque; null on the last page.")
+    next_cursor: str | None = Field(
+        None, description="Opaque; null on the last page.", examples=["djE6NDE"]
+    )
 
 
 class TeamOut(OrmModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": 2, "name": "vision-lab", "role": "owner"}]}
+    )
+
     id: int
     name: str
     role: str
@@ -59,6 +65,10 @@ class TeamCreate(BaseModel):
 
 
 class MemberOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"user_id": 3, "username": "ada", "role": "member"}]}
+    )
+
     user_id: int
     username: str
     role: Role
@@ -90,6 +100,13 @@ class UserCreate(BaseModel):
 
 
 class UserOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": 3, "username": "ada", "is_superuser": False, "team_id": 2,
+                          "role": "member", "created_at": "2026-03-02T09:30:00Z"}]
+        }
+    )
+
     id: int
     username: str
     is_superuser: bool

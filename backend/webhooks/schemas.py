@@ -60,7 +60,16 @@ class WebhookUpdate(BaseModel):
     active: bool | None = Field(None, description="false pauses deliveries.")
 
 
+_WEBHOOK = {
+    "id": 5, "url": "https://ci.example.com/distill-hook", "description": "tell CI when a run ends",
+    "events": ["run.succeeded", "run.failed"], "active": True, "secret_prefix": "whsec_TFoI6U",
+    "created_at": "2026-03-02T09:45:00Z",
+}
+
+
 class WebhookOut(OrmModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_WEBHOOK]})
+
     id: int
     url: str
     description: str
@@ -71,6 +80,12 @@ class WebhookOut(OrmModel):
 
 
 class WebhookCreated(WebhookOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{**_WEBHOOK, "secret": "whsec_TFoI6Uw3Mn3y4LzR_qPnKYTue4Sc3GpiGuHM5tCYOlo"}]
+        }
+    )
+
     secret: str = Field(
         description="Signing secret, shown only this once: every delivery carries "
         "`X-Distill-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`."
@@ -78,6 +93,17 @@ class WebhookCreated(WebhookOut):
 
 
 class DeliveryOut(OrmModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": 17, "webhook_id": 5, "event": "run.succeeded", "run_id": 12,
+                          "status": "retrying", "attempts": 2, "last_status_code": 502,
+                          "last_error": "HTTP 502 from ci.example.com",
+                          "created_at": "2026-03-02T10:13:00Z",
+                          "last_attempt_at": "2026-03-02T10:13:30Z",
+                          "next_attempt_at": "2026-03-02T10:15:30Z", "delivered_at": None}]
+        }
+    )
+
     id: int
     webhook_id: int
     event: str

@@ -244,6 +244,30 @@ def test_name_and_declared_format_must_agree(studio: Studio) -> None:
     assert (row_count("Dataset"), queue_length(studio.env)) == (before[0] + 1, before[1])
 
 
+def test_declared_content_types_are_never_believed(studio: Studio) -> None:
+    """A part's Content-Type is the client's word: the studio judges a file by its bytes."""
+    import pickle
+
+    lying = [("data.npz", npz(), "image/png"), ("images.zip", image_zip(), "text/csv")]
+    for filename, data, content_type in lying:  # good files under a wrong type are fine
+        r = studio.api.post("/datasets", files={"file": (filename, io.BytesIO(data), content_type)},
+                            data={"name": "lying-type"})
+        assert r.status_code == 201, r.text
+        assert wait_scanned(studio.api, f"/datasets/{r.json()['id']}")["status"] == "ready"
+    # a pickle that claims to be a zip archive is still not a torch.export archive
+    evil = pickle.dumps({"x": 1})
+    r = studio.api.post("/models", files={"file": ("teacher.pt2", io.BytesIO(evil), "application/zip")},
+                        data={"name": "lying-type"})
+    assert r.status_code == 201, r.text
+    body = wait_scanned(studio.api, f"/models/{r.json()['id']}")
+    assert body["status"] == "failed" and "not a torch.export archive" in body["error"], body
+    # a JSON route given another body type, and an upload route given JSON: 422 with the reason
+    run = studio.api.post("/runs", content=b"name: x", headers={"Content-Type": "text/yaml"})
+    assert run.status_code == 422, run.text
+    upload = studio.api.post("/datasets", json={"name": "x", "file": "data.npz"})
+    assert upload.status_code == 422 and "file" in upload.text, upload.text
+
+
 # -- the size limit, enforced while the body streams in ------------------------------------------
 
 

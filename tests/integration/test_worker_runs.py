@@ -26,6 +26,7 @@ def _wait(api: TestClient, path: str, done: set[str], timeout: float = 180) -> d
 
 
 _config = run_config
+TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
@@ -79,3 +80,46 @@ def test_cancel_running_run(api, worker, demo_files) -> None:
     done = _wait(api, f"/runs/{run_id}", {"succeeded", "failed", "cancelled"}, timeout=60)
     assert done["status"] == "cancelled", done
     assert done["step"] < done["total_steps"]
+
+
+@pytest.mark.parametrize("studio_env", ["sqlite"], indirect=True)
+def test_registered_student_trains_in_later_runs_on_a_real_worker(api, worker, demo_files) -> None:
+    """A succeeded run's student, registered, is inspected by the worker, then teaches a new
+    student in one run and is the starting point of the student of another (its weights carried
+    over: with a tiny learning rate one epoch keeps its accuracy)."""
+    teacher, dataset = _upload(api, demo_files)
+    first = api.post("/runs", json=_config(teacher, dataset, name="kd-r8", training={"epochs": 2}))
+    assert first.status_code == 201, first.text
+    done = _wait(api, f"/runs/{first.json()['id']}", TERMINAL)
+    assert done["status"] == "succeeded", (done, worker.output()[-3000:])
+
+    r = api.post(f"/runs/{done['id']}/register", json={"name": "r8-student", "tags": ["student"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "pending" and r.json()["format"] == "safetensors"
+    registered = _wait(api, f"/models/{r.json()['id']}", {"ready", "failed"})
+    assert registered["status"] == "ready", (registered, worker.output()[-3000:])
+    inspection = registered["inspection"]
+    assert inspection["input_shape"] == teacher["inspection"]["input_shape"]
+    assert inspection["num_classes"] == teacher["inspection"]["num_classes"]
+    assert {"layer3"} <= {layer["path"] for layer in inspection["layers"]}
+    assert registered["card"]["accuracy"] == done["summary"]["student_top1"]
+    assert registered["lineage"]["source_run_id"] == done["id"]
+
+    zoo = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}}
+    taught = api.post("/runs", json=_config(registered, dataset, name="taught", student=zoo,
+                                            training={"epochs": 1}))
+    from_model = {"source": "model", "model": {"model_id": registered["id"]}}
+    resumed = api.post("/runs", json=_config(teacher, dataset, name="resumed", student=from_model,
+                                             training={"epochs": 1, "lr": 0.0001}))
+    assert taught.status_code == 201, taught.text
+    assert resumed.status_code == 201, resumed.text
+    taught, resumed = (_wait(api, f"/runs/{r.json()['id']}", TERMINAL) for r in (taught, resumed))
+    assert taught["status"] == "succeeded", (taught, worker.output()[-3000:])
+    assert resumed["status"] == "succeeded", (resumed["error"], worker.output()[-3000:])
+    assert taught["teacher_model_id"] == registered["id"]
+    # the registered student, as teacher, scores on the same held-out split what it scored there
+    assert taught["summary"]["teacher_top1"] == pytest.approx(done["summary"]["student_top1"], abs=0.02)
+    # started from the registered weights, not from scratch
+    assert resumed["summary"]["student_top1"] >= done["summary"]["student_top1"] - 0.05
+    used = api.delete(f"/models/{registered['id']}")
+    assert used.status_code == 409 and "archive it instead" in used.json()["detail"]

@@ -195,3 +195,123 @@ def test_cli_needs_a_token(server: str) -> None:
     result = CliRunner().invoke(app, ["runs", "list", "--token", "ds_abcdefgh_" + "x" * 43],
                                 env={"DS_API_URL": server})
     assert result.exit_code == 1 and "error (401): unknown API token" in result.stderr
+
+
+def _ready_inputs(cli, tmp_path: Path) -> tuple[dict, dict, Path]:
+    """A ready teacher (pushed with the CLI, inspected by the test) and dataset; and the
+    teacher's file."""
+    weights = tmp_path / "teacher.safetensors"
+    save_file({"fc.weight": np.ones((4, 16), np.float32)}, str(weights))
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=np.zeros((24, 3, 8, 8), np.float32), y=np.arange(24) % 4)
+    model = json.loads(cli(
+        "models", "push", str(weights), "--name", "teacher", "--architecture", "resnet8",
+        "--kwargs", '{"input_shape": [3, 8, 8], "num_classes": 4}', "--json").stdout)
+    dataset = json.loads(cli("datasets", "push", str(data), "--name", "tiny", "--json").stdout)
+    _set("Model", model["id"], status="ready", inspection=INSPECTION)
+    _set("Dataset", dataset["id"], status="ready", info=INFO)
+    return model, dataset, weights
+
+
+def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, tmp_path: Path) -> None:
+    from backend.db import session_scope
+    from backend.db.tables import Artifact
+    from backend.storage import get_store
+
+    model, dataset, weights = _ready_inputs(cli, tmp_path)
+
+    # downloads: a model, a dataset, a run's artifact (stored as a worker would)
+    got = cli("models", "download", str(model["id"]), "-o", str(tmp_path / "back.safetensors"))
+    assert got.stdout.strip() == str(tmp_path / "back.safetensors")
+    assert (tmp_path / "back.safetensors").read_bytes() == weights.read_bytes()
+    into = tmp_path / "out"
+    into.mkdir()
+    as_json = json.loads(cli("datasets", "download", str(dataset["id"]), "-o", str(into), "--json").stdout)
+    assert as_json["path"] == str(into / "tiny.npz") and as_json["size_bytes"] > 0
+
+    config = {"name": "kd", "teacher": {"model_id": model["id"]},
+              "dataset": {"dataset_id": dataset["id"]},
+              "student": {"architecture": "resnet8", "kwargs": {"width": 0.25}},
+              "training": {"epochs": 1, "batch_size": 8, "device": "cpu"}}
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(config))
+    first = json.loads(cli("runs", "create", "-f", str(run_file), "--json").stdout)
+    second = json.loads(cli("runs", "create", "-f", str(run_file), "--name", "kd2", "--json").stdout)
+    stored = get_store().put_bytes(f"team-1/runs/{first['id']}/student.safetensors", b"student")
+    with session_scope() as session:
+        art = Artifact(team_id=1, run_id=first["id"], kind="student_safetensors",
+                       filename="student.safetensors", storage_key=stored.key,
+                       size_bytes=stored.size, sha256=stored.sha256)
+        session.add(art)
+        session.flush()
+        art_id = art.id
+    listed = json.loads(cli("artifacts", "list", str(first["id"]), "--json").stdout)
+    assert [(a["id"], a["kind"]) for a in listed] == [(art_id, "student_safetensors")]
+    assert "student.safetensors" in cli("artifacts", "list", str(first["id"])).stdout
+    path = cli("artifacts", "download", str(art_id), "-o", str(into)).stdout.strip()
+    assert Path(path) == into / "student.safetensors" and Path(path).read_bytes() == b"student"
+    assert "error (404): artifact 9999 not found" in cli("artifacts", "download", "9999", code=1).stderr
+
+    # saved comparisons
+    saved = json.loads(cli("comparisons", "create", "kd vs kd2", str(first["id"]), str(second["id"]),
+                           "--description", "same config", "--json").stdout)
+    assert saved["run_ids"] == [first["id"], second["id"]] and saved["created_by_name"] == "admin"
+    assert [c["id"] for c in json.loads(cli("comparisons", "list", "--json").stdout)] == [saved["id"]]
+    assert "kd vs kd2" in cli("comparisons", "list").stdout
+    shown = cli("comparisons", "show", str(saved["id"])).stdout
+    assert "same config" in shown and f"run {second['id']}" in shown and "losses" in shown
+    assert cli("comparisons", "delete", str(saved["id"])).stdout.strip() == (
+        f"comparison {saved['id']} deleted")
+    assert json.loads(cli("comparisons", "list", "--json").stdout) == []
+
+    # webhooks: cancelling a queued run records a delivery (no worker sends it here)
+    created = cli("webhooks", "create", "http://127.0.0.1:9/hook", "--event", "run.cancelled",
+                  "--description", "ci")
+    secret = created.stdout.strip()
+    assert secret.startswith("whsec_") and "shown only this once" in created.stderr
+    hooks = json.loads(cli("webhooks", "list", "--json").stdout)
+    assert [(h["url"], h["events"], h["secret_prefix"]) for h in hooks] == [
+        ("http://127.0.0.1:9/hook", ["run.cancelled"], secret[:12])]
+    assert "run.cancelled" in cli("webhooks", "list").stdout and secret not in cli("webhooks", "list").stdout
+    cli("runs", "cancel", str(second["id"]))
+    deliveries = json.loads(cli("webhooks", "deliveries", str(hooks[0]["id"]), "--json").stdout)
+    assert [(d["event"], d["run_id"]) for d in deliveries] == [("run.cancelled", second["id"])]
+    assert "run.cancelled" in cli("webhooks", "deliveries", str(hooks[0]["id"])).stdout
+    assert json.loads(cli("webhooks", "deliveries", str(hooks[0]["id"]), "--status", "failed",
+                          "--json").stdout) == []
+    bad = cli("webhooks", "create", "ftp://example.com/x", code=1)
+    assert "error (422): url: give an http:// or https:// URL" in bad.stderr
+    assert cli("webhooks", "delete", str(hooks[0]["id"])).stdout.strip() == (
+        f"webhook {hooks[0]['id']} deleted")
+    assert json.loads(cli("webhooks", "list", "--json").stdout) == []
+
+    # API tokens: the new one works (read-only), then is revoked
+    made = cli("tokens", "create", "--name", "ci", "--read-only", "--expires-in-days", "30")
+    secret_token = made.stdout.strip()
+    assert secret_token.startswith("ds_") and "shown only this once" in made.stderr
+    tokens = json.loads(cli("tokens", "list", "--json").stdout)
+    ci = next(t for t in tokens if t["name"] == "ci")
+    assert ci["read_only"] is True and ci["revoked_at"] is None and ci["token"] is None
+    assert secret_token not in cli("tokens", "list").stdout
+    runner = CliRunner()
+    env = {"DS_API_URL": server, "DS_TOKEN": secret_token}
+    assert runner.invoke(app, ["runs", "list", "--json"], env=env).exit_code == 0
+    refused = runner.invoke(app, ["teams", "create", "x"], env=env)
+    assert refused.exit_code == 1 and "error (403): this token is read-only" in refused.stderr
+    revoked = json.loads(cli("tokens", "revoke", str(ci["id"]), "--json").stdout)
+    assert revoked["revoked_at"] is not None
+    after = runner.invoke(app, ["runs", "list"], env=env)
+    assert after.exit_code == 1 and "error (401): this API token was revoked" in after.stderr
+    as_json_token = json.loads(cli("tokens", "create", "--name", "script", "--json").stdout)
+    assert as_json_token["token"].startswith("ds_")
+
+    # the audit log saw all of it, newest first, filterable
+    entries = json.loads(cli("audit", "list", "--all", "--limit", "2", "--json").stdout)
+    actions = [e["action"] for e in entries]
+    assert {"webhook.create", "webhook.delete", "comparison.create", "comparison.delete",
+            "token.create", "token.revoke", "model.download", "run.cancel"} <= set(actions), actions
+    assert [e["id"] for e in entries] == sorted((e["id"] for e in entries), reverse=True)
+    only = json.loads(cli("audit", "list", "--action", "webhook", "--json").stdout)
+    assert {e["action"] for e in only} == {"webhook.create", "webhook.delete"}
+    table = cli("audit", "list", "--resource-type", "comparison").stdout
+    assert "comparison.create" in table and "admin" in table and "webhook" not in table

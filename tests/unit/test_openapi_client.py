@@ -64,14 +64,56 @@ def test_every_route_is_documented(spec: dict[str, Any]) -> None:
         for code in sorted(needed - set(responses)):
             problems.append(f"{where}: {code} not documented")
         for code, response in responses.items():
+            media = response.get("content", {}).get("application/json")
             if code[0] in "45" and (method, path) != ("get", "/api/v1/health"):
-                schema = response.get("content", {}).get("application/json", {}).get("schema", {})
-                if schema.get("$ref") != ERROR_REF:
+                if (media or {}).get("schema", {}).get("$ref") != ERROR_REF:
                     problems.append(f"{where}: {code} does not use the {{\"detail\"}} schema")
-        body = op.get("requestBody", {}).get("content", {}).get("application/json")
-        if body is not None and not _has_example(spec, body):
-            problems.append(f"{where}: the JSON body has no example")
+                elif not isinstance((media.get("example") or {}).get("detail"), str):
+                    problems.append(f"{where}: {code} has no example {{\"detail\": ...}}")
+            elif media is not None and media.get("example") is None and not media.get("examples"):
+                problems.append(f"{where}: the JSON of {code} has no example")
+        for kind, body in op.get("requestBody", {}).get("content", {}).items():
+            if not _has_example(spec, body):
+                problems.append(f"{where}: the {kind} body has no example")
     assert not problems, "\n".join(problems)
+
+
+def _examples(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any], Any]]:
+    """(where, schema, example) for every example of the document: of operations' bodies and
+    responses, and of the component schemas."""
+    found = []
+    for method, path, op in _operations(spec):
+        medias = [(f"{method.upper()} {path} body {kind}", media)
+                  for kind, media in op.get("requestBody", {}).get("content", {}).items()]
+        medias += [(f"{method.upper()} {path} {code} {kind}", media)
+                   for code, response in op.get("responses", {}).items()
+                   for kind, media in response.get("content", {}).items()]
+        for where, media in medias:
+            schema = media.get("schema", {})
+            if "example" in media:
+                found.append((where, schema, media["example"]))
+            for name, example in (media.get("examples") or {}).items():
+                found.append((f"{where} [{name}]", schema, example["value"]))
+    for name, schema in spec["components"]["schemas"].items():
+        for i, example in enumerate(schema.get("examples") or []):
+            found.append((f"components.schemas.{name}.examples[{i}]", schema, example))
+    return found
+
+
+def test_every_example_matches_its_schema(spec: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+
+    examples = _examples(spec)
+    problems = []
+    for where, schema, example in examples:
+        # refs (#/components/schemas/...) resolve against the document itself
+        validator = Draft202012Validator({**schema, "components": spec["components"]})
+        problems += [f"{where}: {e.json_path}: {e.message}" for e in validator.iter_errors(example)]
+    assert not problems, "\n".join(problems)
+    counted = {(m, p) for m, p, op in _operations(spec)
+               for code, r in op["responses"].items()
+               if code.startswith("2") and "example" in r.get("content", {}).get("application/json", {})}
+    print(f"{len(examples)} examples checked; {len(counted)} operations with a JSON success example")
 
 
 def test_run_config_examples(spec: dict[str, Any]) -> None:
