@@ -84,9 +84,11 @@ class Store:
             if self.fs.isdir(final):  # mv would move the file *into* it, under another name
                 raise StorageError(f"cannot write {key}: a folder stands at that key")
             self.fs.mv(tmp, final)
-        except BaseException:
+        except BaseException as exc:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
+            if isinstance(exc, OSError):  # a full disk, a refused write: say what was written
+                raise StorageError(f"the artifact store could not write {key}: {exc}") from exc
             raise
         return Stored(key, size, digest.hexdigest())
 

@@ -21,7 +21,7 @@ from backend import storage
 from backend.audit.service import audit
 from backend.db.tables import Artifact, Run
 from backend.deps import Principal
-from backend.errors import NotFound, TooLarge
+from backend.errors import NotFound, TooLarge, Unavailable
 from backend.storage import CHUNK, Store, Stored
 from backend.teams.service import get_owned
 
@@ -46,6 +46,10 @@ def store_upload(store: Store, key: str, fileobj: BinaryIO, limit: int) -> Store
         return store.write_stream(key, chunks(fileobj), limit=limit)
     except storage.TooLarge as exc:
         raise TooLarge(too_large_message(exc.limit)) from exc
+    except storage.StorageError as exc:  # e.g. its disk is full: nothing was kept
+        raise Unavailable(
+            f"{exc}; nothing was stored: retry later, or ask an admin to free space"
+        ) from exc
 
 
 def safe_filename(name: str, default: str = "download") -> str:

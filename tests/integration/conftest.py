@@ -65,7 +65,7 @@ def upload_demo(api: TestClient, demo_files: tuple[Path, Path]) -> tuple[dict, d
 def mark_ready_from(api: TestClient, model: dict, dataset: dict) -> tuple[dict, dict]:
     m = wait_status(api, f"/models/{model['id']}", {"ready", "failed"})
     d = wait_status(api, f"/datasets/{dataset['id']}", {"ready", "failed"})
-    assert m["status"] == "ready", m
+    assert m["status"] == "ready", (m.get("error"), m)
     assert d["status"] == "ready", d
     return m, d
 

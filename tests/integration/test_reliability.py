@@ -6,11 +6,14 @@ Figures from these tests are recorded in docs/reliability.md.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -236,6 +239,89 @@ def test_run_killed_on_every_attempt_fails_with_the_reason(api, studio_env: Stud
         print(f"pool process killed on both attempts: failed with {run['error']!r}")
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs: a real disk that fills up (mounting needs root, as on CI)."""
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write zeros until the disk says ENOSPC; the filler file."""
+    filler = disk / "filler.bin"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+@ON_SQLITE
+def test_full_disk_fails_the_run_cleanly_and_a_retry_succeeds(
+    studio_env: StudioEnv, admin_token: str, demo_files, tiny_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The artifact store's disk is full when the run writes its checkpoint and artifacts: the
+    run fails with the reason, nothing half-written is left or recorded; with space again, a
+    retry of the same run succeeds."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from backend.db import reset_caches
+    from backend.storage import get_store
+
+    store_url = (tiny_disk / "artifacts").as_uri()
+    env = StudioEnv({**studio_env.env, "DS_ARTIFACTS_URL": store_url}, studio_env.data_dir)
+    monkeypatch.setenv("DS_ARTIFACTS_URL", store_url)
+    reset_caches()
+    get_store.cache_clear()
+    worker = WorkerProcess(env, "w1").start()
+    try:
+        with TestClient(create_app(), base_url="http://testserver/api/v1") as api:
+            api.headers["Authorization"] = f"Bearer {admin_token}"
+            model, dataset = _ready(api, demo_files)
+            filler = _fill(tiny_disk)
+            run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 1})).json()["id"]
+            run = wait_run(api, run_id)
+            assert run["status"] == "failed", run
+            assert "could not write" in run["error"] and "No space left on device" in run["error"], run["error"]
+            # an upload to the full store is refused with the reason; nothing is recorded
+            with open(demo_files[1], "rb") as fh:
+                up = api.post("/datasets", files={"file": ("more.npz", fh)}, data={"name": "more"})
+            assert up.status_code == 503 and "No space left" in up.json()["detail"], up.text
+            assert [d["name"] for d in api.get("/datasets").json()["items"]] == ["digits"]
+            with session_scope() as s:
+                assert s.scalars(select(Artifact).where(Artifact.run_id == run_id)).all() == []
+            run_dir = tiny_disk / "artifacts" / f"team-{_run_row(run_id).team_id}" / "runs" / str(run_id)
+            left = [p.name for p in run_dir.rglob("*") if p.is_file()] if run_dir.exists() else []
+            assert not [n for n in left if ".part-" in n], f"half-written files left: {left}"
+            print(f"disk full: run failed with {run['error'][:120]!r}; files left: {left}")
+
+            filler.unlink()  # space again: the same run, retried, succeeds
+            retry = api.post(f"/runs/{run_id}/retry")
+            assert retry.status_code in (200, 201, 202), retry.text
+            again = wait_run(api, retry.json()["id"])
+            assert again["status"] == "succeeded", again
+            kinds = {a["kind"] for a in api.get(f"/runs/{again['id']}/artifacts").json()}
+            assert {"student_safetensors", "student_pt2", "config", "evaluation"} <= kinds
+    finally:
+        worker.stop()
+        monkeypatch.setenv("DS_ARTIFACTS_URL", studio_env.env["DS_ARTIFACTS_URL"])
+        reset_caches()
+        get_store.cache_clear()
 
 
 def _free_port() -> int:
