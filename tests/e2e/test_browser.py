@@ -2,8 +2,9 @@
 embedded stack that `distill-studio up` starts (SQLite, Valkey, API, worker, UI, the demo teacher
 and dataset).
 
-One person's session, page by page: log in; open the demo teacher's page and its layer table;
-upload a dataset (.npz) through the Datasets page and see its samples; on New run plan a
+One person's session, page by page: log in; upload a teacher (.pt2, the demo teacher's file
+downloaded over the API) through the Models page and wait on its page until a worker inspected
+it; open the demo teacher's page, its model card and its layer table; upload a dataset (.npz) through the Datasets page and see its samples; on New run plan a
 ResNet-8 student, keep the suggested pairs, add attention transfer to CE + KD and launch 5
 epochs; watch the run page update live until the run succeeds; launch a second run over the API;
 compare the two on the Compare page and save the comparison for the team; create a token on the
@@ -193,7 +194,9 @@ def in_table(page: Any, text: str) -> None:
 
 def shoot(page: Any, name: str, max_height: int = 2600) -> Path:
     """A picture of the whole page: the window is made as tall as the page's content first
-    (Streamlit scrolls inside its own container, so a full-page screenshot alone would not)."""
+    (Streamlit scrolls inside its own container, so a full-page screenshot alone would not), up
+    to `max_height`, and scrolled to the top, so a page taller than that loses its bottom, never
+    its title and first sections."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.mouse.move(0, 0)  # no hover effects in the picture
     height = page.evaluate(
@@ -204,10 +207,22 @@ def shoot(page: Any, name: str, max_height: int = 2600) -> Path:
         {"width": VIEWPORT["width"], "height": min(max(int(height), 700), max_height)}
     )
     page.wait_for_timeout(800)
+    scroll_top(page)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path))
     page.set_viewport_size(VIEWPORT)
     return path
+
+
+def scroll_top(page: Any) -> None:
+    """Scroll the page, and every scrolled container of Streamlit's, back to the top."""
+    page.evaluate(
+        "() => { window.scrollTo(0, 0);"
+        " for (const el of document.querySelectorAll('[data-testid=\"stMain\"], "
+        "[data-testid=\"stAppViewContainer\"], [data-testid=\"stAppScrollToBottomContainer\"],"
+        " section, main')) { el.scrollTop = 0; } }"
+    )
+    page.wait_for_timeout(300)
 
 
 def click_table_row(page: Any, table_index: int, row: int) -> None:
@@ -284,14 +299,42 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     click(page, "Log in")
     heading(page, "Runs")
 
-    # -- models, and the teacher's page with its layer table ----------------------------------
+    # -- upload a teacher (.pt2) through the Models page; its page waits for the inspection -----
     nav(page, "Models")
     heading(page, "Models")
     in_table(page, "digits-teacher")
+    pt2 = tmp_path / "digits-teacher.pt2"
+    download = http.get(f"/models/{teacher['id']}/download")
+    assert download.status_code == 200, download.text
+    pt2.write_bytes(download.content)
+    main(page).get_by_text("Upload a teacher").click()
+    main(page).locator('input[type="file"]').set_input_files(str(pt2))
+    settle(page)
+    main(page).get_by_label("Name", exact=True).fill("uploaded-teacher")
+    main(page).get_by_label("Name", exact=True).press("Enter")
+    settle(page)
+    click(page, "Upload teacher")
+    heading(page, "uploaded-teacher · v1")  # the new model's page, refreshing itself
+    main(page).get_by_role("tab", name="Layers by stage").wait_for(timeout=150_000)  # ready
+    assert "ready" in main(page).inner_text()
+    uploaded_teacher = _ready(http, "models", "uploaded-teacher")
+    assert uploaded_teacher["format"] == "pt2" and uploaded_teacher["sha256"] == teacher["sha256"]
+    assert uploaded_teacher["card"]["params"] == teacher["card"]["params"]
+
+    # -- the models list with both, and the demo teacher's page: card and layer table ----------
+    nav(page, "Models")
+    heading(page, "Models")
+    in_table(page, "uploaded-teacher")
+    in_table(page, "digits-teacher")
     shots.append(shoot(page, "models"))
-    click_table_row(page, 0, 0)
+    listed = [m["name"] for m in http.get("/models").json()["items"]]  # the table's order
+    click_table_row(page, 0, listed.index("digits-teacher"))
     heading(page, "digits-teacher · v1")
     main(page).get_by_role("tab", name="Layers by stage").wait_for()
+    main(page).get_by_text("Model card").first.click()  # the card, as a table
+    main(page).locator('[data-testid="stTable"]').first.wait_for()
+    card_text = main(page).locator('[data-testid="stTable"]').first.inner_text()
+    assert "Parameters" in card_text and f"{teacher['card']['params']:,}" in card_text
     main(page).get_by_text("Stage 0").first.click()  # open the first stage's layer table
     settle(page)
     assert main(page).locator('[data-testid="stDataFrame"]').count() >= 1
@@ -333,7 +376,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     multiselect_add(page, "Losses", "(at)")
     number(page, "Epochs", 15)  # long enough for the page to refresh a few times while it trains
     main(page).get_by_text("- name: at").first.wait_for()
-    shots.append(shoot(page, "new_run"))
+    shots.append(shoot(page, "new_run", max_height=4400))  # the whole form, from the top
     click(page, "Launch run")
 
     # -- the run page follows the run live until it succeeds -----------------------------------

@@ -462,6 +462,10 @@ def test_run_page_after_success(studio: Studio) -> None:
     assert metrics["Student top-1"] == "87.00%" and metrics["Agreement"] == "93.00%"
     assert metrics["Compression"] == "3.84×" and metrics["CPU speed-up"] == "3.00×"
     assert metrics["Duration"] == "1m 15s" and metrics["Epoch"] == "2/2"
+    top1 = next(m for m in at.metric if m.label == "Student top-1")
+    assert top1.proto.delta == "-4.00 pp vs teacher"
+    assert "Student weights (safetensors)" in _texts(at.markdown)  # not the kind's raw id
+    assert "`student_safetensors`" not in _texts(at.markdown)
     evaluation = next(f.value for f in at.dataframe if "teacher / student" in f.value.columns)
     assert list(evaluation[""]) == [
         "Top-1 accuracy",
@@ -481,6 +485,17 @@ def test_run_page_after_success(studio: Studio) -> None:
     assert "kd-done" in _texts(at.code)  # the config YAML
     assert not [b for b in at.button if b.label == "Cancel"]
 
+    # a student as accurate as its teacher: a grey "same", not a green arrow for +0.00
+    _update("Run", studio.done_run_id, summary={**SUMMARY, "student_top1": 0.91})
+    try:
+        at = _app(studio, "run.py", id=studio.done_run_id)
+        top1 = next(m for m in at.metric if m.label == "Student top-1")
+        assert top1.proto.delta == "same as the teacher (±0.00 pp)"
+        assert top1.proto.direction == top1.proto.MetricDirection.NONE
+        assert top1.proto.color == top1.proto.MetricColor.GRAY
+    finally:
+        _update("Run", studio.done_run_id, summary=SUMMARY)
+
 
 def test_run_page_live_then_cancel(studio: Studio) -> None:
     _update(
@@ -497,7 +512,7 @@ def test_run_page_live_then_cancel(studio: Studio) -> None:
     at = _app(studio, "run.py", id=studio.queued_run_id)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Step"] == "3/12" and metrics["ETA"] == "30s" and metrics["Epoch"] == "1/2"
-    assert metrics["Throughput"] == "512 samples/s"
+    assert metrics["Throughput"] == "512/s"  # samples per second, in the help
     assert at.get("progress")[0].value == 25
 
     _update("Run", studio.queued_run_id, progress=0.5, step=6, eta_seconds=20.0)

@@ -198,6 +198,14 @@ def test_model_page_versions_runs_and_accuracy(studio: Studio) -> None:
     assert metrics["Top-1 accuracy"] == "91.00%"  # measured by its newest succeeded run
     assert metrics["Best student top-1"] == "89.00%" and metrics["Runs as teacher"] == "3"
     assert metrics["FLOPs"] == "56.8k" and metrics["CPU latency"] == "1.5 ms"
+    card = at.table[0].value  # the model card, in words, not raw JSON
+    assert list(card.columns) == ["field", "value"] and not at.json
+    assert dict(zip(card["field"], card["value"], strict=True)) == {
+        "Input shape": "3×8×8",
+        "Classes": "4",
+        "Parameters": "1,234",
+        "FLOPs (one sample)": "56,789 (56.8k)",
+    }
     labels = [t.label for t in at.tabs]
     assert labels == ["Layers by stage", "Versions (2)", "Runs with this teacher (3)"]
     versions = next(f.value for f in at.dataframe if "version" in f.value.columns)

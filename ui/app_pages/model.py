@@ -3,6 +3,9 @@ stage, its other versions and the runs that used it as their teacher."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -69,9 +72,10 @@ def _body(model: Model) -> None:
         icon=":material/rocket_launch:",
         query_params={"teacher": str(model.id)},
     )
-    if model.card:
+    rows = card_rows(model.card)
+    if rows:
         with st.expander("Model card", icon=":material/badge:"):
-            st.json(model.card)
+            st.table(pd.DataFrame(rows, columns=["field", "value"]), hide_index=True)
     layers_tab, versions_tab, runs_tab = st.tabs(
         [
             "Layers by stage",
@@ -89,6 +93,71 @@ def _body(model: Model) -> None:
         _versions(model, versions)
     with runs_tab:
         _runs(model, runs, more_runs)
+
+
+SOURCES = {"upload": "uploaded file", "run": "registered from a run"}
+FORMATS = {"pt2": "torch.export archive (.pt2)", "safetensors": "safetensors weights"}
+
+
+def _count(n: float) -> str:
+    return f"{n:,}" if isinstance(n, int) else f"{n:,.4g}"
+
+
+def _size(n: float) -> str:
+    """As the rest of the studio shows sizes (KiB/MiB), with the exact byte count."""
+    return ui.fmt_bytes(n) if n < 1024 else f"{ui.fmt_bytes(n)} ({int(n):,} bytes)"
+
+
+CARD_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    # card key -> (label, formatter), shown in this order; other keys follow as they are
+    "source": ("Source", lambda v: SOURCES.get(v, str(v))),
+    "format": ("Format", lambda v: FORMATS.get(v, str(v))),
+    "input_shape": ("Input shape", ui.fmt_shape),
+    "num_classes": ("Classes", _count),
+    "classes": ("Class names", lambda v: _names(v)),
+    "accuracy": ("Top-1 accuracy", ui.fmt_pct),
+    "teacher_accuracy": ("Teacher top-1 accuracy", ui.fmt_pct),
+    "agreement": ("Agreement with the teacher", ui.fmt_pct),
+    "params": ("Parameters", _count),
+    "flops": ("FLOPs (one sample)", lambda v: f"{_count(v)} ({ui.fmt_count(v)})"),
+    "size_bytes": ("File size", _size),
+    "latency_ms": ("CPU latency (batch 1, median)", lambda v: f"{v:.3g} ms"),
+}
+
+
+def _names(names: list, shown: int = 12) -> str:
+    text = ", ".join(str(n) for n in names[:shown])
+    return text + (f", … ({len(names):,} in all)" if len(names) > shown else "")
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    return str(value)
+
+
+def card_rows(card: dict | None) -> list[tuple[str, str]]:
+    """The model card as (field, value) rows in words: the known facts first, formatted for
+    people (sizes in KiB/MiB, counts with separators, accuracies as %), then any other keys as
+    they are. Missing or null values are left out (a missing key means unknown)."""
+    card = {k: v for k, v in (card or {}).items() if v is not None}
+    rows = []
+    for key, (label, fmt) in CARD_FIELDS.items():
+        if key in card:
+            try:
+                rows.append((label, fmt(card[key])))
+            except (TypeError, ValueError):  # not the type the API documents: show it as is
+                rows.append((label, _plain(card[key])))
+    rows += [
+        (key.replace("_", " ").capitalize(), _plain(value))
+        for key, value in card.items()
+        if key not in CARD_FIELDS
+    ]
+    return rows
 
 
 def teacher_accuracy(model: Model, runs: list[Run]) -> tuple[float | None, str]:

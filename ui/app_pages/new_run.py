@@ -477,11 +477,11 @@ def _pairs_section() -> list[str]:
             "table, or delete the pair:\n\n" + "\n".join(f"- {p}" for p in problems),
             icon=":material/warning:",
         )
-    cols = st.columns([1, 1, 4])
-    if cols[0].button("Suggested pairs", icon=":material/auto_awesome:", key="nr_pairs_reset"):
+    buttons = st.container(horizontal=True, gap="small")  # sized to their labels, never cut
+    if buttons.button("Suggested pairs", icon=":material/auto_awesome:", key="nr_pairs_reset"):
         _set_pairs([p.model_dump() for p in plan.suggested_pairs])
         st.rerun()
-    if cols[1].button("Clear pairs", icon=":material/clear_all:", key="nr_pairs_clear"):
+    if buttons.button("Clear pairs", icon=":material/clear_all:", key="nr_pairs_clear"):
         _set_pairs([])
         st.rerun()
     return problems

@@ -141,7 +141,9 @@ def _progress(run: Run) -> None:
     cols[0].metric("Epoch", f"{_epoch(run, epochs)}/{epochs}" if epochs else run.epoch)
     cols[1].metric("Step", f"{run.step:,}/{run.total_steps:,}" if run.total_steps else run.step)
     cols[2].metric(
-        "Throughput", "—" if run.throughput is None else f"{run.throughput:,.0f} samples/s"
+        "Throughput",
+        "—" if run.throughput is None else f"{run.throughput:,.0f}/s",
+        help="Training samples per second.",
     )
     if run.is_terminal:
         duration = None
@@ -330,13 +332,43 @@ def _with_teacher_size(run: Run) -> dict[str, Any]:
     return summary
 
 
+def accuracy_delta(
+    student: float | None, teacher: float | None
+) -> tuple[str | None, str, str]:
+    """The student's top-1 against the teacher's, in percentage points, with the metric's
+    colour and arrow: green up, red down, and grey without an arrow when they are equal at the
+    shown precision (no green arrow for +0.00)."""
+    if student is None or teacher is None:
+        return None, "normal", "auto"
+    points = round((student - teacher) * 100, 2)
+    if points == 0:
+        return "same as the teacher (±0.00 pp)", "off", "off"
+    return f"{points:+.2f} pp vs teacher", "normal", "auto"
+
+
+ARTIFACT_KINDS = {
+    "student_safetensors": "Student weights (safetensors)",
+    "student_pt2": "Student as a torch.export archive (.pt2)",
+    "student_onnx": "Student as ONNX",
+    "config": "Run config (YAML)",
+    "evaluation": "Evaluation report (JSON)",
+}
+
+
+def artifact_label(kind: str) -> str:
+    """What an artifact is, in words (its API kind, e.g. `student_pt2`, is for scripts)."""
+    return ARTIFACT_KINDS.get(kind) or kind.replace("_", " ").capitalize()
+
+
 def _evaluation(run: Run) -> None:
     summary = _with_teacher_size(run)
     st.subheader("Evaluation")
     cols = st.columns(4)
     t1, s1 = summary.get("teacher_top1"), summary.get("student_top1")
-    delta = f"{(s1 - t1) * 100:+.2f} pp vs teacher" if t1 is not None and s1 is not None else None
-    cols[0].metric("Student top-1", ui.fmt_pct(s1), delta=delta)
+    delta, delta_color, arrow = accuracy_delta(s1, t1)
+    cols[0].metric(
+        "Student top-1", ui.fmt_pct(s1), delta=delta, delta_color=delta_color, delta_arrow=arrow
+    )
     cols[1].metric(
         "Agreement",
         ui.fmt_pct(summary.get("agreement")),
@@ -367,7 +399,7 @@ def _artifacts(run: Run) -> None:
         return
     for artifact in artifacts:
         name, meta, button = st.columns([3, 2, 1], vertical_alignment="center")
-        name.markdown(f"**{artifact.filename}**  \n`{artifact.kind}`")
+        name.markdown(f"**{artifact.filename}**  \n{artifact_label(artifact.kind)}")
         meta.caption(f"{ui.fmt_bytes(artifact.size_bytes)} · sha256 `{artifact.sha256[:12]}`")
         with button:
             st.download_button(
