@@ -29,7 +29,17 @@ from fastapi import Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.tables import Artifact, Dataset, Membership, Model, Role, Run, Team, Webhook
+from backend.db.tables import (
+    Artifact,
+    Comparison,
+    Dataset,
+    Membership,
+    Model,
+    Role,
+    Run,
+    Team,
+    Webhook,
+)
 from backend.deps import CurrentUser, Principal, SessionDep
 from backend.errors import Forbidden, NotFound
 from backend.teams.service import Owned, get_owned
@@ -176,6 +186,24 @@ def webhook_for_manage(webhook_id: int, session: SessionDep, principal: CurrentU
     return _owned(session, principal, Webhook, webhook_id, Permission.manage)
 
 
+def comparison_for_read(comparison_id: int, session: SessionDep, principal: CurrentUser) -> Comparison:
+    return _owned(session, principal, Comparison, comparison_id, Permission.read)
+
+
+def comparison_for_delete(
+    comparison_id: int, session: SessionDep, principal: CurrentUser
+) -> Comparison:
+    """Whoever saved it (while still a member or more), or an admin or owner of the team."""
+    row = get_owned(session, Comparison, comparison_id, principal.team_id)
+    mine = row.created_by == principal.user.id and allowed(principal, Permission.write)
+    if not mine and not allowed(principal, Permission.delete):
+        raise Forbidden(
+            f"comparison {row.id} was saved by someone else; only they or a team admin or "
+            "owner can delete it"
+        )
+    return row
+
+
 OwnedModel = Annotated[Model, Depends(model_for_read)]
 WritableModel = Annotated[Model, Depends(model_for_write)]
 DeletableModel = Annotated[Model, Depends(model_for_delete)]
@@ -186,6 +214,8 @@ OwnedRun = Annotated[Run, Depends(run_for_read)]
 WritableRun = Annotated[Run, Depends(run_for_write)]
 OwnedArtifact = Annotated[Artifact, Depends(artifact_for_read)]
 ManagedWebhook = Annotated[Webhook, Depends(webhook_for_manage)]
+OwnedComparison = Annotated[Comparison, Depends(comparison_for_read)]
+DeletableComparison = Annotated[Comparison, Depends(comparison_for_delete)]
 
 
 # -- a team named in the path (/teams/{team_id}/...) -------------------------------------------

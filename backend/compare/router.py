@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from backend.access import Writer
+from backend.access import DeletableComparison, OwnedComparison, Writer
 from backend.compare import service
 from backend.compare.schemas import ComparisonCreate, ComparisonOut
 from backend.db.tables import Comparison
@@ -53,8 +53,7 @@ def list_comparisons(
     "/{comparison_id}", response_model=ComparisonOut, responses=responses(401, 404, 422, 503),
     summary="One saved comparison",
 )
-def get_comparison(session: SessionDep, team_id: TeamDep, comparison_id: int) -> ComparisonOut:
-    row = service.get(session, comparison_id, team_id)
+def get_comparison(session: SessionDep, row: OwnedComparison) -> ComparisonOut:
     return _out(row, service.usernames(session, [row]))
 
 
@@ -63,6 +62,8 @@ def get_comparison(session: SessionDep, team_id: TeamDep, comparison_id: int) ->
     responses=responses(401, 403, 404, 422, 503),
     summary="Delete a saved comparison (whoever saved it, or a team admin or owner)",
 )
-def delete_comparison(session: SessionDep, principal: CurrentUser, comparison_id: int) -> Response:
-    service.delete(session, principal, comparison_id)
+def delete_comparison(
+    session: SessionDep, principal: CurrentUser, row: DeletableComparison
+) -> Response:
+    service.delete(session, principal, row)
     return Response(status_code=204)

@@ -10,11 +10,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.access import Permission, allowed
 from backend.audit.service import audit
 from backend.db.tables import Comparison, Run, User
 from backend.deps import Principal
-from backend.errors import Forbidden, NotFound
+from backend.errors import NotFound
 from backend.security import utcnow
 from backend.teams.service import page
 
@@ -52,24 +51,8 @@ def list_comparisons(
                 limit, cursor)
 
 
-def get(session: Session, comparison_id: int, team_id: int) -> Comparison:
-    row = session.scalar(
-        select(Comparison).where(Comparison.id == comparison_id, Comparison.team_id == team_id)
-    )
-    if row is None:
-        raise NotFound(f"comparison {comparison_id} not found")
-    return row
-
-
-def delete(session: Session, principal: Principal, comparison_id: int) -> None:
-    """Delete a comparison: whoever saved it, or an admin or owner of the team."""
-    row = get(session, comparison_id, principal.team_id)
-    mine = row.created_by == principal.user.id and allowed(principal, Permission.write)
-    if not mine and not allowed(principal, Permission.delete):
-        raise Forbidden(
-            f"comparison {row.id} was saved by someone else; only they or a team admin or "
-            "owner can delete it"
-        )
+def delete(session: Session, principal: Principal, row: Comparison) -> None:
+    """Delete a comparison (authorised by `access.comparison_for_delete`)."""
     audit(session, principal, "comparison.delete", "comparison", row.id, {"name": row.name})
     session.delete(row)
     session.commit()

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from backend.db.tables import (
     Artifact,
     AuditEntry,
+    Comparison,
     Dataset,
     Membership,
     Model,
@@ -28,7 +29,7 @@ from backend.db.tables import (
 )
 from backend.errors import Invalid, NotFound
 
-Owned = TypeVar("Owned", Model, Dataset, Run, Artifact, Webhook)
+Owned = TypeVar("Owned", Model, Dataset, Run, Artifact, Webhook, Comparison)
 Paged = TypeVar("Paged", Model, Dataset, Run, Artifact, Webhook, AuditEntry, WebhookDelivery)
 
 LABELS: dict[type, str] = {
