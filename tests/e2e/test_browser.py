@@ -218,8 +218,8 @@ def scroll_top(page: Any) -> None:
     """Scroll the page, and every scrolled container of Streamlit's, back to the top."""
     page.evaluate(
         "() => { window.scrollTo(0, 0);"
-        " for (const el of document.querySelectorAll('[data-testid=\"stMain\"], "
-        "[data-testid=\"stAppViewContainer\"], [data-testid=\"stAppScrollToBottomContainer\"],"
+        ' for (const el of document.querySelectorAll(\'[data-testid="stMain"], '
+        '[data-testid="stAppViewContainer"], [data-testid="stAppScrollToBottomContainer"],'
         " section, main')) { el.scrollTop = 0; } }"
     )
     page.wait_for_timeout(300)

@@ -233,6 +233,7 @@ def _list(datasets: list[Dataset]) -> None:
         key="datasets_table",
         column_config={
             "id": st.column_config.NumberColumn("ID", width="small"),
+            "name": st.column_config.TextColumn("name", width="medium"),
             "samples": st.column_config.NumberColumn("samples", format="localized"),
             "created": st.column_config.DatetimeColumn("Created", format="distance"),
         },

@@ -130,6 +130,8 @@ def _frame(models: list[Model], versions: dict[str, int]) -> pd.DataFrame:
             }
         )
     frame = pd.DataFrame(rows)
+    if not frame.empty and (frame["versions"] == 1).all():
+        frame = frame.drop(columns=["versions"])  # no name has a second version: room for more
     if not frame.empty:
         frame["top-1"] = pd.to_numeric(frame["top-1"], errors="coerce")
         frame["params"] = pd.to_numeric(frame["params"], errors="coerce")

@@ -332,9 +332,7 @@ def _with_teacher_size(run: Run) -> dict[str, Any]:
     return summary
 
 
-def accuracy_delta(
-    student: float | None, teacher: float | None
-) -> tuple[str | None, str, str]:
+def accuracy_delta(student: float | None, teacher: float | None) -> tuple[str | None, str, str]:
     """The student's top-1 against the teacher's, in percentage points, with the metric's
     colour and arrow: green up, red down, and grey without an arrow when they are equal at the
     shown precision (no green arrow for +0.00)."""

@@ -117,7 +117,7 @@ def _manage_members(team: TeamRef, members: list[Member]) -> None:
     roles = grantable_roles(team.role)
     with st.form("member_add", border=True, clear_on_submit=True):
         st.markdown("**Add a member** — an existing user of the studio")
-        c = st.columns([3, 2, 2], vertical_alignment="bottom")
+        c = st.columns([2, 4, 1.4], vertical_alignment="bottom")  # room for the role's words
         username = c[0].text_input("Username", key="mem_add_user", max_chars=100)
         role = c[1].selectbox(
             "Role",
