@@ -276,8 +276,11 @@ def _claim(run_id: int, worker: str) -> Claim | str | None:
         return Claim(run.team_id, dict(run.config), run.attempts)
 
 
-def _resolve_inputs(config: dict[str, Any], tmp: Path) -> tuple[Any, Path, Path]:
-    """Fetch the teacher and dataset files; fill the config with their formats."""
+def _resolve_inputs(
+    config: dict[str, Any], tmp: Path
+) -> tuple[Any, Path, Path, Path | None]:
+    """Fetch the teacher, dataset and (for `source: model`) student files; fill the config with
+    their formats. The config keeps its ids, so the run.yaml artifact names what the user chose."""
     from worker.engine.config import RunConfig
 
     store = get_store()
@@ -303,12 +306,8 @@ def _resolve_inputs(config: dict[str, Any], tmp: Path) -> tuple[Any, Path, Path]
         s_key = student_model.storage_key if student_model else None
     teacher_path = store.get_file(t_key, tmp / f"teacher.{t_fmt}")
     dataset_path = store.get_file(d_key, tmp / f"dataset.{d_fmt}")
-    if s_key:
-        # the engine starts from a file: its `path` stands in for the id (a ModelRef holds one)
-        ref = config["student"]["model"]
-        ref.pop("model_id", None)
-        ref["path"] = str(store.get_file(s_key, tmp / "student_init.safetensors"))
-    return RunConfig.model_validate(config), teacher_path, dataset_path
+    student_path = store.get_file(s_key, tmp / "student_init.safetensors") if s_key else None
+    return RunConfig.model_validate(config), teacher_path, dataset_path, student_path
 
 
 def checkpoint_key(team_id: int, run_id: int) -> str:
@@ -331,13 +330,14 @@ def distill(self, run_id: int) -> str:
     try:
         with Heartbeat(run_id, worker), _scratch() as tmp_str:
             tmp = Path(tmp_str)
-            config, teacher_path, dataset_path = _resolve_inputs(claim.config, tmp)
+            config, teacher_path, dataset_path, student_path = _resolve_inputs(claim.config, tmp)
             ckpt = tmp / "checkpoint.pt"
             if store.exists(ckpt_key):
                 store.get_file(ckpt_key, ckpt)
             reporter = DbReporter(run_id, ckpt_key, worker)
             summary = run_distillation(
-                config, teacher_path, dataset_path, tmp / "out", callbacks=reporter, checkpoint_path=ckpt
+                config, teacher_path, dataset_path, tmp / "out", callbacks=reporter,
+                checkpoint_path=ckpt, student_path=student_path,
             )
             reporter.flush()
             _store_results(run_id, claim.team_id, worker, tmp / "out", summary)

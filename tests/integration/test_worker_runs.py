@@ -121,5 +121,9 @@ def test_registered_student_trains_in_later_runs_on_a_real_worker(api, worker, d
     assert taught["summary"]["teacher_top1"] == pytest.approx(done["summary"]["student_top1"], abs=0.02)
     # started from the registered weights, not from scratch
     assert resumed["summary"]["student_top1"] >= done["summary"]["student_top1"] - 0.05
+    # the run config it keeps names the model the user chose, not the worker's scratch file
+    config = next(a for a in api.get(f"/runs/{resumed['id']}/artifacts").json() if a["kind"] == "config")
+    text = api.get(f"/artifacts/{config['id']}/download").text
+    assert f"model_id: {registered['id']}" in text and "path:" not in text, text
     used = api.delete(f"/models/{registered['id']}")
     assert used.status_code == 409 and "archive it instead" in used.json()["detail"]

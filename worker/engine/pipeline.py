@@ -114,10 +114,13 @@ def teacher_architecture(
     return arch, dict(kwargs or {})
 
 
-def build_run_student(config: RunConfig, teacher: LoadedModel, data: TensorData) -> nn.Module | None:
+def build_run_student(
+    config: RunConfig, teacher: LoadedModel, data: TensorData, student_path: Path | None = None
+) -> nn.Module | None:
     """The student this run trains, or None to let the trainer build the zoo student.
 
-    - source "model": the model file to start from (loaded safely, trainable);
+    - source "model": the model file to start from (loaded safely, trainable): `student.model.path`,
+      or `student_path` where the caller fetched the file (the studio's worker, for a model id);
     - source "derived" / "teacher": built from the teacher's zoo architecture (fresh weights,
       seeded with the run's seed); ValueError when the teacher is a .pt2 graph without one.
     """
@@ -126,11 +129,10 @@ def build_run_student(config: RunConfig, teacher: LoadedModel, data: TensorData)
         return None
     if spec.source == "model":
         ref = spec.model
-        if ref is None or ref.path is None:
+        path = student_path or (Path(ref.path) if ref is not None and ref.path else None)
+        if ref is None or path is None:
             raise ValueError("student.model must name a file (path) by the time the engine runs")
-        loaded = load_model(
-            Path(ref.path), model_format(Path(ref.path), ref.format), ref.architecture, ref.kwargs
-        )
+        loaded = load_model(path, model_format(path, ref.format), ref.architecture, ref.kwargs)
         loaded.module.requires_grad_(True)
         return loaded.module
     from worker.engine.students import build_student
@@ -201,8 +203,11 @@ def run_distillation(
     *,
     callbacks: Callbacks | None = None,
     checkpoint_path: Path | None = None,
+    student_path: Path | None = None,
 ) -> dict[str, Any]:
     """Run one distillation end to end; returns the evaluation, artifact names and the student.
+
+    `student_path`: the file of a `source: model` student whose config names it by id.
 
     Raises `loading.ModelLoadError` / `UnsafeModelError` for a teacher that cannot or must not
     be loaded, `data.DatasetError` for a dataset that cannot be read, `IncompatibleDataError`
@@ -216,7 +221,7 @@ def run_distillation(
     )
     data = load_dataset(Path(dataset_path), config.dataset.format, config.dataset.label_column)
     data = fit_data_to_teacher(teacher, data)
-    student = build_run_student(config, teacher, data)
+    student = build_run_student(config, teacher, data, student_path)
     train_data, val_data = split(data, config.dataset.val_fraction, config.seed)
     result = train(
         config, teacher.module, train_data, val_data, student=student,
