@@ -33,7 +33,10 @@ from backend.settings import get_settings
 from backend.storage import get_store
 from worker.celery_app import DISTILL, INSPECT_MODEL, INSPECT_STUDENT, SCAN_DATASET, celery_app
 from worker.reporting import LostClaim
-from worker.webhooks import enqueue_run_event  # also registers the deliver_webhook task
+from worker.webhooks import (  # also registers the deliver_webhook task
+    enqueue_run_event,
+    resend_unqueued_deliveries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -442,10 +445,11 @@ def recover_stale_runs() -> list[int]:
 
 def _recovery_loop(stop: threading.Event) -> None:
     while not stop.wait(get_settings().recover_every_s):
-        try:
-            recover_stale_runs()
-        except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
-            log.exception("recovering stale runs failed")
+        for sweep in (recover_stale_runs, resend_unqueued_deliveries):
+            try:
+                sweep()
+            except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
+                log.exception("%s failed", sweep.__name__)
 
 
 _stop_recovery = threading.Event()

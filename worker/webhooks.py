@@ -22,6 +22,7 @@ import logging
 from datetime import timedelta
 
 import httpx
+from sqlalchemy import select, update
 
 from backend.db import session_scope, with_db_retry
 from backend.db.tables import Webhook, WebhookDelivery
@@ -30,6 +31,8 @@ from backend.settings import get_settings
 from backend.webhooks.service import (
     DELIVER_WEBHOOK,
     FAILED,
+    NOT_QUEUED,
+    PENDING,
     RETRYING,
     SUCCEEDED,
     record_run_event,
@@ -134,3 +137,25 @@ def enqueue_run_event(run_id: int) -> list[int]:
     except Exception:  # noqa: BLE001 - the database went away after recording
         log.exception("could not queue webhook deliveries %s", ids)
     return ids
+
+
+def resend_unqueued_deliveries() -> list[int]:
+    """Queue again the deliveries that could not be queued while the broker was away.
+
+    Each is taken with a conditional UPDATE, so of several workers sweeping at once only one
+    sends it; if the broker is still away, `send` marks it again for the next sweep.
+    """
+    with session_scope() as s:
+        ids = list(s.scalars(select(WebhookDelivery.id).where(
+            WebhookDelivery.status == PENDING, WebhookDelivery.last_error == NOT_QUEUED)))
+        taken = [
+            delivery_id for delivery_id in ids
+            if s.execute(update(WebhookDelivery).where(
+                WebhookDelivery.id == delivery_id, WebhookDelivery.last_error == NOT_QUEUED,
+            ).values(last_error=None)).rowcount
+        ]
+    if taken:
+        log.warning("re-sending webhook deliveries %s that the broker missed", taken)
+        with session_scope() as s:
+            send(s, taken)
+    return taken

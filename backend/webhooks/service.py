@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DELIVER_WEBHOOK = "worker.tasks.deliver_webhook"
 PENDING, RETRYING, SUCCEEDED, FAILED = "pending", "retrying", "succeeded", "failed"
+NOT_QUEUED = "not queued: the broker was unreachable"  # a worker's sweep sends it again
 
 
 # -- managing webhooks ------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def send(session: Session, delivery_ids: list[int]) -> None:
             log.warning("webhook delivery %s not queued: %s", delivery_id, exc.detail)
             delivery = session.get(WebhookDelivery, delivery_id)
             if delivery is not None:
-                delivery.last_error = "not queued: the broker was unreachable"
+                delivery.last_error = NOT_QUEUED
                 session.commit()
 
 

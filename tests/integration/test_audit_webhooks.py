@@ -315,3 +315,36 @@ def test_webhooks_delivered_signed_and_retried(api: TestClient, studio_env) -> N
     cancelled = api.get(f"/webhooks/{hook['id']}/deliveries", params=params).json()["items"]
     assert [d["run_id"] for d in cancelled] == [queued["id"]]
     assert api.get(f"/webhooks/{broken['id']}/deliveries", params={"status": "succeeded"}).json()["items"] == []
+
+
+def test_deliveries_the_broker_missed_are_sent_by_the_next_sweep(
+    api: TestClient, studio_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run ends while the broker is away: its delivery is kept as not queued, and a worker's
+    recovery sweep (`resend_unqueued_deliveries`) sends it once the broker is back, exactly once."""
+    from backend.settings import get_settings
+    from backend.webhooks.service import NOT_QUEUED
+    from worker.webhooks import enqueue_run_event, resend_unqueued_deliveries
+
+    teacher, dataset = ready_model(api), ready_dataset(api)
+    run = api.post("/runs", json=run_config(teacher, dataset, name="done")).json()
+    with Receiver() as receiver:
+        hook = api.post("/webhooks", json={"url": receiver.url}).json()
+        set_row("Run", run["id"], status="succeeded", progress=1.0, finished_at=datetime.now(UTC))
+        monkeypatch.setenv("DS_BROKER_URL", CLOSED_BROKER)
+        get_settings.cache_clear()
+        [delivery_id] = enqueue_run_event(run["id"])
+        monkeypatch.setenv("DS_BROKER_URL", studio_env.env["DS_BROKER_URL"])
+        get_settings.cache_clear()
+        [kept] = api.get(f"/webhooks/{hook['id']}/deliveries").json()["items"]
+        assert kept["status"] == "pending" and kept["last_error"] == NOT_QUEUED, kept
+
+        worker = HookWorker(studio_env, DS_WEBHOOK_BACKOFF_S="0.2")
+        try:
+            assert resend_unqueued_deliveries() == [delivery_id]
+            assert resend_unqueued_deliveries() == []  # taken once, by one sweep
+            [sent] = _wait_deliveries(api, hook["id"], 1)
+        finally:
+            worker.stop()
+    assert sent["status"] == "succeeded" and sent["attempts"] == 2, sent  # the receiver's 500, then 200
+    assert {r["delivery"] for r in receiver.requests} == {str(delivery_id)}
