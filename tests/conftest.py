@@ -207,3 +207,13 @@ def worker(studio_env: StudioEnv) -> Iterator[WorkerProcess]:
     proc = WorkerProcess(studio_env).start()
     yield proc
     proc.stop()
+
+
+def digits_npz(path: Path) -> Path:
+    """scikit-learn's bundled digits as the studio's .npz format (x: N x 1 x 8 x 8 in [0, 1])."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(path, x=(digits.images[:, None] / 16.0).astype(np.float32), y=digits.target)
+    return path

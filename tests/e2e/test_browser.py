@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
+
+from tests.conftest import digits_npz
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -240,12 +241,15 @@ def click_table_row(page: Any, table_index: int, row: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _digits_npz(path: Path) -> Path:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    np.savez(path, x=(digits.images[:, None] / 16.0).astype(np.float32), y=digits.target)
-    return path
+def upload_on_page(page: Any, expander: str, path: Path, name: str, button: str) -> None:
+    """Open the page's upload form, pick the file, name it and press the upload button."""
+    main(page).get_by_text(expander).click()
+    main(page).locator('input[type="file"]').set_input_files(str(path))
+    settle(page)
+    main(page).get_by_label("Name", exact=True).fill(name)
+    main(page).get_by_label("Name", exact=True).press("Enter")
+    settle(page)
+    click(page, button)
 
 
 def _api(stack: dict[str, Any]) -> httpx.Client:
@@ -307,13 +311,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     download = http.get(f"/models/{teacher['id']}/download")
     assert download.status_code == 200, download.text
     pt2.write_bytes(download.content)
-    main(page).get_by_text("Upload a teacher").click()
-    main(page).locator('input[type="file"]').set_input_files(str(pt2))
-    settle(page)
-    main(page).get_by_label("Name", exact=True).fill("uploaded-teacher")
-    main(page).get_by_label("Name", exact=True).press("Enter")
-    settle(page)
-    click(page, "Upload teacher")
+    upload_on_page(page, "Upload a teacher", pt2, "uploaded-teacher", "Upload teacher")
     heading(page, "uploaded-teacher · v1")  # the new model's page, refreshing itself
     main(page).get_by_role("tab", name="Layers by stage").wait_for(timeout=150_000)  # ready
     assert "ready" in main(page).inner_text()
@@ -343,14 +341,8 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     # -- upload a dataset through the page ----------------------------------------------------
     nav(page, "Datasets")
     heading(page, "Datasets")
-    upload = _digits_npz(tmp_path / "digits-upload.npz")
-    main(page).get_by_text("Upload a dataset").click()
-    main(page).locator('input[type="file"]').set_input_files(str(upload))
-    settle(page)
-    main(page).get_by_label("Name", exact=True).fill("digits-upload")
-    main(page).get_by_label("Name", exact=True).press("Enter")
-    settle(page)
-    click(page, "Upload dataset")
+    upload = digits_npz(tmp_path / "digits-upload.npz")
+    upload_on_page(page, "Upload a dataset", upload, "digits-upload", "Upload dataset")
     main(page).get_by_text("Uploaded digits-upload").wait_for()
     uploaded = _ready(http, "datasets", "digits-upload")
     assert uploaded["info"]["num_samples"] == 1797 and "preview" not in uploaded["info"]

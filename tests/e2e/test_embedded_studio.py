@@ -23,6 +23,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import digits_npz
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -78,7 +80,7 @@ def test_upload_distill_download_over_http(studio) -> None:
         r = http.post("/models", files={"file": ("teacher.pt2", fh)},
                       data={"name": "uploaded-teacher", "format": "pt2"})
     assert r.status_code == 201, r.text
-    digits_file = _digits_npz(studio["data"] / "digits.npz")
+    digits_file = digits_npz(studio["data"] / "digits.npz")
     with open(digits_file, "rb") as fh:
         r = http.post("/datasets", files={"file": ("digits.npz", fh)}, data={"name": "my-digits"})
     assert r.status_code == 201, r.text
@@ -161,15 +163,6 @@ def _wait_ready(http: httpx.Client, kind: str, name: str) -> dict:
             return detail
         time.sleep(0.5)
     raise AssertionError(f"{kind} '{name}' never became ready")
-
-
-def _digits_npz(path: Path) -> Path:
-    """scikit-learn's bundled digits as the studio's .npz format (x: N x 1 x 8 x 8 in [0, 1])."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    np.savez(path, x=(digits.images[:, None] / 16.0).astype(np.float32), y=digits.target)
-    return path
 
 
 def _held_out_accuracy(path: Path) -> float:

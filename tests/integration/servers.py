@@ -168,31 +168,28 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
+            _close(src)
+            _close(dst)
 
     def cut(self) -> None:
         if self._listener is not None:  # shutdown wakes the accept() blocked on it; close alone not
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
+            _close(self._listener)
             self._listener = None
         with self._lock:
             conns, self._conns = self._conns, []
         for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+            _close(sock)
 
     def restore(self) -> None:
         self.start()
 
     stop = cut
+
+
+def _close(sock: socket.socket) -> None:
+    """Shut a socket down both ways (waking any thread blocked on it), then close it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
