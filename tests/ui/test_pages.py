@@ -575,3 +575,38 @@ def test_new_run_plan_pairs_and_feature_losses(studio: Studio, worker: WorkerPro
     at.button(key="nr_launch").click().run()
     assert not at.exception and not at.error, _texts(at.error)
     assert "with-attention" in _texts(at.title)
+
+
+# -- empty states and errors -------------------------------------------------------------------
+
+
+def test_empty_team_pages_say_what_to_do_and_errors_say_why(studio: Studio) -> None:
+    """A team with nothing in it: every list page says how to fill it. A revoked token signs the
+    session out with a message to log in again."""
+    empty = Client(studio.url, studio.token).create_team("empty-team")
+    expected = {
+        "runs.py": "No runs yet — start one on the New run page",
+        "models.py": "No models yet — upload a teacher above",
+        "datasets.py": "No datasets yet — upload one above",
+        "new_run.py": "You need a ready teacher model and a ready dataset first",
+        "compare.py": "Pick at least two runs above",
+    }
+    for page, words in expected.items():
+        at = _app(studio)
+        at.session_state["team_id"] = empty.id
+        at.switch_page(f"app_pages/{page}").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert words in _texts(at.info), (page, _texts(at.info))
+
+    admin = Client(studio.url, studio.token)
+    short = admin.create_token("short-lived")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["token"] = short.token
+    me = Client(studio.url, short.token).me()
+    at.session_state["me"] = me.model_dump(mode="json")
+    at.session_state["team_id"] = me.team_id
+    at.run()
+    admin.revoke_token(short.id)
+    at.switch_page("app_pages/runs.py").run()
+    assert "log in again" in _texts(at.error), _texts(at.error)
+    assert "token" not in at.session_state or at.session_state["token"] is None
