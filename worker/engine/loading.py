@@ -1,43 +1,54 @@
 """Safe model loading: `torch.export` archives (`.pt2`) and safetensors weights for a zoo model.
 
-No code from an upload ever runs. A model is never unpickled as a module: `.pt2` archives hold a
-JSON graph of ATen operators plus raw weights, and safetensors files hold only tensors. But
-`torch.export.load` still has ways to run Python from the file, so `check_archive` reads every
-member before torch does and refuses the archive when any of these is not plain data:
+No code from an upload ever runs, by construction rather than by a deny-list:
 
-- pickles (weights of tensor subclasses, sample inputs, legacy `.pt` members are `torch.load`-ed
-  with `weights_only=False`): every global a pickle imports (GLOBAL, INST, STACK_GLOBAL, the last
-  resolved by simulating the pickle stack, memo included) must be on a short allow-list of tensor
-  rebuild functions and storage types (`_ALLOWED_GLOBALS`); extension-registry opcodes are refused;
-- the graph program (`models/*.json`): operator targets must resolve to registered torch ops,
-  shape expressions (`expr_str`, fed to `sympy.sympify`, i.e. `eval`) must use a small sympy
-  grammar, `guards_code` (compiled to Python on `.module()`) must be empty, and names that
-  torch.fx pastes into generated code must be plain dotted identifiers;
-- compiled AOTInductor libraries and TorchScript/opaque object constants are refused outright.
+1. **Layout allow-list.** `check_archive` accounts for every member of a `.pt2` zip against the
+   layout `torch.export.save` (torch 2.13) writes, names compared exactly, case and all:
+   `models/model.json` (the graph, JSON), `data/weights|constants/model_*_config.json` (JSON),
+   raw tensor bytes `data/weights/weight_<n>` and `data/constants/tensor_<n>`, the sample inputs
+   `data/sample_inputs/model.pt`, text `extra/<name>` files and torch's bookkeeping members
+   (`archive_format`, `archive_version`, `byteorder`, `.data/version`, `.data/serialization_id`).
+   Anything else is refused naming the member. Weights must be raw tensors (`use_pickle` false),
+   constants plain tensors (no TorchScript or opaque objects).
+2. **A clean rebuild.** torch never sees the upload: `load_model` writes a new archive holding
+   only the graph, the two configs (re-serialized from the parsed JSON) and the referenced raw
+   tensor members, and hands that to `torch.export.load`. There are no sample inputs in it, so
+   no member torch could unpickle (it retries with `weights_only=False`) ever reaches torch. The
+   dropped sample inputs are still checked: a `torch.save` zip whose `data.pkl` may import only
+   tensor-rebuild functions, whatever the pickle's header or protocol (`_scan_pickle`).
+3. **Graph allow-list.** Every node target in the JSON, and again in the loaded graph, must pass
+   `worker.engine.operators`: pure ATen operators (no files, storages, generators, random
+   numbers, values read back into Python, writes into inputs/parameters/buffers), the
+   symbolic-shape operators, `getitem`. Shape expressions (`expr_str`, which sympy `eval`s) must
+   use a small sympy grammar, `guards_code` (compiled to Python) must be empty, and names torch.fx
+   pastes into generated code (`1.weight`, `blocks.0.conv`) may hold only letters, digits, `_`
+   and `-`.
 
-Safetensors files get their header checked against the file size before the library maps them.
+The worker additionally loads, inspects and trains uploads in a child process with resource
+limits (`worker.sandbox`). Safetensors files get their header checked against the file size
+before the library maps them.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
-import operator
 import pickletools
 import re
 import struct
+import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from worker.engine import catalog
+from worker.engine import catalog, operators
 
 
 class UnsafeModelError(ValueError):
@@ -202,60 +213,25 @@ _EXPR_TOKEN = re.compile(
     r"|(?P<str>'[A-Za-z0-9_.+\-]*')|(?P<op>\*\*|==|!=|<=|>=|//|[-+*/%(),=<>]))"
 )
 _SYMBOL_NAME = re.compile(r"[a-z]+[0-9]+")
-_DOTTED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*(@[0-9]+)?)?")
+# module paths and weight names: `1.weight`, `blocks.0.conv`, `head-a.fc`, `conv@1` (a reuse)
+_DOTTED = re.compile(r"([A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*(@[0-9]+)?)?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PAYLOAD_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _NAME_KEYS = frozenset(
     {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn"}
 )
 _FREE_TEXT_KEYS = frozenset({"stack_trace", "in_spec", "out_spec", "as_string", "as_strings",
                              "custom", "from_node"})
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-_ALLOWED_HOPS = frozenset(
-    {"cond", "while_loop", "map_impl", "scan", "wrap_with_set_grad_enabled",
-     "wrap_with_autocast", "invoke_subgraph"}
-)
-
-
-@functools.cache
-def _sym_ops() -> frozenset[object]:
-    try:
-        from torch._export.serde.serialize import _SYM_OPS
-
-        return frozenset(_SYM_OPS)
-    except ImportError:  # pragma: no cover - torch moved it
-        return frozenset({operator.add, operator.sub, operator.mul, operator.floordiv,
-                          operator.mod, operator.eq, operator.ne, operator.lt, operator.le,
-                          operator.gt, operator.ge, operator.neg, operator.pow})
-
-
-def _is_sym_op(obj: object) -> bool:
-    try:
-        return obj in _sym_ops()
-    except TypeError:  # unhashable
-        return False
 
 
 def _check_target(target: str, where: str) -> None:
-    """Resolve an operator name as the deserializer does; it must be a registered torch op."""
-    if target.startswith("_operator"):
-        base: Any = operator
-    elif target.startswith("torch"):
-        base = torch
-    elif target.startswith("math"):
-        base = math
-    else:
-        raise UnsafeModelError(f"{where}: operator '{target}' is not a torch operator; refused")
-    obj = base
-    for part in target.split(".")[1:]:
-        if part.startswith("__") or not hasattr(obj, part):
-            raise UnsafeModelError(f"{where}: operator '{target}' does not resolve; refused")
-        obj = getattr(obj, part)
-    if isinstance(obj, torch._ops.OpOverload) or obj is operator.getitem or _is_sym_op(obj):
-        return
-    if isinstance(obj, torch._ops.HigherOrderOperator) and obj.name() in _ALLOWED_HOPS:
-        return
-    raise UnsafeModelError(f"{where}: '{target}' is not an allowed operator; refused")
+    """An operator as serialized ("torch.ops.aten.add.Tensor") must pass the operator rule."""
+    reason = operators.serialized_target_refusal(target)
+    if reason is not None:
+        raise UnsafeModelError(
+            f"{where}: the graph calls {reason}; refused. Only pure ATen operators are accepted "
+            "(see worker/engine/operators.py)"
+        )
 
 
 def _check_expr(expr: str, where: str) -> None:
@@ -292,6 +268,8 @@ def _tokens(expr: str, where: str) -> Iterator[tuple[str, str]]:
 
 def _check_program(doc: Any, where: str) -> None:
     """Refuse a serialized ExportedProgram that carries anything executable."""
+    if not isinstance(doc, dict) or "graph_module" not in doc:
+        raise ModelLoadError(f"{where} is not an exported program: {_REEXPORT}")
     if doc.get("guards_code"):
         raise UnsafeModelError(
             f"{where}: the program carries guard code, which torch compiles to Python; refused. "
@@ -319,7 +297,10 @@ def _check_string(value: str, key: str | None, where: str) -> None:
     elif key == "expr_str":
         _check_expr(value, where)
     elif key in _NAME_KEYS and _DOTTED.fullmatch(value) is None:
-        raise UnsafeModelError(f"{where}: {key} {value[:60]!r} is not a dotted name; refused")
+        raise UnsafeModelError(
+            f"{where}: {key} {value[:60]!r} may hold only letters, digits, '_', '-' and dots; "
+            "refused. Rename the module"
+        )
     elif key == "name" and value and _IDENT.fullmatch(value) is None:
         raise UnsafeModelError(f"{where}: name {value[:60]!r} is not an identifier; refused")
     if key in _FREE_TEXT_KEYS:
@@ -330,42 +311,51 @@ def _check_string(value: str, key: str | None, where: str) -> None:
         raise UnsafeModelError(f"{where}: {key} {value[:60]!r} holds quotes or control chars")
 
 
-def _check_payload_config(doc: Any, where: str) -> set[str]:
-    """Names of payload files that torch would unpickle; refuses TorchScript/opaque objects."""
-    pickled: set[str] = set()
-    for fqn, meta in (doc.get("config") or {}).items():
-        if not isinstance(fqn, str) or _DOTTED.fullmatch(fqn) is None:
-            raise UnsafeModelError(f"{where}: weight name {str(fqn)[:60]!r} is not a dotted name")
-        path_name = str(meta.get("path_name", ""))
-        if _PAYLOAD_NAME.fullmatch(path_name) is None or path_name.strip(".") == "":
-            raise UnsafeModelError(
-                f"{where}: payload file {path_name[:60]!r} of '{fqn}' is not a plain file name"
-            )
-        if path_name.startswith(("custom_obj", "opaque_obj")):
-            raise UnsafeModelError(
-                f"{where}: constant '{fqn}' is a TorchScript/opaque object, which loads through "
-                "pickle; refused. Export a model whose constants are plain tensors"
-            )
-        if meta.get("use_pickle"):
-            pickled.add(path_name)
-    return pickled
-
-
 # --------------------------------------------------------------------------------------------
-# the archive
+# the archive: layout allow-list, then a clean rebuild
 # --------------------------------------------------------------------------------------------
 
 _REEXPORT = "re-export with torch.export.save(torch.export.export(model.eval(), (x,)), 'model.pt2')"
-_MAX_DEPTH = 2
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError)
-_MAX_READ = 256 * 1024 * 1024  # bytes read into memory per checked member (zip bombs)
+_MAX_READ = 256 * 1024 * 1024  # bytes read into memory per metadata member (zip bombs)
+
+# What torch.export.save (torch 2.13, `torch/export/pt2_archive/_package.py`) writes for the one
+# program it saves ("model"), below the archive's root folder (named after the file).
+PROGRAM = "models/model.json"
+WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
+CONSTANTS_CONFIG = "data/constants/model_constants_config.json"
+SAMPLE_INPUTS = "data/sample_inputs/model.pt"
+_BOOKKEEPING = frozenset(
+    {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+)
+LAYOUT_NAMES = frozenset({PROGRAM, WEIGHTS_CONFIG, CONSTANTS_CONFIG, SAMPLE_INPUTS, *_BOOKKEEPING})
+_WEIGHT = re.compile(r"weight_[0-9]{1,9}")
+_CONSTANT = re.compile(r"tensor_[0-9]{1,9}")
+_EXTRA = re.compile(r"extra/[A-Za-z0-9_.\-]{1,200}")
+_PAYLOAD_DIRS = {WEIGHTS_CONFIG: ("data/weights/", _WEIGHT), CONSTANTS_CONFIG: ("data/constants/", _CONSTANT)}
+_ROOT = re.compile(r"[^/\\\x00-\x1f\x7f]{1,255}")
+# a torch.save zip (the sample inputs): what torch.save (torch 2.13) writes below its root
+_SAVE_NAMES = frozenset(
+    {"data.pkl", "byteorder", "version", ".data/version", ".data/serialization_id",
+     ".format_version", ".storage_alignment"}
+)
+_SAVE_STORAGE = re.compile(r"data/[0-9]{1,9}")
 
 
-def check_archive(path: Path) -> None:
-    """Refuse a `.pt2` file that is not a clean torch.export archive (see the module docstring).
+@dataclass
+class CheckedArchive:
+    """What `check_archive` accepted: the parsed JSON members and the raw tensor members."""
 
-    Raises ModelLoadError when the file is not a readable zip archive of an exported program and
-    UnsafeModelError when it holds anything that could run code on load.
+    program: dict[str, Any]
+    configs: dict[str, dict[str, Any]]
+    payloads: dict[str, str] = field(default_factory=dict)  # layout name -> member name
+
+
+def check_archive(path: Path) -> CheckedArchive:
+    """Account for every member of a `.pt2` archive (see the module docstring).
+
+    Raises ModelLoadError when the file is not a readable torch.export archive and
+    UnsafeModelError when it holds anything outside the layout or anything executable.
     """
     path = Path(path)
     try:
@@ -377,89 +367,185 @@ def check_archive(path: Path) -> None:
             bad = zf.testzip()
             if bad is not None:
                 raise zipfile.BadZipFile(f"member {bad} is corrupt")
-            programs = _check_zip(zf, path.name, depth=0)
+            return _check_members(zf, path.name)
     except _ZIP_ERRORS as exc:
         raise ModelLoadError(
             f"{path.name} is not a torch.export archive (a .pt2 zip) or it is truncated ({exc}): "
             f"{_REEXPORT}"
         ) from exc
-    if programs == 0:
-        raise ModelLoadError(f"{path.name} holds no exported program (models/*.json): {_REEXPORT}")
 
 
-def _check_zip(zf: zipfile.ZipFile, where: str, depth: int) -> int:
-    """Check every member; returns how many exported programs were found."""
+def _layout_names(zf: zipfile.ZipFile, where: str) -> dict[str, zipfile.ZipInfo]:
+    """Layout name (below the root folder) -> member; refuses any member outside the layout."""
     infos = zf.infolist()
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
         raise UnsafeModelError(f"{where}: the archive has duplicate member names; refused")
-    if any("/data/aotinductor/" in f"/{n}" for n in names):
+    roots = {n.split("/", 1)[0] for n in names}
+    if len(roots) != 1 or _ROOT.fullmatch(next(iter(roots))) is None:
         raise UnsafeModelError(
-            f"{where}: the archive contains compiled AOTInductor code; refused. {_REEXPORT}"
+            f"{where}: members must all sit in one root folder (torch.export.save's layout), "
+            f"found {sorted(roots)[:5]}; refused. {_REEXPORT}"
         )
-    pickled: set[str] = set()
+    members: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
-        if info.filename.endswith("_config.json"):
-            doc = _read_json(zf, info, where)
-            if isinstance(doc, dict):
-                pickled |= _check_payload_config(doc, f"{where}:{info.filename}")
-    programs = 0
-    for info in infos:
-        programs += _check_member(zf, info, where, depth, pickled)
-    return programs
+        rel = info.filename.split("/", 1)[1] if "/" in info.filename else ""
+        if rel.startswith("data/aotinductor/"):
+            raise UnsafeModelError(
+                f"{where}: the archive contains compiled AOTInductor code ('{info.filename}'); "
+                f"refused. {_REEXPORT}"
+            )
+        if not _in_layout(rel):
+            raise UnsafeModelError(
+                f"{where}: member '{info.filename}' is not part of a torch.export archive "
+                "(names are compared exactly, case and all); refused. "
+                f"{_REEXPORT}"
+            )
+        members[rel] = info
+    return members
 
 
-def _check_member(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, depth: int, pickled: set[str]
-) -> int:
-    name = info.filename
-    here = f"{where}:{name}"
-    base = name.rsplit("/", 1)[-1]
-    if _is_raw_payload(name, base, pickled):
-        return 0
+def _in_layout(rel: str) -> bool:
+    if rel in LAYOUT_NAMES or _EXTRA.fullmatch(rel):
+        return True
+    folder, _, base = rel.rpartition("/")
+    return (folder == "data/weights" and _WEIGHT.fullmatch(base) is not None) or (
+        folder == "data/constants" and _CONSTANT.fullmatch(base) is not None
+    )
+
+
+def _check_members(zf: zipfile.ZipFile, where: str) -> CheckedArchive:
+    members = _layout_names(zf, where)
+    if PROGRAM not in members:
+        raise ModelLoadError(f"{where} holds no exported program ({PROGRAM}): {_REEXPORT}")
+    for rel, expected in (("archive_format", b"pt2"), ("archive_version", _archive_version())):
+        if rel in members and zf.read(members[rel]).strip() != expected:
+            raise ModelLoadError(
+                f"{where}: {rel} is {zf.read(members[rel])[:20]!r}, not {expected!r}: this "
+                f"archive was written by another torch.export version; {_REEXPORT}"
+            )
+    if "byteorder" in members and zf.read(members["byteorder"]).strip() != sys.byteorder.encode():
+        raise ModelLoadError(f"{where}: the weights are not {sys.byteorder}-endian; {_REEXPORT}")
+    program = _read_json(zf, members[PROGRAM], where)
+    _check_program(program, f"{where}:{members[PROGRAM].filename}")
+    checked = CheckedArchive(program=program, configs={})
+    for config_name in (WEIGHTS_CONFIG, CONSTANTS_CONFIG):
+        if config_name not in members:
+            raise ModelLoadError(f"{where} has no {config_name}: {_REEXPORT}")
+        doc = _read_json(zf, members[config_name], where)
+        here = f"{where}:{members[config_name].filename}"
+        checked.configs[config_name] = doc
+        folder, pattern = _PAYLOAD_DIRS[config_name]
+        for path_name in _check_payload_config(doc, here, pattern):
+            rel = folder + path_name
+            if rel not in members:
+                raise ModelLoadError(f"{here} names {path_name}, which the archive lacks")
+            checked.payloads[rel] = members[rel].filename
+    if SAMPLE_INPUTS in members:
+        info = members[SAMPLE_INPUTS]
+        _check_sample_inputs(_read(zf, info, where), f"{where}:{info.filename}")
+    return checked
+
+
+def _archive_version() -> bytes:
+    from torch.export.pt2_archive.constants import ARCHIVE_VERSION_VALUE
+
+    return str(ARCHIVE_VERSION_VALUE).encode()
+
+
+def _check_payload_config(doc: Any, where: str, pattern: re.Pattern[str]) -> set[str]:
+    """The raw tensor members a weights/constants config names; anything else is refused."""
+    config = doc.get("config") if isinstance(doc, dict) else None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{where} is not a torch.export payload config: {_REEXPORT}")
+    names: set[str] = set()
+    for fqn, meta in config.items():
+        if _DOTTED.fullmatch(fqn) is None:
+            raise UnsafeModelError(
+                f"{where}: weight name {fqn[:60]!r} may hold only letters, digits, '_', '-' and "
+                "dots; refused"
+            )
+        if not isinstance(meta, dict):
+            raise ModelLoadError(f"{where}: entry '{fqn}' is not an object")
+        path_name = str(meta.get("path_name", ""))
+        if meta.get("use_pickle") or pattern.fullmatch(path_name) is None:
+            raise UnsafeModelError(
+                f"{where}: '{fqn}' is stored as {path_name[:60]!r}"
+                f"{' (a pickle)' if meta.get('use_pickle') else ''}, not as raw tensor bytes; "
+                "pickled weights, tensor subclasses and TorchScript/opaque constants would be "
+                "unpickled, so the file was refused. Export a model whose weights and constants "
+                "are plain tensors"
+            )
+        if not isinstance(meta.get("tensor_meta"), dict):
+            raise ModelLoadError(f"{where}: '{fqn}' has no tensor_meta: {_REEXPORT}")
+        names.add(path_name)
+    return names
+
+
+def _check_sample_inputs(data: bytes, where: str) -> None:
+    """The sample inputs are never handed to torch, but a hostile one is still refused: a
+    `torch.save` zip of tensors whose pickle imports only tensor-rebuild functions."""
+    if not data:
+        return
+    if not data.startswith(b"PK\x03\x04"):
+        _scan_pickle(data, where)
+        raise ModelLoadError(f"{where}: the legacy torch.save format is not supported: {_REEXPORT}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            roots = {n.split("/", 1)[0] for n in inner.namelist()}
+            for info in inner.infolist():
+                rel = info.filename.split("/", 1)[1] if "/" in info.filename else ""
+                if len(roots) != 1 or not (rel in _SAVE_NAMES or _SAVE_STORAGE.fullmatch(rel)):
+                    raise UnsafeModelError(
+                        f"{where}: member '{info.filename}' is not part of a torch.save file; "
+                        "refused"
+                    )
+                if rel == "data.pkl":
+                    _scan_pickle(_read(inner, info, where), f"{where}:{info.filename}")
+    except _ZIP_ERRORS as exc:
+        raise ModelLoadError(f"{where} is not a readable torch.save zip ({exc})") from exc
+
+
+def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
     if info.file_size > _MAX_READ:
         raise ModelLoadError(
-            f"{here} is {info.file_size} bytes; metadata members above {_MAX_READ} bytes are not "
-            f"accepted: {_REEXPORT}"
+            f"{where}:{info.filename} is {info.file_size} bytes; metadata members above "
+            f"{_MAX_READ} bytes are not accepted: {_REEXPORT}"
         )
-    if name.endswith(".json"):
-        doc = _read_json(zf, info, where)
-        if isinstance(doc, dict) and "graph_module" in doc:
-            _check_program(doc, here)
-            return 1
-        return 0
-    with zf.open(info) as fh:
-        head = fh.read(4)
-    if head == b"PK\x03\x04":
-        if depth >= _MAX_DEPTH:
-            raise UnsafeModelError(f"{here}: archives nested too deep; refused")
-        with zipfile.ZipFile(io.BytesIO(zf.read(info))) as inner:
-            return _check_zip(inner, here, depth + 1)
-    if name.endswith(".pt") or base in pickled:
-        # torch.load of a non-zip file reads several pickles in a row (the legacy format)
-        raise ModelLoadError(f"{here}: the legacy torch.save format is not supported: {_REEXPORT}")
-    if name.endswith(".pkl") or head.startswith(b"\x80"):
-        _scan_pickle(zf.read(info), here)
-    return 0
-
-
-def _is_raw_payload(name: str, base: str, pickled: set[str]) -> bool:
-    """Raw tensor bytes that torch maps directly (never unpickled)."""
-    if base in pickled:
-        return False
-    in_weights = "/data/weights/" in f"/{name}" or "/data/constants/" in f"/{name}"
-    storage = re.fullmatch(r"(.*/)?data/[0-9]+", name) is not None  # torch.save zip storages
-    return (in_weights and not name.endswith(".pt")) or storage
+    return zf.read(info)
 
 
 def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> Any:
-    if info.file_size > _MAX_READ:
-        raise ModelLoadError(f"{where}:{info.filename} is too large ({info.file_size} bytes)")
     try:
-        return json.loads(zf.read(info))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(_read(zf, info, where))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         message = f"{where}:{info.filename} is not valid JSON ({exc}): {_REEXPORT}"
         raise ModelLoadError(message) from exc
+
+
+def rebuild_archive(path: Path, checked: CheckedArchive, dest: Path) -> None:
+    """Write a new archive with only what `torch.export.load` needs: the checked graph and
+    configs (re-serialized from the parsed JSON), the raw tensors they name, and empty sample
+    inputs (nothing torch would unpickle)."""
+    from torch.export.pt2_archive._package import PT2ArchiveWriter
+
+    with zipfile.ZipFile(path) as zf, PT2ArchiveWriter(str(dest)) as writer:
+        writer.write_bytes(PROGRAM, json.dumps(checked.program).encode())
+        for name, doc in checked.configs.items():
+            writer.write_bytes(name, json.dumps(doc).encode())
+        for name, member in sorted(checked.payloads.items()):
+            writer.write_bytes(name, zf.read(member))
+        writer.write_bytes(SAMPLE_INPUTS, b"")
+
+
+def check_graph(program: torch.export.ExportedProgram, where: str) -> None:
+    """Every call in the loaded graph (and its subgraphs) must pass `worker.engine.operators`."""
+    refusals = list(operators.graph_refusals(program.graph_module))
+    if refusals:
+        more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+        raise UnsafeModelError(
+            f"{where}: {refusals[0]}{more}; refused. Only pure ATen operators are accepted"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,8 +561,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a teacher (or a student to start from) without running code from the file.
 
-    - "pt2": a `torch.export.save` archive. It is checked (`check_archive`), loaded and
-      unflattened (`torch.export.unflatten`) so that the original module paths (`layer2`, ...)
+    - "pt2": a `torch.export.save` archive. It is checked (`check_archive`), rebuilt clean
+      (`rebuild_archive`), loaded, its graph checked (`check_graph`) and unflattened (`torch.export.unflatten`) so that the original module paths (`layer2`, ...)
       exist and forward hooks on them fire.
     - "safetensors": weights for zoo `architecture`; `kwargs` holds `input_shape`, `num_classes`
       and the architecture's parameters (falling back to the file's own metadata, which
@@ -497,14 +583,17 @@ def load_model(
 
 
 def _load_pt2(path: Path) -> LoadedModel:
-    check_archive(path)
-    try:
-        with path.open("rb") as fh:
-            program = torch.export.load(fh)
-    except Exception as exc:  # torch raises many kinds here
-        message = f"{path.name} could not be loaded by torch.export ({exc}): {_REEXPORT}"
-        raise ModelLoadError(message) from exc
+    checked = check_archive(path)
+    with tempfile.TemporaryDirectory(prefix="ds-pt2-") as tmp:
+        clean = Path(tmp) / "model.pt2"
+        rebuild_archive(path, checked, clean)
+        try:
+            program = torch.export.load(str(clean))
+        except Exception as exc:  # torch raises many kinds here
+            message = f"{path.name} could not be loaded by torch.export ({exc}): {_REEXPORT}"
+            raise ModelLoadError(message) from exc
     _refuse_training_mode(program, path.name)
+    check_graph(program, path.name)
     input_shape = _program_input_shape(program, path.name)
     module = torch.export.unflatten(program)
     for sub in module.modules():

@@ -192,14 +192,133 @@ def test_pickled_weight_payload_is_refused(path_name: str, archive: Path, tmp_pa
 
 
 def test_protocol_0_pickle_member_is_refused(archive: Path, tmp_path: Path) -> None:
+    """A member outside the layout is refused by name, whatever it holds."""
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Evil(marker), protocol=0)
     assert not evil.startswith(b"\x80")
     bad = _rewrite(archive, tmp_path / "bad.pt2", lambda _n, _d: None,
-                   add={f"{_root(archive)}/extra/data.pkl": evil})
-    with pytest.raises(UnsafeModelError, match="posix.system"):
+                   add={f"{_root(archive)}/data/extra.pkl": evil})
+    with pytest.raises(UnsafeModelError, match="'[^']*/data/extra.pkl' is not part of"):
         load_model(bad, "pt2")
     assert not marker.exists()
+
+
+def _open_pickle(marker: Path) -> bytes:
+    """A protocol-0 pickle (no \\x80 header) that calls builtins.open(marker, 'w')."""
+    return f"cbuiltins\nopen\n(V{marker}\nVw\ntR.".encode()
+
+
+def test_renamed_protocol_0_sample_inputs_never_run(archive: Path, tmp_path: Path) -> None:
+    """Issue 9: `data/sample_inputs/model.PT` (upper case) holding a protocol-0 pickle. torch's
+    reader matches names case-insensitively and retries `torch.load` with weights_only=False."""
+    marker = tmp_path / "pwned"
+    bad = _rewrite(archive, tmp_path / "bad.pt2",
+                   lambda name, _d: b"" if name.endswith("sample_inputs/model.pt") else None)
+    with zipfile.ZipFile(bad) as zin, zipfile.ZipFile(tmp_path / "renamed.pt2", "w") as zout:
+        for info in zin.infolist():
+            if info.filename.endswith("sample_inputs/model.pt"):
+                zout.writestr(info.filename[:-3] + ".PT", _open_pickle(marker))
+            else:
+                zout.writestr(info.filename, zin.read(info))
+    with pytest.raises(UnsafeModelError, match=r"'[^']*/data/sample_inputs/model\.PT' is not part"):
+        try:
+            load_model(tmp_path / "renamed.pt2", "pt2").module(torch.randn(1, *SHAPE))
+        finally:
+            assert not marker.exists(), "the pickle ran"
+
+
+def test_extra_files_are_never_read(archive: Path, tmp_path: Path) -> None:
+    """`extra/` text files (torch.export.save(extra_files=...)) are accounted for, then dropped."""
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Evil(marker), protocol=0)
+    ok = _rewrite(archive, tmp_path / "extra.pt2", lambda _n, _d: None,
+                  add={f"{_root(archive)}/extra/data.pkl": evil})
+    load_model(ok, "pt2").module(torch.randn(1, *SHAPE))
+    assert not marker.exists()
+
+
+class _FillsATensor(torch.nn.Module):
+    """Exports as ones -> fill_ -> add; the attack swaps `ones` for `from_file(shared=True)`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.ones(4, dtype=torch.uint8)
+        t.fill_(88)
+        return x + t
+
+
+def _from_file_archive(victim: Path, tmp_path: Path) -> Path:
+    """Issue 9: a graph that maps `victim` shared and fills it with 'X' bytes."""
+    program = torch.export.export(_FillsATensor(), (torch.randn(2, 4),))
+    clean = tmp_path / "fills.pt2"
+    torch.export.save(program, clean)
+
+    def edit(doc: dict) -> None:
+        node = _first_node(doc)
+        assert node["target"] == "torch.ops.aten.ones.default"
+        node["target"] = "torch.ops.aten.from_file.default"
+        node["inputs"] = [
+            {"name": "filename", "arg": {"as_string": str(victim)}, "kind": 1},
+            {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+            {"name": "size", "arg": {"as_int": 4}, "kind": 1},
+            {"name": "dtype", "arg": {"as_scalar_type": 1}, "kind": 2},
+        ]
+
+    return _rewrite(clean, tmp_path / "from_file.pt2", _edit_program(edit))
+
+
+def test_from_file_then_fill_is_refused_naming_the_operator(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"safe")
+    bad = _from_file_archive(victim, tmp_path)
+    with pytest.raises(UnsafeModelError, match="'aten::from_file' takes a file name"):
+        try:
+            load_model(bad, "pt2").module(torch.randn(2, 4))
+        finally:
+            assert victim.read_bytes() == b"safe", "the graph wrote the file"
+
+
+class _WritesItsInput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.add_(1)
+        return x * 2
+
+
+class _WritesItsBuffer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.scale.view(2, 2).mul_(0)
+        return x * self.scale
+
+
+@pytest.mark.parametrize(("module", "written"), [(_WritesItsInput, "'x'"),
+                                                 (_WritesItsBuffer, "'b_scale'")])
+def test_in_place_writes_into_inputs_or_weights_are_refused(
+    module: type[torch.nn.Module], written: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "writes.pt2"
+    torch.export.save(torch.export.export(module(), (torch.randn(2, 4),)), path)
+    with pytest.raises(UnsafeModelError, match=f"'aten::(add|mul)_' writes into {written}"):
+        load_model(path, "pt2")
+
+
+def test_digit_named_sequential_teacher_is_accepted(tmp_path: Path) -> None:
+    """Issue 9: nn.Sequential(Flatten, Linear) was refused ("'1.weight' is not a dotted name")."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    path = tmp_path / "seq.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 1, 8, 8),)), path)
+    loaded = load_model(path, "pt2")
+    assert loaded.input_shape == (1, 8, 8) and loaded.num_classes == 10
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded.module(x), model(x))
+    rows = {r["path"]: r for r in inspect_model(loaded.module, loaded.input_shape)["layers"]}
+    assert rows["1"]["type"] == "Linear" and rows["1"]["output_shape"][-1] == 10
+    with FeatureTaps(loaded.module, [("1", "output"), ("0", "output")], detach=True) as taps:
+        loaded.module(x)
+        assert [tuple(f.shape) for f in taps.features] == [(2, 10), (2, 64)]
 
 
 def _edit_program(edit: Callable[[dict], None]) -> Callable[[str, bytes], bytes | None]:
