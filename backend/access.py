@@ -11,8 +11,13 @@ they declare what they need, and get it already authorised, e.g.
 | read       |   x    |   x    |   x   |   x   | list and read models, datasets, runs, ...    |
 | write      |        |   x    |   x   |   x   | upload, launch, cancel, register, edit tags   |
 | delete     |        |        |   x   |   x   | delete or archive models and datasets         |
-| manage     |        |        |   x   |   x   | members (not owners), users, webhooks, audit  |
+| manage     |        |        |   x   |   x   | invitations, roles (not owners), webhooks, audit |
 | own        |        |        |       |   x   | grant the owner role, change or remove owners |
+
+Studio-wide (settings with safe defaults): creating users is for studio administrators
+(superusers; `DS_USER_CREATORS=team_admins` lets team admins too), creating teams as well
+(`DS_TEAM_CREATORS=everyone` lets anyone); a user joins a team by accepting an invitation, or
+when a studio administrator adds them directly.
 
 A read-only token has only `read`, whatever the role. A team-owned resource is looked up within
 the caller's team first: an id of another team answers 404 exactly like an id that does not
@@ -42,6 +47,7 @@ from backend.db.tables import (
 )
 from backend.deps import CurrentUser, Principal, SessionDep
 from backend.errors import Forbidden, NotFound
+from backend.settings import get_settings
 from backend.teams.service import Owned, get_owned
 
 
@@ -120,16 +126,52 @@ def _account(principal: CurrentUser) -> Principal:
     return principal
 
 
+def is_studio_admin(principal: Principal) -> bool:
+    """A studio administrator (superuser) acting with a token that may change things."""
+    return principal.user.is_superuser and not principal.read_only
+
+
 def _user_creator(principal: CurrentUser) -> Principal:
-    """Superusers, and admins and owners of the request's team, create users."""
-    if principal.user.is_superuser and not principal.read_only:
+    """Studio administrators create users; team admins and owners too only when
+    DS_USER_CREATORS=team_admins."""
+    if is_studio_admin(principal):
         return principal
-    return require(principal, Permission.manage)
+    if get_settings().user_creators == "team_admins":
+        return require(principal, Permission.manage)
+    _account(principal)
+    raise Forbidden(
+        "creating users is for studio administrators (DS_USER_CREATORS=admins); ask one to "
+        "create the account, then invite it to your team"
+    )
+
+
+def _team_creator(principal: CurrentUser) -> Principal:
+    """Studio administrators create teams; everyone when DS_TEAM_CREATORS=everyone."""
+    _account(principal)
+    if principal.user.is_superuser or get_settings().team_creators == "everyone":
+        return principal
+    raise Forbidden(
+        "creating teams is for studio administrators (DS_TEAM_CREATORS=admins); ask one to "
+        "create the team and invite you"
+    )
+
+
+def _unscoped_account(principal: CurrentUser) -> Principal:
+    """For answering invitations: the account as a whole, so not a token scoped to one team."""
+    _account(principal)
+    if principal.token.team_id is not None:
+        raise Forbidden(
+            f"this token is scoped to team {principal.token.team_id}, so it cannot answer "
+            "invitations to other teams; use a token that is not scoped (sign in with a password)"
+        )
+    return principal
 
 
 Reader = CurrentUser
 Account = Annotated[Principal, Depends(_account)]
+UnscopedAccount = Annotated[Principal, Depends(_unscoped_account)]
 UserCreator = Annotated[Principal, Depends(_user_creator)]
+TeamCreator = Annotated[Principal, Depends(_team_creator)]
 Writer = Annotated[Principal, Depends(_writer)]
 Deleter = Annotated[Principal, Depends(_deleter)]
 Manager = Annotated[Principal, Depends(_manager)]
@@ -260,5 +302,17 @@ def team_for_manage(team_id: int, session: SessionDep, principal: CurrentUser) -
     return access
 
 
+def team_for_direct_add(team_id: int, session: SessionDep, principal: CurrentUser) -> TeamAccess:
+    """Adding a user without their consent: a studio administrator who manages the team."""
+    access = team_for_manage(team_id, session, principal)
+    if not is_studio_admin(principal):
+        raise Forbidden(
+            "adding a user to a team without their consent is for studio administrators; invite "
+            f"them instead with POST /api/v1/teams/{team_id}/invitations (they accept it)"
+        )
+    return access
+
+
 MemberTeam = Annotated[TeamAccess, Depends(team_for_read)]
 ManagedTeam = Annotated[TeamAccess, Depends(team_for_manage)]
+StudioAdminTeam = Annotated[TeamAccess, Depends(team_for_direct_add)]

@@ -26,8 +26,8 @@ from backend.db import get_engine
 from backend.limits import BodyLimit
 from backend.models.router import router as models_router
 from backend.runs.router import router as runs_router
+from backend.teams.router import invitations_router, users_router
 from backend.teams.router import router as teams_router
-from backend.teams.router import users_router
 from backend.webhooks.router import router as webhooks_router
 
 log = logging.getLogger(__name__)
@@ -101,4 +101,5 @@ def create_app() -> FastAPI:
                    webhooks_router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(compare_router, prefix=API_PREFIX)
+    app.include_router(invitations_router, prefix=API_PREFIX)
     return app

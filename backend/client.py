@@ -105,6 +105,7 @@ class Me(_Out):
     team_id: int | None = None
     role: str | None = None
     read_only: bool = False
+    is_superuser: bool = False
     teams: list[TeamRef] = Field(default_factory=list)
 
 
@@ -872,14 +873,16 @@ class Client:
     # -- teams, members, users -----------------------------------------------------------------
 
     def create_team(self, name: str) -> TeamRef:
-        """A new team with you as its owner; switch to it with `use_team(team.id)`."""
+        """A new team with you as its owner; switch to it with `use_team(team.id)` (studio
+        administrators, or everyone when the server sets DS_TEAM_CREATORS=everyone)."""
         return TeamRef.model_validate(self._json("POST", "/teams", json={"name": name}))
 
     def team(self, team_id: int) -> TeamRef:
         return TeamRef.model_validate(self._json("GET", f"/teams/{team_id}"))
 
     def add_member(self, team_id: int, username: str, role: str = "member") -> Member:
-        """Add an existing user to a team (admins and owners; only owners grant owner)."""
+        """Add an existing user to a team without asking them (studio administrators; others
+        `invite`)."""
         body = {"username": username, "role": role}
         return Member.model_validate(self._json("POST", f"/teams/{team_id}/members", json=body))
 
@@ -894,9 +897,38 @@ class Client:
         self._send("DELETE", f"/teams/{team_id}/members/{user_id}")
 
     def create_user(self, username: str, password: str, role: str = "member") -> UserAccount:
-        """A new user in the team you act for (superusers, team admins and owners)."""
+        """A new user in the team you act for (studio administrators)."""
         body = {"username": username, "password": password, "role": role}
         return UserAccount.model_validate(self._json("POST", "/users", json=body))
+
+    # -- invitations: joining a team with the user's consent -----------------------------------
+
+    def invite(self, team_id: int, username: str, role: str = "member") -> Invitation:
+        """Invite `username` to a team (admins and owners); they accept or decline it."""
+        body = {"username": username, "role": role}
+        return Invitation.model_validate(
+            self._json("POST", f"/teams/{team_id}/invitations", json=body)
+        )
+
+    def sent_invitations(self, team_id: int) -> list[Invitation]:
+        """The invitations a team sent, newest first, with their answers (admins and owners)."""
+        return [Invitation.model_validate(i)
+                for i in self._json("GET", f"/teams/{team_id}/invitations")]
+
+    def invitations(self) -> list[Invitation]:
+        """Invitations to teams waiting for your answer."""
+        return [Invitation.model_validate(i) for i in self._json("GET", "/invitations")]
+
+    def accept_invitation(self, invitation_id: int) -> Invitation:
+        """Join the invitation's team with its role."""
+        return Invitation.model_validate(
+            self._json("POST", f"/invitations/{invitation_id}/accept")
+        )
+
+    def decline_invitation(self, invitation_id: int) -> Invitation:
+        return Invitation.model_validate(
+            self._json("POST", f"/invitations/{invitation_id}/decline")
+        )
 
     # -- the model registry --------------------------------------------------------------------
 
@@ -1085,6 +1117,18 @@ class UserAccount(_Out):
     team_id: int | None = None
     role: str = "member"
     created_at: datetime | None = None
+
+
+class Invitation(_Out):
+    id: int
+    team_id: int
+    team_name: str = ""
+    username: str
+    role: str = "member"
+    status: str = "pending"
+    invited_by: str = ""
+    created_at: datetime | None = None
+    answered_at: datetime | None = None
 
 
 class AuditEntry(_Out):

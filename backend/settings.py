@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     recover_every_s: float = 30.0  # how often each worker looks for such runs
     token_ttl_days: int = 90
 
+    # Sign-in throttling (issue 9): failed and successful attempts count, in a moving window kept
+    # in Redis on the broker URL (shared by every API process). "N/period" strings of `limits`.
+    login_limit_account_address: str = "10/5 minutes"  # one account from one client address
+    login_limit_address: str = "100/5 minutes"  # one client address, whatever the account
+    # Who may create what (issue 9): "admins" means studio administrators (superusers).
+    team_creators: Literal["admins", "everyone"] = "admins"
+    user_creators: Literal["admins", "team_admins"] = "admins"
+
     # Webhooks: attempt n+1 waits webhook_backoff_s * 2**(n-1) (1, 2, 4, 8, 16 x the base)
     webhook_max_attempts: int = 6  # the first try and 5 retries
     webhook_backoff_s: float = 1.0

@@ -4,7 +4,11 @@ Services call `audit(...)` next to the change it describes, before their commit,
 and the change are saved (or rolled back) together. Actions are `<resource>.<verb>`:
 model.create, model.update, model.delete, model.archive, model.download, model.register,
 dataset.*, run.create, run.cancel, artifact.download, member.add, member.update, member.remove,
-team.create, user.create, token.create, token.revoke, webhook.create, webhook.delete.
+team.create, user.create, token.create, token.revoke, webhook.create, webhook.delete,
+invitation.create, invitation.accept, invitation.decline, auth.throttle.
+
+An action that concerns several teams (a token that reaches all of its user's teams, a throttled
+sign-in of an account in several teams) is recorded in each of them (`audit_teams`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,31 @@ def audit(
     )
     session.add(entry)
     return entry
+
+
+def audit_teams(
+    session: Session,
+    team_ids: list[int],
+    action: str,
+    resource_type: str,
+    resource_id: int | str | None,
+    detail: dict[str, Any] | None = None,
+    *,
+    user_id: int | None,
+    username: str,
+) -> list[AuditEntry]:
+    """The same entry in each team of `team_ids` (for actions not made in one team's name)."""
+    entries = []
+    for team_id in dict.fromkeys(team_ids):
+        entry = AuditEntry(
+            team_id=team_id, user_id=user_id, username=username, action=action,
+            resource_type=resource_type,
+            resource_id=None if resource_id is None else str(resource_id),
+            detail=dict(detail or {}), created_at=utcnow(),
+        )
+        session.add(entry)
+        entries.append(entry)
+    return entries
 
 
 def list_entries(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 
 from backend.access import Account
@@ -20,15 +20,20 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 @router.post(
     "/token", response_model=TokenOut, summary="Sign in with username and password",
-    responses=responses(401, 422, 503, e401="wrong username or password"),
+    responses=responses(
+        401, 422, 429, 503, e401="wrong username or password",
+        e429="too many sign-in attempts for this account from this address, or from this "
+             "address; wait the seconds of the Retry-After header",
+    ),
     openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {
         "example": {"username": "admin", "password": "a long passphrase"},
     }}}},
 )
 def login(
-    session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+    request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]
 ) -> TokenOut:
-    row, token = service.login(session, form.username, form.password)
+    address = request.client.host if request.client else "unknown"
+    row, token = service.login(session, form.username, form.password, address)
     return TokenOut(access_token=token, expires_at=row.expires_at)
 
 
@@ -37,17 +42,20 @@ def login(
     summary="Who you are and which team this request acts for",
 )
 def me(session: SessionDep, principal: CurrentUser) -> MeOut:
-    teams = [TeamOut(id=t.id, name=t.name, role=role) for t, role in user_teams(session, principal.user.id)]
+    scope = principal.token.team_id
+    teams = [TeamOut(id=t.id, name=t.name, role=role)
+             for t, role in user_teams(session, principal.user.id) if scope in (None, t.id)]
     return MeOut(
         id=principal.user.id, username=principal.user.username, team_id=principal.team_id,
-        role=principal.role, read_only=principal.read_only, teams=teams,
+        role=principal.role, read_only=principal.read_only,
+        is_superuser=principal.user.is_superuser, teams=teams,
     )
 
 
 @router.post(
     "/tokens", response_model=ApiTokenCreated, status_code=201,
     responses=responses(401, 403, 422, 503),
-    summary="Create an API token for scripts (shown once)",
+    summary="Create an API token for scripts (shown once); never wider than the token you use",
 )
 def create_token(session: SessionDep, principal: CurrentUser, body: TokenCreate) -> ApiTokenCreated:
     row, token = service.create_token(

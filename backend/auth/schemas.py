@@ -31,7 +31,7 @@ class MeOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [{"id": 1, "username": "admin", "team_id": 1, "role": "owner",
-                          "read_only": False, "teams": [{"id": 1, "name": "default", "role": "owner"},
+                          "read_only": False, "is_superuser": True, "teams": [{"id": 1, "name": "default", "role": "owner"},
                                                         {"id": 2, "name": "vision-lab", "role": "admin"}]}]
         }
     )
@@ -41,6 +41,7 @@ class MeOut(BaseModel):
     team_id: int = Field(description="The team this request acts for.")
     role: str = Field(description="Your role in that team.")
     read_only: bool = False
+    is_superuser: bool = Field(False, description="A studio administrator: creates users and teams.")
     teams: list[TeamOut]
 
 
@@ -54,10 +55,14 @@ class TokenCreate(BaseModel):
     name: str = Field("token", min_length=1, max_length=100)
     read_only: bool = Field(False, description="Only GET requests work with it.")
     team_scoped: bool = Field(
-        False, description="Bind the token to the team of this request (X-Team-Id is then fixed)."
+        False,
+        description="Bind the token to the team of this request (X-Team-Id is then fixed). "
+        "Required when the token you use is itself scoped.",
     )
     expires_in_days: int | None = Field(
-        None, ge=0, le=3650, description="Default DS_TOKEN_TTL_DAYS; 0 never expires."
+        None, ge=0, le=3650,
+        description="Default DS_TOKEN_TTL_DAYS; 0 never expires. Never later than the expiry of "
+        "the token you use: a later one is cut to it.",
     )
 
 

@@ -288,3 +288,21 @@ class Comparison(Base):
     run_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+
+
+class Invitation(Base):
+    """An invitation of a user (by username) to a team with a role, which only that user accepts
+    or declines. Kept by username, not user id, so that inviting a name that does not exist
+    looks exactly like inviting one that does (nobody learns the studio's usernames)."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (Index("ix_invitations_username_status", "username", "status"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    username: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20), default=Role.member.value)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|accepted|declined
+    invited_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    invited_by_name: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(Stamp)

@@ -113,3 +113,33 @@ class UserOut(BaseModel):
     team_id: int = Field(description="The team the user was added to.")
     role: Role
     created_at: UtcDateTime
+
+
+class InvitationCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"username": "ada", "role": "member"}]})
+
+    username: str = Field(
+        min_length=1, max_length=100,
+        description="Whom to invite; the answer is the same whether or not the name exists.",
+    )
+    role: Role = Field(Role.member, description="Only owners invite as owner.")
+
+
+class InvitationOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": 7, "team_id": 2, "team_name": "vision-lab", "username": "ada",
+                          "role": "member", "status": "pending", "invited_by": "grace",
+                          "created_at": "2026-03-02T09:30:00Z", "answered_at": None}]
+        }
+    )
+
+    id: int
+    team_id: int
+    team_name: str
+    username: str = Field(description="The invited user.")
+    role: Role
+    status: str = Field(description="pending, accepted or declined.")
+    invited_by: str = Field(description="Username of the admin or owner who invited.")
+    created_at: UtcDateTime
+    answered_at: UtcDateTime | None

@@ -80,12 +80,15 @@ def team_a(api: TestClient) -> dict[str, Any]:
     with session_scope() as session:
         record_run_event(session, done)
     token_id = api.post("/auth/tokens", json={"name": "a-ci"}).json()["id"]
+    invitation = api.post(f"/teams/{me['team_id']}/invitations", json={"username": "a-guest"})
+    assert invitation.status_code == 201, invitation.text
     comparison = api.post("/comparisons", json={"name": "a", "run_ids": [run_id, done]})
     assert comparison.status_code == 201, comparison.text
     return {
         "team_id": me["team_id"], "model_id": model_id, "dataset_id": dataset_id,
         "run_id": run_id, "artifact_id": artifact_id, "user_id": member["id"],
         "webhook_id": webhook_id, "token_id": token_id, "comparison_id": comparison.json()["id"],
+        "invitation_id": invitation.json()["id"],
     }
 
 
@@ -106,6 +109,7 @@ def team_b(client: TestClient) -> dict[str, dict[str, str]]:
 # Valid bodies, so that a refusal cannot hide behind a 422.
 BODIES: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
     ("POST", "/teams/{team_id}/members"): lambda a: {"username": "b-owner", "role": "member"},
+    ("POST", "/teams/{team_id}/invitations"): lambda a: {"username": "b-owner", "role": "admin"},
     ("PATCH", "/teams/{team_id}/members/{user_id}"): lambda a: {"role": "viewer"},
     ("PATCH", "/models/{model_id}"): lambda a: {"tags": ["mine"], "description": "mine"},
     ("PATCH", "/datasets/{dataset_id}"): lambda a: {"tags": ["mine"], "description": "mine"},
@@ -176,7 +180,8 @@ COLLECTIONS: dict[tuple[str, str], tuple[Make, Check]] = {
     ("POST", "/auth/tokens"): (lambda a: {"json": {"name": "b", "team_scoped": True}}, _not_team_a),
     ("GET", "/catalog"): (lambda a: {}, _status(200)),
     ("GET", "/teams"): (lambda a: {}, _no_team_a_rows("team_id")),
-    ("POST", "/teams"): (lambda a: {"json": {"name": "b-new"}}, _status(201, 409)),
+    ("POST", "/teams"): (lambda a: {"json": {"name": "b-new"}}, _status(201, 403, 409)),
+    ("GET", "/invitations"): (lambda a: {}, _no_team_a_rows("invitation_id")),
     ("POST", "/users"): (lambda a: {"json": {"username": "b-user", "password": "b-user-pass"}},
                          _not_team_a),
     ("GET", "/models"): (lambda a: {"params": {"include_archived": True}},

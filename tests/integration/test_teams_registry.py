@@ -100,23 +100,30 @@ def test_roles_members_and_switching_teams(api: TestClient) -> None:
     assert api.get("/audit", headers=mem).status_code == 403
     assert api.post("/users", headers=mem, json={"username": "x2", "password": "long-enough-1"}).status_code == 403
 
-    # admin: manages members and users, but owners only grant owner and change owners
-    bob_id, _ = new_user(api, "bob", "member", headers=ada)
-    r = api.post("/users", headers=ada, json={"username": "x3", "password": "long-enough-1", "role": "owner"})
-    assert r.status_code == 403 and "only an owner" in r.json()["detail"]
+    # admin: manages members' roles and invites, but owners only grant owner and change owners;
+    # creating users and adding them without their consent is for studio administrators
+    r = api.post("/users", headers=ada, json={"username": "x3", "password": "long-enough-1"})
+    assert r.status_code == 403 and "studio administrators" in r.json()["detail"]
+    bob_id, _ = new_user(api, "bob", "member")
     assert api.patch(f"/teams/{team}/members/{vic_id}", headers=ada, json={"role": "member"}).json()["role"] == "member"
     r = api.patch(f"/teams/{team}/members/{bob_id}", headers=ada, json={"role": "owner"})
     assert r.status_code == 403 and r.json()["detail"] == f"only an owner of team {team} can grant the owner role"
     r = api.patch(f"/teams/{team}/members/{me['id']}", headers=ada, json={"role": "member"})
     assert r.status_code == 403 and "change an owner's role" in r.json()["detail"]
     assert api.delete(f"/teams/{team}/members/{me['id']}", headers=ada).status_code == 403
-    r = api.post(f"/teams/{team}/members", headers=ada, json={"username": "bob", "role": "viewer"})
-    assert r.status_code == 409 and "already a member" in r.json()["detail"]
     r = api.post(f"/teams/{team}/members", headers=ada, json={"username": "nobody", "role": "viewer"})
-    assert r.status_code == 404 and "no user named 'nobody'" in r.json()["detail"]
-    r = api.post(f"/teams/{team}/members", headers=ada, json={"username": "bob", "role": "boss"})
+    assert r.status_code == 403 and "invite them instead" in r.json()["detail"]
+    r = api.post(f"/teams/{team}/invitations", headers=ada, json={"username": "bob", "role": "viewer"})
+    assert r.status_code == 409 and "already a member" in r.json()["detail"]
+    r = api.post(f"/teams/{team}/invitations", headers=ada, json={"username": "nobody", "role": "viewer"})
+    assert r.status_code == 201 and r.json()["status"] == "pending"  # whether or not they exist
+    r = api.post(f"/teams/{team}/members", json={"username": "nobody", "role": "viewer"})
+    assert r.status_code == 404 and "no user named 'nobody'" in r.json()["detail"]  # the studio admin
+    r = api.post(f"/teams/{team}/members", json={"username": "bob", "role": "viewer"})
+    assert r.status_code == 409 and "already a member" in r.json()["detail"]
+    r = api.post(f"/teams/{team}/invitations", headers=ada, json={"username": "bob", "role": "boss"})
     assert r.status_code == 422 and r.json()["detail"].startswith("role:")
-    assert api.post("/users", headers=ada, json={"username": "bob", "password": "long-enough-1"}).status_code == 409
+    assert api.post("/users", json={"username": "bob", "password": "long-enough-1"}).status_code == 409
 
     # the owner grants owner; a team always keeps one owner
     assert api.patch(f"/teams/{team}/members/{ada_id}", json={"role": "owner"}).json()["role"] == "owner"
