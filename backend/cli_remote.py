@@ -9,7 +9,8 @@ audit ...`: a running studio, scripted over REST.
         --kwargs '{"input_shape": [3, 32, 32], "num_classes": 10}'
     distill-studio models list --tag cifar10 | show ID | update ID --tag prod | delete ID [--archive]
     distill-studio datasets push cifar.npz --name cifar | list | show ID | delete ID [--archive]
-    distill-studio teams list | create NAME | members ID | add ID USER --role admin | ...
+    distill-studio teams list | create NAME | members ID | invite ID USER --role admin | ...
+    distill-studio teams invitations [--sent TEAM_ID] | accept INVITATION_ID | decline ID
     distill-studio models download ID -o teacher.pt2   (datasets download, artifacts download too)
     distill-studio artifacts list RUN_ID | download ID [-o DEST]
     distill-studio comparisons create NAME 12 14 | list | show ID | delete ID
@@ -689,12 +690,87 @@ def teams_add(
     role: Annotated[str, typer.Option(help="owner | admin | member | viewer.")] = "member",
     api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
-    """Add a user to a team (admins and owners; only owners grant owner)."""
+    """Add a user to a team without asking them (studio administrators; others: `invite`)."""
     member = client(api_url, token, team).add_member(team_id, username, role)
     if as_json:
         emit_json(member)
     else:
         typer.echo(f"{member.username} is now {member.role} of team {team_id}")
+
+
+@teams_app.command("invite")
+@api_errors
+def teams_invite(
+    team_id: Annotated[int, typer.Argument(help="Team id.")],
+    username: Annotated[str, typer.Argument(help="Whom to invite (they accept or decline).")],
+    role: Annotated[str, typer.Option(help="owner | admin | member | viewer.")] = "member",
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Invite a user to a team with a role (admins and owners; only owners invite as owner)."""
+    invitation = client(api_url, token, team).invite(team_id, username, role)
+    if as_json:
+        emit_json(invitation)
+    else:
+        typer.echo(
+            f"invitation {invitation.id}: {invitation.username} to {invitation.team_name} as "
+            f"{invitation.role}; they accept it with `distill-studio teams accept {invitation.id}`"
+        )
+
+
+INVITATION_HEADERS = ("id", "team", "user", "role", "status", "invited by", "created")
+
+
+@teams_app.command("invitations")
+@api_errors
+def teams_invitations(
+    sent: Annotated[
+        int | None,
+        typer.Option("--sent", help="Instead: the invitations this team sent (its admins).",
+                     show_default=False),
+    ] = None,
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Invitations waiting for your answer (or, with --sent TEAM_ID, those a team sent)."""
+    api = client(api_url, token, team)
+    rows = api.invitations() if sent is None else api.sent_invitations(sent)
+    if as_json:
+        emit_json(rows)
+        return
+    typer.echo(table(INVITATION_HEADERS, [
+        [i.id, i.team_name, i.username, i.role, i.status, i.invited_by, i.created_at]
+        for i in rows
+    ]))
+
+
+@teams_app.command("accept")
+@api_errors
+def teams_accept(
+    invitation_id: Annotated[int, typer.Argument(help="Invitation id (teams invitations).")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Accept an invitation: join its team with its role."""
+    invitation = client(api_url, token, team).accept_invitation(invitation_id)
+    if as_json:
+        emit_json(invitation)
+    else:
+        typer.echo(
+            f"you joined {invitation.team_name} as {invitation.role}; act for it with "
+            f"--team {invitation.team_id}"
+        )
+
+
+@teams_app.command("decline")
+@api_errors
+def teams_decline(
+    invitation_id: Annotated[int, typer.Argument(help="Invitation id (teams invitations).")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Decline an invitation."""
+    invitation = client(api_url, token, team).decline_invitation(invitation_id)
+    if as_json:
+        emit_json(invitation)
+    else:
+        typer.echo(f"declined the invitation to {invitation.team_name}")
 
 
 @teams_app.command("role")
