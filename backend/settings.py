@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6  # the first try and 5 retries
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
+    # Where webhooks may go (issue 9): comma-separated CIDRs (e.g. "127.0.0.1/32,10.0.0.0/8") of
+    # loopback, private, link-local or reserved networks that webhooks may reach anyway; empty:
+    # only public addresses (backend/webhooks/addresses.py)
+    webhook_allowed_networks: str = ""
+
+    # Input limits (issue 9): run configs (read by worker/engine/config.py from the same DS_*
+    # variables, since the engine does not import backend) and JSON nesting of bodies and fields
+    max_layer_pairs: int = 64
+    max_losses: int = 16
+    max_json_depth: int = 32
 
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_weak_secrets(self) -> Settings:

@@ -14,6 +14,14 @@ Every delivery carries
 and counts as delivered on any 2xx answer. Otherwise it is tried again after
 DS_WEBHOOK_BACKOFF_S x 1, 2, 4, 8, 16 seconds, DS_WEBHOOK_MAX_ATTEMPTS tries in all; each attempt's
 status code or error is recorded on the delivery (GET /api/v1/webhooks/{id}/deliveries).
+
+Before each attempt the URL's host is resolved and checked again (backend/webhooks/addresses.py:
+no loopback, private, link-local, multicast or reserved address unless
+DS_WEBHOOK_ALLOWED_NETWORKS names it); a refused address fails the delivery for good without
+sending anything. The request then goes to the address that was checked (the URL's host replaced
+by the IP, with the name kept in the Host header and, for https, in the TLS SNI and certificate
+check), so the name cannot resolve elsewhere in between. Redirects are not followed, and of the
+reply only the first `EXCERPT_CHARS` printable characters are kept (control characters dropped).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from backend.db import session_scope, with_db_retry
 from backend.db.tables import Webhook, WebhookDelivery
 from backend.security import sign_payload, utcnow, webhook_secret
 from backend.settings import get_settings
+from backend.webhooks import addresses
 from backend.webhooks.service import (
     DELIVER_WEBHOOK,
     FAILED,
@@ -44,6 +53,8 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "DistillStudio-Webhook/1"
 MAX_ERROR = 500
+EXCERPT_CHARS = 200  # of the receiver's reply, kept on the delivery
+READ_BYTES = 4096  # read at most this much of a reply
 
 
 def backoff_s(attempts: int) -> float:
@@ -54,6 +65,55 @@ def backoff_s(attempts: int) -> float:
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MAX_ERROR else text[:MAX_ERROR] + " ..."
+
+
+def excerpt(raw: bytes, limit: int = EXCERPT_CHARS) -> str:
+    """At most `limit` printable characters of a reply: control characters (escape sequences,
+    newlines, NULs, ...) and other unprintable ones are dropped, whitespace runs become one
+    space."""
+    text = raw.decode("utf-8", errors="replace")
+    kept = "".join(ch if ch.isprintable() else " " for ch in text)
+    kept = " ".join(kept.split())
+    return kept if len(kept) <= limit else kept[:limit] + " ..."
+
+
+def _post(target: addresses.Target, body: bytes, headers: dict[str, str], timeout: float
+          ) -> tuple[int, bytes]:
+    """POST to the checked address; the status code and the start of the reply."""
+    extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        request = client.build_request(
+            "POST", target.url, content=body, headers={**headers, "Host": target.host_header},
+            extensions=extensions,
+        )
+        response = client.send(request, stream=True)
+        try:
+            head = b""
+            for chunk in response.iter_raw():
+                head += chunk
+                if len(head) >= READ_BYTES:
+                    break
+            return response.status_code, head[:READ_BYTES]
+        finally:
+            response.close()
+
+
+def _send(url: str, body: bytes, headers: dict[str, str], timeout: float
+          ) -> tuple[int | None, str | None, bool]:
+    """One attempt: (status code, error, final) where final means "do not try again"."""
+    try:
+        target = addresses.pin(url)
+    except addresses.RefusedAddress as exc:
+        return None, _short(f"not sent: {exc}"), True
+    except addresses.Unresolvable as exc:
+        return None, _short(f"not sent: {exc}"), False
+    try:
+        code, head = _post(target, body, headers, timeout)
+    except httpx.HTTPError as exc:
+        return None, _short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), False
+    if 200 <= code < 300:
+        return code, None, False
+    return code, f"HTTP {code}: {excerpt(head)}".rstrip(": "), False
 
 
 def attempt_delivery(delivery_id: int) -> float | None:
@@ -72,22 +132,12 @@ def attempt_delivery(delivery_id: int) -> float | None:
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
+        "Accept-Encoding": "identity",  # the excerpt is read raw: no compressed replies
         "X-Distill-Event": event,
         "X-Distill-Delivery": str(delivery_id),
         "X-Distill-Signature": sign_payload(webhook_secret(salt), body),
     }
-    code: int | None = None
-    error: str | None = None
-    try:
-        response = httpx.post(
-            url, content=body, headers=headers, timeout=settings.webhook_timeout_s,
-            follow_redirects=False,
-        )
-        code = response.status_code
-        if not 200 <= code < 300:
-            error = _short(f"HTTP {code}: {response.text}")
-    except httpx.HTTPError as exc:
-        error = _short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    code, error, final = _send(url, body, headers, settings.webhook_timeout_s)
     now = utcnow()
     with session_scope() as s:
         delivery = s.get(WebhookDelivery, delivery_id)
@@ -98,7 +148,7 @@ def attempt_delivery(delivery_id: int) -> float | None:
         if error is None:
             delivery.status, delivery.delivered_at, delivery.next_attempt_at = SUCCEEDED, now, None
             return None
-        if delivery.attempts >= settings.webhook_max_attempts:
+        if final or delivery.attempts >= settings.webhook_max_attempts:
             delivery.status, delivery.next_attempt_at = FAILED, None
             log.warning("webhook delivery %s failed for good: %s", delivery_id, error)
             return None

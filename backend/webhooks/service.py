@@ -22,9 +22,11 @@ from backend import queue
 from backend.audit.service import audit
 from backend.db.tables import TERMINAL_RUN_STATES, Run, Webhook, WebhookDelivery
 from backend.deps import Principal
+from backend.errors import Invalid
 from backend.models.service import changes
 from backend.security import as_utc, new_webhook_salt, utcnow, webhook_secret
 from backend.teams.service import page
+from backend.webhooks import addresses
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,25 @@ NOT_QUEUED = "not queued: the broker was unreachable"  # a worker's sweep sends 
 # -- managing webhooks ------------------------------------------------------------------------
 
 
+def check_destination(url: str) -> None:
+    """Refuse (422) a URL whose host is or resolves to an address webhooks may not reach
+    (loopback, private, link-local, ...: see backend/webhooks/addresses.py).
+
+    A host that does not resolve now is accepted: every delivery resolves and checks it again.
+    """
+    try:
+        addresses.check_url(url)
+    except addresses.RefusedAddress as exc:
+        raise Invalid("url", str(exc), loc=["body", "url"]) from None
+    except addresses.Unresolvable:
+        log.info("webhook host of %s does not resolve yet; checked again at delivery", url)
+
+
 def create_webhook(
     session: Session, principal: Principal, url: str, events: list[str], description: str
 ) -> tuple[Webhook, str]:
     """A new webhook of the caller's team and its signing secret (shown only this once)."""
+    check_destination(url)
     salt = new_webhook_salt()
     secret = webhook_secret(salt)
     hook = Webhook(
@@ -61,6 +78,9 @@ def list_webhooks(session: Session, team_id: int) -> list[Webhook]:
 def update_webhook(
     session: Session, principal: Principal, hook: Webhook, values: dict[str, Any]
 ) -> Webhook:
+    """Change the webhook; a new URL is checked like a new webhook's."""
+    if "url" in values and values["url"] != hook.url:
+        check_destination(values["url"])
     changed = changes(hook, values)
     if changed:
         audit(session, principal, "webhook.update", "webhook", hook.id, {"changes": changed})

@@ -250,8 +250,13 @@ def _wait_deliveries(api: TestClient, hook_id: int, done: int, timeout: float = 
     raise AssertionError(f"deliveries of webhook {hook_id} did not finish: {items}")
 
 
-def test_webhooks_delivered_signed_and_retried(api: TestClient, studio_env) -> None:
+LOCAL_RECEIVER = "127.0.0.1/32"  # the receivers below listen on loopback, refused by default
+
+
+def test_webhooks_delivered_signed_and_retried(api: TestClient, studio_env, monkeypatch) -> None:
     from worker.webhooks import enqueue_run_event
+
+    set_env(monkeypatch, DS_WEBHOOK_ALLOWED_NETWORKS=LOCAL_RECEIVER)
 
     teacher, dataset = ready_model(api), ready_dataset(api)
     finished = api.post("/runs", json=run_config(teacher, dataset, name="done")).json()
@@ -326,6 +331,7 @@ def test_deliveries_the_broker_missed_are_sent_by_the_next_sweep(
     from backend.webhooks.service import NOT_QUEUED
     from worker.webhooks import enqueue_run_event, resend_unqueued_deliveries
 
+    set_env(monkeypatch, DS_WEBHOOK_ALLOWED_NETWORKS=LOCAL_RECEIVER)
     teacher, dataset = ready_model(api), ready_dataset(api)
     run = api.post("/runs", json=run_config(teacher, dataset, name="done")).json()
     with Receiver() as receiver:

@@ -107,7 +107,6 @@ def seeded(request: pytest.FixtureRequest,
                 session.flush()
                 ids["artifact_id"] = [good.id, bad.id]
             yield Seeded(app, api, token, ids, own, env, outside)
-        runs_service._student_cache.clear()  # the planted inspections must not outlive the module
         reset_caches()
     next(database, None)
 
@@ -117,17 +116,17 @@ def _seed(api: TestClient, runs_service: Any, set_row: Any) -> dict[str, list[in
     set_row("Model", model["id"], status="ready", inspection=TEACHER_INSPECTION)
     dataset = api.post("/datasets", files={"file": ("d.npz", b"npz")}, data={"name": "d"}).json()
     set_row("Dataset", dataset["id"], status="ready", info=DATASET_INFO)
-    for width in (0.25, 0.5):  # ours, and the documented examples'
-        runs_service._student_cache.put(
-            f'["resnet8", {{"width": {width}}}, [3, 8, 8], 4]', STUDENT_INSPECTION
-        )
+    from backend.runs import inspections
+
+    for width in (0.25, 0.5):  # ours, and the documented examples': as if a worker built them
+        inspections.plant("resnet8", {"width": width}, [3, 8, 8], 4, STUDENT_INSPECTION)
     run = api.post("/runs", json=run_config(model["id"], dataset["id"]))
     assert run.status_code == 201, run.text
     done = api.post("/runs", json=run_config(model["id"], dataset["id"], name="done")).json()
     set_row("Run", done["id"], status="succeeded", progress=1.0,
             summary={"student_top1": 0.9, "teacher_top1": 0.95,
                      "student_architecture": "resnet8", "student_kwargs": {"width": 0.25}})
-    hook = api.post("/webhooks", json={"url": "http://127.0.0.1:9/hook"})
+    hook = api.post("/webhooks", json={"url": "https://ci.example.com/hook"})
     assert hook.status_code == 201, hook.text
     comparison = api.post("/comparisons", json={"name": "c", "run_ids": [run.json()["id"], done["id"]]})
     ids = {
