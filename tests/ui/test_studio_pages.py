@@ -657,7 +657,8 @@ def test_team_admins_cannot_touch_owners_and_viewers_only_read(studio: Studio) -
     at.session_state["team_id"] = team_id  # act for the admin's team
     at.run()
     assert not at.exception
-    assert all("owner" not in option for option in at.selectbox(key="mem_add_role").options)
+    assert all("owner" not in option for option in at.selectbox(key="inv_role").options)
+    assert not [w for w in at.text_input if w.key == "mem_add_user"]  # studio administrators add
     picks = at.selectbox(key="mem_pick").options
     assert any("vera" in option for option in picks)
     assert not any(option.startswith("admin") for option in picks)  # the owner is not offered
@@ -667,6 +668,6 @@ def test_team_admins_cannot_touch_owners_and_viewers_only_read(studio: Studio) -
     assert vera is not None
     at = _app(studio, "team.py", token=vera)
     assert {"admin", "bob", "vera (you)"} <= set(_members(at)["user"])
-    assert not [w for w in at.text_input if w.key == "mem_add_user"]
+    assert not [w for w in at.text_input if w.key in ("mem_add_user", "inv_user")]
     assert not [w for w in at.selectbox if w.key == "mem_pick"]
     assert "Ask a team owner or admin" in _texts(at.caption)

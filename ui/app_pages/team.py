@@ -1,8 +1,11 @@
-"""Team: the teams you belong to, their members and roles, and your API tokens (create — the
-secret is shown once —, list with prefix, last use and expiry, revoke).
+"""Team: invitations waiting for your answer (Accept / Decline), the teams you belong to, their
+members and roles, and your API tokens (create — the secret is shown once —, list with prefix,
+last use and expiry, revoke).
 
-Admins and owners of the team acted for also manage its members here: add an existing user,
-change a role, remove a member (after a confirmation). The API enforces the rules (only owners
+Admins and owners of the team acted for also manage its members here: invite a user by name
+(they accept or decline; the answer is the same whether the name exists or not), see the
+invitations sent and their answers, change a role, remove a member (after a confirmation).
+Studio administrators may also add a user directly. The API enforces the rules (only owners
 grant the owner role or change owners; a team keeps one owner); the page offers only what the
 viewer's role allows and shows the API's message otherwise. Everyone else sees the list."""
 
@@ -14,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.client import ApiError, ApiToken, Member, TeamRef
+from backend.client import ApiError, ApiToken, Invitation, Member, TeamRef
 from ui import components as ui
 
 ROLE_HELP = {
@@ -45,11 +48,59 @@ def _teams() -> list[TeamRef]:
         return []
 
 
+def _received_invitations() -> None:
+    """Pending invitations addressed to you, each with Accept and Decline."""
+    try:
+        pending = ui.client().invitations()
+    except ApiError as exc:
+        if exc.status != 403:  # a team-scoped or read-only session cannot answer them
+            ui.show_api_error(exc)
+        return
+    if not pending:
+        return
+    st.subheader("Invitations")
+    for inv in pending:
+        with st.container(border=True):
+            c = st.columns([6, 1.2, 1.2], vertical_alignment="center")
+            c[0].markdown(
+                f"**{inv.invited_by or 'An admin'}** invites you to **{inv.team_name}** as "
+                f"**{inv.role}** — {ROLE_HELP.get(inv.role, '')}."
+            )
+            if c[1].button("Accept", type="primary", key=f"inv_accept_{inv.id}",
+                           icon=":material/check:", width="stretch"):
+                _answer(inv, accept=True)
+            if c[2].button("Decline", key=f"inv_decline_{inv.id}", icon=":material/close:",
+                           width="stretch"):
+                _answer(inv, accept=False)
+
+
+def _answer(inv: Invitation, *, accept: bool) -> None:
+    api = ui.client()
+    try:
+        if accept:
+            api.accept_invitation(inv.id)
+        else:
+            api.decline_invitation(inv.id)
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    if accept:
+        try:  # the sidebar's team selector lists the new team from now on
+            st.session_state["me"] = api.me().model_dump(mode="json")
+        except ApiError:
+            pass
+        st.toast(f"You joined {inv.team_name} as {inv.role}; switch to it in the sidebar.",
+                 icon=":material/group_add:")
+    else:
+        st.toast(f"Declined the invitation to {inv.team_name}.", icon=":material/close:")
+    st.rerun()
+
+
 def _team_section(teams: list[TeamRef]) -> TeamRef | None:
     current_id = st.session_state.get("team_id")
     current = next((t for t in teams if t.id == current_id), teams[0] if teams else None)
     if current is None:
-        ui.empty_state("You belong to no team yet — ask an admin to add you to one.")
+        ui.empty_state("You belong to no team yet — ask an admin to invite you to one.")
         return None
     frame = pd.DataFrame(
         [
@@ -99,7 +150,7 @@ def _members(team: TeamRef) -> None:
     if team.role in MANAGERS and not (st.session_state.get("me") or {}).get("read_only"):
         _manage_members(team, members)
     else:
-        st.caption("Ask a team owner or admin to add people or change roles.")
+        st.caption("Ask a team owner or admin to invite people or change roles.")
 
 
 def grantable_roles(my_role: str) -> list[str]:
@@ -113,22 +164,39 @@ def manageable(my_role: str, members: list[Member], me: str | None) -> list[Memb
     return [m for m in members if m.username != me and (my_role == "owner" or m.role != "owner")]
 
 
+def _is_studio_admin() -> bool:
+    me = st.session_state.get("me") or {}
+    return bool(me.get("is_superuser")) and not me.get("read_only")
+
+
 def _manage_members(team: TeamRef, members: list[Member]) -> None:
     roles = grantable_roles(team.role)
-    with st.form("member_add", border=True, clear_on_submit=True):
-        st.markdown("**Add a member** — an existing user of the studio")
+    with st.form("member_invite", border=True, clear_on_submit=True):
+        st.markdown("**Invite a member** — they join when they accept the invitation")
         c = st.columns([2, 4, 1.4], vertical_alignment="bottom")  # room for the role's words
-        username = c[0].text_input("Username", key="mem_add_user", max_chars=100)
-        role = c[1].selectbox(
-            "Role",
-            roles,
-            index=roles.index("member"),
-            key="mem_add_role",
-            format_func=_role_label,
+        invitee = c[0].text_input("Username", key="inv_user", max_chars=100)
+        invite_role = c[1].selectbox(
+            "Role", roles, index=roles.index("member"), key="inv_role", format_func=_role_label
         )
-        submitted = c[2].form_submit_button("Add member", icon=":material/person_add:")
-    if submitted:
-        _add_member(team, username.strip(), role)
+        invited = c[2].form_submit_button("Invite", icon=":material/forward_to_inbox:")
+    if invited:
+        _invite(team, invitee.strip(), invite_role)
+    if _is_studio_admin():
+        with st.form("member_add", border=True, clear_on_submit=True):
+            st.markdown("**Add a member** — an existing user, at once (studio administrators)")
+            c = st.columns([2, 4, 1.4], vertical_alignment="bottom")
+            username = c[0].text_input("Username", key="mem_add_user", max_chars=100)
+            role = c[1].selectbox(
+                "Role",
+                roles,
+                index=roles.index("member"),
+                key="mem_add_role",
+                format_func=_role_label,
+            )
+            submitted = c[2].form_submit_button("Add member", icon=":material/person_add:")
+        if submitted:
+            _add_member(team, username.strip(), role)
+    _sent_invitations(team)
 
     me = (st.session_state.get("me") or {}).get("username")
     others = {m.user_id: m for m in manageable(team.role, members, me)}
@@ -177,6 +245,57 @@ def _manage_members(team: TeamRef, members: list[Member]) -> None:
 
 def _role_label(role: str) -> str:
     return f"{role} — {ROLE_HELP[role]}" if role in ROLE_HELP else role
+
+
+def _invite(team: TeamRef, username: str, role: str) -> None:
+    if not username:
+        st.error("Give the username of the person to invite, then invite them.")
+        return
+    try:
+        sent = ui.client().invite(team.id, username, role)
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    st.toast(
+        f"Invited {sent.username} to {team.name} as {sent.role}; they join when they accept.",
+        icon=":material/forward_to_inbox:",
+    )
+    st.rerun()
+
+
+def invitations_frame(invitations: list[Invitation]) -> pd.DataFrame:
+    """The invitations a team sent, for its admins: who, which role, the answer, when."""
+    frame = pd.DataFrame(
+        [
+            {"invited": i.username, "role": i.role, "status": i.status,
+             "invited by": i.invited_by, "sent": i.created_at, "answered": i.answered_at}
+            for i in invitations
+        ],
+        columns=["invited", "role", "status", "invited by", "sent", "answered"],
+    )
+    for column in ("sent", "answered"):
+        frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce")
+    return frame
+
+
+def _sent_invitations(team: TeamRef) -> None:
+    try:
+        sent = ui.client().sent_invitations(team.id)
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    if not sent:
+        st.caption("No invitations sent yet.")
+        return
+    st.markdown("**Invitations sent**")
+    stamp = st.column_config.DatetimeColumn(format="distance")
+    st.dataframe(
+        invitations_frame(sent),
+        hide_index=True,
+        key="team_invitations",
+        placeholder=ui.MISSING_CELL,
+        column_config={"sent": stamp, "answered": stamp},
+    )
 
 
 def _add_member(team: TeamRef, username: str, role: str) -> None:
@@ -425,6 +544,7 @@ def _tokens(teams: list[TeamRef], team: TeamRef | None) -> None:
 # --------------------------------------------------------------------------------------------
 
 st.title("Team & tokens")
+_received_invitations()
 with st.spinner("Loading your teams…"):
     my_teams = _teams()
 acting = _team_section(my_teams)
