@@ -184,16 +184,29 @@ def _tensor_args(value: Any) -> Iterator[fx.Node]:
             yield from _tensor_args(v)
 
 
-def _may_alias(node: fx.Node) -> bool:
-    """Whether the node's result may share memory with its arguments (views, in-place results)."""
+def _aliased_inputs(node: fx.Node) -> list[Any]:
+    """The arguments whose memory the node's result may share (views, in-place results).
+
+    From the schema's alias annotations (`Tensor(a) self -> Tensor(a)`); for composite ops
+    tagged `maybe_aliasing_or_mutating` (dropout in eval returns its input) the first argument;
+    for `getitem` its container; for higher-order ops every argument.
+    """
     target = node.target
     if target is operator.getitem:
-        return True
+        return [node.args[0]]
     if not isinstance(target, torch._ops.OpOverload):
-        return target not in SYM_OPS  # higher-order ops: assume they may pass a tensor through
-    if torch.Tag.maybe_aliasing_or_mutating in _tags(target):
-        return True
-    return any(r.alias_info is not None for r in target._schema.returns)
+        return [] if target in SYM_OPS else [node.args, node.kwargs]
+    schema = target._schema
+    sets: set[str] = set()
+    for ret in schema.returns:
+        if ret.alias_info is not None:
+            sets |= set(ret.alias_info.before_set)
+    if sets:
+        return [_arg(node, target, a.name) for a in schema.arguments
+                if a.alias_info is not None and set(a.alias_info.before_set) & sets]
+    if torch.Tag.maybe_aliasing_or_mutating in _tags(target) and node.args:
+        return [node.args[0]]
+    return []
 
 
 def external_base(node: fx.Node) -> fx.Node | None:
@@ -207,8 +220,8 @@ def external_base(node: fx.Node) -> fx.Node | None:
         seen.add(current)
         if current.op in ("placeholder", "get_attr"):
             return current
-        if current.op == "call_function" and _may_alias(current):
-            stack.extend(_tensor_args((current.args, current.kwargs)))
+        if current.op == "call_function":
+            stack.extend(_tensor_args(_aliased_inputs(current)))
     return None
 
 
