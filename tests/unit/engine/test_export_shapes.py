@@ -123,7 +123,7 @@ class OddNames(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = getattr(self, "1st")(x).relu()
         x = self.drop(getattr(self, "block-a")(x).tanh())
-        return getattr(self, "_Hidden_2")(x)
+        return self._Hidden_2(x)
 
 
 def _seq_flatten() -> nn.Module:
