@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     max_losses: int = 16
     max_json_depth: int = 32
 
+    # The child process that loads, inspects and trains uploaded models (issue 9,
+    # worker/sandbox.py): address space (writable memory on CUDA), CPU seconds of all threads,
+    # largest file written, open files. 0 turns a limit off.
+    sandbox_memory_mb: int = 16384
+    sandbox_inspect_cpu_s: int = 600
+    sandbox_train_cpu_s: int = 30 * 24 * 3600
+    sandbox_file_mb: int = 4096
+    sandbox_open_files: int = 1024
+
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_weak_secrets(self) -> Settings:
         if not self.database_url:
