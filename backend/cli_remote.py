@@ -944,7 +944,8 @@ def tokens_create(
     team_scoped: Annotated[bool, typer.Option(
         "--team-scoped", help="Bind it to the team of this request (--team).")] = False,
     expires_in_days: Annotated[int | None, typer.Option(
-        help="Days until it expires (default DS_TOKEN_TTL_DAYS; 0 never).", min=0, max=3650)] = None,
+        help="Days until it expires (default DS_TOKEN_TTL_DAYS; 0 never); never later than the "
+        "token you use.", min=0, max=3650)] = None,
     api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Create an API token; prints the secret on stdout (shown only this once)."""

@@ -66,10 +66,11 @@ def create_token(session: SessionDep, principal: CurrentUser, body: TokenCreate)
 
 @router.get(
     "/tokens", response_model=list[ApiTokenOut], responses=responses(401, 503),
-    summary="Your API tokens (prefix, scope, last use, expiry; never the secret)",
+    summary="Your API tokens (prefix, scope, last use, expiry; never the secret); a team-scoped "
+    "token sees only that team's",
 )
 def list_tokens(session: SessionDep, principal: CurrentUser) -> list[ApiTokenOut]:
-    return [ApiTokenOut.model_validate(r) for r in service.list_tokens(session, principal.user.id)]
+    return [ApiTokenOut.model_validate(r) for r in service.list_tokens(session, principal)]
 
 
 @router.delete(

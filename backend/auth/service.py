@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from backend.audit.service import audit, audit_teams
@@ -100,16 +100,20 @@ def create_token(
     return row, token
 
 
-def list_tokens(session: Session, user_id: int) -> list[ApiToken]:
-    return list(
-        session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id))
-    )
+def _visible(principal: Principal) -> Select[tuple[ApiToken]]:
+    """The caller's tokens; a token scoped to one team sees only the tokens of that team."""
+    stmt = select(ApiToken).where(ApiToken.user_id == principal.user.id)
+    if principal.token.team_id is not None:
+        stmt = stmt.where(ApiToken.team_id == principal.token.team_id)
+    return stmt
+
+
+def list_tokens(session: Session, principal: Principal) -> list[ApiToken]:
+    return list(session.scalars(_visible(principal).order_by(ApiToken.id)))
 
 
 def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiToken:
-    row = session.scalar(
-        select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == principal.user.id)
-    )
+    row = session.scalar(_visible(principal).where(ApiToken.id == token_id))
     if row is None:
         raise NotFound(f"token {token_id} not found")
     if row.revoked_at is None:

@@ -90,6 +90,14 @@ def test_a_scoped_short_token_cannot_mint_a_wider_one(api: TestClient) -> None:
                  json={"name": "grandchild", "team_scoped": True, "expires_in_days": 0})
     assert datetime.fromisoformat(r.json()["expires_at"]) <= short_expiry
 
+    # it sees and revokes only the tokens of its team
+    listed = {t["name"] for t in api.get("/auth/tokens", headers=short).json()}
+    assert "lab-1d" in listed and "child-0" in listed and not any(
+        t["team_id"] != lab for t in api.get("/auth/tokens", headers=short).json())
+    own = api.get("/auth/tokens").json()
+    unscoped = next(t for t in own if t["team_id"] is None)
+    assert api.delete(f"/auth/tokens/{unscoped['id']}", headers=short).status_code == 404
+
     # read-only stays read-only, whoever asks
     ro = api.post("/auth/tokens", headers=short,
                   json={"name": "ro", "team_scoped": True, "read_only": True}).json()

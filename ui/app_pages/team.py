@@ -410,7 +410,13 @@ def _create_form(team: TeamRef | None) -> None:
         c = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
         name = c[0].text_input("Name", key="tok_name", placeholder="e.g. ci-nightly", max_chars=100)
         days = c[1].number_input(
-            "Expires in (days)", 0, 3650, 90, key="tok_days", help="0: never expires."
+            "Expires in (days)",
+            0,
+            3650,
+            90,
+            key="tok_days",
+            help="0: never expires. Never later than this session's sign-in: a token cannot "
+            "outlive the token that creates it.",
         )
         read_only = c[2].checkbox("Read-only", key="tok_ro", help="Only GET requests work.")
         scoped = c[3].checkbox(
