@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 API = "/api/v1"
 TERMINAL_RUN_STATES = ("succeeded", "failed", "cancelled")
-PLAN_TIMEOUT_S = 150.0
+PLAN_TIMEOUT_S = 150.0  # past the server's own limit (DS_INSPECT_TIMEOUT_S), so its message wins
 ProgressFn = Callable[[int, int], None]  # (bytes sent, total bytes)
 
 
@@ -56,6 +56,14 @@ class ApiError(Exception):
 
     def __repr__(self) -> str:
         return f"ApiError(status={self.status}, detail={self.detail!r})"
+
+
+def _retry_after(response: httpx.Response, default: float) -> float:
+    """The seconds a response's Retry-After asks for (between 0.1 and 30), else `default`."""
+    try:
+        return min(max(float(response.headers.get("Retry-After", default)), 0.1), 30.0)
+    except ValueError:
+        return default
 
 
 def _detail_of(response: httpx.Response) -> str:
@@ -241,6 +249,18 @@ class SuggestedPair(_Out):
     student: str
     teacher_shape: list[Any] | None = None
     student_shape: list[Any] | None = None
+
+
+class Pending(_Out):
+    """202 of plan / create_run / retry_run: a worker is building the student's layer table."""
+
+    status: str = "pending"
+    job_id: str = ""
+    detail: str = "a worker is building the student's layer table"
+    retry_after_s: float = 2.0
+
+
+PendingFn = Callable[[Pending, float], None]  # (what the API said, seconds waited so far)
 
 
 class Plan(_Out):
@@ -673,24 +693,68 @@ class Client:
         teacher_model_id: int,
         dataset_id: int | None = None,
         student: dict[str, Any] | None = None,
+        *,
+        wait: float = PLAN_TIMEOUT_S,
+        on_pending: PendingFn | None = None,
     ) -> Plan:
-        """Inspect teacher and student side by side and suggest layer pairs (stage ends)."""
+        """Inspect teacher and student side by side and suggest layer pairs (stage ends).
+
+        A zoo student's layer table is built by a worker; until it is, the API answers 202 and
+        this asks again as it says, up to `wait` seconds, calling `on_pending(pending, waited)`
+        each time (the pages show it as progress)."""
         body: dict[str, Any] = {"teacher_model_id": teacher_model_id}
         if dataset_id is not None:
             body["dataset_id"] = dataset_id
         if student is not None:
             body["student"] = student
-        # a worker builds the student: wait past the server's own limit, so its message wins
-        timeout = max(self.timeout, PLAN_TIMEOUT_S)
-        return Plan.model_validate(self._json("POST", "/runs/plan", json=body, timeout=timeout))
+        response = self._until_built(
+            lambda: self._send("POST", "/runs/plan", json=body), wait, on_pending
+        )
+        return Plan.model_validate(response.json())
 
-    def create_run(self, config: dict[str, Any] | BaseModel) -> Run:
-        """Launch a run from a run config (a dict, or a `RunConfig`); returns it queued."""
+    def create_run(
+        self,
+        config: dict[str, Any] | BaseModel,
+        *,
+        wait: float = PLAN_TIMEOUT_S,
+        on_pending: PendingFn | None = None,
+    ) -> Run:
+        """Launch a run from a run config (a dict, or a `RunConfig`); returns it queued.
+
+        Layer pairs are checked against the student's layer table: while a worker builds it,
+        nothing is saved and the API answers 202; this asks again as `plan()` does."""
         if isinstance(config, BaseModel):
             body = config.model_dump(mode="json", exclude_none=True)
         else:
             body = config
-        return Run.model_validate(self._json("POST", "/runs", json=body))
+        response = self._until_built(
+            lambda: self._send("POST", "/runs", json=body), wait, on_pending
+        )
+        return Run.model_validate(response.json())
+
+    def _until_built(
+        self, send: Callable[[], httpx.Response], wait: float, on_pending: PendingFn | None
+    ) -> httpx.Response:
+        """`send()` again while the API answers 202 (a worker is building a student's layer
+        table; nothing was saved), after the seconds its Retry-After says; ApiError 503 when
+        `wait` seconds pass first. The API itself answers 503 when no worker built it in time."""
+        start = time.monotonic()
+        while True:
+            response = send()
+            if response.status_code != 202:
+                return response
+            pending = Pending.model_validate(response.json())
+            waited = time.monotonic() - start
+            if on_pending is not None:
+                on_pending(pending, waited)
+            if waited >= wait:
+                raise ApiError(
+                    503, f"{pending.detail} — still not built after {waited:.0f}s; is a worker "
+                    "running? (`distill-studio worker`)", method=response.request.method,
+                    url=str(response.request.url),
+                )
+            pause = _retry_after(response, pending.retry_after_s)
+            time.sleep(min(pause, max(wait - waited, 0.0)))
 
     def runs(
         self,
@@ -737,9 +801,15 @@ class Client:
     def cancel_run(self, run_id: int) -> Run:
         return Run.model_validate(self._json("POST", f"/runs/{run_id}/cancel"))
 
-    def retry_run(self, run_id: int) -> Run:
-        """Launch a new run with the same config as a finished one; returns the new run."""
-        return Run.model_validate(self._json("POST", f"/runs/{run_id}/retry"))
+    def retry_run(
+        self, run_id: int, *, wait: float = PLAN_TIMEOUT_S, on_pending: PendingFn | None = None
+    ) -> Run:
+        """Launch a new run with the same config as a finished one; returns the new run (202s
+        are followed as in `create_run`)."""
+        response = self._until_built(
+            lambda: self._send("POST", f"/runs/{run_id}/retry"), wait, on_pending
+        )
+        return Run.model_validate(response.json())
 
     def run_config_yaml(self, run_id: int) -> str:
         return self._send("GET", f"/runs/{run_id}/config.yaml").text

@@ -164,12 +164,24 @@ def scan_dataset(dataset_id: int) -> str:
 def inspect_student(
     architecture: str, kwargs: dict[str, Any], input_shape: list[int], num_classes: int
 ) -> dict[str, Any]:
-    """The layer table of a zoo student, for the pair picker and run validation."""
+    """The layer table of a zoo student, for the pair picker and run validation.
+
+    Stored under its build arguments (`backend.runs.inspections`), where the API reads it (it
+    never waits for this task); failures are stored too, with the reason, then raised."""
+    from backend.runs import inspections
     from worker.engine.students import build_student
     from worker.engine.taps import inspect_model as inspect
 
-    module = build_student(architecture, input_shape, num_classes, **kwargs)
-    return inspect(module, input_shape)
+    args = inspections.build_args(architecture, kwargs, input_shape, num_classes)
+    try:
+        module = build_student(architecture, input_shape, num_classes, **kwargs)
+        result = inspect(module, input_shape)
+    except Exception as exc:
+        reason = "took longer than the 60s limit" if _timed_out(exc) else _short_error(exc)
+        inspections.store_failed(args, reason)
+        raise
+    inspections.store_ready(args, result)
+    return result
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from backend.access import OwnedRun, Reader, WritableRun, Writer
 from backend.artifacts import service as artifacts
@@ -16,8 +16,8 @@ from backend.deps import SessionDep, StoreDep
 from backend.errors import responses
 from backend.models import service as models
 from backend.models.schemas import ModelOut, RegisterIn
-from backend.runs import service
-from backend.runs.schemas import MetricsOut, PlanIn, PlanOut, RunOut
+from backend.runs import inspections, service
+from backend.runs.schemas import MetricsOut, PlanIn, PlanOut, PlanPending, RunOut
 from backend.teams.schemas import Page
 from worker.engine.config import RunConfig
 
@@ -62,27 +62,49 @@ RUN_CONFIG_EXAMPLES: dict[str, Any] = {
 }
 
 
+PENDING_202: dict[int | str, dict[str, Any]] = {202: {
+    "model": PlanPending,
+    "description": "a worker is building the zoo student's layer table; nothing was saved: "
+                   "send the same request again after Retry-After seconds",
+    "headers": {"Retry-After": {"description": "Seconds to wait before asking again.",
+                                "schema": {"type": "integer"}}},
+}}
+
+
+def pending(exc: service.StudentPending) -> JSONResponse:
+    """The 202 that tells the caller to ask again: the student is being built."""
+    body = PlanPending(job_id=exc.job, detail=str(exc), retry_after_s=inspections.RETRY_AFTER_S)
+    return JSONResponse(body.model_dump(), status_code=202,
+                        headers={"Retry-After": str(inspections.RETRY_AFTER_S)})
+
+
 @router.post(
     "", response_model=RunOut, status_code=201,
     summary="Launch a run from a run config (teacher.model_id, dataset.dataset_id, ...)",
-    responses=responses(
+    responses={**PENDING_202, **responses(
         401, 403, 404, 409, 422, 503,
         e404="a referenced model or dataset is not in your team",
         e409="a referenced model or dataset is not ready, or archived",
         e422="the config is invalid (unknown loss, layer not found, ...)",
         e503="broker unreachable (nothing saved) or no worker answered",
-    ),
+    )},
 )
 def create_run(
     session: SessionDep,
     principal: Writer,
     config: Annotated[RunConfig, Body(openapi_examples=RUN_CONFIG_EXAMPLES)],
-) -> RunOut:
-    return RunOut.model_validate(service.create_run(session, principal, config))
+) -> Any:
+    try:
+        return RunOut.model_validate(service.create_run(session, principal, config))
+    except service.StudentPending as exc:  # layer pairs to check against a student not built yet
+        return pending(exc)
 
 
 @router.post(
-    "/plan", response_model=PlanOut, responses=responses(401, 403, 404, 409, 422, 503),
+    "/plan", response_model=PlanOut,
+    responses={**PENDING_202, **responses(
+        401, 403, 404, 409, 422, 503, e503="broker unreachable, or no worker built the student "
+        "within DS_INSPECT_TIMEOUT_S")},
     summary="Teacher and student layer tables side by side, with suggested layer pairs",
 )
 def plan(
@@ -92,10 +114,13 @@ def plan(
         "teacher_model_id": 1, "dataset_id": 1,
         "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
     }}})],
-) -> PlanOut:
-    result = service.plan(
-        session, principal.team_id, body.teacher_model_id, body.dataset_id, body.student
-    )
+) -> Any:
+    try:
+        result = service.plan(
+            session, principal.team_id, body.teacher_model_id, body.dataset_id, body.student
+        )
+    except service.StudentPending as exc:
+        return pending(exc)
     return PlanOut.model_validate(result)
 
 
@@ -159,14 +184,17 @@ def cancel_run(
 @router.post(
     "/{run_id}/retry", response_model=RunOut, status_code=201,
     summary="Launch a new run with the same config as a finished one (failed, cancelled, ...)",
-    responses=responses(
+    responses={**PENDING_202, **responses(
         401, 403, 404, 409, 422, 503,
         e409="the run has not finished, or its teacher or dataset is no longer ready",
         e503="broker unreachable (nothing saved)",
-    ),
+    )},
 )
-def retry_run(session: SessionDep, principal: Reader, run: WritableRun) -> RunOut:
-    return RunOut.model_validate(service.retry(session, principal, run))
+def retry_run(session: SessionDep, principal: Reader, run: WritableRun) -> Any:
+    try:
+        return RunOut.model_validate(service.retry(session, principal, run))
+    except service.StudentPending as exc:
+        return pending(exc)
 
 
 @router.post(

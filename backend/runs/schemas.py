@@ -98,6 +98,28 @@ class PlanOut(BaseModel):
     student_params: int | None
 
 
+class PlanPending(BaseModel):
+    """202: a worker is building the student's layer table; nothing was saved. Send the same
+    request again after `Retry-After` seconds (the student is built once, however often asked)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{
+                "status": "pending", "job_id": "3f2a9c0d1b7e4a5f8c6d2e1f0a9b8c7d",
+                "detail": "a worker is building the layer table of the student 'resnet8'; "
+                          "nothing was saved: send the same request again in 2s",
+                "retry_after_s": 2,
+            }]
+        }
+    )
+
+    status: str = Field("pending", description="Always `pending`.")
+    job_id: str = Field(description="The student inspection being built (a hash of its build "
+                                    "arguments): the same for everyone who asks for it.")
+    detail: str
+    retry_after_s: int = Field(description="Ask again after this many seconds.")
+
+
 class Series(BaseModel):
     steps: list[int]
     values: list[float | None] = Field(description="null where the value was NaN or infinite.")

@@ -5,14 +5,16 @@ Creating a run checks, in this order, so the first message is the one to fix fir
 2. the teacher, dataset (and student model) exist in the caller's team (404) and are ready (409);
 3. every layer pair names a teacher layer and a student layer that exist and can be matched (422).
 Then the run is committed and DISTILL is queued; if the broker is down the row is removed (503).
+
+No request waits for a worker: a zoo student's layer table (needed by `plan`, and by `create_run`
+when there are layer pairs) comes from the store of them (`backend.runs.inspections`); when it is
+not there yet, it is queued once and `StudentPending` raised (202: nothing saved, ask again).
+The database connection is given back before the broker is asked.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import yaml
@@ -24,6 +26,7 @@ from backend.audit.service import audit
 from backend.db.tables import TERMINAL_RUN_STATES, Dataset, Metric, Model, Run, Status
 from backend.deps import Principal
 from backend.errors import Conflict, Invalid, InvalidMany
+from backend.runs import inspections
 from backend.security import utcnow
 from backend.settings import get_settings
 from backend.teams.service import get_owned, page, scoped
@@ -97,52 +100,43 @@ def inspection_of(model: Model) -> dict[str, Any]:
 # -- student inspections (zoo students are built by a worker: the API has no torch) -----------
 
 
-class _Cache:
-    """A small thread-safe LRU of zoo student inspections, keyed by their build arguments."""
+class StudentPending(Exception):
+    """A worker is building the student's layer table: nothing was saved; ask again (202)."""
 
-    def __init__(self, size: int = 128) -> None:
-        self.size, self.items, self.lock = size, OrderedDict[str, dict[str, Any]](), threading.Lock()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-            return None
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        with self.lock:
-            self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.items.clear()
+    def __init__(self, job: str, architecture: str) -> None:
+        super().__init__(
+            f"a worker is building the layer table of the student '{architecture}'; nothing "
+            f"was saved: send the same request again in {inspections.RETRY_AFTER_S}s"
+        )
+        self.job, self.architecture = job, architecture
 
 
-_student_cache = _Cache()
+def release_connection(session: Session) -> None:
+    """End the request's transaction, so that its database connection goes back to the pool
+    before the request talks to the broker (objects already loaded stay usable)."""
+    session.commit()
 
 
 def zoo_inspection(
-    architecture: str, kwargs: dict[str, Any], input_shape: list[int], num_classes: int
+    session: Session, architecture: str, kwargs: dict[str, Any], input_shape: list[int],
+    num_classes: int,
 ) -> dict[str, Any]:
-    """The layer table of a zoo student, from a worker (INSPECT_STUDENT), cached in-process."""
-    args = [architecture, kwargs, list(input_shape), int(num_classes)]
-    key = json.dumps(args, sort_keys=True)
-    cached = _student_cache.get(key)
-    if cached is not None:
-        return cached
-    try:
-        result = queue.call(INSPECT_STUDENT, args, timeout=get_settings().inspect_timeout_s)
-    except queue.TaskFailed as exc:
+    """The layer table of a zoo student, from the store of them (`backend.runs.inspections`).
+
+    Never waits for a worker: when it is not stored yet, it is queued (once) and StudentPending
+    raised. The database connection is released first."""
+    args = inspections.build_args(architecture, kwargs, input_shape, num_classes)
+    release_connection(session)
+    entry = inspections.lookup(args, INSPECT_STUDENT)
+    if entry.status == "ready" and entry.inspection is not None:
+        return entry.inspection
+    if entry.status == "failed":
         raise Invalid(
             "student", f"could not build '{architecture}' with {kwargs or 'default parameters'} "
-            f"for inputs {input_shape} and {num_classes} classes: {exc}", loc=["body", "student"],
-        ) from None
-    _student_cache.put(key, result)
-    return result
+            f"for inputs {input_shape} and {num_classes} classes: {entry.error}",
+            loc=["body", "student"],
+        )
+    raise StudentPending(inspections.job_id(args), architecture)
 
 
 def _shape_source(dataset: Dataset | None, teacher: Model) -> tuple[list[int], int]:
@@ -177,7 +171,7 @@ def student_inspection(
     except ValueError as exc:
         raise Invalid("student.source", str(exc), loc=["body", "student", "source"]) from exc
     kwargs = {k: v for k, v in kwargs.items() if k not in ("input_shape", "num_classes")}
-    return zoo_inspection(arch, kwargs, shape, classes)
+    return zoo_inspection(session, arch, kwargs, shape, classes)
 
 
 # -- layer pairs ------------------------------------------------------------------------------

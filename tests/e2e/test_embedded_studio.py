@@ -90,8 +90,11 @@ def test_upload_distill_download_over_http(studio) -> None:
     assert dataset["info"]["num_classes"] == 10 and dataset["info"]["num_samples"] == 1797
 
     student = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.5}}
-    plan = http.post("/runs/plan", json={"teacher_model_id": teacher["id"],
-                                         "dataset_id": dataset["id"], "student": student})
+    body = {"teacher_model_id": teacher["id"], "dataset_id": dataset["id"], "student": student}
+    deadline = time.time() + 300  # 202 while the worker builds the student's layer table
+    while (plan := http.post("/runs/plan", json=body)).status_code == 202:
+        assert time.time() < deadline, plan.text
+        time.sleep(float(plan.headers["Retry-After"]))
     assert plan.status_code == 200, plan.text
     pairs = plan.json()["suggested_pairs"]
     assert pairs, plan.json()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -177,11 +179,16 @@ def test_layer_pairs_are_checked_against_both_inspections(api, studio_env) -> No
 
 
 def test_no_worker_or_no_broker_is_503(api, studio_env, monkeypatch) -> None:
+    """No worker: 202 (nothing saved) until the inspection limit passes, then 503 naming the
+    limit; no broker: 503 at once. Nothing is saved either way."""
     set_env(monkeypatch, DS_INSPECT_TIMEOUT_S="1")
     teacher, dataset_id = ready_model(api), ready_dataset(api)
-    r = api.post("/runs", json=run_config(
-        teacher, dataset_id, layer_pairs=[{"teacher": "layer2", "student": "layer2"}],
-        losses=[{"name": "ce"}, {"name": "at"}]))
+    config = run_config(teacher, dataset_id, layer_pairs=[{"teacher": "layer2", "student": "layer2"}],
+                        losses=[{"name": "ce"}, {"name": "at"}])
+    first = api.post("/runs", json=config)
+    assert first.status_code == 202, first.text
+    assert first.json()["status"] == "pending" and first.headers["Retry-After"] == "2"
+    r = _until_not_pending(lambda: api.post("/runs", json=config))
     assert r.status_code == 503
     assert r.json()["detail"] == "no worker answered in 1s; is a worker running? (`distill-studio worker`)"
     assert row_count("Run") == 0
@@ -189,7 +196,140 @@ def test_no_worker_or_no_broker_is_503(api, studio_env, monkeypatch) -> None:
     set_env(monkeypatch, DS_BROKER_URL=CLOSED_BROKER)
     down = api.post("/runs", json=run_config(teacher, dataset_id))
     assert down.status_code == 503 and "broker" in down.json()["detail"]
+    plan = api.post("/runs/plan", json={"teacher_model_id": teacher, "dataset_id": dataset_id})
+    assert plan.status_code == 503 and "broker" in plan.json()["detail"]
     assert row_count("Run") == 0
+
+
+def _until_not_pending(send, timeout: float = 60):
+    """Send again while the API answers 202; the first other answer."""
+    deadline = time.time() + timeout
+    while (r := send()).status_code == 202:
+        assert time.time() < deadline, r.text
+        time.sleep(0.2)
+    return r
+
+
+def _inspect_student_messages(studio_env) -> list[str]:
+    import redis
+
+    broker = redis.Redis.from_url(studio_env.env["DS_BROKER_URL"])
+    return [m["headers"]["argsrepr"] for m in map(json.loads, broker.lrange("cpu", 0, -1))
+            if m["headers"]["task"] == "worker.tasks.inspect_student"]
+
+
+def test_plan_and_pairs_answer_from_stored_inspections_or_202(api, studio_env) -> None:
+    """A zoo student's layer table comes from the store the worker fills: until it is there,
+    plan and run creation answer 202 (nothing saved) and queue the inspection once, however
+    often asked; then 200/201 from the store; a student that cannot be built is a 422."""
+    from backend.runs import inspections
+
+    teacher, dataset_id = ready_model(api), ready_dataset(api)
+    student = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}}
+    body = {"teacher_model_id": teacher, "dataset_id": dataset_id, "student": student}
+    answers = [api.post("/runs/plan", json=body) for _ in range(5)]
+    assert {a.status_code for a in answers} == {202}, answers[0].text
+    pending = answers[0].json()
+    assert pending["status"] == "pending" and pending["retry_after_s"] == 2
+    assert "resnet8" in pending["detail"] and "send the same request again" in pending["detail"]
+    assert {a.json()["job_id"] for a in answers} == {pending["job_id"]}
+    config = run_config(teacher, dataset_id, student=student, losses=[{"name": "ce"}, {"name": "at"}],
+                        layer_pairs=[{"teacher": "layer2", "student": "blocks.1"}])
+    waiting = api.post("/runs", json=config)
+    assert waiting.status_code == 202 and waiting.json()["job_id"] == pending["job_id"]
+    assert row_count("Run") == 0
+    assert _inspect_student_messages(studio_env) == ["['resnet8', {'width': 0.25}, [3, 8, 8], 4]"]
+
+    # the worker stores what it built (here: planted, as test_worker_runs.py does it for real)
+    assert inspections.plant("resnet8", {"width": 0.25}, [3, 8, 8], 4,
+                             STUDENT_INSPECTION) == pending["job_id"]
+    plan = api.post("/runs/plan", json=body)
+    assert plan.status_code == 200, plan.text
+    assert plan.json()["student"] == STUDENT_INSPECTION
+    assert plan.json()["suggested_pairs"][-1]["student"] == "blocks.1"
+    created = api.post("/runs", json=config)
+    assert created.status_code == 201, created.text
+    assert len(_inspect_student_messages(studio_env)) == 1  # never queued again
+
+    inspections.store_failed(inspections.build_args("resnet8", {"width": 3.0}, [3, 8, 8], 4),
+                             "width 3.0 makes 192 channels, more than the input allows")
+    bad = api.post("/runs/plan", json={**body, "student": {**student, "kwargs": {"width": 3.0}}})
+    assert bad.status_code == 422
+    assert bad.json()["detail"] == (
+        "student: could not build 'resnet8' with {'width': 3.0} for inputs [3, 8, 8] and 4 "
+        "classes: width 3.0 makes 192 channels, more than the input allows"
+    )
+
+
+def test_no_database_connection_is_held_while_the_broker_is_asked(api, studio_env, monkeypatch) -> None:
+    """A broker that accepts connections and never answers: the plan waits for it (up to the
+    socket timeout, then 503), and meanwhile the request holds no database connection."""
+    import socket
+    import threading
+
+    from backend.db import get_engine
+
+    teacher, dataset_id = ready_model(api), ready_dataset(api)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    set_env(monkeypatch, DS_BROKER_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    api.get("/auth/me")  # the engine of the new settings, and the token's last use, first
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(r=api.post("/runs/plan", json={
+        "teacher_model_id": teacher, "dataset_id": dataset_id,
+        "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}}})))
+    thread.start()
+    deadline = time.time() + 60
+    while not accepted:  # the request is now waiting for the broker
+        assert time.time() < deadline and thread.is_alive(), result
+        time.sleep(0.02)
+    held = get_engine().pool.checkedout()
+    thread.join(timeout=60)
+    silent.close()
+    for conn in accepted:
+        conn.close()
+    assert held == 0, f"{held} database connection(s) held while waiting for the broker"
+    assert result["r"].status_code == 503 and "broker" in result["r"].json()["detail"]
+
+
+def test_the_client_follows_202_until_built(api, studio_env) -> None:
+    """`Client.plan` and `Client.create_run` ask again as the 202 says until the student is
+    built (here planted while the client waits), showing each wait; and give up after `wait`."""
+    from backend.client import ApiError, Client
+    from backend.runs import inspections
+
+    teacher, dataset_id = ready_model(api), ready_dataset(api)
+    http = TestClient(api.app, base_url="http://testserver")
+    client = Client("http://testserver", api.headers["Authorization"].split()[1], http=http)
+    seen: list[tuple[str, float]] = []
+
+    def build(pending, waited: float) -> None:  # the worker finishes while the client waits
+        seen.append((pending.job_id, waited))
+        inspections.plant("resnet8", {"width": 0.5}, [3, 8, 8], 4, STUDENT_INSPECTION)
+
+    student = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.5}}
+    plan = client.plan(teacher, dataset_id, student, on_pending=build)
+    assert plan.student.params == 800 and len(seen) == 1
+    config = run_config(teacher, dataset_id, student={**student, "kwargs": {"width": 0.75}},
+                        losses=[{"name": "ce"}, {"name": "at"}],
+                        layer_pairs=[{"teacher": "layer2", "student": "blocks.1"}])
+    with pytest.raises(ApiError) as gave_up:
+        client.create_run(config, wait=0, on_pending=lambda p, w: seen.append((p.job_id, w)))
+    assert gave_up.value.status == 503 and "still not built" in gave_up.value.detail
+    assert row_count("Run") == 0
+    inspections.plant("resnet8", {"width": 0.75}, [3, 8, 8], 4, STUDENT_INSPECTION)
+    assert client.create_run(config).status == "queued"
 
 
 def test_cancel(api, studio_env) -> None:

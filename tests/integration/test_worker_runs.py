@@ -35,8 +35,11 @@ def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
     assert layers["layer3"]["output_shape"][0] == 128  # resnet20 at width 2
 
     student = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.5}}
-    plan = api.post("/runs/plan", json={"teacher_model_id": model["id"], "dataset_id": dataset["id"],
-                                        "student": student})
+    body = {"teacher_model_id": model["id"], "dataset_id": dataset["id"], "student": student}
+    deadline = time.time() + 300  # 202 while the worker builds the student's layer table
+    while (plan := api.post("/runs/plan", json=body)).status_code == 202:
+        assert time.time() < deadline, plan.text
+        time.sleep(0.5)
     assert plan.status_code == 200, plan.text
     pairs = plan.json()["suggested_pairs"]
     assert [p["teacher"] for p in pairs][-1] == "layer3"

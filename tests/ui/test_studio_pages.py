@@ -7,13 +7,12 @@ managed by admins, read-only for others, tokens shown once, revoke).
 What a worker writes (inspections, scans with their previews, finished runs) is written to the
 database directly, as in test_pages.py; the previews come from the engine's own
 `dataset_preview`, the function the scan task calls. A zoo student's layer table (built by a
-worker for Plan) is put in the API's in-process cache of them, under the key the API looks up.
+worker for Plan) is put in the store of them (`backend.runs.inspections`), as a worker would.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,22 +431,13 @@ STUDENT_INSPECTION = {**INSPECTION, "params": 321}  # the teacher's layers, fewe
 SHAPES_INPUT, SHAPES_CLASSES = [3, 8, 8], 4  # the "shapes" dataset the students are built for
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _forget_cached_students() -> Iterator[None]:
-    """The planted inspections below must not outlive this module (later tests would get them)."""
-    yield
-    from backend.runs import service
-
-    service._student_cache.clear()
-
-
 def _cache_student(architecture: str, kwargs: dict[str, Any]) -> None:
-    """What a worker answers for this zoo student, already in the API's cache (no worker here)."""
-    from backend.runs import service
+    """What a worker stores for this zoo student, already in the store the API reads (no
+    worker here; the module's own Redis database, flushed for the next studio)."""
+    from backend.runs import inspections
 
     kwargs = {k: v for k, v in kwargs.items() if k not in ("input_shape", "num_classes")}
-    key = json.dumps([architecture, kwargs, SHAPES_INPUT, SHAPES_CLASSES], sort_keys=True)
-    service._student_cache.put(key, STUDENT_INSPECTION)
+    inspections.plant(architecture, kwargs, SHAPES_INPUT, SHAPES_CLASSES, STUDENT_INSPECTION)
 
 
 def _new_run(studio: Studio) -> AppTest:

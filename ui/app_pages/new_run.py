@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend.client import Catalog, Model, Plan
+from backend.client import PLAN_TIMEOUT_S, Catalog, Model, Pending, PendingFn, Plan
 from ui import components as ui
 from worker.engine import catalog as engine_catalog  # torch-free, like config and pairing
 from worker.engine import pairing
@@ -307,6 +307,20 @@ def _zoo_student(catalog: Catalog) -> tuple[str, dict[str, Any]]:
     return arch, kwargs
 
 
+def _building(slot: Any) -> PendingFn:
+    """Progress in `slot` while a worker builds the student's layer table (the API said 202 and
+    the client asks again until it is built, or PLAN_TIMEOUT_S pass)."""
+
+    def show(pending: Pending, waited: float) -> None:
+        slot.progress(
+            min(waited / PLAN_TIMEOUT_S, 0.99),
+            text=f"A worker is building the student's layer table… {waited:.0f}s "
+            f"(gives up after {PLAN_TIMEOUT_S:.0f}s)",
+        )
+
+    return show
+
+
 def _plan_section(teacher: int | None, dataset: int | None, student: dict[str, Any]) -> None:
     key = _plan_key(teacher, dataset, student)
     stored = st.session_state.get("nr_plan")
@@ -327,8 +341,11 @@ def _plan_section(teacher: int | None, dataset: int | None, student: dict[str, A
             "the ends of their resolution stages."
         )
     if clicked:
+        slot = st.empty()
         with st.spinner("Inspecting teacher and student…"):
-            plan = ui.fetch(ui.client().plan, teacher, dataset, student, stop=False)
+            plan = ui.fetch(ui.client().plan, teacher, dataset, student, stop=False,
+                            on_pending=_building(slot))
+        slot.empty()
         if plan is not None:
             st.session_state["nr_plan"] = {"key": key, "plan": plan.model_dump(mode="json")}
             _adopt_pairs(plan)
@@ -851,8 +868,10 @@ def _review(config: dict[str, Any], pair_errors: list[str]) -> None:
         key="nr_launch",
         width="stretch",
     ):
+        slot = st.empty()
         with st.spinner("Queueing the run…"):
-            run = ui.fetch(ui.client().create_run, config, stop=False)
+            run = ui.fetch(ui.client().create_run, config, stop=False, on_pending=_building(slot))
+        slot.empty()
         if run is not None:
             st.session_state["run_flash"] = f"Run **{run.name}** queued on `{run.queue}`."
             ui.go("run", id=run.id)

@@ -1,0 +1,159 @@
+"""Zoo student inspections, stored in the broker (Redis/Valkey) under their build arguments.
+
+A zoo student's layer table is built by a worker (the API has no torch). The API never waits for
+it: `lookup()` answers from the store, or queues INSPECT_STUDENT once per student (however many
+requests ask at the same time: the first claims the key with SET NX) and reports it pending, and
+the request answers 202 for the caller to ask again. The worker's task stores what it built
+(`store_ready`) or why it could not (`store_failed`); every process reads the same store, so the
+answer survives restarts of the API and is shared by all its processes.
+
+Entries are JSON under `ds:student-inspection:<job id>`, the job id being a hash of the build
+arguments: `{"status": "pending", "since": <unix time>}`, `{"status": "ready", "inspection":
+{...}}` or `{"status": "failed", "error": "..."}`. A pending entry older than the inspection
+limit (`DS_INSPECT_TIMEOUT_S`) means no worker answered: it is dropped, the caller gets 503 and a
+later request queues it again. Failures are kept briefly (a fixed worker may succeed later),
+layer tables for long (they depend only on the arguments and the code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError
+
+from backend import queue
+from backend.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ds:student-inspection:"
+READY_TTL_S = 30 * 24 * 3600
+FAILED_TTL_S = 600
+SOCKET_TIMEOUT_S = 3.0
+RETRY_AFTER_S = 2  # what a 202 tells the caller to wait before asking again
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the store knows about one student: pending (since when), ready or failed."""
+
+    status: str
+    inspection: dict[str, Any] | None = None
+    error: str | None = None
+    since: float = 0.0
+
+
+def build_args(
+    architecture: str, kwargs: dict[str, Any], input_shape: list[int], num_classes: int
+) -> list[Any]:
+    """The INSPECT_STUDENT arguments, normalised (as the API sends them and the worker gets them)."""
+    return [architecture, dict(kwargs), [int(d) for d in input_shape], int(num_classes)]
+
+
+def job_id(args: list[Any]) -> str:
+    """A stable id of a student inspection: the hash of its build arguments."""
+    text = json.dumps(args, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@lru_cache(maxsize=8)
+def _client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+    )
+
+
+def _client() -> redis.Redis:
+    return _client_for(get_settings().broker_url)
+
+
+def _key(job: str) -> str:
+    return PREFIX + job
+
+
+def read(job: str) -> Entry | None:
+    """The stored entry of `job`, or None; BrokerUnavailable when the store cannot be reached."""
+    try:
+        raw = _client().get(_key(job))
+    except RedisError as exc:
+        log.warning("reading student inspection %s failed: %s", job, exc)
+        raise queue.BrokerUnavailable() from exc
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return Entry(str(data["status"]), data.get("inspection"), data.get("error"),
+                     float(data.get("since", 0.0)))
+    except (ValueError, KeyError, TypeError):  # not ours, or damaged: build it again
+        return None
+
+
+def _write(job: str, data: dict[str, Any], ttl: int, *, only_new: bool = False) -> bool:
+    try:
+        done = _client().set(_key(job), json.dumps(data), ex=ttl, nx=only_new)
+    except RedisError as exc:
+        log.warning("writing student inspection %s failed: %s", job, exc)
+        raise queue.BrokerUnavailable() from exc
+    return bool(done)
+
+
+def forget(job: str) -> None:
+    try:
+        _client().delete(_key(job))
+    except RedisError as exc:
+        raise queue.BrokerUnavailable() from exc
+
+
+def _pending_ttl() -> int:
+    return 2 * get_settings().inspect_timeout_s + 60
+
+
+def lookup(args: list[Any], task: str) -> Entry:
+    """The stored entry of the student built from `args`; when there is none, `task(*args)` is
+    queued (once, whoever asks at the same time) and a pending entry returned. Never waits for a
+    worker. A pending entry older than the inspection limit is dropped and WorkerTimeout raised."""
+    job = job_id(args)
+    entry = read(job)
+    if entry is None:
+        mine = Entry("pending", since=time.time())
+        if _write(job, {"status": "pending", "since": mine.since}, _pending_ttl(), only_new=True):
+            try:
+                queue.enqueue(task, args, queue="cpu")
+            except queue.BrokerUnavailable:
+                forget(job)
+                raise
+            return mine
+        entry = read(job) or mine  # someone else claimed it just now
+    limit = get_settings().inspect_timeout_s
+    if entry.status == "pending" and time.time() - entry.since > limit:
+        forget(job)  # the next request queues it again
+        raise queue.WorkerTimeout(limit)
+    return entry
+
+
+def store_ready(args: list[Any], inspection: dict[str, Any]) -> None:
+    """Record a built student's layer table (the worker's task calls this)."""
+    _write(job_id(args), {"status": "ready", "inspection": inspection}, READY_TTL_S)
+
+
+def store_failed(args: list[Any], error: str) -> None:
+    """Record why a student could not be built (the worker's task calls this)."""
+    _write(job_id(args), {"status": "failed", "error": error}, FAILED_TTL_S)
+
+
+def plant(
+    architecture: str, kwargs: dict[str, Any], input_shape: list[int], num_classes: int,
+    inspection: dict[str, Any],
+) -> str:
+    """Store a layer table as if a worker had built it (tests without a worker); its job id."""
+    args = build_args(architecture, kwargs, input_shape, num_classes)
+    store_ready(args, inspection)
+    return job_id(args)
