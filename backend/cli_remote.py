@@ -10,7 +10,8 @@ audit ...`: a running studio, scripted over REST.
     distill-studio models list --tag cifar10 | show ID | update ID --tag prod | delete ID [--archive]
     distill-studio datasets push cifar.npz --name cifar | list | show ID | delete ID [--archive]
     distill-studio teams list | create NAME | members ID | invite ID USER --role admin | ...
-    distill-studio teams invitations [--sent TEAM_ID] | accept INVITATION_ID | decline ID
+    distill-studio teams invitations [--sent TEAM_ID] | accept INVITATION_ID | decline ID |
+        withdraw TEAM_ID INVITATION_ID
     distill-studio models download ID -o teacher.pt2   (datasets download, artifacts download too)
     distill-studio artifacts list RUN_ID | download ID [-o DEST]
     distill-studio comparisons create NAME 12 14 | list | show ID | delete ID
@@ -740,6 +741,21 @@ def teams_invitations(
         [i.id, i.team_name, i.username, i.role, i.status, i.invited_by, i.created_at]
         for i in rows
     ]))
+
+
+@teams_app.command("withdraw")
+@api_errors
+def teams_withdraw(
+    team_id: Annotated[int, typer.Argument(help="Team id.")],
+    invitation_id: Annotated[int, typer.Argument(help="Invitation id (invitations --sent).")],
+    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+) -> None:
+    """Withdraw a pending invitation of a team (admins and owners)."""
+    invitation = client(api_url, token, team).withdraw_invitation(team_id, invitation_id)
+    if as_json:
+        emit_json(invitation)
+    else:
+        typer.echo(f"withdrew the invitation of {invitation.username} to {invitation.team_name}")
 
 
 @teams_app.command("accept")

@@ -985,6 +985,12 @@ class Client:
         return [Invitation.model_validate(i)
                 for i in self._json("GET", f"/teams/{team_id}/invitations")]
 
+    def withdraw_invitation(self, team_id: int, invitation_id: int) -> Invitation:
+        """Take back a pending invitation of a team (admins and owners)."""
+        return Invitation.model_validate(
+            self._json("DELETE", f"/teams/{team_id}/invitations/{invitation_id}")
+        )
+
     def invitations(self) -> list[Invitation]:
         """Invitations to teams waiting for your answer."""
         return [Invitation.model_validate(i) for i in self._json("GET", "/invitations")]

@@ -5,7 +5,7 @@ and the change are saved (or rolled back) together. Actions are `<resource>.<ver
 model.create, model.update, model.delete, model.archive, model.download, model.register,
 dataset.*, run.create, run.cancel, artifact.download, member.add, member.update, member.remove,
 team.create, user.create, token.create, token.revoke, webhook.create, webhook.delete,
-invitation.create, invitation.accept, invitation.decline, auth.throttle.
+invitation.create, invitation.accept, invitation.decline, invitation.withdraw, auth.throttle.
 
 An action that concerns several teams (a token that reaches all of its user's teams, a throttled
 sign-in of an account in several teams) is recorded in each of them (`audit_teams`).

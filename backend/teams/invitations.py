@@ -18,7 +18,7 @@ from backend.deps import Principal
 from backend.errors import Conflict, Forbidden, Invalid, NotFound
 from backend.security import utcnow
 
-PENDING, ACCEPTED, DECLINED = "pending", "accepted", "declined"
+PENDING, ACCEPTED, DECLINED, WITHDRAWN = "pending", "accepted", "declined", "withdrawn"
 _ACTIONS = {ACCEPTED: "invitation.accept", DECLINED: "invitation.decline"}
 
 
@@ -64,6 +64,22 @@ def sent(session: Session, team_id: int) -> list[Invitation]:
     return list(session.scalars(
         select(Invitation).where(Invitation.team_id == team_id).order_by(Invitation.id.desc())
     ))
+
+
+def withdraw(session: Session, principal: Principal, team_id: int, invitation_id: int) -> Invitation:
+    """Take back a pending invitation of the team (its admins and owners)."""
+    row = session.scalar(select(Invitation).where(
+        Invitation.id == invitation_id, Invitation.team_id == team_id))
+    if row is None:
+        raise NotFound(f"invitation {invitation_id} not found")
+    if row.status != PENDING:
+        raise Conflict(f"invitation {invitation_id} was already {row.status}")
+    row.status = WITHDRAWN
+    row.answered_at = utcnow()
+    audit(session, principal, "invitation.withdraw", "invitation", row.id,
+          {"username": row.username, "role": row.role}, team_id=team_id)
+    session.commit()
+    return row
 
 
 def received(session: Session, user: User) -> list[tuple[Invitation, Team]]:

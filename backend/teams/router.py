@@ -163,6 +163,16 @@ def list_sent(session: SessionDep, access: ManagedTeam) -> list[InvitationOut]:
     return [_invitation_out(r, access.team.name) for r in invitations.sent(session, access.team.id)]
 
 
+@router.delete(
+    "/{team_id}/invitations/{invitation_id}", response_model=InvitationOut,
+    responses=responses(401, 403, 404, 409, 422, 503, e409="the invitation was already answered"),
+    summary="Withdraw a pending invitation of the team (admins and owners)",
+)
+def withdraw(session: SessionDep, access: ManagedTeam, invitation_id: int) -> InvitationOut:
+    row = invitations.withdraw(session, access.principal, access.team.id, invitation_id)
+    return _invitation_out(row, access.team.name)
+
+
 def _answered(pair: tuple[Invitation, Team]) -> InvitationOut:
     return _invitation_out(pair[0], pair[1].name)
 

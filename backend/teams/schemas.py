@@ -139,7 +139,7 @@ class InvitationOut(BaseModel):
     team_name: str
     username: str = Field(description="The invited user.")
     role: Role
-    status: str = Field(description="pending, accepted or declined.")
+    status: str = Field(description="pending, accepted, declined or withdrawn.")
     invited_by: str = Field(description="Username of the admin or owner who invited.")
     created_at: UtcDateTime
     answered_at: UtcDateTime | None

@@ -286,3 +286,12 @@ def test_invitations_accept_and_who_sees_them(api: TestClient, app_client: TestC
     added = api.post(f"/teams/{home}/members", json={"username": "eve", "role": "viewer"})
     assert added.status_code == 201 and added.json()["role"] == "viewer"
     assert datetime.now(UTC) - timedelta(minutes=5) < datetime.fromisoformat(pending["created_at"])
+
+    # an admin withdraws a pending invitation: its invitee can no longer accept it
+    cy = app_client.post(f"/teams/{home}/invitations", headers=ada, json={"username": "cy"}).json()
+    assert app_client.delete(f"/teams/{home}/invitations/{cy['id']}", headers=bob).status_code == 403
+    gone = app_client.delete(f"/teams/{home}/invitations/{cy['id']}", headers=ada)
+    assert gone.status_code == 200 and gone.json()["status"] == "withdrawn"
+    assert app_client.delete(f"/teams/{home}/invitations/{cy['id']}", headers=ada).status_code == 409
+    assert app_client.delete(f"/teams/{home}/invitations/{pending['id']}", headers=ada).status_code == 409
+    assert "invitation.withdraw" in {e["action"] for e in _audit(api, home, "invitation")}

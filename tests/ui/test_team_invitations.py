@@ -110,11 +110,20 @@ def test_admin_invites_and_the_invitee_accepts_or_declines(studio: Studio) -> No
     assert not [b for b in at.button if (b.key or "").startswith("inv_")]
     assert Client(studio.url, cy).teams()[0].name == "lab-c" and len(Client(studio.url, cy).teams()) == 1
 
-    # ada sees the answers
+    # ada sees the answers, and withdraws the one nobody answers
     at = _team_page(studio, ada)
     sent = _frame(at, "invited")
     assert dict(zip(sent["invited"], sent["status"], strict=True)) == {
         "bob": "accepted", "cy": "declined", "nobody": "pending"}
+    [pending_id] = [i.id for i in Client(studio.url, ada).sent_invitations(default)
+                    if i.status == "pending"]
+    assert at.selectbox(key="inv_withdraw_pick").options == ["nobody as member"]
+    at.selectbox(key="inv_withdraw_pick").set_value(pending_id).run()
+    at.button(key="inv_withdraw").click().run()
+    assert not at.exception and not at.error, _texts(at.error)
+    sent = _frame(at, "invited")
+    assert sent[sent["invited"] == "nobody"].iloc[0]["status"] == "withdrawn"
+    assert not [w for w in at.selectbox if w.key == "inv_withdraw_pick"]  # nothing pending
 
 
 def test_only_a_studio_administrator_adds_directly(studio: Studio) -> None:

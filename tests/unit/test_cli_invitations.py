@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from backend.cli import app
 
@@ -20,11 +20,11 @@ def _user(username: str, team: str, role: str = "member") -> None:
         create_user(session, username, f"{username}-password-1", team, role)
 
 
-def _as(server: str, username: str, *args: str, code: int = 0):  # noqa: ANN201
+def _as(url: str, username: str, *args: str, code: int = 0) -> Result:
     from backend.client import Client
 
-    token = Client.login(server, username, f"{username}-password-1").token
-    result = CliRunner().invoke(app, list(args), env={"DS_API_URL": server, "DS_TOKEN": token,
+    token = Client.login(url, username, f"{username}-password-1").token
+    result = CliRunner().invoke(app, list(args), env={"DS_API_URL": url, "DS_TOKEN": token,
                                                       "DS_TEAM_ID": ""})
     assert result.exit_code == code, (result.output, result.stderr)
     return result
@@ -65,6 +65,9 @@ def test_invite_list_accept_and_decline_from_the_cli(cli, server: str) -> None: 
     assert "error (403)" in added.stderr
     created = _as(server, "bob", "teams", "create", "bobs", code=1)
     assert "error (403): creating teams is for studio administrators" in created.stderr
+    withdrawn = cli("teams", "withdraw", str(team_id), str(ghost["id"])).stdout
+    assert withdrawn.strip() == "withdrew the invitation of ghost to default"
+    assert "already withdrawn" in cli("teams", "withdraw", str(team_id), str(ghost["id"]), code=1).stderr
     statuses = {i["username"]: i["status"] for i in json.loads(
         cli("teams", "invitations", "--sent", str(team_id), "--json").stdout)}
-    assert statuses == {"ada": "accepted", "ghost": "pending", "bob": "declined"}
+    assert statuses == {"ada": "accepted", "ghost": "withdrawn", "bob": "declined"}

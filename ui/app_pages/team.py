@@ -296,6 +296,36 @@ def _sent_invitations(team: TeamRef) -> None:
         placeholder=ui.MISSING_CELL,
         column_config={"sent": stamp, "answered": stamp},
     )
+    _withdraw(team, [i for i in sent if i.status == "pending"])
+
+
+def _withdraw(team: TeamRef, pending: list[Invitation]) -> None:
+    if not pending:
+        return
+    by_id = {i.id: i for i in pending}
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    chosen = left.selectbox(
+        "Withdraw an invitation",
+        list(by_id),
+        index=None,
+        placeholder="Pick a pending invitation…",
+        key="inv_withdraw_pick",
+        format_func=lambda i: f"{by_id[i].username} as {by_id[i].role}",
+    )
+    clicked = right.button(
+        "Withdraw", icon=":material/cancel_schedule_send:", key="inv_withdraw",
+        disabled=chosen is None, width="stretch",
+    )
+    if not clicked or chosen is None:
+        return
+    try:
+        ui.client().withdraw_invitation(team.id, chosen)
+    except ApiError as exc:
+        ui.show_api_error(exc)
+        return
+    st.session_state.pop("inv_withdraw_pick", None)
+    st.toast(f"Withdrew the invitation of {by_id[chosen].username}.", icon=":material/undo:")
+    st.rerun()
 
 
 def _add_member(team: TeamRef, username: str, role: str) -> None:
