@@ -23,6 +23,7 @@ from backend.catalog.router import router as catalog_router
 from backend.compare.router import router as compare_router
 from backend.datasets.router import router as datasets_router
 from backend.db import get_engine
+from backend.json_depth import JsonDepthLimit
 from backend.limits import BodyLimit
 from backend.models.router import router as models_router
 from backend.runs.router import router as runs_router
@@ -95,6 +96,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     openapi_examples.install(app)
+    app.add_middleware(JsonDepthLimit)  # 422 for deeply nested JSON, before parsing it
     app.add_middleware(BodyLimit)  # 413 while the body streams in, before parsing it
     for router in (health_router, auth_router, teams_router, users_router, catalog_router,
                    models_router, datasets_router, runs_router, artifacts_router, audit_router,

@@ -23,6 +23,7 @@ from backend.audit.service import audit
 from backend.db.tables import Artifact, AuditEntry, Dataset, Model, Run, Status
 from backend.deps import Principal
 from backend.errors import ApiError, Conflict, Invalid
+from backend.json_depth import depth_problem
 from backend.settings import get_settings
 from backend.storage import Store, Stored, new_key
 from backend.teams.service import get_owned, page, scoped, with_tags
@@ -75,10 +76,13 @@ def pick_format(filename: str, given: str | None) -> str:
 
 
 def parse_kwargs(text: str | None) -> dict[str, Any]:
+    """The `kwargs` form field: a JSON object, shallow (DS_MAX_JSON_DEPTH) and finite."""
     if text is None or not text.strip():
         return {}
+    if (problem := depth_problem(text)) is not None:
+        raise Invalid("kwargs", problem, loc=["body", "kwargs"])
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise Invalid(
             "kwargs", f"not valid JSON ({exc}); give an object like {KWARGS_EXAMPLE}",
@@ -87,6 +91,10 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Invalid("kwargs", f"must be a JSON object like {KWARGS_EXAMPLE}", loc=["body", "kwargs"])
     return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows; give a finite number")
 
 
 def _is_shape(value: Any) -> bool:

@@ -9,11 +9,19 @@ the catalog's parameters with the same defaults (the trainer itself is the one s
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ParamType = Literal["float", "int", "bool", "str", "choice"]
 LossKind = Literal["logits", "feature", "relation", "other"]
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, for error messages about any JSON value."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -26,24 +34,37 @@ class Param:
     max: float | None = None
     choices: tuple[str, ...] | None = None
 
+    def range_text(self) -> str:
+        """The parameter's range as `[min, max]` (an open end shown as -inf / inf)."""
+        lo = "-inf" if self.min is None else self.min
+        hi = "inf" if self.max is None else self.max
+        return f"[{lo}, {hi}]"
+
     def check(self, value: Any) -> str | None:
-        """Return an error message if `value` does not fit this parameter, else None."""
+        """Return an error message if `value` does not fit this parameter, else None.
+
+        Numbers must be finite (no NaN or infinity: JSON bodies may carry them) and in range.
+        """
         if self.type == "bool":
             return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
         if self.type in ("float", "int"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"must be a number, got {value!r}"
+                return f"must be a number, got {_short_repr(value)}"
+            if not math.isfinite(value):
+                return f"must be a finite number in {self.range_text()}, got {value}"
             if self.type == "int" and int(value) != value:
                 return f"must be a whole number, got {value!r}"
-            if self.min is not None and value < self.min:
-                return f"must be >= {self.min}, got {value}"
-            if self.max is not None and value > self.max:
-                return f"must be <= {self.max}, got {value}"
+            if (self.min is not None and value < self.min) or (
+                self.max is not None and value > self.max
+            ):
+                return f"must be in {self.range_text()}, got {value}"
             return None
         if self.type == "choice":
             assert self.choices is not None
-            return None if value in self.choices else f"must be one of {list(self.choices)}, got {value!r}"
-        return None if isinstance(value, str) else f"must be text, got {value!r}"
+            if isinstance(value, str) and value in self.choices:
+                return None
+            return f"must be one of {list(self.choices)}, got {_short_repr(value)}"
+        return None if isinstance(value, str) else f"must be text, got {_short_repr(value)}"
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,145 @@ a local `path` (standalone CLI use). The worker resolves ids to files before cal
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import operator
+import os
+import typing
+from typing import Annotated, Any, ClassVar, Literal
 
+import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from worker.engine import catalog
 
+# Limits of a run config. The studio's settings (backend/settings.py) declare the same DS_*
+# variables; the engine reads them from the environment, as it does not import the backend.
+LIMITS = {"DS_MAX_LAYER_PAIRS": 64, "DS_MAX_LOSSES": 16, "DS_MAX_JSON_DEPTH": 32}
+
+
+def limit(name: str) -> int:
+    """The limit `name` (a key of LIMITS) from the environment, else its default."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else LIMITS[name]
+    except ValueError:
+        return LIMITS[name]
+
+
+def _range_text(metadata: list[Any]) -> str | None:
+    """`[lo, hi]`, `(lo, hi]`, ... from a field's ge/gt/le/lt constraints; None when unbounded."""
+    lo, hi, lo_open, hi_open = "-inf", "inf", True, True
+    for item in metadata:
+        if isinstance(item, annotated_types.Ge):
+            lo, lo_open = str(item.ge), False
+        elif isinstance(item, annotated_types.Gt):
+            lo = str(item.gt)
+        elif isinstance(item, annotated_types.Le):
+            hi, hi_open = str(item.le), False
+        elif isinstance(item, annotated_types.Lt):
+            hi = str(item.lt)
+    if (lo, hi) == ("-inf", "inf"):
+        return None
+    return f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float_problem(value: Any, metadata: list[Any]) -> str | None:
+    """Why a number does not fit a float field (not finite, or out of its range), naming both."""
+    if not _is_number(value):
+        return None  # pydantic says what type it wants
+    bounds = _range_text(metadata)
+    where = f" in {bounds}" if bounds else ""
+    if not math.isfinite(value):
+        return f"must be a finite number{where}, got {value}"
+    for item in metadata:
+        for name, outside in (("ge", operator.lt), ("gt", operator.le), ("le", operator.gt),
+                              ("lt", operator.ge)):
+            bound = getattr(item, name, None)
+            if bound is not None and outside(value, bound):
+                return f"must be{where}, got {value}"
+    return None
+
+
+def json_problem(value: Any, max_depth: int, path: str = "") -> str | None:
+    """Why a JSON-like value is refused: nested deeper than `max_depth`, or holding a NaN or an
+    infinite number (named by its path); None when it is fine."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= max_depth:
+                return (f"nested deeper than {max_depth} levels at '{where or '.'}'; flatten it "
+                        "(the limit is the DS_MAX_JSON_DEPTH setting)")
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in pairs)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"'{where}' must be a finite number, got {item}"
+    return None
+
 
 class _Strict(BaseModel):
+    """Unknown fields are refused; every float is finite and in its range, and every free-form
+    dict is finite and shallow, before anything else is checked (JSON may carry NaN and
+    Infinity; the answer names the field, the value and the range)."""
+
     model_config = ConfigDict(extra="forbid")
+    # dict fields whose values the catalog checks (it names each parameter's range)
+    _catalog_checked: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite_and_in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        annotation = field.annotation
+        if annotation is float:
+            problem = _float_problem(value, field.metadata)
+        elif isinstance(value, list) and (items := _float_items(annotation)) is not None:
+            problem = _list_problem(value, items)
+        elif annotation == dict[str, Any] and isinstance(value, dict):
+            problem = json_problem(value, limit("DS_MAX_JSON_DEPTH"))
+            if problem is not None and info.field_name in cls._catalog_checked and "finite" in problem:
+                problem = None  # the catalog names the parameter's range
+        else:
+            problem = None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+def _float_items(annotation: Any) -> list[Any] | None:
+    """For a `list[float]` annotation (its items maybe `Annotated` with a range), the items'
+    constraints; None for any other annotation."""
+    if typing.get_origin(annotation) is not list:
+        return None
+    [item] = typing.get_args(annotation) or [None]
+    if item is float:
+        return []
+    if typing.get_origin(item) is Annotated and typing.get_args(item)[0] is float:
+        return [m for info in typing.get_args(item)[1:] for m in getattr(info, "metadata", [info])]
+    return None
+
+
+def _list_problem(values: list[Any], metadata: list[Any]) -> str | None:
+    """The first item of a list of floats that is not finite or out of the items' range."""
+    for i, value in enumerate(values):
+        problem = _float_problem(value, metadata)
+        if problem is not None:
+            return f"item {i} {problem}"
+    return None
 
 
 class ModelRef(_Strict):
@@ -49,6 +178,8 @@ class StudentSpec(_Strict):
     weights with an architecture), not a .pt2 graph.
     """
 
+    _catalog_checked: ClassVar[frozenset[str]] = frozenset({"kwargs"})
+
     source: Literal["zoo", "derived", "teacher", "model"] = "zoo"
     architecture: str = Field("resnet8", description="Catalog name of the student architecture.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Architecture parameters.")
@@ -62,6 +193,8 @@ class StudentSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> StudentSpec:
+        if self.source != "zoo" and (problem := json_problem(self.kwargs, 1, "kwargs")):
+            raise ValueError(problem)  # only a zoo student's kwargs are checked by the catalog
         if self.source == "model":
             if self.model is None:
                 raise ValueError("student.source='model' needs student.model")
@@ -123,6 +256,8 @@ class LayerPair(_Strict):
 
 
 class LossSpec(_Strict):
+    _catalog_checked: ClassVar[frozenset[str]] = frozenset({"params"})
+
     name: str
     # up to 1e5: RepDistiller weights SP 3000 and PKT 30000 (their values are tiny)
     weight: float = Field(1.0, ge=0.0, le=100_000.0)
@@ -130,6 +265,17 @@ class LossSpec(_Strict):
     pairs: list[int] | None = Field(
         None, description="Indices into layer_pairs this loss uses; default: all pairs."
     )
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _few_pairs(cls, value: Any) -> Any:
+        cap = limit("DS_MAX_LAYER_PAIRS")
+        if isinstance(value, list) and len(value) > cap:
+            raise ValueError(
+                f"{len(value)} pair indices given; a loss uses at most {cap} (the studio's "
+                "DS_MAX_LAYER_PAIRS setting)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> LossSpec:
@@ -155,8 +301,9 @@ class TrainSettings(_Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    step_milestones: list[float] = Field(
-        default_factory=lambda: [0.5, 0.75], description="With schedule='step': epoch fractions."
+    step_milestones: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.5, 0.75], max_length=32,
+        description="With schedule='step': fractions of the training, each in [0, 1].",
     )
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -182,6 +329,21 @@ class RunConfig(_Strict):
     scheme: str = "offline"
     training: TrainSettings = Field(default_factory=TrainSettings)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("layer_pairs", "losses", mode="before")
+    @classmethod
+    def _capped(cls, value: Any, info: ValidationInfo) -> Any:
+        """At most DS_MAX_LAYER_PAIRS layer pairs and DS_MAX_LOSSES losses (each pair and loss
+        costs the worker memory: taps, connectors, optimiser state)."""
+        setting = "DS_MAX_LAYER_PAIRS" if info.field_name == "layer_pairs" else "DS_MAX_LOSSES"
+        cap = limit(setting)
+        if isinstance(value, list) and len(value) > cap:
+            what = "layer pairs" if info.field_name == "layer_pairs" else "losses"
+            raise ValueError(
+                f"{len(value)} {what} given; a run takes at most {cap} (the studio's {setting} "
+                "setting)"
+            )
+        return value
 
     @field_validator("scheme")
     @classmethod
