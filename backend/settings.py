@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_upload_mb: int = 512
     max_zip_entries: int = 100_000
     max_zip_uncompressed_mb: int = 2048
+    max_decoded_mb: int = 2048  # a dataset once decoded (float32 samples), checked before decoding
     inspect_timeout_s: int = 120
     max_attempts: int = 3
     visibility_timeout_s: int = 48 * 3600

@@ -130,27 +130,29 @@ def inspect_model(model_id: int) -> str:
     return _process_upload(Model, model_id, work)
 
 
+def _file_stem(name: str) -> str:
+    """A dataset's name as a safe file stem (letters, digits, `._-`; at most 80 characters)."""
+    stem = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+    return stem.strip("._")[:80] or "dataset"
+
+
 @celery_app.task(name=SCAN_DATASET, soft_time_limit=get_settings().inspect_timeout_s)
 def scan_dataset(dataset_id: int) -> str:
     """Read an uploaded dataset (safely) and record its size, classes, input shape and preview."""
 
     def work(path: Path, ds: Dataset) -> Apply:
-        from worker.engine.data import (
-            csv_feature_names,
-            dataset_info,
-            dataset_preview,
-            load_dataset,
-        )
+        from worker.engine.data import describe_dataset
 
         settings = get_settings()
-        data = load_dataset(
-            path, ds.format, ds.label_column,
+        # messages name the file: call it after the dataset, not "upload.<format>"
+        named = path.rename(path.with_name(f"{_file_stem(ds.name)}.{ds.format}"))
+        # the decoded size is checked from headers before anything is decoded (DS_MAX_DECODED_MB)
+        info = describe_dataset(
+            named, ds.format, ds.label_column,
             max_entries=settings.max_zip_entries,
             max_uncompressed_bytes=settings.max_zip_uncompressed_mb * 1024 * 1024,
+            max_decoded_bytes=settings.max_decoded_mb * 1024 * 1024,
         )
-        info = dataset_info(data)
-        columns = csv_feature_names(path, ds.label_column) if ds.format == "csv" else None
-        info["preview"] = dataset_preview(data, feature_names=columns)
 
         def apply(row: Dataset) -> None:
             row.info = info

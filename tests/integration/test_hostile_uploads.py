@@ -202,6 +202,88 @@ def test_hostile_dataset_fails_with_the_reason(studio: Studio, case: str) -> Non
     assert studio.worker.proc is not None and studio.worker.proc.poll() is None
 
 
+# -- decoded size: checked from the headers before anything is decoded (DS_MAX_DECODED_MB) ------
+
+
+def huge_images_zip() -> bytes:
+    """The reported attack: 32 solid 8000x8000 PNGs, a few tens of KB zipped, 7.6 GiB as
+    float32 (the old loader reached 4 GiB and asked for 7.6 GiB more)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8000, 8000), 7).save(buf, format="PNG")
+    big = buf.getvalue()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(32):
+            z.writestr(f"{('cat', 'dog')[i % 2]}/{i}.png", big)
+    return out.getvalue()
+
+
+def npz_claiming_a_huge_shape() -> bytes:
+    """An .npz whose x.npy header claims (1e6, 1e6) float32 (3.6 TiB) over 64 bytes of data."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (1_000_000, 1_000_000)})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", header.getvalue() + b"\0" * 64)
+        y = io.BytesIO()
+        np.save(y, np.array([0, 1]))
+        z.writestr("y.npy", y.getvalue())
+    return buf.getvalue()
+
+
+DECODED_CASES: dict[str, tuple[str, Callable[[], bytes], tuple[str, ...]]] = {
+    "32 PNGs of 8000x8000": (
+        "images.zip", huge_images_zip,
+        ("hostile.zip: decodes to 7.81 GiB (32 images of 8000x8000 L as float32: 7.63 GiB",
+         "more than the limit of 2.00 GiB", "DS_MAX_DECODED_MB")),
+    "npz header claiming a huge shape": (
+        "arrays.npz", npz_claiming_a_huge_shape,
+        ("hostile.npz: decodes to 3725.29 GiB (x: (1000000, 1000000) float32)",
+         "DS_MAX_DECODED_MB")),
+    "csv with one enormous row": (
+        "table.csv", lambda: b"a,b,label\n1,2,0\n" + b"0," * 2_000_000 + b"1\n",
+        ("hostile.csv: line 3 is 4000001 bytes long",)),
+}
+
+
+def peak_rss(pid: int) -> int:
+    """The peak resident size (VmHWM) of a process, in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                if line.startswith("VmHWM:"))
+
+
+@pytest.mark.parametrize("case", list(DECODED_CASES))
+def test_decoded_size_is_refused_before_decoding(studio: Studio, case: str) -> None:
+    """Through the API and a real worker (default DS_MAX_DECODED_MB=2048): the upload ends
+    `failed` naming the file, its decoded size, the limit and the setting, and the worker's
+    pool process never grew past its earlier peak by more than a few MiB."""
+    filename, build, words = DECODED_CASES[case]
+    data = build()
+    assert len(data) < 8 * MiB  # small on the wire; under DS_MAX_ZIP_UNCOMPRESSED_MB unpacked
+    # a valid upload of the same format first: the libraries it imports count before the attack
+    warm = {"zip": image_zip, "npz": npz, "csv": lambda: b"a,b,label\n1,2,0\n3,4,1\n"}
+    ok = upload_dataset(studio.api, filename, warm[filename.rsplit(".", 1)[1]]())
+    assert wait_scanned(studio.api, f"/datasets/{ok.json()['id']}")["status"] == "ready"
+    (pool,) = studio.worker.pool_pids()
+    before = peak_rss(pool)
+    r = upload_dataset(studio.api, filename, data)
+    assert r.status_code == 201, r.text
+    body = wait_scanned(studio.api, f"/datasets/{r.json()['id']}")
+    assert body["status"] == "failed", body
+    for word in words:
+        assert word in body["error"], (case, body["error"])
+    assert body["info"] is None
+    assert studio.worker.pool_pids() == [pool], "the pool process was replaced"
+    grew = peak_rss(pool) - before
+    print(f"{case}: {body['error'][:200]}; worker peak grew {grew / MiB:.1f} MiB")
+    assert grew < 64 * MiB, f"the worker's peak grew by {grew / MiB:.0f} MiB"
+    assert studio.worker.proc is not None and studio.worker.proc.poll() is None
+
+
 def test_valid_zip_after_the_bombs_is_scanned(studio: Studio) -> None:
     r = upload_dataset(studio.api, "images.zip", image_zip())
     body = wait_scanned(studio.api, f"/datasets/{r.json()['id']}")

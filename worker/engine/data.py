@@ -6,6 +6,14 @@ Three upload formats, all read without executing or extracting anything:
   memory with PIL after checks against path traversal, symlinks and zip bombs;
 - `.csv` with numeric feature columns and a label column.
 
+Bounded memory, whatever the compression: the decoded size is worked out from headers before
+anything is decoded (each .npy member's shape and dtype; each image's width, height and mode; a
+CSV's columns, rows and longest line) and refused over `max_decoded_bytes` (DS_MAX_DECODED_MB on
+a studio server). Images are then decoded one at a time into one preallocated array, and
+conversion to float32 works a batch of rows at a time, so the peak stays near the decoded size
+(images: the float32 samples plus decoding the costliest single image). `describe_dataset`, what
+the worker's scan calls, keeps images as uint8: a quarter of that.
+
 Images come out as float32 NCHW in [0, 1] (uint8 / 255); tabular data as float32 [N, D].
 Integer labels keep their value as the class index (class names "0".."K-1", K = max label + 1),
 so a teacher's output units line up with them; other labels map to their sorted names.
@@ -19,12 +27,15 @@ exported from it still takes raw inputs.
 from __future__ import annotations
 
 import io
+import math
 import stat
+import warnings
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -32,8 +43,16 @@ from torch import Tensor, nn
 
 Format = Literal["npz", "zip", "csv"]
 GiB = 1 << 30
+MiB = 1 << 20
+DECODED_SETTING = "DS_MAX_DECODED_MB"  # the studio setting that sets max_decoded_bytes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # per image; PIL's own Image.MAX_IMAGE_PIXELS is held to it
+MAX_CSV_COLUMNS = 100_000
+_CSV_HEADER_BYTES = 64 * MAX_CSV_COLUMNS  # the header line is read from at most this many bytes
+_CSV_LINE_BYTES = 64 * 1024  # a line may take this many bytes plus 64 per column
+_CSV_BYTES_PER_COLUMN = 64
+_CSV_CHUNK_FIELDS = 1 << 20  # pandas parses about this many fields at a time
+_BATCH_BYTES = 16 * MiB  # float32 conversion works on this much at a time
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 
 
@@ -43,7 +62,9 @@ class DatasetError(ValueError):
 
 @dataclass
 class TensorData:
-    """A labelled dataset in memory: `x` float32 [N, ...], `y` int64 [N], class names."""
+    """A labelled dataset in memory: `x` float32 [N, ...], `y` int64 [N], class names.
+
+    `x` may also be uint8 (images kept compact while scanning; the values are x / 255)."""
 
     x: Tensor
     y: Tensor
@@ -97,28 +118,16 @@ def _encode_labels(values: np.ndarray, where: str) -> tuple[np.ndarray, list[str
     return np.array([lookup[n] for n in names], dtype=np.int64), classes
 
 
-def _to_float(x: np.ndarray, where: str) -> np.ndarray:
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    if x.dtype.kind not in "iufb":
-        raise DatasetError(f"{where}: x must hold numbers, got dtype {x.dtype}")
-    out = x.astype(np.float32)
-    if not np.all(np.isfinite(out)):
-        raise DatasetError(
-            f"{where}: x contains NaN or infinite values; clean or impute them first"
-        )
-    return out
-
-
 def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
-    """2D stays tabular; [N,H,W] gains a channel; NHWC (last dim 1/3/4, dim 1 not) -> NCHW."""
+    """2D stays tabular; [N,H,W] gains a channel; NHWC (last dim 1/3/4, dim 1 not) -> NCHW.
+    A view: nothing is copied here."""
     if x.ndim == 2:
         return x
     if x.ndim == 3:
         return x[:, None]
     if x.ndim == 4:
         if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            return x.transpose(0, 3, 1, 2)
         return x
     raise DatasetError(
         f"{where}: x has shape {x.shape}; expected [N, D] (tabular), [N, H, W], [N, C, H, W] "
@@ -155,36 +164,157 @@ def _check_zip_entries(zf: zipfile.ZipFile, where: str, max_entries: int, max_by
 
 
 # ----------------------------------------------------------------------------------------------
-# npz
+# decoded size: checked before anything is decoded, against the server's limit
 
 
-def _load_npz(path: Path, max_entries: int, max_bytes: int) -> TensorData:
+def _size(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.2f} MiB"
+
+
+def _check_decoded(where: str, decoded: int, detail: str, limit: int | None, fix: str) -> None:
+    """Refuse an upload whose decoded size (read from headers) is over `limit` bytes."""
+    if limit is not None and decoded > limit:
+        raise DatasetError(
+            f"{where}: decodes to {_size(decoded)} ({detail}), more than the limit of "
+            f"{_size(limit)}; {fix}, or raise {DECODED_SETTING} on the server"
+        )
+
+
+@dataclass(frozen=True)
+class _Limits:
+    entries: int
+    unpacked: int
+    decoded: int | None
+
+
+def _float32_rows(x: np.ndarray, where: str, compact: bool) -> np.ndarray:
+    """x ([N, ...], NCHW already) as float32, converted a batch of rows at a time into one
+    preallocated array (uint8 / 255); with `compact`, uint8 stays uint8. NaN/inf are refused."""
+    if compact and x.dtype == np.uint8:
+        return x
+    if x.dtype == np.float32 and x.flags.c_contiguous:
+        out = x
+    else:
+        out = np.empty(x.shape, np.float32)
+    row = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * 4)
+    step = max(1, _BATCH_BYTES // row)
+    for i in range(0, x.shape[0], step):
+        part = out[i : i + step]
+        if x.dtype == np.uint8:
+            np.divide(x[i : i + step], 255.0, out=part, dtype=np.float32)
+            continue
+        if out is not x:
+            part[...] = x[i : i + step]
+        if not np.isfinite(part).all():
+            raise DatasetError(
+                f"{where}: x contains NaN or infinite values; clean or impute them first"
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# npz: every array's header (shape, dtype) is read from its member before any data
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    member: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    nbytes: int  # what the header claims
+    held: int  # the data bytes the member really holds (its declared size less the header)
+
+
+def _npy_header(zf: zipfile.ZipFile, member: str, key: str, where: str) -> _NpyHeader:
+    """Shape and dtype from a member's .npy header, checked against the bytes it really holds."""
+    info = zf.getinfo(member)
+    fmt = np.lib.format
+    try:
+        with zf.open(info) as fp:
+            version = fmt.read_magic(fp)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(fp)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = fp.tell()
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(
+            f"{where}: '{key}' is not a readable .npy array ({exc}); save with numpy.savez"
+        ) from exc
+    if dtype.hasobject:
+        raise DatasetError(
+            f"{where}: '{key}' holds Python objects; store plain numeric arrays (no objects)"
+        )
+    return _NpyHeader(member, tuple(shape), dtype, math.prod(shape) * dtype.itemsize,
+                      info.file_size - offset)
+
+
+def _npz_needs_copy(header: _NpyHeader) -> bool:
+    """Whether x is converted into a float32 copy (not float32 already, or channels-last)."""
+    shape = header.shape
+    nhwc = len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
+    return header.dtype != np.float32 or nhwc
+
+
+def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str, _NpyHeader]:
+    """The headers of x, y (and classes); refuses missing arrays and a decoded size over
+    `limit`: the arrays as stored, plus x's float32 copy when it needs one."""
+    members = {(n[:-4] if n.endswith(".npy") else n): n for n in zf.namelist()}
+    missing = [k for k in ("x", "y") if k not in members]
+    if missing:
+        raise DatasetError(
+            f"{where}: missing array(s) {missing}; it has {list(members)}. "
+            "Save with numpy.savez(path, x=features, y=labels)"
+        )
+    keys = [k for k in ("x", "y", "classes") if k in members]
+    headers = {k: _npy_header(zf, members[k], k, where) for k in keys}
+    x = headers["x"]
+    copy = math.prod(x.shape) * 4 if _npz_needs_copy(x) else 0
+    decoded = sum(h.nbytes for h in headers.values()) + copy
+    detail = f"x: {x.shape} {x.dtype}" + (" and its float32 copy" if copy else "")
+    _check_decoded(where, decoded, detail, limit, "save fewer or smaller samples")
+    for key, h in headers.items():
+        if h.nbytes > h.held:
+            raise DatasetError(
+                f"{where}: '{key}' claims shape {h.shape} {h.dtype} ({h.nbytes} bytes) but the "
+                f"member holds only {h.held} bytes; save the arrays again with numpy.savez"
+            )
+    return headers
+
+
+def _read_npy(zf: zipfile.ZipFile, header: _NpyHeader, where: str) -> np.ndarray:
+    try:
+        with zf.open(header.member) as fp:
+            return np.lib.format.read_array(fp, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{where}: {exc}; store plain numeric arrays (no objects)") from exc
+
+
+def _load_npz(path: Path, limits: _Limits, compact: bool) -> TensorData:
     where = path.name
     try:
-        with zipfile.ZipFile(path) as zf:
-            _check_zip_entries(zf, where, max_entries, max_bytes)
+        zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise DatasetError(
             f"{where}: not a valid .npz file ({exc}); save it with numpy.savez"
         ) from exc
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x", "y") if k not in npz.files]
-            if missing:
-                raise DatasetError(
-                    f"{where}: missing array(s) {missing}; it has {npz.files}. "
-                    "Save with numpy.savez(path, x=features, y=labels)"
-                )
-            x, y = npz["x"], npz["y"]
-            names = npz["classes"].astype(str).tolist() if "classes" in npz.files else None
-    except ValueError as exc:
-        if isinstance(exc, DatasetError):
-            raise
-        raise DatasetError(f"{where}: {exc}; store plain numeric arrays (no objects)") from exc
-    labels, classes = _encode_labels(y, where)
-    if names is not None:
-        classes = _apply_names(classes, names, y, where)
-    data = _to_nchw(_to_float(x, where), where)
+    with zf:
+        _check_zip_entries(zf, where, limits.entries, limits.unpacked)
+        headers = _npz_headers(zf, where, limits.decoded)
+        y = _read_npy(zf, headers["y"], where)
+        names = None
+        if "classes" in headers:
+            names = _read_npy(zf, headers["classes"], where).astype(str).tolist()
+        labels, classes = _encode_labels(y, where)
+        if names is not None:
+            classes = _apply_names(classes, names, y, where)
+        x = _read_npy(zf, headers["x"], where)
+    if x.dtype.kind not in "iufb":
+        raise DatasetError(f"{where}: x must hold numbers, got dtype {x.dtype}")
+    data = _float32_rows(_to_nchw(x, where), where, compact)
+    del x
     return TensorData(torch.from_numpy(data), torch.from_numpy(labels), classes)
 
 
@@ -201,7 +331,7 @@ def _apply_names(classes: list[str], names: list[str], raw: np.ndarray, where: s
 
 
 # ----------------------------------------------------------------------------------------------
-# zip image folder
+# zip image folder: sizes from the headers first, then one image at a time into one array
 
 
 def _image_entries(zf: zipfile.ZipFile, where: str) -> list[tuple[str, str]]:
@@ -228,104 +358,270 @@ def _image_entries(zf: zipfile.ZipFile, where: str) -> list[tuple[str, str]]:
     return [(f, p[0]) for f, p in zip(files, parts, strict=True)]
 
 
-def _open_image(zf: zipfile.ZipFile, name: str, where: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
+_UNREADABLE = (OSError, EOFError, ValueError, SyntaxError, zipfile.BadZipFile, zlib.error)
 
+
+def _pixel_cap() -> int:
+    """Pixels one image may have: MAX_IMAGE_PIXELS, or PIL's own cap if lower. PIL's cap is
+    lowered to ours too, so PIL itself refuses anything past twice of it when opening."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    return int(Image.MAX_IMAGE_PIXELS)
+
+
+def _open_image(fp: IO[bytes], name: str, where: str) -> Any:
+    """Open an image lazily (PIL reads only its header here) and refuse one over the cap."""
+    from PIL import Image
+
+    cap = _pixel_cap()
     try:
-        img = Image.open(io.BytesIO(zf.read(name)))
-    except (UnidentifiedImageError, OSError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{where}: '{name}' is too large to decode ({exc})") from exc
+    except _UNREADABLE as exc:
         raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc
-    if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
-        raise DatasetError(f"{where}: '{name}' is {img.size[0]}x{img.size[1]} pixels; too large")
+    if img.size[0] * img.size[1] > cap:
+        raise DatasetError(
+            f"{where}: '{name}' is {img.size[0]}x{img.size[1]} pixels, more than the limit of "
+            f"{cap} pixels per image; resize it smaller"
+        )
     return img
 
 
 def _header(zf: zipfile.ZipFile, name: str, where: str) -> tuple[str, tuple[int, int]]:
-    """The target mode ("L" or "RGB") and the size of one image, without decoding its pixels."""
-    with _open_image(zf, name, where) as img:
-        return ("L" if img.mode in _GREY_MODES else "RGB"), img.size
+    """The mode and size of one image from its header, without decoding its pixels."""
+    with zf.open(name) as fp, _open_image(fp, name, where) as img:
+        return img.mode, img.size
 
 
-def _check_decoded_size(n: int, mode: str, size: tuple[int, int], where: str, limit: int) -> None:
-    decoded = n * (3 if mode == "RGB" else 1) * size[0] * size[1] * 4
-    if decoded > limit:
-        raise DatasetError(
-            f"{where}: {n} images of {size[0]}x{size[1]} would take {decoded / GiB:.1f} GiB as "
-            f"float32 (limit {limit / GiB:.1f} GiB); resize the images smaller or upload fewer"
-        )
+def _target_mode(mode: str) -> str:
+    return "L" if mode in _GREY_MODES else "RGB"
 
 
-def _load_zip(path: Path, max_entries: int, max_bytes: int) -> TensorData:
+def _pil_bytes_per_pixel(mode: str) -> int:
+    """What PIL holds per pixel in memory (at most): 1 byte for 8-bit modes, 4 otherwise."""
+    return 1 if mode in ("1", "L", "P") else 4
+
+
+def _decoding_bytes(src_mode: str, src: tuple[int, int], mode: str, size: tuple[int, int]) -> int:
+    """Memory to decode one image to `mode` at `size`: its pixels as PIL holds them, a converted
+    copy when the mode changes, and the resized image with its uint8 array."""
+    pixels = src[0] * src[1]
+    converted = pixels * _pil_bytes_per_pixel(mode) if _target_mode(src_mode) != src_mode else 0
+    channels = 3 if mode == "RGB" else 1
+    return (pixels * _pil_bytes_per_pixel(src_mode) + converted
+            + size[0] * size[1] * (_pil_bytes_per_pixel(mode) + channels))
+
+
+def _check_images_decoded(
+    entries: list[tuple[str, str]], headers: list[tuple[str, tuple[int, int]]], mode: str,
+    size: tuple[int, int], where: str, limit: int | None,
+) -> None:
+    """The samples as float32 plus decoding the costliest single image must fit `limit`."""
+    channels = 3 if mode == "RGB" else 1
+    samples = len(entries) * channels * size[0] * size[1] * 4
+    costs = [_decoding_bytes(m, s, mode, size) for m, s in headers]
+    worst = max(range(len(costs)), key=costs.__getitem__)
+    (w, h), name = headers[worst][1], entries[worst][0]
+    detail = (
+        f"{len(entries)} images of {size[0]}x{size[1]} {mode} as float32: {_size(samples)}, "
+        f"plus {_size(costs[worst])} to decode '{name}' ({w}x{h} {headers[worst][0]})"
+    )
+    _check_decoded(where, samples + costs[worst], detail, limit,
+                   "resize the images smaller or upload fewer")
+
+
+def _decode(zf: zipfile.ZipFile, name: str, mode: str, size: tuple[int, int],
+            where: str) -> np.ndarray:
+    """One image as uint8 [H, W] (mode L) or [H, W, 3] (RGB), resized to `size` if needed."""
     from PIL import Image
 
+    with zf.open(name) as fp, _open_image(fp, name, where) as opened:
+        try:
+            img = opened.convert(mode) if opened.mode != mode else opened
+            if img.size != size:
+                img = img.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+        except _UNREADABLE as exc:
+            raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc
+
+
+def _load_zip(path: Path, limits: _Limits, compact: bool) -> TensorData:
     where = path.name
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise DatasetError(f"{where}: not a valid zip file ({exc})") from exc
     with zf:
-        _check_zip_entries(zf, where, max_entries, max_bytes)
+        _check_zip_entries(zf, where, limits.entries, limits.unpacked)
         entries = _image_entries(zf, where)
         headers = [_header(zf, name, where) for name, _ in entries]
-        mode = Counter(m for m, _ in headers).most_common(1)[0][0]
+        mode = Counter(_target_mode(m) for m, _ in headers).most_common(1)[0][0]
         size = Counter(s for _, s in headers).most_common(1)[0][0]
-        _check_decoded_size(len(entries), mode, size, where, 4 * max_bytes)
-        arrays = []
-        for name, _ in entries:
-            img = _open_image(zf, name, where).convert(mode)
-            if img.size != size:
-                img = img.resize(size, Image.Resampling.BILINEAR)
-            arrays.append(np.asarray(img, dtype=np.uint8))
-    stacked = np.stack(arrays)
-    x = stacked.transpose(0, 3, 1, 2) if mode == "RGB" else stacked[:, None]
+        _check_images_decoded(entries, headers, mode, size, where, limits.decoded)
+        channels = 3 if mode == "RGB" else 1
+        x = np.empty((len(entries), channels, size[1], size[0]),
+                     np.uint8 if compact else np.float32)
+        for i, (name, _) in enumerate(entries):
+            pixels = _decode(zf, name, mode, size, where)
+            chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+            if compact:
+                x[i] = chw
+            else:  # the same float32 values as uint8 / 255 of the whole stack
+                np.divide(chw, 255.0, out=x[i], dtype=np.float32)
     labels, classes = _encode_labels(np.array([c for _, c in entries]), where)
-    x = np.ascontiguousarray(_to_float(x, where))
     return TensorData(torch.from_numpy(x), torch.from_numpy(labels), classes)
 
 
 # ----------------------------------------------------------------------------------------------
-# csv
+# csv: columns from a bounded header, rows and line lengths counted, then parsed in chunks
 
 
-def _load_csv(path: Path, label_column: str, max_bytes: int) -> TensorData:
+def _csv_columns(path: Path, where: str) -> list[str]:
+    """The header's column names, read from at most `_CSV_HEADER_BYTES` bytes."""
+    import pandas as pd
+
+    with path.open("rb") as f:
+        first = f.readline(_CSV_HEADER_BYTES + 1)
+    if len(first) > _CSV_HEADER_BYTES:
+        raise DatasetError(
+            f"{where}: the header line is longer than {_size(_CSV_HEADER_BYTES)}; a table may "
+            f"have at most {MAX_CSV_COLUMNS} columns (use an .npz file for wider data)"
+        )
+    try:
+        columns = pd.read_csv(io.BytesIO(first), nrows=0, skipinitialspace=True).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{where}: not a readable CSV file ({exc})") from exc
+    if len(columns) > MAX_CSV_COLUMNS:
+        raise DatasetError(
+            f"{where}: {len(columns)} columns, more than the limit of {MAX_CSV_COLUMNS}; "
+            "keep fewer features or use an .npz file"
+        )
+    return [str(c).strip() for c in columns]
+
+
+def _csv_lines(path: Path) -> tuple[int, int, int]:
+    """(lines, the longest line's length in bytes, its 1-based number), reading the file in
+    1 MiB blocks; a line ends at LF, CRLF or a lone CR, as pandas reads it."""
+    lines, longest, longest_at, last_end, offset = 0, 0, 0, -1, 0
+    with path.open("rb") as f:
+        block = f.read(MiB)
+        while block:
+            following = f.read(MiB)
+            b = np.frombuffer(block, np.uint8)
+            lf = b == 10
+            lf_next = np.empty_like(lf)
+            lf_next[:-1] = lf[1:]
+            lf_next[-1] = following[:1] == b"\n"
+            ends = np.flatnonzero(lf | ((b == 13) & ~lf_next)) + offset
+            if len(ends):
+                lengths = np.diff(ends, prepend=last_end) - 1
+                k = int(lengths.argmax())
+                if lengths[k] > longest:
+                    longest, longest_at = int(lengths[k]), lines + k + 1
+                lines, last_end = lines + len(ends), int(ends[-1])
+            offset += len(block)
+            block = following
+    if offset - 1 > last_end:  # a last line without a line end
+        lines += 1
+        if offset - 1 - last_end > longest:
+            longest, longest_at = offset - 1 - last_end, lines
+    return lines, longest, longest_at
+
+
+def _csv_rows_bound(path: Path, columns: list[str], where: str, limit: int | None) -> int:
+    """An upper bound of the data rows; refuses over-long lines and a decoded size (float32
+    features and int64 labels) over `limit`, before pandas parses anything."""
+    lines, longest, longest_at = _csv_lines(path)
+    allowed = _CSV_LINE_BYTES + _CSV_BYTES_PER_COLUMN * len(columns)
+    if longest > allowed:
+        raise DatasetError(
+            f"{where}: line {longest_at} is {longest} bytes long, more than the {allowed} bytes a "
+            f"row of {len(columns)} columns may take; check the delimiters and line ends"
+        )
+    rows, features = max(lines - 1, 0), max(len(columns) - 1, 1)
+    decoded = rows * (features * 4 + 8)
+    detail = f"{rows} rows x {features} feature columns as float32, and their labels"
+    _check_decoded(where, decoded, detail, limit, "keep fewer rows or columns")
+    return rows
+
+
+def _load_csv(path: Path, label_column: str, limits: _Limits) -> TensorData:
     import pandas as pd
 
     where = path.name
-    if path.stat().st_size > max_bytes:
-        raise DatasetError(f"{where}: larger than the limit of {max_bytes / GiB:.2f} GiB")
-    try:
-        df = pd.read_csv(path, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{where}: not a readable CSV file ({exc})") from exc
-    df.columns = [str(c).strip() for c in df.columns]
-    if label_column not in df.columns:
+    if path.stat().st_size > limits.unpacked:
+        raise DatasetError(f"{where}: larger than the limit of {limits.unpacked / GiB:.2f} GiB")
+    columns = _csv_columns(path, where)
+    rows = _csv_rows_bound(path, columns, where, limits.decoded)
+    if label_column not in columns:
         raise DatasetError(
-            f"{where}: no label column '{label_column}'; the columns are {list(df.columns)}. "
+            f"{where}: no label column '{label_column}'; the columns are {columns}. "
             "Set dataset.label_column to the one holding the labels"
         )
-    features = [c for c in df.columns if c != label_column]
+    features = [c for c in columns if c != label_column]
     if not features:
         raise DatasetError(f"{where}: no feature columns besides '{label_column}'")
-    bad = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
-    if bad:
-        raise DatasetError(
-            f"{where}: feature column(s) {bad} are not numeric; encode them as numbers or drop them"
-        )
-    x = np.array(df[features].to_numpy(dtype=np.float32))  # a writable copy
-    nan_cols = [features[j] for j in np.flatnonzero(~np.isfinite(x).all(axis=0))]
+    x = np.empty((rows, len(features)), np.float32)
+    nonfinite = np.zeros(len(features), dtype=bool)
+    labels: list[pd.Series] = []
+    done = 0
+    chunk_rows = max(1, _CSV_CHUNK_FIELDS // len(columns))
+    try:
+        for chunk in pd.read_csv(path, skipinitialspace=True, chunksize=chunk_rows):
+            chunk.columns = columns
+            bad = [c for c in features if not pd.api.types.is_numeric_dtype(chunk[c])]
+            if bad:
+                raise DatasetError(f"{where}: feature column(s) {bad} are not numeric; encode "
+                                   "them as numbers or drop them")
+            part = x[done : done + len(chunk)]
+            if len(part) < len(chunk):
+                raise DatasetError(f"{where}: more rows than lines; check the line ends")
+            part[...] = chunk[features].to_numpy(dtype=np.float32)
+            nonfinite |= ~np.isfinite(part).all(axis=0)
+            labels.append(chunk[label_column])
+            done += len(chunk)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{where}: not a readable CSV file ({exc})") from exc
+    nan_cols = [features[j] for j in np.flatnonzero(nonfinite)]
     if nan_cols:
         raise DatasetError(f"{where}: column(s) {nan_cols} have empty or NaN values; fill them in")
-    label = df[label_column]
+    label = pd.concat(labels, ignore_index=True) if labels else pd.Series([], dtype=np.float64)
     if label.isna().any():
         raise DatasetError(f"{where}: column '{label_column}' has empty labels; fill them in")
     numeric = pd.api.types.is_numeric_dtype(label)
     values = label.to_numpy() if numeric else label.astype(str).to_numpy()
-    labels, classes = _encode_labels(values, where)
-    return TensorData(torch.from_numpy(x), torch.from_numpy(labels), classes)
+    codes, classes = _encode_labels(values, where)
+    return TensorData(torch.from_numpy(x[:done]), torch.from_numpy(codes), classes)
 
 
 # ----------------------------------------------------------------------------------------------
 # public API
+
+
+def _read(path: Path, format: Format | str | None, label_column: str, limits: _Limits,
+          compact: bool) -> TensorData:
+    path = Path(path)
+    fmt = format or path.suffix.lower().lstrip(".")
+    if not path.is_file():
+        raise DatasetError(f"dataset file '{path}' does not exist")
+    if fmt == "npz":
+        data = _load_npz(path, limits, compact)
+    elif fmt == "zip":
+        data = _load_zip(path, limits, compact)
+    elif fmt == "csv":
+        data = _load_csv(path, label_column, limits)
+    else:
+        raise DatasetError(
+            f"'{path.name}': unknown dataset format '{fmt}'; use .npz, .zip (image folders) or .csv"
+        )
+    if data.num_classes < 2:
+        raise DatasetError(f"'{path.name}': found only {data.num_classes} class; need at least 2")
+    return data
 
 
 def load_dataset(
@@ -335,25 +631,35 @@ def load_dataset(
     *,
     max_entries: int = 100_000,
     max_uncompressed_bytes: int = 2 * GiB,
+    max_decoded_bytes: int | None = None,
 ) -> TensorData:
-    """Read an uploaded dataset (npz, zip image folder or csv) into float32/int64 tensors."""
-    path = Path(path)
-    fmt = format or path.suffix.lower().lstrip(".")
-    if not path.is_file():
-        raise DatasetError(f"dataset file '{path}' does not exist")
-    if fmt == "npz":
-        data = _load_npz(path, max_entries, max_uncompressed_bytes)
-    elif fmt == "zip":
-        data = _load_zip(path, max_entries, max_uncompressed_bytes)
-    elif fmt == "csv":
-        data = _load_csv(path, label_column, max_uncompressed_bytes)
-    else:
-        raise DatasetError(
-            f"'{path.name}': unknown dataset format '{fmt}'; use .npz, .zip (image folders) or .csv"
-        )
-    if data.num_classes < 2:
-        raise DatasetError(f"'{path.name}': found only {data.num_classes} class; need at least 2")
-    return data
+    """Read an uploaded dataset (npz, zip image folder or csv) into float32/int64 tensors.
+
+    `max_decoded_bytes` (a studio server passes DS_MAX_DECODED_MB) bounds what the data takes
+    once decoded, read from the headers before anything is decoded; None: no bound. Images are
+    decoded one at a time into one preallocated float32 array, so the peak stays near that size.
+    """
+    limits = _Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
+    return _read(path, format, label_column, limits, compact=False)
+
+
+def describe_dataset(
+    path: Path,
+    format: Format | None = None,
+    label_column: str = "label",
+    *,
+    max_entries: int = 100_000,
+    max_uncompressed_bytes: int = 2 * GiB,
+    max_decoded_bytes: int | None = None,
+) -> dict[str, Any]:
+    """What the scan of an upload records: `dataset_info` plus its `preview`, equal to those of
+    `load_dataset`'s data, under the same checks and limits. Images stay uint8 (a quarter of
+    float32), so scanning needs less memory than the limit training is held to."""
+    limits = _Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
+    data = _read(path, format, label_column, limits, compact=True)
+    fmt = format or Path(path).suffix.lower().lstrip(".")
+    names = csv_feature_names(Path(path), label_column) if fmt == "csv" else None
+    return {**dataset_info(data), "preview": dataset_preview(data, feature_names=names)}
 
 
 def split(data: TensorData, val_fraction: float, seed: int) -> tuple[TensorData, TensorData]:
@@ -450,6 +756,14 @@ def _thumbnail(image: np.ndarray) -> tuple[str, str]:
     return mime, base64.b64encode(out.getvalue()).decode("ascii")
 
 
+def _preview_image(data: TensorData, i: int) -> np.ndarray:
+    """Sample `i` as a float32 [C, H, W] array (uint8 images / 255, as `load_dataset` gives)."""
+    x = data.x[i].float().reshape(data.x.shape[1], *data.x.shape[-2:])
+    if data.x.dtype == torch.uint8:
+        x = x / 255.0
+    return x.numpy()
+
+
 def dataset_preview(
     data: TensorData, n: int = 16, feature_names: list[str] | None = None
 ) -> dict[str, Any]:
@@ -463,14 +777,16 @@ def dataset_preview(
     """
     if data.x.dim() >= 3:
         picks = _spread(data.y, n)
-        x = data.x[picks].float().reshape(len(picks), data.x.shape[1], *data.x.shape[-2:])
-        images = x.numpy()
-        lo, hi = float(images.min(initial=0.0)), float(images.max(initial=1.0))
-        if lo < 0.0 or hi > 1.0:
-            images = (images - lo) / max(hi - lo, 1e-12)
+        lo, hi = 0.0, 1.0  # one image at a time: a preview of big images stays small
+        for i in picks:
+            image = _preview_image(data, i)
+            lo, hi = min(lo, float(image.min())), max(hi, float(image.max()))
         samples = []
-        for i, img in zip(picks, images, strict=True):
-            mime, encoded = _thumbnail(img)
+        for i in picks:
+            image = _preview_image(data, i)
+            if lo < 0.0 or hi > 1.0:
+                image = (image - lo) / max(hi - lo, 1e-12)
+            mime, encoded = _thumbnail(image)
             samples.append(
                 {"index": i, "label": data.classes[int(data.y[i])], "mime": mime, "data": encoded}
             )

@@ -18,6 +18,8 @@ from worker.engine.data import (
     Normalizer,
     TensorData,
     dataset_info,
+    dataset_preview,
+    describe_dataset,
     load_dataset,
     split,
 )
@@ -163,3 +165,248 @@ def test_normalizer_per_channel_inside_model() -> None:
     model = NormalizedModel(norm, torch.nn.Flatten())
     assert torch.allclose(model(x), z.flatten(1))
     assert set(model.state_dict()) == {"normalizer.mean", "normalizer.std"}
+
+
+# ----------------------------------------------------------------------------------------------
+# bounded memory: the decoded size is checked before decoding; images decode one at a time
+# (issue 9, item 2). The attack files are generated here, never committed.
+
+MiB = 1 << 20
+
+
+def _big_png(side: int = 8000, value: int = 7) -> bytes:
+    """A solid grey `side` x `side` PNG: 64 Mpx for 8000, about 80 KB on disk."""
+    buf = io.BytesIO()
+    Image.new("L", (side, side), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _attack_zip(path: Path, count: int = 32) -> Path:
+    """The reported attack: a ~2.5 MB zip of `count` 8000x8000 PNGs (7.6 GiB as float32)."""
+    big = _big_png()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(count):
+            zf.writestr(f"{'ab'[i % 2]}/{i}.png", big)
+    return path
+
+
+def _npz_claiming(path: Path, shape: tuple[int, ...], dtype: str = "<f4") -> Path:
+    """An .npz whose x.npy header claims `shape` but holds only a few bytes of data."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": dtype, "fortran_order": False, "shape": shape}
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.npy", header.getvalue() + b"\0" * 64)
+        buf = io.BytesIO()
+        np.save(buf, np.array([0, 1]))
+        zf.writestr("y.npy", buf.getvalue())
+    return path
+
+
+def test_image_zip_too_large_decoded_is_refused_naming_file_size_limit_and_setting(
+    tmp_path: Path,
+) -> None:
+    path = _attack_zip(tmp_path / "attack.zip")
+    assert path.stat().st_size < 3 * MiB
+    with pytest.raises(DatasetError) as err:
+        load_dataset(path, max_decoded_bytes=2048 * MiB)
+    text = str(err.value)
+    expected = "attack.zip: decodes to 7.81 GiB (32 images of 8000x8000 L as float32: 7.63 GiB, "
+    assert text.startswith(expected), text
+    assert "more than the limit of 2.00 GiB" in text and "DS_MAX_DECODED_MB" in text
+    with pytest.raises(DatasetError, match="decodes to 7.81 GiB"):
+        describe_dataset(path, max_decoded_bytes=2048 * MiB)
+
+
+def test_one_huge_image_among_small_ones_counts_its_decoding(tmp_path: Path) -> None:
+    """Many small images and one 6000x6000: the samples are small once resized, but decoding
+    the big one alone needs 6000*6000 bytes and more — over a 16 MiB limit."""
+    with zipfile.ZipFile(tmp_path / "mixed.zip", "w") as zf:
+        for i in range(20):
+            zf.writestr(f"a/{i}.png", _png(10, (8, 8), "L"))
+            zf.writestr(f"b/{i}.png", _png(200, (8, 8), "L"))
+        zf.writestr("b/huge.png", _big_png(6000))
+    with pytest.raises(DatasetError, match=r"to decode 'b/huge\.png' \(6000x6000 L\)"):
+        load_dataset(tmp_path / "mixed.zip", max_decoded_bytes=16 * MiB)
+    assert len(load_dataset(tmp_path / "mixed.zip", max_decoded_bytes=512 * MiB)) == 41
+
+
+def test_image_over_the_pixel_cap_is_refused_from_its_header(tmp_path: Path) -> None:
+    """PIL reads width and height from the header; nothing past it is decoded."""
+    with zipfile.ZipFile(tmp_path / "wide.zip", "w") as zf:
+        zf.writestr("a/0.png", _png(1, (8, 8), "L"))
+        zf.writestr("b/0.png", _big_png(9000))  # 81 Mpx > 64 Mpx
+    with pytest.raises(DatasetError, match=r"'b/0\.png' is 9000x9000 pixels"):
+        load_dataset(tmp_path / "wide.zip")
+
+
+def test_npz_header_claiming_a_huge_shape_is_refused_before_loading(tmp_path: Path) -> None:
+    path = _npz_claiming(tmp_path / "claims.npz", (1_000_000, 1_000_000))
+    with pytest.raises(DatasetError, match=r"claims\.npz: decodes to 3725\.29 GiB \(x: "):
+        load_dataset(path, max_decoded_bytes=64 * MiB)
+    # within the limit, a header that claims more data than the member holds is refused too
+    path = _npz_claiming(tmp_path / "lies.npz", (2, 1000))
+    with pytest.raises(DatasetError, match=r"'x' claims shape \(2, 1000\) float32 \(8000 bytes\)"):
+        load_dataset(path, max_decoded_bytes=64 * MiB)
+
+
+def test_npz_deflate_bomb_is_refused_by_its_decoded_size(tmp_path: Path) -> None:
+    x = np.zeros((4000, 64, 64), np.uint8)  # 16 MiB of zeros, ~16 KB compressed
+    np.savez_compressed(tmp_path / "bomb.npz", x=x, y=np.arange(4000) % 2)
+    assert (tmp_path / "bomb.npz").stat().st_size < 200_000
+    with pytest.raises(DatasetError, match=r"bomb\.npz: decodes to 78\.16 MiB \(x: \(4000, 64, 64\) uint8 and its float32 copy\), more than the limit of 64\.00 MiB; .*DS_MAX_DECODED_MB"):
+        load_dataset(tmp_path / "bomb.npz", max_decoded_bytes=64 * MiB)
+    assert load_dataset(tmp_path / "bomb.npz", max_decoded_bytes=128 * MiB).input_shape == (1, 64, 64)
+
+
+def test_csv_rows_columns_and_lines_are_bounded_before_parsing(tmp_path: Path) -> None:
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"f{i}" for i in range(200_001)) + ",label\n")
+    with pytest.raises(DatasetError, match="200002 columns, more than the limit of 100000"):
+        load_dataset(wide)
+    long = tmp_path / "long.csv"
+    long.write_text("a,label\n" + "1,0\n2,1\n" * 1_000_000)
+    with pytest.raises(DatasetError, match=r"long\.csv: decodes to 22\.89 MiB \(2000000 rows"):
+        load_dataset(long, max_decoded_bytes=16 * MiB)
+    one_line = tmp_path / "line.csv"
+    one_line.write_text("a,b,label\n1,2,0\n" + "0," * 2_000_000 + "1\n")
+    with pytest.raises(DatasetError, match=r"line 3 is 4000001 bytes long"):
+        load_dataset(one_line)
+
+
+def _reference_image_x(path: Path) -> torch.Tensor:
+    """What the loader gave before streaming: stack, NCHW, uint8 / 255 as float32."""
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(
+            (n for n in zf.namelist() if n.endswith(".png") and not n.startswith("__")),
+            key=lambda n: zf.namelist().index(n),
+        )
+        arrays = []
+        for name in names:
+            img = Image.open(io.BytesIO(zf.read(name))).convert("RGB")
+            if img.size != (8, 6):
+                img = img.resize((8, 6), Image.Resampling.BILINEAR)
+            arrays.append(np.asarray(img, dtype=np.uint8))
+    x = np.stack(arrays).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x.astype(np.float32) / 255.0))
+
+
+def test_streamed_loading_gives_the_same_values_as_before(tmp_path: Path) -> None:
+    _image_zip(tmp_path / "imgs.zip", "pets/")
+    data = load_dataset(tmp_path / "imgs.zip", max_decoded_bytes=64 * MiB)
+    assert data.x.dtype == torch.float32 and data.x.is_contiguous()
+    assert torch.equal(data.x, _reference_image_x(tmp_path / "imgs.zip"))
+    rng = np.random.default_rng(1)
+    for name, x in {
+        "u8": rng.integers(0, 256, (9, 5, 7, 3), dtype=np.uint8),  # NHWC uint8
+        "f64": rng.random((9, 2, 5, 5)),  # NCHW float64
+        "f32": rng.random((9, 6)).astype(np.float32),  # tabular, used as is
+    }.items():
+        np.savez(tmp_path / f"{name}.npz", x=x, y=np.arange(9) % 3)
+        ref = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        if ref.ndim == 4 and ref.shape[3] == 3:
+            ref = ref.transpose(0, 3, 1, 2)
+        got = load_dataset(tmp_path / f"{name}.npz", max_decoded_bytes=64 * MiB)
+        assert torch.equal(got.x, torch.from_numpy(np.ascontiguousarray(ref))), name
+        assert got.x.is_contiguous()
+
+
+def test_describe_matches_info_and_preview_of_the_loaded_data(tmp_path: Path) -> None:
+    """The scan reads images compactly (uint8) but records what the float data would show."""
+    _image_zip(tmp_path / "imgs.zip")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).integers(0, 256, (12, 6, 6, 3),
+                                                                        dtype=np.uint8),
+             y=np.arange(12) % 3)
+    (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n")
+    for path in (tmp_path / "imgs.zip", tmp_path / "d.npz", tmp_path / "t.csv"):
+        data = load_dataset(path)
+        names = ["a", "b"] if path.suffix == ".csv" else None
+        expected = {**dataset_info(data), "preview": dataset_preview(data, feature_names=names)}
+        assert describe_dataset(path, max_decoded_bytes=64 * MiB) == expected, path.name
+
+
+_MEASURE = r"""
+import json, os, resource, sys
+from pathlib import Path
+import numpy, torch, pandas
+from PIL import Image
+Image.init()
+from worker.engine import data
+
+
+def status(key):  # this process's own figures (ru_maxrss would include the parent's, via exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+# never let a regression take the machine down: at most 3 GiB more address space than now
+resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + (3 << 30),) * 2)
+warm = Path(sys.argv[1])  # a tiny dataset of the same kind: lazy imports happen here
+getattr(data, sys.argv[3])(warm, **json.loads(sys.argv[4]))
+try:  # reset the peak (VmHWM) to the current resident size
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+rss = status("VmRSS")
+outcome = "ok"
+try:
+    getattr(data, sys.argv[3])(Path(sys.argv[2]), **json.loads(sys.argv[4]))
+except data.DatasetError as exc:
+    outcome = str(exc)
+except MemoryError:
+    outcome = "MemoryError"
+print(json.dumps({"grew": status("VmHWM") - rss, "outcome": outcome}))
+"""
+
+
+def _peak_growth(warm: Path, path: Path, function: str, **kwargs: object) -> tuple[int, str]:
+    """How far the peak resident memory of a fresh process rose above its level right before
+    `data.<function>(path, **kwargs)`, and the outcome ("ok" or the refusal)."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(warm), str(path), function, json.dumps(kwargs)],
+        cwd=root, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return int(result["grew"]), str(result["outcome"])
+
+
+def test_peak_memory_of_a_refused_attack_stays_small(tmp_path: Path) -> None:
+    """The 8000x8000 zip is refused from the headers: the process barely grows."""
+    _image_zip(tmp_path / "warm.zip")
+    attack = _attack_zip(tmp_path / "attack.zip")
+    limit = 2048 * MiB
+    for function in ("describe_dataset", "load_dataset"):
+        grew, outcome = _peak_growth(tmp_path / "warm.zip", attack, function,
+                                     max_decoded_bytes=limit)
+        print(f"attack zip, {function}: peak grew {grew / MiB:.1f} MiB; {outcome[:80]}")
+        assert outcome.startswith("attack.zip: decodes to 7.81 GiB"), outcome
+        assert grew < 32 * MiB, f"{function} grew {grew / MiB:.0f} MiB before refusing"
+
+
+def test_peak_memory_while_scanning_and_loading_is_bounded_by_the_limit(tmp_path: Path) -> None:
+    """A dataset just under a 96 MiB limit: loading (float32 for training) stays within the
+    limit and scanning (uint8, compact) within half of it; before, loading needed 2.2x."""
+    _image_zip(tmp_path / "warm.zip")
+    limit = 96 * MiB
+    side = (1000, 1200)
+    with zipfile.ZipFile(tmp_path / "near.zip", "w") as zf:
+        for i in range(18):  # 18 x 1.2 Mpx x 4 B = 82 MiB of float32, + 9 MiB to decode one
+            zf.writestr(f"{'ab'[i % 2]}/{i}.png", _png(i * 9, side, "L"))
+    grew_load, outcome = _peak_growth(tmp_path / "warm.zip", tmp_path / "near.zip",
+                                      "load_dataset", max_decoded_bytes=limit)
+    assert outcome == "ok", outcome
+    grew_scan, outcome = _peak_growth(tmp_path / "warm.zip", tmp_path / "near.zip",
+                                      "describe_dataset", max_decoded_bytes=limit)
+    assert outcome == "ok", outcome
+    print(f"near-limit zip: load grew {grew_load / MiB:.1f} MiB, "
+          f"scan grew {grew_scan / MiB:.1f} MiB (limit {limit / MiB:.0f} MiB)")
+    assert grew_load <= limit, f"loading grew {grew_load / MiB:.0f} MiB"
+    assert grew_scan <= limit // 2, f"scanning grew {grew_scan / MiB:.0f} MiB"
