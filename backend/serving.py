@@ -1,0 +1,118 @@
+"""Serving the API with uvicorn, with deadlines for slow clients.
+
+uvicorn closes idle keep-alive connections (`timeout_keep_alive`) and bounds the size of an
+incomplete request head (`h11_max_incomplete_event_size`), but waits forever for a request whose
+headers, or body, trickle in (a "slowloris" client holds a socket, and a file descriptor, per
+connection for as long as it likes). `deadline_protocol()` wraps uvicorn's HTTP protocol class:
+
+- the request line and headers must arrive within `DS_HTTP_HEADER_TIMEOUT_S` of their first byte
+  (of the connection, for the first request);
+- while a request body is being received, the client may pause at most `DS_HTTP_BODY_TIMEOUT_S`
+  between chunks (an idle limit: a large upload over a slow link is fine while bytes flow; time
+  the server itself stops reading, because the application is busy, does not count).
+
+A connection whose headers miss their deadline is answered 408 and closed; one whose body stalls
+is closed (the application sees the client disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_408_BODY = b"the request headers did not arrive in time\n"
+TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+               b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_408_BODY), _408_BODY))
+
+
+def deadline_protocol(
+    base: type[asyncio.Protocol], header_timeout_s: float, body_timeout_s: float
+) -> type[asyncio.Protocol]:
+    """A subclass of uvicorn's HTTP protocol class `base` (h11 or httptools) that closes
+    connections whose request headers or body do not arrive in time (see the module docstring)."""
+
+    class DeadlineProtocol(base):  # type: ignore[valid-type, misc]
+        _ds_timer: asyncio.TimerHandle | None = None
+        _ds_cycle_before: Any = None  # the request cycle when the header clock started
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._ds_headers_clock()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._ds_cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._ds_timer is None and self._ds_between_requests():
+                self._ds_headers_clock()  # the first bytes of the next request on this connection
+            super().data_received(data)
+            self._ds_update()
+
+        # -- the clocks ------------------------------------------------------------------------
+
+        def _ds_between_requests(self) -> bool:
+            cycle = getattr(self, "cycle", None)
+            return cycle is None or bool(getattr(cycle, "response_complete", False))
+
+        def _ds_cancel(self) -> None:
+            if self._ds_timer is not None:
+                self._ds_timer.cancel()
+                self._ds_timer = None
+
+        def _ds_headers_clock(self) -> None:
+            self._ds_cancel()
+            self._ds_cycle_before = getattr(self, "cycle", None)
+            self._ds_timer = self.loop.call_later(header_timeout_s, self._ds_expired, "headers")
+
+        def _ds_body_clock(self) -> None:
+            self._ds_cancel()
+            self._ds_timer = self.loop.call_later(body_timeout_s, self._ds_expired, "body")
+
+        def _ds_update(self) -> None:
+            """After bytes were parsed: the headers are complete when a new request cycle began;
+            then the body clock runs while more of the body is expected."""
+            cycle = getattr(self, "cycle", None)
+            if cycle is None or cycle is self._ds_cycle_before:
+                return  # still reading the request line and headers: their clock keeps running
+            if getattr(cycle, "more_body", False) and not getattr(cycle, "response_complete", False):
+                self._ds_body_clock()  # restarted by every chunk: an idle limit
+            else:
+                self._ds_cancel()  # the whole request is in; the application takes its time
+                self._ds_cycle_before = cycle
+
+        def _ds_expired(self, what: str) -> None:
+            self._ds_timer = None
+            transport = getattr(self, "transport", None)
+            if transport is None or transport.is_closing():
+                return
+            flow = getattr(self, "flow", None)
+            if what == "body" and flow is not None and flow.read_paused:
+                self._ds_body_clock()  # we stopped reading (the app is busy): not the client's fault
+                return
+            limit = header_timeout_s if what == "headers" else body_timeout_s
+            client = getattr(self, "client", None)
+            log.warning("closing a connection from %s: the request %s did not arrive within %gs",
+                        client[0] if client else "?", what, limit)
+            if what == "headers":  # no request yet, so no response either: say why
+                try:
+                    transport.write(TIMEOUT_408)
+                except Exception:  # noqa: BLE001 - closing anyway
+                    pass
+            transport.close()  # a body cut short: the application sees the client disconnect
+
+    DeadlineProtocol.__name__ = DeadlineProtocol.__qualname__ = f"Deadline{base.__name__}"
+    return DeadlineProtocol
+
+
+def api_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's default HTTP protocol class with the deadlines of the current settings."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from backend.settings import get_settings
+
+    s = get_settings()
+    return deadline_protocol(AutoHTTPProtocol, s.http_header_timeout_s, s.http_body_timeout_s)
