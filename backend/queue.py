@@ -1,9 +1,11 @@
 """Sending work to the workers through the broker, with short timeouts.
 
-`enqueue()` publishes a task and returns its id; `call()` publishes one and waits for its result
-(only INSPECT_STUDENT, which answers in seconds). Neither hangs when the broker is down: both raise
-`BrokerUnavailable` (503) within a few seconds, and `call()` raises `WorkerTimeout` (503) when no
-worker answers.
+`enqueue()` publishes a task and returns its id; `call()` publishes one and waits for its result.
+Neither hangs when the broker is down: both raise `BrokerUnavailable` (503) within a few seconds,
+and `call()` raises `WorkerTimeout` (503) when no worker answers. Request handlers only
+`enqueue()`: no request waits for a worker (a request that needs a worker's result answers 202
+and the result is stored where the next request finds it, as `backend.runs.inspections` does);
+`call()` is for scripts and tests (warming a worker up).
 
 The producer app is built from the current settings (same task names, queues and serializers as
 `worker.celery_app`), one per broker URL, with short socket timeouts that suit a web request.
