@@ -295,3 +295,20 @@ def test_invitations_accept_and_who_sees_them(api: TestClient, app_client: TestC
     assert app_client.delete(f"/teams/{home}/invitations/{cy['id']}", headers=ada).status_code == 409
     assert app_client.delete(f"/teams/{home}/invitations/{pending['id']}", headers=ada).status_code == 409
     assert "invitation.withdraw" in {e["action"] for e in _audit(api, home, "invitation")}
+
+
+def test_team_admins_create_users_only_when_the_setting_says_so(
+    api: TestClient, app_client: TestClient, monkeypatch
+) -> None:
+    _user("ada", "default", "admin")
+    _user("mo", "default", "member")
+    ada, mo = _login(app_client, "ada"), _login(app_client, "mo")
+    body = {"username": "newbie", "password": "newbie-pass-1"}
+    r = app_client.post("/users", headers=ada, json=body)
+    assert r.status_code == 403 and "DS_USER_CREATORS=admins" in r.json()["detail"]
+    set_env(monkeypatch, DS_USER_CREATORS="team_admins")
+    assert app_client.post("/users", headers=mo, json=body).status_code == 403  # members never
+    made = app_client.post("/users", headers=ada, json=body)
+    assert made.status_code == 201 and made.json()["role"] == "member"
+    r = app_client.post("/teams", headers=ada, json={"name": "adas"})
+    assert r.status_code == 403  # teams stay with DS_TEAM_CREATORS
