@@ -27,6 +27,7 @@ reply only the first `EXCERPT_CHARS` printable characters are kept (control char
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 import httpx
@@ -86,13 +87,14 @@ def _post(target: addresses.Target, body: bytes, headers: dict[str, str], timeou
             "POST", target.url, content=body, headers={**headers, "Host": target.host_header},
             extensions=extensions,
         )
+        deadline = time.monotonic() + timeout
         response = client.send(request, stream=True)
         try:
             head = b""
             for chunk in response.iter_raw():
                 head += chunk
-                if len(head) >= READ_BYTES:
-                    break
+                if len(head) >= READ_BYTES or time.monotonic() > deadline:
+                    break  # enough to show; a slow drip does not hold the worker either
             return response.status_code, head[:READ_BYTES]
         finally:
             response.close()

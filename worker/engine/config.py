@@ -80,9 +80,10 @@ def _float_problem(value: Any, metadata: list[Any]) -> str | None:
     return None
 
 
-def json_problem(value: Any, max_depth: int, path: str = "") -> str | None:
-    """Why a JSON-like value is refused: nested deeper than `max_depth`, or holding a NaN or an
-    infinite number (named by its path); None when it is fine."""
+def json_problem(value: Any, max_depth: int, path: str = "", *, finite: bool = True
+                 ) -> str | None:
+    """Why a JSON-like value is refused: nested deeper than `max_depth`, or (with `finite`)
+    holding a NaN or an infinite number, named by its path; None when it is fine."""
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         item, where, depth = stack.pop()
@@ -92,7 +93,7 @@ def json_problem(value: Any, max_depth: int, path: str = "") -> str | None:
                         "(the limit is the DS_MAX_JSON_DEPTH setting)")
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in pairs)
-        elif isinstance(item, float) and not math.isfinite(item):
+        elif finite and isinstance(item, float) and not math.isfinite(item):
             return f"'{where}' must be a finite number, got {item}"
     return None
 
@@ -118,9 +119,9 @@ class _Strict(BaseModel):
         elif isinstance(value, list) and (items := _float_items(annotation)) is not None:
             problem = _list_problem(value, items)
         elif annotation == dict[str, Any] and isinstance(value, dict):
-            problem = json_problem(value, limit("DS_MAX_JSON_DEPTH"))
-            if problem is not None and info.field_name in cls._catalog_checked and "finite" in problem:
-                problem = None  # the catalog names the parameter's range
+            # the catalog checks its parameters' values itself (naming each one's range)
+            problem = json_problem(value, limit("DS_MAX_JSON_DEPTH"),
+                                   finite=info.field_name not in cls._catalog_checked)
         else:
             problem = None
         if problem is not None:
@@ -193,7 +194,8 @@ class StudentSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> StudentSpec:
-        if self.source != "zoo" and (problem := json_problem(self.kwargs, 1, "kwargs")):
+        depth = limit("DS_MAX_JSON_DEPTH")
+        if self.source != "zoo" and (problem := json_problem(self.kwargs, depth, "kwargs")):
             raise ValueError(problem)  # only a zoo student's kwargs are checked by the catalog
         if self.source == "model":
             if self.model is None:
