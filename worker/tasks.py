@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from celery import signals
@@ -31,6 +32,7 @@ from backend.db import session_scope, with_db_retry
 from backend.db.tables import TERMINAL_RUN_STATES, Artifact, Dataset, Model, Run, Status
 from backend.settings import get_settings
 from backend.storage import get_store
+from worker import sandbox
 from worker.celery_app import DISTILL, INSPECT_MODEL, INSPECT_STUDENT, SCAN_DATASET, celery_app
 from worker.reporting import LostClaim
 from worker.webhooks import (  # also registers the deliver_webhook task
@@ -109,17 +111,23 @@ def _process_upload(table: type[Model] | type[Dataset], row_id: int,
     return "ready"
 
 
-@celery_app.task(name=INSPECT_MODEL, soft_time_limit=get_settings().inspect_timeout_s)
+# the sandbox times the inspection itself; this backstop also covers starting its process
+@celery_app.task(name=INSPECT_MODEL, soft_time_limit=get_settings().inspect_timeout_s + 300)
 def inspect_model(model_id: int) -> str:
-    """Load an uploaded model safely, run one dummy forward and record its layer table."""
+    """Load an uploaded model safely, run one dummy forward and record its layer table.
+
+    Both happen in a child process with resource limits (`worker.sandbox`)."""
 
     def work(path: Path, model: Model) -> Apply:
-        from worker.engine.loading import load_model
-        from worker.engine.taps import inspect_model as inspect
-
-        loaded = load_model(path, model.format, model.architecture, dict(model.arch_kwargs or {}))
-        inspection = inspect(loaded.module, loaded.input_shape)
-        card = {key: inspection.get(key) for key in ("input_shape", "num_classes", "params", "flops")}
+        # in a child process with resource limits (worker/sandbox.py), in the scratch folder
+        result = sandbox.run(
+            "inspect",
+            {"path": str(path), "format": model.format, "architecture": model.architecture,
+             "kwargs": dict(model.arch_kwargs or {})},
+            workdir=path.parent, limits=sandbox.Limits.for_job("inspect"),
+            timeout_s=get_settings().inspect_timeout_s,
+        )
+        inspection, card = result["inspection"], result["card"]
 
         def apply(row: Model) -> None:
             row.inspection = inspection
@@ -333,9 +341,11 @@ def checkpoint_key(team_id: int, run_id: int) -> str:
 
 @celery_app.task(name=DISTILL, bind=True)
 def distill(self, run_id: int) -> str:
-    """Train one run end to end; resumable from its last checkpoint."""
-    from worker.engine.pipeline import run_distillation
-    from worker.engine.trainer import Cancelled
+    """Train one run end to end; resumable from its last checkpoint.
+
+    The training itself runs in a child process with resource limits (`worker.sandbox`); this
+    pool process claims the run, fetches its inputs, answers the child's progress, cancellation
+    and checkpoint calls with a `DbReporter`, and stores the results."""
     from worker.reporting import DbReporter
 
     worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"
@@ -352,13 +362,21 @@ def distill(self, run_id: int) -> str:
             if store.exists(ckpt_key):
                 store.get_file(ckpt_key, ckpt)
             reporter = DbReporter(run_id, ckpt_key, worker)
-            summary = run_distillation(
-                config, teacher_path, dataset_path, tmp / "out", callbacks=reporter,
-                checkpoint_path=ckpt, student_path=student_path,
+            summary = sandbox.run(
+                "train",
+                {"config": config.model_dump(mode="json"), "teacher_path": str(teacher_path),
+                 "dataset_path": str(dataset_path), "out_dir": str(tmp / "out"),
+                 "checkpoint_path": str(ckpt),
+                 "student_path": str(student_path) if student_path else None},
+                workdir=tmp, handler=_reporting_handler(reporter, ckpt),
+                limits=sandbox.Limits.for_job("train", cuda=_may_use_cuda(config)),
             )
             reporter.flush()
+            _check_artifact_names(summary, tmp / "out")
             _store_results(run_id, claim.team_id, worker, tmp / "out", summary)
-    except Cancelled:
+    except sandbox.SandboxError as exc:
+        if exc.kind != "Cancelled":
+            return _failed(run_id, worker, exc)
         _finish(run_id, worker, Status.cancelled, None)
         enqueue_run_event(run_id)
         return "cancelled"
@@ -366,12 +384,53 @@ def distill(self, run_id: int) -> str:
         log.warning("run %s: another worker resumed it; this copy stops", run_id)
         return "taken-over"
     except Exception as exc:  # noqa: BLE001 - the run fails with the reason; the message is acked
-        log.error("run %s failed:\n%s", run_id, traceback.format_exc())
-        _finish(run_id, worker, Status.failed, _short_error(exc))
-        enqueue_run_event(run_id)
-        return "failed"
+        return _failed(run_id, worker, exc)
     enqueue_run_event(run_id)
     return "succeeded"
+
+
+def _failed(run_id: int, worker: str, exc: Exception) -> str:
+    log.error("run %s failed:\n%s", run_id, traceback.format_exc())
+    _finish(run_id, worker, Status.failed, _short_error(exc))
+    enqueue_run_event(run_id)
+    return "failed"
+
+
+def _may_use_cuda(config: Any) -> bool:
+    """Whether the run may train on CUDA here (then memory is limited as writable memory, not
+    address space, which the driver reserves by the hundreds of GiB). No torch import."""
+    return config.training.device != "cpu" and Path("/dev/nvidiactl").exists()
+
+
+def _reporting_handler(reporter: Any, checkpoint: Path) -> sandbox.Handler:
+    """Answers the training child's calls with the run's `DbReporter`."""
+
+    def handle(name: str, args: Any) -> Any:
+        if name == "on_step":
+            reporter.on_step(SimpleNamespace(**args))
+        elif name == "on_start":
+            reporter.on_start(int(args[0]), int(args[1]))
+        elif name == "on_epoch":
+            reporter.on_epoch(int(args[0]), int(args[1]), dict(args[2]))
+        elif name == "on_checkpoint":
+            if Path(args[0]) != checkpoint:  # the child names no other file to upload
+                raise ValueError(f"the training process sent an unexpected checkpoint {args[0]!r}")
+            reporter.on_checkpoint(checkpoint, int(args[1]))
+        elif name == "should_stop":
+            return reporter.should_stop()
+        else:
+            raise ValueError(f"the training process made an unknown call {name!r}")
+        return None
+
+    return handle
+
+
+def _check_artifact_names(summary: dict[str, Any], out: Path) -> None:
+    """Artifact names come from the child: plain files inside its output folder only."""
+    for filename in summary.get("artifacts", {}).values():
+        name = str(filename)
+        if "/" in name or "\\" in name or name.startswith(".") or not (out / name).is_file():
+            raise ValueError(f"the training process reported an unexpected artifact {name!r}")
 
 
 def _store_results(run_id: int, team_id: int, worker: str, out: Path, summary: dict[str, Any]) -> None:
@@ -486,6 +545,12 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     from backend.db import get_engine
 
     get_engine().dispose(close=False)
+
+
+@signals.worker_process_init.connect
+def _start_spare_sandbox(**_: Any) -> None:
+    """The child process for the first upload or run starts importing torch now."""
+    sandbox.prepare_spare()
 
 
 def cleanup_scratch() -> None:

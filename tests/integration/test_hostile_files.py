@@ -7,7 +7,8 @@ that the same worker process is still alive and inspects a genuine model afterwa
 checkpoints (`.pt`, `.pth`, `.pkl`, `.ckpt`) never reach a worker: the API refuses them (422).
 
 The worker runs with DS_INSPECT_TIMEOUT_S=6, so a model whose forward would take about a minute
-is stopped by the inspection's time limit. Figures in docs/reliability.md ("Hostile model files").
+is stopped by the inspection's time limit, and with DS_SANDBOX_MEMORY_MB=1500, so a model whose
+forward needs 4 GiB hits the memory limit of the inspection's child process (worker/sandbox.py). Figures in docs/reliability.md ("Hostile model files").
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tests.integration.test_api_support import queue_length, row_count, stored_f
 pytestmark = pytest.mark.slow
 
 INSPECT_TIMEOUT_S = 6
+MEMORY_LIMIT_MB = 1500
 SHAPE = (1, 8, 8)
 FIRST_POOL: list[int] = []  # the worker's pool process ids when the module started
 
@@ -45,7 +47,8 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     tmp = tmp_path_factory.mktemp("hostile")
     marker_dir = tmp / "markers"
     marker_dir.mkdir()
-    with studio_with_worker(tmp, {"DS_INSPECT_TIMEOUT_S": str(INSPECT_TIMEOUT_S)}) as studio:
+    env = {"DS_INSPECT_TIMEOUT_S": str(INSPECT_TIMEOUT_S), "DS_SANDBOX_MEMORY_MB": str(MEMORY_LIMIT_MB)}
+    with studio_with_worker(tmp, env) as studio:
         FIRST_POOL.extend(studio.worker.pool_pids())
         yield studio
     assert not any(marker_dir.iterdir()), "a hostile file ran code"
@@ -204,7 +207,7 @@ CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tupl
     ),
     "torch.save zip declared pt2": (
         "model.bin", lambda m, g: torch_zip(pickle.dumps(Evil(m), protocol=4)), {"format": "pt2"},
-        ("posix.system", "refused"),
+        ("'archive/data.pkl' is not part of a torch.export archive", "refused"),
     ),
     "os.system pickle as sample inputs": (
         "model.pt2",
@@ -218,15 +221,27 @@ CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tupl
                              if n.endswith("sample_inputs/model.pt") else None),
         {}, ("posix.system", "refused"),
     ),
-    "exec pickle as an extra member": (
+    "exec pickle as a member outside the layout": (
         "model.pt2",
         lambda m, g: rewrite(g, lambda _n, _d: None,
-                             add={f"{root_of(g)}/extra/data.pkl": pickle.dumps(EvilExec(m), 0)}),
-        {}, (".exec', which is not a tensor", "refused"),
+                             add={f"{root_of(g)}/data/extra.pkl": pickle.dumps(EvilExec(m), 0)}),
+        {}, ("data/extra.pkl' is not part of", "refused"),
+    ),
+    "protocol-0 pickle as sample inputs named model.PT": (
+        "model.pt2", lambda m, g: renamed_sample_inputs(g, open_pickle(m)), {},
+        ("data/sample_inputs/model.PT' is not part of", "refused"),
+    ),
+    "from_file then fill_ in the graph": (
+        "model.pt2", lambda m, g: from_file_graph(m), {},
+        ("'aten::from_file' takes a file name", "refused"),
+    ),
+    "forward beyond the memory limit": (
+        "model.pt2", lambda m, g: export(nn.Upsample(scale_factor=4000), (1, 8, 8)), {},
+        (f"exceeded the memory limit of {MEMORY_LIMIT_MB} MiB", "raise DS_SANDBOX_MEMORY_MB"),
     ),
     "pickled weight payload": (
         "model.pt2",
-        lambda m, g: rewrite(g, _pickled_weight(m, g)), {}, ("posix.system", "refused"),
+        lambda m, g: rewrite(g, _pickled_weight(m, g)), {}, ("(a pickle)", "refused"),
     ),
     "code in a shape expression": (
         "model.pt2",
@@ -251,6 +266,53 @@ CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tupl
         ("forward failed", "this model refuses every input"),
     ),
 }
+
+
+def open_pickle(marker: Path) -> bytes:
+    """A protocol-0 pickle (no \\x80 header) that calls builtins.open(marker, 'w')."""
+    return f"cbuiltins\nopen\n(V{marker}\nVw\ntR.".encode()
+
+
+def renamed_sample_inputs(archive: bytes, data: bytes) -> bytes:
+    """Issue 9: the sample inputs renamed `model.PT` (torch matched names case-insensitively)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            if info.filename.endswith("sample_inputs/model.pt"):
+                zout.writestr(info.filename[:-3] + ".PT", data)
+            else:
+                zout.writestr(info.filename, zin.read(info))
+    return out.getvalue()
+
+
+class FillsATensor(nn.Module):
+    """Exports as ones -> fill_ -> add; `from_file_graph` swaps `ones` for `from_file`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.ones(64, dtype=torch.uint8)
+        t.fill_(88)
+        return x.flatten(1) + t
+
+
+def from_file_graph(marker: Path) -> bytes:
+    """Issue 9: the graph maps `marker` with from_file(shared=True), then fill_ writes it."""
+
+    def edit(name: str, data: bytes) -> bytes | None:
+        if not name.endswith("models/model.json"):
+            return None
+        doc = json.loads(data)
+        node = doc["graph_module"]["graph"]["nodes"][0]
+        assert node["target"] == "torch.ops.aten.ones.default", node["target"]
+        node["target"] = "torch.ops.aten.from_file.default"
+        node["inputs"] = [
+            {"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1},
+            {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+            {"name": "size", "arg": {"as_int": 64}, "kind": 1},
+            {"name": "dtype", "arg": {"as_scalar_type": 1}, "kind": 2},
+        ]
+        return json.dumps(doc).encode()
+
+    return rewrite(export(FillsATensor(), SHAPE), edit)
 
 
 def _pickled_weight(marker: Path, archive: bytes) -> Callable[[str, bytes], bytes | None]:
@@ -363,6 +425,11 @@ def test_worker_survives_and_inspects_a_genuine_model(studio: Studio, genuine: b
     assert studio.worker.proc is not None and studio.worker.proc.poll() is None
     assert FIRST_POOL and studio.worker.pool_pids() == FIRST_POOL, "one pool process served all"
     assert not any(markers(studio).iterdir())
+    # the most common way to write a small model: numbered children of a top-level Sequential
+    seq = export(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), SHAPE)
+    model = wait_inspected(studio.api, upload(studio.api, "seq.pt2", seq).json()["id"])
+    assert model["status"] == "ready", model
+    assert {"0", "1"} <= {row["path"] for row in model["inspection"]["layers"]}
     failed = studio.api.get("/models", params={"status": "failed", "limit": 200}).json()["items"]
     assert len(failed) == len(CASES) + 1  # every hostile upload, and the slow one
-    assert len(stored_files(studio.env)) == len(CASES) + 2  # kept for the audit trail
+    assert len(stored_files(studio.env)) == len(CASES) + 3  # kept for the audit trail

@@ -1,0 +1,79 @@
+"""The jobs `worker.sandbox` runs in its limited child process: pure engine work on local files.
+
+Each job takes plain JSON arguments and a `channel` to its parent, and returns a JSON-able
+result. No database, broker or artifact store here: training callbacks go to the parent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker.sandbox import Channel
+
+
+def preload() -> None:
+    """Import torch and the engine while the child waits for its job (the spare child)."""
+    import worker.engine.loading  # noqa: F401
+    import worker.engine.pipeline  # noqa: F401
+    import worker.engine.taps  # noqa: F401
+
+
+def inspect_upload(*, channel: Channel, path: str, format: str, architecture: str | None,
+                   kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Load an uploaded model safely and run one dummy forward: its layer table and card."""
+    from worker.engine.loading import load_model
+    from worker.engine.taps import inspect_model
+
+    loaded = load_model(Path(path), format, architecture, kwargs)  # type: ignore[arg-type]
+    inspection = inspect_model(loaded.module, loaded.input_shape)
+    card = {key: inspection.get(key) for key in ("input_shape", "num_classes", "params", "flops")}
+    return {"inspection": inspection, "card": card}
+
+
+class _ParentCallbacks:
+    """The engine's `Callbacks`, forwarded to the parent's reporter over the channel."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        self.channel.call("on_start", [total_steps, start_step])
+
+    def on_step(self, report: Any) -> None:
+        self.channel.notify("on_step", {
+            "step": report.step, "epoch": report.epoch, "total_steps": report.total_steps,
+            "metrics": {k: float(v) for k, v in report.metrics.items()},
+            "throughput": float(report.throughput), "eta_seconds": float(report.eta_seconds),
+        })
+
+    def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        self.channel.call("on_epoch", [epoch, step, {k: float(v) for k, v in metrics.items()}])
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        self.channel.call("on_checkpoint", [str(path), step])  # uploaded before training goes on
+
+    def should_stop(self) -> bool:
+        return bool(self.channel.call("should_stop"))
+
+
+def train(*, channel: Channel, config: dict[str, Any], teacher_path: str, dataset_path: str,
+          out_dir: str, checkpoint_path: str, student_path: str | None) -> dict[str, Any]:
+    """One distillation run end to end (`pipeline.run_distillation`); returns its summary."""
+    from worker.engine.config import RunConfig
+    from worker.engine.pipeline import run_distillation
+    from worker.engine.trainer import Callbacks
+
+    class Forwarded(_ParentCallbacks, Callbacks):
+        pass
+
+    summary = run_distillation(
+        RunConfig.model_validate(config), Path(teacher_path), Path(dataset_path), Path(out_dir),
+        callbacks=Forwarded(channel), checkpoint_path=Path(checkpoint_path),
+        student_path=Path(student_path) if student_path else None,
+    )
+    return summary
+
+
+JOBS = {"inspect": inspect_upload, "train": train}
