@@ -220,14 +220,18 @@ def assert_gets_clean(result: dict[str, Any], hashes: list[str]) -> None:
 
 @pytest.mark.slow
 def test_no_secret_in_logs_or_get_responses(
-    studio_env: StudioEnv, admin_token: str, receiver: str, caplog: pytest.LogCaptureFixture
+    studio_env: StudioEnv, admin_token: str, receiver: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from fastapi.testclient import TestClient
 
     from backend.app import create_app
     from backend.db import reset_caches
 
-    worker = WorkerProcess(studio_env).start()  # inspects students, signs and sends deliveries
+    # the receiver listens on loopback, which webhooks may reach only when the studio says so
+    studio_env.env["DS_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"
+    studio_env.apply(monkeypatch)
+    worker = WorkerProcess(studio_env).start()  # signs and sends deliveries
     server: ApiServer | None = None
     try:
         # 1. the API in-process, every logger at DEBUG
