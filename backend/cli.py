@@ -55,7 +55,7 @@ def api(
     s = get_settings()
     uvicorn.run("backend.app:create_app", factory=True, host=host or s.api_host,
                 port=port or s.api_port, log_level="info", http=api_protocol(),
-                timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024)
+                timeout_keep_alive=5)
 
 
 def _worker_cmd(queues: str, concurrency: int, name: str) -> list[str]:

@@ -12,7 +12,8 @@ connection for as long as it likes). `deadline_protocol()` wraps uvicorn's HTTP 
   the server itself stops reading, because the application is busy, does not count).
 
 A connection whose headers miss their deadline is answered 408 and closed; one whose body stalls
-is closed (the application sees the client disconnect).
+is closed (the application sees the client disconnect). A request head larger than 64 KiB is
+answered 431 and closed, whichever parser uvicorn uses (h11 bounds it, httptools does not).
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_408_BODY = b"the request headers did not arrive in time\n"
-TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-               b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_408_BODY), _408_BODY))
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers
+
+
+def _answer(status: bytes, text: bytes) -> bytes:
+    return (b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, len(text), text))
+
+
+TIMEOUT_408 = _answer(b"408 Request Timeout", b"the request headers did not arrive in time\n")
+HEAD_TOO_LARGE_431 = _answer(b"431 Request Header Fields Too Large",
+                             b"the request line and headers may take at most 64 KiB\n")
 
 
 def deadline_protocol(
@@ -37,6 +46,7 @@ def deadline_protocol(
     class DeadlineProtocol(base):  # type: ignore[valid-type, misc]
         _ds_timer: asyncio.TimerHandle | None = None
         _ds_cycle_before: Any = None  # the request cycle when the header clock started
+        _ds_head_bytes = 0  # bytes of the request head received so far
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -50,7 +60,7 @@ def deadline_protocol(
             if self._ds_timer is None and self._ds_between_requests():
                 self._ds_headers_clock()  # the first bytes of the next request on this connection
             super().data_received(data)
-            self._ds_update()
+            self._ds_update(len(data))
 
         # -- the clocks ------------------------------------------------------------------------
 
@@ -66,23 +76,40 @@ def deadline_protocol(
         def _ds_headers_clock(self) -> None:
             self._ds_cancel()
             self._ds_cycle_before = getattr(self, "cycle", None)
+            self._ds_head_bytes = 0
             self._ds_timer = self.loop.call_later(header_timeout_s, self._ds_expired, "headers")
 
         def _ds_body_clock(self) -> None:
             self._ds_cancel()
             self._ds_timer = self.loop.call_later(body_timeout_s, self._ds_expired, "body")
 
-        def _ds_update(self) -> None:
+        def _ds_update(self, received: int) -> None:
             """After bytes were parsed: the headers are complete when a new request cycle began;
-            then the body clock runs while more of the body is expected."""
+            then the body clock runs while more of the body is expected. A head that grows past
+            MAX_HEAD_BYTES without ending is answered 431 (h11 caps it too; httptools not)."""
             cycle = getattr(self, "cycle", None)
             if cycle is None or cycle is self._ds_cycle_before:
-                return  # still reading the request line and headers: their clock keeps running
+                if self._ds_timer is not None:  # still reading the request line and headers
+                    self._ds_head_bytes += received
+                    if self._ds_head_bytes > MAX_HEAD_BYTES:
+                        self._ds_refuse(HEAD_TOO_LARGE_431, "headers were larger than 64 KiB")
+                return  # their clock keeps running
             if getattr(cycle, "more_body", False) and not getattr(cycle, "response_complete", False):
                 self._ds_body_clock()  # restarted by every chunk: an idle limit
             else:
                 self._ds_cancel()  # the whole request is in; the application takes its time
                 self._ds_cycle_before = cycle
+
+        def _ds_refuse(self, answer: bytes, why: str) -> None:
+            self._ds_cancel()
+            transport = getattr(self, "transport", None)
+            if transport is None or transport.is_closing():
+                return
+            client = getattr(self, "client", None)
+            log.warning("closing a connection from %s: the request %s",
+                        client[0] if client else "?", why)
+            transport.write(answer)
+            transport.close()
 
         def _ds_expired(self, what: str) -> None:
             self._ds_timer = None

@@ -2,7 +2,8 @@
 
 - Slow clients cannot hold the API's sockets: a request whose headers stop half-way is answered
   408 and closed after DS_HTTP_HEADER_TIMEOUT_S; one whose body stalls is closed after
-  DS_HTTP_BODY_TIMEOUT_S; the server keeps serving others (a real `distill-studio api`).
+  DS_HTTP_BODY_TIMEOUT_S; a head that never ends is refused at 64 KiB (431); the server keeps
+  serving others (a real `distill-studio api`).
 - The embedded secret key is random, made once per data dir, kept in a 0600 file, and used
   again on the next start.
 - The SQLite database file is 0600 (a copy of it, with the key, is the whole studio).
@@ -68,6 +69,27 @@ def test_half_a_header_is_answered_408_and_closed(server: ApiServer) -> None:
         for _ in range(3):
             assert client.get("/api/v1/health").status_code == 200
     assert "did not arrive within 1s" in server.output()
+
+
+def test_an_endless_head_is_answered_431(server: ApiServer) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ")
+        try:
+            for _ in range(20):  # 80 KiB of one header that never ends
+                sock.sendall(b"a" * 4096)
+        except OSError:  # closed while sending: the answer is already there
+            pass
+        try:
+            answer = _read_until_closed(sock)
+        except ConnectionResetError:  # closed with our bytes unread: the 431 may be dropped
+            answer = b"HTTP/1.1 431 (reset)"
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    deadline = time.time() + 30
+    while "headers were larger than 64 KiB" not in server.output():
+        assert time.time() < deadline, server.output()[-2000:]
+        time.sleep(0.1)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/api/v1/health").status_code == 200
 
 
 def test_a_stalled_body_is_closed(server: ApiServer) -> None:
