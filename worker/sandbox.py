@@ -333,8 +333,18 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_file_limit_hit = threading.Event()
+
+
+def _on_file_limit(_signum: int, _frame: Any) -> None:
+    """SIGXFSZ: the write fails with EFBIG, which C++ writers (torch's zip writer) may hide."""
+    _file_limit_hit.set()
+
+
 def describe(exc: BaseException, limits: Limits) -> dict[str, str]:
     """The error to report: a limit that was hit, or the exception's own words."""
+    if _file_limit_hit.is_set():
+        return {"kind": "limit", "message": _limit_message("file", limits)}
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -371,6 +381,7 @@ def main(argv: list[str]) -> None:
     limits = Limits(**request["limits"])
     try:
         _enter(Path(request["workdir"]))
+        signal.signal(signal.SIGXFSZ, _on_file_limit)
         apply_limits(limits)
         channel.notify("started")
         result = sandbox_jobs.JOBS[request["job"]](channel=channel, **request["kwargs"])
