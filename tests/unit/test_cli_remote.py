@@ -265,13 +265,13 @@ def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, t
     assert json.loads(cli("comparisons", "list", "--json").stdout) == []
 
     # webhooks: cancelling a queued run records a delivery (no worker sends it here)
-    created = cli("webhooks", "create", "http://127.0.0.1:9/hook", "--event", "run.cancelled",
+    created = cli("webhooks", "create", "https://ci.example.com/hook", "--event", "run.cancelled",
                   "--description", "ci")
     secret = created.stdout.strip()
     assert secret.startswith("whsec_") and "shown only this once" in created.stderr
     hooks = json.loads(cli("webhooks", "list", "--json").stdout)
     assert [(h["url"], h["events"], h["secret_prefix"]) for h in hooks] == [
-        ("http://127.0.0.1:9/hook", ["run.cancelled"], secret[:12])]
+        ("https://ci.example.com/hook", ["run.cancelled"], secret[:12])]
     assert "run.cancelled" in cli("webhooks", "list").stdout and secret not in cli("webhooks", "list").stdout
     cli("runs", "cancel", str(second["id"]))
     deliveries = json.loads(cli("webhooks", "deliveries", str(hooks[0]["id"]), "--json").stdout)
