@@ -413,7 +413,7 @@ def _reporting_handler(reporter: Any, checkpoint: Path) -> sandbox.Handler:
         elif name == "on_epoch":
             reporter.on_epoch(int(args[0]), int(args[1]), dict(args[2]))
         elif name == "on_checkpoint":
-            if Path(args[0]) != checkpoint:  # the child names no other file to upload
+            if Path(args[0]) != checkpoint or not _plain_file(checkpoint):  # nothing else
                 raise ValueError(f"the training process sent an unexpected checkpoint {args[0]!r}")
             reporter.on_checkpoint(checkpoint, int(args[1]))
         elif name == "should_stop":
@@ -425,11 +425,16 @@ def _reporting_handler(reporter: Any, checkpoint: Path) -> sandbox.Handler:
     return handle
 
 
+def _plain_file(path: Path) -> bool:
+    """A regular file, not a link the child made to a file of the worker's."""
+    return path.is_file() and not path.is_symlink()
+
+
 def _check_artifact_names(summary: dict[str, Any], out: Path) -> None:
     """Artifact names come from the child: plain files inside its output folder only."""
     for filename in summary.get("artifacts", {}).values():
         name = str(filename)
-        if "/" in name or "\\" in name or name.startswith(".") or not (out / name).is_file():
+        if "/" in name or "\\" in name or name.startswith(".") or not _plain_file(out / name):
             raise ValueError(f"the training process reported an unexpected artifact {name!r}")
 
 
