@@ -226,5 +226,5 @@ def test_derived_needs_a_zoo_teacher() -> None:
         StudentSpec(source="teacher").zoo_architecture(None, {})
     with pytest.raises(ValueError, match=r"depth_factor must be in \(0, 1\]"):
         derive_student("resnet20", {}, 1.5, 0.5, (1, 8, 8), 10)
-    with pytest.raises(ValueError, match="less than or equal to 1"):
+    with pytest.raises(ValueError, match=r"width_factor\n.*must be in \(0.0, 1.0\], got 2.0"):
         StudentSpec(source="derived", width_factor=2.0)
