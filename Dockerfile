@@ -5,7 +5,10 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 RUN pip install torch==2.13.0
 COPY pyproject.toml README.md alembic.ini ./
+COPY core core
 COPY backend backend
+COPY client client
+COPY cli cli
 COPY worker worker
 COPY ui ui
 COPY migrations migrations

@@ -32,7 +32,7 @@ test: install browser
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check backend worker ui tests benchmarks
+	$(VENV)/bin/ruff check core backend worker client cli ui tests benchmarks
 
 bench: install
 	$(PY) -m benchmarks.paper_table

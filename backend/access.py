@@ -34,7 +34,10 @@ from fastapi import Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.tables import (
+from backend.deps import CurrentUser, Principal, SessionDep
+from backend.errors import Forbidden, NotFound
+from backend.teams.service import Owned, get_owned
+from core.db.tables import (
     Artifact,
     Comparison,
     Dataset,
@@ -45,10 +48,7 @@ from backend.db.tables import (
     Team,
     Webhook,
 )
-from backend.deps import CurrentUser, Principal, SessionDep
-from backend.errors import Forbidden, NotFound
-from backend.settings import get_settings
-from backend.teams.service import Owned, get_owned
+from core.settings import get_settings
 
 
 class Permission(str, enum.Enum):  # noqa: UP042 - plain str values in messages

@@ -22,7 +22,6 @@ from backend.auth.router import router as auth_router
 from backend.catalog.router import router as catalog_router
 from backend.compare.router import router as compare_router
 from backend.datasets.router import router as datasets_router
-from backend.db import get_engine
 from backend.json_depth import JsonDepthLimit
 from backend.limits import BodyLimit
 from backend.models.router import router as models_router
@@ -30,6 +29,7 @@ from backend.runs.router import router as runs_router
 from backend.teams.router import invitations_router, users_router
 from backend.teams.router import router as teams_router
 from backend.webhooks.router import router as webhooks_router
+from core.db import get_engine
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"

@@ -14,9 +14,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.tables import Membership, Role, Team, User
 from backend.security import create_api_token, hash_password, verify_password
-from backend.settings import get_settings
+from core.db.tables import Membership, Role, Team, User
+from core.settings import get_settings
 
 DEFAULT_TEAM = "default"
 MIN_PASSWORD = 8

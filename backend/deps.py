@@ -23,12 +23,13 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db import get_sessionmaker
-from backend.db.tables import ApiToken, Membership, User
 from backend.errors import Forbidden, Unauthorized
-from backend.security import as_utc, find_token, utcnow
-from backend.settings import Settings, get_settings
-from backend.storage import Store, get_store
+from backend.security import find_token
+from core.clock import as_utc, utcnow
+from core.db import get_sessionmaker
+from core.db.tables import ApiToken, Membership, User
+from core.settings import Settings, get_settings
+from core.storage import Store, get_store
 
 TOKEN_URL = "/api/v1/auth/token"
 LAST_USED_EVERY = timedelta(minutes=1)

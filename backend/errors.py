@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError, DisconnectionError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.jobs import BrokerDown, NoWorker
+
 log = logging.getLogger(__name__)
 
 DB_UNAVAILABLE = "database unavailable, retry in a few seconds"
@@ -311,6 +313,12 @@ def install(app: FastAPI) -> None:
             return _json(422, f"{DOES_NOT_FIT} ({exc})")
         log.exception("unhandled error", exc_info=exc)
         return _json(500, "internal error; the API log has the details")
+
+    @app.exception_handler(BrokerDown)
+    @app.exception_handler(NoWorker)
+    async def _queue_down(_request: Request, exc: BrokerDown | NoWorker) -> JSONResponse:
+        # raised by core (the job queue, the student-inspection store): 503 with its message
+        return _json(503, exc.detail)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DisconnectionError)

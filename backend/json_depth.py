@@ -20,7 +20,7 @@ from itertools import accumulate
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.settings import get_settings
+from core.settings import get_settings
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")

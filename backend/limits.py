@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.artifacts.service import too_large_message
-from backend.settings import get_settings
+from core.settings import get_settings
 
 MULTIPART_SLACK = 1024 * 1024  # form fields and boundaries around an upload
 MAX_OTHER_BODY = 4 * 1024 * 1024  # JSON documents and small forms

@@ -10,20 +10,20 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
 import string
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.tables import ApiToken, User
-from backend.settings import get_settings
+from core.clock import utcnow
+from core.db.tables import ApiToken, User
+from core.settings import get_settings
 
 TOKEN_PREFIX = "ds"
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -81,17 +81,6 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     return user
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite gives back naive datetimes; every stamp the studio writes is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def token_hash(token: str) -> str:
     key = get_settings().secret_key.encode()
     return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
@@ -147,28 +136,3 @@ def find_token(session: Session, token: str) -> ApiToken | None:
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
     return row
-
-
-# -- webhook secrets --------------------------------------------------------------------------
-
-WEBHOOK_SECRET_PREFIX = "whsec_"
-
-
-def webhook_secret(salt: str) -> str:
-    """The signing secret of a webhook: derived from DS_SECRET_KEY and the webhook's salt.
-
-    Only the salt is stored, so a leaked database reveals no secret (like API tokens), and the
-    worker that signs deliveries derives it again. Rotating DS_SECRET_KEY changes every secret.
-    """
-    key = get_settings().secret_key.encode()
-    digest = hmac.new(key, f"webhook:{salt}".encode(), hashlib.sha256).digest()
-    return WEBHOOK_SECRET_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def new_webhook_salt() -> str:
-    return secrets.token_hex(16)
-
-
-def sign_payload(secret: str, body: bytes) -> str:
-    """The `X-Distill-Signature` header value: `sha256=<hex HMAC-SHA256(secret, raw body)>`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

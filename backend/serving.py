@@ -139,7 +139,7 @@ def api_protocol() -> type[asyncio.Protocol]:
     """uvicorn's default HTTP protocol class with the deadlines of the current settings."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    from backend.settings import get_settings
+    from core.settings import get_settings
 
     s = get_settings()
     return deadline_protocol(AutoHTTPProtocol, s.http_header_timeout_s, s.http_body_timeout_s)

@@ -64,14 +64,14 @@ def studio(tmp: Path, database: str) -> Iterator[Any]:
     saved = {k: os.environ.get(k) for k in env.env}
     os.environ.update(env.env)
     try:
-        from backend.db import reset_caches
         from backend.migrate import upgrade
+        from core.db import reset_caches
 
         reset_caches()
         upgrade()
         yield env
     finally:
-        from backend.db import reset_caches
+        from core.db import reset_caches
 
         reset_caches()
         for key, value in saved.items():
@@ -84,7 +84,7 @@ def studio(tmp: Path, database: str) -> Iterator[Any]:
 
 def admin_token() -> str:
     from backend.bootstrap import ensure_admin
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         return ensure_admin(session).token

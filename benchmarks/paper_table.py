@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from worker.engine.config import RunConfig
+from core.config import RunConfig
 from worker.engine.data import TensorData, split
 from worker.engine.evaluate import predict, topk_accuracy
 from worker.engine.loading import load_model

@@ -80,8 +80,8 @@ def _seed(n_runs: int) -> dict[str, int]:
     import torch
     from sqlalchemy import insert
 
-    from backend.db import session_scope
-    from backend.db.tables import Comparison, Dataset, Metric, Model, Run, Team
+    from core.db import session_scope
+    from core.db.tables import Comparison, Dataset, Metric, Model, Run, Team
     from worker.engine.data import TensorData, dataset_info, dataset_preview
 
     rng = random.Random(0)
@@ -249,7 +249,7 @@ def _median_s(fn: Callable[[], Any], repeat: int) -> float:
 def _page_timer(url: str, token: str, page: str, query: dict[str, Any]) -> Callable[[], None]:
     from streamlit.testing.v1 import AppTest
 
-    from backend.client import Client
+    from client import Client
 
     me = Client(url, token).me().model_dump(mode="json")
 
@@ -276,9 +276,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         _env(Path(tmp))
         from backend.bootstrap import ensure_admin
-        from backend.client import Client
-        from backend.db import session_scope
         from backend.migrate import upgrade
+        from client import Client
+        from core.db import session_scope
 
         upgrade()
         with session_scope() as session:

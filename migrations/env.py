@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-import backend.db.tables  # noqa: F401  (registers every table on Base.metadata)
-from backend.db import Base, get_engine
+import core.db.tables  # noqa: F401  (registers every table on Base.metadata)
+from core.db import Base, get_engine
 
 target_metadata = Base.metadata
 

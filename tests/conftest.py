@@ -35,8 +35,8 @@ class StudioEnv:
     def apply(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for key, value in self.env.items():
             monkeypatch.setenv(key, value)
-        from backend.db import reset_caches
-        from backend.storage import get_store
+        from core.db import reset_caches
+        from core.storage import get_store
 
         reset_caches()
         get_store.cache_clear()
@@ -123,7 +123,7 @@ def studio_env(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
         env.apply(monkeypatch)
         migrate()
         yield env
-        from backend.db import reset_caches
+        from core.db import reset_caches
 
         reset_caches()
         next(gen, None)
@@ -147,7 +147,7 @@ def migrate() -> None:
 def admin_token(studio_env: StudioEnv) -> str:
     """A token of the first admin (created the way `distill-studio up` does)."""
     from backend.bootstrap import ensure_admin
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         return ensure_admin(session).token

@@ -1,5 +1,5 @@
 """Pure functions behind the pages (no Streamlit, no HTTP): config diffs, Pareto fronts, split
-sizes, a run's event history, and the Compare page's tables. Runs are `backend.client.Run`s.
+sizes, a run's event history, and the Compare page's tables. Runs are `client.Run`s.
 Unit-tested in tests/ui/test_analysis.py.
 """
 
@@ -151,7 +151,7 @@ def split_sizes(
 def run_events(run: Any, epoch_scores: Mapping[int, float] | None = None) -> list[dict[str, Any]]:
     """The run's life as a list of {time, event, detail}, oldest first: created and queued,
     picked up by a worker (with the attempt count), each validated epoch, cancel requests, and
-    how it ended (with the error). `run` is a `backend.client.Run`."""
+    how it ended (with the error). `run` is a `client.Run`."""
     events: list[dict[str, Any]] = []
 
     def add(when: datetime | None, event: str, detail: str = "") -> None:

@@ -1,7 +1,7 @@
 """Shared helpers of the Streamlit pages: the API client of this session, error display,
 forms built from catalog parameter specs, formatting and small reusable widgets.
 
-The UI talks only to the REST API, through `backend.client.Client`.
+The UI talks only to the REST API, through `client.Client`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import streamlit as st
 
-from backend.client import (
+from client import (
     ApiError,
     Catalog,
     CatalogEntry,

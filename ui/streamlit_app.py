@@ -1,6 +1,6 @@
 """Distill Studio's web UI: `streamlit run ui/streamlit_app.py` (API URL from `DS_API_URL`).
 
-The pages talk only to the REST API, through the typed client in `backend.client`.
+The pages talk only to the REST API, through the typed client in `client`.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, insert, select, update
 
-from backend.db import session_scope, with_db_retry
-from backend.db.tables import Metric, Run
-from backend.settings import get_settings
-from backend.storage import get_store
+from core.db import session_scope, with_db_retry
+from core.db.tables import Metric, Run
+from core.settings import get_settings
+from core.storage import get_store
 
 if TYPE_CHECKING:
     from worker.engine.trainer import StepReport

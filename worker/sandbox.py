@@ -66,7 +66,7 @@ class Limits:
 
     @classmethod
     def for_job(cls, job: str, cuda: bool = False) -> Limits:
-        from backend.settings import get_settings
+        from core.settings import get_settings
 
         s = get_settings()
         cpu = s.sandbox_train_cpu_s if job == "train" else s.sandbox_inspect_cpu_s

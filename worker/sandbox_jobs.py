@@ -61,7 +61,7 @@ class _ParentCallbacks:
 def train(*, channel: Channel, config: dict[str, Any], teacher_path: str, dataset_path: str,
           out_dir: str, checkpoint_path: str, student_path: str | None) -> dict[str, Any]:
     """One distillation run end to end (`pipeline.run_distillation`); returns its summary."""
-    from worker.engine.config import RunConfig
+    from core.config import RunConfig
     from worker.engine.pipeline import run_distillation
     from worker.engine.trainer import Callbacks
 

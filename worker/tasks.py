@@ -28,12 +28,13 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 
-from backend.db import session_scope, with_db_retry
-from backend.db.tables import TERMINAL_RUN_STATES, Artifact, Dataset, Model, Run, Status
-from backend.settings import get_settings
-from backend.storage import get_store
+from core.db import session_scope, with_db_retry
+from core.db.tables import TERMINAL_RUN_STATES, Artifact, Dataset, Model, Run, Status
+from core.jobs import DISTILL, INSPECT_MODEL, INSPECT_STUDENT, SCAN_DATASET, send_task
+from core.settings import get_settings
+from core.storage import get_store
 from worker import sandbox
-from worker.celery_app import DISTILL, INSPECT_MODEL, INSPECT_STUDENT, SCAN_DATASET, celery_app
+from worker.celery_app import celery_app
 from worker.reporting import LostClaim
 from worker.webhooks import (  # also registers the deliver_webhook task
     enqueue_run_event,
@@ -176,9 +177,9 @@ def inspect_student(
 ) -> dict[str, Any]:
     """The layer table of a zoo student, for the pair picker and run validation.
 
-    Stored under its build arguments (`backend.runs.inspections`), where the API reads it (it
+    Stored under its build arguments (`core.inspections`), where the API reads it (it
     never waits for this task); failures are stored too, with the reason, then raised."""
-    from backend.runs import inspections
+    from core import inspections
     from worker.engine.students import build_student
     from worker.engine.taps import inspect_model as inspect
 
@@ -306,7 +307,7 @@ def _resolve_inputs(
 ) -> tuple[Any, Path, Path, Path | None]:
     """Fetch the teacher, dataset and (for `source: model`) student files; fill the config with
     their formats. The config keeps its ids, so the run.yaml artifact names what the user chose."""
-    from worker.engine.config import RunConfig
+    from core.config import RunConfig
 
     store = get_store()
     with session_scope() as s:
@@ -499,8 +500,6 @@ def recover_stale_runs() -> list[int]:
     the broker's visibility timeout. This sweep covers that case: the run goes back to `queued`
     and a fresh message is sent. Duplicate messages are harmless: `claim_run` admits one.
     """
-    from backend.queue import enqueue
-
     cutoff = datetime.now(UTC) - _stale_after()
     with session_scope() as s:
         stale = s.execute(
@@ -517,7 +516,7 @@ def recover_stale_runs() -> list[int]:
                 recovered.append((run_id, queue))
     for run_id, queue in recovered:
         log.warning("run %s lost its worker; re-queued to resume from its checkpoint", run_id)
-        enqueue(DISTILL, [run_id], queue)
+        send_task(DISTILL, [run_id], queue)
     return [run_id for run_id, _ in recovered]
 
 
@@ -547,7 +546,7 @@ def _stop_recovery_loop(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     """A forked pool process must not share the parent's database connections."""
-    from backend.db import get_engine
+    from core.db import get_engine
 
     get_engine().dispose(close=False)
 

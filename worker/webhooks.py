@@ -2,7 +2,7 @@
 
 Torch-free. `worker/tasks.py` imports this module (so the worker registers the task) and calls
 `enqueue_run_event(run_id)` when a run ends. The API calls the same recording code for runs it
-cancels before any worker saw them (backend.webhooks.service.dispatch_run_event).
+cancels before any worker saw them (core.webhooks.events.dispatch_run_event).
 
 Every delivery carries
 
@@ -15,7 +15,7 @@ and counts as delivered on any 2xx answer. Otherwise it is tried again after
 DS_WEBHOOK_BACKOFF_S x 1, 2, 4, 8, 16 seconds, DS_WEBHOOK_MAX_ATTEMPTS tries in all; each attempt's
 status code or error is recorded on the delivery (GET /api/v1/webhooks/{id}/deliveries).
 
-Before each attempt the URL's host is resolved and checked again (backend/webhooks/addresses.py:
+Before each attempt the URL's host is resolved and checked again (core/webhooks/addresses.py:
 no loopback, private, link-local, multicast or reserved address unless
 DS_WEBHOOK_ALLOWED_NETWORKS names it); a refused address fails the delivery for good without
 sending anything. The request then goes to the address that was checked (the URL's host replaced
@@ -33,12 +33,13 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import select, update
 
-from backend.db import session_scope, with_db_retry
-from backend.db.tables import Webhook, WebhookDelivery
-from backend.security import sign_payload, utcnow, webhook_secret
-from backend.settings import get_settings
-from backend.webhooks import addresses
-from backend.webhooks.service import (
+from core.clock import utcnow
+from core.db import session_scope, with_db_retry
+from core.db.tables import Webhook, WebhookDelivery
+from core.settings import get_settings
+from core.signing import sign_payload, webhook_secret
+from core.webhooks import addresses
+from core.webhooks.events import (
     DELIVER_WEBHOOK,
     FAILED,
     NOT_QUEUED,
@@ -183,7 +184,7 @@ def enqueue_run_event(run_id: int) -> list[int]:
     except Exception:  # noqa: BLE001
         log.exception("could not record webhook deliveries for run %s", run_id)
         return []
-    try:  # through backend.queue, which publishes to the broker of the current settings
+    try:  # through core.jobs, which publishes to the broker of the current settings
         with session_scope() as s:
             send(s, ids)
     except Exception:  # noqa: BLE001 - the database went away after recording

@@ -17,13 +17,13 @@ from urllib.parse import quote
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend import storage
 from backend.audit.service import audit
-from backend.db.tables import Artifact, Run
 from backend.deps import Principal
 from backend.errors import NotFound, TooLarge, Unavailable
-from backend.storage import CHUNK, Store, Stored
 from backend.teams.service import get_owned
+from core import storage
+from core.db.tables import Artifact, Run
+from core.storage import CHUNK, Store, Stored
 
 log = logging.getLogger(__name__)
 

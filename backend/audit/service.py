@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.tables import AuditEntry
 from backend.deps import Principal
-from backend.security import utcnow
 from backend.teams.service import page
+from core.clock import utcnow
+from core.db.tables import AuditEntry
 
 
 def audit(

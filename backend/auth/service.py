@@ -9,10 +9,11 @@ from sqlalchemy.orm import Session
 
 from backend.audit.service import audit, audit_teams
 from backend.auth import throttle
-from backend.db.tables import ApiToken, Membership, User
 from backend.deps import Principal
 from backend.errors import Forbidden, NotFound, Unauthorized
-from backend.security import as_utc, authenticate, create_api_token, utcnow
+from backend.security import authenticate, create_api_token
+from core.clock import as_utc, utcnow
+from core.db.tables import ApiToken, Membership, User
 
 
 def login(session: Session, username: str, password: str, address: str) -> tuple[ApiToken, str]:

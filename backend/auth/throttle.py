@@ -27,7 +27,7 @@ from limits.storage import RedisStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
 
 from backend.errors import ApiError, Unavailable
-from backend.settings import get_settings
+from core.settings import get_settings
 
 NAMESPACE = "ds-login"
 

@@ -1,1 +1,1 @@
-"""The catalog of losses, students and schemes, served from worker/engine/catalog.py (torch-free)."""
+"""The catalog of losses, students and schemes, served from core/catalog/__init__.py (torch-free)."""

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.deps import CurrentUser
 from backend.errors import responses
-from worker.engine import catalog
+from core import catalog
 
 router = APIRouter(prefix="/catalog", tags=["catalog"])
 

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query, Response
 from backend.access import DeletableComparison, OwnedComparison, Writer
 from backend.compare import service
 from backend.compare.schemas import ComparisonCreate, ComparisonOut
-from backend.db.tables import Comparison
 from backend.deps import CurrentUser, SessionDep, TeamDep
 from backend.errors import responses
 from backend.teams.schemas import Page
+from core.db.tables import Comparison
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
 

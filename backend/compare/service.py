@@ -11,11 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.audit.service import audit
-from backend.db.tables import Comparison, Run, User
 from backend.deps import Principal
 from backend.errors import NotFound
-from backend.security import utcnow
 from backend.teams.service import page
+from core.clock import utcnow
+from core.db.tables import Comparison, Run, User
 
 
 def _check_runs(session: Session, team_id: int, run_ids: list[int]) -> list[int]:

@@ -20,10 +20,10 @@ from backend.access import (
 from backend.artifacts.router import attachment
 from backend.datasets import service
 from backend.datasets.schemas import DatasetOut, DatasetSamplesOut, DatasetUpdate
-from backend.db.tables import Status
 from backend.deps import SessionDep, StoreDep
 from backend.errors import responses
 from backend.teams.schemas import Page, Tag
+from core.db.tables import Status
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 from backend import queue
 from backend.artifacts.service import open_stream, store_upload
 from backend.audit.service import audit
-from backend.db.tables import Dataset, Run, Status
 from backend.deps import Principal
 from backend.errors import Invalid
 from backend.models.service import changes, clean_name, delete_file, in_use
-from backend.settings import get_settings
-from backend.storage import Store, new_key
 from backend.teams.service import get_owned, page, scoped, with_tags
-from worker.celery_app import SCAN_DATASET
+from core.db.tables import Dataset, Run, Status
+from core.jobs import SCAN_DATASET
+from core.settings import get_settings
+from core.storage import Store, new_key
 
 FORMATS = {
     "npz": "a NumPy .npz with arrays x (samples) and y (integer labels)",

@@ -18,12 +18,12 @@ from backend.access import (
     require,
 )
 from backend.artifacts.router import attachment
-from backend.db.tables import Status
 from backend.deps import SessionDep, StoreDep
 from backend.errors import responses
 from backend.models import service
 from backend.models.schemas import ModelDetail, ModelOut, ModelUpdate
 from backend.teams.schemas import Page, Tag
+from core.db.tables import Status
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -20,15 +20,15 @@ from sqlalchemy.orm import Session
 from backend import queue
 from backend.artifacts.service import open_stream, store_upload
 from backend.audit.service import audit
-from backend.db.tables import Artifact, AuditEntry, Dataset, Model, Run, Status
 from backend.deps import Principal
 from backend.errors import ApiError, Conflict, Invalid
 from backend.json_depth import depth_problem
-from backend.settings import get_settings
-from backend.storage import Store, Stored, new_key
 from backend.teams.service import get_owned, page, scoped, with_tags
-from worker.celery_app import INSPECT_MODEL
-from worker.engine import catalog
+from core import catalog
+from core.db.tables import Artifact, AuditEntry, Dataset, Model, Run, Status
+from core.jobs import INSPECT_MODEL
+from core.settings import get_settings
+from core.storage import Store, Stored, new_key
 
 log = logging.getLogger(__name__)
 

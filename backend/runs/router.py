@@ -11,15 +11,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from backend.access import OwnedRun, Reader, WritableRun, Writer
 from backend.artifacts import service as artifacts
 from backend.artifacts.schemas import ArtifactOut
-from backend.db.tables import Status
 from backend.deps import SessionDep, StoreDep
 from backend.errors import responses
 from backend.models import service as models
 from backend.models.schemas import ModelOut, RegisterIn
-from backend.runs import inspections, service
+from backend.runs import service
 from backend.runs.schemas import MetricsOut, PlanIn, PlanOut, PlanPending, RunOut
 from backend.teams.schemas import Page
-from worker.engine.config import RunConfig
+from core import inspections
+from core.config import RunConfig
+from core.db.tables import Status
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

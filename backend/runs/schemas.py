@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.teams.schemas import OrmModel, UtcDateTime
-from worker.engine.config import StudentSpec
+from core.config import StudentSpec
 
 
 class RunOut(OrmModel):

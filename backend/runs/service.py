@@ -7,7 +7,7 @@ Creating a run checks, in this order, so the first message is the one to fix fir
 Then the run is committed and DISTILL is queued; if the broker is down the row is removed (503).
 
 No request waits for a worker: a zoo student's layer table (needed by `plan`, and by `create_run`
-when there are layer pairs) comes from the store of them (`backend.runs.inspections`); when it is
+when there are layer pairs) comes from the store of them (`core.inspections`); when it is
 not there yet, it is queued once and `StudentPending` raised (202: nothing saved, ask again).
 The database connection is given back before the broker is asked.
 """
@@ -23,17 +23,19 @@ from sqlalchemy.orm import Session
 
 from backend import queue
 from backend.audit.service import audit
-from backend.db.tables import TERMINAL_RUN_STATES, Dataset, Metric, Model, Run, Status
 from backend.deps import Principal
 from backend.errors import Conflict, Invalid, InvalidMany
-from backend.runs import inspections
-from backend.security import utcnow
-from backend.settings import get_settings
 from backend.teams.service import get_owned, page, scoped
-from backend.webhooks.service import dispatch_run_event
-from worker.celery_app import DISTILL, INSPECT_STUDENT
-from worker.engine import pairing  # torch-free, like config and catalog
-from worker.engine.config import RunConfig, StudentSpec
+from core import (
+    inspections,
+    pairing,  # torch-free, like config and catalog
+)
+from core.clock import utcnow
+from core.config import RunConfig, StudentSpec
+from core.db.tables import TERMINAL_RUN_STATES, Dataset, Metric, Model, Run, Status
+from core.jobs import DISTILL, INSPECT_STUDENT
+from core.settings import get_settings
+from core.webhooks.events import dispatch_run_event
 
 PATH_REFUSED = "the API takes model_id/dataset_id; 'path' is for the standalone CLI"
 WAITING = (Status.pending.value, Status.queued.value, Status.running.value)
@@ -121,7 +123,7 @@ def zoo_inspection(
     session: Session, architecture: str, kwargs: dict[str, Any], input_shape: list[int],
     num_classes: int,
 ) -> dict[str, Any]:
-    """The layer table of a zoo student, from the store of them (`backend.runs.inspections`).
+    """The layer table of a zoo student, from the store of them (`core.inspections`).
 
     Never waits for a worker: when it is not stored yet, it is queued (once) and StudentPending
     raised. The database connection is released first."""

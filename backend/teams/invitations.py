@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from backend.access import Permission, allowed
 from backend.audit.service import audit, audit_teams
-from backend.db.tables import Invitation, Membership, Role, Team, User
 from backend.deps import Principal
 from backend.errors import Conflict, Forbidden, Invalid, NotFound
-from backend.security import utcnow
+from core.clock import utcnow
+from core.db.tables import Invitation, Membership, Role, Team, User
 
 PENDING, ACCEPTED, DECLINED, WITHDRAWN = "pending", "accepted", "declined", "withdrawn"
 _ACTIONS = {ACCEPTED: "invitation.accept", DECLINED: "invitation.decline"}

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 
 from backend.access import Permission, allowed, require
 from backend.audit.service import audit
-from backend.db.tables import Membership, Role, Team, User
 from backend.deps import Principal
 from backend.errors import Conflict, Forbidden, Invalid, NotFound
 from backend.security import hash_password
+from core.db.tables import Membership, Role, Team, User
 
 
 def create_team(session: Session, principal: Principal, name: str) -> Team:

@@ -13,7 +13,6 @@ from backend.access import (
     UnscopedAccount,
     UserCreator,
 )
-from backend.db.tables import Invitation, Membership, Team, User
 from backend.deps import CurrentUser, SessionDep
 from backend.errors import responses
 from backend.teams import invitations, members, service
@@ -28,6 +27,7 @@ from backend.teams.schemas import (
     UserCreate,
     UserOut,
 )
+from core.db.tables import Invitation, Membership, Team, User
 
 router = APIRouter(prefix="/teams", tags=["teams"])
 users_router = APIRouter(prefix="/users", tags=["teams"])

@@ -7,7 +7,7 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from backend.db.tables import Role
+from core.db.tables import Role
 
 
 def _utc(value: datetime) -> datetime:

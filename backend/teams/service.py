@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, String, cast, select
 from sqlalchemy.orm import Session
 
-from backend.db.tables import (
+from backend.errors import Invalid, NotFound
+from core.db.tables import (
     Artifact,
     AuditEntry,
     Comparison,
@@ -27,7 +28,6 @@ from backend.db.tables import (
     Webhook,
     WebhookDelivery,
 )
-from backend.errors import Invalid, NotFound
 
 Owned = TypeVar("Owned", Model, Dataset, Run, Artifact, Webhook, Comparison)
 Paged = TypeVar("Paged", Model, Dataset, Run, Artifact, Webhook, AuditEntry, WebhookDelivery)

@@ -1,46 +1,36 @@
-"""Webhooks: registering URLs, and turning run events into deliveries for the worker to send.
+"""Webhooks: registering, changing and listing URLs and their deliveries.
 
-A delivery row is written per active webhook of the run's team that subscribed to the event;
-its `body` holds the exact JSON sent on every attempt, signed with
-`X-Distill-Signature: sha256=<hex HMAC-SHA256(secret, body)>`. The worker task
-`worker.tasks.deliver_webhook` (worker/webhooks.py) sends it and retries with exponential backoff.
-The same (webhook, run, event) is delivered once, however often the event is reported.
+Run events become deliveries in `core.webhooks.events` (shared with the worker, which records
+the events of runs it finishes); the worker task `worker.tasks.deliver_webhook`
+(worker/webhooks.py) sends them and retries with exponential backoff.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend import queue
 from backend.audit.service import audit
-from backend.db.tables import TERMINAL_RUN_STATES, Run, Webhook, WebhookDelivery
 from backend.deps import Principal
 from backend.errors import Invalid
 from backend.models.service import changes
-from backend.security import as_utc, new_webhook_salt, utcnow, webhook_secret
 from backend.teams.service import page
-from backend.webhooks import addresses
+from core.clock import utcnow
+from core.db.tables import Webhook, WebhookDelivery
+from core.signing import new_webhook_salt, webhook_secret
+from core.webhooks import addresses
 
 log = logging.getLogger(__name__)
-
-DELIVER_WEBHOOK = "worker.tasks.deliver_webhook"
-PENDING, RETRYING, SUCCEEDED, FAILED = "pending", "retrying", "succeeded", "failed"
-NOT_QUEUED = "not queued: the broker was unreachable"  # a worker's sweep sends it again
-
 
 # -- managing webhooks ------------------------------------------------------------------------
 
 
 def check_destination(url: str) -> None:
     """Refuse (422) a URL whose host is or resolves to an address webhooks may not reach
-    (loopback, private, link-local, ...: see backend/webhooks/addresses.py).
+    (loopback, private, link-local, ...: see core/webhooks/addresses.py).
 
     A host that does not resolve now is accepted: every delivery resolves and checks it again.
     """
@@ -107,95 +97,3 @@ def list_deliveries(
     if event:
         stmt = stmt.where(WebhookDelivery.event == event)
     return page(session, stmt, WebhookDelivery, limit, cursor)
-
-
-# -- run events -------------------------------------------------------------------------------
-
-
-def _stamp(value: datetime | None) -> str | None:
-    value = as_utc(value)
-    return value.isoformat() if value is not None else None
-
-
-def run_event_body(run: Run, event: str, delivery_id: int, webhook_id: int) -> str:
-    """The JSON sent for a run event (compact, keys sorted: the bytes that are signed)."""
-    payload = {
-        "event": event,
-        "delivery_id": delivery_id,
-        "webhook_id": webhook_id,
-        "team_id": run.team_id,
-        "sent_for": _stamp(utcnow()),
-        "run": {
-            "id": run.id,
-            "name": run.name,
-            "status": run.status,
-            "error": run.error,
-            "progress": run.progress,
-            "summary": run.summary or {},
-            "teacher_model_id": run.teacher_model_id,
-            "dataset_id": run.dataset_id,
-            "created_at": _stamp(run.created_at),
-            "started_at": _stamp(run.started_at),
-            "finished_at": _stamp(run.finished_at),
-            "url": f"/api/v1/runs/{run.id}",
-        },
-    }
-    return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
-
-
-def record_run_event(session: Session, run_id: int) -> list[int]:
-    """Write a delivery per subscribed active webhook for the run's terminal state; their ids.
-
-    Nothing for a run that has not ended, and nothing again for deliveries already recorded.
-    """
-    run = session.get(Run, run_id)
-    if run is None or run.status not in TERMINAL_RUN_STATES:
-        return []
-    event = f"run.{run.status}"
-    hooks = session.scalars(
-        select(Webhook).where(Webhook.team_id == run.team_id, Webhook.active.is_(True))
-        .order_by(Webhook.id)
-    )
-    done = set(session.scalars(
-        select(WebhookDelivery.webhook_id).where(
-            WebhookDelivery.run_id == run.id, WebhookDelivery.event == event
-        )
-    ))
-    created: list[WebhookDelivery] = []
-    for hook in hooks:
-        if event not in (hook.events or []) or hook.id in done:
-            continue
-        delivery = WebhookDelivery(
-            webhook_id=hook.id, team_id=run.team_id, event=event, run_id=run.id, body="",
-            status=PENDING, attempts=0, created_at=utcnow(),
-        )
-        session.add(delivery)
-        session.flush()
-        delivery.body = run_event_body(run, event, delivery.id, hook.id)
-        created.append(delivery)
-    try:
-        session.commit()
-    except IntegrityError:  # another process recorded the same event just now; it sends them
-        session.rollback()
-        return []
-    return [d.id for d in created]
-
-
-def send(session: Session, delivery_ids: list[int]) -> None:
-    """Queue the deliveries for the worker; when the broker is down, say so on each of them."""
-    for delivery_id in delivery_ids:
-        try:
-            queue.enqueue(DELIVER_WEBHOOK, [delivery_id], queue="cpu")
-        except queue.BrokerUnavailable as exc:
-            log.warning("webhook delivery %s not queued: %s", delivery_id, exc.detail)
-            delivery = session.get(WebhookDelivery, delivery_id)
-            if delivery is not None:
-                delivery.last_error = NOT_QUEUED
-                session.commit()
-
-
-def dispatch_run_event(session: Session, run_id: int) -> list[int]:
-    """Record and queue the deliveries of a run that just ended (never raises for the broker)."""
-    ids = record_run_event(session, run_id)
-    send(session, ids)
-    return ids

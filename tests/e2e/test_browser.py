@@ -78,7 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     log = data / "up.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "up"],
+        [sys.executable, "-m", "cli.main", "up"],
         cwd=ROOT,
         env=env,
         stdout=open(log, "wb"),

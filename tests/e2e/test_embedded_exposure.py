@@ -66,7 +66,7 @@ def test_up_listens_on_loopback_only_and_keeps_its_secret_key_private(tmp_path: 
     env.update(DS_DATA_DIR=str(data), DS_API_PORT=str(ports["api"]), DS_UI_PORT=str(ports["ui"]),
                DS_BROKER_PORT=str(ports["broker"]), PYTHONUNBUFFERED="1")
     log = tmp_path / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "up", "--no-demo"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--no-demo"], cwd=ROOT,
                             env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

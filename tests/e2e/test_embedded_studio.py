@@ -42,7 +42,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory):
     env.update(DS_DATA_DIR=str(data), DS_API_PORT=str(api_port), DS_UI_PORT=str(ui_port),
                DS_BROKER_PORT=str(broker_port), PYTHONUNBUFFERED="1")
     log = data / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "up"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], cwd=ROOT, env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     text = ""

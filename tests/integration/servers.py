@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 class ApiServer:
-    """`python -m backend.cli api` with the studio's env, its output in a log file."""
+    """`python -m cli.main api` with the studio's env, its output in a log file."""
 
     def __init__(self, env: StudioEnv, extra_env: dict[str, str] | None = None,
                  name: str = "api") -> None:
@@ -46,7 +46,7 @@ class ApiServer:
     def start(self, timeout: float = 60) -> ApiServer:
         env = {**os.environ, **self.env.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "api", "--host", "127.0.0.1",
+            [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1",
              "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -97,8 +97,8 @@ def studio_with_worker(tmp: Path, worker_env: dict[str, str] | None = None) -> I
     from backend import queue
     from backend.app import create_app
     from backend.bootstrap import ensure_admin
-    from backend.db import reset_caches, session_scope
-    from worker.celery_app import INSPECT_STUDENT
+    from core.db import reset_caches, session_scope
+    from core.jobs import INSPECT_STUDENT
 
     env = make_studio_env(tmp, "sqlite")
     with pytest.MonkeyPatch.context() as mp:

@@ -39,7 +39,7 @@ def api(app_client: TestClient, admin_token: str) -> TestClient:
 
 def _user(username: str, team: str, role: str) -> None:
     from backend.bootstrap import create_user
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         create_user(session, username, f"{username}-password-1", team, role)
@@ -136,7 +136,7 @@ def test_parallel_password_guessing_is_throttled(sqlite_env, tmp_path) -> None:
     parallel get 5 x 401 and then 429 with Retry-After; the right password from the same address
     waits too, from another address it works; each throttled pair is in the audit log."""
     from backend.bootstrap import ensure_admin
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         ensure_admin(session)
@@ -176,7 +176,7 @@ def test_parallel_password_guessing_is_throttled(sqlite_env, tmp_path) -> None:
     with session_scope() as session:
         from sqlalchemy import select
 
-        from backend.db.tables import AuditEntry
+        from core.db.tables import AuditEntry
 
         entries = list(session.scalars(select(AuditEntry).where(AuditEntry.action == "auth.throttle")))
     assert len(entries) == 1  # once per throttled window, not once per refused request

@@ -35,7 +35,7 @@ def test_login_good_and_bad(app_client) -> None:
     r = app_client.post("/auth/token", data={"username": "admin", "password": "admin-password-123"})
     assert r.status_code == 401  # no admin yet: the same answer as a wrong password
     from backend.bootstrap import ensure_admin
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         info = ensure_admin(session)
@@ -68,9 +68,9 @@ def test_401_without_or_with_bad_tokens(app_client, admin_token) -> None:
 
     from sqlalchemy import select
 
-    from backend.db import session_scope
-    from backend.db.tables import ApiToken
     from backend.security import token_hash
+    from core.db import session_scope
+    from core.db.tables import ApiToken
 
     with session_scope() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(admin_token)))
@@ -148,7 +148,7 @@ def test_team_header_and_roles(api, app_client) -> None:
     assert api.get("/models", headers={"X-Team-Id": str(me["team_id"])}).status_code == 200
 
     from backend.bootstrap import create_user
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         create_user(session, "vera", "vera-password-1", "default", "viewer")

@@ -63,7 +63,7 @@ def test_dataset_formats_and_listing(api, studio_env) -> None:
 
 
 def test_catalog(api) -> None:
-    from worker.engine import catalog
+    from core import catalog
 
     r = api.get("/catalog")
     assert r.status_code == 200

@@ -32,9 +32,9 @@ def api(app_client: TestClient, admin_token: str) -> TestClient:
 
 def _artifact(run_id: int, payload: bytes, filename: str = "student.safetensors") -> int:
     """Stand in for the worker: put a file in the store and record it as the run's artifact."""
-    from backend.db import session_scope
-    from backend.db.tables import Artifact, Run
-    from backend.storage import get_store, new_key
+    from core.db import session_scope
+    from core.db.tables import Artifact, Run
+    from core.storage import get_store, new_key
 
     with session_scope() as session:
         team_id = session.get(Run, run_id).team_id

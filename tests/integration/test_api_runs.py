@@ -76,7 +76,7 @@ def test_run_created_and_queued(api, studio_env) -> None:
 
     text = api.get(f"/runs/{run['id']}/config.yaml")
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/yaml")
-    from worker.engine.config import RunConfig
+    from core.config import RunConfig
 
     assert RunConfig.model_validate(yaml.safe_load(text.text)).name == "api-test"
     assert api.get(f"/runs/{run['id']}/artifacts").json() == []
@@ -90,7 +90,7 @@ def test_run_config_errors(api, studio_env) -> None:
 
     unknown = api.post("/runs", json=run_config(model_id, dataset_id, losses=[{"name": "kdd"}]))
     assert unknown.status_code == 422
-    from worker.engine import catalog
+    from core import catalog
 
     assert unknown.json()["detail"] == (
         f"losses.0: unknown loss 'kdd'; the catalog has: {', '.join(sorted(catalog.LOSSES))}"
@@ -222,7 +222,7 @@ def test_plan_and_pairs_answer_from_stored_inspections_or_202(api, studio_env) -
     """A zoo student's layer table comes from the store the worker fills: until it is there,
     plan and run creation answer 202 (nothing saved) and queue the inspection once, however
     often asked; then 200/201 from the store; a student that cannot be built is a 422."""
-    from backend.runs import inspections
+    from core import inspections
 
     teacher, dataset_id = ready_model(api), ready_dataset(api)
     student = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}}
@@ -267,7 +267,7 @@ def test_no_database_connection_is_held_while_the_broker_is_asked(api, studio_en
     import socket
     import threading
 
-    from backend.db import get_engine
+    from core.db import get_engine
 
     teacher, dataset_id = ready_model(api), ready_dataset(api)
     silent = socket.socket()
@@ -306,8 +306,8 @@ def test_no_database_connection_is_held_while_the_broker_is_asked(api, studio_en
 def test_the_client_follows_202_until_built(api, studio_env) -> None:
     """`Client.plan` and `Client.create_run` ask again as the 202 says until the student is
     built (here planted while the client waits), showing each wait; and give up after `wait`."""
-    from backend.client import ApiError, Client
-    from backend.runs import inspections
+    from client import ApiError, Client
+    from core import inspections
 
     teacher, dataset_id = ready_model(api), ready_dataset(api)
     http = TestClient(api.app, base_url="http://testserver")
@@ -355,8 +355,8 @@ def test_cancel(api, studio_env) -> None:
 
 
 def test_metrics(api, studio_env) -> None:
-    from backend.db import session_scope
-    from backend.db.tables import Metric
+    from core.db import session_scope
+    from core.db.tables import Metric
 
     model_id, dataset_id = ready_model(api), ready_dataset(api)
     run_id = api.post("/runs", json=run_config(model_id, dataset_id)).json()["id"]

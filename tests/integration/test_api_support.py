@@ -83,7 +83,7 @@ def auth(token: str) -> dict[str, str]:
 def other_team_token(app_client: TestClient, username: str = "bob", team: str = "other") -> str:
     """Create a user in a team of its own and sign in as them."""
     from backend.bootstrap import create_user
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         create_user(session, username, f"{username}-password-1", team, "member")
@@ -104,7 +104,7 @@ def upload_dataset(api: TestClient, name: str = "tiny", data: bytes = b"npz byte
 
 def set_row(table_name: str, row_id: int, **fields: Any) -> None:
     """Stand in for the worker: write fields of a row (status, inspection, info, ...)."""
-    from backend.db import session_scope, tables
+    from core.db import session_scope, tables
 
     with session_scope() as session:
         row = session.get(getattr(tables, table_name), row_id)
@@ -147,7 +147,7 @@ def queue_length(studio_env, queue: str = "cpu") -> int:
 def row_count(table_name: str) -> int:
     from sqlalchemy import func, select
 
-    from backend.db import session_scope, tables
+    from core.db import session_scope, tables
 
     with session_scope() as session:
         return session.scalar(select(func.count()).select_from(getattr(tables, table_name)))
@@ -160,8 +160,8 @@ def stored_files(studio_env) -> list[str]:
 
 def set_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
     """Change settings for the rest of a test (the next request reads them)."""
-    from backend.db import reset_caches
-    from backend.storage import get_store
+    from core.db import reset_caches
+    from core.storage import get_store
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)

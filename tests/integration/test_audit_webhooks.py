@@ -130,8 +130,8 @@ def test_webhook_management(api: TestClient) -> None:
     assert [h["id"] for h in listed] == [hook["id"]] and "secret" not in listed[0]
     assert "secret" not in api.get(f"/webhooks/{hook['id']}").json()
 
-    from backend.db import session_scope
-    from backend.db.tables import Webhook
+    from core.db import session_scope
+    from core.db.tables import Webhook
 
     with session_scope() as session:  # only a salt is stored; the secret is derived from it
         row = session.get(Webhook, hook["id"])
@@ -158,7 +158,7 @@ def test_webhook_management(api: TestClient) -> None:
         assert r.status_code == 403, path
 
     # a paused webhook is not told; a deleted one is gone with its deliveries
-    from backend.webhooks.service import record_run_event
+    from core.webhooks.events import record_run_event
 
     teacher, dataset = ready_model(api), ready_dataset(api)
     run = api.post("/runs", json=run_config(teacher, dataset)).json()
@@ -327,8 +327,8 @@ def test_deliveries_the_broker_missed_are_sent_by_the_next_sweep(
 ) -> None:
     """A run ends while the broker is away: its delivery is kept as not queued, and a worker's
     recovery sweep (`resend_unqueued_deliveries`) sends it once the broker is back, exactly once."""
-    from backend.settings import get_settings
-    from backend.webhooks.service import NOT_QUEUED
+    from core.settings import get_settings
+    from core.webhooks.events import NOT_QUEUED
     from worker.webhooks import enqueue_run_event, resend_unqueued_deliveries
 
     set_env(monkeypatch, DS_WEBHOOK_ALLOWED_NETWORKS=LOCAL_RECEIVER)

@@ -114,8 +114,8 @@ def test_a_stalled_body_is_closed(server: ApiServer) -> None:
 
 
 def test_embedded_secret_key_is_random_private_and_kept(tmp_path: Path) -> None:
-    from backend.cli import SECRET_KEY_FILE, embedded_secret_key
-    from backend.settings import DEFAULT_SECRET_KEY
+    from cli.main import SECRET_KEY_FILE, embedded_secret_key
+    from core.settings import DEFAULT_SECRET_KEY
 
     (tmp_path / "a").mkdir()
     first = embedded_secret_key(tmp_path / "a")
@@ -133,7 +133,7 @@ def test_embedded_secret_key_is_random_private_and_kept(tmp_path: Path) -> None:
 def test_sqlite_database_file_is_private(sqlite_env) -> None:
     from sqlalchemy import text
 
-    from backend.db import get_engine
+    from core.db import get_engine
 
     with get_engine().connect() as conn:
         conn.execute(text("SELECT 1"))

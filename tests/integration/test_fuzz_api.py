@@ -66,10 +66,10 @@ def seeded(request: pytest.FixtureRequest,
 
     from backend.app import create_app
     from backend.bootstrap import ensure_admin
-    from backend.db import reset_caches, session_scope
-    from backend.db.tables import ApiToken, Artifact, Metric, User
     from backend.runs import service as runs_service
-    from backend.storage import get_store
+    from core.db import reset_caches, session_scope
+    from core.db.tables import ApiToken, Artifact, Metric, User
+    from core.storage import get_store
 
     tmp = tmp_path_factory.mktemp("fuzz")
     outside = tmp / "outside-secret.txt"
@@ -116,7 +116,7 @@ def _seed(api: TestClient, runs_service: Any, set_row: Any) -> dict[str, list[in
     set_row("Model", model["id"], status="ready", inspection=TEACHER_INSPECTION)
     dataset = api.post("/datasets", files={"file": ("d.npz", b"npz")}, data={"name": "d"}).json()
     set_row("Dataset", dataset["id"], status="ready", info=DATASET_INFO)
-    from backend.runs import inspections
+    from core import inspections
 
     for width in (0.25, 0.5):  # ours, and the documented examples': as if a worker built them
         inspections.plant("resnet8", {"width": width}, [3, 8, 8], 4, STUDENT_INSPECTION)

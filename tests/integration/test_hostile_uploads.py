@@ -53,7 +53,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
 @pytest.fixture
 def one_mib_limit(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """DS_MAX_UPLOAD_MB=1 for the in-process API during one test."""
-    from backend.db import reset_caches
+    from core.db import reset_caches
 
     monkeypatch.setenv("DS_MAX_UPLOAD_MB", "1")
     reset_caches()

@@ -20,8 +20,8 @@ import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from backend.db.tables import Model
 from backend.deps import CurrentUser, SessionDep
+from core.db.tables import Model
 
 from .test_api_isolation import _artifact
 from .test_api_support import auth, new_client, ready_dataset, ready_model, run_config, signed_in
@@ -63,9 +63,9 @@ def api_routes(app: Any) -> list[tuple[str, str]]:
 
 def team_a(api: TestClient) -> dict[str, Any]:
     """Team A (the first admin's "default" team) with one of everything."""
-    from backend.db import session_scope
-    from backend.db.tables import Metric
-    from backend.webhooks.service import record_run_event
+    from core.db import session_scope
+    from core.db.tables import Metric
+    from core.webhooks.events import record_run_event
 
     me = api.get("/auth/me").json()
     model_id, dataset_id = ready_model(api), ready_dataset(api)
@@ -95,7 +95,7 @@ def team_a(api: TestClient) -> dict[str, Any]:
 def team_b(client: TestClient) -> dict[str, dict[str, str]]:
     """Headers of a user of team B in each role."""
     from backend.bootstrap import create_user
-    from backend.db import session_scope
+    from core.db import session_scope
 
     headers = {}
     for role in ROLES:
@@ -135,8 +135,8 @@ def _refused_or_own(a: dict[str, Any], response: Any) -> None:
     """Admins see their own team's entries, others are refused: never team A's."""
     assert response.status_code in (200, 403), response.text
     if response.status_code == 200:
-        from backend.db import session_scope
-        from backend.db.tables import AuditEntry
+        from core.db import session_scope
+        from core.db.tables import AuditEntry
 
         with session_scope() as session:
             teams = {session.get(AuditEntry, i).team_id for i in _ids(response.json())}
@@ -304,7 +304,7 @@ def test_the_walk_catches_new_unchecked_routes(sqlite_env) -> None:
     """Routes that forget the team check, or that the walk cannot fill, fail it."""
     from backend.app import create_app
     from backend.bootstrap import ensure_admin
-    from backend.db import session_scope
+    from core.db import session_scope
 
     app = create_app()
     app.include_router(careless, prefix=API)

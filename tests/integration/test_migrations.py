@@ -6,9 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-import backend.db.tables  # noqa: F401
-from backend.db import Base, get_engine
+import core.db.tables  # noqa: F401
 from backend.migrate import downgrade, upgrade
+from core.db import Base, get_engine
 
 
 def _diff() -> list:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from backend.db import session_scope
-from backend.db.tables import Artifact, Run
+from core.db import session_scope
+from core.db.tables import Artifact, Run
 from tests.conftest import StudioEnv, WorkerProcess
 from tests.integration.conftest import (
     mark_ready_from,
@@ -111,7 +111,7 @@ def test_whole_worker_killed_is_recovered_by_another(api, studio_env: StudioEnv,
 @ON_POSTGRES
 def test_two_workers_one_run_despite_redelivery(api, studio_env: StudioEnv, demo_files) -> None:
     from backend.queue import enqueue
-    from worker.celery_app import DISTILL
+    from core.jobs import DISTILL
 
     w1 = WorkerProcess(studio_env, "w1").start()
     w2 = WorkerProcess(studio_env, "w2").start()
@@ -166,7 +166,7 @@ def test_cancel_queued_never_starts_and_cancel_running_frees_the_worker(
         queued = _run_row(queued_id)
         assert queued.status == "cancelled" and queued.attempts == 0 and queued.started_at is None
         store_key = f"team-{_run_row(long_id).team_id}/runs/{long_id}/checkpoint.pt"
-        from backend.storage import get_store
+        from core.storage import get_store
 
         assert get_store().exists(store_key), "the cancelled run keeps its last checkpoint"
         print(f"cancel asked at step ~{asked_at}, honoured at step {stopped_after} after "
@@ -202,7 +202,7 @@ def test_poisoned_run_fails_after_max_attempts(api, studio_env: StudioEnv, demo_
 
     model, dataset = upload_demo(api, demo_files)
     with session_scope() as s:
-        from backend.db.tables import Dataset, Model
+        from core.db.tables import Dataset, Model
 
         s.get(Model, model["id"]).status = "ready"
         s.get(Dataset, dataset["id"]).status = "ready"
@@ -281,8 +281,8 @@ def test_full_disk_fails_the_run_cleanly_and_a_retry_succeeds(
     from fastapi.testclient import TestClient
 
     from backend.app import create_app
-    from backend.db import reset_caches
-    from backend.storage import get_store
+    from core.db import reset_caches
+    from core.storage import get_store
 
     store_url = (tiny_disk / "artifacts").as_uri()
     env = StudioEnv({**studio_env.env, "DS_ARTIFACTS_URL": store_url}, studio_env.data_dir)
@@ -391,7 +391,7 @@ def test_database_away_mid_run_api_503_and_the_run_carries_on(
     from fastapi.testclient import TestClient
 
     from backend.app import create_app
-    from backend.db import reset_caches
+    from core.db import reset_caches
 
     pg_port = int(re.search(r":(\d+)/", studio_env.env["DS_DATABASE_URL"]).group(1))  # type: ignore[union-attr]
     proxy = TcpProxy(pg_port).start()

@@ -57,7 +57,7 @@ def test_production_refuses_weak_secrets(
 ) -> None:
     from pydantic import ValidationError
 
-    from backend.settings import Settings
+    from core.settings import Settings
 
     monkeypatch.setenv("DS_ENV", "production")
     for key in ("DS_SECRET_KEY", "DS_ADMIN_PASSWORD"):
@@ -79,7 +79,7 @@ def test_api_process_refuses_to_start_in_production(tmp_path) -> None:
     env = {**os.environ, "DS_ENV": "production", "DS_DATA_DIR": str(tmp_path),
            "DS_SECRET_KEY": STRONG_KEY, "DS_ADMIN_PASSWORD": "weak-pw-11c"}
     proc = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     output = proc.stdout + proc.stderr
@@ -181,8 +181,8 @@ def stored_hashes() -> list[str]:
     """Token hashes, password hashes and webhook salts as the database holds them."""
     from sqlalchemy import select
 
-    from backend.db import session_scope
-    from backend.db.tables import ApiToken, User, Webhook
+    from core.db import session_scope
+    from core.db.tables import ApiToken, User, Webhook
 
     with session_scope() as s:
         return [*s.scalars(select(ApiToken.token_hash)), *s.scalars(select(User.password_hash)),
@@ -226,7 +226,7 @@ def test_no_secret_in_logs_or_get_responses(
     from fastapi.testclient import TestClient
 
     from backend.app import create_app
-    from backend.db import reset_caches
+    from core.db import reset_caches
 
     # the receiver listens on loopback, which webhooks may reach only when the studio says so
     studio_env.env["DS_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"

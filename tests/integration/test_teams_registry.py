@@ -70,8 +70,8 @@ def test_roles_members_and_switching_teams(api: TestClient) -> None:
     ada_id, ada = new_user(api, "ada", "admin")
     mem_id, mem = new_user(api, "mem", "member")
     vic_id, vic = new_user(api, "vic", "viewer")
-    from backend.db import session_scope
-    from backend.db.tables import User
+    from core.db import session_scope
+    from core.db.tables import User
 
     with session_scope() as session:
         assert session.get(User, ada_id).password_hash.startswith("$argon2id$")
@@ -174,8 +174,8 @@ def test_roles_members_and_switching_teams(api: TestClient) -> None:
 def test_api_tokens(api: TestClient) -> None:
     from sqlalchemy import select
 
-    from backend.db import session_scope
-    from backend.db.tables import ApiToken
+    from core.db import session_scope
+    from core.db.tables import ApiToken
 
     created = api.post("/auth/tokens", json={"name": "ci", "read_only": True, "expires_in_days": 2,
                                              "team_scoped": True})
@@ -289,9 +289,9 @@ def test_models_and_datasets_tags_edits_archive_delete(api: TestClient, studio_e
 
 def _finish_run(run_id: int, payload: bytes) -> int:
     """Stand in for the worker: the run succeeded with a student and an evaluation."""
-    from backend.db import session_scope
-    from backend.db.tables import Artifact, Run
-    from backend.storage import get_store, new_key
+    from core.db import session_scope
+    from core.db.tables import Artifact, Run
+    from core.storage import get_store, new_key
 
     summary = {
         "teacher_top1": 0.9, "student_top1": 0.85, "agreement": 0.88, "student_params": 800,
@@ -364,8 +364,8 @@ def test_migration_fills_student_model_ids(sqlite_env) -> None:
     """0002 records which registered model each existing run's student starts from."""
     from sqlalchemy import text
 
-    from backend.db import get_engine
     from backend.migrate import downgrade, upgrade
+    from core.db import get_engine
 
     downgrade("0001")
     config = '{"student": {"source": "model", "model": {"model_id": 1}}}'

@@ -92,8 +92,8 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def ended_run_deliveries(api: TestClient, hook_id: int) -> list[int]:
     """A run that just succeeded, and the deliveries recorded for it (as a worker does)."""
-    from backend.db import session_scope
-    from backend.webhooks.service import record_run_event
+    from core.db import session_scope
+    from core.webhooks.events import record_run_event
 
     teacher, dataset = ready_model(api), ready_dataset(api)
     run = api.post("/runs", json=run_config(teacher, dataset, name="done")).json()
@@ -180,8 +180,8 @@ def test_a_name_resolving_to_a_private_address_is_refused(api: TestClient, studi
 
 def test_a_stored_webhook_to_loopback_is_refused_at_delivery(api: TestClient, studio_env) -> None:
     """A webhook written before the rules (or straight into the database) is not sent."""
-    from backend.db import session_scope
-    from backend.db.tables import Webhook
+    from core.db import session_scope
+    from core.db.tables import Webhook
     from worker.webhooks import attempt_delivery
 
     with Server(ok) as receiver:

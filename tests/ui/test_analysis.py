@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backend.client import Run
+from client import Run
 from ui.analysis import (
     MISSING,
     config_diff,

@@ -21,7 +21,7 @@ import pytest
 from safetensors.numpy import save_file
 from streamlit.testing.v1 import AppTest
 
-from backend.client import Client
+from client import Client
 from tests.conftest import StudioEnv, WorkerProcess, make_studio_env, migrate
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py")
@@ -131,7 +131,7 @@ def _serve(port: int) -> tuple[Any, threading.Thread]:
 
 
 def _update(table_name: str, row_id: int, **fields: Any) -> None:
-    from backend.db import session_scope, tables
+    from core.db import session_scope, tables
 
     with session_scope() as session:
         row = session.get(getattr(tables, table_name), row_id)
@@ -143,9 +143,9 @@ def _finish_run(run_id: int) -> None:
     """What a worker leaves behind after a successful run: summary, metrics, artifacts."""
     from datetime import UTC, datetime, timedelta
 
-    from backend.db import session_scope
-    from backend.db.tables import Artifact, Metric, Run
-    from backend.storage import get_store
+    from core.db import session_scope
+    from core.db.tables import Artifact, Metric, Run
+    from core.storage import get_store
 
     with session_scope() as session:
         run = session.get(Run, run_id)
@@ -192,7 +192,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
         env.apply(mp)
         migrate()
         from backend.bootstrap import ensure_admin
-        from backend.db import session_scope
+        from core.db import session_scope
 
         with session_scope() as session:
             token = ensure_admin(session).token
@@ -537,9 +537,9 @@ def _artifact_id(studio: Studio) -> int:
 def worker(studio: Studio) -> Iterator[WorkerProcess]:
     """A real worker, for the student's layer table. The jobs queued for the seeded uploads and
     runs are dropped first: their rows already hold what a worker would have written."""
-    from backend import queue
+    from core import jobs
 
-    queue.producer_app().control.purge()
+    jobs.producer_app().control.purge()
     proc = WorkerProcess(studio.env, name="ui").start()
     yield proc
     proc.stop()

@@ -7,7 +7,7 @@ managed by admins, read-only for others, tokens shown once, revoke).
 What a worker writes (inspections, scans with their previews, finished runs) is written to the
 database directly, as in test_pages.py; the previews come from the engine's own
 `dataset_preview`, the function the scan task calls. A zoo student's layer table (built by a
-worker for Plan) is put in the store of them (`backend.runs.inspections`), as a worker would.
+worker for Plan) is put in the store of them (`core.inspections`), as a worker would.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from safetensors.numpy import save_file
 from streamlit.testing.v1 import AppTest
 
-from backend.client import ApiError, Client
+from client import ApiError, Client
 from tests.conftest import make_studio_env, migrate
 from tests.ui.test_pages import (
     APP,
@@ -90,7 +90,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
         env.apply(mp)
         migrate()
         from backend.bootstrap import ensure_admin
-        from backend.db import session_scope
+        from core.db import session_scope
 
         with session_scope() as session:
             token = ensure_admin(session).token
@@ -434,7 +434,7 @@ SHAPES_INPUT, SHAPES_CLASSES = [3, 8, 8], 4  # the "shapes" dataset the students
 def _cache_student(architecture: str, kwargs: dict[str, Any]) -> None:
     """What a worker stores for this zoo student, already in the store the API reads (no
     worker here; the module's own Redis database, flushed for the next studio)."""
-    from backend.runs import inspections
+    from core import inspections
 
     kwargs = {k: v for k, v in kwargs.items() if k not in ("input_shape", "num_classes")}
     inspections.plant(architecture, kwargs, SHAPES_INPUT, SHAPES_CLASSES, STUDENT_INSPECTION)
@@ -452,7 +452,7 @@ def _run_named(studio: Studio, name: str) -> Any:
 
 
 def test_new_run_student_derived_or_the_teachers_own(studio: Studio) -> None:
-    from worker.engine import catalog
+    from core import catalog
 
     at = _new_run(studio)
     source = at.radio(key="nr_student_source")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backend.client import Client
+from client import Client
 from tests.conftest import make_studio_env, migrate
 from tests.ui.test_pages import APP, TIMEOUT, _free_port, _serve, _texts
 
@@ -30,7 +30,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
         env.apply(mp)
         migrate()
         from backend.bootstrap import create_user, ensure_admin
-        from backend.db import session_scope
+        from core.db import session_scope
 
         with session_scope() as session:
             token = ensure_admin(session).token

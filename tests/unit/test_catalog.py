@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from worker.engine import catalog
-from worker.engine.catalog import Entry
+from core import catalog
+from core.catalog import Entry
 
 # a catalog parameter type -> the annotation of the engine's keyword argument
 ANNOTATION = {"float": "float", "int": "int", "bool": "bool", "str": "str", "choice": "str"}
@@ -41,7 +41,7 @@ def _assert_params_match(entry: Entry, fn: Callable[..., Any], skip: int) -> Non
 
 
 def test_catalog_module_imports_no_torch() -> None:
-    code = "import sys, worker.engine.catalog; assert 'torch' not in sys.modules"
+    code = "import sys, core.catalog; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -64,7 +64,7 @@ def test_loss_constructor_takes_the_catalog_params_with_their_defaults(name: str
 def test_loss_needs_pairs_flag_matches_the_engine(name: str) -> None:
     """A loss the catalog marks `needs_pairs` refuses to build without layer pairs; the others
     build without any (and fsp refuses fewer than its `min_pairs`)."""
-    from worker.engine.config import LossSpec
+    from core.config import LossSpec
     from worker.engine.losses import LossContext, build_loss
 
     entry = catalog.LOSSES[name]
@@ -94,7 +94,7 @@ def test_schemes_optimizers_and_schedules_match_the_engine() -> None:
     catalog's schemes, optimizers and schedules."""
     from pydantic import ValidationError
 
-    from worker.engine.config import RunConfig, TrainSettings
+    from core.config import RunConfig, TrainSettings
 
     assert list(catalog.SCHEMES) == ["offline"]
     assert all(name == entry.name for name, entry in catalog.SCHEMES.items())

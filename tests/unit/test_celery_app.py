@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.celery_app import DISTILL, INSPECT_MODEL, make_celery
+from core.jobs import DISTILL, INSPECT_MODEL, make_celery
 
 
 def test_each_queue_has_its_own_exchange_and_key() -> None:

@@ -7,21 +7,21 @@ import json
 
 from typer.testing import CliRunner, Result
 
-from backend.cli import app
+from cli.main import app
 
 from .test_cli_remote import cli, server  # noqa: F401 - fixtures
 
 
 def _user(username: str, team: str, role: str = "member") -> None:
     from backend.bootstrap import create_user
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         create_user(session, username, f"{username}-password-1", team, role)
 
 
 def _as(url: str, username: str, *args: str, code: int = 0) -> Result:
-    from backend.client import Client
+    from client import Client
 
     token = Client.login(url, username, f"{username}-password-1").token
     result = CliRunner().invoke(app, list(args), env={"DS_API_URL": url, "DS_TOKEN": token,

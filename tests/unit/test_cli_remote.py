@@ -17,7 +17,7 @@ import yaml
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from backend.cli import app
+from cli.main import app
 
 INSPECTION = {
     "input_shape": [3, 8, 8], "output_shape": [4], "num_classes": 4, "params": 1234, "flops": 5678,
@@ -54,7 +54,7 @@ def server(sqlite_env) -> Iterator[str]:
 @pytest.fixture
 def cli(server: str) -> Any:
     from backend.bootstrap import ensure_admin
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         token = ensure_admin(session).token
@@ -70,7 +70,7 @@ def cli(server: str) -> Any:
 
 
 def _set(table: str, row_id: int, **fields: Any) -> None:
-    from backend.db import session_scope, tables
+    from core.db import session_scope, tables
 
     with session_scope() as session:
         row = session.get(getattr(tables, table), row_id)
@@ -82,8 +82,8 @@ def _finish_next_run(after: int) -> threading.Thread:
     """Stand in for the worker: the next run created trains for a moment and succeeds."""
     from sqlalchemy import select
 
-    from backend.db import session_scope
-    from backend.db.tables import Run
+    from core.db import session_scope
+    from core.db.tables import Run
 
     def work() -> None:
         deadline = time.time() + 30
@@ -214,9 +214,9 @@ def _ready_inputs(cli, tmp_path: Path) -> tuple[dict, dict, Path]:
 
 
 def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, tmp_path: Path) -> None:
-    from backend.db import session_scope
-    from backend.db.tables import Artifact
-    from backend.storage import get_store
+    from core.db import session_scope
+    from core.db.tables import Artifact
+    from core.storage import get_store
 
     model, dataset, weights = _ready_inputs(cli, tmp_path)
 

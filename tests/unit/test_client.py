@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from backend.client import ApiError, Client, Run
+from client import ApiError, Client, Run
 
 BASE = "http://testserver"
 TEACHER_KWARGS = {"input_shape": [3, 8, 8], "num_classes": 4, "width": 0.25}
@@ -76,7 +76,7 @@ def npz(tmp_path: Path) -> Path:
 
 def _set_ready(table_name: str, row_id: int, **fields: Any) -> None:
     """Stand in for the worker: mark an upload inspected (the API reads it like any other)."""
-    from backend.db import session_scope, tables
+    from core.db import session_scope, tables
 
     table = getattr(tables, table_name)
     with session_scope() as session:
@@ -276,7 +276,7 @@ def test_run_life_cycle(api: Client, weights: Path, npz: Path) -> None:
 
 
 def test_run_config_objects_and_errors(api: Client, weights: Path, npz: Path) -> None:
-    from worker.engine.config import RunConfig
+    from core.config import RunConfig
 
     model_id, dataset_id = _ready_inputs(api, weights, npz)
     config = RunConfig.model_validate(_config(model_id, dataset_id, name="typed"))
@@ -292,10 +292,10 @@ def test_run_config_objects_and_errors(api: Client, weights: Path, npz: Path) ->
 
 
 def test_download_artifact(api: Client, weights: Path, npz: Path, tmp_path: Path) -> None:
-    from backend.db import session_scope
-    from backend.db.tables import Artifact
-    from backend.db.tables import Run as RunRow
-    from backend.storage import get_store
+    from core.db import session_scope
+    from core.db.tables import Artifact
+    from core.db.tables import Run as RunRow
+    from core.storage import get_store
 
     model_id, dataset_id = _ready_inputs(api, weights, npz)
     run = api.create_run(_config(model_id, dataset_id))
@@ -347,8 +347,8 @@ def test_tokens(api: Client) -> None:
 
 def test_client_import_is_light() -> None:
     code = (
-        "import sys; from backend.client import Client; "
-        "heavy = [m for m in ('torch', 'sqlalchemy', 'fastapi', 'celery', 'backend.settings', "
+        "import sys; from client import Client; "
+        "heavy = [m for m in ('torch', 'sqlalchemy', 'fastapi', 'celery', 'core.settings', "
         "'worker') if m in sys.modules]; print(heavy); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from typer.main import get_command
 
-from backend.cli import app
-from backend.settings import Settings
+from cli.main import app
+from core.settings import Settings
 from tests.conftest import make_studio_env
 
 ROOT = Path(__file__).resolve().parents[2]

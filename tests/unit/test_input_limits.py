@@ -1,5 +1,5 @@
 """Input limits without a server: JSON nesting depth (backend/json_depth.py) and the run config's
-finite floats, ranges and caps (worker/engine/config.py, worker/engine/catalog.py)."""
+finite floats, ranges and caps (core/config.py, core/catalog/__init__.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from backend.json_depth import depth_problem, nesting_depth
-from worker.engine import catalog
-from worker.engine.config import LossSpec, ModelRef, RunConfig, TrainSettings
+from core import catalog
+from core.config import LossSpec, ModelRef, RunConfig, TrainSettings
 
 
 @pytest.mark.parametrize("text,depth", [

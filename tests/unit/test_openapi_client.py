@@ -120,7 +120,7 @@ def test_run_config_examples(spec: dict[str, Any]) -> None:
     body = spec["paths"]["/api/v1/runs"]["post"]["requestBody"]["content"]["application/json"]
     examples = body["examples"]
     assert {"kd_at", "kd_only", "from_registered_student"} <= set(examples)
-    from worker.engine.config import RunConfig
+    from core.config import RunConfig
 
     for example in examples.values():  # every example is a valid run config
         RunConfig.model_validate(example["value"])
@@ -129,11 +129,11 @@ def test_run_config_examples(spec: dict[str, Any]) -> None:
 
 
 def test_the_client_covers_every_route() -> None:
-    """Each (method, path) of the app is called by some method of `backend.client.Client`."""
-    import backend.client
+    """Each (method, path) of the app is called by some method of `client.Client`."""
+    import client
     from backend.app import create_app
 
-    source = inspect.getsource(backend.client)
+    source = inspect.getsource(client)
     calls = {(m, p) for m, p in re.findall(r'_(?:json|send)\(\s*"(\w+)",\s*f?"([^"]+)"', source)}
     calls |= {("GET", p) for p in re.findall(r'_download\(\s*f?"([^"]+)"', source)}
     calls |= {("POST", p) for p in re.findall(r'_upload\(\s*f?"([^"]+)"', source)}

@@ -91,7 +91,7 @@ def test_open_files_limit_message() -> None:
 
 
 def test_limits_come_from_settings(monkeypatch) -> None:
-    from backend.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("DS_SANDBOX_MEMORY_MB", "2048")
     monkeypatch.setenv("DS_SANDBOX_TRAIN_CPU_S", "99")

@@ -1,4 +1,4 @@
-"""Which addresses a webhook may reach (backend/webhooks/addresses.py), how a checked URL is
+"""Which addresses a webhook may reach (core/webhooks/addresses.py), how a checked URL is
 pinned to its address, and the excerpt a delivery keeps of a reply (worker/webhooks.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from backend.webhooks import addresses
+from core.webhooks import addresses
 
 REFUSED = {
     "127.0.0.1": "loopback", "127.255.0.9": "loopback", "::1": "loopback",

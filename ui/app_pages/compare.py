@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.client import ApiError, Comparison, Run
+from client import ApiError, Comparison, Run
 from ui import components as ui
 from ui.analysis import (
     DOMINATED,

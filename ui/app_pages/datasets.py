@@ -10,10 +10,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from backend.client import ApiError, Dataset, DatasetSamples
+from client import ApiError, Dataset, DatasetSamples
+from core.config import DatasetRef
 from ui import components as ui
 from ui.analysis import split_sizes
-from worker.engine.config import DatasetRef
 
 VAL_FRACTION = DatasetRef.model_fields["val_fraction"].default  # what a run holds out
 FORMATS = {".npz": "npz", ".zip": "zip", ".csv": "csv"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.client import ApiError, Client
+from client import ApiError, Client
 from ui import components as ui
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.client import Model, Run
+from client import Model, Run
 from ui import components as ui
 
 RUNS_SHOWN = 20

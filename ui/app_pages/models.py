@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.client import Catalog, Model
+from client import Catalog, Model
 from ui import components as ui
 
 FORMATS = {".pt2": "pt2", ".safetensors": "safetensors"}

@@ -16,11 +16,11 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend.client import PLAN_TIMEOUT_S, Catalog, Model, Pending, PendingFn, Plan
+from client import PLAN_TIMEOUT_S, Catalog, Model, Pending, PendingFn, Plan
+from core import catalog as engine_catalog  # torch-free, like config and pairing
+from core import pairing
+from core.config import RunConfig, StudentSpec, TrainSettings
 from ui import components as ui
-from worker.engine import catalog as engine_catalog  # torch-free, like config and pairing
-from worker.engine import pairing
-from worker.engine.config import RunConfig, StudentSpec, TrainSettings
 
 TRAIN_DEFAULTS = TrainSettings().model_dump()
 STUDENT_DEFAULTS = StudentSpec().model_dump()

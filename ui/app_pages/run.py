@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.client import ApiError, Client, Metrics, Run
+from client import ApiError, Client, Metrics, Run
 from ui import components as ui
 from ui.analysis import run_events
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.client import Model, Run
+from client import Model, Run
 from ui import components as ui
 
 STATUSES = ["all", "queued", "running", "succeeded", "failed", "cancelled"]

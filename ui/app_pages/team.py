@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.client import ApiError, ApiToken, Invitation, Member, TeamRef
+from client import ApiError, ApiToken, Invitation, Member, TeamRef
 from ui import components as ui
 
 ROLE_HELP = {

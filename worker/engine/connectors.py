@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from worker.engine.pairing import fmt_shape, shape_problem
+from core.pairing import fmt_shape, shape_problem
 
 
 def build_connector(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:

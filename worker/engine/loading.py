@@ -48,7 +48,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from worker.engine import catalog, operators
+from core import catalog
+from worker.engine import operators
 
 
 class UnsafeModelError(ValueError):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.engine.config import DatasetRef, RunConfig
+from core.config import DatasetRef, RunConfig
 from worker.engine.data import TensorData, load_dataset, split
 from worker.engine.evaluate import evaluate
 from worker.engine.export import export_onnx, export_pt2, save_safetensors

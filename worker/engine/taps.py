@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.pairing import unknown_layer_message
 from worker.engine.loading import ModelLoadError
-from worker.engine.pairing import unknown_layer_message
 
 _BATCH = 2
 

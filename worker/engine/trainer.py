@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worker.engine import catalog
-from worker.engine.config import RunConfig, TrainSettings
+from core import catalog
+from core.config import RunConfig, TrainSettings
 from worker.engine.data import TensorData
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
 

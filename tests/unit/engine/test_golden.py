@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from worker.engine.config import RunConfig
+from core.config import RunConfig
 from worker.engine.export import export_pt2
 from worker.engine.pipeline import digits_data, run_distillation
 from worker.engine.students import build_student

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worker.engine import catalog
-from worker.engine.config import LossSpec
+from core import catalog
+from core.config import LossSpec
 from worker.engine.losses import LOSSES, LossContext, StepOutputs, build_loss
 
 

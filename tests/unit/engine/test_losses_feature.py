@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from worker.engine.config import LossSpec, RunConfig
+from core.config import LossSpec, RunConfig
 from worker.engine.data import TensorData, split
 from worker.engine.losses import LossContext, StepOutputs, build_loss
 from worker.engine.losses.ft import FactorTransfer

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from worker.engine.config import LossSpec, RunConfig
+from core.config import LossSpec, RunConfig
 from worker.engine.data import TensorData
 from worker.engine.losses import LossContext, StepOutputs, build_loss
 from worker.engine.trainer import train

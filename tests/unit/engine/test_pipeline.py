@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from worker.engine.config import RunConfig
+from core.config import RunConfig
 from worker.engine.data import load_dataset, split
 from worker.engine.loading import load_model
 from worker.engine.pipeline import IncompatibleDataError, make_demo, run_distillation

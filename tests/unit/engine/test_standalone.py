@@ -19,8 +19,8 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from backend.cli import app
-from worker.engine.config import RunConfig
+from cli.main import app
+from core.config import RunConfig
 from worker.engine.data import load_dataset, split
 from worker.engine.export import export_pt2, save_safetensors
 from worker.engine.loading import load_model

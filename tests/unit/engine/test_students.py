@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engine import catalog
-from worker.engine.config import StudentSpec
+from core import catalog
+from core.config import StudentSpec
+from core.pairing import suggest_pairs
 from worker.engine.export import export_pt2
 from worker.engine.loading import load_model
-from worker.engine.pairing import suggest_pairs
 from worker.engine.students import REGISTRY, build_student, derive_student
 from worker.engine.taps import inspect_model
 

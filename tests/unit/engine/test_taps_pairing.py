@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
+from core.pairing import check_pair, find_layer, suggest_pairs
 from worker.engine.loading import ModelLoadError
-from worker.engine.pairing import check_pair, find_layer, suggest_pairs
 from worker.engine.students import build_student
 from worker.engine.taps import FeatureTaps, inspect_model
 
@@ -131,5 +131,5 @@ def test_check_pair(cifar_pair: tuple[dict, dict]) -> None:
 
 
 def test_pairing_is_torch_free() -> None:
-    code = "import sys, worker.engine.pairing; assert 'torch' not in sys.modules"
+    code = "import sys, core.pairing; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,7 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from worker.engine.config import RunConfig
+from core.config import RunConfig
 from worker.engine.data import TensorData, split
 from worker.engine.trainer import Callbacks, Cancelled, StepReport, train
 

@@ -1,8 +1,8 @@
-"""Loss implementations, registered under their catalog names (`worker.engine.catalog.LOSSES`)."""
+"""Loss implementations, registered under their catalog names (`core.catalog.LOSSES`)."""
 
 from __future__ import annotations
 
-from worker.engine.config import LossSpec
+from core.config import LossSpec
 from worker.engine.losses.ab import ActivationBoundaries
 from worker.engine.losses.at import AttentionTransfer
 from worker.engine.losses.base import DistillLoss, LossContext, StepOutputs

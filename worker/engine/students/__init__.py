@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine import catalog
+from core import catalog
 from worker.engine.students.mlp import MLP, mlp
 from worker.engine.students.mobilenetv2 import MobileNetV2, mobilenetv2
 from worker.engine.students.resnet import ResNet, resnet, resnet_generic, resnet_x4

@@ -76,10 +76,10 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     # Where webhooks may go (issue 9): comma-separated CIDRs (e.g. "127.0.0.1/32,10.0.0.0/8") of
     # loopback, private, link-local or reserved networks that webhooks may reach anyway; empty:
-    # only public addresses (backend/webhooks/addresses.py)
+    # only public addresses (core/webhooks/addresses.py)
     webhook_allowed_networks: str = ""
 
-    # Input limits (issue 9): run configs (read by worker/engine/config.py from the same DS_*
+    # Input limits (issue 9): run configs (read by core/config.py from the same DS_*
     # variables, since the engine does not import backend) and JSON nesting of bodies and fields
     max_layer_pairs: int = 64
     max_losses: int = 16

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import fsspec
 
-from backend.settings import get_settings
+from core.settings import get_settings
 
 CHUNK = 1024 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)*$")

@@ -28,8 +28,8 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from backend import queue
-from backend.settings import get_settings
+from core import jobs
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ def _key(job: str) -> str:
 
 
 def read(job: str) -> Entry | None:
-    """The stored entry of `job`, or None; BrokerUnavailable when the store cannot be reached."""
+    """The stored entry of `job`, or None; BrokerDown when the store cannot be reached."""
     try:
         raw = _client().get(_key(job))
     except RedisError as exc:
         log.warning("reading student inspection %s failed: %s", job, exc)
-        raise queue.BrokerUnavailable() from exc
+        raise jobs.BrokerDown() from exc
     if raw is None:
         return None
     try:
@@ -101,7 +101,7 @@ def _write(job: str, data: dict[str, Any], ttl: int, *, only_new: bool = False) 
         done = _client().set(_key(job), json.dumps(data), ex=ttl, nx=only_new)
     except RedisError as exc:
         log.warning("writing student inspection %s failed: %s", job, exc)
-        raise queue.BrokerUnavailable() from exc
+        raise jobs.BrokerDown() from exc
     return bool(done)
 
 
@@ -109,7 +109,7 @@ def forget(job: str) -> None:
     try:
         _client().delete(_key(job))
     except RedisError as exc:
-        raise queue.BrokerUnavailable() from exc
+        raise jobs.BrokerDown() from exc
 
 
 def _pending_ttl() -> int:
@@ -119,15 +119,15 @@ def _pending_ttl() -> int:
 def lookup(args: list[Any], task: str) -> Entry:
     """The stored entry of the student built from `args`; when there is none, `task(*args)` is
     queued (once, whoever asks at the same time) and a pending entry returned. Never waits for a
-    worker. A pending entry older than the inspection limit is dropped and WorkerTimeout raised."""
+    worker. A pending entry older than the inspection limit is dropped and NoWorker raised."""
     job = job_id(args)
     entry = read(job)
     if entry is None:
         mine = Entry("pending", since=time.time())
         if _write(job, {"status": "pending", "since": mine.since}, _pending_ttl(), only_new=True):
             try:
-                queue.enqueue(task, args, queue="cpu")
-            except queue.BrokerUnavailable:
+                jobs.send_task(task, args, "cpu")
+            except jobs.BrokerDown:
                 forget(job)
                 raise
             return mine
@@ -135,7 +135,7 @@ def lookup(args: list[Any], task: str) -> Entry:
     limit = get_settings().inspect_timeout_s
     if entry.status == "pending" and time.time() - entry.since > limit:
         forget(job)  # the next request queues it again
-        raise queue.WorkerTimeout(limit)
+        raise jobs.NoWorker(jobs.no_worker_message(limit))
     return entry
 
 

@@ -1,6 +1,6 @@
 """Database access: the SQLAlchemy engine, sessions and the declarative base.
 
-All tables live in `backend.db.tables`. Services take a `Session`; routers get one through
+All tables live in `core.db.tables`. Services take a `Session`; routers get one through
 `SessionDep` (backend.deps). Workers open their own with `session_scope()`.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from backend.settings import get_settings
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

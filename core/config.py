@@ -26,9 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-from worker.engine import catalog
+from core import catalog
 
-# Limits of a run config. The studio's settings (backend/settings.py) declare the same DS_*
+# Limits of a run config. The studio's settings (core/settings.py) declare the same DS_*
 # variables; the engine reads them from the environment, as it does not import the backend.
 LIMITS = {"DS_MAX_LAYER_PAIRS": 64, "DS_MAX_LOSSES": 16, "DS_MAX_JSON_DEPTH": 32}
 

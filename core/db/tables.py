@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from backend.db import Base
+from core.db import Base
 
 
 def utcnow() -> datetime:
@@ -235,7 +235,7 @@ class AuditEntry(Base):
 class Webhook(Base):
     """A URL a team wants told about run events; its signing secret is derived, never stored.
 
-    secret = HMAC-SHA256(DS_SECRET_KEY, "webhook:" + secret_salt) (see backend.security).
+    secret = HMAC-SHA256(DS_SECRET_KEY, "webhook:" + secret_salt) (see core/signing.py).
     """
 
     __tablename__ = "webhooks"

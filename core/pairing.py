@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.engine.catalog import nearest
+from core.catalog import nearest
 
 
 def fmt_shape(shape: Sequence[int] | None) -> str:

@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from backend.settings import DEFAULT_SECRET_KEY, get_settings
+from core.settings import DEFAULT_SECRET_KEY, get_settings
 
 app = typer.Typer(help="Distill Studio: knowledge distillation, point-and-click or scripted.",
                   no_args_is_help=True, add_completion=False)
@@ -107,7 +107,7 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
 def _admin_token() -> tuple[str, str, str | None]:
     """(username, token, password) of the first admin; the password only when known."""
     from backend.bootstrap import ensure_admin
-    from backend.db import session_scope
+    from core.db import session_scope
 
     with session_scope() as session:
         info = ensure_admin(session)
@@ -120,7 +120,7 @@ def demo(
     token: Annotated[str | None, typer.Option(envvar="DS_TOKEN", help="API token.")] = None,
 ) -> None:
     """Train a demo teacher on scikit-learn's digits and register it and the dataset."""
-    from backend.client import Client
+    from client import Client
 
     s = get_settings()
     client = Client(api_url or s.api_url, token or _admin_token()[1])
@@ -242,7 +242,7 @@ def up(
     env["DS_API_URL"] = api_url
     children = _Children()
     try:
-        children.start("api", [sys.executable, "-m", "backend.cli", "api"], env, data / "logs/api.log")
+        children.start("api", [sys.executable, "-m", "cli.main", "api"], env, data / "logs/api.log")
         children.start("worker", _worker_cmd("gpu,cpu", 1, "embedded"), env, data / "logs/worker.log")
         children.start("ui", _ui_cmd(s.ui_port, s.ui_host), env, data / "logs/ui.log")
         _wait_http(f"{api_url}/api/v1/health")
@@ -281,7 +281,7 @@ def _stop_on_signals() -> None:
 
 
 def _seed_demo(api_url: str, token: str) -> None:
-    from backend.client import Client
+    from client import Client
 
     client = Client(api_url, token)
     if any(m.name == "digits-teacher" for m in client.list_models().items):
@@ -314,7 +314,7 @@ def train(
 
     from pydantic import ValidationError
 
-    from worker.engine.config import RunConfig
+    from core.config import RunConfig
     from worker.engine.pipeline import run_distillation
 
     def fail(message: str) -> typer.Exit:
@@ -409,9 +409,9 @@ def _progress_bar():  # noqa: ANN202 - a Callbacks subclass defined inside, with
 
 
 # -- a running studio over REST: runs, models, datasets, teams, artifacts, comparisons, tokens,
-# webhooks, audit (backend/cli_remote.py) -----------------------------------------------------
+# webhooks, audit (cli/remote.py) -----------------------------------------------------
 
-from backend.cli_remote import REMOTE_APPS  # noqa: E402
+from cli.remote import REMOTE_APPS  # noqa: E402
 
 for _name, _sub in REMOTE_APPS.items():
     app.add_typer(_sub, name=_name)

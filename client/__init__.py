@@ -1,9 +1,9 @@
 """The typed Python client of the Distill Studio REST API (`/api/v1`).
 
 This is what the Streamlit UI uses and what people script with. It imports only httpx and
-pydantic, never the rest of `backend`, so `from backend.client import Client` stays light.
+pydantic, never the rest of `backend`, so `from client import Client` stays light.
 
-    from backend.client import Client
+    from client import Client
 
     studio = Client.login("http://127.0.0.1:8000", "admin", "secret")
     teacher = studio.upload_model("resnet32.pt2", name="teacher")

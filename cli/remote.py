@@ -24,7 +24,7 @@ Every command talks to `--api-url` (DS_API_URL) with `--token` (DS_TOKEN), actin
 progress otherwise (progress and errors go to stderr). Errors exit with status 1 and the API's
 message; `runs create --wait` and `runs wait` exit with 1 when the run did not succeed.
 
-It uses only the typed client (`backend.client`), never the database.
+It uses only the typed client (`client`), never the database.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import typer
 import yaml
 from pydantic import BaseModel
 
-from backend.client import ApiError, Client, Run
+from client import ApiError, Client, Run
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -1110,7 +1110,7 @@ REMOTE_APPS.update({
 })
 
 
-def main() -> None:  # pragma: no cover - `python -m backend.cli_remote`
+def main() -> None:  # pragma: no cover - `python -m cli.remote`
     app = typer.Typer(no_args_is_help=True)
     for name, sub in REMOTE_APPS.items():
         app.add_typer(sub, name=name)

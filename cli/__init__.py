@@ -1,0 +1,1 @@
+"""The `distill-studio` command: `main.app` (the composition root) and `remote` (REST commands)."""

@@ -1,0 +1,1 @@
+"""Webhooks as both sides need them: which addresses may be reached, and run events."""
