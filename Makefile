@@ -33,6 +33,7 @@ test: install browser
 
 lint: install
 	$(VENV)/bin/ruff check core backend worker client cli ui tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) -m benchmarks.paper_table
