@@ -28,7 +28,9 @@ from .test_api_support import auth, new_client, ready_dataset, ready_model, sign
 PLANNERS = 60
 STUDENTS = 10  # distinct students among the planners: each is queued once
 ROUNDS = 12  # rounds of another user's requests, before and during the storm
-SLOWDOWN = 20  # during the storm, another user's slowest request may take this many baselines
+# The old failure: requests queued for a database connection until the pool gave up (30 s, then
+# 500). Load on a shared machine may slow a request, but none may wait that long.
+POOL_TIMEOUT_S = 30
 
 
 def _other_user(api: Any) -> str:
@@ -145,7 +147,7 @@ def test_sixty_plans_with_a_stalled_worker_starve_no_one(studio_env, admin_token
                f"plan answers {dict(storm.statuses)}")
     print(figures)
     assert not failed, f"other users' requests failed under the storm: {failed}; {figures}"
-    assert max(slow) <= SLOWDOWN * statistics.median(base) + max(base), figures
+    assert max(slow) < POOL_TIMEOUT_S, f"a request waited for a database connection: {figures}"
     assert set(storm.statuses) == {202}, f"every plan is told to come back: {figures}"
     assert len(storm.answered) == PLANNERS
     queued = _queued_inspections(studio_env.env["DS_BROKER_URL"])
