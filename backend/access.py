@@ -109,10 +109,6 @@ def _writer(principal: CurrentUser) -> Principal:
     return require(principal, Permission.write)
 
 
-def _deleter(principal: CurrentUser) -> Principal:
-    return require(principal, Permission.delete)
-
-
 def _manager(principal: CurrentUser) -> Principal:
     return require(principal, Permission.manage)
 
@@ -167,13 +163,14 @@ def _unscoped_account(principal: CurrentUser) -> Principal:
     return principal
 
 
-Reader = CurrentUser
+# any member of the caller's team, in any role: the permission a route needs comes from the
+# resource dependency beside it (WritableRun, DeletableModel, ManagedWebhook, ...)
+TeamMember = CurrentUser
 Account = Annotated[Principal, Depends(_account)]
 UnscopedAccount = Annotated[Principal, Depends(_unscoped_account)]
 UserCreator = Annotated[Principal, Depends(_user_creator)]
 TeamCreator = Annotated[Principal, Depends(_team_creator)]
 Writer = Annotated[Principal, Depends(_writer)]
-Deleter = Annotated[Principal, Depends(_deleter)]
 Manager = Annotated[Principal, Depends(_manager)]
 
 

@@ -28,7 +28,6 @@ from backend.security import find_token
 from core.clock import as_utc, utcnow
 from core.db import get_sessionmaker
 from core.db.tables import ApiToken, Membership, User
-from core.settings import Settings, get_settings
 from core.storage import Store, get_store
 
 TOKEN_URL = "/api/v1/auth/token"
@@ -47,7 +46,6 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 
 

@@ -130,10 +130,6 @@ class ApiError(Exception):
             self.errors = [{"loc": list(loc), "msg": detail}]
 
 
-class BadRequest(ApiError):
-    status_code = 400
-
-
 class Unauthorized(ApiError):
     status_code = 401
 

@@ -6,10 +6,11 @@ sweeps publish through `send_task()`, which never hangs when the broker is down:
 `BrokerDown` within a few seconds (the API answers 503 with its message).
 
 Queues: `gpu` (one worker process per GPU, `-Q gpu -c 1`) and `cpu` (inspection and CPU training).
-Reliability settings follow DESIGN.md: a task is acknowledged only after it finished
-(`acks_late`), is given back to the broker if its worker dies (`task_reject_on_worker_lost`),
-each worker process reserves one task at a time (prefetch 1), and the broker's visibility timeout
-is longer than any job, so a long run is not redelivered while it still trains.
+Reliability settings, so that jobs survive a lost worker: a task is acknowledged only after it
+finished (`acks_late`), is given back to the broker if its worker dies
+(`task_reject_on_worker_lost`), each worker process reserves one task at a time (prefetch 1),
+and the broker's visibility timeout is longer than any job, so a long run is not redelivered
+while it still trains.
 """
 
 from __future__ import annotations

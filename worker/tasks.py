@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import traceback
@@ -555,7 +554,3 @@ def _fresh_connections_after_fork(**_: Any) -> None:
 def _start_spare_sandbox(**_: Any) -> None:
     """The child process for the first upload or run starts importing torch now."""
     sandbox.prepare_spare()
-
-
-def cleanup_scratch() -> None:
-    shutil.rmtree(get_settings().data_dir / "scratch", ignore_errors=True)

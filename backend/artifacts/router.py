@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from backend.access import OwnedArtifact, Reader
+from backend.access import OwnedArtifact, TeamMember
 from backend.artifacts import service
 from backend.artifacts.schemas import ArtifactOut
 from backend.deps import SessionDep, StoreDep
@@ -39,7 +39,7 @@ def get_artifact(art: OwnedArtifact) -> ArtifactOut:
                **responses(401, 403, 404, 422, 503)},
 )
 def download(
-    session: SessionDep, store: StoreDep, principal: Reader, art: OwnedArtifact
+    session: SessionDep, store: StoreDep, principal: TeamMember, art: OwnedArtifact
 ) -> StreamingResponse:
     body = service.download(session, store, principal, art)
     return attachment(body, art.filename)

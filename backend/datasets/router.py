@@ -12,7 +12,7 @@ from backend.access import (
     DeletableDataset,
     OwnedDataset,
     Permission,
-    Reader,
+    TeamMember,
     WritableDataset,
     Writer,
     require,
@@ -66,7 +66,7 @@ def upload_dataset(
 )
 def list_datasets(
     session: SessionDep,
-    principal: Reader,
+    principal: TeamMember,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     name: str | None = None,
@@ -94,7 +94,7 @@ def get_dataset(dataset: OwnedDataset) -> DatasetOut:
     summary="Change a dataset's description or tags (archived: admins and owners)",
 )
 def update_dataset(
-    session: SessionDep, principal: Reader, dataset: WritableDataset, body: DatasetUpdate
+    session: SessionDep, principal: TeamMember, dataset: WritableDataset, body: DatasetUpdate
 ) -> DatasetOut:
     values = body.model_dump(exclude_unset=True, exclude_none=True)
     if "archived" in values:
@@ -112,7 +112,7 @@ def update_dataset(
     },
 )
 def delete_dataset(
-    session: SessionDep, store: StoreDep, principal: Reader, dataset: DeletableDataset,
+    session: SessionDep, store: StoreDep, principal: TeamMember, dataset: DeletableDataset,
     archive: Annotated[bool, Query(description="Hide it instead of deleting it.")] = False,
 ) -> Response:
     kept = service.delete_dataset(session, store, principal, dataset, archive)
@@ -127,7 +127,7 @@ def delete_dataset(
                **responses(401, 403, 404, 422, 503)},
 )
 def download_dataset(
-    session: SessionDep, store: StoreDep, principal: Reader, dataset: OwnedDataset
+    session: SessionDep, store: StoreDep, principal: TeamMember, dataset: OwnedDataset
 ) -> StreamingResponse:
     body = service.download(session, store, principal, dataset)
     return attachment(body, f"{dataset.name}.{dataset.format}")

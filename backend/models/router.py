@@ -12,7 +12,7 @@ from backend.access import (
     DeletableModel,
     OwnedModel,
     Permission,
-    Reader,
+    TeamMember,
     WritableModel,
     Writer,
     require,
@@ -74,7 +74,7 @@ def upload_model(
 )
 def list_models(
     session: SessionDep,
-    principal: Reader,
+    principal: TeamMember,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     name: Annotated[str | None, Query(description="Only this name (all its versions).")] = None,
@@ -102,7 +102,7 @@ def get_model(model: OwnedModel) -> ModelDetail:
     summary="Change a model's description or tags (archived: admins and owners)",
 )
 def update_model(
-    session: SessionDep, principal: Reader, model: WritableModel, body: ModelUpdate
+    session: SessionDep, principal: TeamMember, model: WritableModel, body: ModelUpdate
 ) -> ModelOut:
     values = body.model_dump(exclude_unset=True, exclude_none=True)
     if "archived" in values:
@@ -121,7 +121,7 @@ def update_model(
     },
 )
 def delete_model(
-    session: SessionDep, store: StoreDep, principal: Reader, model: DeletableModel,
+    session: SessionDep, store: StoreDep, principal: TeamMember, model: DeletableModel,
     archive: Annotated[bool, Query(description="Hide it instead of deleting it.")] = False,
 ) -> Response:
     kept = service.delete_model(session, store, principal, model, archive)
@@ -136,7 +136,7 @@ def delete_model(
                **responses(401, 403, 404, 422, 503)},
 )
 def download_model(
-    session: SessionDep, store: StoreDep, principal: Reader, model: OwnedModel
+    session: SessionDep, store: StoreDep, principal: TeamMember, model: OwnedModel
 ) -> StreamingResponse:
     body = service.download(session, store, principal, model)
     return attachment(body, service.download_name(model))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from backend.access import OwnedRun, Reader, WritableRun, Writer
+from backend.access import OwnedRun, TeamMember, WritableRun, Writer
 from backend.artifacts import service as artifacts
 from backend.artifacts.schemas import ArtifactOut
 from backend.deps import SessionDep, StoreDep
@@ -110,7 +110,7 @@ def create_run(
 )
 def plan(
     session: SessionDep,
-    principal: Reader,
+    principal: TeamMember,
     body: Annotated[PlanIn, Body(openapi_examples={"zoo": {"summary": "a zoo student", "value": {
         "teacher_model_id": 1, "dataset_id": 1,
         "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
@@ -131,7 +131,7 @@ def plan(
 )
 def list_runs(
     session: SessionDep,
-    principal: Reader,
+    principal: TeamMember,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     status: Status | None = None,
@@ -174,7 +174,7 @@ def get_metrics(
                **responses(401, 403, 404, 409, 422, 503, e409="the run already finished")},
 )
 def cancel_run(
-    session: SessionDep, principal: Reader, run: WritableRun, response: Response
+    session: SessionDep, principal: TeamMember, run: WritableRun, response: Response
 ) -> RunOut:
     run, at_once = service.cancel(session, principal, run)
     if not at_once:
@@ -191,7 +191,7 @@ def cancel_run(
         e503="broker unreachable (nothing saved)",
     )},
 )
-def retry_run(session: SessionDep, principal: Reader, run: WritableRun) -> Any:
+def retry_run(session: SessionDep, principal: TeamMember, run: WritableRun) -> Any:
     try:
         return RunOut.model_validate(service.retry(session, principal, run))
     except service.StudentPending as exc:
@@ -208,7 +208,7 @@ def retry_run(session: SessionDep, principal: Reader, run: WritableRun) -> Any:
     ),
 )
 def register_run(
-    session: SessionDep, store: StoreDep, principal: Reader, run: WritableRun,
+    session: SessionDep, store: StoreDep, principal: TeamMember, run: WritableRun,
     body: Annotated[RegisterIn | None, Body()] = None,
 ) -> ModelOut:
     body = body or RegisterIn()

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from backend.access import ManagedWebhook, Manager, Reader
+from backend.access import ManagedWebhook, Manager, TeamMember
 from backend.deps import SessionDep
 from backend.errors import responses
 from backend.teams.schemas import Page
@@ -57,7 +57,7 @@ def get_webhook(hook: ManagedWebhook) -> WebhookOut:
     summary="Change a webhook's URL, events or description, or pause it (active: false)",
 )
 def update_webhook(
-    session: SessionDep, principal: Reader, hook: ManagedWebhook, body: WebhookUpdate
+    session: SessionDep, principal: TeamMember, hook: ManagedWebhook, body: WebhookUpdate
 ) -> WebhookOut:
     values = body.model_dump(exclude_unset=True, exclude_none=True)
     return WebhookOut.model_validate(service.update_webhook(session, principal, hook, values))
@@ -69,7 +69,7 @@ def update_webhook(
                **responses(401, 403, 404, 422, 503)},
     summary="Delete a webhook (its pending retries stop)",
 )
-def delete_webhook(session: SessionDep, principal: Reader, hook: ManagedWebhook) -> Response:
+def delete_webhook(session: SessionDep, principal: TeamMember, hook: ManagedWebhook) -> Response:
     service.delete_webhook(session, principal, hook)
     return Response(status_code=204)
 
