@@ -409,10 +409,12 @@ def _progress_bar():  # noqa: ANN202 - a Callbacks subclass defined inside, with
 
 
 # -- a running studio over REST: runs, models, datasets, teams, artifacts, comparisons, tokens,
-# webhooks, audit (cli/remote.py) -----------------------------------------------------
+# webhooks, audit (cli/remote.py); their connection options (cli/connection.py) ----------------
 
+from cli.connection import with_connection  # noqa: E402
 from cli.remote import REMOTE_APPS  # noqa: E402
 
+with_connection(app)  # --api-url, --token, --team, --json also before the sub-command
 for _name, _sub in REMOTE_APPS.items():
     app.add_typer(_sub, name=_name)
 

@@ -31,45 +31,37 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 import yaml
 from pydantic import BaseModel
 
-from client import ApiError, Client, Run
+from cli.connection import Connection, command, with_connection
+from client import Client, Run, walk
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
-F = TypeVar("F", bound=Callable[..., Any])
-
-ApiUrl = Annotated[
-    str, typer.Option("--api-url", envvar="DS_API_URL", help="The studio's URL.", show_default=True)
-]
-Token = Annotated[
-    str | None, typer.Option("--token", envvar="DS_TOKEN", help="API token (ds_...).", show_default=False)
-]
-Team = Annotated[
-    int | None,
-    typer.Option("--team", envvar="DS_TEAM_ID", help="Act for this team id (X-Team-Id).", show_default=False),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Limit = Annotated[int, typer.Option(help="Rows per page.", min=1, max=200)]
 AllPages = Annotated[bool, typer.Option("--all", help="Follow the cursor through every page.")]
 Tags = Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for several).")]
 
-runs_app = typer.Typer(help="Launch, follow, cancel and compare runs.", no_args_is_help=True)
-models_app = typer.Typer(help="The model registry: push, list, tag, download, delete or archive.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Datasets: push, list, download, delete or archive.", no_args_is_help=True)
-teams_app = typer.Typer(help="Teams and their members.", no_args_is_help=True)
-artifacts_app = typer.Typer(help="A run's outputs: list and download them.", no_args_is_help=True)
-comparisons_app = typer.Typer(help="Saved comparisons of runs, shared with the team.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Your API tokens for scripts: list, create, revoke.", no_args_is_help=True)
-webhooks_app = typer.Typer(help="URLs told when runs end (admins and owners).", no_args_is_help=True)
-audit_app = typer.Typer(help="The team's audit log (admins and owners).", no_args_is_help=True)
+
+def _app(help_text: str) -> typer.Typer:
+    """A REST sub-command group whose callback takes the connection options too."""
+    return with_connection(typer.Typer(help=help_text, no_args_is_help=True))
+
+
+runs_app = _app("Launch, follow, cancel and compare runs.")
+models_app = _app("The model registry: push, list, tag, download, delete or archive.")
+datasets_app = _app("Datasets: push, list, download, delete or archive.")
+teams_app = _app("Teams and their members.")
+artifacts_app = _app("A run's outputs: list and download them.")
+comparisons_app = _app("Saved comparisons of runs, shared with the team.")
+tokens_app = _app("Your API tokens for scripts: list, create, revoke.")
+webhooks_app = _app("URLs told when runs end (admins and owners).")
+audit_app = _app("The team's audit log (admins and owners).")
 
 REMOTE_APPS: dict[str, typer.Typer] = {}  # filled at the end of the module: name -> sub-command
 
@@ -77,28 +69,9 @@ REMOTE_APPS: dict[str, typer.Typer] = {}  # filled at the end of the module: nam
 # -- plumbing ---------------------------------------------------------------------------------
 
 
-def client(api_url: str, token: str | None, team: int | None) -> Client:
-    if not token:
-        raise typer.BadParameter(
-            "give an API token with --token or DS_TOKEN (create one in the UI, or "
-            "POST /api/v1/auth/tokens)", param_hint="--token",
-        )
-    return Client(api_url or DEFAULT_API_URL, token, team_id=team, timeout=60)
-
-
-def api_errors(fn: F) -> F:
-    """Turn an API error into its message on stderr and exit status 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ApiError as exc:
-            where = f" ({exc.status})" if exc.status else ""
-            typer.echo(f"error{where}: {exc.detail}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
+def _listed(list_page: Callable[..., Any], limit: int, every: bool, **filters: Any) -> list[Any]:
+    """One page of `limit` items, or with --all every page (pages of `limit`)."""
+    return list(walk(list_page, page_size=limit, max_items=None if every else limit, **filters))
 
 
 def _plain(value: Any) -> Any:
@@ -133,16 +106,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(_cell(v) for v in value) or "-"
     return str(value)
-
-
-def _pages(fetch: Callable[[str | None], Any], every: bool) -> Iterator[Any]:
-    cursor: str | None = None
-    while True:
-        page = fetch(cursor)
-        yield from page.items
-        if not every or not page.next_cursor or not page.items:
-            return
-        cursor = page.next_cursor
 
 
 def _when(value: datetime | None) -> str | None:
@@ -235,102 +198,96 @@ def _show_run(run: Run, as_json: bool) -> None:
         )))
 
 
-@runs_app.command("create")
-@api_errors
+@command(runs_app, "create")
 def runs_create(
+    conn: Connection,
     file: Annotated[Path, typer.Option("-f", "--file", help="Run config (YAML or JSON).")],
     name: Annotated[str | None, typer.Option(help="Override the config's name.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow it until it ends.")] = False,
     poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.05)] = 2.0,
     timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Launch a run from a run config file (teacher.model_id, dataset.dataset_id, ...)."""
     config = load_config(file)
     if name:
         config["name"] = name
-    api = client(api_url, token, team)
+    api = conn.client()
     run = api.create_run(config)
-    if not as_json:
+    if not conn.as_json:
         typer.echo(f"run {run.id} queued ({run.name})", err=True)
     if wait:
-        run = _follow_run(api, run.id, poll, timeout, quiet=as_json)
-    _show_run(run, as_json)
+        run = _follow_run(api, run.id, poll, timeout, quiet=conn.as_json)
+    _show_run(run, conn.as_json)
     if wait and run.status != "succeeded":
         raise typer.Exit(1)
 
 
-@runs_app.command("list")
-@api_errors
+@command(runs_app, "list")
 def runs_list(
+    conn: Connection,
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")] = None,
     q: Annotated[str | None, typer.Option(help="Name contains.")] = None,
     limit: Limit = 20, every: AllPages = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Runs of the team, newest first."""
-    api = client(api_url, token, team)
-    runs = list(_pages(lambda c: api.runs(limit=limit, cursor=c, status=status, q=q), every))
-    if as_json:
+    api = conn.client()
+    runs = _listed(api.runs, limit, every, status=status, q=q)
+    if conn.as_json:
         emit_json(runs)
     else:
         typer.echo(table(RUN_HEADERS, _run_rows(runs)))
 
 
-@runs_app.command("show")
-@api_errors
+@command(runs_app, "show")
 def runs_show(
+    conn: Connection,
     run_id: Annotated[int, typer.Argument(help="Run id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """One run: status, progress and results."""
-    _show_run(client(api_url, token, team).run(run_id), as_json)
+    _show_run(conn.client().run(run_id), conn.as_json)
 
 
-@runs_app.command("wait")
-@api_errors
+@command(runs_app, "wait")
 def runs_wait(
+    conn: Connection,
     run_id: Annotated[int, typer.Argument(help="Run id.")],
     poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.05)] = 2.0,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Follow a run until it ends; exit status 1 unless it succeeded."""
-    run = _follow_run(client(api_url, token, team), run_id, poll, timeout, quiet=as_json)
-    _show_run(run, as_json)
+    run = _follow_run(conn.client(), run_id, poll, timeout, quiet=conn.as_json)
+    _show_run(run, conn.as_json)
     if run.status != "succeeded":
         raise typer.Exit(1)
 
 
-@runs_app.command("cancel")
-@api_errors
+@command(runs_app, "cancel")
 def runs_cancel(
+    conn: Connection,
     run_id: Annotated[int, typer.Argument(help="Run id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Cancel a run (queued: at once; running: the worker stops it shortly)."""
-    run = client(api_url, token, team).cancel_run(run_id)
-    if as_json:
+    run = conn.client().cancel_run(run_id)
+    if conn.as_json:
         emit_json(run)
     else:
         state = "cancelled" if run.status == "cancelled" else "will stop shortly"
         typer.echo(f"run {run.id} {state}")
 
 
-@runs_app.command("register")
-@api_errors
+@command(runs_app, "register")
 def runs_register(
+    conn: Connection,
     run_id: Annotated[int, typer.Argument(help="A succeeded run.")],
     name: Annotated[str | None, typer.Option(help="Model name (default: <run name>-student).")] = None,
     description: Annotated[str | None, typer.Option(help="Model description.")] = None,
     tag: Tags = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Register a succeeded run's student as a model (a teacher or student for later runs)."""
-    model = client(api_url, token, team).register_run(
+    model = conn.client().register_run(
         run_id, name, description=description, tags=tag or None
     )
-    if as_json:
+    if conn.as_json:
         emit_json(model)
     else:
         typer.echo(f"model {model.id}: {model.name} v{model.version} ({model.status})")
@@ -391,16 +348,15 @@ def compare_rows(runs: Sequence[Run]) -> list[tuple[str, list[Any]]]:
     return rows
 
 
-@runs_app.command("compare")
-@api_errors
+@command(runs_app, "compare")
 def runs_compare(
+    conn: Connection,
     run_ids: Annotated[list[int], typer.Argument(help="Two or more run ids; the first is the baseline.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Runs side by side: their configs (rows that differ are marked *) and their results."""
-    api = client(api_url, token, team)
+    api = conn.client()
     runs = [api.run(i) for i in run_ids]
-    if as_json:
+    if conn.as_json:
         rows = compare_rows(runs)
         emit_json({"run_ids": [r.id for r in runs], "rows": {label: vals for label, vals in rows}})
         return
@@ -431,9 +387,9 @@ def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
     ]
 
 
-@models_app.command("push")
-@api_errors
+@command(models_app, "push")
 def models_push(
+    conn: Connection,
     file: Annotated[Path, typer.Argument(help="A .pt2 archive or .safetensors weights.", exists=True, dir_okay=False)],
     name: Annotated[str, typer.Option(help="Model name; an existing name gets a new version.")],
     format_: Annotated[str | None, typer.Option("--format", help="pt2 | safetensors (default: extension).")] = None,
@@ -441,52 +397,48 @@ def models_push(
     kwargs: Annotated[str | None, typer.Option(help='For safetensors, JSON: {"input_shape": [3, 32, 32], "num_classes": 10}')] = None,
     description: Annotated[str, typer.Option(help="What it is.")] = "",
     tag: Tags = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Upload a model (a worker inspects it: status pending -> ready)."""
     try:
         parsed = json.loads(kwargs) if kwargs else None
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
-    api = client(api_url, token, team)
+    api = conn.client()
     model = api.upload_model(file, name, format=format_, architecture=architecture, kwargs=parsed,
                              description=description)
     if tag:
         model = api.update_model(model.id, tags=tag)
-    if as_json:
+    if conn.as_json:
         emit_json(model)
     else:
         typer.echo(f"model {model.id}: {model.name} v{model.version} ({model.status})")
 
 
-@models_app.command("list")
-@api_errors
+@command(models_app, "list")
 def models_list(
+    conn: Connection,
     tag: Tags = None,
     name: Annotated[str | None, typer.Option(help="Only this name (all versions).")] = None,
     archived: Annotated[bool, typer.Option("--archived", help="Include archived models.")] = False,
     limit: Limit = 50, every: AllPages = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Models of the team, newest first (filter by tags: every --tag must match)."""
-    api = client(api_url, token, team)
-    models = list(_pages(lambda c: api.find_models(
-        tags=tag, name=name, include_archived=archived, limit=limit, cursor=c), every))
-    if as_json:
+    api = conn.client()
+    models = _listed(api.models, limit, every, tags=tag, name=name, include_archived=archived)
+    if conn.as_json:
         emit_json(models)
     else:
         typer.echo(table(MODEL_HEADERS, _model_rows(models)))
 
 
-@models_app.command("show")
-@api_errors
+@command(models_app, "show")
 def models_show(
+    conn: Connection,
     model_id: Annotated[int, typer.Argument(help="Model id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """One model with its card and lineage."""
-    model = client(api_url, token, team).model(model_id)
-    if as_json:
+    model = conn.client().model(model_id)
+    if conn.as_json:
         emit_json(model)
         return
     typer.echo(table(MODEL_HEADERS, _model_rows([model])))
@@ -500,47 +452,44 @@ def models_show(
         typer.echo("\n" + table(("lineage", "value"), sorted(lineage.items())))
 
 
-@models_app.command("update")
-@api_errors
+@command(models_app, "update")
 def models_update(
+    conn: Connection,
     model_id: Annotated[int, typer.Argument(help="Model id.")],
     description: Annotated[str | None, typer.Option(help="New description.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Replaces the tags (repeat for several).")] = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Change a model's description or tags."""
-    model = client(api_url, token, team).update_model(model_id, description=description, tags=tag)
-    if as_json:
+    model = conn.client().update_model(model_id, description=description, tags=tag)
+    if conn.as_json:
         emit_json(model)
     else:
         typer.echo(f"model {model.id}: tags {_cell(getattr(model, 'tags', []))}")
 
 
-@models_app.command("delete")
-@api_errors
+@command(models_app, "delete")
 def models_delete(
+    conn: Connection,
     model_id: Annotated[int, typer.Argument(help="Model id.")],
     archive: Annotated[bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")] = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Delete a model (refused while runs use it: archive it instead)."""
-    kept = client(api_url, token, team).delete_model(model_id, archive=archive)
-    if as_json:
+    kept = conn.client().delete_model(model_id, archive=archive)
+    if conn.as_json:
         emit_json({"id": model_id, "archived": kept is not None, "deleted": kept is None})
     else:
         typer.echo(f"model {model_id} {'archived' if kept is not None else 'deleted'}")
 
 
-@models_app.command("download")
-@api_errors
+@command(models_app, "download")
 def models_download(
+    conn: Connection,
     model_id: Annotated[int, typer.Argument(help="Model id.")],
     output: Dest = Path("."),
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Download a model's file (.pt2 or .safetensors); prints the path written."""
-    path = client(api_url, token, team).download_model(model_id, output)
-    _downloaded("model", model_id, path, as_json)
+    path = conn.client().download_model(model_id, output)
+    _downloaded("model", model_id, path, conn.as_json)
 
 
 # -- datasets ---------------------------------------------------------------------------------
@@ -557,159 +506,149 @@ def _dataset_rows(datasets: Sequence[Any]) -> list[list[Any]]:
     ]
 
 
-@datasets_app.command("push")
-@api_errors
+@command(datasets_app, "push")
 def datasets_push(
+    conn: Connection,
     file: Annotated[Path, typer.Argument(help="A .npz (x, y), .zip (class folders) or .csv.", exists=True, dir_okay=False)],
     name: Annotated[str, typer.Option(help="Dataset name.")],
     format_: Annotated[str | None, typer.Option("--format", help="npz | zip | csv (default: extension).")] = None,
     label_column: Annotated[str, typer.Option(help="csv only: the label column.")] = "label",
     description: Annotated[str | None, typer.Option(help="What it is.")] = None,
     tag: Tags = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Upload a dataset (a worker scans it: status pending -> ready)."""
-    api = client(api_url, token, team)
+    api = conn.client()
     dataset = api.upload_dataset(file, name, format=format_, label_column=label_column)
     if tag or description:
         dataset = api.update_dataset(dataset.id, description=description, tags=tag or None)
-    if as_json:
+    if conn.as_json:
         emit_json(dataset)
     else:
         typer.echo(f"dataset {dataset.id}: {dataset.name} ({dataset.status})")
 
 
-@datasets_app.command("list")
-@api_errors
+@command(datasets_app, "list")
 def datasets_list(
+    conn: Connection,
     tag: Tags = None,
     name: Annotated[str | None, typer.Option(help="Only this name.")] = None,
     archived: Annotated[bool, typer.Option("--archived", help="Include archived datasets.")] = False,
     limit: Limit = 50, every: AllPages = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Datasets of the team, newest first."""
-    api = client(api_url, token, team)
-    datasets = list(_pages(lambda c: api.find_datasets(
-        tags=tag, name=name, include_archived=archived, limit=limit, cursor=c), every))
-    if as_json:
+    api = conn.client()
+    datasets = _listed(api.datasets, limit, every, tags=tag, name=name,
+                       include_archived=archived)
+    if conn.as_json:
         emit_json(datasets)
     else:
         typer.echo(table(DATASET_HEADERS, _dataset_rows(datasets)))
 
 
-@datasets_app.command("show")
-@api_errors
+@command(datasets_app, "show")
 def datasets_show(
+    conn: Connection,
     dataset_id: Annotated[int, typer.Argument(help="Dataset id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """One dataset."""
-    dataset = client(api_url, token, team).dataset(dataset_id)
-    if as_json:
+    dataset = conn.client().dataset(dataset_id)
+    if conn.as_json:
         emit_json(dataset)
     else:
         typer.echo(table(DATASET_HEADERS, _dataset_rows([dataset])))
 
 
-@datasets_app.command("delete")
-@api_errors
+@command(datasets_app, "delete")
 def datasets_delete(
+    conn: Connection,
     dataset_id: Annotated[int, typer.Argument(help="Dataset id.")],
     archive: Annotated[bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")] = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Delete a dataset (refused while runs use it: archive it instead)."""
-    kept = client(api_url, token, team).delete_dataset(dataset_id, archive=archive)
-    if as_json:
+    kept = conn.client().delete_dataset(dataset_id, archive=archive)
+    if conn.as_json:
         emit_json({"id": dataset_id, "archived": kept is not None, "deleted": kept is None})
     else:
         typer.echo(f"dataset {dataset_id} {'archived' if kept is not None else 'deleted'}")
 
 
-@datasets_app.command("download")
-@api_errors
+@command(datasets_app, "download")
 def datasets_download(
+    conn: Connection,
     dataset_id: Annotated[int, typer.Argument(help="Dataset id.")],
     output: Dest = Path("."),
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Download a dataset's file; prints the path written."""
-    path = client(api_url, token, team).download_dataset(dataset_id, output)
-    _downloaded("dataset", dataset_id, path, as_json)
+    path = conn.client().download_dataset(dataset_id, output)
+    _downloaded("dataset", dataset_id, path, conn.as_json)
 
 
 # -- teams ------------------------------------------------------------------------------------
 
 
-@teams_app.command("list")
-@api_errors
+@command(teams_app, "list")
 def teams_list(
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+    conn: Connection,
 ) -> None:
     """Your teams, with your role in each."""
-    teams = client(api_url, token, team).teams()
-    if as_json:
+    teams = conn.client().teams()
+    if conn.as_json:
         emit_json(teams)
     else:
         typer.echo(table(("id", "name", "role"), [[t.id, t.name, t.role] for t in teams]))
 
 
-@teams_app.command("create")
-@api_errors
+@command(teams_app, "create")
 def teams_create(
+    conn: Connection,
     name: Annotated[str, typer.Argument(help="Team name (unique).")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Create a team; you become its owner."""
-    created = client(api_url, token, team).create_team(name)
-    if as_json:
+    created = conn.client().create_team(name)
+    if conn.as_json:
         emit_json(created)
     else:
         typer.echo(f"team {created.id}: {created.name} (you are its owner; use --team {created.id})")
 
 
-@teams_app.command("members")
-@api_errors
+@command(teams_app, "members")
 def teams_members(
+    conn: Connection,
     team_id: Annotated[int, typer.Argument(help="Team id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Members of a team with their roles."""
-    members = client(api_url, token, team).team_members(team_id)
-    if as_json:
+    members = conn.client().team_members(team_id)
+    if conn.as_json:
         emit_json(members)
     else:
         typer.echo(table(("user_id", "username", "role"), [[m.user_id, m.username, m.role] for m in members]))
 
 
-@teams_app.command("add")
-@api_errors
+@command(teams_app, "add")
 def teams_add(
+    conn: Connection,
     team_id: Annotated[int, typer.Argument(help="Team id.")],
     username: Annotated[str, typer.Argument(help="An existing user.")],
     role: Annotated[str, typer.Option(help="owner | admin | member | viewer.")] = "member",
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Add a user to a team without asking them (studio administrators; others: `invite`)."""
-    member = client(api_url, token, team).add_member(team_id, username, role)
-    if as_json:
+    member = conn.client().add_member(team_id, username, role)
+    if conn.as_json:
         emit_json(member)
     else:
         typer.echo(f"{member.username} is now {member.role} of team {team_id}")
 
 
-@teams_app.command("invite")
-@api_errors
+@command(teams_app, "invite")
 def teams_invite(
+    conn: Connection,
     team_id: Annotated[int, typer.Argument(help="Team id.")],
     username: Annotated[str, typer.Argument(help="Whom to invite (they accept or decline).")],
     role: Annotated[str, typer.Option(help="owner | admin | member | viewer.")] = "member",
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Invite a user to a team with a role (admins and owners; only owners invite as owner)."""
-    invitation = client(api_url, token, team).invite(team_id, username, role)
-    if as_json:
+    invitation = conn.client().invite(team_id, username, role)
+    if conn.as_json:
         emit_json(invitation)
     else:
         typer.echo(
@@ -721,20 +660,19 @@ def teams_invite(
 INVITATION_HEADERS = ("id", "team", "user", "role", "status", "invited by", "created")
 
 
-@teams_app.command("invitations")
-@api_errors
+@command(teams_app, "invitations")
 def teams_invitations(
+    conn: Connection,
     sent: Annotated[
         int | None,
         typer.Option("--sent", help="Instead: the invitations this team sent (its admins).",
                      show_default=False),
     ] = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Invitations waiting for your answer (or, with --sent TEAM_ID, those a team sent)."""
-    api = client(api_url, token, team)
+    api = conn.client()
     rows = api.invitations() if sent is None else api.sent_invitations(sent)
-    if as_json:
+    if conn.as_json:
         emit_json(rows)
         return
     typer.echo(table(INVITATION_HEADERS, [
@@ -743,30 +681,28 @@ def teams_invitations(
     ]))
 
 
-@teams_app.command("withdraw")
-@api_errors
+@command(teams_app, "withdraw")
 def teams_withdraw(
+    conn: Connection,
     team_id: Annotated[int, typer.Argument(help="Team id.")],
     invitation_id: Annotated[int, typer.Argument(help="Invitation id (invitations --sent).")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Withdraw a pending invitation of a team (admins and owners)."""
-    invitation = client(api_url, token, team).withdraw_invitation(team_id, invitation_id)
-    if as_json:
+    invitation = conn.client().withdraw_invitation(team_id, invitation_id)
+    if conn.as_json:
         emit_json(invitation)
     else:
         typer.echo(f"withdrew the invitation of {invitation.username} to {invitation.team_name}")
 
 
-@teams_app.command("accept")
-@api_errors
+@command(teams_app, "accept")
 def teams_accept(
+    conn: Connection,
     invitation_id: Annotated[int, typer.Argument(help="Invitation id (teams invitations).")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Accept an invitation: join its team with its role."""
-    invitation = client(api_url, token, team).accept_invitation(invitation_id)
-    if as_json:
+    invitation = conn.client().accept_invitation(invitation_id)
+    if conn.as_json:
         emit_json(invitation)
     else:
         typer.echo(
@@ -775,46 +711,43 @@ def teams_accept(
         )
 
 
-@teams_app.command("decline")
-@api_errors
+@command(teams_app, "decline")
 def teams_decline(
+    conn: Connection,
     invitation_id: Annotated[int, typer.Argument(help="Invitation id (teams invitations).")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Decline an invitation."""
-    invitation = client(api_url, token, team).decline_invitation(invitation_id)
-    if as_json:
+    invitation = conn.client().decline_invitation(invitation_id)
+    if conn.as_json:
         emit_json(invitation)
     else:
         typer.echo(f"declined the invitation to {invitation.team_name}")
 
 
-@teams_app.command("role")
-@api_errors
+@command(teams_app, "role")
 def teams_role(
+    conn: Connection,
     team_id: Annotated[int, typer.Argument(help="Team id.")],
     user_id: Annotated[int, typer.Argument(help="The member's user id.")],
     role: Annotated[str, typer.Argument(help="owner | admin | member | viewer.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Change a member's role."""
-    member = client(api_url, token, team).set_member_role(team_id, user_id, role)
-    if as_json:
+    member = conn.client().set_member_role(team_id, user_id, role)
+    if conn.as_json:
         emit_json(member)
     else:
         typer.echo(f"{member.username} is now {member.role} of team {team_id}")
 
 
-@teams_app.command("remove")
-@api_errors
+@command(teams_app, "remove")
 def teams_remove(
+    conn: Connection,
     team_id: Annotated[int, typer.Argument(help="Team id.")],
     user_id: Annotated[int, typer.Argument(help="The member's user id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Remove a member from a team (or leave it, with your own user id)."""
-    client(api_url, token, team).remove_member(team_id, user_id)
-    if as_json:
+    conn.client().remove_member(team_id, user_id)
+    if conn.as_json:
         emit_json({"team_id": team_id, "user_id": user_id, "removed": True})
     else:
         typer.echo(f"user {user_id} removed from team {team_id}")
@@ -825,15 +758,14 @@ def teams_remove(
 ARTIFACT_HEADERS = ("id", "run", "kind", "filename", "size", "sha256", "created")
 
 
-@artifacts_app.command("list")
-@api_errors
+@command(artifacts_app, "list")
 def artifacts_list(
+    conn: Connection,
     run_id: Annotated[int, typer.Argument(help="Run id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """A run's outputs (student weights, config, evaluation, ...)."""
-    arts = client(api_url, token, team).artifacts(run_id)
-    if as_json:
+    arts = conn.client().artifacts(run_id)
+    if conn.as_json:
         emit_json(arts)
     else:
         typer.echo(table(ARTIFACT_HEADERS, [
@@ -842,16 +774,15 @@ def artifacts_list(
         ]))
 
 
-@artifacts_app.command("download")
-@api_errors
+@command(artifacts_app, "download")
 def artifacts_download(
+    conn: Connection,
     artifact_id: Annotated[int, typer.Argument(help="Artifact id (see `artifacts list RUN_ID`).")],
     output: Dest = Path("."),
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Download an artifact's file; prints the path written."""
-    path = client(api_url, token, team).download_artifact(artifact_id, output)
-    _downloaded("artifact", artifact_id, path, as_json)
+    path = conn.client().download_artifact(artifact_id, output)
+    _downloaded("artifact", artifact_id, path, conn.as_json)
 
 
 # -- saved comparisons ------------------------------------------------------------------------
@@ -863,47 +794,44 @@ def _comparison_rows(items: Sequence[Any]) -> list[list[Any]]:
     return [[c.id, c.name, c.run_ids, c.created_by_name, _when(c.created_at)] for c in items]
 
 
-@comparisons_app.command("create")
-@api_errors
+@command(comparisons_app, "create")
 def comparisons_create(
+    conn: Connection,
     name: Annotated[str, typer.Argument(help="What the comparison is about.")],
     run_ids: Annotated[list[int], typer.Argument(help="Run ids; the first is the baseline.")],
     description: Annotated[str, typer.Option(help="Why these runs.")] = "",
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Save a comparison of runs for the team."""
-    saved = client(api_url, token, team).create_comparison(name, run_ids, description)
-    if as_json:
+    saved = conn.client().create_comparison(name, run_ids, description)
+    if conn.as_json:
         emit_json(saved)
     else:
         typer.echo(f"comparison {saved.id}: {saved.name} (runs {_cell(saved.run_ids)})")
 
 
-@comparisons_app.command("list")
-@api_errors
+@command(comparisons_app, "list")
 def comparisons_list(
+    conn: Connection,
     limit: Limit = 50, every: AllPages = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """The team's saved comparisons, newest first."""
-    api = client(api_url, token, team)
-    items = list(_pages(lambda c: api.comparisons(limit=limit, cursor=c), every))
-    if as_json:
+    api = conn.client()
+    items = _listed(api.comparisons, limit, every)
+    if conn.as_json:
         emit_json(items)
     else:
         typer.echo(table(COMPARISON_HEADERS, _comparison_rows(items)))
 
 
-@comparisons_app.command("show")
-@api_errors
+@command(comparisons_app, "show")
 def comparisons_show(
+    conn: Connection,
     comparison_id: Annotated[int, typer.Argument(help="Comparison id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """A saved comparison, with its runs side by side (as `runs compare`)."""
-    api = client(api_url, token, team)
+    api = conn.client()
     saved = api.comparison(comparison_id)
-    if as_json:
+    if conn.as_json:
         emit_json(saved)
         return
     typer.echo(table(COMPARISON_HEADERS, _comparison_rows([saved])))
@@ -912,15 +840,14 @@ def comparisons_show(
     typer.echo("\n" + compare_table([api.run(i) for i in saved.run_ids]))
 
 
-@comparisons_app.command("delete")
-@api_errors
+@command(comparisons_app, "delete")
 def comparisons_delete(
+    conn: Connection,
     comparison_id: Annotated[int, typer.Argument(help="Comparison id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Delete a saved comparison (whoever saved it, or a team admin or owner)."""
-    client(api_url, token, team).delete_comparison(comparison_id)
-    if as_json:
+    conn.client().delete_comparison(comparison_id)
+    if conn.as_json:
         emit_json({"id": comparison_id, "deleted": True})
     else:
         typer.echo(f"comparison {comparison_id} deleted")
@@ -939,22 +866,21 @@ def _token_rows(tokens: Sequence[Any]) -> list[list[Any]]:
     ]
 
 
-@tokens_app.command("list")
-@api_errors
+@command(tokens_app, "list")
 def tokens_list(
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+    conn: Connection,
 ) -> None:
     """Your API tokens (prefix, scope, last use, expiry; never the secret)."""
-    tokens = client(api_url, token, team).tokens()
-    if as_json:
+    tokens = conn.client().tokens()
+    if conn.as_json:
         emit_json(tokens)
     else:
         typer.echo(table(TOKEN_HEADERS, _token_rows(tokens)))
 
 
-@tokens_app.command("create")
-@api_errors
+@command(tokens_app, "create")
 def tokens_create(
+    conn: Connection,
     name: Annotated[str, typer.Option(help="What the token is for, e.g. ci.")] = "token",
     read_only: Annotated[bool, typer.Option("--read-only", help="Only GET requests work with it.")] = False,
     team_scoped: Annotated[bool, typer.Option(
@@ -962,13 +888,12 @@ def tokens_create(
     expires_in_days: Annotated[int | None, typer.Option(
         help="Days until it expires (default DS_TOKEN_TTL_DAYS; 0 never); never later than the "
         "token you use.", min=0, max=3650)] = None,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Create an API token; prints the secret on stdout (shown only this once)."""
-    created = client(api_url, token, team).create_token(
+    created = conn.client().create_token(
         name, read_only=read_only, team_scoped=team_scoped, expires_in_days=expires_in_days
     )
-    if as_json:
+    if conn.as_json:
         emit_json(created)
         return
     typer.echo(created.token)
@@ -977,15 +902,14 @@ def tokens_create(
                "shown only this once", err=True)
 
 
-@tokens_app.command("revoke")
-@api_errors
+@command(tokens_app, "revoke")
 def tokens_revoke(
+    conn: Connection,
     token_id: Annotated[int, typer.Argument(help="Token id (see `tokens list`).")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Revoke one of your tokens (refused with 401 from then on)."""
-    revoked = client(api_url, token, team).revoke_token(token_id)
-    if as_json:
+    revoked = conn.client().revoke_token(token_id)
+    if conn.as_json:
         emit_json(revoked)
     else:
         typer.echo(f"token {revoked.id} ({revoked.name}) revoked")
@@ -997,14 +921,13 @@ WEBHOOK_HEADERS = ("id", "url", "events", "active", "secret", "description")
 DELIVERY_HEADERS = ("id", "event", "run", "status", "attempts", "last_code", "last_error", "created")
 
 
-@webhooks_app.command("list")
-@api_errors
+@command(webhooks_app, "list")
 def webhooks_list(
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
+    conn: Connection,
 ) -> None:
     """The team's webhooks."""
-    hooks = client(api_url, token, team).webhooks()
-    if as_json:
+    hooks = conn.client().webhooks()
+    if conn.as_json:
         emit_json(hooks)
     else:
         typer.echo(table(WEBHOOK_HEADERS, [
@@ -1013,18 +936,17 @@ def webhooks_list(
         ]))
 
 
-@webhooks_app.command("create")
-@api_errors
+@command(webhooks_app, "create")
 def webhooks_create(
+    conn: Connection,
     url: Annotated[str, typer.Argument(help="http(s) URL to POST each event to.")],
     event: Annotated[list[str] | None, typer.Option(
         "--event", help="run.succeeded | run.failed | run.cancelled (repeat; default: all).")] = None,
     description: Annotated[str, typer.Option(help="What it is for.")] = "",
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Register a URL told when runs end; prints its signing secret (shown only this once)."""
-    hook = client(api_url, token, team).create_webhook(url, event or None, description)
-    if as_json:
+    hook = conn.client().create_webhook(url, event or None, description)
+    if conn.as_json:
         emit_json(hook)
         return
     typer.echo(hook.secret)
@@ -1032,34 +954,32 @@ def webhooks_create(
                "each delivery (X-Distill-Signature) and is shown only this once", err=True)
 
 
-@webhooks_app.command("delete")
-@api_errors
+@command(webhooks_app, "delete")
 def webhooks_delete(
+    conn: Connection,
     webhook_id: Annotated[int, typer.Argument(help="Webhook id.")],
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Delete a webhook (its pending retries stop)."""
-    client(api_url, token, team).delete_webhook(webhook_id)
-    if as_json:
+    conn.client().delete_webhook(webhook_id)
+    if conn.as_json:
         emit_json({"id": webhook_id, "deleted": True})
     else:
         typer.echo(f"webhook {webhook_id} deleted")
 
 
-@webhooks_app.command("deliveries")
-@api_errors
+@command(webhooks_app, "deliveries")
 def webhooks_deliveries(
+    conn: Connection,
     webhook_id: Annotated[int, typer.Argument(help="Webhook id.")],
     status: Annotated[str | None, typer.Option(help="pending | retrying | succeeded | failed.")] = None,
     event: Annotated[str | None, typer.Option(help="run.succeeded | run.failed | run.cancelled.")] = None,
     limit: Limit = 50, every: AllPages = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """Deliveries of a webhook, newest first: status, attempts, last status code and error."""
-    api = client(api_url, token, team)
-    items = list(_pages(lambda c: api.deliveries(
-        webhook_id, status=status, event=event, limit=limit, cursor=c), every))
-    if as_json:
+    api = conn.client()
+    items = _listed(lambda **page: api.deliveries(webhook_id, **page), limit, every,
+                    status=status, event=event)
+    if conn.as_json:
         emit_json(items)
     else:
         typer.echo(table(DELIVERY_HEADERS, [
@@ -1073,22 +993,20 @@ def webhooks_deliveries(
 AUDIT_HEADERS = ("id", "when", "user", "action", "resource", "detail")
 
 
-@audit_app.command("list")
-@api_errors
+@command(audit_app, "list")
 def audit_list(
+    conn: Connection,
     action: Annotated[str | None, typer.Option(help="`model` (every model.*) or one, e.g. model.delete.")] = None,
     resource_type: Annotated[str | None, typer.Option(help="model, dataset, run, webhook, ...")] = None,
     resource_id: Annotated[str | None, typer.Option(help="The resource's id.")] = None,
     user_id: Annotated[int | None, typer.Option(help="Only this user's actions.")] = None,
     limit: Limit = 50, every: AllPages = False,
-    api_url: ApiUrl = DEFAULT_API_URL, token: Token = None, team: Team = None, as_json: AsJson = False,
 ) -> None:
     """The team's audit log, newest first (admins and owners)."""
-    api = client(api_url, token, team)
-    entries = list(_pages(lambda c: api.audit(
-        action=action, resource_type=resource_type, resource_id=resource_id, user_id=user_id,
-        limit=limit, cursor=c), every))
-    if as_json:
+    api = conn.client()
+    entries = _listed(api.audit, limit, every, action=action, resource_type=resource_type,
+                      resource_id=resource_id, user_id=user_id)
+    if conn.as_json:
         emit_json(entries)
         return
     typer.echo(table(AUDIT_HEADERS, [
@@ -1111,7 +1029,7 @@ REMOTE_APPS.update({
 
 
 def main() -> None:  # pragma: no cover - `python -m cli.remote`
-    app = typer.Typer(no_args_is_help=True)
+    app = with_connection(typer.Typer(no_args_is_help=True))
     for name, sub in REMOTE_APPS.items():
         app.add_typer(sub, name=name)
     app(prog_name="distill-studio")

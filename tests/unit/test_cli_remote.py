@@ -315,3 +315,36 @@ def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, t
     assert {e["action"] for e in only} == {"webhook.create", "webhook.delete"}
     table = cli("audit", "list", "--resource-type", "comparison").stdout
     assert "comparison.create" in table and "admin" in table and "webhook" not in table
+
+
+def test_connection_options_anywhere_before_or_after_the_command(server: str, cli) -> None:
+    """One callback carries --api-url/--token/--team/--json: they work before the group, between
+    group and command, and after the command (as scripts wrote them); a value typed on the
+    command line wins over the environment, and the one nearest the command wins."""
+    from backend.bootstrap import ensure_admin
+    from core.db import session_scope
+
+    with session_scope() as session:
+        token = ensure_admin(session).token
+    lab = json.loads(cli("teams", "create", "positions", "--json").stdout)["id"]
+    runner = CliRunner()
+    no_env = {"DS_API_URL": "http://127.0.0.1:9", "DS_TOKEN": "", "DS_TEAM_ID": ""}
+    given = ["--api-url", server, "--token", token, "--json"]
+    for args in (
+        [*given, "teams", "list"],
+        ["teams", *given, "list"],
+        ["teams", "list", *given],
+        ["--api-url", server, "teams", "--token", token, "list", "--json"],
+    ):
+        result = runner.invoke(app, args, env=no_env)
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        assert lab in [t["id"] for t in json.loads(result.stdout)], args
+
+    env = {"DS_API_URL": server, "DS_TOKEN": "ds_wrong", "DS_TEAM_ID": ""}
+    ok = runner.invoke(app, ["--token", token, "models", "list", "--json"], env=env)
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == [], ok.output  # typed beats DS_TOKEN
+    stranger = ["--token", token, "--team", "999999"]  # a team the admin is not in
+    refused = runner.invoke(app, [*stranger, "models", "list"], env=env)
+    assert refused.exit_code == 1 and "error (4" in refused.stderr, refused.output
+    nearest = runner.invoke(app, [*stranger, "models", "list", "--team", str(lab)], env=env)
+    assert nearest.exit_code == 0, nearest.output  # the --team nearest the command wins
