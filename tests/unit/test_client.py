@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from client import ApiError, Client, Run
+from client import ApiError, Client, Model, Page, Run, collect, pages, walk
 
 BASE = "http://testserver"
 TEACHER_KWARGS = {"input_shape": [3, 8, 8], "num_classes": 4, "width": 0.25}
@@ -234,6 +234,48 @@ def test_iterators_follow_cursors(api: Client, weights: Path) -> None:
     first = api.models(limit=2)
     assert len(first.items) == 2 and first.next_cursor
     assert sorted(m.id for m in api.iter_models(page_size=1)) == sorted(ids)
+
+
+def test_the_pagination_helper_walks_every_page_once(api: Client, weights: Path) -> None:
+    """`walk`, `pages` and `collect` (what the iter_* methods, the CLI and the UI use) ask for
+    each page once, in order, with the previous page's cursor, and stop at the last one."""
+    ids = [
+        api.upload_model(weights, f"p{i}", architecture="resnet8", kwargs=TEACHER_KWARGS).id
+        for i in range(5)
+    ]
+    asked: list[tuple[str | None, int]] = []
+
+    def list_page(**kw: Any) -> Page[Model]:
+        asked.append((kw["cursor"], kw["limit"]))
+        return api.models(**kw)
+
+    got = [m.id for m in walk(list_page, page_size=2)]
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got)) == 5
+    cursors = [c for c, _ in asked]
+    assert len(asked) == 3 and cursors[0] is None and len(set(cursors)) == 3  # 2 + 2 + 1
+
+    asked.clear()
+    first, more = collect(list_page, limit=3, page_size=2)
+    assert [m.id for m in first] == got[:3] and more
+    assert [size for _, size in asked] == [2, 1]  # the last request asks only for what is left
+    asked.clear()
+    every, more = collect(list_page, limit=50, page_size=2)
+    assert [m.id for m in every] == got and not more and len(asked) == 3
+    assert [p.next_cursor is None for p in pages(api.models, page_size=5)] == [True]
+
+
+def test_pagination_stops_on_an_empty_page_and_refuses_a_zero_page_size() -> None:
+    """A page without items ends the walk even if it names a next cursor."""
+    served = {None: Page[int](items=[1, 2], next_cursor="a"), "a": Page[int](next_cursor="b")}
+    calls: list[str | None] = []
+
+    def list_page(*, limit: int, cursor: str | None) -> Page[int]:
+        calls.append(cursor)
+        return served[cursor]
+
+    assert list(walk(list_page)) == [1, 2] and calls == [None, "a"]
+    with pytest.raises(ValueError, match="page_size"):
+        list(walk(list_page, page_size=0))
 
 
 def test_upload_dataset(api: Client, npz: Path) -> None:
