@@ -21,7 +21,10 @@ audit ...`: a running studio, scripted over REST.
 
 Every command talks to `--api-url` (DS_API_URL) with `--token` (DS_TOKEN), acting for `--team`
 (DS_TEAM_ID, default: the token's team). `--json` prints JSON on stdout for scripts; tables and
-progress otherwise (progress and errors go to stderr). Errors exit with status 1 and the API's
+progress otherwise (progress and errors go to stderr). These four are declared once
+(cli/connection.py) and may come before the group, after it or after the command:
+`distill-studio --json runs list`, `distill-studio runs --json list`, `distill-studio runs list
+--json`. Errors exit with status 1 and the API's
 message; `runs create --wait` and `runs wait` exit with 1 when the run did not succeed.
 
 It uses only the typed client (`client`), never the database.

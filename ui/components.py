@@ -24,6 +24,7 @@ from client import (
     ParamSpec,
     Run,
 )
+from client import collect as collect_pages
 
 T = TypeVar("T")
 
@@ -158,21 +159,17 @@ def catalog() -> Catalog:
     return Catalog.model_validate(data)
 
 
-def collect(fetch_page: Callable[..., Any], limit: int = 500, **filters: Any) -> tuple[list, bool]:
-    """(items, whether there are more) of a paginated list, following cursors up to `limit`."""
-    items: list[Any] = []
-    cursor: str | None = None
-    while len(items) < limit:
-        page = fetch(fetch_page, limit=min(100, limit - len(items)), cursor=cursor, **filters)
-        items.extend(page.items)
-        cursor = page.next_cursor
-        if not cursor or not page.items:
-            return items, False
-    return items, True
+def collect(list_page: Callable[..., Any], limit: int = 500, **filters: Any) -> tuple[list, bool]:
+    """(items, whether there are more) of a paginated list of the client (e.g.
+    `client().runs`), following cursors up to `limit` with the client's own pagination helper;
+    an API error is shown and stops the page."""
+    found = fetch(collect_pages, list_page, limit=limit, **filters)
+    return found if found is not None else ([], False)
 
 
-def all_items(fetch_page: Callable[..., Any], limit: int = 500, **filters: Any) -> list[Any]:
-    return collect(fetch_page, limit, **filters)[0]
+def all_items(list_page: Callable[..., Any], limit: int = 500, **filters: Any) -> list[Any]:
+    """Up to `limit` items of a paginated list of the client."""
+    return collect(list_page, limit, **filters)[0]
 
 
 def ready_models() -> list[Model]:
