@@ -27,6 +27,8 @@ from pydantic import (
 )
 
 from core import catalog
+from core.catalog.schemes import SCHEMES
+from core.catalog.tasks import TASKS
 
 # Limits of a run config. The studio's settings (core/settings.py) declare the same DS_*
 # variables; the engine reads them from the environment, as it does not import the backend.
@@ -329,6 +331,7 @@ class RunConfig(_Strict):
         default_factory=lambda: [LossSpec(name="ce", weight=1.0), LossSpec(name="kd", weight=1.0)]
     )
     scheme: str = "offline"
+    task: str = Field("classification", description="Task (catalog `tasks`).")
     training: TrainSettings = Field(default_factory=TrainSettings)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
@@ -350,8 +353,15 @@ class RunConfig(_Strict):
     @field_validator("scheme")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if value not in catalog.SCHEMES:
-            raise ValueError(f"unknown scheme '{value}'; the catalog has: {', '.join(catalog.SCHEMES)}")
+        if value not in SCHEMES:
+            raise ValueError(f"unknown scheme '{value}'; the catalog has: {', '.join(SCHEMES)}")
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASKS:
+            raise ValueError(f"unknown task '{value}'; the catalog has: {', '.join(TASKS)}")
         return value
 
     @model_validator(mode="after")

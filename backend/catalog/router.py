@@ -1,4 +1,5 @@
-"""`/api/v1/catalog`: every loss, student and scheme with its parameters (the UI builds forms from it)."""
+"""`/api/v1/catalog`: every loss, student, scheme and task with its parameters (the UI builds
+forms from it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend.deps import CurrentUser
 from backend.errors import responses
 from core import catalog
+from core.catalog.schemes import SCHEMES
+from core.catalog.tasks import TASKS
 
 router = APIRouter(prefix="/catalog", tags=["catalog"])
 
@@ -68,6 +71,14 @@ class CatalogOut(BaseModel):
                     "help": "A frozen, pre-trained teacher guides the student (the default).",
                     "params": [], "paper": "", "kind": "scheme", "needs_pairs": False, "extra": {},
                 }],
+                "tasks": [{
+                    "name": "classification", "title": "Classification",
+                    "help": "One class per sample: targets are class indices and the teacher "
+                            "outputs class scores [N, classes]; ...",
+                    "params": [], "paper": "", "kind": "task", "needs_pairs": False,
+                    "extra": {"formats": ["npz", "zip", "csv"], "metrics": ["top1", "loss"],
+                              "stage_rule": "spatial"},
+                }],
                 "optimizers": ["sgd", "adamw"],
                 "schedules": ["cosine", "step", "constant"],
             }]
@@ -77,13 +88,18 @@ class CatalogOut(BaseModel):
     losses: list[EntryOut]
     students: list[EntryOut]
     schemes: list[EntryOut]
+    tasks: list[EntryOut]
     optimizers: list[str]
     schedules: list[str]
 
 
 @router.get(
     "", response_model=CatalogOut, responses=responses(401, 403, 503),
-    summary="Losses, students, schemes, optimizers and schedules",
+    summary="Losses, students, schemes, tasks, optimizers and schedules",
 )
 def get_catalog(_principal: CurrentUser) -> dict[str, Any]:
-    return catalog.as_json()
+    return {
+        **catalog.as_json(),
+        "schemes": [e.as_json() for e in SCHEMES.values()],
+        "tasks": [e.as_json() for e in TASKS.values()],
+    }

@@ -1,13 +1,8 @@
 """Evaluate a distilled student against its teacher on held-out data.
 
-Accuracy (top-1, top-5 with at least 5 classes), teacher/student agreement (fraction of equal
-argmax), both models' expected calibration error, and the cost side: parameters, safetensors
+The quality side is the task's (`Task.evaluate`: for classification top-1/top-5, agreement and
+calibration); this module adds the cost side, the same for every task: parameters, safetensors
 size, FLOPs per sample, and latency at batch 1 and 64 on CPU and, when one is visible, on the GPU.
-
-Expected calibration error (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017),
-with M = 15 equal-width confidence bins B_m over the max softmax probability:
-
-    ECE = sum_m |B_m| / n * |acc(B_m) - conf(B_m)|
 
 Latency (`latency_ms`) is measured the same way for both models: eval mode, `torch.inference_mode`,
 a fixed intra-op thread count (one by default, recorded as `latency_threads`), warm-up calls
@@ -32,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +35,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from worker.engine.export import save_safetensors
 
+if TYPE_CHECKING:
+    from worker.engine.tasks.base import Task
+
 _EVAL_BATCH = 256
-_ECE_BINS = 15
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -64,29 +61,6 @@ def predict(module: nn.Module, x: Tensor, batch_size: int = _EVAL_BATCH) -> Tens
     finally:
         module.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
-
-
-def topk_accuracy(logits: Tensor, labels: Tensor, k: int = 1) -> float:
-    """Fraction of samples whose label is among the k highest logits."""
-    if len(labels) == 0:
-        return 0.0
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return float((top == labels.view(-1, 1)).any(dim=1).float().mean())
-
-
-def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = _ECE_BINS) -> float:
-    """ECE over `bins` equal-width bins of the max softmax probability (Guo et al. 2017)."""
-    if len(labels) == 0:
-        return 0.0
-    confidence, prediction = logits.softmax(dim=1).max(dim=1)
-    correct = (prediction == labels).float()
-    index = (confidence * bins).long().clamp(max=bins - 1)
-    ece = torch.zeros(())
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            ece += mask.float().mean() * (correct[mask].mean() - confidence[mask].mean()).abs()
-    return float(ece)
 
 
 def count_flops(module: nn.Module, input_shape: Sequence[int]) -> int:
@@ -243,39 +217,40 @@ def _cost(module: nn.Module, input_shape: Sequence[int], prefix: str) -> dict[st
 def evaluate(
     teacher: nn.Module,
     student: nn.Module,
-    val_x: Tensor,
-    val_y: Tensor,
+    data: Any,
     input_shape: Sequence[int],
     *,
+    task: Task | None = None,
     latency_threads: int = 1,
     latency_student: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Quality and cost of the student next to its teacher on (`val_x`, `val_y`).
+    """Quality and cost of the student next to its teacher on the held-out `data`.
 
-    Keys: teacher_top1, student_top1 (fractions), teacher_top5 / student_top5 (with >= 5 classes),
-    agreement, teacher_ece, student_ece, {teacher,student}_params, _size_bytes (safetensors),
-    _flops (per sample), _cpu_latency_ms (batch 1) and _cpu_latency_b64_ms (batch 64), with
-    latency_threads; on a machine with a GPU also _gpu_latency_ms, _gpu_latency_b64_ms and
-    gpu_name. Latencies are medians measured alternately, the same way for both (`latency_ms`),
-    on CPU with `latency_threads` intra-op threads. `latency_student` is the student to time
-    instead, in the teacher's form (e.g. its own .pt2 loaded like a .pt2 teacher).
+    Quality: the task's report (`task.evaluate`; the default task, classification, reports
+    teacher_top1, student_top1, top5 with >= 5 classes, agreement, teacher_ece, student_ece).
+    Cost: {teacher,student}_params, _size_bytes (safetensors), _flops (per sample),
+    _cpu_latency_ms (batch 1) and _cpu_latency_b64_ms (batch 64), with latency_threads; on a
+    machine with a GPU also _gpu_latency_ms, _gpu_latency_b64_ms and gpu_name. Latencies are
+    medians measured alternately, the same way for both (`latency_ms`), on CPU with
+    `latency_threads` intra-op threads. `latency_student` is the student to time instead, in the
+    teacher's form (e.g. its own .pt2 loaded like a .pt2 teacher).
     """
+    from worker.engine.tasks import default_task
+
     shape = [int(s) for s in input_shape]
-    labels = val_y.long().cpu()
-    t_logits, s_logits = predict(teacher, val_x), predict(student, val_x)
-    result: dict[str, Any] = {
-        "teacher_top1": topk_accuracy(t_logits, labels, 1),
-        "student_top1": topk_accuracy(s_logits, labels, 1),
-    }
-    if s_logits.dim() == 2 and s_logits.shape[1] >= 5:
-        result["teacher_top5"] = topk_accuracy(t_logits, labels, 5)
-        result["student_top5"] = topk_accuracy(s_logits, labels, 5)
-    same = t_logits.argmax(1) == s_logits.argmax(1)
-    result["agreement"] = float(same.float().mean()) if len(labels) else 0.0
-    result["teacher_ece"] = expected_calibration_error(t_logits, labels)
-    result["student_ece"] = expected_calibration_error(s_logits, labels)
+    result = dict((task or default_task()).evaluate(teacher, student, data))
     result.update(_cost(teacher, shape, "teacher"))
     result.update(_cost(student, shape, "student"))
     timed = student if latency_student is None else latency_student
     result.update(_latencies(teacher, timed, shape, latency_threads))
     return result
+
+
+def __getattr__(name: str) -> Any:
+    """`topk_accuracy` and `expected_calibration_error` live with the classification task;
+    served here too for scripts that import them from this module."""
+    if name in ("topk_accuracy", "expected_calibration_error"):
+        from worker.engine.tasks import classification
+
+        return getattr(classification, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,8 @@
 - `export_pt2`: `torch.export.export` on CPU in eval mode with a dynamic batch dimension,
   saved by `torch.export.save`; loads back with `loading.load_model(path, "pt2")`. Source stack
   traces (local file paths) are stripped from the saved graph.
+- The example input traced is the task's (`Task.example_input`; classification: 2 random
+  float samples).
 - `export_onnx`: the same graph as ONNX (dynamic batch, input "input", output "logits"), through
   the dynamo exporter, falling back to the TorchScript exporter when it fails.
 """
@@ -17,10 +19,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from worker.engine.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +74,26 @@ def _cpu_eval(module: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _example(input_shape: Sequence[int]) -> Tensor:
-    return torch.randn(2, *[int(s) for s in input_shape])
+def _example(input_shape: Sequence[int], task: Task | None) -> Tensor:
+    """The task's example batch for tracing (the default task's when none is given)."""
+    from worker.engine.tasks import default_task
+
+    return (task or default_task()).example_input(input_shape)
 
 
 def _batch_dim() -> tuple[dict[int, torch.export.Dim]]:
     return ({0: torch.export.Dim("batch", min=1)},)
 
 
-def export_program(module: nn.Module, input_shape: Sequence[int]) -> torch.export.ExportedProgram:
-    """`torch.export.export` of the module (eval, CPU) with a dynamic batch dimension."""
+def export_program(
+    module: nn.Module, input_shape: Sequence[int], task: Task | None = None
+) -> torch.export.ExportedProgram:
+    """`torch.export.export` of the module (eval, CPU) with a dynamic batch dimension, traced
+    on `task`'s example input."""
     with _cpu_eval(module) as model:
         try:
             program = torch.export.export(
-                model, (_example(input_shape),), dynamic_shapes=_batch_dim()
+                model, (_example(input_shape, task),), dynamic_shapes=_batch_dim()
             )
         except Exception as exc:
             raise ValueError(
@@ -93,18 +105,22 @@ def export_program(module: nn.Module, input_shape: Sequence[int]) -> torch.expor
     return program
 
 
-def export_pt2(module: nn.Module, input_shape: Sequence[int], path: Path) -> None:
+def export_pt2(
+    module: nn.Module, input_shape: Sequence[int], path: Path, task: Task | None = None
+) -> None:
     """Save a `.pt2` archive that `loading.load_model(path, "pt2")` loads back."""
-    program = export_program(module, input_shape)
+    program = export_program(module, input_shape, task)
     with Path(path).open("wb") as fh:
         torch.export.save(program, fh)
 
 
-def export_onnx(module: nn.Module, input_shape: Sequence[int], path: Path) -> None:
+def export_onnx(
+    module: nn.Module, input_shape: Sequence[int], path: Path, task: Task | None = None
+) -> None:
     """Save a single-file ONNX model with a dynamic batch (input "input", output "logits")."""
     path = Path(path)
     with _cpu_eval(module) as model:
-        example = (_example(input_shape),)
+        example = (_example(input_shape, task),)
         try:
             torch.onnx.export(
                 model, example, str(path), input_names=["input"], output_names=["logits"],

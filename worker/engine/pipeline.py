@@ -1,7 +1,7 @@
 """A whole distillation run, from files to artifacts; the Celery task and the CLI both call it.
 
     teacher file + dataset file + RunConfig
-      -> load (safely) -> check they fit -> stratified split -> build the student (zoo, derived
+      -> load (safely) -> check they fit -> split -> build the student (zoo, derived
          from the teacher, the teacher's own architecture, or a model to start from) -> train
       -> evaluate on the held-out split
       -> out_dir/{student.safetensors, student.pt2, student.onnx, run.yaml, evaluation.json}
@@ -9,6 +9,10 @@
 student.onnx is written when `training.export_onnx` is on (the default); if the ONNX exporter
 fails on a model that trained fine, the run still succeeds, without that artifact, and
 evaluation.json says why under "onnx_export_error".
+
+What the data is, how it is read, checked against the teacher, split, batched, validated and
+evaluated is the run's task (`config.task`, built from the catalog: `tasks/`); how the models
+train is its scheme (`config.scheme`: `schemes/`). This module only orders the steps.
 
 Inputs are raw: the teacher and the student both receive the dataset's tensors as loaded
 (`data.load_dataset`), so the exported student takes the same inputs as the teacher.
@@ -30,10 +34,12 @@ import torch
 from torch import nn
 
 from core.config import DatasetRef, RunConfig
-from worker.engine.data import TensorData, load_dataset, split
+from worker.engine.data import TensorData
 from worker.engine.evaluate import evaluate
 from worker.engine.export import export_onnx, export_pt2, save_safetensors
 from worker.engine.loading import LoadedModel, load_model
+from worker.engine.tasks import IncompatibleDataError as IncompatibleDataError  # re-exported
+from worker.engine.tasks import Task, build_task
 from worker.engine.trainer import Callbacks, train
 
 log = logging.getLogger(__name__)
@@ -52,10 +58,6 @@ DEMO_TEACHER = {"architecture": "resnet8", "kwargs": {"width": 2.0}}
 DEMO_TRAINING = {"epochs": 10, "batch_size": 64, "lr": 0.05, "device": "cpu"}
 
 
-class IncompatibleDataError(ValueError):
-    """The dataset does not fit the teacher (input shape or classes)."""
-
-
 def model_format(path: Path, declared: str | None) -> str:
     """The declared model format, else the one the file extension names."""
     if declared:
@@ -67,36 +69,6 @@ def model_format(path: Path, declared: str | None) -> str:
             ".safetensors, or set teacher.format"
         )
     return fmt
-
-
-def fit_data_to_teacher(teacher: LoadedModel, data: TensorData) -> TensorData:
-    """Check the teacher takes these inputs and predicts these classes; explain when not.
-
-    Integer labels are class indices: a teacher with more output units than the highest label
-    present is fine (the dataset simply lacks the top classes), and the classes are extended.
-    """
-    if tuple(teacher.input_shape) != tuple(data.input_shape):
-        raise IncompatibleDataError(
-            f"the teacher takes inputs of shape {list(teacher.input_shape)} but the dataset's "
-            f"samples are {list(data.input_shape)}; upload the data in the format the teacher "
-            "was trained on (same channels and size; images as NCHW or NHWC)"
-        )
-    n = teacher.num_classes
-    if n is None:
-        raise IncompatibleDataError(
-            "the teacher's output is not a batch of class scores [N, classes]; distillation "
-            "here needs a classifier teacher"
-        )
-    numeric = data.classes == [str(i) for i in range(data.num_classes)]
-    if n > data.num_classes and numeric:
-        return TensorData(data.x, data.y, [str(i) for i in range(n)])
-    if n != data.num_classes:
-        raise IncompatibleDataError(
-            f"the teacher predicts {n} classes but the dataset has {data.num_classes} "
-            f"({', '.join(data.classes[:10])}{', ...' if data.num_classes > 10 else ''}); "
-            "use the dataset the teacher was trained for, with labels 0..classes-1"
-        )
-    return data
 
 
 def teacher_architecture(
@@ -115,7 +87,8 @@ def teacher_architecture(
 
 
 def build_run_student(
-    config: RunConfig, teacher: LoadedModel, data: TensorData, student_path: Path | None = None
+    config: RunConfig, teacher: LoadedModel, data: Any, student_path: Path | None = None,
+    task: Task | None = None,
 ) -> nn.Module | None:
     """The student this run trains, or None to let the trainer build the zoo student.
 
@@ -137,27 +110,33 @@ def build_run_student(
         return loaded.module
     from worker.engine.students import build_student
 
+    task = task or build_task(config.task)
     arch, kwargs = spec.zoo_architecture(*teacher_architecture(config, teacher))
     torch.manual_seed(config.seed)
-    return build_student(arch, data.input_shape, data.num_classes, **kwargs)
+    return build_student(arch, task.input_shape(data), task.output_size(data), **kwargs)
 
 
-def _student_description(student: nn.Module, config: RunConfig, data: TensorData) -> dict[str, Any]:
+def _student_description(student: nn.Module, config: RunConfig, task: Task, data: Any
+                         ) -> dict[str, Any]:
+    """The student's zoo architecture and the parameters that rebuild it; its output size is
+    stored as `num_classes` (the zoo's constructor argument)."""
     kwargs = dict(getattr(student, "arch_kwargs", config.student.kwargs))
     return {
         "student_architecture": getattr(student, "arch", config.student.architecture),
         "student_kwargs": {
-            **kwargs, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            **kwargs, "input_shape": list(task.input_shape(data)),
+            "num_classes": task.output_size(data),
         },
     }
 
 
-def _write_weights(out_dir: Path, student: nn.Module, input_shape: tuple[int, ...]) -> None:
+def _write_weights(out_dir: Path, student: nn.Module, input_shape: tuple[int, ...],
+                   task: Task) -> None:
     save_safetensors(student, out_dir / ARTIFACTS["student_safetensors"])
-    export_pt2(student, input_shape, out_dir / ARTIFACTS["student_pt2"])
+    export_pt2(student, input_shape, out_dir / ARTIFACTS["student_pt2"], task)
 
 
-def _write_rest(out_dir: Path, student: nn.Module, config: RunConfig,
+def _write_rest(out_dir: Path, student: nn.Module, config: RunConfig, task: Task,
                 input_shape: tuple[int, ...], evaluation: dict[str, Any]) -> dict[str, str]:
     """ONNX (when asked), run.yaml and evaluation.json; returns every artifact written."""
     written = dict(ARTIFACTS)
@@ -165,7 +144,7 @@ def _write_rest(out_dir: Path, student: nn.Module, config: RunConfig,
     onnx_path.unlink(missing_ok=True)  # a resumed run must not keep an older export
     if config.training.export_onnx:
         try:
-            export_onnx(student, input_shape, onnx_path)
+            export_onnx(student, input_shape, onnx_path, task)
         except Exception as exc:  # noqa: BLE001 - the student is good; say why ONNX is missing
             log.warning("ONNX export failed: %s", exc)
             evaluation["onnx_export_error"] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -177,8 +156,8 @@ def _write_rest(out_dir: Path, student: nn.Module, config: RunConfig,
     return written
 
 
-def _evaluate(teacher: LoadedModel, student: nn.Module, out_dir: Path, val: TensorData,
-              input_shape: tuple[int, ...]) -> dict[str, Any]:
+def _evaluate(teacher: LoadedModel, student: nn.Module, out_dir: Path, val: Any,
+              input_shape: tuple[int, ...], task: Task) -> dict[str, Any]:
     """`evaluate`, with both models timed in the same form.
 
     A .pt2 teacher runs as an unflattened graph, which costs more per call than an eager module
@@ -189,7 +168,7 @@ def _evaluate(teacher: LoadedModel, student: nn.Module, out_dir: Path, val: Tens
     same_form = None
     if teacher.format == "pt2":
         same_form = load_model(out_dir / ARTIFACTS["student_pt2"], "pt2").module
-    evaluation = evaluate(teacher.module, student, val.x, val.y, input_shape,
+    evaluation = evaluate(teacher.module, student, val, input_shape, task=task,
                           latency_student=same_form)
     evaluation["latency_form"] = "pt2" if same_form is not None else "eager"
     return evaluation
@@ -215,25 +194,26 @@ def run_distillation(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    task = build_task(config.task)
     teacher = load_model(
         Path(teacher_path), model_format(Path(teacher_path), config.teacher.format),
         config.teacher.architecture, config.teacher.kwargs,
     )
-    data = load_dataset(Path(dataset_path), config.dataset.format, config.dataset.label_column)
-    data = fit_data_to_teacher(teacher, data)
-    student = build_run_student(config, teacher, data, student_path)
-    train_data, val_data = split(data, config.dataset.val_fraction, config.seed)
+    data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
+    student = build_run_student(config, teacher, data, student_path, task)
+    train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
     result = train(
         config, teacher.module, train_data, val_data, student=student,
-        callbacks=callbacks, checkpoint_path=checkpoint_path,
+        callbacks=callbacks, checkpoint_path=checkpoint_path, task=task,
     )
     student = result.student.cpu().eval()
     teacher.module.cpu()
-    _write_weights(out_dir, student, data.input_shape)
-    evaluation = _evaluate(teacher, student, out_dir, val_data, data.input_shape)
+    input_shape = task.input_shape(data)
+    _write_weights(out_dir, student, input_shape, task)
+    evaluation = _evaluate(teacher, student, out_dir, val_data, input_shape, task)
     evaluation = {**evaluation, "train_steps": result.steps, "epochs": result.epochs}
-    artifacts = _write_rest(out_dir, student, config, data.input_shape, evaluation)
-    described = _student_description(student, config, data)
+    artifacts = _write_rest(out_dir, student, config, task, input_shape, evaluation)
+    described = _student_description(student, config, task, data)
     return {**evaluation, "artifacts": artifacts, **described}
 
 
@@ -251,10 +231,11 @@ def digits_data() -> TensorData:
 
 
 def _default_split(data: TensorData) -> tuple[TensorData, TensorData]:
-    """The split a run makes with the default seed and val_fraction."""
+    """The split a run makes with the default task, seed and val_fraction."""
     seed = RunConfig.model_fields["seed"].default
     val_fraction = DatasetRef.model_fields["val_fraction"].default
-    return split(data, val_fraction, seed)
+    task = build_task(RunConfig.model_fields["task"].default)
+    return task.split(data, val_fraction, seed)  # type: ignore[no-any-return]
 
 
 def make_demo(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:

@@ -1,4 +1,10 @@
-"""The training loop: one student distilled from one frozen teacher (the `offline` scheme).
+"""The training loop, generic over a `Scheme` and a `Task` (the run config names both).
+
+The scheme (`schemes/`, default `offline`: one student from one frozen teacher) decides which
+models train, the teacher's grad mode and forward, the optimizer's parameter groups, what a step
+combines and what a checkpoint holds of the models; the task (`tasks/`, default
+`classification`) decides what a batch is, the student's input and output sizes and the
+validation metrics. The loop itself knows neither.
 
 Deterministic on CPU: the same config gives bit-identical weights, and a run interrupted (cancel,
 crash) and resumed from its checkpoint ends exactly where an uninterrupted run would. The order
@@ -6,10 +12,10 @@ of samples in epoch e is a permutation from `torch.Generator().manual_seed(seed 
 cut into batches in order (the last one may be smaller), so a resume at batch b of epoch e just
 re-creates that permutation and continues at b.
 
-A checkpoint holds the student and loss-module states (connectors, pre-trained auxiliary modules
-and their `prepared` flags), optimizer, scheduler, the position (step, epoch, batch), the CPU/CUDA
-RNG states and the history so far; it is written atomically (tmp file + `os.replace`) and read
-with `torch.load(weights_only=True)`.
+A checkpoint holds the scheme's model states (offline: the student and the loss modules'
+states: connectors, pre-trained auxiliary modules and their `prepared` flags), optimizer,
+scheduler, the position (step, epoch, batch), the CPU/CUDA RNG states and the history so far; it
+is written atomically (tmp file + `os.replace`) and read with `torch.load(weights_only=True)`.
 
 Losses declare what they need through class flags, never by name: `needs_teacher` (else the
 teacher forward is skipped), `needs_input_grad` (the input batch requires grad), `needs_prepare`
@@ -31,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core import catalog
 from core.config import RunConfig, TrainSettings
-from worker.engine.data import TensorData
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
+from worker.engine.schemes import Scheme, StepView, build_scheme
+from worker.engine.tasks import Task, build_task
 
 PERMUTATION_STRIDE = 1_000_003
 
@@ -66,7 +72,8 @@ class Callbacks:
         """Every `training.log_every` steps, with metrics averaged over those steps."""
 
     def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        """After each epoch (0-based): val/top1, val/loss, train/loss."""
+        """After each epoch (0-based): the task's val/* metrics (classification: val/top1,
+        val/loss) and train/loss."""
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         """After a checkpoint was written."""
@@ -122,7 +129,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _build_student(config: RunConfig, data: TensorData) -> nn.Module:
+def _build_student(config: RunConfig, task: Task, data: Any) -> nn.Module:
     if config.student.source != "zoo":
         raise ValueError(
             "student.source='model' needs the loaded student module passed as train(student=...)"
@@ -130,15 +137,9 @@ def _build_student(config: RunConfig, data: TensorData) -> nn.Module:
     from worker.engine.students import build_student
 
     return build_student(
-        config.student.architecture, data.input_shape, data.num_classes, **config.student.kwargs
+        config.student.architecture, task.input_shape(data), task.output_size(data),
+        **config.student.kwargs,
     )
-
-
-def _freeze_teacher(teacher: nn.Module) -> None:
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        teacher.eval()  # some exported graph modules refuse .eval(); they are already inference
 
 
 def _pair_shapes(
@@ -181,10 +182,11 @@ def _taps(config: RunConfig, teacher: nn.Module, student: nn.Module) -> Iterator
 def _build_terms(
     config: RunConfig,
     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]],
-    data: TensorData,
+    sizes: tuple[int, int],
     teacher: nn.Module,
     student: nn.Module,
 ) -> list[_Term]:
+    """The configured losses; `sizes` is (the task's output size, training samples)."""
     specs, epochs = config.losses, config.training.epochs
     paths = [(p.student, p.teacher) for p in config.layer_pairs]
     s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
@@ -194,7 +196,7 @@ def _build_terms(
         idx = list(range(len(shapes))) if spec.pairs is None else list(spec.pairs)
         idx = idx if needs else []
         ctx = LossContext(
-            data.num_classes, [shapes[j] for j in idx], len(data), epochs,
+            sizes[0], [shapes[j] for j in idx], sizes[1], epochs,
             pair_paths=[paths[j] for j in idx],
             student_modules=[s_mods[paths[j][0]] for j in idx],
             teacher_modules=[t_mods[paths[j][1]] for j in idx],
@@ -243,11 +245,10 @@ def epoch_batches(
 # checkpoints
 
 
-def _save_checkpoint(path: Path, student: nn.Module, losses: nn.ModuleList, opt: Any, sched: Any,
-                     state: _State, total_steps: int) -> None:
+def _save_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, state: _State,
+                     total_steps: int) -> None:
     payload = {
-        "student": student.state_dict(),
-        "losses": losses.state_dict(),
+        **scheme.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "total_steps": total_steps,
@@ -266,8 +267,8 @@ def _save_checkpoint(path: Path, student: nn.Module, losses: nn.ModuleList, opt:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, student: nn.Module, losses: nn.ModuleList, opt: Any,
-                     sched: Any, total_steps: int) -> _State:
+def _load_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, total_steps: int
+                     ) -> _State:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("total_steps") != total_steps:
         raise ValueError(
@@ -276,9 +277,8 @@ def _load_checkpoint(path: Path, student: nn.Module, losses: nn.ModuleList, opt:
             "settings to resume, or delete the checkpoint to start over"
         )
     try:
-        student.load_state_dict(ckpt["student"])
-        losses.load_state_dict(ckpt["losses"])
-    except RuntimeError as exc:
+        scheme.load_state_dict(ckpt)
+    except (RuntimeError, KeyError) as exc:
         raise ValueError(
             f"checkpoint '{path}' does not fit this run's student or losses ({exc}); "
             "delete it to start over"
@@ -324,17 +324,16 @@ class _Window:
 class _Loop:
     """The state one `train` call works on; methods are the steps of the loop."""
 
-    def __init__(self, config: RunConfig, teacher: nn.Module, student: nn.Module,
-                 terms: list[_Term], device: torch.device, cb: Callbacks) -> None:
+    def __init__(self, config: RunConfig, scheme: Scheme, task: Task, terms: list[_Term],
+                 device: torch.device, cb: Callbacks) -> None:
         self.config, self.ts = config, config.training
-        self.teacher, self.student, self.terms = teacher, student, terms
+        self.scheme, self.task, self.terms = scheme, task, terms
+        self.teacher, self.student, self.losses = scheme.teacher, scheme.student, scheme.losses
         self.device, self.cb = device, cb
-        self.losses = nn.ModuleList(t.loss for t in terms)
-        params = [p for m in (student, self.losses) for p in m.parameters() if p.requires_grad]
-        self.opt = _optimizer(self.ts, params)
+        self.opt = _optimizer(self.ts, scheme.param_groups())
         self.amp = device.type == "cuda" and self.ts.amp
         # a trailing batch of 1 breaks BatchNorm in training mode (student or a connector)
-        self.skip_single = _has_batchnorm(student) or _has_batchnorm(self.losses)
+        self.skip_single = any(_has_batchnorm(m) for m in scheme.trained_modules())
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -349,7 +348,8 @@ class _Loop:
         terms = self.active_terms(epoch)
         if not terms:
             raise ValueError(f"no loss is active in epoch {epoch}; add one that always is (ce)")
-        t_logits, t_feats = self.teacher_forward(x, taps[0], terms)
+        needed = any(t.loss.needs_teacher for t in terms)
+        t_logits, t_feats = self.scheme.teacher_outputs(x, taps[0], needed, self.autocast)
         if x.is_floating_point() and any(t.loss.needs_input_grad for t in terms):
             x = x.detach().requires_grad_(True)
         with self.autocast():
@@ -364,25 +364,15 @@ class _Loop:
                     inputs=x, student=self.student, teacher=self.teacher,
                 )
                 values[term.key] = term.weight * term.loss(out).float()
+        values = self.scheme.combine(values, StepView(x, y, s_logits, t_logits, epoch,
+                                                      self.autocast))
         total = torch.stack(list(values.values())).sum()
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         return {"loss": total.detach(), **{f"loss/{k}": v.detach() for k, v in values.items()}}
 
-    def teacher_forward(
-        self, x: Tensor, taps: Any, terms: list[_Term]
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Teacher logits and features, frozen; skipped when no active term reads the teacher."""
-        if not any(t.loss.needs_teacher for t in terms):
-            return x.new_empty(0), []
-        with torch.inference_mode(), self.autocast():
-            logits = self.teacher(x)
-            feats = list(taps.features) if taps is not None else []
-        # clone outside inference mode: inference tensors cannot be saved for backward
-        return logits.clone(), [f.clone() for f in feats]
-
-    def prepare(self, data: TensorData) -> None:
+    def prepare(self, data: Any) -> None:
         """Run `prepare_once` of every loss that needs it (after a checkpoint was restored)."""
         todo = [t for t in self.terms if t.loss.needs_prepare and not bool(t.loss.prepared)]
         if not todo:
@@ -392,7 +382,7 @@ class _Loop:
                 term.loss.prepare_once(self.teacher_features(data, t_taps, term.pairs), self.device)
 
     def teacher_features(
-        self, data: TensorData, taps: Any, pairs: list[int]
+        self, data: Any, taps: Any, pairs: list[int]
     ) -> Callable[[], Iterator[list[Tensor]]]:
         """A re-iterable source of the teacher features of `pairs`, batch by batch, in the
         order of epoch 0, without gradient."""
@@ -405,26 +395,16 @@ class _Loop:
                 if self.cb.should_stop():
                     raise Cancelled("cancelled while pre-training a loss's auxiliary modules")
                 with torch.no_grad(), self.autocast():
-                    self.teacher(data.x[idx].to(self.device))
+                    self.teacher(self.task.batch(data, idx, self.device).inputs)
                     feats = taps.features if taps is not None else []
                 yield [feats[i].detach() for i in pairs]
 
         return batches
 
-    @torch.inference_mode()
-    def validate(self, data: TensorData) -> dict[str, float]:
-        self.student.eval()
-        correct, loss_sum = 0, 0.0
-        for i in range(0, len(data), max(self.ts.batch_size, 256)):
-            x = data.x[i : i + max(self.ts.batch_size, 256)].to(self.device)
-            y = data.y[i : i + max(self.ts.batch_size, 256)].to(self.device)
-            with self.autocast():
-                logits = self.student(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-        self.student.train()
-        n = max(len(data), 1)
-        return {"val/top1": correct / n, "val/loss": loss_sum / n}
+    def validate(self, data: Any) -> dict[str, float]:
+        """The task's validation metrics of the student."""
+        return self.task.validate(self.student, data, self.ts.batch_size, self.device,
+                                  self.autocast)
 
 
 def _check_finite(report: StepReport) -> None:
@@ -438,28 +418,40 @@ def _check_finite(report: StepReport) -> None:
 def train(
     config: RunConfig,
     teacher: nn.Module,
-    train_data: TensorData,
-    val_data: TensorData,
+    train_data: Any,
+    val_data: Any,
     *,
     student: nn.Module | None = None,
     callbacks: Callbacks | None = None,
     checkpoint_path: Path | None = None,
+    task: Task | None = None,
+    scheme: Scheme | None = None,
 ) -> TrainResult:
-    """Distil `teacher` into the configured student on `train_data`; see the module docstring."""
+    """Distil `teacher` into the configured student on `train_data`; see the module docstring.
+
+    `task` and `scheme` default to the ones the config names (`config.task`, `config.scheme`),
+    built from their catalog entries.
+    """
     cb = callbacks or Callbacks()
     ts = config.training
+    task = task if task is not None else build_task(config.task)
+    scheme = scheme if scheme is not None else build_scheme(config.scheme)
     if len(train_data) == 0:
         raise ValueError("the training split is empty; upload more samples")
     device = resolve_device(ts.device)
     torch.manual_seed(config.seed)
-    student = student if student is not None else _build_student(config, train_data)
-    _freeze_teacher(teacher)
+    student = student if student is not None else _build_student(config, task, train_data)
+    scheme.setup(teacher, student, nn.ModuleList())
     teacher.to(device)
     student.to(device).train()
-    shapes = _pair_shapes(config, teacher, student, train_data.x[:2].to(device))
-    terms = _build_terms(config, shapes, train_data, teacher, student)
-    loop = _Loop(config, teacher, student, terms, device, cb)
-    loop.losses.to(device)
+    probe = task.batch(train_data, torch.arange(min(2, len(train_data))), device).inputs
+    shapes = _pair_shapes(config, teacher, student, probe)
+    sizes = (task.output_size(train_data), len(train_data))
+    terms = _build_terms(config, shapes, sizes, teacher, student)
+    scheme.losses.extend(t.loss for t in terms)
+    scheme.losses.to(device)
+    scheme.to(device)
+    loop = _Loop(config, scheme, task, terms, device, cb)
     per_epoch = len(epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single))
     if per_epoch == 0:
         raise ValueError("the training split has a single sample; BatchNorm needs at least 2")
@@ -467,22 +459,20 @@ def train(
     sched = _schedule(ts, total, loop.opt)
     state = _State()
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = _load_checkpoint(
-            Path(checkpoint_path), student, loop.losses, loop.opt, sched, total
-        )
+        state = _load_checkpoint(Path(checkpoint_path), scheme, loop.opt, sched, total)
     loop.prepare(train_data)
     cb.on_start(total, state.step)
     _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
     return TrainResult(student, state.step, ts.epochs, state.history)
 
 
-def _run_epochs(loop: _Loop, sched: Any, state: _State, train_data: TensorData,
-                val_data: TensorData, total: int, ckpt: Path | None) -> None:
+def _run_epochs(loop: _Loop, sched: Any, state: _State, train_data: Any, val_data: Any,
+                total: int, ckpt: Path | None) -> None:
     ts, seed = loop.ts, loop.config.seed
 
     def save() -> None:
         if ckpt is not None:
-            _save_checkpoint(Path(ckpt), loop.student, loop.losses, loop.opt, sched, state, total)
+            _save_checkpoint(Path(ckpt), loop.scheme, loop.opt, sched, state, total)
             loop.cb.on_checkpoint(Path(ckpt), state.step)
 
     window = _Window()
@@ -496,8 +486,8 @@ def _run_epochs(loop: _Loop, sched: Any, state: _State, train_data: TensorData,
                     save()
                     raise Cancelled(f"cancelled at step {state.step}")
                 idx = batches[state.batch]
-                x, y = train_data.x[idx].to(loop.device), train_data.y[idx].to(loop.device)
-                metrics = loop.step(x, y, state.epoch, taps)
+                batch = loop.task.batch(train_data, idx, loop.device)
+                metrics = loop.step(batch.inputs, batch.targets, state.epoch, taps)
                 metrics["lr"] = torch.tensor(sched.get_last_lr()[0])
                 sched.step()
                 state.step, state.batch = state.step + 1, state.batch + 1
@@ -515,7 +505,7 @@ def _run_epochs(loop: _Loop, sched: Any, state: _State, train_data: TensorData,
             save()
 
 
-def _end_epoch(loop: _Loop, state: _State, val_data: TensorData) -> None:
+def _end_epoch(loop: _Loop, state: _State, val_data: Any) -> None:
     metrics = loop.validate(val_data) if len(val_data) else {}
     metrics["train/loss"] = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
     loop.cb.on_epoch(state.epoch, state.step, metrics)

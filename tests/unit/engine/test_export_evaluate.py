@@ -11,11 +11,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from worker.engine.evaluate import evaluate, expected_calibration_error, latency_ms
+from worker.engine.data import TensorData
+from worker.engine.evaluate import evaluate, latency_ms
 from worker.engine.export import export_onnx, save_safetensors
 from worker.engine.students import build_student
+from worker.engine.tasks.classification import expected_calibration_error
 
 SHAPE = (1, 8, 8)
+
+
+def _data(x: torch.Tensor, y: torch.Tensor) -> TensorData:
+    """Held-out samples with labels 0..9, as the classification task evaluates them."""
+    return TensorData(x, y, [str(i) for i in range(10)])
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,7 @@ def test_evaluate_reports_quality_and_cost() -> None:
     student = build_student("mlp", SHAPE, 10, hidden=16).eval()
     x, y = torch.randn(200, *SHAPE), torch.randint(0, 10, (200,))
     threads = torch.get_num_threads()
-    report = evaluate(teacher, student, x, y, SHAPE)
+    report = evaluate(teacher, student, _data(x, y), SHAPE)
     for key in ("teacher_top1", "student_top1", "teacher_top5", "student_top5", "agreement",
                 "teacher_ece", "student_ece"):
         assert 0.0 <= report[key] <= 1.0, key
@@ -113,7 +120,7 @@ def test_evaluate_measures_gpu_latency_too() -> None:
     teacher = build_student("resnet8", SHAPE, 10).eval()
     student = build_student("mlp", SHAPE, 10, hidden=16).eval()
     x, y = torch.randn(100, *SHAPE), torch.randint(0, 10, (100,))
-    report = evaluate(teacher, student, x, y, SHAPE)
+    report = evaluate(teacher, student, _data(x, y), SHAPE)
     for key in ("teacher_gpu_latency_ms", "student_gpu_latency_ms", "teacher_gpu_latency_b64_ms",
                 "student_gpu_latency_b64_ms"):
         assert report[key] > 0, key

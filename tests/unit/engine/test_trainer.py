@@ -12,6 +12,7 @@ from torch import nn
 
 from core.config import RunConfig
 from worker.engine.data import TensorData, split
+from worker.engine.students import build_student
 from worker.engine.trainer import Callbacks, Cancelled, StepReport, train
 
 
@@ -164,8 +165,13 @@ def test_cancel_saves_checkpoint_and_raises(teacher, digits, tmp_path) -> None:
               checkpoint_path=tmp_path / "c.ckpt")
     assert rec.checkpoints == [0]
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
-    assert ckpt["step"] == 0 and "fitnets" not in ckpt  # loss modules saved under "losses"
+    assert ckpt["step"] == 0
+    # the offline scheme's checkpoint: the student and the losses' modules, never the teacher
+    models = {k for k in ckpt if isinstance(ckpt[k], dict) and k not in ("optimizer", "scheduler")}
+    assert models == {"student", "losses"}
     assert any(k.startswith("2.") for k in ckpt["losses"])  # the fitnets connector's weights
+    assert set(ckpt["student"]) == set(build_student("mlp", (1, 8, 8), 10, hidden=32, depth=1,
+                                                     dropout=0.2).state_dict())
 
 
 def test_teacher_gets_no_gradient(digits) -> None:

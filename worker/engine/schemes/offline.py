@@ -1,0 +1,54 @@
+"""Offline distillation: a frozen, pre-trained teacher guides the student.
+
+The teacher's parameters never require grad and it runs in eval mode, its forward under
+`torch.inference_mode` (skipped when no active loss reads it); the optimizer updates the student
+and the losses' own modules (connectors, regressors) in one parameter group; a checkpoint holds
+the student and the losses' states, never the teacher's (it is the uploaded file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from worker.engine.schemes.base import Autocast, Scheme
+
+
+def freeze(module: nn.Module) -> None:
+    """No gradient for any parameter, eval mode (some exported graphs refuse .eval())."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        module.eval()  # exported graph modules may refuse .eval(); they are already inference
+
+
+class OfflineScheme(Scheme):
+    """One student distilled from one frozen teacher."""
+
+    def setup(self, teacher: nn.Module, student: nn.Module, losses: nn.ModuleList) -> None:
+        super().setup(teacher, student, losses)
+        freeze(teacher)
+
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.student, self.losses]
+
+    def teacher_outputs(
+        self, x: Tensor, taps: Any, needed: bool, autocast: Autocast
+    ) -> tuple[Tensor, list[Tensor]]:
+        if not needed:
+            return x.new_empty(0), []
+        with torch.inference_mode(), autocast():
+            logits = self.teacher(x)
+            feats = list(taps.features) if taps is not None else []
+        # clone outside inference mode: inference tensors cannot be saved for backward
+        return logits.clone(), [f.clone() for f in feats]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"student": self.student.state_dict(), "losses": self.losses.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.losses.load_state_dict(state["losses"])

@@ -1,0 +1,28 @@
+"""Tasks (`base.Task`); each is built from its catalog entry's "module:Class"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.catalog.tasks import DEFAULT, TASKS
+from worker.engine.tasks.base import Batch, IncompatibleDataError, Task
+
+__all__ = ["Batch", "IncompatibleDataError", "Task", "build_task", "default_task"]
+
+
+def build_task(name: str, **params: Any) -> Task:
+    """The task the catalog declares under `name` (its class imported now), with its defaults
+    overridden by `params`; its stage rule is the catalog's."""
+    entry = TASKS.get(name)
+    if entry is None:
+        raise ValueError(f"unknown task '{name}'; the catalog has: {', '.join(TASKS)}")
+    task = entry.load()(**{**entry.defaults(), **params})
+    if not isinstance(task, Task):
+        raise TypeError(f"{entry.implementation} is not a worker.engine.tasks.base.Task")
+    task.stage_rule = entry.stage_rule
+    return task
+
+
+def default_task() -> Task:
+    """The task a run config gets when it names none (classification)."""
+    return build_task(DEFAULT)

@@ -1,0 +1,96 @@
+"""The `Task` seam: what a batch is, how datasets are read, what is validated and evaluated,
+the example input for export and the layer-stage rule.
+
+    load(path, ref)                       read an upload in a format the task accepts
+    fit_to_teacher(teacher, data)         check the data fits the teacher; explain when not
+    split(data, val_fraction, seed)       train / validation split
+    input_shape(data), output_size(data)  what a student is built for
+    batch(data, idx, device)              the (inputs, targets) of the samples `idx`
+    validate(student, data, ...)          per-epoch metrics, reported as val/<name>
+    evaluate(teacher, student, val, ...)  the evaluation report (evaluation.json)
+    example_input(input_shape)            a batch for torch.export / ONNX tracing
+    stage_rule                            which inspection stages auto-pairing uses
+
+A new task is one module with a subclass plus its entry in `core/catalog/tasks.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from core.config import DatasetRef
+    from worker.engine.loading import LoadedModel
+
+Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+class IncompatibleDataError(ValueError):
+    """The dataset does not fit the teacher (input shape, outputs)."""
+
+
+@dataclass
+class Batch:
+    """One training or validation batch: the models' inputs and the task's targets."""
+
+    inputs: Tensor
+    targets: Tensor
+
+
+class Task(ABC):
+    """A task; `classification.ClassificationTask` is the first one."""
+
+    stage_rule: str = "spatial"
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    @abstractmethod
+    def load(self, path: Path, ref: DatasetRef, **limits: Any) -> Any:
+        """Read the dataset file `path` described by `ref` (format, label column, ...)."""
+
+    def fit_to_teacher(self, teacher: LoadedModel, data: Any) -> Any:
+        """The data, maybe adapted, once checked against the teacher; IncompatibleDataError."""
+        return data
+
+    @abstractmethod
+    def split(self, data: Any, val_fraction: float, seed: int) -> tuple[Any, Any]:
+        """Deterministic train / validation split."""
+
+    @abstractmethod
+    def input_shape(self, data: Any) -> tuple[int, ...]:
+        """One sample's input shape (no batch dimension)."""
+
+    @abstractmethod
+    def output_size(self, data: Any) -> int:
+        """The student's output width (classes for a classifier)."""
+
+    @abstractmethod
+    def batch(self, data: Any, idx: Tensor, device: torch.device) -> Batch:
+        """The inputs and targets of the samples `idx`, on `device`."""
+
+    @abstractmethod
+    def validate(
+        self, student: nn.Module, data: Any, batch_size: int, device: torch.device,
+        autocast: Autocast,
+    ) -> dict[str, float]:
+        """Metrics on the validation split, keys 'val/<name>'; the student comes back in
+        train mode."""
+
+    @abstractmethod
+    def evaluate(
+        self, teacher: nn.Module, student: nn.Module, data: Any, **options: Any
+    ) -> dict[str, Any]:
+        """The evaluation report of the student next to its teacher on held-out `data`."""
+
+    def example_input(self, input_shape: Sequence[int]) -> Tensor:
+        """A batch of 2 random float inputs, for tracing an export."""
+        return torch.randn(2, *[int(s) for s in input_shape])
