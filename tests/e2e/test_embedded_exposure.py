@@ -1,5 +1,4 @@
-"""`distill-studio up` as a new user starts it: what it exposes and what it keeps secret
-(issue 9, item 9).
+"""`distill-studio up` as a new user starts it: what it exposes and what it keeps secret.
 
 - Every listener (the API, Streamlit, the Valkey child) is bound to 127.0.0.1 only, read from
   the kernel's socket table (/proc/net/tcp and tcp6), not from the processes' own claims.
@@ -26,14 +25,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, free_port
+
 LISTEN = "0A"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listeners(ports: set[int]) -> dict[int, set[str]]:
@@ -61,7 +55,7 @@ def _address(hex_address: str) -> str:
 
 def test_up_listens_on_loopback_only_and_keeps_its_secret_key_private(tmp_path: Path) -> None:
     data = tmp_path / "studio"
-    ports = {"api": _free_port(), "ui": _free_port(), "broker": _free_port()}
+    ports = {"api": free_port(), "ui": free_port(), "broker": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("DS_")}
     env.update(DS_DATA_DIR=str(data), DS_API_PORT=str(ports["api"]), DS_UI_PORT=str(ports["ui"]),
                DS_BROKER_PORT=str(ports["broker"]), PYTHONUNBUFFERED="1")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,21 +22,15 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import digits_npz
+from tests.conftest import digits_npz, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("studio")
-    api_port, ui_port, broker_port = _free_port(), _free_port(), _free_port()
+    api_port, ui_port, broker_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DS_")}
     env.update(DS_DATA_DIR=str(data), DS_API_PORT=str(api_port), DS_UI_PORT=str(ui_port),
                DS_BROKER_PORT=str(broker_port), PYTHONUNBUFFERED="1")

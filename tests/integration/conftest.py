@@ -1,12 +1,16 @@
-"""Helpers for integration tests that drive the API in-process and a real worker process."""
+"""Fixtures of the integration tests (the API in-process: `app_client`, `api`; the demo files),
+and helpers for tests that drive the API and a real worker process."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.integration.api_helpers import new_client, signed_in
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +22,19 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def api(studio_env, admin_token) -> TestClient:
-    from backend.app import create_app
+def app_client(studio_env) -> Iterator[TestClient]:
+    """The app in-process (a fresh app for the current settings), with no credentials."""
+    with new_client() as client:
+        yield client
 
-    client = TestClient(create_app(), base_url="http://testserver/api/v1")
-    client.headers["Authorization"] = f"Bearer {admin_token}"
-    return client
+
+@pytest.fixture
+def api(app_client: TestClient, admin_token: str) -> TestClient:
+    """The app, signed in as the first admin (studio administrator, owner of team "default").
+
+    The same client as `app_client`: a request there with other `headers` acts as someone else.
+    """
+    return signed_in(app_client, admin_token)
 
 
 def wait_status(api: TestClient, path: str, done: set[str], timeout: float = 600) -> dict:

@@ -1,7 +1,8 @@
 """Studios for tests that need more than the in-process API: a real API server process
-(`distill-studio api`, i.e. uvicorn) on a free loopback port, and a module-wide studio with one
-worker, and a TCP proxy that can cut a server away. Used by test_hostile_*.py, test_secrets.py,
-test_reliability.py and benchmarks/load_api.py; no tests here.
+(`distill-studio api`, i.e. uvicorn) on a free loopback port, the API served in a thread (for the
+page tests), a module-wide studio with one worker, and a TCP proxy that can cut a server away.
+Used by test_hostile_*.py, test_secrets.py, test_reliability.py, pages/ and
+benchmarks/load_api.py; no tests here.
 """
 
 from __future__ import annotations
@@ -20,16 +21,10 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from tests.conftest import ROOT, StudioEnv, WorkerProcess, make_studio_env, migrate
+from tests.conftest import ROOT, StudioEnv, WorkerProcess, free_port, make_studio_env, migrate
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ApiServer:
@@ -117,6 +112,33 @@ def studio_with_worker(tmp: Path, worker_env: dict[str, str] | None = None) -> I
         finally:
             worker.stop()
             reset_caches()
+
+
+@contextmanager
+def api_in_thread(timeout: float = 30) -> Iterator[str]:
+    """`create_app()` (for the current settings) served by uvicorn in a thread of this process,
+    on a free loopback port, for the block; yields its URL. Lets a test write to the database
+    what a worker would, while the pages read it over HTTP."""
+    import uvicorn
+
+    from backend.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the API did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 class TcpProxy:

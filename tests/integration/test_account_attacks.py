@@ -12,29 +12,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
+from .api_helpers import auth, set_env
 from .servers import ApiServer
-from .test_api_support import auth, new_client, set_env, signed_in
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    """Signed in as the first admin: the studio administrator (superuser), owner of "default"."""
-    return signed_in(app_client, admin_token)
 
 
 def _user(username: str, team: str, role: str) -> None:

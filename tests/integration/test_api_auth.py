@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from fastapi.testclient import TestClient
-
-from .test_api_support import (
+from .api_helpers import (
     CLOSED_BROKER,
     auth,
-    new_client,
     other_team_token,
     set_env,
     set_row,
-    signed_in,
 )
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    """The app, signed in as the first admin (team "default")."""
-    return signed_in(app_client, admin_token)
 
 
 def test_login_good_and_bad(app_client) -> None:

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
-from fastapi.testclient import TestClient
-
-from .test_api_support import (
-    new_client,
+from .api_helpers import (
     queue_length,
     row_count,
-    signed_in,
     stored_files,
     upload_dataset,
 )
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    """The app, signed in as the first admin (team "default")."""
-    return signed_in(app_client, admin_token)
 
 
 def test_dataset_formats_and_listing(api, studio_env) -> None:

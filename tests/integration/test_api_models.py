@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 
-import pytest
-from fastapi.testclient import TestClient
-
-from .test_api_support import (
+from .api_helpers import (
     CLOSED_BROKER,
-    new_client,
     queue_length,
     row_count,
     set_env,
     set_row,
-    signed_in,
     stored_files,
     upload_model,
 )
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    """The app, signed in as the first admin (team "default")."""
-    return signed_in(app_client, admin_token)
 
 ZOO = {"architecture": "resnet8", "kwargs": json.dumps({"input_shape": [3, 8, 8], "num_classes": 4})}
 

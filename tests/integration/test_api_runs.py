@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from .test_api_support import (
+from .api_helpers import (
     CLOSED_BROKER,
     STUDENT_INSPECTION,
     TEACHER_INSPECTION,
-    new_client,
+    add_artifact,
     queue_length,
     ready_dataset,
     ready_model,
@@ -23,22 +22,9 @@ from .test_api_support import (
     run_config,
     set_env,
     set_row,
-    signed_in,
     upload_dataset,
     upload_model,
 )
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    """The app, signed in as the first admin (team "default")."""
-    return signed_in(app_client, admin_token)
 
 
 def test_run_created_and_queued(api, studio_env) -> None:
@@ -373,3 +359,21 @@ def test_metrics(api, studio_env) -> None:
     picked = api.get(f"/runs/{run_id}/metrics", params={"names": "loss,val/top1", "since_step": 2}).json()
     assert picked["series"]["loss"]["steps"] == [3, 4] and set(picked["series"]) == {"loss", "val/top1"}
     assert api.get("/runs/4242/metrics").status_code == 404
+
+
+def test_artifact_download(api) -> None:
+    model_id, dataset_id = ready_model(api), ready_dataset(api)
+    run_id = api.post("/runs", json=run_config(model_id, dataset_id)).json()["id"]
+    payload = b"student weights " * 100_000  # 1.6 MB: more than one chunk
+    art_id = add_artifact(run_id, payload, "stüdent weights.safetensors")
+
+    [listed] = api.get(f"/runs/{run_id}/artifacts").json()
+    assert listed["id"] == art_id and listed["size_bytes"] == len(payload)
+    assert listed["kind"] == "student_safetensors" and listed["run_id"] == run_id
+    r = api.get(f"/artifacts/{art_id}/download")
+    assert r.status_code == 200 and r.content == payload
+    disposition = r.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="student_weights.safetensors"')
+    assert "filename*=UTF-8''st%C3%BCdent%20weights.safetensors" in disposition
+    assert api.get(f"/artifacts/{art_id}").json()["filename"] == "stüdent weights.safetensors"
+    assert api.get("/artifacts/777777/download").json() == {"detail": "artifact 777777 not found"}

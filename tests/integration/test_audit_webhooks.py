@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,32 +19,19 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from .test_api_support import (
+from .api_helpers import (
     CLOSED_BROKER,
     auth,
-    new_client,
     ready_dataset,
     ready_model,
     row_count,
     run_config,
     set_env,
     set_row,
-    signed_in,
     upload_model,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    return signed_in(app_client, admin_token)
 
 
 def member_headers(api: TestClient, username: str, role: str) -> dict[str, str]:
@@ -59,14 +45,14 @@ def member_headers(api: TestClient, username: str, role: str) -> dict[str, str]:
 
 
 def test_audit_log(api: TestClient, monkeypatch) -> None:
-    from .test_api_isolation import _artifact
+    from .api_helpers import add_artifact
 
     me = api.get("/auth/me").json()
     teacher, dataset = ready_model(api), ready_dataset(api)
     api.patch(f"/models/{teacher}", json={"tags": ["a"], "description": "d"})
     api.get(f"/models/{teacher}/download")
     run = api.post("/runs", json=run_config(teacher, dataset)).json()
-    art = _artifact(run["id"], b"weights")
+    art = add_artifact(run["id"], b"weights")
     api.get(f"/artifacts/{art}/download")
     api.post(f"/runs/{run['id']}/cancel")
 

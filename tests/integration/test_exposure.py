@@ -1,4 +1,4 @@
-"""Secrets and exposure of the default studio (issue 9, item 9).
+"""Secrets and exposure of the default studio.
 
 - Slow clients cannot hold the API's sockets: a request whose headers stop half-way is answered
   408 and closed after DS_HTTP_HEADER_TIMEOUT_S; one whose body stalls is closed after

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from tests.conftest import StudioEnv, _postgres_database, make_studio_env, migrate
-from tests.integration.test_api_support import (
+from tests.integration.api_helpers import (
     DATASET_INFO,
     STUDENT_INSPECTION,
     TEACHER_INSPECTION,

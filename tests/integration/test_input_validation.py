@@ -1,6 +1,6 @@
-"""Input validation (issue 9, item 8): every float of a run config and of the loss parameters is
-finite and in its catalog range before anything is queued; layer pairs and losses per run are
-capped; deeply nested JSON in a request body or a form field is a 422, never a 500.
+"""Input validation: every float of a run config and of the loss parameters is finite and in its
+catalog range before anything is queued; layer pairs and losses per run are capped; deeply
+nested JSON in a request body or a form field is a 422, never a 500.
 
 Each test sends the attack that worked before the fix (a NaN temperature answered 201, 10,000
 layer pairs were accepted, a 100k-deep `kwargs` form field answered 500) and checks that the
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from .test_api_support import (
+from .api_helpers import (
     queue_length,
     ready_dataset,
     ready_model,

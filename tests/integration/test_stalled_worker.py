@@ -1,4 +1,4 @@
-"""A stalled worker cannot starve the API (issue 9, item 3).
+"""A stalled worker cannot starve the API.
 
 60 people plan runs at once while no worker answers (none runs at all). Before the fix, each
 `POST /runs/plan` waited for the worker while holding a database connection: the pool ran dry,
@@ -23,7 +23,7 @@ import pytest
 
 from tests.integration.servers import ApiServer
 
-from .test_api_support import auth, new_client, ready_dataset, ready_model, signed_in
+from .api_helpers import auth, new_client, ready_dataset, ready_model, signed_in
 
 PLANNERS = 60
 STUDENTS = 10  # distinct students among the planners: each is queued once

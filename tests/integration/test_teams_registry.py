@@ -1,22 +1,19 @@
 """Teams, roles and members; API tokens; the model registry (tags, edits, archive, delete,
 registering a run's student). On SQLite and PostgreSQL, with the real broker; no worker runs:
-tests stand in for it by writing to the database (test_api_support.set_row)."""
+tests stand in for it by writing to the database (api_helpers.set_row)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from .test_api_support import (
+from .api_helpers import (
     CLOSED_BROKER,
     STUDENT_INSPECTION,
     auth,
-    new_client,
     queue_length,
     ready_dataset,
     ready_model,
@@ -24,23 +21,10 @@ from .test_api_support import (
     run_config,
     set_env,
     set_row,
-    signed_in,
     stored_files,
     upload_dataset,
     upload_model,
 )
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    """The app, signed in as the first admin (superuser, owner of team "default")."""
-    return signed_in(app_client, admin_token)
 
 
 def login(client: TestClient, username: str, password: str) -> dict[str, str]:

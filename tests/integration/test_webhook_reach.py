@@ -1,4 +1,4 @@
-"""Webhooks reach only where they should (issue 9, item 7).
+"""Webhooks reach only where they should.
 
 Before the fix a team admin could register webhooks to the API itself, the broker port,
 `[::1]:5432`, `0.0.0.0`, `2130706433` (127.0.0.1 as one decimal number) or `localhost`; the
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from .test_api_support import ready_dataset, ready_model, run_config, set_env, set_row
+from .api_helpers import ready_dataset, ready_model, run_config, set_env, set_row
 
 SETTING = "DS_WEBHOOK_ALLOWED_NETWORKS"
 

@@ -1,4 +1,4 @@
-"""Shared helpers of the API tests (test_api_*.py); it holds no tests itself.
+"""Shared helpers of the integration tests that drive the API in-process; no tests here.
 
 The API runs in-process (Starlette's TestClient) against the real databases of `studio_env`
 (SQLite and PostgreSQL) and the real Redis broker. No worker runs: uploads stay `pending` and runs
@@ -136,6 +136,22 @@ def run_config(model_id: int, dataset_id: int, **overrides: Any) -> dict[str, An
         "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},
         **overrides,
     }
+
+
+def add_artifact(run_id: int, payload: bytes, filename: str = "student.safetensors") -> int:
+    """Stand in for the worker: put a file in the store and record it as the run's artifact."""
+    from core.db import session_scope
+    from core.db.tables import Artifact, Run
+    from core.storage import get_store, new_key
+
+    with session_scope() as session:
+        team_id = session.get(Run, run_id).team_id
+        stored = get_store().put_bytes(new_key(team_id, "runs", filename), payload)
+        art = Artifact(team_id=team_id, run_id=run_id, kind="student_safetensors", filename=filename,
+                       storage_key=stored.key, size_bytes=stored.size, sha256=stored.sha256)
+        session.add(art)
+        session.flush()
+        return art.id
 
 
 def queue_length(studio_env, queue: str = "cpu") -> int:

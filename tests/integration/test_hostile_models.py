@@ -5,6 +5,7 @@ Each file is really hostile: if any check let it through, loading it would creat
 `failed` with a reason a person can act on, that no marker was ever created, and the last test
 that the same worker process is still alive and inspects a genuine model afterwards. Pickled
 checkpoints (`.pt`, `.pth`, `.pkl`, `.ckpt`) never reach a worker: the API refuses them (422).
+Hostile dataset files and oversized uploads are in test_hostile_datasets.py.
 
 The worker runs with DS_INSPECT_TIMEOUT_S=6, so a model whose forward would take about a minute
 is stopped by the inspection's time limit, and with DS_SANDBOX_MEMORY_MB=1500, so a model whose
@@ -28,8 +29,8 @@ import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
+from tests.integration.api_helpers import queue_length, row_count, stored_files
 from tests.integration.servers import Studio, studio_with_worker
-from tests.integration.test_api_support import queue_length, row_count, stored_files
 
 pytestmark = pytest.mark.slow
 

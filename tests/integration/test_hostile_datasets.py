@@ -1,5 +1,6 @@
-"""Hostile uploads, end to end: through the API (in-process and a real uvicorn server) and a real
-worker process.
+"""Hostile dataset files, and what any upload may claim (its size, name and declared type), end
+to end: through the API (in-process and a real uvicorn server) and a real worker process. Hostile
+model files are in test_hostile_models.py.
 
 - zip entries that escape (`..`, absolute paths, drive letters, symlinks) and zip bombs (too many
   entries, too many uncompressed bytes, sizes that lie) end `failed` with the reason, and nothing
@@ -29,8 +30,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.integration.api_helpers import queue_length, row_count, stored_files
 from tests.integration.servers import ApiServer, Studio, studio_with_worker
-from tests.integration.test_api_support import queue_length, row_count, stored_files
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,6 @@
-"""Tenant isolation, route by route: every route of the app is called by members of team B, in
+"""Teams own everything: another team's ids answer 404, exactly like ids that do not exist.
+
+Tenant isolation, route by route: every route of the app is called by members of team B, in
 every role, with team A's real ids; each must answer 404 (or 403), never 2xx.
 
 The walk is driven by the app itself, so a new route is checked the day it is added:
@@ -13,33 +15,28 @@ The walk is driven by the app itself, so a new route is checked the day it is ad
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
 from backend.deps import CurrentUser, SessionDep
 from core.db.tables import Model
 
-from .test_api_isolation import _artifact
-from .test_api_support import auth, new_client, ready_dataset, ready_model, run_config, signed_in
+from .api_helpers import (
+    add_artifact,
+    auth,
+    other_team_token,
+    ready_dataset,
+    ready_model,
+    run_config,
+    signed_in,
+)
 
 ROLES = ("owner", "admin", "member", "viewer")
 API = "/api/v1"
 PARAM = re.compile(r"{(\w+)}")
-
-
-@pytest.fixture
-def app_client(studio_env) -> Iterator[TestClient]:
-    with new_client() as client:
-        yield client
-
-
-@pytest.fixture
-def api(app_client: TestClient, admin_token: str) -> TestClient:
-    return signed_in(app_client, admin_token)
 
 
 def api_routes(app: Any) -> list[tuple[str, str]]:
@@ -70,7 +67,7 @@ def team_a(api: TestClient) -> dict[str, Any]:
     me = api.get("/auth/me").json()
     model_id, dataset_id = ready_model(api), ready_dataset(api)
     run_id = api.post("/runs", json=run_config(model_id, dataset_id)).json()["id"]
-    artifact_id = _artifact(run_id, b"team A's student")
+    artifact_id = add_artifact(run_id, b"team A's student")
     with session_scope() as session:
         session.add(Metric(run_id=run_id, name="loss", step=1, epoch=0, value=0.5))
     member = api.post("/users", json={"username": "a-member", "password": "a-member-pass"}).json()
@@ -319,3 +316,32 @@ def test_the_walk_catches_new_unchecked_routes(sqlite_env) -> None:
     assert all(f"GET /models/{a['model_id']}/leak -> 200" in p for p in problems[:4])
     assert problems[4].startswith("GET /gadgets/{gadget_id}: no team A id for ['gadget_id']")
     assert problems[5].startswith("GET /secrets: a route without path parameters")
+
+
+def test_other_team_sees_nothing(api, app_client) -> None:
+    model_id, dataset_id = ready_model(api), ready_dataset(api)
+    run_id = api.post("/runs", json=run_config(model_id, dataset_id)).json()["id"]
+    art_id = add_artifact(run_id, b"secret")
+    bob = auth(other_team_token(app_client))
+
+    for path, label, id_ in [
+        (f"/models/{model_id}", "model", model_id),
+        (f"/models/{model_id}/download", "model", model_id),
+        (f"/datasets/{dataset_id}", "dataset", dataset_id),
+        (f"/runs/{run_id}", "run", run_id),
+        (f"/runs/{run_id}/metrics", "run", run_id),
+        (f"/runs/{run_id}/artifacts", "run", run_id),
+        (f"/runs/{run_id}/config.yaml", "run", run_id),
+        (f"/artifacts/{art_id}/download", "artifact", art_id),
+    ]:
+        r = app_client.get(path, headers=bob)
+        assert r.status_code == 404 and r.json() == {"detail": f"{label} {id_} not found"}, path
+    assert app_client.post(f"/runs/{run_id}/cancel", headers=bob).status_code == 404
+    for listing in ("/models", "/datasets", "/runs"):
+        assert app_client.get(listing, headers=bob).json()["items"] == [], listing
+
+    # their own run may not use our teacher or dataset either
+    theirs = app_client.post("/runs", headers=bob, json=run_config(model_id, dataset_id))
+    assert theirs.status_code == 404 and theirs.json()["detail"] == f"model {model_id} not found"
+    plan = app_client.post("/runs/plan", headers=bob, json={"teacher_model_id": model_id})
+    assert plan.status_code == 404
