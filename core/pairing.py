@@ -10,6 +10,9 @@ What a connector (`connectors.build_connector`) can bridge:
 - map -> vector: global average pooling then linear;
 - sequence -> sequence ([L, D]): same length L, any width (linear on D).
 A vector cannot become a spatial map.
+
+Which layers auto-pairing suggests is the task's stage rule, declared in its catalog entry
+(`core.catalog.tasks`, `TaskEntry.stage_rule`); classification's is "spatial".
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.catalog import nearest
+from core.catalog.tasks import DEFAULT as DEFAULT_TASK
+from core.catalog.tasks import TASKS
 
 
 def fmt_shape(shape: Sequence[int] | None) -> str:
@@ -115,20 +120,35 @@ def _penultimate(inspection: dict[str, Any]) -> str | None:
     return path
 
 
-def suggest_pairs(
-    teacher: dict[str, Any], student: dict[str, Any], max_pairs: int = 3
-) -> list[dict[str, Any]]:
-    """Stage-end pairs, deepest first when choosing, returned shallow to deep.
-
-    Both networks' spatial stages are aligned from the end (the last teacher stage with the last
-    student stage, and so on), at most `max_pairs`, keeping only pairs `check_pair` accepts. When
-    either network has no spatial stage (MLPs), the penultimate features are paired instead.
-    """
+def _spatial_candidates(
+    teacher: dict[str, Any], student: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """The "spatial" stage rule: (teacher, student) stage ends aligned from the end, deepest
+    first; the penultimate features when either network has no spatial stage (MLPs)."""
     t_ends, s_ends = _map_stage_ends(teacher), _map_stage_ends(student)
     candidates = list(zip(reversed(t_ends), reversed(s_ends), strict=False))
     if not candidates:
         t_pen, s_pen = _penultimate(teacher), _penultimate(student)
         candidates = [(t_pen, s_pen)] if t_pen and s_pen else []
+    return candidates
+
+
+STAGE_RULES = {"spatial": _spatial_candidates}
+
+
+def suggest_pairs(
+    teacher: dict[str, Any], student: dict[str, Any], max_pairs: int = 3,
+    *, task: str = DEFAULT_TASK,
+) -> list[dict[str, Any]]:
+    """Stage-end pairs, deepest first when choosing, returned shallow to deep.
+
+    The candidates come from `task`'s stage rule (its catalog entry's `stage_rule`); for
+    classification ("spatial") both networks' spatial stages are aligned from the end (the last
+    teacher stage with the last student stage, and so on), and when either network has no
+    spatial stage (MLPs) the penultimate features are paired instead. At most `max_pairs`, keeping
+    only pairs `check_pair` accepts.
+    """
+    candidates = STAGE_RULES[TASKS[task].stage_rule](teacher, student)
     pairs: list[dict[str, Any]] = []
     for t_path, s_path in candidates:
         if len(pairs) >= max_pairs:

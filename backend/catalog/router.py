@@ -98,8 +98,7 @@ class CatalogOut(BaseModel):
     summary="Losses, students, schemes, tasks, optimizers and schedules",
 )
 def get_catalog(_principal: CurrentUser) -> dict[str, Any]:
-    return {
-        **catalog.as_json(),
-        "schemes": [e.as_json() for e in SCHEMES.values()],
-        "tasks": [e.as_json() for e in TASKS.values()],
-    }
+    served = catalog.as_json()
+    served.setdefault("schemes", [e.as_json() for e in SCHEMES.values()])
+    served.setdefault("tasks", [e.as_json() for e in TASKS.values()])
+    return served

@@ -1,5 +1,9 @@
 """Datasets for distillation: load an upload into tensors, split it, describe it, normalise it.
 
+These are the labelled-sample readers the classification task (`tasks/classification.py`) reads
+its datasets with (`load_dataset`, `split`); a run reaches them only through its task. The
+worker's scan of an upload (`describe_dataset`) uses them directly.
+
 Three upload formats, all read without executing or extracting anything:
 - `.npz` with arrays `x` (features or images) and `y` (labels); optional `classes` (names);
 - `.zip` image folder, one sub-folder per class (optionally under one top folder), decoded in

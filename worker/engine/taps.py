@@ -5,7 +5,8 @@ output shapes, its parameter count and the resolution stage it belongs to; the t
 UI shows and what layer pairs are checked against. `FeatureTaps` captures the tensors of chosen
 modules during training (the teacher/student features that feature losses compare).
 
-Stages (used by auto-pairing, `pairing.suggest_pairs`): walking the modules in the order their
+Stages (what the "spatial" stage rule of auto-pairing reads, `pairing.suggest_pairs`; the task's
+catalog entry names its rule, classification's is "spatial"): walking the modules in the order their
 forward *finished*, a stage is a maximal run of modules with a 4D output of the same spatial
 resolution; its `end` is the last module to finish at that resolution, which is the outermost
 one (e.g. `layer2` rather than `layer2.2.relu2`). Global pooling to 1x1 and everything after the

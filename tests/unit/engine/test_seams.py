@@ -270,3 +270,25 @@ def test_a_toy_task_runs_a_whole_distillation(tmp_path: Path) -> None:
     with pytest.raises(IncompatibleDataError, match="output width"):
         run_distillation(config, tmp_path / "teacher.pt2", tmp_path / "wrong.npz",
                          tmp_path / "out2")
+
+
+def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> None:
+    """`GET /catalog` serves every scheme and task entry (the toy ones included, as a new
+    entry would be), with the keys every entry has; the implementation stays internal."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from backend.deps import get_principal
+
+    app = create_app()
+    app.dependency_overrides[get_principal] = lambda: None  # no database, no token
+    served = TestClient(app).get("/api/v1/catalog").json()
+    assert {"losses", "students", "optimizers", "schedules"} <= set(served)
+    keys = {"name", "title", "help", "params", "paper", "kind", "needs_pairs", "extra"}
+    for kind, names in (("schemes", ["offline", "mutual_toy"]),
+                        ("tasks", ["classification", "targets_toy"])):
+        assert [e["name"] for e in served[kind]] == names, kind
+        assert all(set(e) == keys for e in served[kind]), kind
+    classification = served["tasks"][0]
+    assert classification["extra"] == {"formats": ["npz", "zip", "csv"],
+                                       "metrics": ["top1", "loss"], "stage_rule": "spatial"}

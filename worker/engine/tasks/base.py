@@ -7,7 +7,7 @@ the example input for export and the layer-stage rule.
     input_shape(data), output_size(data)  what a student is built for
     batch(data, idx, device)              the (inputs, targets) of the samples `idx`
     validate(student, data, ...)          per-epoch metrics, reported as val/<name>
-    evaluate(teacher, student, val, ...)  the evaluation report (evaluation.json)
+    evaluate(teacher, student, val, ...)  its part of evaluation.json (quality metrics)
     example_input(input_shape)            a batch for torch.export / ONNX tracing
     stage_rule                            which inspection stages auto-pairing uses
 
@@ -89,7 +89,8 @@ class Task(ABC):
     def evaluate(
         self, teacher: nn.Module, student: nn.Module, data: Any, **options: Any
     ) -> dict[str, Any]:
-        """The evaluation report of the student next to its teacher on held-out `data`."""
+        """The task's part of the evaluation report (quality of the student next to its
+        teacher on held-out `data`); `evaluate.evaluate` adds cost and latency."""
 
     def example_input(self, input_shape: Sequence[int]) -> Tensor:
         """A batch of 2 random float inputs, for tracing an export."""
