@@ -29,6 +29,16 @@ from pydantic import (
 from core import catalog
 from core.catalog.schemes import SCHEMES
 from core.catalog.tasks import TASKS
+from core.catalog.training import (
+    LOSS_WEIGHT,
+    SEED,
+    TRAINING,
+    VAL_FRACTION,
+    Device,
+    Optimizer,
+    Schedule,
+    Setting,
+)
 
 # Limits of a run config. The studio's settings (core/settings.py) declare the same DS_*
 # variables; the engine reads them from the environment, as it does not import the backend.
@@ -98,6 +108,22 @@ def json_problem(value: Any, max_depth: int, path: str = "", *, finite: bool = T
         elif finite and isinstance(item, float) and not math.isfinite(item):
             return f"'{where}' must be a finite number, got {item}"
     return None
+
+
+def setting(spec: Setting) -> Any:
+    """The pydantic field of a training setting declared in `core.catalog.training`: its
+    default, range (`ge`/`gt`/`le`/`lt`), item count and help, declared once there."""
+    if spec.type == "floats":
+        default = list(spec.default)
+        return Field(default_factory=lambda: list(default), max_length=spec.max_items,
+                     description=spec.help)
+    return Field(spec.default, ge=spec.ge, gt=spec.gt, le=spec.le, lt=spec.lt,
+                 description=spec.help)
+
+
+def _items(spec: Setting) -> Any:
+    """The pydantic constraints of each item of a list setting ("floats")."""
+    return Field(ge=spec.ge, gt=spec.gt, le=spec.le, lt=spec.lt)
 
 
 class _Strict(BaseModel):
@@ -242,7 +268,7 @@ class DatasetRef(_Strict):
     path: str | None = None
     format: Literal["npz", "zip", "csv"] | None = None
     label_column: str = "label"
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Held-out share for evaluation.")
+    val_fraction: float = setting(VAL_FRACTION)
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetRef:
@@ -263,8 +289,7 @@ class LossSpec(_Strict):
     _catalog_checked: ClassVar[frozenset[str]] = frozenset({"params"})
 
     name: str
-    # up to 1e5: RepDistiller weights SP 3000 and PKT 30000 (their values are tiny)
-    weight: float = Field(1.0, ge=0.0, le=100_000.0)
+    weight: float = setting(LOSS_WEIGHT)
     params: dict[str, Any] = Field(default_factory=dict)
     pairs: list[int] | None = Field(
         None, description="Indices into layer_pairs this loss uses; default: all pairs."
@@ -298,27 +323,25 @@ class LossSpec(_Strict):
 
 
 class TrainSettings(_Strict):
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0, le=10.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    step_milestones: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
-        default_factory=lambda: [0.5, 0.75], max_length=32,
-        description="With schedule='step': fractions of the training, each in [0, 1].",
+    """Optimizer, schedule, length and device of a run: each field's type, default, range and
+    help come from `core.catalog.training.TRAINING` (the New run form reads the same)."""
+
+    epochs: int = setting(TRAINING["epochs"])
+    batch_size: int = setting(TRAINING["batch_size"])
+    optimizer: Optimizer = setting(TRAINING["optimizer"])
+    lr: float = setting(TRAINING["lr"])
+    momentum: float = setting(TRAINING["momentum"])
+    weight_decay: float = setting(TRAINING["weight_decay"])
+    schedule: Schedule = setting(TRAINING["schedule"])
+    step_milestones: list[Annotated[float, _items(TRAINING["step_milestones"])]] = setting(
+        TRAINING["step_milestones"]
     )
-    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="Autocast (bf16) on GPU; ignored on CPU.")
-    checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints.")
-    log_every: int = Field(1, ge=1, description="Steps between reported metrics (mean over them).")
-    export_onnx: bool = Field(
-        True,
-        description="Also write the student as ONNX (student.onnx) next to safetensors and .pt2; "
-        "the exporter takes a few seconds (about 5 s the first time in a process, 2 s after).",
-    )
+    step_gamma: float = setting(TRAINING["step_gamma"])
+    device: Device = setting(TRAINING["device"])
+    amp: bool = setting(TRAINING["amp"])
+    checkpoint_every: int = setting(TRAINING["checkpoint_every"])
+    log_every: int = setting(TRAINING["log_every"])
+    export_onnx: bool = setting(TRAINING["export_onnx"])
 
 
 class RunConfig(_Strict):
@@ -333,7 +356,7 @@ class RunConfig(_Strict):
     scheme: str = "offline"
     task: str = Field("classification", description="Task (catalog `tasks`).")
     training: TrainSettings = Field(default_factory=TrainSettings)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = setting(SEED)
 
     @field_validator("layer_pairs", "losses", mode="before")
     @classmethod
@@ -376,7 +399,7 @@ class RunConfig(_Strict):
                     "(teacher/student module paths); see GET /api/v1/models/{id} for the layers"
                 )
             used = len(loss.pairs) if loss.pairs is not None else len(self.layer_pairs)
-            need = entry.extra.get("min_pairs", 1 if entry.needs_pairs else 0)
+            need = entry.fewest_pairs()
             if used < need:
                 raise ValueError(
                     f"losses[{i}] '{loss.name}' needs at least {need} layer pairs "

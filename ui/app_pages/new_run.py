@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from client import PLAN_TIMEOUT_S, Catalog, Model, Pending, PendingFn, Plan
 from core import catalog as engine_catalog  # torch-free, like config and pairing
 from core import pairing
+from core.catalog.training import LOSS_WEIGHT, SEED, TRAINING, VAL_FRACTION, Setting
 from core.config import RunConfig, StudentSpec, TrainSettings
 from ui import components as ui
 
@@ -558,9 +559,7 @@ def _loss_form(catalog: Catalog, name: str, n_pairs: int) -> dict[str, Any]:
         weight_key = f"nr_loss.{name}.weight"
         if weight_key not in st.session_state:
             st.session_state[weight_key] = float(entry.extra.get("default_weight", 1.0))
-        weight = weight_col.number_input(
-            "weight", 0.0, 1000.0, step=0.1, format="%g", key=weight_key, persist_state="session"
-        )
+        weight = _setting_input(weight_col, LOSS_WEIGHT, weight_key, help_=False)
         params = ui.param_form(entry, f"nr_loss.{name}", persist=True) if entry.params else {}
         spec: dict[str, Any] = {"name": name, "weight": weight, "params": params}
         if entry.needs_pairs and n_pairs:
@@ -585,124 +584,45 @@ def _loss_form(catalog: Catalog, name: str, n_pairs: int) -> dict[str, Any]:
 
 
 def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(training settings, {'scheme', 'seed', 'val_fraction'})."""
-    d = TRAIN_DEFAULTS
+    """(training settings, {'scheme', 'seed', 'val_fraction'}).
+
+    Every input is built from the training settings declared in `core.catalog.training` (the
+    run config validates with the same declarations): choices, ranges, defaults and help.
+    """
     _defaults(
         {
-            "nr_t.epochs": d["epochs"],
-            "nr_t.batch_size": d["batch_size"],
-            "nr_t.optimizer": d["optimizer"],
-            "nr_t.lr": d["lr"],
-            "nr_t.momentum": d["momentum"],
-            "nr_t.weight_decay": d["weight_decay"],
-            "nr_t.schedule": d["schedule"],
-            "nr_t.device": d["device"],
-            "nr_t.amp": d["amp"],
-            "nr_t.checkpoint_every": d["checkpoint_every"],
-            "nr_t.log_every": d["log_every"],
-            "nr_t.step_milestones": ",".join(f"{m:g}" for m in d["step_milestones"]),
-            "nr_t.step_gamma": d["step_gamma"],
-            "nr_seed": 0,
-            "nr_val_fraction": 0.2,
+            **{f"nr_t.{name}": value for name, value in TRAIN_DEFAULTS.items()},
+            "nr_t.step_milestones": ",".join(f"{m:g}" for m in TRAIN_DEFAULTS["step_milestones"]),
+            "nr_seed": SEED.default,
+            "nr_val_fraction": VAL_FRACTION.default,
             "nr_scheme": catalog.schemes[0].name if catalog.schemes else "offline",
         }
     )
-    c = st.columns(4)
-    t: dict[str, Any] = {
-        "epochs": c[0].number_input(
-            "Epochs", 1, 10_000, key="nr_t.epochs", persist_state="session"
-        ),
-        "batch_size": c[1].number_input(
-            "Batch size", 1, 65_536, key="nr_t.batch_size", persist_state="session"
-        ),
-        "optimizer": c[2].selectbox(
-            "Optimizer",
-            catalog.optimizers or ["sgd", "adamw"],
-            key="nr_t.optimizer",
-            persist_state="session",
-        ),
-        "lr": c[3].number_input(
-            "Learning rate",
-            1e-6,
-            10.0,
-            step=0.01,
-            format="%g",
-            key="nr_t.lr",
-            persist_state="session",
-        ),
-    }
-    c = st.columns(4)
-    t["momentum"] = c[0].number_input(
-        "Momentum",
-        0.0,
-        0.999,
-        step=0.01,
-        format="%g",
-        key="nr_t.momentum",
-        persist_state="session",
-        help="SGD only.",
-    )
-    t["weight_decay"] = c[1].number_input(
-        "Weight decay",
-        0.0,
-        1.0,
-        step=1e-4,
-        format="%g",
-        key="nr_t.weight_decay",
-        persist_state="session",
-    )
-    t["schedule"] = c[2].selectbox(
-        "LR schedule", catalog.schedules or ["cosine"], key="nr_t.schedule", persist_state="session"
-    )
-    t["device"] = c[3].selectbox(
-        "Device",
-        ["auto", "cpu", "cuda"],
-        key="nr_t.device",
-        persist_state="session",
-        help="auto: a GPU worker when one is available.",
-    )
+
+    def field(where: Any, name: str) -> Any:
+        return _setting_input(where, TRAINING[name], f"nr_t.{name}")
+
+    t: dict[str, Any] = {}
+    for row in (("epochs", "batch_size", "optimizer", "lr"),
+                ("momentum", "weight_decay", "schedule", "device")):
+        for where, name in zip(st.columns(4), row, strict=True):
+            t[name] = field(where, name)
     if t["schedule"] == "step":
         c = st.columns(4)
+        spec = TRAINING["step_milestones"]
         text = c[0].text_input(
-            "Milestones",
-            key="nr_t.step_milestones",
-            persist_state="session",
-            help="Epoch fractions where the LR drops, e.g. 0.5,0.75.",
+            spec.title, key="nr_t.step_milestones", persist_state="session", help=spec.help
         )
         t["step_milestones"] = _floats(text)
-        t["step_gamma"] = c[1].number_input(
-            "Gamma",
-            0.001,
-            1.0,
-            step=0.05,
-            format="%g",
-            key="nr_t.step_gamma",
-            persist_state="session",
-        )
+        t["step_gamma"] = field(c[1], "step_gamma")
     with st.expander("Advanced", icon=":material/tune:"):
         c = st.columns(4)
-        t["amp"] = c[0].checkbox("Mixed precision (GPU)", key="nr_t.amp", persist_state="session")
-        t["checkpoint_every"] = c[1].number_input(
-            "Checkpoint every (steps)",
-            1,
-            10**9,
-            key="nr_t.checkpoint_every",
-            persist_state="session",
-        )
-        t["log_every"] = c[2].number_input(
-            "Log every (steps)", 1, 10**6, key="nr_t.log_every", persist_state="session"
-        )
-        seed = c[3].number_input("Seed", 0, 2**31 - 1, key="nr_seed", persist_state="session")
+        t["amp"] = field(c[0], "amp")
+        t["checkpoint_every"] = field(c[1], "checkpoint_every")
+        t["log_every"] = field(c[2], "log_every")
+        seed = _setting_input(c[3], SEED, "nr_seed")
         c = st.columns(4)
-        val = c[0].number_input(
-            "Validation share",
-            0.01,
-            0.89,
-            step=0.05,
-            format="%g",
-            key="nr_val_fraction",
-            persist_state="session",
-        )
+        val = _setting_input(c[0], VAL_FRACTION, "nr_val_fraction")
         schemes = [s.name for s in catalog.schemes] or ["offline"]
         scheme = c[1].selectbox(
             "Scheme",
@@ -712,6 +632,22 @@ def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
             format_func=lambda n: _scheme_label(catalog, n),
         )
     return t, {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
+
+
+def _setting_input(where: Any, spec: Setting, key: str, *, help_: bool = True) -> Any:
+    """One input for a setting of `core.catalog.training`: a selectbox over its choices, a
+    checkbox, or a number input within its range (an exclusive bound moved in by its margin)."""
+    common: dict[str, Any] = {"key": key, "persist_state": "session"}
+    if help_ and spec.help:
+        common["help"] = spec.help
+    if spec.type == "choice":
+        return where.selectbox(spec.title, list(spec.choices or ()), **common)
+    if spec.type == "bool":
+        return where.checkbox(spec.title, **common)
+    lo, hi = spec.form_range()
+    if spec.type == "int":
+        return where.number_input(spec.title, lo, hi, **common)
+    return where.number_input(spec.title, lo, hi, step=spec.step, format="%g", **common)
 
 
 def _scheme_label(catalog: Catalog, name: str) -> str:

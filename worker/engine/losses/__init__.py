@@ -1,75 +1,69 @@
-"""Loss implementations, registered under their catalog names (`core.catalog.LOSSES`)."""
+"""Loss implementations, found by their catalog name (`core.catalog.LOSSES`).
+
+Each catalog entry names its class as `"worker.engine.losses.<module>:<Class>"`; `loss_class`
+imports it when a run uses the loss. There is no list of classes here: adding a loss is one
+module in this package and one entry in `core/catalog/losses.py`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+from core import catalog
 from core.config import LossSpec
-from worker.engine.losses.ab import ActivationBoundaries
-from worker.engine.losses.at import AttentionTransfer
 from worker.engine.losses.base import DistillLoss, LossContext, StepOutputs
-from worker.engine.losses.cc import CorrelationCongruence
-from worker.engine.losses.ce import CrossEntropy
-from worker.engine.losses.crd import CRD
-from worker.engine.losses.dist import DIST
-from worker.engine.losses.dkd import DKD
-from worker.engine.losses.feature_l2 import FeatureL2
-from worker.engine.losses.fitnets import FitNets
-from worker.engine.losses.fsp import FSP
-from worker.engine.losses.ft import FactorTransfer
-from worker.engine.losses.grad_match import GradMatch
-from worker.engine.losses.ickd import ICKD
-from worker.engine.losses.ka import KnowledgeAdaptation
-from worker.engine.losses.kd import KD
-from worker.engine.losses.logit_std import LogitStandardization
-from worker.engine.losses.nst import MMD, NST
-from worker.engine.losses.pad import PAD
-from worker.engine.losses.pkt import PKT
-from worker.engine.losses.reviewkd import ReviewKD
-from worker.engine.losses.rkd import RKD
-from worker.engine.losses.sp import SimilarityPreserving
-from worker.engine.losses.vid import VID
-from worker.engine.losses.weight_match import WeightMatch
 
-LOSSES: dict[str, type[DistillLoss]] = {
-    cls.name: cls for cls in (CrossEntropy, KD, FitNets, AttentionTransfer)
-}
-# response-based and relation-based losses (issue 3)
-LOSSES.update({
-    cls.name: cls
-    for cls in (
-        DKD, DIST, LogitStandardization, PAD, RKD, SimilarityPreserving, CorrelationCongruence,
-        PKT, CRD,
-    )
-})
 
-# feature-based losses and the "other tensors" (issue 3)
-LOSSES.update({
-    cls.name: cls
-    for cls in (
-        FeatureL2, ActivationBoundaries, NST, MMD, FactorTransfer, VID, ICKD, ReviewKD,
-        KnowledgeAdaptation, FSP, GradMatch, WeightMatch,
-    )
-})
+def loss_class(name: str) -> type[DistillLoss]:
+    """The engine class of the catalog loss `name`, imported from its entry's implementation.
+
+    Raises ValueError for a name the catalog lacks (listing the nearest) or an implementation
+    that is not a `DistillLoss`.
+    """
+    entry = catalog.LOSSES.get(name)
+    if entry is None:
+        raise ValueError(
+            f"unknown loss '{name}'; nearest: {', '.join(catalog.nearest(name, list(catalog.LOSSES)))}"
+        )
+    cls = entry.load()
+    if not (isinstance(cls, type) and issubclass(cls, DistillLoss)):
+        raise ValueError(
+            f"loss '{name}': implementation {entry.implementation!r} is not a DistillLoss subclass"
+        )
+    return cls
+
+
+class _Implementations(Mapping[str, type[DistillLoss]]):
+    """Read-only view: catalog loss name -> engine class, each imported when looked up."""
+
+    def __getitem__(self, name: str) -> type[DistillLoss]:
+        if name not in catalog.LOSSES:
+            raise KeyError(name)
+        return loss_class(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(catalog.LOSSES)
+
+    def __len__(self) -> int:
+        return len(catalog.LOSSES)
+
+
+LOSSES: Mapping[str, type[DistillLoss]] = _Implementations()
 
 
 def build_loss(spec: LossSpec, ctx: LossContext) -> DistillLoss:
-    """The loss module for one `LossSpec`, with the catalog defaults filled in."""
-    cls = LOSSES.get(spec.name)
-    if cls is None:
-        raise ValueError(
-            f"loss '{spec.name}' is in the catalog but has no engine implementation yet; "
-            f"available: {', '.join(sorted(LOSSES))}"
-        )
-    return cls(ctx, **spec.resolved_params())
+    """The loss module for one `LossSpec`, with the catalog defaults filled in; it carries its
+    catalog name (`loss.name`) for its error messages."""
+    cls = loss_class(spec.name)
+    return cls(dataclasses.replace(ctx, name=spec.name), **spec.resolved_params())
 
 
 __all__ = [
-    "KD",
     "LOSSES",
-    "AttentionTransfer",
-    "CrossEntropy",
     "DistillLoss",
-    "FitNets",
     "LossContext",
     "StepOutputs",
     "build_loss",
+    "loss_class",
 ]

@@ -33,8 +33,6 @@ class ActivationBoundaries(DistillLoss):
     the boundary is lost.
     """
 
-    name = "ab"
-
     def __init__(self, ctx: LossContext, margin: float = 1.0) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

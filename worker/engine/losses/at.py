@@ -56,8 +56,6 @@ class AttentionTransfer(DistillLoss):
     digits demo: 1000 there over-regularises a small student, 100 matches the teacher).
     """
 
-    name = "at"
-
     def __init__(self, ctx: LossContext, p: float = 2.0) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

@@ -36,7 +36,8 @@ class LossContext:
     pairs this loss uses, in the order their features appear in `StepOutputs`. `pair_paths`
     holds the (student_path, teacher_path) of the same pairs and `student_modules` /
     `teacher_modules` the modules at those paths (empty when the loss is built outside a run);
-    losses keep them only as plain references, never as registered submodules.
+    losses keep them only as plain references, never as registered submodules. `name` is the
+    catalog name the loss is built under (`build_loss` sets it), for its error messages.
     """
 
     num_classes: int
@@ -46,6 +47,7 @@ class LossContext:
     pair_paths: list[tuple[str, str]] = field(default_factory=list)
     student_modules: list[nn.Module] = field(default_factory=list)
     teacher_modules: list[nn.Module] = field(default_factory=list)
+    name: str = ""
 
 
 @dataclass
@@ -72,13 +74,14 @@ class StepOutputs:
 class DistillLoss(nn.Module):
     """Base class: `forward(out) -> scalar`; `active(epoch)` says whether it counts this epoch."""
 
-    name: ClassVar[str] = ""
+    name: str = ""  # the catalog name it was built under (from `LossContext.name`)
     needs_teacher: ClassVar[bool] = True  # False lets the trainer skip the teacher forward
     needs_input_grad: ClassVar[bool] = False  # True: `out.inputs` requires grad (float inputs)
     needs_prepare: ClassVar[bool] = False  # True: the trainer calls `prepare_once` before training
 
     def __init__(self, ctx: LossContext, **params: Any) -> None:
         super().__init__()
+        self.name = ctx.name or type(self).__name__
         if params:
             raise TypeError(f"loss '{self.name}' takes no parameters {sorted(params)}")
         self.ctx = ctx

@@ -35,8 +35,6 @@ class CorrelationCongruence(DistillLoss):
     `Correlation` is a different, embedding-based variant; this one follows the paper.)
     """
 
-    name = "cc"
-
     def __init__(self, ctx: LossContext, gamma: float = 0.4, order: int = 2) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

@@ -14,7 +14,6 @@ class CrossEntropy(DistillLoss):
     `label_smoothing` is eps (Szegedy et al. 2016, "Rethinking the Inception Architecture").
     """
 
-    name = "ce"
     needs_teacher = False
 
     def __init__(self, ctx: LossContext, label_smoothing: float = 0.0) -> None:

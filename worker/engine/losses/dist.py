@@ -26,8 +26,6 @@ class DIST(DistillLoss):
     beta = gamma = 1 (T 1 on ImageNet, T 4 on CIFAR-100 with beta = gamma = 2).
     """
 
-    name = "dist"
-
     def __init__(self, ctx: LossContext, beta: float = 1.0, gamma: float = 1.0,
                  temperature: float = 4.0) -> None:
         super().__init__(ctx)

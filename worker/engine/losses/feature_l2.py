@@ -53,8 +53,6 @@ class FeatureL2(DistillLoss):
     capacity matching the teacher's feature scale.
     """
 
-    name = "feature_l2"
-
     def __init__(self, ctx: LossContext, distance: str = "l2", normalize: bool = True) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

@@ -19,8 +19,6 @@ class FitNets(DistillLoss):
     stage: during those epochs this is the only active loss (see `DistillLoss.exclusive`).
     """
 
-    name = "fitnets"
-
     def __init__(self, ctx: LossContext, hint_epochs: int = 0) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

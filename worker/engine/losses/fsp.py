@@ -31,8 +31,6 @@ class FSP(DistillLoss):
     otherwise.
     """
 
-    name = "fsp"
-
     def __init__(self, ctx: LossContext) -> None:
         super().__init__(ctx)
         if len(ctx.pairs) < 2:

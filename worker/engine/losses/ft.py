@@ -45,7 +45,6 @@ class FactorTransfer(DistillLoss):
     spatial sizes are pooled to the smaller; the L1 distance is a mean over the N entries.
     """
 
-    name = "ft"
     needs_prepare = True
 
     def __init__(self, ctx: LossContext, rate: float = 0.5, paraphraser_epochs: int = 5) -> None:

@@ -31,7 +31,6 @@ class GradMatch(DistillLoss):
     floating point (images, tabular), not token ids.
     """
 
-    name = "grad_match"
     needs_input_grad = True
 
     def __init__(self, ctx: LossContext, distance: str = "cosine") -> None:

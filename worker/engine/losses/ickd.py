@@ -27,8 +27,6 @@ class ICKD(DistillLoss):
     1x1 maps, sequences [L, D] as D channels over L positions.
     """
 
-    name = "ickd"
-
     def __init__(self, ctx: LossContext) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

@@ -49,7 +49,6 @@ class KnowledgeAdaptation(DistillLoss):
     to the smaller.
     """
 
-    name = "ka"
     needs_prepare = True
 
     def __init__(self, ctx: LossContext, rate: float = 0.5, autoencoder_epochs: int = 5,

@@ -15,8 +15,6 @@ class KD(DistillLoss):
     keeps the gradient scale independent of T (RepDistiller `DistillKL`, mdistiller `kd_loss`).
     """
 
-    name = "kd"
-
     def __init__(self, ctx: LossContext, temperature: float = 4.0) -> None:
         super().__init__(ctx)
         if temperature <= 0:

@@ -28,8 +28,6 @@ class LogitStandardization(DistillLoss):
     and warmup act as in `dkd`.
     """
 
-    name = "logit_std"
-
     def __init__(self, ctx: LossContext, temperature: float = 2.0, base: str = "kd",
                  alpha: float = 1.0, beta: float = 8.0, warmup: int = 20) -> None:
         super().__init__(ctx)

@@ -29,8 +29,6 @@ class NST(DistillLoss):
     channels over L positions.
     """
 
-    name = "nst"
-
     def __init__(self, ctx: LossContext, degree: int = 2, c: float = 0.0) -> None:
         super().__init__(ctx)
         if not ctx.pairs:
@@ -63,8 +61,6 @@ class MMD(NST):
     al. 2012 over the same channel samples as `nst` (Huang & Wang 2017 also report the Gaussian
     and linear kernels).
     """
-
-    name = "mmd"
 
     def __init__(self, ctx: LossContext, kernel: str = "poly", sigma: float = 1.0) -> None:
         super().__init__(ctx)

@@ -44,8 +44,6 @@ class PAD(DistillLoss):
     The heads are zero-initialised (sigma^2 = 1 + eps at the start: half of FitNets' MSE).
     """
 
-    name = "pad"
-
     def __init__(self, ctx: LossContext, eps: float = 1e-4) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

@@ -27,8 +27,6 @@ class PKT(DistillLoss):
     (hence its large weight, 30000 on CIFAR with the penultimate embedding).
     """
 
-    name = "pkt"
-
     def __init__(self, ctx: LossContext) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

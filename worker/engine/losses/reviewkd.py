@@ -66,8 +66,6 @@ class ReviewKD(DistillLoss):
     240 epochs); 0 turns the ramp off.
     """
 
-    name = "reviewkd"
-
     def __init__(self, ctx: LossContext, mid_channels: int = 64, warmup_epochs: int = 0) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

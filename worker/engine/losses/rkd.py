@@ -37,8 +37,6 @@ class RKD(DistillLoss):
     angle term costs O(B^2 D) memory: pair pooled features, not large maps.
     """
 
-    name = "rkd"
-
     def __init__(self, ctx: LossContext, w_dist: float = 25.0, w_angle: float = 50.0) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

@@ -24,8 +24,6 @@ class SimilarityPreserving(DistillLoss):
     the value does not depend on the map size, so that weight carries over to 8x8 inputs.
     """
 
-    name = "sp"
-
     def __init__(self, ctx: LossContext) -> None:
         super().__init__(ctx)
         if not ctx.pairs:

@@ -34,8 +34,6 @@ class VID(DistillLoss):
     are 1x1 maps.
     """
 
-    name = "vid"
-
     eps = 1e-5
 
     def __init__(self, ctx: LossContext, init_var: float = 5.0) -> None:

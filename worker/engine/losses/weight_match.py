@@ -64,8 +64,6 @@ class WeightMatch(DistillLoss):
     weights); the lecture notes' "match low-rank projected weights".
     """
 
-    name = "weight_match"
-
     def __init__(self, ctx: LossContext, rank: int = 0, normalize: bool = True) -> None:
         super().__init__(ctx)
         n = len(ctx.pairs)

@@ -1,4 +1,7 @@
-"""Student architectures, registered under their catalog names (`catalog.STUDENTS`).
+"""Student architectures, found by their catalog names (`core.catalog.STUDENTS`).
+
+Each catalog entry names its builder as `"worker.engine.students.<module>:<function>"`; there is
+no registry here: adding a student is one module (or function) and one catalog entry.
 
 `build_student(name, input_shape, num_classes, **kwargs)` checks the name and the parameters
 against the catalog and returns a fresh `nn.Module` that carries `input_shape`, `num_classes`,
@@ -13,34 +16,53 @@ input size down to 8x8 and any number of input channels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from torch import nn
 
 from core import catalog
-from worker.engine.students.mlp import MLP, mlp
-from worker.engine.students.mobilenetv2 import MobileNetV2, mobilenetv2
-from worker.engine.students.resnet import ResNet, resnet, resnet_generic, resnet_x4
-from worker.engine.students.shufflenet import ShuffleNetV1, ShuffleNetV2, shufflenetv1, shufflenetv2
-from worker.engine.students.vgg import VGG, vgg, vgg_named
-from worker.engine.students.wrn import NAMED as WRN_NAMED
-from worker.engine.students.wrn import WideResNet, wrn, wrn_named
+from worker.engine.students.mlp import MLP
+from worker.engine.students.mobilenetv2 import MobileNetV2
+from worker.engine.students.resnet import ResNet
+from worker.engine.students.shufflenet import ShuffleNetV1, ShuffleNetV2
+from worker.engine.students.vgg import VGG
+from worker.engine.students.wrn import WideResNet
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    **{f"resnet{d}": partial(resnet, d) for d in catalog.RESNET_DEPTHS},
-    **{f"resnet{d}x4": partial(resnet_x4, d) for d in (8, 32)},
-    "resnet": resnet_generic,
-    **{name: partial(wrn_named, name) for name in WRN_NAMED},
-    "wrn": wrn,
-    **{f"vgg{d}": partial(vgg_named, d) for d in catalog.VGG_NAMED},
-    "vgg": vgg,
-    "mobilenetv2": mobilenetv2,
-    "shufflenetv1": shufflenetv1,
-    "shufflenetv2": shufflenetv2,
-    "mlp": mlp,
-}
+
+def builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of the catalog student `name`: its entry's implementation, imported now,
+    with the entry's `builder_args` bound; call it as `(input_shape, num_classes, **params)`.
+
+    Raises ValueError for a name the catalog lacks, listing the nearest ones.
+    """
+    entry = catalog.STUDENTS.get(name)
+    if entry is None:
+        raise ValueError(
+            f"unknown student architecture '{name}'; nearest: "
+            f"{', '.join(catalog.nearest(name, list(catalog.STUDENTS)))}"
+        )
+    fn = entry.load()
+    return partial(fn, *entry.builder_args) if entry.builder_args else fn
+
+
+class _Builders(Mapping[str, Callable[..., nn.Module]]):
+    """Read-only view: catalog student name -> builder, each imported when looked up."""
+
+    def __getitem__(self, name: str) -> Callable[..., nn.Module]:
+        if name not in catalog.STUDENTS:
+            raise KeyError(name)
+        return builder(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(catalog.STUDENTS)
+
+    def __len__(self) -> int:
+        return len(catalog.STUDENTS)
+
+
+REGISTRY: Mapping[str, Callable[..., nn.Module]] = _Builders()
 
 
 def build_student(
@@ -51,17 +73,13 @@ def build_student(
     Raises ValueError for an unknown name (listing the nearest ones) or parameters the catalog
     does not accept.
     """
-    if name not in REGISTRY:
-        raise ValueError(
-            f"unknown student architecture '{name}'; nearest: "
-            f"{', '.join(catalog.nearest(name, list(REGISTRY)))}"
-        )
+    build = builder(name)
     errors = catalog.student_problems(name, kwargs)
     if errors:
         raise ValueError("; ".join(errors))
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    return REGISTRY[name](tuple(int(s) for s in input_shape), int(num_classes), **kwargs)
+    return build(tuple(int(s) for s in input_shape), int(num_classes), **kwargs)
 
 
 def derive_student(
@@ -87,5 +105,5 @@ def derive_student(
 
 __all__ = [
     "MLP", "REGISTRY", "VGG", "MobileNetV2", "ResNet", "ShuffleNetV1", "ShuffleNetV2",
-    "WideResNet", "build_student", "derive_student",
+    "WideResNet", "build_student", "builder", "derive_student",
 ]

@@ -23,8 +23,6 @@ from torch import Tensor, nn
 from worker.engine.students.common import describe, image_shape, init_weights, scaled
 
 BASE = (64, 128, 256, 512, 512)
-NAMED_DEPTHS = {8: (1, 1, 1, 1, 1), 11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2),
-                16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 
 
 def convs_per_block(depth: int) -> tuple[int, ...]:

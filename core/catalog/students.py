@@ -1,0 +1,277 @@
+"""Student architectures, declared once each: name, family, parameters, paper, builder.
+
+An entry names its engine builder as `"worker.engine.students.<module>:<function>"`, called as
+`builder(*builder_args, input_shape, num_classes, **params)`; the engine imports it when a run
+builds the student (`worker.engine.students.build_student`). Also here, torch-free: the depth
+rule of the generic families and the architecture of a student derived from a zoo teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.catalog.params import Entry, param
+
+
+@dataclass(frozen=True)
+class StudentEntry(Entry):
+    """A student architecture: its family, and the fixed depth/width of a named one.
+
+    `builder_args` are the leading positional arguments its builder takes before
+    `(input_shape, num_classes)` (e.g. the depth of `resnet20`).
+    """
+
+    family: str = ""
+    depth: int | None = None
+    width: float | None = None
+    builder_args: tuple[Any, ...] = ()
+
+    def extra_json(self) -> dict[str, Any]:
+        fixed = {"depth": self.depth, "width": self.width}
+        return {"family": self.family, **{k: v for k, v in fixed.items() if v is not None}}
+
+
+_WIDTH = param("width", "float", 1.0, "Width multiplier of every layer's channels.", 0.125, 8.0)
+_REPDISTILLER = "Tian, Krishnan, Isola. Contrastive Representation Distillation (RepDistiller). ICLR 2020"
+_RESNET_PAPER = "He et al. Deep Residual Learning. CVPR 2016"
+_WRN_PAPER = "Zagoruyko & Komodakis. Wide Residual Networks. BMVC 2016"
+_VGG_PAPER = "Simonyan & Zisserman. Very Deep Convolutional Networks. ICLR 2015"
+_DEPTH_MULT = param(
+    "depth", "float", 1.0, "Depth multiplier: blocks per stage times this (at least 1).", 0.1, 4.0
+)
+RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+WRN_NAMED = {"wrn_16_1": (16, 1), "wrn_16_2": (16, 2), "wrn_40_1": (40, 1), "wrn_40_2": (40, 2)}
+VGG_NAMED = (8, 11, 13)
+
+STUDENTS: dict[str, StudentEntry] = {
+    e.name: e
+    for e in [
+        *(
+            StudentEntry(
+                f"resnet{d}", f"ResNet-{d} (CIFAR-style)",
+                f"Three stages of basic blocks, depth {d}, channels 16/32/64 times width.",
+                (_WIDTH,), paper=_RESNET_PAPER,
+                kind="cnn", family="resnet", depth=d,
+                implementation="worker.engine.students.resnet:resnet", builder_args=(d,),
+            )
+            for d in RESNET_DEPTHS
+        ),
+        *(
+            StudentEntry(
+                f"resnet{d}x4", f"ResNet-{d}x4 (CIFAR-style)",
+                f"Depth {d} with four times wider channels (64/128/256).",
+                (), paper=_REPDISTILLER, kind="cnn", family="resnet", depth=d, width=4.0,
+                implementation="worker.engine.students.resnet:resnet_x4", builder_args=(d,),
+            )
+            for d in (8, 32)
+        ),
+        StudentEntry(
+            "resnet", "ResNet (any depth)",
+            "CIFAR-style ResNet of any depth 6n+2 (8, 14, 20, 26, ...); derived students use it "
+            "between the named depths.",
+            (
+                param("depth", "int", 20, "Depth 6n+2: n basic blocks per stage.", 8, 1202),
+                _WIDTH,
+            ),
+            paper=_RESNET_PAPER, kind="cnn", family="resnet",
+            implementation="worker.engine.students.resnet:resnet_generic",
+        ),
+        *(
+            StudentEntry(
+                name, f"WRN-{d}-{k}",
+                f"Wide ResNet, depth {d}, widening factor {k}: pre-activation blocks with "
+                f"{16 * k}/{32 * k}/{64 * k} channels.",
+                (), paper=_WRN_PAPER, kind="cnn", family="wrn", depth=d, width=float(k),
+                implementation="worker.engine.students.wrn:wrn_named", builder_args=(name,),
+            )
+            for name, (d, k) in WRN_NAMED.items()
+        ),
+        StudentEntry(
+            "wrn", "WRN-d-k (any depth and width)",
+            "Wide ResNet of depth 6n+4 (10, 16, 22, 28, 40, ...) and widening factor k.",
+            (
+                param("depth", "int", 16, "Depth 6n+4: n pre-activation blocks per stage.", 10, 1000),
+                param("width", "float", 2.0, "Widening factor k: channels 16k/32k/64k.", 0.125, 16.0),
+                param("dropout", "float", 0.0, "Dropout between the two convolutions of a block.",
+                   0.0, 0.9),
+            ),
+            paper=_WRN_PAPER, kind="cnn", family="wrn", implementation="worker.engine.students.wrn:wrn",
+        ),
+        *(
+            StudentEntry(
+                f"vgg{d}", f"VGG-{d} (BN, CIFAR-style)",
+                f"{d - 3} 3x3 convolutions with batch norm in five blocks (64..512 channels times "
+                "width), max pooling between blocks, one linear layer.",
+                (_WIDTH,), paper=_VGG_PAPER, kind="cnn", family="vgg", depth=d,
+                implementation="worker.engine.students.vgg:vgg_named", builder_args=(d,),
+            )
+            for d in VGG_NAMED
+        ),
+        StudentEntry(
+            "vgg", "VGG (any depth)",
+            "VGG with batch norm of any depth >= 8 (= convolutions + 3); 16 and 19 are the "
+            "classic ones.",
+            (param("depth", "int", 11, "Convolutions + 3, spread over the five blocks.", 8, 40),
+             _WIDTH),
+            paper=_VGG_PAPER, kind="cnn", family="vgg", implementation="worker.engine.students.vgg:vgg",
+        ),
+        StudentEntry(
+            "mobilenetv2", "MobileNetV2",
+            "Inverted residual blocks with depthwise convolutions; width 0.5 is RepDistiller's "
+            "CIFAR student.",
+            (
+                param("width", "float", 0.5, "Width multiplier of the channels.", 0.1, 4.0),
+                _DEPTH_MULT,
+            ),
+            paper="Sandler et al. MobileNetV2: Inverted Residuals and Linear Bottlenecks. CVPR 2018",
+            kind="cnn", family="mobilenetv2",
+            implementation="worker.engine.students.mobilenetv2:mobilenetv2",
+        ),
+        StudentEntry(
+            "shufflenetv1", "ShuffleNetV1",
+            "Group convolutions with channel shuffle (3 groups, widths 240/480/960 times width).",
+            (
+                param("width", "float", 1.0, "Width multiplier of the stage widths.", 0.1, 4.0),
+                _DEPTH_MULT,
+            ),
+            paper="Zhang et al. ShuffleNet: An Extremely Efficient CNN for Mobile Devices. CVPR 2018",
+            kind="cnn", family="shufflenetv1",
+            implementation="worker.engine.students.shufflenet:shufflenetv1",
+        ),
+        StudentEntry(
+            "shufflenetv2", "ShuffleNetV2",
+            "Channel split, depthwise convolutions and channel shuffle (116/232/464 at width 1; "
+            "the paper's 0.5, 1.5 and 2 sizes at those widths).",
+            (
+                param("width", "float", 1.0, "Width: 0.5, 1, 1.5, 2 as in the paper, or any scale.",
+                   0.1, 4.0),
+                _DEPTH_MULT,
+            ),
+            paper="Ma et al. ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture "
+                  "Design. ECCV 2018",
+            kind="cnn", family="shufflenetv2",
+            implementation="worker.engine.students.shufflenet:shufflenetv2",
+        ),
+        StudentEntry(
+            "mlp", "MLP", "Fully connected network for tabular data or small images (flattened).",
+            (
+                param("hidden", "int", 256, "Units in each hidden layer.", 4, 8192),
+                param("depth", "int", 2, "Number of hidden layers.", 1, 16),
+                param("dropout", "float", 0.0, "Dropout after each hidden layer.", 0.0, 0.9),
+            ),
+            kind="mlp", family="mlp", implementation="worker.engine.students.mlp:mlp",
+        ),
+    ]
+}
+
+
+def student_problems(name: str, params: dict[str, Any]) -> list[str]:
+    """Errors for a student's parameters: the catalog ranges plus the resnet/wrn depth rule."""
+    errors = STUDENTS[name].check_params(params)
+    depth = params.get("depth")
+    if errors or name not in ("resnet", "wrn") or depth is None:
+        return errors
+    offset, minimum = (2, 8) if name == "resnet" else (4, 10)
+    if (depth - offset) % 6:
+        low = max(minimum, depth - (depth - offset) % 6)
+        errors.append(
+            f"parameter 'depth' of '{name}' must be 6n+{offset}, got {depth}; "
+            f"nearest: {low}, {low + 6}"
+        )
+    return errors
+
+
+# --- students from the teacher ------------------------------------------------------------------
+
+NEEDS_ZOO_TEACHER = (
+    "{what} need a teacher whose architecture is in the zoo (upload it as safetensors with "
+    "architecture=...)"
+)
+_SHAPE_KEYS = ("input_shape", "num_classes")
+
+
+def _teacher_entry(arch: str | None, kwargs: dict[str, Any] | None, what: str
+                   ) -> tuple[StudentEntry, dict[str, Any]]:
+    entry = STUDENTS.get(arch or "")
+    if entry is None:
+        got = f"; got {arch!r}" if arch else "; this teacher has no architecture (a .pt2 graph)"
+        raise ValueError(NEEDS_ZOO_TEACHER.format(what=what) + got)
+    own = {k: v for k, v in (kwargs or {}).items() if k not in _SHAPE_KEYS}
+    errors = entry.check_params(own)
+    if errors:
+        raise ValueError(f"the teacher's parameters do not fit '{arch}': {'; '.join(errors)}")
+    return entry, own
+
+
+def same_architecture(arch: str | None, kwargs: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """Self-distillation: the teacher's own zoo architecture and parameters (fresh weights)."""
+    _, own = _teacher_entry(arch, kwargs, "self-distillation students (source 'teacher')")
+    return str(arch), own
+
+
+def _nearest_depth(target: float, offset: int, minimum: int) -> int:
+    """The depth 6n + offset (>= minimum) nearest to `target`; ties go to the shallower one."""
+    n = (target - offset) / 6
+    low, high = 6 * int(n // 1) + offset, 6 * (int(n // 1) + 1) + offset
+    best = low if target - low <= high - target else high
+    return max(minimum, best)
+
+
+def _width(value: float, entry: StudentEntry) -> float:
+    param = next(p for p in entry.params if p.name in ("width", "hidden"))
+    return max(float(param.min or 0.0), round(value, 4))
+
+
+def derived_architecture(
+    teacher_arch: str | None,
+    teacher_kwargs: dict[str, Any] | None,
+    depth_factor: float = 0.5,
+    width_factor: float = 0.5,
+) -> tuple[str, dict[str, Any]]:
+    """The zoo architecture and parameters of a student derived from a zoo teacher (no torch).
+
+    Depth and width are multiplied by the factors (each in (0, 1]) and snapped to what the
+    family allows:
+    - resnet (and resnet*x4): depth d -> the nearest valid 6n+2 >= 8, width times the factor
+      (an x4 teacher counts as width 4, so its derived student keeps its 64/128/256 proportions);
+    - wrn: depth -> nearest 6n+4 >= 10, widening factor k times the factor;
+    - vgg: convolutions (depth - 3) times the factor, at least one per block; channels scaled;
+    - mlp: hidden units times the width factor (>= 4), layers times the depth factor (>= 1);
+    - mobilenetv2, shufflenetv1/v2: their width and depth multipliers times the factors.
+    A named architecture is returned when the result is one (resnet20, wrn_16_2, vgg8, ...),
+    else the family's generic entry (resnet, wrn, vgg) with explicit depth and width.
+    """
+    for name, factor in (("depth_factor", depth_factor), ("width_factor", width_factor)):
+        if not 0 < factor <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {factor}")
+    entry, own = _teacher_entry(teacher_arch, teacher_kwargs, "derived students")
+    kw = {**entry.defaults(), **own}
+    family = entry.family
+    depth = float(kw.get("depth", entry.depth) or 0)  # every family but mobile/shuffle has one
+    width = float(kw.get("width", entry.width if entry.width is not None else 1.0))
+    if family == "resnet":
+        d = _nearest_depth(depth * depth_factor, 2, 8)
+        w = _width(width * width_factor, STUDENTS["resnet"])
+        return (f"resnet{d}", {"width": w}) if d in RESNET_DEPTHS else (
+            "resnet", {"depth": d, "width": w})
+    if family == "wrn":
+        d = _nearest_depth(depth * depth_factor, 4, 10)
+        w = _width(width * width_factor, STUDENTS["wrn"])
+        dropout = float(kw.get("dropout", 0.0))
+        named = f"wrn_{d}_{int(w)}"
+        if named in WRN_NAMED and w == int(w) and dropout == 0.0:
+            return named, {}
+        return "wrn", {"depth": d, "width": w, "dropout": dropout}
+    if family == "vgg":
+        d = max(5, round((depth - 3) * depth_factor)) + 3
+        w = _width(width * width_factor, STUDENTS["vgg"])
+        return (f"vgg{d}", {"width": w}) if d in VGG_NAMED else ("vgg", {"depth": d, "width": w})
+    if family == "mlp":
+        hidden = max(4, round(kw["hidden"] * width_factor))
+        return "mlp", {"hidden": hidden, "depth": max(1, round(kw["depth"] * depth_factor)),
+                       "dropout": float(kw["dropout"])}
+    return str(teacher_arch), {
+        "width": _width(width * width_factor, entry),
+        "depth": max(0.1, round(float(kw["depth"]) * depth_factor, 4)),
+    }

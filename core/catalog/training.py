@@ -1,0 +1,117 @@
+"""Training options, declared once: the optimizers, schedules and devices a run may name, and the
+type, default, range and help of every training setting.
+
+`core.config` builds the run config's fields from these (so the API validates with them), and
+the New run form builds its inputs from them (`ui/app_pages/new_run.py`). A bound is inclusive
+(`ge`, `le`) or exclusive (`gt`, `lt`); `margin` is how far inside an exclusive bound the form's
+(inclusive) limit sits, and `step` the form's increment.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["cosine", "step", "constant"]
+Device = Literal["auto", "cpu", "cuda"]
+
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+
+SettingType = Literal["int", "float", "bool", "choice", "floats"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting: what the config accepts and how the form offers it."""
+
+    name: str
+    type: SettingType
+    default: Any
+    title: str
+    help: str = ""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] | None = None
+    step: float | None = None
+    margin: float = 0.0
+    max_items: int | None = None  # for "floats": the most values a list may hold
+
+    def bounds(self) -> dict[str, float]:
+        """The pydantic constraints (`ge`, `gt`, `le`, `lt`) that are set."""
+        found = {"ge": self.ge, "gt": self.gt, "le": self.le, "lt": self.lt}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def form_range(self) -> tuple[float | None, float | None]:
+        """The inclusive (min, max) the form offers: an exclusive bound moved in by `margin`."""
+        lo = self.ge if self.ge is not None else (
+            None if self.gt is None else self.gt + self.margin)
+        hi = self.le if self.le is not None else (
+            None if self.lt is None else self.lt - self.margin)
+        if self.type == "int":
+            return (None if lo is None else int(lo)), (None if hi is None else int(hi))
+        return lo, hi
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON of the setting (name, type, default, range, choices, help)."""
+        return {"name": self.name, "type": self.type, "default": self.default,
+                "title": self.title, "help": self.help, **self.bounds(),
+                "choices": list(self.choices) if self.choices else None}
+
+
+def _choice(name: str, literal: Any, default: str, title: str, help_: str = "") -> Setting:
+    return Setting(name, "choice", default, title, help_, choices=typing.get_args(literal))
+
+
+TRAINING: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("epochs", "int", 10, "Epochs", "Passes over the training data.", ge=1, le=10_000),
+        Setting("batch_size", "int", 64, "Batch size", "Samples per step.", ge=1, le=65_536),
+        _choice("optimizer", Optimizer, "sgd", "Optimizer", "SGD with momentum, or AdamW."),
+        Setting("lr", "float", 0.05, "Learning rate", "Initial learning rate.", gt=0.0,
+                le=10.0, step=0.01, margin=1e-6),
+        Setting("momentum", "float", 0.9, "Momentum", "SGD only.", ge=0.0, lt=1.0, step=0.01,
+                margin=0.001),
+        Setting("weight_decay", "float", 5e-4, "Weight decay", "L2 penalty on the weights.",
+                ge=0.0, le=1.0, step=1e-4),
+        _choice("schedule", Schedule, "cosine", "LR schedule",
+                "cosine to 0, step decay at the milestones, or constant."),
+        Setting("step_milestones", "floats", (0.5, 0.75), "Milestones",
+                "With schedule='step': fractions of the training, each in [0, 1], where the LR "
+                "drops, e.g. 0.5,0.75.", ge=0.0, le=1.0, max_items=32),
+        Setting("step_gamma", "float", 0.1, "Gamma",
+                "With schedule='step': the LR is multiplied by this at each milestone.", gt=0.0,
+                le=1.0, step=0.05, margin=0.001),
+        _choice("device", Device, "auto", "Device", "auto: a GPU worker when one is available."),
+        Setting("amp", "bool", True, "Mixed precision (GPU)",
+                "Autocast (bf16) on GPU; ignored on CPU."),
+        Setting("checkpoint_every", "int", 200, "Checkpoint every (steps)",
+                "Steps between checkpoints.", ge=1),
+        Setting("log_every", "int", 1, "Log every (steps)",
+                "Steps between reported metrics (mean over them).", ge=1),
+        Setting("export_onnx", "bool", True, "Export ONNX",
+                "Also write the student as ONNX (student.onnx) next to safetensors and .pt2; the "
+                "exporter takes a few seconds (about 5 s the first time in a process, 2 s "
+                "after)."),
+    ]
+}
+
+# settings of a run outside `training`
+SEED = Setting("seed", "int", 0, "Seed", "Seeds the split, the initialisation and the batches.",
+               ge=0, le=2**31 - 1)
+VAL_FRACTION = Setting("val_fraction", "float", 0.2, "Validation share",
+                       "Held-out share for evaluation.", gt=0.0, lt=0.9, step=0.05, margin=0.01)
+# up to 1e5: RepDistiller weights SP 3000 and PKT 30000 (their values are tiny)
+LOSS_WEIGHT = Setting("weight", "float", 1.0, "weight", "The term's weight in the training loss.",
+                      ge=0.0, le=100_000.0, step=0.1)
+
+
+def as_json() -> list[dict[str, Any]]:
+    """The training settings as plain JSON."""
+    return [s.as_json() for s in TRAINING.values()]
