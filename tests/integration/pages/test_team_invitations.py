@@ -1,10 +1,9 @@
-"""The Team page's invitations (AppTest against a real API in a uvicorn thread, on SQLite): a
+"""The Team page's invitations (AppTest against a live API, see conftest.py): a
 team admin invites by name and sees the invitations sent with their answers; the invitee sees
 a pending invitation with Accept and Decline; only a studio administrator gets "Add member"."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from client import Client
-from tests.conftest import make_studio_env, migrate
-from tests.ui.test_pages import APP, TIMEOUT, _free_port, _serve, _texts
+from tests.integration.pages.conftest import LiveApi
+from tests.integration.pages.support import APP, TIMEOUT, texts
 
 
 @dataclass
@@ -23,29 +22,15 @@ class Studio:
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
-    tmp = tmp_path_factory.mktemp("ui-invitations")
-    env = make_studio_env(tmp, "sqlite")
-    with pytest.MonkeyPatch.context() as mp:
-        env.apply(mp)
-        migrate()
-        from backend.bootstrap import create_user, ensure_admin
-        from core.db import session_scope
+def studio(live_api: LiveApi) -> Studio:
+    from backend.bootstrap import create_user
+    from core.db import session_scope
 
-        with session_scope() as session:
-            token = ensure_admin(session).token
-            create_user(session, "ada", "ada-password-123", "default", "admin")
-            create_user(session, "bob", "bob-password-123", "lab-b", "member")
-            create_user(session, "cy", "cy-password-1234", "lab-c", "member")
-        port = _free_port()
-        server, thread = _serve(port)
-        url = f"http://127.0.0.1:{port}"
-        mp.setenv("DS_API_URL", url)
-        try:
-            yield Studio(url, token)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+    with session_scope() as session:
+        create_user(session, "ada", "ada-password-123", "default", "admin")
+        create_user(session, "bob", "bob-password-123", "lab-b", "member")
+        create_user(session, "cy", "cy-password-1234", "lab-c", "member")
+    return Studio(live_api.url, live_api.token)
 
 
 def _team_page(studio: Studio, token: str) -> AppTest:
@@ -76,26 +61,26 @@ def test_admin_invites_and_the_invitee_accepts_or_declines(studio: Studio) -> No
     # a team admin (not a studio administrator) invites; there is no direct "Add member"
     assert not [w for w in at.text_input if w.key == "mem_add_user"]
     assert all("owner" not in option for option in at.selectbox(key="inv_role").options)
-    assert "No invitations sent yet." in _texts(at.caption)
+    assert "No invitations sent yet." in texts(at.caption)
     for name, role in (("bob", "viewer"), ("cy", "member"), ("nobody", "member")):
         at.text_input(key="inv_user").set_value(name)
         at.selectbox(key="inv_role").set_value(role)
         at.button(key="FormSubmitter:member_invite-Invite").click().run()
-        assert not at.exception and not at.error, _texts(at.error)
+        assert not at.exception and not at.error, texts(at.error)
     sent = _frame(at, "invited")
     assert {(r["invited"], r["role"], r["status"]) for _, r in sent.iterrows()} == {
         ("bob", "viewer", "pending"), ("cy", "member", "pending"), ("nobody", "member", "pending")}
     at.text_input(key="inv_user").set_value("bob")
     at.button(key="FormSubmitter:member_invite-Invite").click().run()
-    assert "'bob' is already invited" in _texts(at.error)
+    assert "'bob' is already invited" in texts(at.error)
 
     # bob accepts: he is in the team, and the sidebar offers it
     bob = _token(studio, "bob", "bob-password-123")
     at = _team_page(studio, bob)
-    assert "**ada** invites you to **default** as **viewer**" in _texts(at.markdown)
+    assert "**ada** invites you to **default** as **viewer**" in texts(at.markdown)
     [accept] = [b for b in at.button if (b.key or "").startswith("inv_accept_")]
     accept.click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     assert "default" in [t["name"] for t in at.session_state["me"]["teams"]]
     assert not [b for b in at.button if (b.key or "").startswith("inv_accept_")]
     default = Client(studio.url, studio.token).me().team_id
@@ -106,7 +91,7 @@ def test_admin_invites_and_the_invitee_accepts_or_declines(studio: Studio) -> No
     at = _team_page(studio, cy)
     [decline] = [b for b in at.button if (b.key or "").startswith("inv_decline_")]
     decline.click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     assert not [b for b in at.button if (b.key or "").startswith("inv_")]
     assert Client(studio.url, cy).teams()[0].name == "lab-c" and len(Client(studio.url, cy).teams()) == 1
 
@@ -120,7 +105,7 @@ def test_admin_invites_and_the_invitee_accepts_or_declines(studio: Studio) -> No
     assert at.selectbox(key="inv_withdraw_pick").options == ["nobody as member"]
     at.selectbox(key="inv_withdraw_pick").set_value(pending_id).run()
     at.button(key="inv_withdraw").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     sent = _frame(at, "invited")
     assert sent[sent["invited"] == "nobody"].iloc[0]["status"] == "withdrawn"
     assert not [w for w in at.selectbox if w.key == "inv_withdraw_pick"]  # nothing pending
@@ -133,6 +118,6 @@ def test_only_a_studio_administrator_adds_directly(studio: Studio) -> None:
     at.text_input(key="mem_add_user").set_value("cy")
     at.selectbox(key="mem_add_role").set_value("viewer")
     at.button(key="FormSubmitter:member_add-Add member").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     members = _frame(at, "user")
     assert members[members["user"] == "cy"].iloc[0]["role"] == "viewer"

@@ -1,16 +1,15 @@
-"""The Streamlit pages (streamlit.testing AppTest) against a real API: uvicorn serving
-`create_app()` on a free port in a thread, on SQLite, with the real broker.
+"""The pages along one run's way (AppTest against a live API, see conftest.py): sign in, the
+Models and Datasets pages with an upload, the New run form (review, launch, YAML paste, the plan
+from a real worker), the Runs list, and a run's page live, cancelled and finished; what an empty
+team sees.
 
-No worker runs here, so what a worker would write (a model's inspection, a dataset's scan, a
-finished run's summary, metrics and artifacts) is written to the database by `seeded` — the
-pages read it through the API like any other data.
+No worker runs for the rest, so what a worker would write (a model's inspection, a dataset's
+scan, a finished run's summary, metrics and artifacts) is written to the database by `_seed` —
+the pages read it through the API like any other data.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,76 +21,19 @@ from safetensors.numpy import save_file
 from streamlit.testing.v1 import AppTest
 
 from client import Client
-from tests.conftest import StudioEnv, WorkerProcess, make_studio_env, migrate
-
-APP = str(Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py")
-TIMEOUT = 30
-PASSWORD = "admin-password-123"
-TEACHER_KWARGS = {"input_shape": [3, 8, 8], "num_classes": 4, "width": 0.25}
-INSPECTION = {
-    "input_shape": [3, 8, 8],
-    "output_shape": [4],
-    "num_classes": 4,
-    "params": 1234,
-    "flops": 56789,
-    "layers": [
-        {
-            "path": "conv1",
-            "type": "Conv2d",
-            "input_shape": [3, 8, 8],
-            "output_shape": [4, 8, 8],
-            "params": 108,
-            "stage": 0,
-        },
-        {
-            "path": "layer1",
-            "type": "Sequential",
-            "input_shape": [4, 8, 8],
-            "output_shape": [4, 8, 8],
-            "params": 300,
-            "stage": 0,
-        },
-        {
-            "path": "layer2",
-            "type": "Sequential",
-            "input_shape": [4, 8, 8],
-            "output_shape": [8, 4, 4],
-            "params": 900,
-            "stage": 1,
-        },
-        {
-            "path": "fc",
-            "type": "Linear",
-            "input_shape": [8],
-            "output_shape": [4],
-            "params": 36,
-            "stage": None,
-        },
-    ],
-    "stages": [
-        {
-            "index": 0,
-            "resolution": [8, 8],
-            "channels": 4,
-            "layers": ["conv1", "layer1"],
-            "end": "layer1",
-        },
-        {"index": 1, "resolution": [4, 4], "channels": 8, "layers": ["layer2"], "end": "layer2"},
-    ],
-}
-SUMMARY = {
-    "teacher_top1": 0.91,
-    "student_top1": 0.87,
-    "agreement": 0.93,
-    "teacher_params": 1234,
-    "student_params": 321,
-    "student_size_bytes": 2048,
-    "teacher_size_bytes": 8192,
-    "teacher_flops": 56789,
-    "student_flops": 9000,
-    "teacher_cpu_latency_ms": 1.5,
-    "student_cpu_latency_ms": 0.5,
-}
+from tests.conftest import StudioEnv, WorkerProcess
+from tests.integration.pages.conftest import LiveApi
+from tests.integration.pages.support import (
+    APP,
+    INSPECTION,
+    PASSWORD,
+    SUMMARY,
+    TEACHER_KWARGS,
+    TIMEOUT,
+    finish_run,
+    texts,
+    update,
+)
 
 
 @dataclass
@@ -106,105 +48,10 @@ class Studio:
     weights: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(port: int) -> tuple[Any, threading.Thread]:
-    import uvicorn
-
-    from backend.app import create_app
-
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the API did not start")
-        time.sleep(0.05)
-    return server, thread
-
-
-def _update(table_name: str, row_id: int, **fields: Any) -> None:
-    from core.db import session_scope, tables
-
-    with session_scope() as session:
-        row = session.get(getattr(tables, table_name), row_id)
-        for key, value in fields.items():
-            setattr(row, key, value)
-
-
-def _finish_run(run_id: int) -> None:
-    """What a worker leaves behind after a successful run: summary, metrics, artifacts."""
-    from datetime import UTC, datetime, timedelta
-
-    from core.db import session_scope
-    from core.db.tables import Artifact, Metric, Run
-    from core.storage import get_store
-
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        now = datetime.now(UTC)
-        run.status, run.progress, run.epoch, run.step, run.total_steps = "succeeded", 1.0, 2, 6, 6
-        run.started_at, run.finished_at, run.summary = now - timedelta(seconds=75), now, SUMMARY
-        for step in range(1, 7):
-            for name, value in (
-                ("loss", 3.0 / step),
-                ("loss/ce", 2.0 / step),
-                ("loss/kd", 1.0 / step),
-                ("lr", 0.05),
-            ):
-                session.add(
-                    Metric(run_id=run_id, name=name, step=step, epoch=(step - 1) // 3, value=value)
-                )
-        for epoch, top1 in ((0, 0.6), (1, 0.87)):
-            session.add(
-                Metric(
-                    run_id=run_id, name="val/top1", step=3 * (epoch + 1), epoch=epoch, value=top1
-                )
-            )
-        stored = get_store().put_bytes(
-            f"teams/{run.team_id}/runs/{run_id}/student.safetensors", b"weights" * 100
-        )
-        session.add(
-            Artifact(
-                team_id=run.team_id,
-                run_id=run_id,
-                kind="student_safetensors",
-                filename="student.safetensors",
-                storage_key=stored.key,
-                size_bytes=stored.size,
-                sha256=stored.sha256,
-            )
-        )
-
-
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
-    tmp = tmp_path_factory.mktemp("ui-studio")
-    env = make_studio_env(tmp, "sqlite")
-    with pytest.MonkeyPatch.context() as mp:
-        env.apply(mp)
-        migrate()
-        from backend.bootstrap import ensure_admin
-        from core.db import session_scope
-
-        with session_scope() as session:
-            token = ensure_admin(session).token
-        port = _free_port()
-        server, thread = _serve(port)
-        url = f"http://127.0.0.1:{port}"
-        mp.setenv("DS_API_URL", url)
-        try:
-            yield _seed(env, Client(url, token), url, token, tmp)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+def studio(live_api: LiveApi) -> Studio:
+    return _seed(live_api.env, Client(live_api.url, live_api.token), live_api.url, live_api.token,
+                 live_api.env.data_dir)
 
 
 def _seed(env: StudioEnv, api: Client, url: str, token: str, tmp: Path) -> Studio:
@@ -213,7 +60,7 @@ def _seed(env: StudioEnv, api: Client, url: str, token: str, tmp: Path) -> Studi
     teacher = api.upload_model(
         weights, "resnet-teacher", architecture="resnet8", kwargs=TEACHER_KWARGS
     )
-    _update(
+    update(
         "Model",
         teacher.id,
         status="ready",
@@ -223,7 +70,7 @@ def _seed(env: StudioEnv, api: Client, url: str, token: str, tmp: Path) -> Studi
     data = tmp / "tiny.npz"
     np.savez(data, x=np.zeros((24, 3, 8, 8), np.float32), y=np.arange(24) % 4)
     dataset = api.upload_dataset(data, "tiny-images")
-    _update(
+    update(
         "Dataset",
         dataset.id,
         status="ready",
@@ -244,7 +91,7 @@ def _seed(env: StudioEnv, api: Client, url: str, token: str, tmp: Path) -> Studi
         "training": {"epochs": 2, "device": "cpu"},
     }
     done = api.create_run(config)
-    _finish_run(done.id)
+    finish_run(done.id)
     queued = api.create_run({**config, "name": "kd-waiting"})
     return Studio(env, url, token, teacher.id, dataset.id, done.id, queued.id, weights)
 
@@ -269,37 +116,33 @@ def _offers(multiselect: Any, name: str) -> bool:
     return any(option.endswith(f"({name})") for option in multiselect.options)
 
 
-def _texts(elements: Any) -> str:
-    return "\n".join(str(e.value) for e in elements)
-
-
 # -- login -------------------------------------------------------------------------------------
 
 
 def test_login_with_password_then_token(studio: Studio) -> None:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    assert "Distill Studio" in _texts(at.title)
-    assert "API **ok**" in _texts(at.caption)
+    assert "Distill Studio" in texts(at.title)
+    assert "API **ok**" in texts(at.caption)
 
     at.text_input(key="login_username").set_value("admin")
     at.text_input(key="login_password").set_value("wrong-password")
     at.button[0].click().run()
-    assert at.error and "Distill Studio" in _texts(at.title)
+    assert at.error and "Distill Studio" in texts(at.title)
 
     at.text_input(key="login_password").set_value(PASSWORD)
     at.button[0].click().run()
     assert not at.exception
-    assert at.session_state["token"] and "Runs" in _texts(at.title)
-    assert "Signed in as **admin**" in _texts(at.sidebar.caption)
+    assert at.session_state["token"] and "Runs" in texts(at.title)
+    assert "Signed in as **admin**" in texts(at.sidebar.caption)
 
     at.sidebar.button[0].click().run()  # log out
-    assert "token" not in at.session_state and "Distill Studio" in _texts(at.title)
+    assert "token" not in at.session_state and "Distill Studio" in texts(at.title)
     at.text_input(key="login_token").set_value("not-a-token")
     at.button[1].click().run()
     assert at.error
     at.text_input(key="login_token").set_value(studio.token)
     at.button[1].click().run()
-    assert "Runs" in _texts(at.title)
+    assert "Runs" in texts(at.title)
 
 
 # -- models and datasets -----------------------------------------------------------------------
@@ -307,12 +150,12 @@ def test_login_with_password_then_token(studio: Studio) -> None:
 
 def test_models_list_and_upload(studio: Studio) -> None:
     at = _app(studio, "models.py")
-    assert "Models" in _texts(at.title)
+    assert "Models" in texts(at.title)
     table = at.dataframe[0].value
     assert "resnet-teacher" in set(table["name"])
 
     at.text_input(key="models_q").set_value("no-such-model").run()
-    assert "No models match" in _texts(at.info)
+    assert "No models match" in texts(at.info)
     at.text_input(key="models_q").set_value("").run()
 
     content = studio.weights.read_bytes()
@@ -325,13 +168,13 @@ def test_models_list_and_upload(studio: Studio) -> None:
     at.text_input(key="up_name").set_value("uploaded-from-ui")
     at.button(key="up_submit").click().run()
     assert not at.exception
-    assert "uploaded-from-ui" in _texts(at.title)  # now on the model page
-    assert "Inspecting the model" in _texts(at.info)
+    assert "uploaded-from-ui" in texts(at.title)  # now on the model page
+    assert "Inspecting the model" in texts(at.info)
 
 
 def test_model_detail_groups_layers_by_stage(studio: Studio) -> None:
     at = _app(studio, "model.py", id=studio.teacher_id)
-    assert "resnet-teacher" in _texts(at.title)
+    assert "resnet-teacher" in texts(at.title)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Parameters"] == "1.23k" and metrics["FLOPs"] == "56.8k"
     assert metrics["Input"] == "3×8×8" and metrics["Classes"] == "4"
@@ -343,7 +186,7 @@ def test_model_detail_groups_layers_by_stage(studio: Studio) -> None:
     assert paths == {"conv1", "layer1", "layer2", "fc"}
 
     missing = _app(studio, "model.py", id=999_999)
-    assert "not found" in _texts(missing.error).lower() or "999999" in _texts(missing.error)
+    assert "not found" in texts(missing.error).lower() or "999999" in texts(missing.error)
 
 
 def test_datasets_page(studio: Studio) -> None:
@@ -359,7 +202,7 @@ def test_datasets_page(studio: Studio) -> None:
     at.text_input(key="ds_label").set_value("target")
     at.button(key="ds_submit").click().run()
     assert not at.exception
-    assert "Uploaded **table**" in _texts(at.success)
+    assert "Uploaded **table**" in texts(at.success)
     assert "table" in set(at.dataframe[0].value["name"])
 
 
@@ -375,7 +218,7 @@ def test_new_run_form_review_and_launch(studio: Studio) -> None:
     assert losses.value == ["ce", "kd"]
     assert not _offers(losses, "at") and not _offers(losses, "fitnets")  # no pairs yet
     assert at.number_input(key="nr_loss.kd.temperature").value == 4.0
-    review = _texts(at.code)
+    review = texts(at.code)
     assert "architecture: resnet8" in review and "temperature: 4.0" in review
     assert at.download_button(key="nr_download")
 
@@ -383,13 +226,13 @@ def test_new_run_form_review_and_launch(studio: Studio) -> None:
     at.number_input(key="nr_t.epochs").set_value(3)
     at.text_input(key="nr_name").set_value("from-the-form")
     at.run()
-    review = _texts(at.code)
+    review = texts(at.code)
     assert "width: 0.5" in review and "epochs: 3" in review and "name: from-the-form" in review
 
     at.button(key="nr_launch").click().run()
     assert not at.exception
-    assert "from-the-form" in _texts(at.title)  # the run page
-    assert "queued" in _texts(at.toast)
+    assert "from-the-form" in texts(at.title)  # the run page
+    assert "queued" in texts(at.toast)
 
 
 def test_new_run_keeps_the_form_across_pages(studio: Studio) -> None:
@@ -397,7 +240,7 @@ def test_new_run_keeps_the_form_across_pages(studio: Studio) -> None:
     at.number_input(key="nr_t.epochs").set_value(9).run()
     at.number_input(key="nr_loss.kd.temperature").set_value(2.0).run()
     at.switch_page("app_pages/runs.py").run()
-    assert "Runs" in _texts(at.title)
+    assert "Runs" in texts(at.title)
     at.switch_page("app_pages/new_run.py").run()
     assert at.number_input(key="nr_t.epochs").value == 9
     assert at.number_input(key="nr_loss.kd.temperature").value == 2.0
@@ -424,19 +267,19 @@ seed: 5
     at.text_area(key="nr_yaml").set_value(pasted)
     at.button(key="nr_yaml_load").click().run()
     assert not at.exception
-    assert "Loaded the pasted config" in _texts(at.success)
+    assert "Loaded the pasted config" in texts(at.success)
     assert at.selectbox(key="nr_student").value == "resnet14"
     assert at.number_input(key="nr_student.resnet14.width").value == 0.5
     assert at.number_input(key="nr_loss.kd.temperature").value == 8.0
     assert at.number_input(key="nr_loss.kd.weight").value == 2.0
     assert at.selectbox(key="nr_t.optimizer").value == "adamw"
     assert at.session_state["nr_pairs"] == []
-    review = _texts(at.code)
+    review = texts(at.code)
     assert "name: pasted" in review and "epochs: 7" in review and "seed: 5" in review
 
     at.text_area(key="nr_yaml").set_value("losses: [{name: kdd}]")
     at.button(key="nr_yaml_load").click().run()
-    assert "Could not load the YAML" in _texts(at.error)
+    assert "Could not load the YAML" in texts(at.error)
 
 
 # -- runs --------------------------------------------------------------------------------------
@@ -452,20 +295,20 @@ def test_runs_list_and_filter(studio: Studio) -> None:
     at.selectbox(key="runs_status").set_value("succeeded").run()
     assert set(at.dataframe[0].value["name"]) == {"kd-done"}
     at.selectbox(key="runs_status").set_value("failed").run()
-    assert "No runs match" in _texts(at.info)
+    assert "No runs match" in texts(at.info)
 
 
 def test_run_page_after_success(studio: Studio) -> None:
     at = _app(studio, "run.py", id=studio.done_run_id)
-    assert "kd-done" in _texts(at.title)
+    assert "kd-done" in texts(at.title)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Student top-1"] == "87.00%" and metrics["Agreement"] == "93.00%"
     assert metrics["Compression"] == "3.84×" and metrics["CPU speed-up"] == "3.00×"
     assert metrics["Duration"] == "1m 15s" and metrics["Epoch"] == "2/2"
     top1 = next(m for m in at.metric if m.label == "Student top-1")
     assert top1.proto.delta == "-4.00 pp vs teacher"
-    assert "Student weights (safetensors)" in _texts(at.markdown)  # not the kind's raw id
-    assert "`student_safetensors`" not in _texts(at.markdown)
+    assert "Student weights (safetensors)" in texts(at.markdown)  # not the kind's raw id
+    assert "`student_safetensors`" not in texts(at.markdown)
     evaluation = next(f.value for f in at.dataframe if "teacher / student" in f.value.columns)
     assert list(evaluation[""]) == [
         "Top-1 accuracy",
@@ -482,11 +325,11 @@ def test_run_page_after_success(studio: Studio) -> None:
     )
     assert len(at.get("vega_lite_chart")) >= 2  # loss terms and validation
     assert at.download_button(key=f"art_{_artifact_id(studio)}")
-    assert "kd-done" in _texts(at.code)  # the config YAML
+    assert "kd-done" in texts(at.code)  # the config YAML
     assert not [b for b in at.button if b.label == "Cancel"]
 
     # a student as accurate as its teacher: a grey "same", not a green arrow for +0.00
-    _update("Run", studio.done_run_id, summary={**SUMMARY, "student_top1": 0.91})
+    update("Run", studio.done_run_id, summary={**SUMMARY, "student_top1": 0.91})
     try:
         at = _app(studio, "run.py", id=studio.done_run_id)
         top1 = next(m for m in at.metric if m.label == "Student top-1")
@@ -494,11 +337,11 @@ def test_run_page_after_success(studio: Studio) -> None:
         assert top1.proto.direction == top1.proto.MetricDirection.NONE
         assert top1.proto.color == top1.proto.MetricColor.GRAY
     finally:
-        _update("Run", studio.done_run_id, summary=SUMMARY)
+        update("Run", studio.done_run_id, summary=SUMMARY)
 
 
 def test_run_page_live_then_cancel(studio: Studio) -> None:
-    _update(
+    update(
         "Run",
         studio.queued_run_id,
         status="running",
@@ -515,15 +358,15 @@ def test_run_page_live_then_cancel(studio: Studio) -> None:
     assert metrics["Throughput"] == "512/s"  # samples per second, in the help
     assert at.get("progress")[0].value == 25
 
-    _update("Run", studio.queued_run_id, progress=0.5, step=6, eta_seconds=20.0)
+    update("Run", studio.queued_run_id, progress=0.5, step=6, eta_seconds=20.0)
     at.run()  # what the fragment shows on its next tick
     assert {m.label: m.value for m in at.metric}["Step"] == "6/12"
 
-    _update("Run", studio.queued_run_id, status="queued")
+    update("Run", studio.queued_run_id, status="queued")
     at.run()
     at.button(key="run_cancel").click().run()
     assert not at.exception
-    assert "cancelled" in _texts(at.warning)
+    assert "cancelled" in texts(at.warning)
 
 
 def _artifact_id(studio: Studio) -> int:
@@ -548,11 +391,11 @@ def worker(studio: Studio) -> Iterator[WorkerProcess]:
 def test_new_run_plan_pairs_and_feature_losses(studio: Studio, worker: WorkerProcess) -> None:
     at = _app(studio, "new_run.py")
     at.button(key="nr_plan_btn").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     plan = at.session_state["nr_plan"]["plan"]
     student_paths = {layer["path"] for layer in plan["student"]["layers"]}
     assert {"conv1", "layer1", "layer2", "layer3", "fc"} <= student_paths
-    assert "fewer parameters than the teacher" in _texts(at.caption)
+    assert "fewer parameters than the teacher" in texts(at.caption)
     pairs = at.session_state["nr_pairs"]
     assert pairs == [
         {"teacher": p["teacher"], "student": p["student"], "tap": "output"}
@@ -565,16 +408,16 @@ def test_new_run_plan_pairs_and_feature_losses(studio: Studio, worker: WorkerPro
     losses.select("at").run()
     assert at.number_input(key="nr_loss.at.p").value == 2.0
     at.multiselect(key="nr_loss.at.pairs").select(0).run()
-    review = _texts(at.code)
+    review = texts(at.code)
     assert "layer_pairs:" in review and "- name: at" in review and "pairs:" in review
 
     at.number_input(key="nr_student.resnet8.width").set_value(0.5).run()
-    assert "plan again" in _texts(at.warning)
+    assert "plan again" in texts(at.warning)
 
     at.text_input(key="nr_name").set_value("with-attention").run()
     at.button(key="nr_launch").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
-    assert "with-attention" in _texts(at.title)
+    assert not at.exception and not at.error, texts(at.error)
+    assert "with-attention" in texts(at.title)
 
 
 # -- empty states and errors -------------------------------------------------------------------
@@ -596,7 +439,7 @@ def test_empty_team_pages_say_what_to_do_and_errors_say_why(studio: Studio) -> N
         at.session_state["team_id"] = empty.id
         at.switch_page(f"app_pages/{page}").run()
         assert not at.exception, (page, [e.value for e in at.exception])
-        assert words in _texts(at.info), (page, _texts(at.info))
+        assert words in texts(at.info), (page, texts(at.info))
 
     admin = Client(studio.url, studio.token)
     short = admin.create_token("short-lived")
@@ -608,5 +451,5 @@ def test_empty_team_pages_say_what_to_do_and_errors_say_why(studio: Studio) -> N
     at.run()
     admin.revoke_token(short.id)
     at.switch_page("app_pages/runs.py").run()
-    assert "log in again" in _texts(at.error), _texts(at.error)
+    assert "log in again" in texts(at.error), texts(at.error)
     assert "token" not in at.session_state or at.session_state["token"] is None

@@ -1,11 +1,11 @@
-"""The studio pages beyond the first slice (AppTest against a real API in a uvicorn thread, on
-SQLite): model versions and the runs that used a teacher, dataset samples and split, run
-filters, retry and the worker log, Compare (diff highlighting, curves, Pareto scatters, saving
-and sharing), New run's student sources and layer-pair warnings, and the Team page (members
-managed by admins, read-only for others, tokens shown once, revoke).
+"""The pages for model versions, dataset samples, run filters and retry, Compare and the Team
+(AppTest against a live API, see conftest.py): model versions and the runs that used a teacher,
+dataset samples and split, run filters, retry and the worker log, Compare (diff highlighting,
+curves, Pareto scatters, saving and sharing), New run's student sources and layer-pair warnings,
+and the Team page (members managed by admins, read-only for others, tokens shown once, revoke).
 
 What a worker writes (inspections, scans with their previews, finished runs) is written to the
-database directly, as in test_pages.py; the previews come from the engine's own
+database directly, as in test_run_workflow.py; the previews come from the engine's own
 `dataset_preview`, the function the scan task calls. A zoo student's layer table (built by a
 worker for Plan) is put in the store of them (`core.inspections`), as a worker would.
 """
@@ -13,7 +13,6 @@ worker for Plan) is put in the store of them (`core.inspections`), as a worker w
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,16 @@ from safetensors.numpy import save_file
 from streamlit.testing.v1 import AppTest
 
 from client import ApiError, Client
-from tests.conftest import make_studio_env, migrate
-from tests.ui.test_pages import (
+from tests.integration.pages.conftest import LiveApi
+from tests.integration.pages.support import (
     APP,
     INSPECTION,
     SUMMARY,
     TEACHER_KWARGS,
     TIMEOUT,
-    _finish_run,
-    _free_port,
-    _serve,
-    _texts,
-    _update,
+    finish_run,
+    texts,
+    update,
 )
 
 
@@ -79,30 +76,13 @@ def _scan(dataset_id: int, x: np.ndarray, y: np.ndarray, classes: list[str], nam
     data = TensorData(torch.from_numpy(x), torch.from_numpy(y), classes)
     info = dataset_info(data)
     info["preview"] = dataset_preview(data, feature_names=names)
-    _update("Dataset", dataset_id, status="ready", info=info)
+    update("Dataset", dataset_id, status="ready", info=info)
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
-    tmp = tmp_path_factory.mktemp("ui-studio-2")
-    env = make_studio_env(tmp, "sqlite")
-    with pytest.MonkeyPatch.context() as mp:
-        env.apply(mp)
-        migrate()
-        from backend.bootstrap import ensure_admin
-        from core.db import session_scope
-
-        with session_scope() as session:
-            token = ensure_admin(session).token
-        port = _free_port()
-        server, thread = _serve(port)
-        url = f"http://127.0.0.1:{port}"
-        mp.setenv("DS_API_URL", url)
-        try:
-            yield _seed(Client(url, token), url, token, tmp)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+def studio(live_api: LiveApi) -> Studio:
+    return _seed(Client(live_api.url, live_api.token), live_api.url, live_api.token,
+                 live_api.env.data_dir)
 
 
 def _seed(api: Client, url: str, token: str, tmp: Path) -> Studio:
@@ -114,7 +94,7 @@ def _seed(api: Client, url: str, token: str, tmp: Path) -> Studio:
             weights, "cifar-teacher", architecture="resnet8", kwargs=TEACHER_KWARGS
         )
         card = {"input_shape": [3, 8, 8], "num_classes": 4, "params": 1234, "flops": 56789}
-        _update("Model", model.id, status="ready", inspection=INSPECTION, card=card)
+        update("Model", model.id, status="ready", inspection=INSPECTION, card=card)
         teachers.append(model.id)
 
     rng = np.random.default_rng(0)
@@ -142,12 +122,12 @@ def _seed(api: Client, url: str, token: str, tmp: Path) -> Studio:
         "training": {"epochs": 2, "device": "cpu"},
     }
     run_a = api.create_run(config)
-    _finish_run(run_a.id)
+    finish_run(run_a.id)
     other = copy.deepcopy(config)
     other["name"], other["training"]["epochs"] = "kd-t8", 3
     other["losses"][1]["params"]["temperature"] = 8.0
     run_b = api.create_run(other)
-    _finish_run(run_b.id)
+    finish_run(run_b.id)
     bigger = {
         **SUMMARY,
         "student_top1": 0.89,
@@ -155,9 +135,9 @@ def _seed(api: Client, url: str, token: str, tmp: Path) -> Studio:
         "student_params": 640,
         "student_cpu_latency_ms": 0.4,
     }
-    _update("Run", run_b.id, summary=bigger, worker="gpu-box:4242", attempts=1)
+    update("Run", run_b.id, summary=bigger, worker="gpu-box:4242", attempts=1)
     failed = api.create_run({**config, "name": "kd-broken"})
-    _update(
+    update(
         "Run",
         failed.id,
         status="failed",
@@ -214,7 +194,7 @@ def test_model_page_versions_runs_and_accuracy(studio: Studio) -> None:
 
     fresh = _app(studio, "model.py", id=studio.teacher_v2)
     assert "Runs with this teacher (0)" in [t.label for t in fresh.tabs]
-    assert "No run has used this model" in _texts(fresh.info)
+    assert "No run has used this model" in texts(fresh.info)
     assert {m.label: m.value for m in fresh.metric}["Top-1 accuracy"] == "—"
 
 
@@ -231,7 +211,7 @@ def test_dataset_image_samples_and_split(studio: Studio) -> None:
     assert all(i.url for img in images for i in img.proto.imgs)
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Train"], metrics["Validation"]) == ("32", "8")  # 20% of each class
-    assert "Runs hold out 20% of every class" in _texts(at.caption)
+    assert "Runs hold out 20% of every class" in texts(at.caption)
 
 
 def test_dataset_table_rows(studio: Studio) -> None:
@@ -262,7 +242,7 @@ def test_runs_filters_and_compare_selection(studio: Studio) -> None:
     assert set(frame["teacher"]) == {"cifar-teacher v1"}
 
     at.selectbox(key="runs_teacher").set_value(studio.teacher_v2).run()
-    assert "No runs match these filters" in _texts(at.info)
+    assert "No runs match these filters" in texts(at.info)
     at.selectbox(key="runs_teacher").set_value(studio.teacher_v1).run()
     at.text_input(key="runs_q").set_value("t8").run()
     assert list(at.dataframe[0].value["name"]) == ["kd-t8"]
@@ -275,13 +255,13 @@ def test_runs_filters_and_compare_selection(studio: Studio) -> None:
     compare = next(b for b in at.button if b.label.startswith("Compare 2 runs"))
     compare.click().run()
     assert not at.exception
-    assert "Compare runs" in _texts(at.title)
+    assert "Compare runs" in texts(at.title)
     assert at.multiselect(key="cmp_runs").value == [studio.run_a, studio.run_b]
 
 
 def test_failed_run_shows_the_log_and_retries(studio: Studio) -> None:
     at = _app(studio, "run.py", id=studio.failed)
-    assert "CUDA out of memory" in _texts(at.error) and "Retry" in _texts(at.error)
+    assert "CUDA out of memory" in texts(at.error) and "Retry" in texts(at.error)
     log = next(e for e in at.expander if e.label.startswith("Worker log"))
     assert "2 attempts" in log.label
     events = next(f.value for f in at.dataframe if "event" in f.value.columns)
@@ -290,7 +270,7 @@ def test_failed_run_shows_the_log_and_retries(studio: Studio) -> None:
 
     at.button(key="run_retry").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "kd-broken" in _texts(at.title) and "queued" in _texts(at.toast)
+    assert "kd-broken" in texts(at.title) and "queued" in texts(at.toast)
     api = Client(studio.url, studio.token)
     newest = api.runs(q="kd-broken").items[0]
     assert newest.id != studio.failed and newest.status == "queued"
@@ -327,7 +307,7 @@ def test_compare_diff_results_curves_and_pareto(studio: Studio) -> None:
     assert list(diff.value["config key"]) == ["losses.kd.params.temperature", "training.epochs"]
     assert diff.value.iloc[0].tolist() == ["losses.kd.params.temperature", "4", "8"]
     assert "rgba(255, 189, 69" in diff.proto.arrow_data.styler.styles  # differing cells highlighted
-    assert "baseline" in _texts(at.caption)
+    assert "baseline" in texts(at.caption)
 
     at.toggle(key="cmp_all_keys").set_value(True).run()
     every = _diff_table(at).value
@@ -336,29 +316,29 @@ def test_compare_diff_results_curves_and_pareto(studio: Studio) -> None:
     assert len(at.get("vega_lite_chart")) == 3  # curves, size scatter, latency scatter
     at.selectbox(key="cmp_metric").set_value("loss/kd").run()
     assert not at.exception
-    assert "Pareto front" in _texts(at.caption)
+    assert "Pareto front" in texts(at.caption)
 
 
 def test_compare_needs_two_runs_and_handles_deleted_ones(studio: Studio) -> None:
     at = _app(studio, "compare.py")
-    assert "Pick at least two runs" in _texts(at.info)
+    assert "Pick at least two runs" in texts(at.info)
     gone = _app(studio, "compare.py", runs=f"{studio.run_a},999999")
-    assert "#999999" in _texts(gone.warning)
+    assert "#999999" in texts(gone.warning)
     assert gone.multiselect(key="cmp_runs").value == [studio.run_a]
 
 
 def test_compare_save_share_open_and_delete(studio: Studio) -> None:
     at = _app(studio, "compare.py", runs=f"{studio.run_b},{studio.run_a}")
     at.button(key="FormSubmitter:cmp_save_form-Save comparison for the team").click().run()
-    assert "Give the comparison a name" in _texts(at.error)
+    assert "Give the comparison a name" in texts(at.error)
     at.text_input(key="cmp_name").set_value("temperature sweep")
     at.button(key="FormSubmitter:cmp_save_form-Save comparison for the team").click().run()
-    assert not at.exception and "Saved." in _texts(at.success)
+    assert not at.exception and "Saved." in texts(at.success)
     api = Client(studio.url, studio.token)
     saved = [c for c in api.comparisons().items if c.name == "temperature sweep"]
     assert len(saved) == 1 and saved[0].run_ids == [studio.run_b, studio.run_a]
     assert saved[0].created_by_name == "admin"
-    assert f"?comparison={saved[0].id}" in _texts(at.code)
+    assert f"?comparison={saved[0].id}" in texts(at.code)
 
     shared = _app(studio, "compare.py", comparison=saved[0].id)
     assert shared.multiselect(key="cmp_runs").value == [studio.run_b, studio.run_a]
@@ -389,7 +369,7 @@ def test_comparisons_api_validates_runs(studio: Studio) -> None:
 
 def test_team_members_and_tokens(studio: Studio) -> None:
     at = _app(studio, "team.py")
-    assert "Team & tokens" in _texts(at.title)
+    assert "Team & tokens" in texts(at.title)
     teams = next(f.value for f in at.dataframe if "your role" in f.value.columns)
     assert len(teams) == 1 and "acting for" in teams.iloc[0]["team"]
     members = next(f.value for f in at.dataframe if "user" in f.value.columns)
@@ -401,7 +381,7 @@ def test_team_members_and_tokens(studio: Studio) -> None:
     at.checkbox(key="tok_ro").check()
     at.button(key="FormSubmitter:token_form-Create token").click().run()
     assert not at.exception
-    assert "shown only this once" in _texts(at.success)
+    assert "shown only this once" in texts(at.success)
     secret = next(c.value for c in at.code if str(c.value).startswith("ds_"))
     me = Client(studio.url, secret).me()
     assert me.read_only and me.username == "admin"
@@ -459,29 +439,29 @@ def test_new_run_student_derived_or_the_teachers_own(studio: Studio) -> None:
     assert source.value == "zoo" and len(source.options) == 4  # a zoo teacher: every source
 
     source.set_value("teacher").run()
-    assert "the student is **resnet8** (width 0.25), the teacher's own" in _texts(at.caption)
-    assert "source: teacher" in _texts(at.code)
+    assert "the student is **resnet8** (width 0.25), the teacher's own" in texts(at.caption)
+    assert "source: teacher" in texts(at.code)
 
     at.radio(key="nr_student_source").set_value("derived").run()
     at.number_input(key="nr_student.depth_factor").set_value(0.5)
     at.number_input(key="nr_student.width_factor").set_value(0.75).run()
     arch, kwargs = catalog.derived_architecture("resnet8", TEACHER_KWARGS, 0.5, 0.75)
-    assert f"The student is **{arch}** (width {kwargs['width']:g})" in _texts(at.markdown)
+    assert f"The student is **{arch}** (width {kwargs['width']:g})" in texts(at.markdown)
     _cache_student(arch, kwargs)
     at.button(key="nr_plan_btn").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     assert at.session_state["nr_plan"]["plan"]["student_params"] == 321  # the derived student
-    review = _texts(at.code)
+    review = texts(at.code)
     assert "source: derived" in review and "width_factor: 0.75" in review
     assert at.session_state["nr_pairs"], "the plan's suggested pairs"
 
     at.number_input(key="nr_student.width_factor").set_value(0.5).run()
-    assert "plan again" in _texts(at.warning)  # the factors are part of the plan
+    assert "plan again" in texts(at.warning)  # the factors are part of the plan
     at.number_input(key="nr_student.width_factor").set_value(0.75).run()
     at.text_input(key="nr_name").set_value("derived-kd").run()
     at.button(key="nr_launch").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
-    assert "derived-kd" in _texts(at.title)
+    assert not at.exception and not at.error, texts(at.error)
+    assert "derived-kd" in texts(at.title)
     student = _run_named(studio, "derived-kd").config["student"]
     assert (student["source"], student["depth_factor"], student["width_factor"]) == (
         "derived",
@@ -495,7 +475,7 @@ def test_new_run_student_model_and_pairs_that_cannot_fit(studio: Studio) -> None
     at.radio(key="nr_student_source").set_value("model").run()
     at.selectbox(key="nr_student_model").set_value(studio.teacher_v2).run()
     at.button(key="nr_plan_btn").click().run()  # a model's own layer table: no worker needed
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     plan = at.session_state["nr_plan"]["plan"]
     assert [layer["path"] for layer in plan["student"]["layers"]] == [
         "conv1",
@@ -503,7 +483,7 @@ def test_new_run_student_model_and_pairs_that_cannot_fit(studio: Studio) -> None
         "layer2",
         "fc",
     ]
-    assert "cannot fit" not in _texts(at.warning)
+    assert "cannot fit" not in texts(at.warning)
 
     at.session_state["nr_pairs"] = [
         {"teacher": "layer2", "student": "layer2", "tap": "output"},
@@ -511,7 +491,7 @@ def test_new_run_student_model_and_pairs_that_cannot_fit(studio: Studio) -> None
         {"teacher": "layer2", "student": "fc", "tap": "input"},  # the same, at the inputs
     ]
     at.run()
-    warning = _texts(at.warning)
+    warning = texts(at.warning)
     assert "These layer pairs cannot fit" in warning and "pair 0" not in warning
     assert (
         "pair 1: teacher layer 'layer2' [8,4,4] vs student layer 'fc' [4]: cannot rebuild a "
@@ -520,14 +500,14 @@ def test_new_run_student_model_and_pairs_that_cannot_fit(studio: Studio) -> None
     assert "student layers that would fit: conv1 [4,8,8], layer1 [4,8,8], layer2 [8,4,4]" in warning
     assert "pair 2: teacher layer 'layer2' [4,8,8] vs student layer 'fc' [8]" in warning
     assert "student layers that would fit: conv1 [3,8,8], layer1 [4,8,8], layer2 [4,8,8]" in warning
-    assert "Fix these before launching" in _texts(at.error)
+    assert "Fix these before launching" in texts(at.error)
     assert not [b for b in at.button if b.key == "nr_launch"]
 
     at.session_state["nr_pairs"] = [{"teacher": "layer2", "student": "layer2", "tap": "output"}]
     at.text_input(key="nr_name").set_value("from-a-model").run()
-    assert "cannot fit" not in _texts(at.warning)
+    assert "cannot fit" not in texts(at.warning)
     at.button(key="nr_launch").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     student = _run_named(studio, "from-a-model").config["student"]
     assert student["source"] == "model" and student["model"]["model_id"] == studio.teacher_v2
 
@@ -547,11 +527,11 @@ def test_new_run_yaml_paste_restores_every_student_source(studio: Studio) -> Non
     assert at.radio(key="nr_student_source").value == "derived"
     assert at.number_input(key="nr_student.depth_factor").value == 0.25
     assert at.number_input(key="nr_student.width_factor").value == 0.75
-    assert "width_factor: 0.75" in _texts(at.code)
+    assert "width_factor: 0.75" in texts(at.code)
 
     paste("{source: teacher}")
     assert at.radio(key="nr_student_source").value == "teacher"
-    assert "source: teacher" in _texts(at.code)
+    assert "source: teacher" in texts(at.code)
 
     paste(f"{{source: model, model: {{model_id: {studio.teacher_v2}}}}}")
     assert at.radio(key="nr_student_source").value == "model"
@@ -563,14 +543,14 @@ def test_new_run_yaml_paste_restores_every_student_source(studio: Studio) -> Non
     assert at.number_input(key="nr_student.resnet14.width").value == 0.5
 
     paste("{source: model, model: {path: student.safetensors}}")
-    assert "student.model.path: the studio takes ids" in _texts(at.error)
+    assert "student.model.path: the studio takes ids" in texts(at.error)
 
 
 def test_new_run_pt2_teacher_offers_no_derived_student(studio: Studio, tmp_path: Path) -> None:
     graph = tmp_path / "graph.pt2"
     graph.write_bytes(b"PK not really an export archive")
     pt2 = Client(studio.url, studio.token).upload_model(graph, "graph-teacher")
-    _update("Model", pt2.id, status="ready", inspection=INSPECTION)
+    update("Model", pt2.id, status="ready", inspection=INSPECTION)
 
     at = _new_run(studio)
     at.radio(key="nr_student_source").set_value("derived").run()
@@ -578,9 +558,9 @@ def test_new_run_pt2_teacher_offers_no_derived_student(studio: Studio, tmp_path:
     assert not at.exception
     source = at.radio(key="nr_student_source")
     assert source.value == "zoo" and len(source.options) == 2  # a zoo architecture, a model
-    assert "is a .pt2 graph with no zoo architecture" in _texts(at.warning)
-    assert "need a zoo teacher" in _texts(at.caption)
-    assert "source: zoo" in _texts(at.code)
+    assert "is a .pt2 graph with no zoo architecture" in texts(at.warning)
+    assert "need a zoo teacher" in texts(at.caption)
+    assert "source: zoo" in texts(at.code)
 
 
 # -- team: admins manage members, everyone else reads ------------------------------------------
@@ -604,32 +584,32 @@ def test_team_admin_adds_changes_and_removes_members(studio: Studio) -> None:
     assert "owner" in at.selectbox(key="mem_add_role").options[0]  # an owner grants every role
     at.text_input(key="mem_add_user").set_value("nobody")
     at.button(key="FormSubmitter:member_add-Add member").click().run()
-    assert "no user named 'nobody'; create it first" in _texts(at.error)
+    assert "no user named 'nobody'; create it first" in texts(at.error)
 
     at.text_input(key="mem_add_user").set_value("bob")
     at.selectbox(key="mem_add_role").set_value("viewer")
     at.button(key="FormSubmitter:member_add-Add member").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     members = _members(at)
     assert members[members["user"] == "bob"].iloc[0]["role"] == "viewer"
 
     at.selectbox(key="mem_pick").set_value(bob.id).run()
     at.selectbox(key=f"mem_role_{bob.id}").set_value("admin").run()
     at.button(key="mem_role_save").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     roles = {m.username: m.role for m in api.team_members(team_id)}
     assert roles["bob"] == "admin"
 
     at.button(key="mem_remove").click().run()
-    assert "Remove **bob** (admin)" in _texts(at.warning)
+    assert "Remove **bob** (admin)" in texts(at.warning)
     assert "bob" in {m.username for m in api.team_members(team_id)}  # nothing yet
     at.button(key="mem_remove_no").click().run()
-    assert "Remove **bob**" not in _texts(at.warning)
+    assert "Remove **bob**" not in texts(at.warning)
     assert "bob" in {m.username for m in api.team_members(team_id)}
 
     at.button(key="mem_remove").click().run()
     at.button(key="mem_remove_yes").click().run()
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception and not at.error, texts(at.error)
     assert "bob" not in {m.username for m in api.team_members(team_id)}
     assert "bob" not in set(_members(at)["user"])
 
@@ -652,7 +632,7 @@ def test_team_admins_cannot_touch_owners_and_viewers_only_read(studio: Studio) -
     picks = at.selectbox(key="mem_pick").options
     assert any("vera" in option for option in picks)
     assert not any(option.startswith("admin") for option in picks)  # the owner is not offered
-    assert "only an owner changes or removes owners" in _texts(at.caption)
+    assert "only an owner changes or removes owners" in texts(at.caption)
 
     vera = Client.login(studio.url, "vera", "vera-password-123").token
     assert vera is not None
@@ -660,4 +640,4 @@ def test_team_admins_cannot_touch_owners_and_viewers_only_read(studio: Studio) -
     assert {"admin", "bob", "vera (you)"} <= set(_members(at)["user"])
     assert not [w for w in at.text_input if w.key in ("mem_add_user", "inv_user")]
     assert not [w for w in at.selectbox if w.key == "mem_pick"]
-    assert "Ask a team owner or admin" in _texts(at.caption)
+    assert "Ask a team owner or admin" in texts(at.caption)
