@@ -31,9 +31,12 @@ up: install
 test: install browser
 	$(PY) -m pytest
 
+# The same checks as .pre-commit-config.yaml, plus the import contracts. `ruff format --check`
+# is run by pre-commit; mypy reads its targets and settings from pyproject.toml ([tool.mypy]).
 lint: install
 	$(VENV)/bin/ruff check core backend worker client cli ui tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy core worker/engine
 
 bench: install
 	$(PY) -m benchmarks.paper_table
