@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     ui_port: int = 8501
     broker_port: int = 6390
-    # Listeners (issue 9): the UI and the embedded broker bind to loopback unless told otherwise,
+    # Listeners: the UI and the embedded broker bind to loopback unless told otherwise,
     # like the API (api_host); slow clients get deadlines (backend/serving.py)
     ui_host: str = "127.0.0.1"
     broker_host: str = "127.0.0.1"
@@ -62,11 +62,11 @@ class Settings(BaseSettings):
     recover_every_s: float = 30.0  # how often each worker looks for such runs
     token_ttl_days: int = 90
 
-    # Sign-in throttling (issue 9): failed and successful attempts count, in a moving window kept
+    # Sign-in throttling: failed and successful attempts count, in a moving window kept
     # in Redis on the broker URL (shared by every API process). "N/period" strings of `limits`.
     login_limit_account_address: str = "10/5 minutes"  # one account from one client address
     login_limit_address: str = "100/5 minutes"  # one client address, whatever the account
-    # Who may create what (issue 9): "admins" means studio administrators (superusers).
+    # Who may create what: "admins" means studio administrators (superusers).
     team_creators: Literal["admins", "everyone"] = "admins"
     user_creators: Literal["admins", "team_admins"] = "admins"
 
@@ -74,19 +74,19 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6  # the first try and 5 retries
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
-    # Where webhooks may go (issue 9): comma-separated CIDRs (e.g. "127.0.0.1/32,10.0.0.0/8") of
+    # Where webhooks may go: comma-separated CIDRs (e.g. "127.0.0.1/32,10.0.0.0/8") of
     # loopback, private, link-local or reserved networks that webhooks may reach anyway; empty:
     # only public addresses (core/webhooks/addresses.py)
     webhook_allowed_networks: str = ""
 
-    # Input limits (issue 9): run configs (read by core/config.py from the same DS_*
+    # Input limits: run configs (read by core/config.py from the same DS_*
     # variables, since the engine does not import backend) and JSON nesting of bodies and fields
     max_layer_pairs: int = 64
     max_losses: int = 16
     max_json_depth: int = 32
 
-    # The child process that loads, inspects and trains uploaded models (issue 9,
-    # worker/sandbox.py): address space (writable memory on CUDA), CPU seconds of all threads,
+    # The child process that loads, inspects and trains uploaded models
+    # (worker/sandbox.py): address space (writable memory on CUDA), CPU seconds of all threads,
     # largest file written, open files. 0 turns a limit off.
     sandbox_memory_mb: int = 16384
     sandbox_inspect_cpu_s: int = 600
