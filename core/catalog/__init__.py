@@ -29,11 +29,13 @@ from core.catalog.students import (
 )
 from core.catalog.tasks import TASKS, TaskEntry
 from core.catalog.training import DEVICES, OPTIMIZERS, SCHEDULES, TRAINING, Setting
+from core.catalog.training import as_json as training_json
 
 
 def as_json() -> dict[str, Any]:
     """The catalog as plain JSON, served at `GET /api/v1/catalog`: every entry in the same shape
-    (`Entry.as_json`), plus the optimizers and schedules a run may name."""
+    (`Entry.as_json`), plus the optimizers and schedules a run may name and the type, default,
+    range and help of every training setting (`core.catalog.training`)."""
     return {
         "losses": [e.as_json() for e in LOSSES.values()],
         "students": [e.as_json() for e in STUDENTS.values()],
@@ -41,6 +43,7 @@ def as_json() -> dict[str, Any]:
         "tasks": [e.as_json() for e in TASKS.values()],
         "optimizers": list(OPTIMIZERS),
         "schedules": list(SCHEDULES),
+        "training": training_json(),
     }
 
 

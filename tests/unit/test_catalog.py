@@ -261,10 +261,11 @@ def test_training_fields_are_the_catalog_training_settings() -> None:
 
 def test_api_serves_the_typed_fields_under_extra() -> None:
     """`GET /catalog` keeps its shape (the same keys per entry); `extra` now carries the typed
-    fields the form reads (a loss's default weight, a student's family and fixed depth)."""
+    fields the form reads (a loss's default weight, a student's family and fixed depth), and
+    `training` the training settings (choices, ranges, defaults)."""
     served = json.loads(json.dumps(catalog.as_json()))
     keys = {"name", "title", "help", "params", "paper", "kind", "needs_pairs", "extra"}
-    for kind in ("losses", "students", "schemes"):
+    for kind in ("losses", "students", "schemes", "tasks"):
         assert all(set(e) == keys for e in served[kind]), kind
     losses = {e["name"]: e for e in served["losses"]}
     for name, entry in catalog.LOSSES.items():
@@ -277,6 +278,12 @@ def test_api_serves_the_typed_fields_under_extra() -> None:
     students = {e["name"]: e for e in served["students"]}
     assert students["resnet20"]["extra"] == {"family": "resnet", "depth": 20}
     assert served["optimizers"] == ["sgd", "adamw"]
+    # and the training settings the run config validates with, for forms and scripts
+    training = {s["name"]: s for s in served["training"]}
+    assert list(training) == list(catalog.TRAINING)
+    assert training["optimizer"]["choices"] == served["optimizers"]
+    assert training["schedule"]["choices"] == served["schedules"]
+    assert (training["lr"]["gt"], training["lr"]["le"], training["lr"]["default"]) == (0.0, 10.0, 0.05)
 
 
 TOY_LOSS = '''
