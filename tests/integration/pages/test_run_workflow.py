@@ -282,6 +282,27 @@ seed: 5
     assert "Could not load the YAML" in texts(at.error)
 
 
+def test_new_run_losses_start_at_their_catalog_weight_and_settings_follow_it(studio: Studio) -> None:
+    """A loss starts at its catalog default weight (sp 3000 and pkt 30000, as RepDistiller and
+    their help say; kd 1), and the training inputs take their choices and ranges from the
+    catalog's training settings, as the API validates them."""
+    from core.catalog import LOSSES, TRAINING
+
+    at = _app(studio, "new_run.py")
+    at.session_state["nr_pairs"] = [{"teacher": "layer3", "student": "layer3", "tap": "output"}]
+    at.run()
+    at.multiselect(key="nr_losses").select("sp").select("pkt").run()
+    assert not at.exception
+    assert at.number_input(key="nr_loss.sp.weight").value == 3000.0 == LOSSES["sp"].default_weight
+    assert at.number_input(key="nr_loss.pkt.weight").value == 30000.0
+    assert at.number_input(key="nr_loss.kd.weight").value == 1.0
+    assert "3000" in texts(at.code)  # the config under review carries the weight
+    assert at.selectbox(key="nr_t.optimizer").options == list(TRAINING["optimizer"].choices)
+    assert at.selectbox(key="nr_t.device").options == list(TRAINING["device"].choices)
+    lr = at.number_input(key="nr_t.lr")
+    assert (lr.min, lr.max) == TRAINING["lr"].form_range()
+
+
 # -- runs --------------------------------------------------------------------------------------
 
 
