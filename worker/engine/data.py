@@ -273,7 +273,7 @@ def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str
             "Save with numpy.savez(path, x=features, y=labels)"
         )
     keys = [k for k in ("x", "y", "classes") if k in members]
-    headers = {k: _npy_header(zf, members[k], k, where) for k in keys}
+    headers: dict[str, _NpyHeader] = {k: _npy_header(zf, members[k], k, where) for k in keys}
     x = headers["x"]
     copy = math.prod(x.shape) * 4 if _npz_needs_copy(x) else 0
     decoded = sum(h.nbytes for h in headers.values()) + copy

@@ -210,7 +210,9 @@ def _stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]
         if i >= head_start:
             if current is None or current["resolution"] is not None:
                 current = _new_stage(stages, None)
-        elif spatial and (current is None or current["resolution"] != list(res)):
+        elif spatial and res is not None and (
+            current is None or current["resolution"] != list(res)
+        ):
             current = _new_stage(stages, list(res))
         if current is None:
             continue

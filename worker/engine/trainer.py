@@ -206,7 +206,8 @@ def _build_terms(
     return terms
 
 
-def _optimizer(ts: TrainSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _optimizer(ts: TrainSettings, params: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The configured optimizer over the scheme's parameter groups."""
     if ts.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=ts.lr, weight_decay=ts.weight_decay)
     return torch.optim.SGD(params, lr=ts.lr, momentum=ts.momentum, weight_decay=ts.weight_decay)
