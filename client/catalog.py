@@ -38,6 +38,7 @@ class Catalog(Out):
     losses: list[CatalogEntry] = Field(default_factory=list)
     students: list[CatalogEntry] = Field(default_factory=list)
     schemes: list[CatalogEntry] = Field(default_factory=list)
+    tasks: list[CatalogEntry] = Field(default_factory=list)
     optimizers: list[str] = Field(default_factory=list)
     schedules: list[str] = Field(default_factory=list)
 
@@ -49,6 +50,9 @@ class Catalog(Out):
 
     def scheme(self, name: str) -> CatalogEntry | None:
         return next((e for e in self.schemes if e.name == name), None)
+
+    def task(self, name: str) -> CatalogEntry | None:
+        return next((e for e in self.tasks if e.name == name), None)
 
 
 class CatalogApi(BaseClient):

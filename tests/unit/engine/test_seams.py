@@ -289,6 +289,10 @@ def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> No
                         ("tasks", ["classification", "targets_toy"])):
         assert [e["name"] for e in served[kind]] == names, kind
         assert all(set(e) == keys for e in served[kind]), kind
+    from client.catalog import Catalog
+
+    typed = Catalog.model_validate(served)  # the SDK's model reads them too
+    assert typed.task("targets_toy") is not None and typed.scheme("mutual_toy") is not None
     classification = served["tasks"][0]
     assert classification["extra"] == {"formats": ["npz", "zip", "csv"],
                                        "metrics": ["top1", "loss"], "stage_rule": "spatial"}
