@@ -7,7 +7,9 @@ from typing import Any
 from tests.conftest import ROOT
 
 APP = str(ROOT / "ui" / "streamlit_app.py")
-TIMEOUT = 30
+# How long one script run of a page may take: a deadline, not an expectation. A page that asks the
+# worker for a plan waits for it (up to the client's PLAN_TIMEOUT_S), so this is longer than that.
+TIMEOUT = 200
 PASSWORD = "admin-password-123"
 TEACHER_KWARGS = {"input_shape": [3, 8, 8], "num_classes": 4, "width": 0.25}
 INSPECTION = {
