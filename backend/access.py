@@ -225,7 +225,9 @@ def webhook_for_manage(webhook_id: int, session: SessionDep, principal: CurrentU
     return _owned(session, principal, Webhook, webhook_id, Permission.manage)
 
 
-def comparison_for_read(comparison_id: int, session: SessionDep, principal: CurrentUser) -> Comparison:
+def comparison_for_read(
+    comparison_id: int, session: SessionDep, principal: CurrentUser
+) -> Comparison:
     return _owned(session, principal, Comparison, comparison_id, Permission.read)
 
 
@@ -274,17 +276,24 @@ def _team_access(session: Session, principal: Principal, team_id: int) -> TeamAc
     A token scoped to another team does not reach this team either (404).
     """
     scoped_elsewhere = principal.token.team_id is not None and principal.token.team_id != team_id
-    membership = None if scoped_elsewhere else session.scalar(
-        select(Membership).where(
-            Membership.user_id == principal.user.id, Membership.team_id == team_id
+    membership = (
+        None
+        if scoped_elsewhere
+        else session.scalar(
+            select(Membership).where(
+                Membership.user_id == principal.user.id, Membership.team_id == team_id
+            )
         )
     )
     team = session.get(Team, team_id) if membership is not None else None
     if membership is None or team is None:
         raise NotFound(f"team {team_id} not found")
     there = Principal(
-        user=principal.user, team_id=team_id, role=membership.role,
-        read_only=principal.read_only, token=principal.token,
+        user=principal.user,
+        team_id=team_id,
+        role=membership.role,
+        read_only=principal.read_only,
+        token=principal.token,
     )
     return TeamAccess(team=team, principal=there)
 

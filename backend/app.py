@@ -72,15 +72,34 @@ health_router = APIRouter(tags=["health"])
 
 
 @health_router.get(
-    "/health", response_model=Health, summary="Is the API up, and can it reach the database and broker?",
-    responses={503: {"model": Health, "description": "the database is unreachable", "content": {
-        "application/json": {"example": {"status": "degraded", "database": False, "broker": True,
-                                         "version": "0.1.0"}}}}},
+    "/health",
+    response_model=Health,
+    summary="Is the API up, and can it reach the database and broker?",
+    responses={
+        503: {
+            "model": Health,
+            "description": "the database is unreachable",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "degraded",
+                        "database": False,
+                        "broker": True,
+                        "version": "0.1.0",
+                    }
+                }
+            },
+        }
+    },
 )
 def health() -> Any:
     db, broker = database_ok(), queue.broker_ok()
-    body = Health(status="ok" if db and broker else "degraded", database=db, broker=broker,
-                  version=__version__)
+    body = Health(
+        status="ok" if db and broker else "degraded",
+        database=db,
+        broker=broker,
+        version=__version__,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if db else 503)
 
 
@@ -98,9 +117,19 @@ def create_app() -> FastAPI:
     openapi_examples.install(app)
     app.add_middleware(JsonDepthLimit)  # 422 for deeply nested JSON, before parsing it
     app.add_middleware(BodyLimit)  # 413 while the body streams in, before parsing it
-    for router in (health_router, auth_router, teams_router, users_router, catalog_router,
-                   models_router, datasets_router, runs_router, artifacts_router, audit_router,
-                   webhooks_router):
+    for router in (
+        health_router,
+        auth_router,
+        teams_router,
+        users_router,
+        catalog_router,
+        models_router,
+        datasets_router,
+        runs_router,
+        artifacts_router,
+        audit_router,
+        webhooks_router,
+    ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(compare_router, prefix=API_PREFIX)
     app.include_router(invitations_router, prefix=API_PREFIX)

@@ -112,7 +112,9 @@ def ensure_admin(session: Session) -> AdminInfo:
         session.flush()
     else:
         candidate = settings.admin_password or (_read_credentials() or {}).get("password")
-        password = candidate if candidate and verify_password(user.password_hash, candidate) else None
+        password = (
+            candidate if candidate and verify_password(user.password_hash, candidate) else None
+        )
     member = session.scalar(
         select(Membership.id).where(Membership.user_id == user.id, Membership.team_id == team.id)
     )
@@ -123,7 +125,10 @@ def ensure_admin(session: Session) -> AdminInfo:
 
 
 def create_user(
-    session: Session, username: str, password: str, team_name: str = DEFAULT_TEAM,
+    session: Session,
+    username: str,
+    password: str,
+    team_name: str = DEFAULT_TEAM,
     role: str = Role.member.value,
 ) -> User:
     """Create a user in team `team_name` (created if missing) with `role`.
@@ -137,7 +142,9 @@ def create_user(
     if len(password) < MIN_PASSWORD:
         raise ValueError(f"password: use at least {MIN_PASSWORD} characters")
     if role not in {r.value for r in Role}:
-        raise ValueError(f"role: unknown role '{role}'; use one of: {', '.join(r.value for r in Role)}")
+        raise ValueError(
+            f"role: unknown role '{role}'; use one of: {', '.join(r.value for r in Role)}"
+        )
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise ValueError(f"username: user '{username}' already exists")
     user = User(username=username, password_hash=hash_password(password))

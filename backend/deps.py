@@ -66,7 +66,9 @@ def _membership(session: Session, user_id: int, team_id: int) -> Membership | No
     )
 
 
-def resolve_team(session: Session, user: User, token: ApiToken, header_team: int | None) -> Membership:
+def resolve_team(
+    session: Session, user: User, token: ApiToken, header_team: int | None
+) -> Membership:
     """The membership the request acts under (see the module docstring)."""
     if token.team_id is not None:
         if header_team is not None and header_team != token.team_id:
@@ -122,7 +124,10 @@ def get_principal(
         row.last_used_at = now
         session.commit()
     return Principal(
-        user=user, team_id=membership.team_id, role=membership.role, read_only=row.read_only,
+        user=user,
+        team_id=membership.team_id,
+        role=membership.role,
+        read_only=row.read_only,
         token=row,
     )
 

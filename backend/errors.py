@@ -50,10 +50,16 @@ class ErrorOut(BaseModel):
         json_schema_extra={
             "examples": [
                 {"detail": "model 7 not found"},
-                {"detail": "losses.0.name: unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
-                 "errors": [{"loc": ["body", "losses", 0, "name"],
-                             "msg": "unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
-                             "type": "value_error"}]},
+                {
+                    "detail": "losses.0.name: unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+                    "errors": [
+                        {
+                            "loc": ["body", "losses", 0, "name"],
+                            "msg": "unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+                            "type": "value_error",
+                        }
+                    ],
+                },
             ]
         }
     )
@@ -68,7 +74,7 @@ ERROR_TEXT: dict[int, str] = {
     400: "the request cannot be carried out as sent",
     401: "not signed in, or the token is unknown, expired or revoked",
     403: "your role or token does not allow this (viewer, read-only token, another team's "
-         "X-Team-Id, ...)",
+    "X-Team-Id, ...)",
     404: "no such resource in your team (other teams' ids answer the same)",
     409: "conflicts with the resource's state (not ready, still in use, already finished, ...)",
     413: "the upload is larger than DS_MAX_UPLOAD_MB",
@@ -79,20 +85,33 @@ ERROR_TEXT: dict[int, str] = {
 
 ERROR_EXAMPLES: dict[int, dict[str, Any]] = {
     400: {"detail": "the request cannot be carried out as sent"},
-    401: {"detail": "not signed in: send `Authorization: Bearer <token>`; get a token from "
-                    "POST /api/v1/auth/token (username, password)"},
-    403: {"detail": "your role in team 1 is viewer, which cannot change things; that needs the "
-                    "member role (ask a team owner or admin)"},
+    401: {
+        "detail": "not signed in: send `Authorization: Bearer <token>`; get a token from "
+        "POST /api/v1/auth/token (username, password)"
+    },
+    403: {
+        "detail": "your role in team 1 is viewer, which cannot change things; that needs the "
+        "member role (ask a team owner or admin)"
+    },
     404: {"detail": "model 7 not found"},
     409: {"detail": "model 7 is still being inspected; retry when its status is ready"},
-    413: {"detail": "file is larger than 2048 MiB; split it, or raise DS_MAX_UPLOAD_MB on the "
-                    "server"},
-    422: {"detail": "losses.0.name: unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
-          "errors": [{"loc": ["body", "losses", 0, "name"],
-                      "msg": "unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
-                      "type": "value_error"}]},
-    503: {"detail": "the job queue (broker) is unreachable, so nothing was started or saved; "
-                    "check that Redis/Valkey runs at DS_BROKER_URL and retry"},
+    413: {
+        "detail": "file is larger than 2048 MiB; split it, or raise DS_MAX_UPLOAD_MB on the server"
+    },
+    422: {
+        "detail": "losses.0.name: unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+        "errors": [
+            {
+                "loc": ["body", "losses", 0, "name"],
+                "msg": "unknown loss 'kdd'; the catalog has: at, ce, fitnets, kd",
+                "type": "value_error",
+            }
+        ],
+    },
+    503: {
+        "detail": "the job queue (broker) is unreachable, so nothing was started or saved; "
+        "check that Redis/Valkey runs at DS_BROKER_URL and retry"
+    },
 }
 """An example body of each documented error status (what `/docs` shows)."""
 
@@ -190,7 +209,7 @@ def _loc_text(loc: Sequence[Any]) -> str:
 def _msg_text(msg: str) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            return msg[len(prefix):]
+            return msg[len(prefix) :]
     return msg
 
 
@@ -211,7 +230,9 @@ def validation_detail(errors: Sequence[dict[str, Any]]) -> tuple[str, list[dict[
     return "; ".join(seen) or "invalid request", items
 
 
-def _json(status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def _json(
+    status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
 
@@ -254,9 +275,14 @@ def _document_errors(app: FastAPI) -> None:
                 for code, response in operation.get("responses", {}).items():
                     if code[:1] not in ("4", "5"):
                         continue
-                    refs = [m.get("schema", {}).get("$ref") for m in response.get("content", {}).values()]
-                    if not refs or all(r in (None, ERROR_REF, "#/components/schemas/HTTPValidationError")
-                                       for r in refs):
+                    refs = [
+                        m.get("schema", {}).get("$ref")
+                        for m in response.get("content", {}).values()
+                    ]
+                    if not refs or all(
+                        r in (None, ERROR_REF, "#/components/schemas/HTTPValidationError")
+                        for r in refs
+                    ):
                         response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
                         if code == "422":
                             response["description"] = ERROR_TEXT[422]

@@ -65,8 +65,11 @@ def _is_json(scope: Scope) -> bool:
     for name, value in scope.get("headers", []):
         if name == b"content-type":
             kind = value.split(b";", 1)[0].strip().lower()
-            return not kind or kind == b"application/json" or (
-                kind.startswith(b"application/") and kind.endswith(b"+json"))
+            return (
+                not kind
+                or kind == b"application/json"
+                or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+            )
     return True
 
 
@@ -78,7 +81,11 @@ class JsonDepthLimit:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") not in JSON_METHODS or not _is_json(scope):
+        if (
+            scope["type"] != "http"
+            or scope.get("method") not in JSON_METHODS
+            or not _is_json(scope)
+        ):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

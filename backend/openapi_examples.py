@@ -63,17 +63,20 @@ def _resolve(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, An
 
 def _nullable(schema: dict[str, Any]) -> bool:
     return schema.get("type") == "null" or any(
-        s.get("type") == "null" for s in schema.get("anyOf", []) + schema.get("oneOf", []))
+        s.get("type") == "null" for s in schema.get("anyOf", []) + schema.get("oneOf", [])
+    )
 
 
-def restore_nulls(value: Any, schema: dict[str, Any], components: dict[str, Any],
-                  depth: int = 0) -> None:
+def restore_nulls(
+    value: Any, schema: dict[str, Any], components: dict[str, Any], depth: int = 0
+) -> None:
     """Put back, in place, the nulls of `value`'s required fields that may be null."""
     schema = _resolve(schema, components)
     if depth > 20:
         return
-    branches = [s for s in schema.get("anyOf", []) + schema.get("oneOf", [])
-                if s.get("type") != "null"]
+    branches = [
+        s for s in schema.get("anyOf", []) + schema.get("oneOf", []) if s.get("type") != "null"
+    ]
     if branches:
         restore_nulls(value, branches[0], components, depth + 1)
     if isinstance(value, list) and "items" in schema:

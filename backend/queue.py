@@ -92,10 +92,14 @@ def broker_ok(timeout: float = 2.0) -> bool:
     """Whether the broker accepts a connection now (for /health)."""
     url = get_settings().broker_url
     try:
-        with Connection(url, connect_timeout=timeout,
-                        transport_options={"socket_connect_timeout": timeout,
-                                           "socket_timeout": timeout}) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+        with Connection(
+            url,
+            connect_timeout=timeout,
+            transport_options={"socket_connect_timeout": timeout, "socket_timeout": timeout},
+        ) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+            )
         return True
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
         log.info("broker check failed: %s", exc)

@@ -94,7 +94,9 @@ def new_token() -> tuple[str, str]:
 
 def looks_like_token(token: str) -> bool:
     parts = token.split("_", 2)
-    return len(parts) == 3 and parts[0] == TOKEN_PREFIX and len(parts[1]) == 8 and len(parts[2]) >= 32
+    return (
+        len(parts) == 3 and parts[0] == TOKEN_PREFIX and len(parts[1]) == 8 and len(parts[2]) >= 32
+    )
 
 
 def create_api_token(

@@ -28,13 +28,17 @@ MAX_HEAD_BYTES = 64 * 1024  # request line and headers
 
 
 def _answer(status: bytes, text: bytes) -> bytes:
-    return (b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, len(text), text))
+    return (
+        b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, len(text), text)
+    )
 
 
 TIMEOUT_408 = _answer(b"408 Request Timeout", b"the request headers did not arrive in time\n")
-HEAD_TOO_LARGE_431 = _answer(b"431 Request Header Fields Too Large",
-                             b"the request line and headers may take at most 64 KiB\n")
+HEAD_TOO_LARGE_431 = _answer(
+    b"431 Request Header Fields Too Large",
+    b"the request line and headers may take at most 64 KiB\n",
+)
 
 
 def deadline_protocol(
@@ -94,7 +98,9 @@ def deadline_protocol(
                     if self._ds_head_bytes > MAX_HEAD_BYTES:
                         self._ds_refuse(HEAD_TOO_LARGE_431, "headers were larger than 64 KiB")
                 return  # their clock keeps running
-            if getattr(cycle, "more_body", False) and not getattr(cycle, "response_complete", False):
+            if getattr(cycle, "more_body", False) and not getattr(
+                cycle, "response_complete", False
+            ):
                 self._ds_body_clock()  # restarted by every chunk: an idle limit
             else:
                 self._ds_cancel()  # the whole request is in; the application takes its time
@@ -106,8 +112,9 @@ def deadline_protocol(
             if transport is None or transport.is_closing():
                 return
             client = getattr(self, "client", None)
-            log.warning("closing a connection from %s: the request %s",
-                        client[0] if client else "?", why)
+            log.warning(
+                "closing a connection from %s: the request %s", client[0] if client else "?", why
+            )
             transport.write(answer)
             transport.close()
 
@@ -122,8 +129,12 @@ def deadline_protocol(
                 return
             limit = header_timeout_s if what == "headers" else body_timeout_s
             client = getattr(self, "client", None)
-            log.warning("closing a connection from %s: the request %s did not arrive within %gs",
-                        client[0] if client else "?", what, limit)
+            log.warning(
+                "closing a connection from %s: the request %s did not arrive within %gs",
+                client[0] if client else "?",
+                what,
+                limit,
+            )
             if what == "headers":  # no request yet, so no response either: say why
                 try:
                     transport.write(TIMEOUT_408)

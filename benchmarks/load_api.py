@@ -117,8 +117,14 @@ def run_config(model_id: int, dataset_id: int, name: str, epochs: int) -> dict[s
         "dataset": {"dataset_id": dataset_id},
         "student": {"source": "zoo", "architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
         "losses": [{"name": "ce"}, {"name": "kd", "params": {"temperature": 4.0}}],
-        "training": {"epochs": epochs, "batch_size": 32, "device": "cpu", "log_every": 1,
-                     "checkpoint_every": 100, "export_onnx": False},
+        "training": {
+            "epochs": epochs,
+            "batch_size": 32,
+            "device": "cpu",
+            "log_every": 1,
+            "checkpoint_every": 100,
+            "export_onnx": False,
+        },
     }
 
 
@@ -142,8 +148,9 @@ class Tally:
     errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     created: int = 0
 
-    def record(self, label: str, started: float, response: httpx.Response | None,
-               error: str | None = None) -> None:
+    def record(
+        self, label: str, started: float, response: httpx.Response | None, error: str | None = None
+    ) -> None:
         self.latencies[label].append(time.perf_counter() - started)
         if error is not None:
             self.errors[label].append(error)
@@ -151,12 +158,24 @@ class Tally:
             self.errors[label].append(f"{response.status_code} {response.text[:200]}")
 
 
-async def one_client(url: str, token: str, run_id: int, create_body: dict[str, Any],
-                     creates: int, deadline: float, tally: Tally, seed: int) -> None:
+async def one_client(
+    url: str,
+    token: str,
+    run_id: int,
+    create_body: dict[str, Any],
+    creates: int,
+    deadline: float,
+    tally: Tally,
+    seed: int,
+) -> None:
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=60, limits=limits,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=f"{url}/api/v1",
+        timeout=60,
+        limits=limits,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
 
         async def call(label: str, method: str, path: str, **kw: Any) -> httpx.Response | None:
             started = time.perf_counter()
@@ -176,26 +195,40 @@ async def one_client(url: str, token: str, run_id: int, create_body: dict[str, A
                 created = await call("POST /runs", "POST", "/runs", json=create_body)
                 if created is not None and created.status_code == 201:
                     tally.created += 1
-                    await call("POST /runs/{id}/cancel", "POST",
-                               f"/runs/{created.json()['id']}/cancel")
+                    await call(
+                        "POST /runs/{id}/cancel", "POST", f"/runs/{created.json()['id']}/cancel"
+                    )
             elif roll < 0.45:
                 await call("GET /runs", "GET", "/runs", params={"limit": 20})
             elif roll < 0.8:
-                await call("GET /runs/{id}/metrics", "GET", f"/runs/{run_id}/metrics",
-                           params={"names": "loss"})
+                await call(
+                    "GET /runs/{id}/metrics",
+                    "GET",
+                    f"/runs/{run_id}/metrics",
+                    params={"names": "loss"},
+                )
             else:
                 await call("GET /runs/{id}", "GET", f"/runs/{run_id}")
 
 
-async def load(url: str, token: str, run_id: int, create_body: dict[str, Any], clients: int,
-               duration: float, creates: int) -> tuple[Tally, float]:
+async def load(
+    url: str,
+    token: str,
+    run_id: int,
+    create_body: dict[str, Any],
+    clients: int,
+    duration: float,
+    creates: int,
+) -> tuple[Tally, float]:
     tally = Tally()
     started = time.time()
     deadline = started + duration
-    await asyncio.gather(*(
-        one_client(url, token, run_id, create_body, creates, deadline, tally, seed)
-        for seed in range(clients)
-    ))
+    await asyncio.gather(
+        *(
+            one_client(url, token, run_id, create_body, creates, deadline, tally, seed)
+            for seed in range(clients)
+        )
+    )
     return tally, time.time() - started
 
 
@@ -208,18 +241,26 @@ def summary(tally: Tally, took: float) -> list[dict[str, Any]]:
     rows = []
     for label in sorted(tally.latencies):
         values = tally.latencies[label]
-        rows.append({
-            "endpoint": label, "requests": len(values), "per_s": len(values) / took,
-            "p50_ms": 1000 * statistics.median(values), "p95_ms": 1000 * percentile(values, 95),
-            "p99_ms": 1000 * percentile(values, 99), "max_ms": 1000 * max(values),
-            "errors": len(tally.errors.get(label, [])),
-        })
+        rows.append(
+            {
+                "endpoint": label,
+                "requests": len(values),
+                "per_s": len(values) / took,
+                "p50_ms": 1000 * statistics.median(values),
+                "p95_ms": 1000 * percentile(values, 95),
+                "p99_ms": 1000 * percentile(values, 99),
+                "max_ms": 1000 * max(values),
+                "errors": len(tally.errors.get(label, [])),
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         lines.append(
             f"| `{r['endpoint']}` | {r['requests']} | {r['per_s']:.1f} | {r['p50_ms']:.0f} | "
@@ -236,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds of load.")
     parser.add_argument("--creates-per-client", type=int, default=3)
-    parser.add_argument("--train-epochs", type=int, default=40,
-                        help="Epochs of the training run (52 steps each).")
+    parser.add_argument(
+        "--train-epochs", type=int, default=40, help="Epochs of the training run (52 steps each)."
+    )
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--json", type=Path, help="Write the figures here as JSON.")
     args = parser.parse_args(argv)
@@ -254,32 +296,51 @@ def main(argv: list[str] | None = None) -> int:
         server = ApiServer(env).start()
         stack.callback(server.stop)
         model_file, data_file = make_inputs(tmp)
-        with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120,
-                          headers={"Authorization": f"Bearer {token}"}) as client:
+        with httpx.Client(
+            base_url=f"{server.url}/api/v1",
+            timeout=120,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
             with model_file.open("rb") as fh:
-                model = client.post("/models", files={"file": ("teacher.pt2", fh)},
-                                    data={"name": "load-teacher"}).json()
+                model = client.post(
+                    "/models", files={"file": ("teacher.pt2", fh)}, data={"name": "load-teacher"}
+                ).json()
             with data_file.open("rb") as fh:
-                dataset = client.post("/datasets", files={"file": ("table.npz", fh)},
-                                      data={"name": "load-table"}).json()
+                dataset = client.post(
+                    "/datasets", files={"file": ("table.npz", fh)}, data={"name": "load-table"}
+                ).json()
             for path in (f"/models/{model['id']}", f"/datasets/{dataset['id']}"):
                 body = wait_for(client, path, {"ready", "failed"}, 300)
                 if body["status"] != "ready":
                     raise RuntimeError(f"{path} failed: {body.get('error')}")
-            training = client.post("/runs", json=run_config(
-                model["id"], dataset["id"], "training under load", args.train_epochs))
+            training = client.post(
+                "/runs",
+                json=run_config(
+                    model["id"], dataset["id"], "training under load", args.train_epochs
+                ),
+            )
             if training.status_code != 201:
                 raise RuntimeError(f"the training run was refused: {training.text}")
             run_id = training.json()["id"]
             wait_for(client, f"/runs/{run_id}", {"running", "succeeded", "failed"}, 300)
             create_body = run_config(model["id"], dataset["id"], "created under load", 1)
 
-            tally, took = asyncio.run(load(server.url, token, run_id, create_body, args.clients,
-                                           args.duration, args.creates_per_client))
+            tally, took = asyncio.run(
+                load(
+                    server.url,
+                    token,
+                    run_id,
+                    create_body,
+                    args.clients,
+                    args.duration,
+                    args.creates_per_client,
+                )
+            )
             at_end = client.get(f"/runs/{run_id}").json()
             run = wait_for(client, f"/runs/{run_id}", {"succeeded", "failed", "cancelled"}, 1800)
-            steps = client.get(f"/runs/{run_id}/metrics",
-                               params={"names": "loss"}).json()["series"]["loss"]["steps"]
+            steps = client.get(f"/runs/{run_id}/metrics", params={"names": "loss"}).json()[
+                "series"
+            ]["loss"]["steps"]
             cancelled = client.get("/runs", params={"status": "cancelled", "limit": 200}).json()
 
     rows = summary(tally, took)
@@ -287,23 +348,35 @@ def main(argv: list[str] | None = None) -> int:
     errors = sum(r["errors"] for r in rows)
     complete = steps == list(range(1, run["total_steps"] + 1))
     result = {
-        "clients": args.clients, "duration_s": took, "database": args.database,
-        "requests": total, "requests_per_s": total / took, "errors": errors,
-        "runs_created": tally.created, "runs_cancelled_listed": len(cancelled["items"]),
+        "clients": args.clients,
+        "duration_s": took,
+        "database": args.database,
+        "requests": total,
+        "requests_per_s": total / took,
+        "errors": errors,
+        "runs_created": tally.created,
+        "runs_cancelled_listed": len(cancelled["items"]),
         "endpoints": rows,
         "training_run": {
-            "status": run["status"], "total_steps": run["total_steps"],
-            "steps_done_when_load_ended": at_end["step"], "metric_steps": len(steps),
-            "every_step_once": complete, "error": run.get("error"),
+            "status": run["status"],
+            "total_steps": run["total_steps"],
+            "steps_done_when_load_ended": at_end["step"],
+            "metric_steps": len(steps),
+            "every_step_once": complete,
+            "error": run.get("error"),
         },
         "error_samples": {k: v[:3] for k, v in tally.errors.items() if v},
     }
-    print(f"\n{args.clients} clients for {took:.1f}s on loopback ({args.database}): {total} "
-          f"requests ({total / took:.0f}/s), {errors} errors, {tally.created} runs created and "
-          f"cancelled\n")
+    print(
+        f"\n{args.clients} clients for {took:.1f}s on loopback ({args.database}): {total} "
+        f"requests ({total / took:.0f}/s), {errors} errors, {tally.created} runs created and "
+        f"cancelled\n"
+    )
     print(markdown(rows))
-    print(f"\ntraining run: {run['status']}, {at_end['step']} of {run['total_steps']} steps done "
-          f"when the load ended; metrics: {len(steps)} steps, every step once: {complete}")
+    print(
+        f"\ntraining run: {run['status']}, {at_end['step']} of {run['total_steps']} steps done "
+        f"when the load ended; metrics: {len(steps)} steps, every step once: {complete}"
+    )
     if result["error_samples"]:
         print("errors:", json.dumps(result["error_samples"], indent=2))
     if args.json:

@@ -44,9 +44,17 @@ COMMAND = ".venv/bin/python -m benchmarks.paper_table"
 STUDENT = {"architecture": "resnet8", "kwargs": {"width": 0.25}}
 FRACTION = 0.15  # of the training part of the default split: ~216 samples, ~22 per class
 EPOCHS = 40
-TRAINING = {"epochs": EPOCHS, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
-            "weight_decay": 5e-4, "schedule": "cosine", "device": "cpu", "log_every": 50,
-            "checkpoint_every": 100_000}
+TRAINING = {
+    "epochs": EPOCHS,
+    "batch_size": 32,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "device": "cpu",
+    "log_every": 50,
+    "checkpoint_every": 100_000,
+}
 
 _STAGES = [{"teacher": f"layer{i}", "student": f"layer{i}"} for i in (1, 2, 3)]
 _POOL = [{"teacher": "avgpool", "student": "avgpool"}]
@@ -54,8 +62,13 @@ _POOL = [{"teacher": "avgpool", "student": "avgpool"}]
 # method -> (losses, layer pairs); weights as RepDistiller (-r ce, -a kd, -b other) / mdistiller
 METHODS: dict[str, tuple[list[dict[str, Any]], list[dict[str, str]]]] = {
     "student (ce)": ([{"name": "ce"}], []),
-    "kd": ([{"name": "ce", "weight": 0.1},
-            {"name": "kd", "weight": 0.9, "params": {"temperature": 4}}], []),
+    "kd": (
+        [
+            {"name": "ce", "weight": 0.1},
+            {"name": "kd", "weight": 0.9, "params": {"temperature": 4}},
+        ],
+        [],
+    ),
     # RepDistiller: hint on the middle stage, beta 100
     "fitnets": ([{"name": "ce"}, {"name": "fitnets", "weight": 100}], [_STAGES[1]]),
     # RepDistiller beta 1000 on 32x32 maps; the map-size rule of losses/at.py gives ~100 at 8x8
@@ -67,25 +80,54 @@ METHODS: dict[str, tuple[list[dict[str, Any]], list[dict[str, str]]]] = {
     # RepDistiller beta 0.8 on the pooled embedding
     "crd": ([{"name": "ce"}, {"name": "crd", "weight": 0.8}], _POOL),
     # mdistiller CIFAR: alpha 1, beta 8, T 4, warm-up 20 of 240 epochs (scaled to the run)
-    "dkd": ([{"name": "ce"}, {"name": "dkd", "params": {
-        "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": max(1, round(EPOCHS * 20 / 240))}}],
-        []),
+    "dkd": (
+        [
+            {"name": "ce"},
+            {
+                "name": "dkd",
+                "params": {
+                    "alpha": 1.0,
+                    "beta": 8.0,
+                    "temperature": 4.0,
+                    "warmup": max(1, round(EPOCHS * 20 / 240)),
+                },
+            },
+        ],
+        [],
+    ),
     # DIST CIFAR setting: beta = gamma = 2, T 4
-    "dist": ([{"name": "ce"}, {"name": "dist", "params": {
-        "beta": 2.0, "gamma": 2.0, "temperature": 4.0}}], []),
+    "dist": (
+        [
+            {"name": "ce"},
+            {"name": "dist", "params": {"beta": 2.0, "gamma": 2.0, "temperature": 4.0}},
+        ],
+        [],
+    ),
     # logit-standardization README: --logit-stand --base-temp 2 --kd-weight 9, ce 0.1
-    "kd+logit_std": ([{"name": "ce", "weight": 0.1},
-                      {"name": "logit_std", "weight": 9, "params": {"temperature": 2.0}}], []),
+    "kd+logit_std": (
+        [
+            {"name": "ce", "weight": 0.1},
+            {"name": "logit_std", "weight": 9, "params": {"temperature": 2.0}},
+        ],
+        [],
+    ),
 }
 
 
 def _config(method: str, seed: int) -> RunConfig:
     losses, pairs = METHODS[method]
-    return RunConfig.model_validate({
-        "name": f"paper-table-{method}", "teacher": {"path": "demo teacher"},
-        "dataset": {"path": "digits"}, "student": STUDENT, "layer_pairs": pairs,
-        "losses": losses, "training": TRAINING, "seed": seed,
-    })
+    return RunConfig.model_validate(
+        {
+            "name": f"paper-table-{method}",
+            "teacher": {"path": "demo teacher"},
+            "dataset": {"path": "digits"},
+            "student": STUDENT,
+            "layer_pairs": pairs,
+            "losses": losses,
+            "training": TRAINING,
+            "seed": seed,
+        }
+    )
 
 
 def _top1(model: torch.nn.Module, data: TensorData) -> float:
@@ -101,8 +143,10 @@ def run(seeds: list[int], methods: list[str]) -> dict[str, Any]:
         teacher_path, _ = make_demo(Path(tmp))
         teacher = load_model(teacher_path, "pt2").module
     teacher_top1 = _top1(teacher, val)
-    print(f"teacher {DEMO_TEACHER}: {teacher_top1:.4f} ({time.perf_counter() - started:.0f} s)",
-          flush=True)
+    print(
+        f"teacher {DEMO_TEACHER}: {teacher_top1:.4f} ({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
     results: dict[str, list[float]] = {m: [] for m in methods}
     subset_sizes = []
     for seed in seeds:
@@ -112,11 +156,21 @@ def run(seeds: list[int], methods: list[str]) -> dict[str, Any]:
             t0 = time.perf_counter()
             student = train(_config(method, seed), teacher, small, val).student
             results[method].append(_top1(student, val))
-            print(f"seed {seed} {method:14s} {results[method][-1]:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s, n={len(small)})", flush=True)
-    return {"teacher_top1": teacher_top1, "results": results, "seeds": seeds,
-            "subset_sizes": subset_sizes, "val_size": len(val), "train_size": len(train_full),
-            "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time()}
+            print(
+                f"seed {seed} {method:14s} {results[method][-1]:.4f} "
+                f"({time.perf_counter() - t0:.0f} s, n={len(small)})",
+                flush=True,
+            )
+    return {
+        "teacher_top1": teacher_top1,
+        "results": results,
+        "seeds": seeds,
+        "subset_sizes": subset_sizes,
+        "val_size": len(val),
+        "train_size": len(train_full),
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time(),
+    }
 
 
 def _fmt(values: list[float]) -> str:
@@ -129,8 +183,11 @@ def table(measured: dict[str, Any]) -> str:
     """The results as a markdown table (one row per method, delta to the student alone)."""
     res = measured["results"]
     base = statistics.fmean(res["student (ce)"]) if "student (ce)" in res else None
-    lines = ["| method | top-1 % (mean ± std) | Δ vs student | per-seed |", "| --- | --- | --- | --- |",
-             f"| teacher (resnet8 w2) | {100 * measured['teacher_top1']:.2f} | | |"]
+    lines = [
+        "| method | top-1 % (mean ± std) | Δ vs student | per-seed |",
+        "| --- | --- | --- | --- |",
+        f"| teacher (resnet8 w2) | {100 * measured['teacher_top1']:.2f} | | |",
+    ]
     for method, values in res.items():
         delta = "" if base is None else f"{100 * (statistics.fmean(values) - base):+.2f}"
         seeds = " / ".join(f"{100 * v:.1f}" for v in values)
@@ -144,19 +201,19 @@ def section(measured: dict[str, Any], reading: str) -> str:
     return f"""{SECTION}
 
 Command: `{COMMAND}` (CPU, `torch.set_num_threads(1)`; this run took
-{measured['cpu_seconds'] / 60:.1f} min of CPU time, {measured['seconds'] / 60:.1f} min wall clock
+{measured["cpu_seconds"] / 60:.1f} min of CPU time, {measured["seconds"] / 60:.1f} min wall clock
 on a 2-core machine shared with other jobs). Code and exact loss weights:
 `benchmarks/paper_table.py`. Training on CPU is deterministic: the same command gives
 the same numbers.
 
 Setting: scikit-learn's bundled 8x8 digits with the default split of a run (seed 0, 20% held
-out: {measured['val_size']} validation samples the teacher never saw). Teacher: the demo teacher
+out: {measured["val_size"]} validation samples the teacher never saw). Teacher: the demo teacher
 (`pipeline.make_demo`: resnet8 width 2, cross-entropy, 10 epochs on all
-{measured['train_size']} training samples), trained once. Student: resnet8 width 0.25
+{measured["train_size"]} training samples), trained once. Student: resnet8 width 0.25
 (channels 4/4/8/16: 5.1k parameters against the teacher's 308k), trained on a stratified
 {FRACTION:.0%} subset of the training samples ({sizes} samples), {EPOCHS} epochs, batch 32,
 SGD lr 0.05 momentum 0.9 weight decay 5e-4, cosine schedule. Seeds
-{', '.join(map(str, measured['seeds']))}: each seed draws its own subset and initialisation,
+{", ".join(map(str, measured["seeds"]))}: each seed draws its own subset and initialisation,
 shared by all methods (a paired comparison). Loss weights as RepDistiller / mdistiller on
 CIFAR-100: ce 0.1 + kd 0.9 (T 4); ce + fitnets 100 on layer2; ce + at 100 on layers 1-3 (1000
 scaled for 8x8 inputs; maps of 8x8, 4x4 and 2x2) and, as a second row, on layers 1-2; ce + sp

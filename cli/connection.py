@@ -43,7 +43,8 @@ class Connection:
         if not self.token:
             raise typer.BadParameter(
                 "give an API token with --token or DS_TOKEN (create one in the UI, or "
-                "POST /api/v1/auth/tokens)", param_hint="--token",
+                "POST /api/v1/auth/tokens)",
+                param_hint="--token",
             )
         return Client(self.api_url or DEFAULT_API_URL, self.token, team_id=self.team, timeout=60)
 
@@ -52,17 +53,48 @@ def _options() -> list[inspect.Parameter]:
     """The four options as function parameters (what Typer builds click options from)."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     return [
-        inspect.Parameter("api_url", keyword, default=DEFAULT_API_URL, annotation=Annotated[
-            str, typer.Option("--api-url", envvar="DS_API_URL", help="The studio's URL.",
-                              show_default=True)]),
-        inspect.Parameter("token", keyword, default=None, annotation=Annotated[
-            str | None, typer.Option("--token", envvar="DS_TOKEN", help="API token (ds_...).",
-                                     show_default=False)]),
-        inspect.Parameter("team", keyword, default=None, annotation=Annotated[
-            int | None, typer.Option("--team", envvar="DS_TEAM_ID", show_default=False,
-                                     help="Act for this team id (X-Team-Id).")]),
-        inspect.Parameter("as_json", keyword, default=False, annotation=Annotated[
-            bool, typer.Option("--json", help="Print JSON for scripts.")]),
+        inspect.Parameter(
+            "api_url",
+            keyword,
+            default=DEFAULT_API_URL,
+            annotation=Annotated[
+                str,
+                typer.Option(
+                    "--api-url", envvar="DS_API_URL", help="The studio's URL.", show_default=True
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "token",
+            keyword,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                typer.Option(
+                    "--token", envvar="DS_TOKEN", help="API token (ds_...).", show_default=False
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "team",
+            keyword,
+            default=None,
+            annotation=Annotated[
+                int | None,
+                typer.Option(
+                    "--team",
+                    envvar="DS_TEAM_ID",
+                    show_default=False,
+                    help="Act for this team id (X-Team-Id).",
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "as_json",
+            keyword,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")],
+        ),
     ]
 
 

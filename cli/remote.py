@@ -116,7 +116,10 @@ def _when(value: datetime | None) -> str | None:
 
 
 Dest = Annotated[
-    Path, typer.Option("-o", "--output", help="File to write, or an existing folder (the server's file name).")
+    Path,
+    typer.Option(
+        "-o", "--output", help="File to write, or an existing folder (the server's file name)."
+    ),
 ]
 
 
@@ -148,7 +151,9 @@ def load_config(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="-f") from None
     except yaml.YAMLError as exc:
-        raise typer.BadParameter(f"{path} is not valid YAML or JSON: {exc}", param_hint="-f") from None
+        raise typer.BadParameter(
+            f"{path} is not valid YAML or JSON: {exc}", param_hint="-f"
+        ) from None
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{path} must hold one run config (a mapping)", param_hint="-f")
     return data
@@ -156,8 +161,10 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def _progress_line(run: Run) -> str:
     eta = f", eta {run.eta_seconds:.0f}s" if run.eta_seconds else ""
-    return (f"run {run.id} {run.status}: {run.progress:.0%} (epoch {run.epoch}, step {run.step}/"
-            f"{run.total_steps or '?'}{eta})")
+    return (
+        f"run {run.id} {run.status}: {run.progress:.0%} (epoch {run.epoch}, step {run.step}/"
+        f"{run.total_steps or '?'}{eta})"
+    )
 
 
 def _follow_run(api: Client, run_id: int, poll: float, timeout: float | None, quiet: bool) -> Run:
@@ -178,8 +185,16 @@ def _follow_run(api: Client, run_id: int, poll: float, timeout: float | None, qu
 
 def _run_rows(runs: Sequence[Run]) -> list[list[Any]]:
     return [
-        [r.id, r.name, r.status, f"{r.progress:.0%}", r.teacher_model_id, r.dataset_id,
-         r.summary.get("student_top1"), r.created_at.strftime("%Y-%m-%d %H:%M") if r.created_at else None]
+        [
+            r.id,
+            r.name,
+            r.status,
+            f"{r.progress:.0%}",
+            r.teacher_model_id,
+            r.dataset_id,
+            r.summary.get("student_top1"),
+            r.created_at.strftime("%Y-%m-%d %H:%M") if r.created_at else None,
+        ]
         for r in runs
     ]
 
@@ -196,9 +211,12 @@ def _show_run(run: Run, as_json: bool) -> None:
         typer.echo(f"\nerror: {run.error}")
     if run.summary:
         typer.echo("")
-        typer.echo(table(("result", "value"), sorted(
-            (k, v) for k, v in run.summary.items() if not isinstance(v, dict | list)
-        )))
+        typer.echo(
+            table(
+                ("result", "value"),
+                sorted((k, v) for k, v in run.summary.items() if not isinstance(v, dict | list)),
+            )
+        )
 
 
 @command(runs_app, "create")
@@ -208,7 +226,9 @@ def runs_create(
     name: Annotated[str | None, typer.Option(help="Override the config's name.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow it until it ends.")] = False,
     poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.05)] = 2.0,
-    timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up waiting after this many seconds.")
+    ] = None,
 ) -> None:
     """Launch a run from a run config file (teacher.model_id, dataset.dataset_id, ...)."""
     config = load_config(file)
@@ -228,9 +248,12 @@ def runs_create(
 @command(runs_app, "list")
 def runs_list(
     conn: Connection,
-    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")
+    ] = None,
     q: Annotated[str | None, typer.Option(help="Name contains.")] = None,
-    limit: Limit = 20, every: AllPages = False,
+    limit: Limit = 20,
+    every: AllPages = False,
 ) -> None:
     """Runs of the team, newest first."""
     api = conn.client()
@@ -282,14 +305,14 @@ def runs_cancel(
 def runs_register(
     conn: Connection,
     run_id: Annotated[int, typer.Argument(help="A succeeded run.")],
-    name: Annotated[str | None, typer.Option(help="Model name (default: <run name>-student).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: <run name>-student).")
+    ] = None,
     description: Annotated[str | None, typer.Option(help="Model description.")] = None,
     tag: Tags = None,
 ) -> None:
     """Register a succeeded run's student as a model (a teacher or student for later runs)."""
-    model = conn.client().register_run(
-        run_id, name, description=description, tags=tag or None
-    )
+    model = conn.client().register_run(run_id, name, description=description, tags=tag or None)
     if conn.as_json:
         emit_json(model)
     else:
@@ -319,8 +342,13 @@ COMPARE_CONFIG: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("dataset", lambda c: f"dataset {(c.get('dataset') or {}).get('dataset_id')}"),
     ("student", _student),
     ("losses", _losses),
-    ("layer pairs", lambda c: ", ".join(
-        f"{p.get('teacher')}->{p.get('student')}" for p in c.get("layer_pairs") or []) or "-"),
+    (
+        "layer pairs",
+        lambda c: (
+            ", ".join(f"{p.get('teacher')}->{p.get('student')}" for p in c.get("layer_pairs") or [])
+            or "-"
+        ),
+    ),
     ("scheme", lambda c: c.get("scheme", "offline")),
     ("epochs", lambda c: (c.get("training") or {}).get("epochs")),
     ("batch size", lambda c: (c.get("training") or {}).get("batch_size")),
@@ -330,17 +358,22 @@ COMPARE_CONFIG: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("seed", lambda c: c.get("seed")),
 ]
 COMPARE_RESULTS = [
-    ("teacher top-1", "teacher_top1"), ("student top-1", "student_top1"),
-    ("agreement", "agreement"), ("student params", "student_params"),
-    ("student size", "student_size_bytes"), ("student FLOPs", "student_flops"),
-    ("student latency ms", "student_cpu_latency_ms"), ("teacher latency ms", "teacher_cpu_latency_ms"),
+    ("teacher top-1", "teacher_top1"),
+    ("student top-1", "student_top1"),
+    ("agreement", "agreement"),
+    ("student params", "student_params"),
+    ("student size", "student_size_bytes"),
+    ("student FLOPs", "student_flops"),
+    ("student latency ms", "student_cpu_latency_ms"),
+    ("teacher latency ms", "teacher_cpu_latency_ms"),
 ]
 
 
 def compare_rows(runs: Sequence[Run]) -> list[tuple[str, list[Any]]]:
     """(label, one value per run) for the config and the results of `runs`."""
     rows: list[tuple[str, list[Any]]] = [
-        ("name", [r.name for r in runs]), ("status", [r.status for r in runs]),
+        ("name", [r.name for r in runs]),
+        ("status", [r.status for r in runs]),
     ]
     rows += [(label, [get(r.config or {}) for r in runs]) for label, get in COMPARE_CONFIG]
     for label, key in COMPARE_RESULTS:
@@ -354,7 +387,9 @@ def compare_rows(runs: Sequence[Run]) -> list[tuple[str, list[Any]]]:
 @command(runs_app, "compare")
 def runs_compare(
     conn: Connection,
-    run_ids: Annotated[list[int], typer.Argument(help="Two or more run ids; the first is the baseline.")],
+    run_ids: Annotated[
+        list[int], typer.Argument(help="Two or more run ids; the first is the baseline.")
+    ],
 ) -> None:
     """Runs side by side: their configs (rows that differ are marked *) and their results."""
     api = conn.client()
@@ -370,8 +405,12 @@ def compare_table(runs: Sequence[Run]) -> str:
     """`compare_rows` as a table, one column per run; config rows that differ are marked *."""
     config_labels = {label for label, _ in COMPARE_CONFIG}
     marked = [
-        (f"* {label}" if label in config_labels and len({_cell(v) for v in vals}) > 1 else f"  {label}",
-         *vals)
+        (
+            f"* {label}"
+            if label in config_labels and len({_cell(v) for v in vals}) > 1
+            else f"  {label}",
+            *vals,
+        )
         for label, vals in compare_rows(runs)
     ]
     return table(["", *(f"run {r.id}" for r in runs)], marked)
@@ -379,13 +418,32 @@ def compare_table(runs: Sequence[Run]) -> str:
 
 # -- models -----------------------------------------------------------------------------------
 
-MODEL_HEADERS = ("id", "name", "version", "format", "architecture", "status", "tags", "accuracy", "size")
+MODEL_HEADERS = (
+    "id",
+    "name",
+    "version",
+    "format",
+    "architecture",
+    "status",
+    "tags",
+    "accuracy",
+    "size",
+)
 
 
 def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
     return [
-        [m.id, m.name, m.version, m.format, m.architecture, m.status + (" (archived)" if getattr(m, "archived", False) else ""),
-         getattr(m, "tags", None) or [], (m.card or {}).get("accuracy"), _size(m.size_bytes)]
+        [
+            m.id,
+            m.name,
+            m.version,
+            m.format,
+            m.architecture,
+            m.status + (" (archived)" if getattr(m, "archived", False) else ""),
+            getattr(m, "tags", None) or [],
+            (m.card or {}).get("accuracy"),
+            _size(m.size_bytes),
+        ]
         for m in models
     ]
 
@@ -393,11 +451,21 @@ def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
 @command(models_app, "push")
 def models_push(
     conn: Connection,
-    file: Annotated[Path, typer.Argument(help="A .pt2 archive or .safetensors weights.", exists=True, dir_okay=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(help="A .pt2 archive or .safetensors weights.", exists=True, dir_okay=False),
+    ],
     name: Annotated[str, typer.Option(help="Model name; an existing name gets a new version.")],
-    format_: Annotated[str | None, typer.Option("--format", help="pt2 | safetensors (default: extension).")] = None,
-    architecture: Annotated[str | None, typer.Option(help="For safetensors: the catalog architecture.")] = None,
-    kwargs: Annotated[str | None, typer.Option(help='For safetensors, JSON: {"input_shape": [3, 32, 32], "num_classes": 10}')] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="pt2 | safetensors (default: extension).")
+    ] = None,
+    architecture: Annotated[
+        str | None, typer.Option(help="For safetensors: the catalog architecture.")
+    ] = None,
+    kwargs: Annotated[
+        str | None,
+        typer.Option(help='For safetensors, JSON: {"input_shape": [3, 32, 32], "num_classes": 10}'),
+    ] = None,
     description: Annotated[str, typer.Option(help="What it is.")] = "",
     tag: Tags = None,
 ) -> None:
@@ -407,8 +475,14 @@ def models_push(
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
     api = conn.client()
-    model = api.upload_model(file, name, format=format_, architecture=architecture, kwargs=parsed,
-                             description=description)
+    model = api.upload_model(
+        file,
+        name,
+        format=format_,
+        architecture=architecture,
+        kwargs=parsed,
+        description=description,
+    )
     if tag:
         model = api.update_model(model.id, tags=tag)
     if conn.as_json:
@@ -423,7 +497,8 @@ def models_list(
     tag: Tags = None,
     name: Annotated[str | None, typer.Option(help="Only this name (all versions).")] = None,
     archived: Annotated[bool, typer.Option("--archived", help="Include archived models.")] = False,
-    limit: Limit = 50, every: AllPages = False,
+    limit: Limit = 50,
+    every: AllPages = False,
 ) -> None:
     """Models of the team, newest first (filter by tags: every --tag must match)."""
     api = conn.client()
@@ -450,7 +525,9 @@ def models_show(
     card = {k: v for k, v in (model.card or {}).items() if v is not None}
     if card:
         typer.echo("\n" + table(("card", "value"), sorted(card.items())))
-    lineage = {k: v for k, v in (getattr(model, "lineage", None) or {}).items() if k != "run_config"}
+    lineage = {
+        k: v for k, v in (getattr(model, "lineage", None) or {}).items() if k != "run_config"
+    }
     if any(v is not None for v in lineage.values()):
         typer.echo("\n" + table(("lineage", "value"), sorted(lineage.items())))
 
@@ -460,7 +537,9 @@ def models_update(
     conn: Connection,
     model_id: Annotated[int, typer.Argument(help="Model id.")],
     description: Annotated[str | None, typer.Option(help="New description.")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Replaces the tags (repeat for several).")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Replaces the tags (repeat for several).")
+    ] = None,
 ) -> None:
     """Change a model's description or tags."""
     model = conn.client().update_model(model_id, description=description, tags=tag)
@@ -474,7 +553,9 @@ def models_update(
 def models_delete(
     conn: Connection,
     model_id: Annotated[int, typer.Argument(help="Model id.")],
-    archive: Annotated[bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")] = False,
+    archive: Annotated[
+        bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")
+    ] = False,
 ) -> None:
     """Delete a model (refused while runs use it: archive it instead)."""
     kept = conn.client().delete_model(model_id, archive=archive)
@@ -502,9 +583,16 @@ DATASET_HEADERS = ("id", "name", "format", "status", "samples", "classes", "tags
 
 def _dataset_rows(datasets: Sequence[Any]) -> list[list[Any]]:
     return [
-        [d.id, d.name, d.format, d.status + (" (archived)" if getattr(d, "archived", False) else ""),
-         d.info.num_samples if d.info else None, d.info.num_classes if d.info else None,
-         getattr(d, "tags", None) or [], _size(d.size_bytes)]
+        [
+            d.id,
+            d.name,
+            d.format,
+            d.status + (" (archived)" if getattr(d, "archived", False) else ""),
+            d.info.num_samples if d.info else None,
+            d.info.num_classes if d.info else None,
+            getattr(d, "tags", None) or [],
+            _size(d.size_bytes),
+        ]
         for d in datasets
     ]
 
@@ -512,9 +600,16 @@ def _dataset_rows(datasets: Sequence[Any]) -> list[list[Any]]:
 @command(datasets_app, "push")
 def datasets_push(
     conn: Connection,
-    file: Annotated[Path, typer.Argument(help="A .npz (x, y), .zip (class folders) or .csv.", exists=True, dir_okay=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A .npz (x, y), .zip (class folders) or .csv.", exists=True, dir_okay=False
+        ),
+    ],
     name: Annotated[str, typer.Option(help="Dataset name.")],
-    format_: Annotated[str | None, typer.Option("--format", help="npz | zip | csv (default: extension).")] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="npz | zip | csv (default: extension).")
+    ] = None,
     label_column: Annotated[str, typer.Option(help="csv only: the label column.")] = "label",
     description: Annotated[str | None, typer.Option(help="What it is.")] = None,
     tag: Tags = None,
@@ -535,13 +630,15 @@ def datasets_list(
     conn: Connection,
     tag: Tags = None,
     name: Annotated[str | None, typer.Option(help="Only this name.")] = None,
-    archived: Annotated[bool, typer.Option("--archived", help="Include archived datasets.")] = False,
-    limit: Limit = 50, every: AllPages = False,
+    archived: Annotated[
+        bool, typer.Option("--archived", help="Include archived datasets.")
+    ] = False,
+    limit: Limit = 50,
+    every: AllPages = False,
 ) -> None:
     """Datasets of the team, newest first."""
     api = conn.client()
-    datasets = _listed(api.datasets, limit, every, tags=tag, name=name,
-                       include_archived=archived)
+    datasets = _listed(api.datasets, limit, every, tags=tag, name=name, include_archived=archived)
     if conn.as_json:
         emit_json(datasets)
     else:
@@ -565,7 +662,9 @@ def datasets_show(
 def datasets_delete(
     conn: Connection,
     dataset_id: Annotated[int, typer.Argument(help="Dataset id.")],
-    archive: Annotated[bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")] = False,
+    archive: Annotated[
+        bool, typer.Option("--archive", help="Hide it instead (works while runs use it).")
+    ] = False,
 ) -> None:
     """Delete a dataset (refused while runs use it: archive it instead)."""
     kept = conn.client().delete_dataset(dataset_id, archive=archive)
@@ -611,7 +710,9 @@ def teams_create(
     if conn.as_json:
         emit_json(created)
     else:
-        typer.echo(f"team {created.id}: {created.name} (you are its owner; use --team {created.id})")
+        typer.echo(
+            f"team {created.id}: {created.name} (you are its owner; use --team {created.id})"
+        )
 
 
 @command(teams_app, "members")
@@ -624,7 +725,11 @@ def teams_members(
     if conn.as_json:
         emit_json(members)
     else:
-        typer.echo(table(("user_id", "username", "role"), [[m.user_id, m.username, m.role] for m in members]))
+        typer.echo(
+            table(
+                ("user_id", "username", "role"), [[m.user_id, m.username, m.role] for m in members]
+            )
+        )
 
 
 @command(teams_app, "add")
@@ -668,8 +773,11 @@ def teams_invitations(
     conn: Connection,
     sent: Annotated[
         int | None,
-        typer.Option("--sent", help="Instead: the invitations this team sent (its admins).",
-                     show_default=False),
+        typer.Option(
+            "--sent",
+            help="Instead: the invitations this team sent (its admins).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Invitations waiting for your answer (or, with --sent TEAM_ID, those a team sent)."""
@@ -678,10 +786,15 @@ def teams_invitations(
     if conn.as_json:
         emit_json(rows)
         return
-    typer.echo(table(INVITATION_HEADERS, [
-        [i.id, i.team_name, i.username, i.role, i.status, i.invited_by, i.created_at]
-        for i in rows
-    ]))
+    typer.echo(
+        table(
+            INVITATION_HEADERS,
+            [
+                [i.id, i.team_name, i.username, i.role, i.status, i.invited_by, i.created_at]
+                for i in rows
+            ],
+        )
+    )
 
 
 @command(teams_app, "withdraw")
@@ -771,10 +884,23 @@ def artifacts_list(
     if conn.as_json:
         emit_json(arts)
     else:
-        typer.echo(table(ARTIFACT_HEADERS, [
-            [a.id, a.run_id, a.kind, a.filename, _size(a.size_bytes), a.sha256[:12], _when(a.created_at)]
-            for a in arts
-        ]))
+        typer.echo(
+            table(
+                ARTIFACT_HEADERS,
+                [
+                    [
+                        a.id,
+                        a.run_id,
+                        a.kind,
+                        a.filename,
+                        _size(a.size_bytes),
+                        a.sha256[:12],
+                        _when(a.created_at),
+                    ]
+                    for a in arts
+                ],
+            )
+        )
 
 
 @command(artifacts_app, "download")
@@ -815,7 +941,8 @@ def comparisons_create(
 @command(comparisons_app, "list")
 def comparisons_list(
     conn: Connection,
-    limit: Limit = 50, every: AllPages = False,
+    limit: Limit = 50,
+    every: AllPages = False,
 ) -> None:
     """The team's saved comparisons, newest first."""
     api = conn.client()
@@ -858,13 +985,32 @@ def comparisons_delete(
 
 # -- API tokens -------------------------------------------------------------------------------
 
-TOKEN_HEADERS = ("id", "name", "prefix", "team", "read_only", "created", "last_used", "expires", "revoked")
+TOKEN_HEADERS = (
+    "id",
+    "name",
+    "prefix",
+    "team",
+    "read_only",
+    "created",
+    "last_used",
+    "expires",
+    "revoked",
+)
 
 
 def _token_rows(tokens: Sequence[Any]) -> list[list[Any]]:
     return [
-        [t.id, t.name, t.prefix, t.team_id, "yes" if t.read_only else "no", _when(t.created_at),
-         _when(t.last_used_at), _when(t.expires_at), _when(t.revoked_at)]
+        [
+            t.id,
+            t.name,
+            t.prefix,
+            t.team_id,
+            "yes" if t.read_only else "no",
+            _when(t.created_at),
+            _when(t.last_used_at),
+            _when(t.expires_at),
+            _when(t.revoked_at),
+        ]
         for t in tokens
     ]
 
@@ -885,12 +1031,21 @@ def tokens_list(
 def tokens_create(
     conn: Connection,
     name: Annotated[str, typer.Option(help="What the token is for, e.g. ci.")] = "token",
-    read_only: Annotated[bool, typer.Option("--read-only", help="Only GET requests work with it.")] = False,
-    team_scoped: Annotated[bool, typer.Option(
-        "--team-scoped", help="Bind it to the team of this request (--team).")] = False,
-    expires_in_days: Annotated[int | None, typer.Option(
-        help="Days until it expires (default DS_TOKEN_TTL_DAYS; 0 never); never later than the "
-        "token you use.", min=0, max=3650)] = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Only GET requests work with it.")
+    ] = False,
+    team_scoped: Annotated[
+        bool, typer.Option("--team-scoped", help="Bind it to the team of this request (--team).")
+    ] = False,
+    expires_in_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days until it expires (default DS_TOKEN_TTL_DAYS; 0 never); never later than the "
+            "token you use.",
+            min=0,
+            max=3650,
+        ),
+    ] = None,
 ) -> None:
     """Create an API token; prints the secret on stdout (shown only this once)."""
     created = conn.client().create_token(
@@ -901,8 +1056,11 @@ def tokens_create(
         return
     typer.echo(created.token)
     expires = _when(created.expires_at) or "never"
-    typer.echo(f"token {created.id} ({created.name}, expires {expires}): store it now, it is "
-               "shown only this once", err=True)
+    typer.echo(
+        f"token {created.id} ({created.name}, expires {expires}): store it now, it is "
+        "shown only this once",
+        err=True,
+    )
 
 
 @command(tokens_app, "revoke")
@@ -921,7 +1079,16 @@ def tokens_revoke(
 # -- webhooks ---------------------------------------------------------------------------------
 
 WEBHOOK_HEADERS = ("id", "url", "events", "active", "secret", "description")
-DELIVERY_HEADERS = ("id", "event", "run", "status", "attempts", "last_code", "last_error", "created")
+DELIVERY_HEADERS = (
+    "id",
+    "event",
+    "run",
+    "status",
+    "attempts",
+    "last_code",
+    "last_error",
+    "created",
+)
 
 
 @command(webhooks_app, "list")
@@ -933,18 +1100,34 @@ def webhooks_list(
     if conn.as_json:
         emit_json(hooks)
     else:
-        typer.echo(table(WEBHOOK_HEADERS, [
-            [h.id, h.url, h.events, "yes" if h.active else "paused", f"{h.secret_prefix}...",
-             h.description] for h in hooks
-        ]))
+        typer.echo(
+            table(
+                WEBHOOK_HEADERS,
+                [
+                    [
+                        h.id,
+                        h.url,
+                        h.events,
+                        "yes" if h.active else "paused",
+                        f"{h.secret_prefix}...",
+                        h.description,
+                    ]
+                    for h in hooks
+                ],
+            )
+        )
 
 
 @command(webhooks_app, "create")
 def webhooks_create(
     conn: Connection,
     url: Annotated[str, typer.Argument(help="http(s) URL to POST each event to.")],
-    event: Annotated[list[str] | None, typer.Option(
-        "--event", help="run.succeeded | run.failed | run.cancelled (repeat; default: all).")] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--event", help="run.succeeded | run.failed | run.cancelled (repeat; default: all)."
+        ),
+    ] = None,
     description: Annotated[str, typer.Option(help="What it is for.")] = "",
 ) -> None:
     """Register a URL told when runs end; prints its signing secret (shown only this once)."""
@@ -953,8 +1136,11 @@ def webhooks_create(
         emit_json(hook)
         return
     typer.echo(hook.secret)
-    typer.echo(f"webhook {hook.id}: {hook.url} ({_cell(hook.events)}); the secret above signs "
-               "each delivery (X-Distill-Signature) and is shown only this once", err=True)
+    typer.echo(
+        f"webhook {hook.id}: {hook.url} ({_cell(hook.events)}); the secret above signs "
+        "each delivery (X-Distill-Signature) and is shown only this once",
+        err=True,
+    )
 
 
 @command(webhooks_app, "delete")
@@ -974,21 +1160,41 @@ def webhooks_delete(
 def webhooks_deliveries(
     conn: Connection,
     webhook_id: Annotated[int, typer.Argument(help="Webhook id.")],
-    status: Annotated[str | None, typer.Option(help="pending | retrying | succeeded | failed.")] = None,
-    event: Annotated[str | None, typer.Option(help="run.succeeded | run.failed | run.cancelled.")] = None,
-    limit: Limit = 50, every: AllPages = False,
+    status: Annotated[
+        str | None, typer.Option(help="pending | retrying | succeeded | failed.")
+    ] = None,
+    event: Annotated[
+        str | None, typer.Option(help="run.succeeded | run.failed | run.cancelled.")
+    ] = None,
+    limit: Limit = 50,
+    every: AllPages = False,
 ) -> None:
     """Deliveries of a webhook, newest first: status, attempts, last status code and error."""
     api = conn.client()
-    items = _listed(lambda **page: api.deliveries(webhook_id, **page), limit, every,
-                    status=status, event=event)
+    items = _listed(
+        lambda **page: api.deliveries(webhook_id, **page), limit, every, status=status, event=event
+    )
     if conn.as_json:
         emit_json(items)
     else:
-        typer.echo(table(DELIVERY_HEADERS, [
-            [d.id, d.event, d.run_id, d.status, d.attempts, d.last_status_code, d.last_error,
-             _when(d.created_at)] for d in items
-        ]))
+        typer.echo(
+            table(
+                DELIVERY_HEADERS,
+                [
+                    [
+                        d.id,
+                        d.event,
+                        d.run_id,
+                        d.status,
+                        d.attempts,
+                        d.last_status_code,
+                        d.last_error,
+                        _when(d.created_at),
+                    ]
+                    for d in items
+                ],
+            )
+        )
 
 
 # -- audit log --------------------------------------------------------------------------------
@@ -999,36 +1205,66 @@ AUDIT_HEADERS = ("id", "when", "user", "action", "resource", "detail")
 @command(audit_app, "list")
 def audit_list(
     conn: Connection,
-    action: Annotated[str | None, typer.Option(help="`model` (every model.*) or one, e.g. model.delete.")] = None,
-    resource_type: Annotated[str | None, typer.Option(help="model, dataset, run, webhook, ...")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="`model` (every model.*) or one, e.g. model.delete.")
+    ] = None,
+    resource_type: Annotated[
+        str | None, typer.Option(help="model, dataset, run, webhook, ...")
+    ] = None,
     resource_id: Annotated[str | None, typer.Option(help="The resource's id.")] = None,
     user_id: Annotated[int | None, typer.Option(help="Only this user's actions.")] = None,
-    limit: Limit = 50, every: AllPages = False,
+    limit: Limit = 50,
+    every: AllPages = False,
 ) -> None:
     """The team's audit log, newest first (admins and owners)."""
     api = conn.client()
-    entries = _listed(api.audit, limit, every, action=action, resource_type=resource_type,
-                      resource_id=resource_id, user_id=user_id)
+    entries = _listed(
+        api.audit,
+        limit,
+        every,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        user_id=user_id,
+    )
     if conn.as_json:
         emit_json(entries)
         return
-    typer.echo(table(AUDIT_HEADERS, [
-        [e.id, _when(e.created_at), e.username, e.action,
-         f"{e.resource_type} {e.resource_id}" if e.resource_id else e.resource_type,
-         _short(json.dumps(e.detail, sort_keys=True, default=str))]
-        for e in entries
-    ]))
+    typer.echo(
+        table(
+            AUDIT_HEADERS,
+            [
+                [
+                    e.id,
+                    _when(e.created_at),
+                    e.username,
+                    e.action,
+                    f"{e.resource_type} {e.resource_id}" if e.resource_id else e.resource_type,
+                    _short(json.dumps(e.detail, sort_keys=True, default=str)),
+                ]
+                for e in entries
+            ],
+        )
+    )
 
 
 def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-REMOTE_APPS.update({
-    "runs": runs_app, "models": models_app, "datasets": datasets_app, "teams": teams_app,
-    "artifacts": artifacts_app, "comparisons": comparisons_app, "tokens": tokens_app,
-    "webhooks": webhooks_app, "audit": audit_app,
-})
+REMOTE_APPS.update(
+    {
+        "runs": runs_app,
+        "models": models_app,
+        "datasets": datasets_app,
+        "teams": teams_app,
+        "artifacts": artifacts_app,
+        "comparisons": comparisons_app,
+        "tokens": tokens_app,
+        "webhooks": webhooks_app,
+        "audit": audit_app,
+    }
+)
 
 
 def main() -> None:  # pragma: no cover - `python -m cli.remote`

@@ -39,9 +39,12 @@ class AuditApi(BaseClient):
         """The team's audit log, newest first (admins and owners). `action` is `model` (every
         model.* action) or one action such as `model.delete`."""
         params = self._query(
-            action=action, resource_type=resource_type,
-            resource_id=None if resource_id is None else str(resource_id), user_id=user_id,
-            limit=limit, cursor=cursor,
+            action=action,
+            resource_type=resource_type,
+            resource_id=None if resource_id is None else str(resource_id),
+            user_id=user_id,
+            limit=limit,
+            cursor=cursor,
         )
         return Page[AuditEntry].model_validate(self._json("GET", "/audit", params=params))
 

@@ -133,9 +133,7 @@ class BaseClient:
             with self._http.stream("GET", url, headers=self._headers()) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ApiError(
-                        response.status_code, detail_of(response), method="GET", url=url
-                    )
+                    raise ApiError(response.status_code, detail_of(response), method="GET", url=url)
                 target = dest / filename_from(response, fallback) if dest.is_dir() else dest
                 target.parent.mkdir(parents=True, exist_ok=True)
                 partial = target.with_name(target.name + ".part")

@@ -24,9 +24,7 @@ class Comparison(Out):
 class ComparisonsApi(BaseClient):
     """`/comparisons`."""
 
-    def create_comparison(
-        self, name: str, run_ids: list[int], description: str = ""
-    ) -> Comparison:
+    def create_comparison(self, name: str, run_ids: list[int], description: str = "") -> Comparison:
         """Save a comparison of runs for the team (the first run is the baseline)."""
         body = {"name": name, "run_ids": list(run_ids), "description": description}
         return Comparison.model_validate(self._json("POST", "/comparisons", json=body))

@@ -96,7 +96,10 @@ class DatasetsApi(BaseClient):
         """One page of the team's datasets, newest first: every tag in `tags` must match, and
         the other filters; archived datasets on request. Follow it with `iter_datasets`."""
         params = self._query(
-            limit=limit, cursor=cursor, name=name, status=status,
+            limit=limit,
+            cursor=cursor,
+            name=name,
+            status=status,
             include_archived="true" if include_archived else None,
         )
         params["tag"] = list(tags or [])
@@ -113,7 +116,11 @@ class DatasetsApi(BaseClient):
     ) -> Iterator[Dataset]:
         """Every dataset matching the filters of `datasets()`, page by page."""
         return walk(
-            self.datasets, page_size=page_size, tags=tags, name=name, status=status,
+            self.datasets,
+            page_size=page_size,
+            tags=tags,
+            name=name,
+            status=status,
             include_archived=include_archived,
         )
 

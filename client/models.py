@@ -104,7 +104,10 @@ class ModelsApi(BaseClient):
         """One page of the team's models, newest first: every tag in `tags` must match, and
         the other filters; archived models on request. Follow it with `iter_models`."""
         params = self._query(
-            limit=limit, cursor=cursor, name=name, status=status,
+            limit=limit,
+            cursor=cursor,
+            name=name,
+            status=status,
             include_archived="true" if include_archived else None,
         )
         params["tag"] = list(tags or [])
@@ -121,7 +124,11 @@ class ModelsApi(BaseClient):
     ) -> Iterator[Model]:
         """Every model matching the filters of `models()`, page by page."""
         return walk(
-            self.models, page_size=page_size, tags=tags, name=name, status=status,
+            self.models,
+            page_size=page_size,
+            tags=tags,
+            name=name,
+            status=status,
             include_archived=include_archived,
         )
 

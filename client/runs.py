@@ -149,8 +149,10 @@ class RunsApi(BaseClient):
                 on_pending(pending, waited)
             if waited >= wait:
                 raise ApiError(
-                    503, f"{pending.detail} — still not built after {waited:.0f}s; is a worker "
-                    "running? (`distill-studio worker`)", method=response.request.method,
+                    503,
+                    f"{pending.detail} — still not built after {waited:.0f}s; is a worker "
+                    "running? (`distill-studio worker`)",
+                    method=response.request.method,
                     url=str(response.request.url),
                 )
             pause = retry_after(response, pending.retry_after_s)

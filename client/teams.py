@@ -92,8 +92,7 @@ class TeamsApi(BaseClient):
     def sent_invitations(self, team_id: int) -> list[Invitation]:
         """The invitations a team sent, newest first, with their answers (admins and owners)."""
         return [
-            Invitation.model_validate(i)
-            for i in self._json("GET", f"/teams/{team_id}/invitations")
+            Invitation.model_validate(i) for i in self._json("GET", f"/teams/{team_id}/invitations")
         ]
 
     def withdraw_invitation(self, team_id: int, invitation_id: int) -> Invitation:
@@ -108,9 +107,7 @@ class TeamsApi(BaseClient):
 
     def accept_invitation(self, invitation_id: int) -> Invitation:
         """Join the invitation's team with its role."""
-        return Invitation.model_validate(
-            self._json("POST", f"/invitations/{invitation_id}/accept")
-        )
+        return Invitation.model_validate(self._json("POST", f"/invitations/{invitation_id}/accept"))
 
     def decline_invitation(self, invitation_id: int) -> Invitation:
         return Invitation.model_validate(

@@ -93,6 +93,4 @@ class WebhooksApi(BaseClient):
         self, webhook_id: int, *, page_size: int = PAGE_SIZE, **filters: Any
     ) -> Iterator[WebhookDelivery]:
         """Every delivery of a webhook matching the filters of `deliveries()`, page by page."""
-        return walk(
-            lambda **kw: self.deliveries(webhook_id, **kw), page_size=page_size, **filters
-        )
+        return walk(lambda **kw: self.deliveries(webhook_id, **kw), page_size=page_size, **filters)

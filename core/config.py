@@ -84,16 +84,19 @@ def _float_problem(value: Any, metadata: list[Any]) -> str | None:
     if not math.isfinite(value):
         return f"must be a finite number{where}, got {value}"
     for item in metadata:
-        for name, outside in (("ge", operator.lt), ("gt", operator.le), ("le", operator.gt),
-                              ("lt", operator.ge)):
+        for name, outside in (
+            ("ge", operator.lt),
+            ("gt", operator.le),
+            ("le", operator.gt),
+            ("lt", operator.ge),
+        ):
             bound = getattr(item, name, None)
             if bound is not None and outside(value, bound):
                 return f"must be{where}, got {value}"
     return None
 
 
-def json_problem(value: Any, max_depth: int, path: str = "", *, finite: bool = True
-                 ) -> str | None:
+def json_problem(value: Any, max_depth: int, path: str = "", *, finite: bool = True) -> str | None:
     """Why a JSON-like value is refused: nested deeper than `max_depth`, or (with `finite`)
     holding a NaN or an infinite number, named by its path; None when it is fine."""
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
@@ -101,8 +104,10 @@ def json_problem(value: Any, max_depth: int, path: str = "", *, finite: bool = T
         item, where, depth = stack.pop()
         if isinstance(item, (dict, list)):
             if depth >= max_depth:
-                return (f"nested deeper than {max_depth} levels at '{where or '.'}'; flatten it "
-                        "(the limit is the DS_MAX_JSON_DEPTH setting)")
+                return (
+                    f"nested deeper than {max_depth} levels at '{where or '.'}'; flatten it "
+                    "(the limit is the DS_MAX_JSON_DEPTH setting)"
+                )
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in pairs)
         elif finite and isinstance(item, float) and not math.isfinite(item):
@@ -115,10 +120,12 @@ def setting(spec: Setting) -> Any:
     default, range (`ge`/`gt`/`le`/`lt`), item count and help, declared once there."""
     if spec.type == "floats":
         default = list(spec.default)
-        return Field(default_factory=lambda: list(default), max_length=spec.max_items,
-                     description=spec.help)
-    return Field(spec.default, ge=spec.ge, gt=spec.gt, le=spec.le, lt=spec.lt,
-                 description=spec.help)
+        return Field(
+            default_factory=lambda: list(default), max_length=spec.max_items, description=spec.help
+        )
+    return Field(
+        spec.default, ge=spec.ge, gt=spec.gt, le=spec.le, lt=spec.lt, description=spec.help
+    )
 
 
 def _items(spec: Setting) -> Any:
@@ -148,8 +155,11 @@ class _Strict(BaseModel):
             problem = _list_problem(value, items)
         elif annotation == dict[str, Any] and isinstance(value, dict):
             # the catalog checks its parameters' values itself (naming each one's range)
-            problem = json_problem(value, limit("DS_MAX_JSON_DEPTH"),
-                                   finite=info.field_name not in cls._catalog_checked)
+            problem = json_problem(
+                value,
+                limit("DS_MAX_JSON_DEPTH"),
+                finite=info.field_name not in cls._catalog_checked,
+            )
         else:
             problem = None
         if problem is not None:
@@ -191,7 +201,9 @@ class ModelRef(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> ModelRef:
         if (self.model_id is None) == (self.path is None):
-            raise ValueError("give exactly one of 'model_id' (a registered model) or 'path' (a file)")
+            raise ValueError(
+                "give exactly one of 'model_id' (a registered model) or 'path' (a file)"
+            )
         return self
 
 
@@ -212,7 +224,9 @@ class StudentSpec(_Strict):
     source: Literal["zoo", "derived", "teacher", "model"] = "zoo"
     architecture: str = Field("resnet8", description="Catalog name of the student architecture.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Architecture parameters.")
-    model: ModelRef | None = Field(None, description="With source='model': the model to start from.")
+    model: ModelRef | None = Field(
+        None, description="With source='model': the model to start from."
+    )
     depth_factor: float = Field(
         0.5, gt=0.0, le=1.0, description="With source='derived': the teacher's depth times this."
     )
@@ -259,7 +273,9 @@ class StudentSpec(_Strict):
         if self.source == "teacher":
             return catalog.same_architecture(teacher_arch, teacher_kwargs)
         if self.source == "model":
-            raise ValueError("student.source='model' loads student.model; there is nothing to build")
+            raise ValueError(
+                "student.source='model' loads student.model; there is nothing to build"
+            )
         return self.architecture, dict(self.kwargs)
 
 
@@ -390,7 +406,9 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _losses_fit_pairs(self) -> RunConfig:
         if not self.losses:
-            raise ValueError("losses: give at least one loss, e.g. [{'name': 'ce'}, {'name': 'kd'}]")
+            raise ValueError(
+                "losses: give at least one loss, e.g. [{'name': 'ce'}, {'name': 'kd'}]"
+            )
         for i, loss in enumerate(self.losses):
             entry = catalog.LOSSES[loss.name]
             if entry.needs_pairs and not self.layer_pairs:

@@ -66,7 +66,9 @@ def job_id(args: list[Any]) -> str:
 @lru_cache(maxsize=8)
 def _client_for(url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+        url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
         health_check_interval=30,
     )
 
@@ -90,8 +92,12 @@ def read(job: str) -> Entry | None:
         return None
     try:
         data = json.loads(raw)
-        return Entry(str(data["status"]), data.get("inspection"), data.get("error"),
-                     float(data.get("since", 0.0)))
+        return Entry(
+            str(data["status"]),
+            data.get("inspection"),
+            data.get("error"),
+            float(data.get("since", 0.0)),
+        )
     except (ValueError, KeyError, TypeError):  # not ours, or damaged: build it again
         return None
 
@@ -150,7 +156,10 @@ def store_failed(args: list[Any], error: str) -> None:
 
 
 def plant(
-    architecture: str, kwargs: dict[str, Any], input_shape: list[int], num_classes: int,
+    architecture: str,
+    kwargs: dict[str, Any],
+    input_shape: list[int],
+    num_classes: int,
     inspection: dict[str, Any],
 ) -> str:
     """Store a layer table as if a worker had built it (tests without a worker); its job id."""

@@ -99,7 +99,6 @@ def make_celery() -> Celery:
     return app
 
 
-
 @lru_cache(maxsize=8)
 def _app_for(broker_url: str) -> Celery:
     """A publishing app for `broker_url` with short socket timeouts (it suits a web request)."""
@@ -118,8 +117,12 @@ def _app_for(broker_url: str) -> Celery:
     app.conf.redis_retry_on_timeout = False
     app.conf.result_backend_transport_options = {
         **app.conf.result_backend_transport_options,
-        "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
-                         "interval_max": 0.2},
+        "retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
     }
     app.conf.result_backend_always_retry = False
     return app
@@ -142,7 +145,11 @@ def send_task(task: str, args: list[Any], queue: str) -> str:
     """
     try:
         result = producer_app().send_task(
-            task, args=args, queue=queue, ignore_result=True, retry=True,
+            task,
+            args=args,
+            queue=queue,
+            ignore_result=True,
+            retry=True,
             retry_policy=RETRY_POLICY,
         )
     except BROKER_ERRORS as exc:

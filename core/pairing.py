@@ -109,7 +109,8 @@ def _penultimate(inspection: dict[str, Any]) -> str | None:
         return None
     end = heads[-1]["end"]
     candidates = [
-        p for p in heads[-1]["layers"]
+        p
+        for p in heads[-1]["layers"]
         if p != end and not p.startswith(end + ".") and not end.startswith(p + ".")
     ]
     if not candidates:
@@ -120,9 +121,7 @@ def _penultimate(inspection: dict[str, Any]) -> str | None:
     return path
 
 
-def _spatial_candidates(
-    teacher: dict[str, Any], student: dict[str, Any]
-) -> list[tuple[str, str]]:
+def _spatial_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str]]:
     """The "spatial" stage rule: (teacher, student) stage ends aligned from the end, deepest
     first; the penultimate features when either network has no spatial stage (MLPs)."""
     t_ends, s_ends = _map_stage_ends(teacher), _map_stage_ends(student)
@@ -137,8 +136,11 @@ STAGE_RULES = {"spatial": _spatial_candidates}
 
 
 def suggest_pairs(
-    teacher: dict[str, Any], student: dict[str, Any], max_pairs: int = 3,
-    *, task: str = DEFAULT_TASK,
+    teacher: dict[str, Any],
+    student: dict[str, Any],
+    max_pairs: int = 3,
+    *,
+    task: str = DEFAULT_TASK,
 ) -> list[dict[str, Any]]:
     """Stage-end pairs, deepest first when choosing, returned shallow to deep.
 
@@ -156,10 +158,12 @@ def suggest_pairs(
         t_row = find_layer(teacher, t_path, "teacher")
         s_row = find_layer(student, s_path, "student")
         if check_pair(t_row, s_row) is None:
-            pairs.append({
-                "teacher": t_path,
-                "student": s_path,
-                "teacher_shape": t_row["output_shape"],
-                "student_shape": s_row["output_shape"],
-            })
+            pairs.append(
+                {
+                    "teacher": t_path,
+                    "student": s_path,
+                    "teacher_shape": t_row["output_shape"],
+                    "student_shape": s_row["output_shape"],
+                }
+            )
     return pairs[::-1]

@@ -12,7 +12,9 @@ target_metadata = Base.metadata
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=str(get_engine().url), target_metadata=target_metadata, literal_binds=True,
+        url=str(get_engine().url),
+        target_metadata=target_metadata,
+        literal_binds=True,
         render_as_batch=True,
     )
     with context.begin_transaction():

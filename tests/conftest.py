@@ -64,9 +64,7 @@ def _postgres_database() -> Iterator[str]:
     finally:
         with admin.connect() as conn:
             conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                 {"n": name},
             )
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
@@ -164,8 +162,13 @@ def admin_token(studio_env: StudioEnv) -> str:
 class WorkerProcess:
     """A real `celery worker` process, consuming both queues, with the studio's env."""
 
-    def __init__(self, env: StudioEnv, name: str = "w1", queues: str = "gpu,cpu",
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        env: StudioEnv,
+        name: str = "w1",
+        queues: str = "gpu,cpu",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.env, self.name, self.queues = env, name, queues
         self.extra_env = extra_env or {}
         self.log = env.data_dir / f"worker-{name}.log"
@@ -173,13 +176,33 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         cmd = [
-            sys.executable, "-m", "celery", "-A", "worker.tasks", "worker",
-            "-Q", self.queues, "-c", "1", "-P", "prefork", "-n", f"{self.name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.tasks",
+            "worker",
+            "-Q",
+            self.queues,
+            "-c",
+            "1",
+            "-P",
+            "prefork",
+            "-n",
+            f"{self.name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
         ]
         env = {**os.environ, **self.env.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.time() + 60

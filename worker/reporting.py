@@ -53,11 +53,17 @@ class DbReporter:
 
         def write() -> None:
             with session_scope() as s:
-                s.execute(delete(Metric).where(Metric.run_id == self.run_id, Metric.step > start_step))
                 s.execute(
-                    update(Run).where(Run.id == self.run_id).values(
-                        total_steps=total_steps, step=start_step,
-                        progress=start_step / max(total_steps, 1), heartbeat_at=datetime.now(UTC),
+                    delete(Metric).where(Metric.run_id == self.run_id, Metric.step > start_step)
+                )
+                s.execute(
+                    update(Run)
+                    .where(Run.id == self.run_id)
+                    .values(
+                        total_steps=total_steps,
+                        step=start_step,
+                        progress=start_step / max(total_steps, 1),
+                        heartbeat_at=datetime.now(UTC),
                     )
                 )
 
@@ -66,13 +72,21 @@ class DbReporter:
     def on_step(self, report: StepReport) -> None:
         for name, value in report.metrics.items():
             self.rows.append(
-                {"run_id": self.run_id, "name": name, "step": report.step, "epoch": report.epoch,
-                 "value": float(value)}
+                {
+                    "run_id": self.run_id,
+                    "name": name,
+                    "step": report.step,
+                    "epoch": report.epoch,
+                    "value": float(value),
+                }
             )
         self.progress = {
-            "step": report.step, "epoch": report.epoch, "total_steps": report.total_steps,
+            "step": report.step,
+            "epoch": report.epoch,
+            "total_steps": report.total_steps,
             "progress": report.step / max(report.total_steps, 1),
-            "throughput": report.throughput, "eta_seconds": report.eta_seconds,
+            "throughput": report.throughput,
+            "eta_seconds": report.eta_seconds,
         }
         if time.monotonic() - self.last_flush >= self.flush_every:
             self.flush()
@@ -80,7 +94,13 @@ class DbReporter:
     def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.rows.append(
-                {"run_id": self.run_id, "name": name, "step": step, "epoch": epoch, "value": float(value)}
+                {
+                    "run_id": self.run_id,
+                    "name": name,
+                    "step": step,
+                    "epoch": epoch,
+                    "value": float(value),
+                }
             )
         self.flush()
 
@@ -110,7 +130,9 @@ class DbReporter:
                     s.execute(insert(Metric), _dedupe(rows))
                 values = {**progress, "heartbeat_at": datetime.now(UTC)}
                 owned = s.execute(
-                    update(Run).where(Run.id == self.run_id, Run.worker == self.worker).values(**values)
+                    update(Run)
+                    .where(Run.id == self.run_id, Run.worker == self.worker)
+                    .values(**values)
                 ).rowcount
                 if not owned:
                     raise LostClaim(f"run {self.run_id} was taken over by another worker")

@@ -102,15 +102,26 @@ def _spawn() -> _Child:
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "worker.sandbox", str(to_child_r), str(from_child_w),
-         str(os.getpid())],
-        cwd="/", env=_child_env(), pass_fds=(to_child_r, from_child_w),
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "worker.sandbox",
+            str(to_child_r),
+            str(from_child_w),
+            str(os.getpid()),
+        ],
+        cwd="/",
+        env=_child_env(),
+        pass_fds=(to_child_r, from_child_w),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     os.close(to_child_r)
     os.close(from_child_w)
-    return _Child(proc, os.fdopen(to_child_w, "wb"), os.fdopen(from_child_r, "rb"),
-                  _StderrTail(proc))
+    return _Child(
+        proc, os.fdopen(to_child_w, "wb"), os.fdopen(from_child_r, "rb"), _StderrTail(proc)
+    )
 
 
 def prepare_spare() -> None:
@@ -129,8 +140,15 @@ def _take() -> _Child:
     return child
 
 
-def run(job: str, kwargs: dict[str, Any], *, workdir: Path, limits: Limits,
-        handler: Handler | None = None, timeout_s: float | None = None) -> Any:
+def run(
+    job: str,
+    kwargs: dict[str, Any],
+    *,
+    workdir: Path,
+    limits: Limits,
+    handler: Handler | None = None,
+    timeout_s: float | None = None,
+) -> Any:
     """Run `JOBS[job](**kwargs)` in a limited child process in `workdir`; return its result.
 
     `handler(name, args)` answers the child's calls (progress, cancellation, checkpoints); an
@@ -144,8 +162,10 @@ def run(job: str, kwargs: dict[str, Any], *, workdir: Path, limits: Limits,
     proc, tail = child.proc, child.tail
     try:
         with child.out as out, child.inp as inp:
-            _send(out, {"job": job, "kwargs": kwargs, "limits": asdict(limits),
-                        "workdir": str(workdir)})
+            _send(
+                out,
+                {"job": job, "kwargs": kwargs, "limits": asdict(limits), "workdir": str(workdir)},
+            )
             outcome = _serve(inp.fileno(), out, handler, timeout_s)
     except BaseException:
         _kill(proc)
@@ -163,8 +183,9 @@ def run(job: str, kwargs: dict[str, Any], *, workdir: Path, limits: Limits,
     return outcome.get("result")
 
 
-def _serve(fd: int, out: Any, handler: Handler | None,
-           timeout_s: float | None) -> dict[str, Any] | None:
+def _serve(
+    fd: int, out: Any, handler: Handler | None, timeout_s: float | None
+) -> dict[str, Any] | None:
     """Answer the child's calls until it sends its result or error (None: it died first)."""
     buffer, deadline = b"", None
     while True:
@@ -255,23 +276,32 @@ def _died(code: int | None, cpu_s: float, limits: Limits, stderr: str) -> str:
         return _limit_message("cpu", limits)
     if _ALLOCATION_FAILED.search(stderr):
         return _limit_message("memory", limits)
-    how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"code {code}"
+    how = (
+        f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"code {code}"
+    )
     last = stderr.strip().splitlines()[-1:] or ["no output"]
     return f"the model's process ended unexpectedly ({how}): {last[0][:300]}"
 
 
 def _limit_message(which: str, limits: Limits) -> str:
     if which == "memory":
-        return (f"the job exceeded the memory limit of {limits.memory_mb} MiB; raise "
-                "DS_SANDBOX_MEMORY_MB if the model really needs more")
+        return (
+            f"the job exceeded the memory limit of {limits.memory_mb} MiB; raise "
+            "DS_SANDBOX_MEMORY_MB if the model really needs more"
+        )
     if which == "cpu":
-        return (f"the job exceeded the CPU time limit of {limits.cpu_s} s; raise "
-                "DS_SANDBOX_INSPECT_CPU_S (inspections) or DS_SANDBOX_TRAIN_CPU_S (runs)")
+        return (
+            f"the job exceeded the CPU time limit of {limits.cpu_s} s; raise "
+            "DS_SANDBOX_INSPECT_CPU_S (inspections) or DS_SANDBOX_TRAIN_CPU_S (runs)"
+        )
     if which == "file":
-        return (f"the job tried to write a file larger than the limit of {limits.file_mb} MiB; "
-                "raise DS_SANDBOX_FILE_MB")
-    return (f"the job opened more than {limits.open_files} files at once; raise "
-            "DS_SANDBOX_OPEN_FILES")
+        return (
+            f"the job tried to write a file larger than the limit of {limits.file_mb} MiB; "
+            "raise DS_SANDBOX_FILE_MB"
+        )
+    return (
+        f"the job opened more than {limits.open_files} files at once; raise DS_SANDBOX_OPEN_FILES"
+    )
 
 
 # -- the child side ----------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ def preload() -> None:
     import worker.engine.taps  # noqa: F401
 
 
-def inspect_upload(*, channel: Channel, path: str, format: str, architecture: str | None,
-                   kwargs: dict[str, Any]) -> dict[str, Any]:
+def inspect_upload(
+    *, channel: Channel, path: str, format: str, architecture: str | None, kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """Load an uploaded model safely and run one dummy forward: its layer table and card."""
     from worker.engine.loading import load_model
     from worker.engine.taps import inspect_model
@@ -42,11 +43,17 @@ class _ParentCallbacks:
         self.channel.call("on_start", [total_steps, start_step])
 
     def on_step(self, report: Any) -> None:
-        self.channel.notify("on_step", {
-            "step": report.step, "epoch": report.epoch, "total_steps": report.total_steps,
-            "metrics": {k: float(v) for k, v in report.metrics.items()},
-            "throughput": float(report.throughput), "eta_seconds": float(report.eta_seconds),
-        })
+        self.channel.notify(
+            "on_step",
+            {
+                "step": report.step,
+                "epoch": report.epoch,
+                "total_steps": report.total_steps,
+                "metrics": {k: float(v) for k, v in report.metrics.items()},
+                "throughput": float(report.throughput),
+                "eta_seconds": float(report.eta_seconds),
+            },
+        )
 
     def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.channel.call("on_epoch", [epoch, step, {k: float(v) for k, v in metrics.items()}])
@@ -58,8 +65,16 @@ class _ParentCallbacks:
         return bool(self.channel.call("should_stop"))
 
 
-def train(*, channel: Channel, config: dict[str, Any], teacher_path: str, dataset_path: str,
-          out_dir: str, checkpoint_path: str, student_path: str | None) -> dict[str, Any]:
+def train(
+    *,
+    channel: Channel,
+    config: dict[str, Any],
+    teacher_path: str,
+    dataset_path: str,
+    out_dir: str,
+    checkpoint_path: str,
+    student_path: str | None,
+) -> dict[str, Any]:
     """One distillation run end to end (`pipeline.run_distillation`); returns its summary."""
     from core.config import RunConfig
     from worker.engine.pipeline import run_distillation
@@ -69,8 +84,12 @@ def train(*, channel: Channel, config: dict[str, Any], teacher_path: str, datase
         pass
 
     summary = run_distillation(
-        RunConfig.model_validate(config), Path(teacher_path), Path(dataset_path), Path(out_dir),
-        callbacks=Forwarded(channel), checkpoint_path=Path(checkpoint_path),
+        RunConfig.model_validate(config),
+        Path(teacher_path),
+        Path(dataset_path),
+        Path(out_dir),
+        callbacks=Forwarded(channel),
+        checkpoint_path=Path(checkpoint_path),
         student_path=Path(student_path) if student_path else None,
     )
     return summary

@@ -43,7 +43,6 @@ from worker.webhooks import (  # also registers the deliver_webhook task
 log = logging.getLogger(__name__)
 
 
-
 def _stale_after() -> timedelta:
     return timedelta(seconds=get_settings().run_stale_s)
 
@@ -77,8 +76,9 @@ def _timed_out(exc: BaseException | None) -> bool:
     return False
 
 
-def _process_upload(table: type[Model] | type[Dataset], row_id: int,
-                    work: Callable[[Path, Any], Apply]) -> str:
+def _process_upload(
+    table: type[Model] | type[Dataset], row_id: int, work: Callable[[Path, Any], Apply]
+) -> str:
     """Fetch an uploaded file into scratch, run `work(path, row)` on it here in the worker, and
     record the outcome. `work` returns a function that applies its results to the row. Any
     exception (a hostile or broken file, a missing dependency, the time limit) marks the row
@@ -122,9 +122,14 @@ def inspect_model(model_id: int) -> str:
         # in a child process with resource limits (worker/sandbox.py), in the scratch folder
         result = sandbox.run(
             "inspect",
-            {"path": str(path), "format": model.format, "architecture": model.architecture,
-             "kwargs": dict(model.arch_kwargs or {})},
-            workdir=path.parent, limits=sandbox.Limits.for_job("inspect"),
+            {
+                "path": str(path),
+                "format": model.format,
+                "architecture": model.architecture,
+                "kwargs": dict(model.arch_kwargs or {}),
+            },
+            workdir=path.parent,
+            limits=sandbox.Limits.for_job("inspect"),
             timeout_s=get_settings().inspect_timeout_s,
         )
         inspection, card = result["inspection"], result["card"]
@@ -156,7 +161,9 @@ def scan_dataset(dataset_id: int) -> str:
         named = path.rename(path.with_name(f"{_file_stem(ds.name)}.{ds.format}"))
         # the decoded size is checked from headers before anything is decoded (DS_MAX_DECODED_MB)
         info = describe_dataset(
-            named, ds.format, ds.label_column,
+            named,
+            ds.format,
+            ds.label_column,
             max_entries=settings.max_zip_entries,
             max_uncompressed_bytes=settings.max_zip_uncompressed_mb * 1024 * 1024,
             max_decoded_bytes=settings.max_decoded_mb * 1024 * 1024,
@@ -241,7 +248,8 @@ class Heartbeat:
             try:
                 with session_scope() as s:
                     s.execute(
-                        update(Run).where(Run.id == self.run_id, Run.worker == self.worker)
+                        update(Run)
+                        .where(Run.id == self.run_id, Run.worker == self.worker)
                         .values(heartbeat_at=datetime.now(UTC))
                     )
             except Exception:  # noqa: BLE001 - the database may be away; keep beating
@@ -286,7 +294,9 @@ def _claim(run_id: int, worker: str) -> Claim | str | None:
             run.status, run.finished_at = Status.cancelled.value, now
             return "ended"
         if _alive_elsewhere(run, worker, now):
-            log.info("run %s is being trained by %s; dropping duplicate delivery", run_id, run.worker)
+            log.info(
+                "run %s is being trained by %s; dropping duplicate delivery", run_id, run.worker
+            )
             return None
         if run.attempts >= settings.max_attempts:
             run.status, run.finished_at = Status.failed.value, now
@@ -301,9 +311,7 @@ def _claim(run_id: int, worker: str) -> Claim | str | None:
         return Claim(run.team_id, dict(run.config), run.attempts)
 
 
-def _resolve_inputs(
-    config: dict[str, Any], tmp: Path
-) -> tuple[Any, Path, Path, Path | None]:
+def _resolve_inputs(config: dict[str, Any], tmp: Path) -> tuple[Any, Path, Path, Path | None]:
     """Fetch the teacher, dataset and (for `source: model`) student files; fill the config with
     their formats. The config keeps its ids, so the run.yaml artifact names what the user chose."""
     from core.config import RunConfig
@@ -315,7 +323,9 @@ def _resolve_inputs(
         if teacher is None or dataset is None:
             raise ValueError("the run's teacher or dataset was deleted")
         config["teacher"].update(
-            format=teacher.format, architecture=teacher.architecture, kwargs=teacher.arch_kwargs or {}
+            format=teacher.format,
+            architecture=teacher.architecture,
+            kwargs=teacher.arch_kwargs or {},
         )
         config["dataset"].update(format=dataset.format, label_column=dataset.label_column)
         student_model = None
@@ -324,10 +334,16 @@ def _resolve_inputs(
             if student_model is None:
                 raise ValueError("the run's student model was deleted")
             config["student"]["model"].update(
-                format=student_model.format, architecture=student_model.architecture,
+                format=student_model.format,
+                architecture=student_model.architecture,
                 kwargs=student_model.arch_kwargs or {},
             )
-        t_key, t_fmt, d_key, d_fmt = teacher.storage_key, teacher.format, dataset.storage_key, dataset.format
+        t_key, t_fmt, d_key, d_fmt = (
+            teacher.storage_key,
+            teacher.format,
+            dataset.storage_key,
+            dataset.format,
+        )
         s_key = student_model.storage_key if student_model else None
     teacher_path = store.get_file(t_key, tmp / f"teacher.{t_fmt}")
     dataset_path = store.get_file(d_key, tmp / f"dataset.{d_fmt}")
@@ -364,11 +380,16 @@ def distill(self, run_id: int) -> str:
             reporter = DbReporter(run_id, ckpt_key, worker)
             summary = sandbox.run(
                 "train",
-                {"config": config.model_dump(mode="json"), "teacher_path": str(teacher_path),
-                 "dataset_path": str(dataset_path), "out_dir": str(tmp / "out"),
-                 "checkpoint_path": str(ckpt),
-                 "student_path": str(student_path) if student_path else None},
-                workdir=tmp, handler=_reporting_handler(reporter, ckpt),
+                {
+                    "config": config.model_dump(mode="json"),
+                    "teacher_path": str(teacher_path),
+                    "dataset_path": str(dataset_path),
+                    "out_dir": str(tmp / "out"),
+                    "checkpoint_path": str(ckpt),
+                    "student_path": str(student_path) if student_path else None,
+                },
+                workdir=tmp,
+                handler=_reporting_handler(reporter, ckpt),
                 limits=sandbox.Limits.for_job("train", cuda=_may_use_cuda(config)),
             )
             reporter.flush()
@@ -438,7 +459,9 @@ def _check_artifact_names(summary: dict[str, Any], out: Path) -> None:
             raise ValueError(f"the training process reported an unexpected artifact {name!r}")
 
 
-def _store_results(run_id: int, team_id: int, worker: str, out: Path, summary: dict[str, Any]) -> None:
+def _store_results(
+    run_id: int, team_id: int, worker: str, out: Path, summary: dict[str, Any]
+) -> None:
     """Upload every artifact, then record them and the summary in one transaction.
 
     If any upload fails, the ones already written are removed and nothing is recorded.
@@ -462,8 +485,13 @@ def _store_results(run_id: int, team_id: int, worker: str, out: Path, summary: d
             for kind, filename, stored in written:
                 s.add(
                     Artifact(
-                        team_id=team_id, run_id=run_id, kind=kind, filename=filename,
-                        storage_key=stored.key, size_bytes=stored.size, sha256=stored.sha256,
+                        team_id=team_id,
+                        run_id=run_id,
+                        kind=kind,
+                        filename=filename,
+                        storage_key=stored.key,
+                        size_bytes=stored.size,
+                        sha256=stored.sha256,
                     )
                 )
             run.summary = {k: v for k, v in summary.items() if k != "artifacts"}
@@ -502,13 +530,17 @@ def recover_stale_runs() -> list[int]:
     cutoff = datetime.now(UTC) - _stale_after()
     with session_scope() as s:
         stale = s.execute(
-            select(Run.id, Run.queue).where(Run.status == Status.running.value, Run.heartbeat_at < cutoff)
+            select(Run.id, Run.queue).where(
+                Run.status == Status.running.value, Run.heartbeat_at < cutoff
+            )
         ).all()
         recovered = []
         for run_id, queue in stale:
             moved = s.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status == Status.running.value, Run.heartbeat_at < cutoff)
+                .where(
+                    Run.id == run_id, Run.status == Status.running.value, Run.heartbeat_at < cutoff
+                )
                 .values(status=Status.queued.value, worker=None)
             ).rowcount
             if moved:
@@ -533,8 +565,9 @@ _stop_recovery = threading.Event()
 
 @signals.worker_ready.connect
 def _start_recovery(**_: Any) -> None:
-    threading.Thread(target=_recovery_loop, args=(_stop_recovery,), daemon=True,
-                     name="run-recovery").start()
+    threading.Thread(
+        target=_recovery_loop, args=(_stop_recovery,), daemon=True, name="run-recovery"
+    ).start()
 
 
 @signals.worker_shutdown.connect

@@ -79,13 +79,17 @@ def excerpt(raw: bytes, limit: int = EXCERPT_CHARS) -> str:
     return kept if len(kept) <= limit else kept[:limit] + " ..."
 
 
-def _post(target: addresses.Target, body: bytes, headers: dict[str, str], timeout: float
-          ) -> tuple[int, bytes]:
+def _post(
+    target: addresses.Target, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
     """POST to the checked address; the status code and the start of the reply."""
     extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
     with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         request = client.build_request(
-            "POST", target.url, content=body, headers={**headers, "Host": target.host_header},
+            "POST",
+            target.url,
+            content=body,
+            headers={**headers, "Host": target.host_header},
             extensions=extensions,
         )
         deadline = time.monotonic() + timeout
@@ -101,8 +105,9 @@ def _post(target: addresses.Target, body: bytes, headers: dict[str, str], timeou
             response.close()
 
 
-def _send(url: str, body: bytes, headers: dict[str, str], timeout: float
-          ) -> tuple[int | None, str | None, bool]:
+def _send(
+    url: str, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int | None, str | None, bool]:
     """One attempt: (status code, error, final) where final means "do not try again"."""
     try:
         target = addresses.pin(url)
@@ -113,7 +118,11 @@ def _send(url: str, body: bytes, headers: dict[str, str], timeout: float
     try:
         code, head = _post(target, body, headers, timeout)
     except httpx.HTTPError as exc:
-        return None, _short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), False
+        return (
+            None,
+            _short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__),
+            False,
+        )
     if 200 <= code < 300:
         return code, None, False
     return code, f"HTTP {code}: {excerpt(head)}".rstrip(": "), False
@@ -176,6 +185,7 @@ def enqueue_run_event(run_id: int) -> list[int]:
     webhook setup must not fail the run (problems are logged and kept on the deliveries).
     """
     try:
+
         def record() -> list[int]:
             with session_scope() as s:
                 return record_run_event(s, run_id)
@@ -199,13 +209,24 @@ def resend_unqueued_deliveries() -> list[int]:
     sends it; if the broker is still away, `send` marks it again for the next sweep.
     """
     with session_scope() as s:
-        ids = list(s.scalars(select(WebhookDelivery.id).where(
-            WebhookDelivery.status == PENDING, WebhookDelivery.last_error == NOT_QUEUED)))
+        ids = list(
+            s.scalars(
+                select(WebhookDelivery.id).where(
+                    WebhookDelivery.status == PENDING, WebhookDelivery.last_error == NOT_QUEUED
+                )
+            )
+        )
         taken = [
-            delivery_id for delivery_id in ids
-            if s.execute(update(WebhookDelivery).where(
-                WebhookDelivery.id == delivery_id, WebhookDelivery.last_error == NOT_QUEUED,
-            ).values(last_error=None)).rowcount
+            delivery_id
+            for delivery_id in ids
+            if s.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery_id,
+                    WebhookDelivery.last_error == NOT_QUEUED,
+                )
+                .values(last_error=None)
+            ).rowcount
         ]
     if taken:
         log.warning("re-sending webhook deliveries %s that the broker missed", taken)

@@ -25,7 +25,9 @@ def attachment(
 
 
 @router.get(
-    "/{artifact_id}", response_model=ArtifactOut, responses=responses(401, 403, 404, 422, 503),
+    "/{artifact_id}",
+    response_model=ArtifactOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="One artifact",
 )
 def get_artifact(art: OwnedArtifact) -> ArtifactOut:
@@ -33,10 +35,13 @@ def get_artifact(art: OwnedArtifact) -> ArtifactOut:
 
 
 @router.get(
-    "/{artifact_id}/download", response_class=StreamingResponse,
+    "/{artifact_id}/download",
+    response_class=StreamingResponse,
     summary="Download an artifact's file",
-    responses={200: {"content": {"application/octet-stream": {}}},
-               **responses(401, 403, 404, 422, 503)},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **responses(401, 403, 404, 422, 503),
+    },
 )
 def download(
     session: SessionDep, store: StoreDep, principal: TeamMember, art: OwnedArtifact

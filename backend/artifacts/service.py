@@ -92,10 +92,18 @@ def get_artifact(session: Session, artifact_id: int, team_id: int) -> Artifact:
     return get_owned(session, Artifact, artifact_id, team_id)
 
 
-def download(session: Session, store: Store, principal: Principal, art: Artifact) -> Iterator[bytes]:
+def download(
+    session: Session, store: Store, principal: Principal, art: Artifact
+) -> Iterator[bytes]:
     """The artifact's bytes; the download is recorded in the audit log."""
     body = open_stream(store, art.storage_key, f"artifact {art.id}")
-    audit(session, principal, "artifact.download", "artifact", art.id,
-          {"run_id": art.run_id, "kind": art.kind, "filename": art.filename})
+    audit(
+        session,
+        principal,
+        "artifact.download",
+        "artifact",
+        art.id,
+        {"run_id": art.run_id, "kind": art.kind, "filename": art.filename},
+    )
     session.commit()
     return body

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 
 
 @router.get(
-    "", response_model=Page[AuditEntryOut], responses=responses(401, 403, 422, 503),
+    "",
+    response_model=Page[AuditEntryOut],
+    responses=responses(401, 403, 422, 503),
     summary="The team's audit log, newest first (admins and owners)",
 )
 def list_audit(
@@ -33,8 +35,14 @@ def list_audit(
     user_id: int | None = None,
 ) -> Page[AuditEntryOut]:
     rows, next_cursor = service.list_entries(
-        session, principal.team_id, limit=limit, cursor=cursor, action=action,
-        resource_type=resource_type, resource_id=resource_id, user_id=user_id,
+        session,
+        principal.team_id,
+        limit=limit,
+        cursor=cursor,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        user_id=user_id,
     )
     return Page[AuditEntryOut](
         items=[AuditEntryOut.model_validate(r) for r in rows], next_cursor=next_cursor

@@ -12,10 +12,18 @@ from backend.teams.schemas import OrmModel, UtcDateTime
 class AuditEntryOut(OrmModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"id": 88, "user_id": 1, "username": "admin", "action": "model.update",
-                          "resource_type": "model", "resource_id": "7",
-                          "detail": {"tags": {"old": [], "new": ["prod"]}},
-                          "created_at": "2026-03-02T10:20:00Z"}]
+            "examples": [
+                {
+                    "id": 88,
+                    "user_id": 1,
+                    "username": "admin",
+                    "action": "model.update",
+                    "resource_type": "model",
+                    "resource_id": "7",
+                    "detail": {"tags": {"old": [], "new": ["prod"]}},
+                    "created_at": "2026-03-02T10:20:00Z",
+                }
+            ]
         }
     )
 

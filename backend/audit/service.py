@@ -64,10 +64,14 @@ def audit_teams(
     entries = []
     for team_id in dict.fromkeys(team_ids):
         entry = AuditEntry(
-            team_id=team_id, user_id=user_id, username=username, action=action,
+            team_id=team_id,
+            user_id=user_id,
+            username=username,
+            action=action,
             resource_type=resource_type,
             resource_id=None if resource_id is None else str(resource_id),
-            detail=dict(detail or {}), created_at=utcnow(),
+            detail=dict(detail or {}),
+            created_at=utcnow(),
         )
         session.add(entry)
         entries.append(entry)
@@ -75,14 +79,22 @@ def audit_teams(
 
 
 def list_entries(
-    session: Session, team_id: int, *, limit: int, cursor: str | None, action: str | None,
-    resource_type: str | None, resource_id: str | None, user_id: int | None,
+    session: Session,
+    team_id: int,
+    *,
+    limit: int,
+    cursor: str | None,
+    action: str | None,
+    resource_type: str | None,
+    resource_id: str | None,
+    user_id: int | None,
 ) -> tuple[list[AuditEntry], str | None]:
     stmt = select(AuditEntry).where(AuditEntry.team_id == team_id)
     if action:
         # "model" matches every model.* action; "model.delete" only that one
         stmt = stmt.where(
-            AuditEntry.action == action if "." in action
+            AuditEntry.action == action
+            if "." in action
             else AuditEntry.action.startswith(f"{action}.", autoescape=True)
         )
     if resource_type:

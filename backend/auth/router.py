@@ -19,15 +19,27 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 @router.post(
-    "/token", response_model=TokenOut, summary="Sign in with username and password",
+    "/token",
+    response_model=TokenOut,
+    summary="Sign in with username and password",
     responses=responses(
-        401, 422, 429, 503, e401="wrong username or password",
+        401,
+        422,
+        429,
+        503,
+        e401="wrong username or password",
         e429="too many sign-in attempts for this account from this address, or from this "
-             "address; wait the seconds of the Retry-After header",
+        "address; wait the seconds of the Retry-After header",
     ),
-    openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {
-        "example": {"username": "admin", "password": "a long passphrase"},
-    }}}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "example": {"username": "admin", "password": "a long passphrase"},
+                }
+            }
+        }
+    },
 )
 def login(
     request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]
@@ -38,22 +50,33 @@ def login(
 
 
 @router.get(
-    "/me", response_model=MeOut, responses=responses(401, 403, 503),
+    "/me",
+    response_model=MeOut,
+    responses=responses(401, 403, 503),
     summary="Who you are and which team this request acts for",
 )
 def me(session: SessionDep, principal: CurrentUser) -> MeOut:
     scope = principal.token.team_id
-    teams = [TeamOut(id=t.id, name=t.name, role=role)
-             for t, role in user_teams(session, principal.user.id) if scope in (None, t.id)]
+    teams = [
+        TeamOut(id=t.id, name=t.name, role=role)
+        for t, role in user_teams(session, principal.user.id)
+        if scope in (None, t.id)
+    ]
     return MeOut(
-        id=principal.user.id, username=principal.user.username, team_id=principal.team_id,
-        role=principal.role, read_only=principal.read_only,
-        is_superuser=principal.user.is_superuser, teams=teams,
+        id=principal.user.id,
+        username=principal.user.username,
+        team_id=principal.team_id,
+        role=principal.role,
+        read_only=principal.read_only,
+        is_superuser=principal.user.is_superuser,
+        teams=teams,
     )
 
 
 @router.post(
-    "/tokens", response_model=ApiTokenCreated, status_code=201,
+    "/tokens",
+    response_model=ApiTokenCreated,
+    status_code=201,
     responses=responses(401, 403, 422, 503),
     summary="Create an API token for scripts (shown once); never wider than the token you use",
 )
@@ -61,11 +84,15 @@ def create_token(session: SessionDep, principal: CurrentUser, body: TokenCreate)
     row, token = service.create_token(
         session, principal, body.name, body.read_only, body.team_scoped, body.expires_in_days
     )
-    return ApiTokenCreated.model_validate({**ApiTokenOut.model_validate(row).model_dump(), "token": token})
+    return ApiTokenCreated.model_validate(
+        {**ApiTokenOut.model_validate(row).model_dump(), "token": token}
+    )
 
 
 @router.get(
-    "/tokens", response_model=list[ApiTokenOut], responses=responses(401, 503),
+    "/tokens",
+    response_model=list[ApiTokenOut],
+    responses=responses(401, 503),
     summary="Your API tokens (prefix, scope, last use, expiry; never the secret); a team-scoped "
     "token sees only that team's",
 )
@@ -74,7 +101,9 @@ def list_tokens(session: SessionDep, principal: CurrentUser) -> list[ApiTokenOut
 
 
 @router.delete(
-    "/tokens/{token_id}", response_model=ApiTokenOut, responses=responses(401, 403, 404, 422, 503),
+    "/tokens/{token_id}",
+    response_model=ApiTokenOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="Revoke one of your tokens (refused with 401 from then on)",
 )
 def revoke_token(session: SessionDep, principal: Account, token_id: int) -> ApiTokenOut:

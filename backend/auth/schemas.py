@@ -8,9 +8,15 @@ from backend.teams.schemas import OrmModel, TeamOut, UtcDateTime
 
 EXAMPLE_TOKEN = "ds_k3q9x2mv_hZvd3ggKgyc9HjEEZsXV38vFwCVY_MXpFbq2_urxHjQ"
 _API_TOKEN = {
-    "id": 4, "name": "ci", "prefix": "k3q9x2mv", "team_id": 1, "read_only": True,
-    "created_at": "2026-03-02T09:30:00Z", "last_used_at": "2026-03-05T18:02:11Z",
-    "expires_at": "2026-04-01T09:30:00Z", "revoked_at": None,
+    "id": 4,
+    "name": "ci",
+    "prefix": "k3q9x2mv",
+    "team_id": 1,
+    "read_only": True,
+    "created_at": "2026-03-02T09:30:00Z",
+    "last_used_at": "2026-03-05T18:02:11Z",
+    "expires_at": "2026-04-01T09:30:00Z",
+    "revoked_at": None,
 }
 
 
@@ -18,8 +24,15 @@ class TokenOut(BaseModel):
     """OAuth2 token response: send `Authorization: Bearer <access_token>`."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"access_token": EXAMPLE_TOKEN, "token_type": "bearer",
-                                         "expires_at": "2026-04-01T09:30:00Z"}]}
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": EXAMPLE_TOKEN,
+                    "token_type": "bearer",
+                    "expires_at": "2026-04-01T09:30:00Z",
+                }
+            ]
+        }
     )
 
     access_token: str
@@ -30,9 +43,20 @@ class TokenOut(BaseModel):
 class MeOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"id": 1, "username": "admin", "team_id": 1, "role": "owner",
-                          "read_only": False, "is_superuser": True, "teams": [{"id": 1, "name": "default", "role": "owner"},
-                                                        {"id": 2, "name": "vision-lab", "role": "admin"}]}]
+            "examples": [
+                {
+                    "id": 1,
+                    "username": "admin",
+                    "team_id": 1,
+                    "role": "owner",
+                    "read_only": False,
+                    "is_superuser": True,
+                    "teams": [
+                        {"id": 1, "name": "default", "role": "owner"},
+                        {"id": 2, "name": "vision-lab", "role": "admin"},
+                    ],
+                }
+            ]
         }
     )
 
@@ -41,14 +65,18 @@ class MeOut(BaseModel):
     team_id: int = Field(description="The team this request acts for.")
     role: str = Field(description="Your role in that team.")
     read_only: bool = False
-    is_superuser: bool = Field(False, description="A studio administrator: creates users and teams.")
+    is_superuser: bool = Field(
+        False, description="A studio administrator: creates users and teams."
+    )
     teams: list[TeamOut]
 
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"name": "ci", "read_only": True, "team_scoped": True, "expires_in_days": 30}]
+            "examples": [
+                {"name": "ci", "read_only": True, "team_scoped": True, "expires_in_days": 30}
+            ]
         }
     )
 
@@ -60,7 +88,9 @@ class TokenCreate(BaseModel):
         "Required when the token you use is itself scoped.",
     )
     expires_in_days: int | None = Field(
-        None, ge=0, le=3650,
+        None,
+        ge=0,
+        le=3650,
         description="Default DS_TOKEN_TTL_DAYS; 0 never expires. Never later than the expiry of "
         "the token you use: a later one is cut to it.",
     )
@@ -82,7 +112,9 @@ class ApiTokenOut(OrmModel):
 
 class ApiTokenCreated(ApiTokenOut):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{**_API_TOKEN, "last_used_at": None, "token": EXAMPLE_TOKEN}]}
+        json_schema_extra={
+            "examples": [{**_API_TOKEN, "last_used_at": None, "token": EXAMPLE_TOKEN}]
+        }
     )
 
     token: str = Field(description="The token itself; shown only this once.")

@@ -38,22 +38,35 @@ def login(session: Session, username: str, password: str, address: str) -> tuple
 
 
 def _team_ids(session: Session, user_id: int) -> list[int]:
-    return list(session.scalars(
-        select(Membership.team_id).where(Membership.user_id == user_id).order_by(Membership.id)
-    ))
+    return list(
+        session.scalars(
+            select(Membership.team_id).where(Membership.user_id == user_id).order_by(Membership.id)
+        )
+    )
 
 
-def _record_throttle(session: Session, username: str, address: str, refusal: throttle.Refusal) -> None:
+def _record_throttle(
+    session: Session, username: str, address: str, refusal: throttle.Refusal
+) -> None:
     """An `auth.throttle` entry in every team of the account (once per window); nothing is
     recorded for a username that does not exist (there is no team to tell)."""
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         return
     audit_teams(
-        session, _team_ids(session, user.id), "auth.throttle", "user", user.id,
-        {"username": username, "address": address, "limit": refusal.limit,
-         "retry_after_s": refusal.retry_after},
-        user_id=None, username="",
+        session,
+        _team_ids(session, user.id),
+        "auth.throttle",
+        "user",
+        user.id,
+        {
+            "username": username,
+            "address": address,
+            "limit": refusal.limit,
+            "retry_after_s": refusal.retry_after,
+        },
+        user_id=None,
+        username="",
     )
     session.commit()
 
@@ -68,7 +81,11 @@ def _not_later(row: ApiToken, cap: datetime | None) -> None:
 
 
 def create_token(
-    session: Session, principal: Principal, name: str, read_only: bool, team_scoped: bool,
+    session: Session,
+    principal: Principal,
+    name: str,
+    read_only: bool,
+    team_scoped: bool,
     expires_in_days: int | None,
 ) -> tuple[ApiToken, str]:
     """A token of the caller's, never wider than the token of the request: within its team scope
@@ -85,17 +102,31 @@ def create_token(
             "password"
         )
     row, token = create_api_token(
-        session, principal.user, principal.team_id if team_scoped else None, name,
-        read_only=read_only, expires_in_days=expires_in_days,
+        session,
+        principal.user,
+        principal.team_id if team_scoped else None,
+        name,
+        read_only=read_only,
+        expires_in_days=expires_in_days,
     )
     _not_later(row, as_utc(creator.expires_at))
     session.flush()
     reach = [row.team_id] if row.team_id is not None else _team_ids(session, principal.user.id)
     audit_teams(
-        session, reach, "token.create", "token", row.id,
-        {"name": name, "prefix": row.prefix, "read_only": read_only, "team_id": row.team_id,
-         "expires_at": row.expires_at.isoformat() if row.expires_at else None},
-        user_id=principal.user.id, username=principal.user.username,
+        session,
+        reach,
+        "token.create",
+        "token",
+        row.id,
+        {
+            "name": name,
+            "prefix": row.prefix,
+            "read_only": read_only,
+            "team_id": row.team_id,
+            "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        },
+        user_id=principal.user.id,
+        username=principal.user.username,
     )
     session.commit()
     return row, token
@@ -119,7 +150,13 @@ def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiTo
         raise NotFound(f"token {token_id} not found")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
-        audit(session, principal, "token.revoke", "token", row.id,
-              {"name": row.name, "prefix": row.prefix})
+        audit(
+            session,
+            principal,
+            "token.revoke",
+            "token",
+            row.id,
+            {"name": row.name, "prefix": row.prefix},
+        )
         session.commit()
     return row

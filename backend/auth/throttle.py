@@ -55,7 +55,7 @@ class Refusal:
 def _storage(uri: str) -> Storage:
     """One `limits` Redis storage per broker URL (the URL may be redis:// or valkey://)."""
     if uri.startswith("valkey"):
-        uri = "redis" + uri[len("valkey"):]
+        uri = "redis" + uri[len("valkey") :]
     return RedisStorage(uri, key_prefix=NAMESPACE, wrap_exceptions=True)
 
 

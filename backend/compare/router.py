@@ -24,7 +24,10 @@ def _out(row: Comparison, names: dict[int, str]) -> ComparisonOut:
 
 
 @router.post(
-    "", response_model=ComparisonOut, status_code=201, responses=responses(401, 403, 404, 422, 503),
+    "",
+    response_model=ComparisonOut,
+    status_code=201,
+    responses=responses(401, 403, 404, 422, 503),
     summary="Save a comparison of runs for the team (the first run is the baseline)",
 )
 def create_comparison(
@@ -35,7 +38,9 @@ def create_comparison(
 
 
 @router.get(
-    "", response_model=Page[ComparisonOut], responses=responses(401, 422, 503),
+    "",
+    response_model=Page[ComparisonOut],
+    responses=responses(401, 422, 503),
     summary="Your team's saved comparisons, newest first",
 )
 def list_comparisons(
@@ -50,7 +55,9 @@ def list_comparisons(
 
 
 @router.get(
-    "/{comparison_id}", response_model=ComparisonOut, responses=responses(401, 404, 422, 503),
+    "/{comparison_id}",
+    response_model=ComparisonOut,
+    responses=responses(401, 404, 422, 503),
     summary="One saved comparison",
 )
 def get_comparison(session: SessionDep, row: OwnedComparison) -> ComparisonOut:
@@ -58,7 +65,9 @@ def get_comparison(session: SessionDep, row: OwnedComparison) -> ComparisonOut:
 
 
 @router.delete(
-    "/{comparison_id}", status_code=204, response_class=Response,
+    "/{comparison_id}",
+    status_code=204,
+    response_class=Response,
     responses=responses(401, 403, 404, 422, 503),
     summary="Delete a saved comparison (whoever saved it, or a team admin or owner)",
 )

@@ -34,8 +34,12 @@ def create(
 ) -> Comparison:
     ids = _check_runs(session, principal.team_id, run_ids)
     row = Comparison(
-        team_id=principal.team_id, name=name, description=description, run_ids=ids,
-        created_by=principal.user.id, created_at=utcnow(),
+        team_id=principal.team_id,
+        name=name,
+        description=description,
+        run_ids=ids,
+        created_by=principal.user.id,
+        created_at=utcnow(),
     )
     session.add(row)
     session.flush()
@@ -47,8 +51,9 @@ def create(
 def list_comparisons(
     session: Session, team_id: int, *, limit: int, cursor: str | None
 ) -> tuple[list[Comparison], str | None]:
-    return page(session, select(Comparison).where(Comparison.team_id == team_id), Comparison,
-                limit, cursor)
+    return page(
+        session, select(Comparison).where(Comparison.team_id == team_id), Comparison, limit, cursor
+    )
 
 
 def delete(session: Session, principal: Principal, row: Comparison) -> None:

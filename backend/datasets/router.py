@@ -29,17 +29,38 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
 @router.post(
-    "", response_model=DatasetOut, status_code=201,
+    "",
+    response_model=DatasetOut,
+    status_code=201,
     summary="Upload a dataset (.npz with x and y, .zip of class folders, or .csv with a label column)",
     responses=responses(401, 403, 413, 422, 503, e503="broker unreachable; nothing was saved"),
-    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"examples": {
-        "npz": {"summary": "Arrays x and y (curl -F file=@cifar10.npz)",
-                "value": {"file": "<the .npz file>", "name": "cifar10",
-                          "description": "CIFAR-10, 5k-image subset"}},
-        "csv": {"summary": "A table with a label column",
-                "value": {"file": "<the .csv file>", "name": "iris", "format": "csv",
-                          "label_column": "species"}},
-    }}}}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "examples": {
+                        "npz": {
+                            "summary": "Arrays x and y (curl -F file=@cifar10.npz)",
+                            "value": {
+                                "file": "<the .npz file>",
+                                "name": "cifar10",
+                                "description": "CIFAR-10, 5k-image subset",
+                            },
+                        },
+                        "csv": {
+                            "summary": "A table with a label column",
+                            "value": {
+                                "file": "<the .csv file>",
+                                "name": "iris",
+                                "format": "csv",
+                                "label_column": "species",
+                            },
+                        },
+                    }
+                }
+            }
+        }
+    },
 )
 def upload_dataset(
     session: SessionDep,
@@ -54,14 +75,23 @@ def upload_dataset(
     description: Annotated[str, Form()] = "",
 ) -> DatasetOut:
     dataset = service.create_dataset(
-        session, store, principal, upload=file.file, filename=file.filename or "", name=name,
-        format=format_, label_column=label_column, description=description,
+        session,
+        store,
+        principal,
+        upload=file.file,
+        filename=file.filename or "",
+        name=name,
+        format=format_,
+        label_column=label_column,
+        description=description,
     )
     return DatasetOut.model_validate(dataset)
 
 
 @router.get(
-    "", response_model=Page[DatasetOut], responses=responses(401, 403, 422, 503),
+    "",
+    response_model=Page[DatasetOut],
+    responses=responses(401, 403, 422, 503),
     summary="Datasets of your team, newest first (archived ones only with include_archived)",
 )
 def list_datasets(
@@ -71,18 +101,30 @@ def list_datasets(
     cursor: str | None = None,
     name: str | None = None,
     status: Status | None = None,
-    tag: Annotated[list[Tag] | None, Query(description="Only datasets with every tag given.")] = None,
+    tag: Annotated[
+        list[Tag] | None, Query(description="Only datasets with every tag given.")
+    ] = None,
     include_archived: bool = False,
 ) -> Page[DatasetOut]:
     rows, next_cursor = service.list_datasets(
-        session, principal.team_id, limit=limit, cursor=cursor, name=name,
-        status=status.value if status else None, tags=tag, include_archived=include_archived,
+        session,
+        principal.team_id,
+        limit=limit,
+        cursor=cursor,
+        name=name,
+        status=status.value if status else None,
+        tags=tag,
+        include_archived=include_archived,
     )
-    return Page[DatasetOut](items=[DatasetOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return Page[DatasetOut](
+        items=[DatasetOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )
 
 
 @router.get(
-    "/{dataset_id}", response_model=DatasetOut, responses=responses(401, 403, 404, 422, 503),
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="One dataset",
 )
 def get_dataset(dataset: OwnedDataset) -> DatasetOut:
@@ -90,7 +132,9 @@ def get_dataset(dataset: OwnedDataset) -> DatasetOut:
 
 
 @router.patch(
-    "/{dataset_id}", response_model=DatasetOut, responses=responses(401, 403, 404, 422, 503),
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="Change a dataset's description or tags (archived: admins and owners)",
 )
 def update_dataset(
@@ -103,7 +147,9 @@ def update_dataset(
 
 
 @router.delete(
-    "/{dataset_id}", status_code=204, response_model=None,
+    "/{dataset_id}",
+    status_code=204,
+    response_model=None,
     summary="Delete a dataset and its file, or archive it (?archive=true); admins and owners",
     responses={
         200: {"model": DatasetOut, "description": "archived (with ?archive=true)"},
@@ -112,7 +158,10 @@ def update_dataset(
     },
 )
 def delete_dataset(
-    session: SessionDep, store: StoreDep, principal: TeamMember, dataset: DeletableDataset,
+    session: SessionDep,
+    store: StoreDep,
+    principal: TeamMember,
+    dataset: DeletableDataset,
     archive: Annotated[bool, Query(description="Hide it instead of deleting it.")] = False,
 ) -> Response:
     kept = service.delete_dataset(session, store, principal, dataset, archive)
@@ -122,9 +171,13 @@ def delete_dataset(
 
 
 @router.get(
-    "/{dataset_id}/download", response_class=StreamingResponse, summary="Download the dataset file",
-    responses={200: {"content": {"application/octet-stream": {}}},
-               **responses(401, 403, 404, 422, 503)},
+    "/{dataset_id}/download",
+    response_class=StreamingResponse,
+    summary="Download the dataset file",
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **responses(401, 403, 404, 422, 503),
+    },
 )
 def download_dataset(
     session: SessionDep, store: StoreDep, principal: TeamMember, dataset: OwnedDataset
@@ -134,7 +187,8 @@ def download_dataset(
 
 
 @router.get(
-    "/{dataset_id}/samples", response_model=DatasetSamplesOut,
+    "/{dataset_id}/samples",
+    response_model=DatasetSamplesOut,
     responses=responses(401, 403, 404, 422, 503),
     summary="A few samples (image thumbnails, or the first rows of a table) recorded by the scan",
 )
@@ -144,7 +198,9 @@ def dataset_samples(
 ) -> DatasetSamplesOut:
     preview = (dataset.info or {}).get("preview") or {}
     return DatasetSamplesOut(
-        kind=preview.get("kind"), samples=(preview.get("samples") or [])[:n],
-        columns=preview.get("columns") or [], columns_total=preview.get("columns_total"),
+        kind=preview.get("kind"),
+        samples=(preview.get("samples") or [])[:n],
+        columns=preview.get("columns") or [],
+        columns_total=preview.get("columns_total"),
         rows=(preview.get("rows") or [])[:n],
     )

@@ -12,17 +12,30 @@ from backend.teams.schemas import OrmModel, Tags, UtcDateTime
 class DatasetOut(OrmModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{
-                "id": 1, "name": "digits", "description": "8x8 digits, 1797 images",
-                "format": "npz", "label_column": "label", "size_bytes": 460912,
-                "sha256": "3b7f0c9d2e8a4f6b1c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b",
-                "status": "ready", "error": None,
-                "info": {"num_samples": 1797, "num_classes": 10,
-                         "classes": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
-                         "class_counts": [178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
-                         "input_shape": [1, 8, 8], "kind": "image"},
-                "tags": ["digits"], "archived": False, "created_at": "2026-03-02T09:40:00Z",
-            }]
+            "examples": [
+                {
+                    "id": 1,
+                    "name": "digits",
+                    "description": "8x8 digits, 1797 images",
+                    "format": "npz",
+                    "label_column": "label",
+                    "size_bytes": 460912,
+                    "sha256": "3b7f0c9d2e8a4f6b1c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b",
+                    "status": "ready",
+                    "error": None,
+                    "info": {
+                        "num_samples": 1797,
+                        "num_classes": 10,
+                        "classes": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+                        "class_counts": [178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
+                        "input_shape": [1, 8, 8],
+                        "kind": "image",
+                    },
+                    "tags": ["digits"],
+                    "archived": False,
+                    "created_at": "2026-03-02T09:40:00Z",
+                }
+            ]
         }
     )
 
@@ -70,14 +83,24 @@ class DatasetSamplesOut(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{
-                "kind": "image",
-                "samples": [{"index": 0, "label": "0", "mime": "image/png",
-                             "data": "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAASUlEQVR4nGNggAMWDh4B"
-                                     "EQkZBgYOAQkFDQMLBgYeCRUDG48QBgYBBQOHgIQCBgYRDZuAlIoeBgYJA4+EigkrGBhkLEIK"
-                                     "elYcAQABlwxBKQxTygAAAABJRU5ErkJggg=="}],
-                "columns": [], "columns_total": None, "rows": [],
-            }]
+            "examples": [
+                {
+                    "kind": "image",
+                    "samples": [
+                        {
+                            "index": 0,
+                            "label": "0",
+                            "mime": "image/png",
+                            "data": "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAASUlEQVR4nGNggAMWDh4B"
+                            "EQkZBgYOAQkFDQMLBgYeCRUDG48QBgYBBQOHgIQCBgYRDZuAlIoeBgYJA4+EigkrGBhkLEIK"
+                            "elYcAQABlwxBKQxTygAAAABJRU5ErkJggg==",
+                        }
+                    ],
+                    "columns": [],
+                    "columns_total": None,
+                    "rows": [],
+                }
+            ]
         }
     )
 

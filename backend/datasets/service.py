@@ -36,25 +36,39 @@ def pick_format(filename: str, given: str | None) -> str:
     ext = PurePath(filename or "").suffix.lower().lstrip(".")
     if given:
         if given not in FORMATS:
-            raise Invalid("format", f"'{given}' is not accepted; use one of: {ACCEPTED}",
-                          loc=["body", "format"])
+            raise Invalid(
+                "format",
+                f"'{given}' is not accepted; use one of: {ACCEPTED}",
+                loc=["body", "format"],
+            )
         if ext in FORMATS and ext != given:
             raise Invalid(
-                "format", f"'{filename}' is named as {ext} but format={given} was given; rename "
-                "the file or give the format it really has", loc=["body", "format"],
+                "format",
+                f"'{filename}' is named as {ext} but format={given} was given; rename "
+                "the file or give the format it really has",
+                loc=["body", "format"],
             )
         return given
     if ext not in FORMATS:
         raise Invalid(
-            "format", f"cannot read '{filename}' as a dataset; accepted: {ACCEPTED}",
+            "format",
+            f"cannot read '{filename}' as a dataset; accepted: {ACCEPTED}",
             loc=["body", "format"],
         )
     return ext
 
 
 def create_dataset(
-    session: Session, store: Store, principal: Principal, *, upload: BinaryIO, filename: str,
-    name: str, format: str | None, label_column: str | None, description: str = "",
+    session: Session,
+    store: Store,
+    principal: Principal,
+    *,
+    upload: BinaryIO,
+    filename: str,
+    name: str,
+    format: str | None,
+    label_column: str | None,
+    description: str = "",
 ) -> Dataset:
     """Store the upload in the caller's team and queue a scan; nothing stays behind on failure."""
     name = clean_name(name)
@@ -66,14 +80,27 @@ def create_dataset(
     stored = store_upload(store, key, upload, get_settings().max_upload_bytes)
     try:
         dataset = Dataset(
-            team_id=principal.team_id, name=name, format=fmt, label_column=label,
-            storage_key=stored.key, size_bytes=stored.size, sha256=stored.sha256,
-            status=Status.pending.value, created_by=principal.user.id, description=description or "",
+            team_id=principal.team_id,
+            name=name,
+            format=fmt,
+            label_column=label,
+            storage_key=stored.key,
+            size_bytes=stored.size,
+            sha256=stored.sha256,
+            status=Status.pending.value,
+            created_by=principal.user.id,
+            description=description or "",
         )
         session.add(dataset)
         session.flush()
-        entry = audit(session, principal, "dataset.create", "dataset", dataset.id,
-                      {"name": name, "format": fmt})
+        entry = audit(
+            session,
+            principal,
+            "dataset.create",
+            "dataset",
+            dataset.id,
+            {"name": name, "format": fmt},
+        )
         session.commit()
         try:
             queue.enqueue(SCAN_DATASET, [dataset.id], queue="cpu")
@@ -90,8 +117,15 @@ def create_dataset(
 
 
 def list_datasets(
-    session: Session, team_id: int, *, limit: int, cursor: str | None, name: str | None,
-    status: str | None, tags: list[str] | None = None, include_archived: bool = False,
+    session: Session,
+    team_id: int,
+    *,
+    limit: int,
+    cursor: str | None,
+    name: str | None,
+    status: str | None,
+    tags: list[str] | None = None,
+    include_archived: bool = False,
 ) -> tuple[list[Dataset], str | None]:
     stmt = scoped(Dataset, team_id)
     if name:
@@ -114,8 +148,14 @@ def update_dataset(
     """Change description, tags or archived (the fields given); audited as dataset.update."""
     changed = changes(dataset, values)
     if changed:
-        audit(session, principal, "dataset.update", "dataset", dataset.id,
-              {"name": dataset.name, "changes": changed})
+        audit(
+            session,
+            principal,
+            "dataset.update",
+            "dataset",
+            dataset.id,
+            {"name": dataset.name, "changes": changed},
+        )
         session.commit()
     return dataset
 
@@ -127,13 +167,18 @@ def delete_dataset(
     if archive:
         if not dataset.archived:
             dataset.archived = True
-            audit(session, principal, "dataset.archive", "dataset", dataset.id, {"name": dataset.name})
+            audit(
+                session, principal, "dataset.archive", "dataset", dataset.id, {"name": dataset.name}
+            )
             session.commit()
         return dataset
-    runs = list(session.scalars(
-        select(Run.id).where(Run.team_id == dataset.team_id, Run.dataset_id == dataset.id)
-        .order_by(Run.id)
-    ))
+    runs = list(
+        session.scalars(
+            select(Run.id)
+            .where(Run.team_id == dataset.team_id, Run.dataset_id == dataset.id)
+            .order_by(Run.id)
+        )
+    )
     if runs:
         raise in_use(f"dataset {dataset.id}", f"/api/v1/datasets/{dataset.id}", runs)
     key = dataset.storage_key
@@ -144,7 +189,9 @@ def delete_dataset(
     return None
 
 
-def download(session: Session, store: Store, principal: Principal, dataset: Dataset) -> Iterator[bytes]:
+def download(
+    session: Session, store: Store, principal: Principal, dataset: Dataset
+) -> Iterator[bytes]:
     body = open_stream(store, dataset.storage_key, f"dataset {dataset.id}")
     audit(session, principal, "dataset.download", "dataset", dataset.id, {"name": dataset.name})
     session.commit()

@@ -29,18 +29,39 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.post(
-    "", response_model=ModelOut, status_code=201,
+    "",
+    response_model=ModelOut,
+    status_code=201,
     summary="Upload a model (.pt2 archive, or .safetensors weights of a catalog architecture)",
     responses=responses(401, 403, 413, 422, 503, e503="broker unreachable; nothing was saved"),
-    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"examples": {
-        "pt2": {"summary": "A torch.export archive (curl -F file=@teacher.pt2)",
-                "value": {"file": "<the .pt2 file>", "name": "resnet32x4-cifar100",
-                          "description": "teacher, 79.4% top-1"}},
-        "safetensors": {"summary": "Weights of a catalog architecture",
-                        "value": {"file": "<the .safetensors file>", "name": "resnet8-cifar10",
-                                  "format": "safetensors", "architecture": "resnet8",
-                                  "kwargs": '{"input_shape": [3, 32, 32], "num_classes": 10}'}},
-    }}}}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "examples": {
+                        "pt2": {
+                            "summary": "A torch.export archive (curl -F file=@teacher.pt2)",
+                            "value": {
+                                "file": "<the .pt2 file>",
+                                "name": "resnet32x4-cifar100",
+                                "description": "teacher, 79.4% top-1",
+                            },
+                        },
+                        "safetensors": {
+                            "summary": "Weights of a catalog architecture",
+                            "value": {
+                                "file": "<the .safetensors file>",
+                                "name": "resnet8-cifar10",
+                                "format": "safetensors",
+                                "architecture": "resnet8",
+                                "kwargs": '{"input_shape": [3, 32, 32], "num_classes": 10}',
+                            },
+                        },
+                    }
+                }
+            }
+        }
+    },
 )
 def upload_model(
     session: SessionDep,
@@ -56,20 +77,31 @@ def upload_model(
     ] = None,
     kwargs: Annotated[
         str | None,
-        Form(description='JSON; for safetensors: {"input_shape": [3, 32, 32], "num_classes": 10, ...}'),
+        Form(
+            description='JSON; for safetensors: {"input_shape": [3, 32, 32], "num_classes": 10, ...}'
+        ),
     ] = None,
     description: Annotated[str, Form()] = "",
 ) -> ModelOut:
     model = service.create_model(
-        session, store, principal, upload=file.file, filename=file.filename or "",
-        name=name, format=format_, architecture=architecture, kwargs=kwargs,
+        session,
+        store,
+        principal,
+        upload=file.file,
+        filename=file.filename or "",
+        name=name,
+        format=format_,
+        architecture=architecture,
+        kwargs=kwargs,
         description=description,
     )
     return ModelOut.model_validate(model)
 
 
 @router.get(
-    "", response_model=Page[ModelOut], responses=responses(401, 403, 422, 503),
+    "",
+    response_model=Page[ModelOut],
+    responses=responses(401, 403, 422, 503),
     summary="Models of your team, newest first (archived ones only with include_archived)",
 )
 def list_models(
@@ -83,14 +115,22 @@ def list_models(
     include_archived: bool = False,
 ) -> Page[ModelOut]:
     rows, next_cursor = service.list_models(
-        session, principal.team_id, limit=limit, cursor=cursor, name=name,
-        status=status.value if status else None, tags=tag, include_archived=include_archived,
+        session,
+        principal.team_id,
+        limit=limit,
+        cursor=cursor,
+        name=name,
+        status=status.value if status else None,
+        tags=tag,
+        include_archived=include_archived,
     )
     return Page[ModelOut](items=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
-    "/{model_id}", response_model=ModelDetail, responses=responses(401, 403, 404, 422, 503),
+    "/{model_id}",
+    response_model=ModelDetail,
+    responses=responses(401, 403, 404, 422, 503),
     summary="One model, with its card, lineage and inspection",
 )
 def get_model(model: OwnedModel) -> ModelDetail:
@@ -98,7 +138,9 @@ def get_model(model: OwnedModel) -> ModelDetail:
 
 
 @router.patch(
-    "/{model_id}", response_model=ModelOut, responses=responses(401, 403, 404, 422, 503),
+    "/{model_id}",
+    response_model=ModelOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="Change a model's description or tags (archived: admins and owners)",
 )
 def update_model(
@@ -111,17 +153,29 @@ def update_model(
 
 
 @router.delete(
-    "/{model_id}", status_code=204, response_model=None,
+    "/{model_id}",
+    status_code=204,
+    response_model=None,
     summary="Delete a model and its file, or archive it (?archive=true); admins and owners",
     responses={
         200: {"model": ModelOut, "description": "archived (with ?archive=true)"},
         204: {"description": "deleted, with its file"},
-        **responses(401, 403, 404, 409, 422, 503,
-                    e409="runs use it (as teacher or student); archive it instead"),
+        **responses(
+            401,
+            403,
+            404,
+            409,
+            422,
+            503,
+            e409="runs use it (as teacher or student); archive it instead",
+        ),
     },
 )
 def delete_model(
-    session: SessionDep, store: StoreDep, principal: TeamMember, model: DeletableModel,
+    session: SessionDep,
+    store: StoreDep,
+    principal: TeamMember,
+    model: DeletableModel,
     archive: Annotated[bool, Query(description="Hide it instead of deleting it.")] = False,
 ) -> Response:
     kept = service.delete_model(session, store, principal, model, archive)
@@ -131,9 +185,13 @@ def delete_model(
 
 
 @router.get(
-    "/{model_id}/download", response_class=StreamingResponse, summary="Download the model file",
-    responses={200: {"content": {"application/octet-stream": {}}},
-               **responses(401, 403, 404, 422, 503)},
+    "/{model_id}/download",
+    response_class=StreamingResponse,
+    summary="Download the model file",
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **responses(401, 403, 404, 422, 503),
+    },
 )
 def download_model(
     session: SessionDep, store: StoreDep, principal: TeamMember, model: OwnedModel

@@ -17,7 +17,9 @@ class _CardFacts(BaseModel):
     classes: list[str]
     accuracy: float = Field(description="Top-1 on the run's held-out split.")
     teacher_accuracy: float
-    agreement: float = Field(description="Share of held-out samples where student and teacher agree.")
+    agreement: float = Field(
+        description="Share of held-out samples where student and teacher agree."
+    )
     size_bytes: int
     params: int
     flops: int = Field(description="Multiply-adds of one forward of one sample.")
@@ -46,18 +48,39 @@ class Lineage(BaseModel):
 
 
 _MODEL: dict[str, Any] = {
-    "id": 7, "name": "resnet8-kd", "version": 1, "description": "a registered student",
-    "format": "safetensors", "architecture": "resnet8",
+    "id": 7,
+    "name": "resnet8-kd",
+    "version": 1,
+    "description": "a registered student",
+    "format": "safetensors",
+    "architecture": "resnet8",
     "arch_kwargs": {"width": 0.5, "input_shape": [1, 8, 8], "num_classes": 10},
-    "size_bytes": 312480, "sha256": "9f2c1e0b7d4a5c3e8f6a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6",
-    "status": "ready", "error": None,
-    "card": {"source": "run", "format": "safetensors", "input_shape": [1, 8, 8], "num_classes": 10,
-             "accuracy": 0.94, "teacher_accuracy": 0.97, "agreement": 0.95, "size_bytes": 312480,
-             "params": 78042, "flops": 1203456, "latency_ms": 0.41},
-    "tags": ["student", "digits"], "archived": False, "source_run_id": 12,
-    "lineage": {"source_run_id": 12, "teacher_model_id": 1, "dataset_id": 1,
-                "run_config": {"name": "kd-r8", "teacher": {"model_id": 1},
-                               "dataset": {"dataset_id": 1}}},
+    "size_bytes": 312480,
+    "sha256": "9f2c1e0b7d4a5c3e8f6a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6",
+    "status": "ready",
+    "error": None,
+    "card": {
+        "source": "run",
+        "format": "safetensors",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "accuracy": 0.94,
+        "teacher_accuracy": 0.97,
+        "agreement": 0.95,
+        "size_bytes": 312480,
+        "params": 78042,
+        "flops": 1203456,
+        "latency_ms": 0.41,
+    },
+    "tags": ["student", "digits"],
+    "archived": False,
+    "source_run_id": 12,
+    "lineage": {
+        "source_run_id": 12,
+        "teacher_model_id": 1,
+        "dataset_id": 1,
+        "run_config": {"name": "kd-r8", "teacher": {"model_id": 1}, "dataset": {"dataset_id": 1}},
+    },
     "created_at": "2026-03-02T10:13:05Z",
 }
 
@@ -87,20 +110,53 @@ class ModelOut(OrmModel):
 class ModelDetail(ModelOut):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{**_MODEL, "inspection": {
-                "input_shape": [1, 8, 8], "output_shape": [10], "num_classes": 10,
-                "params": 78042, "flops": 1203456,
-                "layers": [
-                    {"path": "conv1", "type": "Conv2d", "input_shape": [1, 8, 8],
-                     "output_shape": [8, 8, 8], "params": 72, "stage": 0},
-                    {"path": "layer3", "type": "Sequential", "input_shape": [16, 4, 4],
-                     "output_shape": [32, 2, 2], "params": 51264, "stage": 2},
-                    {"path": "fc", "type": "Linear", "input_shape": [32], "output_shape": [10],
-                     "params": 330, "stage": None},
-                ],
-                "stages": [{"index": 2, "resolution": [2, 2], "channels": 32,
-                            "layers": ["layer3"], "end": "layer3"}],
-            }}]
+            "examples": [
+                {
+                    **_MODEL,
+                    "inspection": {
+                        "input_shape": [1, 8, 8],
+                        "output_shape": [10],
+                        "num_classes": 10,
+                        "params": 78042,
+                        "flops": 1203456,
+                        "layers": [
+                            {
+                                "path": "conv1",
+                                "type": "Conv2d",
+                                "input_shape": [1, 8, 8],
+                                "output_shape": [8, 8, 8],
+                                "params": 72,
+                                "stage": 0,
+                            },
+                            {
+                                "path": "layer3",
+                                "type": "Sequential",
+                                "input_shape": [16, 4, 4],
+                                "output_shape": [32, 2, 2],
+                                "params": 51264,
+                                "stage": 2,
+                            },
+                            {
+                                "path": "fc",
+                                "type": "Linear",
+                                "input_shape": [32],
+                                "output_shape": [10],
+                                "params": 330,
+                                "stage": None,
+                            },
+                        ],
+                        "stages": [
+                            {
+                                "index": 2,
+                                "resolution": [2, 2],
+                                "channels": 32,
+                                "layers": ["layer3"],
+                                "end": "layer3",
+                            }
+                        ],
+                    },
+                }
+            ]
         }
     )
 
@@ -115,8 +171,12 @@ class ModelUpdate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"description": "ResNet-32x4 on CIFAR-100, 79.4% top-1",
-                          "tags": ["cifar100", "teacher"]}]
+            "examples": [
+                {
+                    "description": "ResNet-32x4 on CIFAR-100, 79.4% top-1",
+                    "tags": ["cifar100", "teacher"],
+                }
+            ]
         },
     )
 
@@ -133,7 +193,8 @@ class RegisterIn(BaseModel):
         json_schema_extra={"examples": [{"name": "resnet8-kd", "tags": ["student", "cifar10"]}]},
     )
 
-    name: str | None = Field(None, min_length=1, max_length=200,
-                             description="Default: '<run name>-student'.")
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="Default: '<run name>-student'."
+    )
     description: str | None = Field(None, max_length=10_000)
     tags: Tags = Field(default_factory=list)

@@ -51,26 +51,34 @@ def pick_format(filename: str, given: str | None) -> str:
     ext = PurePath(filename or "").suffix.lower()
     if ext in PICKLE_EXTS:
         raise Invalid(
-            "format", f"'{filename}' is a pickled checkpoint, which could run code when loaded, so "
+            "format",
+            f"'{filename}' is a pickled checkpoint, which could run code when loaded, so "
             "the studio never opens one; export the model with torch.export.save (.pt2) or save "
-            "its weights with safetensors", loc=["body", "format"],
+            "its weights with safetensors",
+            loc=["body", "format"],
         )
     if given:
         if given not in FORMATS.values():
             raise Invalid(
-                "format", f"'{given}' is not accepted; use pt2 (a torch.export archive) or "
-                "safetensors (weights of a catalog architecture)", loc=["body", "format"],
+                "format",
+                f"'{given}' is not accepted; use pt2 (a torch.export archive) or "
+                "safetensors (weights of a catalog architecture)",
+                loc=["body", "format"],
             )
         if ext in FORMATS and FORMATS[ext] != given:
             raise Invalid(
-                "format", f"'{filename}' is named as {FORMATS[ext]} but format={given} was given; "
-                "rename the file or give the format it really has", loc=["body", "format"],
+                "format",
+                f"'{filename}' is named as {FORMATS[ext]} but format={given} was given; "
+                "rename the file or give the format it really has",
+                loc=["body", "format"],
             )
         return given
     if ext not in FORMATS:
         raise Invalid(
-            "format", f"cannot tell the format of '{filename}'; upload a .pt2 or .safetensors file "
-            "or give format=pt2|safetensors", loc=["body", "format"],
+            "format",
+            f"cannot tell the format of '{filename}'; upload a .pt2 or .safetensors file "
+            "or give format=pt2|safetensors",
+            loc=["body", "format"],
         )
     return FORMATS[ext]
 
@@ -85,11 +93,14 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
         value = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise Invalid(
-            "kwargs", f"not valid JSON ({exc}); give an object like {KWARGS_EXAMPLE}",
+            "kwargs",
+            f"not valid JSON ({exc}); give an object like {KWARGS_EXAMPLE}",
             loc=["body", "kwargs"],
         ) from None
     if not isinstance(value, dict):
-        raise Invalid("kwargs", f"must be a JSON object like {KWARGS_EXAMPLE}", loc=["body", "kwargs"])
+        raise Invalid(
+            "kwargs", f"must be a JSON object like {KWARGS_EXAMPLE}", loc=["body", "kwargs"]
+        )
     return value
 
 
@@ -99,7 +110,8 @@ def _no_constant(name: str) -> float:
 
 def _is_shape(value: Any) -> bool:
     return (
-        isinstance(value, list) and 1 <= len(value) <= 4
+        isinstance(value, list)
+        and 1 <= len(value) <= 4
         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     )
 
@@ -108,31 +120,37 @@ def check_zoo(architecture: str | None, kwargs: dict[str, Any]) -> str:
     """Validate a catalog architecture with its kwargs (+ input_shape, num_classes) for weights."""
     if not architecture:
         raise Invalid(
-            "architecture", "safetensors weights need the catalog architecture they belong to, "
+            "architecture",
+            "safetensors weights need the catalog architecture they belong to, "
             f"e.g. resnet8; the catalog has: {', '.join(catalog.STUDENTS)}",
             loc=["body", "architecture"],
         )
     entry = catalog.STUDENTS.get(architecture)
     if entry is None:
         raise Invalid(
-            "architecture", f"unknown architecture '{architecture}'; nearest: "
+            "architecture",
+            f"unknown architecture '{architecture}'; nearest: "
             f"{', '.join(catalog.nearest(architecture, list(catalog.STUDENTS)))}",
             loc=["body", "architecture"],
         )
     missing = [k for k in ZOO_SHAPE_KEYS if k not in kwargs]
     if missing:
         raise Invalid(
-            "kwargs", f"safetensors weights need {' and '.join(missing)}, e.g. {KWARGS_EXAMPLE}",
+            "kwargs",
+            f"safetensors weights need {' and '.join(missing)}, e.g. {KWARGS_EXAMPLE}",
             loc=["body", "kwargs"],
         )
     if not _is_shape(kwargs["input_shape"]):
         raise Invalid(
-            "kwargs.input_shape", "must be a list of 1 to 4 positive whole numbers, e.g. [3, 32, 32]",
+            "kwargs.input_shape",
+            "must be a list of 1 to 4 positive whole numbers, e.g. [3, 32, 32]",
             loc=["body", "kwargs"],
         )
     classes = kwargs["num_classes"]
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise Invalid("kwargs.num_classes", "must be a positive whole number, e.g. 10", loc=["body", "kwargs"])
+        raise Invalid(
+            "kwargs.num_classes", "must be a positive whole number, e.g. 10", loc=["body", "kwargs"]
+        )
     errors = entry.check_params({k: v for k, v in kwargs.items() if k not in ZOO_SHAPE_KEYS})
     if errors:
         raise Invalid("kwargs", "; ".join(errors), loc=["body", "kwargs"])
@@ -147,8 +165,16 @@ def next_version(session: Session, team_id: int, name: str) -> int:
 
 
 def create_model(
-    session: Session, store: Store, principal: Principal, *, upload: BinaryIO, filename: str,
-    name: str, format: str | None, architecture: str | None, kwargs: str | None,
+    session: Session,
+    store: Store,
+    principal: Principal,
+    *,
+    upload: BinaryIO,
+    filename: str,
+    name: str,
+    format: str | None,
+    architecture: str | None,
+    kwargs: str | None,
     description: str = "",
 ) -> Model:
     """Store the upload as the next version of `name` in the caller's team and queue inspection."""
@@ -161,16 +187,24 @@ def create_model(
     key = new_key(principal.team_id, "models", f"model.{fmt}")
     stored = store_upload(store, key, upload, get_settings().max_upload_bytes)
     fields = {
-        "name": name, "description": description or "", "format": fmt,
-        "architecture": architecture, "arch_kwargs": arch_kwargs,
+        "name": name,
+        "description": description or "",
+        "format": fmt,
+        "architecture": architecture,
+        "arch_kwargs": arch_kwargs,
         "card": {"source": "upload", "format": fmt, "size_bytes": stored.size},
     }
     return _insert_and_inspect(session, store, principal, stored, fields, "model.create", {})
 
 
 def _insert_and_inspect(
-    session: Session, store: Store, principal: Principal, stored: Stored, fields: dict[str, Any],
-    action: str, detail: dict[str, Any],
+    session: Session,
+    store: Store,
+    principal: Principal,
+    stored: Stored,
+    fields: dict[str, Any],
+    action: str,
+    detail: dict[str, Any],
 ) -> Model:
     """Insert the model (next version of its name) with its audit entry, and queue inspection.
 
@@ -193,21 +227,37 @@ def _insert_and_inspect(
 
 
 def _insert(
-    session: Session, principal: Principal, stored: Stored, fields: dict[str, Any], action: str,
-    detail: dict[str, Any], attempts: int = 5,
+    session: Session,
+    principal: Principal,
+    stored: Stored,
+    fields: dict[str, Any],
+    action: str,
+    detail: dict[str, Any],
+    attempts: int = 5,
 ) -> tuple[Model, AuditEntry]:
     team_id, name = principal.team_id, fields["name"]
     for attempt in range(attempts):
         model = Model(
-            team_id=team_id, version=next_version(session, team_id, name),
-            storage_key=stored.key, size_bytes=stored.size, sha256=stored.sha256,
-            status=Status.pending.value, created_by=principal.user.id, **fields,
+            team_id=team_id,
+            version=next_version(session, team_id, name),
+            storage_key=stored.key,
+            size_bytes=stored.size,
+            sha256=stored.sha256,
+            status=Status.pending.value,
+            created_by=principal.user.id,
+            **fields,
         )
         session.add(model)
         try:
             session.flush()
-            entry = audit(session, principal, action, "model", model.id,
-                          {"name": name, "version": model.version, **detail})
+            entry = audit(
+                session,
+                principal,
+                action,
+                "model",
+                model.id,
+                {"name": name, "version": model.version, **detail},
+            )
             session.commit()
             return model, entry
         except IntegrityError:  # another upload of the same name took this version just now
@@ -218,8 +268,15 @@ def _insert(
 
 
 def list_models(
-    session: Session, team_id: int, *, limit: int, cursor: str | None, name: str | None,
-    status: str | None, tags: list[str] | None = None, include_archived: bool = False,
+    session: Session,
+    team_id: int,
+    *,
+    limit: int,
+    cursor: str | None,
+    name: str | None,
+    status: str | None,
+    tags: list[str] | None = None,
+    include_archived: bool = False,
 ) -> tuple[list[Model], str | None]:
     stmt = scoped(Model, team_id)
     if name:
@@ -254,24 +311,36 @@ def changes(row: Any, values: dict[str, Any]) -> dict[str, list[Any]]:
     return changed
 
 
-def update_model(session: Session, principal: Principal, model: Model, values: dict[str, Any]) -> Model:
+def update_model(
+    session: Session, principal: Principal, model: Model, values: dict[str, Any]
+) -> Model:
     """Change description, tags or archived (the fields given); audited as model.update."""
     changed = changes(model, values)
     if changed:
-        audit(session, principal, "model.update", "model", model.id,
-              {"name": model.name, "version": model.version, "changes": changed})
+        audit(
+            session,
+            principal,
+            "model.update",
+            "model",
+            model.id,
+            {"name": model.name, "version": model.version, "changes": changed},
+        )
         session.commit()
     return model
 
 
 def dependent_runs(session: Session, model: Model) -> list[int]:
     """Ids of the runs that use the model as teacher or as the student they start from."""
-    return list(session.scalars(
-        select(Run.id).where(
-            Run.team_id == model.team_id,
-            or_(Run.teacher_model_id == model.id, Run.student_model_id == model.id),
-        ).order_by(Run.id)
-    ))
+    return list(
+        session.scalars(
+            select(Run.id)
+            .where(
+                Run.team_id == model.team_id,
+                or_(Run.teacher_model_id == model.id, Run.student_model_id == model.id),
+            )
+            .order_by(Run.id)
+        )
+    )
 
 
 def in_use(what: str, path: str, runs: list[int]) -> Conflict:
@@ -314,13 +383,21 @@ def delete_file(store: Store, key: str) -> None:
 
 def download(session: Session, store: Store, principal: Principal, model: Model) -> Iterator[bytes]:
     body = open_stream(store, model.storage_key, f"model {model.id}")
-    audit(session, principal, "model.download", "model", model.id,
-          {"name": model.name, "version": model.version})
+    audit(
+        session,
+        principal,
+        "model.download",
+        "model",
+        model.id,
+        {"name": model.name, "version": model.version},
+    )
     session.commit()
     return body
 
 
-def _card_from_run(run: Run, kwargs: dict[str, Any], dataset: Dataset | None, size: int) -> dict[str, Any]:
+def _card_from_run(
+    run: Run, kwargs: dict[str, Any], dataset: Dataset | None, size: int
+) -> dict[str, Any]:
     summary = run.summary or {}
     info = (dataset.info if dataset is not None else None) or {}
     card = {
@@ -341,8 +418,14 @@ def _card_from_run(run: Run, kwargs: dict[str, Any], dataset: Dataset | None, si
 
 
 def register_run(
-    session: Session, store: Store, principal: Principal, run: Run, *, name: str | None,
-    description: str | None, tags: list[str],
+    session: Session,
+    store: Store,
+    principal: Principal,
+    run: Run,
+    *,
+    name: str | None,
+    description: str | None,
+    tags: list[str],
 ) -> Model:
     """Register a succeeded run's student (its safetensors) as a new model version.
 
@@ -354,8 +437,13 @@ def register_run(
             f"run {run.id} is {run.status}; only a succeeded run's student can be registered"
         )
     artifact = session.scalar(
-        select(Artifact).where(Artifact.run_id == run.id, Artifact.team_id == run.team_id,
-                               Artifact.kind == "student_safetensors").order_by(Artifact.id.desc())
+        select(Artifact)
+        .where(
+            Artifact.run_id == run.id,
+            Artifact.team_id == run.team_id,
+            Artifact.kind == "student_safetensors",
+        )
+        .order_by(Artifact.id.desc())
     )
     summary = run.summary or {}
     architecture, kwargs = summary.get("student_architecture"), summary.get("student_kwargs")
@@ -374,7 +462,8 @@ def register_run(
     dataset = session.get(Dataset, run.dataset_id) if run.dataset_id is not None else None
     fields = {
         "name": name,
-        "description": description if description is not None
+        "description": description
+        if description is not None
         else f"Student of run {run.id} ({run.name}).",
         "format": "safetensors",
         "architecture": architecture,

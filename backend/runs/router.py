@@ -40,8 +40,14 @@ RUN_CONFIG_EXAMPLES: dict[str, Any] = {
                 {"name": "at", "weight": 100, "pairs": [0]},
             ],
             "scheme": "offline",
-            "training": {"epochs": 15, "batch_size": 64, "lr": 0.05, "optimizer": "sgd",
-                         "schedule": "cosine", "device": "auto"},
+            "training": {
+                "epochs": 15,
+                "batch_size": 64,
+                "lr": 0.05,
+                "optimizer": "sgd",
+                "schedule": "cosine",
+                "device": "auto",
+            },
             "seed": 0,
         },
     },
@@ -63,32 +69,49 @@ RUN_CONFIG_EXAMPLES: dict[str, Any] = {
 }
 
 
-PENDING_202: dict[int | str, dict[str, Any]] = {202: {
-    "model": PlanPending,
-    "description": "a worker is building the zoo student's layer table; nothing was saved: "
-                   "send the same request again after Retry-After seconds",
-    "headers": {"Retry-After": {"description": "Seconds to wait before asking again.",
-                                "schema": {"type": "integer"}}},
-}}
+PENDING_202: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": PlanPending,
+        "description": "a worker is building the zoo student's layer table; nothing was saved: "
+        "send the same request again after Retry-After seconds",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before asking again.",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+}
 
 
 def pending(exc: service.StudentPending) -> JSONResponse:
     """The 202 that tells the caller to ask again: the student is being built."""
     body = PlanPending(job_id=exc.job, detail=str(exc), retry_after_s=inspections.RETRY_AFTER_S)
-    return JSONResponse(body.model_dump(), status_code=202,
-                        headers={"Retry-After": str(inspections.RETRY_AFTER_S)})
+    return JSONResponse(
+        body.model_dump(), status_code=202, headers={"Retry-After": str(inspections.RETRY_AFTER_S)}
+    )
 
 
 @router.post(
-    "", response_model=RunOut, status_code=201,
+    "",
+    response_model=RunOut,
+    status_code=201,
     summary="Launch a run from a run config (teacher.model_id, dataset.dataset_id, ...)",
-    responses={**PENDING_202, **responses(
-        401, 403, 404, 409, 422, 503,
-        e404="a referenced model or dataset is not in your team",
-        e409="a referenced model or dataset is not ready, or archived",
-        e422="the config is invalid (unknown loss, layer not found, ...)",
-        e503="broker unreachable (nothing saved) or no worker answered",
-    )},
+    responses={
+        **PENDING_202,
+        **responses(
+            401,
+            403,
+            404,
+            409,
+            422,
+            503,
+            e404="a referenced model or dataset is not in your team",
+            e409="a referenced model or dataset is not ready, or archived",
+            e422="the config is invalid (unknown loss, layer not found, ...)",
+            e503="broker unreachable (nothing saved) or no worker answered",
+        ),
+    },
 )
 def create_run(
     session: SessionDep,
@@ -102,19 +125,40 @@ def create_run(
 
 
 @router.post(
-    "/plan", response_model=PlanOut,
-    responses={**PENDING_202, **responses(
-        401, 403, 404, 409, 422, 503, e503="broker unreachable, or no worker built the student "
-        "within DS_INSPECT_TIMEOUT_S")},
+    "/plan",
+    response_model=PlanOut,
+    responses={
+        **PENDING_202,
+        **responses(
+            401,
+            403,
+            404,
+            409,
+            422,
+            503,
+            e503="broker unreachable, or no worker built the student within DS_INSPECT_TIMEOUT_S",
+        ),
+    },
     summary="Teacher and student layer tables side by side, with suggested layer pairs",
 )
 def plan(
     session: SessionDep,
     principal: TeamMember,
-    body: Annotated[PlanIn, Body(openapi_examples={"zoo": {"summary": "a zoo student", "value": {
-        "teacher_model_id": 1, "dataset_id": 1,
-        "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
-    }}})],
+    body: Annotated[
+        PlanIn,
+        Body(
+            openapi_examples={
+                "zoo": {
+                    "summary": "a zoo student",
+                    "value": {
+                        "teacher_model_id": 1,
+                        "dataset_id": 1,
+                        "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
+                    },
+                }
+            }
+        ),
+    ],
 ) -> Any:
     try:
         result = service.plan(
@@ -126,7 +170,9 @@ def plan(
 
 
 @router.get(
-    "", response_model=Page[RunOut], responses=responses(401, 403, 422, 503),
+    "",
+    response_model=Page[RunOut],
+    responses=responses(401, 403, 422, 503),
     summary="Runs of your team, newest first",
 )
 def list_runs(
@@ -139,14 +185,21 @@ def list_runs(
     q: Annotated[str | None, Query(max_length=200, description="Name contains (any case).")] = None,
 ) -> Page[RunOut]:
     rows, next_cursor = service.list_runs(
-        session, principal.team_id, limit=limit, cursor=cursor,
-        status=status.value if status else None, teacher_model_id=teacher_model_id, q=q,
+        session,
+        principal.team_id,
+        limit=limit,
+        cursor=cursor,
+        status=status.value if status else None,
+        teacher_model_id=teacher_model_id,
+        q=q,
     )
     return Page[RunOut](items=[RunOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
-    "/{run_id}", response_model=RunOut, responses=responses(401, 403, 404, 422, 503),
+    "/{run_id}",
+    response_model=RunOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="One run: status, progress, summary",
 )
 def get_run(run: OwnedRun) -> RunOut:
@@ -154,13 +207,17 @@ def get_run(run: OwnedRun) -> RunOut:
 
 
 @router.get(
-    "/{run_id}/metrics", response_model=MetricsOut, responses=responses(401, 403, 404, 422, 503),
+    "/{run_id}/metrics",
+    response_model=MetricsOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="Metric series of a run",
 )
 def get_metrics(
     session: SessionDep,
     run: OwnedRun,
-    names: Annotated[str | None, Query(description="Comma-separated series names; default all.")] = None,
+    names: Annotated[
+        str | None, Query(description="Comma-separated series names; default all.")
+    ] = None,
     since_step: Annotated[int | None, Query(description="Only steps after this one.")] = None,
 ) -> MetricsOut:
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
@@ -168,10 +225,13 @@ def get_metrics(
 
 
 @router.post(
-    "/{run_id}/cancel", response_model=RunOut,
+    "/{run_id}/cancel",
+    response_model=RunOut,
     summary="Cancel a run (queued: at once, 200; running: the worker stops it, 202)",
-    responses={202: {"model": RunOut, "description": "the worker will stop it shortly"},
-               **responses(401, 403, 404, 409, 422, 503, e409="the run already finished")},
+    responses={
+        202: {"model": RunOut, "description": "the worker will stop it shortly"},
+        **responses(401, 403, 404, 409, 422, 503, e409="the run already finished"),
+    },
 )
 def cancel_run(
     session: SessionDep, principal: TeamMember, run: WritableRun, response: Response
@@ -183,13 +243,23 @@ def cancel_run(
 
 
 @router.post(
-    "/{run_id}/retry", response_model=RunOut, status_code=201,
+    "/{run_id}/retry",
+    response_model=RunOut,
+    status_code=201,
     summary="Launch a new run with the same config as a finished one (failed, cancelled, ...)",
-    responses={**PENDING_202, **responses(
-        401, 403, 404, 409, 422, 503,
-        e409="the run has not finished, or its teacher or dataset is no longer ready",
-        e503="broker unreachable (nothing saved)",
-    )},
+    responses={
+        **PENDING_202,
+        **responses(
+            401,
+            403,
+            404,
+            409,
+            422,
+            503,
+            e409="the run has not finished, or its teacher or dataset is no longer ready",
+            e503="broker unreachable (nothing saved)",
+        ),
+    },
 )
 def retry_run(session: SessionDep, principal: TeamMember, run: WritableRun) -> Any:
     try:
@@ -199,44 +269,72 @@ def retry_run(session: SessionDep, principal: TeamMember, run: WritableRun) -> A
 
 
 @router.post(
-    "/{run_id}/register", response_model=ModelOut, status_code=201,
+    "/{run_id}/register",
+    response_model=ModelOut,
+    status_code=201,
     summary="Register a succeeded run's student as a model (a teacher or student for later runs)",
     responses=responses(
-        401, 403, 404, 409, 422, 503,
+        401,
+        403,
+        404,
+        409,
+        422,
+        503,
         e409="the run has not succeeded, or has no student weights",
         e503="broker unreachable; nothing was saved",
     ),
 )
 def register_run(
-    session: SessionDep, store: StoreDep, principal: TeamMember, run: WritableRun,
+    session: SessionDep,
+    store: StoreDep,
+    principal: TeamMember,
+    run: WritableRun,
     body: Annotated[RegisterIn | None, Body()] = None,
 ) -> ModelOut:
     body = body or RegisterIn()
     model = models.register_run(
-        session, store, principal, run, name=body.name, description=body.description,
+        session,
+        store,
+        principal,
+        run,
+        name=body.name,
+        description=body.description,
         tags=list(body.tags),
     )
     return ModelOut.model_validate(model)
 
 
 @router.get(
-    "/{run_id}/config.yaml", response_class=PlainTextResponse,
+    "/{run_id}/config.yaml",
+    response_class=PlainTextResponse,
     summary="The run config as YAML (runs the same with `distill-studio train`)",
-    responses={200: {"content": {"text/yaml": {"example": (
-        "name: kd\nteacher:\n  model_id: 1\ndataset:\n  dataset_id: 1\nlosses:\n- name: ce\n"
-        "- name: kd\n  params:\n    temperature: 4\ntraining:\n  epochs: 15\n"
-    )}}}, **responses(401, 403, 404, 422, 503)},
+    responses={
+        200: {
+            "content": {
+                "text/yaml": {
+                    "example": (
+                        "name: kd\nteacher:\n  model_id: 1\ndataset:\n  dataset_id: 1\nlosses:\n- name: ce\n"
+                        "- name: kd\n  params:\n    temperature: 4\ntraining:\n  epochs: 15\n"
+                    )
+                }
+            }
+        },
+        **responses(401, 403, 404, 422, 503),
+    },
 )
 def get_config_yaml(run: OwnedRun) -> PlainTextResponse:
     return PlainTextResponse(
-        service.config_yaml(run), media_type="text/yaml",
+        service.config_yaml(run),
+        media_type="text/yaml",
         headers={"Content-Disposition": f'inline; filename="run-{run.id}.yaml"'},
     )
 
 
 @router.get(
-    "/{run_id}/artifacts", response_model=list[ArtifactOut],
-    responses=responses(401, 403, 404, 422, 503), summary="A run's outputs",
+    "/{run_id}/artifacts",
+    response_model=list[ArtifactOut],
+    responses=responses(401, 403, 404, 422, 503),
+    summary="A run's outputs",
 )
 def list_artifacts(session: SessionDep, run: OwnedRun) -> list[ArtifactOut]:
     return [ArtifactOut.model_validate(a) for a in artifacts.list_for_run(session, run)]

@@ -13,23 +13,49 @@ from core.config import StudentSpec
 class RunOut(OrmModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{
-                "id": 12, "name": "kd + at", "status": "succeeded", "queue": "gpu",
-                "progress": 1.0, "epoch": 15, "step": 1350, "total_steps": 1350,
-                "throughput": 4210.5, "eta_seconds": None,
-                "summary": {"teacher_top1": 0.97, "student_top1": 0.94, "agreement": 0.95,
-                            "student_params": 78042, "student_size_bytes": 312480,
-                            "student_cpu_latency_ms": 0.41},
-                "error": None, "attempts": 1, "cancel_requested": False, "teacher_model_id": 1,
-                "dataset_id": 1, "worker": "gpu-box-1:4121",
-                "heartbeat_at": "2026-03-02T10:12:58Z", "created_at": "2026-03-02T10:00:00Z",
-                "started_at": "2026-03-02T10:00:02Z", "finished_at": "2026-03-02T10:13:00Z",
-                "config": {"name": "kd + at", "teacher": {"model_id": 1},
-                           "dataset": {"dataset_id": 1},
-                           "losses": [{"name": "ce"}, {"name": "kd", "params": {"temperature": 4}},
-                                      {"name": "at", "weight": 100, "pairs": [0]}],
-                           "training": {"epochs": 15}},
-            }]
+            "examples": [
+                {
+                    "id": 12,
+                    "name": "kd + at",
+                    "status": "succeeded",
+                    "queue": "gpu",
+                    "progress": 1.0,
+                    "epoch": 15,
+                    "step": 1350,
+                    "total_steps": 1350,
+                    "throughput": 4210.5,
+                    "eta_seconds": None,
+                    "summary": {
+                        "teacher_top1": 0.97,
+                        "student_top1": 0.94,
+                        "agreement": 0.95,
+                        "student_params": 78042,
+                        "student_size_bytes": 312480,
+                        "student_cpu_latency_ms": 0.41,
+                    },
+                    "error": None,
+                    "attempts": 1,
+                    "cancel_requested": False,
+                    "teacher_model_id": 1,
+                    "dataset_id": 1,
+                    "worker": "gpu-box-1:4121",
+                    "heartbeat_at": "2026-03-02T10:12:58Z",
+                    "created_at": "2026-03-02T10:00:00Z",
+                    "started_at": "2026-03-02T10:00:02Z",
+                    "finished_at": "2026-03-02T10:13:00Z",
+                    "config": {
+                        "name": "kd + at",
+                        "teacher": {"model_id": 1},
+                        "dataset": {"dataset_id": 1},
+                        "losses": [
+                            {"name": "ce"},
+                            {"name": "kd", "params": {"temperature": 4}},
+                            {"name": "at", "weight": 100, "pairs": [0]},
+                        ],
+                        "training": {"epochs": 15},
+                    },
+                }
+            ]
         }
     )
 
@@ -79,15 +105,32 @@ class SuggestedPair(BaseModel):
 class PlanOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{
-                "teacher": {"params": 1092138, "layers": [
-                    {"path": "layer3", "type": "Sequential", "output_shape": [128, 2, 2]}]},
-                "student": {"params": 78042, "layers": [
-                    {"path": "layer3", "type": "Sequential", "output_shape": [32, 2, 2]}]},
-                "suggested_pairs": [{"teacher": "layer3", "student": "layer3",
-                                     "teacher_shape": [128, 2, 2], "student_shape": [32, 2, 2]}],
-                "teacher_params": 1092138, "student_params": 78042,
-            }]
+            "examples": [
+                {
+                    "teacher": {
+                        "params": 1092138,
+                        "layers": [
+                            {"path": "layer3", "type": "Sequential", "output_shape": [128, 2, 2]}
+                        ],
+                    },
+                    "student": {
+                        "params": 78042,
+                        "layers": [
+                            {"path": "layer3", "type": "Sequential", "output_shape": [32, 2, 2]}
+                        ],
+                    },
+                    "suggested_pairs": [
+                        {
+                            "teacher": "layer3",
+                            "student": "layer3",
+                            "teacher_shape": [128, 2, 2],
+                            "student_shape": [32, 2, 2],
+                        }
+                    ],
+                    "teacher_params": 1092138,
+                    "student_params": 78042,
+                }
+            ]
         }
     )
 
@@ -104,18 +147,23 @@ class PlanPending(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{
-                "status": "pending", "job_id": "3f2a9c0d1b7e4a5f8c6d2e1f0a9b8c7d",
-                "detail": "a worker is building the layer table of the student 'resnet8'; "
-                          "nothing was saved: send the same request again in 2s",
-                "retry_after_s": 2,
-            }]
+            "examples": [
+                {
+                    "status": "pending",
+                    "job_id": "3f2a9c0d1b7e4a5f8c6d2e1f0a9b8c7d",
+                    "detail": "a worker is building the layer table of the student 'resnet8'; "
+                    "nothing was saved: send the same request again in 2s",
+                    "retry_after_s": 2,
+                }
+            ]
         }
     )
 
     status: str = Field("pending", description="Always `pending`.")
-    job_id: str = Field(description="The student inspection being built (a hash of its build "
-                                    "arguments): the same for everyone who asks for it.")
+    job_id: str = Field(
+        description="The student inspection being built (a hash of its build "
+        "arguments): the same for everyone who asks for it."
+    )
     detail: str
     retry_after_s: int = Field(description="Ask again after this many seconds.")
 
@@ -129,10 +177,18 @@ class Series(BaseModel):
 class MetricsOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"series": {
-                "loss": {"steps": [1, 2, 3], "values": [2.31, 1.87, 1.52], "epochs": [1, 1, 1]},
-                "val/top1": {"steps": [3], "values": [0.71], "epochs": [1]},
-            }}]
+            "examples": [
+                {
+                    "series": {
+                        "loss": {
+                            "steps": [1, 2, 3],
+                            "values": [2.31, 1.87, 1.52],
+                            "epochs": [1, 1, 1],
+                        },
+                        "val/top1": {"steps": [3], "values": [0.71], "epochs": [1]},
+                    }
+                }
+            ]
         }
     )
 

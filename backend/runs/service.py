@@ -84,7 +84,9 @@ def ready_dataset(session: Session, dataset_id: int, team_id: int) -> Dataset:
             f'/api/v1/datasets/{dataset.id} {{"archived": false}}, or pick another dataset'
         )
     if dataset.status in WAITING:
-        raise Conflict(f"dataset {dataset.id} is still being scanned; retry when its status is ready")
+        raise Conflict(
+            f"dataset {dataset.id} is still being scanned; retry when its status is ready"
+        )
     if dataset.status != Status.ready.value:
         raise Conflict(
             f"dataset {dataset.id} failed its scan: {dataset.error or 'no reason recorded'}; "
@@ -120,7 +122,10 @@ def release_connection(session: Session) -> None:
 
 
 def zoo_inspection(
-    session: Session, architecture: str, kwargs: dict[str, Any], input_shape: list[int],
+    session: Session,
+    architecture: str,
+    kwargs: dict[str, Any],
+    input_shape: list[int],
     num_classes: int,
 ) -> dict[str, Any]:
     """The layer table of a zoo student, from the store of them (`core.inspections`).
@@ -134,7 +139,8 @@ def zoo_inspection(
         return entry.inspection
     if entry.status == "failed":
         raise Invalid(
-            "student", f"could not build '{architecture}' with {kwargs or 'default parameters'} "
+            "student",
+            f"could not build '{architecture}' with {kwargs or 'default parameters'} "
             f"for inputs {input_shape} and {num_classes} classes: {entry.error}",
             loc=["body", "student"],
         )
@@ -165,7 +171,9 @@ def student_inspection(
     if spec.source == "model":
         assert spec.model is not None
         if spec.model.model_id is None:
-            raise Invalid("student.model.path", PATH_REFUSED, loc=["body", "student", "model", "path"])
+            raise Invalid(
+                "student.model.path", PATH_REFUSED, loc=["body", "student", "model", "path"]
+            )
         return inspection_of(ready_model(session, spec.model.model_id, team_id))
     shape, classes = _shape_source(dataset, teacher)
     try:  # zoo, derived from the teacher, or the teacher's own architecture
@@ -179,9 +187,7 @@ def student_inspection(
 # -- layer pairs ------------------------------------------------------------------------------
 
 
-def check_layer_pairs(
-    config: RunConfig, teacher: dict[str, Any], student: dict[str, Any]
-) -> None:
+def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[str, Any]) -> None:
     """Every pair names existing layers that can be matched; 422 listing each problem."""
     problems: list[tuple[str, str, list[str | int]]] = []
     for i, pair in enumerate(config.layer_pairs):
@@ -226,21 +232,39 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
         if student_insp is None:  # a zoo student: only built (by a worker) when pairs need it
             student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
         check_layer_pairs(config, teacher_insp, student_insp)
-    student_model_id = config.student.model.model_id if (
-        config.student.source == "model" and config.student.model is not None
-    ) else None
+    student_model_id = (
+        config.student.model.model_id
+        if (config.student.source == "model" and config.student.model is not None)
+        else None
+    )
     run = Run(
-        team_id=team_id, name=config.name, config=config.model_dump(mode="json"),
-        status=Status.queued.value, queue=queue_for(config), teacher_model_id=teacher.id,
-        student_model_id=student_model_id, dataset_id=dataset.id, created_by=principal.user.id,
+        team_id=team_id,
+        name=config.name,
+        config=config.model_dump(mode="json"),
+        status=Status.queued.value,
+        queue=queue_for(config),
+        teacher_model_id=teacher.id,
+        student_model_id=student_model_id,
+        dataset_id=dataset.id,
+        created_by=principal.user.id,
         created_at=utcnow(),
     )
     session.add(run)
     session.flush()
-    entry = audit(session, principal, "run.create", "run", run.id, {
-        "name": run.name, "teacher_model_id": teacher.id, "dataset_id": dataset.id,
-        "student_model_id": student_model_id, "queue": run.queue,
-    })
+    entry = audit(
+        session,
+        principal,
+        "run.create",
+        "run",
+        run.id,
+        {
+            "name": run.name,
+            "teacher_model_id": teacher.id,
+            "dataset_id": dataset.id,
+            "student_model_id": student_model_id,
+            "queue": run.queue,
+        },
+    )
     session.commit()
     try:
         queue.enqueue(DISTILL, [run.id], queue=run.queue)
@@ -253,7 +277,10 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
 
 
 def plan(
-    session: Session, team_id: int, teacher_model_id: int, dataset_id: int | None,
+    session: Session,
+    team_id: int,
+    teacher_model_id: int,
+    dataset_id: int | None,
     student: StudentSpec,
 ) -> dict[str, Any]:
     """Teacher and student inspections side by side, with suggested layer pairs."""
@@ -275,8 +302,14 @@ def plan(
 
 
 def list_runs(
-    session: Session, team_id: int, *, limit: int, cursor: str | None, status: str | None,
-    teacher_model_id: int | None, q: str | None,
+    session: Session,
+    team_id: int,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: str | None,
+    teacher_model_id: int | None,
+    q: str | None,
 ) -> tuple[list[Run], str | None]:
     stmt = scoped(Run, team_id)
     if status:
@@ -300,7 +333,9 @@ def metrics(
     session: Session, run: Run, names: list[str] | None, since_step: int | None
 ) -> dict[str, dict[str, list[Any]]]:
     """Series of the run by name, ordered by step; only steps after `since_step` when given."""
-    stmt = select(Metric.name, Metric.step, Metric.epoch, Metric.value).where(Metric.run_id == run.id)
+    stmt = select(Metric.name, Metric.step, Metric.epoch, Metric.value).where(
+        Metric.run_id == run.id
+    )
     if names:
         stmt = stmt.where(Metric.name.in_(names))
     if since_step is not None:
@@ -327,7 +362,9 @@ def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]
             .execution_options(synchronize_session=False)
         )
         if done.rowcount == 1:
-            audit(session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": "queued"})
+            audit(
+                session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": "queued"}
+            )
         session.commit()
         session.refresh(run)
         if done.rowcount == 1:
@@ -336,7 +373,9 @@ def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]
     if run.status in TERMINAL_RUN_STATES:
         raise Conflict(f"run {run.id} already {run.status}")
     session.execute(
-        update(Run).where(Run.id == run.id).values(cancel_requested=True)
+        update(Run)
+        .where(Run.id == run.id)
+        .values(cancel_requested=True)
         .execution_options(synchronize_session=False)
     )
     audit(session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": run.status})
@@ -357,8 +396,10 @@ def retry(session: Session, principal: Principal, run: Run) -> Run:
         config = RunConfig.model_validate(run.config)
     except ValueError as exc:
         raise Invalid(
-            "config", f"run {run.id}'s config is no longer valid ({str(exc).splitlines()[-1]}); "
-            "download its YAML, fix it and launch it from New run", loc=["path", "run_id"],
+            "config",
+            f"run {run.id}'s config is no longer valid ({str(exc).splitlines()[-1]}); "
+            "download its YAML, fix it and launch it from New run",
+            loc=["path", "run_id"],
         ) from None
     return create_run(session, principal, config)
 

@@ -22,7 +22,9 @@ PENDING, ACCEPTED, DECLINED, WITHDRAWN = "pending", "accepted", "declined", "wit
 _ACTIONS = {ACCEPTED: "invitation.accept", DECLINED: "invitation.decline"}
 
 
-def invite(session: Session, principal: Principal, team_id: int, username: str, role: str) -> Invitation:
+def invite(
+    session: Session, principal: Principal, team_id: int, username: str, role: str
+) -> Invitation:
     """A pending invitation of `username` to the team (`principal` manages that team)."""
     username = username.strip()
     if not username:
@@ -30,7 +32,8 @@ def invite(session: Session, principal: Principal, team_id: int, username: str, 
     if role == Role.owner.value and not allowed(principal, Permission.own):
         raise Forbidden(f"only an owner of team {team_id} can invite as owner")
     member = session.scalar(
-        select(User.id).join(Membership, Membership.user_id == User.id)
+        select(User.id)
+        .join(Membership, Membership.user_id == User.id)
         .where(Membership.team_id == team_id, User.username == username)
     )
     if member is not None:  # members of one's own team are listed anyway
@@ -41,43 +44,70 @@ def invite(session: Session, principal: Principal, team_id: int, username: str, 
             "from their Team page or with POST /api/v1/invitations/{id}/accept"
         )
     row = Invitation(
-        team_id=team_id, username=username, role=role, status=PENDING,
-        invited_by=principal.user.id, invited_by_name=principal.user.username, created_at=utcnow(),
+        team_id=team_id,
+        username=username,
+        role=role,
+        status=PENDING,
+        invited_by=principal.user.id,
+        invited_by_name=principal.user.username,
+        created_at=utcnow(),
     )
     session.add(row)
     session.flush()
-    audit(session, principal, "invitation.create", "invitation", row.id,
-          {"username": username, "role": role}, team_id=team_id)
+    audit(
+        session,
+        principal,
+        "invitation.create",
+        "invitation",
+        row.id,
+        {"username": username, "role": role},
+        team_id=team_id,
+    )
     session.commit()
     return row
 
 
 def _pending(session: Session, team_id: int, username: str) -> Invitation | None:
-    return session.scalar(select(Invitation).where(
-        Invitation.team_id == team_id, Invitation.username == username,
-        Invitation.status == PENDING,
-    ))
+    return session.scalar(
+        select(Invitation).where(
+            Invitation.team_id == team_id,
+            Invitation.username == username,
+            Invitation.status == PENDING,
+        )
+    )
 
 
 def sent(session: Session, team_id: int) -> list[Invitation]:
     """The team's invitations, newest first (for its admins and owners)."""
-    return list(session.scalars(
-        select(Invitation).where(Invitation.team_id == team_id).order_by(Invitation.id.desc())
-    ))
+    return list(
+        session.scalars(
+            select(Invitation).where(Invitation.team_id == team_id).order_by(Invitation.id.desc())
+        )
+    )
 
 
-def withdraw(session: Session, principal: Principal, team_id: int, invitation_id: int) -> Invitation:
+def withdraw(
+    session: Session, principal: Principal, team_id: int, invitation_id: int
+) -> Invitation:
     """Take back a pending invitation of the team (its admins and owners)."""
-    row = session.scalar(select(Invitation).where(
-        Invitation.id == invitation_id, Invitation.team_id == team_id))
+    row = session.scalar(
+        select(Invitation).where(Invitation.id == invitation_id, Invitation.team_id == team_id)
+    )
     if row is None:
         raise NotFound(f"invitation {invitation_id} not found")
     if row.status != PENDING:
         raise Conflict(f"invitation {invitation_id} was already {row.status}")
     row.status = WITHDRAWN
     row.answered_at = utcnow()
-    audit(session, principal, "invitation.withdraw", "invitation", row.id,
-          {"username": row.username, "role": row.role}, team_id=team_id)
+    audit(
+        session,
+        principal,
+        "invitation.withdraw",
+        "invitation",
+        row.id,
+        {"username": row.username, "role": row.role},
+        team_id=team_id,
+    )
     session.commit()
     return row
 
@@ -85,7 +115,8 @@ def withdraw(session: Session, principal: Principal, team_id: int, invitation_id
 def received(session: Session, user: User) -> list[tuple[Invitation, Team]]:
     """The user's pending invitations, oldest first, with their teams."""
     rows = session.execute(
-        select(Invitation, Team).join(Team, Team.id == Invitation.team_id)
+        select(Invitation, Team)
+        .join(Team, Team.id == Invitation.team_id)
         .where(Invitation.username == user.username, Invitation.status == PENDING)
         .order_by(Invitation.id)
     )
@@ -95,7 +126,8 @@ def received(session: Session, user: User) -> list[tuple[Invitation, Team]]:
 def _mine(session: Session, user: User, invitation_id: int) -> tuple[Invitation, Team]:
     """An invitation addressed to `user` (404 for anyone else's, as for ids that do not exist)."""
     row = session.execute(
-        select(Invitation, Team).join(Team, Team.id == Invitation.team_id)
+        select(Invitation, Team)
+        .join(Team, Team.id == Invitation.team_id)
         .where(Invitation.id == invitation_id, Invitation.username == user.username)
     ).first()
     if row is None:
@@ -109,8 +141,11 @@ def _mine(session: Session, user: User, invitation_id: int) -> tuple[Invitation,
 def accept(session: Session, principal: Principal, invitation_id: int) -> tuple[Invitation, Team]:
     """Join the team with the invitation's role (kept if the user is a member already)."""
     invitation, team = _mine(session, principal.user, invitation_id)
-    exists = session.scalar(select(Membership.id).where(
-        Membership.team_id == team.id, Membership.user_id == principal.user.id))
+    exists = session.scalar(
+        select(Membership.id).where(
+            Membership.team_id == team.id, Membership.user_id == principal.user.id
+        )
+    )
     if exists is None:
         session.add(Membership(user_id=principal.user.id, team_id=team.id, role=invitation.role))
     _answer(session, principal, invitation, ACCEPTED)
@@ -127,8 +162,13 @@ def _answer(session: Session, principal: Principal, invitation: Invitation, stat
     invitation.status = status
     invitation.answered_at = utcnow()
     audit_teams(
-        session, [invitation.team_id], _ACTIONS[status],
-        "invitation", invitation.id, {"username": invitation.username, "role": invitation.role},
-        user_id=principal.user.id, username=principal.user.username,
+        session,
+        [invitation.team_id],
+        _ACTIONS[status],
+        "invitation",
+        invitation.id,
+        {"username": invitation.username, "role": invitation.role},
+        user_id=principal.user.id,
+        username=principal.user.username,
     )
     session.commit()

@@ -36,15 +36,18 @@ def create_team(session: Session, principal: Principal, name: str) -> Team:
 
 def members(session: Session, team_id: int) -> list[tuple[Membership, User]]:
     rows = session.execute(
-        select(Membership, User).join(User, User.id == Membership.user_id)
-        .where(Membership.team_id == team_id).order_by(Membership.id)
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.team_id == team_id)
+        .order_by(Membership.id)
     )
     return [(m, u) for m, u in rows]
 
 
 def _member(session: Session, team_id: int, user_id: int) -> tuple[Membership, User]:
     row = session.execute(
-        select(Membership, User).join(User, User.id == Membership.user_id)
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
         .where(Membership.team_id == team_id, Membership.user_id == user_id)
     ).first()
     if row is None:
@@ -53,10 +56,14 @@ def _member(session: Session, team_id: int, user_id: int) -> tuple[Membership, U
 
 
 def _owners(session: Session, team_id: int) -> int:
-    return session.scalar(
-        select(func.count()).select_from(Membership)
-        .where(Membership.team_id == team_id, Membership.role == Role.owner.value)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Membership)
+            .where(Membership.team_id == team_id, Membership.role == Role.owner.value)
+        )
+        or 0
+    )
 
 
 def _need_owner(principal: Principal, what: str) -> None:
@@ -64,32 +71,46 @@ def _need_owner(principal: Principal, what: str) -> None:
         raise Forbidden(f"only an owner of team {principal.team_id} can {what}")
 
 
-def add_member(session: Session, principal: Principal, team_id: int, username: str, role: str) -> tuple[Membership, User]:
+def add_member(
+    session: Session, principal: Principal, team_id: int, username: str, role: str
+) -> tuple[Membership, User]:
     """Add an existing user to the team (`principal` acts in that team, as admin or owner)."""
 
     if role == Role.owner.value:
         _need_owner(principal, "grant the owner role")
     user = session.scalar(select(User).where(User.username == username.strip()))
     if user is None:
-        raise NotFound(
-            f"no user named '{username}'; create it first with POST /api/v1/users"
+        raise NotFound(f"no user named '{username}'; create it first with POST /api/v1/users")
+    if (
+        session.scalar(
+            select(Membership.id).where(
+                Membership.team_id == team_id, Membership.user_id == user.id
+            )
         )
-    if session.scalar(
-        select(Membership.id).where(Membership.team_id == team_id, Membership.user_id == user.id)
-    ) is not None:
+        is not None
+    ):
         raise Conflict(
             f"'{user.username}' is already a member of team {team_id}; change the role with "
             f"PATCH /api/v1/teams/{team_id}/members/{user.id}"
         )
     membership = Membership(user_id=user.id, team_id=team_id, role=role)
     session.add(membership)
-    audit(session, principal, "member.add", "member", user.id,
-          {"username": user.username, "role": role}, team_id=team_id)
+    audit(
+        session,
+        principal,
+        "member.add",
+        "member",
+        user.id,
+        {"username": user.username, "role": role},
+        team_id=team_id,
+    )
     session.commit()
     return membership, user
 
 
-def update_member(session: Session, principal: Principal, team_id: int, user_id: int, role: str) -> tuple[Membership, User]:
+def update_member(
+    session: Session, principal: Principal, team_id: int, user_id: int, role: str
+) -> tuple[Membership, User]:
     """Change a member's role. Only owners grant owner or change owners; one owner always stays."""
 
     membership, user = _member(session, team_id, user_id)
@@ -106,8 +127,15 @@ def update_member(session: Session, principal: Principal, team_id: int, user_id:
                 "owner first"
             )
     membership.role = role
-    audit(session, principal, "member.update", "member", user.id,
-          {"username": user.username, "role": [old, role]}, team_id=team_id)
+    audit(
+        session,
+        principal,
+        "member.update",
+        "member",
+        user.id,
+        {"username": user.username, "role": [old, role]},
+        team_id=team_id,
+    )
     session.commit()
     return membership, user
 
@@ -120,7 +148,9 @@ def remove_member(session: Session, principal: Principal, team_id: int, user_id:
     if not leaving:
         require(principal, Permission.manage)
     elif principal.read_only:
-        raise Forbidden("this token is read-only; use a token made without read_only to change things")
+        raise Forbidden(
+            "this token is read-only; use a token made without read_only to change things"
+        )
     if membership.role == Role.owner.value:
         if not leaving:
             _need_owner(principal, "remove an owner")
@@ -130,12 +160,21 @@ def remove_member(session: Session, principal: Principal, team_id: int, user_id:
                 "owner first"
             )
     session.delete(membership)
-    audit(session, principal, "member.remove", "member", user.id,
-          {"username": user.username, "role": membership.role}, team_id=team_id)
+    audit(
+        session,
+        principal,
+        "member.remove",
+        "member",
+        user.id,
+        {"username": user.username, "role": membership.role},
+        team_id=team_id,
+    )
     session.commit()
 
 
-def create_user(session: Session, principal: Principal, username: str, password: str, role: str) -> tuple[User, Membership]:
+def create_user(
+    session: Session, principal: Principal, username: str, password: str, role: str
+) -> tuple[User, Membership]:
     """A new user in the request's team (by a superuser, or an admin or owner of that team)."""
 
     username = username.strip()
@@ -144,8 +183,10 @@ def create_user(session: Session, principal: Principal, username: str, password:
     if role == Role.owner.value and not principal.user.is_superuser:
         _need_owner(principal, "grant the owner role")
     if session.scalar(select(User.id).where(User.username == username)) is not None:
-        raise Conflict(f"user '{username}' already exists; add them to a team with "
-                       f"POST /api/v1/teams/{principal.team_id}/members")
+        raise Conflict(
+            f"user '{username}' already exists; add them to a team with "
+            f"POST /api/v1/teams/{principal.team_id}/members"
+        )
     user = User(username=username, password_hash=hash_password(password))
     session.add(user)
     session.flush()

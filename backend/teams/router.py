@@ -39,7 +39,9 @@ def _member_out(membership: Membership, user: User) -> MemberOut:
 
 
 @router.get(
-    "", response_model=list[TeamOut], responses=responses(401, 503),
+    "",
+    response_model=list[TeamOut],
+    responses=responses(401, 503),
     summary="Teams you belong to, with your role",
 )
 def list_teams(session: SessionDep, principal: CurrentUser) -> list[TeamOut]:
@@ -52,7 +54,10 @@ def list_teams(session: SessionDep, principal: CurrentUser) -> list[TeamOut]:
 
 
 @router.post(
-    "", response_model=TeamOut, status_code=201, responses=responses(401, 403, 409, 422, 503),
+    "",
+    response_model=TeamOut,
+    status_code=201,
+    responses=responses(401, 403, 409, 422, 503),
     summary="Create a team; you become its owner (studio administrators, or everyone when "
     "DS_TEAM_CREATORS=everyone)",
 )
@@ -62,7 +67,9 @@ def create_team(session: SessionDep, principal: TeamCreator, body: TeamCreate) -
 
 
 @router.get(
-    "/{team_id}", response_model=TeamOut, responses=responses(401, 404, 422, 503),
+    "/{team_id}",
+    response_model=TeamOut,
+    responses=responses(401, 404, 422, 503),
     summary="One of your teams, with your role in it",
 )
 def get_team(access: MemberTeam) -> TeamOut:
@@ -70,7 +77,9 @@ def get_team(access: MemberTeam) -> TeamOut:
 
 
 @router.get(
-    "/{team_id}/members", response_model=list[MemberOut], responses=responses(401, 404, 422, 503),
+    "/{team_id}/members",
+    response_model=list[MemberOut],
+    responses=responses(401, 404, 422, 503),
     summary="Members of one of your teams, with their roles",
 )
 def list_members(session: SessionDep, access: MemberTeam) -> list[MemberOut]:
@@ -78,8 +87,12 @@ def list_members(session: SessionDep, access: MemberTeam) -> list[MemberOut]:
 
 
 @router.post(
-    "/{team_id}/members", response_model=MemberOut, status_code=201,
-    responses=responses(401, 403, 404, 409, 422, 503, e404="no such team of yours, or no such user"),
+    "/{team_id}/members",
+    response_model=MemberOut,
+    status_code=201,
+    responses=responses(
+        401, 403, 404, 409, 422, 503, e404="no such team of yours, or no such user"
+    ),
     summary="Add an existing user to the team without asking them (studio administrators; "
     "others invite)",
 )
@@ -91,7 +104,8 @@ def add_member(session: SessionDep, access: StudioAdminTeam, body: MemberAdd) ->
 
 
 @router.patch(
-    "/{team_id}/members/{user_id}", response_model=MemberOut,
+    "/{team_id}/members/{user_id}",
+    response_model=MemberOut,
     responses=responses(401, 403, 404, 409, 422, 503, e409="the last owner cannot be demoted"),
     summary="Change a member's role (owners grant owner and change owners; one owner must stay)",
 )
@@ -105,7 +119,9 @@ def update_member(
 
 
 @router.delete(
-    "/{team_id}/members/{user_id}", status_code=204, response_class=Response,
+    "/{team_id}/members/{user_id}",
+    status_code=204,
+    response_class=Response,
     responses=responses(401, 403, 404, 409, 422, 503, e409="the last owner cannot be removed"),
     summary="Remove a member (admins and owners; anyone may leave; one owner must stay)",
 )
@@ -115,7 +131,10 @@ def remove_member(session: SessionDep, access: MemberTeam, user_id: int) -> Resp
 
 
 @users_router.post(
-    "", response_model=UserOut, status_code=201, responses=responses(401, 403, 409, 422, 503),
+    "",
+    response_model=UserOut,
+    status_code=201,
+    responses=responses(401, 403, 409, 422, 503),
     summary="Create a user in the team of this request (studio administrators; team admins "
     "too when DS_USER_CREATORS=team_admins)",
 )
@@ -124,8 +143,12 @@ def create_user(session: SessionDep, principal: UserCreator, body: UserCreate) -
         session, principal, body.username, body.password, body.role.value
     )
     return UserOut(
-        id=user.id, username=user.username, is_superuser=user.is_superuser,
-        team_id=membership.team_id, role=membership.role, created_at=user.created_at,
+        id=user.id,
+        username=user.username,
+        is_superuser=user.is_superuser,
+        team_id=membership.team_id,
+        role=membership.role,
+        created_at=user.created_at,
     )
 
 
@@ -134,16 +157,31 @@ def create_user(session: SessionDep, principal: UserCreator, body: UserCreate) -
 
 def _invitation_out(row: Invitation, team_name: str) -> InvitationOut:
     return InvitationOut(
-        id=row.id, team_id=row.team_id, team_name=team_name, username=row.username,
-        role=row.role, status=row.status, invited_by=row.invited_by_name,
-        created_at=row.created_at, answered_at=row.answered_at,
+        id=row.id,
+        team_id=row.team_id,
+        team_name=team_name,
+        username=row.username,
+        role=row.role,
+        status=row.status,
+        invited_by=row.invited_by_name,
+        created_at=row.created_at,
+        answered_at=row.answered_at,
     )
 
 
 @router.post(
-    "/{team_id}/invitations", response_model=InvitationOut, status_code=201,
-    responses=responses(401, 403, 404, 409, 422, 503,
-                        e409="already a member, or already invited and not yet answered"),
+    "/{team_id}/invitations",
+    response_model=InvitationOut,
+    status_code=201,
+    responses=responses(
+        401,
+        403,
+        404,
+        409,
+        422,
+        503,
+        e409="already a member, or already invited and not yet answered",
+    ),
     summary="Invite a user by name to the team with a role; they accept or decline (admins and "
     "owners; owners invite as owner)",
 )
@@ -155,7 +193,8 @@ def invite(session: SessionDep, access: ManagedTeam, body: InvitationCreate) -> 
 
 
 @router.get(
-    "/{team_id}/invitations", response_model=list[InvitationOut],
+    "/{team_id}/invitations",
+    response_model=list[InvitationOut],
     responses=responses(401, 403, 404, 422, 503),
     summary="Invitations the team sent, newest first, with their answers (admins and owners)",
 )
@@ -164,7 +203,8 @@ def list_sent(session: SessionDep, access: ManagedTeam) -> list[InvitationOut]:
 
 
 @router.delete(
-    "/{team_id}/invitations/{invitation_id}", response_model=InvitationOut,
+    "/{team_id}/invitations/{invitation_id}",
+    response_model=InvitationOut,
     responses=responses(401, 403, 404, 409, 422, 503, e409="the invitation was already answered"),
     summary="Withdraw a pending invitation of the team (admins and owners)",
 )
@@ -178,7 +218,9 @@ def _answered(pair: tuple[Invitation, Team]) -> InvitationOut:
 
 
 @invitations_router.get(
-    "", response_model=list[InvitationOut], responses=responses(401, 403, 503),
+    "",
+    response_model=list[InvitationOut],
+    responses=responses(401, 403, 503),
     summary="Invitations to teams waiting for your answer",
 )
 def list_received(session: SessionDep, principal: UnscopedAccount) -> list[InvitationOut]:
@@ -186,7 +228,8 @@ def list_received(session: SessionDep, principal: UnscopedAccount) -> list[Invit
 
 
 @invitations_router.post(
-    "/{invitation_id}/accept", response_model=InvitationOut,
+    "/{invitation_id}/accept",
+    response_model=InvitationOut,
     responses=responses(401, 403, 404, 409, 422, 503, e409="the invitation was already answered"),
     summary="Accept an invitation: you join its team with its role",
 )
@@ -195,7 +238,8 @@ def accept(session: SessionDep, principal: UnscopedAccount, invitation_id: int) 
 
 
 @invitations_router.post(
-    "/{invitation_id}/decline", response_model=InvitationOut,
+    "/{invitation_id}/decline",
+    response_model=InvitationOut,
     responses=responses(401, 403, 404, 409, 422, 503, e409="the invitation was already answered"),
     summary="Decline an invitation",
 )

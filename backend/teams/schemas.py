@@ -75,7 +75,9 @@ class MemberOut(BaseModel):
 
 
 class MemberAdd(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"username": "ada", "role": "member"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "ada", "role": "member"}]}
+    )
 
     username: str = Field(min_length=1, max_length=100, description="An existing user.")
     role: Role = Field(Role.member, description="Only owners can grant owner.")
@@ -102,8 +104,16 @@ class UserCreate(BaseModel):
 class UserOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"id": 3, "username": "ada", "is_superuser": False, "team_id": 2,
-                          "role": "member", "created_at": "2026-03-02T09:30:00Z"}]
+            "examples": [
+                {
+                    "id": 3,
+                    "username": "ada",
+                    "is_superuser": False,
+                    "team_id": 2,
+                    "role": "member",
+                    "created_at": "2026-03-02T09:30:00Z",
+                }
+            ]
         }
     )
 
@@ -116,10 +126,13 @@ class UserOut(BaseModel):
 
 
 class InvitationCreate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"username": "ada", "role": "member"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "ada", "role": "member"}]}
+    )
 
     username: str = Field(
-        min_length=1, max_length=100,
+        min_length=1,
+        max_length=100,
         description="Whom to invite; the answer is the same whether or not the name exists.",
     )
     role: Role = Field(Role.member, description="Only owners invite as owner.")
@@ -128,9 +141,19 @@ class InvitationCreate(BaseModel):
 class InvitationOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"id": 7, "team_id": 2, "team_name": "vision-lab", "username": "ada",
-                          "role": "member", "status": "pending", "invited_by": "grace",
-                          "created_at": "2026-03-02T09:30:00Z", "answered_at": None}]
+            "examples": [
+                {
+                    "id": 7,
+                    "team_id": 2,
+                    "team_name": "vision-lab",
+                    "username": "ada",
+                    "role": "member",
+                    "status": "pending",
+                    "invited_by": "grace",
+                    "created_at": "2026-03-02T09:30:00Z",
+                    "answered_at": None,
+                }
+            ]
         }
     )
 

@@ -33,7 +33,11 @@ Owned = TypeVar("Owned", Model, Dataset, Run, Artifact, Webhook, Comparison)
 Paged = TypeVar("Paged", Model, Dataset, Run, Artifact, Webhook, AuditEntry, WebhookDelivery)
 
 LABELS: dict[type, str] = {
-    Model: "model", Dataset: "dataset", Run: "run", Artifact: "artifact", Webhook: "webhook",
+    Model: "model",
+    Dataset: "dataset",
+    Run: "run",
+    Artifact: "artifact",
+    Webhook: "webhook",
 }
 MAX_LIMIT = 200
 
@@ -67,7 +71,8 @@ def decode_cursor(cursor: str) -> int:
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Invalid(
-            "cursor", "not a cursor from this API; pass the next_cursor of the previous page",
+            "cursor",
+            "not a cursor from this API; pass the next_cursor of the previous page",
             loc=["query", "cursor"],
         ) from None
 
@@ -94,7 +99,6 @@ def user_teams(session: Session, user_id: int) -> list[tuple[Team, str]]:
         .order_by(Membership.id)
     )
     return [(team, role) for team, role in rows]
-
 
 
 def with_tags(stmt: Select[Any], column: Any, tags: list[str] | None) -> Select[Any]:

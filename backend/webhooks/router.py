@@ -24,7 +24,10 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
 @router.post(
-    "", response_model=WebhookCreated, status_code=201, responses=responses(401, 403, 422, 503),
+    "",
+    response_model=WebhookCreated,
+    status_code=201,
+    responses=responses(401, 403, 422, 503),
     summary="Register a URL to be told when runs end; the signing secret is shown once",
 )
 def create_webhook(session: SessionDep, principal: Manager, body: WebhookCreate) -> WebhookCreated:
@@ -37,7 +40,9 @@ def create_webhook(session: SessionDep, principal: Manager, body: WebhookCreate)
 
 
 @router.get(
-    "", response_model=list[WebhookOut], responses=responses(401, 403, 503),
+    "",
+    response_model=list[WebhookOut],
+    responses=responses(401, 403, 503),
     summary="Your team's webhooks",
 )
 def list_webhooks(session: SessionDep, principal: Manager) -> list[WebhookOut]:
@@ -45,7 +50,9 @@ def list_webhooks(session: SessionDep, principal: Manager) -> list[WebhookOut]:
 
 
 @router.get(
-    "/{webhook_id}", response_model=WebhookOut, responses=responses(401, 403, 404, 422, 503),
+    "/{webhook_id}",
+    response_model=WebhookOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="One webhook",
 )
 def get_webhook(hook: ManagedWebhook) -> WebhookOut:
@@ -53,7 +60,9 @@ def get_webhook(hook: ManagedWebhook) -> WebhookOut:
 
 
 @router.patch(
-    "/{webhook_id}", response_model=WebhookOut, responses=responses(401, 403, 404, 422, 503),
+    "/{webhook_id}",
+    response_model=WebhookOut,
+    responses=responses(401, 403, 404, 422, 503),
     summary="Change a webhook's URL, events or description, or pause it (active: false)",
 )
 def update_webhook(
@@ -64,9 +73,13 @@ def update_webhook(
 
 
 @router.delete(
-    "/{webhook_id}", status_code=204, response_class=Response,
-    responses={204: {"description": "deleted, with its delivery records"},
-               **responses(401, 403, 404, 422, 503)},
+    "/{webhook_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        204: {"description": "deleted, with its delivery records"},
+        **responses(401, 403, 404, 422, 503),
+    },
     summary="Delete a webhook (its pending retries stop)",
 )
 def delete_webhook(session: SessionDep, principal: TeamMember, hook: ManagedWebhook) -> Response:
@@ -75,7 +88,8 @@ def delete_webhook(session: SessionDep, principal: TeamMember, hook: ManagedWebh
 
 
 @router.get(
-    "/{webhook_id}/deliveries", response_model=Page[DeliveryOut],
+    "/{webhook_id}/deliveries",
+    response_model=Page[DeliveryOut],
     responses=responses(401, 403, 404, 422, 503),
     summary="Deliveries of a webhook, newest first: status, attempts, last status code and error",
 )
@@ -90,4 +104,6 @@ def list_deliveries(
     rows, next_cursor = service.list_deliveries(
         session, hook, limit=limit, cursor=cursor, status=status, event=event
     )
-    return Page[DeliveryOut](items=[DeliveryOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return Page[DeliveryOut](
+        items=[DeliveryOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )

@@ -17,9 +17,13 @@ def _http_url(value: str) -> str:
     value = value.strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("give an http:// or https:// URL with a host, e.g. https://ci.example.com/hook")
+        raise ValueError(
+            "give an http:// or https:// URL with a host, e.g. https://ci.example.com/hook"
+        )
     if parts.username or parts.password:
-        raise ValueError("leave credentials out of the URL; check the X-Distill-Signature header instead")
+        raise ValueError(
+            "leave credentials out of the URL; check the X-Distill-Signature header instead"
+        )
     return value
 
 
@@ -36,9 +40,13 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"url": "https://ci.example.com/distill-hook",
-                          "events": ["run.succeeded", "run.failed"],
-                          "description": "tell CI when a run ends"}]
+            "examples": [
+                {
+                    "url": "https://ci.example.com/distill-hook",
+                    "events": ["run.succeeded", "run.failed"],
+                    "description": "tell CI when a run ends",
+                }
+            ]
         },
     )
 
@@ -61,8 +69,12 @@ class WebhookUpdate(BaseModel):
 
 
 _WEBHOOK = {
-    "id": 5, "url": "https://ci.example.com/distill-hook", "description": "tell CI when a run ends",
-    "events": ["run.succeeded", "run.failed"], "active": True, "secret_prefix": "whsec_TFoI6U",
+    "id": 5,
+    "url": "https://ci.example.com/distill-hook",
+    "description": "tell CI when a run ends",
+    "events": ["run.succeeded", "run.failed"],
+    "active": True,
+    "secret_prefix": "whsec_TFoI6U",
     "created_at": "2026-03-02T09:45:00Z",
 }
 
@@ -82,7 +94,9 @@ class WebhookOut(OrmModel):
 class WebhookCreated(WebhookOut):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{**_WEBHOOK, "secret": "whsec_TFoI6Uw3Mn3y4LzR_qPnKYTue4Sc3GpiGuHM5tCYOlo"}]
+            "examples": [
+                {**_WEBHOOK, "secret": "whsec_TFoI6Uw3Mn3y4LzR_qPnKYTue4Sc3GpiGuHM5tCYOlo"}
+            ]
         }
     )
 
@@ -95,12 +109,22 @@ class WebhookCreated(WebhookOut):
 class DeliveryOut(OrmModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"id": 17, "webhook_id": 5, "event": "run.succeeded", "run_id": 12,
-                          "status": "retrying", "attempts": 2, "last_status_code": 502,
-                          "last_error": "HTTP 502 from ci.example.com",
-                          "created_at": "2026-03-02T10:13:00Z",
-                          "last_attempt_at": "2026-03-02T10:13:30Z",
-                          "next_attempt_at": "2026-03-02T10:15:30Z", "delivered_at": None}]
+            "examples": [
+                {
+                    "id": 17,
+                    "webhook_id": 5,
+                    "event": "run.succeeded",
+                    "run_id": 12,
+                    "status": "retrying",
+                    "attempts": 2,
+                    "last_status_code": 502,
+                    "last_error": "HTTP 502 from ci.example.com",
+                    "created_at": "2026-03-02T10:13:00Z",
+                    "last_attempt_at": "2026-03-02T10:13:30Z",
+                    "next_attempt_at": "2026-03-02T10:15:30Z",
+                    "delivered_at": None,
+                }
+            ]
         }
     )
 

@@ -50,8 +50,14 @@ def create_webhook(
     salt = new_webhook_salt()
     secret = webhook_secret(salt)
     hook = Webhook(
-        team_id=principal.team_id, url=url, events=events, description=description,
-        active=True, secret_salt=salt, secret_prefix=secret[:12], created_by=principal.user.id,
+        team_id=principal.team_id,
+        url=url,
+        events=events,
+        description=description,
+        active=True,
+        secret_salt=salt,
+        secret_prefix=secret[:12],
+        created_by=principal.user.id,
         created_at=utcnow(),
     )
     session.add(hook)
@@ -62,7 +68,9 @@ def create_webhook(
 
 
 def list_webhooks(session: Session, team_id: int) -> list[Webhook]:
-    return list(session.scalars(select(Webhook).where(Webhook.team_id == team_id).order_by(Webhook.id)))
+    return list(
+        session.scalars(select(Webhook).where(Webhook.team_id == team_id).order_by(Webhook.id))
+    )
 
 
 def update_webhook(
@@ -86,7 +94,12 @@ def delete_webhook(session: Session, principal: Principal, hook: Webhook) -> Non
 
 
 def list_deliveries(
-    session: Session, hook: Webhook, *, limit: int, cursor: str | None, status: str | None,
+    session: Session,
+    hook: Webhook,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: str | None,
     event: str | None,
 ) -> tuple[list[WebhookDelivery], str | None]:
     stmt = select(WebhookDelivery).where(

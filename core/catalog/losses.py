@@ -44,75 +44,115 @@ class LossEntry(Entry):
         }
 
 
-_T = param("temperature", "float", 4.0, "Softmax temperature T; higher gives softer targets.", 0.1, 100)
+_T = param(
+    "temperature", "float", 4.0, "Softmax temperature T; higher gives softer targets.", 0.1, 100
+)
 
 LOSSES: dict[str, LossEntry] = {
     e.name: e
     for e in [
         LossEntry(
-            "ce", "Cross-entropy", "The student's own task loss on the hard labels.",
+            "ce",
+            "Cross-entropy",
+            "The student's own task loss on the hard labels.",
             (param("label_smoothing", "float", 0.0, "Label smoothing factor.", 0.0, 0.5),),
             kind="logits",
             implementation="worker.engine.losses.ce:CrossEntropy",
         ),
         LossEntry(
-            "kd", "Knowledge distillation (Hinton)",
+            "kd",
+            "Knowledge distillation (Hinton)",
             "KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over the batch.",
-            (_T,), paper="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015",
+            (_T,),
+            paper="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015",
             kind="logits",
             implementation="worker.engine.losses.kd:KD",
         ),
         LossEntry(
-            "fitnets", "FitNets hints",
+            "fitnets",
+            "FitNets hints",
             "A regressor maps the student feature to the teacher's shape; L2 between them. "
             "RepDistiller uses weight 100.",
-            (param("hint_epochs", "int", 0, "Epochs of hint-only training before the other losses.", 0, 1000),),
+            (
+                param(
+                    "hint_epochs",
+                    "int",
+                    0,
+                    "Epochs of hint-only training before the other losses.",
+                    0,
+                    1000,
+                ),
+            ),
             paper="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015",
-            kind="feature", needs_pairs=True,
-            implementation="worker.engine.losses.fitnets:FitNets", default_weight=100.0,
-            aux_modules=('connectors',),
+            kind="feature",
+            needs_pairs=True,
+            implementation="worker.engine.losses.fitnets:FitNets",
+            default_weight=100.0,
+            aux_modules=("connectors",),
         ),
         LossEntry(
-            "at", "Attention transfer",
+            "at",
+            "Attention transfer",
             "L2 between normalised spatial attention maps mean(|f|^p over channels). RepDistiller "
             "uses weight 1000 for 32x32 inputs; scale it by the largest map's H*W / 1024 (about "
             "100 for 8x8 inputs).",
             (param("p", "float", 2.0, "Exponent of the attention map.", 1.0, 8.0),),
             paper="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017",
-            kind="feature", needs_pairs=True,
-            implementation="worker.engine.losses.at:AttentionTransfer", default_weight=1000.0,
+            kind="feature",
+            needs_pairs=True,
+            implementation="worker.engine.losses.at:AttentionTransfer",
+            default_weight=1000.0,
         ),
         LossEntry(
-            "feature_l2", "Feature matching (projector + BN)",
+            "feature_l2",
+            "Feature matching (projector + BN)",
             "A linear projector maps the student feature to the teacher's shape (1x1 conv or "
             "linear, identity-initialised when shapes match); both sides are batch-normalised "
             "per channel (no affine); then L2, L1 or cosine distance.",
             (
-                param("distance", "choice", "l2", "Distance between the normalised features.",
-                   choices=("l2", "l1", "cosine")),
-                param("normalize", "bool", True, "Batch-normalise both features before the "
-                   "distance (Miles et al.: this is what makes the projector work)."),
+                param(
+                    "distance",
+                    "choice",
+                    "l2",
+                    "Distance between the normalised features.",
+                    choices=("l2", "l1", "cosine"),
+                ),
+                param(
+                    "normalize",
+                    "bool",
+                    True,
+                    "Batch-normalise both features before the "
+                    "distance (Miles et al.: this is what makes the projector work).",
+                ),
             ),
             paper="Miles, Elezi, Deng. Understanding the Role of the Projector in Knowledge "
             "Distillation. AAAI 2024",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.feature_l2:FeatureL2",
-            aux_modules=('projectors',),
+            aux_modules=("projectors",),
         ),
         LossEntry(
-            "ab", "Activation boundaries",
+            "ab",
+            "Activation boundaries",
             "Hinge-style loss pushing the student's (connector) pre-activations beyond a margin on "
             "the side of zero where the teacher's neuron is: the firing pattern is transferred. "
             "Pair PRE-activation features: tap the input of a ReLU or a BatchNorm output.",
-            (param("margin", "float", 1.0, "Margin m around the activation boundary.", 0.0, 100.0),),
+            (
+                param(
+                    "margin", "float", 1.0, "Margin m around the activation boundary.", 0.0, 100.0
+                ),
+            ),
             paper="Heo, Lee, Yun, Choi. Knowledge Transfer via Distillation of Activation "
             "Boundaries Formed by Hidden Neurons. AAAI 2019",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.ab:ActivationBoundaries",
-            aux_modules=('connectors',),
+            aux_modules=("connectors",),
         ),
         LossEntry(
-            "nst", "Neuron selectivity transfer",
+            "nst",
+            "Neuron selectivity transfer",
             "MMD^2 between the distributions of L2-normalised channel maps of teacher and student "
             "with a polynomial kernel (x.y + c)^d; channel counts may differ.",
             (
@@ -121,158 +161,273 @@ LOSSES: dict[str, LossEntry] = {
             ),
             paper="Huang & Wang. Like What You Like: Knowledge Distill via Neuron Selectivity "
             "Transfer. 2017",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.nst:NST",
         ),
         LossEntry(
-            "mmd", "Maximum mean discrepancy (NST kernels)",
+            "mmd",
+            "Maximum mean discrepancy (NST kernels)",
             "NST with a choice of kernel: polynomial (x.y)^2 or Gaussian exp(-|x-y|^2/(2 sigma^2)) "
             "between the normalised channel maps of teacher and student.",
             (
                 param("kernel", "choice", "poly", "Kernel of the MMD.", choices=("poly", "rbf")),
-                param("sigma", "float", 1.0, "Bandwidth of the Gaussian (rbf) kernel.", 0.01, 100.0),
+                param(
+                    "sigma", "float", 1.0, "Bandwidth of the Gaussian (rbf) kernel.", 0.01, 100.0
+                ),
             ),
             paper="Huang & Wang. Like What You Like: Knowledge Distill via Neuron Selectivity "
             "Transfer. 2017; Gretton et al. A Kernel Two-Sample Test. JMLR 2012",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.nst:MMD",
         ),
         LossEntry(
-            "ft", "Factor transfer",
+            "ft",
+            "Factor transfer",
             "A paraphraser (conv auto-encoder) is pre-trained on the teacher feature by the engine, "
             "then frozen; a translator on the student feature is trained so that the L2-normalised "
             "factors match in L1. Pairs must be convolutional maps.",
             (
-                param("rate", "float", 0.5, "Paraphrase rate k: factor channels = k * teacher "
-                   "channels.", 0.05, 4.0),
-                param("paraphraser_epochs", "int", 5, "Passes over the training data to pre-train "
-                   "the paraphraser before distillation (RepDistiller: 30).", 0, 1000),
+                param(
+                    "rate",
+                    "float",
+                    0.5,
+                    "Paraphrase rate k: factor channels = k * teacher channels.",
+                    0.05,
+                    4.0,
+                ),
+                param(
+                    "paraphraser_epochs",
+                    "int",
+                    5,
+                    "Passes over the training data to pre-train "
+                    "the paraphraser before distillation (RepDistiller: 30).",
+                    0,
+                    1000,
+                ),
             ),
             paper="Kim, Park, Kwak. Paraphrasing Complex Network: Network Compression via Factor "
             "Transfer. NeurIPS 2018",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.ft:FactorTransfer",
-            aux_modules=('paraphrasers', 'translators'),
+            aux_modules=("paraphrasers", "translators"),
         ),
         LossEntry(
-            "vid", "Variational information distillation",
+            "vid",
+            "Variational information distillation",
             "Gaussian log-likelihood of the teacher feature under a mean regressed from the "
             "student feature (1x1 convs) and a learned per-channel variance: "
             "mean(0.5 (log s^2 + (t - mu)^2 / s^2)); maximises a bound on mutual information.",
-            (param("init_var", "float", 5.0, "Initial value of the learned variance.", 0.001, 1000.0),),
+            (
+                param(
+                    "init_var",
+                    "float",
+                    5.0,
+                    "Initial value of the learned variance.",
+                    0.001,
+                    1000.0,
+                ),
+            ),
             paper="Ahn, Hu, Damianou, Lawrence, Dai. Variational Information Distillation for "
             "Knowledge Transfer. CVPR 2019",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.vid:VID",
-            aux_modules=('regressors', 'log_scales'),
+            aux_modules=("regressors", "log_scales"),
         ),
         LossEntry(
-            "ickd", "Inter-channel correlation",
+            "ickd",
+            "Inter-channel correlation",
             "L2 between the row-normalised channel Gram matrices (C x C) of the teacher feature "
             "and of the student feature embedded by a 1x1 conv; spatial sizes may differ.",
-            (), paper="Liu et al. Exploring Inter-Channel Correlation for Diversity-Preserved "
+            (),
+            paper="Liu et al. Exploring Inter-Channel Correlation for Diversity-Preserved "
             "Knowledge Distillation. ICCV 2021",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.ickd:ICKD",
-            aux_modules=('embeds',),
+            aux_modules=("embeds",),
         ),
         LossEntry(
-            "reviewkd", "Knowledge review",
+            "reviewkd",
+            "Knowledge review",
             "Student features of all the pairs (levels, shallow to deep) are fused from deep to "
             "shallow by attention-based fusion and compared with the teacher's by the "
             "hierarchical context loss (pyramid pooling 4, 2, 1). Give one pair per stage.",
             (
-                param("mid_channels", "int", 64, "Channels of the fusion modules (reference: 64 "
-                   "for CIFAR ResNets, 256 for wider ones).", 4, 2048),
-                param("warmup_epochs", "int", 0, "Epochs of linear warm-up of the loss (reference: "
-                   "20 of 240); 0 for none.", 0, 10000),
+                param(
+                    "mid_channels",
+                    "int",
+                    64,
+                    "Channels of the fusion modules (reference: 64 "
+                    "for CIFAR ResNets, 256 for wider ones).",
+                    4,
+                    2048,
+                ),
+                param(
+                    "warmup_epochs",
+                    "int",
+                    0,
+                    "Epochs of linear warm-up of the loss (reference: 20 of 240); 0 for none.",
+                    0,
+                    10000,
+                ),
             ),
             paper="Chen, Liu, Zhao, Jia. Distilling Knowledge via Knowledge Review. CVPR 2021",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.reviewkd:ReviewKD",
-            aux_modules=('abfs',),
+            aux_modules=("abfs",),
         ),
         LossEntry(
-            "ka", "Knowledge adaptation",
+            "ka",
+            "Knowledge adaptation",
             "The teacher feature is compressed by an auto-encoder the engine pre-trains and "
             "freezes; an adapter on the student feature matches the normalised compact code "
             "(L2), optionally with an affinity (pairwise position similarity) term.",
             (
                 param("rate", "float", 0.5, "Code channels = rate * teacher channels.", 0.05, 4.0),
-                param("autoencoder_epochs", "int", 5, "Passes over the training data to pre-train "
-                   "the auto-encoder before distillation.", 0, 1000),
-                param("affinity_weight", "float", 0.0, "Weight of the affinity term (0: off).",
-                   0.0, 1000.0),
+                param(
+                    "autoencoder_epochs",
+                    "int",
+                    5,
+                    "Passes over the training data to pre-train "
+                    "the auto-encoder before distillation.",
+                    0,
+                    1000,
+                ),
+                param(
+                    "affinity_weight",
+                    "float",
+                    0.0,
+                    "Weight of the affinity term (0: off).",
+                    0.0,
+                    1000.0,
+                ),
             ),
             paper="He, Shen, Tian, Gong, Sun, Yan. Knowledge Adaptation for Efficient Semantic "
             "Segmentation. CVPR 2019",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.ka:KnowledgeAdaptation",
-            aux_modules=('autoencoders', 'adapters'),
+            aux_modules=("autoencoders", "adapters"),
         ),
         LossEntry(
-            "fsp", "FSP matrices (flow of solution procedure)",
+            "fsp",
+            "FSP matrices (flow of solution procedure)",
             "G = F1^T F2 / (h w) between the features of consecutive pairs on each side (pooled "
             "to the same size), L2 between teacher and student flows. Needs at least 2 pairs; "
             "student features of another shape pass through a connector.",
-            (), paper="Yim, Joo, Bae, Kim. A Gift from Knowledge Distillation: Fast Optimization, "
+            (),
+            paper="Yim, Joo, Bae, Kim. A Gift from Knowledge Distillation: Fast Optimization, "
             "Network Minimization and Transfer Learning. CVPR 2017",
-            kind="relation", needs_pairs=True, min_pairs=2,
+            kind="relation",
+            needs_pairs=True,
+            min_pairs=2,
             implementation="worker.engine.losses.fsp:FSP",
-            aux_modules=('connectors',),
+            aux_modules=("connectors",),
         ),
         LossEntry(
-            "grad_match", "Input-gradient matching",
+            "grad_match",
+            "Input-gradient matching",
             "The gradient of the cross-entropy w.r.t. the input, student vs. frozen teacher, "
             "compared by cosine or L2 (double backpropagation). Needs floating-point inputs "
             "and a differentiable teacher (.pt2 or safetensors).",
-            (param("distance", "choice", "cosine", "Distance between the per-sample input gradients.",
-                choices=("cosine", "l2")),),
+            (
+                param(
+                    "distance",
+                    "choice",
+                    "cosine",
+                    "Distance between the per-sample input gradients.",
+                    choices=("cosine", "l2"),
+                ),
+            ),
             paper="Srinivas & Fleuret. Knowledge Transfer with Jacobian Matching. ICML 2018",
             kind="other",
             implementation="worker.engine.losses.grad_match:GradMatch",
         ),
         LossEntry(
-            "weight_match", "Weight matching (projected)",
+            "weight_match",
+            "Weight matching (projected)",
             "For each pair's conv/linear weights: learnable (low-rank) projections over the out "
             "and in channels map the teacher's weight to the student's shape (kernel sizes "
             "pooled); L2 to the student's weight.",
             (
                 param("rank", "int", 0, "Rank of each projection; 0 for full rank.", 0, 4096),
-                param("normalize", "bool", True, "Compare Frobenius-normalised weights (scale-free)."),
+                param(
+                    "normalize", "bool", True, "Compare Frobenius-normalised weights (scale-free)."
+                ),
             ),
             paper="Lin et al. Weight Distillation: Transferring the Knowledge in Neural Network "
             "Parameters. ACL 2021",
-            kind="other", needs_pairs=True,
+            kind="other",
+            needs_pairs=True,
             implementation="worker.engine.losses.weight_match:WeightMatch",
-            aux_modules=('p_out', 'p_in'),
+            aux_modules=("p_out", "p_in"),
         ),
         LossEntry(
-            "dkd", "Decoupled KD (DKD)",
+            "dkd",
+            "Decoupled KD (DKD)",
             "alpha * TCKD (target vs. rest, binary KL) + beta * NCKD (KL over the non-target "
             "classes), times T^2; the weight ramps up linearly over the first `warmup` epochs.",
             (
                 param("alpha", "float", 1.0, "Weight of the target-class term TCKD.", 0.0, 100.0),
-                param("beta", "float", 8.0, "Weight of the non-target-class term NCKD (mdistiller: "
-                   "8 on CIFAR-100, 0.5-2 on ImageNet).", 0.0, 100.0),
+                param(
+                    "beta",
+                    "float",
+                    8.0,
+                    "Weight of the non-target-class term NCKD (mdistiller: "
+                    "8 on CIFAR-100, 0.5-2 on ImageNet).",
+                    0.0,
+                    100.0,
+                ),
                 param("temperature", "float", 4.0, _T.help, 0.1, 100),
-                param("warmup", "int", 20, "Epochs of linear warm-up of the loss weight (mdistiller: "
-                   "20 of 240); use ~10% of the run's epochs, 0 for none.", 0, 10000),
+                param(
+                    "warmup",
+                    "int",
+                    20,
+                    "Epochs of linear warm-up of the loss weight (mdistiller: "
+                    "20 of 240); use ~10% of the run's epochs, 0 for none.",
+                    0,
+                    10000,
+                ),
             ),
             paper="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022",
             kind="logits",
             implementation="worker.engine.losses.dkd:DKD",
         ),
         LossEntry(
-            "dist", "DIST (correlation relations)",
+            "dist",
+            "DIST (correlation relations)",
             "T^2 * (beta * (1 - Pearson per sample over classes) + gamma * (1 - Pearson per class "
             "over the batch)) between softmax(s/T) and softmax(t/T); tolerant of a strong teacher.",
             (
-                param("beta", "float", 1.0, "Weight of the inter-class relation (per sample).", 0.0, 100.0),
-                param("gamma", "float", 1.0, "Weight of the intra-class relation (per class over the "
-                   "batch).", 0.0, 100.0),
-                param("temperature", "float", 4.0, "Softmax temperature T (paper: 1 on ImageNet, "
-                   "4 on CIFAR-100).", 0.1, 100),
+                param(
+                    "beta",
+                    "float",
+                    1.0,
+                    "Weight of the inter-class relation (per sample).",
+                    0.0,
+                    100.0,
+                ),
+                param(
+                    "gamma",
+                    "float",
+                    1.0,
+                    "Weight of the intra-class relation (per class over the batch).",
+                    0.0,
+                    100.0,
+                ),
+                param(
+                    "temperature",
+                    "float",
+                    4.0,
+                    "Softmax temperature T (paper: 1 on ImageNet, 4 on CIFAR-100).",
+                    0.1,
+                    100,
+                ),
             ),
             paper="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. "
             "NeurIPS 2022",
@@ -280,15 +435,28 @@ LOSSES: dict[str, LossEntry] = {
             implementation="worker.engine.losses.dist:DIST",
         ),
         LossEntry(
-            "logit_std", "Logit standardization (KD/DKD + LS)",
+            "logit_std",
+            "Logit standardization (KD/DKD + LS)",
             "Applies on top of kd or dkd: both logits are z-scored per sample (minus their mean, "
             "over their std) before the tempered softmax, so the student matches the shape of "
             "the teacher's logits, not their range. Use it instead of the kd/dkd term, not with "
             "it; paper setting: temperature 2, weight 9, ce weight 0.1.",
             (
-                param("temperature", "float", 2.0, "Base temperature applied to the z-scores.", 0.1, 100),
-                param("base", "choice", "kd", "The loss it standardizes: 'kd' or 'dkd'.",
-                   choices=("kd", "dkd")),
+                param(
+                    "temperature",
+                    "float",
+                    2.0,
+                    "Base temperature applied to the z-scores.",
+                    0.1,
+                    100,
+                ),
+                param(
+                    "base",
+                    "choice",
+                    "kd",
+                    "The loss it standardizes: 'kd' or 'dkd'.",
+                    choices=("kd", "dkd"),
+                ),
                 param("alpha", "float", 1.0, "With base 'dkd': weight of TCKD.", 0.0, 100.0),
                 param("beta", "float", 8.0, "With base 'dkd': weight of NCKD.", 0.0, 100.0),
                 param("warmup", "int", 20, "With base 'dkd': warm-up epochs.", 0, 10000),
@@ -296,21 +464,34 @@ LOSSES: dict[str, LossEntry] = {
             paper="Sun, Ren, Li, Wang, Cao. Logit Standardization in Knowledge Distillation. "
             "CVPR 2024",
             kind="logits",
-            implementation="worker.engine.losses.logit_std:LogitStandardization", default_weight=9.0,
+            implementation="worker.engine.losses.logit_std:LogitStandardization",
+            default_weight=9.0,
         ),
         LossEntry(
-            "pad", "Prime-Aware Adaptive Distillation",
+            "pad",
+            "Prime-Aware Adaptive Distillation",
             "Feature L2 through a connector, weighted per sample by a learned variance: "
             "mean_b(d_b / (2 sigma_b^2) + log sigma_b), sigma_b^2 predicted from the student "
             "feature. Hard samples get a large variance and count less; the value can be negative.",
-            (param("eps", "float", 1e-4, "Floor added to sigma^2 (bounds the loss below).", 1e-8, 1.0),),
+            (
+                param(
+                    "eps",
+                    "float",
+                    1e-4,
+                    "Floor added to sigma^2 (bounds the loss below).",
+                    1e-8,
+                    1.0,
+                ),
+            ),
             paper="Zhang, Chen, Wang et al. Prime-Aware Adaptive Distillation. ECCV 2020",
-            kind="feature", needs_pairs=True,
+            kind="feature",
+            needs_pairs=True,
             implementation="worker.engine.losses.pad:PAD",
-            aux_modules=('connectors', 'variance_heads'),
+            aux_modules=("connectors", "variance_heads"),
         ),
         LossEntry(
-            "rkd", "Relational KD (distance + angle)",
+            "rkd",
+            "Relational KD (distance + angle)",
             "Smooth-L1 between the batch's pairwise distances (each divided by its mean) and "
             "between the angles of all triplets, student vs. teacher. Pair pooled features.",
             (
@@ -318,19 +499,25 @@ LOSSES: dict[str, LossEntry] = {
                 param("w_angle", "float", 50.0, "Weight of the angle-wise term.", 0.0, 1000.0),
             ),
             paper="Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019",
-            kind="relation", needs_pairs=True,
+            kind="relation",
+            needs_pairs=True,
             implementation="worker.engine.losses.rkd:RKD",
         ),
         LossEntry(
-            "sp", "Similarity-preserving KD",
+            "sp",
+            "Similarity-preserving KD",
             "||G_s - G_t||_F^2 / B^2 with G = row-normalised F F^T over the batch; RepDistiller "
             "uses weight 3000 on the last convolutional map.",
-            (), paper="Tung & Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019",
-            kind="relation", needs_pairs=True,
-            implementation="worker.engine.losses.sp:SimilarityPreserving", default_weight=3000.0,
+            (),
+            paper="Tung & Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019",
+            kind="relation",
+            needs_pairs=True,
+            implementation="worker.engine.losses.sp:SimilarityPreserving",
+            default_weight=3000.0,
         ),
         LossEntry(
-            "cc", "Correlation congruence",
+            "cc",
+            "Correlation congruence",
             "||Psi_s - Psi_t||_F^2 / B^2 between the batch correlation matrices under a Gaussian "
             "RBF kernel on L2-normalised features, approximated by a Taylor expansion.",
             (
@@ -338,35 +525,50 @@ LOSSES: dict[str, LossEntry] = {
                 param("order", "int", 2, "Order P of the Taylor expansion.", 0, 10),
             ),
             paper="Peng et al. Correlation Congruence for Knowledge Distillation. ICCV 2019",
-            kind="relation", needs_pairs=True,
+            kind="relation",
+            needs_pairs=True,
             implementation="worker.engine.losses.cc:CorrelationCongruence",
         ),
         LossEntry(
-            "pkt", "Probabilistic knowledge transfer",
+            "pkt",
+            "Probabilistic knowledge transfer",
             "KL between teacher and student conditional distributions p(j|i) built from cosine "
             "similarities within the batch; RepDistiller uses weight 30000.",
             (),
             paper="Passalis & Tefas. Learning Deep Representations with Probabilistic Knowledge "
             "Transfer. ECCV 2018",
-            kind="relation", needs_pairs=True,
-            implementation="worker.engine.losses.pkt:PKT", default_weight=30000.0,
+            kind="relation",
+            needs_pairs=True,
+            implementation="worker.engine.losses.pkt:PKT",
+            default_weight=30000.0,
         ),
         LossEntry(
-            "crd", "Contrastive representation distillation",
+            "crd",
+            "Contrastive representation distillation",
             "InfoNCE between linear, L2-normalised embeddings of student and teacher: the teacher "
             "embedding of the same sample is the positive, a FIFO queue of earlier teacher "
             "embeddings the negatives (fixed memory, unlike RepDistiller's dataset-sized bank). "
             "RepDistiller uses weight 0.8 with ce weight 1.",
             (
                 param("feat_dim", "int", 128, "Embedding dimension of both heads.", 2, 4096),
-                param("queue_size", "int", 4096, "Negatives kept in the queue (capped at the "
-                   "number of training samples).", 1, 1_000_000),
-                param("nce_t", "float", 0.07, "Temperature of the contrastive softmax.", 0.001, 10.0),
+                param(
+                    "queue_size",
+                    "int",
+                    4096,
+                    "Negatives kept in the queue (capped at the number of training samples).",
+                    1,
+                    1_000_000,
+                ),
+                param(
+                    "nce_t", "float", 0.07, "Temperature of the contrastive softmax.", 0.001, 10.0
+                ),
             ),
             paper="Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020",
-            kind="relation", needs_pairs=True,
-            implementation="worker.engine.losses.crd:CRD", default_weight=0.8,
-            aux_modules=('embed_s', 'embed_t'),
+            kind="relation",
+            needs_pairs=True,
+            implementation="worker.engine.losses.crd:CRD",
+            default_weight=0.8,
+            aux_modules=("embed_s", "embed_t"),
         ),
     ]
 }

@@ -147,8 +147,15 @@ class Entry:
             "title": self.title,
             "help": self.help,
             "params": [
-                {"name": p.name, "type": p.type, "default": p.default, "help": p.help,
-                 "min": p.min, "max": p.max, "choices": p.choices}
+                {
+                    "name": p.name,
+                    "type": p.type,
+                    "default": p.default,
+                    "help": p.help,
+                    "min": p.min,
+                    "max": p.max,
+                    "choices": p.choices,
+                }
                 for p in self.params
             ],
             "paper": self.paper,

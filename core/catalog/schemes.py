@@ -27,7 +27,8 @@ SCHEMES: dict[str, SchemeEntry] = {
     e.name: e
     for e in [
         SchemeEntry(
-            "offline", "Offline",
+            "offline",
+            "Offline",
             "A frozen, pre-trained teacher guides the student (the default).",
             implementation="worker.engine.schemes.offline:OfflineScheme",
         ),

@@ -33,7 +33,9 @@ class StudentEntry(Entry):
 
 
 _WIDTH = param("width", "float", 1.0, "Width multiplier of every layer's channels.", 0.125, 8.0)
-_REPDISTILLER = "Tian, Krishnan, Isola. Contrastive Representation Distillation (RepDistiller). ICLR 2020"
+_REPDISTILLER = (
+    "Tian, Krishnan, Isola. Contrastive Representation Distillation (RepDistiller). ICLR 2020"
+)
 _RESNET_PAPER = "He et al. Deep Residual Learning. CVPR 2016"
 _WRN_PAPER = "Zagoruyko & Komodakis. Wide Residual Networks. BMVC 2016"
 _VGG_PAPER = "Simonyan & Zisserman. Very Deep Convolutional Networks. ICLR 2015"
@@ -49,75 +51,124 @@ STUDENTS: dict[str, StudentEntry] = {
     for e in [
         *(
             StudentEntry(
-                f"resnet{d}", f"ResNet-{d} (CIFAR-style)",
+                f"resnet{d}",
+                f"ResNet-{d} (CIFAR-style)",
                 f"Three stages of basic blocks, depth {d}, channels 16/32/64 times width.",
-                (_WIDTH,), paper=_RESNET_PAPER,
-                kind="cnn", family="resnet", depth=d,
-                implementation="worker.engine.students.resnet:resnet", builder_args=(d,),
+                (_WIDTH,),
+                paper=_RESNET_PAPER,
+                kind="cnn",
+                family="resnet",
+                depth=d,
+                implementation="worker.engine.students.resnet:resnet",
+                builder_args=(d,),
             )
             for d in RESNET_DEPTHS
         ),
         *(
             StudentEntry(
-                f"resnet{d}x4", f"ResNet-{d}x4 (CIFAR-style)",
+                f"resnet{d}x4",
+                f"ResNet-{d}x4 (CIFAR-style)",
                 f"Depth {d} with four times wider channels (64/128/256).",
-                (), paper=_REPDISTILLER, kind="cnn", family="resnet", depth=d, width=4.0,
-                implementation="worker.engine.students.resnet:resnet_x4", builder_args=(d,),
+                (),
+                paper=_REPDISTILLER,
+                kind="cnn",
+                family="resnet",
+                depth=d,
+                width=4.0,
+                implementation="worker.engine.students.resnet:resnet_x4",
+                builder_args=(d,),
             )
             for d in (8, 32)
         ),
         StudentEntry(
-            "resnet", "ResNet (any depth)",
+            "resnet",
+            "ResNet (any depth)",
             "CIFAR-style ResNet of any depth 6n+2 (8, 14, 20, 26, ...); derived students use it "
             "between the named depths.",
             (
                 param("depth", "int", 20, "Depth 6n+2: n basic blocks per stage.", 8, 1202),
                 _WIDTH,
             ),
-            paper=_RESNET_PAPER, kind="cnn", family="resnet",
+            paper=_RESNET_PAPER,
+            kind="cnn",
+            family="resnet",
             implementation="worker.engine.students.resnet:resnet_generic",
         ),
         *(
             StudentEntry(
-                name, f"WRN-{d}-{k}",
+                name,
+                f"WRN-{d}-{k}",
                 f"Wide ResNet, depth {d}, widening factor {k}: pre-activation blocks with "
                 f"{16 * k}/{32 * k}/{64 * k} channels.",
-                (), paper=_WRN_PAPER, kind="cnn", family="wrn", depth=d, width=float(k),
-                implementation="worker.engine.students.wrn:wrn_named", builder_args=(name,),
+                (),
+                paper=_WRN_PAPER,
+                kind="cnn",
+                family="wrn",
+                depth=d,
+                width=float(k),
+                implementation="worker.engine.students.wrn:wrn_named",
+                builder_args=(name,),
             )
             for name, (d, k) in WRN_NAMED.items()
         ),
         StudentEntry(
-            "wrn", "WRN-d-k (any depth and width)",
+            "wrn",
+            "WRN-d-k (any depth and width)",
             "Wide ResNet of depth 6n+4 (10, 16, 22, 28, 40, ...) and widening factor k.",
             (
-                param("depth", "int", 16, "Depth 6n+4: n pre-activation blocks per stage.", 10, 1000),
-                param("width", "float", 2.0, "Widening factor k: channels 16k/32k/64k.", 0.125, 16.0),
-                param("dropout", "float", 0.0, "Dropout between the two convolutions of a block.",
-                   0.0, 0.9),
+                param(
+                    "depth", "int", 16, "Depth 6n+4: n pre-activation blocks per stage.", 10, 1000
+                ),
+                param(
+                    "width", "float", 2.0, "Widening factor k: channels 16k/32k/64k.", 0.125, 16.0
+                ),
+                param(
+                    "dropout",
+                    "float",
+                    0.0,
+                    "Dropout between the two convolutions of a block.",
+                    0.0,
+                    0.9,
+                ),
             ),
-            paper=_WRN_PAPER, kind="cnn", family="wrn", implementation="worker.engine.students.wrn:wrn",
+            paper=_WRN_PAPER,
+            kind="cnn",
+            family="wrn",
+            implementation="worker.engine.students.wrn:wrn",
         ),
         *(
             StudentEntry(
-                f"vgg{d}", f"VGG-{d} (BN, CIFAR-style)",
+                f"vgg{d}",
+                f"VGG-{d} (BN, CIFAR-style)",
                 f"{d - 3} 3x3 convolutions with batch norm in five blocks (64..512 channels times "
                 "width), max pooling between blocks, one linear layer.",
-                (_WIDTH,), paper=_VGG_PAPER, kind="cnn", family="vgg", depth=d,
-                implementation="worker.engine.students.vgg:vgg_named", builder_args=(d,),
+                (_WIDTH,),
+                paper=_VGG_PAPER,
+                kind="cnn",
+                family="vgg",
+                depth=d,
+                implementation="worker.engine.students.vgg:vgg_named",
+                builder_args=(d,),
             )
             for d in VGG_NAMED
         ),
         StudentEntry(
-            "vgg", "VGG (any depth)",
+            "vgg",
+            "VGG (any depth)",
             "VGG with batch norm of any depth >= 8 (= convolutions + 3); 16 and 19 are the "
             "classic ones.",
-            (param("depth", "int", 11, "Convolutions + 3, spread over the five blocks.", 8, 40),
-             _WIDTH),
-            paper=_VGG_PAPER, kind="cnn", family="vgg", implementation="worker.engine.students.vgg:vgg",
+            (
+                param("depth", "int", 11, "Convolutions + 3, spread over the five blocks.", 8, 40),
+                _WIDTH,
+            ),
+            paper=_VGG_PAPER,
+            kind="cnn",
+            family="vgg",
+            implementation="worker.engine.students.vgg:vgg",
         ),
         StudentEntry(
-            "mobilenetv2", "MobileNetV2",
+            "mobilenetv2",
+            "MobileNetV2",
             "Inverted residual blocks with depthwise convolutions; width 0.5 is RepDistiller's "
             "CIFAR student.",
             (
@@ -125,42 +176,57 @@ STUDENTS: dict[str, StudentEntry] = {
                 _DEPTH_MULT,
             ),
             paper="Sandler et al. MobileNetV2: Inverted Residuals and Linear Bottlenecks. CVPR 2018",
-            kind="cnn", family="mobilenetv2",
+            kind="cnn",
+            family="mobilenetv2",
             implementation="worker.engine.students.mobilenetv2:mobilenetv2",
         ),
         StudentEntry(
-            "shufflenetv1", "ShuffleNetV1",
+            "shufflenetv1",
+            "ShuffleNetV1",
             "Group convolutions with channel shuffle (3 groups, widths 240/480/960 times width).",
             (
                 param("width", "float", 1.0, "Width multiplier of the stage widths.", 0.1, 4.0),
                 _DEPTH_MULT,
             ),
             paper="Zhang et al. ShuffleNet: An Extremely Efficient CNN for Mobile Devices. CVPR 2018",
-            kind="cnn", family="shufflenetv1",
+            kind="cnn",
+            family="shufflenetv1",
             implementation="worker.engine.students.shufflenet:shufflenetv1",
         ),
         StudentEntry(
-            "shufflenetv2", "ShuffleNetV2",
+            "shufflenetv2",
+            "ShuffleNetV2",
             "Channel split, depthwise convolutions and channel shuffle (116/232/464 at width 1; "
             "the paper's 0.5, 1.5 and 2 sizes at those widths).",
             (
-                param("width", "float", 1.0, "Width: 0.5, 1, 1.5, 2 as in the paper, or any scale.",
-                   0.1, 4.0),
+                param(
+                    "width",
+                    "float",
+                    1.0,
+                    "Width: 0.5, 1, 1.5, 2 as in the paper, or any scale.",
+                    0.1,
+                    4.0,
+                ),
                 _DEPTH_MULT,
             ),
             paper="Ma et al. ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture "
-                  "Design. ECCV 2018",
-            kind="cnn", family="shufflenetv2",
+            "Design. ECCV 2018",
+            kind="cnn",
+            family="shufflenetv2",
             implementation="worker.engine.students.shufflenet:shufflenetv2",
         ),
         StudentEntry(
-            "mlp", "MLP", "Fully connected network for tabular data or small images (flattened).",
+            "mlp",
+            "MLP",
+            "Fully connected network for tabular data or small images (flattened).",
             (
                 param("hidden", "int", 256, "Units in each hidden layer.", 4, 8192),
                 param("depth", "int", 2, "Number of hidden layers.", 1, 16),
                 param("dropout", "float", 0.0, "Dropout after each hidden layer.", 0.0, 0.9),
             ),
-            kind="mlp", family="mlp", implementation="worker.engine.students.mlp:mlp",
+            kind="mlp",
+            family="mlp",
+            implementation="worker.engine.students.mlp:mlp",
         ),
     ]
 }
@@ -191,8 +257,9 @@ NEEDS_ZOO_TEACHER = (
 _SHAPE_KEYS = ("input_shape", "num_classes")
 
 
-def _teacher_entry(arch: str | None, kwargs: dict[str, Any] | None, what: str
-                   ) -> tuple[StudentEntry, dict[str, Any]]:
+def _teacher_entry(
+    arch: str | None, kwargs: dict[str, Any] | None, what: str
+) -> tuple[StudentEntry, dict[str, Any]]:
     entry = STUDENTS.get(arch or "")
     if entry is None:
         got = f"; got {arch!r}" if arch else "; this teacher has no architecture (a .pt2 graph)"
@@ -204,7 +271,9 @@ def _teacher_entry(arch: str | None, kwargs: dict[str, Any] | None, what: str
     return entry, own
 
 
-def same_architecture(arch: str | None, kwargs: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+def same_architecture(
+    arch: str | None, kwargs: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
     """Self-distillation: the teacher's own zoo architecture and parameters (fresh weights)."""
     _, own = _teacher_entry(arch, kwargs, "self-distillation students (source 'teacher')")
     return str(arch), own
@@ -253,8 +322,11 @@ def derived_architecture(
     if family == "resnet":
         d = _nearest_depth(depth * depth_factor, 2, 8)
         w = _width(width * width_factor, STUDENTS["resnet"])
-        return (f"resnet{d}", {"width": w}) if d in RESNET_DEPTHS else (
-            "resnet", {"depth": d, "width": w})
+        return (
+            (f"resnet{d}", {"width": w})
+            if d in RESNET_DEPTHS
+            else ("resnet", {"depth": d, "width": w})
+        )
     if family == "wrn":
         d = _nearest_depth(depth * depth_factor, 4, 10)
         w = _width(width * width_factor, STUDENTS["wrn"])
@@ -269,8 +341,11 @@ def derived_architecture(
         return (f"vgg{d}", {"width": w}) if d in VGG_NAMED else ("vgg", {"depth": d, "width": w})
     if family == "mlp":
         hidden = max(4, round(kw["hidden"] * width_factor))
-        return "mlp", {"hidden": hidden, "depth": max(1, round(kw["depth"] * depth_factor)),
-                       "dropout": float(kw["dropout"])}
+        return "mlp", {
+            "hidden": hidden,
+            "depth": max(1, round(kw["depth"] * depth_factor)),
+            "dropout": float(kw["dropout"]),
+        }
     return str(teacher_arch), {
         "width": _width(width * width_factor, entry),
         "depth": max(0.1, round(float(kw["depth"]) * depth_factor, 4)),

@@ -33,15 +33,19 @@ class TaskEntry(Entry):
     stage_rule: StageRule = "spatial"
 
     def extra_json(self) -> dict[str, Any]:
-        return {"formats": list(self.formats), "metrics": list(self.metrics),
-                "stage_rule": self.stage_rule}
+        return {
+            "formats": list(self.formats),
+            "metrics": list(self.metrics),
+            "stage_rule": self.stage_rule,
+        }
 
 
 TASKS: dict[str, TaskEntry] = {
     e.name: e
     for e in [
         TaskEntry(
-            "classification", "Classification",
+            "classification",
+            "Classification",
             "One class per sample: targets are class indices and the teacher outputs class "
             "scores [N, classes]; validated by top-1 accuracy and cross-entropy, evaluated by "
             "top-1/top-5, agreement and calibration (ECE).",

@@ -49,19 +49,27 @@ class Setting:
 
     def form_range(self) -> tuple[float | None, float | None]:
         """The inclusive (min, max) the form offers: an exclusive bound moved in by `margin`."""
-        lo = self.ge if self.ge is not None else (
-            None if self.gt is None else self.gt + self.margin)
-        hi = self.le if self.le is not None else (
-            None if self.lt is None else self.lt - self.margin)
+        lo = (
+            self.ge if self.ge is not None else (None if self.gt is None else self.gt + self.margin)
+        )
+        hi = (
+            self.le if self.le is not None else (None if self.lt is None else self.lt - self.margin)
+        )
         if self.type == "int":
             return (None if lo is None else int(lo)), (None if hi is None else int(hi))
         return lo, hi
 
     def as_json(self) -> dict[str, Any]:
         """Plain JSON of the setting (name, type, default, range, choices, help)."""
-        return {"name": self.name, "type": self.type, "default": self.default,
-                "title": self.title, "help": self.help, **self.bounds(),
-                "choices": list(self.choices) if self.choices else None}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "default": self.default,
+            "title": self.title,
+            "help": self.help,
+            **self.bounds(),
+            "choices": list(self.choices) if self.choices else None,
+        }
 
 
 def _choice(name: str, literal: Any, default: str, title: str, help_: str = "") -> Setting:
@@ -74,42 +82,131 @@ TRAINING: dict[str, Setting] = {
         Setting("epochs", "int", 10, "Epochs", "Passes over the training data.", ge=1, le=10_000),
         Setting("batch_size", "int", 64, "Batch size", "Samples per step.", ge=1, le=65_536),
         _choice("optimizer", Optimizer, "sgd", "Optimizer", "SGD with momentum, or AdamW."),
-        Setting("lr", "float", 0.05, "Learning rate", "Initial learning rate.", gt=0.0,
-                le=10.0, step=0.01, margin=1e-6),
-        Setting("momentum", "float", 0.9, "Momentum", "SGD only.", ge=0.0, lt=1.0, step=0.01,
-                margin=0.001),
-        Setting("weight_decay", "float", 5e-4, "Weight decay", "L2 penalty on the weights.",
-                ge=0.0, le=1.0, step=1e-4),
-        _choice("schedule", Schedule, "cosine", "LR schedule",
-                "cosine to 0, step decay at the milestones, or constant."),
-        Setting("step_milestones", "floats", (0.5, 0.75), "Milestones",
-                "With schedule='step': fractions of the training, each in [0, 1], where the LR "
-                "drops, e.g. 0.5,0.75.", ge=0.0, le=1.0, max_items=32),
-        Setting("step_gamma", "float", 0.1, "Gamma",
-                "With schedule='step': the LR is multiplied by this at each milestone.", gt=0.0,
-                le=1.0, step=0.05, margin=0.001),
+        Setting(
+            "lr",
+            "float",
+            0.05,
+            "Learning rate",
+            "Initial learning rate.",
+            gt=0.0,
+            le=10.0,
+            step=0.01,
+            margin=1e-6,
+        ),
+        Setting(
+            "momentum",
+            "float",
+            0.9,
+            "Momentum",
+            "SGD only.",
+            ge=0.0,
+            lt=1.0,
+            step=0.01,
+            margin=0.001,
+        ),
+        Setting(
+            "weight_decay",
+            "float",
+            5e-4,
+            "Weight decay",
+            "L2 penalty on the weights.",
+            ge=0.0,
+            le=1.0,
+            step=1e-4,
+        ),
+        _choice(
+            "schedule",
+            Schedule,
+            "cosine",
+            "LR schedule",
+            "cosine to 0, step decay at the milestones, or constant.",
+        ),
+        Setting(
+            "step_milestones",
+            "floats",
+            (0.5, 0.75),
+            "Milestones",
+            "With schedule='step': fractions of the training, each in [0, 1], where the LR "
+            "drops, e.g. 0.5,0.75.",
+            ge=0.0,
+            le=1.0,
+            max_items=32,
+        ),
+        Setting(
+            "step_gamma",
+            "float",
+            0.1,
+            "Gamma",
+            "With schedule='step': the LR is multiplied by this at each milestone.",
+            gt=0.0,
+            le=1.0,
+            step=0.05,
+            margin=0.001,
+        ),
         _choice("device", Device, "auto", "Device", "auto: a GPU worker when one is available."),
-        Setting("amp", "bool", True, "Mixed precision (GPU)",
-                "Autocast (bf16) on GPU; ignored on CPU."),
-        Setting("checkpoint_every", "int", 200, "Checkpoint every (steps)",
-                "Steps between checkpoints.", ge=1),
-        Setting("log_every", "int", 1, "Log every (steps)",
-                "Steps between reported metrics (mean over them).", ge=1),
-        Setting("export_onnx", "bool", True, "Export ONNX",
-                "Also write the student as ONNX (student.onnx) next to safetensors and .pt2; the "
-                "exporter takes a few seconds (about 5 s the first time in a process, 2 s "
-                "after)."),
+        Setting(
+            "amp", "bool", True, "Mixed precision (GPU)", "Autocast (bf16) on GPU; ignored on CPU."
+        ),
+        Setting(
+            "checkpoint_every",
+            "int",
+            200,
+            "Checkpoint every (steps)",
+            "Steps between checkpoints.",
+            ge=1,
+        ),
+        Setting(
+            "log_every",
+            "int",
+            1,
+            "Log every (steps)",
+            "Steps between reported metrics (mean over them).",
+            ge=1,
+        ),
+        Setting(
+            "export_onnx",
+            "bool",
+            True,
+            "Export ONNX",
+            "Also write the student as ONNX (student.onnx) next to safetensors and .pt2; the "
+            "exporter takes a few seconds (about 5 s the first time in a process, 2 s "
+            "after).",
+        ),
     ]
 }
 
 # settings of a run outside `training`
-SEED = Setting("seed", "int", 0, "Seed", "Seeds the split, the initialisation and the batches.",
-               ge=0, le=2**31 - 1)
-VAL_FRACTION = Setting("val_fraction", "float", 0.2, "Validation share",
-                       "Held-out share for evaluation.", gt=0.0, lt=0.9, step=0.05, margin=0.01)
+SEED = Setting(
+    "seed",
+    "int",
+    0,
+    "Seed",
+    "Seeds the split, the initialisation and the batches.",
+    ge=0,
+    le=2**31 - 1,
+)
+VAL_FRACTION = Setting(
+    "val_fraction",
+    "float",
+    0.2,
+    "Validation share",
+    "Held-out share for evaluation.",
+    gt=0.0,
+    lt=0.9,
+    step=0.05,
+    margin=0.01,
+)
 # up to 1e5: RepDistiller weights SP 3000 and PKT 30000 (their values are tiny)
-LOSS_WEIGHT = Setting("weight", "float", 1.0, "weight", "The term's weight in the training loss.",
-                      ge=0.0, le=100_000.0, step=0.1)
+LOSS_WEIGHT = Setting(
+    "weight",
+    "float",
+    1.0,
+    "weight",
+    "The term's weight in the training loss.",
+    ge=0.0,
+    le=100_000.0,
+    step=0.1,
+)
 
 
 def as_json() -> list[dict[str, Any]]:

@@ -112,7 +112,12 @@ def with_db_retry(fn: Callable[[], T], *, attempts: int = 30, first_delay: float
             transient = isinstance(exc, OperationalError) or exc.connection_invalidated
             if attempt == attempts or not transient:
                 raise
-            log.warning("database unavailable (%s); retry %d in %.1fs", exc.__class__.__name__, attempt, delay)
+            log.warning(
+                "database unavailable (%s); retry %d in %.1fs",
+                exc.__class__.__name__,
+                attempt,
+                delay,
+            )
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
     raise AssertionError("unreachable")

@@ -177,7 +177,9 @@ class Run(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(Stamp)
-    teacher_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    teacher_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL")
+    )
     # the registered model a student starts from (student.source "model"), for dependency checks
     student_model_id: Mapped[int | None] = mapped_column(
         ForeignKey("models.id", ondelete="SET NULL"), index=True
@@ -207,8 +209,12 @@ class Artifact(Base):
     __tablename__ = "artifacts"
     id: Mapped[int] = mapped_column(primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(50))  # student_safetensors | student_pt2 | config | ...
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(
+        String(50)
+    )  # student_safetensors | student_pt2 | config | ...
     filename: Mapped[str] = mapped_column(String(255))
     storage_key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigId, default=0)
@@ -265,7 +271,9 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(String(50))
     run_id: Mapped[int | None] = mapped_column(Integer)  # no FK: the record outlives the run
     body: Mapped[str] = mapped_column(Text)  # the exact bytes signed and sent, every attempt
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|retrying|succeeded|failed
+    status: Mapped[str] = mapped_column(
+        String(20), default="pending"
+    )  # pending|retrying|succeeded|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -86,9 +86,12 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 def _kind(ip: IPAddress) -> str | None:
     """What makes `ip` unfit for a webhook ("a loopback address", ...), or None when public."""
     for test, kind in (
-        ("is_unspecified", "the unspecified address"), ("is_loopback", "a loopback address"),
-        ("is_link_local", "a link-local address"), ("is_multicast", "a multicast address"),
-        ("is_reserved", "a reserved address"), ("is_private", "a private address"),
+        ("is_unspecified", "the unspecified address"),
+        ("is_loopback", "a loopback address"),
+        ("is_link_local", "a link-local address"),
+        ("is_multicast", "a multicast address"),
+        ("is_reserved", "a reserved address"),
+        ("is_private", "a private address"),
     ):
         if getattr(ip, test):
             return kind

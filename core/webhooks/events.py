@@ -72,21 +72,30 @@ def record_run_event(session: Session, run_id: int) -> list[int]:
         return []
     event = f"run.{run.status}"
     hooks = session.scalars(
-        select(Webhook).where(Webhook.team_id == run.team_id, Webhook.active.is_(True))
+        select(Webhook)
+        .where(Webhook.team_id == run.team_id, Webhook.active.is_(True))
         .order_by(Webhook.id)
     )
-    done = set(session.scalars(
-        select(WebhookDelivery.webhook_id).where(
-            WebhookDelivery.run_id == run.id, WebhookDelivery.event == event
+    done = set(
+        session.scalars(
+            select(WebhookDelivery.webhook_id).where(
+                WebhookDelivery.run_id == run.id, WebhookDelivery.event == event
+            )
         )
-    ))
+    )
     created: list[WebhookDelivery] = []
     for hook in hooks:
         if event not in (hook.events or []) or hook.id in done:
             continue
         delivery = WebhookDelivery(
-            webhook_id=hook.id, team_id=run.team_id, event=event, run_id=run.id, body="",
-            status=PENDING, attempts=0, created_at=utcnow(),
+            webhook_id=hook.id,
+            team_id=run.team_id,
+            event=event,
+            run_id=run.id,
+            body="",
+            status=PENDING,
+            attempts=0,
+            created_at=utcnow(),
         )
         session.add(delivery)
         session.flush()

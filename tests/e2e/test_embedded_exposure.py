@@ -49,7 +49,7 @@ def _address(hex_address: str) -> str:
     raw = bytes.fromhex(hex_address)
     if len(raw) == 4:  # little-endian IPv4
         return socket.inet_ntop(socket.AF_INET, raw[::-1])
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
     return socket.inet_ntop(socket.AF_INET6, words)
 
 
@@ -57,12 +57,22 @@ def test_up_listens_on_loopback_only_and_keeps_its_secret_key_private(tmp_path: 
     data = tmp_path / "studio"
     ports = {"api": free_port(), "ui": free_port(), "broker": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("DS_")}
-    env.update(DS_DATA_DIR=str(data), DS_API_PORT=str(ports["api"]), DS_UI_PORT=str(ports["ui"]),
-               DS_BROKER_PORT=str(ports["broker"]), PYTHONUNBUFFERED="1")
+    env.update(
+        DS_DATA_DIR=str(data),
+        DS_API_PORT=str(ports["api"]),
+        DS_UI_PORT=str(ports["ui"]),
+        DS_BROKER_PORT=str(ports["broker"]),
+        PYTHONUNBUFFERED="1",
+    )
     log = tmp_path / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--no-demo"], cwd=ROOT,
-                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--no-demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         text = ""
@@ -86,8 +96,11 @@ def test_up_listens_on_loopback_only_and_keeps_its_secret_key_private(tmp_path: 
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
 
         token = re.search(r"API token: (\S+)", text).group(1)  # type: ignore[union-attr]
-        me = httpx.get(f"http://127.0.0.1:{ports['api']}/api/v1/auth/me",
-                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        me = httpx.get(
+            f"http://127.0.0.1:{ports['api']}/api/v1/auth/me",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
         assert me.status_code == 200, me.text  # the API hashes tokens with the same key
         with sqlite3.connect(f"file:{data / 'studio.db'}?mode=ro", uri=True) as db:
             hashes = {row[0] for row in db.execute("SELECT token_hash FROM api_tokens")}

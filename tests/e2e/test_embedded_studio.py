@@ -32,11 +32,22 @@ def studio(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("studio")
     api_port, ui_port, broker_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DS_")}
-    env.update(DS_DATA_DIR=str(data), DS_API_PORT=str(api_port), DS_UI_PORT=str(ui_port),
-               DS_BROKER_PORT=str(broker_port), PYTHONUNBUFFERED="1")
+    env.update(
+        DS_DATA_DIR=str(data),
+        DS_API_PORT=str(api_port),
+        DS_UI_PORT=str(ui_port),
+        DS_BROKER_PORT=str(broker_port),
+        PYTHONUNBUFFERED="1",
+    )
     log = data / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up"], cwd=ROOT, env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     text = ""
     while time.time() < deadline:
@@ -48,9 +59,16 @@ def studio(tmp_path_factory: pytest.TempPathFactory):
     token = re.search(r"API token: (\S+)", text).group(1)  # type: ignore[union-attr]
     login = re.search(r"login:\s+(\S+) / (\S+)", text)
     assert login, text
-    yield {"api": f"http://127.0.0.1:{api_port}", "ui": f"http://127.0.0.1:{ui_port}",
-           "token": token, "username": login.group(1), "password": login.group(2),
-           "proc": proc, "data": data, "log": log}
+    yield {
+        "api": f"http://127.0.0.1:{api_port}",
+        "ui": f"http://127.0.0.1:{ui_port}",
+        "token": token,
+        "username": login.group(1),
+        "password": login.group(2),
+        "proc": proc,
+        "data": data,
+        "log": log,
+    }
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -58,11 +76,16 @@ def studio(tmp_path_factory: pytest.TempPathFactory):
 def test_upload_distill_download_over_http(studio) -> None:
     api = studio["api"]
     # log in with the printed credentials, as a person would
-    r = httpx.post(f"{api}/api/v1/auth/token",
-                   data={"username": studio["username"], "password": studio["password"]})
+    r = httpx.post(
+        f"{api}/api/v1/auth/token",
+        data={"username": studio["username"], "password": studio["password"]},
+    )
     assert r.status_code == 200, r.text
-    http = httpx.Client(base_url=f"{api}/api/v1", timeout=60,
-                        headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+    http = httpx.Client(
+        base_url=f"{api}/api/v1",
+        timeout=60,
+        headers={"Authorization": f"Bearer {r.json()['access_token']}"},
+    )
 
     # upload a teacher and a dataset as a user would: the demo teacher's own .pt2 (as exported
     # elsewhere) and the bundled digits as an .npz
@@ -70,8 +93,11 @@ def test_upload_distill_download_over_http(studio) -> None:
     teacher_file = studio["data"] / "teacher.pt2"
     teacher_file.write_bytes(http.get(f"/models/{demo['id']}/download").content)
     with open(teacher_file, "rb") as fh:
-        r = http.post("/models", files={"file": ("teacher.pt2", fh)},
-                      data={"name": "uploaded-teacher", "format": "pt2"})
+        r = http.post(
+            "/models",
+            files={"file": ("teacher.pt2", fh)},
+            data={"name": "uploaded-teacher", "format": "pt2"},
+        )
     assert r.status_code == 201, r.text
     digits_file = digits_npz(studio["data"] / "digits.npz")
     with open(digits_file, "rb") as fh:
@@ -99,8 +125,11 @@ def test_upload_distill_download_over_http(studio) -> None:
         "student": student,
         "dataset": {"dataset_id": dataset["id"]},
         "layer_pairs": [{"teacher": pairs[0]["teacher"], "student": pairs[0]["student"]}],
-        "losses": [{"name": "ce"}, {"name": "kd", "params": {"temperature": 4}},
-                   {"name": "at", "weight": 100}],
+        "losses": [
+            {"name": "ce"},
+            {"name": "kd", "params": {"temperature": 4}},
+            {"name": "at", "weight": 100},
+        ],
         "training": {"epochs": 15, "batch_size": 64, "lr": 0.05, "checkpoint_every": 50},
         "seed": 0,
     }
@@ -128,11 +157,15 @@ def test_upload_distill_download_over_http(studio) -> None:
     artifacts = {a["kind"]: a for a in http.get(f"/runs/{run_id}/artifacts").json()}
     assert {"student_safetensors", "student_pt2", "config", "evaluation"} <= set(artifacts)
     student_file = studio["data"] / "downloaded_student.pt2"
-    student_file.write_bytes(http.get(f"/artifacts/{artifacts['student_pt2']['id']}/download").content)
+    student_file.write_bytes(
+        http.get(f"/artifacts/{artifacts['student_pt2']['id']}/download").content
+    )
 
     student_acc, teacher_acc = _held_out_accuracy(student_file), _held_out_accuracy(teacher_file)
     summary = state["summary"]
-    print(f"held-out top-1: teacher {teacher_acc:.4f}, student {student_acc:.4f}; summary {summary}")
+    print(
+        f"held-out top-1: teacher {teacher_acc:.4f}, student {student_acc:.4f}; summary {summary}"
+    )
     assert student_acc > 0.8, "far above chance (0.1)"
     assert student_acc >= teacher_acc - 0.05, "within a few points of the teacher"
     assert abs(summary["student_top1"] - student_acc) < 1e-6

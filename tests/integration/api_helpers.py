@@ -18,47 +18,131 @@ from fastapi.testclient import TestClient
 BASE = "http://testserver/api/v1"
 
 TEACHER_INSPECTION: dict[str, Any] = {
-    "input_shape": [3, 8, 8], "output_shape": [4], "num_classes": 4, "params": 5000, "flops": 90000,
+    "input_shape": [3, 8, 8],
+    "output_shape": [4],
+    "num_classes": 4,
+    "params": 5000,
+    "flops": 90000,
     "layers": [
-        {"path": "conv1", "type": "Conv2d", "input_shape": [3, 8, 8], "output_shape": [16, 8, 8],
-         "params": 432, "stage": 0},
-        {"path": "layer1", "type": "Sequential", "input_shape": [16, 8, 8],
-         "output_shape": [16, 8, 8], "params": 1000, "stage": 0},
-        {"path": "layer2", "type": "Sequential", "input_shape": [16, 8, 8],
-         "output_shape": [32, 4, 4], "params": 1500, "stage": 1},
-        {"path": "layer3", "type": "Sequential", "input_shape": [32, 4, 4],
-         "output_shape": [64, 2, 2], "params": 2000, "stage": 2},
-        {"path": "fc", "type": "Linear", "input_shape": [64], "output_shape": [4], "params": 260,
-         "stage": None},
+        {
+            "path": "conv1",
+            "type": "Conv2d",
+            "input_shape": [3, 8, 8],
+            "output_shape": [16, 8, 8],
+            "params": 432,
+            "stage": 0,
+        },
+        {
+            "path": "layer1",
+            "type": "Sequential",
+            "input_shape": [16, 8, 8],
+            "output_shape": [16, 8, 8],
+            "params": 1000,
+            "stage": 0,
+        },
+        {
+            "path": "layer2",
+            "type": "Sequential",
+            "input_shape": [16, 8, 8],
+            "output_shape": [32, 4, 4],
+            "params": 1500,
+            "stage": 1,
+        },
+        {
+            "path": "layer3",
+            "type": "Sequential",
+            "input_shape": [32, 4, 4],
+            "output_shape": [64, 2, 2],
+            "params": 2000,
+            "stage": 2,
+        },
+        {
+            "path": "fc",
+            "type": "Linear",
+            "input_shape": [64],
+            "output_shape": [4],
+            "params": 260,
+            "stage": None,
+        },
     ],
     "stages": [
-        {"index": 0, "resolution": [8, 8], "channels": 16, "layers": ["conv1", "layer1"], "end": "layer1"},
+        {
+            "index": 0,
+            "resolution": [8, 8],
+            "channels": 16,
+            "layers": ["conv1", "layer1"],
+            "end": "layer1",
+        },
         {"index": 1, "resolution": [4, 4], "channels": 32, "layers": ["layer2"], "end": "layer2"},
         {"index": 2, "resolution": [2, 2], "channels": 64, "layers": ["layer3"], "end": "layer3"},
     ],
 }
 
 STUDENT_INSPECTION: dict[str, Any] = {
-    "input_shape": [3, 8, 8], "output_shape": [4], "num_classes": 4, "params": 800, "flops": 9000,
+    "input_shape": [3, 8, 8],
+    "output_shape": [4],
+    "num_classes": 4,
+    "params": 800,
+    "flops": 9000,
     "layers": [
-        {"path": "stem", "type": "Conv2d", "input_shape": [3, 8, 8], "output_shape": [8, 8, 8],
-         "params": 216, "stage": 0},
-        {"path": "blocks.0", "type": "Sequential", "input_shape": [8, 8, 8],
-         "output_shape": [8, 8, 8], "params": 300, "stage": 0},
-        {"path": "blocks.1", "type": "Sequential", "input_shape": [8, 8, 8],
-         "output_shape": [16, 4, 4], "params": 400, "stage": 1},
-        {"path": "head", "type": "Linear", "input_shape": [16], "output_shape": [4], "params": 68,
-         "stage": None},
+        {
+            "path": "stem",
+            "type": "Conv2d",
+            "input_shape": [3, 8, 8],
+            "output_shape": [8, 8, 8],
+            "params": 216,
+            "stage": 0,
+        },
+        {
+            "path": "blocks.0",
+            "type": "Sequential",
+            "input_shape": [8, 8, 8],
+            "output_shape": [8, 8, 8],
+            "params": 300,
+            "stage": 0,
+        },
+        {
+            "path": "blocks.1",
+            "type": "Sequential",
+            "input_shape": [8, 8, 8],
+            "output_shape": [16, 4, 4],
+            "params": 400,
+            "stage": 1,
+        },
+        {
+            "path": "head",
+            "type": "Linear",
+            "input_shape": [16],
+            "output_shape": [4],
+            "params": 68,
+            "stage": None,
+        },
     ],
     "stages": [
-        {"index": 0, "resolution": [8, 8], "channels": 8, "layers": ["stem", "blocks.0"], "end": "blocks.0"},
-        {"index": 1, "resolution": [4, 4], "channels": 16, "layers": ["blocks.1"], "end": "blocks.1"},
+        {
+            "index": 0,
+            "resolution": [8, 8],
+            "channels": 8,
+            "layers": ["stem", "blocks.0"],
+            "end": "blocks.0",
+        },
+        {
+            "index": 1,
+            "resolution": [4, 4],
+            "channels": 16,
+            "layers": ["blocks.1"],
+            "end": "blocks.1",
+        },
     ],
 }
 
 DATASET_INFO: dict[str, Any] = {
-    "num_samples": 24, "num_classes": 4, "classes": ["a", "b", "c", "d"],
-    "class_counts": [6, 6, 6, 6], "input_shape": [3, 8, 8], "kind": "image",
+    "num_samples": 24,
+    "num_classes": 4,
+    "classes": ["a", "b", "c", "d"],
+    "class_counts": [6, 6, 6, 6],
+    "input_shape": [3, 8, 8],
+    "kind": "image",
 }
 
 
@@ -87,19 +171,35 @@ def other_team_token(app_client: TestClient, username: str = "bob", team: str = 
 
     with session_scope() as session:
         create_user(session, username, f"{username}-password-1", team, "member")
-    r = app_client.post("/auth/token", data={"username": username, "password": f"{username}-password-1"})
+    r = app_client.post(
+        "/auth/token", data={"username": username, "password": f"{username}-password-1"}
+    )
     assert r.status_code == 200, r.text
     return r.json()["access_token"]
 
 
-def upload_model(api: TestClient, name: str = "teacher", data: bytes = b"pt2 bytes",
-                 filename: str = "teacher.pt2", **fields: str) -> Any:
-    return api.post("/models", files={"file": (filename, io.BytesIO(data))}, data={"name": name, **fields})
+def upload_model(
+    api: TestClient,
+    name: str = "teacher",
+    data: bytes = b"pt2 bytes",
+    filename: str = "teacher.pt2",
+    **fields: str,
+) -> Any:
+    return api.post(
+        "/models", files={"file": (filename, io.BytesIO(data))}, data={"name": name, **fields}
+    )
 
 
-def upload_dataset(api: TestClient, name: str = "tiny", data: bytes = b"npz bytes",
-                   filename: str = "tiny.npz", **fields: str) -> Any:
-    return api.post("/datasets", files={"file": (filename, io.BytesIO(data))}, data={"name": name, **fields})
+def upload_dataset(
+    api: TestClient,
+    name: str = "tiny",
+    data: bytes = b"npz bytes",
+    filename: str = "tiny.npz",
+    **fields: str,
+) -> Any:
+    return api.post(
+        "/datasets", files={"file": (filename, io.BytesIO(data))}, data={"name": name, **fields}
+    )
 
 
 def set_row(table_name: str, row_id: int, **fields: Any) -> None:
@@ -147,8 +247,15 @@ def add_artifact(run_id: int, payload: bytes, filename: str = "student.safetenso
     with session_scope() as session:
         team_id = session.get(Run, run_id).team_id
         stored = get_store().put_bytes(new_key(team_id, "runs", filename), payload)
-        art = Artifact(team_id=team_id, run_id=run_id, kind="student_safetensors", filename=filename,
-                       storage_key=stored.key, size_bytes=stored.size, sha256=stored.sha256)
+        art = Artifact(
+            team_id=team_id,
+            run_id=run_id,
+            kind="student_safetensors",
+            filename=filename,
+            storage_key=stored.key,
+            size_bytes=stored.size,
+            sha256=stored.sha256,
+        )
         session.add(art)
         session.flush()
         return art.id
@@ -171,7 +278,11 @@ def row_count(table_name: str) -> int:
 
 def stored_files(studio_env) -> list[str]:
     root = studio_env.data_dir / "artifacts"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return (
+        sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        if root.exists()
+        else []
+    )
 
 
 def set_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:

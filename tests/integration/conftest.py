@@ -65,7 +65,9 @@ def wait_step(api: TestClient, run_id: int, step: int, timeout: float = 600) -> 
 def upload_demo(api: TestClient, demo_files: tuple[Path, Path]) -> tuple[dict, dict]:
     teacher_path, data_path = demo_files
     with open(teacher_path, "rb") as fh:
-        r = api.post("/models", files={"file": ("teacher.pt2", fh)}, data={"name": "t", "format": "pt2"})
+        r = api.post(
+            "/models", files={"file": ("teacher.pt2", fh)}, data={"name": "t", "format": "pt2"}
+        )
     assert r.status_code == 201, r.text
     with open(data_path, "rb") as fh:
         d = api.post("/datasets", files={"file": ("digits.npz", fh)}, data={"name": "digits"})
@@ -82,7 +84,12 @@ def mark_ready_from(api: TestClient, model: dict, dataset: dict) -> tuple[dict, 
 
 
 def run_config(model: dict, dataset: dict, **overrides) -> dict:
-    training = {"epochs": 3, "batch_size": 64, "checkpoint_every": 20, **overrides.pop("training", {})}
+    training = {
+        "epochs": 3,
+        "batch_size": 64,
+        "checkpoint_every": 20,
+        **overrides.pop("training", {}),
+    }
     return {
         "name": "integration run",
         "teacher": {"model_id": model["id"]},
@@ -95,4 +102,6 @@ def run_config(model: dict, dataset: dict, **overrides) -> dict:
 
 
 def metric_steps(api: TestClient, run_id: int, name: str = "loss") -> list[int]:
-    return api.get(f"/runs/{run_id}/metrics", params={"names": name}).json()["series"][name]["steps"]
+    return api.get(f"/runs/{run_id}/metrics", params={"names": name}).json()["series"][name][
+        "steps"
+    ]

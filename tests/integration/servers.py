@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 class ApiServer:
     """`python -m cli.main api` with the studio's env, its output in a log file."""
 
-    def __init__(self, env: StudioEnv, extra_env: dict[str, str] | None = None,
-                 name: str = "api") -> None:
+    def __init__(
+        self, env: StudioEnv, extra_env: dict[str, str] | None = None, name: str = "api"
+    ) -> None:
         self.env, self.extra_env = env, extra_env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,9 +42,20 @@ class ApiServer:
     def start(self, timeout: float = 60) -> ApiServer:
         env = {**os.environ, **self.env.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.time() + timeout

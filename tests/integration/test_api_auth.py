@@ -24,7 +24,9 @@ def test_login_good_and_bad(app_client) -> None:
     assert info.username == "admin" and info.password == "admin-password-123"
     assert info.token.startswith("ds_")
 
-    good = app_client.post("/auth/token", data={"username": "admin", "password": "admin-password-123"})
+    good = app_client.post(
+        "/auth/token", data={"username": "admin", "password": "admin-password-123"}
+    )
     assert good.status_code == 200, good.text
     body = good.json()
     assert body["token_type"] == "bearer" and body["access_token"].startswith("ds_")
@@ -58,7 +60,9 @@ def test_401_without_or_with_bad_tokens(app_client, admin_token) -> None:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(admin_token)))
         token_id = row.id
         stored = session.execute(select(ApiToken.prefix, ApiToken.token_hash)).all()
-    assert all(admin_token not in (prefix, digest) for prefix, digest in stored)  # only a keyed hash
+    assert all(
+        admin_token not in (prefix, digest) for prefix, digest in stored
+    )  # only a keyed hash
     assert row.prefix == admin_token.split("_")[1] and len(row.token_hash) == 64
     assert app_client.get("/models", headers=auth(admin_token)).status_code == 200
     set_row("ApiToken", token_id, expires_at=datetime.now(UTC) - timedelta(seconds=1))
@@ -79,8 +83,10 @@ def test_health_and_openapi(app_client, monkeypatch) -> None:
     spec = app_client.get("http://testserver/openapi.json").json()
     assert spec["info"]["title"] == "Distill Studio"
     schemes = spec["components"]["securitySchemes"]
-    assert any(s.get("flows", {}).get("password", {}).get("tokenUrl") == "/api/v1/auth/token"
-               for s in schemes.values())
+    assert any(
+        s.get("flows", {}).get("password", {}).get("tokenUrl") == "/api/v1/auth/token"
+        for s in schemes.values()
+    )
     assert app_client.get("http://testserver/docs").status_code == 200
 
     set_env(monkeypatch, DS_BROKER_URL=CLOSED_BROKER)
@@ -106,13 +112,17 @@ def test_tokens_read_only_and_revoke(api) -> None:
 
     reader = {"Authorization": f"Bearer {token}"}
     assert api.get("/models", headers=reader).status_code == 200
-    refused = api.post("/models", headers=reader, files={"file": ("t.pt2", b"x")}, data={"name": "t"})
+    refused = api.post(
+        "/models", headers=reader, files={"file": ("t.pt2", b"x")}, data={"name": "t"}
+    )
     assert refused.status_code == 403 and "read-only" in refused.json()["detail"]
     run = api.post("/runs", headers=reader, json={"name": "x"})
     assert run.status_code == 403
 
     listed = api.get("/auth/tokens").json()
-    assert created.json()["id"] in [t["id"] for t in listed] and all("token" not in t for t in listed)
+    assert created.json()["id"] in [t["id"] for t in listed] and all(
+        "token" not in t for t in listed
+    )
     revoked = api.delete(f"/auth/tokens/{created.json()['id']}")
     assert revoked.status_code == 200 and revoked.json()["revoked_at"]
     assert api.get("/models", headers=reader).status_code == 401
@@ -134,10 +144,14 @@ def test_team_header_and_roles(api, app_client) -> None:
 
     with session_scope() as session:
         create_user(session, "vera", "vera-password-1", "default", "viewer")
-    viewer = app_client.post("/auth/token", data={"username": "vera", "password": "vera-password-1"})
+    viewer = app_client.post(
+        "/auth/token", data={"username": "vera", "password": "vera-password-1"}
+    )
     headers = auth(viewer.json()["access_token"])
     assert app_client.get("/models", headers=headers).status_code == 200
-    r = app_client.post("/models", headers=headers, files={"file": ("t.pt2", b"x")}, data={"name": "t"})
+    r = app_client.post(
+        "/models", headers=headers, files={"file": ("t.pt2", b"x")}, data={"name": "t"}
+    )
     assert r.status_code == 403 and "viewer" in r.json()["detail"]
 
     teams = api.get("/teams").json()

@@ -36,7 +36,10 @@ def test_dataset_formats_and_listing(api, studio_env) -> None:
 
     listed = api.get("/datasets", params={"limit": 3}).json()
     assert [d["name"] for d in listed["items"]] == ["named", "table", "images"]
-    assert api.get("/datasets", params={"cursor": listed["next_cursor"]}).json()["items"][0]["name"] == "arrays"
+    assert (
+        api.get("/datasets", params={"cursor": listed["next_cursor"]}).json()["items"][0]["name"]
+        == "arrays"
+    )
     assert api.get("/datasets", params={"name": "table"}).json()["items"][0]["format"] == "csv"
     one = api.get(f"/datasets/{npz.json()['id']}")
     assert one.status_code == 200 and one.json()["name"] == "arrays"

@@ -15,7 +15,10 @@ from .api_helpers import (
     upload_model,
 )
 
-ZOO = {"architecture": "resnet8", "kwargs": json.dumps({"input_shape": [3, 8, 8], "num_classes": 4})}
+ZOO = {
+    "architecture": "resnet8",
+    "kwargs": json.dumps({"input_shape": [3, 8, 8], "num_classes": 4}),
+}
 
 
 def test_upload_pt2_versions_list_detail_download(api, studio_env) -> None:
@@ -45,7 +48,9 @@ def test_upload_pt2_versions_list_detail_download(api, studio_env) -> None:
     assert [m["id"] for m in rest["items"]] == [first["id"]] and rest["next_cursor"] is None
     named = api.get("/models", params={"name": "teacher"}).json()["items"]
     assert {m["version"] for m in named} == {1, 2}
-    assert [m["id"] for m in api.get("/models", params={"status": "ready"}).json()["items"]] == [first["id"]]
+    assert [m["id"] for m in api.get("/models", params={"status": "ready"}).json()["items"]] == [
+        first["id"]
+    ]
     bad_status = api.get("/models", params={"status": "done"})
     assert bad_status.status_code == 422 and bad_status.json()["detail"].startswith("status:")
     bad_cursor = api.get("/models", params={"cursor": "garbage"})
@@ -73,23 +78,34 @@ def test_safetensors_validation(api, studio_env) -> None:
     assert "unknown architecture 'resnet9'; nearest:" in detail and "resnet8" in detail
 
     bad_json = post(architecture="resnet8", kwargs="{input_shape: [3]")
-    assert bad_json.status_code == 422 and bad_json.json()["detail"].startswith("kwargs: not valid JSON")
+    assert bad_json.status_code == 422 and bad_json.json()["detail"].startswith(
+        "kwargs: not valid JSON"
+    )
 
     no_shape = post(architecture="resnet8", kwargs=json.dumps({"num_classes": 4}))
     assert no_shape.status_code == 422 and "need input_shape" in no_shape.json()["detail"]
-    bad_param = post(architecture="resnet8",
-                     kwargs=json.dumps({"input_shape": [3, 8, 8], "num_classes": 4, "depth": 3}))
-    assert bad_param.status_code == 422 and "unknown parameter 'depth'" in bad_param.json()["detail"]
+    bad_param = post(
+        architecture="resnet8",
+        kwargs=json.dumps({"input_shape": [3, 8, 8], "num_classes": 4, "depth": 3}),
+    )
+    assert (
+        bad_param.status_code == 422 and "unknown parameter 'depth'" in bad_param.json()["detail"]
+    )
 
     bad_format = upload_model(api, "x", b"x", "x.onnx")
     assert bad_format.status_code == 422 and bad_format.json()["detail"].startswith("format:")
     assert ".pt2" in bad_format.json()["detail"]
     named_format = upload_model(api, "x", b"x", "x.bin", format="tflite")
-    assert named_format.status_code == 422 and "'tflite' is not accepted" in named_format.json()["detail"]
+    assert (
+        named_format.status_code == 422
+        and "'tflite' is not accepted" in named_format.json()["detail"]
+    )
     no_name = api.post("/models", files={"file": ("a.pt2", b"x")})
     assert no_name.status_code == 422 and no_name.json()["detail"] == "name: Field required"
 
-    assert row_count("Model") == 0 and stored_files(studio_env) == [] and queue_length(studio_env) == 0
+    assert (
+        row_count("Model") == 0 and stored_files(studio_env) == [] and queue_length(studio_env) == 0
+    )
 
     ok = post(**ZOO)
     assert ok.status_code == 201, ok.text
@@ -106,7 +122,9 @@ def test_too_large_or_broker_down_leaves_nothing(api, studio_env, monkeypatch) -
     assert streamed.status_code == 413
     assert streamed.json()["detail"].startswith("file is larger than 1 MiB")
     declared = upload_model(api, "big", b"x" * (3 * 1024 * 1024))  # refused by Content-Length
-    assert declared.status_code == 413 and declared.json()["detail"].startswith("file is larger than 1 MiB")
+    assert declared.status_code == 413 and declared.json()["detail"].startswith(
+        "file is larger than 1 MiB"
+    )
     assert row_count("Model") == 0 and stored_files(studio_env) == []
 
     set_env(monkeypatch, DS_BROKER_URL=CLOSED_BROKER)

@@ -36,8 +36,12 @@ def test_run_created_and_queued(api, studio_env) -> None:
     assert run["status"] == "queued" and run["queue"] == "cpu" and run["name"] == "api-test"
     assert run["teacher_model_id"] == model_id and run["dataset_id"] == dataset_id
     assert run["progress"] == 0 and run["attempts"] == 0 and not run["cancel_requested"]
-    assert run["config"]["losses"][1] == {"name": "kd", "weight": 1.0, "params": {"temperature": 4.0},
-                                          "pairs": None}
+    assert run["config"]["losses"][1] == {
+        "name": "kd",
+        "weight": 1.0,
+        "params": {"temperature": 4.0},
+        "pairs": None,
+    }
     assert run["config"]["training"]["lr"] == 0.05  # defaults filled in, stored with the run
     assert queue_length(studio_env) == before + 1  # the DISTILL message is in Redis
 
@@ -47,17 +51,27 @@ def test_run_created_and_queued(api, studio_env) -> None:
     assert message["headers"]["task"] == "worker.tasks.distill"
     assert message["headers"]["argsrepr"] in (f"[{run['id']}]", f"({run['id']},)")
 
-    gpu = api.post("/runs", json=run_config(model_id, dataset_id, name="on gpu",
-                                            training={"device": "cuda"}))
+    gpu = api.post(
+        "/runs", json=run_config(model_id, dataset_id, name="on gpu", training={"device": "cuda"})
+    )
     assert gpu.status_code == 201 and gpu.json()["queue"] == "gpu"
     assert queue_length(studio_env, "gpu") == 1
 
     assert api.get(f"/runs/{run['id']}").json()["config"] == run["config"]
     listed = api.get("/runs").json()["items"]
     assert [x["id"] for x in listed] == [gpu.json()["id"], run["id"]]
-    assert [x["id"] for x in api.get("/runs", params={"q": "GPU"}).json()["items"]] == [gpu.json()["id"]]
+    assert [x["id"] for x in api.get("/runs", params={"q": "GPU"}).json()["items"]] == [
+        gpu.json()["id"]
+    ]
     assert api.get("/runs", params={"q": "%"}).json()["items"] == []
-    assert len(api.get("/runs", params={"status": "queued", "teacher_model_id": model_id}).json()["items"]) == 2
+    assert (
+        len(
+            api.get("/runs", params={"status": "queued", "teacher_model_id": model_id}).json()[
+                "items"
+            ]
+        )
+        == 2
+    )
     assert api.get("/runs", params={"teacher_model_id": model_id + 1000}).json()["items"] == []
 
     text = api.get(f"/runs/{run['id']}/config.yaml")
@@ -89,8 +103,10 @@ def test_run_config_errors(api, studio_env) -> None:
     pairs = api.post("/runs", json=run_config(model_id, dataset_id, losses=[{"name": "at"}]))
     assert pairs.status_code == 422 and "needs layer_pairs" in pairs.json()["detail"]
 
-    path = api.post("/runs", json=run_config(model_id, dataset_id, teacher={"path": "t.pt2"},
-                                             dataset={"path": "d.npz"}))
+    path = api.post(
+        "/runs",
+        json=run_config(model_id, dataset_id, teacher={"path": "t.pt2"}, dataset={"path": "d.npz"}),
+    )
     assert path.status_code == 422
     assert path.json()["detail"] == (
         "teacher.path: the API takes model_id/dataset_id; 'path' is for the standalone CLI; "
@@ -98,14 +114,23 @@ def test_run_config_errors(api, studio_env) -> None:
     )
 
     missing = api.post("/runs", json=run_config(model_id + 1000, dataset_id))
-    assert missing.status_code == 404 and missing.json()["detail"] == f"model {model_id + 1000} not found"
+    assert (
+        missing.status_code == 404
+        and missing.json()["detail"] == f"model {model_id + 1000} not found"
+    )
     no_data = api.post("/runs", json=run_config(model_id, dataset_id + 1000))
-    assert no_data.status_code == 404 and no_data.json()["detail"] == f"dataset {dataset_id + 1000} not found"
+    assert (
+        no_data.status_code == 404
+        and no_data.json()["detail"] == f"dataset {dataset_id + 1000} not found"
+    )
 
     pending = upload_model(api, "pending").json()["id"]
     waiting = api.post("/runs", json=run_config(pending, dataset_id))
     assert waiting.status_code == 409
-    assert waiting.json()["detail"] == f"model {pending} is still being inspected; retry when its status is ready"
+    assert (
+        waiting.json()["detail"]
+        == f"model {pending} is still being inspected; retry when its status is ready"
+    )
     set_row("Model", pending, status="failed", error="not a torch.export archive")
     failed = api.post("/runs", json=run_config(pending, dataset_id))
     assert failed.status_code == 409 and "not a torch.export archive" in failed.json()["detail"]
@@ -114,9 +139,16 @@ def test_run_config_errors(api, studio_env) -> None:
     scanning = api.post("/runs", json=run_config(model_id, pending_data))
     assert scanning.status_code == 409 and "still being scanned" in scanning.json()["detail"]
 
-    student_missing = api.post("/runs", json=run_config(
-        model_id, dataset_id, student={"source": "model", "model": {"model_id": 99999}}))
-    assert student_missing.status_code == 404 and student_missing.json()["detail"] == "model 99999 not found"
+    student_missing = api.post(
+        "/runs",
+        json=run_config(
+            model_id, dataset_id, student={"source": "model", "model": {"model_id": 99999}}
+        ),
+    )
+    assert (
+        student_missing.status_code == 404
+        and student_missing.json()["detail"] == "model 99999 not found"
+    )
 
     assert row_count("Run") == 0
 
@@ -128,8 +160,12 @@ def test_layer_pairs_are_checked_against_both_inspections(api, studio_env) -> No
     losses = [{"name": "ce"}, {"name": "kd"}, {"name": "fitnets"}]
 
     def post(pairs):
-        return api.post("/runs", json=run_config(teacher, dataset_id, student=student_spec,
-                                                 layer_pairs=pairs, losses=losses))
+        return api.post(
+            "/runs",
+            json=run_config(
+                teacher, dataset_id, student=student_spec, layer_pairs=pairs, losses=losses
+            ),
+        )
 
     bad_teacher = post([{"teacher": "layer9", "student": "blocks.1"}])
     assert bad_teacher.status_code == 422
@@ -138,10 +174,13 @@ def test_layer_pairs_are_checked_against_both_inspections(api, studio_env) -> No
     assert "layer3" in detail
     assert bad_teacher.json()["errors"][0]["loc"] == ["body", "layer_pairs", 0, "teacher"]
 
-    bad_student = post([{"teacher": "layer2", "student": "blocks.1"},
-                        {"teacher": "layer3", "student": "block.1"}])
+    bad_student = post(
+        [{"teacher": "layer2", "student": "blocks.1"}, {"teacher": "layer3", "student": "block.1"}]
+    )
     assert bad_student.status_code == 422
-    assert bad_student.json()["detail"].startswith("layer_pairs[1].student: layer 'block.1' not in student")
+    assert bad_student.json()["detail"].startswith(
+        "layer_pairs[1].student: layer 'block.1' not in student"
+    )
     assert "blocks.1" in bad_student.json()["detail"]
 
     unfit = post([{"teacher": "layer3", "student": "head"}])  # a map cannot come from a vector
@@ -153,10 +192,14 @@ def test_layer_pairs_are_checked_against_both_inspections(api, studio_env) -> No
 
     good = post([{"teacher": "layer2", "student": "blocks.1"}])
     assert good.status_code == 201, good.text
-    assert good.json()["config"]["layer_pairs"] == [{"teacher": "layer2", "student": "blocks.1", "tap": "output"}]
+    assert good.json()["config"]["layer_pairs"] == [
+        {"teacher": "layer2", "student": "blocks.1", "tap": "output"}
+    ]
 
-    plan = api.post("/runs/plan", json={"teacher_model_id": teacher, "dataset_id": dataset_id,
-                                        "student": student_spec})
+    plan = api.post(
+        "/runs/plan",
+        json={"teacher_model_id": teacher, "dataset_id": dataset_id, "student": student_spec},
+    )
     assert plan.status_code == 200, plan.text
     body = plan.json()
     assert body["teacher"] == TEACHER_INSPECTION and body["student"] == STUDENT_INSPECTION
@@ -169,14 +212,21 @@ def test_no_worker_or_no_broker_is_503(api, studio_env, monkeypatch) -> None:
     limit; no broker: 503 at once. Nothing is saved either way."""
     set_env(monkeypatch, DS_INSPECT_TIMEOUT_S="1")
     teacher, dataset_id = ready_model(api), ready_dataset(api)
-    config = run_config(teacher, dataset_id, layer_pairs=[{"teacher": "layer2", "student": "layer2"}],
-                        losses=[{"name": "ce"}, {"name": "at"}])
+    config = run_config(
+        teacher,
+        dataset_id,
+        layer_pairs=[{"teacher": "layer2", "student": "layer2"}],
+        losses=[{"name": "ce"}, {"name": "at"}],
+    )
     first = api.post("/runs", json=config)
     assert first.status_code == 202, first.text
     assert first.json()["status"] == "pending" and first.headers["Retry-After"] == "2"
     r = _until_not_pending(lambda: api.post("/runs", json=config))
     assert r.status_code == 503
-    assert r.json()["detail"] == "no worker answered in 1s; is a worker running? (`distill-studio worker`)"
+    assert (
+        r.json()["detail"]
+        == "no worker answered in 1s; is a worker running? (`distill-studio worker`)"
+    )
     assert row_count("Run") == 0
 
     set_env(monkeypatch, DS_BROKER_URL=CLOSED_BROKER)
@@ -200,8 +250,11 @@ def _inspect_student_messages(studio_env) -> list[str]:
     import redis
 
     broker = redis.Redis.from_url(studio_env.env["DS_BROKER_URL"])
-    return [m["headers"]["argsrepr"] for m in map(json.loads, broker.lrange("cpu", 0, -1))
-            if m["headers"]["task"] == "worker.tasks.inspect_student"]
+    return [
+        m["headers"]["argsrepr"]
+        for m in map(json.loads, broker.lrange("cpu", 0, -1))
+        if m["headers"]["task"] == "worker.tasks.inspect_student"
+    ]
 
 
 def test_plan_and_pairs_answer_from_stored_inspections_or_202(api, studio_env) -> None:
@@ -219,16 +272,23 @@ def test_plan_and_pairs_answer_from_stored_inspections_or_202(api, studio_env) -
     assert pending["status"] == "pending" and pending["retry_after_s"] == 2
     assert "resnet8" in pending["detail"] and "send the same request again" in pending["detail"]
     assert {a.json()["job_id"] for a in answers} == {pending["job_id"]}
-    config = run_config(teacher, dataset_id, student=student, losses=[{"name": "ce"}, {"name": "at"}],
-                        layer_pairs=[{"teacher": "layer2", "student": "blocks.1"}])
+    config = run_config(
+        teacher,
+        dataset_id,
+        student=student,
+        losses=[{"name": "ce"}, {"name": "at"}],
+        layer_pairs=[{"teacher": "layer2", "student": "blocks.1"}],
+    )
     waiting = api.post("/runs", json=config)
     assert waiting.status_code == 202 and waiting.json()["job_id"] == pending["job_id"]
     assert row_count("Run") == 0
     assert _inspect_student_messages(studio_env) == ["['resnet8', {'width': 0.25}, [3, 8, 8], 4]"]
 
     # the worker stores what it built (here: planted, as test_worker_runs.py does it for real)
-    assert inspections.plant("resnet8", {"width": 0.25}, [3, 8, 8], 4,
-                             STUDENT_INSPECTION) == pending["job_id"]
+    assert (
+        inspections.plant("resnet8", {"width": 0.25}, [3, 8, 8], 4, STUDENT_INSPECTION)
+        == pending["job_id"]
+    )
     plan = api.post("/runs/plan", json=body)
     assert plan.status_code == 200, plan.text
     assert plan.json()["student"] == STUDENT_INSPECTION
@@ -237,8 +297,10 @@ def test_plan_and_pairs_answer_from_stored_inspections_or_202(api, studio_env) -
     assert created.status_code == 201, created.text
     assert len(_inspect_student_messages(studio_env)) == 1  # never queued again
 
-    inspections.store_failed(inspections.build_args("resnet8", {"width": 3.0}, [3, 8, 8], 4),
-                             "width 3.0 makes 192 channels, more than the input allows")
+    inspections.store_failed(
+        inspections.build_args("resnet8", {"width": 3.0}, [3, 8, 8], 4),
+        "width 3.0 makes 192 channels, more than the input allows",
+    )
     bad = api.post("/runs/plan", json={**body, "student": {**student, "kwargs": {"width": 3.0}}})
     assert bad.status_code == 422
     assert bad.json()["detail"] == (
@@ -247,7 +309,9 @@ def test_plan_and_pairs_answer_from_stored_inspections_or_202(api, studio_env) -
     )
 
 
-def test_no_database_connection_is_held_while_the_broker_is_asked(api, studio_env, monkeypatch) -> None:
+def test_no_database_connection_is_held_while_the_broker_is_asked(
+    api, studio_env, monkeypatch
+) -> None:
     """A broker that accepts connections and never answers: the plan waits for it (up to the
     socket timeout, then 503), and meanwhile the request holds no database connection."""
     import socket
@@ -272,9 +336,18 @@ def test_no_database_connection_is_held_while_the_broker_is_asked(api, studio_en
     set_env(monkeypatch, DS_BROKER_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
     api.get("/auth/me")  # the engine of the new settings, and the token's last use, first
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(r=api.post("/runs/plan", json={
-        "teacher_model_id": teacher, "dataset_id": dataset_id,
-        "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}}})))
+    thread = threading.Thread(
+        target=lambda: result.update(
+            r=api.post(
+                "/runs/plan",
+                json={
+                    "teacher_model_id": teacher,
+                    "dataset_id": dataset_id,
+                    "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
+                },
+            )
+        )
+    )
     thread.start()
     deadline = time.time() + 60
     while not accepted:  # the request is now waiting for the broker
@@ -307,9 +380,13 @@ def test_the_client_follows_202_until_built(api, studio_env) -> None:
     student = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.5}}
     plan = client.plan(teacher, dataset_id, student, on_pending=build)
     assert plan.student.params == 800 and len(seen) == 1
-    config = run_config(teacher, dataset_id, student={**student, "kwargs": {"width": 0.75}},
-                        losses=[{"name": "ce"}, {"name": "at"}],
-                        layer_pairs=[{"teacher": "layer2", "student": "blocks.1"}])
+    config = run_config(
+        teacher,
+        dataset_id,
+        student={**student, "kwargs": {"width": 0.75}},
+        losses=[{"name": "ce"}, {"name": "at"}],
+        layer_pairs=[{"teacher": "layer2", "student": "blocks.1"}],
+    )
     with pytest.raises(ApiError) as gave_up:
         client.create_run(config, wait=0, on_pending=lambda p, w: seen.append((p.job_id, w)))
     assert gave_up.value.status == 503 and "still not built" in gave_up.value.detail
@@ -323,9 +400,16 @@ def test_cancel(api, studio_env) -> None:
     queued = api.post("/runs", json=run_config(model_id, dataset_id)).json()
     r = api.post(f"/runs/{queued['id']}/cancel")
     assert r.status_code == 200
-    assert r.json()["status"] == "cancelled" and r.json()["cancel_requested"] and r.json()["finished_at"]
+    assert (
+        r.json()["status"] == "cancelled"
+        and r.json()["cancel_requested"]
+        and r.json()["finished_at"]
+    )
     again = api.post(f"/runs/{queued['id']}/cancel")
-    assert again.status_code == 409 and again.json()["detail"] == f"run {queued['id']} already cancelled"
+    assert (
+        again.status_code == 409
+        and again.json()["detail"] == f"run {queued['id']} already cancelled"
+    )
 
     running = api.post("/runs", json=run_config(model_id, dataset_id)).json()
     set_row("Run", running["id"], status="running")
@@ -348,16 +432,27 @@ def test_metrics(api, studio_env) -> None:
     run_id = api.post("/runs", json=run_config(model_id, dataset_id)).json()["id"]
     with session_scope() as session:  # inserted out of order: the API sorts by step
         for step in (3, 1, 2, 4):
-            session.add(Metric(run_id=run_id, name="loss", step=step, epoch=step // 3, value=1.0 / step))
+            session.add(
+                Metric(run_id=run_id, name="loss", step=step, epoch=step // 3, value=1.0 / step)
+            )
         session.add(Metric(run_id=run_id, name="val/top1", step=4, epoch=1, value=0.5))
         session.add(Metric(run_id=run_id, name="loss/kd", step=4, epoch=1, value=float("inf")))
 
     series = api.get(f"/runs/{run_id}/metrics").json()["series"]
     assert set(series) == {"loss", "val/top1", "loss/kd"}
-    assert series["loss"] == {"steps": [1, 2, 3, 4], "values": [1.0, 0.5, 1 / 3, 0.25], "epochs": [0, 0, 1, 1]}
+    assert series["loss"] == {
+        "steps": [1, 2, 3, 4],
+        "values": [1.0, 0.5, 1 / 3, 0.25],
+        "epochs": [0, 0, 1, 1],
+    }
     assert series["loss/kd"]["values"] == [None]  # infinity (or NaN) is not JSON
-    picked = api.get(f"/runs/{run_id}/metrics", params={"names": "loss,val/top1", "since_step": 2}).json()
-    assert picked["series"]["loss"]["steps"] == [3, 4] and set(picked["series"]) == {"loss", "val/top1"}
+    picked = api.get(
+        f"/runs/{run_id}/metrics", params={"names": "loss,val/top1", "since_step": 2}
+    ).json()
+    assert picked["series"]["loss"]["steps"] == [3, 4] and set(picked["series"]) == {
+        "loss",
+        "val/top1",
+    }
     assert api.get("/runs/4242/metrics").status_code == 404
 
 

@@ -36,7 +36,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def member_headers(api: TestClient, username: str, role: str) -> dict[str, str]:
     password = f"{username}-pass-123"
-    assert api.post("/users", json={"username": username, "password": password, "role": role}).status_code == 201
+    assert (
+        api.post(
+            "/users", json={"username": username, "password": password, "role": role}
+        ).status_code
+        == 201
+    )
     r = api.post("/auth/token", data={"username": username, "password": password})
     return auth(r.json()["access_token"])
 
@@ -59,8 +64,14 @@ def test_audit_log(api: TestClient, monkeypatch) -> None:
     page = api.get("/audit").json()
     entries = page["items"]
     assert [e["action"] for e in entries] == [
-        "run.cancel", "artifact.download", "run.create", "model.download", "model.update",
-        "dataset.create", "model.create"]
+        "run.cancel",
+        "artifact.download",
+        "run.create",
+        "model.download",
+        "model.update",
+        "dataset.create",
+        "model.create",
+    ]
     assert page["next_cursor"] is None
     newest = entries[0]
     assert newest["username"] == "admin" and newest["user_id"] == me["id"]
@@ -69,30 +80,48 @@ def test_audit_log(api: TestClient, monkeypatch) -> None:
     assert datetime.fromisoformat(newest["created_at"]) <= datetime.now(UTC)
     update = next(e for e in entries if e["action"] == "model.update")
     assert update["detail"]["changes"] == {"description": ["", "d"], "tags": [[], ["a"]]}
-    assert next(e for e in entries if e["action"] == "artifact.download")["detail"]["run_id"] == run["id"]
+    assert (
+        next(e for e in entries if e["action"] == "artifact.download")["detail"]["run_id"]
+        == run["id"]
+    )
 
     # filters
     actions = lambda **p: [e["action"] for e in api.get("/audit", params=p).json()["items"]]  # noqa: E731
     assert actions(action="model") == ["model.download", "model.update", "model.create"]
     assert actions(action="run.cancel") == ["run.cancel"]
     assert actions(resource_type="dataset") == ["dataset.create"]
-    assert actions(resource_type="model", resource_id=str(teacher), action="model.update") == ["model.update"]
+    assert actions(resource_type="model", resource_id=str(teacher), action="model.update") == [
+        "model.update"
+    ]
     assert actions(user_id=me["id"] + 1000) == []
 
     # stable cursors: entries written between pages neither repeat nor shift the next page
     first = api.get("/audit", params={"limit": 3}).json()
-    assert [e["action"] for e in first["items"]] == ["run.cancel", "artifact.download", "run.create"]
+    assert [e["action"] for e in first["items"]] == [
+        "run.cancel",
+        "artifact.download",
+        "run.create",
+    ]
     api.get(f"/models/{teacher}/download")
     second = api.get("/audit", params={"limit": 3, "cursor": first["next_cursor"]}).json()
-    assert [e["action"] for e in second["items"]] == ["model.download", "model.update", "dataset.create"]
+    assert [e["action"] for e in second["items"]] == [
+        "model.download",
+        "model.update",
+        "dataset.create",
+    ]
     third = api.get("/audit", params={"limit": 3, "cursor": second["next_cursor"]}).json()
-    assert [e["action"] for e in third["items"]] == ["model.create"] and third["next_cursor"] is None
+    assert [e["action"] for e in third["items"]] == ["model.create"] and third[
+        "next_cursor"
+    ] is None
     assert api.get("/audit", params={"cursor": "nonsense"}).status_code == 422
 
     # admins and owners only
     for role in ("member", "viewer"):
         r = api.get("/audit", headers=member_headers(api, f"a-{role}", role))
-        assert r.status_code == 403 and "manage members, webhooks and the audit log" in r.json()["detail"]
+        assert (
+            r.status_code == 403
+            and "manage members, webhooks and the audit log" in r.json()["detail"]
+        )
     assert api.get("/audit", headers=member_headers(api, "a-admin", "admin")).status_code == 200
 
     # the entry and the change share a transaction: a change undone leaves no entry behind
@@ -107,7 +136,9 @@ def test_audit_log(api: TestClient, monkeypatch) -> None:
 
 
 def test_webhook_management(api: TestClient) -> None:
-    created = api.post("/webhooks", json={"url": "https://ci.example.com/hook", "description": "ci"})
+    created = api.post(
+        "/webhooks", json={"url": "https://ci.example.com/hook", "description": "ci"}
+    )
     assert created.status_code == 201, created.text
     hook = created.json()
     assert hook["secret"].startswith("whsec_") and hook["secret"].startswith(hook["secret_prefix"])
@@ -121,10 +152,13 @@ def test_webhook_management(api: TestClient) -> None:
 
     with session_scope() as session:  # only a salt is stored; the secret is derived from it
         row = session.get(Webhook, hook["id"])
-        assert hook["secret"] not in json.dumps([str(getattr(row, c.name)) for c in Webhook.__table__.columns])
+        assert hook["secret"] not in json.dumps(
+            [str(getattr(row, c.name)) for c in Webhook.__table__.columns]
+        )
 
     for body, field in [
-        ({"url": "ftp://x.example.com/h"}, "url"), ({"url": "http:///nohost"}, "url"),
+        ({"url": "ftp://x.example.com/h"}, "url"),
+        ({"url": "http:///nohost"}, "url"),
         ({"url": "https://user:pw@x.example.com/h"}, "url"),
         ({"url": "https://x.example.com/h", "events": []}, "events"),
         ({"url": "https://x.example.com/h", "events": ["run.started"]}, "events"),
@@ -137,9 +171,13 @@ def test_webhook_management(api: TestClient) -> None:
     assert paused.json()["events"] == ["run.failed"]
 
     member = member_headers(api, "w-member", "member")
-    for method, path in [("GET", "/webhooks"), ("POST", "/webhooks"), ("GET", f"/webhooks/{hook['id']}"),
-                         ("DELETE", f"/webhooks/{hook['id']}"),
-                         ("GET", f"/webhooks/{hook['id']}/deliveries")]:
+    for method, path in [
+        ("GET", "/webhooks"),
+        ("POST", "/webhooks"),
+        ("GET", f"/webhooks/{hook['id']}"),
+        ("DELETE", f"/webhooks/{hook['id']}"),
+        ("GET", f"/webhooks/{hook['id']}/deliveries"),
+    ]:
         r = api.request(method, path, headers=member, json={"url": "https://x.example.com/h"})
         assert r.status_code == 403, path
 
@@ -154,8 +192,9 @@ def test_webhook_management(api: TestClient) -> None:
     assert api.delete(f"/webhooks/{hook['id']}").status_code == 204
     assert api.get(f"/webhooks/{hook['id']}").status_code == 404
     assert api.get(f"/webhooks/{hook['id']}/deliveries").status_code == 404
-    assert [e["action"] for e in api.get("/audit", params={"action": "webhook"}).json()["items"]] == [
-        "webhook.delete", "webhook.update", "webhook.create"]
+    assert [
+        e["action"] for e in api.get("/audit", params={"action": "webhook"}).json()["items"]
+    ] == ["webhook.delete", "webhook.update", "webhook.create"]
 
 
 # -- webhooks: delivered by a real worker to a real receiver ------------------------------------
@@ -175,8 +214,14 @@ class Receiver:
                 with receiver.lock:
                     delivery = self.headers["X-Distill-Delivery"]
                     first = all(r["delivery"] != delivery for r in receiver.requests)
-                    receiver.requests.append({"path": self.path, "body": body, "delivery": delivery,
-                                              "headers": dict(self.headers)})
+                    receiver.requests.append(
+                        {
+                            "path": self.path,
+                            "body": body,
+                            "delivery": delivery,
+                            "headers": dict(self.headers),
+                        }
+                    )
                 self.send_response(500 if first else 200)
                 self.end_headers()
                 self.wfile.write(b"not yet" if first else b"ok")
@@ -202,12 +247,34 @@ class HookWorker:
 
     def __init__(self, studio_env, **env: str) -> None:
         self.log = studio_env.data_dir / "hook-worker.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "worker.webhooks", "worker", "-Q", "cpu",
-               "-c", "1", "-P", "solo", "-n", "hooks@%h", "--without-gossip", "--without-mingle",
-               "--without-heartbeat", "-l", "INFO"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.webhooks",
+            "worker",
+            "-Q",
+            "cpu",
+            "-c",
+            "1",
+            "-P",
+            "solo",
+            "-n",
+            "hooks@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+        ]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **studio_env.env, **env, "PYTHONUNBUFFERED": "1"},
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **studio_env.env, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + 60
         while "ready." not in self.log.read_text(errors="replace"):
@@ -249,13 +316,20 @@ def test_webhooks_delivered_signed_and_retried(api: TestClient, studio_env, monk
     queued = api.post("/runs", json=run_config(teacher, dataset, name="to-cancel")).json()
     with Receiver() as receiver:
         hook = api.post("/webhooks", json={"url": receiver.url}).json()
-        broken = api.post("/webhooks", json={"url": "http://127.0.0.1:9/closed",
-                                             "events": ["run.succeeded"]}).json()
+        broken = api.post(
+            "/webhooks", json={"url": "http://127.0.0.1:9/closed", "events": ["run.succeeded"]}
+        ).json()
         worker = HookWorker(studio_env, DS_WEBHOOK_BACKOFF_S="0.2", DS_WEBHOOK_MAX_ATTEMPTS="3")
         try:
             # what the distill task does when a run ends
-            set_row("Run", finished["id"], status="succeeded", summary={"student_top1": 0.8},
-                    progress=1.0, finished_at=datetime.now(UTC))
+            set_row(
+                "Run",
+                finished["id"],
+                status="succeeded",
+                summary={"student_top1": 0.8},
+                progress=1.0,
+                finished_at=datetime.now(UTC),
+            )
             assert len(enqueue_run_event(finished["id"])) == 2
             assert enqueue_run_event(finished["id"]) == []  # reported twice, delivered once
             # a queued run cancelled through the API never reaches a worker: the API tells
@@ -286,7 +360,10 @@ def test_webhooks_delivered_signed_and_retried(api: TestClient, studio_env, monk
         payload = json.loads(request["body"])
         assert request["headers"]["X-Distill-Event"] == payload["event"]
         assert str(payload["delivery_id"]) == request["delivery"]
-        assert payload["webhook_id"] == hook["id"] and payload["run"]["status"] in ("succeeded", "cancelled")
+        assert payload["webhook_id"] == hook["id"] and payload["run"]["status"] in (
+            "succeeded",
+            "cancelled",
+        )
     attempts = {}
     for request in receiver.requests:
         attempts.setdefault(request["delivery"], []).append(request["body"])
@@ -297,15 +374,21 @@ def test_webhooks_delivered_signed_and_retried(api: TestClient, studio_env, monk
 
     # deliveries page with stable cursors and filter by status and event
     first = api.get(f"/webhooks/{hook['id']}/deliveries", params={"limit": 1}).json()
-    second = api.get(f"/webhooks/{hook['id']}/deliveries",
-                     params={"limit": 1, "cursor": first["next_cursor"]}).json()
+    second = api.get(
+        f"/webhooks/{hook['id']}/deliveries", params={"limit": 1, "cursor": first["next_cursor"]}
+    ).json()
     paged = [d["id"] for d in first["items"] + second["items"]]
     assert paged == sorted((int(k) for k in attempts), reverse=True)
     assert second["next_cursor"] is None
     params = {"event": "run.cancelled", "status": "succeeded"}
     cancelled = api.get(f"/webhooks/{hook['id']}/deliveries", params=params).json()["items"]
     assert [d["run_id"] for d in cancelled] == [queued["id"]]
-    assert api.get(f"/webhooks/{broken['id']}/deliveries", params={"status": "succeeded"}).json()["items"] == []
+    assert (
+        api.get(f"/webhooks/{broken['id']}/deliveries", params={"status": "succeeded"}).json()[
+            "items"
+        ]
+        == []
+    )
 
 
 def test_deliveries_the_broker_missed_are_sent_by_the_next_sweep(
@@ -338,5 +421,7 @@ def test_deliveries_the_broker_missed_are_sent_by_the_next_sweep(
             [sent] = _wait_deliveries(api, hook["id"], 1)
         finally:
             worker.stop()
-    assert sent["status"] == "succeeded" and sent["attempts"] == 2, sent  # the receiver's 500, then 200
+    assert sent["status"] == "succeeded" and sent["attempts"] == 2, (
+        sent
+    )  # the receiver's 500, then 200
     assert {r["delivery"] for r in receiver.requests} == {str(delivery_id)}

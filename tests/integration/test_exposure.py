@@ -44,8 +44,13 @@ def _connect(server: ApiServer) -> socket.socket:
 
 @pytest.fixture
 def server(sqlite_env) -> Iterator[ApiServer]:
-    api = ApiServer(sqlite_env, extra_env={"DS_HTTP_HEADER_TIMEOUT_S": str(DEADLINE_S),
-                                           "DS_HTTP_BODY_TIMEOUT_S": str(DEADLINE_S)}).start()
+    api = ApiServer(
+        sqlite_env,
+        extra_env={
+            "DS_HTTP_HEADER_TIMEOUT_S": str(DEADLINE_S),
+            "DS_HTTP_BODY_TIMEOUT_S": str(DEADLINE_S),
+        },
+    ).start()
     yield api
     api.stop()
 
@@ -94,9 +99,11 @@ def test_an_endless_head_is_answered_431(server: ApiServer) -> None:
 
 def test_a_stalled_body_is_closed(server: ApiServer) -> None:
     with _connect(server) as sock:
-        sock.sendall(b"POST /api/v1/auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/x-www-form-urlencoded\r\n"
-                     b"Content-Length: 100\r\n\r\nusername=ad")
+        sock.sendall(
+            b"POST /api/v1/auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 100\r\n\r\nusername=ad"
+        )
         answer = _read_until_closed(sock)
     assert b"200 OK" not in answer  # closed without an answer to the cut request
     assert "request body did not arrive within 1s" in server.output()
@@ -104,11 +111,13 @@ def test_a_stalled_body_is_closed(server: ApiServer) -> None:
     # a whole body sent in pieces, each well within the deadline, is served
     body = b"username=nobody&password=wrong-password"
     with _connect(server) as sock:
-        sock.sendall(b"POST /api/v1/auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     b"Content-Type: application/x-www-form-urlencoded\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body))
+        sock.sendall(
+            b"POST /api/v1/auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         for i in range(0, len(body), 10):
-            sock.sendall(body[i:i + 10])
+            sock.sendall(body[i : i + 10])
         answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
 

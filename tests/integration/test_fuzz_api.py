@@ -56,10 +56,12 @@ class Seeded:
     calls: Counter[str] = field(default_factory=Counter)
 
 
-@pytest.fixture(scope="module", params=[pytest.param("postgres", marks=pytest.mark.postgres),
-                                        "sqlite"])
-def seeded(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+@pytest.fixture(
+    scope="module", params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"]
+)
+def seeded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Seeded]:
     """A studio (PostgreSQL, the production database, and SQLite) with one of everything, and
     the app to fuzz."""
     from sqlalchemy import select
@@ -90,19 +92,33 @@ def seeded(request: pytest.FixtureRequest,
             with session_scope() as session:
                 admin = session.scalar(select(User).where(User.username == "admin"))
                 assert admin is not None
-                own = {"user_id": admin.id,
-                       "token_id": session.scalar(select(ApiToken.id).order_by(ApiToken.id))}
+                own = {
+                    "user_id": admin.id,
+                    "token_id": session.scalar(select(ApiToken.id).order_by(ApiToken.id)),
+                }
                 run_id = ids["run_id"][0]
                 for step in range(1, 6):
                     session.add(Metric(run_id=run_id, name="loss", step=step, value=1.0 / step))
                 store = get_store()
                 stored = store.put_bytes(f"team-1/runs/{run_id}/student.safetensors", b"weights")
-                good = Artifact(team_id=1, run_id=run_id, kind="student_safetensors",
-                                filename="student.safetensors", storage_key=stored.key,
-                                size_bytes=stored.size, sha256=stored.sha256)
+                good = Artifact(
+                    team_id=1,
+                    run_id=run_id,
+                    kind="student_safetensors",
+                    filename="student.safetensors",
+                    storage_key=stored.key,
+                    size_bytes=stored.size,
+                    sha256=stored.sha256,
+                )
                 # a row whose key points outside the store (as a compromised writer might leave)
-                bad = Artifact(team_id=1, run_id=run_id, kind="config", filename="passwd",
-                               storage_key=f"../../../../../../..{outside}", size_bytes=1)
+                bad = Artifact(
+                    team_id=1,
+                    run_id=run_id,
+                    kind="config",
+                    filename="passwd",
+                    storage_key=f"../../../../../../..{outside}",
+                    size_bytes=1,
+                )
                 session.add_all([good, bad])
                 session.flush()
                 ids["artifact_id"] = [good.id, bad.id]
@@ -123,16 +139,30 @@ def _seed(api: TestClient, runs_service: Any, set_row: Any) -> dict[str, list[in
     run = api.post("/runs", json=run_config(model["id"], dataset["id"]))
     assert run.status_code == 201, run.text
     done = api.post("/runs", json=run_config(model["id"], dataset["id"], name="done")).json()
-    set_row("Run", done["id"], status="succeeded", progress=1.0,
-            summary={"student_top1": 0.9, "teacher_top1": 0.95,
-                     "student_architecture": "resnet8", "student_kwargs": {"width": 0.25}})
+    set_row(
+        "Run",
+        done["id"],
+        status="succeeded",
+        progress=1.0,
+        summary={
+            "student_top1": 0.9,
+            "teacher_top1": 0.95,
+            "student_architecture": "resnet8",
+            "student_kwargs": {"width": 0.25},
+        },
+    )
     hook = api.post("/webhooks", json={"url": "https://ci.example.com/hook"})
     assert hook.status_code == 201, hook.text
-    comparison = api.post("/comparisons", json={"name": "c", "run_ids": [run.json()["id"], done["id"]]})
+    comparison = api.post(
+        "/comparisons", json={"name": "c", "run_ids": [run.json()["id"], done["id"]]}
+    )
     ids = {
-        "model_id": [model["id"]], "dataset_id": [dataset["id"]],
-        "run_id": [run.json()["id"], done["id"]], "webhook_id": [hook.json()["id"]],
-        "team_id": [1], "user_id": [1],
+        "model_id": [model["id"]],
+        "dataset_id": [dataset["id"]],
+        "run_id": [run.json()["id"], done["id"]],
+        "webhook_id": [hook.json()["id"]],
+        "team_id": [1],
+        "user_id": [1],
     }
     if comparison.status_code == 201:
         ids["comparison_id"] = [comparison.json()["id"]]
@@ -175,16 +205,28 @@ def test_no_5xx_and_every_response_matches_the_schema(seeded: Seeded) -> None:
         status_code_conformance,
     )
 
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_headers_conformance, response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+    ]
     headers = {"Authorization": f"Bearer {seeded.token}"}
     failures: list[str] = []
     statuses: Counter[str] = Counter()
     started = time.perf_counter()
     operations = _operations(seeded)
+
     def make_fuzz(operation: Any, mode: Any, label: str) -> Any:
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode), data=st.data())
         def fuzz(case: Any, data: Any) -> None:
             if not _steer(seeded, case, data.draw):
@@ -211,9 +253,11 @@ def test_no_5xx_and_every_response_matches_the_schema(seeded: Seeded) -> None:
                 failures.append(f"{label}: {str(exc)[:1500]}")
     took = time.perf_counter() - started
     total = sum(seeded.calls.values())
-    print(f"{seeded.env.env['DS_DATABASE_URL'].split(':')[0]}: fuzzed {len(operations)} "
-          f"operations with {total} requests in {took:.0f}s: "
-          f"{dict(sorted(statuses.items()))}")
+    print(
+        f"{seeded.env.env['DS_DATABASE_URL'].split(':')[0]}: fuzzed {len(operations)} "
+        f"operations with {total} requests in {took:.0f}s: "
+        f"{dict(sorted(statuses.items()))}"
+    )
     assert not failures, "\n\n".join(failures)
 
 
@@ -250,9 +294,13 @@ def test_download_path_traversal_never_leaves_the_store(seeded: Seeded) -> None:
 
     from tests.integration.servers import ApiServer
 
-    fill = {"good": seeded.ids["artifact_id"][0], "outside": seeded.ids["artifact_id"][1],
-            "model": seeded.ids["model_id"][0], "dataset": seeded.ids["dataset_id"][0],
-            "run": seeded.ids["run_id"][0]}
+    fill = {
+        "good": seeded.ids["artifact_id"][0],
+        "outside": seeded.ids["artifact_id"][1],
+        "model": seeded.ids["model_id"][0],
+        "dataset": seeded.ids["dataset_id"][0],
+        "run": seeded.ids["run_id"][0],
+    }
     server = ApiServer(seeded.env).start()
     answers: Counter[int] = Counter()
     seen: list[tuple[str, int, bytes]] = []
@@ -260,8 +308,10 @@ def test_download_path_traversal_never_leaves_the_store(seeded: Seeded) -> None:
         for target in TRAVERSALS:
             target = target.format(**fill)
             with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-                sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                             f"Authorization: Bearer {seeded.token}\r\n\r\n".encode())
+                sock.sendall(
+                    f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                    f"Authorization: Bearer {seeded.token}\r\n\r\n".encode()
+                )
                 raw = b""
                 while chunk := sock.recv(65536):
                     raw += chunk

@@ -45,8 +45,10 @@ SLACK = 1024 * 1024  # backend.limits.MULTIPART_SLACK
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     tmp = tmp_path_factory.mktemp("uploads")
     (tmp / "probe").mkdir()
-    limits = {"DS_MAX_ZIP_ENTRIES": str(MAX_ENTRIES),
-              "DS_MAX_ZIP_UNCOMPRESSED_MB": str(MAX_UNCOMPRESSED_MB)}
+    limits = {
+        "DS_MAX_ZIP_ENTRIES": str(MAX_ENTRIES),
+        "DS_MAX_ZIP_UNCOMPRESSED_MB": str(MAX_UNCOMPRESSED_MB),
+    }
     with studio_with_worker(tmp, limits) as studio:
         yield studio
 
@@ -69,8 +71,11 @@ def probe(studio: Studio) -> Path:
 
 
 def upload_dataset(api: TestClient, filename: str, data: bytes, **fields: str):
-    return api.post("/datasets", files={"file": (filename, io.BytesIO(data))},
-                    data={"name": "hostile", **fields})
+    return api.post(
+        "/datasets",
+        files={"file": (filename, io.BytesIO(data))},
+        data={"name": "hostile", **fields},
+    )
 
 
 def wait_scanned(api: TestClient, path: str, timeout: float = 120) -> dict:
@@ -109,8 +114,9 @@ def image_zip(extra: Callable[[zipfile.ZipFile], None] | None = None) -> bytes:
 
 def npz(extra: Callable[[zipfile.ZipFile], None] | None = None) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, x=np.random.default_rng(0).random((20, 4)).astype(np.float32),
-             y=np.arange(20) % 2)
+    np.savez(
+        buf, x=np.random.default_rng(0).random((20, 4)).astype(np.float32), y=np.arange(20) % 2
+    )
     if extra:
         with zipfile.ZipFile(buf, "a") as z:
             extra(z)
@@ -129,13 +135,13 @@ def lying_bomb() -> bytes:
     raw = bytearray(data)
     name = b"cat/bomb.png"
     local = raw.index(b"PK\x03\x04")
-    while raw[local + 30: local + 30 + len(name)] != name:
+    while raw[local + 30 : local + 30 + len(name)] != name:
         local = raw.index(b"PK\x03\x04", local + 4)
-    raw[local + 22: local + 26] = (64).to_bytes(4, "little")
+    raw[local + 22 : local + 26] = (64).to_bytes(4, "little")
     central = raw.index(b"PK\x01\x02")
-    while raw[central + 46: central + 46 + len(name)] != name:
+    while raw[central + 46 : central + 46 + len(name)] != name:
         central = raw.index(b"PK\x01\x02", central + 4)
-    raw[central + 24: central + 28] = (64).to_bytes(4, "little")
+    raw[central + 24 : central + 28] = (64).to_bytes(4, "little")
     return bytes(raw)
 
 
@@ -143,31 +149,47 @@ Build = Callable[[Path], bytes]
 # name -> (upload file name, build(probe folder) -> bytes, words the failure reason must hold)
 DATASET_CASES: dict[str, tuple[str, Build, tuple[str, ...]]] = {
     "zip entry with ..": (
-        "images.zip", lambda p: image_zip(lambda z: z.writestr(escaping(p, "png"), png(1))),
-        ("contains '..'",)),
+        "images.zip",
+        lambda p: image_zip(lambda z: z.writestr(escaping(p, "png"), png(1))),
+        ("contains '..'",),
+    ),
     "zip entry with an absolute path": (
-        "images.zip", lambda p: image_zip(lambda z: z.writestr(
-            zipfile.ZipInfo(f"{p}/absolute.png"), png(1))), ("absolute path",)),
+        "images.zip",
+        lambda p: image_zip(lambda z: z.writestr(zipfile.ZipInfo(f"{p}/absolute.png"), png(1))),
+        ("absolute path",),
+    ),
     "zip entry with a drive letter": (
-        "images.zip", lambda p: image_zip(lambda z: z.writestr("C:/windows/evil.png", png(1))),
-        ("absolute path",)),
+        "images.zip",
+        lambda p: image_zip(lambda z: z.writestr("C:/windows/evil.png", png(1))),
+        ("absolute path",),
+    ),
     "zip symlink entry": (
-        "images.zip", lambda p: image_zip(lambda z: symlink(z, "cat/link.png", "/etc/passwd")),
-        ("symbolic link",)),
+        "images.zip",
+        lambda p: image_zip(lambda z: symlink(z, "cat/link.png", "/etc/passwd")),
+        ("symbolic link",),
+    ),
     "npz entry with ..": (
-        "arrays.npz", lambda p: npz(lambda z: z.writestr(escaping(p, "npy"), b"x")),
-        ("contains '..'",)),
+        "arrays.npz",
+        lambda p: npz(lambda z: z.writestr(escaping(p, "npy"), b"x")),
+        ("contains '..'",),
+    ),
     "zip bomb: uncompressed size": (
-        "images.zip", lambda p: image_zip(lambda z: z.writestr("cat/bomb.png", b"\0" * (64 * MiB))),
-        ("unpacks to", "zip bomb")),
+        "images.zip",
+        lambda p: image_zip(lambda z: z.writestr("cat/bomb.png", b"\0" * (64 * MiB))),
+        ("unpacks to", "zip bomb"),
+    ),
     "zip bomb: entry count": (
         "images.zip",
         lambda p: image_zip(lambda z: [z.writestr(f"cat/{i}.txt", b"") for i in range(300)]),
-        (f"more than the limit of {MAX_ENTRIES}",)),
+        (f"more than the limit of {MAX_ENTRIES}",),
+    ),
     "zip bomb: sizes that lie": ("images.zip", lambda p: lying_bomb(), ("CRC",)),
     "npz that is a zip of images": ("arrays.npz", lambda p: image_zip(), ("missing array(s)",)),
     "zip that is a csv": (
-        "images.zip", lambda p: b"a,b,label\n1,2,0\n3,4,1\n", ("not a valid zip",)),
+        "images.zip",
+        lambda p: b"a,b,label\n1,2,0\n3,4,1\n",
+        ("not a valid zip",),
+    ),
 }
 
 
@@ -225,7 +247,8 @@ def npz_claiming_a_huge_shape() -> bytes:
     """An .npz whose x.npy header claims (1e6, 1e6) float32 (3.6 TiB) over 64 bytes of data."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (1_000_000, 1_000_000)})
+        header, {"descr": "<f4", "fortran_order": False, "shape": (1_000_000, 1_000_000)}
+    )
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("x.npy", header.getvalue() + b"\0" * 64)
@@ -237,24 +260,36 @@ def npz_claiming_a_huge_shape() -> bytes:
 
 DECODED_CASES: dict[str, tuple[str, Callable[[], bytes], tuple[str, ...]]] = {
     "32 PNGs of 8000x8000": (
-        "images.zip", huge_images_zip,
-        ("hostile.zip: decodes to 7.81 GiB (32 images of 8000x8000 L as float32: 7.63 GiB",
-         "more than the limit of 2.00 GiB", "DS_MAX_DECODED_MB")),
+        "images.zip",
+        huge_images_zip,
+        (
+            "hostile.zip: decodes to 7.81 GiB (32 images of 8000x8000 L as float32: 7.63 GiB",
+            "more than the limit of 2.00 GiB",
+            "DS_MAX_DECODED_MB",
+        ),
+    ),
     "npz header claiming a huge shape": (
-        "arrays.npz", npz_claiming_a_huge_shape,
-        ("hostile.npz: decodes to 3725.29 GiB (x: (1000000, 1000000) float32)",
-         "DS_MAX_DECODED_MB")),
+        "arrays.npz",
+        npz_claiming_a_huge_shape,
+        (
+            "hostile.npz: decodes to 3725.29 GiB (x: (1000000, 1000000) float32)",
+            "DS_MAX_DECODED_MB",
+        ),
+    ),
     "csv with one enormous row": (
-        "table.csv", lambda: b"a,b,label\n1,2,0\n" + b"0," * 2_000_000 + b"1\n",
-        ("hostile.csv: line 3 is 4000001 bytes long",)),
+        "table.csv",
+        lambda: b"a,b,label\n1,2,0\n" + b"0," * 2_000_000 + b"1\n",
+        ("hostile.csv: line 3 is 4000001 bytes long",),
+    ),
 }
 
 
 def peak_rss(pid: int) -> int:
     """The peak resident size (VmHWM) of a process, in bytes."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) * 1024 for line in status.splitlines()
-                if line.startswith("VmHWM:"))
+    return next(
+        int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")
+    )
 
 
 @pytest.mark.parametrize("case", list(DECODED_CASES))
@@ -307,8 +342,9 @@ def test_upload_names_never_choose_where_files_go(studio: Studio) -> None:
 
 
 def test_png_named_pt2_fails_inspection(studio: Studio) -> None:
-    r = studio.api.post("/models", files={"file": ("teacher.pt2", io.BytesIO(png(9, 32)))},
-                        data={"name": "png"})
+    r = studio.api.post(
+        "/models", files={"file": ("teacher.pt2", io.BytesIO(png(9, 32)))}, data={"name": "png"}
+    )
     assert r.status_code == 201, r.text
     body = wait_scanned(studio.api, f"/models/{r.json()['id']}")
     assert body["status"] == "failed" and "not a torch.export archive" in body["error"], body
@@ -333,14 +369,20 @@ def test_declared_content_types_are_never_believed(studio: Studio) -> None:
 
     lying = [("data.npz", npz(), "image/png"), ("images.zip", image_zip(), "text/csv")]
     for filename, data, content_type in lying:  # good files under a wrong type are fine
-        r = studio.api.post("/datasets", files={"file": (filename, io.BytesIO(data), content_type)},
-                            data={"name": "lying-type"})
+        r = studio.api.post(
+            "/datasets",
+            files={"file": (filename, io.BytesIO(data), content_type)},
+            data={"name": "lying-type"},
+        )
         assert r.status_code == 201, r.text
         assert wait_scanned(studio.api, f"/datasets/{r.json()['id']}")["status"] == "ready"
     # a pickle that claims to be a zip archive is still not a torch.export archive
     evil = pickle.dumps({"x": 1})
-    r = studio.api.post("/models", files={"file": ("teacher.pt2", io.BytesIO(evil), "application/zip")},
-                        data={"name": "lying-type"})
+    r = studio.api.post(
+        "/models",
+        files={"file": ("teacher.pt2", io.BytesIO(evil), "application/zip")},
+        data={"name": "lying-type"},
+    )
     assert r.status_code == 201, r.text
     body = wait_scanned(studio.api, f"/models/{r.json()['id']}")
     assert body["status"] == "failed" and "not a torch.export archive" in body["error"], body
@@ -359,8 +401,8 @@ BOUNDARY = "hostile-boundary"
 
 def multipart_head(filename: str = "big.pt2") -> bytes:
     return (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nbig\r\n"
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbig\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
 
@@ -386,9 +428,14 @@ def test_chunked_upload_is_cut_off_while_streaming(studio: Studio, one_mib_limit
     async def post(path: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app())
         async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as client:
-            return await client.post(path, content=body(), headers={
-                "Authorization": f"Bearer {studio.token}",
-                "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+            return await client.post(
+                path,
+                content=body(),
+                headers={
+                    "Authorization": f"Bearer {studio.token}",
+                    "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+                },
+            )
 
     before = row_count("Model"), len(stored_files(studio.env))
     r = asyncio.run(post("/models"))
@@ -398,8 +445,10 @@ def test_chunked_upload_is_cut_off_while_streaming(studio: Studio, one_mib_limit
     assert not pulled["finished"]
     assert 1 * MiB < pulled["bytes"] <= 1 * MiB + SLACK + chunk + 1024, pulled
     assert (row_count("Model"), len(stored_files(studio.env))) == before
-    print(f"chunked upload of {total // MiB} MiB over a 1 MiB limit: the app read "
-          f"{pulled['bytes'] / MiB:.2f} MiB ({pulled['chunks']} of {total // chunk} chunks)")
+    print(
+        f"chunked upload of {total // MiB} MiB over a 1 MiB limit: the app read "
+        f"{pulled['bytes'] / MiB:.2f} MiB ({pulled['chunks']} of {total // chunk} chunks)"
+    )
 
     # a JSON body has a small limit of its own (4 MiB), chunked or not
     pulled.update(bytes=0, chunks=0, finished=False)
@@ -415,8 +464,14 @@ def test_chunked_upload_is_cut_off_while_streaming(studio: Studio, one_mib_limit
 
         transport = httpx.ASGITransport(app=create_app())
         async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as client:
-            return await client.post("/runs", content=json_body(), headers={
-                "Authorization": f"Bearer {studio.token}", "Content-Type": "application/json"})
+            return await client.post(
+                "/runs",
+                content=json_body(),
+                headers={
+                    "Authorization": f"Bearer {studio.token}",
+                    "Content-Type": "application/json",
+                },
+            )
 
     r = asyncio.run(post_json())
     assert r.status_code == 413 and "request body is larger than 4 MiB" in r.json()["detail"]
@@ -433,8 +488,14 @@ def read_response(sock: socket.socket, first: bytes = b"") -> bytes:
     while b"\r\n\r\n" not in data and (more := sock.recv(65536)):
         data += more
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
     while len(body) < length and (more := sock.recv(65536)):
         body += more
     return head + b"\r\n\r\n" + body
@@ -451,7 +512,8 @@ def test_uvicorn_answers_413_before_the_chunked_body_ends(studio: Studio) -> Non
             f"POST /api/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {studio.token}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode() + _chunk(multipart_head())
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+            + _chunk(multipart_head())
         )
         planned, sent, response = 64 * MiB, 0, b""
         started = time.perf_counter()
@@ -470,8 +532,10 @@ def test_uvicorn_answers_413_before_the_chunked_body_ends(studio: Studio) -> Non
         assert response.startswith(b"HTTP/1.1 413"), response[:200]
         assert b"file is larger than 1 MiB" in response
         assert sent < planned // 4, f"sent {sent / MiB:.1f} MiB before the answer"
-        print(f"uvicorn: 413 after the client had sent {sent / MiB:.2f} MiB of a planned "
-              f"{planned // MiB} MiB chunked body ({answered_after * 1000:.0f} ms)")
+        print(
+            f"uvicorn: 413 after the client had sent {sent / MiB:.2f} MiB of a planned "
+            f"{planned // MiB} MiB chunked body ({answered_after * 1000:.0f} ms)"
+        )
 
         # a declared Content-Length over the limit is answered before any body is sent
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)

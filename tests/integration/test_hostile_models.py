@@ -48,7 +48,10 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     tmp = tmp_path_factory.mktemp("hostile")
     marker_dir = tmp / "markers"
     marker_dir.mkdir()
-    env = {"DS_INSPECT_TIMEOUT_S": str(INSPECT_TIMEOUT_S), "DS_SANDBOX_MEMORY_MB": str(MEMORY_LIMIT_MB)}
+    env = {
+        "DS_INSPECT_TIMEOUT_S": str(INSPECT_TIMEOUT_S),
+        "DS_SANDBOX_MEMORY_MB": str(MEMORY_LIMIT_MB),
+    }
     with studio_with_worker(tmp, env) as studio:
         FIRST_POOL.extend(studio.worker.pool_pids())
         yield studio
@@ -104,9 +107,17 @@ def memo_trick(marker: Path) -> bytes:
         return b"\x8c" + bytes([len(text)]) + text.encode()
 
     return (
-        b"\x80\x04" + s("posix") + b"\x94" + s("system") + b"\x94"
-        + s("collections") + s("OrderedDict") + b"00"
-        + b"h\x00h\x01\x93" + s(f"touch {marker}") + b"\x85R."
+        b"\x80\x04"
+        + s("posix")
+        + b"\x94"
+        + s("system")
+        + b"\x94"
+        + s("collections")
+        + s("OrderedDict")
+        + b"00"
+        + b"h\x00h\x01\x93"
+        + s(f"touch {marker}")
+        + b"\x85R."
     )
 
 
@@ -120,8 +131,9 @@ def torch_zip(data_pkl: bytes) -> bytes:
     return buf.getvalue()
 
 
-def rewrite(src: bytes, edit: Callable[[str, bytes], bytes | None],
-            add: dict[str, bytes] | None = None) -> bytes:
+def rewrite(
+    src: bytes, edit: Callable[[str, bytes], bytes | None], add: dict[str, bytes] | None = None
+) -> bytes:
     """A copy of zip `src` with each member passed through `edit` (None keeps it), plus `add`."""
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(src)) as zin, zipfile.ZipFile(out, "w") as zout:
@@ -203,67 +215,109 @@ MLP = {"architecture": "mlp", "kwargs": json.dumps({"input_shape": [4], "num_cla
 # name -> (file name, build(marker, genuine archive) -> bytes, form fields, expected error words)
 CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tuple[str, ...]]] = {
     "raw pickle posing as .pt2": (
-        "model.pt2", lambda m, g: pickle.dumps(Evil(m), protocol=2), {},
+        "model.pt2",
+        lambda m, g: pickle.dumps(Evil(m), protocol=2),
+        {},
         ("not a torch.export archive",),
     ),
     "torch.save zip declared pt2": (
-        "model.bin", lambda m, g: torch_zip(pickle.dumps(Evil(m), protocol=4)), {"format": "pt2"},
+        "model.bin",
+        lambda m, g: torch_zip(pickle.dumps(Evil(m), protocol=4)),
+        {"format": "pt2"},
         ("'archive/data.pkl' is not part of a torch.export archive", "refused"),
     ),
     "os.system pickle as sample inputs": (
         "model.pt2",
-        lambda m, g: rewrite(g, lambda n, _d: torch_zip(pickle.dumps(Evil(m), protocol=2))
-                             if n.endswith("sample_inputs/model.pt") else None),
-        {}, ("posix.system", "refused"),
+        lambda m, g: rewrite(
+            g,
+            lambda n, _d: (
+                torch_zip(pickle.dumps(Evil(m), protocol=2))
+                if n.endswith("sample_inputs/model.pt")
+                else None
+            ),
+        ),
+        {},
+        ("posix.system", "refused"),
     ),
     "memo-trick pickle as sample inputs": (
         "model.pt2",
-        lambda m, g: rewrite(g, lambda n, _d: torch_zip(memo_trick(m))
-                             if n.endswith("sample_inputs/model.pt") else None),
-        {}, ("posix.system", "refused"),
+        lambda m, g: rewrite(
+            g,
+            lambda n, _d: (
+                torch_zip(memo_trick(m)) if n.endswith("sample_inputs/model.pt") else None
+            ),
+        ),
+        {},
+        ("posix.system", "refused"),
     ),
     "exec pickle as a member outside the layout": (
         "model.pt2",
-        lambda m, g: rewrite(g, lambda _n, _d: None,
-                             add={f"{root_of(g)}/data/extra.pkl": pickle.dumps(EvilExec(m), 0)}),
-        {}, ("data/extra.pkl' is not part of", "refused"),
+        lambda m, g: rewrite(
+            g,
+            lambda _n, _d: None,
+            add={f"{root_of(g)}/data/extra.pkl": pickle.dumps(EvilExec(m), 0)},
+        ),
+        {},
+        ("data/extra.pkl' is not part of", "refused"),
     ),
     "protocol-0 pickle as sample inputs named model.PT": (
-        "model.pt2", lambda m, g: renamed_sample_inputs(g, open_pickle(m)), {},
+        "model.pt2",
+        lambda m, g: renamed_sample_inputs(g, open_pickle(m)),
+        {},
         ("data/sample_inputs/model.PT' is not part of", "refused"),
     ),
     "from_file then fill_ in the graph": (
-        "model.pt2", lambda m, g: from_file_graph(m), {},
+        "model.pt2",
+        lambda m, g: from_file_graph(m),
+        {},
         ("'aten::from_file' takes a file name", "refused"),
     ),
     "forward beyond the memory limit": (
-        "model.pt2", lambda m, g: export(nn.Upsample(scale_factor=4000), (1, 8, 8)), {},
+        "model.pt2",
+        lambda m, g: export(nn.Upsample(scale_factor=4000), (1, 8, 8)),
+        {},
         (f"exceeded the memory limit of {MEMORY_LIMIT_MB} MiB", "raise DS_SANDBOX_MEMORY_MB"),
     ),
     "pickled weight payload": (
         "model.pt2",
-        lambda m, g: rewrite(g, _pickled_weight(m, g)), {}, ("(a pickle)", "refused"),
+        lambda m, g: rewrite(g, _pickled_weight(m, g)),
+        {},
+        ("(a pickle)", "refused"),
     ),
     "code in a shape expression": (
         "model.pt2",
-        lambda m, g: rewrite(g, _shape_expr(m)), {}, ("shape expression", "refused"),
+        lambda m, g: rewrite(g, _shape_expr(m)),
+        {},
+        ("shape expression", "refused"),
     ),
     "torch.save zip posing as safetensors": (
-        "model.safetensors", lambda m, g: torch_zip(pickle.dumps(Evil(m), protocol=2)), MLP,
+        "model.safetensors",
+        lambda m, g: torch_zip(pickle.dumps(Evil(m), protocol=2)),
+        MLP,
         ("safetensors header claims",),
     ),
     "raw pickle posing as safetensors": (
-        "model.safetensors", lambda m, g: pickle.dumps(Evil(m), protocol=2), MLP,
+        "model.safetensors",
+        lambda m, g: pickle.dumps(Evil(m), protocol=2),
+        MLP,
         ("safetensors header claims",),
     ),
     "truncated archive": (
-        "model.pt2", lambda m, g: g[: len(g) // 2], {}, ("truncated", "re-export"),
+        "model.pt2",
+        lambda m, g: g[: len(g) // 2],
+        {},
+        ("truncated", "re-export"),
     ),
     "safetensors with a lying header": (
-        "model.safetensors", lambda m, g: lying_safetensors(), MLP, ("the header lies",),
+        "model.safetensors",
+        lambda m, g: lying_safetensors(),
+        MLP,
+        ("the header lies",),
     ),
     "forward that fails": (
-        "model.pt2", lambda m, g: export(RefusesEveryInput(), (4,)), {},
+        "model.pt2",
+        lambda m, g: export(RefusesEveryInput(), (4,)),
+        {},
         ("forward failed", "this model refuses every input"),
     ),
 }
@@ -359,7 +413,9 @@ def test_pickled_checkpoints_are_refused_by_the_api(studio: Studio, filename: st
     for fields in ({}, {"format": "pt2"}):
         r = upload(studio.api, filename, pickle.dumps(Evil(marker), protocol=2), **fields)
         assert r.status_code == 422, r.text
-        assert r.json()["detail"].startswith("format:") and "pickled checkpoint" in r.json()["detail"]
+        assert (
+            r.json()["detail"].startswith("format:") and "pickled checkpoint" in r.json()["detail"]
+        )
         assert r.json()["errors"][0]["loc"] == ["body", "format"]
     assert (row_count("Model"), queue_length(studio.env)) == before, "nothing stored or queued"
     assert not marker.exists()
@@ -412,8 +468,10 @@ def test_slow_forward_is_stopped_by_the_time_limit(studio: Studio) -> None:
     assert model["error"] == f"took longer than the {INSPECT_TIMEOUT_S}s limit"
     # the forward alone needs far longer than the limit; the inspection stopped near it
     assert took < INSPECT_TIMEOUT_S + 30, took
-    print(f"slow model (forward ~{whole_forward:.0f}s): failed {took:.1f}s after upload, "
-          f"limit {INSPECT_TIMEOUT_S}s")
+    print(
+        f"slow model (forward ~{whole_forward:.0f}s): failed {took:.1f}s after upload, "
+        f"limit {INSPECT_TIMEOUT_S}s"
+    )
 
 
 def test_worker_survives_and_inspects_a_genuine_model(studio: Studio, genuine: bytes) -> None:

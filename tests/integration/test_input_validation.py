@@ -53,7 +53,12 @@ NON_FINITE = [
     (("losses", 1, "weight"), float("nan"), "losses.1.weight", "[0.0, 100000.0]"),
     (("training", "lr"), float("inf"), "training.lr", "(0.0, 10.0]"),
     (("training", "momentum"), float("nan"), "training.momentum", "[0.0, 1.0)"),
-    (("training", "step_milestones"), [0.5, float("nan")], "training.step_milestones", "[0.0, 1.0]"),
+    (
+        ("training", "step_milestones"),
+        [0.5, float("nan")],
+        "training.step_milestones",
+        "[0.0, 1.0]",
+    ),
     (("student", "kwargs", "width"), float("nan"), "width", "[0.125, 8.0]"),
     (("student", "depth_factor"), float("nan"), "student.depth_factor", "(0.0, 1.0]"),
     (("dataset", "val_fraction"), float("inf"), "dataset.val_fraction", "(0.0, 0.9)"),
@@ -72,8 +77,11 @@ def _put(config: dict[str, Any], where: tuple[Any, ...], value: Any) -> dict[str
     return config
 
 
-@pytest.mark.parametrize("where,value,field,bounds", NON_FINITE,
-                         ids=[".".join(map(str, w)) + f"={v}" for w, v, _, _ in NON_FINITE])
+@pytest.mark.parametrize(
+    "where,value,field,bounds",
+    NON_FINITE,
+    ids=[".".join(map(str, w)) + f"={v}" for w, v, _, _ in NON_FINITE],
+)
 def test_non_finite_floats_are_refused_naming_field_value_and_range(
     api: TestClient, studio_env, ids: tuple[int, int], where, value, field: str, bounds: str
 ) -> None:
@@ -99,18 +107,31 @@ def test_out_of_range_loss_parameter_names_the_range(api: TestClient, studio_env
 
 
 def test_a_finite_config_is_still_accepted(api: TestClient, studio_env, ids) -> None:
-    config = run_config(*ids, training={"epochs": 1, "batch_size": 8, "device": "cpu",
-                                        "schedule": "step", "step_milestones": [0.5, 1.0]})
+    config = run_config(
+        *ids,
+        training={
+            "epochs": 1,
+            "batch_size": 8,
+            "device": "cpu",
+            "schedule": "step",
+            "step_milestones": [0.5, 1.0],
+        },
+    )
     assert api.post("/runs", json=config).status_code == 201
 
 
 # -- caps: layer pairs and losses ----------------------------------------------------------------
 
 
-def test_ten_thousand_layer_pairs_are_refused_naming_the_cap(api: TestClient, studio_env, ids) -> None:
+def test_ten_thousand_layer_pairs_are_refused_naming_the_cap(
+    api: TestClient, studio_env, ids
+) -> None:
     pairs = [{"teacher": "layer1", "student": "layer1"}] * 10_000
-    config = run_config(*ids, layer_pairs=pairs,
-                        losses=[{"name": "ce"}, {"name": "at", "pairs": list(range(10_000))}])
+    config = run_config(
+        *ids,
+        layer_pairs=pairs,
+        losses=[{"name": "ce"}, {"name": "at", "pairs": list(range(10_000))}],
+    )
     r = api.post("/runs", json=config)
     assert r.status_code == 422, r.text[:300]
     detail = r.json()["detail"]
@@ -137,8 +158,14 @@ def test_the_caps_are_settings(api: TestClient, studio_env, ids, monkeypatch) ->
 
 
 def test_deep_json_in_the_kwargs_form_field_is_422(api: TestClient, studio_env) -> None:
-    r = upload_model(api, "deep", data=b"weights", filename="w.safetensors",
-                     architecture="resnet8", kwargs=deep_array(100_000))
+    r = upload_model(
+        api,
+        "deep",
+        data=b"weights",
+        filename="w.safetensors",
+        architecture="resnet8",
+        kwargs=deep_array(100_000),
+    )
     assert r.status_code == 422, r.text[:300]
     detail = r.json()["detail"]
     assert detail.startswith("kwargs:") and "nested" in detail and "DS_MAX_JSON_DEPTH" in detail
@@ -147,9 +174,13 @@ def test_deep_json_in_the_kwargs_form_field_is_422(api: TestClient, studio_env) 
 
 @pytest.mark.parametrize("path", ["/runs", "/webhooks", "/runs/plan", "/teams", "/comparisons"])
 def test_deep_json_bodies_are_422(api: TestClient, studio_env, path: str) -> None:
-    for body in (deep_array(100_000), '{"a":' * 5_000 + "1" + "}" * 5_000,
-                 json.dumps({"name": "x", "teacher": {"model_id": 1, "kwargs": {
-                     "a": json.loads(deep_array(200))}}})):
+    for body in (
+        deep_array(100_000),
+        '{"a":' * 5_000 + "1" + "}" * 5_000,
+        json.dumps(
+            {"name": "x", "teacher": {"model_id": 1, "kwargs": {"a": json.loads(deep_array(200))}}}
+        ),
+    ):
         r = post_raw(api, path, body)
         assert r.status_code == 422, (path, r.status_code, r.text[:300])
         assert "nested" in r.json()["detail"] and "DS_MAX_JSON_DEPTH" in r.json()["detail"]

@@ -22,16 +22,37 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 def test_load_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.load_api", "--clients", "5", "--duration", "3",
-         "--creates-per-client", "2", "--train-epochs", "2", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=420,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load_api",
+            "--clients",
+            "5",
+            "--duration",
+            "3",
+            "--creates-per-client",
+            "2",
+            "--train-epochs",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["errors"] == 0 and result["requests"] > 0
     assert {r["endpoint"] for r in result["endpoints"]} >= {
-        "GET /runs", "GET /runs/{id}", "GET /runs/{id}/metrics"}
-    assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] for r in result["endpoints"])
+        "GET /runs",
+        "GET /runs/{id}",
+        "GET /runs/{id}/metrics",
+    }
+    assert all(
+        r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] for r in result["endpoints"]
+    )
     run = result["training_run"]
     assert run["status"] == "succeeded" and run["every_step_once"]
     assert run["metric_steps"] == run["total_steps"] > 0

@@ -20,7 +20,16 @@ def _diff() -> list:
 def test_upgrade_downgrade_upgrade_and_no_autogenerate_diff(studio_env) -> None:
     # studio_env already upgraded to head
     tables = set(inspect(get_engine()).get_table_names())
-    assert {"teams", "users", "api_tokens", "models", "datasets", "runs", "metrics", "artifacts"} <= tables
+    assert {
+        "teams",
+        "users",
+        "api_tokens",
+        "models",
+        "datasets",
+        "runs",
+        "metrics",
+        "artifacts",
+    } <= tables
     downgrade("base")
     assert set(inspect(get_engine()).get_table_names()) <= {"alembic_version"}
     upgrade("head")

@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 # Each fault is exercised on one database to keep the suite short: PostgreSQL (production) where
 # row locks and concurrent workers matter, SQLite (the embedded default) elsewhere.
 ON_POSTGRES = pytest.mark.parametrize(
-    "studio_env", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+    "studio_env", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 ON_SQLITE = pytest.mark.parametrize("studio_env", ["sqlite"], indirect=True)
 
 FAST_RECOVERY = {"DS_HEARTBEAT_S": "0.5", "DS_RUN_STALE_S": "4", "DS_RECOVER_EVERY_S": "1"}
@@ -59,12 +60,15 @@ def _ready(api, demo_files):
 
 
 @ON_POSTGRES
-def test_pool_process_killed_resumes_from_checkpoint(api, studio_env: StudioEnv, demo_files) -> None:
+def test_pool_process_killed_resumes_from_checkpoint(
+    api, studio_env: StudioEnv, demo_files
+) -> None:
     worker = WorkerProcess(studio_env, "w1", extra_env=FAST_RECOVERY).start()
     try:
         model, dataset = _ready(api, demo_files)
-        run_id = api.post("/runs", json=run_config(model, dataset, training={
-            "epochs": 6, "checkpoint_every": 10})).json()["id"]
+        run_id = api.post(
+            "/runs", json=run_config(model, dataset, training={"epochs": 6, "checkpoint_every": 10})
+        ).json()["id"]
         wait_step(api, run_id, 35)
         holder = _run_row(run_id).worker
         pid = int(holder.rsplit(":", 1)[1])
@@ -75,23 +79,30 @@ def test_pool_process_killed_resumes_from_checkpoint(api, studio_env: StudioEnv,
         recovered_in = time.time() - started
         assert run["status"] == "succeeded", (run, worker.output()[-3000:])
         assert run["attempts"] == 2
-        resumed = re.findall(rf"run {run_id} resumes from its checkpoint at step (\d+)", worker.output())
+        resumed = re.findall(
+            rf"run {run_id} resumes from its checkpoint at step (\d+)", worker.output()
+        )
         assert resumed and int(resumed[0]) >= 30, "resumed from the last checkpoint, not from zero"
         _assert_every_step_once(api, run)
-        print(f"pool process SIGKILLed at step ≥35; resumed from step {resumed[0]}; "
-              f"finished {recovered_in:.1f}s after the kill")
+        print(
+            f"pool process SIGKILLed at step ≥35; resumed from step {resumed[0]}; "
+            f"finished {recovered_in:.1f}s after the kill"
+        )
     finally:
         worker.stop()
 
 
 @ON_SQLITE
-def test_whole_worker_killed_is_recovered_by_another(api, studio_env: StudioEnv, demo_files) -> None:
+def test_whole_worker_killed_is_recovered_by_another(
+    api, studio_env: StudioEnv, demo_files
+) -> None:
     w1 = WorkerProcess(studio_env, "w1", extra_env=FAST_RECOVERY).start()
     w2 = None
     try:
         model, dataset = _ready(api, demo_files)
-        run_id = api.post("/runs", json=run_config(model, dataset, training={
-            "epochs": 6, "checkpoint_every": 10})).json()["id"]
+        run_id = api.post(
+            "/runs", json=run_config(model, dataset, training={"epochs": 6, "checkpoint_every": 10})
+        ).json()["id"]
         wait_step(api, run_id, 25)
         w1.stop(signal.SIGKILL)  # the main process and its pool, without a chance to clean up
         killed = time.time()
@@ -116,7 +127,9 @@ def test_two_workers_one_run_despite_redelivery(api, studio_env: StudioEnv, demo
     w2 = WorkerProcess(studio_env, "w2").start()
     try:
         model, dataset = _ready(api, demo_files)
-        run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 4})).json()["id"]
+        run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 4})).json()[
+            "id"
+        ]
         wait_step(api, run_id, 3)
         for _ in range(3):  # the broker "redelivers" the same run three more times
             enqueue(DISTILL, [run_id], "cpu")
@@ -129,8 +142,10 @@ def test_two_workers_one_run_despite_redelivery(api, studio_env: StudioEnv, demo
         assert _run_row(run_id).attempts == 1
         _assert_every_step_once(api, run)
         dropped = logs.count("dropping duplicate delivery") + logs.count("'skipped'")
-        print(f"two workers, 3 extra deliveries while training: attempts {run['attempts']}, "
-              f"{dropped} deliveries dropped, {run['total_steps']} steps each once")
+        print(
+            f"two workers, 3 extra deliveries while training: attempts {run['attempts']}, "
+            f"{dropped} deliveries dropped, {run['total_steps']} steps each once"
+        )
     finally:
         w1.stop()
         w2.stop()
@@ -144,9 +159,13 @@ def test_cancel_queued_never_starts_and_cancel_running_frees_the_worker(
     worker = WorkerProcess(studio_env, "w1").start()
     try:
         model, dataset = mark_ready_from(api, model, dataset)
-        long_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 300})).json()["id"]
+        long_id = api.post(
+            "/runs", json=run_config(model, dataset, training={"epochs": 300})
+        ).json()["id"]
         queued_id = api.post("/runs", json=run_config(model, dataset)).json()["id"]
-        after_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 1})).json()["id"]
+        after_id = api.post(
+            "/runs", json=run_config(model, dataset, training={"epochs": 1})
+        ).json()["id"]
         assert api.post(f"/runs/{queued_id}/cancel").status_code == 200
         wait_step(api, long_id, 5)
         asked = time.time()
@@ -168,28 +187,43 @@ def test_cancel_queued_never_starts_and_cancel_running_frees_the_worker(
         from core.storage import get_store
 
         assert get_store().exists(store_key), "the cancelled run keeps its last checkpoint"
-        print(f"cancel asked at step ~{asked_at}, honoured at step {stopped_after} after "
-              f"{took:.1f}s; next queued run succeeded {time.time() - asked:.1f}s after the request")
+        print(
+            f"cancel asked at step ~{asked_at}, honoured at step {stopped_after} after "
+            f"{took:.1f}s; next queued run succeeded {time.time() - asked:.1f}s after the request"
+        )
     finally:
         worker.stop()
 
 
 @ON_SQLITE
-def test_failing_artifact_store_fails_the_run_cleanly(api, studio_env: StudioEnv, demo_files) -> None:
+def test_failing_artifact_store_fails_the_run_cleanly(
+    api, studio_env: StudioEnv, demo_files
+) -> None:
     worker = WorkerProcess(studio_env, "w1").start()
     try:
         model, dataset = _ready(api, demo_files)
-        run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 2})).json()["id"]
+        run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 2})).json()[
+            "id"
+        ]
         team_id = _run_row(run_id).team_id
         # The store refuses to write the .pt2: a directory stands where the file must go.
-        blocker = studio_env.data_dir / "artifacts" / f"team-{team_id}" / "runs" / str(run_id) / "student.pt2"
+        blocker = (
+            studio_env.data_dir
+            / "artifacts"
+            / f"team-{team_id}"
+            / "runs"
+            / str(run_id)
+            / "student.pt2"
+        )
         blocker.mkdir(parents=True)
         run = wait_run(api, run_id)
         assert run["status"] == "failed", run
         assert run["error"], "the reason is recorded"
         with session_scope() as s:
             assert s.scalars(select(Artifact).where(Artifact.run_id == run_id)).all() == []
-        leftovers = [p.name for p in blocker.parent.iterdir() if p.is_file() and p.name != "checkpoint.pt"]
+        leftovers = [
+            p.name for p in blocker.parent.iterdir() if p.is_file() and p.name != "checkpoint.pt"
+        ]
         assert leftovers == [], f"half-written artifacts left: {leftovers}"
     finally:
         worker.stop()
@@ -216,18 +250,25 @@ def test_poisoned_run_fails_after_max_attempts(api, studio_env: StudioEnv, demo_
 
 
 @ON_SQLITE
-def test_run_killed_on_every_attempt_fails_with_the_reason(api, studio_env: StudioEnv, demo_files) -> None:
+def test_run_killed_on_every_attempt_fails_with_the_reason(
+    api, studio_env: StudioEnv, demo_files
+) -> None:
     """A run whose worker dies every time (say, the job runs the machine out of memory) is
     retried DS_MAX_ATTEMPTS times in all, then marked failed with the reason, not retried forever."""
-    worker = WorkerProcess(studio_env, "w1", extra_env={**FAST_RECOVERY, "DS_MAX_ATTEMPTS": "2"}).start()
+    worker = WorkerProcess(
+        studio_env, "w1", extra_env={**FAST_RECOVERY, "DS_MAX_ATTEMPTS": "2"}
+    ).start()
     try:
         model, dataset = _ready(api, demo_files)
-        run_id = api.post("/runs", json=run_config(model, dataset, training={
-            "epochs": 6, "checkpoint_every": 10})).json()["id"]
+        run_id = api.post(
+            "/runs", json=run_config(model, dataset, training={"epochs": 6, "checkpoint_every": 10})
+        ).json()["id"]
         for attempt in (1, 2):
             deadline = time.time() + 120
             while not (_run_row(run_id).attempts == attempt and _run_row(run_id).step >= 3):
-                assert time.time() < deadline, f"attempt {attempt} never started: {_run_row(run_id)}"
+                assert time.time() < deadline, (
+                    f"attempt {attempt} never started: {_run_row(run_id)}"
+                )
                 time.sleep(0.2)
             pid = int(_run_row(run_id).worker.rsplit(":", 1)[1])
             assert pid in worker.pool_pids()
@@ -246,8 +287,11 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs: a real disk that fills up (mounting needs root, as on CI)."""
     mount = tmp_path / "tiny-disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
     try:
@@ -271,7 +315,10 @@ def _fill(disk: Path) -> Path:
 
 @ON_SQLITE
 def test_full_disk_fails_the_run_cleanly_and_a_retry_succeeds(
-    studio_env: StudioEnv, admin_token: str, demo_files, tiny_disk: Path,
+    studio_env: StudioEnv,
+    admin_token: str,
+    demo_files,
+    tiny_disk: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The artifact store's disk is full when the run writes its checkpoint and artifacts: the
@@ -294,10 +341,14 @@ def test_full_disk_fails_the_run_cleanly_and_a_retry_succeeds(
             api.headers["Authorization"] = f"Bearer {admin_token}"
             model, dataset = _ready(api, demo_files)
             filler = _fill(tiny_disk)
-            run_id = api.post("/runs", json=run_config(model, dataset, training={"epochs": 1})).json()["id"]
+            run_id = api.post(
+                "/runs", json=run_config(model, dataset, training={"epochs": 1})
+            ).json()["id"]
             run = wait_run(api, run_id)
             assert run["status"] == "failed", run
-            assert "could not write" in run["error"] and "No space left on device" in run["error"], run["error"]
+            assert (
+                "could not write" in run["error"] and "No space left on device" in run["error"]
+            ), run["error"]
             # an upload to the full store is refused with the reason; nothing is recorded
             with open(demo_files[1], "rb") as fh:
                 up = api.post("/datasets", files={"file": ("more.npz", fh)}, data={"name": "more"})
@@ -305,7 +356,9 @@ def test_full_disk_fails_the_run_cleanly_and_a_retry_succeeds(
             assert [d["name"] for d in api.get("/datasets").json()["items"]] == ["digits"]
             with session_scope() as s:
                 assert s.scalars(select(Artifact).where(Artifact.run_id == run_id)).all() == []
-            run_dir = tiny_disk / "artifacts" / f"team-{_run_row(run_id).team_id}" / "runs" / str(run_id)
+            run_dir = (
+                tiny_disk / "artifacts" / f"team-{_run_row(run_id).team_id}" / "runs" / str(run_id)
+            )
             left = [p.name for p in run_dir.rglob("*") if p.is_file()] if run_dir.exists() else []
             assert not [n for n in left if ".part-" in n], f"half-written files left: {left}"
             print(f"disk full: run failed with {run['error'][:120]!r}; files left: {left}")
@@ -355,21 +408,27 @@ def test_broker_restart_loses_nothing_and_runs_nothing_twice(valkey_env, demo_fi
     worker = WorkerProcess(env, "w1").start()
     try:
         model, dataset = _ready(api, demo_files)
-        ids = [api.post("/runs", json=run_config(model, dataset, training={"epochs": 3})).json()["id"]
-               for _ in range(3)]
+        ids = [
+            api.post("/runs", json=run_config(model, dataset, training={"epochs": 3})).json()["id"]
+            for _ in range(3)
+        ]
         wait_step(api, ids[0], 5)
         box["server"].stop()  # the broker goes away mid-run, with two runs queued
         time.sleep(2)
-        box["server"] = ValkeyServer(port=box["port"], data_dir=box["dir"], persist=True, config=box["conf"])
+        box["server"] = ValkeyServer(
+            port=box["port"], data_dir=box["dir"], persist=True, config=box["conf"]
+        )
         box["server"].start()
         runs = [wait_run(api, run_id) for run_id in ids]
         assert [r["status"] for r in runs] == ["succeeded"] * 3, (runs, worker.output()[-3000:])
         assert [r["attempts"] for r in runs] == [1, 1, 1], "nothing ran twice"
         for run in runs:
             _assert_every_step_once(api, run)
-        print(f"broker stopped 2 s at step ≥5 with 2 runs queued: statuses "
-              f"{[r['status'] for r in runs]}, attempts {[r['attempts'] for r in runs]}, "
-              f"every step once")
+        print(
+            f"broker stopped 2 s at step ≥5 with 2 runs queued: statuses "
+            f"{[r['status'] for r in runs]}, attempts {[r['attempts'] for r in runs]}, "
+            f"every step once"
+        )
     finally:
         worker.stop()
 
@@ -397,8 +456,10 @@ def test_database_away_mid_run_api_503_and_the_run_carries_on(
         with TestClient(create_app(), base_url="http://testserver/api/v1") as api:
             api.headers["Authorization"] = f"Bearer {admin_token}"
             model, dataset = _ready(api, demo_files)
-            run_id = api.post("/runs", json=run_config(model, dataset, training={
-                "epochs": 6, "checkpoint_every": 10})).json()["id"]
+            run_id = api.post(
+                "/runs",
+                json=run_config(model, dataset, training={"epochs": 6, "checkpoint_every": 10}),
+            ).json()["id"]
             wait_step(api, run_id, 20)
             proxy.cut()
             cut_at, answers = time.time(), []
@@ -417,9 +478,11 @@ def test_database_away_mid_run_api_503_and_the_run_carries_on(
             _assert_every_step_once(api, run)
             retries = worker.output().count("database unavailable")
             assert retries >= 1, "the worker noticed the outage and retried"
-            print(f"database away 12 s at step ≥20: {len(answers)} API answers, all 503; "
-                  f"worker retried {retries} writes; run succeeded with {run['total_steps']} "
-                  f"steps each once, attempts 1, {time.time() - cut_at:.1f}s after the cut")
+            print(
+                f"database away 12 s at step ≥20: {len(answers)} API answers, all 503; "
+                f"worker retried {retries} writes; run succeeded with {run['total_steps']} "
+                f"steps each once, attempts 1, {time.time() - cut_at:.1f}s after the cut"
+            )
     finally:
         worker.stop()
         proxy.stop()

@@ -43,14 +43,24 @@ STRONG_PASSWORD = "a-real-admin-password-42"
     ("env", "named"),
     [
         ({"DS_ADMIN_PASSWORD": STRONG_PASSWORD}, "DS_SECRET_KEY"),  # the default key
-        ({"DS_SECRET_KEY": "short-key-31-characters-long-xx", "DS_ADMIN_PASSWORD": STRONG_PASSWORD},
-         "DS_SECRET_KEY"),
+        (
+            {
+                "DS_SECRET_KEY": "short-key-31-characters-long-xx",
+                "DS_ADMIN_PASSWORD": STRONG_PASSWORD,
+            },
+            "DS_SECRET_KEY",
+        ),
         ({"DS_SECRET_KEY": STRONG_KEY}, "DS_ADMIN_PASSWORD"),  # empty: generated in dev only
         ({"DS_SECRET_KEY": STRONG_KEY, "DS_ADMIN_PASSWORD": "change-me"}, "DS_ADMIN_PASSWORD"),
         ({"DS_SECRET_KEY": STRONG_KEY, "DS_ADMIN_PASSWORD": "eleven-char"}, "DS_ADMIN_PASSWORD"),
     ],
-    ids=["default key", "short key", "no admin password", "default admin password",
-         "short admin password"],
+    ids=[
+        "default key",
+        "short key",
+        "no admin password",
+        "default admin password",
+        "short admin password",
+    ],
 )
 def test_production_refuses_weak_secrets(
     env: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch
@@ -76,11 +86,20 @@ def test_production_refuses_weak_secrets(
 def test_api_process_refuses_to_start_in_production(tmp_path) -> None:
     """`distill-studio api` exits before listening, naming the setting, printing no secret."""
     port = free_port()
-    env = {**os.environ, "DS_ENV": "production", "DS_DATA_DIR": str(tmp_path),
-           "DS_SECRET_KEY": STRONG_KEY, "DS_ADMIN_PASSWORD": "weak-pw-11c"}
+    env = {
+        **os.environ,
+        "DS_ENV": "production",
+        "DS_DATA_DIR": str(tmp_path),
+        "DS_SECRET_KEY": STRONG_KEY,
+        "DS_ADMIN_PASSWORD": "weak-pw-11c",
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -132,26 +151,38 @@ def flow(client: httpx.Client, env: StudioEnv, hook_url: str) -> dict[str, Any]:
     created = client.post("/auth/tokens", json={"name": "ci"}, headers=auth)
     assert created.status_code == 201, created.text
     script_token = created.json()["token"]
-    scoped = client.post("/auth/tokens", json={"name": "ro", "read_only": True, "team_scoped": True},
-                         headers={"Authorization": f"Bearer {script_token}"}).json()
+    scoped = client.post(
+        "/auth/tokens",
+        json={"name": "ro", "read_only": True, "team_scoped": True},
+        headers={"Authorization": f"Bearer {script_token}"},
+    ).json()
     assert client.get("/auth/me", headers={"Authorization": f"Bearer {scoped['token']}"}).is_success
     revoked = client.delete(f"/auth/tokens/{scoped['id']}", headers=auth)
     assert revoked.status_code in (200, 204), revoked.text
     hook = client.post("/webhooks", json={"url": hook_url, "description": "ci"}, headers=auth)
     assert hook.status_code == 201, hook.text
     secret = hook.json()["secret"]
-    user = client.post("/users", json={"username": "bob", "password": "bob-password-123"},
-                       headers=auth)
-    secrets = {"admin password": password, "wrong password": wrong, "login token": token,
-               "script token": script_token, "scoped token": scoped["token"],
-               "webhook secret": secret, "secret key": env.env["DS_SECRET_KEY"],
-               "user password": "bob-password-123"}
+    user = client.post(
+        "/users", json={"username": "bob", "password": "bob-password-123"}, headers=auth
+    )
+    secrets = {
+        "admin password": password,
+        "wrong password": wrong,
+        "login token": token,
+        "script token": script_token,
+        "scoped token": scoped["token"],
+        "webhook secret": secret,
+        "secret key": env.env["DS_SECRET_KEY"],
+        "user password": "bob-password-123",
+    }
     assert user.status_code in (201, 409), user.text  # 409: bob exists (the second flow)
 
-    model = client.post("/models", files={"file": ("t.pt2", b"x")}, data={"name": "t"},
-                        headers=auth).json()
-    dataset = client.post("/datasets", files={"file": ("d.npz", b"x")}, data={"name": "d"},
-                          headers=auth).json()
+    model = client.post(
+        "/models", files={"file": ("t.pt2", b"x")}, data={"name": "t"}, headers=auth
+    ).json()
+    dataset = client.post(
+        "/datasets", files={"file": ("d.npz", b"x")}, data={"name": "d"}, headers=auth
+    ).json()
     for path in (f"/models/{model['id']}", f"/datasets/{dataset['id']}"):  # the worker refuses
         deadline = time.time() + 60  # the bytes; then stand in for a good inspection
         while client.get(path, headers=auth).json()["status"] not in ("ready", "failed"):
@@ -159,22 +190,44 @@ def flow(client: httpx.Client, env: StudioEnv, hook_url: str) -> dict[str, Any]:
             time.sleep(0.2)
     set_row("Model", model["id"], status="ready", inspection=TEACHER_INSPECTION)
     set_row("Dataset", dataset["id"], status="ready", info=DATASET_INFO)
-    run = client.post("/runs", headers=auth, json={
-        "name": "cancelled at once", "teacher": {"model_id": model["id"]},
-        "dataset": {"dataset_id": dataset["id"]},
-        "student": {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}},
-        "losses": [{"name": "ce"}], "training": {"epochs": 1, "batch_size": 8, "device": "cpu"}})
+    run = client.post(
+        "/runs",
+        headers=auth,
+        json={
+            "name": "cancelled at once",
+            "teacher": {"model_id": model["id"]},
+            "dataset": {"dataset_id": dataset["id"]},
+            "student": {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}},
+            "losses": [{"name": "ce"}],
+            "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+        },
+    )
     assert run.status_code == 201, run.text
     client.post(f"/runs/{run.json()['id']}/cancel", headers=auth)
 
-    gets = ["/auth/me", "/auth/tokens", "/webhooks", f"/webhooks/{hook.json()['id']}",
-            f"/webhooks/{hook.json()['id']}/deliveries", "/teams", "/teams/1",
-            "/teams/1/members", "/audit", "/models", f"/runs/{run.json()['id']}", "/runs"]
+    gets = [
+        "/auth/me",
+        "/auth/tokens",
+        "/webhooks",
+        f"/webhooks/{hook.json()['id']}",
+        f"/webhooks/{hook.json()['id']}/deliveries",
+        "/teams",
+        "/teams/1",
+        "/teams/1/members",
+        "/audit",
+        "/models",
+        f"/runs/{run.json()['id']}",
+        "/runs",
+    ]
     bodies = {path: client.get(path, headers=auth) for path in gets}
     for path, response in bodies.items():
         assert response.status_code == 200, (path, response.text)
-    return {"secrets": secrets, "gets": {p: r.text for p, r in bodies.items()},
-            "hook_id": hook.json()["id"], "auth": auth}
+    return {
+        "secrets": secrets,
+        "gets": {p: r.text for p, r in bodies.items()},
+        "hook_id": hook.json()["id"],
+        "auth": auth,
+    }
 
 
 def stored_hashes() -> list[str]:
@@ -185,8 +238,11 @@ def stored_hashes() -> list[str]:
     from core.db.tables import ApiToken, User, Webhook
 
     with session_scope() as s:
-        return [*s.scalars(select(ApiToken.token_hash)), *s.scalars(select(User.password_hash)),
-                *s.scalars(select(Webhook.secret_salt))]
+        return [
+            *s.scalars(select(ApiToken.token_hash)),
+            *s.scalars(select(User.password_hash)),
+            *s.scalars(select(Webhook.secret_salt)),
+        ]
 
 
 def assert_nothing_secret(text: str, secrets: dict[str, str], where: str) -> None:
@@ -211,8 +267,15 @@ def assert_gets_clean(result: dict[str, Any], hashes: list[str]) -> None:
         for digest in hashes:
             assert digest not in body, f"a stored hash or salt appears in GET {path}"
         assert "$argon2" not in body, f"a password hash in GET {path}"
-        leaked = keys(json.loads(body)) & {"token", "secret", "token_hash", "password",
-                                           "password_hash", "secret_salt", "salt"}
+        leaked = keys(json.loads(body)) & {
+            "token",
+            "secret",
+            "token_hash",
+            "password",
+            "password_hash",
+            "secret_salt",
+            "salt",
+        }
         assert not leaked, f"GET {path} has fields {leaked}"
     tokens = json.loads(result["gets"]["/auth/tokens"])
     assert tokens and all(set(t) >= {"prefix", "name"} for t in tokens)
@@ -220,7 +283,10 @@ def assert_gets_clean(result: dict[str, Any], hashes: list[str]) -> None:
 
 @pytest.mark.slow
 def test_no_secret_in_logs_or_get_responses(
-    studio_env: StudioEnv, admin_token: str, receiver: str, caplog: pytest.LogCaptureFixture,
+    studio_env: StudioEnv,
+    admin_token: str,
+    receiver: str,
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from fastapi.testclient import TestClient
@@ -250,8 +316,9 @@ def test_no_secret_in_logs_or_get_responses(
             deadline = time.time() + 60
             while len(Receiver.received) < 2 and time.time() < deadline:
                 time.sleep(0.2)
-            deliveries = client.get(f"/webhooks/{wire['hook_id']}/deliveries",
-                                    headers=wire["auth"]).text
+            deliveries = client.get(
+                f"/webhooks/{wire['hook_id']}/deliveries", headers=wire["auth"]
+            ).text
     finally:
         if server is not None:
             server.stop()
@@ -264,14 +331,19 @@ def test_no_secret_in_logs_or_get_responses(
         both = json.dumps(headers) + body.decode()
         assert_nothing_secret(both, {**local["secrets"], **wire["secrets"]}, "a delivery")
     everything = {**{f"first {k}": v for k, v in local["secrets"].items()}, **wire["secrets"]}
-    logs = {"the uvicorn log": server.output(), "the worker log": worker.output(),
-            "GET deliveries": deliveries}
+    logs = {
+        "the uvicorn log": server.output(),
+        "the worker log": worker.output(),
+        "GET deliveries": deliveries,
+    }
     assert "POST /api/v1/auth/token" in logs["the uvicorn log"]
     assert "deliver_webhook" in logs["the worker log"] or "webhook" in logs["the worker log"]
     for where, text in logs.items():
         assert_nothing_secret(text, everything, where)
         for digest in hashes:
             assert digest not in text, f"a stored hash or salt appears in {where}"
-    print(f"checked {len(everything)} secrets and {len(hashes)} stored hashes against "
-          f"{len(caplog.records)} log records, {sum(len(t) for t in logs.values())} bytes of "
-          f"server and worker logs and {len(local['gets']) + len(wire['gets'])} GET responses")
+    print(
+        f"checked {len(everything)} secrets and {len(hashes)} stored hashes against "
+        f"{len(caplog.records)} log records, {sum(len(t) for t in logs.values())} bytes of "
+        f"server and worker logs and {len(local['gets']) + len(wire['gets'])} GET responses"
+    )

@@ -64,12 +64,16 @@ class Storm:
         self.statuses: Counter[int] = Counter()
         self.asked = 0  # planners that have sent their first request
         self.answered: set[int] = set()
-        self.threads = [threading.Thread(target=self._plan, args=(i,), daemon=True)
-                        for i in range(PLANNERS)]
+        self.threads = [
+            threading.Thread(target=self._plan, args=(i,), daemon=True) for i in range(PLANNERS)
+        ]
 
     def _plan(self, i: int) -> None:
-        body = {"teacher_model_id": self.teacher, "dataset_id": self.dataset,
-                "student": {"architecture": "resnet8", "kwargs": {"width": 0.25 + (i % STUDENTS) / 8}}}
+        body = {
+            "teacher_model_id": self.teacher,
+            "dataset_id": self.dataset,
+            "student": {"architecture": "resnet8", "kwargs": {"width": 0.25 + (i % STUDENTS) / 8}},
+        }
         with httpx.Client(base_url=self.url, headers=auth(self.token), timeout=90) as client:
             while not self.stop.is_set():
                 with self.lock:
@@ -104,8 +108,11 @@ def _queued_inspections(broker_url: str) -> list[Any]:
 
     r = redis.Redis.from_url(broker_url)
     messages = [json.loads(m) for m in r.lrange("cpu", 0, -1)]
-    return [m["headers"]["argsrepr"] for m in messages
-            if m["headers"]["task"] == "worker.tasks.inspect_student"]
+    return [
+        m["headers"]["argsrepr"]
+        for m in messages
+        if m["headers"]["task"] == "worker.tasks.inspect_student"
+    ]
 
 
 @pytest.mark.slow
@@ -141,10 +148,12 @@ def test_sixty_plans_with_a_stalled_worker_starve_no_one(studio_env, admin_token
     base = [s for _, _, s in baseline]
     slow = [s for _, _, s in during]
     failed = [(p, status, round(s, 2)) for p, status, s in during if status != 200]
-    figures = (f"baseline median {statistics.median(base) * 1000:.0f} ms, max "
-               f"{max(base) * 1000:.0f} ms; during 60 stalled plans median "
-               f"{statistics.median(slow) * 1000:.0f} ms, max {max(slow) * 1000:.0f} ms; "
-               f"plan answers {dict(storm.statuses)}")
+    figures = (
+        f"baseline median {statistics.median(base) * 1000:.0f} ms, max "
+        f"{max(base) * 1000:.0f} ms; during 60 stalled plans median "
+        f"{statistics.median(slow) * 1000:.0f} ms, max {max(slow) * 1000:.0f} ms; "
+        f"plan answers {dict(storm.statuses)}"
+    )
     print(figures)
     assert not failed, f"other users' requests failed under the storm: {failed}; {figures}"
     assert max(slow) < POOL_TIMEOUT_S, f"a request waited for a database connection: {figures}"

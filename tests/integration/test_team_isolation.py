@@ -54,7 +54,7 @@ def api_routes(app: Any) -> list[tuple[str, str]]:
             continue
         for method in sorted(getattr(route, "methods", None) or ()):
             if method not in ("HEAD", "OPTIONS"):
-                found.append((method, path[len(API):] or "/"))
+                found.append((method, path[len(API) :] or "/"))
     return found
 
 
@@ -82,9 +82,15 @@ def team_a(api: TestClient) -> dict[str, Any]:
     comparison = api.post("/comparisons", json={"name": "a", "run_ids": [run_id, done]})
     assert comparison.status_code == 201, comparison.text
     return {
-        "team_id": me["team_id"], "model_id": model_id, "dataset_id": dataset_id,
-        "run_id": run_id, "artifact_id": artifact_id, "user_id": member["id"],
-        "webhook_id": webhook_id, "token_id": token_id, "comparison_id": comparison.json()["id"],
+        "team_id": me["team_id"],
+        "model_id": model_id,
+        "dataset_id": dataset_id,
+        "run_id": run_id,
+        "artifact_id": artifact_id,
+        "user_id": member["id"],
+        "webhook_id": webhook_id,
+        "token_id": token_id,
+        "comparison_id": comparison.json()["id"],
         "invitation_id": invitation.json()["id"],
     }
 
@@ -98,7 +104,9 @@ def team_b(client: TestClient) -> dict[str, dict[str, str]]:
     for role in ROLES:
         with session_scope() as session:
             create_user(session, f"b-{role}", f"b-{role}-password", "team-b", role)
-        r = client.post("/auth/token", data={"username": f"b-{role}", "password": f"b-{role}-password"})
+        r = client.post(
+            "/auth/token", data={"username": f"b-{role}", "password": f"b-{role}-password"}
+        )
         headers[role] = auth(r.json()["access_token"])
     return headers
 
@@ -170,8 +178,10 @@ Make = Callable[[dict[str, Any]], dict[str, Any]]
 Check = Callable[[dict[str, Any], Any], None]
 COLLECTIONS: dict[tuple[str, str], tuple[Make, Check]] = {
     ("GET", "/health"): (lambda a: {}, _status(200)),
-    ("POST", "/auth/token"): (lambda a: {"data": {"username": "admin", "password": "wrong"}},
-                              _status(401)),
+    ("POST", "/auth/token"): (
+        lambda a: {"data": {"username": "admin", "password": "wrong"}},
+        _status(401),
+    ),
     ("GET", "/auth/me"): (lambda a: {}, _me),
     ("GET", "/auth/tokens"): (lambda a: {}, _no_team_a_rows("token_id")),
     ("POST", "/auth/tokens"): (lambda a: {"json": {"name": "b", "team_scoped": True}}, _not_team_a),
@@ -179,34 +189,54 @@ COLLECTIONS: dict[tuple[str, str], tuple[Make, Check]] = {
     ("GET", "/teams"): (lambda a: {}, _no_team_a_rows("team_id")),
     ("POST", "/teams"): (lambda a: {"json": {"name": "b-new"}}, _status(201, 403, 409)),
     ("GET", "/invitations"): (lambda a: {}, _no_team_a_rows("invitation_id")),
-    ("POST", "/users"): (lambda a: {"json": {"username": "b-user", "password": "b-user-pass"}},
-                         _not_team_a),
-    ("GET", "/models"): (lambda a: {"params": {"include_archived": True}},
-                         _no_team_a_rows("model_id")),
-    ("POST", "/models"): (lambda a: {"files": {"file": ("b.pt2", b"b")}, "data": {"name": "b"}},
-                          _status(201, 403)),
-    ("GET", "/datasets"): (lambda a: {"params": {"include_archived": True}},
-                           _no_team_a_rows("dataset_id")),
-    ("POST", "/datasets"): (lambda a: {"files": {"file": ("b.npz", b"b")}, "data": {"name": "b"}},
-                            _status(201, 403)),
+    ("POST", "/users"): (
+        lambda a: {"json": {"username": "b-user", "password": "b-user-pass"}},
+        _not_team_a,
+    ),
+    ("GET", "/models"): (
+        lambda a: {"params": {"include_archived": True}},
+        _no_team_a_rows("model_id"),
+    ),
+    ("POST", "/models"): (
+        lambda a: {"files": {"file": ("b.pt2", b"b")}, "data": {"name": "b"}},
+        _status(201, 403),
+    ),
+    ("GET", "/datasets"): (
+        lambda a: {"params": {"include_archived": True}},
+        _no_team_a_rows("dataset_id"),
+    ),
+    ("POST", "/datasets"): (
+        lambda a: {"files": {"file": ("b.npz", b"b")}, "data": {"name": "b"}},
+        _status(201, 403),
+    ),
     ("GET", "/runs"): (lambda a: {}, _no_team_a_rows("run_id")),
-    ("POST", "/runs"): (lambda a: {"json": run_config(a["model_id"], a["dataset_id"])},
-                        _status(403, 404)),
-    ("POST", "/runs/plan"): (lambda a: {"json": {"teacher_model_id": a["model_id"],
-                                                 "dataset_id": a["dataset_id"]}},
-                             _status(403, 404)),
+    ("POST", "/runs"): (
+        lambda a: {"json": run_config(a["model_id"], a["dataset_id"])},
+        _status(403, 404),
+    ),
+    ("POST", "/runs/plan"): (
+        lambda a: {"json": {"teacher_model_id": a["model_id"], "dataset_id": a["dataset_id"]}},
+        _status(403, 404),
+    ),
     ("GET", "/audit"): (lambda a: {}, _refused_or_own),
     ("GET", "/webhooks"): (lambda a: {}, _webhooks),
-    ("POST", "/webhooks"): (lambda a: {"json": {"url": "https://b.example.com/h"}},
-                            _status(201, 403)),
+    ("POST", "/webhooks"): (
+        lambda a: {"json": {"url": "https://b.example.com/h"}},
+        _status(201, 403),
+    ),
     ("GET", "/comparisons"): (lambda a: {}, _no_team_a_rows("comparison_id")),
-    ("POST", "/comparisons"): (lambda a: {"json": {"name": "b", "run_ids": [a["run_id"]]}},
-                               _status(403, 404)),
+    ("POST", "/comparisons"): (
+        lambda a: {"json": {"name": "b", "run_ids": [a["run_id"]]}},
+        _status(403, 404),
+    ),
 }
 
 
 def walk(
-    api: TestClient, client: TestClient, a: dict[str, Any], b: dict[str, dict[str, str]],
+    api: TestClient,
+    client: TestClient,
+    a: dict[str, Any],
+    b: dict[str, dict[str, str]],
     only: set[str] | None = None,
 ) -> list[str]:
     """Call every route of `client.app` (or those with a path in `only`) as each member of
@@ -228,7 +258,8 @@ def walk(
             if (method, path) not in COLLECTIONS:
                 problems.append(
                     f"{method} {path}: a route without path parameters that this test does not "
-                    "know; add it to COLLECTIONS with a check that team B sees nothing of team A")
+                    "know; add it to COLLECTIONS with a check that team B sees nothing of team A"
+                )
                 continue
             make, check = COLLECTIONS[(method, path)]
             for role, headers in b.items():
@@ -248,8 +279,10 @@ def walk(
             kwargs = {"json": body(a)} if body else {}
             r = client.request(method, url, headers=headers, **kwargs)
             if r.status_code == 422:
-                problems.append(f"team B {role}: {method} {url} -> 422 {r.text[:200]}; add a valid "
-                                "body to BODIES so that the check behind validation is reached")
+                problems.append(
+                    f"team B {role}: {method} {url} -> 422 {r.text[:200]}; add a valid "
+                    "body to BODIES so that the check behind validation is reached"
+                )
             elif r.status_code not in (403, 404):
                 problems.append(f"team B {role}: {method} {url} -> {r.status_code} {r.text[:200]}")
         # naming team A in X-Team-Id does not open it either
@@ -310,8 +343,18 @@ def test_the_walk_catches_new_unchecked_routes(sqlite_env) -> None:
     with TestClient(app, base_url=f"http://testserver{API}") as client:
         a = team_a(signed_in(client, token))
         b = team_b(client)
-        problems = walk(client, client, a, b, only={"/models/{model_id}/leak", "/gadgets/{gadget_id}",
-                                                    "/secrets", "/models/{model_id}"})
+        problems = walk(
+            client,
+            client,
+            a,
+            b,
+            only={
+                "/models/{model_id}/leak",
+                "/gadgets/{gadget_id}",
+                "/secrets",
+                "/models/{model_id}",
+            },
+        )
     assert len(problems) == len(ROLES) + 2, "\n".join(problems)
     assert all(f"GET /models/{a['model_id']}/leak -> 200" in p for p in problems[:4])
     assert problems[4].startswith("GET /gadgets/{gadget_id}: no team A id for ['gadget_id']")

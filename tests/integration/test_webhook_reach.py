@@ -41,8 +41,9 @@ class Server:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "body": body})
+                server.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                )
                 status, headers, reply = answer(server)
                 self.send_response(status)
                 for key, value in headers.items():
@@ -158,16 +159,21 @@ def test_the_allow_list_admits_only_the_networks_it_names(
     api: TestClient, studio_env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_env(monkeypatch, **{SETTING: "127.0.0.1/32, 10.1.0.0/16"})
-    for url in ("http://127.0.0.1:8123/hook", "http://localhost:8123/hook",
-                "http://[::ffff:127.0.0.1]:8123/", "http://10.1.2.3/hook"):
+    for url in (
+        "http://127.0.0.1:8123/hook",
+        "http://localhost:8123/hook",
+        "http://[::ffff:127.0.0.1]:8123/",
+        "http://10.1.2.3/hook",
+    ):
         r = api.post("/webhooks", json={"url": url})
         assert r.status_code == 201, (url, r.text)
     for url in ("http://127.0.0.2/", "http://[::1]/", "http://10.2.0.1/", "http://0.0.0.0/"):
         assert api.post("/webhooks", json={"url": url}).status_code == 422, url
 
 
-def test_a_name_resolving_to_a_private_address_is_refused(api: TestClient, studio_env,
-                                                           fake_dns) -> None:
+def test_a_name_resolving_to_a_private_address_is_refused(
+    api: TestClient, studio_env, fake_dns
+) -> None:
     fake_dns["answers"]["intranet.test"] = lambda n: "10.20.30.40"
     r = api.post("/webhooks", json={"url": "https://intranet.test/hook"})
     assert r.status_code == 422
@@ -196,14 +202,16 @@ def test_a_stored_webhook_to_loopback_is_refused_at_delivery(api: TestClient, st
     assert item["last_error"].startswith("not sent: 127.0.0.1") and SETTING in item["last_error"]
 
 
-def test_dns_rebinding_to_loopback_is_refused_at_delivery(api: TestClient, studio_env,
-                                                          fake_dns) -> None:
+def test_dns_rebinding_to_loopback_is_refused_at_delivery(
+    api: TestClient, studio_env, fake_dns
+) -> None:
     """The name resolves to a public address when registered and to loopback afterwards."""
     from worker.webhooks import attempt_delivery
 
     phase = {"registering": True}
-    fake_dns["answers"]["rebind.test"] = (
-        lambda n: "93.184.216.34" if phase["registering"] else "127.0.0.1")
+    fake_dns["answers"]["rebind.test"] = lambda n: (
+        "93.184.216.34" if phase["registering"] else "127.0.0.1"
+    )
     with Server(ok) as receiver:
         created = api.post("/webhooks", json={"url": f"http://rebind.test:{receiver.port}/hook"})
         assert created.status_code == 201, created.text
@@ -212,7 +220,10 @@ def test_dns_rebinding_to_loopback_is_refused_at_delivery(api: TestClient, studi
         attempt_delivery(delivery_id)
     assert receiver.requests == []
     item = delivery(api, created.json()["id"])
-    assert item["status"] == "failed" and "127.0.0.1 ('rebind.test' resolves to it)" in item["last_error"]
+    assert (
+        item["status"] == "failed"
+        and "127.0.0.1 ('rebind.test' resolves to it)" in item["last_error"]
+    )
 
 
 def test_delivery_connects_to_the_address_it_checked(
@@ -226,7 +237,9 @@ def test_delivery_connects_to_the_address_it_checked(
     set_env(monkeypatch, **{SETTING: "127.0.0.1/32"})
     fake_dns["answers"]["pinned.test"] = lambda n: "127.0.0.1" if n <= 2 else "10.255.255.1"
     with Server(ok) as receiver:
-        hook = api.post("/webhooks", json={"url": f"http://pinned.test:{receiver.port}/hook?x=1"}).json()
+        hook = api.post(
+            "/webhooks", json={"url": f"http://pinned.test:{receiver.port}/hook?x=1"}
+        ).json()
         [delivery_id] = ended_run_deliveries(api, hook["id"])
         assert attempt_delivery(delivery_id) is None
     assert fake_dns["lookups"]["pinned.test"] == 2
@@ -257,8 +270,9 @@ def test_a_reply_leaves_only_a_short_printable_excerpt(
     assert "[31mTOKEN=abc Set-Cookie: x internal data" in error
 
 
-def test_redirects_are_not_followed(api: TestClient, studio_env,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redirects_are_not_followed(
+    api: TestClient, studio_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from worker.webhooks import attempt_delivery
 
     set_env(monkeypatch, **{SETTING: "127.0.0.1/32"})
@@ -272,4 +286,3 @@ def test_redirects_are_not_followed(api: TestClient, studio_env,
     assert inside.requests == []
     item = delivery(api, hook["id"])
     assert item["last_status_code"] == 302 and item["last_error"] == "HTTP 302"
-

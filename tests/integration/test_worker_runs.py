@@ -45,14 +45,25 @@ def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
     assert [p["teacher"] for p in pairs][-1] == "layer3"
 
     bad_pair = [{"teacher": "layer3", "student": "layer9"}]
-    bad = api.post("/runs", json=_config(model, dataset, layer_pairs=bad_pair,
-                                         losses=[{"name": "ce"}, {"name": "at"}]))
+    bad = api.post(
+        "/runs",
+        json=_config(model, dataset, layer_pairs=bad_pair, losses=[{"name": "ce"}, {"name": "at"}]),
+    )
     assert bad.status_code == 422
-    assert "layer 'layer9' not in student" in bad.json()["detail"] and "layer3" in bad.json()["detail"]
+    assert (
+        "layer 'layer9' not in student" in bad.json()["detail"] and "layer3" in bad.json()["detail"]
+    )
 
     pair = {"teacher": pairs[-1]["teacher"], "student": pairs[-1]["student"]}
-    run = api.post("/runs", json=_config(model, dataset, layer_pairs=[pair],
-                                         losses=[{"name": "ce"}, {"name": "kd"}, {"name": "fitnets"}]))
+    run = api.post(
+        "/runs",
+        json=_config(
+            model,
+            dataset,
+            layer_pairs=[pair],
+            losses=[{"name": "ce"}, {"name": "kd"}, {"name": "fitnets"}],
+        ),
+    )
     assert run.status_code == 201, run.text
     done = _wait(api, f"/runs/{run.json()['id']}", {"succeeded", "failed", "cancelled"})
     assert done["status"] == "succeeded", (done, worker.output()[-3000:])
@@ -66,7 +77,12 @@ def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
     assert steps == sorted(set(steps)) and steps[-1] == done["total_steps"], "each step once"
     assert len(steps) == done["total_steps"]
     arts = api.get(f"/runs/{done['id']}/artifacts").json()
-    assert {a["kind"] for a in arts} >= {"student_safetensors", "student_pt2", "config", "evaluation"}
+    assert {a["kind"] for a in arts} >= {
+        "student_safetensors",
+        "student_pt2",
+        "config",
+        "evaluation",
+    }
     cfg = api.get(f"/artifacts/{next(a['id'] for a in arts if a['kind'] == 'config')}/download")
     assert b"fitnets" in cfg.content
 
@@ -74,7 +90,9 @@ def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
 @pytest.mark.parametrize("studio_env", ["sqlite"], indirect=True)
 def test_cancel_running_run(api, worker, demo_files) -> None:
     model, dataset = _upload(api, demo_files)
-    run = api.post("/runs", json=_config(model, dataset, training={"epochs": 200, "checkpoint_every": 10}))
+    run = api.post(
+        "/runs", json=_config(model, dataset, training={"epochs": 200, "checkpoint_every": 10})
+    )
     run_id = run.json()["id"]
     deadline = time.time() + 120
     while api.get(f"/runs/{run_id}").json()["step"] < 5 and time.time() < deadline:
@@ -109,11 +127,21 @@ def test_registered_student_trains_in_later_runs_on_a_real_worker(api, worker, d
     assert registered["lineage"]["source_run_id"] == done["id"]
 
     zoo = {"source": "zoo", "architecture": "resnet8", "kwargs": {"width": 0.25}}
-    taught = api.post("/runs", json=_config(registered, dataset, name="taught", student=zoo,
-                                            training={"epochs": 1}))
+    taught = api.post(
+        "/runs",
+        json=_config(registered, dataset, name="taught", student=zoo, training={"epochs": 1}),
+    )
     from_model = {"source": "model", "model": {"model_id": registered["id"]}}
-    resumed = api.post("/runs", json=_config(teacher, dataset, name="resumed", student=from_model,
-                                             training={"epochs": 1, "lr": 0.0001}))
+    resumed = api.post(
+        "/runs",
+        json=_config(
+            teacher,
+            dataset,
+            name="resumed",
+            student=from_model,
+            training={"epochs": 1, "lr": 0.0001},
+        ),
+    )
     assert taught.status_code == 201, taught.text
     assert resumed.status_code == 201, resumed.text
     taught, resumed = (_wait(api, f"/runs/{r.json()['id']}", TERMINAL) for r in (taught, resumed))
@@ -121,11 +149,15 @@ def test_registered_student_trains_in_later_runs_on_a_real_worker(api, worker, d
     assert resumed["status"] == "succeeded", (resumed["error"], worker.output()[-3000:])
     assert taught["teacher_model_id"] == registered["id"]
     # the registered student, as teacher, scores on the same held-out split what it scored there
-    assert taught["summary"]["teacher_top1"] == pytest.approx(done["summary"]["student_top1"], abs=0.02)
+    assert taught["summary"]["teacher_top1"] == pytest.approx(
+        done["summary"]["student_top1"], abs=0.02
+    )
     # started from the registered weights, not from scratch
     assert resumed["summary"]["student_top1"] >= done["summary"]["student_top1"] - 0.05
     # the run config it keeps names the model the user chose, not the worker's scratch file
-    config = next(a for a in api.get(f"/runs/{resumed['id']}/artifacts").json() if a["kind"] == "config")
+    config = next(
+        a for a in api.get(f"/runs/{resumed['id']}/artifacts").json() if a["kind"] == "config"
+    )
     text = api.get(f"/artifacts/{config['id']}/download").text
     assert f"model_id: {registered['id']}" in text and "path:" not in text, text
     used = api.delete(f"/models/{registered['id']}")

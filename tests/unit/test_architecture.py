@@ -22,7 +22,11 @@ PACKAGES = ("core", "backend", "worker", "client", "cli", "ui")
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run `lint-imports` (no cache) in `cwd`, with `cwd` first on the import path."""
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=300,
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PYTHONPATH": str(cwd), "PATH": str(LINT_IMPORTS.parent)},
     )
 
@@ -36,8 +40,9 @@ def test_the_import_contracts_hold() -> None:
 def test_a_violation_breaks_the_contract_it_names(tmp_path: Path) -> None:
     """A copy of the tree with torch imported in core and worker imported in backend fails."""
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "core" / "heavy.py").write_text("import torch  # the violation\n")
     (tmp_path / "backend" / "reach.py").write_text("import worker.tasks  # the violation\n")
@@ -68,7 +73,8 @@ def test_the_api_and_the_ui_run_without_torch() -> None:
         """
     )
     env = {**os.environ, "DS_API_URL": "http://127.0.0.1:9", "DS_ENV": "test"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "TORCH: []" in result.stdout, result.stdout

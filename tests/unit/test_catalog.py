@@ -113,10 +113,20 @@ def test_loss_aux_modules_are_the_engine_modules_with_parameters(name: str) -> N
 
     entry = catalog.LOSSES[name]
     pairs = [((8, 4, 4), (16, 4, 4)), ((16, 2, 2), (32, 2, 2))] if entry.needs_pairs else []
-    s_mods, t_mods = [nn.Conv2d(4, 8, 3), nn.Conv2d(8, 16, 3)], [nn.Conv2d(4, 16, 3), nn.Conv2d(16, 32, 3)]
+    s_mods, t_mods = (
+        [nn.Conv2d(4, 8, 3), nn.Conv2d(8, 16, 3)],
+        [nn.Conv2d(4, 16, 3), nn.Conv2d(16, 32, 3)],
+    )
     n = len(pairs)
-    ctx = LossContext(10, pairs, 100, 1, pair_paths=[("a", "b"), ("c", "d")][:n],
-                      student_modules=s_mods[:n], teacher_modules=t_mods[:n])
+    ctx = LossContext(
+        10,
+        pairs,
+        100,
+        1,
+        pair_paths=[("a", "b"), ("c", "d")][:n],
+        student_modules=s_mods[:n],
+        teacher_modules=t_mods[:n],
+    )
     loss = build_loss(LossSpec(name=name), ctx)
     with_params = [child for child, m in loss.named_children() if any(True for _ in m.parameters())]
     assert tuple(with_params) == entry.aux_modules
@@ -283,7 +293,11 @@ def test_api_serves_the_typed_fields_under_extra() -> None:
     assert list(training) == list(catalog.TRAINING)
     assert training["optimizer"]["choices"] == served["optimizers"]
     assert training["schedule"]["choices"] == served["schedules"]
-    assert (training["lr"]["gt"], training["lr"]["le"], training["lr"]["default"]) == (0.0, 10.0, 0.05)
+    assert (training["lr"]["gt"], training["lr"]["le"], training["lr"]["default"]) == (
+        0.0,
+        10.0,
+        0.05,
+    )
 
 
 TOY_LOSS = '''
@@ -322,18 +336,25 @@ def test_adding_a_loss_is_one_module_and_one_entry(tmp_path, monkeypatch) -> Non
     (tmp_path / "toy_catalog_loss.py").write_text(TOY_LOSS)
     monkeypatch.syspath_prepend(str(tmp_path))
     entry = LossEntry(
-        "toy", "Toy logit matching", "scale * mean((s - t)^2) over the logits.",
+        "toy",
+        "Toy logit matching",
+        "scale * mean((s - t)^2) over the logits.",
         (catalog.param("scale", "float", 0.5, "Factor of the squared difference.", 0.0, 10.0),),
-        paper="(a test)", kind="logits", implementation="toy_catalog_loss:Toy",
+        paper="(a test)",
+        kind="logits",
+        implementation="toy_catalog_loss:Toy",
     )
     monkeypatch.setitem(catalog.LOSSES, "toy", entry)
 
-    config = RunConfig.model_validate({
-        "teacher": {"path": "unused.pt2"}, "dataset": {"path": "unused.npz"},
-        "student": {"architecture": "mlp", "kwargs": {"hidden": 8, "depth": 1}},
-        "losses": [{"name": "ce"}, {"name": "toy", "weight": 2.0, "params": {"scale": 1.5}}],
-        "training": {"epochs": 1, "batch_size": 16, "device": "cpu", "export_onnx": False},
-    })
+    config = RunConfig.model_validate(
+        {
+            "teacher": {"path": "unused.pt2"},
+            "dataset": {"path": "unused.npz"},
+            "student": {"architecture": "mlp", "kwargs": {"hidden": 8, "depth": 1}},
+            "losses": [{"name": "ce"}, {"name": "toy", "weight": 2.0, "params": {"scale": 1.5}}],
+            "training": {"epochs": 1, "batch_size": 16, "device": "cpu", "export_onnx": False},
+        }
+    )
     assert "toy" in [e["name"] for e in catalog.as_json()["losses"]]
     torch.manual_seed(0)
     teacher = build_student("mlp", (1, 8, 8), 3, hidden=16, depth=1).eval()
@@ -346,7 +367,12 @@ def test_adding_a_loss_is_one_module_and_one_entry(tmp_path, monkeypatch) -> Non
         def on_step(self, report: StepReport) -> None:
             steps.append(dict(report.metrics))
 
-    result = train(config, teacher, TensorData(x[:16], y[:16], classes),
-                   TensorData(x[16:], y[16:], classes), callbacks=Record())
+    result = train(
+        config,
+        teacher,
+        TensorData(x[:16], y[:16], classes),
+        TensorData(x[16:], y[16:], classes),
+        callbacks=Record(),
+    )
     assert len(steps) == 1 and steps[0]["loss/toy"] > 0  # one step, the toy term counted
     assert result.student is not None

@@ -24,8 +24,9 @@ def _as(url: str, username: str, *args: str, code: int = 0) -> Result:
     from client import Client
 
     token = Client.login(url, username, f"{username}-password-1").token
-    result = CliRunner().invoke(app, list(args), env={"DS_API_URL": url, "DS_TOKEN": token,
-                                                      "DS_TEAM_ID": ""})
+    result = CliRunner().invoke(
+        app, list(args), env={"DS_API_URL": url, "DS_TOKEN": token, "DS_TEAM_ID": ""}
+    )
     assert result.exit_code == code, (result.output, result.stderr)
     return result
 
@@ -48,13 +49,17 @@ def test_invite_list_accept_and_decline_from_the_cli(cli, server: str) -> None: 
 
     # the invitees answer
     mine = json.loads(_as(server, "ada", "teams", "invitations", "--json").stdout)
-    assert [(i["team_name"], i["role"], i["invited_by"]) for i in mine] == [("default", "viewer", "admin")]
+    assert [(i["team_name"], i["role"], i["invited_by"]) for i in mine] == [
+        ("default", "viewer", "admin")
+    ]
     joined = _as(server, "ada", "teams", "accept", str(mine[0]["id"])).stdout
     assert joined.strip() == f"you joined default as viewer; act for it with --team {team_id}"
     teams = json.loads(_as(server, "ada", "teams", "list", "--json").stdout)
     assert {t["name"]: t["role"] for t in teams} == {"lab-a": "member", "default": "viewer"}
-    assert "declined the invitation to default" in _as(
-        server, "bob", "teams", "decline", str(bob_inv["id"])).stdout
+    assert (
+        "declined the invitation to default"
+        in _as(server, "bob", "teams", "decline", str(bob_inv["id"])).stdout
+    )
     refused = _as(server, "bob", "teams", "accept", str(bob_inv["id"]), code=1)
     assert f"error (409): invitation {bob_inv['id']} was already declined" in refused.stderr
     other = _as(server, "bob", "teams", "accept", str(ghost["id"]), code=1)  # not addressed to bob
@@ -67,7 +72,12 @@ def test_invite_list_accept_and_decline_from_the_cli(cli, server: str) -> None: 
     assert "error (403): creating teams is for studio administrators" in created.stderr
     withdrawn = cli("teams", "withdraw", str(team_id), str(ghost["id"])).stdout
     assert withdrawn.strip() == "withdrew the invitation of ghost to default"
-    assert "already withdrawn" in cli("teams", "withdraw", str(team_id), str(ghost["id"]), code=1).stderr
-    statuses = {i["username"]: i["status"] for i in json.loads(
-        cli("teams", "invitations", "--sent", str(team_id), "--json").stdout)}
+    assert (
+        "already withdrawn"
+        in cli("teams", "withdraw", str(team_id), str(ghost["id"]), code=1).stderr
+    )
+    statuses = {
+        i["username"]: i["status"]
+        for i in json.loads(cli("teams", "invitations", "--sent", str(team_id), "--json").stdout)
+    }
     assert statuses == {"ada": "accepted", "ghost": "withdrawn", "bob": "declined"}

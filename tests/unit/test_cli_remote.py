@@ -20,13 +20,31 @@ from typer.testing import CliRunner
 from cli.main import app
 
 INSPECTION = {
-    "input_shape": [3, 8, 8], "output_shape": [4], "num_classes": 4, "params": 1234, "flops": 5678,
-    "layers": [{"path": "fc", "type": "Linear", "input_shape": [16], "output_shape": [4],
-                "params": 68, "stage": None}],
+    "input_shape": [3, 8, 8],
+    "output_shape": [4],
+    "num_classes": 4,
+    "params": 1234,
+    "flops": 5678,
+    "layers": [
+        {
+            "path": "fc",
+            "type": "Linear",
+            "input_shape": [16],
+            "output_shape": [4],
+            "params": 68,
+            "stage": None,
+        }
+    ],
     "stages": [],
 }
-INFO = {"num_samples": 24, "num_classes": 4, "classes": ["a", "b", "c", "d"],
-        "class_counts": [6, 6, 6, 6], "input_shape": [3, 8, 8], "kind": "image"}
+INFO = {
+    "num_samples": 24,
+    "num_classes": 4,
+    "classes": ["a", "b", "c", "d"],
+    "class_counts": [6, 6, 6, 6],
+    "input_shape": [3, 8, 8],
+    "kind": "image",
+}
 
 
 @pytest.fixture
@@ -36,8 +54,9 @@ def server(sqlite_env) -> Iterator[str]:
 
     from backend.app import create_app
 
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="off")
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -93,9 +112,15 @@ def _finish_next_run(after: int) -> threading.Thread:
             if run_id:
                 _set("Run", run_id, status="running", progress=0.5, epoch=1, step=3, total_steps=6)
                 time.sleep(0.4)
-                _set("Run", run_id, status="succeeded", progress=1.0, step=6,
-                     finished_at=datetime.now(UTC),
-                     summary={"teacher_top1": 0.9, "student_top1": 0.8, "student_params": 800})
+                _set(
+                    "Run",
+                    run_id,
+                    status="succeeded",
+                    progress=1.0,
+                    step=6,
+                    finished_at=datetime.now(UTC),
+                    summary={"teacher_top1": 0.9, "student_top1": 0.8, "student_params": 800},
+                )
                 return
             time.sleep(0.05)
 
@@ -110,10 +135,24 @@ def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
     data = tmp_path / "tiny.npz"
     np.savez(data, x=np.zeros((24, 3, 8, 8), np.float32), y=np.arange(24) % 4)
 
-    pushed = json.loads(cli(
-        "models", "push", str(weights), "--name", "teacher", "--architecture", "resnet8",
-        "--kwargs", '{"input_shape": [3, 8, 8], "num_classes": 4}', "--tag", "digits",
-        "--description", "a teacher", "--json").stdout)
+    pushed = json.loads(
+        cli(
+            "models",
+            "push",
+            str(weights),
+            "--name",
+            "teacher",
+            "--architecture",
+            "resnet8",
+            "--kwargs",
+            '{"input_shape": [3, 8, 8], "num_classes": 4}',
+            "--tag",
+            "digits",
+            "--description",
+            "a teacher",
+            "--json",
+        ).stdout
+    )
     assert pushed["format"] == "safetensors" and pushed["tags"] == ["digits"]
     assert pushed["status"] == "pending"
     dataset = json.loads(cli("datasets", "push", str(data), "--name", "tiny", "--json").stdout)
@@ -129,7 +168,9 @@ def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
 
     # runs: create from YAML, list, show, compare, cancel, create --wait
     config = {
-        "name": "kd", "teacher": {"model_id": pushed["id"]}, "dataset": {"dataset_id": dataset["id"]},
+        "name": "kd",
+        "teacher": {"model_id": pushed["id"]},
+        "dataset": {"dataset_id": dataset["id"]},
         "student": {"architecture": "resnet8", "kwargs": {"width": 0.25}},
         "losses": [{"name": "ce"}, {"name": "kd", "params": {"temperature": 4}}],
         "training": {"epochs": 1, "batch_size": 8, "lr": 0.05, "device": "cpu"},
@@ -142,7 +183,9 @@ def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
     config["training"]["lr"] = 0.1
     run_file.write_text(yaml.safe_dump(config))
     worker = _finish_next_run(first["id"])
-    waited = cli("runs", "create", "-f", str(run_file), "--name", "kd-lr0.1", "--wait", "--poll", "0.1")
+    waited = cli(
+        "runs", "create", "-f", str(run_file), "--name", "kd-lr0.1", "--wait", "--poll", "0.1"
+    )
     worker.join()
     assert "queued" in waited.stderr and "succeeded: 100%" in waited.stderr
     assert "running: 50% (epoch 1, step 3/6" in waited.stderr
@@ -160,7 +203,9 @@ def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
     assert lines["* lr"].split() == ["0.05", "0.1"]
     assert lines["losses"].strip().split("  ")[0] == "ce + kd(temperature=4)"
     assert lines["student top-1"].split() == ["-", "0.8"] and "epochs" in lines
-    as_json = json.loads(cli("runs", "compare", str(first["id"]), str(second["id"]), "--json").stdout)
+    as_json = json.loads(
+        cli("runs", "compare", str(first["id"]), str(second["id"]), "--json").stdout
+    )
     assert as_json["run_ids"] == [first["id"], second["id"]]
     assert as_json["rows"]["lr"] == [0.05, 0.1] and as_json["rows"]["student top-1"] == [None, 0.8]
 
@@ -185,15 +230,18 @@ def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- not a mapping")
     assert "one run config" in cli("runs", "create", "-f", str(bad), code=2).stderr
-    assert cli("models", "delete", str(pushed["id"]), code=1).stderr.startswith("error (409): model")
+    assert cli("models", "delete", str(pushed["id"]), code=1).stderr.startswith(
+        "error (409): model"
+    )
     assert "archived" in cli("models", "delete", str(pushed["id"]), "--archive").stdout
 
 
 def test_cli_needs_a_token(server: str) -> None:
     result = CliRunner().invoke(app, ["runs", "list"], env={"DS_API_URL": server, "DS_TOKEN": ""})
     assert result.exit_code == 2 and "DS_TOKEN" in result.stderr
-    result = CliRunner().invoke(app, ["runs", "list", "--token", "ds_abcdefgh_" + "x" * 43],
-                                env={"DS_API_URL": server})
+    result = CliRunner().invoke(
+        app, ["runs", "list", "--token", "ds_abcdefgh_" + "x" * 43], env={"DS_API_URL": server}
+    )
     assert result.exit_code == 1 and "error (401): unknown API token" in result.stderr
 
 
@@ -204,16 +252,29 @@ def _ready_inputs(cli, tmp_path: Path) -> tuple[dict, dict, Path]:
     save_file({"fc.weight": np.ones((4, 16), np.float32)}, str(weights))
     data = tmp_path / "tiny.npz"
     np.savez(data, x=np.zeros((24, 3, 8, 8), np.float32), y=np.arange(24) % 4)
-    model = json.loads(cli(
-        "models", "push", str(weights), "--name", "teacher", "--architecture", "resnet8",
-        "--kwargs", '{"input_shape": [3, 8, 8], "num_classes": 4}', "--json").stdout)
+    model = json.loads(
+        cli(
+            "models",
+            "push",
+            str(weights),
+            "--name",
+            "teacher",
+            "--architecture",
+            "resnet8",
+            "--kwargs",
+            '{"input_shape": [3, 8, 8], "num_classes": 4}',
+            "--json",
+        ).stdout
+    )
     dataset = json.loads(cli("datasets", "push", str(data), "--name", "tiny", "--json").stdout)
     _set("Model", model["id"], status="ready", inspection=INSPECTION)
     _set("Dataset", dataset["id"], status="ready", info=INFO)
     return model, dataset, weights
 
 
-def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, tmp_path: Path) -> None:
+def test_cli_tokens_webhooks_audit_comparisons_and_downloads(
+    cli, server: str, tmp_path: Path
+) -> None:
     from core.db import session_scope
     from core.db.tables import Artifact
     from core.storage import get_store
@@ -226,22 +287,35 @@ def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, t
     assert (tmp_path / "back.safetensors").read_bytes() == weights.read_bytes()
     into = tmp_path / "out"
     into.mkdir()
-    as_json = json.loads(cli("datasets", "download", str(dataset["id"]), "-o", str(into), "--json").stdout)
+    as_json = json.loads(
+        cli("datasets", "download", str(dataset["id"]), "-o", str(into), "--json").stdout
+    )
     assert as_json["path"] == str(into / "tiny.npz") and as_json["size_bytes"] > 0
 
-    config = {"name": "kd", "teacher": {"model_id": model["id"]},
-              "dataset": {"dataset_id": dataset["id"]},
-              "student": {"architecture": "resnet8", "kwargs": {"width": 0.25}},
-              "training": {"epochs": 1, "batch_size": 8, "device": "cpu"}}
+    config = {
+        "name": "kd",
+        "teacher": {"model_id": model["id"]},
+        "dataset": {"dataset_id": dataset["id"]},
+        "student": {"architecture": "resnet8", "kwargs": {"width": 0.25}},
+        "training": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+    }
     run_file = tmp_path / "run.yaml"
     run_file.write_text(yaml.safe_dump(config))
     first = json.loads(cli("runs", "create", "-f", str(run_file), "--json").stdout)
-    second = json.loads(cli("runs", "create", "-f", str(run_file), "--name", "kd2", "--json").stdout)
+    second = json.loads(
+        cli("runs", "create", "-f", str(run_file), "--name", "kd2", "--json").stdout
+    )
     stored = get_store().put_bytes(f"team-1/runs/{first['id']}/student.safetensors", b"student")
     with session_scope() as session:
-        art = Artifact(team_id=1, run_id=first["id"], kind="student_safetensors",
-                       filename="student.safetensors", storage_key=stored.key,
-                       size_bytes=stored.size, sha256=stored.sha256)
+        art = Artifact(
+            team_id=1,
+            run_id=first["id"],
+            kind="student_safetensors",
+            filename="student.safetensors",
+            storage_key=stored.key,
+            size_bytes=stored.size,
+            sha256=stored.sha256,
+        )
         session.add(art)
         session.flush()
         art_id = art.id
@@ -250,39 +324,73 @@ def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, t
     assert "student.safetensors" in cli("artifacts", "list", str(first["id"])).stdout
     path = cli("artifacts", "download", str(art_id), "-o", str(into)).stdout.strip()
     assert Path(path) == into / "student.safetensors" and Path(path).read_bytes() == b"student"
-    assert "error (404): artifact 9999 not found" in cli("artifacts", "download", "9999", code=1).stderr
+    assert (
+        "error (404): artifact 9999 not found"
+        in cli("artifacts", "download", "9999", code=1).stderr
+    )
 
     # saved comparisons
-    saved = json.loads(cli("comparisons", "create", "kd vs kd2", str(first["id"]), str(second["id"]),
-                           "--description", "same config", "--json").stdout)
+    saved = json.loads(
+        cli(
+            "comparisons",
+            "create",
+            "kd vs kd2",
+            str(first["id"]),
+            str(second["id"]),
+            "--description",
+            "same config",
+            "--json",
+        ).stdout
+    )
     assert saved["run_ids"] == [first["id"], second["id"]] and saved["created_by_name"] == "admin"
-    assert [c["id"] for c in json.loads(cli("comparisons", "list", "--json").stdout)] == [saved["id"]]
+    assert [c["id"] for c in json.loads(cli("comparisons", "list", "--json").stdout)] == [
+        saved["id"]
+    ]
     assert "kd vs kd2" in cli("comparisons", "list").stdout
     shown = cli("comparisons", "show", str(saved["id"])).stdout
     assert "same config" in shown and f"run {second['id']}" in shown and "losses" in shown
     assert cli("comparisons", "delete", str(saved["id"])).stdout.strip() == (
-        f"comparison {saved['id']} deleted")
+        f"comparison {saved['id']} deleted"
+    )
     assert json.loads(cli("comparisons", "list", "--json").stdout) == []
 
     # webhooks: cancelling a queued run records a delivery (no worker sends it here)
-    created = cli("webhooks", "create", "https://ci.example.com/hook", "--event", "run.cancelled",
-                  "--description", "ci")
+    created = cli(
+        "webhooks",
+        "create",
+        "https://ci.example.com/hook",
+        "--event",
+        "run.cancelled",
+        "--description",
+        "ci",
+    )
     secret = created.stdout.strip()
     assert secret.startswith("whsec_") and "shown only this once" in created.stderr
     hooks = json.loads(cli("webhooks", "list", "--json").stdout)
     assert [(h["url"], h["events"], h["secret_prefix"]) for h in hooks] == [
-        ("https://ci.example.com/hook", ["run.cancelled"], secret[:12])]
-    assert "run.cancelled" in cli("webhooks", "list").stdout and secret not in cli("webhooks", "list").stdout
+        ("https://ci.example.com/hook", ["run.cancelled"], secret[:12])
+    ]
+    assert (
+        "run.cancelled" in cli("webhooks", "list").stdout
+        and secret not in cli("webhooks", "list").stdout
+    )
     cli("runs", "cancel", str(second["id"]))
     deliveries = json.loads(cli("webhooks", "deliveries", str(hooks[0]["id"]), "--json").stdout)
     assert [(d["event"], d["run_id"]) for d in deliveries] == [("run.cancelled", second["id"])]
     assert "run.cancelled" in cli("webhooks", "deliveries", str(hooks[0]["id"])).stdout
-    assert json.loads(cli("webhooks", "deliveries", str(hooks[0]["id"]), "--status", "failed",
-                          "--json").stdout) == []
+    assert (
+        json.loads(
+            cli(
+                "webhooks", "deliveries", str(hooks[0]["id"]), "--status", "failed", "--json"
+            ).stdout
+        )
+        == []
+    )
     bad = cli("webhooks", "create", "ftp://example.com/x", code=1)
     assert "error (422): url: give an http:// or https:// URL" in bad.stderr
     assert cli("webhooks", "delete", str(hooks[0]["id"])).stdout.strip() == (
-        f"webhook {hooks[0]['id']} deleted")
+        f"webhook {hooks[0]['id']} deleted"
+    )
     assert json.loads(cli("webhooks", "list", "--json").stdout) == []
 
     # API tokens: the new one works (read-only), then is revoked
@@ -308,8 +416,16 @@ def test_cli_tokens_webhooks_audit_comparisons_and_downloads(cli, server: str, t
     # the audit log saw all of it, newest first, filterable
     entries = json.loads(cli("audit", "list", "--all", "--limit", "2", "--json").stdout)
     actions = [e["action"] for e in entries]
-    assert {"webhook.create", "webhook.delete", "comparison.create", "comparison.delete",
-            "token.create", "token.revoke", "model.download", "run.cancel"} <= set(actions), actions
+    assert {
+        "webhook.create",
+        "webhook.delete",
+        "comparison.create",
+        "comparison.delete",
+        "token.create",
+        "token.revoke",
+        "model.download",
+        "run.cancel",
+    } <= set(actions), actions
     assert [e["id"] for e in entries] == sorted((e["id"] for e in entries), reverse=True)
     only = json.loads(cli("audit", "list", "--action", "webhook", "--json").stdout)
     assert {e["action"] for e in only} == {"webhook.create", "webhook.delete"}

@@ -401,7 +401,9 @@ def test_client_import_is_light() -> None:
 
 def test_runs_by_teacher_retry_and_comparisons(api: Client, weights: Path, npz: Path) -> None:
     model_id, dataset_id = _ready_inputs(api, weights, npz)
-    other_teacher = api.upload_model(weights, "other", architecture="resnet8", kwargs=TEACHER_KWARGS)
+    other_teacher = api.upload_model(
+        weights, "other", architecture="resnet8", kwargs=TEACHER_KWARGS
+    )
     first = api.create_run(_config(model_id, dataset_id, name="first"))
     second = api.create_run(_config(model_id, dataset_id, name="second"))
     assert {r.id for r in api.runs(teacher_model_id=model_id).items} == {first.id, second.id}
@@ -437,7 +439,8 @@ def test_dataset_samples_and_teams(api: Client, npz: Path) -> None:
     preview = {
         "kind": "image",
         "samples": [
-            {"index": i, "label": "a", "mime": "image/png", "data": "iVBORw0KGgo="} for i in range(20)
+            {"index": i, "label": "a", "mime": "image/png", "data": "iVBORw0KGgo="}
+            for i in range(20)
         ],
     }
     _set_ready("Dataset", dataset.id, info={"num_samples": 24, "preview": preview})
@@ -445,7 +448,9 @@ def test_dataset_samples_and_teams(api: Client, npz: Path) -> None:
     assert samples.kind == "image" and len(samples.samples) == 16
     assert samples.samples[3].index == 3 and samples.samples[0].mime == "image/png"
     assert "preview" not in api.dataset(dataset.id).info.model_dump()
-    assert all("preview" not in (d.info.model_dump() if d.info else {}) for d in api.datasets().items)
+    assert all(
+        "preview" not in (d.info.model_dump() if d.info else {}) for d in api.datasets().items
+    )
 
     teams = api.teams()
     assert [t.id for t in teams] == [api.me().team_id]

@@ -14,10 +14,17 @@ from core import catalog
 from core.config import LossSpec, ModelRef, RunConfig, TrainSettings
 
 
-@pytest.mark.parametrize("text,depth", [
-    ("1", 0), ("[]", 1), ('{"a": [1, {"b": []}]}', 4), ('["[[[[", "{{{{"]', 1),
-    ('{"a": "\\"[[["}', 1), ("[" * 50 + "]" * 50, 50),
-])
+@pytest.mark.parametrize(
+    "text,depth",
+    [
+        ("1", 0),
+        ("[]", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('["[[[[", "{{{{"]', 1),
+        ('{"a": "\\"[[["}', 1),
+        ("[" * 50 + "]" * 50, 50),
+    ],
+)
 def test_nesting_depth_skips_strings(text: str, depth: int) -> None:
     assert nesting_depth(text) == depth
     if text.startswith(("[", "{")):

@@ -25,7 +25,8 @@ def spec() -> dict[str, Any]:
 def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         (method, path, op)
-        for path, ops in spec["paths"].items() if path.startswith("/api/v1/")
+        for path, ops in spec["paths"].items()
+        if path.startswith("/api/v1/")
         for method, op in ops.items()
     ]
 
@@ -35,7 +36,8 @@ def _has_example(spec: dict[str, Any], media: dict[str, Any]) -> bool:
         return True
     schema = media.get("schema", {})
     ref = schema.get("$ref") or next(
-        (s.get("$ref") for s in schema.get("anyOf", []) if "$ref" in s), None)
+        (s.get("$ref") for s in schema.get("anyOf", []) if "$ref" in s), None
+    )
     if ref:
         schema = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
     return bool(schema.get("examples") or schema.get("example"))
@@ -67,9 +69,9 @@ def test_every_route_is_documented(spec: dict[str, Any]) -> None:
             media = response.get("content", {}).get("application/json")
             if code[0] in "45" and (method, path) != ("get", "/api/v1/health"):
                 if (media or {}).get("schema", {}).get("$ref") != ERROR_REF:
-                    problems.append(f"{where}: {code} does not use the {{\"detail\"}} schema")
+                    problems.append(f'{where}: {code} does not use the {{"detail"}} schema')
                 elif not isinstance((media.get("example") or {}).get("detail"), str):
-                    problems.append(f"{where}: {code} has no example {{\"detail\": ...}}")
+                    problems.append(f'{where}: {code} has no example {{"detail": ...}}')
             elif media is not None and media.get("example") is None and not media.get("examples"):
                 problems.append(f"{where}: the JSON of {code} has no example")
         for kind, body in op.get("requestBody", {}).get("content", {}).items():
@@ -83,11 +85,15 @@ def _examples(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any], Any]]:
     responses, and of the component schemas."""
     found = []
     for method, path, op in _operations(spec):
-        medias = [(f"{method.upper()} {path} body {kind}", media)
-                  for kind, media in op.get("requestBody", {}).get("content", {}).items()]
-        medias += [(f"{method.upper()} {path} {code} {kind}", media)
-                   for code, response in op.get("responses", {}).items()
-                   for kind, media in response.get("content", {}).items()]
+        medias = [
+            (f"{method.upper()} {path} body {kind}", media)
+            for kind, media in op.get("requestBody", {}).get("content", {}).items()
+        ]
+        medias += [
+            (f"{method.upper()} {path} {code} {kind}", media)
+            for code, response in op.get("responses", {}).items()
+            for kind, media in response.get("content", {}).items()
+        ]
         for where, media in medias:
             schema = media.get("schema", {})
             if "example" in media:
@@ -110,10 +116,15 @@ def test_every_example_matches_its_schema(spec: dict[str, Any]) -> None:
         validator = Draft202012Validator({**schema, "components": spec["components"]})
         problems += [f"{where}: {e.json_path}: {e.message}" for e in validator.iter_errors(example)]
     assert not problems, "\n".join(problems)
-    counted = {(m, p) for m, p, op in _operations(spec)
-               for code, r in op["responses"].items()
-               if code.startswith("2") and "example" in r.get("content", {}).get("application/json", {})}
-    print(f"{len(examples)} examples checked; {len(counted)} operations with a JSON success example")
+    counted = {
+        (m, p)
+        for m, p, op in _operations(spec)
+        for code, r in op["responses"].items()
+        if code.startswith("2") and "example" in r.get("content", {}).get("application/json", {})
+    }
+    print(
+        f"{len(examples)} examples checked; {len(counted)} operations with a JSON success example"
+    )
 
 
 def test_run_config_examples(spec: dict[str, Any]) -> None:

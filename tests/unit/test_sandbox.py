@@ -24,8 +24,11 @@ def _export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
 
 def _inspect(path: Path, limits: sandbox.Limits, timeout_s: float | None = None) -> dict:
     return sandbox.run(
-        "inspect", {"path": str(path), "format": "pt2", "architecture": None, "kwargs": {}},
-        workdir=path.parent, limits=limits, timeout_s=timeout_s,
+        "inspect",
+        {"path": str(path), "format": "pt2", "architecture": None, "kwargs": {}},
+        workdir=path.parent,
+        limits=limits,
+        timeout_s=timeout_s,
     )
 
 
@@ -42,8 +45,11 @@ class Heavy(nn.Module):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8),
-                   tmp_path_factory.mktemp("small") / "small.pt2")
+    return _export(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+        (1, 8, 8),
+        tmp_path_factory.mktemp("small") / "small.pt2",
+    )
 
 
 def test_a_job_runs_in_another_process_without_secrets(small: Path, monkeypatch) -> None:
@@ -61,7 +67,8 @@ def test_memory_limit(tmp_path: Path, small: Path) -> None:
     assert caught.value.kind == "limit"
     assert str(caught.value) == (
         "the job exceeded the memory limit of 1500 MiB; raise DS_SANDBOX_MEMORY_MB if the model "
-        "really needs more")
+        "really needs more"
+    )
     assert _inspect(small, GENEROUS)["card"]["num_classes"] == 10  # the next job is served
 
 
@@ -69,15 +76,21 @@ def test_file_size_limit(tmp_path: Path) -> None:
     """The clean rebuild of a 2 MiB archive is a file the child writes."""
     wide = _export(nn.Sequential(nn.Flatten(), nn.Linear(64, 8192)), (1, 8, 8), tmp_path / "w.pt2")
     assert os.path.getsize(wide) > 2 * 1024 * 1024
-    with pytest.raises(sandbox.SandboxError, match=r"larger than the limit of 1 MiB; raise "
-                                                    "DS_SANDBOX_FILE_MB"):
+    with pytest.raises(
+        sandbox.SandboxError,
+        match=r"larger than the limit of 1 MiB; raise "
+        "DS_SANDBOX_FILE_MB",
+    ):
         _inspect(wide, sandbox.Limits(16384, 600, 1, 1024))
 
 
 def test_cpu_limit_and_wall_clock_limit(tmp_path: Path, small: Path) -> None:
     heavy = _export(Heavy(), (32, 64, 64), tmp_path / "heavy.pt2")
-    with pytest.raises(sandbox.SandboxError, match=r"exceeded the CPU time limit of 2 s; raise "
-                                                    "DS_SANDBOX_INSPECT_CPU_S"):
+    with pytest.raises(
+        sandbox.SandboxError,
+        match=r"exceeded the CPU time limit of 2 s; raise "
+        "DS_SANDBOX_INSPECT_CPU_S",
+    ):
         _inspect(heavy, sandbox.Limits(16384, 2, 4096, 1024))
     with pytest.raises(sandbox.SandboxError, match=r"^took longer than the 1s limit$"):
         _inspect(heavy, GENEROUS, timeout_s=1)
@@ -86,8 +99,10 @@ def test_cpu_limit_and_wall_clock_limit(tmp_path: Path, small: Path) -> None:
 
 def test_open_files_limit_message() -> None:
     error = sandbox.describe(OSError(24, "Too many open files"), sandbox.Limits(1, 1, 1, 64))
-    assert error == {"kind": "limit", "message": "the job opened more than 64 files at once; "
-                                                 "raise DS_SANDBOX_OPEN_FILES"}
+    assert error == {
+        "kind": "limit",
+        "message": "the job opened more than 64 files at once; raise DS_SANDBOX_OPEN_FILES",
+    }
 
 
 def test_limits_come_from_settings(monkeypatch) -> None:

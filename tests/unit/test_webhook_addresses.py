@@ -11,20 +11,39 @@ import pytest
 from core.webhooks import addresses
 
 REFUSED = {
-    "127.0.0.1": "loopback", "127.255.0.9": "loopback", "::1": "loopback",
-    "0.0.0.0": "unspecified", "::": "unspecified",
-    "10.0.0.1": "private", "172.16.5.4": "private", "192.168.0.1": "private",
-    "fc00::1": "private", "fd12:3456::1": "private",
-    "169.254.169.254": "link-local", "fe80::1": "link-local",
-    "224.0.0.1": "multicast", "239.255.255.250": "multicast", "ff02::1": "multicast",
-    "240.0.0.1": "reserved", "255.255.255.255": "reserved",
-    "100.64.0.1": "not a public address", "192.0.2.1": "private",
-    "::ffff:127.0.0.1": "carrying 127.0.0.1, a loopback", "::ffff:10.0.0.1": "carrying 10.0.0.1",
-    "2002:7f00:1::": "carrying 127.0.0.1", "64:ff9b::a00:1": "carrying 10.0.0.1",
+    "127.0.0.1": "loopback",
+    "127.255.0.9": "loopback",
+    "::1": "loopback",
+    "0.0.0.0": "unspecified",
+    "::": "unspecified",
+    "10.0.0.1": "private",
+    "172.16.5.4": "private",
+    "192.168.0.1": "private",
+    "fc00::1": "private",
+    "fd12:3456::1": "private",
+    "169.254.169.254": "link-local",
+    "fe80::1": "link-local",
+    "224.0.0.1": "multicast",
+    "239.255.255.250": "multicast",
+    "ff02::1": "multicast",
+    "240.0.0.1": "reserved",
+    "255.255.255.255": "reserved",
+    "100.64.0.1": "not a public address",
+    "192.0.2.1": "private",
+    "::ffff:127.0.0.1": "carrying 127.0.0.1, a loopback",
+    "::ffff:10.0.0.1": "carrying 10.0.0.1",
+    "2002:7f00:1::": "carrying 127.0.0.1",
+    "64:ff9b::a00:1": "carrying 10.0.0.1",
     "::7f00:1": "reserved",
 }
-PUBLIC = ["8.8.8.8", "93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8",
-          "2002:5db8:d822::"]
+PUBLIC = [
+    "8.8.8.8",
+    "93.184.216.34",
+    "1.1.1.1",
+    "2606:4700:4700::1111",
+    "::ffff:8.8.8.8",
+    "2002:5db8:d822::",
+]
 
 
 @pytest.mark.parametrize("address,kind", sorted(REFUSED.items()))
@@ -44,12 +63,15 @@ def test_allowed_networks_let_their_addresses_through() -> None:
         assert addresses.problem(ipaddress.ip_address(ok), nets) is None, ok
     for refused in ("127.0.0.2", "::1", "192.168.1.1", "fc00::1"):
         assert addresses.problem(ipaddress.ip_address(refused), nets) is not None, refused
-    with pytest.raises(ValueError, match="DS_WEBHOOK_ALLOWED_NETWORKS: 'nonsense' is not a network"):
+    with pytest.raises(
+        ValueError, match="DS_WEBHOOK_ALLOWED_NETWORKS: 'nonsense' is not a network"
+    ):
         addresses._parse_networks("127.0.0.1/32,nonsense")
 
 
-@pytest.mark.parametrize("host", ["localhost", "2130706433", "0177.0.0.1", "0x7f.1", "127.1",
-                                  "[::ffff:7f00:1]"])
+@pytest.mark.parametrize(
+    "host", ["localhost", "2130706433", "0177.0.0.1", "0x7f.1", "127.1", "[::ffff:7f00:1]"]
+)
 def test_odd_spellings_of_loopback_resolve_and_are_refused(host: str) -> None:
     with pytest.raises(addresses.RefusedAddress, match="loopback"):
         addresses.check_url(f"http://{host}:6379/")
@@ -60,8 +82,9 @@ def test_pin_keeps_the_name_for_host_header_and_tls(monkeypatch: pytest.MonkeyPa
 
     def fake(host, port, *args, **kwargs):  # noqa: ANN001, ANN202 - socket's signature
         if host == "hooks.example.org":
-            return real("93.184.216.34" if port == 443 else "2606:4700:4700::1111", port,
-                        *args, **kwargs)
+            return real(
+                "93.184.216.34" if port == 443 else "2606:4700:4700::1111", port, *args, **kwargs
+            )
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", fake)

@@ -344,8 +344,9 @@ def _plan_section(teacher: int | None, dataset: int | None, student: dict[str, A
     if clicked:
         slot = st.empty()
         with st.spinner("Inspecting teacher and student…"):
-            plan = ui.fetch(ui.client().plan, teacher, dataset, student, stop=False,
-                            on_pending=_building(slot))
+            plan = ui.fetch(
+                ui.client().plan, teacher, dataset, student, stop=False, on_pending=_building(slot)
+            )
         slot.empty()
         if plan is not None:
             st.session_state["nr_plan"] = {"key": key, "plan": plan.model_dump(mode="json")}
@@ -603,8 +604,10 @@ def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
         return _setting_input(where, TRAINING[name], f"nr_t.{name}")
 
     t: dict[str, Any] = {}
-    for row in (("epochs", "batch_size", "optimizer", "lr"),
-                ("momentum", "weight_decay", "schedule", "device")):
+    for row in (
+        ("epochs", "batch_size", "optimizer", "lr"),
+        ("momentum", "weight_decay", "schedule", "device"),
+    ):
         for where, name in zip(st.columns(4), row, strict=True):
             t[name] = field(where, name)
     if t["schedule"] == "step":

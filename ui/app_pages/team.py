@@ -66,11 +66,17 @@ def _received_invitations() -> None:
                 f"**{inv.invited_by or 'An admin'}** invites you to **{inv.team_name}** as "
                 f"**{inv.role}** — {ROLE_HELP.get(inv.role, '')}."
             )
-            if c[1].button("Accept", type="primary", key=f"inv_accept_{inv.id}",
-                           icon=":material/check:", width="stretch"):
+            if c[1].button(
+                "Accept",
+                type="primary",
+                key=f"inv_accept_{inv.id}",
+                icon=":material/check:",
+                width="stretch",
+            ):
                 _answer(inv, accept=True)
-            if c[2].button("Decline", key=f"inv_decline_{inv.id}", icon=":material/close:",
-                           width="stretch"):
+            if c[2].button(
+                "Decline", key=f"inv_decline_{inv.id}", icon=":material/close:", width="stretch"
+            ):
                 _answer(inv, accept=False)
 
 
@@ -89,8 +95,10 @@ def _answer(inv: Invitation, *, accept: bool) -> None:
             st.session_state["me"] = api.me().model_dump(mode="json")
         except ApiError:
             pass
-        st.toast(f"You joined {inv.team_name} as {inv.role}; switch to it in the sidebar.",
-                 icon=":material/group_add:")
+        st.toast(
+            f"You joined {inv.team_name} as {inv.role}; switch to it in the sidebar.",
+            icon=":material/group_add:",
+        )
     else:
         st.toast(f"Declined the invitation to {inv.team_name}.", icon=":material/close:")
     st.rerun()
@@ -267,8 +275,14 @@ def invitations_frame(invitations: list[Invitation]) -> pd.DataFrame:
     """The invitations a team sent, for its admins: who, which role, the answer, when."""
     frame = pd.DataFrame(
         [
-            {"invited": i.username, "role": i.role, "status": i.status,
-             "invited by": i.invited_by, "sent": i.created_at, "answered": i.answered_at}
+            {
+                "invited": i.username,
+                "role": i.role,
+                "status": i.status,
+                "invited by": i.invited_by,
+                "sent": i.created_at,
+                "answered": i.answered_at,
+            }
             for i in invitations
         ],
         columns=["invited", "role", "status", "invited by", "sent", "answered"],
@@ -313,8 +327,11 @@ def _withdraw(team: TeamRef, pending: list[Invitation]) -> None:
         format_func=lambda i: f"{by_id[i].username} as {by_id[i].role}",
     )
     clicked = right.button(
-        "Withdraw", icon=":material/cancel_schedule_send:", key="inv_withdraw",
-        disabled=chosen is None, width="stretch",
+        "Withdraw",
+        icon=":material/cancel_schedule_send:",
+        key="inv_withdraw",
+        disabled=chosen is None,
+        width="stretch",
     )
     if not clicked or chosen is None:
         return

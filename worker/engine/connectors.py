@@ -70,9 +70,7 @@ def _map_to_map(s: list[int], t: list[int]) -> nn.Module:
 
 
 def _vector_to_vector(d_s: int, d_t: int) -> nn.Module:
-    return nn.Sequential(
-        OrderedDict(proj=nn.Linear(d_s, d_t, bias=False), bn=nn.BatchNorm1d(d_t))
-    )
+    return nn.Sequential(OrderedDict(proj=nn.Linear(d_s, d_t, bias=False), bn=nn.BatchNorm1d(d_t)))
 
 
 def _map_to_vector(s: list[int], d_t: int) -> nn.Module:

@@ -251,8 +251,9 @@ def _npy_header(zf: zipfile.ZipFile, member: str, key: str, where: str) -> _NpyH
         raise DatasetError(
             f"{where}: '{key}' holds Python objects; store plain numeric arrays (no objects)"
         )
-    return _NpyHeader(member, tuple(shape), dtype, math.prod(shape) * dtype.itemsize,
-                      info.file_size - offset)
+    return _NpyHeader(
+        member, tuple(shape), dtype, math.prod(shape) * dtype.itemsize, info.file_size - offset
+    )
 
 
 def _npz_needs_copy(header: _NpyHeader) -> bool:
@@ -341,8 +342,10 @@ def _apply_names(classes: list[str], names: list[str], raw: np.ndarray, where: s
 def _image_entries(zf: zipfile.ZipFile, where: str) -> list[tuple[str, str]]:
     """(entry name, class name) of every image, class = the folder right above the file."""
     files = [
-        i.filename for i in zf.infolist()
-        if not i.is_dir() and PurePosixPath(i.filename).suffix.lower() in IMAGE_SUFFIXES
+        i.filename
+        for i in zf.infolist()
+        if not i.is_dir()
+        and PurePosixPath(i.filename).suffix.lower() in IMAGE_SUFFIXES
         and not any(p.startswith((".", "__MACOSX")) for p in PurePosixPath(i.filename).parts)
     ]
     if not files:
@@ -417,13 +420,20 @@ def _decoding_bytes(src_mode: str, src: tuple[int, int], mode: str, size: tuple[
     pixels = src[0] * src[1]
     converted = pixels * _pil_bytes_per_pixel(mode) if _target_mode(src_mode) != src_mode else 0
     channels = 3 if mode == "RGB" else 1
-    return (pixels * _pil_bytes_per_pixel(src_mode) + converted
-            + size[0] * size[1] * (_pil_bytes_per_pixel(mode) + channels))
+    return (
+        pixels * _pil_bytes_per_pixel(src_mode)
+        + converted
+        + size[0] * size[1] * (_pil_bytes_per_pixel(mode) + channels)
+    )
 
 
 def _check_images_decoded(
-    entries: list[tuple[str, str]], headers: list[tuple[str, tuple[int, int]]], mode: str,
-    size: tuple[int, int], where: str, limit: int | None,
+    entries: list[tuple[str, str]],
+    headers: list[tuple[str, tuple[int, int]]],
+    mode: str,
+    size: tuple[int, int],
+    where: str,
+    limit: int | None,
 ) -> None:
     """The samples as float32 plus decoding the costliest single image must fit `limit`."""
     channels = 3 if mode == "RGB" else 1
@@ -435,12 +445,14 @@ def _check_images_decoded(
         f"{len(entries)} images of {size[0]}x{size[1]} {mode} as float32: {_size(samples)}, "
         f"plus {_size(costs[worst])} to decode '{name}' ({w}x{h} {headers[worst][0]})"
     )
-    _check_decoded(where, samples + costs[worst], detail, limit,
-                   "resize the images smaller or upload fewer")
+    _check_decoded(
+        where, samples + costs[worst], detail, limit, "resize the images smaller or upload fewer"
+    )
 
 
-def _decode(zf: zipfile.ZipFile, name: str, mode: str, size: tuple[int, int],
-            where: str) -> np.ndarray:
+def _decode(
+    zf: zipfile.ZipFile, name: str, mode: str, size: tuple[int, int], where: str
+) -> np.ndarray:
     """One image as uint8 [H, W] (mode L) or [H, W, 3] (RGB), resized to `size` if needed."""
     from PIL import Image
 
@@ -468,8 +480,9 @@ def _load_zip(path: Path, limits: _Limits, compact: bool) -> TensorData:
         size = Counter(s for _, s in headers).most_common(1)[0][0]
         _check_images_decoded(entries, headers, mode, size, where, limits.decoded)
         channels = 3 if mode == "RGB" else 1
-        x = np.empty((len(entries), channels, size[1], size[0]),
-                     np.uint8 if compact else np.float32)
+        x = np.empty(
+            (len(entries), channels, size[1], size[0]), np.uint8 if compact else np.float32
+        )
         for i, (name, _) in enumerate(entries):
             pixels = _decode(zf, name, mode, size, where)
             chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
@@ -580,8 +593,10 @@ def _load_csv(path: Path, label_column: str, limits: _Limits) -> TensorData:
             chunk.columns = columns
             bad = [c for c in features if not pd.api.types.is_numeric_dtype(chunk[c])]
             if bad:
-                raise DatasetError(f"{where}: feature column(s) {bad} are not numeric; encode "
-                                   "them as numbers or drop them")
+                raise DatasetError(
+                    f"{where}: feature column(s) {bad} are not numeric; encode "
+                    "them as numbers or drop them"
+                )
             part = x[done : done + len(chunk)]
             if len(part) < len(chunk):
                 raise DatasetError(f"{where}: more rows than lines; check the line ends")
@@ -607,8 +622,9 @@ def _load_csv(path: Path, label_column: str, limits: _Limits) -> TensorData:
 # public API
 
 
-def _read(path: Path, format: Format | str | None, label_column: str, limits: _Limits,
-          compact: bool) -> TensorData:
+def _read(
+    path: Path, format: Format | str | None, label_column: str, limits: _Limits, compact: bool
+) -> TensorData:
     path = Path(path)
     fmt = format or path.suffix.lower().lstrip(".")
     if not path.is_file():

@@ -155,7 +155,8 @@ def latency_ms(
         for module in models.values():
             started, calls = time.perf_counter(), 0
             while calls < 2 or (
-                calls < 50 and (calls < warmup or time.perf_counter() - started < warmup_s)
+                calls < 50
+                and (calls < warmup or time.perf_counter() - started < warmup_s)
                 and time.perf_counter() - started < budget_s / 2
             ):
                 timer(module, x)

@@ -123,14 +123,26 @@ def export_onnx(
         example = (_example(input_shape, task),)
         try:
             torch.onnx.export(
-                model, example, str(path), input_names=["input"], output_names=["logits"],
-                dynamic_shapes=_batch_dim(), dynamo=True, external_data=False, verbose=False,
+                model,
+                example,
+                str(path),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=_batch_dim(),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
             )
             return
         except Exception as exc:  # the dynamo exporter is young; the TorchScript one still works
             log.warning("dynamo ONNX export failed (%s); using the TorchScript exporter", exc)
         torch.onnx.export(
-            model, example, str(path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            model,
+            example,
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
             opset_version=17,
         )

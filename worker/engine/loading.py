@@ -79,12 +79,32 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------------
 
 _STORAGES = (
-    "Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
-    "ComplexFloat", "ComplexDouble",
+    "Float",
+    "Double",
+    "Half",
+    "BFloat16",
+    "Long",
+    "Int",
+    "Short",
+    "Char",
+    "Byte",
+    "Bool",
+    "ComplexFloat",
+    "ComplexDouble",
 )
 _DTYPES = (
-    "float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
-    "bool", "complex64", "complex128",
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "complex64",
+    "complex128",
 )
 _ALLOWED_GLOBALS: frozenset[str] = frozenset(
     {
@@ -102,7 +122,12 @@ _ALLOWED_GLOBALS: frozenset[str] = frozenset(
 )
 _STRING_OPS = frozenset(
     {
-        "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "UNICODE",
+        "BINUNICODE",
+        "SHORT_BINUNICODE",
         "BINUNICODE8",
     }
 )
@@ -196,17 +221,75 @@ def _step(
 
 _SYMPY_NAMES = frozenset(
     {
-        "Symbol", "Integer", "Rational", "Float", "Mul", "Add", "Pow", "Max", "Min", "Abs",
-        "floor", "ceiling", "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
-        "Piecewise", "ExprCondPair", "true", "false", "True", "False", "None", "oo", "zoo", "nan",
-        "Infinity", "NegativeInfinity", "Half", "One", "Zero", "NegativeOne", "BooleanTrue",
-        "BooleanFalse", "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan",
-        "Equality", "Unequality",
+        "Symbol",
+        "Integer",
+        "Rational",
+        "Float",
+        "Mul",
+        "Add",
+        "Pow",
+        "Max",
+        "Min",
+        "Abs",
+        "floor",
+        "ceiling",
+        "sqrt",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "And",
+        "Or",
+        "Not",
+        "Piecewise",
+        "ExprCondPair",
+        "true",
+        "false",
+        "True",
+        "False",
+        "None",
+        "oo",
+        "zoo",
+        "nan",
+        "Infinity",
+        "NegativeInfinity",
+        "Half",
+        "One",
+        "Zero",
+        "NegativeOne",
+        "BooleanTrue",
+        "BooleanFalse",
+        "StrictLessThan",
+        "StrictGreaterThan",
+        "LessThan",
+        "GreaterThan",
+        "Equality",
+        "Unequality",
         # torch.utils._sympy.functions, as registered by the torch.export deserializer
-        "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
-        "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
-        "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
-        "RoundToInt", "RoundDecimal", "ToFloat", "Identity",
+        "FloorDiv",
+        "ModularIndexing",
+        "Where",
+        "PythonMod",
+        "Mod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "CeilDiv",
+        "LShift",
+        "RShift",
+        "PowByNatural",
+        "FloatPow",
+        "FloatTrueDiv",
+        "IntTrueDiv",
+        "IsNonOverlappingAndDenseIndicator",
+        "TruncToFloat",
+        "TruncToInt",
+        "RoundToInt",
+        "RoundDecimal",
+        "ToFloat",
+        "Identity",
     }
 )
 _EXPR_TOKEN = re.compile(
@@ -220,8 +303,9 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME_KEYS = frozenset(
     {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn"}
 )
-_FREE_TEXT_KEYS = frozenset({"stack_trace", "in_spec", "out_spec", "as_string", "as_strings",
-                             "custom", "from_node"})
+_FREE_TEXT_KEYS = frozenset(
+    {"stack_trace", "in_spec", "out_spec", "as_string", "as_strings", "custom", "from_node"}
+)
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
@@ -333,12 +417,22 @@ LAYOUT_NAMES = frozenset({PROGRAM, WEIGHTS_CONFIG, CONSTANTS_CONFIG, SAMPLE_INPU
 _WEIGHT = re.compile(r"weight_[0-9]{1,9}")
 _CONSTANT = re.compile(r"tensor_[0-9]{1,9}")
 _EXTRA = re.compile(r"extra/[A-Za-z0-9_.\-]{1,200}")
-_PAYLOAD_DIRS = {WEIGHTS_CONFIG: ("data/weights/", _WEIGHT), CONSTANTS_CONFIG: ("data/constants/", _CONSTANT)}
+_PAYLOAD_DIRS = {
+    WEIGHTS_CONFIG: ("data/weights/", _WEIGHT),
+    CONSTANTS_CONFIG: ("data/constants/", _CONSTANT),
+}
 _ROOT = re.compile(r"[^/\\\x00-\x1f\x7f]{1,255}")
 # a torch.save zip (the sample inputs): what torch.save (torch 2.13) writes below its root
 _SAVE_NAMES = frozenset(
-    {"data.pkl", "byteorder", "version", ".data/version", ".data/serialization_id",
-     ".format_version", ".storage_alignment"}
+    {
+        "data.pkl",
+        "byteorder",
+        "version",
+        ".data/version",
+        ".data/serialization_id",
+        ".format_version",
+        ".storage_alignment",
+    }
 )
 _SAVE_STORAGE = re.compile(r"data/[0-9]{1,9}")
 
@@ -679,8 +773,21 @@ def _module_types(program: torch.export.ExportedProgram) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 _ST_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -747,8 +854,11 @@ def _load_safetensors(path: Path, architecture: str | None, kwargs: dict[str, An
         raise ModelLoadError(
             f"safetensors weights need a zoo architecture; got {architecture!r}. Choose one of: "
             f"{', '.join(REGISTRY)}"
-            + (f" (nearest: {', '.join(catalog.nearest(architecture, list(REGISTRY)))})"
-               if architecture else "")
+            + (
+                f" (nearest: {', '.join(catalog.nearest(architecture, list(REGISTRY)))})"
+                if architecture
+                else ""
+            )
         )
     merged = {**(meta.get("arch_kwargs") or {}), **kwargs}
     for key in ("input_shape", "num_classes"):

@@ -45,8 +45,11 @@ SEEDED_ONLY_WHEN: dict[str, tuple[str, object]] = {
 # Rule 6's exceptions: assertions that torch.export itself inserts (they raise, nothing else).
 ASSERTIONS = frozenset(
     {
-        "aten::_assert_async", "aten::_assert_scalar", "aten::_assert_tensor_metadata",
-        "aten::sym_constrain_range", "aten::sym_constrain_range_for_size",
+        "aten::_assert_async",
+        "aten::_assert_scalar",
+        "aten::_assert_tensor_metadata",
+        "aten::sym_constrain_range",
+        "aten::sym_constrain_range_for_size",
     }
 )
 ALLOWED_HOPS = frozenset({"wrap_with_set_grad_enabled", "wrap_with_autocast"})
@@ -60,9 +63,24 @@ def _sym_ops() -> frozenset[object]:
 
         return frozenset(_SYM_OPS)
     except ImportError:  # pragma: no cover - torch moved it
-        return frozenset({operator.add, operator.sub, operator.mul, operator.floordiv,
-                          operator.mod, operator.eq, operator.ne, operator.lt, operator.le,
-                          operator.gt, operator.ge, operator.neg, operator.pow, math.trunc})
+        return frozenset(
+            {
+                operator.add,
+                operator.sub,
+                operator.mul,
+                operator.floordiv,
+                operator.mod,
+                operator.eq,
+                operator.ne,
+                operator.lt,
+                operator.le,
+                operator.gt,
+                operator.ge,
+                operator.neg,
+                operator.pow,
+                math.trunc,
+            }
+        )
 
 
 SYM_OPS = _sym_ops() | {operator.getitem}
@@ -74,7 +92,9 @@ def _tags(op: torch._ops.OpOverload) -> set[torch.Tag]:
 
 def _writes(op: torch._ops.OpOverload) -> list[str]:
     """Names of the arguments the operator writes into."""
-    return [a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+    return [
+        a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write
+    ]
 
 
 @functools.cache
@@ -133,7 +153,9 @@ def target_refusal(target: object) -> str | None:
     return f"'{getattr(target, '__name__', target)}' is not an allowed operator"
 
 
-_SERIALIZED_ATEN = re.compile(r"torch\.ops\.aten\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
+_SERIALIZED_ATEN = re.compile(
+    r"torch\.ops\.aten\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)"
+)
 _SERIALIZED_HOP = re.compile(r"torch\.ops\.higher_order\.([A-Za-z_][A-Za-z0-9_]*)")
 _SERIALIZED_SYM = re.compile(r"(_operator|math|torch)\.([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -202,8 +224,11 @@ def _aliased_inputs(node: fx.Node) -> list[Any]:
         if ret.alias_info is not None:
             sets |= set(ret.alias_info.before_set)
     if sets:
-        return [_arg(node, target, a.name) for a in schema.arguments
-                if a.alias_info is not None and set(a.alias_info.before_set) & sets]
+        return [
+            _arg(node, target, a.name)
+            for a in schema.arguments
+            if a.alias_info is not None and set(a.alias_info.before_set) & sets
+        ]
     if torch.Tag.maybe_aliasing_or_mutating in _tags(target) and node.args:
         return [node.args[0]]
     return []
@@ -236,14 +261,18 @@ def node_refusal(node: fx.Node) -> str | None:
         arg, off = SEEDED_ONLY_WHEN[name]
         value = _arg(node, target, arg)
         if value != off:
-            return (f"'{name}' with {arg}={value!r} draws random numbers; export the model in "
-                    f"eval mode (model.eval()) so that {arg}={off!r}")
+            return (
+                f"'{name}' with {arg}={value!r} draws random numbers; export the model in "
+                f"eval mode (model.eval()) so that {arg}={off!r}"
+            )
     for written in _writes(target):
         for value in _tensor_args(_arg(node, target, written)):
             base = external_base(value)
             if base is not None:
-                return (f"'{name}' writes into '{base.name}', an input, parameter, buffer or "
-                        "constant of the graph; a model may change only tensors it made itself")
+                return (
+                    f"'{name}' writes into '{base.name}', an input, parameter, buffer or "
+                    "constant of the graph; a model may change only tensors it made itself"
+                )
     return None
 
 

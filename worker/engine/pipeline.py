@@ -87,7 +87,10 @@ def teacher_architecture(
 
 
 def build_run_student(
-    config: RunConfig, teacher: LoadedModel, data: Any, student_path: Path | None = None,
+    config: RunConfig,
+    teacher: LoadedModel,
+    data: Any,
+    student_path: Path | None = None,
     task: Task | None = None,
 ) -> nn.Module | None:
     """The student this run trains, or None to let the trainer build the zoo student.
@@ -116,28 +119,37 @@ def build_run_student(
     return build_student(arch, task.input_shape(data), task.output_size(data), **kwargs)
 
 
-def _student_description(student: nn.Module, config: RunConfig, task: Task, data: Any
-                         ) -> dict[str, Any]:
+def _student_description(
+    student: nn.Module, config: RunConfig, task: Task, data: Any
+) -> dict[str, Any]:
     """The student's zoo architecture and the parameters that rebuild it; its output size is
     stored as `num_classes` (the zoo's constructor argument)."""
     kwargs = dict(getattr(student, "arch_kwargs", config.student.kwargs))
     return {
         "student_architecture": getattr(student, "arch", config.student.architecture),
         "student_kwargs": {
-            **kwargs, "input_shape": list(task.input_shape(data)),
+            **kwargs,
+            "input_shape": list(task.input_shape(data)),
             "num_classes": task.output_size(data),
         },
     }
 
 
-def _write_weights(out_dir: Path, student: nn.Module, input_shape: tuple[int, ...],
-                   task: Task) -> None:
+def _write_weights(
+    out_dir: Path, student: nn.Module, input_shape: tuple[int, ...], task: Task
+) -> None:
     save_safetensors(student, out_dir / ARTIFACTS["student_safetensors"])
     export_pt2(student, input_shape, out_dir / ARTIFACTS["student_pt2"], task)
 
 
-def _write_rest(out_dir: Path, student: nn.Module, config: RunConfig, task: Task,
-                input_shape: tuple[int, ...], evaluation: dict[str, Any]) -> dict[str, str]:
+def _write_rest(
+    out_dir: Path,
+    student: nn.Module,
+    config: RunConfig,
+    task: Task,
+    input_shape: tuple[int, ...],
+    evaluation: dict[str, Any],
+) -> dict[str, str]:
     """ONNX (when asked), run.yaml and evaluation.json; returns every artifact written."""
     written = dict(ARTIFACTS)
     onnx_path = out_dir / ARTIFACTS["student_onnx"]
@@ -156,8 +168,14 @@ def _write_rest(out_dir: Path, student: nn.Module, config: RunConfig, task: Task
     return written
 
 
-def _evaluate(teacher: LoadedModel, student: nn.Module, out_dir: Path, val: Any,
-              input_shape: tuple[int, ...], task: Task) -> dict[str, Any]:
+def _evaluate(
+    teacher: LoadedModel,
+    student: nn.Module,
+    out_dir: Path,
+    val: Any,
+    input_shape: tuple[int, ...],
+    task: Task,
+) -> dict[str, Any]:
     """`evaluate`, with both models timed in the same form.
 
     A .pt2 teacher runs as an unflattened graph, which costs more per call than an eager module
@@ -168,8 +186,9 @@ def _evaluate(teacher: LoadedModel, student: nn.Module, out_dir: Path, val: Any,
     same_form = None
     if teacher.format == "pt2":
         same_form = load_model(out_dir / ARTIFACTS["student_pt2"], "pt2").module
-    evaluation = evaluate(teacher.module, student, val, input_shape, task=task,
-                          latency_student=same_form)
+    evaluation = evaluate(
+        teacher.module, student, val, input_shape, task=task, latency_student=same_form
+    )
     evaluation["latency_form"] = "pt2" if same_form is not None else "eager"
     return evaluation
 
@@ -196,15 +215,23 @@ def run_distillation(
     out_dir.mkdir(parents=True, exist_ok=True)
     task = build_task(config.task)
     teacher = load_model(
-        Path(teacher_path), model_format(Path(teacher_path), config.teacher.format),
-        config.teacher.architecture, config.teacher.kwargs,
+        Path(teacher_path),
+        model_format(Path(teacher_path), config.teacher.format),
+        config.teacher.architecture,
+        config.teacher.kwargs,
     )
     data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
     student = build_run_student(config, teacher, data, student_path, task)
     train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
     result = train(
-        config, teacher.module, train_data, val_data, student=student,
-        callbacks=callbacks, checkpoint_path=checkpoint_path, task=task,
+        config,
+        teacher.module,
+        train_data,
+        val_data,
+        student=student,
+        callbacks=callbacks,
+        checkpoint_path=checkpoint_path,
+        task=task,
     )
     student = result.student.cpu().eval()
     teacher.module.cpu()
@@ -249,21 +276,25 @@ def make_demo(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = digits_data()
     train_data, val_data = _default_split(data)
-    config = RunConfig.model_validate({
-        "name": "digits-teacher",
-        "teacher": {"path": "none (cross-entropy only)"},
-        "dataset": {"path": "digits"},
-        "student": DEMO_TEACHER,
-        "losses": [{"name": "ce"}],
-        "training": DEMO_TRAINING,
-        "seed": seed,
-    })
+    config = RunConfig.model_validate(
+        {
+            "name": "digits-teacher",
+            "teacher": {"path": "none (cross-entropy only)"},
+            "dataset": {"path": "digits"},
+            "student": DEMO_TEACHER,
+            "losses": [{"name": "ce"}],
+            "training": DEMO_TRAINING,
+            "seed": seed,
+        }
+    )
     started = time.perf_counter()
     # cross-entropy reads no teacher outputs, so the trainer never calls this placeholder
     result = train(config, nn.Identity(), train_data, val_data)
     log.info(
         "demo teacher %s: held-out top-1 %.4f after %.1f s",
-        DEMO_TEACHER, result.history[-1]["val/top1"], time.perf_counter() - started,
+        DEMO_TEACHER,
+        result.history[-1]["val/top1"],
+        time.perf_counter() - started,
     )
     teacher_path, data_path = out_dir / "digits_teacher.pt2", out_dir / "digits.npz"
     export_pt2(result.student.cpu().eval(), data.input_shape, teacher_path)

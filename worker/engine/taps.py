@@ -204,14 +204,16 @@ def _stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]
     for i, row in enumerate(seq):
         res = _resolution(row)
         spatial = (
-            i < head_start and res is not None and not (res == (1, 1) and i < last_big)
+            i < head_start
+            and res is not None
+            and not (res == (1, 1) and i < last_big)
             and row["path"] not in inner
         )
         if i >= head_start:
             if current is None or current["resolution"] is not None:
                 current = _new_stage(stages, None)
-        elif spatial and res is not None and (
-            current is None or current["resolution"] != list(res)
+        elif (
+            spatial and res is not None and (current is None or current["resolution"] != list(res))
         ):
             current = _new_stage(stages, list(res))
         if current is None:
@@ -229,8 +231,13 @@ def _stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]
 
 
 def _new_stage(stages: list[dict[str, Any]], resolution: list[int] | None) -> dict[str, Any]:
-    stage = {"index": len(stages), "resolution": resolution, "channels": None, "layers": [],
-             "end": None}
+    stage = {
+        "index": len(stages),
+        "resolution": resolution,
+        "channels": None,
+        "layers": [],
+        "end": None,
+    }
     stages.append(stage)
     return stage
 

@@ -137,7 +137,9 @@ def _build_student(config: RunConfig, task: Task, data: Any) -> nn.Module:
     from worker.engine.students import build_student
 
     return build_student(
-        config.student.architecture, task.input_shape(data), task.output_size(data),
+        config.student.architecture,
+        task.input_shape(data),
+        task.output_size(data),
         **config.student.kwargs,
     )
 
@@ -196,7 +198,10 @@ def _build_terms(
         idx = list(range(len(shapes))) if spec.pairs is None else list(spec.pairs)
         idx = idx if needs else []
         ctx = LossContext(
-            sizes[0], [shapes[j] for j in idx], sizes[1], epochs,
+            sizes[0],
+            [shapes[j] for j in idx],
+            sizes[1],
+            epochs,
             pair_paths=[paths[j] for j in idx],
             student_modules=[s_mods[paths[j][0]] for j in idx],
             teacher_modules=[t_mods[paths[j][1]] for j in idx],
@@ -246,8 +251,9 @@ def epoch_batches(
 # checkpoints
 
 
-def _save_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, state: _State,
-                     total_steps: int) -> None:
+def _save_checkpoint(
+    path: Path, scheme: Scheme, opt: Any, sched: Any, state: _State, total_steps: int
+) -> None:
     payload = {
         **scheme.state_dict(),
         "optimizer": opt.state_dict(),
@@ -268,8 +274,7 @@ def _save_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, state: _S
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, total_steps: int
-                     ) -> _State:
+def _load_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, total_steps: int) -> _State:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("total_steps") != total_steps:
         raise ValueError(
@@ -290,8 +295,12 @@ def _load_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, total_ste
     if ckpt["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
     return _State(
-        ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["epoch_loss_sum"],
-        ckpt["epoch_loss_count"], list(ckpt["history"]),
+        ckpt["step"],
+        ckpt["epoch"],
+        ckpt["batch"],
+        ckpt["epoch_loss_sum"],
+        ckpt["epoch_loss_count"],
+        list(ckpt["history"]),
     )
 
 
@@ -325,8 +334,15 @@ class _Window:
 class _Loop:
     """The state one `train` call works on; methods are the steps of the loop."""
 
-    def __init__(self, config: RunConfig, scheme: Scheme, task: Task, terms: list[_Term],
-                 device: torch.device, cb: Callbacks) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        scheme: Scheme,
+        task: Task,
+        terms: list[_Term],
+        device: torch.device,
+        cb: Callbacks,
+    ) -> None:
         self.config, self.ts = config, config.training
         self.scheme, self.task, self.terms = scheme, task, terms
         self.teacher, self.student, self.losses = scheme.teacher, scheme.student, scheme.losses
@@ -360,13 +376,20 @@ class _Loop:
         with self.autocast():  # connectors see bf16 features under amp
             for term in terms:
                 out = StepOutputs(
-                    s_logits, t_logits, y, [s_feats[i] for i in term.pairs],
-                    [t_feats[i] for i in term.pairs], epoch,
-                    inputs=x, student=self.student, teacher=self.teacher,
+                    s_logits,
+                    t_logits,
+                    y,
+                    [s_feats[i] for i in term.pairs],
+                    [t_feats[i] for i in term.pairs],
+                    epoch,
+                    inputs=x,
+                    student=self.student,
+                    teacher=self.teacher,
                 )
                 values[term.key] = term.weight * term.loss(out).float()
-        values = self.scheme.combine(values, StepView(x, y, s_logits, t_logits, epoch,
-                                                      self.autocast))
+        values = self.scheme.combine(
+            values, StepView(x, y, s_logits, t_logits, epoch, self.autocast)
+        )
         total = torch.stack(list(values.values())).sum()
         self.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -404,8 +427,9 @@ class _Loop:
 
     def validate(self, data: Any) -> dict[str, float]:
         """The task's validation metrics of the student."""
-        return self.task.validate(self.student, data, self.ts.batch_size, self.device,
-                                  self.autocast)
+        return self.task.validate(
+            self.student, data, self.ts.batch_size, self.device, self.autocast
+        )
 
 
 def _check_finite(report: StepReport) -> None:
@@ -467,8 +491,15 @@ def train(
     return TrainResult(student, state.step, ts.epochs, state.history)
 
 
-def _run_epochs(loop: _Loop, sched: Any, state: _State, train_data: Any, val_data: Any,
-                total: int, ckpt: Path | None) -> None:
+def _run_epochs(
+    loop: _Loop,
+    sched: Any,
+    state: _State,
+    train_data: Any,
+    val_data: Any,
+    total: int,
+    ckpt: Path | None,
+) -> None:
     ts, seed = loop.ts, loop.config.seed
 
     def save() -> None:

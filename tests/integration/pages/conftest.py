@@ -25,14 +25,16 @@ class LiveApi:
 
 
 @pytest.fixture(scope="module")
-def live_api(request: pytest.FixtureRequest,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+def live_api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveApi]:
     """One studio per test module; the pages find its API through DS_API_URL."""
     from backend.bootstrap import ensure_admin
     from core.db import session_scope
 
-    env = make_studio_env(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]),
-                          "sqlite")
+    env = make_studio_env(
+        tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), "sqlite"
+    )
     with pytest.MonkeyPatch.context() as mp:
         env.apply(mp)
         migrate()

@@ -50,8 +50,13 @@ class Studio:
 
 @pytest.fixture(scope="module")
 def studio(live_api: LiveApi) -> Studio:
-    return _seed(live_api.env, Client(live_api.url, live_api.token), live_api.url, live_api.token,
-                 live_api.env.data_dir)
+    return _seed(
+        live_api.env,
+        Client(live_api.url, live_api.token),
+        live_api.url,
+        live_api.token,
+        live_api.env.data_dir,
+    )
 
 
 def _seed(env: StudioEnv, api: Client, url: str, token: str, tmp: Path) -> Studio:
@@ -282,7 +287,9 @@ seed: 5
     assert "Could not load the YAML" in texts(at.error)
 
 
-def test_new_run_losses_start_at_their_catalog_weight_and_settings_follow_it(studio: Studio) -> None:
+def test_new_run_losses_start_at_their_catalog_weight_and_settings_follow_it(
+    studio: Studio,
+) -> None:
     """A loss starts at its catalog default weight (sp 3000 and pkt 30000, as RepDistiller and
     their help say; kd 1), and the training inputs take their choices and ranges from the
     catalog's training settings, as the API validates them."""

@@ -69,7 +69,10 @@ def test_admin_invites_and_the_invitee_accepts_or_declines(studio: Studio) -> No
         assert not at.exception and not at.error, texts(at.error)
     sent = _frame(at, "invited")
     assert {(r["invited"], r["role"], r["status"]) for _, r in sent.iterrows()} == {
-        ("bob", "viewer", "pending"), ("cy", "member", "pending"), ("nobody", "member", "pending")}
+        ("bob", "viewer", "pending"),
+        ("cy", "member", "pending"),
+        ("nobody", "member", "pending"),
+    }
     at.text_input(key="inv_user").set_value("bob")
     at.button(key="FormSubmitter:member_invite-Invite").click().run()
     assert "'bob' is already invited" in texts(at.error)
@@ -93,15 +96,22 @@ def test_admin_invites_and_the_invitee_accepts_or_declines(studio: Studio) -> No
     decline.click().run()
     assert not at.exception and not at.error, texts(at.error)
     assert not [b for b in at.button if (b.key or "").startswith("inv_")]
-    assert Client(studio.url, cy).teams()[0].name == "lab-c" and len(Client(studio.url, cy).teams()) == 1
+    assert (
+        Client(studio.url, cy).teams()[0].name == "lab-c"
+        and len(Client(studio.url, cy).teams()) == 1
+    )
 
     # ada sees the answers, and withdraws the one nobody answers
     at = _team_page(studio, ada)
     sent = _frame(at, "invited")
     assert dict(zip(sent["invited"], sent["status"], strict=True)) == {
-        "bob": "accepted", "cy": "declined", "nobody": "pending"}
-    [pending_id] = [i.id for i in Client(studio.url, ada).sent_invitations(default)
-                    if i.status == "pending"]
+        "bob": "accepted",
+        "cy": "declined",
+        "nobody": "pending",
+    }
+    [pending_id] = [
+        i.id for i in Client(studio.url, ada).sent_invitations(default) if i.status == "pending"
+    ]
     assert at.selectbox(key="inv_withdraw_pick").options == ["nobody as member"]
     at.selectbox(key="inv_withdraw_pick").set_value(pending_id).run()
     at.button(key="inv_withdraw").click().run()

@@ -81,8 +81,9 @@ def _scan(dataset_id: int, x: np.ndarray, y: np.ndarray, classes: list[str], nam
 
 @pytest.fixture(scope="module")
 def studio(live_api: LiveApi) -> Studio:
-    return _seed(Client(live_api.url, live_api.token), live_api.url, live_api.token,
-                 live_api.env.data_dir)
+    return _seed(
+        Client(live_api.url, live_api.token), live_api.url, live_api.token, live_api.env.data_dir
+    )
 
 
 def _seed(api: Client, url: str, token: str, tmp: Path) -> Studio:

@@ -255,9 +255,16 @@ def test_npz_deflate_bomb_is_refused_by_its_decoded_size(tmp_path: Path) -> None
     x = np.zeros((4000, 64, 64), np.uint8)  # 16 MiB of zeros, ~16 KB compressed
     np.savez_compressed(tmp_path / "bomb.npz", x=x, y=np.arange(4000) % 2)
     assert (tmp_path / "bomb.npz").stat().st_size < 200_000
-    with pytest.raises(DatasetError, match=r"bomb\.npz: decodes to 78\.16 MiB \(x: \(4000, 64, 64\) uint8 and its float32 copy\), more than the limit of 64\.00 MiB; .*DS_MAX_DECODED_MB"):
+    with pytest.raises(
+        DatasetError,
+        match=r"bomb\.npz: decodes to 78\.16 MiB \(x: \(4000, 64, 64\) uint8 and its float32 copy\), more than the limit of 64\.00 MiB; .*DS_MAX_DECODED_MB",
+    ):
         load_dataset(tmp_path / "bomb.npz", max_decoded_bytes=64 * MiB)
-    assert load_dataset(tmp_path / "bomb.npz", max_decoded_bytes=128 * MiB).input_shape == (1, 64, 64)
+    assert load_dataset(tmp_path / "bomb.npz", max_decoded_bytes=128 * MiB).input_shape == (
+        1,
+        64,
+        64,
+    )
 
 
 def test_csv_rows_columns_and_lines_are_bounded_before_parsing(tmp_path: Path) -> None:
@@ -315,9 +322,11 @@ def test_streamed_loading_gives_the_same_values_as_before(tmp_path: Path) -> Non
 def test_describe_matches_info_and_preview_of_the_loaded_data(tmp_path: Path) -> None:
     """The scan reads images compactly (uint8) but records what the float data would show."""
     _image_zip(tmp_path / "imgs.zip")
-    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).integers(0, 256, (12, 6, 6, 3),
-                                                                        dtype=np.uint8),
-             y=np.arange(12) % 3)
+    np.savez(
+        tmp_path / "d.npz",
+        x=np.random.default_rng(0).integers(0, 256, (12, 6, 6, 3), dtype=np.uint8),
+        y=np.arange(12) % 3,
+    )
     (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n")
     for path in (tmp_path / "imgs.zip", tmp_path / "d.npz", tmp_path / "t.csv"):
         data = load_dataset(path)
@@ -371,7 +380,11 @@ def _peak_growth(warm: Path, path: Path, function: str, **kwargs: object) -> tup
     root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(warm), str(path), function, json.dumps(kwargs)],
-        cwd=root, capture_output=True, text=True, timeout=600, check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -384,8 +397,9 @@ def test_peak_memory_of_a_refused_attack_stays_small(tmp_path: Path) -> None:
     attack = _attack_zip(tmp_path / "attack.zip")
     limit = 2048 * MiB
     for function in ("describe_dataset", "load_dataset"):
-        grew, outcome = _peak_growth(tmp_path / "warm.zip", attack, function,
-                                     max_decoded_bytes=limit)
+        grew, outcome = _peak_growth(
+            tmp_path / "warm.zip", attack, function, max_decoded_bytes=limit
+        )
         print(f"attack zip, {function}: peak grew {grew / MiB:.1f} MiB; {outcome[:80]}")
         assert outcome.startswith("attack.zip: decodes to 7.81 GiB"), outcome
         assert grew < 32 * MiB, f"{function} grew {grew / MiB:.0f} MiB before refusing"
@@ -402,13 +416,17 @@ def test_peak_memory_while_scanning_and_loading_is_bounded_by_the_limit(tmp_path
     with zipfile.ZipFile(tmp_path / "near.zip", "w") as zf:
         for i in range(18):  # 18 x 1.2 Mpx x 4 B = 82 MiB of float32, + 9 MiB to decode one
             zf.writestr(f"{'ab'[i % 2]}/{i}.png", _png(i * 9, side, "L"))
-    grew_load, outcome = _peak_growth(tmp_path / "warm.zip", tmp_path / "near.zip",
-                                      "load_dataset", max_decoded_bytes=limit)
+    grew_load, outcome = _peak_growth(
+        tmp_path / "warm.zip", tmp_path / "near.zip", "load_dataset", max_decoded_bytes=limit
+    )
     assert outcome == "ok", outcome
-    grew_scan, outcome = _peak_growth(tmp_path / "warm.zip", tmp_path / "near.zip",
-                                      "describe_dataset", max_decoded_bytes=limit)
+    grew_scan, outcome = _peak_growth(
+        tmp_path / "warm.zip", tmp_path / "near.zip", "describe_dataset", max_decoded_bytes=limit
+    )
     assert outcome == "ok", outcome
-    print(f"near-limit zip: load grew {grew_load / MiB:.1f} MiB, "
-          f"scan grew {grew_scan / MiB:.1f} MiB (limit {limit / MiB:.0f} MiB)")
+    print(
+        f"near-limit zip: load grew {grew_load / MiB:.1f} MiB, "
+        f"scan grew {grew_scan / MiB:.1f} MiB (limit {limit / MiB:.0f} MiB)"
+    )
     assert grew_load <= limit, f"loading grew {grew_load / MiB:.0f} MiB"
     assert grew_scan <= limit * 3 // 4, f"scanning grew {grew_scan / MiB:.0f} MiB"

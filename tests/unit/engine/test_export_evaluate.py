@@ -72,8 +72,15 @@ def test_evaluate_reports_quality_and_cost() -> None:
     x, y = torch.randn(200, *SHAPE), torch.randint(0, 10, (200,))
     threads = torch.get_num_threads()
     report = evaluate(teacher, student, _data(x, y), SHAPE)
-    for key in ("teacher_top1", "student_top1", "teacher_top5", "student_top5", "agreement",
-                "teacher_ece", "student_ece"):
+    for key in (
+        "teacher_top1",
+        "student_top1",
+        "teacher_top5",
+        "student_top5",
+        "agreement",
+        "teacher_ece",
+        "student_ece",
+    ):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["student_top5"] >= report["student_top1"]
     assert report["student_params"] == sum(p.numel() for p in student.parameters())
@@ -121,8 +128,12 @@ def test_evaluate_measures_gpu_latency_too() -> None:
     student = build_student("mlp", SHAPE, 10, hidden=16).eval()
     x, y = torch.randn(100, *SHAPE), torch.randint(0, 10, (100,))
     report = evaluate(teacher, student, _data(x, y), SHAPE)
-    for key in ("teacher_gpu_latency_ms", "student_gpu_latency_ms", "teacher_gpu_latency_b64_ms",
-                "student_gpu_latency_b64_ms"):
+    for key in (
+        "teacher_gpu_latency_ms",
+        "student_gpu_latency_ms",
+        "teacher_gpu_latency_b64_ms",
+        "student_gpu_latency_b64_ms",
+    ):
         assert report[key] > 0, key
     assert report["gpu_name"]
     assert next(teacher.parameters()).device.type == "cpu"  # moved back

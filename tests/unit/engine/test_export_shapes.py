@@ -132,9 +132,13 @@ def _seq_flatten() -> nn.Module:
 
 def _seq_numbered() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
         nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
     )
 
 
@@ -165,15 +169,33 @@ SHAPES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool, str]] = 
     "depthwise conv, pooling, upsampling": (DepthwiseUpsample, (4, 8, 8), True, "dw"),
     "odd module names and eval dropout": (OddNames, (5,), False, "block-a"),
     "GELU / SiLU sequential": (
-        lambda: nn.Sequential(nn.Linear(4, 8), nn.GELU(approximate="tanh"), nn.SiLU(),
-                              nn.Linear(8, 2)), (4,), True, "0"),
+        lambda: nn.Sequential(
+            nn.Linear(4, 8), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Linear(8, 2)
+        ),
+        (4,),
+        True,
+        "0",
+    ),
     "conv1d with padding='same'": (
-        lambda: nn.Sequential(nn.Conv1d(2, 4, 5, padding="same"), nn.ReLU(), nn.Flatten(),
-                              nn.Linear(64, 3)), (2, 16), True, "0"),
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 4, 5, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+        ),
+        (2, 16),
+        True,
+        "0",
+    ),
     "transposed conv and instance norm": (
-        lambda: nn.Sequential(nn.ConvTranspose2d(3, 4, 2, stride=2), nn.InstanceNorm2d(4),
-                              nn.LeakyReLU(0.1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)),
-        (3, 4, 4), True, "0"),
+        lambda: nn.Sequential(
+            nn.ConvTranspose2d(3, 4, 2, stride=2),
+            nn.InstanceNorm2d(4),
+            nn.LeakyReLU(0.1),
+            nn.Flatten(),
+            nn.Linear(4 * 8 * 8, 2),
+        ),
+        (3, 4, 4),
+        True,
+        "0",
+    ),
 }
 
 

@@ -65,8 +65,12 @@ def test_golden_run_gives_the_recorded_student_weights(tmp_path: Path, one_threa
     capability = torch.backends.cpu.get_cpu_capability()
     record = GOLDEN / "digest.json"
     if os.environ.get("DS_GOLDEN_RECORD"):
-        doc = {"torch": torch.__version__, "capability": capability, "sha256": digest,
-               "abs_sums": sums}
+        doc = {
+            "torch": torch.__version__,
+            "capability": capability,
+            "sha256": digest,
+            "abs_sums": sums,
+        }
         record.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     expected = json.loads(record.read_text())
     assert sorted(sums) == sorted(expected["abs_sums"]), "the student's tensors changed"

@@ -110,18 +110,31 @@ class _EvilExec(_Evil):
 
 def _memo_trick(marker: Path) -> bytes:
     """STACK_GLOBAL whose names come from the memo after decoy strings were pushed and popped."""
+
     def s(text: str) -> bytes:
         return b"\x8c" + bytes([len(text)]) + text.encode()
 
     return (
-        b"\x80\x04" + s("posix") + b"\x94" + s("system") + b"\x94"
-        + s("collections") + s("OrderedDict") + b"00"  # decoys, popped
-        + b"h\x00h\x01\x93" + s(f"touch {marker}") + b"\x85R."
+        b"\x80\x04"
+        + s("posix")
+        + b"\x94"
+        + s("system")
+        + b"\x94"
+        + s("collections")
+        + s("OrderedDict")
+        + b"00"  # decoys, popped
+        + b"h\x00h\x01\x93"
+        + s(f"touch {marker}")
+        + b"\x85R."
     )
 
 
-def _rewrite(src: Path, dst: Path, edit: Callable[[str, bytes], bytes | None],
-             add: dict[str, bytes] | None = None) -> Path:
+def _rewrite(
+    src: Path,
+    dst: Path,
+    edit: Callable[[str, bytes], bytes | None],
+    add: dict[str, bytes] | None = None,
+) -> Path:
     """Copy a zip, passing each member through `edit` (None keeps it), adding `add`."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
@@ -161,8 +174,11 @@ PICKLES: dict[str, Callable[[Path], bytes]] = {
 def test_pickle_in_sample_inputs_is_refused(kind: str, archive: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     payload = _torch_zip(PICKLES[kind](marker))
-    bad = _rewrite(archive, tmp_path / "bad.pt2",
-                   lambda name, _d: payload if name.endswith("sample_inputs/model.pt") else None)
+    bad = _rewrite(
+        archive,
+        tmp_path / "bad.pt2",
+        lambda name, _d: payload if name.endswith("sample_inputs/model.pt") else None,
+    )
     with pytest.raises(UnsafeModelError, match="refused"):
         check_archive(bad)
     with pytest.raises(UnsafeModelError):
@@ -196,8 +212,12 @@ def test_protocol_0_pickle_member_is_refused(archive: Path, tmp_path: Path) -> N
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Evil(marker), protocol=0)
     assert not evil.startswith(b"\x80")
-    bad = _rewrite(archive, tmp_path / "bad.pt2", lambda _n, _d: None,
-                   add={f"{_root(archive)}/data/extra.pkl": evil})
+    bad = _rewrite(
+        archive,
+        tmp_path / "bad.pt2",
+        lambda _n, _d: None,
+        add={f"{_root(archive)}/data/extra.pkl": evil},
+    )
     with pytest.raises(UnsafeModelError, match="'[^']*/data/extra.pkl' is not part of"):
         load_model(bad, "pt2")
     assert not marker.exists()
@@ -212,8 +232,11 @@ def test_renamed_protocol_0_sample_inputs_never_run(archive: Path, tmp_path: Pat
     """Issue 9: `data/sample_inputs/model.PT` (upper case) holding a protocol-0 pickle. torch's
     reader matches names case-insensitively and retries `torch.load` with weights_only=False."""
     marker = tmp_path / "pwned"
-    bad = _rewrite(archive, tmp_path / "bad.pt2",
-                   lambda name, _d: b"" if name.endswith("sample_inputs/model.pt") else None)
+    bad = _rewrite(
+        archive,
+        tmp_path / "bad.pt2",
+        lambda name, _d: b"" if name.endswith("sample_inputs/model.pt") else None,
+    )
     with zipfile.ZipFile(bad) as zin, zipfile.ZipFile(tmp_path / "renamed.pt2", "w") as zout:
         for info in zin.infolist():
             if info.filename.endswith("sample_inputs/model.pt"):
@@ -231,8 +254,12 @@ def test_extra_files_are_never_read(archive: Path, tmp_path: Path) -> None:
     """`extra/` text files (torch.export.save(extra_files=...)) are accounted for, then dropped."""
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Evil(marker), protocol=0)
-    ok = _rewrite(archive, tmp_path / "extra.pt2", lambda _n, _d: None,
-                  add={f"{_root(archive)}/extra/data.pkl": evil})
+    ok = _rewrite(
+        archive,
+        tmp_path / "extra.pt2",
+        lambda _n, _d: None,
+        add={f"{_root(archive)}/extra/data.pkl": evil},
+    )
     load_model(ok, "pt2").module(torch.randn(1, *SHAPE))
     assert not marker.exists()
 
@@ -293,8 +320,9 @@ class _WritesItsBuffer(torch.nn.Module):
         return x * self.scale
 
 
-@pytest.mark.parametrize(("module", "written"), [(_WritesItsInput, "'x'"),
-                                                 (_WritesItsBuffer, "'b_scale'")])
+@pytest.mark.parametrize(
+    ("module", "written"), [(_WritesItsInput, "'x'"), (_WritesItsBuffer, "'b_scale'")]
+)
 def test_in_place_writes_into_inputs_or_weights_are_refused(
     module: type[torch.nn.Module], written: str, tmp_path: Path
 ) -> None:
@@ -351,16 +379,20 @@ PROGRAM_ATTACKS: dict[str, Callable[[dict, Path], None]] = {
         "guards_code", [f"__import__('os').system('touch {m}')"]
     ),
     # names are pasted into torch.fx generated code
-    "parameter name": lambda d, m: d["graph_module"]["signature"]["input_specs"][0]["parameter"]
-    .__setitem__("parameter_name", 'x"), __import__("os").system("touch m'),
+    "parameter name": lambda d, m: d["graph_module"]["signature"]["input_specs"][0][
+        "parameter"
+    ].__setitem__("parameter_name", 'x"), __import__("os").system("touch m'),
 }
 
 
 @pytest.mark.parametrize("attack", sorted(PROGRAM_ATTACKS))
 def test_executable_program_content_is_refused(attack: str, archive: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    bad = _rewrite(archive, tmp_path / "bad.pt2",
-                   _edit_program(lambda doc: PROGRAM_ATTACKS[attack](doc, marker)))
+    bad = _rewrite(
+        archive,
+        tmp_path / "bad.pt2",
+        _edit_program(lambda doc: PROGRAM_ATTACKS[attack](doc, marker)),
+    )
     with pytest.raises(UnsafeModelError, match="refused"):
         load_model(bad, "pt2")
     assert not marker.exists()
@@ -371,8 +403,12 @@ def test_clean_rewrite_still_passes_the_check(archive: Path, tmp_path: Path) -> 
 
 
 def test_aoti_code_is_refused(archive: Path, tmp_path: Path) -> None:
-    bad = _rewrite(archive, tmp_path / "bad.pt2", lambda _n, _d: None,
-                   add={f"{_root(archive)}/data/aotinductor/model/model.so": b"\x7fELF"})
+    bad = _rewrite(
+        archive,
+        tmp_path / "bad.pt2",
+        lambda _n, _d: None,
+        add={f"{_root(archive)}/data/aotinductor/model/model.so": b"\x7fELF"},
+    )
     with pytest.raises(UnsafeModelError, match="AOTInductor"):
         check_archive(bad)
 

@@ -127,8 +127,9 @@ def test_fitnets_value_through_a_known_linear_bn_connector() -> None:
         r = [sum(w[c][k] * s[b, k].item() for k in range(3)) for b in range(3)]
         mean = sum(r) / 3
         var = sum((v - mean) ** 2 for v in r) / 3  # biased, as batch norm normalises
-        expected += sum(((r[b] - mean) / math.sqrt(var + 1e-5) - t[b, c].item()) ** 2
-                        for b in range(3))
+        expected += sum(
+            ((r[b] - mean) / math.sqrt(var + 1e-5) - t[b, c].item()) ** 2 for b in range(3)
+        )
     z = torch.zeros(3, 10)
     got = loss(_out(z, z, student_feats=[s], teacher_feats=[t]))
     assert got.item() == pytest.approx(expected / 6, rel=1e-5)

@@ -39,8 +39,9 @@ def _loss(name: str, pairs: list, **params: object):
 
 def _out(fs: list[torch.Tensor], ft: list[torch.Tensor], **kw: object) -> StepOutputs:
     b = fs[0].shape[0] if fs else 2
-    return StepOutputs(torch.zeros(b, 10), torch.zeros(b, 10), torch.zeros(b, dtype=torch.long),
-                       fs, ft, **kw)
+    return StepOutputs(
+        torch.zeros(b, 10), torch.zeros(b, 10), torch.zeros(b, dtype=torch.long), fs, ft, **kw
+    )
 
 
 def _check_grads(loss: nn.Module, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> None:
@@ -222,7 +223,9 @@ def test_prepare_pretrains_once_then_freezes(name: str) -> None:
     assert fresh.prepare_once(_feature_source([ft], calls), torch.device("cpu")) is False
     assert len(calls) == 3
     fresh_aes = fresh.paraphrasers if name == "ft" else fresh.autoencoders
-    assert all(torch.equal(a, b) for a, b in zip(aes.parameters(), fresh_aes.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(aes.parameters(), fresh_aes.parameters(), strict=True)
+    )
 
 
 def test_ft_value_and_gradients() -> None:
@@ -252,10 +255,15 @@ def test_ka_value_affinity_and_gradients() -> None:
 
     def aff(z: torch.Tensor) -> torch.Tensor:  # cosine similarity of every two positions
         v = z.flatten(2)
-        return torch.stack([
-            torch.stack([F.cosine_similarity(v[:, :, i], v[:, :, j], dim=1) for j in range(16)], 1)
-            for i in range(16)
-        ], 1)
+        return torch.stack(
+            [
+                torch.stack(
+                    [F.cosine_similarity(v[:, :, i], v[:, :, j], dim=1) for j in range(16)], 1
+                )
+                for i in range(16)
+            ],
+            1,
+        )
 
     expected = adapt + 2.0 * ((aff(z_s) - aff(z_t)) ** 2).mean()
     assert loss(_out([fs], [ft.detach()])).item() == pytest.approx(expected.item(), rel=1e-4)
@@ -304,8 +312,13 @@ def test_vid_gaussian_nll_by_hand() -> None:
             conv.weight.copy_(torch.eye(2)[:, :, None, None])
     s = torch.tensor([[0.5, 1.0], [2.0, 0.0]])
     t = torch.tensor([[1.5, 1.0], [0.0, -1.0]])
-    expected = sum(0.5 * (math.log(2.0) + (b - a) ** 2 / 2.0)
-                   for a, b in zip(s.flatten().tolist(), t.flatten().tolist(), strict=True)) / 4
+    expected = (
+        sum(
+            0.5 * (math.log(2.0) + (b - a) ** 2 / 2.0)
+            for a, b in zip(s.flatten().tolist(), t.flatten().tolist(), strict=True)
+        )
+        / 4
+    )
     assert loss.variance(0).tolist() == pytest.approx([2.0, 2.0], rel=1e-6)
     assert loss(_out([s], [t])).item() == pytest.approx(expected, rel=1e-5)
 
@@ -441,11 +454,14 @@ def test_fsp_by_hand_zero_for_identical_and_needs_two_pairs() -> None:
 
     def flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a = a.reshape(2, 2, 2, 2, 2, 2).mean((3, 5))  # 4x4 -> 2x2 average pooling
-        return torch.stack([
-            torch.tensor([[float((a[n, i] * b[n, j]).sum()) / 4 for j in range(3)]
-                          for i in range(2)])
-            for n in range(2)
-        ])
+        return torch.stack(
+            [
+                torch.tensor(
+                    [[float((a[n, i] * b[n, j]).sum()) / 4 for j in range(3)] for i in range(2)]
+                )
+                for n in range(2)
+            ]
+        )
 
     expected = ((flow(s1, s2) - flow(t1, t2)) ** 2).mean()
     pairs = [((2, 4, 4), (2, 4, 4)), ((3, 2, 2), (3, 2, 2))]
@@ -504,8 +520,9 @@ def test_grad_match_zero_for_identical_models_and_clear_error_without_inputs() -
     out = StepOutputs(student(x), torch.empty(0), y, inputs=x, student=student, teacher=teacher)
     assert loss(out).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="requires_grad"):
-        loss(StepOutputs(student(x.detach()), torch.empty(0), y, inputs=x.detach(),
-                         teacher=teacher))
+        loss(
+            StepOutputs(student(x.detach()), torch.empty(0), y, inputs=x.detach(), teacher=teacher)
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,8 +530,13 @@ def test_grad_match_zero_for_identical_models_and_clear_error_without_inputs() -
 
 
 def _weight_loss(s_mod: nn.Module, t_mod: nn.Module, **params: object):
-    ctx = LossContext(10, [((1,), (1,))], pair_paths=[("s", "t")], student_modules=[s_mod],
-                      teacher_modules=[t_mod])
+    ctx = LossContext(
+        10,
+        [((1,), (1,))],
+        pair_paths=[("s", "t")],
+        student_modules=[s_mod],
+        teacher_modules=[t_mod],
+    )
     return build_loss(LossSpec(name="weight_match", params=params), ctx)
 
 
@@ -559,7 +581,11 @@ def test_weight_match_low_rank_and_linear_layers() -> None:
 class Conv2(nn.Module):
     def __init__(self, c1: int, c2: int) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.relu1 = nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU()
+        self.conv1, self.bn1, self.relu1 = (
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+        )
         self.conv2, self.relu2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU()
         self.fc = nn.Linear(c2, 10)
 
@@ -578,16 +604,26 @@ def digits() -> tuple[TensorData, TensorData]:
 
 
 def _config(losses: list[dict], **training: object) -> RunConfig:
-    return RunConfig.model_validate({
-        "teacher": {"path": "unused.pt2"},
-        "dataset": {"path": "unused.npz"},
-        "layer_pairs": [{"teacher": "conv1", "student": "conv1"},
-                        {"teacher": "conv2", "student": "conv2"}],
-        "losses": losses,
-        "training": {"epochs": 2, "batch_size": 40, "lr": 0.05, "device": "cpu",
-                     "checkpoint_every": 2, **training},
-        "seed": 3,
-    })
+    return RunConfig.model_validate(
+        {
+            "teacher": {"path": "unused.pt2"},
+            "dataset": {"path": "unused.npz"},
+            "layer_pairs": [
+                {"teacher": "conv1", "student": "conv1"},
+                {"teacher": "conv2", "student": "conv2"},
+            ],
+            "losses": losses,
+            "training": {
+                "epochs": 2,
+                "batch_size": 40,
+                "lr": 0.05,
+                "device": "cpu",
+                "checkpoint_every": 2,
+                **training,
+            },
+            "seed": 3,
+        }
+    )
 
 
 class Recorder(Callbacks):
@@ -611,9 +647,15 @@ def _models(seed: int = 0) -> tuple[nn.Module, nn.Module]:
 def test_short_run_with_a_mix_logs_every_term(digits) -> None:
     teacher, student = _models()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    losses = [{"name": "ce"}, {"name": "kd"}, {"name": "feature_l2", "pairs": [1]},
-              {"name": "fsp", "weight": 0.5}, {"name": "vid", "weight": 0.1, "pairs": [1]},
-              {"name": "grad_match", "weight": 0.5}, {"name": "weight_match", "weight": 0.1}]
+    losses = [
+        {"name": "ce"},
+        {"name": "kd"},
+        {"name": "feature_l2", "pairs": [1]},
+        {"name": "fsp", "weight": 0.5},
+        {"name": "vid", "weight": 0.1, "pairs": [1]},
+        {"name": "grad_match", "weight": 0.5},
+        {"name": "weight_match", "weight": 0.1},
+    ]
     rec = Recorder()
     result = train(_config(losses), teacher, *digits, student=student, callbacks=rec)
     assert result.steps == 6 and len(rec.reports) == 6
@@ -640,13 +682,25 @@ def test_prepare_runs_once_and_not_again_on_resume(digits, tmp_path: Path, monke
     ckpt = tmp_path / "run.ckpt"
     teacher, student = _models()
     with pytest.raises(Cancelled, match="pre-training"):  # cancel is checked while pre-training
-        train(_config(losses), teacher, *digits, student=student,
-              callbacks=Recorder(stop_at=1), checkpoint_path=ckpt)
+        train(
+            _config(losses),
+            teacher,
+            *digits,
+            student=student,
+            callbacks=Recorder(stop_at=1),
+            checkpoint_path=ckpt,
+        )
     assert not ckpt.exists()
     teacher, student = _models()
     with pytest.raises(Cancelled, match="at step 3"):  # 3 pre-training batches, then 3 steps
-        train(_config(losses), teacher, *digits, student=student,
-              callbacks=Recorder(stop_at=6), checkpoint_path=ckpt)
+        train(
+            _config(losses),
+            teacher,
+            *digits,
+            student=student,
+            callbacks=Recorder(stop_at=6),
+            checkpoint_path=ckpt,
+        )
     assert len(calls) == 3
     saved = torch.load(ckpt, weights_only=True)["losses"]
     assert bool(saved["1.prepared"]) is True

@@ -216,10 +216,14 @@ def _rkd_numpy(s: np.ndarray, t: np.ndarray, w_d: float, w_a: float) -> float:
             return v / n if n > 0 else v
 
         n = len(e)
-        return np.array([
-            unit(e[i] - e[j]) @ unit(e[k] - e[j])
-            for j in range(n) for i in range(n) for k in range(n)
-        ])
+        return np.array(
+            [
+                unit(e[i] - e[j]) @ unit(e[k] - e[j])
+                for j in range(n)
+                for i in range(n)
+                for k in range(n)
+            ]
+        )
 
     return w_d * _smooth_l1(dist(s), dist(t)) + w_a * _smooth_l1(angles(s), angles(t))
 
@@ -274,11 +278,21 @@ def test_cc_matches_taylor_expansion_loop() -> None:
 
     def corr(f: np.ndarray) -> np.ndarray:
         x = f / np.linalg.norm(f, axis=1, keepdims=True)
-        return np.array([
-            [sum(math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * (x[i] @ x[j]) ** p
-                 for p in range(order + 1)) for j in range(3)]
-            for i in range(3)
-        ])
+        return np.array(
+            [
+                [
+                    sum(
+                        math.exp(-2 * gamma)
+                        * (2 * gamma) ** p
+                        / math.factorial(p)
+                        * (x[i] @ x[j]) ** p
+                        for p in range(order + 1)
+                    )
+                    for j in range(3)
+                ]
+                for i in range(3)
+            ]
+        )
 
     expected = ((corr(fs.numpy()) - corr(ft.numpy())) ** 2).sum() / 9
     assert loss(_feat_out(fs, ft)).item() == pytest.approx(expected, rel=1e-5)
@@ -309,8 +323,12 @@ def test_pkt_matches_loop_computation_and_zero_for_identical() -> None:
 
     ps, pt = cond(fs.numpy()), cond(ft.numpy())
     eps = 1e-7
-    expected = np.mean([[pt[i, j] * math.log((pt[i, j] + eps) / (ps[i, j] + eps))
-                         for j in range(3)] for i in range(3)])
+    expected = np.mean(
+        [
+            [pt[i, j] * math.log((pt[i, j] + eps) / (ps[i, j] + eps)) for j in range(3)]
+            for i in range(3)
+        ]
+    )
     assert loss(_feat_out(fs, ft)).item() == pytest.approx(expected, rel=1e-4)
     assert loss(_feat_out(fs, 4.0 * fs)).item() == pytest.approx(0.0, abs=1e-7)
 
@@ -361,8 +379,9 @@ def test_crd_aligned_embeddings_give_the_minimum_and_shuffled_ones_more() -> Non
     loss.embed_t.load_state_dict(loss.embed_s.state_dict())
     queue = loss.queue_0.clone()
     s = torch.nn.functional.normalize(loss.embed_s[0].linear(f), dim=1).detach().numpy()
-    bound = np.mean([math.log(1 + np.exp((s[b] @ queue.numpy().T - 1) / 0.5).sum())
-                     for b in range(6)])
+    bound = np.mean(
+        [math.log(1 + np.exp((s[b] @ queue.numpy().T - 1) / 0.5).sum()) for b in range(6)]
+    )
     aligned = loss(_feat_out(f, f.clone())).item()
     assert aligned == pytest.approx(bound, rel=1e-5)
     for shift in range(1, 6):
@@ -459,16 +478,26 @@ def test_trainer_runs_the_new_losses_together() -> None:
     x = torch.tensor(d.images[:96], dtype=torch.float32)[:, None] / 16.0
     data = TensorData(x, torch.tensor(d.target[:96]), [str(i) for i in range(10)])
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
-    config = RunConfig.model_validate({
-        "teacher": {"path": "unused.pt2"}, "dataset": {"path": "unused.npz"},
-        "layer_pairs": [{"teacher": "3", "student": "layers.0", "tap": "input"}],
-        "student": {"architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
-        "losses": [
-            {"name": "ce"}, {"name": "dkd", "params": {"warmup": 1}}, {"name": "dist"},
-            {"name": "logit_std"}, {"name": "pad"}, {"name": "rkd"}, {"name": "sp", "weight": 3000},
-            {"name": "cc"}, {"name": "pkt", "weight": 30000}, {"name": "crd", "weight": 0.8},
-        ],
-        "training": {"epochs": 2, "batch_size": 32, "lr": 0.01, "device": "cpu"},
-    })
+    config = RunConfig.model_validate(
+        {
+            "teacher": {"path": "unused.pt2"},
+            "dataset": {"path": "unused.npz"},
+            "layer_pairs": [{"teacher": "3", "student": "layers.0", "tap": "input"}],
+            "student": {"architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
+            "losses": [
+                {"name": "ce"},
+                {"name": "dkd", "params": {"warmup": 1}},
+                {"name": "dist"},
+                {"name": "logit_std"},
+                {"name": "pad"},
+                {"name": "rkd"},
+                {"name": "sp", "weight": 3000},
+                {"name": "cc"},
+                {"name": "pkt", "weight": 30000},
+                {"name": "crd", "weight": 0.8},
+            ],
+            "training": {"epochs": 2, "batch_size": 32, "lr": 0.01, "device": "cpu"},
+        }
+    )
     result = train(config, teacher, data, data)
     assert len(result.history) == 2 and all(math.isfinite(h["train/loss"]) for h in result.history)

@@ -29,11 +29,23 @@ REFUSED = {
     aten.exponential_.default: "draws random numbers",
 }
 ALLOWED = [
-    aten.conv2d.default, aten.linear.default, aten.batch_norm.default, aten.relu_.default,
-    aten.add_.Tensor, aten.fill_.Scalar, aten.dropout.default, aten.layer_norm.default,
-    aten.scaled_dot_product_attention.default, aten.view.default, aten.sym_size.int,
-    aten._assert_scalar.default, aten.upsample_nearest2d.vec, aten.max_pool2d.default,
-    aten.gelu.default, aten.silu.default, aten.conv1d.padding,
+    aten.conv2d.default,
+    aten.linear.default,
+    aten.batch_norm.default,
+    aten.relu_.default,
+    aten.add_.Tensor,
+    aten.fill_.Scalar,
+    aten.dropout.default,
+    aten.layer_norm.default,
+    aten.scaled_dot_product_attention.default,
+    aten.view.default,
+    aten.sym_size.int,
+    aten._assert_scalar.default,
+    aten.upsample_nearest2d.vec,
+    aten.max_pool2d.default,
+    aten.gelu.default,
+    aten.silu.default,
+    aten.conv1d.padding,
 ]
 
 
@@ -58,10 +70,21 @@ def test_non_aten_targets() -> None:
     assert target_refusal(operator.add) is None
     assert target_refusal(print) is not None
     assert target_refusal(torch.ops.higher_order.cond) is not None
-    for text in ("torch.os.system", "builtins.exec", "torch.ops.aten.from_file.default",
-                 "torch.ops.aten.nope.default", "#custom_op", "torch._C._set_grad_enabled",
-                 "_operator.__import__"):
+    for text in (
+        "torch.os.system",
+        "builtins.exec",
+        "torch.ops.aten.from_file.default",
+        "torch.ops.aten.nope.default",
+        "#custom_op",
+        "torch._C._set_grad_enabled",
+        "_operator.__import__",
+    ):
         assert serialized_target_refusal(text) is not None, text
-    for text in ("torch.ops.aten.add.Tensor", "_operator.getitem", "torch.sym_max",
-                 "math.trunc", "torch.ops.higher_order.wrap_with_set_grad_enabled"):
+    for text in (
+        "torch.ops.aten.add.Tensor",
+        "_operator.getitem",
+        "torch.sym_max",
+        "math.trunc",
+        "torch.ops.higher_order.wrap_with_set_grad_enabled",
+    ):
         assert serialized_target_refusal(text) is None, text

@@ -33,19 +33,22 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _config(teacher: Path, data: Path, **extra: object) -> RunConfig:
-    return RunConfig.model_validate({
-        "name": "digits-kd-at",
-        "teacher": {"path": str(teacher)},
-        "dataset": {"path": str(data)},
-        "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
-        "layer_pairs": [{"teacher": f"layer{i}", "student": f"layer{i}"} for i in (1, 2, 3)],
-        "losses": [
-            {"name": "ce"}, {"name": "kd", "params": {"temperature": 4}},
-            {"name": "at", "weight": 100},
-        ],
-        "training": {"epochs": 15, "batch_size": 64, "lr": 0.1, "device": "cpu"},
-        **extra,
-    })
+    return RunConfig.model_validate(
+        {
+            "name": "digits-kd-at",
+            "teacher": {"path": str(teacher)},
+            "dataset": {"path": str(data)},
+            "student": {"architecture": "resnet8", "kwargs": {"width": 0.5}},
+            "layer_pairs": [{"teacher": f"layer{i}", "student": f"layer{i}"} for i in (1, 2, 3)],
+            "losses": [
+                {"name": "ce"},
+                {"name": "kd", "params": {"temperature": 4}},
+                {"name": "at", "weight": 100},
+            ],
+            "training": {"epochs": 15, "batch_size": 64, "lr": 0.1, "device": "cpu"},
+            **extra,
+        }
+    )
 
 
 def test_demo_files(demo: tuple[Path, Path]) -> None:
@@ -69,7 +72,11 @@ def test_kd_at_student_close_to_teacher(demo: tuple[Path, Path], tmp_path: Path)
     assert result["student_kwargs"] == {"width": 0.5, "input_shape": [1, 8, 8], "num_classes": 10}
     names = result["artifacts"]
     assert set(names) == {
-        "student_safetensors", "student_pt2", "student_onnx", "config", "evaluation"
+        "student_safetensors",
+        "student_pt2",
+        "student_onnx",
+        "config",
+        "evaluation",
     }
     assert RunConfig.from_yaml((tmp_path / names["config"]).read_text()) == config
     saved = json.loads((tmp_path / names["evaluation"]).read_text())
@@ -87,10 +94,18 @@ def test_mismatched_data_is_explained(demo: tuple[Path, Path], tmp_path: Path) -
     teacher_path, _ = demo
     np.savez(tmp_path / "tab.npz", x=np.zeros((20, 5), np.float32), y=np.arange(20) % 2)
     with pytest.raises(IncompatibleDataError, match=r"takes inputs of shape \[1, 8, 8\]"):
-        run_distillation(_config(teacher_path, tmp_path / "tab.npz"), teacher_path,
-                         tmp_path / "tab.npz", tmp_path / "out")
+        run_distillation(
+            _config(teacher_path, tmp_path / "tab.npz"),
+            teacher_path,
+            tmp_path / "tab.npz",
+            tmp_path / "out",
+        )
     names = np.array(["cat", "dog"] * 10)
     np.savez(tmp_path / "named.npz", x=np.zeros((20, 8, 8), np.float32), y=names)
     with pytest.raises(IncompatibleDataError, match="predicts 10 classes but the dataset has 2"):
-        run_distillation(_config(teacher_path, tmp_path / "named.npz"), teacher_path,
-                         tmp_path / "named.npz", tmp_path / "out")
+        run_distillation(
+            _config(teacher_path, tmp_path / "named.npz"),
+            teacher_path,
+            tmp_path / "named.npz",
+            tmp_path / "out",
+        )

@@ -67,10 +67,12 @@ class MutualScheme(OfflineScheme):
         with view.autocast():
             peer = self.peer(view.inputs).float()
         student = view.student_logits.float()
-        mutual = F.kl_div(F.log_softmax(student, 1), F.softmax(peer.detach(), 1),
-                          reduction="batchmean")
-        mutual = mutual + F.kl_div(F.log_softmax(peer, 1), F.softmax(student.detach(), 1),
-                                   reduction="batchmean")
+        mutual = F.kl_div(
+            F.log_softmax(student, 1), F.softmax(peer.detach(), 1), reduction="batchmean"
+        )
+        mutual = mutual + F.kl_div(
+            F.log_softmax(peer, 1), F.softmax(student.detach(), 1), reduction="batchmean"
+        )
         return {**values, "peer": mutual}
 
     def state_dict(self) -> dict[str, Any]:
@@ -122,15 +124,22 @@ class TargetsTask(Task):
         return Batch(data.x[idx].to(device), data.t[idx].to(device))
 
     @torch.inference_mode()
-    def validate(self, student: nn.Module, data: Targets, batch_size: int,
-                 device: torch.device, autocast: Any) -> dict[str, float]:
+    def validate(
+        self,
+        student: nn.Module,
+        data: Targets,
+        batch_size: int,
+        device: torch.device,
+        autocast: Any,
+    ) -> dict[str, float]:
         student.eval()
         out = student(data.x.to(device)).float()
         student.train()
         return {"val/mse": float(F.mse_loss(out, data.t.to(device)))}
 
-    def evaluate(self, teacher: nn.Module, student: nn.Module, data: Targets,
-                 **options: Any) -> dict[str, Any]:
+    def evaluate(
+        self, teacher: nn.Module, student: nn.Module, data: Targets, **options: Any
+    ) -> dict[str, Any]:
         with torch.inference_mode():
             return {
                 "teacher_mse": float(F.mse_loss(teacher(data.x).float(), data.t)),
@@ -144,14 +153,28 @@ class TargetsTask(Task):
 
 @pytest.fixture(autouse=True)
 def toy_entries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(SCHEMES, "mutual_toy", SchemeEntry(
-        "mutual_toy", "Mutual (toy)", "The student and a peer copy learn from each other.",
-        implementation=f"{HERE}:MutualScheme",
-    ))
-    monkeypatch.setitem(TASKS, "targets_toy", TaskEntry(
-        "targets_toy", "Targets (toy)", "A target vector per sample, validated by MSE.",
-        implementation=f"{HERE}:TargetsTask", formats=("npz",), metrics=("mse",),
-    ))
+    monkeypatch.setitem(
+        SCHEMES,
+        "mutual_toy",
+        SchemeEntry(
+            "mutual_toy",
+            "Mutual (toy)",
+            "The student and a peer copy learn from each other.",
+            implementation=f"{HERE}:MutualScheme",
+        ),
+    )
+    monkeypatch.setitem(
+        TASKS,
+        "targets_toy",
+        TaskEntry(
+            "targets_toy",
+            "Targets (toy)",
+            "A target vector per sample, validated by MSE.",
+            implementation=f"{HERE}:TargetsTask",
+            formats=("npz",),
+            metrics=("mse",),
+        ),
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -174,15 +197,23 @@ def _targets(n: int = 96, features: int = 6, outputs: int = 3) -> Targets:
 
 
 def _config(**fields: Any) -> RunConfig:
-    return RunConfig.model_validate({
-        "teacher": {"path": "unused.pt2"},
-        "dataset": {"path": "unused.npz", "val_fraction": 0.25},
-        "student": {"architecture": "mlp", "kwargs": {"hidden": 8, "depth": 1}},
-        "losses": [{"name": "kd", "params": {"temperature": 2.0}}],
-        "training": {"epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu",
-                     "checkpoint_every": 4, "export_onnx": False},
-        **fields,
-    })
+    return RunConfig.model_validate(
+        {
+            "teacher": {"path": "unused.pt2"},
+            "dataset": {"path": "unused.npz", "val_fraction": 0.25},
+            "student": {"architecture": "mlp", "kwargs": {"hidden": 8, "depth": 1}},
+            "losses": [{"name": "kd", "params": {"temperature": 2.0}}],
+            "training": {
+                "epochs": 2,
+                "batch_size": 16,
+                "lr": 0.05,
+                "device": "cpu",
+                "checkpoint_every": 4,
+                "export_onnx": False,
+            },
+            **fields,
+        }
+    )
 
 
 class Epochs(Callbacks):
@@ -223,8 +254,15 @@ def test_a_toy_scheme_and_task_train_through_the_seam(tmp_path: Path) -> None:
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     scheme = build_scheme("mutual_toy")
     rec = Epochs()
-    result = train(_config(scheme="mutual_toy", task="targets_toy"), teacher, train_data,
-                   val_data, callbacks=rec, scheme=scheme, checkpoint_path=tmp_path / "c.ckpt")
+    result = train(
+        _config(scheme="mutual_toy", task="targets_toy"),
+        teacher,
+        train_data,
+        val_data,
+        callbacks=rec,
+        scheme=scheme,
+        checkpoint_path=tmp_path / "c.ckpt",
+    )
     assert [set(e) for e in rec.epochs] == [{"val/mse", "train/loss"}] * 2  # the task's metric
     assert all(s == {"loss", "loss/kd", "loss/peer", "lr"} for s in rec.steps)  # scheme's term
     assert result.steps == 2 * 5  # 72 training samples in batches of 16
@@ -243,11 +281,18 @@ def test_a_toy_scheme_resumes_exactly_from_its_checkpoint(tmp_path: Path) -> Non
     full = train(config, teacher, train_data, val_data).student.state_dict()
     with pytest.raises(Cancelled):
         torch.manual_seed(3)
-        train(config, teacher, train_data, val_data, callbacks=Epochs(stop_at=6),
-              checkpoint_path=tmp_path / "r.ckpt")
+        train(
+            config,
+            teacher,
+            train_data,
+            val_data,
+            callbacks=Epochs(stop_at=6),
+            checkpoint_path=tmp_path / "r.ckpt",
+        )
     torch.manual_seed(3)
-    resumed = train(config, teacher, train_data, val_data,
-                    checkpoint_path=tmp_path / "r.ckpt").student.state_dict()
+    resumed = train(
+        config, teacher, train_data, val_data, checkpoint_path=tmp_path / "r.ckpt"
+    ).student.state_dict()
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
@@ -257,8 +302,9 @@ def test_a_toy_task_runs_a_whole_distillation(tmp_path: Path) -> None:
     export_pt2(_teacher().eval(), (6,), tmp_path / "teacher.pt2", build_task("targets_toy"))
     np.savez(tmp_path / "data.npz", x=data.x.numpy(), t=data.t.numpy())
     config = _config(task="targets_toy")
-    result = run_distillation(config, tmp_path / "teacher.pt2", tmp_path / "data.npz",
-                              tmp_path / "out")
+    result = run_distillation(
+        config, tmp_path / "teacher.pt2", tmp_path / "data.npz", tmp_path / "out"
+    )
     report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert {"teacher_mse", "student_mse", "student_params", "student_flops"} <= set(report)
     assert "student_top1" not in report  # classification's report is not used
@@ -268,8 +314,9 @@ def test_a_toy_task_runs_a_whole_distillation(tmp_path: Path) -> None:
     wrong = Targets(data.x, data.t[:, :2])
     np.savez(tmp_path / "wrong.npz", x=wrong.x.numpy(), t=wrong.t.numpy())
     with pytest.raises(IncompatibleDataError, match="output width"):
-        run_distillation(config, tmp_path / "teacher.pt2", tmp_path / "wrong.npz",
-                         tmp_path / "out2")
+        run_distillation(
+            config, tmp_path / "teacher.pt2", tmp_path / "wrong.npz", tmp_path / "out2"
+        )
 
 
 def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> None:
@@ -285,8 +332,10 @@ def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> No
     served = TestClient(app).get("/api/v1/catalog").json()
     assert {"losses", "students", "optimizers", "schedules"} <= set(served)
     keys = {"name", "title", "help", "params", "paper", "kind", "needs_pairs", "extra"}
-    for kind, names in (("schemes", ["offline", "mutual_toy"]),
-                        ("tasks", ["classification", "targets_toy"])):
+    for kind, names in (
+        ("schemes", ["offline", "mutual_toy"]),
+        ("tasks", ["classification", "targets_toy"]),
+    ):
         assert [e["name"] for e in served[kind]] == names, kind
         assert all(set(e) == keys for e in served[kind]), kind
     from client.catalog import Catalog
@@ -294,5 +343,8 @@ def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> No
     typed = Catalog.model_validate(served)  # the SDK's model reads them too
     assert typed.task("targets_toy") is not None and typed.scheme("mutual_toy") is not None
     classification = served["tasks"][0]
-    assert classification["extra"] == {"formats": ["npz", "zip", "csv"],
-                                       "metrics": ["top1", "loss"], "stage_rule": "spatial"}
+    assert classification["extra"] == {
+        "formats": ["npz", "zip", "csv"],
+        "metrics": ["top1", "loss"],
+        "stage_rule": "spatial",
+    }

@@ -47,11 +47,15 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("standalone")
     (root / "demo").mkdir()
     data = digits_data()
-    config = RunConfig.model_validate({
-        "teacher": {"path": "-"}, "dataset": {"path": "-"},
-        "student": {"architecture": "resnet8", "kwargs": {"width": 1.0}},
-        "losses": [{"name": "ce"}], "training": {"epochs": 2, "lr": 0.1, "device": "cpu"},
-    })
+    config = RunConfig.model_validate(
+        {
+            "teacher": {"path": "-"},
+            "dataset": {"path": "-"},
+            "student": {"architecture": "resnet8", "kwargs": {"width": 1.0}},
+            "losses": [{"name": "ce"}],
+            "training": {"epochs": 2, "lr": 0.1, "device": "cpu"},
+        }
+    )
     teacher = train(config, nn.Identity(), *_default_split(data)).student.cpu().eval()
     export_pt2(teacher, data.input_shape, root / "demo" / "digits_teacher.pt2")
     save_safetensors(teacher, root / "demo" / "digits_teacher.safetensors")
@@ -96,7 +100,8 @@ def test_example_runs_standalone_and_writes_the_studio_artifacts(folder: Path) -
     saved = RunConfig.from_yaml((out / "run.yaml").read_text())
     assert (out / saved.teacher.path).resolve() == (folder / "demo/digits_teacher.pt2").resolve()
     assert saved.model_dump(exclude={"teacher", "dataset"}) == RunConfig.from_yaml(
-        config.read_text()).model_dump(exclude={"teacher", "dataset"})
+        config.read_text()
+    ).model_dump(exclude={"teacher", "dataset"})
     # the ONNX student agrees with the PyTorch one on the held-out split it was evaluated on
     val = split(load_dataset(folder / "demo/digits.npz"), 0.2, saved.seed)[1]
     student = load_model(out / "student.safetensors", "safetensors").module
@@ -112,9 +117,12 @@ def test_example_runs_standalone_and_writes_the_studio_artifacts(folder: Path) -
 def test_derived_student_from_a_zoo_teacher(folder: Path) -> None:
     """A safetensors teacher carries its architecture: derive a half-depth, half-width student."""
     config = _write(
-        folder, "derived.yaml", teacher__path="demo/digits_teacher.safetensors",
+        folder,
+        "derived.yaml",
+        teacher__path="demo/digits_teacher.safetensors",
         student={"source": "derived", "depth_factor": 0.5, "width_factor": 0.5},
-        training__epochs=1, training__export_onnx=False,
+        training__epochs=1,
+        training__export_onnx=False,
     )
     result = _run(str(config), "--out", str(folder / "derived"))
     assert result.exit_code == 0, result.output
@@ -130,10 +138,13 @@ def test_derived_student_from_a_zoo_teacher(folder: Path) -> None:
 
 def test_self_distillation_student_is_a_fresh_copy_of_the_teacher(folder: Path) -> None:
     teacher_file = folder / "demo/digits_teacher.safetensors"
-    config = RunConfig.model_validate({
-        "teacher": {"path": str(teacher_file)}, "dataset": {"path": "-"},
-        "student": {"source": "teacher"},
-    })
+    config = RunConfig.model_validate(
+        {
+            "teacher": {"path": str(teacher_file)},
+            "dataset": {"path": "-"},
+            "student": {"source": "teacher"},
+        }
+    )
     teacher = load_model(teacher_file, "safetensors")
     data = load_dataset(folder / "demo/digits.npz")
     student = build_run_student(config, teacher, data)
@@ -150,8 +161,10 @@ def test_errors_say_what_to_do(folder: Path) -> None:
     derived_pt2 = _write(folder, "bad.yaml", student={"source": "derived"})
     result = _run(str(derived_pt2), "--out", str(folder / "bad"))
     assert result.exit_code == 1
-    assert "derived students need a teacher whose architecture is in the zoo (upload it as " \
-           "safetensors with architecture=...)" in result.stderr
+    assert (
+        "derived students need a teacher whose architecture is in the zoo (upload it as "
+        "safetensors with architecture=...)" in result.stderr
+    )
     studio = _write(folder, "studio.yaml", teacher={"model_id": 3})
     result = _run(str(studio), "--out", str(folder / "bad"))
     assert result.exit_code == 1 and "pass --teacher FILE" in result.stderr

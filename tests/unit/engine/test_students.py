@@ -51,9 +51,14 @@ def _params(model: torch.nn.Module) -> int:
 # CIFAR-100 sizes as RepDistiller reports them (ours, measured: 0.278M, 2.255M, 0.703M, 9.462M,
 # 3.965M, 0.813M, 0.949M, 1.356M)
 REPDISTILLER_PARAMS = {
-    "resnet20": (0.27e6, 0.285e6), "wrn_40_2": (2.2e6, 2.3e6), "wrn_16_2": (0.68e6, 0.72e6),
-    "vgg13": (9.4e6, 9.5e6), "vgg8": (3.9e6, 4.0e6), "mobilenetv2": (0.78e6, 0.84e6),
-    "shufflenetv1": (0.92e6, 0.98e6), "shufflenetv2": (1.32e6, 1.40e6),
+    "resnet20": (0.27e6, 0.285e6),
+    "wrn_40_2": (2.2e6, 2.3e6),
+    "wrn_16_2": (0.68e6, 0.72e6),
+    "vgg13": (9.4e6, 9.5e6),
+    "vgg8": (3.9e6, 4.0e6),
+    "mobilenetv2": (0.78e6, 0.84e6),
+    "shufflenetv1": (0.92e6, 0.98e6),
+    "shufflenetv2": (1.32e6, 1.40e6),
 }
 
 
@@ -92,7 +97,9 @@ def test_errors_name_the_fix() -> None:
         build_student("resnet20", (3, 32, 32), 10, depth=3)
     with pytest.raises(ValueError, match="use 'mlp'"):
         build_student("resnet8", (64,), 10)
-    with pytest.raises(ValueError, match=r"'depth' of 'resnet' must be 6n\+2, got 21; nearest: 20, 26"):
+    with pytest.raises(
+        ValueError, match=r"'depth' of 'resnet' must be 6n\+2, got 21; nearest: 20, 26"
+    ):
         build_student("resnet", (3, 32, 32), 10, depth=21)
     with pytest.raises(ValueError, match=r"'depth' of 'wrn' must be 6n\+4"):
         StudentSpec(architecture="wrn", kwargs={"depth": 12})
@@ -110,40 +117,72 @@ def test_stages_of_the_new_families_end_at_their_blocks() -> None:
     """Old-resolution work inside a down-sampling block (pre-activation, 1x1 expansions,
     branches) neither splits nor ends a stage."""
     assert _ends("wrn_16_2") == [
-        ([32, 32], 32, "layer1"), ([16, 16], 64, "layer2"), ([8, 8], 128, "relu"),
+        ([32, 32], 32, "layer1"),
+        ([16, 16], 64, "layer2"),
+        ([8, 8], 128, "relu"),
         (None, 100, "fc"),
     ]
     assert _ends("vgg8") == [
-        ([32, 32], 64, "block0"), ([16, 16], 128, "block1"), ([8, 8], 512, "block3"),
-        ([4, 4], 512, "block4"), (None, 100, "classifier"),
+        ([32, 32], 64, "block0"),
+        ([16, 16], 128, "block1"),
+        ([8, 8], 512, "block3"),
+        ([4, 4], 512, "block4"),
+        (None, 100, "classifier"),
     ]
     # (one block per stage keeps the structure and the test fast)
     assert [e[2] for e in _ends("mobilenetv2", depth=0.1)] == [
-        "blocks.1", "blocks.2", "blocks.4", "conv2", "classifier"
+        "blocks.1",
+        "blocks.2",
+        "blocks.4",
+        "conv2",
+        "classifier",
     ]
     assert [e[2] for e in _ends("shufflenetv1", depth=0.1)] == [
-        "relu", "layer1", "layer2", "layer3", "fc"
+        "relu",
+        "layer1",
+        "layer2",
+        "layer3",
+        "fc",
     ]
     assert [e[2] for e in _ends("shufflenetv2", depth=0.1)] == [
-        "relu", "layer1", "layer2", "conv2", "fc"
+        "relu",
+        "layer1",
+        "layer2",
+        "conv2",
+        "fc",
     ]
     # digits: VGG's pools stop at 1x1 and the last block joins the head
     assert [e[2] for e in _ends("vgg8", (1, 8, 8))] == ["block0", "block1", "block3", "classifier"]
     assert [e[2] for e in _ends("mobilenetv2", (1, 8, 8), depth=0.1)] == [
-        "blocks.1", "blocks.2", "blocks.4", "conv2", "classifier"
+        "blocks.1",
+        "blocks.2",
+        "blocks.4",
+        "conv2",
+        "classifier",
     ]
 
 
-@pytest.mark.parametrize(("teacher", "student", "expected"), [
-    ("wrn_40_2", "wrn_16_2", [("layer1", [32, 32, 32]), ("layer2", [64, 16, 16]),
-                              ("relu", [128, 8, 8])]),
-    ("vgg13", "vgg8", [("block1", [128, 16, 16]), ("block3", [512, 8, 8]),
-                       ("block4", [512, 4, 4])]),
-])
+@pytest.mark.parametrize(
+    ("teacher", "student", "expected"),
+    [
+        (
+            "wrn_40_2",
+            "wrn_16_2",
+            [("layer1", [32, 32, 32]), ("layer2", [64, 16, 16]), ("relu", [128, 8, 8])],
+        ),
+        (
+            "vgg13",
+            "vgg8",
+            [("block1", [128, 16, 16]), ("block3", [512, 8, 8]), ("block4", [512, 4, 4])],
+        ),
+    ],
+)
 def test_suggest_pairs_on_repdistiller_pairs(teacher: str, student: str, expected: list) -> None:
     shape = (3, 32, 32)
-    pairs = suggest_pairs(inspect_model(build_student(teacher, shape, 100), shape),
-                          inspect_model(build_student(student, shape, 100), shape))
+    pairs = suggest_pairs(
+        inspect_model(build_student(teacher, shape, 100), shape),
+        inspect_model(build_student(student, shape, 100), shape),
+    )
     assert [(p["teacher"], p["teacher_shape"]) for p in pairs] == expected
     assert [p["student"] for p in pairs] == [path for path, _ in expected]
     assert all(p["student_shape"] == p["teacher_shape"] for p in pairs)
@@ -154,10 +193,14 @@ def test_suggest_pairs_on_repdistiller_pairs(teacher: str, student: str, expecte
 # test_loading): max pooling (VGG); channel shuffle, average-pool shortcut, concatenation, group
 # convolutions (ShuffleNetV1); channel split by slicing (ShuffleNetV2). WRN and MobileNetV2 use
 # only ResNet's operators (depthwise is a grouped convolution).
-@pytest.mark.parametrize(("name", "kwargs"), [
-    ("vgg8", {"width": 0.25}), ("shufflenetv1", {"width": 0.25, "depth": 0.1}),
-    ("shufflenetv2", {"width": 0.5, "depth": 0.1}),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("vgg8", {"width": 0.25}),
+        ("shufflenetv1", {"width": 0.25, "depth": 0.1}),
+        ("shufflenetv2", {"width": 0.5, "depth": 0.1}),
+    ],
+)
 def test_new_families_export_and_load_back(name: str, kwargs: dict, tmp_path: Path) -> None:
     model = build_student(name, (1, 8, 8), 10, **kwargs).eval()
     export_pt2(model, (1, 8, 8), tmp_path / "m.pt2")
@@ -180,21 +223,31 @@ DERIVED = [
     ("wrn_40_2", {}, 0.4, 1.0, "wrn_16_2", {}),
     ("vgg13", {}, 0.5, 0.5, "vgg8", {"width": 0.5}),
     ("vgg13", {}, 0.7, 1.0, "vgg", {"depth": 10, "width": 1.0}),
-    ("mlp", {"hidden": 64, "depth": 4}, 0.5, 0.5, "mlp", {"hidden": 32, "depth": 2, "dropout": 0.0}),
+    (
+        "mlp",
+        {"hidden": 64, "depth": 4},
+        0.5,
+        0.5,
+        "mlp",
+        {"hidden": 32, "depth": 2, "dropout": 0.0},
+    ),
     ("mobilenetv2", {}, 0.5, 0.5, "mobilenetv2", {"width": 0.25, "depth": 0.5}),
     ("shufflenetv2", {}, 0.5, 0.5, "shufflenetv2", {"width": 0.5, "depth": 0.5}),
 ]
 
 
 @pytest.mark.parametrize(("teacher", "t_kwargs", "df", "wf", "arch", "kwargs"), DERIVED)
-def test_derived_architecture(teacher: str, t_kwargs: dict, df: float, wf: float, arch: str,
-                              kwargs: dict) -> None:
+def test_derived_architecture(
+    teacher: str, t_kwargs: dict, df: float, wf: float, arch: str, kwargs: dict
+) -> None:
     spec = StudentSpec(source="derived", depth_factor=df, width_factor=wf)
     assert spec.zoo_architecture(teacher, {**t_kwargs, "num_classes": 10}) == (arch, kwargs)
 
 
-@pytest.mark.parametrize("teacher", ["resnet56", "wrn_40_2", "vgg13", "mlp", "mobilenetv2",
-                                     "shufflenetv1", "shufflenetv2"])
+@pytest.mark.parametrize(
+    "teacher",
+    ["resnet56", "wrn_40_2", "vgg13", "mlp", "mobilenetv2", "shufflenetv1", "shufflenetv2"],
+)
 def test_derived_students_are_smaller(teacher: str) -> None:
     shape = (1, 8, 8) if teacher != "mlp" else (64,)
     t = build_student(teacher, shape, 10)
@@ -218,8 +271,10 @@ def test_derived_student_has_the_predicted_depth_and_width() -> None:
 
 
 def test_derived_needs_a_zoo_teacher() -> None:
-    needs = r"derived students need a teacher whose architecture is in the zoo \(upload it as " \
-            r"safetensors with architecture=...\); this teacher has no architecture"
+    needs = (
+        r"derived students need a teacher whose architecture is in the zoo \(upload it as "
+        r"safetensors with architecture=...\); this teacher has no architecture"
+    )
     with pytest.raises(ValueError, match=needs):
         derive_student(None, {}, 0.5, 0.5, (1, 8, 8), 10)
     with pytest.raises(ValueError, match="self-distillation students"):

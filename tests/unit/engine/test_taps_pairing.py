@@ -36,13 +36,21 @@ def test_inspect_resnet20_digits(digits: dict) -> None:
     first = [r["path"] for r in digits["layers"][:5]]
     assert first == ["conv1", "bn1", "relu", "layer1", "layer1.0"]
     assert rows["layer2"] == {
-        "path": "layer2", "type": "Sequential", "input_shape": [16, 8, 8],
-        "output_shape": [32, 4, 4], "params": rows["layer2"]["params"], "stage": 1,
+        "path": "layer2",
+        "type": "Sequential",
+        "input_shape": [16, 8, 8],
+        "output_shape": [32, 4, 4],
+        "params": rows["layer2"]["params"],
+        "stage": 1,
     }
     assert rows["fc"]["input_shape"] == [64] and rows["fc"]["stage"] == 3
     stages = [(s["resolution"], s["channels"], s["end"]) for s in digits["stages"]]
-    assert stages == [([8, 8], 16, "layer1"), ([4, 4], 32, "layer2"), ([2, 2], 64, "layer3"),
-                      (None, 10, "fc")]
+    assert stages == [
+        ([8, 8], 16, "layer1"),
+        ([4, 4], 32, "layer2"),
+        ([2, 2], 64, "layer3"),
+        (None, 10, "fc"),
+    ]
     assert digits["stages"][3]["layers"] == ["avgpool", "fc"]
     assert "layer2.2.relu2" in digits["stages"][1]["layers"]
 
@@ -50,8 +58,12 @@ def test_inspect_resnet20_digits(digits: dict) -> None:
 def test_inspect_resnet20_cifar(cifar_pair: tuple[dict, dict]) -> None:
     teacher, _ = cifar_pair
     ends = [(s["resolution"], s["channels"], s["end"]) for s in teacher["stages"]]
-    assert ends == [([32, 32], 32, "layer1"), ([16, 16], 64, "layer2"), ([8, 8], 128, "layer3"),
-                    (None, 10, "fc")]
+    assert ends == [
+        ([32, 32], 32, "layer1"),
+        ([16, 16], 64, "layer2"),
+        ([8, 8], 128, "layer3"),
+        (None, 10, "fc"),
+    ]
     # resnet20 at width 1: about 41M multiply-adds on CIFAR, i.e. ~82M FLOPs
     flops = inspect_model(build_student("resnet20", (3, 32, 32), 10), (3, 32, 32))["flops"]
     assert 75e6 < flops < 90e6
@@ -96,12 +108,24 @@ def test_feature_taps_unknown_path() -> None:
 def test_suggest_pairs_matches_stage_ends(cifar_pair: tuple[dict, dict]) -> None:
     teacher, student = cifar_pair
     assert suggest_pairs(teacher, student) == [
-        {"teacher": "layer1", "student": "layer1", "teacher_shape": [32, 32, 32],
-         "student_shape": [8, 32, 32]},
-        {"teacher": "layer2", "student": "layer2", "teacher_shape": [64, 16, 16],
-         "student_shape": [16, 16, 16]},
-        {"teacher": "layer3", "student": "layer3", "teacher_shape": [128, 8, 8],
-         "student_shape": [32, 8, 8]},
+        {
+            "teacher": "layer1",
+            "student": "layer1",
+            "teacher_shape": [32, 32, 32],
+            "student_shape": [8, 32, 32],
+        },
+        {
+            "teacher": "layer2",
+            "student": "layer2",
+            "teacher_shape": [64, 16, 16],
+            "student_shape": [16, 16, 16],
+        },
+        {
+            "teacher": "layer3",
+            "student": "layer3",
+            "teacher_shape": [128, 8, 8],
+            "student_shape": [32, 8, 8],
+        },
     ]
     two = suggest_pairs(teacher, student, max_pairs=2)
     assert [p["teacher"] for p in two] == ["layer2", "layer3"]

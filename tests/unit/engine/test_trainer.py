@@ -57,24 +57,41 @@ def teacher() -> nn.Module:
 
 
 def _config(**training: object) -> RunConfig:
-    return RunConfig.model_validate({
-        "teacher": {"path": "unused.pt2"},
-        "dataset": {"path": "unused.npz"},
-        # the teacher's penultimate vector (fc input, 128) -> the MLP's hidden layer (32)
-        "layer_pairs": [{"teacher": "fc", "student": "layers.0", "tap": "input"}],
-        "student": {"architecture": "mlp", "kwargs": {"hidden": 32, "depth": 1, "dropout": 0.2}},
-        "losses": [
-            {"name": "ce"}, {"name": "kd", "params": {"temperature": 4}},
-            {"name": "fitnets", "weight": 0.5},
-        ],
-        "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "checkpoint_every": 3,
-                     "device": "cpu", **training},
-        "seed": 7,
-    })
+    return RunConfig.model_validate(
+        {
+            "teacher": {"path": "unused.pt2"},
+            "dataset": {"path": "unused.npz"},
+            # the teacher's penultimate vector (fc input, 128) -> the MLP's hidden layer (32)
+            "layer_pairs": [{"teacher": "fc", "student": "layers.0", "tap": "input"}],
+            "student": {
+                "architecture": "mlp",
+                "kwargs": {"hidden": 32, "depth": 1, "dropout": 0.2},
+            },
+            "losses": [
+                {"name": "ce"},
+                {"name": "kd", "params": {"temperature": 4}},
+                {"name": "fitnets", "weight": 0.5},
+            ],
+            "training": {
+                "epochs": 2,
+                "batch_size": 32,
+                "lr": 0.05,
+                "checkpoint_every": 3,
+                "device": "cpu",
+                **training,
+            },
+            "seed": 7,
+        }
+    )
 
 
-def _run(config: RunConfig, teacher: nn.Module, data: tuple[TensorData, TensorData],
-         callbacks: Callbacks | None = None, ckpt: Path | None = None) -> dict[str, torch.Tensor]:
+def _run(
+    config: RunConfig,
+    teacher: nn.Module,
+    data: tuple[TensorData, TensorData],
+    callbacks: Callbacks | None = None,
+    ckpt: Path | None = None,
+) -> dict[str, torch.Tensor]:
     result = train(config, teacher, *data, callbacks=callbacks, checkpoint_path=ckpt)
     return {k: v.clone() for k, v in result.student.state_dict().items()}
 
@@ -161,8 +178,7 @@ def test_log_window_and_hint_stage(teacher, digits) -> None:
 def test_cancel_saves_checkpoint_and_raises(teacher, digits, tmp_path) -> None:
     rec = Recorder(stop_at=0)
     with pytest.raises(Cancelled):
-        train(_config(), teacher, *digits, callbacks=rec,
-              checkpoint_path=tmp_path / "c.ckpt")
+        train(_config(), teacher, *digits, callbacks=rec, checkpoint_path=tmp_path / "c.ckpt")
     assert rec.checkpoints == [0]
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert ckpt["step"] == 0
@@ -170,8 +186,9 @@ def test_cancel_saves_checkpoint_and_raises(teacher, digits, tmp_path) -> None:
     models = {k for k in ckpt if isinstance(ckpt[k], dict) and k not in ("optimizer", "scheduler")}
     assert models == {"student", "losses"}
     assert any(k.startswith("2.") for k in ckpt["losses"])  # the fitnets connector's weights
-    assert set(ckpt["student"]) == set(build_student("mlp", (1, 8, 8), 10, hidden=32, depth=1,
-                                                     dropout=0.2).state_dict())
+    assert set(ckpt["student"]) == set(
+        build_student("mlp", (1, 8, 8), 10, hidden=32, depth=1, dropout=0.2).state_dict()
+    )
 
 
 def test_teacher_gets_no_gradient(digits) -> None:

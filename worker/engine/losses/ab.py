@@ -47,8 +47,9 @@ class ActivationBoundaries(DistillLoss):
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
-        pairs = zip(self.connectors, out.student_feats, out.teacher_feats, self.pair_weights,
-                    strict=True)
+        pairs = zip(
+            self.connectors, out.student_feats, out.teacher_feats, self.pair_weights, strict=True
+        )
         for reg, f_s, f_t, w in pairs:
             hinge = ab_hinge(reg(f_s).float(), f_t.float(), self.margin)
             total = total + w * hinge / (f_s.shape[0] * 1000.0)

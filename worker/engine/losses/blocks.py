@@ -84,7 +84,8 @@ class ConvAutoEncoder(nn.Module):
             *block(nn.Conv2d, c, c), *block(nn.Conv2d, c, k), *block(nn.Conv2d, k, k)
         )
         self.decoder = nn.Sequential(
-            *block(nn.ConvTranspose2d, k, k), *block(nn.ConvTranspose2d, k, c),
+            *block(nn.ConvTranspose2d, k, k),
+            *block(nn.ConvTranspose2d, k, c),
             *block(nn.ConvTranspose2d, c, c),
         )
         self.factor_channels = k

@@ -43,8 +43,9 @@ class CRD(DistillLoss):
     CIFAR weight is 0.8 with ce 1, feat_dim 128, tau 0.07, on the penultimate (pooled) features.
     """
 
-    def __init__(self, ctx: LossContext, feat_dim: int = 128, queue_size: int = 4096,
-                 nce_t: float = 0.07) -> None:
+    def __init__(
+        self, ctx: LossContext, feat_dim: int = 128, queue_size: int = 4096, nce_t: float = 0.07
+    ) -> None:
         super().__init__(ctx)
         if not ctx.pairs:
             raise ValueError("crd needs at least one layer pair (teacher/student modules)")

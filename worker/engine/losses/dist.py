@@ -26,8 +26,9 @@ class DIST(DistillLoss):
     beta = gamma = 1 (T 1 on ImageNet, T 4 on CIFAR-100 with beta = gamma = 2).
     """
 
-    def __init__(self, ctx: LossContext, beta: float = 1.0, gamma: float = 1.0,
-                 temperature: float = 4.0) -> None:
+    def __init__(
+        self, ctx: LossContext, beta: float = 1.0, gamma: float = 1.0, temperature: float = 4.0
+    ) -> None:
         super().__init__(ctx)
         if temperature <= 0:
             raise ValueError(f"dist: temperature must be > 0, got {temperature}")

@@ -48,8 +48,14 @@ class DKD(DistillLoss):
     20 of 240 epochs, with ce weight 1. For short runs shorten the warm-up (~10% of the epochs).
     """
 
-    def __init__(self, ctx: LossContext, alpha: float = 1.0, beta: float = 8.0,
-                 temperature: float = 4.0, warmup: int = 20) -> None:
+    def __init__(
+        self,
+        ctx: LossContext,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup: int = 20,
+    ) -> None:
         super().__init__(ctx)
         if temperature <= 0:
             raise ValueError(f"dkd: temperature must be > 0, got {temperature}")

@@ -58,7 +58,9 @@ class FeatureL2(DistillLoss):
         if not ctx.pairs:
             raise ValueError("feature_l2 needs at least one layer pair (teacher/student modules)")
         if distance not in DISTANCES:
-            raise ValueError(f"feature_l2: distance must be one of {list(DISTANCES)}, got {distance!r}")
+            raise ValueError(
+                f"feature_l2: distance must be one of {list(DISTANCES)}, got {distance!r}"
+            )
         self.distance, self.normalize = distance, bool(normalize)
         self.projectors = nn.ModuleList(projector(s, t) for s, t in ctx.pairs)
 
@@ -72,7 +74,9 @@ class FeatureL2(DistillLoss):
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
-        for proj, f_s, f_t in zip(self.projectors, out.student_feats, out.teacher_feats, strict=True):
+        for proj, f_s, f_t in zip(
+            self.projectors, out.student_feats, out.teacher_feats, strict=True
+        ):
             p_s, f_t = proj(f_s).float(), f_t.float()
             if self.normalize:
                 p_s, f_t = batch_standardize(p_s), batch_standardize(f_t)

@@ -71,8 +71,9 @@ class FactorTransfer(DistillLoss):
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
-        parts = zip(self.paraphrasers, self.translators, out.student_feats, out.teacher_feats,
-                    strict=True)
+        parts = zip(
+            self.paraphrasers, self.translators, out.student_feats, out.teacher_feats, strict=True
+        )
         for para, trans, f_s, f_t in parts:
             with torch.no_grad():
                 f_teacher = para.encoder(f_t.float())

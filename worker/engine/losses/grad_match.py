@@ -36,7 +36,9 @@ class GradMatch(DistillLoss):
     def __init__(self, ctx: LossContext, distance: str = "cosine") -> None:
         super().__init__(ctx)
         if distance not in DISTANCES:
-            raise ValueError(f"grad_match: distance must be one of {list(DISTANCES)}, got {distance!r}")
+            raise ValueError(
+                f"grad_match: distance must be one of {list(DISTANCES)}, got {distance!r}"
+            )
         self.distance = distance
 
     def forward(self, out: StepOutputs) -> Tensor:

@@ -31,9 +31,7 @@ class ICKD(DistillLoss):
         super().__init__(ctx)
         if not ctx.pairs:
             raise ValueError("ickd needs at least one layer pair (teacher/student modules)")
-        self.embeds = nn.ModuleList(
-            conv1x1(map_shape(s)[0], map_shape(t)[0]) for s, t in ctx.pairs
-        )
+        self.embeds = nn.ModuleList(conv1x1(map_shape(s)[0], map_shape(t)[0]) for s, t in ctx.pairs)
 
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 def adapter(c_in: int, c_out: int) -> nn.Sequential:
     """3x3 conv-BN-ReLU then 1x1 conv: the student's feature adapter C_f."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_in, 3, 1, 1, bias=False), nn.BatchNorm2d(c_in), nn.ReLU(),
+        nn.Conv2d(c_in, c_in, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(c_in),
+        nn.ReLU(),
         nn.Conv2d(c_in, c_out, 1, bias=False),
     )
 
@@ -51,8 +53,13 @@ class KnowledgeAdaptation(DistillLoss):
 
     needs_prepare = True
 
-    def __init__(self, ctx: LossContext, rate: float = 0.5, autoencoder_epochs: int = 5,
-                 affinity_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        ctx: LossContext,
+        rate: float = 0.5,
+        autoencoder_epochs: int = 5,
+        affinity_weight: float = 0.0,
+    ) -> None:
         super().__init__(ctx)
         if not ctx.pairs:
             raise ValueError("ka needs at least one layer pair (teacher/student modules)")
@@ -77,8 +84,9 @@ class KnowledgeAdaptation(DistillLoss):
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
-        parts = zip(self.autoencoders, self.adapters, out.student_feats, out.teacher_feats,
-                    strict=True)
+        parts = zip(
+            self.autoencoders, self.adapters, out.student_feats, out.teacher_feats, strict=True
+        )
         for ae, adapt, f_s, f_t in parts:
             with torch.no_grad():
                 z_t = ae.encoder(f_t.float())

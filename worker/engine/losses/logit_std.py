@@ -28,8 +28,15 @@ class LogitStandardization(DistillLoss):
     and warmup act as in `dkd`.
     """
 
-    def __init__(self, ctx: LossContext, temperature: float = 2.0, base: str = "kd",
-                 alpha: float = 1.0, beta: float = 8.0, warmup: int = 20) -> None:
+    def __init__(
+        self,
+        ctx: LossContext,
+        temperature: float = 2.0,
+        base: str = "kd",
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        warmup: int = 20,
+    ) -> None:
         super().__init__(ctx)
         if base not in ("kd", "dkd"):
             raise ValueError(f"logit_std: base must be 'kd' or 'dkd', got {base!r}")
@@ -39,7 +46,11 @@ class LogitStandardization(DistillLoss):
         self.alpha, self.beta, self.warmup = float(alpha), float(beta), int(warmup)
 
     def forward(self, out: StepOutputs) -> Tensor:
-        s, t, temp = zscore(out.student_logits), zscore(out.teacher_logits.detach()), self.temperature
+        s, t, temp = (
+            zscore(out.student_logits),
+            zscore(out.teacher_logits.detach()),
+            self.temperature,
+        )
         if self.base == "dkd":
             tckd, nckd = dkd_terms(s, t, out.labels, temp)
             return warmup_factor(out.epoch, self.warmup) * (self.alpha * tckd + self.beta * nckd)

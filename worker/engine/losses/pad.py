@@ -55,10 +55,10 @@ class PAD(DistillLoss):
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
-        for reg, head, f_s, f_t in zip(self.connectors, self.variance_heads,
-                                       out.student_feats, out.teacher_feats, strict=True):
+        for reg, head, f_s, f_t in zip(
+            self.connectors, self.variance_heads, out.student_feats, out.teacher_feats, strict=True
+        ):
             d = (reg(f_s).float() - f_t.detach().float()).pow(2).flatten(1).mean(1)
             var = head(f_s).exp() + self.eps
             total = total + (d / (2 * var) + 0.5 * var.log()).mean()
         return total
-

@@ -27,7 +27,9 @@ class ABF(nn.Module):
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
         nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
 
-    def forward(self, x: Tensor, residual: Tensor | None, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, residual: Tensor | None, size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
         x = self.conv1(x)
         if self.att is not None and residual is not None:
             y = F.interpolate(residual, x.shape[2:], mode="nearest")

@@ -48,7 +48,10 @@ class RKD(DistillLoss):
         total = torch.zeros((), device=out.student_logits.device)
         for f_s, f_t in zip(out.student_feats, out.teacher_feats, strict=True):
             s, t = f_s.float().flatten(1), f_t.float().flatten(1).detach()
-            d_s, d_t = _mean_normalised(pairwise_distances(s)), _mean_normalised(pairwise_distances(t))
+            d_s, d_t = (
+                _mean_normalised(pairwise_distances(s)),
+                _mean_normalised(pairwise_distances(t)),
+            )
             total = total + self.w_dist * F.smooth_l1_loss(d_s, d_t)
             total = total + self.w_angle * F.smooth_l1_loss(angles(s), angles(t))
         return total

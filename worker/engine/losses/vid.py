@@ -15,8 +15,10 @@ from worker.engine.losses.blocks import as_map, map_shape, match_spatial
 def regressor(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
     """mu(s): 1x1 conv - ReLU - 1x1 conv - ReLU - 1x1 conv, no bias (RepDistiller `VIDLoss`)."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_mid, 1, bias=False), nn.ReLU(),
-        nn.Conv2d(c_mid, c_mid, 1, bias=False), nn.ReLU(),
+        nn.Conv2d(c_in, c_mid, 1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(c_mid, c_mid, 1, bias=False),
+        nn.ReLU(),
         nn.Conv2d(c_mid, c_out, 1, bias=False),
     )
 

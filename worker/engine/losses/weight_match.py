@@ -28,7 +28,9 @@ def pool_kernel(w: Tensor, kernel: tuple[int, ...]) -> Tensor:
     if not kernel:
         return w.flatten(2).mean(2)
     if len(kernel) != w.dim() - 2 or len(kernel) > 2:
-        raise ValueError(f"weight_match: cannot pool a kernel {list(w.shape[2:])} to {list(kernel)}")
+        raise ValueError(
+            f"weight_match: cannot pool a kernel {list(w.shape[2:])} to {list(kernel)}"
+        )
     pool = F.adaptive_avg_pool1d if len(kernel) == 1 else F.adaptive_avg_pool2d
     o, i = w.shape[:2]
     return pool(w.reshape(o * i, 1, *w.shape[2:]), kernel).reshape(o, i, *kernel)
@@ -68,7 +70,9 @@ class WeightMatch(DistillLoss):
         super().__init__(ctx)
         n = len(ctx.pairs)
         if n == 0 or len(ctx.student_modules) != n or len(ctx.teacher_modules) != n:
-            raise ValueError("weight_match needs layer pairs and their modules (built by the trainer)")
+            raise ValueError(
+                "weight_match needs layer pairs and their modules (built by the trainer)"
+            )
         paths = ctx.pair_paths or [("student", "teacher")] * n
         # plain references (a list is not registered): the models' weights stay out of this
         # loss's parameters and state dict

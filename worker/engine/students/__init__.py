@@ -104,6 +104,15 @@ def derive_student(
 
 
 __all__ = [
-    "MLP", "REGISTRY", "VGG", "MobileNetV2", "ResNet", "ShuffleNetV1", "ShuffleNetV2",
-    "WideResNet", "build_student", "builder", "derive_student",
+    "MLP",
+    "REGISTRY",
+    "VGG",
+    "MobileNetV2",
+    "ResNet",
+    "ShuffleNetV1",
+    "ShuffleNetV2",
+    "WideResNet",
+    "build_student",
+    "builder",
+    "derive_student",
 ]

@@ -25,8 +25,13 @@ def image_shape(arch: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def describe(module: nn.Module, arch: str, kwargs: dict[str, Any],
-             input_shape: Sequence[int], num_classes: int) -> None:
+def describe(
+    module: nn.Module,
+    arch: str,
+    kwargs: dict[str, Any],
+    input_shape: Sequence[int],
+    num_classes: int,
+) -> None:
     """Attach what `export.save_safetensors` records to rebuild the model."""
     module.input_shape = tuple(int(s) for s in input_shape)
     module.num_classes = int(num_classes)
@@ -44,7 +49,9 @@ def repeats(n: int, depth: float) -> int:
     return max(1, int(round(n * depth)))
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1
+) -> nn.Sequential:
     """conv (no bias, 'same' padding) -> BN -> ReLU, as children `0`, `1`, `2`."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),

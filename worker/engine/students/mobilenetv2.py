@@ -31,8 +31,15 @@ from worker.engine.students.common import (
     repeats,
 )
 
-SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-            (6, 160, 3, 2), (6, 320, 1, 1))
+SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 def _divisible(value: float, divisor: int = 8) -> int:
@@ -47,10 +54,14 @@ class InvertedResidual(nn.Module):
         hidden = cin * expansion
         self.use_residual = stride == 1 and cin == cout
         self.conv = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU(),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,8 +70,9 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, width: float = 0.5,
-                 depth: float = 1.0) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, width: float = 0.5, depth: float = 1.0
+    ) -> None:
         super().__init__()
         c, h, w = image_shape("mobilenetv2", input_shape)
         channels = max(1, int(32 * width))
@@ -81,8 +93,13 @@ class MobileNetV2(nn.Module):
         init_weights(self)
         nn.init.normal_(self.classifier.weight, 0, 0.01)
         nn.init.zeros_(self.classifier.bias)
-        describe(self, "mobilenetv2", {"width": float(width), "depth": float(depth)},
-                 input_shape, num_classes)
+        describe(
+            self,
+            "mobilenetv2",
+            {"width": float(width), "depth": float(depth)},
+            input_shape,
+            num_classes,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
@@ -92,7 +109,8 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(x), 1))
 
 
-def mobilenetv2(input_shape: Sequence[int], num_classes: int, width: float = 0.5,
-                depth: float = 1.0) -> MobileNetV2:
+def mobilenetv2(
+    input_shape: Sequence[int], num_classes: int, width: float = 0.5, depth: float = 1.0
+) -> MobileNetV2:
     """`mobilenetv2`: width and depth multipliers (RepDistiller's CIFAR student: width 0.5)."""
     return MobileNetV2(input_shape, num_classes, float(width), float(depth))

@@ -111,21 +111,27 @@ def scaled_channels(base: Sequence[int], width: float) -> tuple[int, ...]:
     return tuple(max(1, round(c * width)) for c in base)
 
 
-def resnet(
-    depth: int, input_shape: Sequence[int], num_classes: int, width: float = 1.0
-) -> ResNet:
+def resnet(depth: int, input_shape: Sequence[int], num_classes: int, width: float = 1.0) -> ResNet:
     """`resnet{depth}`: channels (16, 16, 32, 64) times `width`."""
     return ResNet(
-        depth, scaled_channels((16, 16, 32, 64), width), input_shape, num_classes,
-        arch=f"resnet{depth}", arch_kwargs={"width": float(width)},
+        depth,
+        scaled_channels((16, 16, 32, 64), width),
+        input_shape,
+        num_classes,
+        arch=f"resnet{depth}",
+        arch_kwargs={"width": float(width)},
     )
 
 
 def resnet_x4(depth: int, input_shape: Sequence[int], num_classes: int) -> ResNet:
     """`resnet{depth}x4`: RepDistiller's four-times-wider variant, channels (32, 64, 128, 256)."""
     return ResNet(
-        depth, (32, 64, 128, 256), input_shape, num_classes,
-        arch=f"resnet{depth}x4", arch_kwargs={},
+        depth,
+        (32, 64, 128, 256),
+        input_shape,
+        num_classes,
+        arch=f"resnet{depth}x4",
+        arch_kwargs={},
     )
 
 
@@ -134,6 +140,10 @@ def resnet_generic(
 ) -> ResNet:
     """`resnet`: any depth 6n+2 (derived students land between the named ones), times `width`."""
     return ResNet(
-        int(depth), scaled_channels((16, 16, 32, 64), width), input_shape, num_classes,
-        arch="resnet", arch_kwargs={"depth": int(depth), "width": float(width)},
+        int(depth),
+        scaled_channels((16, 16, 32, 64), width),
+        input_shape,
+        num_classes,
+        arch="resnet",
+        arch_kwargs={"depth": int(depth), "width": float(width)},
     )

@@ -94,22 +94,35 @@ def v1_widths(width: float, groups: int = 3) -> tuple[int, int, int]:
 
 
 class ShuffleNetV1(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, width: float = 1.0,
-                 depth: float = 1.0, groups: int = 3) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        width: float = 1.0,
+        depth: float = 1.0,
+        groups: int = 3,
+    ) -> None:
         super().__init__()
         c, _, _ = image_shape("shufflenetv1", input_shape)
         self.conv1, self.bn1, self.relu = _stem(c)
         cin = STEM
         for i, (cout, n) in enumerate(zip(v1_widths(width, groups), (4, 8, 4), strict=True)):
-            blocks = [ShuffleV1Block(cin if b == 0 else cout, cout, 2 if b == 0 else 1, groups)
-                      for b in range(repeats(n, depth))]
+            blocks = [
+                ShuffleV1Block(cin if b == 0 else cout, cout, 2 if b == 0 else 1, groups)
+                for b in range(repeats(n, depth))
+            ]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = cout
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, int(num_classes))
         init_weights(self)
-        describe(self, "shufflenetv1", {"width": float(width), "depth": float(depth)},
-                 input_shape, num_classes)
+        describe(
+            self,
+            "shufflenetv1",
+            {"width": float(width), "depth": float(depth)},
+            input_shape,
+            num_classes,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -120,8 +133,12 @@ class ShuffleNetV1(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # V2
 
-V2_TABLE = {0.5: (48, 96, 192, 1024), 1.0: (116, 232, 464, 1024), 1.5: (176, 352, 704, 1024),
-            2.0: (244, 488, 976, 2048)}
+V2_TABLE = {
+    0.5: (48, 96, 192, 1024),
+    1.0: (116, 232, 464, 1024),
+    1.5: (176, 352, 704, 1024),
+    2.0: (244, 488, 976, 2048),
+}
 
 
 def v2_widths(width: float) -> tuple[int, int, int, int]:
@@ -185,8 +202,9 @@ class ShuffleV2Block(nn.Module):
 
 
 class ShuffleNetV2(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, width: float = 1.0,
-                 depth: float = 1.0) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, width: float = 1.0, depth: float = 1.0
+    ) -> None:
         super().__init__()
         c, _, _ = image_shape("shufflenetv2", input_shape)
         *stages, last = v2_widths(width)
@@ -201,8 +219,13 @@ class ShuffleNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(last, int(num_classes))
         init_weights(self)
-        describe(self, "shufflenetv2", {"width": float(width), "depth": float(depth)},
-                 input_shape, num_classes)
+        describe(
+            self,
+            "shufflenetv2",
+            {"width": float(width), "depth": float(depth)},
+            input_shape,
+            num_classes,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -210,13 +233,15 @@ class ShuffleNetV2(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def shufflenetv1(input_shape: Sequence[int], num_classes: int, width: float = 1.0,
-                 depth: float = 1.0) -> ShuffleNetV1:
+def shufflenetv1(
+    input_shape: Sequence[int], num_classes: int, width: float = 1.0, depth: float = 1.0
+) -> ShuffleNetV1:
     """`shufflenetv1`: RepDistiller's ShuffleV1 (g = 3), width and depth multipliers."""
     return ShuffleNetV1(input_shape, num_classes, float(width), float(depth))
 
 
-def shufflenetv2(input_shape: Sequence[int], num_classes: int, width: float = 1.0,
-                 depth: float = 1.0) -> ShuffleNetV2:
+def shufflenetv2(
+    input_shape: Sequence[int], num_classes: int, width: float = 1.0, depth: float = 1.0
+) -> ShuffleNetV2:
     """`shufflenetv2`: RepDistiller's ShuffleV2 (net size 1), width and depth multipliers."""
     return ShuffleNetV2(input_shape, num_classes, float(width), float(depth))

@@ -43,14 +43,24 @@ def convs_per_block(depth: int) -> tuple[int, ...]:
 def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, 1, 1), nn.BatchNorm2d(cout),
-                   nn.ReLU()]
+        layers += [
+            nn.Conv2d(cin if i == 0 else cout, cout, 3, 1, 1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
     return nn.Sequential(*layers)
 
 
 class VGG(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, depth: int, width: float,
-                 arch: str, arch_kwargs: dict) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        depth: int,
+        width: float,
+        arch: str,
+        arch_kwargs: dict,
+    ) -> None:
         super().__init__()
         c, h, w = image_shape(arch, input_shape)
         counts = convs_per_block(depth)
@@ -80,10 +90,18 @@ class VGG(nn.Module):
 
 def vgg(input_shape: Sequence[int], num_classes: int, depth: int = 11, width: float = 1.0) -> VGG:
     """`vgg`: any depth >= 8 (see `convs_per_block`), channels times `width`."""
-    return VGG(input_shape, num_classes, int(depth), float(width), "vgg",
-               {"depth": int(depth), "width": float(width)})
+    return VGG(
+        input_shape,
+        num_classes,
+        int(depth),
+        float(width),
+        "vgg",
+        {"depth": int(depth), "width": float(width)},
+    )
 
 
 def vgg_named(depth: int, input_shape: Sequence[int], num_classes: int, width: float = 1.0) -> VGG:
     """`vgg8`, `vgg11`, `vgg13`: RepDistiller's VGGs with batch norm."""
-    return VGG(input_shape, num_classes, depth, float(width), f"vgg{depth}", {"width": float(width)})
+    return VGG(
+        input_shape, num_classes, depth, float(width), f"vgg{depth}", {"width": float(width)}
+    )

@@ -49,8 +49,16 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_classes: int, depth: int, width: float,
-                 dropout: float = 0.0, arch: str = "wrn", arch_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        depth: int,
+        width: float,
+        dropout: float = 0.0,
+        arch: str = "wrn",
+        arch_kwargs: dict | None = None,
+    ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {depth}")
@@ -76,18 +84,32 @@ class WideResNet(nn.Module):
 
 
 def _stage(cin: int, cout: int, blocks: int, stride: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(*[
-        WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, dropout)
-        for i in range(blocks)
-    ])
+    return nn.Sequential(
+        *[
+            WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, dropout)
+            for i in range(blocks)
+        ]
+    )
 
 
-def wrn(input_shape: Sequence[int], num_classes: int, depth: int = 16, width: float = 2.0,
-        dropout: float = 0.0) -> WideResNet:
+def wrn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    depth: int = 16,
+    width: float = 2.0,
+    dropout: float = 0.0,
+) -> WideResNet:
     """`wrn`: any depth 6n+4 and widening factor (channels 16k, 32k, 64k, rounded)."""
     kwargs = {"depth": int(depth), "width": float(width), "dropout": float(dropout)}
-    return WideResNet(input_shape, num_classes, int(depth), float(width), float(dropout),
-                      arch="wrn", arch_kwargs=kwargs)
+    return WideResNet(
+        input_shape,
+        num_classes,
+        int(depth),
+        float(width),
+        float(dropout),
+        arch="wrn",
+        arch_kwargs=kwargs,
+    )
 
 
 def wrn_named(name: str, input_shape: Sequence[int], num_classes: int) -> WideResNet:

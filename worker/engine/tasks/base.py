@@ -79,7 +79,11 @@ class Task(ABC):
 
     @abstractmethod
     def validate(
-        self, student: nn.Module, data: Any, batch_size: int, device: torch.device,
+        self,
+        student: nn.Module,
+        data: Any,
+        batch_size: int,
+        device: torch.device,
         autocast: Autocast,
     ) -> dict[str, float]:
         """Metrics on the validation split, keys 'val/<name>'; the student comes back in

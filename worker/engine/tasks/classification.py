@@ -98,8 +98,9 @@ class ClassificationTask(Task):
     def fit_to_teacher(self, teacher: LoadedModel, data: TensorData) -> TensorData:
         return fit_data_to_teacher(teacher, data)
 
-    def split(self, data: TensorData, val_fraction: float, seed: int
-              ) -> tuple[TensorData, TensorData]:
+    def split(
+        self, data: TensorData, val_fraction: float, seed: int
+    ) -> tuple[TensorData, TensorData]:
         return split(data, val_fraction, seed)
 
     def input_shape(self, data: TensorData) -> tuple[int, ...]:
@@ -112,8 +113,14 @@ class ClassificationTask(Task):
         return Batch(data.x[idx].to(device), data.y[idx].to(device))
 
     @torch.inference_mode()
-    def validate(self, student: nn.Module, data: TensorData, batch_size: int,
-                 device: torch.device, autocast: Autocast) -> dict[str, float]:
+    def validate(
+        self,
+        student: nn.Module,
+        data: TensorData,
+        batch_size: int,
+        device: torch.device,
+        autocast: Autocast,
+    ) -> dict[str, float]:
         """Top-1 accuracy and mean cross-entropy, in batches of at least 256."""
         student.eval()
         correct, loss_sum = 0, 0.0
@@ -128,8 +135,9 @@ class ClassificationTask(Task):
         n = max(len(data), 1)
         return {"val/top1": correct / n, "val/loss": loss_sum / n}
 
-    def evaluate(self, teacher: nn.Module, student: nn.Module, data: TensorData,
-                 **options: Any) -> dict[str, Any]:
+    def evaluate(
+        self, teacher: nn.Module, student: nn.Module, data: TensorData, **options: Any
+    ) -> dict[str, Any]:
         """teacher_top1, student_top1 (fractions), teacher_top5 / student_top5 (with >= 5
         classes), agreement, teacher_ece, student_ece."""
         labels = data.y.long().cpu()
