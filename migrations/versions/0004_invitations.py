@@ -1,6 +1,6 @@
 """invitations
 
-Invitations to teams, which only the invited user accepts or declines (issue 9, item 6).
+Invitations to teams, which only the invited user accepts or declines.
 
 Revision ID: 0004
 Revises: 0003

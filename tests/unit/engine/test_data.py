@@ -169,7 +169,7 @@ def test_normalizer_per_channel_inside_model() -> None:
 
 # ----------------------------------------------------------------------------------------------
 # bounded memory: the decoded size is checked before decoding; images decode one at a time
-# (issue 9, item 2). The attack files are generated here, never committed.
+# The attack files are generated here, never committed.
 
 MiB = 1 << 20
 
