@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.exceptions import RedisError
@@ -84,7 +84,8 @@ def _key(job: str) -> str:
 def read(job: str) -> Entry | None:
     """The stored entry of `job`, or None; BrokerDown when the store cannot be reached."""
     try:
-        raw = _client().get(_key(job))
+        # redis-py types sync and async replies alike (Awaitable | Any); this client is sync
+        raw = cast("bytes | None", _client().get(_key(job)))
     except RedisError as exc:
         log.warning("reading student inspection %s failed: %s", job, exc)
         raise jobs.BrokerDown() from exc

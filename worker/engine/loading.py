@@ -51,6 +51,8 @@ from torch import nn
 from core import catalog
 from worker.engine import operators
 
+ModelFormat = Literal["pt2", "safetensors"]
+
 
 class UnsafeModelError(ValueError):
     """The file contains something that could run code when loaded; it was not loaded."""
@@ -650,7 +652,7 @@ def check_graph(program: torch.export.ExportedProgram, where: str) -> None:
 
 def load_model(
     path: Path,
-    format: Literal["pt2", "safetensors"],
+    format: ModelFormat,
     architecture: str | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
@@ -694,7 +696,8 @@ def _load_pt2(path: Path) -> LoadedModel:
     for sub in module.modules():
         if hasattr(sub, "_run_with_interpreter") and not _calls_reused_module(sub):
             # run the generated code rather than torch.fx.Interpreter: ~4x faster at batch 1
-            sub._run_with_interpreter = False
+            # torch's stub types nn.Module.__setattr__ for tensors and modules only
+            sub._run_with_interpreter = False  # type: ignore[assignment]
     module.module_types = _module_types(program)  # type: ignore[assignment]
     return LoadedModel(module, input_shape, _program_num_classes(program), "pt2")
 
@@ -850,7 +853,7 @@ def _load_safetensors(path: Path, architecture: str | None, kwargs: dict[str, An
     header = check_safetensors_header(path)
     meta = _st_metadata(header)
     architecture = architecture or meta.get("arch")
-    if architecture not in REGISTRY:
+    if architecture is None or architecture not in REGISTRY:
         raise ModelLoadError(
             f"safetensors weights need a zoo architecture; got {architecture!r}. Choose one of: "
             f"{', '.join(REGISTRY)}"

@@ -37,7 +37,7 @@ from core.config import DatasetRef, RunConfig
 from worker.engine.data import TensorData
 from worker.engine.evaluate import evaluate
 from worker.engine.export import export_onnx, export_pt2, save_safetensors
-from worker.engine.loading import LoadedModel, load_model
+from worker.engine.loading import LoadedModel, ModelFormat, load_model
 from worker.engine.tasks import IncompatibleDataError as IncompatibleDataError  # re-exported
 from worker.engine.tasks import Task, build_task
 from worker.engine.trainer import Callbacks, train
@@ -51,14 +51,14 @@ ARTIFACTS = {
     "config": "run.yaml",
     "evaluation": "evaluation.json",
 }
-MODEL_SUFFIXES = {".pt2": "pt2", ".safetensors": "safetensors"}
+MODEL_SUFFIXES: dict[str, ModelFormat] = {".pt2": "pt2", ".safetensors": "safetensors"}
 
 # the demo teacher: measured on 2 CPU cores (see make_demo)
 DEMO_TEACHER = {"architecture": "resnet8", "kwargs": {"width": 2.0}}
 DEMO_TRAINING = {"epochs": 10, "batch_size": 64, "lr": 0.05, "device": "cpu"}
 
 
-def model_format(path: Path, declared: str | None) -> str:
+def model_format(path: Path, declared: ModelFormat | None) -> ModelFormat:
     """The declared model format, else the one the file extension names."""
     if declared:
         return declared

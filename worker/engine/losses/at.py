@@ -25,8 +25,10 @@ def _match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     if f_s.dim() <= 2 or f_s.shape[2:] == f_t.shape[2:]:
         return f_s, f_t
     size = tuple(min(a, b) for a, b in zip(f_s.shape[2:], f_t.shape[2:], strict=True))
-    pool = F.adaptive_avg_pool1d if f_s.dim() == 3 else F.adaptive_avg_pool2d
-    return pool(f_s, size), pool(f_t, size)
+    if f_s.dim() == 3:
+        return F.adaptive_avg_pool1d(f_s, size), F.adaptive_avg_pool1d(f_t, size)
+    h, w = size  # [B, C, H, W]: `_check_shapes` allows no more axes
+    return F.adaptive_avg_pool2d(f_s, (h, w)), F.adaptive_avg_pool2d(f_t, (h, w))
 
 
 def _check_shapes(s: Shape, t: Shape) -> None:

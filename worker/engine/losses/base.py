@@ -78,6 +78,7 @@ class DistillLoss(nn.Module):
     needs_teacher: ClassVar[bool] = True  # False lets the trainer skip the teacher forward
     needs_input_grad: ClassVar[bool] = False  # True: `out.inputs` requires grad (float inputs)
     needs_prepare: ClassVar[bool] = False  # True: the trainer calls `prepare_once` before training
+    prepared: Tensor  # bool buffer, registered only when `needs_prepare`
 
     def __init__(self, ctx: LossContext, **params: Any) -> None:
         super().__init__()

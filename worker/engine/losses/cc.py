@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +20,11 @@ def rbf_correlation(f: Tensor, gamma: float, order: int) -> Tensor:
     """
     x = F.normalize(f.float().flatten(1), p=2, dim=1)
     dot = x @ x.t()
-    return sum(
+    terms = (
         math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * dot.pow(p)
         for p in range(order + 1)
     )
+    return cast(Tensor, sum(terms))  # sum() types in its start value 0; the terms are tensors
 
 
 class CorrelationCongruence(DistillLoss):

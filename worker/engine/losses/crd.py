@@ -43,6 +43,8 @@ class CRD(DistillLoss):
     CIFAR weight is 0.8 with ce 1, feat_dim 128, tau 0.07, on the penultimate (pooled) features.
     """
 
+    queue_ptr: Tensor  # buffer: the next write position of each pair's queue
+
     def __init__(
         self, ctx: LossContext, feat_dim: int = 128, queue_size: int = 4096, nce_t: float = 0.07
     ) -> None:

@@ -30,7 +30,7 @@ def projector(s: Shape, t: Shape) -> nn.Module:
     if tuple(s) != tuple(t):
         return build_connector(s, t)
     if len(s) == 3:
-        layer: nn.Module = nn.Conv2d(s[0], s[0], 1, bias=False)
+        layer: nn.Conv2d | nn.Linear = nn.Conv2d(s[0], s[0], 1, bias=False)
     else:
         layer = nn.Linear(s[-1], s[-1], bias=False)
     with torch.no_grad():

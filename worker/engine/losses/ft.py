@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +54,12 @@ class FactorTransfer(DistillLoss):
             raise ValueError("ft needs at least one layer pair (teacher/student modules)")
         require_maps("ft", ctx.pairs)
         self.paraphraser_epochs = int(paraphraser_epochs)
-        self.paraphrasers = nn.ModuleList(ConvAutoEncoder(t[0], rate) for _, t in ctx.pairs)
+        paraphrasers = [ConvAutoEncoder(t[0], rate) for _, t in ctx.pairs]
+        self.paraphrasers = nn.ModuleList(paraphrasers)
         self.paraphrasers.requires_grad_(False)  # trained only in `prepare`
         self.translators = nn.ModuleList(
             translator(s[0], p.factor_channels)
-            for (s, _), p in zip(ctx.pairs, self.paraphrasers, strict=True)
+            for (s, _), p in zip(ctx.pairs, paraphrasers, strict=True)
         )
 
     def prepare(
@@ -71,8 +73,10 @@ class FactorTransfer(DistillLoss):
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
+        # nn.ModuleList is not generic: it holds the ConvAutoEncoders built in __init__
+        paraphrasers = cast("Iterable[ConvAutoEncoder]", self.paraphrasers)
         parts = zip(
-            self.paraphrasers, self.translators, out.student_feats, out.teacher_feats, strict=True
+            paraphrasers, self.translators, out.student_feats, out.teacher_feats, strict=True
         )
         for para, trans, f_s, f_t in parts:
             with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -66,11 +67,12 @@ class KnowledgeAdaptation(DistillLoss):
         require_maps("ka", ctx.pairs)
         self.autoencoder_epochs = int(autoencoder_epochs)
         self.affinity_weight = float(affinity_weight)
-        self.autoencoders = nn.ModuleList(ConvAutoEncoder(t[0], rate) for _, t in ctx.pairs)
+        autoencoders = [ConvAutoEncoder(t[0], rate) for _, t in ctx.pairs]
+        self.autoencoders = nn.ModuleList(autoencoders)
         self.autoencoders.requires_grad_(False)  # trained only in `prepare`
         self.adapters = nn.ModuleList(
             adapter(s[0], ae.factor_channels)
-            for (s, _), ae in zip(ctx.pairs, self.autoencoders, strict=True)
+            for (s, _), ae in zip(ctx.pairs, autoencoders, strict=True)
         )
 
     def prepare(
@@ -84,9 +86,9 @@ class KnowledgeAdaptation(DistillLoss):
     def forward(self, out: StepOutputs) -> Tensor:
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
-        parts = zip(
-            self.autoencoders, self.adapters, out.student_feats, out.teacher_feats, strict=True
-        )
+        # nn.ModuleList is not generic: it holds the ConvAutoEncoders built in __init__
+        autoencoders = cast("Iterable[ConvAutoEncoder]", self.autoencoders)
+        parts = zip(autoencoders, self.adapters, out.student_feats, out.teacher_feats, strict=True)
         for ae, adapt, f_s, f_t in parts:
             with torch.no_grad():
                 z_t = ae.encoder(f_t.float())

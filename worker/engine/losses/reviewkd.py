@@ -19,13 +19,13 @@ class ABF(nn.Module):
 
     def __init__(self, c_in: int, c_mid: int, c_out: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(c_in, c_mid, 1, bias=False), nn.BatchNorm2d(c_mid))
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(c_mid, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
-        )
+        first = nn.Conv2d(c_in, c_mid, 1, bias=False)
+        self.conv1 = nn.Sequential(first, nn.BatchNorm2d(c_mid))
+        last = nn.Conv2d(c_mid, c_out, 3, 1, 1, bias=False)
+        self.conv2 = nn.Sequential(last, nn.BatchNorm2d(c_out))
         self.att = nn.Sequential(nn.Conv2d(2 * c_mid, 2, 1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(first.weight, a=1)
+        nn.init.kaiming_uniform_(last.weight, a=1)
 
     def forward(
         self, x: Tensor, residual: Tensor | None, size: tuple[int, int]

@@ -31,14 +31,19 @@ def pool_kernel(w: Tensor, kernel: tuple[int, ...]) -> Tensor:
         raise ValueError(
             f"weight_match: cannot pool a kernel {list(w.shape[2:])} to {list(kernel)}"
         )
-    pool = F.adaptive_avg_pool1d if len(kernel) == 1 else F.adaptive_avg_pool2d
     o, i = w.shape[:2]
-    return pool(w.reshape(o * i, 1, *w.shape[2:]), kernel).reshape(o, i, *kernel)
+    flat = w.reshape(o * i, 1, *w.shape[2:])
+    if len(kernel) == 1:
+        return F.adaptive_avg_pool1d(flat, kernel).reshape(o, i, *kernel)
+    h, k = kernel
+    return F.adaptive_avg_pool2d(flat, (h, k)).reshape(o, i, *kernel)
 
 
 class Projection(nn.Module):
     """P [n_s, n_t] = U V with U [n_s, r], V [r, n_t] (rank r), or one full matrix (r = 0 or
     r >= min(n_s, n_t)); initialised to the rectangular identity eye(n_s, n_t)."""
+
+    v: nn.Parameter | None
 
     def __init__(self, n_s: int, n_t: int, rank: int) -> None:
         super().__init__()

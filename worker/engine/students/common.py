@@ -33,10 +33,11 @@ def describe(
     num_classes: int,
 ) -> None:
     """Attach what `export.save_safetensors` records to rebuild the model."""
-    module.input_shape = tuple(int(s) for s in input_shape)
-    module.num_classes = int(num_classes)
-    module.arch = arch
-    module.arch_kwargs = dict(kwargs)
+    # torch's stub types nn.Module.__setattr__ for tensors and modules only; any value works
+    module.input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
+    module.num_classes = int(num_classes)  # type: ignore[assignment]
+    module.arch = arch  # type: ignore[assignment]
+    module.arch_kwargs = dict(kwargs)  # type: ignore[assignment]
 
 
 def scaled(channels: int, width: float, multiple: int = 1) -> int:

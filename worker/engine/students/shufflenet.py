@@ -94,6 +94,10 @@ def v1_widths(width: float, groups: int = 3) -> tuple[int, int, int]:
 
 
 class ShuffleNetV1(nn.Module):
+    layer1: nn.Sequential  # set in __init__ by setattr
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -183,7 +187,7 @@ class ShuffleV2Block(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         half = channels // 2
-        self.half = half
+        self.split_at = half  # not `half`: that name is nn.Module.half()
         self.conv1 = nn.Conv2d(half, half, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(half)
         self.relu1 = nn.ReLU()
@@ -195,13 +199,17 @@ class ShuffleV2Block(nn.Module):
         self.shuffle = ChannelShuffle(2)
 
     def forward(self, x: Tensor) -> Tensor:
-        keep, work = x[:, : self.half], x[:, self.half :]
+        keep, work = x[:, : self.split_at], x[:, self.split_at :]
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(work)))))
         out = self.relu3(self.bn3(self.conv3(out)))
         return self.shuffle(torch.cat([keep, out], 1))
 
 
 class ShuffleNetV2(nn.Module):
+    layer1: nn.Sequential  # set in __init__ by setattr
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
         self, input_shape: Sequence[int], num_classes: int, width: float = 1.0, depth: float = 1.0
     ) -> None:
