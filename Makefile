@@ -28,13 +28,14 @@ browser:
 up: install
 	$(VENV)/bin/distill-studio up
 
-test: install browser
+test: install browser lint
 	$(PY) -m pytest
 
 # The same checks as .pre-commit-config.yaml, plus the import contracts. `ruff format --check`
 # is run by pre-commit; mypy reads its targets and settings from pyproject.toml ([tool.mypy]).
 lint: install
-	$(VENV)/bin/ruff check core backend worker client cli ui tests benchmarks
+	$(VENV)/bin/ruff check core backend worker client cli ui tests benchmarks migrations
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy core worker/engine
 
