@@ -4,6 +4,11 @@ Metrics are buffered and written in batches (every `DS_METRICS_FLUSH_S` seconds,
 end and before each checkpoint), never one commit per step. The run row's progress, ETA and
 heartbeat are updated with each flush; the cancel flag is read at most once a second.
 Database writes are retried with backoff, so a database that is briefly away does not kill a run.
+
+After each flush the new metric points and the progress are published on the run's channel of
+the broker (`core.events`), and `announce()` publishes a run's status after each transition, so
+`GET /runs/{id}/events` streams them within moments; a broker that is away only delays clients
+(they read the database again), never the run.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, insert, select, update
 
+from core import events
 from core.db import session_scope, with_db_retry
 from core.db.tables import Metric, Run
 from core.settings import get_settings
@@ -68,6 +74,16 @@ class DbReporter:
                 )
 
         with_db_retry(write)
+        events.publish(
+            events.progress_event(
+                self.run_id,
+                {
+                    "step": start_step,
+                    "total_steps": total_steps,
+                    "progress": start_step / max(total_steps, 1),
+                },
+            )
+        )
 
     def on_step(self, report: StepReport) -> None:
         for name, value in report.metrics.items():
@@ -140,6 +156,24 @@ class DbReporter:
         with_db_retry(write)
         self.rows = []
         self.last_flush = time.monotonic()
+        if rows:
+            events.publish(events.metrics_event(self.run_id, _dedupe(rows)))
+        if progress:
+            events.publish(events.progress_event(self.run_id, progress))
+
+
+def announce(run_id: int) -> None:
+    """Publish the run's state as it is in the database (after a status transition). Never
+    raises: a database or broker that is away only means clients learn it from the database."""
+    try:
+        with session_scope() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                return
+            state = {k: getattr(run, k) for k in events.STATE_FIELDS}
+        events.publish(events.status_event(run_id, state))
+    except Exception as exc:  # noqa: BLE001 - the run's outcome is already written
+        log.warning("run %s: status not announced (%s)", run_id, exc)
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:

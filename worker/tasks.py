@@ -34,7 +34,7 @@ from core.settings import get_settings
 from core.storage import get_store
 from worker import sandbox
 from worker.celery_app import celery_app
-from worker.reporting import LostClaim
+from worker.reporting import LostClaim, announce
 from worker.webhooks import (  # also registers the deliver_webhook task
     enqueue_run_event,
     resend_unqueued_deliveries,
@@ -277,6 +277,8 @@ def claim_run(run_id: int, worker: str) -> Claim | None:
     A run cancelled before it started, or out of attempts, ends here (and its webhooks fire).
     """
     claim = _claim(run_id, worker)
+    if claim is not None:
+        announce(run_id)  # running, or ended here
     if claim == "ended":
         enqueue_run_event(run_id)
         return None
@@ -399,6 +401,7 @@ def distill(self, run_id: int) -> str:
         if exc.kind != "Cancelled":
             return _failed(run_id, worker, exc)
         _finish(run_id, worker, Status.cancelled, None)
+        announce(run_id)
         enqueue_run_event(run_id)
         return "cancelled"
     except LostClaim:
@@ -406,6 +409,7 @@ def distill(self, run_id: int) -> str:
         return "taken-over"
     except Exception as exc:  # noqa: BLE001 - the run fails with the reason; the message is acked
         return _failed(run_id, worker, exc)
+    announce(run_id)
     enqueue_run_event(run_id)
     return "succeeded"
 
@@ -413,6 +417,7 @@ def distill(self, run_id: int) -> str:
 def _failed(run_id: int, worker: str, exc: Exception) -> str:
     log.error("run %s failed:\n%s", run_id, traceback.format_exc())
     _finish(run_id, worker, Status.failed, _short_error(exc))
+    announce(run_id)
     enqueue_run_event(run_id)
     return "failed"
 
@@ -547,6 +552,7 @@ def recover_stale_runs() -> list[int]:
                 recovered.append((run_id, queue))
     for run_id, queue in recovered:
         log.warning("run %s lost its worker; re-queued to resume from its checkpoint", run_id)
+        announce(run_id)
         send_task(DISTILL, [run_id], queue)
     return [run_id for run_id, _ in recovered]
 
