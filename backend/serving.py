@@ -12,7 +12,10 @@ connection for as long as it likes). `deadline_protocol()` wraps uvicorn's HTTP 
   the server itself stops reading, because the application is busy, does not count).
 
 A connection whose headers miss their deadline is answered 408 and closed; one whose body stalls
-is closed (the application sees the client disconnect). A request head larger than 64 KiB is
+is closed (the application sees the client disconnect).
+
+`run_api()` serves the app in `DS_API_WORKERS` processes; uvicorn gets the protocol class as an
+import string (`API_PROTOCOL`), so each worker process builds it and applies the deadlines. A request head larger than 64 KiB is
 answered 431 and closed, whichever parser uvicorn uses (h11 bounds it, httptools does not).
 """
 
@@ -154,3 +157,34 @@ def api_protocol() -> type[asyncio.Protocol]:
 
     s = get_settings()
     return deadline_protocol(AutoHTTPProtocol, s.http_header_timeout_s, s.http_body_timeout_s)
+
+
+# uvicorn's `http` setting as an import string, so that every worker process builds the class
+# itself (a class made at run time cannot be pickled into the workers uvicorn spawns).
+API_PROTOCOL = "backend.serving:ApiProtocol"
+
+
+def __getattr__(name: str) -> Any:
+    """`backend.serving.ApiProtocol`: `api_protocol()`, built on first use in each process."""
+    if name == "ApiProtocol":
+        cls = api_protocol()
+        globals()["ApiProtocol"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def run_api(host: str, port: int, workers: int) -> None:
+    """Serve `backend.app:create_app` with uvicorn: `workers` processes behind one socket, each
+    with the deadline protocol (uvicorn restarts a worker process that dies)."""
+    import uvicorn
+
+    uvicorn.run(
+        "backend.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=max(1, workers),
+        log_level="info",
+        http=API_PROTOCOL,
+        timeout_keep_alive=5,
+    )

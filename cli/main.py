@@ -49,22 +49,16 @@ def migrate() -> None:
 def api(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="API processes (default: DS_API_WORKERS).", min=1)
+    ] = None,
 ) -> None:
-    """Run the REST API (uvicorn), with deadlines for slow clients (backend/serving.py)."""
-    import uvicorn
-
-    from backend.serving import api_protocol
+    """Run the REST API (uvicorn, several processes), with deadlines for slow clients
+    (backend/serving.py)."""
+    from backend.serving import run_api
 
     s = get_settings()
-    uvicorn.run(
-        "backend.app:create_app",
-        factory=True,
-        host=host or s.api_host,
-        port=port or s.api_port,
-        log_level="info",
-        http=api_protocol(),
-        timeout_keep_alive=5,
-    )
+    run_api(host or s.api_host, port or s.api_port, workers or s.api_workers)
 
 
 def _worker_cmd(queues: str, concurrency: int, name: str) -> list[str]:

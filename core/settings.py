@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     http_header_timeout_s: float = 10.0  # the request line and headers, from their first byte
     http_body_timeout_s: float = 30.0  # the longest pause between chunks of a request body
+    # API processes (uvicorn workers) behind one port; everything they share (rate limits,
+    # caches, sign-in throttles) lives in the database or the broker, never in process memory
+    api_workers: int = 2
 
     secret_key: str = DEFAULT_SECRET_KEY
     admin_username: str = "admin"

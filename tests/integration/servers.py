@@ -1,5 +1,5 @@
 """Studios for tests that need more than the in-process API: a real API server process
-(`distill-studio api`, i.e. uvicorn) on a free loopback port, the API served in a thread (for the
+(`distill-studio api`, i.e. uvicorn with DS_API_WORKERS worker processes) on a free loopback port, the API served in a thread (for the
 page tests), a module-wide studio with one worker, and a TCP proxy that can cut a server away.
 Used by test_hostile_*.py, test_secrets.py, test_reliability.py, pages/ and
 benchmarks/load_api.py; no tests here.
@@ -82,6 +82,21 @@ class ApiServer:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if Path(self.log).exists() else ""
+
+    def serving_pid(self, client_port: int) -> int | None:
+        """The pid of the API process (uvicorn runs DS_API_WORKERS of them under the server
+        process) holding the open connection that comes from local port `client_port`."""
+        import psutil
+
+        assert self.proc is not None
+        for proc in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children()]:
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            if any(c.raddr and c.raddr.port == client_port for c in conns):
+                return proc.pid
+        return None
 
 
 @dataclass

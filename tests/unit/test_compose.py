@@ -134,3 +134,19 @@ def test_gpu_worker_reserves_a_gpu_and_broker_keeps_jobs(compose: dict) -> None:
     assert gpu["command"][gpu["command"].index("--concurrency") + 1] == "1"
     redis_cmd = compose["services"]["redis"]["command"]
     assert "--appendonly" in redis_cmd and "noeviction" in redis_cmd
+
+
+def test_api_runs_several_processes(compose: dict) -> None:
+    """The API command starts several uvicorn worker processes (`--workers N`, N >= 2)."""
+    (api_cmd,) = [c for c in _commands(compose["services"]["api"]) if c[1] == "api"]
+    workers = int(api_cmd[api_cmd.index("--workers") + 1])
+    assert workers >= 2
+    ctx = get_command(app).get_command(None, "api").make_context("api", api_cmd[2:])  # type: ignore[union-attr]
+    assert ctx.params["workers"] == workers
+
+
+def test_embedded_default_runs_several_api_processes(monkeypatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("DS_"):
+            monkeypatch.delenv(key)
+    assert Settings(_env_file=None).api_workers >= 2  # type: ignore[call-arg]
