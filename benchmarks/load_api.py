@@ -1,6 +1,7 @@
 """The API under load: concurrent clients on loopback while a worker trains a run.
 
     .venv/bin/python -m benchmarks.load_api [--clients 50] [--duration 60] [--database postgres]
+        [--seed-runs 10000 --seed-points 1000000] [--api-workers 2] [--no-training]
 
 Builds a throw-away studio: a fresh PostgreSQL database (`DS_TEST_POSTGRES_URL`, the production
 database; `--database sqlite` for the embedded default), a Redis database (`DS_TEST_REDIS_URL`),
@@ -16,8 +17,15 @@ inspected both, launches the *training run* (`--train-epochs`, every step logged
 - `POST /runs` then `POST /runs/{id}/cancel` at once (create runs), at most
   `--creates-per-client` times per client, so the queue does not grow without bound.
 
+With `--seed-runs` / `--seed-points` the database first gets that many extra runs (finished,
+of the admin's team) and metric points, bulk-inserted through `core.db.tables`: one run with a
+`--big-series` points long series (200,000 by default), the rest in 10,000-point series; the load
+then also reads a seeded run's 10,000 points (`GET /runs/{id}/metrics (10k)`), and after the load
+the big series is read sequentially, whole and downsampled (`max_points=1000`), timed and sized.
+
 It records the latency of every request per endpoint (p50, p95, p99, max) and every error (a
-status other than 2xx, or a failed request), then waits for the training run to finish and checks
+status other than 2xx, or a failed request), and the CPU seconds the API processes (the server
+and its worker processes, psutil) spent during the load, per request; then waits for the training run to finish and checks
 that its metrics arrived complete: every step from 1 to total_steps exactly once. It prints a
 Markdown table (copied into docs/benchmarks.md and docs/reliability.md), writes the figures as
 JSON with `--json`, and exits 1 on any error or incomplete metrics. The loop stops by itself.
@@ -139,6 +147,156 @@ def wait_for(client: httpx.Client, path: str, done: set[str], timeout: float) ->
     raise RuntimeError(f"{path} stayed {body.get('status')} for {timeout:.0f}s: {body}")
 
 
+# -- the seeded database -----------------------------------------------------------------------
+
+SEED_SERIES = 10_000  # points per ordinary seeded series
+
+
+def seed(
+    model_id: int | None, dataset_id: int | None, runs: int, points: int, big_series: int
+) -> tuple[int | None, int | None]:
+    """Bulk-insert `runs` finished runs and `points` metric points (one series of `big_series`
+    points, the rest in series of SEED_SERIES) through the ORM tables; returns the id of the run
+    with the big series and of one with a SEED_SERIES-point series (None when not seeded)."""
+    from sqlalchemy import insert, select
+
+    from core.clock import utcnow
+    from core.db import session_scope
+    from core.db.tables import Membership, Metric, Run
+
+    if runs <= 0:
+        return None, None
+    started = time.perf_counter()
+    now = utcnow()
+    with session_scope() as session:
+        member = session.scalars(select(Membership).order_by(Membership.id)).first()
+        assert member is not None
+        team_id, user_id = member.team_id, member.user_id
+        config = run_config(model_id or 1, dataset_id or 1, "seeded", 1)
+        statuses = ["succeeded"] * 8 + ["failed", "cancelled"]
+        rows = [
+            {
+                "team_id": team_id,
+                "name": f"seeded {i}",
+                "config": {**config, "name": f"seeded {i}"},
+                "status": statuses[i % len(statuses)],
+                "queue": "cpu",
+                "progress": 1.0,
+                "epoch": 1,
+                "step": SEED_SERIES,
+                "total_steps": SEED_SERIES,
+                "summary": {"student_top1": 0.9},
+                "attempts": 1,
+                "teacher_model_id": model_id,
+                "dataset_id": dataset_id,
+                "created_by": user_id,
+                "created_at": now,
+                "started_at": now,
+                "finished_at": now,
+            }
+            for i in range(runs)
+        ]
+        for i in range(0, len(rows), 2000):
+            session.execute(insert(Run), rows[i : i + 2000])
+        session.flush()
+        ids = list(
+            session.scalars(
+                select(Run.id).where(Run.name.like("seeded %")).order_by(Run.id).limit(runs)
+            )
+        )
+    series: list[tuple[int, int]] = []  # (run id, points)
+    left = points
+    if left > 0:
+        series.append((ids[0], min(big_series, left)))
+        left -= series[-1][1]
+    for run_id in ids[1:]:
+        if left <= 0:
+            break
+        series.append((run_id, min(SEED_SERIES, left)))
+        left -= series[-1][1]
+    columns = {c.name for c in Metric.__table__.columns}
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        with session_scope() as s:
+            s.execute(insert(Metric), batch)
+        batch.clear()
+
+    for run_id, n in series:
+        for step in range(1, n + 1):
+            row = {
+                "run_id": run_id,
+                "name": "loss",
+                "step": step,
+                "epoch": step // 1000,
+                "value": 2.0 / (1 + step / 1000) + 0.01 * (step % 7),
+                "created_at": now,
+            }
+            batch.append({k: v for k, v in row.items() if k in columns})
+            if len(batch) >= 50_000:
+                flush()
+    if batch:
+        flush()
+    print(
+        f"seeded {runs} runs and {sum(n for _, n in series)} metric points in "
+        f"{time.perf_counter() - started:.0f}s",
+        file=sys.stderr,
+    )
+    return ids[0], (series[1][0] if len(series) > 1 else None)
+
+
+def big_series_reads(client: httpx.Client, run_id: int, times: int = 10) -> dict[str, Any]:
+    """Read the big series sequentially, whole and downsampled: median ms and bytes of each."""
+    out: dict[str, Any] = {}
+    for label, params in (
+        ("downsampled (max_points=1000)", {"names": "loss", "max_points": 1000}),
+        ("whole", {"names": "loss"}),
+    ):
+        took, size, points = [], 0, 0
+        for _ in range(times if "max" in label else max(2, times // 4)):
+            started = time.perf_counter()
+            response = client.get(f"/runs/{run_id}/metrics", params=params)
+            took.append(time.perf_counter() - started)
+            response.raise_for_status()
+            size = len(response.content)
+            points = len(response.json()["series"]["loss"]["steps"])
+        out[label] = {
+            "p50_ms": 1000 * statistics.median(took),
+            "max_ms": 1000 * max(took),
+            "bytes": size,
+            "points_served": points,
+        }
+    return out
+
+
+# -- the API's CPU ------------------------------------------------------------------------------
+
+
+def api_processes(pid: int) -> list[Any]:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of the API server and every process under it, by pid."""
+    import psutil
+
+    out: dict[int, float] = {}
+    for proc in api_processes(pid):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[proc.pid] = times.user + times.system
+    return out
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after[p] - before.get(p, 0.0) for p in after)
+
+
 # -- the load -----------------------------------------------------------------------------------
 
 
@@ -167,6 +325,7 @@ async def one_client(
     deadline: float,
     tally: Tally,
     seed: int,
+    seeded_run: int | None = None,
 ) -> None:
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -200,6 +359,13 @@ async def one_client(
                     )
             elif roll < 0.45:
                 await call("GET /runs", "GET", "/runs", params={"limit": 20})
+            elif seeded_run is not None and roll < 0.55:
+                await call(
+                    "GET /runs/{id}/metrics (10k)",
+                    "GET",
+                    f"/runs/{seeded_run}/metrics",
+                    params={"names": "loss"},
+                )
             elif roll < 0.8:
                 await call(
                     "GET /runs/{id}/metrics",
@@ -219,13 +385,14 @@ async def load(
     clients: int,
     duration: float,
     creates: int,
+    seeded_run: int | None = None,
 ) -> tuple[Tally, float]:
     tally = Tally()
     started = time.time()
     deadline = started + duration
     await asyncio.gather(
         *(
-            one_client(url, token, run_id, create_body, creates, deadline, tally, seed)
+            one_client(url, token, run_id, create_body, creates, deadline, tally, seed, seeded_run)
             for seed in range(clients)
         )
     )
@@ -282,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--json", type=Path, help="Write the figures here as JSON.")
+    parser.add_argument("--seed-runs", type=int, default=0, help="Extra finished runs to seed.")
+    parser.add_argument("--seed-points", type=int, default=0, help="Metric points to seed.")
+    parser.add_argument("--big-series", type=int, default=200_000, help="Points of one series.")
+    parser.add_argument(
+        "--api-workers", type=int, default=None, help="API processes (DS_API_WORKERS)."
+    )
     args = parser.parse_args(argv)
 
     from tests.conftest import WorkerProcess
@@ -293,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         token = admin_token()
         worker = WorkerProcess(env, "load").start()
         stack.callback(worker.stop)
-        server = ApiServer(env).start()
+        extra = {} if args.api_workers is None else {"DS_API_WORKERS": str(args.api_workers)}
+        server = ApiServer(env, extra_env=extra).start()
         stack.callback(server.stop)
         model_file, data_file = make_inputs(tmp)
         with httpx.Client(
@@ -313,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
                 body = wait_for(client, path, {"ready", "failed"}, 300)
                 if body["status"] != "ready":
                     raise RuntimeError(f"{path} failed: {body.get('error')}")
+            big_run, seeded_run = seed(
+                model["id"], dataset["id"], args.seed_runs, args.seed_points, args.big_series
+            )
             training = client.post(
                 "/runs",
                 json=run_config(
@@ -325,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(client, f"/runs/{run_id}", {"running", "succeeded", "failed"}, 300)
             create_body = run_config(model["id"], dataset["id"], "created under load", 1)
 
+            assert server.proc is not None
+            cpu_before = cpu_seconds(server.proc.pid)
             tally, took = asyncio.run(
                 load(
                     server.url,
@@ -334,8 +513,12 @@ def main(argv: list[str] | None = None) -> int:
                     args.clients,
                     args.duration,
                     args.creates_per_client,
+                    seeded_run,
                 )
             )
+            api_cpu = cpu_spent(cpu_before, cpu_seconds(server.proc.pid))
+            processes = len(api_processes(server.proc.pid))
+            big = big_series_reads(client, big_run) if big_run is not None else None
             at_end = client.get(f"/runs/{run_id}").json()
             run = wait_for(client, f"/runs/{run_id}", {"succeeded", "failed", "cancelled"}, 1800)
             steps = client.get(f"/runs/{run_id}/metrics", params={"names": "loss"}).json()[
@@ -355,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         "requests_per_s": total / took,
         "errors": errors,
         "runs_created": tally.created,
+        "api_processes": processes,
+        "api_cpu_s": api_cpu,
+        "api_cpu_ms_per_request": 1000 * api_cpu / max(total, 1),
+        "seeded": {"runs": args.seed_runs, "points": args.seed_points},
+        "big_series": big,
         "runs_cancelled_listed": len(cancelled["items"]),
         "endpoints": rows,
         "training_run": {
@@ -370,9 +558,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{args.clients} clients for {took:.1f}s on loopback ({args.database}): {total} "
         f"requests ({total / took:.0f}/s), {errors} errors, {tally.created} runs created and "
-        f"cancelled\n"
+        f"cancelled; API: {processes} processes, {1000 * api_cpu / max(total, 1):.2f} ms "
+        f"CPU per request\n"
     )
     print(markdown(rows))
+    if big is not None:
+        print(f"\na {args.big_series}-point series, read one request at a time:")
+        for label, b in big.items():
+            print(
+                f"- {label}: p50 {b['p50_ms']:.0f} ms, max {b['max_ms']:.0f} ms, "
+                f"{b['bytes'] / 1000:.0f} KB, {b['points_served']} points"
+            )
     print(
         f"\ntraining run: {run['status']}, {at_end['step']} of {run['total_steps']} steps done "
         f"when the load ended; metrics: {len(steps)} steps, every step once: {complete}"

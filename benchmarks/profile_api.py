@@ -1,0 +1,145 @@
+"""What one read costs the API: CPU per request, and where it goes (pyinstrument).
+
+    .venv/bin/python -m benchmarks.profile_api [--database sqlite|postgres] [--requests 400]
+        [--profile DIR]
+
+Builds a throw-away studio (like benchmarks/load_api.py: fresh database, Redis db, schema, first
+admin), seeds `--runs` finished runs and one run with a `--points`-point `loss` series, and calls
+the app in this process through httpx's ASGI transport (no sockets, no uvicorn: what is left is
+the API's own work: middleware, dependencies, authentication, the database, serialisation), one
+request at a time:
+
+- `GET /runs?limit=20`, `GET /runs/{id}`, `GET /runs/{id}/metrics?names=loss`;
+- each the way scripts call it (`Authorization: Bearer <token>`) and the way the pages do (the
+  same token kept in the Streamlit session, plus `X-Team-Id`).
+
+It prints the CPU time of this process per request (`time.process_time`, after a warm-up) and,
+with `--profile DIR`, writes one pyinstrument text profile per endpoint into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.load_api import admin_token, seed, studio  # noqa: E402
+
+
+async def measure(
+    app: Any, headers: dict[str, str], path: str, params: dict[str, Any], n: int
+) -> float:
+    """CPU ms of this process per request, over `n` requests after 20 of warm-up."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver/api/v1", headers=headers
+    ) as client:
+        for _ in range(20):
+            (await client.get(path, params=params)).raise_for_status()
+        started = time.process_time()
+        for _ in range(n):
+            (await client.get(path, params=params)).raise_for_status()
+        return 1000 * (time.process_time() - started) / n
+
+
+def baseline_ms(n: int) -> float:
+    """CPU ms per request of the client side alone (httpx to a bare ASGI app), subtracted."""
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return asyncio.run(measure(bare, {}, "/", {}, n))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="sqlite")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--points", type=int, default=1000)
+    parser.add_argument("--profile", type=Path, help="Write pyinstrument profiles here.")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="ds-profile-") as tmp_name:
+        with studio(Path(tmp_name), args.database):
+            token = admin_token()
+            big_run, _ = seed(None, None, args.runs, args.points, args.points)
+            from sqlalchemy import select
+
+            from backend.app import create_app
+            from core.db import session_scope
+            from core.db.tables import Membership
+
+            with session_scope() as session:
+                team_id = session.scalars(select(Membership.team_id)).first()
+            app = create_app()
+            endpoints = [
+                ("GET /runs", "/runs", {"limit": 20}),
+                ("GET /runs/{id}", f"/runs/{big_run}", {}),
+                ("GET /runs/{id}/metrics", f"/runs/{big_run}/metrics", {"names": "loss"}),
+            ]
+            callers = {
+                "token (scripts)": {"Authorization": f"Bearer {token}"},
+                "token + X-Team-Id (pages)": {
+                    "Authorization": f"Bearer {token}",
+                    "X-Team-Id": str(team_id),
+                },
+            }
+            client_ms = baseline_ms(args.requests)
+            print(
+                f"\nAPI CPU per request, {args.database}, in-process ASGI, {args.requests} "
+                f"requests each (client side, {client_ms:.2f} ms, subtracted); metrics: a "
+                f"{args.points}-point series\n"
+            )
+            print("| endpoint | " + " | ".join(callers) + " |")
+            print("| --- |" + " ---: |" * len(callers))
+            for label, path, params in endpoints:
+                cells = []
+                for headers in callers.values():
+                    ms = asyncio.run(measure(app, headers, path, params, args.requests))
+                    cells.append(f"{ms - client_ms:.2f} ms")
+                print(f"| `{label}` | " + " | ".join(cells) + " |")
+            if args.profile:
+                import anyio.to_thread
+                from pyinstrument import Profiler
+                from pyinstrument.renderers import ConsoleRenderer
+
+                async def inline(func: Any, *a: Any, **_: Any) -> Any:
+                    return func(*a)
+
+                # pyinstrument samples one thread: run sync routes and dependencies inline
+                anyio.to_thread.run_sync = inline  # type: ignore[assignment]
+                args.profile.mkdir(parents=True, exist_ok=True)
+                for label, path, params in endpoints:
+                    profiler = Profiler(interval=0.0002, async_mode="disabled")
+                    profiler.start()
+                    asyncio.run(
+                        measure(app, callers["token (scripts)"], path, params, args.requests)
+                    )
+                    profiler.stop()
+                    name = label.replace(" ", "_").replace("/", "_").replace("{id}", "id")
+                    (args.profile / f"{args.database}{name}.txt").write_text(
+                        profiler.output_text(unicode=False, color=False, show_all=False)
+                    )
+                    (args.profile / f"{args.database}{name}.flat.txt").write_text(
+                        profiler.output(
+                            ConsoleRenderer(flat=True, show_all=True, time="percent_of_total")
+                        )
+                    )
+                print(f"\nprofiles in {args.profile}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
