@@ -22,6 +22,7 @@ from backend.auth.router import router as auth_router
 from backend.catalog.router import router as catalog_router
 from backend.compare.router import router as compare_router
 from backend.datasets.router import router as datasets_router
+from backend.events.router import router as events_router
 from backend.json_depth import JsonDepthLimit
 from backend.limits import BodyLimit
 from backend.models.router import router as models_router
@@ -126,6 +127,7 @@ def create_app() -> FastAPI:
         models_router,
         datasets_router,
         runs_router,
+        events_router,
         artifacts_router,
         audit_router,
         webhooks_router,

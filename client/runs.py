@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from client.base import BaseClient, Out
+from client.base import Out
 from client.errors import ApiError, retry_after
+from client.events import EventsApi
 from client.models import Inspection
 from client.pagination import PAGE_SIZE, Page, walk
 
@@ -85,8 +86,8 @@ class Metrics(Out):
     series: dict[str, Series] = Field(default_factory=dict)
 
 
-class RunsApi(BaseClient):
-    """`/runs`."""
+class RunsApi(EventsApi):
+    """`/runs` (and its live events, `EventsApi`)."""
 
     def plan(
         self,
@@ -223,11 +224,20 @@ class RunsApi(BaseClient):
         timeout: float | None = None,
         poll: float = 2.0,
         on_progress: Callable[[Run], None] | None = None,
+        *,
+        stream: bool = True,
     ) -> Run:
-        """Poll a run until it succeeds, fails or is cancelled; returns its final state.
+        """Follow a run until it succeeds, fails or is cancelled; returns its final state.
 
+        Follows the run's live events (`run_events`), calling `on_progress` with the run as each
+        arrives; polls every `poll` seconds instead when the server has no stream (an older
+        one), its broker is away, the stream breaks off, or `stream=False`.
         Raises `TimeoutError` when `timeout` seconds pass first (the run keeps going)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if stream:
+            final = self._follow_events(run_id, deadline, timeout, on_progress)
+            if final is not None:
+                return final
         while True:
             run = self.run(run_id)
             if on_progress is not None:
@@ -235,9 +245,44 @@ class RunsApi(BaseClient):
             if run.is_terminal:
                 return run
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"run {run_id} is still {run.status} after {timeout:g}s "
-                    f"({run.progress:.0%} done); call wait() again to keep waiting"
-                )
+                raise _still_running(run, timeout)
             pause = poll if deadline is None else min(poll, max(deadline - time.monotonic(), 0))
             time.sleep(pause)
+
+    def _follow_events(
+        self,
+        run_id: int,
+        deadline: float | None,
+        timeout: float | None,
+        on_progress: Callable[[Run], None] | None,
+    ) -> Run | None:
+        """`wait()` on the event stream: the final run, or None to poll instead."""
+        run: Run | None = None
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        stream = self.run_events(run_id, timeout=left)
+        try:
+            for event in stream:
+                if event.kind == "metrics":
+                    continue
+                if event.terminal:
+                    run = self.run(run_id)  # the whole final state: summary, finished_at, ...
+                else:
+                    run = (run or self.run(run_id)).model_copy(update=event.data)
+                if on_progress is not None:
+                    on_progress(run)
+                if run.is_terminal:
+                    return run
+        except ApiError:
+            return None  # no stream here (or it broke off): poll
+        finally:
+            stream.close()
+        if run is not None and deadline is not None and time.monotonic() >= deadline:
+            raise _still_running(run, timeout)
+        return None  # ended early (the server restarted, ...): poll
+
+
+def _still_running(run: Run, timeout: float | None) -> TimeoutError:
+    return TimeoutError(
+        f"run {run.id} is still {run.status} after {timeout or 0:g}s "
+        f"({run.progress:.0%} done); call wait() again to keep waiting"
+    )

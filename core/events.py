@@ -1,7 +1,9 @@
 """Live run events through the broker's pub/sub: what a worker (or the API) says about a run as
 it happens, and what `GET /runs/{id}/events` relays to clients as server-sent events.
 
-One channel per run (`channel(run_id)`). An event is typed (`RunEvent`):
+One channel per run (`channel(run_id, db)`; pub/sub is not scoped by Redis database, so the
+name holds the broker URL's database: studios that share a Redis server do not hear each
+other). An event is typed (`RunEvent`):
 
 - `status`: the run's state after a transition (queued -> running, succeeded, failed,
   cancelled), with its progress counters and error; also the first event of every stream;
@@ -41,9 +43,13 @@ PROGRESS_FIELDS = ("step", "epoch", "total_steps", "progress", "throughput", "et
 STATE_FIELDS = ("status", *PROGRESS_FIELDS, "error")
 
 
-def channel(run_id: int) -> str:
-    """The pub/sub channel of one run's events."""
-    return f"{CHANNEL_PREFIX}{run_id}"
+def channel(run_id: int, db: int = 0) -> str:
+    """The pub/sub channel of one run's events, for the broker's database `db`."""
+    return f"{CHANNEL_PREFIX}{db}:{run_id}"
+
+
+def _db(client: redis.Redis | aioredis.Redis) -> int:
+    return int(client.connection_pool.connection_kwargs.get("db") or 0)
 
 
 def redis_url(url: str) -> str:
@@ -124,13 +130,18 @@ def publish(event: RunEvent) -> bool:
     """Publish `event` on its run's channel; False (logged, never raised) when the broker is
     away: the database holds the truth, and streams re-read it."""
     try:
-        _publisher(get_settings().broker_url).publish(
-            channel(event.run_id), event.model_dump_json()
-        )
+        client = _publisher(get_settings().broker_url)
+        client.publish(channel(event.run_id, _db(client)), event.model_dump_json())
         return True
     except (redis.RedisError, OSError) as exc:
         log.warning("run %s: %s event not published (%s)", event.run_id, event.kind, exc)
         return False
+
+
+def publish_status(run: Any) -> bool:
+    """Publish a run's state from its row (anything with the STATE_FIELDS attributes and `id`)
+    after a status transition."""
+    return publish(status_event(run.id, {k: getattr(run, k) for k in STATE_FIELDS}))
 
 
 # -- subscribing (the API; asyncio) -------------------------------------------------------------
@@ -151,7 +162,8 @@ class Subscription:
 
     async def open(self) -> Subscription:
         try:
-            await asyncio.wait_for(self._pubsub.subscribe(channel(self.run_id)), 3.0)
+            name = channel(self.run_id, _db(self._client))
+            await asyncio.wait_for(self._pubsub.subscribe(name), 3.0)
         except BaseException:
             await self.close()
             raise

@@ -168,10 +168,8 @@ def announce(run_id: int) -> None:
     try:
         with session_scope() as s:
             run = s.get(Run, run_id)
-            if run is None:
-                return
-            state = {k: getattr(run, k) for k in events.STATE_FIELDS}
-        events.publish(events.status_event(run_id, state))
+            if run is not None:
+                events.publish_status(run)
     except Exception as exc:  # noqa: BLE001 - the run's outcome is already written
         log.warning("run %s: status not announced (%s)", run_id, exc)
 

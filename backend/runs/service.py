@@ -27,6 +27,7 @@ from backend.deps import Principal
 from backend.errors import Conflict, Invalid, InvalidMany
 from backend.teams.service import get_owned, page, scoped
 from core import (
+    events,
     inspections,
     pairing,  # torch-free, like config and catalog
 )
@@ -369,6 +370,7 @@ def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]
         session.refresh(run)
         if done.rowcount == 1:
             dispatch_run_event(session, run.id)
+            events.publish_status(run)  # live streams learn it now (GET /runs/{id}/events)
             return run, True
     if run.status in TERMINAL_RUN_STATES:
         raise Conflict(f"run {run.id} already {run.status}")

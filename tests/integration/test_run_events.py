@@ -1,0 +1,374 @@
+"""Live run events (`GET /runs/{id}/events`, server-sent events) from the real API served by
+uvicorn, through the real broker (Redis pub/sub), written by the worker's own reporting code
+(`worker.reporting.DbReporter`, `announce`), on SQLite. The client, the CLI's `runs wait` and
+their fallback to polling too.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from client import ApiError, Client
+from client.events import RunEvent, parse_sse
+from tests.conftest import StudioEnv
+from tests.integration.servers import api_in_thread
+
+LATENCY_LIMIT_S = 1.0  # issue 15: an update reaches a client within 1 s of the worker writing it
+WORKER = "test-worker:1"
+
+
+@dataclass
+class Live:
+    env: StudioEnv
+    url: str
+    token: str
+    team_id: int
+
+
+@pytest.fixture
+def live(sqlite_env: StudioEnv) -> Iterator[Live]:
+    from backend.bootstrap import ensure_admin
+    from core.db import session_scope
+
+    with session_scope() as session:
+        admin = ensure_admin(session)
+    with api_in_thread() as url:
+        yield Live(sqlite_env, url, admin.token, admin.team_id)
+
+
+def _run(team_id: int, **fields: Any) -> int:
+    """A run row as the API creates it (queued), with `fields` as a worker would have set them."""
+    from core.db import session_scope
+    from core.db.tables import Run
+
+    with session_scope() as session:
+        run = Run(team_id=team_id, name="live", config={}, **fields)
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _set(run_id: int, **fields: Any) -> None:
+    from sqlalchemy import update
+
+    from core.db import session_scope
+    from core.db.tables import Run
+
+    with session_scope() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(**fields))
+
+
+class Listener:
+    """Reads a run's event stream in a thread; each event with the moment it arrived."""
+
+    def __init__(self, live: Live, run_id: int, **params: Any) -> None:
+        self.events: queue.Queue[tuple[float, RunEvent] | None] = queue.Queue()
+        self.response: httpx.Response | None = None
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self._read, args=(live, run_id, params), daemon=True)
+        self.thread.start()
+
+    def _read(self, live: Live, run_id: int, params: dict[str, Any]) -> None:
+        url = f"{live.url}/api/v1/runs/{run_id}/events"
+        headers = {"Authorization": f"Bearer {live.token}"}
+        try:
+            with httpx.stream("GET", url, headers=headers, params=params, timeout=60) as r:
+                self.response = r
+                for event in parse_sse(r.iter_lines()):
+                    self.events.put((time.monotonic(), event))
+        except httpx.HTTPError:  # closed by close()
+            pass
+        finally:
+            self.ended.set()
+            self.events.put(None)
+
+    def next(self, kind: str | None = None, timeout: float = 30) -> tuple[float, RunEvent]:
+        """The next event (of `kind`), skipping others; fails when the stream ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self.events.get(timeout=max(deadline - time.monotonic(), 0.01))
+            assert item is not None, "the stream ended"
+            if kind is None or item[1].kind == kind:
+                return item
+
+    def close(self) -> None:
+        """Hang up: shut the socket down, which wakes the reading thread."""
+        if self.response is not None and not self.ended.is_set():
+            sock = self.response.extensions["network_stream"].get_extra_info("socket")
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.thread.join(10)
+
+    def rest(self, timeout: float = 30) -> list[RunEvent]:
+        """Every event until the stream ends."""
+        assert self.ended.wait(timeout), "the stream did not end"
+        out = []
+        while (item := self.events.get(timeout=1)) is not None:
+            out.append(item[1])
+        return out
+
+
+@pytest.fixture
+def listen(live: Live) -> Iterator[Any]:
+    """`listen(run_id, **params)`: a Listener on the run's stream, closed after the test (an
+    open stream would hold the server's shutdown)."""
+    listeners: list[Listener] = []
+
+    def start(run_id: int, **params: Any) -> Listener:
+        listeners.append(Listener(live, run_id, **params))
+        return listeners[-1]
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+def _listeners(run_id: int) -> int:
+    """How many clients listen on the run's channel (the broker says so)."""
+    import redis
+
+    from core import events
+    from core.settings import get_settings
+
+    broker = redis.Redis.from_url(events.redis_url(get_settings().broker_url))
+    name = events.channel(run_id, broker.connection_pool.connection_kwargs.get("db", 0))
+    return int(dict(broker.pubsub_numsub(name)).get(name.encode(), 0))
+
+
+def _subscribed(run_id: int, count: int, timeout: float = 30) -> None:
+    """Wait until `count` clients listen on the run's channel."""
+    deadline = time.monotonic() + timeout
+    while _listeners(run_id) < count:
+        assert time.monotonic() < deadline, "nobody subscribed to the run's events"
+        time.sleep(0.02)
+
+
+# -- the stream -----------------------------------------------------------------------------------
+
+
+def test_a_flush_of_the_worker_reaches_a_client_within_a_second(live: Live, listen: Any) -> None:
+    from worker.reporting import DbReporter
+
+    run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
+    listener = listen(run_id)
+    _, first = listener.next()
+    assert first.kind == "status" and first.data["status"] == "running"
+    assert first.data["total_steps"] == 100 and first.data["step"] == 0
+
+    reporter = DbReporter(run_id, "unused", WORKER)
+    latencies = []
+    for step in (10, 20, 30):
+        reporter.on_step(
+            SimpleNamespace(
+                step=step,
+                epoch=0,
+                total_steps=100,
+                metrics={"loss": 2.0 / step},
+                throughput=500.0,
+                eta_seconds=9.0,
+            )
+        )
+        written = time.monotonic()
+        reporter.flush()  # what the worker does every DS_METRICS_FLUSH_S: write, then publish
+        at, metrics = listener.next("metrics")
+        assert metrics.data["series"]["loss"]["steps"][-1] == step
+        assert metrics.data["series"]["loss"]["values"][-1] == pytest.approx(2.0 / step)
+        _, progress = listener.next("progress")
+        assert progress.data["step"] == step and progress.data["progress"] == step / 100
+        assert progress.id == str(step)
+        latencies.append(at - written)
+    print(f"flush -> client latency: {', '.join(f'{s * 1000:.1f} ms' for s in latencies)}")
+    assert max(latencies) < LATENCY_LIMIT_S, latencies
+
+    listener.close()  # the client hangs up: the API lets go of the run's channel
+    deadline = time.monotonic() + 30
+    while _listeners(run_id):
+        assert time.monotonic() < deadline, "the API still listens for a client that left"
+        time.sleep(0.05)
+
+
+def test_late_connect_gets_the_current_state_and_missed_points(live: Live, listen: Any) -> None:
+    from core.db import session_scope
+    from core.db.tables import Metric
+
+    run_id = _run(live.team_id, status="running", worker=WORKER, step=7, total_steps=10)
+    with session_scope() as session:
+        session.add_all(
+            Metric(run_id=run_id, name="loss", step=s, epoch=0, value=1.0 / s) for s in (3, 5, 7)
+        )
+    listener = listen(run_id, since_step=3)
+    _, state = listener.next()
+    assert state.kind == "status" and state.data["step"] == 7 and state.data["progress"] == 0.0
+    _, missed = listener.next()
+    assert missed.kind == "metrics" and missed.data["series"]["loss"]["steps"] == [5, 7]
+
+
+def test_a_terminal_status_ends_the_stream(live: Live, listen: Any) -> None:
+    from worker.reporting import announce
+
+    run_id = _run(live.team_id, status="running", worker=WORKER)
+    listener = listen(run_id)
+    listener.next()
+    _set(run_id, status="failed", error="out of memory")
+    announce(run_id)  # what the worker does after each transition
+    rest = listener.rest()
+    assert [(e.kind, e.data["status"], e.data["error"]) for e in rest] == [
+        ("status", "failed", "out of memory")
+    ]
+
+    done = _run(live.team_id, status="succeeded", progress=1.0)
+    already = listen(done)  # a finished run: its state, then the end
+    assert [e.data["status"] for e in already.rest()] == ["succeeded"]
+
+
+def test_cancelling_a_queued_run_in_the_api_reaches_the_stream(live: Live, listen: Any) -> None:
+    run_id = _run(live.team_id)
+    listener = listen(run_id)
+    assert listener.next()[1].data["status"] == "queued"
+    Client(live.url, live.token).cancel_run(run_id)
+    assert [e.data["status"] for e in listener.rest()] == ["cancelled"]
+
+
+def test_the_stream_is_authorised_like_the_run(live: Live) -> None:
+    from backend.bootstrap import create_user
+    from core.db import session_scope
+
+    run_id = _run(live.team_id, status="succeeded")
+    url = f"{live.url}/api/v1/runs/{run_id}/events"
+    assert httpx.get(url).status_code == 401
+    with session_scope() as session:
+        create_user(session, "eve", "eve-password-123", "elsewhere", "member")
+    eve = Client.login(live.url, "eve", "eve-password-123")
+    with pytest.raises(ApiError) as other_team:
+        list(eve.run_events(run_id))
+    assert other_team.value.status == 404 and f"run {run_id} not found" in other_team.value.detail
+    with pytest.raises(ApiError) as missing:
+        list(Client(live.url, live.token).run_events(run_id + 1000))
+    assert missing.value.status == 404
+
+
+def test_a_broker_that_is_away_answers_503_and_wait_polls(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import events
+    from core.settings import get_settings
+    from tests.conftest import free_port
+
+    run_id = _run(live.team_id, status="running", worker=WORKER, step=4, total_steps=8)
+    away = get_settings().model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    monkeypatch.setattr(events, "get_settings", lambda: away)  # the API's events: nothing there
+    api = Client(live.url, live.token)
+    with pytest.raises(ApiError) as refused:
+        list(api.run_events(run_id))
+    assert refused.value.status == 503 and "GET /api/v1/runs/" in refused.value.detail
+
+    seen: list[tuple[str, int]] = []
+
+    def progress(run: Any) -> None:
+        seen.append((run.status, run.step))
+        if run.step == 4:  # the worker goes on, writing to the database only
+            _set(run_id, status="succeeded", step=8, progress=1.0)
+
+    final = api.wait(run_id, poll=0.05, on_progress=progress)
+    assert final.status == "succeeded" and seen == [("running", 4), ("succeeded", 8)]
+
+
+# -- the client and the CLI follow the stream, and fall back to polling ---------------------------
+
+
+def _publish_progress(run_id: int, step: int, total: int) -> None:
+    """A progress event the database never sees: only a client on the stream can show it."""
+    from core import events
+
+    events.publish(
+        events.progress_event(
+            run_id, {"step": step, "total_steps": total, "progress": step / total, "epoch": 1}
+        )
+    )
+
+
+def _finish(run_id: int) -> None:
+    from worker.reporting import announce
+
+    _set(run_id, status="succeeded", step=100, total_steps=100, progress=1.0)
+    announce(run_id)
+
+
+def test_client_wait_follows_the_stream(live: Live) -> None:
+    run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
+
+    listening = _listeners(run_id) + 1
+
+    def worker() -> None:
+        _subscribed(run_id, listening)
+        _publish_progress(run_id, 37, 100)
+        _finish(run_id)
+
+    threading.Thread(target=worker, daemon=True).start()
+    seen: list[int] = []
+    final = Client(live.url, live.token).wait(
+        run_id, poll=3600, on_progress=lambda r: seen.append(r.step)
+    )
+    assert final.status == "succeeded" and final.progress == 1.0
+    assert 37 in seen and seen[-1] == 100  # step 37 was only ever on the stream
+
+
+def _cli(live: Live, *args: str) -> Any:
+    from cli.main import app
+
+    env = {"DS_API_URL": live.url, "DS_TOKEN": live.token}
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_cli_runs_wait_prints_progress_from_the_stream(live: Live) -> None:
+    run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
+
+    listening = _listeners(run_id) + 1
+
+    def worker() -> None:
+        _subscribed(run_id, listening)
+        _publish_progress(run_id, 37, 100)
+        _finish(run_id)
+
+    threading.Thread(target=worker, daemon=True).start()
+    result = _cli(live, "runs", "wait", str(run_id), "--poll", "3600")
+    assert result.exit_code == 0, result.output
+    assert f"run {run_id} running: 37% (epoch 1, step 37/100)" in result.stderr
+    assert f"run {run_id} succeeded: 100%" in result.stderr
+
+
+def test_cli_runs_wait_polls_a_server_without_the_stream(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.events
+    from client.runs import RunsApi
+
+    monkeypatch.setattr(client.events, "EVENTS_PATH", "/runs/{run_id}/no-such-stream")  # 404
+    run_id = _run(live.team_id, status="running", worker=WORKER, step=50, total_steps=100)
+    read = RunsApi.run
+
+    def run_then_finish(self: RunsApi, run_id: int) -> Any:
+        """The real read; after the first one the worker finishes the run."""
+        got = read(self, run_id)
+        if got.status == "running":
+            _finish(run_id)
+        return got
+
+    monkeypatch.setattr(RunsApi, "run", run_then_finish)
+    result = _cli(live, "runs", "wait", str(run_id), "--poll", "0.05")
+    assert result.exit_code == 0, result.output
+    assert f"run {run_id} running: 0% (epoch 0, step 50/100)" in result.stderr
+    assert f"run {run_id} succeeded: 100%" in result.stderr
