@@ -211,6 +211,14 @@ def get_run(run: OwnedRun) -> RunOut:
     response_model=MetricsOut,
     responses=responses(401, 403, 404, 422, 503),
     summary="Metric series of a run",
+    description=(
+        "Every point of each series, in step order; or, with `max_points`, at most that many "
+        "per series: a longer series is downsampled in the database by M4 (the first, last, "
+        "smallest and largest point of each of `max_points / 4` buckets of steps; Jugel et al., "
+        "VLDB 2014), so a chart drawn from it keeps every spike. Each series says how many "
+        "points it has in all (`total`) and whether it was `downsampled`. To follow a run, "
+        "read again with `since_step` set to the last step you have: only newer points come."
+    ),
 )
 def get_metrics(
     session: SessionDep,
@@ -219,9 +227,19 @@ def get_metrics(
         str | None, Query(description="Comma-separated series names; default all.")
     ] = None,
     since_step: Annotated[int | None, Query(description="Only steps after this one.")] = None,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=service.MIN_POINTS,
+            le=service.MAX_POINTS,
+            description="At most this many points per series (downsampled, M4); default all.",
+        ),
+    ] = None,
 ) -> MetricsOut:
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    return MetricsOut.model_validate({"series": service.metrics(session, run, wanted, since_step)})
+    return MetricsOut.model_validate(
+        {"series": service.metrics(session, run, wanted, since_step, max_points)}
+    )
 
 
 @router.post(

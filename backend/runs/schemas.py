@@ -172,6 +172,12 @@ class Series(BaseModel):
     steps: list[int]
     values: list[float | None] = Field(description="null where the value was NaN or infinite.")
     epochs: list[int]
+    total: int = Field(
+        0, description="Points of the series in all (after `since_step`), however many are sent."
+    )
+    downsampled: bool = Field(
+        False, description="True when fewer points than `total` are sent (`max_points`, M4)."
+    )
 
 
 class MetricsOut(BaseModel):
@@ -184,8 +190,16 @@ class MetricsOut(BaseModel):
                             "steps": [1, 2, 3],
                             "values": [2.31, 1.87, 1.52],
                             "epochs": [1, 1, 1],
+                            "total": 3,
+                            "downsampled": False,
                         },
-                        "val/top1": {"steps": [3], "values": [0.71], "epochs": [1]},
+                        "val/top1": {
+                            "steps": [3],
+                            "values": [0.71],
+                            "epochs": [1],
+                            "total": 1,
+                            "downsampled": False,
+                        },
                     }
                 }
             ]

@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 import yaml
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from backend import queue
@@ -330,24 +330,131 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+MAX_POINTS = 10_000  # the most points per series one request may ask for
+MIN_POINTS = 4  # M4 keeps up to four points per bucket
+SERIES_NAMES = text(
+    """
+    WITH RECURSIVE names(name) AS (
+        SELECT MIN(name) FROM metrics WHERE run_id = :run
+        UNION ALL
+        SELECT (SELECT MIN(m.name) FROM metrics m WHERE m.run_id = :run AND m.name > names.name)
+        FROM names WHERE names.name IS NOT NULL
+    )
+    SELECT name,
+        (SELECT MIN(m.step) FROM metrics m
+         WHERE m.run_id = :run AND m.name = names.name AND m.step > :since),
+        (SELECT MAX(m.step) FROM metrics m WHERE m.run_id = :run AND m.name = names.name)
+    FROM names WHERE name IS NOT NULL
+    """
+)  # a skip scan of the primary key: a few index look-ups per series, however long they are
+
+
 def metrics(
-    session: Session, run: Run, names: list[str] | None, since_step: int | None
-) -> dict[str, dict[str, list[Any]]]:
-    """Series of the run by name, ordered by step; only steps after `since_step` when given."""
+    session: Session,
+    run: Run,
+    names: list[str] | None,
+    since_step: int | None,
+    max_points: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Series of the run by name, ordered by step; only steps after `since_step` when given.
+
+    With `max_points`, a series with more points than that is downsampled in the database to at
+    most `max_points` points by M4 (Jugel et al., "M4: A Visualization-Oriented Time Series Data
+    Aggregation", VLDB 2014): its steps are cut into `max_points // 4` buckets of equal width
+    and of each bucket the first, last, smallest and largest point are kept, so a line chart
+    drawn from them shows every spike and dip of the whole series. Each series says how many
+    points it has in all (`total`, after `since_step`) and whether it was `downsampled`.
+    """
+    if max_points is None:
+        return _points(session, run.id, names, since_step)
+    since = since_step if since_step is not None else -(2**31)
+    spans = {
+        name: (lo, hi)
+        for name, lo, hi in session.execute(SERIES_NAMES, {"run": run.id, "since": since})
+        if lo is not None and (not names or name in names)
+    }
+    small = [name for name, (lo, hi) in spans.items() if hi - lo + 1 <= max_points]
+    series = _points(session, run.id, small, since_step) if small else {}
+    for name, (lo, hi) in spans.items():
+        if name not in series:
+            series[name] = _m4(session, run.id, name, lo, hi, max_points)
+    return {name: series[name] for name in sorted(series)}
+
+
+def _points(
+    session: Session, run_id: int, names: list[str] | None, since_step: int | None
+) -> dict[str, dict[str, Any]]:
+    """Every point of the series (all of the run's when `names` is empty)."""
     stmt = select(Metric.name, Metric.step, Metric.epoch, Metric.value).where(
-        Metric.run_id == run.id
+        Metric.run_id == run_id
     )
     if names:
         stmt = stmt.where(Metric.name.in_(names))
     if since_step is not None:
         stmt = stmt.where(Metric.step > since_step)
-    series: dict[str, dict[str, list[Any]]] = {}
+    series: dict[str, dict[str, Any]] = {}
     for name, step, epoch, value in session.execute(stmt.order_by(Metric.name, Metric.step)):
-        s = series.setdefault(name, {"steps": [], "values": [], "epochs": []})
+        s = series.setdefault(
+            name, {"steps": [], "values": [], "epochs": [], "total": 0, "downsampled": False}
+        )
         s["steps"].append(step)
         s["values"].append(_finite(value))
         s["epochs"].append(epoch)
+        s["total"] += 1
     return series
+
+
+def _m4(
+    session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
+) -> dict[str, Any]:
+    """The series `name` from step `lo` to `hi`, M4-downsampled to at most `max_points` points.
+
+    Three statements, none of which sends more than four rows per bucket back: the buckets'
+    first and last step and smallest and largest value (GROUP BY); the first step at which
+    each bucket takes its smallest and its largest value; the points at those steps (look-ups
+    by primary key)."""
+    width = (hi - lo) // (max_points // MIN_POINTS) + 1
+    in_series = (Metric.run_id == run_id, Metric.name == name, Metric.step >= lo)
+    bucket = ((Metric.step - lo) // width).label("bucket")
+    buckets = session.execute(
+        select(
+            bucket,
+            func.min(Metric.step),
+            func.max(Metric.step),
+            func.min(Metric.value),
+            func.max(Metric.value),
+            func.count(),
+        )
+        .where(*in_series)
+        .group_by(bucket)
+    ).all()
+    total = sum(row[5] for row in buckets)
+    if total <= max_points:  # sparse (a value per epoch over many steps): all of it
+        return _points(session, run_id, [name], lo - 1)[name]
+    extremes = {v for row in buckets for v in (row[3], row[4])}
+    first_at = {
+        (b, value): step
+        for b, value, step in session.execute(
+            select(bucket, Metric.value, func.min(Metric.step))
+            .where(*in_series, Metric.value.in_(extremes))
+            .group_by(bucket, Metric.value)
+        )
+    }
+    steps: set[int] = set()
+    for b, first, last, low, high, _ in buckets:
+        steps.update((first, last, first_at[(b, low)], first_at[(b, high)]))
+    rows = session.execute(
+        select(Metric.step, Metric.epoch, Metric.value)
+        .where(*in_series, Metric.step.in_(steps))
+        .order_by(Metric.step)
+    ).all()
+    return {
+        "steps": [r.step for r in rows],
+        "values": [_finite(r.value) for r in rows],
+        "epochs": [r.epoch for r in rows],
+        "total": total,
+        "downsampled": True,
+    }
 
 
 def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]:

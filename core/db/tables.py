@@ -110,9 +110,12 @@ class Model(Base):
     """An uploaded (or produced) model file and its inspection."""
 
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("team_id", "name", "version"),)
+    __table_args__ = (
+        UniqueConstraint("team_id", "name", "version"),
+        Index("ix_models_team_id_id", "team_id", "id"),  # the list: by team, newest first
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     version: Mapped[int] = mapped_column(Integer, default=1)
     description: Mapped[str] = mapped_column(Text, default="")
@@ -138,8 +141,9 @@ class Model(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_team_id_id", "team_id", "id"),)  # the list, newest first
     id: Mapped[int] = mapped_column(primary_key=True)
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     format: Mapped[str] = mapped_column(String(20))  # npz | zip | csv
     label_column: Mapped[str] = mapped_column(String(100), default="label")
@@ -158,9 +162,13 @@ class Dataset(Base):
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_team_created", "team_id", "created_at"),)
+    # the list: by team, newest (highest id) first, optionally by status (runs.service.list_runs)
+    __table_args__ = (
+        Index("ix_runs_team_id_id", "team_id", "id"),
+        Index("ix_runs_team_id_status_id", "team_id", "status", "id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20), default=Status.queued.value, index=True)
@@ -192,26 +200,28 @@ class Run(Base):
 
 
 class Metric(Base):
-    """One value of one named series at one step. Unique per (run, name, step): no duplicates."""
+    """One value of one named series at one step; the key is (run, name, step): no duplicates.
+
+    Compact, since a run may log a million points: no surrogate id and no timestamp, the primary
+    key is the only index, and on SQLite the table is stored in it (WITHOUT ROWID). Reads of a
+    series in step order, and incremental reads after a step, are ranges of that key.
+    """
 
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("run_id", "name", "step"),)
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(100))
-    step: Mapped[int] = mapped_column(Integer)
+    __table_args__ = {"sqlite_with_rowid": False}
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     value: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
 
 
 class Artifact(Base):
     __tablename__ = "artifacts"
+    __table_args__ = (Index("ix_artifacts_run_id_id", "run_id", "id"),)  # a run's, in order
     id: Mapped[int] = mapped_column(primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
-    run_id: Mapped[int | None] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), index=True
-    )
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(
         String(50)
     )  # student_safetensors | student_pt2 | config | ...
@@ -245,8 +255,9 @@ class Webhook(Base):
     """
 
     __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_team_id_id", "team_id", "id"),)  # a team's, in order
     id: Mapped[int] = mapped_column(primary_key=True)
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(String(2000))
     description: Mapped[str] = mapped_column(Text, default="")
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -304,9 +315,12 @@ class Invitation(Base):
     looks exactly like inviting one that does (nobody learns the studio's usernames)."""
 
     __tablename__ = "invitations"
-    __table_args__ = (Index("ix_invitations_username_status", "username", "status"),)
+    __table_args__ = (
+        Index("ix_invitations_username_status", "username", "status"),
+        Index("ix_invitations_team_id_id", "team_id", "id"),  # a team's, newest first
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     username: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(20), default=Role.member.value)
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|accepted|declined

@@ -444,6 +444,8 @@ def test_metrics(api, studio_env) -> None:
         "steps": [1, 2, 3, 4],
         "values": [1.0, 0.5, 1 / 3, 0.25],
         "epochs": [0, 0, 1, 1],
+        "total": 4,
+        "downsampled": False,
     }
     assert series["loss/kd"]["values"] == [None]  # infinity (or NaN) is not JSON
     picked = api.get(
