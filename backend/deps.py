@@ -13,18 +13,19 @@ header (the caller must be a member), else the caller's first team.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import select
+from sqlalchemy import Integer, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from backend.errors import Forbidden, Unauthorized
-from backend.security import find_token
+from backend.security import find_token, looks_like_token, token_hash
 from core.clock import as_utc, utcnow
 from core.db import get_sessionmaker
 from core.db.tables import ApiToken, Membership, User
@@ -36,17 +37,30 @@ LAST_USED_EVERY = timedelta(minutes=1)
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
-def get_session() -> Iterator[Session]:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in a worker
+# thread, and each such hop costs about as much CPU as a small query. The session is made on the
+# event loop (no connection yet) and closed in a thread (closing returns its connection to the
+# pool, which talks to the database).
+
+
+async def get_session() -> AsyncIterator[Session]:
     session = get_sessionmaker()()
     try:
         yield session
     finally:
-        session.rollback()
-        session.close()
+        await run_in_threadpool(_close, session)
+
+
+def _close(session: Session) -> None:
+    session.close()  # rolls back whatever was not committed (the pool resets the connection)
+
+
+async def _store() -> Store:
+    return get_store()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[Store, Depends(_store)]
 
 
 @dataclass
@@ -66,16 +80,21 @@ def _membership(session: Session, user_id: int, team_id: int) -> Membership | No
     )
 
 
+def resolve_team_checks(token: ApiToken, header_team: int | None) -> None:
+    """A token scoped to one team acts for no other (403 for an X-Team-Id naming another)."""
+    if header_team is not None and header_team != token.team_id:
+        raise Forbidden(
+            f"X-Team-Id: this token is scoped to team {token.team_id}; "
+            "drop the header or use a token that is not scoped to one team"
+        )
+
+
 def resolve_team(
     session: Session, user: User, token: ApiToken, header_team: int | None
 ) -> Membership:
     """The membership the request acts under (see the module docstring)."""
     if token.team_id is not None:
-        if header_team is not None and header_team != token.team_id:
-            raise Forbidden(
-                f"X-Team-Id: this token is scoped to team {token.team_id}; "
-                "drop the header or use a token that is not scoped to one team"
-            )
+        resolve_team_checks(token, header_team)
         membership = _membership(session, user.id, token.team_id)
         if membership is None:
             raise Forbidden(f"this token's team {token.team_id} no longer includes you")
@@ -93,6 +112,55 @@ def resolve_team(
     return membership
 
 
+# The token, its user and the membership the request acts under, in one statement (built once):
+# the token's team when it is scoped to one, else the X-Team-Id team, else the first team.
+# No row means something is wrong (unknown token, no such membership): `_slow_principal` then
+# finds out what, with the message for it.
+_PRINCIPAL = (
+    select(ApiToken, User, Membership)
+    .join(User, User.id == ApiToken.user_id)
+    .join(Membership, Membership.user_id == ApiToken.user_id)
+    .where(
+        ApiToken.token_hash == bindparam("digest"),
+        Membership.team_id
+        == func.coalesce(ApiToken.team_id, bindparam("team", type_=Integer), Membership.team_id),
+    )
+    .order_by(Membership.id)
+    .limit(1)
+)
+
+
+def _check_alive(row: ApiToken, now: datetime) -> None:
+    if row.revoked_at is not None:
+        raise Unauthorized("this API token was revoked; sign in again or create a new token")
+    expires = as_utc(row.expires_at)
+    if expires is not None and expires <= now:
+        raise Unauthorized("this API token expired; sign in again or create a new token")
+
+
+def _slow_principal(
+    session: Session, token: str, header_team: int | None
+) -> tuple[ApiToken, User, Membership]:
+    """The token, user and membership step by step, raising 401/403 with what is wrong."""
+    row = find_token(session, token)
+    if row is None:
+        raise Unauthorized("unknown API token; sign in again or create a new token")
+    _check_alive(row, utcnow())
+    user = session.get(User, row.user_id)
+    if user is None:  # pragma: no cover - tokens are deleted with their user
+        raise Unauthorized("unknown API token; sign in again or create a new token")
+    return row, user, resolve_team(session, user, row, header_team)
+
+
+def _fast_principal(
+    session: Session, token: str, header_team: int | None
+) -> tuple[ApiToken, User, Membership] | None:
+    if not looks_like_token(token):
+        return None
+    row = session.execute(_PRINCIPAL, {"digest": token_hash(token), "team": header_team}).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
 def get_principal(
     session: SessionDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
@@ -106,19 +174,16 @@ def get_principal(
             "not signed in: send `Authorization: Bearer <token>`; get a token from "
             f"POST {TOKEN_URL} (username, password)"
         )
-    row = find_token(session, token)
-    if row is None:
-        raise Unauthorized("unknown API token; sign in again or create a new token")
+    found = _fast_principal(session, token, x_team_id)
+    if found is None:  # unknown token or no membership to act under: say which
+        row, user, membership = _slow_principal(session, token, x_team_id)
+    else:
+        row, user, membership = found
+        _check_alive(row, utcnow())
+        if row.team_id is not None:
+            resolve_team_checks(row, x_team_id)
     now = utcnow()
-    if row.revoked_at is not None:
-        raise Unauthorized("this API token was revoked; sign in again or create a new token")
-    expires = as_utc(row.expires_at)
-    if expires is not None and expires <= now:
-        raise Unauthorized("this API token expired; sign in again or create a new token")
-    user = session.get(User, row.user_id)
-    if user is None:  # pragma: no cover - tokens are deleted with their user
-        raise Unauthorized("unknown API token; sign in again or create a new token")
-    membership = resolve_team(session, user, row, x_team_id)
+    _check_alive(row, now)
     last = as_utc(row.last_used_at)
     if last is None or now - last >= LAST_USED_EVERY:
         row.last_used_at = now
@@ -135,7 +200,7 @@ def get_principal(
 CurrentUser = Annotated[Principal, Depends(get_principal)]
 
 
-def get_team_id(principal: CurrentUser) -> int:
+async def get_team_id(principal: CurrentUser) -> int:
     return principal.team_id
 
 

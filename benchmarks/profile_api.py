@@ -39,17 +39,21 @@ from benchmarks.load_api import admin_token, seed, studio  # noqa: E402
 async def measure(
     app: Any, headers: dict[str, str], path: str, params: dict[str, Any], n: int
 ) -> float:
-    """CPU ms of this process per request, over `n` requests after 20 of warm-up."""
+    """CPU ms of this process per request: the least of 3 rounds of `n / 3` requests, after 20
+    of warm-up."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://testserver/api/v1", headers=headers
     ) as client:
         for _ in range(20):
             (await client.get(path, params=params)).raise_for_status()
-        started = time.process_time()
-        for _ in range(n):
-            (await client.get(path, params=params)).raise_for_status()
-        return 1000 * (time.process_time() - started) / n
+        rounds = []
+        for _ in range(3):  # the least of 3 rounds: the machine is shared
+            started = time.process_time()
+            for _ in range(max(1, n // 3)):
+                (await client.get(path, params=params)).raise_for_status()
+            rounds.append(1000 * (time.process_time() - started) / max(1, n // 3))
+        return min(rounds)
 
 
 def baseline_ms(n: int) -> float:
