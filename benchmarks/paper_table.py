@@ -30,10 +30,12 @@ from typing import Any
 import torch
 
 from core.config import RunConfig
-from worker.engine.data import TensorData, split
-from worker.engine.evaluate import predict, topk_accuracy
+from worker.engine.evaluate import predict
 from worker.engine.loading import load_model
-from worker.engine.pipeline import DEMO_TEACHER, digits_data, make_demo
+from worker.engine.pipeline import make_demo
+from worker.engine.tasks.classification import topk_accuracy
+from worker.engine.tasks.classification.data import TensorData, digits_data, split
+from worker.engine.tasks.classification.demo import DEMO_TEACHER
 from worker.engine.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

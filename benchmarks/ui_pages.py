@@ -82,7 +82,7 @@ def _seed(n_runs: int) -> dict[str, int]:
 
     from core.db import session_scope
     from core.db.tables import Comparison, Dataset, Metric, Model, Run, Team
-    from worker.engine.data import TensorData, dataset_info, dataset_preview
+    from worker.engine.tasks.classification.data import TensorData, dataset_info, dataset_preview
 
     rng = random.Random(0)
     x = torch.from_numpy(np.random.default_rng(0).random((200, 1, 8, 8), dtype=np.float32))

@@ -11,13 +11,15 @@ What a connector (`connectors.build_connector`) can bridge:
 - sequence -> sequence ([L, D]): same length L, any width (linear on D).
 A vector cannot become a spatial map.
 
-Which layers auto-pairing suggests is the task's stage rule, declared in its catalog entry
-(`core.catalog.tasks`, `TaskEntry.stage_rule`); classification's is "spatial".
+Which layers auto-pairing suggests, and which a mismatched pair's error points to, is the task's
+stage rule, named in its catalog entry (`core.catalog.tasks`, `TaskEntry.stage_rule` and its
+`stage_hint`) and defined in `STAGE_RULES`; classification's is "spatial".
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from core.catalog import nearest
@@ -72,11 +74,14 @@ def check_pair(
     tap: str = "output",
     *,
     student: dict[str, Any] | None = None,
+    task: str = DEFAULT_TASK,
 ) -> str | None:
     """None when a connector can bridge the two layers, else a message with both shapes.
 
-    `tap` selects the layers' "output" or (first) "input" shape. Give the student's inspection as
-    `student` to have the message name a student layer that would fit.
+    `tap` selects the layers' "output" or (first) "input" shape. When the teacher layer is of
+    the kind `task`'s stage rule groups into stages and the student layer is not, the message
+    says which student layers would fit (the entry's `stage_hint`); give the student's
+    inspection as `student` to have it name the deepest stage end.
     """
     key = "input_shape" if tap == "input" else "output_shape"
     t_shape, s_shape = teacher_layer.get(key), student_layer.get(key)
@@ -87,13 +92,20 @@ def check_pair(
         f"teacher layer '{teacher_layer['path']}' {fmt_shape(t_shape)} vs student layer "
         f"'{student_layer['path']}' {fmt_shape(s_shape)}: {problem}"
     )
-    if t_shape is not None and len(t_shape) == 3 and (s_shape is None or len(s_shape) != 3):
-        message += "; pick a student layer with a 4D output"
-        ends = _map_stage_ends(student) if student else []
+    entry = TASKS[task]
+    rule = STAGE_RULES[entry.stage_rule]
+    if rule.staged(t_shape) and not rule.staged(s_shape):
+        message += f"; pick a student layer {entry.stage_hint}"
+        ends = rule.ends(student) if student else []
         if ends:
             row = find_layer(student or {}, ends[-1], "student")
             message += f" such as {row['path']} {fmt_shape(row['output_shape'])}"
     return message
+
+
+def _is_map(shape: Sequence[int] | None) -> bool:
+    """A 4-D feature map (N, C, H, W): [C, H, W] without the batch."""
+    return shape is not None and len(shape) == 3
 
 
 def _map_stage_ends(inspection: dict[str, Any] | None) -> list[str]:
@@ -132,7 +144,26 @@ def _spatial_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> lis
     return candidates
 
 
-STAGE_RULES = {"spatial": _spatial_candidates}
+Inspection = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageRule:
+    """How a task's stages read on inspection tables (a task's entry names one by its key).
+
+    staged: whether a layer's shape is of the kind the rule groups into stages;
+    ends: a network's stage-end layers, shallow to deep;
+    candidates: the (teacher, student) layer pairs auto-pairing tries, deepest first.
+    """
+
+    staged: Callable[[Sequence[int] | None], bool]
+    ends: Callable[[Inspection | None], list[str]]
+    candidates: Callable[[Inspection, Inspection], list[tuple[str, str]]]
+
+
+STAGE_RULES: dict[str, StageRule] = {
+    "spatial": StageRule(_is_map, _map_stage_ends, _spatial_candidates),
+}
 
 
 def suggest_pairs(
@@ -150,14 +181,14 @@ def suggest_pairs(
     spatial stage (MLPs) the penultimate features are paired instead. At most `max_pairs`, keeping
     only pairs `check_pair` accepts.
     """
-    candidates = STAGE_RULES[TASKS[task].stage_rule](teacher, student)
+    candidates = STAGE_RULES[TASKS[task].stage_rule].candidates(teacher, student)
     pairs: list[dict[str, Any]] = []
     for t_path, s_path in candidates:
         if len(pairs) >= max_pairs:
             break
         t_row = find_layer(teacher, t_path, "teacher")
         s_row = find_layer(student, s_path, "student")
-        if check_pair(t_row, s_row) is None:
+        if check_pair(t_row, s_row, task=task) is None:
             pairs.append(
                 {
                     "teacher": t_path,

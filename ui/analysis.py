@@ -123,7 +123,7 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bo
 
 
 # --------------------------------------------------------------------------------------------
-# Dataset split (mirrors worker.engine.data.split, torch-free)
+# Dataset split (mirrors worker.engine.tasks.classification.data.split, torch-free)
 # --------------------------------------------------------------------------------------------
 
 

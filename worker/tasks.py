@@ -154,16 +154,17 @@ def scan_dataset(dataset_id: int) -> str:
     """Read an uploaded dataset (safely) and record its size, classes, input shape and preview."""
 
     def work(path: Path, ds: Dataset) -> Apply:
-        from worker.engine.data import describe_dataset
+        from core.config import DatasetRef
+        from worker.engine.tasks import dataset_task
 
         settings = get_settings()
         # messages name the file: call it after the dataset, not "upload.<format>"
         named = path.rename(path.with_name(f"{_file_stem(ds.name)}.{ds.format}"))
+        ref = DatasetRef(path=str(named), format=ds.format, label_column=ds.label_column)
         # the decoded size is checked from headers before anything is decoded (DS_MAX_DECODED_MB)
-        info = describe_dataset(
+        info = dataset_task(ds.format).describe(
             named,
-            ds.format,
-            ds.label_column,
+            ref,
             max_entries=settings.max_zip_entries,
             max_uncompressed_bytes=settings.max_zip_uncompressed_mb * 1024 * 1024,
             max_decoded_bytes=settings.max_decoded_mb * 1024 * 1024,

@@ -7,9 +7,11 @@ rule (`worker.engine.tasks.base.Task`). The engine builds the one a run config n
 (`RunConfig.task`) from `implementation`, a "module:Class" string imported only when a run needs
 it (`Entry.load`), so this module stays torch-free.
 
-`stage_rule` says which layers auto-pairing (`core.pairing.suggest_pairs`) pairs: "spatial" pairs
-the ends of the inspection's resolution stages (4-D maps: [C, H, W] without the batch) and, when
-either network has none (MLPs), the penultimate features.
+`stage_rule` names the rule that groups an inspection's layers into stages
+(`worker.engine.taps.STAGE_RULES`) and pairs them (`core.pairing.STAGE_RULES`): "spatial" groups
+layers by the resolution of their 4-D maps ([C, H, W] without the batch) and pairs the ends of
+those stages and, when either network has none (MLPs), the penultimate features. `stage_hint`
+says, in a pairing error, which student layers the rule's stages are made of.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TaskEntry(Entry):
     formats: tuple[str, ...] = ()  # dataset upload formats the task reads
     metrics: tuple[str, ...] = ()  # validation metrics, reported per epoch as val/<name>
     stage_rule: StageRule = "spatial"
+    stage_hint: str = ""  # "pick a student layer <hint>" in a pairing error
 
     def extra_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,7 @@ TASKS: dict[str, TaskEntry] = {
             formats=("npz", "zip", "csv"),
             metrics=("top1", "loss"),
             stage_rule="spatial",
+            stage_hint="with a 4D output",
         ),
     ]
 }

@@ -199,8 +199,8 @@ def _held_out_accuracy(path: Path) -> float:
     import torch
     from sklearn.datasets import load_digits
 
-    from worker.engine.data import TensorData, split
     from worker.engine.loading import load_model
+    from worker.engine.tasks.classification.data import TensorData, split
 
     digits = load_digits()
     x = torch.tensor(digits.images[:, None] / 16.0, dtype=torch.float32)

@@ -115,7 +115,7 @@ def test_pareto_front_matches_the_definition(seed: int) -> None:
 def test_split_sizes_mirror_the_engine() -> None:
     import torch
 
-    from worker.engine.data import TensorData, split
+    from worker.engine.tasks.classification.data import TensorData, split
 
     counts = {"a": 7, "b": 1, "c": 2, "d": 33}
     labels = torch.tensor([i for i, n in enumerate(counts.values()) for _ in range(n)])

@@ -329,8 +329,8 @@ def test_adding_a_loss_is_one_module_and_one_entry(tmp_path, monkeypatch) -> Non
     import torch
 
     from core.config import RunConfig
-    from worker.engine.data import TensorData
     from worker.engine.students import build_student
+    from worker.engine.tasks.classification.data import TensorData
     from worker.engine.trainer import Callbacks, StepReport, train
 
     (tmp_path / "toy_catalog_loss.py").write_text(TOY_LOSS)

@@ -245,13 +245,3 @@ def evaluate(
     timed = student if latency_student is None else latency_student
     result.update(_latencies(teacher, timed, shape, latency_threads))
     return result
-
-
-def __getattr__(name: str) -> Any:
-    """`topk_accuracy` and `expected_calibration_error` live with the classification task;
-    served here too for scripts that import them from this module."""
-    if name in ("topk_accuracy", "expected_calibration_error"):
-        from worker.engine.tasks import classification
-
-        return getattr(classification, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

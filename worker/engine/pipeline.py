@@ -14,32 +14,29 @@ What the data is, how it is read, checked against the teacher, split, batched, v
 evaluated is the run's task (`config.task`, built from the catalog: `tasks/`); how the models
 train is its scheme (`config.scheme`: `schemes/`). This module only orders the steps.
 
-Inputs are raw: the teacher and the student both receive the dataset's tensors as loaded
-(`data.load_dataset`), so the exported student takes the same inputs as the teacher.
+Inputs are raw: the teacher and the student both receive the dataset's tensors as the task
+loads them, so the exported student takes the same inputs as the teacher.
 
-`make_demo` builds a small, real example (a ResNet teacher on scikit-learn's bundled 8x8 digits)
-for the quick start, the docs and the tests.
+`make_demo` writes the default task's small, real example (for classification, a ResNet teacher
+on scikit-learn's bundled 8x8 digits) for the quick start, the docs and the tests.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from core.config import DatasetRef, RunConfig
-from worker.engine.data import TensorData
+from core.config import RunConfig
 from worker.engine.evaluate import evaluate
 from worker.engine.export import export_onnx, export_pt2, save_safetensors
 from worker.engine.loading import LoadedModel, ModelFormat, load_model
 from worker.engine.tasks import IncompatibleDataError as IncompatibleDataError  # re-exported
-from worker.engine.tasks import Task, build_task
+from worker.engine.tasks import Task, build_task, default_task
 from worker.engine.trainer import Callbacks, train
 
 log = logging.getLogger(__name__)
@@ -52,10 +49,6 @@ ARTIFACTS = {
     "evaluation": "evaluation.json",
 }
 MODEL_SUFFIXES: dict[str, ModelFormat] = {".pt2": "pt2", ".safetensors": "safetensors"}
-
-# the demo teacher: measured on 2 CPU cores (see make_demo)
-DEMO_TEACHER = {"architecture": "resnet8", "kwargs": {"width": 2.0}}
-DEMO_TRAINING = {"epochs": 10, "batch_size": 64, "lr": 0.05, "device": "cpu"}
 
 
 def model_format(path: Path, declared: ModelFormat | None) -> ModelFormat:
@@ -208,7 +201,7 @@ def run_distillation(
     `student_path`: the file of a `source: model` student whose config names it by id.
 
     Raises `loading.ModelLoadError` / `UnsafeModelError` for a teacher that cannot or must not
-    be loaded, `data.DatasetError` for a dataset that cannot be read, `IncompatibleDataError`
+    be loaded, `datasets.DatasetError` for a dataset that cannot be read, `IncompatibleDataError`
     when they do not fit each other, and `trainer.Cancelled` when the callbacks stop the run.
     """
     out_dir = Path(out_dir)
@@ -248,58 +241,11 @@ def run_distillation(
 # demo
 
 
-def digits_data() -> TensorData:
-    """scikit-learn's bundled 8x8 digits: x [1797, 1, 8, 8] float32 in [0, 1], 10 classes."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-    return TensorData(x, torch.tensor(digits.target, dtype=torch.long), [str(i) for i in range(10)])
-
-
-def _default_split(data: TensorData) -> tuple[TensorData, TensorData]:
-    """The split a run makes with the default task, seed and val_fraction."""
-    seed = RunConfig.model_fields["seed"].default
-    val_fraction = DatasetRef.model_fields["val_fraction"].default
-    task = build_task(RunConfig.model_fields["task"].default)
-    return task.split(data, val_fraction, seed)  # type: ignore[no-any-return]
-
-
 def make_demo(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Train a demo teacher on digits; write out_dir/digits_teacher.pt2 and out_dir/digits.npz.
-
-    The teacher (DEMO_TEACHER, trained with cross-entropy for DEMO_TRAINING) sees only the
-    training part of the split a run makes by default (seed 0, val_fraction 0.2), so a run with
-    the defaults evaluates on samples the teacher never saw. Returns (teacher path, data path).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = digits_data()
-    train_data, val_data = _default_split(data)
-    config = RunConfig.model_validate(
-        {
-            "name": "digits-teacher",
-            "teacher": {"path": "none (cross-entropy only)"},
-            "dataset": {"path": "digits"},
-            "student": DEMO_TEACHER,
-            "losses": [{"name": "ce"}],
-            "training": DEMO_TRAINING,
-            "seed": seed,
-        }
-    )
-    started = time.perf_counter()
-    # cross-entropy reads no teacher outputs, so the trainer never calls this placeholder
-    result = train(config, nn.Identity(), train_data, val_data)
-    log.info(
-        "demo teacher %s: held-out top-1 %.4f after %.1f s",
-        DEMO_TEACHER,
-        result.history[-1]["val/top1"],
-        time.perf_counter() - started,
-    )
-    teacher_path, data_path = out_dir / "digits_teacher.pt2", out_dir / "digits.npz"
-    export_pt2(result.student.cpu().eval(), data.input_shape, teacher_path)
-    np.savez(data_path, x=data.x.numpy(), y=data.y.numpy())
-    return teacher_path, data_path
+    """The default task's demo files in `out_dir`: (teacher path, data path). For
+    classification, a ResNet teacher trained on the digits and the digits as .npz
+    (`tasks/classification/demo.py`)."""
+    return default_task().demo(Path(out_dir), seed)
 
 
 if __name__ == "__main__":  # python -m worker.engine.pipeline DIR: the demo files, for the CLI

@@ -5,9 +5,13 @@ output shapes, its parameter count and the resolution stage it belongs to; the t
 UI shows and what layer pairs are checked against. `FeatureTaps` captures the tensors of chosen
 modules during training (the teacher/student features that feature losses compare).
 
-Stages (what the "spatial" stage rule of auto-pairing reads, `pairing.suggest_pairs`; the task's
-catalog entry names its rule, classification's is "spatial"): walking the modules in the order their
-forward *finished*, a stage is a maximal run of modules with a 4D output of the same spatial
+Stages: the task's stage rule (its catalog entry's `stage_rule`, the name of a function in
+`STAGE_RULES`) groups the layers into stages; auto-pairing (`core.pairing.suggest_pairs`) reads
+them under the same rule. What the inspection says of the model's output beyond its shape (e.g.
+`num_classes`) is the task's too (`Task.inspect_output`).
+
+The "spatial" rule (classification's): walking the modules in the order their forward
+*finished*, a stage is a maximal run of modules with a 4D output of the same spatial
 resolution; its `end` is the last module to finish at that resolution, which is the outermost
 one (e.g. `layer2` rather than `layer2.2.relu2`). Global pooling to 1x1 and everything after the
 last spatial stage form a final "head" stage with resolution null; 1x1 maps in the middle of the
@@ -17,8 +21,8 @@ down-sampling block (a pre-activation, a bottleneck's first 1x1: see `_inner`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +31,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.pairing import unknown_layer_message
 from worker.engine.loading import ModelLoadError
+
+if TYPE_CHECKING:
+    from worker.engine.tasks.base import Task
 
 _BATCH = 2
 
@@ -96,26 +103,34 @@ class _Recorder:
         return hook
 
 
-def inspect_model(module: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+def inspect_model(
+    module: nn.Module, input_shape: Sequence[int], task: Task | None = None
+) -> dict[str, Any]:
     """One dummy forward (batch 2, eval, no grad) with a hook on every named submodule.
 
-    Returns JSON-able {"input_shape", "output_shape", "num_classes", "params", "flops",
+    Returns JSON-able {"input_shape", "output_shape", the task's keys (`task.inspect_output`;
+    classification: "num_classes"), "params", "flops",
     "layers": [{"path", "type", "input_shape", "output_shape", "params", "stage"}],
-    "stages": [{"index", "resolution", "channels", "layers", "end"}]}. Shapes exclude the
-    batch; layers are in call order; `flops` is per sample as counted by
-    `torch.utils.flop_counter` (a multiply-add is 2). Raises ModelLoadError when the forward
-    fails on that input shape.
+    "stages": [...]} with the stages of `task.stage_rule` (`STAGE_RULES`; "spatial":
+    {"index", "resolution", "channels", "layers", "end"}). `task` defaults to the catalog's
+    default task. Shapes exclude the batch; layers are in call order; `flops` is per sample as
+    counted by `torch.utils.flop_counter` (a multiply-add is 2). Raises ModelLoadError when the
+    forward fails on that input shape.
     """
+    if task is None:
+        from worker.engine.tasks import default_task
+
+        task = default_task()
     shape = [int(s) for s in input_shape]
     recorder = _Recorder(getattr(module, "module_types", None) or {})
     output, flops = _dummy_forward(module, shape, recorder.attach(module))
     rows = recorder.rows
-    stages = _stages([rows[p] for p in recorder.finished], recorder.order)
+    stages = STAGE_RULES[task.stage_rule]([rows[p] for p in recorder.finished], recorder.order)
     out_shape = _shape(output)
     return {
         "input_shape": shape,
         "output_shape": out_shape,
-        "num_classes": out_shape[0] if out_shape is not None and len(out_shape) == 1 else None,
+        **task.inspect_output(out_shape),
         "params": _param_count(module),
         "flops": flops,
         "layers": [rows[p] for p in recorder.order if p in rows],
@@ -193,8 +208,9 @@ def _inner(seq: list[dict[str, Any]]) -> set[str]:
     return inner
 
 
-def _stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
-    """Group rows (in finishing order) into resolution stages plus a head; sets row["stage"]."""
+def _spatial_stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """The "spatial" rule: group rows (in finishing order) into resolution stages of 4-D maps
+    plus a head; sets row["stage"]."""
     head_start = _head_start(seq)
     inner = _inner(seq)
     big = [i for i, r in enumerate(seq) if _resolution(r) not in (None, (1, 1))]
@@ -240,6 +256,12 @@ def _new_stage(stages: list[dict[str, Any]], resolution: list[int] | None) -> di
     }
     stages.append(stage)
     return stage
+
+
+StageRule = Callable[[list[dict[str, Any]], list[str]], list[dict[str, Any]]]
+# a task's `stage_rule` names one: (rows in finishing order, paths in call order) -> stages,
+# each row's "stage" set
+STAGE_RULES: dict[str, StageRule] = {"spatial": _spatial_stages}
 
 
 class FeatureTaps:

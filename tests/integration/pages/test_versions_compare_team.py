@@ -71,7 +71,7 @@ def _scan(dataset_id: int, x: np.ndarray, y: np.ndarray, classes: list[str], nam
     """What the scan task records: dataset_info plus dataset_preview."""
     import torch
 
-    from worker.engine.data import TensorData, dataset_info, dataset_preview
+    from worker.engine.tasks.classification.data import TensorData, dataset_info, dataset_preview
 
     data = TensorData(torch.from_numpy(x), torch.from_numpy(y), classes)
     info = dataset_info(data)

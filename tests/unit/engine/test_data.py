@@ -12,10 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.engine.data import (
-    DatasetError,
-    NormalizedModel,
-    Normalizer,
+from worker.engine.datasets import DatasetError, NormalizedModel, Normalizer
+from worker.engine.tasks.classification.data import (
     TensorData,
     dataset_info,
     dataset_preview,
@@ -341,7 +339,7 @@ from pathlib import Path
 import numpy, torch, pandas
 from PIL import Image
 Image.init()
-from worker.engine import data
+from worker.engine.tasks.classification import data
 
 
 def status(key):  # this process's own figures (ru_maxrss would include the parent's, via exec)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from worker.engine.data import TensorData
 from worker.engine.evaluate import evaluate, latency_ms
 from worker.engine.export import export_onnx, save_safetensors
 from worker.engine.students import build_student
 from worker.engine.tasks.classification import expected_calibration_error
+from worker.engine.tasks.classification.data import TensorData
 
 SHAPE = (1, 8, 8)
 

@@ -23,8 +23,9 @@ import yaml
 
 from core.config import RunConfig
 from worker.engine.export import export_pt2
-from worker.engine.pipeline import digits_data, run_distillation
+from worker.engine.pipeline import run_distillation
 from worker.engine.students import build_student
+from worker.engine.tasks.classification.data import digits_data
 
 GOLDEN = Path(__file__).parent / "golden"
 

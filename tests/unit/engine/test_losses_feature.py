@@ -15,10 +15,10 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from core.config import LossSpec, RunConfig
-from worker.engine.data import TensorData, split
 from worker.engine.losses import LossContext, StepOutputs, build_loss
 from worker.engine.losses.ft import FactorTransfer
 from worker.engine.losses.reviewkd import hcl
+from worker.engine.tasks.classification.data import TensorData, split
 from worker.engine.trainer import Callbacks, Cancelled, StepReport, train
 
 Z = torch.zeros(2, 10)

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from core.config import LossSpec, RunConfig
-from worker.engine.data import TensorData
 from worker.engine.losses import LossContext, StepOutputs, build_loss
+from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import train
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from core.config import RunConfig
-from worker.engine.data import load_dataset, split
 from worker.engine.loading import load_model
 from worker.engine.pipeline import IncompatibleDataError, make_demo, run_distillation
+from worker.engine.tasks.classification.data import load_dataset, split
 
 pytestmark = pytest.mark.slow
 

@@ -5,12 +5,14 @@ pipeline, evaluation or export.
 - `MutualScheme` also trains a second copy of the student (a peer, as in deep mutual learning):
   its own models, parameter group, step term and checkpoint key;
 - `TargetsTask` regresses a target vector per sample (no classes): its own data, batch,
-  validation metric (val/mse), evaluation report and dataset reader.
+  validation metric (val/mse), evaluation report, dataset reader and scan, and its keys in a
+  model inspection.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +27,14 @@ from torch import Tensor, nn
 
 from core.catalog.schemes import SCHEMES, SchemeEntry
 from core.catalog.tasks import TASKS, TaskEntry
-from core.config import RunConfig
+from core.config import DatasetRef, RunConfig
+from worker.engine import taps
 from worker.engine.export import export_pt2
 from worker.engine.pipeline import run_distillation
 from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.offline import OfflineScheme
-from worker.engine.tasks import Batch, IncompatibleDataError, Task, build_task
+from worker.engine.tasks import Batch, IncompatibleDataError, Task, build_task, dataset_task
+from worker.engine.tasks.classification import ClassificationTask
 from worker.engine.trainer import Callbacks, Cancelled, train
 
 HERE = __name__  # the implementations below are named "tests.unit.engine.test_seams:Class"
@@ -102,6 +106,13 @@ class TargetsTask(Task):
     def load(self, path: Path, ref: Any, **limits: Any) -> Targets:
         with np.load(path, allow_pickle=False) as z:
             return Targets(torch.from_numpy(z["x"]).float(), torch.from_numpy(z["t"]).float())
+
+    def describe(self, path: Path, ref: Any, **limits: Any) -> dict[str, Any]:
+        data = self.load(path, ref, **limits)
+        return {"num_samples": len(data), "input_shape": list(self.input_shape(data))}
+
+    def inspect_output(self, output_shape: list[int] | None) -> dict[str, Any]:
+        return {"targets": output_shape[-1] if output_shape else None}
 
     def fit_to_teacher(self, teacher: Any, data: Targets) -> Targets:
         if teacher.num_classes != data.t.shape[1]:
@@ -317,6 +328,45 @@ def test_a_toy_task_runs_a_whole_distillation(tmp_path: Path) -> None:
         run_distillation(
             config, tmp_path / "teacher.pt2", tmp_path / "wrong.npz", tmp_path / "out2"
         )
+
+
+def _one_stage(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """A toy stage rule: the whole network is one stage."""
+    for row in rows:
+        row["stage"] = 0
+    return [{"index": 0, "layers": list(order), "end": rows[-1]["path"]}]
+
+
+def test_a_toy_task_drives_the_inspection_and_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model inspection reads the output and groups the stages as the task says (no
+    num_classes for a task without classes); the worker's scan reaches the task that reads the
+    upload's format through the catalog."""
+    task = build_task("targets_toy")
+    monkeypatch.setattr(task, "stage_rule", "one_stage")
+    monkeypatch.setitem(taps.STAGE_RULES, "one_stage", _one_stage)
+    inspection = taps.inspect_model(_teacher(), (6,), task=task)
+    assert inspection["targets"] == 3 and "num_classes" not in inspection
+    assert inspection["stages"] == [{"index": 0, "layers": ["0", "1", "2"], "end": "2"}]
+    default = taps.inspect_model(_teacher(), (6,))  # classification, the default task
+    assert default["num_classes"] == 3 and "targets" not in default
+    assert [s["resolution"] for s in default["stages"]] == [None]  # "spatial": a head only
+
+    assert isinstance(dataset_task("npz"), ClassificationTask)  # the default task reads npz
+    assert isinstance(dataset_task("parquet"), ClassificationTask)  # whose reader refuses it
+    toy = dataclasses.replace(TASKS["targets_toy"], formats=("npt",))
+    monkeypatch.setitem(TASKS, "targets_toy", toy)
+    scanning = dataset_task("npt")
+    assert isinstance(scanning, TargetsTask)
+    data = _targets(n=10)
+    with (tmp_path / "data.npt").open("wb") as f:
+        np.savez(f, x=data.x.numpy(), t=data.t.numpy())
+    ref = DatasetRef(path=str(tmp_path / "data.npt"))
+    assert scanning.describe(tmp_path / "data.npt", ref) == {
+        "num_samples": 10,
+        "input_shape": [6],
+    }
 
 
 def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> None:

@@ -21,10 +21,15 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from core.config import RunConfig
-from worker.engine.data import load_dataset, split
 from worker.engine.export import export_pt2, save_safetensors
 from worker.engine.loading import load_model
-from worker.engine.pipeline import _default_split, build_run_student, digits_data
+from worker.engine.pipeline import build_run_student
+from worker.engine.tasks.classification.data import (
+    default_split,
+    digits_data,
+    load_dataset,
+    split,
+)
 from worker.engine.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -56,7 +61,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "training": {"epochs": 2, "lr": 0.1, "device": "cpu"},
         }
     )
-    teacher = train(config, nn.Identity(), *_default_split(data)).student.cpu().eval()
+    teacher = train(config, nn.Identity(), *default_split(data)).student.cpu().eval()
     export_pt2(teacher, data.input_shape, root / "demo" / "digits_teacher.pt2")
     save_safetensors(teacher, root / "demo" / "digits_teacher.safetensors")
     np.savez(root / "demo" / "digits.npz", x=data.x.numpy(), y=data.y.numpy())

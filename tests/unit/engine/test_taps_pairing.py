@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from core.catalog.tasks import TASKS
 from core.pairing import check_pair, find_layer, suggest_pairs
 from worker.engine.loading import ModelLoadError
 from worker.engine.students import build_student
@@ -152,6 +154,25 @@ def test_check_pair(cifar_pair: tuple[dict, dict]) -> None:
     expected = "layer 'layer7' not in student; nearest: layer3, layer2, layer1"
     with pytest.raises(ValueError, match=expected):
         find_layer(student, "layer7", "student")
+
+
+def test_check_pair_points_to_the_student_layers_of_the_tasks_stage_rule(
+    cifar_pair: tuple[dict, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hint in the message is the task's catalog entry's, the layer it names is a stage end
+    of the entry's rule."""
+    teacher, student = cifar_pair
+    t3, fc = find_layer(teacher, "layer3", "teacher"), find_layer(student, "fc", "student")
+    hinted = dataclasses.replace(
+        TASKS["classification"], name="hinted", stage_hint="that ends a resolution stage"
+    )
+    monkeypatch.setitem(TASKS, "hinted", hinted)
+    message = check_pair(t3, fc, student=student, task="hinted")
+    assert message is not None
+    assert message.endswith(
+        "; pick a student layer that ends a resolution stage such as layer3 [32,8,8]"
+    )
+    assert check_pair(t3, find_layer(student, "layer2", "student"), task="hinted") is None
 
 
 def test_pairing_is_torch_free() -> None:

@@ -11,8 +11,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from core.config import RunConfig
-from worker.engine.data import TensorData, split
 from worker.engine.students import build_student
+from worker.engine.tasks.classification.data import TensorData, split
 from worker.engine.trainer import Callbacks, Cancelled, StepReport, train
 
 

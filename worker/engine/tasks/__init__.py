@@ -7,7 +7,14 @@ from typing import Any
 from core.catalog.tasks import DEFAULT, TASKS
 from worker.engine.tasks.base import Batch, IncompatibleDataError, Task
 
-__all__ = ["Batch", "IncompatibleDataError", "Task", "build_task", "default_task"]
+__all__ = [
+    "Batch",
+    "IncompatibleDataError",
+    "Task",
+    "build_task",
+    "dataset_task",
+    "default_task",
+]
 
 
 def build_task(name: str, **params: Any) -> Task:
@@ -26,3 +33,11 @@ def build_task(name: str, **params: Any) -> Task:
 def default_task() -> Task:
     """The task a run config gets when it names none (classification)."""
     return build_task(DEFAULT)
+
+
+def dataset_task(format: str | None) -> Task:
+    """The task that reads a dataset upload in `format` (a dataset names no task): the default
+    task when its catalog entry lists the format, else the first task whose entry does, else the
+    default task (whose reader then says which formats it takes)."""
+    names = [DEFAULT, *(name for name in TASKS if name != DEFAULT)]
+    return build_task(next((n for n in names if format in TASKS[n].formats), DEFAULT))

@@ -1,7 +1,9 @@
 """The `Task` seam: what a batch is, how datasets are read, what is validated and evaluated,
-the example input for export and the layer-stage rule.
+the example input for export, what a model inspection says of a model's output, and the
+layer-stage rule.
 
     load(path, ref)                       read an upload in a format the task accepts
+    describe(path, ref)                   what the worker's scan of an upload records
     fit_to_teacher(teacher, data)         check the data fits the teacher; explain when not
     split(data, val_fraction, seed)       train / validation split
     input_shape(data), output_size(data)  what a student is built for
@@ -9,9 +11,16 @@ the example input for export and the layer-stage rule.
     validate(student, data, ...)          per-epoch metrics, reported as val/<name>
     evaluate(teacher, student, val, ...)  its part of evaluation.json (quality metrics)
     example_input(input_shape)            a batch for torch.export / ONNX tracing
-    stage_rule                            which inspection stages auto-pairing uses
+    inspect_output(output_shape)          the task's keys in a model inspection (num_classes)
+    stage_rule                            the catalog's name of the rule that groups an
+                                          inspection's layers into stages (`taps.STAGE_RULES`)
+                                          and pairs them (`core.pairing.STAGE_RULES`)
+    demo(out_dir, seed)                   a small real teacher and dataset (quick start, tests)
 
-A new task is one module with a subclass plus its entry in `core/catalog/tasks.py`.
+A new task is one package, `worker/engine/tasks/<name>/`, holding its `Task` subclass and its
+dataset readers, plus its entry in `core/catalog/tasks.py`; what every task's readers share
+(`DatasetError`, bounded decoding) is `worker/engine/datasets.py`. Nothing outside a task's
+package knows what its targets are.
 """
 
 from __future__ import annotations
@@ -57,6 +66,11 @@ class Task(ABC):
     def load(self, path: Path, ref: DatasetRef, **limits: Any) -> Any:
         """Read the dataset file `path` described by `ref` (format, label column, ...)."""
 
+    @abstractmethod
+    def describe(self, path: Path, ref: DatasetRef, **limits: Any) -> dict[str, Any]:
+        """What the scan of an upload records (JSON-ready: size, input shape, a preview), under
+        the checks and `limits` that `load` applies; a `datasets.DatasetError` says why not."""
+
     def fit_to_teacher(self, teacher: LoadedModel, data: Any) -> Any:
         """The data, maybe adapted, once checked against the teacher; IncompatibleDataError."""
         return data
@@ -99,3 +113,13 @@ class Task(ABC):
     def example_input(self, input_shape: Sequence[int]) -> Tensor:
         """A batch of 2 random float inputs, for tracing an export."""
         return torch.randn(2, *[int(s) for s in input_shape])
+
+    def inspect_output(self, output_shape: list[int] | None) -> dict[str, Any]:
+        """The task's keys in a model inspection, read from the model's output shape (batch
+        excluded); none by default."""
+        return {}
+
+    def demo(self, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+        """Write a small, real teacher and dataset for this task to `out_dir`; returns (teacher
+        path, data path)."""
+        raise NotImplementedError(f"the task {type(self).__name__} has no demo")

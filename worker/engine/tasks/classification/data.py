@@ -1,8 +1,8 @@
-"""Datasets for distillation: load an upload into tensors, split it, describe it, normalise it.
+"""The classification task's datasets: labelled samples read from an upload, split, described.
 
-These are the labelled-sample readers the classification task (`tasks/classification.py`) reads
-its datasets with (`load_dataset`, `split`); a run reaches them only through its task. The
-worker's scan of an upload (`describe_dataset`) uses them directly.
+`load_dataset` reads what a run trains on and `split` divides it (`ClassificationTask.load`,
+`.split`); `describe_dataset` is what the worker's scan records (`ClassificationTask.describe`);
+`digits_data` is scikit-learn's bundled 8x8 digits, the demo's data.
 
 Three upload formats, all read without executing or extracting anything:
 - `.npz` with arrays `x` (features or images) and `y` (labels); optional `classes` (names);
@@ -10,29 +10,26 @@ Three upload formats, all read without executing or extracting anything:
   memory with PIL after checks against path traversal, symlinks and zip bombs;
 - `.csv` with numeric feature columns and a label column.
 
-Bounded memory, whatever the compression: the decoded size is worked out from headers before
-anything is decoded (each .npy member's shape and dtype; each image's width, height and mode; a
-CSV's columns, rows and longest line) and refused over `max_decoded_bytes` (DS_MAX_DECODED_MB on
-a studio server). Images are then decoded one at a time into one preallocated array, and
-conversion to float32 works a batch of rows at a time, so the peak stays near the decoded size
-(images: the float32 samples plus decoding the costliest single image). `describe_dataset`, what
-the worker's scan calls, keeps images as uint8: a quarter of that.
+Bounded memory, whatever the compression (the checks are `worker.engine.datasets`'): the decoded
+size is worked out from headers before anything is decoded (each .npy member's shape and dtype;
+each image's width, height and mode; a CSV's columns, rows and longest line) and refused over
+`max_decoded_bytes` (DS_MAX_DECODED_MB on a studio server). Images are then decoded one at a
+time into one preallocated array, and conversion to float32 works a batch of rows at a time, so
+the peak stays near the decoded size (images: the float32 samples plus decoding the costliest
+single image). `describe_dataset` keeps images as uint8: a quarter of that.
 
 Images come out as float32 NCHW in [0, 1] (uint8 / 255); tabular data as float32 [N, D].
 Integer labels keep their value as the class index (class names "0".."K-1", K = max label + 1),
 so a teacher's output units line up with them; other labels map to their sorted names.
 
 Inputs: teacher and student both receive these raw tensors. The teacher was trained by its owner
-on this raw format and is treated as a black box. If the student should see standardised
-inputs, `Normalizer` sits *inside* the student module (`NormalizedModel`), so every artifact
-exported from it still takes raw inputs.
+on this raw format and is treated as a black box.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import stat
 import warnings
 import zipfile
 import zlib
@@ -43,12 +40,24 @@ from typing import IO, Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from worker.engine.datasets import (
+    DatasetError,
+    GiB,
+    Limits,
+    NpyHeader,
+    check_decoded,
+    check_zip_entries,
+    csv_lines,
+    float32_rows,
+    npy_header,
+    read_npy,
+    size_text,
+    to_nchw,
+)
 
 Format = Literal["npz", "zip", "csv"]
-GiB = 1 << 30
-MiB = 1 << 20
-DECODED_SETTING = "DS_MAX_DECODED_MB"  # the studio setting that sets max_decoded_bytes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # per image; PIL's own Image.MAX_IMAGE_PIXELS is held to it
 MAX_CSV_COLUMNS = 100_000
@@ -56,12 +65,7 @@ _CSV_HEADER_BYTES = 64 * MAX_CSV_COLUMNS  # the header line is read from at most
 _CSV_LINE_BYTES = 64 * 1024  # a line may take this many bytes plus 64 per column
 _CSV_BYTES_PER_COLUMN = 64
 _CSV_CHUNK_FIELDS = 1 << 20  # pandas parses about this many fields at a time
-_BATCH_BYTES = 16 * MiB  # float32 conversion works on this much at a time
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
-
-
-class DatasetError(ValueError):
-    """A dataset upload that cannot be used; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -122,148 +126,22 @@ def _encode_labels(values: np.ndarray, where: str) -> tuple[np.ndarray, list[str
     return np.array([lookup[n] for n in names], dtype=np.int64), classes
 
 
-def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
-    """2D stays tabular; [N,H,W] gains a channel; NHWC (last dim 1/3/4, dim 1 not) -> NCHW.
-    A view: nothing is copied here."""
-    if x.ndim == 2:
-        return x
-    if x.ndim == 3:
-        return x[:, None]
-    if x.ndim == 4:
-        if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-            return x.transpose(0, 3, 1, 2)
-        return x
-    raise DatasetError(
-        f"{where}: x has shape {x.shape}; expected [N, D] (tabular), [N, H, W], [N, C, H, W] "
-        "or [N, H, W, C] (images)"
-    )
-
-
-def _check_zip_entries(zf: zipfile.ZipFile, where: str, max_entries: int, max_bytes: int) -> None:
-    infos = zf.infolist()
-    if len(infos) > max_entries:
-        raise DatasetError(
-            f"{where}: {len(infos)} entries, more than the limit of {max_entries}; "
-            "split the upload or use an .npz file"
-        )
-    total = sum(i.file_size for i in infos)
-    if total > max_bytes:
-        raise DatasetError(
-            f"{where}: unpacks to {total / GiB:.2f} GiB, more than the limit of "
-            f"{max_bytes / GiB:.2f} GiB (a zip bomb or a too-large dataset); upload a smaller one"
-        )
-    for info in infos:
-        name = info.filename
-        path = PurePosixPath(name.replace("\\", "/"))
-        if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-            raise DatasetError(
-                f"{where}: entry '{name}' has an absolute path; zip relative paths only"
-            )
-        if ".." in path.parts:
-            raise DatasetError(
-                f"{where}: entry '{name}' contains '..'; zip without parent references"
-            )
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise DatasetError(f"{where}: entry '{name}' is a symbolic link; zip plain files only")
-
-
 # ----------------------------------------------------------------------------------------------
 # decoded size: checked before anything is decoded, against the server's limit
-
-
-def _size(n: int) -> str:
-    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.2f} MiB"
-
-
-def _check_decoded(where: str, decoded: int, detail: str, limit: int | None, fix: str) -> None:
-    """Refuse an upload whose decoded size (read from headers) is over `limit` bytes."""
-    if limit is not None and decoded > limit:
-        raise DatasetError(
-            f"{where}: decodes to {_size(decoded)} ({detail}), more than the limit of "
-            f"{_size(limit)}; {fix}, or raise {DECODED_SETTING} on the server"
-        )
-
-
-@dataclass(frozen=True)
-class _Limits:
-    entries: int
-    unpacked: int
-    decoded: int | None
-
-
-def _float32_rows(x: np.ndarray, where: str, compact: bool) -> np.ndarray:
-    """x ([N, ...], NCHW already) as float32, converted a batch of rows at a time into one
-    preallocated array (uint8 / 255); with `compact`, uint8 stays uint8. NaN/inf are refused."""
-    if compact and x.dtype == np.uint8:
-        return x
-    if x.dtype == np.float32 and x.flags.c_contiguous:
-        out = x
-    else:
-        out = np.empty(x.shape, np.float32)
-    row = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * 4)
-    step = max(1, _BATCH_BYTES // row)
-    for i in range(0, x.shape[0], step):
-        part = out[i : i + step]
-        if x.dtype == np.uint8:
-            np.divide(x[i : i + step], 255.0, out=part, dtype=np.float32)
-            continue
-        if out is not x:
-            part[...] = x[i : i + step]
-        if not np.isfinite(part).all():
-            raise DatasetError(
-                f"{where}: x contains NaN or infinite values; clean or impute them first"
-            )
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # npz: every array's header (shape, dtype) is read from its member before any data
 
 
-@dataclass(frozen=True)
-class _NpyHeader:
-    member: str
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    nbytes: int  # what the header claims
-    held: int  # the data bytes the member really holds (its declared size less the header)
-
-
-def _npy_header(zf: zipfile.ZipFile, member: str, key: str, where: str) -> _NpyHeader:
-    """Shape and dtype from a member's .npy header, checked against the bytes it really holds."""
-    info = zf.getinfo(member)
-    fmt = np.lib.format
-    try:
-        with zf.open(info) as fp:
-            version = fmt.read_magic(fp)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(fp)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(fp)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-            offset = fp.tell()
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(
-            f"{where}: '{key}' is not a readable .npy array ({exc}); save with numpy.savez"
-        ) from exc
-    if dtype.hasobject:
-        raise DatasetError(
-            f"{where}: '{key}' holds Python objects; store plain numeric arrays (no objects)"
-        )
-    return _NpyHeader(
-        member, tuple(shape), dtype, math.prod(shape) * dtype.itemsize, info.file_size - offset
-    )
-
-
-def _npz_needs_copy(header: _NpyHeader) -> bool:
+def _npz_needs_copy(header: NpyHeader) -> bool:
     """Whether x is converted into a float32 copy (not float32 already, or channels-last)."""
     shape = header.shape
     nhwc = len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
     return header.dtype != np.float32 or nhwc
 
 
-def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str, _NpyHeader]:
+def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str, NpyHeader]:
     """The headers of x, y (and classes); refuses missing arrays and a decoded size over
     `limit`: the arrays as stored, plus x's float32 copy when it needs one."""
     members = {(n[:-4] if n.endswith(".npy") else n): n for n in zf.namelist()}
@@ -274,12 +152,12 @@ def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str
             "Save with numpy.savez(path, x=features, y=labels)"
         )
     keys = [k for k in ("x", "y", "classes") if k in members]
-    headers: dict[str, _NpyHeader] = {k: _npy_header(zf, members[k], k, where) for k in keys}
+    headers: dict[str, NpyHeader] = {k: npy_header(zf, members[k], k, where) for k in keys}
     x = headers["x"]
     copy = math.prod(x.shape) * 4 if _npz_needs_copy(x) else 0
     decoded = sum(h.nbytes for h in headers.values()) + copy
     detail = f"x: {x.shape} {x.dtype}" + (" and its float32 copy" if copy else "")
-    _check_decoded(where, decoded, detail, limit, "save fewer or smaller samples")
+    check_decoded(where, decoded, detail, limit, "save fewer or smaller samples")
     for key, h in headers.items():
         if h.nbytes > h.held:
             raise DatasetError(
@@ -289,15 +167,7 @@ def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str
     return headers
 
 
-def _read_npy(zf: zipfile.ZipFile, header: _NpyHeader, where: str) -> np.ndarray:
-    try:
-        with zf.open(header.member) as fp:
-            return np.lib.format.read_array(fp, allow_pickle=False)
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(f"{where}: {exc}; store plain numeric arrays (no objects)") from exc
-
-
-def _load_npz(path: Path, limits: _Limits, compact: bool) -> TensorData:
+def _load_npz(path: Path, limits: Limits, compact: bool) -> TensorData:
     where = path.name
     try:
         zf = zipfile.ZipFile(path)
@@ -306,19 +176,19 @@ def _load_npz(path: Path, limits: _Limits, compact: bool) -> TensorData:
             f"{where}: not a valid .npz file ({exc}); save it with numpy.savez"
         ) from exc
     with zf:
-        _check_zip_entries(zf, where, limits.entries, limits.unpacked)
+        check_zip_entries(zf, where, limits.entries, limits.unpacked)
         headers = _npz_headers(zf, where, limits.decoded)
-        y = _read_npy(zf, headers["y"], where)
+        y = read_npy(zf, headers["y"], where)
         names = None
         if "classes" in headers:
-            names = _read_npy(zf, headers["classes"], where).astype(str).tolist()
+            names = read_npy(zf, headers["classes"], where).astype(str).tolist()
         labels, classes = _encode_labels(y, where)
         if names is not None:
             classes = _apply_names(classes, names, y, where)
-        x = _read_npy(zf, headers["x"], where)
+        x = read_npy(zf, headers["x"], where)
     if x.dtype.kind not in "iufb":
         raise DatasetError(f"{where}: x must hold numbers, got dtype {x.dtype}")
-    data = _float32_rows(_to_nchw(x, where), where, compact)
+    data = float32_rows(to_nchw(x, where), where, compact)
     del x
     return TensorData(torch.from_numpy(data), torch.from_numpy(labels), classes)
 
@@ -442,10 +312,10 @@ def _check_images_decoded(
     worst = max(range(len(costs)), key=costs.__getitem__)
     (w, h), name = headers[worst][1], entries[worst][0]
     detail = (
-        f"{len(entries)} images of {size[0]}x{size[1]} {mode} as float32: {_size(samples)}, "
-        f"plus {_size(costs[worst])} to decode '{name}' ({w}x{h} {headers[worst][0]})"
+        f"{len(entries)} images of {size[0]}x{size[1]} {mode} as float32: {size_text(samples)}, "
+        f"plus {size_text(costs[worst])} to decode '{name}' ({w}x{h} {headers[worst][0]})"
     )
-    _check_decoded(
+    check_decoded(
         where, samples + costs[worst], detail, limit, "resize the images smaller or upload fewer"
     )
 
@@ -466,14 +336,14 @@ def _decode(
             raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc
 
 
-def _load_zip(path: Path, limits: _Limits, compact: bool) -> TensorData:
+def _load_zip(path: Path, limits: Limits, compact: bool) -> TensorData:
     where = path.name
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise DatasetError(f"{where}: not a valid zip file ({exc})") from exc
     with zf:
-        _check_zip_entries(zf, where, limits.entries, limits.unpacked)
+        check_zip_entries(zf, where, limits.entries, limits.unpacked)
         entries = _image_entries(zf, where)
         headers = [_header(zf, name, where) for name, _ in entries]
         mode = Counter(_target_mode(m) for m, _ in headers).most_common(1)[0][0]
@@ -506,7 +376,7 @@ def _csv_columns(path: Path, where: str) -> list[str]:
         first = f.readline(_CSV_HEADER_BYTES + 1)
     if len(first) > _CSV_HEADER_BYTES:
         raise DatasetError(
-            f"{where}: the header line is longer than {_size(_CSV_HEADER_BYTES)}; a table may "
+            f"{where}: the header line is longer than {size_text(_CSV_HEADER_BYTES)}; a table may "
             f"have at most {MAX_CSV_COLUMNS} columns (use an .npz file for wider data)"
         )
     try:
@@ -521,39 +391,10 @@ def _csv_columns(path: Path, where: str) -> list[str]:
     return [str(c).strip() for c in columns]
 
 
-def _csv_lines(path: Path) -> tuple[int, int, int]:
-    """(lines, the longest line's length in bytes, its 1-based number), reading the file in
-    1 MiB blocks; a line ends at LF, CRLF or a lone CR, as pandas reads it."""
-    lines, longest, longest_at, last_end, offset = 0, 0, 0, -1, 0
-    with path.open("rb") as f:
-        block = f.read(MiB)
-        while block:
-            following = f.read(MiB)
-            b = np.frombuffer(block, np.uint8)
-            lf = b == 10
-            lf_next = np.empty_like(lf)
-            lf_next[:-1] = lf[1:]
-            lf_next[-1] = following[:1] == b"\n"
-            ends = np.flatnonzero(lf | ((b == 13) & ~lf_next)) + offset
-            if len(ends):
-                lengths = np.diff(ends, prepend=last_end) - 1
-                k = int(lengths.argmax())
-                if lengths[k] > longest:
-                    longest, longest_at = int(lengths[k]), lines + k + 1
-                lines, last_end = lines + len(ends), int(ends[-1])
-            offset += len(block)
-            block = following
-    if offset - 1 > last_end:  # a last line without a line end
-        lines += 1
-        if offset - 1 - last_end > longest:
-            longest, longest_at = offset - 1 - last_end, lines
-    return lines, longest, longest_at
-
-
 def _csv_rows_bound(path: Path, columns: list[str], where: str, limit: int | None) -> int:
     """An upper bound of the data rows; refuses over-long lines and a decoded size (float32
     features and int64 labels) over `limit`, before pandas parses anything."""
-    lines, longest, longest_at = _csv_lines(path)
+    lines, longest, longest_at = csv_lines(path)
     allowed = _CSV_LINE_BYTES + _CSV_BYTES_PER_COLUMN * len(columns)
     if longest > allowed:
         raise DatasetError(
@@ -563,11 +404,11 @@ def _csv_rows_bound(path: Path, columns: list[str], where: str, limit: int | Non
     rows, features = max(lines - 1, 0), max(len(columns) - 1, 1)
     decoded = rows * (features * 4 + 8)
     detail = f"{rows} rows x {features} feature columns as float32, and their labels"
-    _check_decoded(where, decoded, detail, limit, "keep fewer rows or columns")
+    check_decoded(where, decoded, detail, limit, "keep fewer rows or columns")
     return rows
 
 
-def _load_csv(path: Path, label_column: str, limits: _Limits) -> TensorData:
+def _load_csv(path: Path, label_column: str, limits: Limits) -> TensorData:
     import pandas as pd
 
     where = path.name
@@ -623,7 +464,7 @@ def _load_csv(path: Path, label_column: str, limits: _Limits) -> TensorData:
 
 
 def _read(
-    path: Path, format: Format | str | None, label_column: str, limits: _Limits, compact: bool
+    path: Path, format: Format | str | None, label_column: str, limits: Limits, compact: bool
 ) -> TensorData:
     path = Path(path)
     fmt = format or path.suffix.lower().lstrip(".")
@@ -659,7 +500,7 @@ def load_dataset(
     once decoded, read from the headers before anything is decoded; None: no bound. Images are
     decoded one at a time into one preallocated float32 array, so the peak stays near that size.
     """
-    limits = _Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
+    limits = Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
     return _read(path, format, label_column, limits, compact=False)
 
 
@@ -675,7 +516,7 @@ def describe_dataset(
     """What the scan of an upload records: `dataset_info` plus its `preview`, equal to those of
     `load_dataset`'s data, under the same checks and limits. Images stay uint8 (a quarter of
     float32), so scanning needs less memory than the limit training is held to."""
-    limits = _Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
+    limits = Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
     data = _read(path, format, label_column, limits, compact=True)
     fmt = format or Path(path).suffix.lower().lstrip(".")
     names = csv_feature_names(Path(path), label_column) if fmt == "csv" else None
@@ -705,6 +546,25 @@ def split(data: TensorData, val_fraction: float, seed: int) -> tuple[TensorData,
     mask = np.ones(len(labels), dtype=bool)
     mask[val_idx] = False
     return data.subset(np.flatnonzero(mask)), data.subset(val_idx)
+
+
+def default_split(data: TensorData) -> tuple[TensorData, TensorData]:
+    """The split a run makes with the default seed and val_fraction (what the demo teacher
+    trains on, so a default run evaluates on samples it never saw)."""
+    from core.config import DatasetRef, RunConfig
+
+    seed = RunConfig.model_fields["seed"].default
+    val_fraction = DatasetRef.model_fields["val_fraction"].default
+    return split(data, val_fraction, seed)
+
+
+def digits_data() -> TensorData:
+    """scikit-learn's bundled 8x8 digits: x [1797, 1, 8, 8] float32 in [0, 1], 10 classes."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    return TensorData(x, torch.tensor(digits.target, dtype=torch.long), [str(i) for i in range(10)])
 
 
 def dataset_info(data: TensorData) -> dict[str, Any]:
@@ -829,43 +689,3 @@ def dataset_preview(
             for i in range(rows.shape[0])
         ],
     }
-
-
-class Normalizer(nn.Module):
-    """y = (x - mean) / std per channel (images [N,C,...]) or per feature (tabular [N,D]).
-
-    Statistics come from the training split (`Normalizer.fit`); std below `eps` counts as 1 so
-    constant channels pass through. Stored as buffers: saved with the model and exported.
-    """
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, mean: Tensor, std: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean.detach().clone().float())
-        self.register_buffer("std", std.detach().clone().float())
-
-    @classmethod
-    def fit(cls, x: Tensor, eps: float = 1e-6) -> Normalizer:
-        dims = [0, *range(2, x.dim())]
-        mean = x.float().mean(dim=dims)
-        std = x.float().std(dim=dims, unbiased=False)
-        std = torch.where(std < eps, torch.ones_like(std), std)
-        view = (-1,) + (1,) * (x.dim() - 2)
-        return cls(mean.reshape(view), std.reshape(view))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
-
-class NormalizedModel(nn.Module):
-    """`model(normalizer(x))`: a student that takes raw inputs and standardises them itself."""
-
-    def __init__(self, normalizer: Normalizer, model: nn.Module) -> None:
-        super().__init__()
-        self.normalizer = normalizer
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(self.normalizer(x))

@@ -1,7 +1,11 @@
 """Classification: one class per sample, the teacher outputs class scores [N, classes].
 
+The whole task lives in this package: the task (here), its datasets (`data`) and its demo
+(`demo`: the digits teacher and data of the quick start).
+
 - data: `data.TensorData` (x float32 [N, ...], y int64 class indices, class names), read from
-  .npz, .zip image folders or .csv (`data.load_dataset`), split stratified by class;
+  .npz, .zip image folders or .csv (`data.load_dataset`), split stratified by class; the
+  worker's scan of an upload records `data.describe_dataset` (`describe`);
 - a batch: (x[idx], y[idx]);
 - validation: top-1 accuracy and mean cross-entropy (`val/top1`, `val/loss`);
 - evaluation: top-1 (and top-5 with at least 5 classes) of both models, their agreement (equal
@@ -12,7 +16,9 @@
       ECE = sum_m |B_m| / n * |acc(B_m) - conf(B_m)|
 
 - export example: a batch of 2 random float inputs;
-- stages: the ends of the inspection's spatial (4-D) stages, or the penultimate features.
+- inspection: a model's output width is its number of classes (`num_classes`) when the output
+  is a vector of scores [N, classes];
+- stages: the "spatial" rule, resolution stages of 4-D maps (`taps`, `core.pairing`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worker.engine.data import TensorData, load_dataset, split
 from worker.engine.evaluate import predict
 from worker.engine.tasks.base import Autocast, Batch, IncompatibleDataError, Task
+from worker.engine.tasks.classification.data import (
+    TensorData,
+    describe_dataset,
+    load_dataset,
+    split,
+)
 
 if TYPE_CHECKING:
     from core.config import DatasetRef
@@ -95,6 +106,10 @@ class ClassificationTask(Task):
     def load(self, path: Path, ref: DatasetRef, **limits: Any) -> TensorData:
         return load_dataset(Path(path), ref.format, ref.label_column, **limits)
 
+    def describe(self, path: Path, ref: DatasetRef, **limits: Any) -> dict[str, Any]:
+        """Samples, classes and their counts, input shape, kind and a preview."""
+        return describe_dataset(Path(path), ref.format, ref.label_column, **limits)
+
     def fit_to_teacher(self, teacher: LoadedModel, data: TensorData) -> TensorData:
         return fit_data_to_teacher(teacher, data)
 
@@ -108,6 +123,17 @@ class ClassificationTask(Task):
 
     def output_size(self, data: TensorData) -> int:
         return data.num_classes
+
+    def inspect_output(self, output_shape: list[int] | None) -> dict[str, Any]:
+        """`num_classes`: the width of a vector output [N, classes], else None."""
+        vector = output_shape is not None and len(output_shape) == 1
+        return {"num_classes": output_shape[0] if vector and output_shape else None}
+
+    def demo(self, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+        """The digits teacher and data (`demo.make_demo`)."""
+        from worker.engine.tasks.classification.demo import make_demo
+
+        return make_demo(out_dir, seed)
 
     def batch(self, data: TensorData, idx: Tensor, device: torch.device) -> Batch:
         return Batch(data.x[idx].to(device), data.y[idx].to(device))
