@@ -16,8 +16,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get(
@@ -157,6 +161,19 @@ def admin_token(studio_env: StudioEnv) -> str:
 
     with session_scope() as session:
         return ensure_admin(session).token
+
+
+@pytest.fixture
+def sdk(studio_env: StudioEnv, admin_token: str) -> Iterator[Client]:
+    """The Python client (`client.Client`) of the app in-process (Starlette's TestClient),
+    signed in as the first admin; `sdk._http` is its transport, for signing in as others."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from client import Client
+
+    with TestClient(create_app()) as http:
+        yield Client("http://testserver", admin_token, http=http)
 
 
 class WorkerProcess:

@@ -1,13 +1,13 @@
-"""The typed client against the real app (through Starlette's TestClient), on SQLite and
-PostgreSQL, with the real broker. No worker runs here: models and datasets stay `pending` unless
-a test marks them ready in the database, and queued runs stay queued."""
+"""The typed client against the real app (through Starlette's TestClient: the `sdk` fixture of
+tests/conftest.py), on SQLite and PostgreSQL, with the real broker. No worker runs here: models
+and datasets stay `pending` unless a test marks them ready in the database, and queued runs stay
+queued."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +50,6 @@ INSPECTION = {
 
 
 @pytest.fixture
-def api(studio_env, admin_token: str) -> Iterator[Client]:
-    from fastapi.testclient import TestClient
-
-    from backend.app import create_app
-
-    with TestClient(create_app()) as http:
-        yield Client(BASE, admin_token, http=http)
-
-
-@pytest.fixture
 def weights(tmp_path: Path) -> Path:
     path = tmp_path / "teacher.safetensors"
     save_file({"fc.weight": np.zeros((4, 16), np.float32)}, str(path))
@@ -86,10 +76,10 @@ def _set_ready(table_name: str, row_id: int, **fields: Any) -> None:
             setattr(row, key, value)
 
 
-def _ready_inputs(api: Client, weights: Path, npz: Path) -> tuple[int, int]:
-    model = api.upload_model(weights, "teacher", architecture="resnet8", kwargs=TEACHER_KWARGS)
+def _ready_inputs(sdk: Client, weights: Path, npz: Path) -> tuple[int, int]:
+    model = sdk.upload_model(weights, "teacher", architecture="resnet8", kwargs=TEACHER_KWARGS)
     _set_ready("Model", model.id, inspection=INSPECTION)
-    dataset = api.upload_dataset(npz, "tiny")
+    dataset = sdk.upload_dataset(npz, "tiny")
     _set_ready(
         "Dataset",
         dataset.id,
@@ -123,16 +113,16 @@ def _config(model_id: int, dataset_id: int, **overrides: Any) -> dict[str, Any]:
 # -- auth, health, catalog ----------------------------------------------------------------------
 
 
-def test_login_me_health_and_catalog(api: Client) -> None:
-    logged_in = Client.login(BASE, "admin", "admin-password-123", http=api._http)
-    assert logged_in.token and logged_in.token != api.token
+def test_login_me_health_and_catalog(sdk: Client) -> None:
+    logged_in = Client.login(BASE, "admin", "admin-password-123", http=sdk._http)
+    assert logged_in.token and logged_in.token != sdk.token
     me = logged_in.me()
     assert me.username == "admin"
     assert me.team_id in [team.id for team in me.teams]
 
-    assert api.health().status == "ok"
+    assert sdk.health().status == "ok"
 
-    catalog = api.catalog()
+    catalog = sdk.catalog()
     kd = catalog.loss("kd")
     assert kd is not None and kd.kind == "logits" and not kd.needs_pairs
     temperature = next(p for p in kd.params if p.name == "temperature")
@@ -142,18 +132,18 @@ def test_login_me_health_and_catalog(api: Client) -> None:
     assert catalog.scheme("offline") is not None
 
 
-def test_errors_carry_the_servers_detail(api: Client) -> None:
+def test_errors_carry_the_servers_detail(sdk: Client) -> None:
     with pytest.raises(ApiError) as wrong:
-        Client.login(BASE, "admin", "not-the-password", http=api._http)
+        Client.login(BASE, "admin", "not-the-password", http=sdk._http)
     assert wrong.value.status == 401
     assert str(wrong.value) == wrong.value.detail and wrong.value.detail
 
     with pytest.raises(ApiError) as anonymous:
-        Client(BASE, http=api._http).models()
+        Client(BASE, http=sdk._http).models()
     assert anonymous.value.status == 401
 
     with pytest.raises(ApiError) as missing:
-        api.model(999_999)
+        sdk.model(999_999)
     assert missing.value.status == 404 and "999999" in missing.value.detail
 
 
@@ -167,9 +157,9 @@ def test_unreachable_api_says_how_to_fix_it() -> None:
 # -- models and datasets -----------------------------------------------------------------------
 
 
-def test_upload_model_streams_and_reports_progress(api: Client, weights: Path) -> None:
+def test_upload_model_streams_and_reports_progress(sdk: Client, weights: Path) -> None:
     seen: list[tuple[int, int]] = []
-    model = api.upload_model(
+    model = sdk.upload_model(
         weights,
         "teacher",
         architecture="resnet8",
@@ -186,7 +176,7 @@ def test_upload_model_streams_and_reports_progress(api: Client, weights: Path) -
     assert model.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert model.status == "pending" and model.version == 1
 
-    again = api.upload_model(
+    again = sdk.upload_model(
         weights.open("rb"),
         "teacher",
         format="safetensors",
@@ -195,22 +185,22 @@ def test_upload_model_streams_and_reports_progress(api: Client, weights: Path) -
     )
     assert again.version == 2
 
-    detail = api.model(model.id)
+    detail = sdk.model(model.id)
     assert detail.id == model.id and detail.inspection is None
-    assert {m.id for m in api.models(name="teacher").items} == {model.id, again.id}
-    assert [m.id for m in api.models(status="ready").items] == []
+    assert {m.id for m in sdk.models(name="teacher").items} == {model.id, again.id}
+    assert [m.id for m in sdk.models(status="ready").items] == []
 
-    dest = api.download_model(model.id, weights.parent / "copy.safetensors")
+    dest = sdk.download_model(model.id, weights.parent / "copy.safetensors")
     assert dest.read_bytes() == weights.read_bytes()
 
 
-def test_upload_errors_name_the_field(api: Client, weights: Path) -> None:
+def test_upload_errors_name_the_field(sdk: Client, weights: Path) -> None:
     with pytest.raises(ApiError) as no_arch:
-        api.upload_model(weights, "teacher")
+        sdk.upload_model(weights, "teacher")
     assert no_arch.value.status == 422 and "architecture" in no_arch.value.detail
 
     with pytest.raises(ApiError) as bad_shape:
-        api.upload_model(
+        sdk.upload_model(
             weights,
             "teacher",
             architecture="resnet8",
@@ -221,33 +211,33 @@ def test_upload_errors_name_the_field(api: Client, weights: Path) -> None:
     odd = weights.with_suffix(".bin")
     odd.write_bytes(b"x")
     with pytest.raises(ValueError, match="format="):
-        api.upload_model(odd, "teacher")
+        sdk.upload_model(odd, "teacher")
     with pytest.raises(FileNotFoundError):
-        api.upload_model(weights.with_name("missing.pt2"), "teacher")
+        sdk.upload_model(weights.with_name("missing.pt2"), "teacher")
 
 
-def test_iterators_follow_cursors(api: Client, weights: Path) -> None:
+def test_iterators_follow_cursors(sdk: Client, weights: Path) -> None:
     ids = [
-        api.upload_model(weights, f"m{i}", architecture="resnet8", kwargs=TEACHER_KWARGS).id
+        sdk.upload_model(weights, f"m{i}", architecture="resnet8", kwargs=TEACHER_KWARGS).id
         for i in range(3)
     ]
-    first = api.models(limit=2)
+    first = sdk.models(limit=2)
     assert len(first.items) == 2 and first.next_cursor
-    assert sorted(m.id for m in api.iter_models(page_size=1)) == sorted(ids)
+    assert sorted(m.id for m in sdk.iter_models(page_size=1)) == sorted(ids)
 
 
-def test_the_pagination_helper_walks_every_page_once(api: Client, weights: Path) -> None:
+def test_the_pagination_helper_walks_every_page_once(sdk: Client, weights: Path) -> None:
     """`walk`, `pages` and `collect` (what the iter_* methods, the CLI and the UI use) ask for
     each page once, in order, with the previous page's cursor, and stop at the last one."""
     ids = [
-        api.upload_model(weights, f"p{i}", architecture="resnet8", kwargs=TEACHER_KWARGS).id
+        sdk.upload_model(weights, f"p{i}", architecture="resnet8", kwargs=TEACHER_KWARGS).id
         for i in range(5)
     ]
     asked: list[tuple[str | None, int]] = []
 
     def list_page(**kw: Any) -> Page[Model]:
         asked.append((kw["cursor"], kw["limit"]))
-        return api.models(**kw)
+        return sdk.models(**kw)
 
     got = [m.id for m in walk(list_page, page_size=2)]
     assert sorted(got) == sorted(ids) and len(got) == len(set(got)) == 5
@@ -261,7 +251,7 @@ def test_the_pagination_helper_walks_every_page_once(api: Client, weights: Path)
     asked.clear()
     every, more = collect(list_page, limit=50, page_size=2)
     assert [m.id for m in every] == got and not more and len(asked) == 3
-    assert [p.next_cursor is None for p in pages(api.models, page_size=5)] == [True]
+    assert [p.next_cursor is None for p in pages(sdk.models, page_size=5)] == [True]
 
 
 def test_pagination_stops_on_an_empty_page_and_refuses_a_zero_page_size() -> None:
@@ -278,69 +268,69 @@ def test_pagination_stops_on_an_empty_page_and_refuses_a_zero_page_size() -> Non
         list(walk(list_page, page_size=0))
 
 
-def test_upload_dataset(api: Client, npz: Path) -> None:
+def test_upload_dataset(sdk: Client, npz: Path) -> None:
     seen: list[int] = []
-    dataset = api.upload_dataset(npz, "tiny", on_progress=lambda sent, _: seen.append(sent))
+    dataset = sdk.upload_dataset(npz, "tiny", on_progress=lambda sent, _: seen.append(sent))
     assert dataset.format == "npz" and dataset.status == "pending"
     assert dataset.size_bytes == npz.stat().st_size == seen[-1]
-    assert api.dataset(dataset.id).name == "tiny"
-    assert [d.id for d in api.iter_datasets()] == [dataset.id]
+    assert sdk.dataset(dataset.id).name == "tiny"
+    assert [d.id for d in sdk.iter_datasets()] == [dataset.id]
 
 
 # -- runs and artifacts ------------------------------------------------------------------------
 
 
-def test_run_life_cycle(api: Client, weights: Path, npz: Path) -> None:
-    model_id, dataset_id = _ready_inputs(api, weights, npz)
-    run = api.create_run(_config(model_id, dataset_id))
+def test_run_life_cycle(sdk: Client, weights: Path, npz: Path) -> None:
+    model_id, dataset_id = _ready_inputs(sdk, weights, npz)
+    run = sdk.create_run(_config(model_id, dataset_id))
     assert isinstance(run, Run) and run.status == "queued" and not run.is_terminal
     assert run.teacher_model_id == model_id and run.dataset_id == dataset_id
     assert run.config["losses"][1]["params"] == {"temperature": 4.0}
 
-    assert api.run(run.id).name == "client-test"
-    assert [r.id for r in api.runs(status="queued").items] == [run.id]
-    assert [r.id for r in api.iter_runs(q="client")] == [run.id]
-    assert api.runs(status="succeeded").items == []
-    assert "client-test" in api.run_config_yaml(run.id)
-    assert api.metrics(run.id).series == {} or all(
-        not s.steps for s in api.metrics(run.id).series.values()
+    assert sdk.run(run.id).name == "client-test"
+    assert [r.id for r in sdk.runs(status="queued").items] == [run.id]
+    assert [r.id for r in sdk.iter_runs(q="client")] == [run.id]
+    assert sdk.runs(status="succeeded").items == []
+    assert "client-test" in sdk.run_config_yaml(run.id)
+    assert sdk.metrics(run.id).series == {} or all(
+        not s.steps for s in sdk.metrics(run.id).series.values()
     )
-    assert api.artifacts(run.id) == []
+    assert sdk.artifacts(run.id) == []
 
     with pytest.raises(TimeoutError, match="still queued"):
-        api.wait(run.id, timeout=0.2, poll=0.05)
+        sdk.wait(run.id, timeout=0.2, poll=0.05)
 
-    cancelled = api.cancel_run(run.id)
+    cancelled = sdk.cancel_run(run.id)
     assert cancelled.cancel_requested or cancelled.status == "cancelled"
     seen: list[str] = []
-    final = api.wait(run.id, timeout=10, poll=0.1, on_progress=lambda r: seen.append(r.status))
+    final = sdk.wait(run.id, timeout=10, poll=0.1, on_progress=lambda r: seen.append(r.status))
     assert final.status == "cancelled" and seen[-1] == "cancelled"
 
 
-def test_run_config_objects_and_errors(api: Client, weights: Path, npz: Path) -> None:
+def test_run_config_objects_and_errors(sdk: Client, weights: Path, npz: Path) -> None:
     from core.config import RunConfig
 
-    model_id, dataset_id = _ready_inputs(api, weights, npz)
+    model_id, dataset_id = _ready_inputs(sdk, weights, npz)
     config = RunConfig.model_validate(_config(model_id, dataset_id, name="typed"))
-    assert api.create_run(config).name == "typed"
+    assert sdk.create_run(config).name == "typed"
 
     with pytest.raises(ApiError) as unknown_loss:
-        api.create_run(_config(model_id, dataset_id, losses=[{"name": "kdd"}]))
+        sdk.create_run(_config(model_id, dataset_id, losses=[{"name": "kdd"}]))
     assert unknown_loss.value.status == 422 and "kdd" in unknown_loss.value.detail
 
     with pytest.raises(ApiError) as no_pairs:
-        api.create_run(_config(model_id, dataset_id, losses=[{"name": "at"}]))
+        sdk.create_run(_config(model_id, dataset_id, losses=[{"name": "at"}]))
     assert no_pairs.value.status == 422 and "layer_pairs" in no_pairs.value.detail
 
 
-def test_download_artifact(api: Client, weights: Path, npz: Path, tmp_path: Path) -> None:
+def test_download_artifact(sdk: Client, weights: Path, npz: Path, tmp_path: Path) -> None:
     from core.db import session_scope
     from core.db.tables import Artifact
     from core.db.tables import Run as RunRow
     from core.storage import get_store
 
-    model_id, dataset_id = _ready_inputs(api, weights, npz)
-    run = api.create_run(_config(model_id, dataset_id))
+    model_id, dataset_id = _ready_inputs(sdk, weights, npz)
+    run = sdk.create_run(_config(model_id, dataset_id))
     payload = b"student weights " * 1000
     with session_scope() as session:
         team_id = session.get(RunRow, run.id).team_id
@@ -358,31 +348,31 @@ def test_download_artifact(api: Client, weights: Path, npz: Path, tmp_path: Path
                 sha256=stored.sha256,
             )
         )
-    [artifact] = api.artifacts(run.id)
+    [artifact] = sdk.artifacts(run.id)
     assert artifact.kind == "student_safetensors" and artifact.size_bytes == len(payload)
 
-    into_folder = api.download_artifact(artifact.id, tmp_path)
+    into_folder = sdk.download_artifact(artifact.id, tmp_path)
     assert into_folder == tmp_path / "student.safetensors"
     assert into_folder.read_bytes() == payload
-    named = api.download_artifact(artifact.id, tmp_path / "sub" / "w.safetensors")
+    named = sdk.download_artifact(artifact.id, tmp_path / "sub" / "w.safetensors")
     assert named.read_bytes() == payload
-    assert api.artifact_bytes(artifact.id) == ("student.safetensors", payload)
+    assert sdk.artifact_bytes(artifact.id) == ("student.safetensors", payload)
 
     with pytest.raises(ApiError) as missing:
-        api.download_artifact(999_999, tmp_path)
+        sdk.download_artifact(999_999, tmp_path)
     assert missing.value.status == 404
 
 
-def test_tokens(api: Client) -> None:
-    created = api.create_token("script", read_only=True)
+def test_tokens(sdk: Client) -> None:
+    created = sdk.create_token("script", read_only=True)
     assert created.token and created.read_only
-    reader = Client(BASE, created.token, http=api._http)
+    reader = Client(BASE, created.token, http=sdk._http)
     assert reader.me().read_only
     with pytest.raises(ApiError) as refused:
         reader.create_run({"name": "x"})
     assert refused.value.status == 403
-    assert created.id in [t.id for t in api.tokens()]
-    assert api.revoke_token(created.id).revoked_at is not None
+    assert created.id in [t.id for t in sdk.tokens()]
+    assert sdk.revoke_token(created.id).revoked_at is not None
     with pytest.raises(ApiError):
         reader.me()
 
@@ -399,43 +389,43 @@ def test_client_import_is_light() -> None:
 # -- the studio pages' calls: teacher filter, retry, comparisons, samples, teams ----------------
 
 
-def test_runs_by_teacher_retry_and_comparisons(api: Client, weights: Path, npz: Path) -> None:
-    model_id, dataset_id = _ready_inputs(api, weights, npz)
-    other_teacher = api.upload_model(
+def test_runs_by_teacher_retry_and_comparisons(sdk: Client, weights: Path, npz: Path) -> None:
+    model_id, dataset_id = _ready_inputs(sdk, weights, npz)
+    other_teacher = sdk.upload_model(
         weights, "other", architecture="resnet8", kwargs=TEACHER_KWARGS
     )
-    first = api.create_run(_config(model_id, dataset_id, name="first"))
-    second = api.create_run(_config(model_id, dataset_id, name="second"))
-    assert {r.id for r in api.runs(teacher_model_id=model_id).items} == {first.id, second.id}
-    assert api.runs(teacher_model_id=other_teacher.id).items == []
-    assert [r.id for r in api.iter_runs(teacher_model_id=model_id, page_size=1)] == [
+    first = sdk.create_run(_config(model_id, dataset_id, name="first"))
+    second = sdk.create_run(_config(model_id, dataset_id, name="second"))
+    assert {r.id for r in sdk.runs(teacher_model_id=model_id).items} == {first.id, second.id}
+    assert sdk.runs(teacher_model_id=other_teacher.id).items == []
+    assert [r.id for r in sdk.iter_runs(teacher_model_id=model_id, page_size=1)] == [
         second.id,
         first.id,
     ]
 
     with pytest.raises(ApiError) as running:
-        api.retry_run(first.id)
+        sdk.retry_run(first.id)
     assert running.value.status == 409 and "still queued" in running.value.detail
-    api.cancel_run(first.id)
-    again = api.retry_run(first.id)
+    sdk.cancel_run(first.id)
+    again = sdk.retry_run(first.id)
     assert again.id not in (first.id, second.id) and again.status == "queued"
-    assert again.config == api.run(first.id).config and again.worker is None
+    assert again.config == sdk.run(first.id).config and again.worker is None
 
-    saved = api.create_comparison("first vs second", [first.id, second.id], "a note")
+    saved = sdk.create_comparison("first vs second", [first.id, second.id], "a note")
     assert saved.run_ids == [first.id, second.id] and saved.description == "a note"
     assert saved.created_by_name == "admin"
-    assert [c.id for c in api.comparisons().items] == [saved.id]
-    assert api.comparison(saved.id).name == "first vs second"
+    assert [c.id for c in sdk.comparisons().items] == [saved.id]
+    assert sdk.comparison(saved.id).name == "first vs second"
     with pytest.raises(ApiError) as unknown_run:
-        api.create_comparison("bad", [first.id, 10**6])
+        sdk.create_comparison("bad", [first.id, 10**6])
     assert unknown_run.value.status == 404 and f"run {10**6} not found" in unknown_run.value.detail
-    api.delete_comparison(saved.id)
-    assert api.comparisons().items == []
+    sdk.delete_comparison(saved.id)
+    assert sdk.comparisons().items == []
 
 
-def test_dataset_samples_and_teams(api: Client, npz: Path) -> None:
-    dataset = api.upload_dataset(npz, "tiny")
-    assert api.dataset_samples(dataset.id).kind is None  # not scanned yet: no preview
+def test_dataset_samples_and_teams(sdk: Client, npz: Path) -> None:
+    dataset = sdk.upload_dataset(npz, "tiny")
+    assert sdk.dataset_samples(dataset.id).kind is None  # not scanned yet: no preview
     preview = {
         "kind": "image",
         "samples": [
@@ -444,18 +434,18 @@ def test_dataset_samples_and_teams(api: Client, npz: Path) -> None:
         ],
     }
     _set_ready("Dataset", dataset.id, info={"num_samples": 24, "preview": preview})
-    samples = api.dataset_samples(dataset.id, n=16)
+    samples = sdk.dataset_samples(dataset.id, n=16)
     assert samples.kind == "image" and len(samples.samples) == 16
     assert samples.samples[3].index == 3 and samples.samples[0].mime == "image/png"
-    assert "preview" not in api.dataset(dataset.id).info.model_dump()
+    assert "preview" not in sdk.dataset(dataset.id).info.model_dump()
     assert all(
-        "preview" not in (d.info.model_dump() if d.info else {}) for d in api.datasets().items
+        "preview" not in (d.info.model_dump() if d.info else {}) for d in sdk.datasets().items
     )
 
-    teams = api.teams()
-    assert [t.id for t in teams] == [api.me().team_id]
-    members = api.team_members(teams[0].id)
+    teams = sdk.teams()
+    assert [t.id for t in teams] == [sdk.me().team_id]
+    members = sdk.team_members(teams[0].id)
     assert [(m.username, m.role) for m in members] == [("admin", "owner")]
     with pytest.raises(ApiError) as other:
-        api.team_members(10**6)
+        sdk.team_members(10**6)
     assert other.value.status == 404
