@@ -5,7 +5,9 @@
   symlinks and zip bombs (`check_zip_entries`), the decoded size worked out from headers and
   refused over a limit before anything is decoded (`check_decoded`, `Limits`; a studio server
   passes DS_MAX_DECODED_MB), a .npy member's shape and dtype read from its header
-  (`npy_header`), a CSV's lines counted without parsing it (`csv_lines`);
+  (`npy_header`), a CSV's lines counted without parsing it (`csv_lines`), an image's size and
+  mode read from its header and held to MAX_IMAGE_PIXELS (`image_header`), what decoding a set
+  of images takes (`check_images_decoded`), then one image decoded at a time (`decode_image`);
 - arrays as float32 a batch of rows at a time into one preallocated array (`float32_rows`), and
   images as NCHW (`to_nchw`);
 - `Normalizer` / `NormalizedModel`: standardised inputs *inside* a student, so every artifact
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import math
 import stat
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -33,6 +36,10 @@ GiB = 1 << 30
 MiB = 1 << 20
 DECODED_SETTING = "DS_MAX_DECODED_MB"  # the studio setting that sets max_decoded_bytes
 _BATCH_BYTES = 16 * MiB  # float32 conversion works on this much at a time
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # per image; PIL's own Image.MAX_IMAGE_PIXELS is held to it
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
+_UNREADABLE_IMAGE = (OSError, EOFError, ValueError, SyntaxError, zipfile.BadZipFile, zlib.error)
 
 
 class DatasetError(ValueError):
@@ -240,3 +247,105 @@ class NormalizedModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(self.normalizer(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# images: sizes from their headers first, then decoded one at a time
+
+
+def pixel_cap() -> int:
+    """Pixels one image may have: MAX_IMAGE_PIXELS, or PIL's own cap if lower. PIL's cap is
+    lowered to ours too, so PIL itself refuses anything past twice of it when opening."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    return int(Image.MAX_IMAGE_PIXELS)
+
+
+def open_image(fp: IO[bytes], name: str, where: str) -> Any:
+    """Open an image lazily (PIL reads only its header here) and refuse one over the cap."""
+    from PIL import Image
+
+    cap = pixel_cap()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{where}: '{name}' is too large to decode ({exc})") from exc
+    except _UNREADABLE_IMAGE as exc:
+        raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc
+    if img.size[0] * img.size[1] > cap:
+        raise DatasetError(
+            f"{where}: '{name}' is {img.size[0]}x{img.size[1]} pixels, more than the limit of "
+            f"{cap} pixels per image; resize it smaller"
+        )
+    return img
+
+
+def image_header(zf: zipfile.ZipFile, name: str, where: str) -> tuple[str, tuple[int, int]]:
+    """The mode and size of one image from its header, without decoding its pixels."""
+    with zf.open(name) as fp, open_image(fp, name, where) as img:
+        return img.mode, img.size
+
+
+def target_mode(mode: str) -> str:
+    return "L" if mode in _GREY_MODES else "RGB"
+
+
+def pil_bytes_per_pixel(mode: str) -> int:
+    """What PIL holds per pixel in memory (at most): 1 byte for 8-bit modes, 4 otherwise."""
+    return 1 if mode in ("1", "L", "P") else 4
+
+
+def decoding_bytes(src_mode: str, src: tuple[int, int], mode: str, size: tuple[int, int]) -> int:
+    """Memory to decode one image to `mode` at `size`: its pixels as PIL holds them, a converted
+    copy when the mode changes, and the resized image with its uint8 array."""
+    pixels = src[0] * src[1]
+    converted = pixels * pil_bytes_per_pixel(mode) if target_mode(src_mode) != src_mode else 0
+    channels = 3 if mode == "RGB" else 1
+    return (
+        pixels * pil_bytes_per_pixel(src_mode)
+        + converted
+        + size[0] * size[1] * (pil_bytes_per_pixel(mode) + channels)
+    )
+
+
+def check_images_decoded(
+    entries: list[tuple[str, str]],
+    headers: list[tuple[str, tuple[int, int]]],
+    mode: str,
+    size: tuple[int, int],
+    where: str,
+    limit: int | None,
+) -> None:
+    """The samples as float32 plus decoding the costliest single image must fit `limit`."""
+    channels = 3 if mode == "RGB" else 1
+    samples = len(entries) * channels * size[0] * size[1] * 4
+    costs = [decoding_bytes(m, s, mode, size) for m, s in headers]
+    worst = max(range(len(costs)), key=costs.__getitem__)
+    (w, h), name = headers[worst][1], entries[worst][0]
+    detail = (
+        f"{len(entries)} images of {size[0]}x{size[1]} {mode} as float32: {size_text(samples)}, "
+        f"plus {size_text(costs[worst])} to decode '{name}' ({w}x{h} {headers[worst][0]})"
+    )
+    check_decoded(
+        where, samples + costs[worst], detail, limit, "resize the images smaller or upload fewer"
+    )
+
+
+def decode_image(
+    zf: zipfile.ZipFile, name: str, mode: str, size: tuple[int, int], where: str
+) -> np.ndarray:
+    """One image as uint8 [H, W] (mode L) or [H, W, 3] (RGB), resized to `size` if needed."""
+    from PIL import Image
+
+    with zf.open(name) as fp, open_image(fp, name, where) as opened:
+        try:
+            img = opened.convert(mode) if opened.mode != mode else opened
+            if img.size != size:
+                img = img.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+        except _UNREADABLE_IMAGE as exc:
+            raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc

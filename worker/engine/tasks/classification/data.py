@@ -30,42 +30,42 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 import zipfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from worker.engine.datasets import (
+    IMAGE_SUFFIXES,
     DatasetError,
     GiB,
     Limits,
     NpyHeader,
     check_decoded,
+    check_images_decoded,
     check_zip_entries,
     csv_lines,
+    decode_image,
     float32_rows,
+    image_header,
     npy_header,
     read_npy,
     size_text,
+    target_mode,
     to_nchw,
 )
 
 Format = Literal["npz", "zip", "csv"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # per image; PIL's own Image.MAX_IMAGE_PIXELS is held to it
 MAX_CSV_COLUMNS = 100_000
 _CSV_HEADER_BYTES = 64 * MAX_CSV_COLUMNS  # the header line is read from at most this many bytes
 _CSV_LINE_BYTES = 64 * 1024  # a line may take this many bytes plus 64 per column
 _CSV_BYTES_PER_COLUMN = 64
 _CSV_CHUNK_FIELDS = 1 << 20  # pandas parses about this many fields at a time
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 
 
 @dataclass
@@ -235,107 +235,6 @@ def _image_entries(zf: zipfile.ZipFile, where: str) -> list[tuple[str, str]]:
     return [(f, p[0]) for f, p in zip(files, parts, strict=True)]
 
 
-_UNREADABLE = (OSError, EOFError, ValueError, SyntaxError, zipfile.BadZipFile, zlib.error)
-
-
-def _pixel_cap() -> int:
-    """Pixels one image may have: MAX_IMAGE_PIXELS, or PIL's own cap if lower. PIL's cap is
-    lowered to ours too, so PIL itself refuses anything past twice of it when opening."""
-    from PIL import Image
-
-    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    return int(Image.MAX_IMAGE_PIXELS)
-
-
-def _open_image(fp: IO[bytes], name: str, where: str) -> Any:
-    """Open an image lazily (PIL reads only its header here) and refuse one over the cap."""
-    from PIL import Image
-
-    cap = _pixel_cap()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-    except Image.DecompressionBombError as exc:
-        raise DatasetError(f"{where}: '{name}' is too large to decode ({exc})") from exc
-    except _UNREADABLE as exc:
-        raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc
-    if img.size[0] * img.size[1] > cap:
-        raise DatasetError(
-            f"{where}: '{name}' is {img.size[0]}x{img.size[1]} pixels, more than the limit of "
-            f"{cap} pixels per image; resize it smaller"
-        )
-    return img
-
-
-def _header(zf: zipfile.ZipFile, name: str, where: str) -> tuple[str, tuple[int, int]]:
-    """The mode and size of one image from its header, without decoding its pixels."""
-    with zf.open(name) as fp, _open_image(fp, name, where) as img:
-        return img.mode, img.size
-
-
-def _target_mode(mode: str) -> str:
-    return "L" if mode in _GREY_MODES else "RGB"
-
-
-def _pil_bytes_per_pixel(mode: str) -> int:
-    """What PIL holds per pixel in memory (at most): 1 byte for 8-bit modes, 4 otherwise."""
-    return 1 if mode in ("1", "L", "P") else 4
-
-
-def _decoding_bytes(src_mode: str, src: tuple[int, int], mode: str, size: tuple[int, int]) -> int:
-    """Memory to decode one image to `mode` at `size`: its pixels as PIL holds them, a converted
-    copy when the mode changes, and the resized image with its uint8 array."""
-    pixels = src[0] * src[1]
-    converted = pixels * _pil_bytes_per_pixel(mode) if _target_mode(src_mode) != src_mode else 0
-    channels = 3 if mode == "RGB" else 1
-    return (
-        pixels * _pil_bytes_per_pixel(src_mode)
-        + converted
-        + size[0] * size[1] * (_pil_bytes_per_pixel(mode) + channels)
-    )
-
-
-def _check_images_decoded(
-    entries: list[tuple[str, str]],
-    headers: list[tuple[str, tuple[int, int]]],
-    mode: str,
-    size: tuple[int, int],
-    where: str,
-    limit: int | None,
-) -> None:
-    """The samples as float32 plus decoding the costliest single image must fit `limit`."""
-    channels = 3 if mode == "RGB" else 1
-    samples = len(entries) * channels * size[0] * size[1] * 4
-    costs = [_decoding_bytes(m, s, mode, size) for m, s in headers]
-    worst = max(range(len(costs)), key=costs.__getitem__)
-    (w, h), name = headers[worst][1], entries[worst][0]
-    detail = (
-        f"{len(entries)} images of {size[0]}x{size[1]} {mode} as float32: {size_text(samples)}, "
-        f"plus {size_text(costs[worst])} to decode '{name}' ({w}x{h} {headers[worst][0]})"
-    )
-    check_decoded(
-        where, samples + costs[worst], detail, limit, "resize the images smaller or upload fewer"
-    )
-
-
-def _decode(
-    zf: zipfile.ZipFile, name: str, mode: str, size: tuple[int, int], where: str
-) -> np.ndarray:
-    """One image as uint8 [H, W] (mode L) or [H, W, 3] (RGB), resized to `size` if needed."""
-    from PIL import Image
-
-    with zf.open(name) as fp, _open_image(fp, name, where) as opened:
-        try:
-            img = opened.convert(mode) if opened.mode != mode else opened
-            if img.size != size:
-                img = img.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-        except _UNREADABLE as exc:
-            raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc
-
-
 def _load_zip(path: Path, limits: Limits, compact: bool) -> TensorData:
     where = path.name
     try:
@@ -345,16 +244,16 @@ def _load_zip(path: Path, limits: Limits, compact: bool) -> TensorData:
     with zf:
         check_zip_entries(zf, where, limits.entries, limits.unpacked)
         entries = _image_entries(zf, where)
-        headers = [_header(zf, name, where) for name, _ in entries]
-        mode = Counter(_target_mode(m) for m, _ in headers).most_common(1)[0][0]
+        headers = [image_header(zf, name, where) for name, _ in entries]
+        mode = Counter(target_mode(m) for m, _ in headers).most_common(1)[0][0]
         size = Counter(s for _, s in headers).most_common(1)[0][0]
-        _check_images_decoded(entries, headers, mode, size, where, limits.decoded)
+        check_images_decoded(entries, headers, mode, size, where, limits.decoded)
         channels = 3 if mode == "RGB" else 1
         x = np.empty(
             (len(entries), channels, size[1], size[0]), np.uint8 if compact else np.float32
         )
         for i, (name, _) in enumerate(entries):
-            pixels = _decode(zf, name, mode, size, where)
+            pixels = decode_image(zf, name, mode, size, where)
             chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
             if compact:
                 x[i] = chw
