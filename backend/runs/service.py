@@ -203,7 +203,9 @@ def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[
         except ValueError as exc:
             problems.append((f"{where}.student", str(exc), ["body", "layer_pairs", i, "student"]))
         if t_layer is not None and s_layer is not None:
-            message = pairing.check_pair(t_layer, s_layer, tap=pair.tap, student=student)
+            message = pairing.check_pair(
+                t_layer, s_layer, tap=pair.tap, student=student, task=config.task
+            )
             if message:
                 problems.append((where, message, ["body", "layer_pairs", i]))
     if problems:
