@@ -1,7 +1,7 @@
 """Model inspection and feature taps, both built on forward hooks.
 
 `inspect_model` runs one dummy forward and records, for every named submodule, its input and
-output shapes, its parameter count and the resolution stage it belongs to; the table is what the
+output shapes, its parameter count and the stage it belongs to; the table is what the
 UI shows and what layer pairs are checked against. `FeatureTaps` captures the tensors of chosen
 modules during training (the teacher/student features that feature losses compare).
 
