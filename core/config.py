@@ -30,6 +30,7 @@ from core import catalog
 from core.catalog.schemes import SCHEMES
 from core.catalog.tasks import TASKS
 from core.catalog.training import (
+    LOG_POINTS,
     LOSS_WEIGHT,
     SEED,
     TRAINING,
@@ -358,6 +359,11 @@ class TrainSettings(_Strict):
     checkpoint_every: int = setting(TRAINING["checkpoint_every"])
     log_every: int = setting(TRAINING["log_every"])
     export_onnx: bool = setting(TRAINING["export_onnx"])
+
+    def log_interval(self, total_steps: int) -> int:
+        """Steps between reported metrics: `log_every`, or when that is 0, the fewest that
+        give at most `LOG_POINTS` reports over `total_steps` (1 for a run of fewer steps)."""
+        return self.log_every or max(1, math.ceil(total_steps / LOG_POINTS))
 
 
 class RunConfig(_Strict):

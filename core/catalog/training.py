@@ -22,6 +22,7 @@ SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 
 SettingType = Literal["int", "float", "bool", "choice", "floats"]
+LOG_POINTS = 1000  # log_every 0: about this many points per series over a run
 
 
 @dataclass(frozen=True)
@@ -158,10 +159,11 @@ TRAINING: dict[str, Setting] = {
         Setting(
             "log_every",
             "int",
-            1,
+            0,
             "Log every (steps)",
-            "Steps between reported metrics (mean over them).",
-            ge=1,
+            "Steps between reported metrics (mean over them); 0: as many as give about "
+            f"{LOG_POINTS:,} points per series over the run (every step of a shorter run).",
+            ge=0,
         ),
         Setting(
             "export_onnx",

@@ -149,3 +149,16 @@ def test_migration_0005_keeps_every_point(api, studio_env) -> None:
     series = api.get(f"/runs/{run_id}/metrics").json()["series"]
     assert series["loss"]["steps"] == list(range(1, 12)) and series["loss"]["values"][-1] == 0.5
     assert series["val/top1"]["values"] == [s / 7 for s in range(1, 11)]
+
+
+def test_default_log_every_bounds_the_points_of_a_run() -> None:
+    from core.catalog.training import LOG_POINTS
+    from core.config import TrainSettings
+
+    auto = TrainSettings()
+    assert auto.log_every == 0
+    for total in (1, 69, LOG_POINTS, LOG_POINTS + 1, 200_000, 1_000_000):
+        interval = auto.log_interval(total)
+        reports = -(-total // interval)  # every interval-th step, and the last one
+        assert reports <= LOG_POINTS and (interval == 1) == (total <= LOG_POINTS)
+    assert TrainSettings(log_every=7).log_interval(200_000) == 7

@@ -69,7 +69,7 @@ class Callbacks:
         """Before the first step; `start_step` > 0 when resuming from a checkpoint."""
 
     def on_step(self, report: StepReport) -> None:
-        """Every `training.log_every` steps, with metrics averaged over those steps."""
+        """Every `training.log_interval(total)` steps, with metrics averaged over those steps."""
 
     def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """After each epoch (0-based): the task's val/* metrics (classification: val/top1,
@@ -526,7 +526,7 @@ def _run_epochs(
                 window.add({k: float(v) for k, v in metrics.items()}, len(idx))
                 state.epoch_loss_sum += float(metrics["loss"]) * len(idx)
                 state.epoch_loss_count += len(idx)
-                if state.step % ts.log_every == 0 or state.step == total:
+                if state.step % ts.log_interval(total) == 0 or state.step == total:
                     report = window.report(state.step, state.epoch, total)
                     _check_finite(report)
                     loop.cb.on_step(report)
