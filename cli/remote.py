@@ -4,6 +4,7 @@ audit ...`: a running studio, scripted over REST.
     distill-studio runs create -f run.yaml --wait      launch a run config, follow it to the end
     distill-studio runs list | show ID | cancel ID | wait ID | register ID --name NAME
     distill-studio runs compare 12 14 15               configs and results side by side
+    distill-studio runs metrics 12 --name loss --max-points 500   a run's series, downsampled
     distill-studio models push teacher.pt2 --name resnet32
     distill-studio models push w.safetensors --name r8 --architecture resnet8 \\
         --kwargs '{"input_shape": [3, 32, 32], "num_classes": 10}'
@@ -271,6 +272,45 @@ def runs_show(
 ) -> None:
     """One run: status, progress and results."""
     _show_run(conn.client().run(run_id), conn.as_json)
+
+
+@command(runs_app, "metrics")
+def runs_metrics(
+    conn: Connection,
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="A series name (repeat for several; default all)."),
+    ] = None,
+    since_step: Annotated[int | None, typer.Option(help="Only steps after this one.")] = None,
+    max_points: Annotated[
+        int | None,
+        typer.Option(
+            help="At most this many points per series (4-10000; downsampled keeping extremes).",
+            min=4,
+            max=10_000,
+        ),
+    ] = None,
+) -> None:
+    """A run's metric series: a line per series (--json: every point sent)."""
+    metrics = conn.client().metrics(run_id, name, since_step=since_step, max_points=max_points)
+    if conn.as_json:
+        emit_json(metrics)
+        return
+    rows = [
+        [
+            series_name,
+            len(s.steps),
+            s.total,
+            "yes" if s.downsampled else "no",
+            s.steps[0] if s.steps else None,
+            s.steps[-1] if s.steps else None,
+            s.values[-1] if s.values else None,
+        ]
+        for series_name, s in metrics.series.items()
+    ]
+    headers = ("series", "points", "total", "downsampled", "first step", "last step", "last")
+    typer.echo(table(headers, rows))
 
 
 @command(runs_app, "wait")

@@ -80,6 +80,8 @@ class Series(Out):
     steps: list[int] = Field(default_factory=list)
     values: list[float | None] = Field(default_factory=list)
     epochs: list[int] = Field(default_factory=list)
+    total: int = 0  # points of the series in all (after since_step), however many were sent
+    downsampled: bool = False  # fewer points than `total` were sent (max_points)
 
 
 class Metrics(Out):
@@ -197,9 +199,19 @@ class RunsApi(EventsApi):
         run_id: int,
         names: list[str] | tuple[str, ...] | None = None,
         since_step: int | None = None,
+        max_points: int | None = None,
     ) -> Metrics:
-        """Metric series of a run (`loss`, `loss/<term>`, `lr`, `val/top1`, ...)."""
-        params = self._query(names=",".join(names) if names else None, since_step=since_step)
+        """Metric series of a run (`loss`, `loss/<term>`, `lr`, `val/top1`, ...).
+
+        `since_step`: only the points after that step (to follow a run). `max_points` (4 to
+        10,000): at most that many points per series, downsampled by the server keeping each
+        bucket's first, last, smallest and largest point (M4); `Series.total` and
+        `Series.downsampled` say how many there are in all and whether some were left out."""
+        params = self._query(
+            names=",".join(names) if names else None,
+            since_step=since_step,
+            max_points=max_points,
+        )
         return Metrics.model_validate(self._json("GET", f"/runs/{run_id}/metrics", params=params))
 
     def cancel_run(self, run_id: int) -> Run:

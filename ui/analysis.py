@@ -13,6 +13,10 @@ from typing import Any
 import pandas as pd
 
 MISSING = "—"
+# The most points of one series a chart asks the API for (`max_points`): the API keeps each
+# bucket's first, last, lowest and highest point (M4), so 250 buckets across a chart some
+# hundreds of pixels wide still show every spike.
+CHART_POINTS = 1_000
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ migration 0005 (the compact metrics table) keeps every point both ways."""
 
 from __future__ import annotations
 
+import json
 import math
 
 from sqlalchemy import insert, text
@@ -13,6 +14,7 @@ from core.db import get_engine, session_scope
 from core.db.tables import Metric
 
 from .api_helpers import ready_dataset, ready_model, run_config
+from .test_cli_remote import cli, server  # noqa: F401 - the CLI against a real API server
 
 STEPS = 20_000
 SPIKE, DIP = (12_345, 100.0), (777, -5.0)
@@ -162,3 +164,35 @@ def test_default_log_every_bounds_the_points_of_a_run() -> None:
         reports = -(-total // interval)  # every interval-th step, and the last one
         assert reports <= LOG_POINTS and (interval == 1) == (total <= LOG_POINTS)
     assert TrainSettings(log_every=7).log_interval(200_000) == 7
+
+
+def test_client_asks_for_max_points_and_since_step(sdk, api) -> None:
+    run_id = _seed_run(api)
+    metrics = sdk.metrics(run_id, ["loss", "short"], max_points=100)
+    loss, short = metrics.series["loss"], metrics.series["short"]
+    assert loss.total == STEPS and loss.downsampled and len(loss.steps) <= 100
+    assert SPIKE[0] in loss.steps and DIP[0] in loss.steps
+    assert short.total == 50 and not short.downsampled and short.steps == list(range(1, 51))
+    newer = sdk.metrics(run_id, ["loss"], since_step=STEPS - 3, max_points=100).series["loss"]
+    assert newer.steps == [STEPS - 2, STEPS - 1, STEPS] and newer.total == 3
+
+
+def test_cli_runs_metrics(cli, sqlite_env) -> None:  # noqa: F811 - the imported fixture
+    from backend.bootstrap import ensure_admin
+
+    from .api_helpers import new_client, signed_in
+
+    with session_scope() as session:
+        token = ensure_admin(session).token
+    with new_client() as http:
+        run_id = _seed_run(signed_in(http, token))
+    shown = cli("runs", "metrics", str(run_id), "--name", "loss", "--max-points", "40").stdout
+    header, _, row = shown.splitlines()
+    assert header.split()[:4] == ["series", "points", "total", "downsampled"]
+    assert row.split()[:4] == ["loss", str(len(_expected_m4(40))), str(STEPS), "yes"]
+    as_json = json.loads(
+        cli("runs", "metrics", str(run_id), "--since-step", str(STEPS - 1), "--json").stdout
+    )
+    assert as_json["series"]["loss"]["steps"] == [STEPS] and as_json["series"]["lr"]["total"] == 1
+    refused = cli("runs", "metrics", str(run_id), "--max-points", "2", code=2)
+    assert "max-points" in refused.stderr

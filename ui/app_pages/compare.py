@@ -15,6 +15,7 @@ import streamlit as st
 from client import ApiError, Comparison, Run
 from ui import components as ui
 from ui.analysis import (
+    CHART_POINTS,
     DOMINATED,
     FRONT,
     MISSING,
@@ -209,12 +210,15 @@ def _configs(runs: list[Run]) -> None:
 
 
 def _series(run: Run, metric: str) -> list[tuple[int, float, int]]:
-    """(step, value, epoch) of one series of one run; finished runs are cached in the session."""
+    """(step, value, epoch) of one series of one run, at most `CHART_POINTS` of them (the API
+    downsamples a longer series keeping its extremes); finished runs are cached in the session."""
     cache = st.session_state.setdefault("_cmp_series", {})
     key = f"{run.id}:{metric}"
     if key in cache:
         return cache[key]
-    metrics = ui.fetch(ui.client().metrics, run.id, names=[metric], stop=False)
+    metrics = ui.fetch(
+        ui.client().metrics, run.id, names=[metric], max_points=CHART_POINTS, stop=False
+    )
     points: list[tuple[int, float, int]] = []
     if metrics is not None and metric in metrics.series:
         s = metrics.series[metric]
