@@ -351,6 +351,27 @@ SERIES_NAMES = text(
 )  # a skip scan of the primary key: a few index look-ups per series, however long they are
 
 
+_IN_BUCKET = (
+    "FROM metrics m WHERE m.run_id = :run AND m.name = :name "
+    "AND m.step >= buckets.lo AND m.step < buckets.lo + :width"
+)
+M4_BUCKETS = text(
+    f"""
+    WITH RECURSIVE buckets(lo) AS (
+        SELECT CAST(:lo AS BIGINT)
+        UNION ALL
+        SELECT lo + :width FROM buckets WHERE lo + :width <= :hi
+    )
+    SELECT
+        (SELECT MIN(m.step) {_IN_BUCKET}),
+        (SELECT MAX(m.step) {_IN_BUCKET}),
+        (SELECT m.step {_IN_BUCKET} ORDER BY m.value, m.step LIMIT 1),
+        (SELECT m.step {_IN_BUCKET} ORDER BY m.value DESC, m.step LIMIT 1)
+    FROM buckets
+    """
+)  # the first, last, lowest and highest point of each bucket of `width` steps (M4)
+
+
 def metrics(
     session: Session,
     run: Run,
@@ -411,40 +432,21 @@ def _m4(
 ) -> dict[str, Any]:
     """The series `name` from step `lo` to `hi`, M4-downsampled to at most `max_points` points.
 
-    Three statements, none of which sends more than four rows per bucket back: the buckets'
-    first and last step and smallest and largest value (GROUP BY); the first step at which
-    each bucket takes its smallest and its largest value; the points at those steps (look-ups
-    by primary key)."""
-    width = (hi - lo) // (max_points // MIN_POINTS) + 1
+    The steps are cut into buckets of `width` steps; for each, four correlated subqueries on
+    the primary key find its first and last step (one index look-up each) and the first step
+    of its smallest and of its largest value (a range scan of the bucket, top-1); then the
+    points at those steps are read by key. Every bucket is a range of the key, so nothing
+    sorts or groups the whole series, and nothing but the chosen points leaves the database.
+    """
     in_series = (Metric.run_id == run_id, Metric.name == name, Metric.step >= lo)
-    bucket = ((Metric.step - lo) // width).label("bucket")
-    buckets = session.execute(
-        select(
-            bucket,
-            func.min(Metric.step),
-            func.max(Metric.step),
-            func.min(Metric.value),
-            func.max(Metric.value),
-            func.count(),
-        )
-        .where(*in_series)
-        .group_by(bucket)
-    ).all()
-    total = sum(row[5] for row in buckets)
-    if total <= max_points:  # sparse (a value per epoch over many steps): all of it
+    total = session.scalar(select(func.count()).where(*in_series))
+    if not total or total <= max_points:  # sparse (a value per epoch over many steps): all
         return _points(session, run_id, [name], lo - 1)[name]
-    extremes = {v for row in buckets for v in (row[3], row[4])}
-    first_at = {
-        (b, value): step
-        for b, value, step in session.execute(
-            select(bucket, Metric.value, func.min(Metric.step))
-            .where(*in_series, Metric.value.in_(extremes))
-            .group_by(bucket, Metric.value)
-        )
-    }
-    steps: set[int] = set()
-    for b, first, last, low, high, _ in buckets:
-        steps.update((first, last, first_at[(b, low)], first_at[(b, high)]))
+    width = (hi - lo) // (max_points // MIN_POINTS) + 1
+    picked = session.execute(
+        M4_BUCKETS, {"run": run_id, "name": name, "lo": lo, "hi": hi, "width": width}
+    )
+    steps = {step for row in picked for step in row if step is not None}
     rows = session.execute(
         select(Metric.step, Metric.epoch, Metric.value)
         .where(*in_series, Metric.step.in_(steps))
