@@ -317,10 +317,17 @@ def runs_metrics(
 def runs_wait(
     conn: Connection,
     run_id: Annotated[int, typer.Argument(help="Run id.")],
-    poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.05)] = 2.0,
+    poll: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between progress checks, when the server has no live event stream.",
+            min=0.05,
+        ),
+    ] = 2.0,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
-    """Follow a run until it ends; exit status 1 unless it succeeded."""
+    """Follow a run until it ends, a progress line as each update arrives (the server's live
+    events; polling when it has none); exit status 1 unless it succeeded."""
     run = _follow_run(conn.client(), run_id, poll, timeout, quiet=conn.as_json)
     _show_run(run, conn.as_json)
     if run.status != "succeeded":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from typing import Any
 
 import httpx
@@ -22,7 +22,6 @@ from pydantic import Field
 from client.base import BaseClient, Out
 from client.errors import ApiError, detail_of
 
-EVENTS_PATH = "/runs/{run_id}/events"
 READ_TIMEOUT_S = 45.0  # the server writes at least a comment line every 15 s
 MAX_STREAM_S = 86400.0  # the longest `timeout` the server takes
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -77,23 +76,31 @@ class EventsApi(BaseClient):
 
         Raises `ApiError` when the stream is refused (404: no such run, or a server without
         live events; 503: the server's broker does not answer) or the connection fails."""
-        url = self._url(EVENTS_PATH.format(run_id=run_id))
         params = self._query(
             since_step=since_step, timeout=None if timeout is None else min(timeout, MAX_STREAM_S)
         )
+        with self._stream("GET", f"/runs/{run_id}/events", params=params) as lines:
+            yield from parse_sse(lines)
+
+    @contextmanager
+    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[Iterator[str]]:
+        """A streamed answer's lines as they arrive; ApiError for an error answer, and when
+        the connection fails or breaks off."""
+        url = self._url(path)
         headers = {**self._headers(), "Accept": "text/event-stream"}
-        extra: dict[str, Any] = {}
         if self._own_http:  # a client passed in keeps its own timeouts (TestClient has none)
-            extra["timeout"] = httpx.Timeout(self.timeout, read=READ_TIMEOUT_S)
+            kwargs["timeout"] = httpx.Timeout(self.timeout, read=READ_TIMEOUT_S)
         try:
-            with self._http.stream("GET", url, params=params, headers=headers, **extra) as response:
+            with self._http.stream(method, url, headers=headers, **kwargs) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ApiError(response.status_code, detail_of(response), method="GET", url=url)
-                yield from parse_sse(response.iter_lines())
+                    raise ApiError(
+                        response.status_code, detail_of(response), method=method, url=url
+                    )
+                yield response.iter_lines()
         except (httpx.HTTPError, ValueError) as exc:  # ValueError: not an event stream
             raise ApiError(
-                0, f"the event stream of run {run_id} broke off ({exc})", method="GET", url=url
+                0, f"the stream {path} broke off ({exc})", method=method, url=url
             ) from exc
 
     def next_update(

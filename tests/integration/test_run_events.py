@@ -11,7 +11,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -350,13 +351,41 @@ def test_cli_runs_wait_prints_progress_from_the_stream(live: Live) -> None:
     assert f"run {run_id} succeeded: 100%" in result.stderr
 
 
+@contextmanager
+def _older_server() -> Iterator[str]:
+    """The API as it was before live events (no `/runs/{id}/events`), served by uvicorn."""
+    import uvicorn
+    from starlette.responses import JSONResponse
+
+    from backend.app import create_app
+
+    app = create_app()
+
+    async def older(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/events"):
+            await JSONResponse({"detail": "Not Found"}, status_code=404)(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    server = uvicorn.Server(uvicorn.Config(older, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_cli_runs_wait_polls_a_server_without_the_stream(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import client.events
     from client.runs import RunsApi
 
-    monkeypatch.setattr(client.events, "EVENTS_PATH", "/runs/{run_id}/no-such-stream")  # 404
     run_id = _run(live.team_id, status="running", worker=WORKER, step=50, total_steps=100)
     read = RunsApi.run
 
@@ -368,7 +397,52 @@ def test_cli_runs_wait_polls_a_server_without_the_stream(
         return got
 
     monkeypatch.setattr(RunsApi, "run", run_then_finish)
-    result = _cli(live, "runs", "wait", str(run_id), "--poll", "0.05")
+    with _older_server() as url:
+        with pytest.raises(ApiError) as older:
+            list(Client(url, live.token).run_events(run_id))
+        assert older.value.status == 404
+        result = _cli(replace(live, url=url), "runs", "wait", str(run_id), "--poll", "0.05")
     assert result.exit_code == 0, result.output
     assert f"run {run_id} running: 0% (epoch 0, step 50/100)" in result.stderr
     assert f"run {run_id} succeeded: 100%" in result.stderr
+
+
+def test_next_update_waits_for_news_and_says_when_there_is_none(live: Live) -> None:
+    """What the run page does between two draws."""
+    run_id = _run(live.team_id, status="running", worker=WORKER, step=5, total_steps=10)
+    api = Client(live.url, live.token)
+    assert api.next_update(run_id, status="running", step=5, timeout=0.3) is None  # quiet
+    news = api.next_update(run_id, status="queued", step=0, timeout=30)  # seen before it started
+    assert news is not None and (news.kind, news.data["step"]) == ("status", 5)
+
+    listening = _listeners(run_id) + 1
+
+    def worker() -> None:
+        _subscribed(run_id, listening)
+        _publish_progress(run_id, 6, 10)
+
+    threading.Thread(target=worker, daemon=True).start()
+    news = api.next_update(run_id, status="running", step=5, timeout=30)
+    assert news is not None and (news.kind, news.data["step"]) == ("progress", 6)
+
+
+@pytest.mark.slow
+def test_a_run_on_a_real_worker_streams_until_it_succeeds(api, worker, demo_files) -> None:
+    """The worker's own call sites: running when claimed, progress and metrics after each
+    flush, succeeded at the end (and the stream ends there)."""
+    from tests.integration.conftest import mark_ready_from, run_config, upload_demo
+
+    model, dataset = mark_ready_from(api, *upload_demo(api, demo_files))
+    token = api.headers["Authorization"].split()[1]
+    with api_in_thread() as url:
+        run = api.post("/runs", json=run_config(model, dataset, training={"epochs": 2}))
+        assert run.status_code == 201, run.text
+        events = list(Client(url, token).run_events(run.json()["id"]))  # until the run ends
+    statuses = [e.data["status"] for e in events if e.kind == "status"]
+    print(f"events of a real run: {[e.kind for e in events]}")
+    assert statuses[-1] == "succeeded" and events[-1].terminal, statuses
+    if statuses[0] != "succeeded":  # connected while it trained: the updates came as it went
+        assert "running" in statuses, statuses
+        steps = [e.data["step"] for e in events if e.kind == "progress"]
+        assert steps and steps == sorted(steps), steps
+        assert any("loss" in e.data["series"] for e in events if e.kind == "metrics")

@@ -146,7 +146,9 @@ def test_the_client_covers_every_route() -> None:
 
     package = Path(client.__file__).parent  # one module per resource
     source = "\n".join(path.read_text() for path in sorted(package.glob("*.py")))
-    calls = {(m, p) for m, p in re.findall(r'_(?:json|send)\(\s*"(\w+)",\s*f?"([^"]+)"', source)}
+    calls = {
+        (m, p) for m, p in re.findall(r'_(?:json|send|stream)\(\s*"(\w+)",\s*f?"([^"]+)"', source)
+    }
     calls |= {("GET", p) for p in re.findall(r'_download\(\s*f?"([^"]+)"', source)}
     calls |= {("POST", p) for p in re.findall(r'_upload\(\s*f?"([^"]+)"', source)}
     covered = {(m, re.sub(r"{[^}]*}", "{}", p)) for m, p in calls}

@@ -1,5 +1,6 @@
-"""One run: live progress and loss curves (a fragment that refreshes every 2 s until the run
-ends), cancel, and after success the teacher-vs-student evaluation and the artifacts."""
+"""One run: live progress and loss curves (a fragment that follows the run's live events until
+it ends, or refreshes every 2 s where there are none), cancel, and after success the
+teacher-vs-student evaluation and the artifacts."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import streamlit as st
 
 from client import ApiError, Client, Metrics, Run
 from ui import components as ui
-from ui.analysis import run_events
+from ui.analysis import CHART_POINTS, run_events
 
-REFRESH_S = 2.0
+REFRESH_S = 2.0  # the timed refresh: where there is no live stream, and to start following it
+WAIT_S = 5.0  # the longest one run of the fragment waits on the live stream for news
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,7 +42,9 @@ def load_metrics(api: Client, run_id: int, full: bool) -> pd.DataFrame:
     cache = _cache(run_id)
     if full:
         cache["series"], cache["last"] = {}, None
-    metrics = ui.fetch(api.metrics, run_id, since_step=cache["last"], stop=False)
+    metrics = ui.fetch(
+        api.metrics, run_id, since_step=cache["last"], max_points=CHART_POINTS, stop=False
+    )
     if metrics is not None:
         _merge(cache, metrics)
     rows = [
@@ -163,8 +167,22 @@ def _epoch(run: Run, epochs: int) -> int:
     return min(run.epoch + 1, epochs)
 
 
+def wait_for_update(api: Client, run: Run) -> bool:
+    """Wait on the run's live events (at most WAIT_S) for news newer than `run`; False when the
+    server has no stream (an older one, or its broker is away)."""
+    try:
+        api.next_update(run.id, status=run.status, step=run.step, timeout=WAIT_S)
+    except ApiError:
+        return False
+    return True
+
+
 def live_panel(run_id: int, was_terminal: bool) -> None:
-    """Progress, counters and curves; refreshes itself every 2 s until the run ends."""
+    """Progress, counters and curves until the run ends. Each run of the fragment (after the
+    page's) draws, then waits on the run's live events and runs again as soon as one arrives;
+    without a stream it refreshes every 2 s."""
+    page_run = [True]  # the first call belongs to the page's run: it must not wait
+    no_stream = f"run_no_stream_{run_id}"
 
     @st.fragment(run_every=None if was_terminal else REFRESH_S)
     def _panel() -> None:
@@ -178,8 +196,14 @@ def live_panel(run_id: int, was_terminal: bool) -> None:
         frame = load_metrics(api, run_id, full=was_terminal)
         _charts(frame)
         _log(run, frame)
+        if page_run[0] or run.is_terminal or st.session_state.get(no_stream):
+            return  # the timed refresh runs the fragment next
+        if wait_for_update(api, run):
+            st.rerun(scope="fragment")  # news (or WAIT_S of quiet): draw it now
+        st.session_state[no_stream] = True
 
     _panel()
+    page_run[0] = False
 
 
 def epoch_scores(frame: pd.DataFrame) -> dict[int, float]:
