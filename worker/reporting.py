@@ -47,7 +47,7 @@ class DbReporter:
         self.flush_every = get_settings().metrics_flush_s
         self.rows: list[dict] = []
         self.progress: dict = {}
-        self.last_flush = time.monotonic()
+        self.last_flush = 0.0  # the first step is written at once: the run shows it trains
         self.last_cancel_check = 0.0
         self.cancelled = False
 

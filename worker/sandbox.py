@@ -158,7 +158,6 @@ def run(
     child: importing torch in a spare child is not counted).
     """
     child = _take()
-    prepare_spare()  # the next job's child imports torch while this one works
     proc, tail = child.proc, child.tail
     try:
         with child.out as out, child.inp as inp:
@@ -166,13 +165,16 @@ def run(
                 out,
                 {"job": job, "kwargs": kwargs, "limits": asdict(limits), "workdir": str(workdir)},
             )
-            outcome = _serve(inp.fileno(), out, handler, timeout_s)
+            # the next job's child imports torch (seconds of a core) once this job's first call
+            # comes (a run: it loaded its inputs and starts training), not while it starts up
+            outcome = _serve(inp.fileno(), out, handler, timeout_s, on_first_call=prepare_spare)
     except BaseException:
         _kill(proc)
         raise
     finally:
         cpu_s = _reap(proc)
         tail.join()
+        prepare_spare()  # a job that made no call (an inspection): now
     if outcome is None:
         code = proc.returncode
         kind = "limit" if _cpu_exceeded(code, cpu_s, limits) else "crash"
@@ -184,9 +186,14 @@ def run(
 
 
 def _serve(
-    fd: int, out: Any, handler: Handler | None, timeout_s: float | None
+    fd: int,
+    out: Any,
+    handler: Handler | None,
+    timeout_s: float | None,
+    on_first_call: Callable[[], None] | None = None,
 ) -> dict[str, Any] | None:
-    """Answer the child's calls until it sends its result or error (None: it died first)."""
+    """Answer the child's calls until it sends its result or error (None: it died first);
+    `on_first_call()` runs when the job's first call (after "started") comes."""
     buffer, deadline = b"", None
     while True:
         if b"\n" in buffer:
@@ -197,6 +204,9 @@ def _serve(
             if message["call"] == "started":
                 deadline = time.monotonic() + timeout_s if timeout_s else None
                 continue
+            if on_first_call is not None:
+                on_first_call()
+                on_first_call = None
             value = handler(message["call"], message.get("args")) if handler else None
             if message.get("reply"):
                 _send(out, {"reply": value})

@@ -19,6 +19,40 @@ def preload() -> None:
     import worker.engine.pipeline  # noqa: F401
     import worker.engine.taps  # noqa: F401
 
+    warm_up()
+
+
+def warm_up() -> None:
+    """Pay the first-use costs a job would otherwise pay before its first step: loading a
+    `.pt2` imports most of torch.export's deserialiser and sympy lazily (about a second), and
+    the first forward and backward start autograd. Done on a tiny model of our own, in a
+    temporary folder, before the job arrives and its limits apply. Never fails the child."""
+    import tempfile
+
+    import torch
+
+    from worker.engine.export import export_pt2
+    from worker.engine.loading import load_model
+    from worker.engine.students import build_student
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="ds-warm-") as tmp:
+            path = Path(tmp) / "warm.pt2"
+            export_pt2(build_student("mlp", (4,), 2, hidden=4, depth=1), (4,), path)
+            loaded = load_model(path, "pt2", None, {})
+            student = build_student("mlp", (4,), 2, hidden=4, depth=1)
+            optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+            x = torch.zeros(2, 4)
+            with torch.no_grad():
+                target = loaded.module(x).softmax(-1)
+            loss = torch.nn.functional.kl_div(
+                student(x).log_softmax(-1), target, reduction="batchmean"
+            )
+            loss.backward()
+            optimizer.step()
+    except Exception:  # noqa: BLE001 - a warm-up only: the job reports its own errors
+        pass
+
 
 def inspect_upload(
     *, channel: Channel, path: str, format: str, architecture: str | None, kwargs: dict[str, Any]
