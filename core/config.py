@@ -367,6 +367,8 @@ class TrainSettings(_Strict):
 
 
 class RunConfig(_Strict):
+    _catalog_checked: ClassVar[frozenset[str]] = frozenset({"scheme_params"})
+
     name: str = Field("run", min_length=1, max_length=200)
     teacher: ModelRef
     student: StudentSpec = Field(default_factory=StudentSpec)
@@ -375,7 +377,14 @@ class RunConfig(_Strict):
     losses: list[LossSpec] = Field(
         default_factory=lambda: [LossSpec(name="ce", weight=1.0), LossSpec(name="kd", weight=1.0)]
     )
-    scheme: str = "offline"
+    scheme: str = Field(
+        "offline",
+        description="Training scheme (catalog `schemes`); also written "
+        "`scheme: {name: online, params: {peers: 3}}`.",
+    )
+    scheme_params: dict[str, Any] = Field(
+        default_factory=dict, description="The scheme's parameters (catalog `schemes`)."
+    )
     task: str = Field("classification", description="Task (catalog `tasks`).")
     training: TrainSettings = Field(default_factory=TrainSettings)
     seed: int = setting(SEED)
@@ -395,12 +404,49 @@ class RunConfig(_Strict):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scheme_with_params(cls, data: Any) -> Any:
+        """`scheme: {name: online, params: {...}}` is `scheme: online` plus `scheme_params`."""
+        if not isinstance(data, dict) or not isinstance(data.get("scheme"), dict):
+            return data
+        spec = dict(data["scheme"])
+        extra = sorted(set(spec) - {"name", "params"})
+        if extra or "name" not in spec:
+            raise ValueError(
+                "scheme: give a name, or {name: ..., params: {...}}"
+                + (f"; unknown keys {extra}" if extra else "")
+            )
+        if "params" in spec and "scheme_params" in data:
+            raise ValueError("give the scheme's parameters once: scheme.params or scheme_params")
+        return {**data, "scheme": spec["name"], "scheme_params": spec.get("params") or {}}
+
     @field_validator("scheme")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if value not in SCHEMES:
             raise ValueError(f"unknown scheme '{value}'; the catalog has: {', '.join(SCHEMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _scheme_fits(self) -> RunConfig:
+        """The scheme's parameters are its catalog's, in range; its losses ones it can run."""
+        entry = SCHEMES[self.scheme]
+        errors = entry.check_params(self.scheme_params)
+        if errors:
+            raise ValueError("scheme_params: " + "; ".join(errors))
+        if not entry.feature_losses:
+            for i, loss in enumerate(self.losses):
+                if catalog.LOSSES[loss.name].needs_pairs:
+                    raise ValueError(
+                        f"losses[{i}] '{loss.name}' matches features, which scheme "
+                        f"'{self.scheme}' does not support yet; use logit losses (ce, kd, ...)"
+                    )
+        return self
+
+    def resolved_scheme_params(self) -> dict[str, Any]:
+        """The scheme's parameters with the catalog's defaults filled in."""
+        return {**SCHEMES[self.scheme].defaults(), **self.scheme_params}
 
     @field_validator("task")
     @classmethod
@@ -438,7 +484,11 @@ class RunConfig(_Strict):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        data = self.model_dump(mode="json", exclude_none=True)
+        params = data.pop("scheme_params", None)
+        if params:  # `scheme: {name, params}`; a scheme without parameters stays one word
+            data["scheme"] = {"name": data["scheme"], "params": params}
+        return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> RunConfig:

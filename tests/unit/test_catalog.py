@@ -164,18 +164,18 @@ def test_default_weights_fit_the_run_config_and_are_cited_in_the_help(name: str)
 
 
 def test_schemes_optimizers_and_schedules_match_the_engine() -> None:
-    """The trainer implements one scheme, `offline`; the run config accepts exactly the
-    catalog's schemes, optimizers and schedules."""
+    """The run config accepts exactly the catalog's schemes, optimizers and schedules."""
     from pydantic import ValidationError
 
     from core.config import RunConfig, TrainSettings
 
-    assert list(catalog.SCHEMES) == ["offline"]
+    assert list(catalog.SCHEMES) == ["offline", "online"]
     assert all(name == entry.name for name, entry in catalog.SCHEMES.items())
     base = {"teacher": {"path": "t.pt2"}, "dataset": {"path": "d.npz"}}
     assert RunConfig.model_validate({**base, "scheme": "offline"}).scheme == "offline"
+    assert RunConfig.model_validate({**base, "scheme": "online"}).scheme == "online"
     with pytest.raises(ValidationError, match="unknown scheme"):
-        RunConfig.model_validate({**base, "scheme": "online"})
+        RunConfig.model_validate({**base, "scheme": "self"})
     fields = TrainSettings.model_fields
     assert typing.get_args(fields["optimizer"].annotation) == catalog.OPTIMIZERS
     assert typing.get_args(fields["schedule"].annotation) == catalog.SCHEDULES

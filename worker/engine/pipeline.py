@@ -5,6 +5,8 @@
          from the teacher, the teacher's own architecture, or a model to start from) -> train
       -> evaluate on the held-out split
       -> out_dir/{student.safetensors, student.pt2, student.onnx, run.yaml, evaluation.json}
+         (a scheme that trains several students, e.g. `online`: also peer{k}_student.* for
+         each student k > 0, and evaluation.json lists every student's under `peers`)
 
 student.onnx is written when `training.export_onnx` is on (the default); if the ONNX exporter
 fails on a model that trained fine, the run still succeeds, without that artifact, and
@@ -128,24 +130,42 @@ def _student_description(
     }
 
 
+def student_artifacts(k: int) -> dict[str, str]:
+    """The weight artifacts of trained student k: peer 0 (the configured student) under the
+    usual names, student k > 0 (a scheme's other students, e.g. `online`'s peers) under
+    `peer{k}_student.*` (artifact names are flat)."""
+    names = {key: ARTIFACTS[key] for key in ("student_safetensors", "student_pt2", "student_onnx")}
+    if k == 0:
+        return names
+    return {f"peer{k}_{key}": f"peer{k}_{name}" for key, name in names.items()}
+
+
 def _write_weights(
-    out_dir: Path, student: nn.Module, input_shape: tuple[int, ...], task: Task
+    out_dir: Path, student: nn.Module, input_shape: tuple[int, ...], task: Task, k: int = 0
 ) -> None:
-    save_safetensors(student, out_dir / ARTIFACTS["student_safetensors"])
-    export_pt2(student, input_shape, out_dir / ARTIFACTS["student_pt2"], task)
+    names = student_artifacts(k)
+    save_safetensors(student, out_dir / names[_kind(k, "student_safetensors")])
+    export_pt2(student, input_shape, out_dir / names[_kind(k, "student_pt2")], task)
 
 
-def _write_rest(
+def _kind(k: int, kind: str) -> str:
+    return kind if k == 0 else f"peer{k}_{kind}"
+
+
+def _write_onnx(
     out_dir: Path,
     student: nn.Module,
     config: RunConfig,
     task: Task,
     input_shape: tuple[int, ...],
     evaluation: dict[str, Any],
+    k: int = 0,
 ) -> dict[str, str]:
-    """ONNX (when asked), run.yaml and evaluation.json; returns every artifact written."""
-    written = dict(ARTIFACTS)
-    onnx_path = out_dir / ARTIFACTS["student_onnx"]
+    """Student k's weight artifacts that exist, after writing its ONNX export (when asked;
+    a failure is said in `evaluation["onnx_export_error"]`)."""
+    written = student_artifacts(k)
+    onnx_kind = _kind(k, "student_onnx")
+    onnx_path = out_dir / written[onnx_kind]
     onnx_path.unlink(missing_ok=True)  # a resumed run must not keep an older export
     if config.training.export_onnx:
         try:
@@ -155,10 +175,53 @@ def _write_rest(
             evaluation["onnx_export_error"] = f"{type(exc).__name__}: {exc}"[:2000]
             onnx_path.unlink(missing_ok=True)
     if not onnx_path.exists():
-        written.pop("student_onnx")
+        written.pop(onnx_kind)
+    return written
+
+
+def _write_rest(
+    out_dir: Path,
+    student: nn.Module,
+    config: RunConfig,
+    task: Task,
+    input_shape: tuple[int, ...],
+    evaluation: dict[str, Any],
+    peers: list[tuple[dict[str, Any], dict[str, str]]] | None = None,
+) -> dict[str, str]:
+    """ONNX (when asked), run.yaml and evaluation.json; returns every artifact written.
+
+    `peers`: the other students' (evaluation, artifacts), k = 1, 2, ...; evaluation.json then
+    lists every student's under `peers` (peer 0's is also the top level, as for one student).
+    """
+    weights = _write_onnx(out_dir, student, config, task, input_shape, evaluation)
+    written = {**weights, **{k: v for k, v in ARTIFACTS.items() if not k.startswith("student_")}}
+    if peers:
+        evaluation["peers"] = [
+            {"peer": 0, "artifacts": weights, **evaluation},
+            *({"peer": k, "artifacts": a, **e} for k, (e, a) in enumerate(peers, 1)),
+        ]
+        for _, artifacts in peers:
+            written.update(artifacts)
     (out_dir / ARTIFACTS["config"]).write_text(config.to_yaml())
     (out_dir / ARTIFACTS["evaluation"]).write_text(json.dumps(evaluation, indent=2))
     return written
+
+
+def _peer(
+    k: int,
+    peer: nn.Module,
+    teacher: LoadedModel,
+    out_dir: Path,
+    val: Any,
+    config: RunConfig,
+    task: Task,
+    input_shape: tuple[int, ...],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Student k > 0: its weights, evaluation and ONNX export; (evaluation, artifacts)."""
+    peer = peer.cpu().eval()
+    _write_weights(out_dir, peer, input_shape, task, k)
+    evaluation = _evaluate(teacher, peer, out_dir, val, input_shape, task, k)
+    return evaluation, _write_onnx(out_dir, peer, config, task, input_shape, evaluation, k)
 
 
 def _evaluate(
@@ -168,6 +231,7 @@ def _evaluate(
     val: Any,
     input_shape: tuple[int, ...],
     task: Task,
+    k: int = 0,
 ) -> dict[str, Any]:
     """`evaluate`, with both models timed in the same form.
 
@@ -178,7 +242,9 @@ def _evaluate(
     """
     same_form = None
     if teacher.format == "pt2":
-        same_form = load_model(out_dir / ARTIFACTS["student_pt2"], "pt2").module
+        same_form = load_model(
+            out_dir / student_artifacts(k)[_kind(k, "student_pt2")], "pt2"
+        ).module
     evaluation = evaluate(
         teacher.module, student, val, input_shape, task=task, latency_student=same_form
     )
@@ -232,7 +298,11 @@ def run_distillation(
     _write_weights(out_dir, student, input_shape, task)
     evaluation = _evaluate(teacher, student, out_dir, val_data, input_shape, task)
     evaluation = {**evaluation, "train_steps": result.steps, "epochs": result.epochs}
-    artifacts = _write_rest(out_dir, student, config, task, input_shape, evaluation)
+    peers = [
+        _peer(k, peer, teacher, out_dir, val_data, config, task, input_shape)
+        for k, peer in enumerate(result.students[1:], 1)
+    ]
+    artifacts = _write_rest(out_dir, student, config, task, input_shape, evaluation, peers)
     described = _student_description(student, config, task, data)
     return {**evaluation, "artifacts": artifacts, **described}
 

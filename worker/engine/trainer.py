@@ -93,6 +93,7 @@ class TrainResult:
     steps: int
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
+    students: list[nn.Module] = field(default_factory=list)  # all trained, `student` first
 
 
 @dataclass
@@ -369,8 +370,10 @@ class _Loop:
         t_logits, t_feats = self.scheme.teacher_outputs(x, taps[0], needed, self.autocast)
         if x.is_floating_point() and any(t.loss.needs_input_grad for t in terms):
             x = x.detach().requires_grad_(True)
+        peers = self.scheme.students()[1:]
         with self.autocast():
             s_logits = self.student(x)
+            p_logits = [peer(x) for peer in peers]
         s_feats = list(taps[1].features) if taps[1] is not None else []
         values: dict[str, Tensor] = {}
         with self.autocast():  # connectors see bf16 features under amp
@@ -387,9 +390,17 @@ class _Loop:
                     teacher=self.teacher,
                 )
                 values[term.key] = term.weight * term.loss(out).float()
-        values = self.scheme.combine(
-            values, StepView(x, y, s_logits, t_logits, epoch, self.autocast)
-        )
+            for k, (peer, logits) in enumerate(zip(peers, p_logits, strict=True), 1):
+                for term in terms:  # the other students' logit losses
+                    if term.pairs:
+                        continue
+                    out = StepOutputs(
+                        logits, t_logits, y, [], [], epoch, inputs=x, student=peer,
+                        teacher=self.teacher,
+                    )  # fmt: skip
+                    values[f"p{k}/{term.key}"] = term.weight * term.loss(out).float()
+        view = StepView(x, y, s_logits, t_logits, epoch, self.autocast, [s_logits, *p_logits])
+        values = self.scheme.combine(values, view)
         total = torch.stack(list(values.values())).sum()
         self.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -426,10 +437,21 @@ class _Loop:
         return batches
 
     def validate(self, data: Any) -> dict[str, float]:
-        """The task's validation metrics of the student."""
-        return self.task.validate(
+        """The task's validation metrics of the student, and of any other student the scheme
+        trains (`val/p{k}/...`)."""
+        metrics = self.task.validate(
             self.student, data, self.ts.batch_size, self.device, self.autocast
         )
+        for k, peer in enumerate(self.scheme.students()[1:], 1):
+            theirs = self.task.validate(peer, data, self.ts.batch_size, self.device, self.autocast)
+            metrics.update({_peer_key(name, k): v for name, v in theirs.items()})
+        return metrics
+
+
+def _peer_key(name: str, k: int) -> str:
+    """`val/top1` -> `val/p1/top1`: the metric of student k."""
+    head, sep, tail = name.partition("/")
+    return f"{head}/p{k}/{tail}" if sep else f"p{k}/{name}"
 
 
 def _check_finite(report: StepReport) -> None:
@@ -460,7 +482,7 @@ def train(
     cb = callbacks or Callbacks()
     ts = config.training
     task = task if task is not None else build_task(config.task)
-    scheme = scheme if scheme is not None else build_scheme(config.scheme)
+    scheme = scheme if scheme is not None else build_scheme(config.scheme, **config.scheme_params)
     if len(train_data) == 0:
         raise ValueError("the training split is empty; upload more samples")
     device = resolve_device(ts.device)
@@ -488,7 +510,7 @@ def train(
     loop.prepare(train_data)
     cb.on_start(total, state.step)
     _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
-    return TrainResult(student, state.step, ts.epochs, state.history)
+    return TrainResult(student, state.step, ts.epochs, state.history, scheme.students())
 
 
 def _run_epochs(

@@ -5,6 +5,7 @@ The trainer owns the loop (batches, the student forward, the losses, the schedul
 position and RNG); a scheme is asked at each of those points:
 
     setup(teacher, student, losses)    grad modes; build any extra models; before .to(device)
+    students()                         the students the step runs (the configured one first)
     trained_modules()                  what trains (and is checked for BatchNorm)
     param_groups()                     the optimizer's parameter groups, in a fixed order
     teacher_outputs(x, taps, ...)      the teacher's logits and tapped features for a step
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ class StepView:
     teacher_logits: Tensor
     epoch: int
     autocast: Autocast
+    peer_logits: list[Tensor] = field(default_factory=list)  # every student's, this step's
 
 
 class Scheme(ABC):
@@ -52,6 +54,12 @@ class Scheme(ABC):
     def setup(self, teacher: nn.Module, student: nn.Module, losses: nn.ModuleList) -> None:
         """Keep the models and set their grad modes; called once, before the first step."""
         self.teacher, self.student, self.losses = teacher, student, losses
+
+    def students(self) -> list[nn.Module]:
+        """The students each step runs, the configured one first: every one gets the
+        configured losses (a student after the first: its logit losses, metric keys
+        `p{k}/<loss>`), is validated each epoch (`val/p{k}/...`) and exported."""
+        return [self.student]
 
     @abstractmethod
     def trained_modules(self) -> list[nn.Module]:
