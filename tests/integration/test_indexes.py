@@ -260,3 +260,28 @@ def test_incremental_metric_reads_use_the_primary_key(studio_env) -> None:
     nodes = _plan(lambda s: runs.metrics(s, s.get(Run, ids["run"]), ["loss", "lr"], since_step=990))
     _assert_index(nodes, "pk_metrics")
     assert any("step >" in n.get("Index Cond", "") for n in nodes), nodes  # a range, not a filter
+
+
+def test_downsampled_reads_scan_only_key_ranges(studio_env) -> None:
+    """`max_points` (M4): the count and every bucket's look-ups are ranges of the primary key;
+    the series is never scanned whole outside its key range, nor sorted whole."""
+    from backend.runs import service as runs
+
+    ids = _seed()
+    with session_scope() as s, _captured() as sent:
+        series = runs.metrics(s, s.get(Run, ids["run"]), ["loss"], None, max_points=100)
+    assert series["loss"]["downsampled"] and series["loss"]["total"] == 1000
+    reads = [q for q in sent if "FROM metrics" in q[0]]
+    assert len(reads) == 4  # the series' names and step range, its count, M4, the points
+    with get_engine().connect() as conn:
+        for statement, parameters in reads:
+            [[explained]] = conn.exec_driver_sql(
+                "EXPLAIN (FORMAT JSON) " + statement, parameters
+            ).all()
+            nodes = list(_nodes(explained[0]["Plan"]))
+            scans = [n for n in nodes if n.get("Relation Name") == "metrics"]
+            assert scans and all(
+                n["Node Type"] in ("Index Scan", "Index Only Scan")
+                and n["Index Name"] == "pk_metrics"
+                for n in scans
+            ), (statement, nodes)
