@@ -441,7 +441,8 @@ def _m4(
     in_series = (Metric.run_id == run_id, Metric.name == name, Metric.step >= lo)
     total = session.scalar(select(func.count()).where(*in_series))
     if not total or total <= max_points:  # sparse (a value per epoch over many steps): all
-        return _points(session, run_id, [name], lo - 1)[name]
+        every = _points(session, run_id, [name], lo - 1)
+        return every.get(name) or {"steps": [], "values": [], "epochs": [], "total": 0}
     width = (hi - lo) // (max_points // MIN_POINTS) + 1
     picked = session.execute(
         M4_BUCKETS, {"run": run_id, "name": name, "lo": lo, "hi": hi, "width": width}
