@@ -187,4 +187,5 @@ def run_api(host: str, port: int, workers: int) -> None:
         log_level="info",
         http=API_PROTOCOL,
         timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,  # open event streams (/runs/{id}/events) would hold it
     )

@@ -48,14 +48,29 @@ BROKER_DOWN = (
     "live events come through the broker, which does not answer; follow the run with "
     "GET /api/v1/runs/{run_id} instead (check DS_BROKER_URL)"
 )
+EVENT_SCHEMA: dict[str, Any] = {  # one event of the stream (OpenAPI 3.2 `itemSchema`)
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress", "metrics"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": '{"kind": <event>, "run_id": ..., "data": {...}}: a status or '
+            "progress event holds the run's fields of the same names, a metrics event "
+            '{"series": {name: {"steps", "values", "epochs"}}} with the new points',
+        },
+        "id": {"type": "string", "description": "The last step the event covers."},
+    },
+    "required": ["event", "data"],
+}
 EXAMPLE = (
-    'event: status\nid: 40\ndata: {"kind":"status","run_id":7,"data":{"status":"running",'
+    'event: status\ndata: {"kind":"status","run_id":7,"data":{"status":"running",'
     '"step":40,"epoch":0,"total_steps":120,"progress":0.33,"throughput":812.5,'
-    '"eta_seconds":9.8,"error":null}}\n\n'
-    'event: metrics\nid: 60\ndata: {"kind":"metrics","run_id":7,"data":{"series":{"loss":'
-    '{"steps":[41,60],"values":[1.52,1.47],"epochs":[0,0]}}}}\n\n'
-    'event: progress\nid: 60\ndata: {"kind":"progress","run_id":7,"data":{"step":60,"epoch":0,'
-    '"total_steps":120,"progress":0.5,"throughput":820.1,"eta_seconds":7.3}}\n\n'
+    '"eta_seconds":9.8,"error":null}}\nid: 40\n\n'
+    'event: metrics\ndata: {"kind":"metrics","run_id":7,"data":{"series":{"loss":'
+    '{"steps":[41,60],"values":[1.52,1.47],"epochs":[0,0]}}}}\nid: 60\n\n'
+    'event: progress\ndata: {"kind":"progress","run_id":7,"data":{"step":60,"epoch":0,'
+    '"total_steps":120,"progress":0.5,"throughput":820.1,"eta_seconds":7.3}}\nid: 60\n\n'
     ": keepalive\n\n"
 )
 
@@ -128,7 +143,7 @@ async def _relay(
         200: {
             "description": "`text/event-stream`: the current state first, then each change "
             "until the run ends",
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": EXAMPLE}},
+            "content": {"text/event-stream": {"itemSchema": EVENT_SCHEMA, "example": EXAMPLE}},
         },
         **responses(401, 403, 404, 422, 503, e503="the broker does not answer: poll the run"),
     },

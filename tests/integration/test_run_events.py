@@ -81,7 +81,7 @@ class Listener:
         self.thread.start()
 
     def _read(self, live: Live, run_id: int, params: dict[str, Any]) -> None:
-        url = f"{live.url}/api/v1/runs/{run_id}/events"
+        url = f"{params.pop('base', live.url)}/api/v1/runs/{run_id}/events"
         headers = {"Authorization": f"Bearer {live.token}"}
         try:
             with httpx.stream("GET", url, headers=headers, params=params, timeout=60) as r:
@@ -446,3 +446,29 @@ def test_a_run_on_a_real_worker_streams_until_it_succeeds(api, worker, demo_file
         steps = [e.data["step"] for e in events if e.kind == "progress"]
         assert steps and steps == sorted(steps), steps
         assert any("loss" in e.data["series"] for e in events if e.kind == "metrics")
+
+
+def test_an_open_stream_does_not_hold_the_api_at_shutdown(live: Live, listen: Any) -> None:
+    """`distill-studio api` (uvicorn) stops on SIGTERM while a client still follows a run: the
+    stream is cut after the graceful-shutdown timeout instead of holding the server forever."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.integration.servers import ApiServer
+
+    run_id = _run(live.team_id, status="running", worker=WORKER)
+    server = ApiServer(live.env).start()
+    try:
+        listener = listen(run_id, base=server.url)
+        listener.next()  # the stream is open
+        assert server.proc is not None
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        try:
+            code = server.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, f"the API did not stop by itself ({code}):\n{server.output()[-2000:]}"
+        listener.rest()  # and the client sees its stream end
+    finally:
+        server.stop()
