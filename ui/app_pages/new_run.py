@@ -585,7 +585,7 @@ def _loss_form(catalog: Catalog, name: str, n_pairs: int) -> dict[str, Any]:
 
 
 def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(training settings, {'scheme', 'seed', 'val_fraction'}).
+    """(training settings, {'scheme', 'scheme_params', 'seed', 'val_fraction'}).
 
     Every input is built from the training settings declared in `core.catalog.training` (the
     run config validates with the same declarations): choices, ranges, defaults and help.
@@ -626,15 +626,27 @@ def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
         seed = _setting_input(c[3], SEED, "nr_seed")
         c = st.columns(4)
         val = _setting_input(c[0], VAL_FRACTION, "nr_val_fraction")
-        schemes = [s.name for s in catalog.schemes] or ["offline"]
-        scheme = c[1].selectbox(
-            "Scheme",
-            schemes,
-            key="nr_scheme",
-            persist_state="session",
-            format_func=lambda n: _scheme_label(catalog, n),
-        )
-    return t, {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
+    scheme, scheme_params = _scheme(catalog)
+    misc = {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
+    return t, {**misc, "scheme_params": scheme_params}
+
+
+def _scheme(catalog: Catalog) -> tuple[str, dict[str, Any]]:
+    """The scheme picker and the chosen scheme's fields (its catalog parameters)."""
+    schemes = [s.name for s in catalog.schemes] or ["offline"]
+    scheme = st.selectbox(
+        "Scheme",
+        schemes,
+        key="nr_scheme",
+        persist_state="session",
+        format_func=lambda n: _scheme_label(catalog, n),
+    )
+    entry = catalog.scheme(scheme)
+    if entry is None:
+        return scheme, {}
+    ui.entry_help(entry)
+    params = ui.param_form(entry, f"nr_scheme.{scheme}", persist=True) if entry.params else {}
+    return scheme, params
 
 
 def _setting_input(where: Any, spec: Setting, key: str, *, help_: bool = True) -> Any:
@@ -696,6 +708,7 @@ def _config(
         "layer_pairs": [dict(p) for p in _pairs()],
         "losses": losses,
         "scheme": misc["scheme"],
+        "scheme_params": misc["scheme_params"],
         "training": training,
         "seed": misc["seed"],
     }
@@ -776,6 +789,8 @@ def _fill_form(cfg: RunConfig) -> None:
     for key, value in cfg.training.model_dump().items():
         s[f"nr_t.{key}"] = ",".join(f"{m:g}" for m in value) if key == "step_milestones" else value
     s["nr_scheme"] = cfg.scheme
+    for key, value in cfg.scheme_params.items():
+        s[f"nr_scheme.{cfg.scheme}.{key}"] = value
     s["nr_seed"] = cfg.seed
 
 

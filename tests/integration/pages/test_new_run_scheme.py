@@ -1,0 +1,56 @@
+"""The New run page's scheme picker: a scheme's fields come from its catalog parameters, the
+review and the launched run carry them, and pasted YAML fills them."""
+
+from __future__ import annotations
+
+import pytest
+
+from client import Client
+from tests.integration.pages.conftest import LiveApi
+from tests.integration.pages.support import texts
+from tests.integration.pages.test_run_workflow import Studio, _app, _seed
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def studio(live_api: LiveApi) -> Studio:
+    api = Client(live_api.url, live_api.token)
+    return _seed(live_api.env, api, live_api.url, live_api.token, live_api.env.data_dir)
+
+
+def test_the_scheme_picker_shows_the_schemes_fields_and_launches_them(studio: Studio) -> None:
+    at = _app(studio, "new_run.py")
+    assert at.selectbox(key="nr_scheme").value == "offline"
+    assert not [n for n in at.number_input if str(n.key).startswith("nr_scheme.")]
+    at.selectbox(key="nr_scheme").set_value("online").run()
+    assert not at.exception
+    assert at.number_input(key="nr_scheme.online.peers").value == 2
+    assert "Deep Mutual Learning" in " ".join(c.value for c in at.caption)
+    at.number_input(key="nr_scheme.online.peers").set_value(3).run()
+    at.text_input(key="nr_name").set_value("dml-from-the-form").run()
+    review = texts(at.code)
+    assert "name: online" in review and "peers: 3" in review
+    at.button(key="nr_launch").click().run()
+    assert not at.exception
+    runs = Client(studio.url, studio.token).list_runs().items
+    run = next(r for r in runs if r.name == "dml-from-the-form")
+    assert run.config["scheme"] == "online" and run.config["scheme_params"]["peers"] == 3
+
+
+def test_pasted_yaml_fills_the_schemes_fields(studio: Studio) -> None:
+    at = _app(studio, "new_run.py")
+    pasted = f"""
+name: pasted-dml
+teacher: {{model_id: {studio.teacher_id}}}
+dataset: {{dataset_id: {studio.dataset_id}}}
+losses: [{{name: ce}}]
+scheme: {{name: online, params: {{peers: 4, temperature: 2.5}}}}
+"""
+    at.text_area(key="nr_yaml").set_value(pasted)
+    at.button(key="nr_yaml_load").click().run()
+    assert not at.exception
+    assert at.selectbox(key="nr_scheme").value == "online"
+    assert at.number_input(key="nr_scheme.online.peers").value == 4
+    assert at.number_input(key="nr_scheme.online.temperature").value == 2.5
+    assert "peers: 4" in texts(at.code)
