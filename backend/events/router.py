@@ -29,6 +29,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from redis import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -118,7 +119,11 @@ async def _relay(
             if event is None:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
-                now = await run_in_threadpool(service.state, run_id)
+                try:
+                    now = await run_in_threadpool(service.state, run_id)
+                except SQLAlchemyError as exc:  # the database is away: check again next time
+                    log.warning("run %s: event stream could not read the run (%s)", run_id, exc)
+                    now = last
                 if now is None:  # deleted meanwhile
                     return
                 if not _changed(last, now):

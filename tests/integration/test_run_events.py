@@ -472,3 +472,21 @@ def test_an_open_stream_does_not_hold_the_api_at_shutdown(live: Live, listen: An
         listener.rest()  # and the client sees its stream end
     finally:
         server.stop()
+
+
+def test_a_quiet_stream_reads_the_run_again_and_sends_what_it_missed(
+    live: Live, listen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event lost on the way (the broker was away when the worker published) is made up for
+    at the next keepalive, when the stream reads the run from the database."""
+    from backend.events import router
+
+    monkeypatch.setattr(router, "HEARTBEAT_S", 0.2)
+    run_id = _run(live.team_id, status="running", worker=WORKER, step=1, total_steps=10)
+    listener = listen(run_id)
+    assert listener.next()[1].data["step"] == 1
+    _set(run_id, step=9, progress=0.9)  # written, never published
+    _, made_up = listener.next()
+    assert (made_up.kind, made_up.data["step"], made_up.data["progress"]) == ("status", 9, 0.9)
+    _set(run_id, status="succeeded", step=10, progress=1.0)
+    assert [e.data["status"] for e in listener.rest()] == ["succeeded"]
