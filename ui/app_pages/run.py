@@ -14,7 +14,7 @@ from ui import components as ui
 from ui.analysis import CHART_POINTS, run_events
 
 REFRESH_S = 2.0  # the timed refresh: where there is no live stream, and to start following it
-WAIT_S = 5.0  # the longest one run of the fragment waits on the live stream for news
+WAIT_S = 3.0  # the longest one run of the fragment waits on the live stream (a click waits too)
 
 
 # --------------------------------------------------------------------------------------------
