@@ -10,7 +10,7 @@ pydantic, never `backend` or `worker`, so `from client import Client` stays ligh
     data = studio.upload_dataset("cifar_small.npz", name="cifar-small")
     run = studio.create_run({"name": "kd", "teacher": {"model_id": teacher.id},
                              "dataset": {"dataset_id": data.id}})
-    run = studio.wait(run.id, on_progress=lambda r: print(f"{r.progress:.0%}"))
+    run = studio.wait(run.id, on_progress=lambda r: print(f"{r.progress:.0%}"))  # live events
     for artifact in studio.artifacts(run.id):
         studio.download_artifact(artifact.id, Path("out"))
 
@@ -36,6 +36,7 @@ from client.datasets import (
     SamplePreview,
 )
 from client.errors import ApiError
+from client.events import RunEvent
 from client.models import Inspection, Layer, Model, ModelsApi, Stage
 from client.pagination import Page, collect, pages, walk
 from client.runs import (
@@ -107,6 +108,7 @@ __all__ = [
     "ProgressFn",
     "RowPreview",
     "Run",
+    "RunEvent",
     "SamplePreview",
     "Series",
     "Stage",
