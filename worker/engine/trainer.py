@@ -4,7 +4,10 @@ The scheme (`schemes/`, default `offline`: one student from one frozen teacher) 
 models train, the teacher's grad mode and forward, the optimizer's parameter groups, what a step
 combines and what a checkpoint holds of the models; the task (`tasks/`, default
 `classification`) decides what a batch is, the student's input and output sizes and the
-validation metrics. The loop itself knows neither.
+validation metrics. The loop itself knows neither. A scheme may train several students
+(`Scheme.students()`, e.g. `online`'s peers): each step runs them all on the batch, the
+configured logit losses apply to each (`p{k}/<loss>` for student k > 0) and each is validated
+(`val/p{k}/...`); `TrainResult.students` returns them, the configured student first.
 
 Deterministic on CPU: the same config gives bit-identical weights, and a run interrupted (cancel,
 crash) and resumed from its checkpoint ends exactly where an uninterrupted run would. The order

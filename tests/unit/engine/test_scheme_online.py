@@ -160,6 +160,26 @@ def test_peers_start_from_independent_weights() -> None:
     )
 
 
+def test_a_zoo_peer_is_built_by_the_zoo_and_any_other_module_is_reinitialised() -> None:
+    from worker.engine.schemes.online import fresh_copy
+    from worker.engine.students import build_student
+
+    torch.manual_seed(0)
+    resnet = build_student("resnet8", (1, 8, 8), 10, width=0.25)
+    peer = fresh_copy(resnet, 99)
+    torch.manual_seed(99)
+    zoo = build_student("resnet8", (1, 8, 8), 10, width=0.25)  # the zoo's own init (Kaiming)
+    assert all(torch.equal(v, zoo.state_dict()[k]) for k, v in peer.state_dict().items())
+    assert not torch.equal(peer.state_dict()["conv1.weight"], resnet.state_dict()["conv1.weight"])
+    plain = _teacher()
+    other = fresh_copy(plain, 5)
+    assert all(
+        not torch.equal(a, b) for a, b in zip(plain.parameters(), other.parameters(), strict=True)
+    )
+    with pytest.raises(ValueError, match="no layers that can be re-initialised"):
+        fresh_copy(nn.Sequential(nn.Flatten(), nn.ReLU()), 5)
+
+
 def test_the_mutual_term_is_the_kl_towards_the_other_peers_current_outputs() -> None:
     scheme, _ = _setup(peers=3)
     x = torch.rand(5, 1, 8, 8)

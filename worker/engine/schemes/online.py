@@ -1,8 +1,10 @@
 """Online distillation: deep mutual learning (Zhang, Xiang, Hospedales, Lu, CVPR 2018).
 
 `peers` students train together. Peer 0 is the run's configured student; peers 1..N-1 are
-copies of it re-initialised independently (every submodule's `reset_parameters`, each peer
-under its own seed derived from the run's). Every peer gets the configured losses (its task
+fresh students of the same architecture, each under its own seed derived from the run's: a zoo
+student is rebuilt from its zoo entry (so a peer gets the zoo's own initialisation, e.g.
+Kaiming-normal convolutions), any other module is copied and re-initialised through every
+submodule's `reset_parameters`. Every peer gets the configured losses (its task
 loss; a frozen teacher's terms too when a configured loss reads the teacher, e.g. kd, so
 `losses: [ce]` is the paper's teacher-free cohort) plus its mutual term:
 
@@ -45,6 +47,35 @@ def reinitialise(module: nn.Module, seed: int) -> int:
     return count
 
 
+def fresh_copy(student: nn.Module, seed: int) -> nn.Module:
+    """A student of `student`'s architecture with new weights drawn under `seed`: rebuilt from
+    the zoo when it is a zoo student, else a copy re-initialised by `reinitialise`.
+
+    Raises ValueError when neither can give it new weights (no layer has `reset_parameters`).
+    """
+    arch = getattr(student, "arch", None)
+    shape, classes = getattr(student, "input_shape", None), getattr(student, "num_classes", None)
+    if arch and shape is not None and classes is not None:
+        from worker.engine.students import build_student
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            peer = build_student(arch, shape, classes, **getattr(student, "arch_kwargs", {}))
+        theirs, ours = peer.state_dict(), student.state_dict()
+        if theirs.keys() == ours.keys() and all(
+            theirs[k].shape == v.shape for k, v in ours.items()
+        ):
+            return peer
+    peer = copy.deepcopy(student)
+    if reinitialise(peer, seed) == 0:
+        raise ValueError(
+            "online: the student has no layers that can be re-initialised "
+            "(reset_parameters), so its peers would all start the same; use a zoo or "
+            "derived student"
+        )
+    return peer
+
+
 def mutual_kl(logits: list[Tensor], i: int, temperature: float) -> Tensor:
     """Peer i's mean KL towards every other peer's detached prediction, times T^2."""
     t = temperature
@@ -73,13 +104,7 @@ class OnlineScheme(OfflineScheme):
         base = torch.initial_seed()
         self.peers = nn.ModuleList()
         for k in range(1, self.n_peers):
-            peer = copy.deepcopy(student)
-            if reinitialise(peer, (base + k * SEED_STRIDE) % 2**63) == 0:
-                raise ValueError(
-                    "online: the student has no layers that can be re-initialised "
-                    "(reset_parameters), so its peers would all start the same; use a zoo or "
-                    "derived student"
-                )
+            peer = fresh_copy(student, (base + k * SEED_STRIDE) % 2**63)
             peer.requires_grad_(True)
             self.peers.append(peer.train(student.training))
 
