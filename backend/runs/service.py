@@ -33,7 +33,16 @@ from core import (
 )
 from core.clock import utcnow
 from core.config import RunConfig, StudentSpec
-from core.db.tables import TERMINAL_RUN_STATES, Dataset, Metric, Model, Run, Status
+from core.db.tables import (
+    ROLLUP_WIDTHS,
+    TERMINAL_RUN_STATES,
+    Dataset,
+    Metric,
+    MetricRollup,
+    Model,
+    Run,
+    Status,
+)
 from core.jobs import DISTILL, INSPECT_STUDENT
 from core.settings import get_settings
 from core.webhooks.events import dispatch_run_event
@@ -387,6 +396,10 @@ def metrics(
     and of each bucket the first, last, smallest and largest point are kept, so a line chart
     drawn from them shows every spike and dip of the whole series. Each series says how many
     points it has in all (`total`, after `since_step`) and whether it was `downsampled`.
+
+    A whole series (no `since_step`) with rollups (`metric_rollups`, kept by the worker) is
+    downsampled from those: its buckets are a multiple of a rollup width, so merging the rollup
+    rows gives the exact M4 of every point without reading them (`_m4_rollups`).
     """
     if max_points is None:
         return _points(session, run.id, names, since_step)
@@ -400,7 +413,12 @@ def metrics(
     series = _points(session, run.id, small, since_step) if small else {}
     for name, (lo, hi) in spans.items():
         if name not in series:
-            series[name] = _m4(session, run.id, name, lo, hi, max_points)
+            found = (
+                None
+                if since_step is not None
+                else _m4_rollups(session, run.id, name, lo, hi, max_points)
+            )
+            series[name] = found or _m4(session, run.id, name, lo, hi, max_points)
     return {name: series[name] for name in sorted(series)}
 
 
@@ -457,6 +475,92 @@ def _m4(
         "steps": [r.step for r in rows],
         "values": [_finite(r.value) for r in rows],
         "epochs": [r.epoch for r in rows],
+        "total": total,
+        "downsampled": True,
+    }
+
+
+def rollup_buckets(lo: int, hi: int, max_points: int) -> tuple[int, int, int] | None:
+    """(rollup width, bucket width, first bucket's start) of a rollup read of steps `lo`..`hi`.
+
+    The bucket width is today's (`max_points // 4` buckets over the steps) made a multiple of the
+    largest rollup width not above it, and the buckets start at a multiple of that width, so
+    each is a whole number of rollup buckets; still at most `max_points // 4` of them. None when
+    the buckets are narrower than the narrowest rollup (short series: the points are read).
+    """
+    count = max_points // MIN_POINTS
+    fits = [w for w in ROLLUP_WIDTHS if w <= (hi - lo) // count + 1]
+    if not fits:
+        return None
+    width = fits[-1]
+    start = lo // width * width
+    bucket = -(-((hi - start) // count + 1) // width) * width
+    return width, bucket, start
+
+
+def _order(value: float) -> tuple[bool, float]:
+    """Values as the databases order them: NaN above everything (PostgreSQL; SQLite has none)."""
+    return (True, 0.0) if math.isnan(value) else (False, value)
+
+
+def _m4_rollups(
+    session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
+) -> dict[str, Any] | None:
+    """The whole series `name` (steps `lo`..`hi`) M4-downsampled from its rollups: the rows of
+    one width (a range of their primary key, a few thousand at most) merged into the buckets
+    of `rollup_buckets` (first and last by step, lowest and highest by value, the first step of
+    equals), then the chosen points read by key. None when the series has no rollups that
+    cover it (points written before them, by an older worker): the caller reads the points.
+    """
+    plan = rollup_buckets(lo, hi, max_points)
+    if plan is None:
+        return None
+    width, size, start = plan
+    rows = session.execute(
+        select(
+            MetricRollup.bucket,
+            MetricRollup.n,
+            MetricRollup.first_step,
+            MetricRollup.last_step,
+            MetricRollup.min_step,
+            MetricRollup.min_value,
+            MetricRollup.max_step,
+            MetricRollup.max_value,
+        )
+        .where(
+            MetricRollup.run_id == run_id,
+            MetricRollup.name == name,
+            MetricRollup.width == width,
+        )
+        .order_by(MetricRollup.bucket)
+    ).all()
+    if not rows or rows[0].first_step != lo or rows[-1].last_step != hi:
+        return None  # none, or not kept up with the points: read them instead
+    total = 0
+    merged: dict[int, list[Any]] = {}  # bucket -> [first, last, (low key, step), (high key, step)]
+    for r in rows:
+        total += r.n
+        low, high = (_order(r.min_value), r.min_step), (_order(r.max_value), -r.max_step)
+        key = (r.bucket * width - start) // size
+        m = merged.get(key)
+        if m is None:
+            merged[key] = [r.first_step, r.last_step, low, high]
+            continue
+        m[1] = r.last_step  # rows come in step order
+        m[2] = min(m[2], low)
+        m[3] = max(m[3], high)
+    if total <= max_points:  # sparse (a value per epoch over many steps): all
+        return None
+    steps = {s for m in merged.values() for s in (m[0], m[1], m[2][1], -m[3][1])}
+    points = session.execute(
+        select(Metric.step, Metric.epoch, Metric.value)
+        .where(Metric.run_id == run_id, Metric.name == name, Metric.step.in_(steps))
+        .order_by(Metric.step)
+    ).all()
+    return {
+        "steps": [p.step for p in points],
+        "values": [_finite(p.value) for p in points],
+        "epochs": [p.epoch for p in points],
         "total": total,
         "downsampled": True,
     }

@@ -216,6 +216,35 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+ROLLUP_WIDTHS = (64, 1024, 16384)  # steps per rollup bucket: each a 16th of the next
+
+
+class MetricRollup(Base):
+    """The M4 summary of one bucket of a series: its steps `width * bucket` to
+    `width * (bucket + 1) - 1` hold `n` points, the first and last at `first_step` and
+    `last_step`, the lowest (first of equals) at `min_step` and the highest at `max_step`.
+
+    Kept for each width of `ROLLUP_WIDTHS` by the writer of the points (`worker/reporting.py`,
+    upserted with each flush, rebuilt when a resumed run drops its later points; migration 0006
+    filled them for points written before). A downsampled read merges these rows into its own
+    buckets (a multiple of a width): exact M4 of every point from a few thousand rows.
+    """
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    width: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(Integer)
+    last_step: Mapped[int] = mapped_column(Integer)
+    min_step: Mapped[int] = mapped_column(Integer)
+    min_value: Mapped[float] = mapped_column(Float)
+    max_step: Mapped[int] = mapped_column(Integer)
+    max_value: Mapped[float] = mapped_column(Float)
+
+
 class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (Index("ix_artifacts_run_id_id", "run_id", "id"),)  # a run's, in order

@@ -1,6 +1,7 @@
 """Metrics that scale: `max_points` downsamples a series in the database (M4: the first, last,
 smallest and largest point of each bucket of steps), `since_step` reads only newer points, and
-migration 0005 (the compact metrics table) keeps every point both ways."""
+migration 0005 (the compact metrics table) keeps every point both ways; the rollups the worker
+keeps (and migration 0006 fills) give the exact M4 of every point for their buckets."""
 
 from __future__ import annotations
 
@@ -196,3 +197,214 @@ def test_cli_runs_metrics(cli, sqlite_env) -> None:  # noqa: F811 - the imported
     assert as_json["series"]["loss"]["steps"] == [STEPS] and as_json["series"]["lr"]["total"] == 1
     refused = cli("runs", "metrics", str(run_id), "--max-points", "2", code=2)
     assert "max-points" in refused.stderr
+
+
+# -- rollups: the worker keeps each series' M4 per bucket of 64/1024/16384 steps ------------------
+
+FLUSHES = (1, 2, 63, 64, 65, 1_000, 1_023, 1_025, 4_097, 9_999, 12_345, 16_383, 16_385, 19_990)
+WORKER = "rollup-test-worker"
+
+
+def _reporting_run(api) -> int:
+    from sqlalchemy import update
+
+    from core.db.tables import Run
+
+    run_id = api.post("/runs", json=run_config(ready_model(api), ready_dataset(api))).json()["id"]
+    with session_scope() as session:  # claimed by a worker: its flushes may write
+        session.execute(update(Run).where(Run.id == run_id).values(status="running", worker=WORKER))
+    return run_id
+
+
+def _report(reporter, steps: range, value, flushes=FLUSHES) -> None:
+    """Steps through the worker's reporter, flushed at uneven steps (and at the end)."""
+    from types import SimpleNamespace
+
+    for step in steps:
+        metrics = {"loss": value(step), "lr": 0.05}
+        if step % 1000 == 0:
+            metrics["val/top1"] = step / STEPS  # sparse
+        reporter.on_step(
+            SimpleNamespace(
+                step=step,
+                epoch=step // 1000,
+                total_steps=STEPS,
+                metrics=metrics,
+                throughput=1.0,
+                eta_seconds=1.0,
+            )
+        )
+        if step in flushes:
+            reporter.flush()
+    reporter.flush()
+
+
+def _stored(run_id: int) -> tuple[dict[str, dict[int, float]], list[tuple]]:
+    """(the run's points by series, its rollup rows) as stored."""
+    points: dict[str, dict[int, float]] = {}
+    with get_engine().connect() as conn:
+        for name, step, value in conn.execute(
+            text("SELECT name, step, value FROM metrics WHERE run_id = :r"), {"r": run_id}
+        ):
+            points.setdefault(name, {})[step] = value
+        stored = conn.execute(
+            text(
+                "SELECT name, width, bucket, n, first_step, last_step, min_step, min_value, "
+                "max_step, max_value FROM metric_rollups WHERE run_id = :r "
+                "ORDER BY name, width, bucket"
+            ),
+            {"r": run_id},
+        ).all()
+    return points, [tuple(row) for row in stored]
+
+
+def _rollups_of(run_id: int, points: dict[str, dict[int, float]]) -> list[tuple]:
+    """The rollup rows of every point, summed up here in one go."""
+    from worker.reporting import rollups
+
+    every = [
+        {"name": name, "step": step, "value": value}
+        for name, series in points.items()
+        for step, value in series.items()
+    ]
+    keys = ("name", "width", "bucket", "n", "first_step", "last_step", "min_step", "min_value")
+    rows = [
+        tuple(r[k] for k in keys) + (r["max_step"], r["max_value"]) for r in rollups(run_id, every)
+    ]
+    return sorted(rows)
+
+
+def _m4_of(points: dict[int, float], start: int, size: int) -> set[int]:
+    """The steps M4 keeps of `points` for buckets of `size` steps from `start`, point by point."""
+    buckets: dict[int, list[int]] = {}
+    for step in sorted(points):
+        buckets.setdefault((step - start) // size, []).append(step)
+    kept: set[int] = set()
+    for steps in buckets.values():
+        values = [points[s] for s in steps]
+        kept |= {steps[0], steps[-1]}
+        kept |= {steps[values.index(min(values))], steps[values.index(max(values))]}
+    return kept
+
+
+def _check_rollup_read(api, run_id: int, points: dict[int, float], max_points: int) -> dict:
+    """The downsampled `loss` is M4 of all its points for the rollup read's buckets."""
+    from backend.runs.service import rollup_buckets
+
+    lo, hi = min(points), max(points)
+    plan = rollup_buckets(lo, hi, max_points)
+    assert plan is not None
+    width, size, start = plan
+    assert size % width == 0 and start % width == 0 and (hi - start) // size < max_points // 4
+    expected = _m4_of(points, start, size)
+    today = _m4_of(points, lo, (hi - lo) // (max_points // 4) + 1)
+    assert expected != today  # so the test tells a rollup read from a read of the points
+    loss = api.get(
+        f"/runs/{run_id}/metrics", params={"names": "loss", "max_points": max_points}
+    ).json()["series"]["loss"]
+    assert loss["downsampled"] is True and loss["total"] == len(points)
+    assert set(loss["steps"]) == expected and len(loss["steps"]) <= max_points
+    assert loss["steps"] == sorted(loss["steps"])
+    assert loss["values"] == [points[s] for s in loss["steps"]]
+    assert loss["epochs"] == [s // 1000 for s in loss["steps"]]
+    return loss
+
+
+def test_rollups_written_in_uneven_flushes_give_exact_m4(api, studio_env) -> None:
+    from worker.reporting import DbReporter
+
+    run_id = _reporting_run(api)
+    reporter = DbReporter(run_id, "unused", WORKER)
+    reporter.flush_every = float("inf")  # only the flushes asked for write
+    reporter.on_start(STEPS, 0)
+    _report(reporter, range(1, STEPS + 1), _loss)
+
+    points, stored = _stored(run_id)
+    assert len(points["loss"]) == STEPS and len(points["val/top1"]) == 20
+    assert stored == _rollups_of(run_id, points)  # merged flush by flush = summed in one go
+    for max_points in (400, 1000, 40):
+        loss = _check_rollup_read(api, run_id, points["loss"], max_points)
+        kept = dict(zip(loss["steps"], loss["values"], strict=True))
+        assert kept[SPIKE[0]] == SPIKE[1] and kept[DIP[0]] == DIP[1]  # the extremes survive
+        assert 1 in kept and STEPS in kept
+
+    series = api.get(f"/runs/{run_id}/metrics", params={"max_points": 400}).json()["series"]
+    assert set(series["lr"]["values"]) == {0.05} and series["lr"]["steps"][0] == 1
+    assert series["lr"]["steps"][-1] == STEPS and len(series["lr"]["steps"]) <= 200  # ties
+    assert series["val/top1"]["steps"] == list(range(1000, STEPS + 1, 1000))  # sparse: all
+    assert series["val/top1"]["downsampled"] is False
+
+
+def test_rollups_after_a_resume_that_drops_later_points(api, studio_env) -> None:
+    from worker.reporting import DbReporter
+
+    run_id = _reporting_run(api)
+    first = DbReporter(run_id, "unused", WORKER)
+    first.flush_every = float("inf")
+    _report(first, range(1, STEPS + 1), _loss)
+
+    resumed_at, new_spike = 12_000, (15_000, 50.0)
+
+    def again(step: int) -> float:  # the steps after the checkpoint, trained again
+        return new_spike[1] if step == new_spike[0] else 1.0 - step / 100_000
+
+    second = DbReporter(run_id, "unused", WORKER)
+    second.flush_every = float("inf")
+    second.on_start(STEPS, resumed_at)  # drops the points after the checkpoint
+    points, stored = _stored(run_id)
+    assert max(points["loss"]) == resumed_at and stored == _rollups_of(run_id, points)
+
+    _report(second, range(resumed_at + 1, 16_001), again, flushes=(12_001, 12_100, 14_000))
+    points, stored = _stored(run_id)
+    assert len(points["loss"]) == 16_000 and points["loss"][SPIKE[0]] == again(SPIKE[0])
+    assert stored == _rollups_of(run_id, points)
+    loss = _check_rollup_read(api, run_id, points["loss"], 400)
+    assert new_spike[0] in loss["steps"] and DIP[0] in loss["steps"]
+    assert SPIKE[1] not in loss["values"]  # the dropped spike is gone from the rollups too
+
+
+def test_points_without_rollups_are_read_as_points(api, studio_env) -> None:
+    """A series written without rollups (an older worker), or appended to without them, is
+    downsampled from its points: the buckets of the read without rollups."""
+    from worker.reporting import rebuild_rollups
+
+    run_id = _seed_run(api)  # points only
+    loss = api.get(f"/runs/{run_id}/metrics", params={"names": "loss", "max_points": 400})
+    assert set(loss.json()["series"]["loss"]["steps"]) == _expected_m4(400)
+
+    with session_scope() as session:
+        rebuild_rollups(session, run_id, -1)
+    points, stored = _stored(run_id)
+    assert stored == _rollups_of(run_id, points)
+    _check_rollup_read(api, run_id, points["loss"], 400)
+
+    with session_scope() as session:  # an older worker adds a point the rollups miss
+        session.execute(
+            insert(Metric),
+            [{"run_id": run_id, "name": "loss", "step": STEPS + 1, "epoch": 20, "value": 0.0}],
+        )
+    points["loss"][STEPS + 1] = 0.0
+    loss = api.get(f"/runs/{run_id}/metrics", params={"names": "loss", "max_points": 400})
+    body = loss.json()["series"]["loss"]
+    assert body["total"] == STEPS + 1 and STEPS + 1 in body["steps"]
+    assert set(body["steps"]) == _m4_of(points["loss"], 1, STEPS // 100 + 1)
+
+
+def test_migration_0006_backfills_rollups_and_keeps_points(api, studio_env) -> None:
+    from sqlalchemy import inspect
+
+    run_id = _seed_run(api)
+    read = text("SELECT run_id, name, step, epoch, value FROM metrics ORDER BY run_id, name, step")
+    with get_engine().connect() as conn:
+        before = conn.execute(read).all()
+
+    downgrade("0005")
+    assert "metric_rollups" not in inspect(get_engine()).get_table_names()
+    with get_engine().connect() as conn:
+        assert conn.execute(read).all() == before
+    upgrade("head")
+    with get_engine().connect() as conn:
+        assert conn.execute(read).all() == before
+    points, stored = _stored(run_id)
+    assert stored and stored == _rollups_of(run_id, points)  # filled in SQL = summed here
+    _check_rollup_read(api, run_id, points["loss"], 400)
