@@ -285,3 +285,36 @@ def test_downsampled_reads_scan_only_key_ranges(studio_env) -> None:
                 and n["Index Name"] == "pk_metrics"
                 for n in scans
             ), (statement, nodes)
+
+
+def test_rollup_reads_scan_only_key_ranges(studio_env) -> None:
+    """`max_points` from the rollups the worker keeps: the series' names and span, its rollup
+    rows of one width and the chosen points are each a range (or look-ups) of a primary key."""
+    from backend.runs import service as runs
+    from worker.reporting import rebuild_rollups
+
+    ids = _seed()
+    with session_scope() as s:
+        rebuild_rollups(s, ids["run"], -1)
+    with get_engine().begin() as conn:
+        conn.execute(text("ALTER TABLE metric_rollups SET (autovacuum_enabled = false)"))
+    with session_scope() as s, _captured() as sent:
+        series = runs.metrics(s, s.get(Run, ids["run"]), ["loss"], None, max_points=40)
+    assert series["loss"]["downsampled"] and series["loss"]["total"] == 1000
+    reads = [q for q in sent if "FROM metric" in q[0]]
+    assert len(reads) == 3, reads  # names and span, the rollups of one width, the points
+    assert "metric_rollups" in reads[1][0]
+    keys = {"metrics": "pk_metrics", "metric_rollups": "pk_metric_rollups"}
+    with get_engine().connect() as conn:
+        for statement, parameters in reads:
+            [[explained]] = conn.exec_driver_sql(
+                "EXPLAIN (FORMAT JSON) " + statement, parameters
+            ).all()
+            nodes = list(_nodes(explained[0]["Plan"]))
+            scans = [n for n in nodes if n.get("Relation Name") in keys]
+            assert scans and all(
+                n["Node Type"] in ("Index Scan", "Index Only Scan")
+                and n["Index Name"] == keys[n["Relation Name"]]
+                for n in scans
+            ), (statement, nodes)
+            assert not {"Sort", "Incremental Sort"} & {n["Node Type"] for n in nodes}, nodes
