@@ -54,7 +54,7 @@ def _run(team_id: int, **fields: Any) -> int:
     from core.db.tables import Run
 
     with session_scope() as session:
-        run = Run(team_id=team_id, name="live", config={}, **fields)
+        run = Run(team_id=team_id, name="live", **{"config": {}, **fields})
         session.add(run)
         session.flush()
         return run.id
@@ -491,3 +491,22 @@ def test_a_quiet_stream_reads_the_run_again_and_sends_what_it_missed(
     assert (made_up.kind, made_up.data["step"], made_up.data["progress"]) == ("status", 9, 0.9)
     _set(run_id, status="succeeded", step=10, progress=1.0)
     assert [e.data["status"] for e in listener.rest()] == ["succeeded"]
+
+
+def test_a_worker_claiming_a_run_announces_running(live: Live, listen: Any) -> None:
+    """`worker.tasks.claim_run` (what the distill task does first) moves the run to running
+    and says so on the stream; a run cancelled before it started ends there, also said."""
+    from worker.tasks import claim_run
+
+    run_id = _run(live.team_id)
+    listener = listen(run_id)
+    assert listener.next()[1].data["status"] == "queued"
+    assert claim_run(run_id, WORKER) is not None
+    _, running = listener.next()
+    assert (running.kind, running.data["status"]) == ("status", "running")
+
+    cancelled = _run(live.team_id, cancel_requested=True)
+    early = listen(cancelled)
+    assert early.next()[1].data["status"] == "queued"
+    assert claim_run(cancelled, WORKER) is None
+    assert [e.data["status"] for e in early.rest()] == ["cancelled"]
