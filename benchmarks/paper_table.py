@@ -228,10 +228,10 @@ scaled for 8x8 inputs; maps of 8x8, 4x4 and 2x2) and, as a second row, on layers
 """
 
 
-def write_section(text: str, path: Path = DOCS) -> None:
-    """Replace this benchmark's section of docs/benchmarks.md (or append it), leaving the rest."""
+def write_section(text: str, path: Path = DOCS, title: str = SECTION) -> None:
+    """Replace the section `title` of docs/benchmarks.md (or append it), leaving the rest."""
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(doc):
         doc = pattern.sub(lambda _: text.rstrip() + "\n\n", doc).rstrip() + "\n"
     else:
