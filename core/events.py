@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "ds:run-events:"
 CONNECT_TIMEOUT_S = 1.0  # a publisher never waits long for a broker that is away
+QUIET_AFTER_FAILURE_S = 5.0  # and after a failure does not try again for this long
 EventKind = Literal["status", "progress", "metrics"]
 PROGRESS_FIELDS = ("step", "epoch", "total_steps", "progress", "throughput", "eta_seconds")
 STATE_FIELDS = ("status", *PROGRESS_FIELDS, "error")
@@ -126,15 +127,29 @@ def _publisher(url: str) -> redis.Redis:
     )
 
 
+_quiet_until: dict[str, float] = {}  # broker URL -> when to try it again after a failure
+
+
 def publish(event: RunEvent) -> bool:
     """Publish `event` on its run's channel; False (logged, never raised) when the broker is
-    away: the database holds the truth, and streams re-read it."""
+    away: the database holds the truth, and streams re-read it. After a failure the broker is
+    left alone for QUIET_AFTER_FAILURE_S, so a training run does not wait on it at every flush."""
+    url = get_settings().broker_url
+    if time.monotonic() < _quiet_until.get(url, 0.0):
+        return False
     try:
-        client = _publisher(get_settings().broker_url)
+        client = _publisher(url)
         client.publish(channel(event.run_id, _db(client)), event.model_dump_json())
         return True
     except (redis.RedisError, OSError) as exc:
-        log.warning("run %s: %s event not published (%s)", event.run_id, event.kind, exc)
+        _quiet_until[url] = time.monotonic() + QUIET_AFTER_FAILURE_S
+        log.warning(
+            "run %s: %s event not published (%s); the broker is left alone for %gs",
+            event.run_id,
+            event.kind,
+            exc,
+            QUIET_AFTER_FAILURE_S,
+        )
         return False
 
 

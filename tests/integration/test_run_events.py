@@ -510,3 +510,31 @@ def test_a_worker_claiming_a_run_announces_running(live: Live, listen: Any) -> N
     assert early.next()[1].data["status"] == "queued"
     assert claim_run(cancelled, WORKER) is None
     assert [e.data["status"] for e in early.rest()] == ["cancelled"]
+
+
+def test_a_broker_that_is_away_never_stops_the_worker(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing fails quietly (logged): the flush still writes the database, which stays the
+    truth that streams and polling read."""
+    from core import events
+    from core.settings import get_settings
+    from tests.conftest import free_port
+    from worker.reporting import DbReporter, announce
+
+    run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=10)
+    away = get_settings().model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    monkeypatch.setattr(events, "get_settings", lambda: away)
+    assert events.publish(events.progress_event(run_id, {"step": 1})) is False
+    assert events.publish(events.progress_event(run_id, {"step": 1})) is False  # left alone
+    reporter = DbReporter(run_id, "unused", WORKER)
+    reporter.on_step(
+        SimpleNamespace(
+            step=4, epoch=0, total_steps=10, metrics={"loss": 0.5}, throughput=1.0, eta_seconds=1.0
+        )
+    )
+    reporter.flush()
+    _set(run_id, status="succeeded")
+    announce(run_id)
+    run = Client(live.url, live.token).run(run_id)
+    assert (run.status, run.step) == ("succeeded", 4)
