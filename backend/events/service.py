@@ -27,10 +27,15 @@ def state(run_id: int) -> dict[str, Any] | None:
 
 def missed_metrics(run_id: int, since_step: int) -> events.RunEvent | None:
     """The points after `since_step` as one `metrics` event (None when there are none): what a
-    client that reconnects with `since_step` or `Last-Event-ID` did not see."""
+    client that reconnects with `since_step` or `Last-Event-ID` did not see; a long gap comes
+    downsampled like `GET /runs/{id}/metrics?max_points=` (`downsampled` says so)."""
     with get_sessionmaker()() as session:
         run = session.get(Run, run_id)
-        series = runs.metrics(session, run, None, since_step) if run is not None else {}
+        series = (
+            runs.metrics(session, run, None, since_step, max_points=runs.MAX_POINTS)
+            if run is not None
+            else {}
+        )
     if not series:
         return None
     return events.RunEvent(kind="metrics", run_id=run_id, data={"series": series})
