@@ -4,9 +4,9 @@ Metrics are buffered and written in batches (every `DS_METRICS_FLUSH_S` seconds,
 end and before each checkpoint), never one commit per step. The run row's progress, ETA and
 heartbeat are updated with each flush; the cancel flag is read at most once a second.
 Each flush also merges its points into the series' rollups (`metric_rollups`: the first, last,
-lowest and highest point per bucket of 64, 1024 and 16384 steps), in the same transaction, so
-downsampled reads of long series need not read every point; a resume rebuilds the buckets its
-dropped points were in.
+lowest and highest point, with its epoch and value, per bucket of 64, 256, ... 16384 steps) in
+the same transaction, so downsampled reads of long series need not read every point; a resume
+rebuilds the buckets its dropped points were in.
 Database writes are retried with backoff, so a database that is briefly away does not kill a run.
 
 After each flush the new metric points and the progress are published on the run's channel of
@@ -22,7 +22,7 @@ import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -189,37 +189,42 @@ def _order(value: float) -> tuple[bool, float]:
     return (True, 0.0) if math.isnan(value) else (False, value)
 
 
+ENDS = ("first", "last", "min", "max")  # the four points M4 keeps of a bucket
+
+
+def _rank(end: str, step: int, value: float) -> tuple:
+    """Smallest wins: the first step, the last, the lowest value, the highest (of equal values
+    the first step)."""
+    if end == "first":
+        return (step,)
+    if end == "last":
+        return (-step,)
+    nan, v = _order(value)
+    return (nan, v, step) if end == "min" else (not nan, -v, step)
+
+
 def rollups(run_id: int, points: list[dict]) -> list[dict]:
     """The rollup rows of `points` alone (one series' point once), per width and bucket."""
     out: dict[tuple[str, int, int], dict] = {}
     for p in points:
-        step, value = p["step"], p["value"]
+        step, value, epoch = p["step"], p["value"], p.get("epoch", 0)
         for width in ROLLUP_WIDTHS:
             key = (p["name"], width, step // width)
             r = out.get(key)
             if r is None:
-                out[key] = {
+                r = out[key] = {
                     "run_id": run_id,
                     "name": p["name"],
                     "width": width,
                     "bucket": step // width,
-                    "n": 1,
-                    "first_step": step,
-                    "last_step": step,
-                    "min_step": step,
-                    "min_value": value,
-                    "max_step": step,
-                    "max_value": value,
+                    "n": 0,
                 }
-                continue
+                for end in ENDS:
+                    r |= {f"{end}_step": step, f"{end}_epoch": epoch, f"{end}_value": value}
             r["n"] += 1
-            r["first_step"] = min(r["first_step"], step)
-            r["last_step"] = max(r["last_step"], step)
-            if (_order(value), step) < (_order(r["min_value"]), r["min_step"]):
-                r["min_step"], r["min_value"] = step, value
-            low, high = _order(value), _order(r["max_value"])
-            if low > high or (low == high and step < r["max_step"]):
-                r["max_step"], r["max_value"] = step, value
+            for end in ENDS:
+                if _rank(end, step, value) < _rank(end, r[f"{end}_step"], r[f"{end}_value"]):
+                    r |= {f"{end}_step": step, f"{end}_epoch": epoch, f"{end}_value": value}
     return list(out.values())
 
 
@@ -231,41 +236,47 @@ def write_rollups(session: Session, run_id: int, points: list[dict]) -> None:
     dialect = session.get_bind().dialect.name
     stmt = (postgresql if dialect == "postgresql" else sqlite).insert(MetricRollup)
     old, new = MetricRollup.__table__.c, stmt.excluded
-    lower = (new.min_value < old.min_value) | (
-        (new.min_value == old.min_value) & (new.min_step < old.min_step)
-    )
-    higher = (new.max_value > old.max_value) | (
-        (new.max_value == old.max_value) & (new.max_step < old.max_step)
-    )
+    wins = {
+        "first": new.first_step < old.first_step,
+        "last": new.last_step > old.last_step,
+        "min": (new.min_value < old.min_value)
+        | ((new.min_value == old.min_value) & (new.min_step < old.min_step)),
+        "max": (new.max_value > old.max_value)
+        | ((new.max_value == old.max_value) & (new.max_step < old.max_step)),
+    }
+    merged: dict[str, Any] = {"n": old.n + new.n}
+    for end, won in wins.items():
+        for part in ("step", "epoch", "value"):
+            column = f"{end}_{part}"
+            merged[column] = case((won, new[column]), else_=old[column])
     stmt = stmt.on_conflict_do_update(
-        index_elements=["run_id", "name", "width", "bucket"],
-        set_={
-            "n": old.n + new.n,
-            "first_step": case(
-                (new.first_step < old.first_step, new.first_step), else_=old.first_step
-            ),
-            "last_step": case((new.last_step > old.last_step, new.last_step), else_=old.last_step),
-            "min_step": case((lower, new.min_step), else_=old.min_step),
-            "min_value": case((lower, new.min_value), else_=old.min_value),
-            "max_step": case((higher, new.max_step), else_=old.max_step),
-            "max_value": case((higher, new.max_value), else_=old.max_value),
-        },
+        index_elements=["run_id", "name", "width", "bucket"], set_=merged
     )
     session.execute(stmt, rows)
 
 
 ROLLUP_FILL = """
-    INSERT INTO metric_rollups (run_id, name, width, bucket, n, first_step, last_step,
-                                min_step, min_value, max_step, max_value)
-    SELECT run_id, name, {width}, bucket, COUNT(*), MIN(step), MAX(step),
-        MIN(CASE WHEN low = 1 THEN step END), MIN(CASE WHEN low = 1 THEN value END),
-        MIN(CASE WHEN high = 1 THEN step END), MIN(CASE WHEN high = 1 THEN value END)
+    INSERT INTO metric_rollups (run_id, name, width, bucket, n,
+        first_step, first_epoch, first_value, last_step, last_epoch, last_value,
+        min_step, min_epoch, min_value, max_step, max_epoch, max_value)
+    SELECT run_id, name, {width}, bucket, COUNT(*),
+        MIN(CASE WHEN o_first = 1 THEN step END), MIN(CASE WHEN o_first = 1 THEN epoch END),
+        MIN(CASE WHEN o_first = 1 THEN value END),
+        MIN(CASE WHEN o_last = 1 THEN step END), MIN(CASE WHEN o_last = 1 THEN epoch END),
+        MIN(CASE WHEN o_last = 1 THEN value END),
+        MIN(CASE WHEN o_min = 1 THEN step END), MIN(CASE WHEN o_min = 1 THEN epoch END),
+        MIN(CASE WHEN o_min = 1 THEN value END),
+        MIN(CASE WHEN o_max = 1 THEN step END), MIN(CASE WHEN o_max = 1 THEN epoch END),
+        MIN(CASE WHEN o_max = 1 THEN value END)
     FROM (
-        SELECT run_id, name, step, value, step / {width} AS bucket,
+        SELECT run_id, name, step, epoch, value, step / {width} AS bucket,
+            ROW_NUMBER() OVER (PARTITION BY run_id, name, step / {width} ORDER BY step) AS o_first,
             ROW_NUMBER() OVER (
-                PARTITION BY run_id, name, step / {width} ORDER BY value, step) AS low,
+                PARTITION BY run_id, name, step / {width} ORDER BY step DESC) AS o_last,
             ROW_NUMBER() OVER (
-                PARTITION BY run_id, name, step / {width} ORDER BY value DESC, step) AS high
+                PARTITION BY run_id, name, step / {width} ORDER BY value, step) AS o_min,
+            ROW_NUMBER() OVER (
+                PARTITION BY run_id, name, step / {width} ORDER BY value DESC, step) AS o_max
         FROM metrics WHERE run_id = :run AND step >= :start
     ) AS points
     GROUP BY run_id, name, bucket

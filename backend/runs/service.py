@@ -15,6 +15,8 @@ The database connection is given back before the broker is asked.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import yaml
@@ -481,12 +483,14 @@ def _m4(
 
 
 def rollup_buckets(lo: int, hi: int, max_points: int) -> tuple[int, int, int] | None:
-    """(rollup width, bucket width, first bucket's start) of a rollup read of steps `lo`..`hi`.
+    """(rollup width W, bucket width, start) of a rollup read of steps `lo`..`hi`.
 
-    The bucket width is today's (`max_points // 4` buckets over the steps) made a multiple of the
-    largest rollup width not above it, and the buckets start at a multiple of that width, so
-    each is a whole number of rollup buckets; still at most `max_points // 4` of them. None when
-    the buckets are narrower than the narrowest rollup (short series: the points are read).
+    W is the largest rollup width not above the bucket width (`max_points // 4` buckets over
+    the steps from `start`, `lo` rounded down to a multiple of W). Each bucket is a whole number
+    of rollup buckets: rollup bucket b goes to bucket `(b * W - start) // bucket width`, so the
+    boundaries are the multiples of W nearest the even ones (buckets differ by at most W steps,
+    and none is lost to rounding). None when the buckets are narrower than the narrowest
+    rollup (a short series: its points are read).
     """
     count = max_points // MIN_POINTS
     fits = [w for w in ROLLUP_WIDTHS if w <= (hi - lo) // count + 1]
@@ -494,13 +498,20 @@ def rollup_buckets(lo: int, hi: int, max_points: int) -> tuple[int, int, int] | 
         return None
     width = fits[-1]
     start = lo // width * width
-    bucket = -(-((hi - start) // count + 1) // width) * width
-    return width, bucket, start
+    return width, (hi - start) // count + 1, start
 
 
 def _order(value: float) -> tuple[bool, float]:
     """Values as the databases order them: NaN above everything (PostgreSQL; SQLite has none)."""
     return (True, 0.0) if math.isnan(value) else (False, value)
+
+
+_ROLLUP_ENDS = ("first", "last", "min", "max")
+_ROLLUP_COLUMNS = [
+    getattr(MetricRollup, f"{end}_{part}")
+    for end in _ROLLUP_ENDS
+    for part in ("step", "epoch", "value")
+]
 
 
 def _m4_rollups(
@@ -509,58 +520,58 @@ def _m4_rollups(
     """The whole series `name` (steps `lo`..`hi`) M4-downsampled from its rollups: the rows of
     one width (a range of their primary key, a few thousand at most) merged into the buckets
     of `rollup_buckets` (first and last by step, lowest and highest by value, the first step of
-    equals), then the chosen points read by key. None when the series has no rollups that
-    cover it (points written before them, by an older worker): the caller reads the points.
+    equals); the rollups hold each point's epoch and value, so no point is read. None when the
+    series has no rollups that cover it (points written before them, by an older worker): the
+    caller reads the points.
     """
     plan = rollup_buckets(lo, hi, max_points)
     if plan is None:
         return None
     width, size, start = plan
-    rows = session.execute(
-        select(
-            MetricRollup.bucket,
-            MetricRollup.n,
-            MetricRollup.first_step,
-            MetricRollup.last_step,
-            MetricRollup.min_step,
-            MetricRollup.min_value,
-            MetricRollup.max_step,
-            MetricRollup.max_value,
+    rows = (
+        session.connection()  # plain rows: no ORM row handling for a few thousand of them
+        .execute(
+            select(MetricRollup.bucket, MetricRollup.n, *_ROLLUP_COLUMNS)
+            .where(
+                MetricRollup.run_id == run_id,
+                MetricRollup.name == name,
+                MetricRollup.width == width,
+            )
+            .order_by(MetricRollup.bucket)
         )
-        .where(
-            MetricRollup.run_id == run_id,
-            MetricRollup.name == name,
-            MetricRollup.width == width,
-        )
-        .order_by(MetricRollup.bucket)
-    ).all()
-    if not rows or rows[0].first_step != lo or rows[-1].last_step != hi:
+        .all()
+    )
+    if not rows or rows[0][2] != lo or rows[-1][5] != hi:
         return None  # none, or not kept up with the points: read them instead
-    total = 0
-    merged: dict[int, list[Any]] = {}  # bucket -> [first, last, (low key, step), (high key, step)]
-    for r in rows:
-        total += r.n
-        low, high = (_order(r.min_value), r.min_step), (_order(r.max_value), -r.max_step)
-        key = (r.bucket * width - start) // size
-        m = merged.get(key)
-        if m is None:
-            merged[key] = [r.first_step, r.last_step, low, high]
-            continue
-        m[1] = r.last_step  # rows come in step order
-        m[2] = min(m[2], low)
-        m[3] = max(m[3], high)
+    total = sum(row[1] for row in rows)
     if total <= max_points:  # sparse (a value per epoch over many steps): all
         return None
-    steps = {s for m in merged.values() for s in (m[0], m[1], m[2][1], -m[3][1])}
-    points = session.execute(
-        select(Metric.step, Metric.epoch, Metric.value)
-        .where(Metric.run_id == run_id, Metric.name == name, Metric.step.in_(steps))
-        .order_by(Metric.step)
-    ).all()
+    extremes = sum(map(itemgetter(10), rows)) + sum(map(itemgetter(13), rows))
+    nan = math.isnan(extremes)  # a NaN among them (PostgreSQL): order as the database does
+    low: Callable[[Any], Any] = (lambda r: (*_order(r[10]), r[8])) if nan else itemgetter(10)
+    high: Callable[[Any], Any] = (lambda r: (*_order(r[13]), -r[11])) if nan else itemgetter(13)
+    points: dict[int, tuple[Any, Any]] = {}  # step -> (epoch, value)
+    first = 0
+    for i in range(1, len(rows) + 1):  # rows in step order: each bucket is a run of them
+        if (
+            i < len(rows)
+            and (rows[i][0] * width - start) // size == (rows[first][0] * width - start) // size
+        ):
+            continue
+        group = rows[first:i]
+        first = i
+        # the first row of equal extremes holds the first step of them (min and max keep
+        # the first one they meet)
+        lowest, highest = min(group, key=low), max(group, key=high)
+        points[group[0][2]] = (group[0][3], group[0][4])
+        points[group[-1][5]] = (group[-1][6], group[-1][7])
+        points[lowest[8]] = (lowest[9], lowest[10])
+        points[highest[11]] = (highest[12], highest[13])
+    steps = sorted(points)
     return {
-        "steps": [p.step for p in points],
-        "values": [_finite(p.value) for p in points],
-        "epochs": [p.epoch for p in points],
+        "steps": steps,
+        "values": [_finite(points[s][1]) for s in steps],
+        "epochs": [points[s][0] for s in steps],
         "total": total,
         "downsampled": True,
     }

@@ -216,13 +216,14 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
-ROLLUP_WIDTHS = (64, 1024, 16384)  # steps per rollup bucket: each a 16th of the next
+ROLLUP_WIDTHS = (64, 256, 1024, 4096, 16384)  # steps per rollup bucket: each a 4th of the next
 
 
 class MetricRollup(Base):
     """The M4 summary of one bucket of a series: its steps `width * bucket` to
     `width * (bucket + 1) - 1` hold `n` points, the first and last at `first_step` and
-    `last_step`, the lowest (first of equals) at `min_step` and the highest at `max_step`.
+    `last_step`, the lowest (first of equals) at `min_step` and the highest at `max_step`; each
+    with its epoch and value, so a read needs nothing of the points.
 
     Kept for each width of `ROLLUP_WIDTHS` by the writer of the points (`worker/reporting.py`,
     upserted with each flush, rebuilt when a resumed run drops its later points; migration 0006
@@ -238,10 +239,16 @@ class MetricRollup(Base):
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     n: Mapped[int] = mapped_column(Integer)
     first_step: Mapped[int] = mapped_column(Integer)
+    first_epoch: Mapped[int] = mapped_column(Integer)
+    first_value: Mapped[float] = mapped_column(Float)
     last_step: Mapped[int] = mapped_column(Integer)
+    last_epoch: Mapped[int] = mapped_column(Integer)
+    last_value: Mapped[float] = mapped_column(Float)
     min_step: Mapped[int] = mapped_column(Integer)
+    min_epoch: Mapped[int] = mapped_column(Integer)
     min_value: Mapped[float] = mapped_column(Float)
     max_step: Mapped[int] = mapped_column(Integer)
+    max_epoch: Mapped[int] = mapped_column(Integer)
     max_value: Mapped[float] = mapped_column(Float)
 
 

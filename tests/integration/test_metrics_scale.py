@@ -199,10 +199,15 @@ def test_cli_runs_metrics(cli, sqlite_env) -> None:  # noqa: F811 - the imported
     assert "max-points" in refused.stderr
 
 
-# -- rollups: the worker keeps each series' M4 per bucket of 64/1024/16384 steps ------------------
+# -- rollups: the worker keeps each series' M4 per bucket of 64, 256, ... 16384 steps ---------------
 
 FLUSHES = (1, 2, 63, 64, 65, 1_000, 1_023, 1_025, 4_097, 9_999, 12_345, 16_383, 16_385, 19_990)
 WORKER = "rollup-test-worker"
+ROLLUP_COLUMNS = ["name", "width", "bucket", "n"] + [
+    f"{end}_{part}"
+    for end in ("first", "last", "min", "max")
+    for part in ("step", "epoch", "value")
+]
 
 
 def _reporting_run(api) -> int:
@@ -249,8 +254,7 @@ def _stored(run_id: int) -> tuple[dict[str, dict[int, float]], list[tuple]]:
             points.setdefault(name, {})[step] = value
         stored = conn.execute(
             text(
-                "SELECT name, width, bucket, n, first_step, last_step, min_step, min_value, "
-                "max_step, max_value FROM metric_rollups WHERE run_id = :r "
+                f"SELECT {', '.join(ROLLUP_COLUMNS)} FROM metric_rollups WHERE run_id = :r "
                 "ORDER BY name, width, bucket"
             ),
             {"r": run_id},
@@ -263,22 +267,19 @@ def _rollups_of(run_id: int, points: dict[str, dict[int, float]]) -> list[tuple]
     from worker.reporting import rollups
 
     every = [
-        {"name": name, "step": step, "value": value}
+        {"name": name, "step": step, "epoch": step // 1000, "value": value}
         for name, series in points.items()
         for step, value in series.items()
     ]
-    keys = ("name", "width", "bucket", "n", "first_step", "last_step", "min_step", "min_value")
-    rows = [
-        tuple(r[k] for k in keys) + (r["max_step"], r["max_value"]) for r in rollups(run_id, every)
-    ]
-    return sorted(rows)
+    return sorted(tuple(r[k] for k in ROLLUP_COLUMNS) for r in rollups(run_id, every))
 
 
-def _m4_of(points: dict[int, float], start: int, size: int) -> set[int]:
-    """The steps M4 keeps of `points` for buckets of `size` steps from `start`, point by point."""
+def _m4_of(points: dict[int, float], start: int, size: int, align: int = 1) -> set[int]:
+    """The steps M4 keeps of `points` for buckets of `size` steps from `start` (their bounds
+    moved to the multiple of `align` at or below), point by point."""
     buckets: dict[int, list[int]] = {}
     for step in sorted(points):
-        buckets.setdefault((step - start) // size, []).append(step)
+        buckets.setdefault((step // align * align - start) // size, []).append(step)
     kept: set[int] = set()
     for steps in buckets.values():
         values = [points[s] for s in steps]
@@ -295,8 +296,8 @@ def _check_rollup_read(api, run_id: int, points: dict[int, float], max_points: i
     plan = rollup_buckets(lo, hi, max_points)
     assert plan is not None
     width, size, start = plan
-    assert size % width == 0 and start % width == 0 and (hi - start) // size < max_points // 4
-    expected = _m4_of(points, start, size)
+    assert start % width == 0 and (hi - start) // size < max_points // 4
+    expected = _m4_of(points, start, size, width)
     today = _m4_of(points, lo, (hi - lo) // (max_points // 4) + 1)
     assert expected != today  # so the test tells a rollup read from a read of the points
     loss = api.get(
