@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from core import catalog
-from core.catalog.schemes import SCHEMES
+from core.catalog.schemes import RUN_CHECKS, SCHEMES
 from core.catalog.tasks import TASKS
 from core.catalog.training import (
     LOG_POINTS,
@@ -435,6 +435,8 @@ class RunConfig(_Strict):
         errors = entry.check_params(self.scheme_params)
         if errors:
             raise ValueError("scheme_params: " + "; ".join(errors))
+        if entry.run_check and (problem := RUN_CHECKS[entry.run_check](self)):
+            raise ValueError(problem)
         if not entry.feature_losses:
             for i, loss in enumerate(self.losses):
                 if catalog.LOSSES[loss.name].needs_pairs:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.catalog.params import Entry, param
+from core.catalog.students import STUDENTS
 
 DEFAULT = "offline"
 
@@ -23,6 +24,7 @@ class SchemeEntry(Entry):
 
     kind: str = "scheme"
     feature_losses: bool = True  # whether it runs losses on layer pairs (else logit losses only)
+    run_check: str = ""  # a key of RUN_CHECKS: why a run config cannot run it
 
     def extra_json(self) -> dict[str, Any]:
         return {"feature_losses": self.feature_losses}
@@ -67,5 +69,96 @@ SCHEMES: dict[str, SchemeEntry] = {
             implementation="worker.engine.schemes.online:OnlineScheme",
             feature_losses=False,
         ),
+        SchemeEntry(
+            "self",
+            "Self-distillation (born-again / deep supervision)",
+            "mode born_again: `generations` students of the same architecture in turn, each "
+            "freshly initialised and taught by the one before (the first by the teacher) "
+            "through the configured logit losses (e.g. ce + kd), each trained for "
+            "training.epochs and exported (gen{k}_student.*; the last is the run's student). "
+            "mode deep_supervision: auxiliary heads at the student's stage ends learn from its "
+            "deepest head (ce + KL + a feature hint); the heads are dropped at export. "
+            "Logit losses only for now.",
+            (
+                param(
+                    "mode",
+                    "choice",
+                    "born_again",
+                    "born_again: generations teach the next; deep_supervision: shallow heads "
+                    "learn from the deepest.",
+                    choices=("born_again", "deep_supervision"),
+                ),
+                param(
+                    "generations",
+                    "int",
+                    2,
+                    "born_again: how many generations train in turn (each for training.epochs).",
+                    1,
+                    5,
+                ),
+                param(
+                    "ensemble_last",
+                    "bool",
+                    False,
+                    "born_again: the last generation learns from the mean logits of every "
+                    "earlier generation.",
+                ),
+                param(
+                    "temperature",
+                    "float",
+                    3.0,
+                    "deep_supervision: temperature of the heads' KL towards the deepest head.",
+                    0.1,
+                    20.0,
+                ),
+                param("ce_weight", "float", 1.0, "deep_supervision: each head's CE.", 0.0, 100.0),
+                param(
+                    "kd_weight",
+                    "float",
+                    1.0,
+                    "deep_supervision: each head's KL towards the deepest head (times T^2).",
+                    0.0,
+                    100.0,
+                ),
+                param(
+                    "hint_weight",
+                    "float",
+                    0.1,
+                    "deep_supervision: each head's L2 towards the deepest stage's pooled feature.",
+                    0.0,
+                    100.0,
+                ),
+            ),
+            paper="Furlanello et al. Born-Again Neural Networks. ICML 2018; Zhang et al. Be "
+            "Your Own Teacher: Improve the Performance of CNNs via Self Distillation. ICCV 2019",
+            implementation="worker.engine.schemes.self_distill:SelfScheme",
+            feature_losses=False,
+            run_check="self",
+        ),
     ]
 }
+
+
+def self_problem(run: Any) -> str | None:
+    """Why a run config cannot run the `self` scheme (None when it can)."""
+    params = {**SCHEMES["self"].defaults(), **run.scheme_params}
+    if params["mode"] == "born_again":
+        if all(loss.name == "ce" for loss in run.losses):
+            return (
+                "scheme 'self' (born_again): with losses [ce] alone no generation learns from "
+                "the one before; add a loss that reads the teacher's logits, e.g. kd"
+            )
+        return None
+    student = run.student
+    if student.source == "zoo":
+        entry = STUDENTS.get(student.architecture)
+        if entry is not None and entry.kind != "cnn":
+            return (
+                f"scheme 'self' (deep_supervision) needs a student with at least 2 stages; "
+                f"'{student.architecture}' ({entry.kind}) has none; use a CNN student (resnet, "
+                "wrn, vgg, mobilenetv2, shufflenet) or mode born_again"
+            )
+    return None
+
+
+RUN_CHECKS = {"self": self_problem}

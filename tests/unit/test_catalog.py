@@ -169,13 +169,14 @@ def test_schemes_optimizers_and_schedules_match_the_engine() -> None:
 
     from core.config import RunConfig, TrainSettings
 
-    assert list(catalog.SCHEMES) == ["offline", "online"]
+    assert list(catalog.SCHEMES) == ["offline", "online", "self"]
     assert all(name == entry.name for name, entry in catalog.SCHEMES.items())
     base = {"teacher": {"path": "t.pt2"}, "dataset": {"path": "d.npz"}}
     assert RunConfig.model_validate({**base, "scheme": "offline"}).scheme == "offline"
     assert RunConfig.model_validate({**base, "scheme": "online"}).scheme == "online"
+    assert RunConfig.model_validate({**base, "scheme": "self"}).scheme == "self"
     with pytest.raises(ValidationError, match="unknown scheme"):
-        RunConfig.model_validate({**base, "scheme": "self"})
+        RunConfig.model_validate({**base, "scheme": "no_such_scheme"})
     fields = TrainSettings.model_fields
     assert typing.get_args(fields["optimizer"].annotation) == catalog.OPTIMIZERS
     assert typing.get_args(fields["schedule"].annotation) == catalog.SCHEDULES

@@ -6,7 +6,8 @@
       -> evaluate on the held-out split
       -> out_dir/{student.safetensors, student.pt2, student.onnx, run.yaml, evaluation.json}
          (a scheme that trains several students, e.g. `online`: also peer{k}_student.* for
-         each student k > 0, and evaluation.json lists every student's under `peers`)
+         each student k > 0, and evaluation.json lists every student's under `peers`; `self`'s
+         born-again generations: gen{k}_student.* for each earlier one, under `generations`)
 
 student.onnx is written when `training.export_onnx` is on (the default); if the ONNX exporter
 fails on a model that trained fine, the run still succeeds, without that artifact, and
@@ -130,26 +131,32 @@ def _student_description(
     }
 
 
-def student_artifacts(k: int) -> dict[str, str]:
+def student_artifacts(k: int, prefix: str = "peer") -> dict[str, str]:
     """The weight artifacts of trained student k: peer 0 (the configured student) under the
     usual names, student k > 0 (a scheme's other students, e.g. `online`'s peers) under
-    `peer{k}_student.*` (artifact names are flat)."""
+    `peer{k}_student.*` (artifact names are flat); `prefix` "gen": born-again generation k's
+    `gen{k}_student.*`."""
     names = {key: ARTIFACTS[key] for key in ("student_safetensors", "student_pt2", "student_onnx")}
     if k == 0:
         return names
-    return {f"peer{k}_{key}": f"peer{k}_{name}" for key, name in names.items()}
+    return {f"{prefix}{k}_{key}": f"{prefix}{k}_{name}" for key, name in names.items()}
 
 
 def _write_weights(
-    out_dir: Path, student: nn.Module, input_shape: tuple[int, ...], task: Task, k: int = 0
+    out_dir: Path,
+    student: nn.Module,
+    input_shape: tuple[int, ...],
+    task: Task,
+    k: int = 0,
+    prefix: str = "peer",
 ) -> None:
-    names = student_artifacts(k)
-    save_safetensors(student, out_dir / names[_kind(k, "student_safetensors")])
-    export_pt2(student, input_shape, out_dir / names[_kind(k, "student_pt2")], task)
+    names = student_artifacts(k, prefix)
+    save_safetensors(student, out_dir / names[_kind(k, "student_safetensors", prefix)])
+    export_pt2(student, input_shape, out_dir / names[_kind(k, "student_pt2", prefix)], task)
 
 
-def _kind(k: int, kind: str) -> str:
-    return kind if k == 0 else f"peer{k}_{kind}"
+def _kind(k: int, kind: str, prefix: str = "peer") -> str:
+    return kind if k == 0 else f"{prefix}{k}_{kind}"
 
 
 def _write_onnx(
@@ -160,11 +167,12 @@ def _write_onnx(
     input_shape: tuple[int, ...],
     evaluation: dict[str, Any],
     k: int = 0,
+    prefix: str = "peer",
 ) -> dict[str, str]:
     """Student k's weight artifacts that exist, after writing its ONNX export (when asked;
     a failure is said in `evaluation["onnx_export_error"]`)."""
-    written = student_artifacts(k)
-    onnx_kind = _kind(k, "student_onnx")
+    written = student_artifacts(k, prefix)
+    onnx_kind = _kind(k, "student_onnx", prefix)
     onnx_path = out_dir / written[onnx_kind]
     onnx_path.unlink(missing_ok=True)  # a resumed run must not keep an older export
     if config.training.export_onnx:
@@ -187,11 +195,14 @@ def _write_rest(
     input_shape: tuple[int, ...],
     evaluation: dict[str, Any],
     peers: list[tuple[dict[str, Any], dict[str, str]]] | None = None,
+    generations: list[tuple[dict[str, Any], dict[str, str]]] | None = None,
 ) -> dict[str, str]:
     """ONNX (when asked), run.yaml and evaluation.json; returns every artifact written.
 
     `peers`: the other students' (evaluation, artifacts), k = 1, 2, ...; evaluation.json then
     lists every student's under `peers` (peer 0's is also the top level, as for one student).
+    `generations`: born-again generations 1..N-1's; evaluation.json lists all N under
+    `generations` (the last, the run's student, also at the top level).
     """
     weights = _write_onnx(out_dir, student, config, task, input_shape, evaluation)
     written = {**weights, **{k: v for k, v in ARTIFACTS.items() if not k.startswith("student_")}}
@@ -201,6 +212,13 @@ def _write_rest(
             *({"peer": k, "artifacts": a, **e} for k, (e, a) in enumerate(peers, 1)),
         ]
         for _, artifacts in peers:
+            written.update(artifacts)
+    if generations:
+        evaluation["generations"] = [
+            *({"generation": k, "artifacts": a, **e} for k, (e, a) in enumerate(generations, 1)),
+            {"generation": len(generations) + 1, "artifacts": weights, **evaluation},
+        ]
+        for _, artifacts in generations:
             written.update(artifacts)
     (out_dir / ARTIFACTS["config"]).write_text(config.to_yaml())
     (out_dir / ARTIFACTS["evaluation"]).write_text(json.dumps(evaluation, indent=2))
@@ -216,12 +234,14 @@ def _peer(
     config: RunConfig,
     task: Task,
     input_shape: tuple[int, ...],
+    prefix: str = "peer",
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Student k > 0: its weights, evaluation and ONNX export; (evaluation, artifacts)."""
+    """Student k > 0 (`prefix` "gen": generation k): its weights, evaluation and ONNX export;
+    (evaluation, artifacts)."""
     peer = peer.cpu().eval()
-    _write_weights(out_dir, peer, input_shape, task, k)
-    evaluation = _evaluate(teacher, peer, out_dir, val, input_shape, task, k)
-    return evaluation, _write_onnx(out_dir, peer, config, task, input_shape, evaluation, k)
+    _write_weights(out_dir, peer, input_shape, task, k, prefix)
+    evaluation = _evaluate(teacher, peer, out_dir, val, input_shape, task, k, prefix)
+    return evaluation, _write_onnx(out_dir, peer, config, task, input_shape, evaluation, k, prefix)
 
 
 def _evaluate(
@@ -232,6 +252,7 @@ def _evaluate(
     input_shape: tuple[int, ...],
     task: Task,
     k: int = 0,
+    prefix: str = "peer",
 ) -> dict[str, Any]:
     """`evaluate`, with both models timed in the same form.
 
@@ -243,7 +264,7 @@ def _evaluate(
     same_form = None
     if teacher.format == "pt2":
         same_form = load_model(
-            out_dir / student_artifacts(k)[_kind(k, "student_pt2")], "pt2"
+            out_dir / student_artifacts(k, prefix)[_kind(k, "student_pt2", prefix)], "pt2"
         ).module
     evaluation = evaluate(
         teacher.module, student, val, input_shape, task=task, latency_student=same_form
@@ -302,7 +323,13 @@ def run_distillation(
         _peer(k, peer, teacher, out_dir, val_data, config, task, input_shape)
         for k, peer in enumerate(result.students[1:], 1)
     ]
-    artifacts = _write_rest(out_dir, student, config, task, input_shape, evaluation, peers)
+    generations = [
+        _peer(k, gen, teacher, out_dir, val_data, config, task, input_shape, "gen")
+        for k, gen in enumerate(result.earlier, 1)
+    ]
+    artifacts = _write_rest(
+        out_dir, student, config, task, input_shape, evaluation, peers, generations
+    )
     described = _student_description(student, config, task, data)
     return {**evaluation, "artifacts": artifacts, **described}
 

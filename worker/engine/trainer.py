@@ -97,6 +97,7 @@ class TrainResult:
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
     students: list[nn.Module] = field(default_factory=list)  # all trained, `student` first
+    earlier: list[nn.Module] = field(default_factory=list)  # `Scheme.earlier_students()`
 
 
 @dataclass
@@ -222,11 +223,17 @@ def _optimizer(ts: TrainSettings, params: list[dict[str, Any]]) -> torch.optim.O
     return torch.optim.SGD(params, lr=ts.lr, momentum=ts.momentum, weight_decay=ts.weight_decay)
 
 
-def _schedule(ts: TrainSettings, total_steps: int, opt: torch.optim.Optimizer) -> Any:
-    """Per-step LR factor: cosine to 0, step decay at epoch fractions, or constant."""
+def _schedule(
+    ts: TrainSettings, total_steps: int, opt: torch.optim.Optimizer, rounds: int = 1
+) -> Any:
+    """Per-step LR factor: cosine to 0, step decay at epoch fractions, or constant; restarted
+    at each of a scheme's `rounds`."""
+    period = total_steps // rounds
+    total_steps = period
     milestones = [m * total_steps for m in ts.step_milestones]
 
     def factor(step: int) -> float:
+        step = step % period if rounds > 1 else step
         if ts.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
         if ts.schedule == "step":
@@ -505,15 +512,17 @@ def train(
     per_epoch = len(epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single))
     if per_epoch == 0:
         raise ValueError("the training split has a single sample; BatchNorm needs at least 2")
-    total = per_epoch * ts.epochs
-    sched = _schedule(ts, total, loop.opt)
+    total = per_epoch * ts.epochs * scheme.rounds()
+    sched = _schedule(ts, total, loop.opt, scheme.rounds())
     state = _State()
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = _load_checkpoint(Path(checkpoint_path), scheme, loop.opt, sched, total)
     loop.prepare(train_data)
     cb.on_start(total, state.step)
     _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
-    return TrainResult(student, state.step, ts.epochs, state.history, scheme.students())
+    return TrainResult(
+        student, state.step, ts.epochs, state.history, scheme.students(), scheme.earlier_students()
+    )
 
 
 def _run_epochs(
@@ -534,7 +543,10 @@ def _run_epochs(
 
     window = _Window()
     with _taps(loop.config, loop.teacher, loop.student) as taps:
-        while state.epoch < ts.epochs:
+        while state.epoch < ts.epochs * loop.scheme.rounds():
+            if state.batch == 0 and state.epoch and state.epoch % ts.epochs == 0:
+                loop.scheme.start_round(state.epoch // ts.epochs)  # e.g. the next generation
+                loop.opt.state.clear()
             batches = epoch_batches(
                 len(train_data), ts.batch_size, seed, state.epoch, loop.skip_single
             )

@@ -11,6 +11,7 @@ position and RNG); a scheme is asked at each of those points:
     teacher_outputs(x, taps, ...)      the teacher's logits and tapped features for a step
     combine(values, view)              the step's weighted terms -> the terms to sum
     state_dict() / load_state_dict()   what a checkpoint holds besides optimizer and position
+    rounds() / start_round(r)          sequential rounds of `epochs` each (born-again generations)
 
 A new scheme is one module with a subclass plus its entry in `core/catalog/schemes.py`.
 """
@@ -60,6 +61,19 @@ class Scheme(ABC):
         configured losses (a student after the first: its logit losses, metric keys
         `p{k}/<loss>`), is validated each epoch (`val/p{k}/...`) and exported."""
         return [self.student]
+
+    def rounds(self) -> int:
+        """Rounds of `training.epochs` epochs each the trainer runs (born-again generations)."""
+        return 1
+
+    def start_round(self, index: int) -> None:
+        """Before the first step of round `index` > 0 (also when a resume lands there: must be
+        idempotent); the trainer then clears the optimizer's state and restarts the schedule."""
+        return None
+
+    def earlier_students(self) -> list[nn.Module]:
+        """Models finished in earlier rounds (born-again generations 1..N-1), exported too."""
+        return []
 
     @abstractmethod
     def trained_modules(self) -> list[nn.Module]:
