@@ -37,6 +37,7 @@ from core.catalog.training import (
     VAL_FRACTION,
     Device,
     Optimizer,
+    QatBackend,
     Schedule,
     Setting,
 )
@@ -359,6 +360,7 @@ class TrainSettings(_Strict):
     checkpoint_every: int = setting(TRAINING["checkpoint_every"])
     log_every: int = setting(TRAINING["log_every"])
     export_onnx: bool = setting(TRAINING["export_onnx"])
+    qat: QatBackend = setting(TRAINING["qat"])
 
     def log_interval(self, total_steps: int) -> int:
         """Steps between reported metrics: `log_every`, or when that is 0, the fewest that
@@ -444,6 +446,23 @@ class RunConfig(_Strict):
                         f"losses[{i}] '{loss.name}' matches features, which scheme "
                         f"'{self.scheme}' does not support yet; use logit losses (ce, kd, ...)"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _qat_fits(self) -> RunConfig:
+        """Quantization-aware training runs the offline scheme on logit losses."""
+        if self.training.qat == "none":
+            return self
+        if self.scheme != "offline":
+            raise ValueError(
+                f"training.qat trains one quantized student; scheme '{self.scheme}' trains "
+                "several models: use scheme 'offline' or set training.qat to 'none'"
+            )
+        if self.layer_pairs:
+            raise ValueError(
+                "training.qat fuses the student's layers, so layer_pairs cannot tap them; "
+                "use logit losses (ce, kd, ...) without layer_pairs, or set training.qat to 'none'"
+            )
         return self
 
     def resolved_scheme_params(self) -> dict[str, Any]:

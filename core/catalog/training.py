@@ -16,10 +16,12 @@ from typing import Any, Literal
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
 Device = Literal["auto", "cpu", "cuda"]
+QatBackend = Literal["none", "x86", "qnnpack"]
 
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 DEVICES: tuple[str, ...] = typing.get_args(Device)
+QAT_BACKENDS: tuple[str, ...] = typing.get_args(QatBackend)
 
 SettingType = Literal["int", "float", "bool", "choice", "floats"]
 LOG_POINTS = 1000  # log_every 0: about this many points per series over a run
@@ -173,6 +175,17 @@ TRAINING: dict[str, Setting] = {
             "Also write the student as ONNX (student.onnx) next to safetensors and .pt2; the "
             "exporter takes a few seconds (about 5 s the first time in a process, 2 s "
             "after).",
+        ),
+        _choice(
+            "qat",
+            QatBackend,
+            "none",
+            "Quantization-aware training (int8)",
+            "Train the student through int8 fake quantization (torch.ao; the distillation "
+            "losses apply as usual) and also export it as int8 TorchScript (student_int8.pt) "
+            "for this backend: x86 (servers, per-channel weights) or qnnpack (ARM/mobile); "
+            "evaluation.json then shows fp32 and int8 accuracy, size and CPU latency side by "
+            "side. Offline scheme, logit losses and a zoo or derived student.",
         ),
     ]
 }

@@ -5,6 +5,8 @@
          from the teacher, the teacher's own architecture, or a model to start from) -> train
       -> evaluate on the held-out split
       -> out_dir/{student.safetensors, student.pt2, student.onnx, run.yaml, evaluation.json}
+         (with `training.qat`: the student trains through int8 fake quantization, and
+         student_int8.pt, its int8 TorchScript, is written too: `quantize.py`)
          (a scheme that trains several students, e.g. `online`: also peer{k}_student.* for
          each student k > 0, and evaluation.json lists every student's under `peers`; `self`'s
          born-again generations: gen{k}_student.* for each earlier one, under `generations`)
@@ -38,6 +40,7 @@ from core.config import RunConfig
 from worker.engine.evaluate import evaluate
 from worker.engine.export import export_onnx, export_pt2, save_safetensors
 from worker.engine.loading import LoadedModel, ModelFormat, load_model
+from worker.engine.quantize import export_int8, qat_student
 from worker.engine.tasks import IncompatibleDataError as IncompatibleDataError  # re-exported
 from worker.engine.tasks import Task, build_task, default_task
 from worker.engine.trainer import Callbacks, train
@@ -303,21 +306,28 @@ def run_distillation(
     data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
     student = build_run_student(config, teacher, data, student_path, task)
     train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
+    qat = qat_student(config, task, data, student)  # None unless training.qat
     result = train(
         config,
         teacher.module,
         train_data,
         val_data,
-        student=student,
+        student=student if qat is None else qat.prepared,
         callbacks=callbacks,
         checkpoint_path=checkpoint_path,
         task=task,
     )
-    student = result.student.cpu().eval()
+    student = (result.student if qat is None else qat.synced()).cpu().eval()
     teacher.module.cpu()
     input_shape = task.input_shape(data)
     _write_weights(out_dir, student, input_shape, task)
     evaluation = _evaluate(teacher, student, out_dir, val_data, input_shape, task)
+    int8: dict[str, str] = {}
+    if qat is not None:
+        int8, evaluation["quantized"] = export_int8(
+            qat, task=task, teacher=teacher.module, out_dir=out_dir, data=val_data,
+            input_shape=input_shape, fp32_size=evaluation["student_size_bytes"],
+        )  # fmt: skip
     evaluation = {**evaluation, "train_steps": result.steps, "epochs": result.epochs}
     peers = [
         _peer(k, peer, teacher, out_dir, val_data, config, task, input_shape)
@@ -330,6 +340,7 @@ def run_distillation(
     artifacts = _write_rest(
         out_dir, student, config, task, input_shape, evaluation, peers, generations
     )
+    artifacts.update(int8)
     described = _student_description(student, config, task, data)
     return {**evaluation, "artifacts": artifacts, **described}
 

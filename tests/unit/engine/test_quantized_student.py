@@ -1,0 +1,277 @@
+"""Quantized students: quantization-aware training with distillation (`training.qat`), the int8
+export (`student_int8.pt`) and evaluation.json's `quantized` block (fp32 and int8 side by side)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+from sklearn.datasets import load_digits
+from torch import nn
+
+from core.catalog.training import TRAINING
+from core.config import RunConfig
+from worker.engine import quantize
+from worker.engine.evaluate import predict
+from worker.engine.export import export_pt2
+from worker.engine.loading import ModelLoadError, UnsafeModelError, load_model
+from worker.engine.pipeline import run_distillation
+from worker.engine.tasks.classification import ClassificationTask
+from worker.engine.tasks.classification.data import TensorData
+from worker.engine.trainer import Callbacks
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _teacher() -> nn.Module:
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _config(**fields: Any) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "teacher": {"path": "unused.pt2"},
+            "dataset": {"path": "unused.npz", "val_fraction": 0.25},
+            "student": {"architecture": "resnet8"},
+            "losses": [{"name": "ce"}, {"name": "kd"}],
+            **fields,
+            "training": {
+                "epochs": 3,
+                "batch_size": 32,
+                "lr": 0.05,
+                "device": "cpu",
+                "export_onnx": False,
+                "qat": "x86",
+                **fields.get("training", {}),
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits (600 samples) and a small MLP teacher trained on them, as .pt2."""
+    tmp = tmp_path_factory.mktemp("qat")
+    d = load_digits()
+    x = (d.images[:600, None] / 16.0).astype("float32")
+    np.savez(tmp / "data.npz", x=x, y=d.target[:600])
+    teacher = _teacher()
+    opt = torch.optim.Adam(teacher.parameters(), lr=0.01)
+    xs, ys = torch.from_numpy(x), torch.from_numpy(d.target[:600]).long()
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(teacher(xs), ys).backward()
+        opt.step()
+    export_pt2(teacher.eval(), (1, 8, 8), tmp / "teacher.pt2")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def qat_run(files: Path) -> tuple[Path, dict[str, Any], list[set[str]]]:
+    """One whole QAT run through the pipeline: (out dir, summary, the modules' types seen
+    during training)."""
+
+    class Seen(Callbacks):
+        def __init__(self) -> None:
+            self.steps: list[set[str]] = []
+
+    seen = Seen()
+    config = _config(
+        teacher={"path": str(files / "teacher.pt2")},
+        dataset={"path": str(files / "data.npz"), "val_fraction": 0.25},
+    )
+    out = files / "out"
+    summary = run_distillation(
+        config, files / "teacher.pt2", files / "data.npz", out, callbacks=seen
+    )
+    return out, summary, seen.steps
+
+
+# ----------------------------------------------------------------------------------------------
+# the run config
+
+
+def test_the_setting_is_declared_once_and_old_configs_are_unchanged() -> None:
+    spec = TRAINING["qat"]
+    assert spec.type == "choice" and spec.default == "none"
+    assert spec.choices == ("none", "x86", "qnnpack") and "int8" in spec.help
+    plain = RunConfig.model_validate({"teacher": {"path": "t.pt2"}, "dataset": {"path": "d.npz"}})
+    assert plain.training.qat == "none"
+    qat = _config()
+    assert RunConfig.from_yaml(qat.to_yaml()) == qat
+    assert yaml.safe_load(qat.to_yaml())["training"]["qat"] == "x86"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"training": {"qat": "int4"}}, "'none', 'x86' or 'qnnpack'"),
+        ({"scheme": {"name": "online", "params": {"peers": 2}}}, "use scheme 'offline'"),
+        (
+            {
+                "layer_pairs": [{"teacher": "1", "student": "layer1"}],
+                "losses": [{"name": "ce"}, {"name": "fitnets"}],
+            },
+            "layer_pairs cannot tap them",
+        ),
+    ],
+)
+def test_configs_qat_cannot_run_are_refused_saying_why(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _config(**fields)
+
+
+# ----------------------------------------------------------------------------------------------
+# QAT: the model that trains
+
+
+def test_the_prepared_student_fake_quantizes_and_shares_the_float_weights() -> None:
+    config = _config()
+    data = TensorData(torch.rand(8, 1, 8, 8), torch.arange(8) % 10, [str(i) for i in range(10)])
+    qat = quantize.qat_student(config, ClassificationTask(), data, None)
+    assert qat is not None and qat.backend == "x86"
+    quantizers = quantize.fake_quantizers(qat.prepared)
+    assert len(quantizers) >= 10  # weights of every conv/linear, and activations
+    assert all(bool(q.fake_quant_enabled[0]) and bool(q.observer_enabled[0]) for q in quantizers)
+    types = {type(m).__name__ for m in qat.prepared.modules()}
+    assert {"ConvBnReLU2d", "ConvBn2d"} <= types  # conv-bn(-relu) fused for QAT
+    # every float parameter is the prepared model's own tensor: training one trains the other
+    fp32 = dict(qat.fp32.named_parameters())
+    assert set(qat.shared.values()) >= set(fp32)
+    # forward through fake quantization: outputs on the int8 grid differ from the float ones
+    x = torch.rand(4, 1, 8, 8)
+    qat.prepared.train()
+    qat.prepared(x)  # observers see data
+    qat.prepared.eval()
+    qat.fp32.eval()
+    with torch.no_grad():
+        assert not torch.allclose(qat.prepared(x), qat.fp32(x))
+    # a zoo student comes out as the trainer would build it (same seed, same weights)
+    from worker.engine.students import build_student
+
+    torch.manual_seed(config.seed)
+    fresh = build_student("resnet8", (1, 8, 8), 10)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in qat.fp32.state_dict().items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))  # fmt: skip
+
+
+def test_a_student_torch_fx_cannot_trace_is_refused_saying_what_works() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow
+                return self.fc(x.flatten(1))
+            return -self.fc(x.flatten(1))
+
+    with pytest.raises(ValueError, match="torch.fx could not trace the student.*zoo or derived"):
+        quantize.prepare(Branchy(), torch.rand(2, 1, 8, 8), "x86")
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole run: fp32 artifacts as before, the int8 artifact, the side-by-side evaluation
+
+
+def test_a_qat_run_writes_a_working_int8_model_next_to_the_fp32_one(
+    qat_run: tuple[Path, dict[str, Any], list[set[str]]], files: Path
+) -> None:
+    out, summary, _ = qat_run
+    arts = summary["artifacts"]
+    assert arts["student_int8"] == "student_int8.pt" and (out / "student_int8.pt").is_file()
+    assert {"student_safetensors", "student_pt2", "config", "evaluation"} <= set(arts)
+    # the fp32 student is today's artifact: a zoo model in safetensors and a pure-ATen .pt2
+    fp32 = load_model(out / "student.safetensors", "safetensors").module.eval()
+    assert getattr(fp32, "arch", None) == "resnet8"
+    graph = load_model(out / "student.pt2", "pt2").module
+    d = load_digits()
+    x = torch.from_numpy((d.images[450:600, None] / 16.0).astype("float32"))
+    y = torch.from_numpy(d.target[450:600]).long()
+    assert torch.allclose(predict(graph, x), predict(fp32, x), atol=1e-4)
+    # the int8 model: int8 weights, a quarter of the float weight bytes, and it runs
+    report = json.loads((out / "evaluation.json").read_text())["quantized"]
+    assert report["int8_weight_tensors"] >= 10
+    ratio = report["weight_bytes"]["int8"] / report["weight_bytes"]["fp32"]
+    assert 0.24 <= ratio <= 0.26, ratio
+    assert report["int8"]["size_bytes"] < 0.6 * report["fp32"]["size_bytes"]
+    int8 = quantize.load_int8(out / "student_int8.pt", "x86")
+    with quantize.engine("x86"):
+        for batch in (1, 7, 150):
+            assert predict(int8, x[:batch]).shape == (batch, 10)
+        logits = predict(int8, x)
+    assert (logits.argmax(1) == y).float().mean() > 0.8  # it learned the digits, in int8
+    # its outputs agree with the fake-quantized model's (the report measures it on val data)
+    assert report["int8_agreement_with_fake_quant"] >= 0.95
+    assert abs(report["int8"]["top1"] - report["fake_quant"]["top1"]) <= 0.05
+    # the int8 artifact is no model the studio loads: the safe loader refuses it
+    with pytest.raises((ModelLoadError, UnsafeModelError)):
+        load_model(out / "student_int8.pt", "pt2")
+
+
+def test_evaluation_shows_fp32_and_int8_accuracy_size_and_latency(
+    qat_run: tuple[Path, dict[str, Any], list[set[str]]],
+) -> None:
+    out, summary, _ = qat_run
+    report = json.loads((out / "evaluation.json").read_text())
+    block = report["quantized"]
+    assert block["backend"] == "x86" and block["method"] == "qat"
+    assert block["artifact"] == "student_int8.pt" and block["artifact_format"] == "torchscript"
+    for side in ("fp32", "int8"):
+        assert 0.0 <= block[side]["top1"] <= 1.0
+        assert block[side]["size_bytes"] > 0 and block[side]["cpu_latency_ms"] > 0
+    assert block["fp32"]["top1"] == report["student_top1"]  # the same fp32 student
+    assert block["fp32"]["size_bytes"] == report["student_size_bytes"]
+    assert block["int8"]["size_bytes"] == (out / "student_int8.pt").stat().st_size
+    assert summary["quantized"] == block
+    assert yaml.safe_load((out / "run.yaml").read_text())["training"]["qat"] == "x86"
+
+
+def test_a_run_without_qat_writes_no_int8_model(files: Path, tmp_path: Path) -> None:
+    config = _config(
+        teacher={"path": str(files / "teacher.pt2")},
+        dataset={"path": str(files / "data.npz"), "val_fraction": 0.25},
+        student={"architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
+        training={"qat": "none", "epochs": 1},
+    )
+    summary = run_distillation(config, files / "teacher.pt2", files / "data.npz", tmp_path)
+    assert "student_int8" not in summary["artifacts"] and "quantized" not in summary
+    assert not (tmp_path / "student_int8.pt").exists()
+
+
+def test_distill_studio_train_runs_a_qat_student(files: Path, tmp_path: Path) -> None:
+    """`distill-studio train run.yaml` (no server) with `training.qat: qnnpack`."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    doc = yaml.safe_load(_config(training={"qat": "qnnpack", "epochs": 1}).to_yaml())
+    doc["teacher"] = {"path": str(files / "teacher.pt2")}
+    doc["dataset"] = {"path": str(files / "data.npz")}
+    doc["student"] = {"architecture": "mlp", "kwargs": {"hidden": 32, "depth": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["train", str(tmp_path / "run.yaml"), "--out", str(out)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["quantized"]["backend"] == "qnnpack"
+    assert summary["quantized"]["int8_weight_tensors"] == 2  # the MLP's two linear layers
+    assert (out / "student_int8.pt").is_file()
