@@ -626,6 +626,7 @@ def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
         seed = _setting_input(c[3], SEED, "nr_seed")
         c = st.columns(4)
         val = _setting_input(c[0], VAL_FRACTION, "nr_val_fraction")
+        t["qat"] = field(c[1], "qat")  # quantization-aware training: int8 student too
     scheme, scheme_params = _scheme(catalog)
     misc = {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
     return t, {**misc, "scheme_params": scheme_params}

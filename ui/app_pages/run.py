@@ -346,6 +346,22 @@ def evaluation_frame(summary: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["", "teacher", "student", "teacher / student"])
 
 
+def quantized_frame(summary: dict[str, Any]) -> pd.DataFrame | None:
+    """A `training.qat` run's fp32 and int8 student side by side (accuracy, size, CPU latency
+    at batch 1, from evaluation.json's `quantized` block); None for any other run."""
+    block = summary.get("quantized")
+    if not isinstance(block, dict):
+        return None
+    fp32, int8 = block.get("fp32") or {}, block.get("int8") or {}
+    out = []
+    for label, key, fmt in EVALUATION_ROWS:
+        if key in fp32 or key in int8:
+            a, b = fp32.get(key), int8.get(key)
+            ratio = "—" if "accuracy" in label else _ratio(a, b)
+            out.append({"": label, "fp32": fmt(a), "int8": fmt(b), "fp32 / int8": ratio})
+    return pd.DataFrame(out, columns=["", "fp32", "int8", "fp32 / int8"])
+
+
 def _with_teacher_size(run: Run) -> dict[str, Any]:
     """The summary, with the teacher's file size from its model when the worker did not say."""
     summary = dict(run.summary or {})
@@ -372,6 +388,7 @@ ARTIFACT_KINDS = {
     "student_safetensors": "Student weights (safetensors)",
     "student_pt2": "Student as a torch.export archive (.pt2)",
     "student_onnx": "Student as ONNX",
+    "student_int8": "Student in int8 (TorchScript, for deployment)",
     "config": "Run config (YAML)",
     "evaluation": "Evaluation report (JSON)",
 }
@@ -408,6 +425,10 @@ def _evaluation(run: Run) -> None:
     frame = evaluation_frame(summary)
     if not frame.empty:
         st.dataframe(frame, hide_index=True, width="stretch", key="run_eval")
+    quantized = quantized_frame(summary)
+    if quantized is not None:
+        st.markdown(f"**The student in int8** ({summary['quantized'].get('backend')} backend)")
+        st.dataframe(quantized, hide_index=True, width="stretch", key="run_quantized")
     with st.expander("Full summary", icon=":material/receipt_long:"):
         st.json(summary, expanded=False)
 
