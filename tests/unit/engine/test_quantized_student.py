@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from pydantic import ValidationError
+from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -25,7 +26,7 @@ from worker.engine.loading import ModelLoadError, UnsafeModelError, load_model
 from worker.engine.pipeline import run_distillation
 from worker.engine.tasks.classification import ClassificationTask
 from worker.engine.tasks.classification.data import TensorData
-from worker.engine.trainer import Callbacks
+from worker.engine.trainer import Callbacks, Cancelled
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -275,3 +276,44 @@ def test_distill_studio_train_runs_a_qat_student(files: Path, tmp_path: Path) ->
     assert summary["quantized"]["backend"] == "qnnpack"
     assert summary["quantized"]["int8_weight_tensors"] == 2  # the MLP's two linear layers
     assert (out / "student_int8.pt").is_file()
+
+
+def test_a_stopped_qat_run_resumes_to_the_same_weights_and_int8_model(
+    files: Path, tmp_path: Path
+) -> None:
+    """The checkpoint holds the fake-quantized model (weights and observers' state): a run
+    stopped mid-epoch and resumed ends where an uninterrupted one does."""
+
+    class StopAt(Callbacks):
+        def __init__(self, at: int | None) -> None:
+            self.at, self.checks = at, 0
+
+        def should_stop(self) -> bool:
+            self.checks += 1
+            return self.at is not None and self.checks > self.at
+
+    config = _config(
+        teacher={"path": str(files / "teacher.pt2")},
+        dataset={"path": str(files / "data.npz"), "val_fraction": 0.25},
+        student={"architecture": "resnet8", "kwargs": {"width": 0.5}},
+        training={"epochs": 2, "checkpoint_every": 5},
+    )
+    args = (config, files / "teacher.pt2", files / "data.npz")
+    whole = run_distillation(*args, tmp_path / "whole")
+    ckpt = tmp_path / "c.ckpt"
+    with pytest.raises(Cancelled):
+        run_distillation(*args, tmp_path / "resumed", callbacks=StopAt(17), checkpoint_path=ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    assert 0 < saved["step"] < whole["train_steps"]
+    assert any(k.endswith("activation_post_process_0.scale") for k in saved["student"])
+    resumed = run_distillation(*args, tmp_path / "resumed", checkpoint_path=ckpt)
+    assert resumed["train_steps"] == whole["train_steps"]
+    a_sd = load_file(tmp_path / "whole" / "student.safetensors")
+    b_sd = load_file(tmp_path / "resumed" / "student.safetensors")
+    assert a_sd.keys() == b_sd.keys() and all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)
+    x = torch.rand(16, 1, 8, 8)
+    with quantize.engine("x86"):
+        a = quantize.load_int8(tmp_path / "whole" / "student_int8.pt", "x86")(x)
+        b = quantize.load_int8(tmp_path / "resumed" / "student_int8.pt", "x86")(x)
+    assert torch.equal(a, b)
+    assert resumed["quantized"]["int8"]["top1"] == whole["quantized"]["int8"]["top1"]
