@@ -204,28 +204,51 @@ def _rank(end: str, step: int, value: float) -> tuple:
 
 
 def rollups(run_id: int, points: list[dict]) -> list[dict]:
-    """The rollup rows of `points` alone (one series' point once), per width and bucket."""
-    out: dict[tuple[str, int, int], dict] = {}
+    """The rollup rows of `points` alone (one series' point once), per width and bucket: the
+    narrowest from the points, each wider one from the rows of the one before."""
+    finest = ROLLUP_WIDTHS[0]
+    out: dict[tuple[str, int], dict] = {}
     for p in points:
         step, value, epoch = p["step"], p["value"], p.get("epoch", 0)
-        for width in ROLLUP_WIDTHS:
-            key = (p["name"], width, step // width)
-            r = out.get(key)
-            if r is None:
-                r = out[key] = {
-                    "run_id": run_id,
-                    "name": p["name"],
-                    "width": width,
-                    "bucket": step // width,
-                    "n": 0,
-                }
-                for end in ENDS:
-                    r |= {f"{end}_step": step, f"{end}_epoch": epoch, f"{end}_value": value}
-            r["n"] += 1
-            for end in ENDS:
-                if _rank(end, step, value) < _rank(end, r[f"{end}_step"], r[f"{end}_value"]):
-                    r |= {f"{end}_step": step, f"{end}_epoch": epoch, f"{end}_value": value}
-    return list(out.values())
+        _merge(
+            out,
+            (p["name"], step // finest),
+            run_id,
+            finest,
+            1,
+            {end: (step, epoch, value) for end in ENDS},
+        )
+    rows = list(out.values())
+    every = list(rows)
+    for finer, width in zip(ROLLUP_WIDTHS, ROLLUP_WIDTHS[1:], strict=False):
+        wider: dict[tuple[str, int], dict] = {}
+        for r in rows:
+            ends = {end: (r[f"{end}_step"], r[f"{end}_epoch"], r[f"{end}_value"]) for end in ENDS}
+            _merge(wider, (r["name"], r["bucket"] * finer // width), run_id, width, r["n"], ends)
+        rows = list(wider.values())
+        every += rows
+    return every
+
+
+def _merge(
+    out: dict[tuple[str, int], dict],
+    key: tuple[str, int],
+    run_id: int,
+    width: int,
+    n: int,
+    ends: dict[str, tuple[int, int, float]],
+) -> None:
+    """Add `n` points whose first, last, lowest and highest are `ends` to bucket `key`."""
+    r = out.get(key)
+    if r is None:
+        r = out[key] = {"run_id": run_id, "name": key[0], "width": width, "bucket": key[1], "n": 0}
+        for end, (step, epoch, value) in ends.items():
+            r |= {f"{end}_step": step, f"{end}_epoch": epoch, f"{end}_value": value}
+    else:
+        for end, (step, epoch, value) in ends.items():
+            if _rank(end, step, value) < _rank(end, r[f"{end}_step"], r[f"{end}_value"]):
+                r |= {f"{end}_step": step, f"{end}_epoch": epoch, f"{end}_value": value}
+    r["n"] += n
 
 
 def write_rollups(session: Session, run_id: int, points: list[dict]) -> None:
@@ -255,40 +278,67 @@ def write_rollups(session: Session, run_id: int, points: list[dict]) -> None:
     session.execute(stmt, rows)
 
 
-ROLLUP_FILL = """
-    INSERT INTO metric_rollups (run_id, name, width, bucket, n,
-        first_step, first_epoch, first_value, last_step, last_epoch, last_value,
-        min_step, min_epoch, min_value, max_step, max_epoch, max_value)
-    SELECT run_id, name, {width}, bucket, COUNT(*),
-        MIN(CASE WHEN o_first = 1 THEN step END), MIN(CASE WHEN o_first = 1 THEN epoch END),
-        MIN(CASE WHEN o_first = 1 THEN value END),
-        MIN(CASE WHEN o_last = 1 THEN step END), MIN(CASE WHEN o_last = 1 THEN epoch END),
-        MIN(CASE WHEN o_last = 1 THEN value END),
-        MIN(CASE WHEN o_min = 1 THEN step END), MIN(CASE WHEN o_min = 1 THEN epoch END),
-        MIN(CASE WHEN o_min = 1 THEN value END),
-        MIN(CASE WHEN o_max = 1 THEN step END), MIN(CASE WHEN o_max = 1 THEN epoch END),
-        MIN(CASE WHEN o_max = 1 THEN value END)
+_ROLLUP_COLUMNS = (
+    "first_step, first_epoch, first_value, last_step, last_epoch, last_value, "
+    "min_step, min_epoch, min_value, max_step, max_epoch, max_value"
+)
+_KEPT = ",\n        ".join(
+    f"MIN(CASE WHEN o_{end} = 1 THEN {end}_{part} END)"
+    for end in ENDS
+    for part in ("step", "epoch", "value")
+)
+ROLLUP_FILL = f"""
+    INSERT INTO metric_rollups (run_id, name, width, bucket, n, {_ROLLUP_COLUMNS})
+    SELECT run_id, name, {{width}}, bucket, COUNT(*),
+        {_KEPT}
     FROM (
-        SELECT run_id, name, step, epoch, value, step / {width} AS bucket,
-            ROW_NUMBER() OVER (PARTITION BY run_id, name, step / {width} ORDER BY step) AS o_first,
+        SELECT run_id, name, step / {{width}} AS bucket,
+            step AS first_step, epoch AS first_epoch, value AS first_value,
+            step AS last_step, epoch AS last_epoch, value AS last_value,
+            step AS min_step, epoch AS min_epoch, value AS min_value,
+            step AS max_step, epoch AS max_epoch, value AS max_value,
+            CASE WHEN step = MIN(step) OVER w THEN 1 END AS o_first,
+            CASE WHEN step = MAX(step) OVER w THEN 1 END AS o_last,
             ROW_NUMBER() OVER (
-                PARTITION BY run_id, name, step / {width} ORDER BY step DESC) AS o_last,
+                PARTITION BY run_id, name, step / {{width}} ORDER BY value, step) AS o_min,
             ROW_NUMBER() OVER (
-                PARTITION BY run_id, name, step / {width} ORDER BY value, step) AS o_min,
-            ROW_NUMBER() OVER (
-                PARTITION BY run_id, name, step / {width} ORDER BY value DESC, step) AS o_max
+                PARTITION BY run_id, name, step / {{width}} ORDER BY value DESC, step) AS o_max
         FROM metrics WHERE run_id = :run AND step >= :start
+        WINDOW w AS (PARTITION BY run_id, name, step / {{width}})
     ) AS points
     GROUP BY run_id, name, bucket
-"""  # the rollups of a run's points from a bucket's start on, from the points (in SQL)
+"""  # the narrowest rollups of a run's points from step :start on (a bucket's first)
+ROLLUP_WIDEN = f"""
+    INSERT INTO metric_rollups (run_id, name, width, bucket, n, {_ROLLUP_COLUMNS})
+    SELECT run_id, name, {{width}}, wide, SUM(n),
+        {_KEPT}
+    FROM (
+        SELECT run_id, name, n, bucket / {{ratio}} AS wide, {_ROLLUP_COLUMNS},
+            CASE WHEN first_step = MIN(first_step) OVER w THEN 1 END AS o_first,
+            CASE WHEN last_step = MAX(last_step) OVER w THEN 1 END AS o_last,
+            ROW_NUMBER() OVER (
+                PARTITION BY run_id, name, bucket / {{ratio}} ORDER BY min_value, min_step
+            ) AS o_min,
+            ROW_NUMBER() OVER (
+                PARTITION BY run_id, name, bucket / {{ratio}} ORDER BY max_value DESC, max_step
+            ) AS o_max
+        FROM metric_rollups
+        WHERE run_id = :run AND width = {{finer}} AND bucket >= :start
+        WINDOW w AS (PARTITION BY run_id, name, bucket / {{ratio}})
+    ) AS finer
+    GROUP BY run_id, name, wide
+"""  # the rollups of one width from those of the next narrower (from its bucket :start on)
 
 
 def rebuild_rollups(session: Session, run_id: int, after_step: int) -> None:
     """Make the run's rollups of the buckets holding steps after `after_step` anew from its
     points (after a resume dropped the points past its checkpoint; or for points written
-    without rollups). Only the buckets from the one holding `after_step + 1` on are touched."""
+    without rollups), in SQL: the narrowest from the points, each wider one from the one
+    before. Only the buckets from the one holding `after_step + 1` on are touched."""
+    step = after_step + 1 if after_step >= 0 else 0
+    finer = 0
     for width in ROLLUP_WIDTHS:
-        first = (after_step + 1) // width if after_step >= 0 else 0
+        first = step // width
         session.execute(
             delete(MetricRollup).where(
                 MetricRollup.run_id == run_id,
@@ -296,9 +346,13 @@ def rebuild_rollups(session: Session, run_id: int, after_step: int) -> None:
                 MetricRollup.bucket >= first,
             )
         )
-        session.execute(
-            text(ROLLUP_FILL.format(width=width)), {"run": run_id, "start": first * width}
-        )
+        if not finer:
+            fill = ROLLUP_FILL.format(width=width)
+            session.execute(text(fill), {"run": run_id, "start": first * width})
+        else:
+            widen = ROLLUP_WIDEN.format(width=width, ratio=width // finer, finer=finer)
+            session.execute(text(widen), {"run": run_id, "start": first * (width // finer)})
+        finer = width
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:
