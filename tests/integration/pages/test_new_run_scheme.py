@@ -54,3 +54,27 @@ scheme: {{name: online, params: {{peers: 4, temperature: 2.5}}}}
     assert at.number_input(key="nr_scheme.online.peers").value == 4
     assert at.number_input(key="nr_scheme.online.temperature").value == 2.5
     assert "peers: 4" in texts(at.code)
+
+
+def test_the_self_scheme_shows_its_mode_generations_and_ensemble_fields(studio: Studio) -> None:
+    """The picker is generic: `self`'s choice, int and bool parameters get their inputs."""
+    at = _app(studio, "new_run.py")
+    at.selectbox(key="nr_scheme").set_value("self").run()
+    assert not at.exception
+    assert at.selectbox(key="nr_scheme.self.mode").value == "born_again"
+    assert at.number_input(key="nr_scheme.self.generations").value == 2
+    assert at.checkbox(key="nr_scheme.self.ensemble_last").value is False
+    assert "Born-Again" in " ".join(c.value for c in at.caption)
+    at.number_input(key="nr_scheme.self.generations").set_value(3).run()
+    at.checkbox(key="nr_scheme.self.ensemble_last").check().run()
+    at.text_input(key="nr_name").set_value("ban-from-the-form").run()
+    review = texts(at.code)
+    assert "name: self" in review and "generations: 3" in review
+    assert "ensemble_last: true" in review
+    at.button(key="nr_launch").click().run()
+    assert not at.exception
+    runs = Client(studio.url, studio.token).list_runs().items
+    run = next(r for r in runs if r.name == "ban-from-the-form")
+    assert run.config["scheme"] == "self"
+    assert run.config["scheme_params"]["generations"] == 3
+    assert run.config["scheme_params"]["ensemble_last"] is True
