@@ -172,6 +172,24 @@ def test_the_prepared_student_fake_quantizes_and_shares_the_float_weights() -> N
                if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))  # fmt: skip
 
 
+def test_the_float_student_gets_back_what_a_device_move_unshared() -> None:
+    """`.to(device)` keeps parameters shared but replaces buffers (BatchNorm statistics):
+    `synced` copies them back into the float student. `.double().float()` replaces buffers the
+    same way on a CPU-only machine."""
+    data = TensorData(torch.rand(8, 1, 8, 8), torch.arange(8) % 10, [str(i) for i in range(10)])
+    qat = quantize.qat_student(_config(), ClassificationTask(), data, None)
+    assert qat is not None
+    qat.prepared.double().float()
+    qat.prepared.train()
+    qat.prepared(torch.rand(4, 1, 8, 8))  # BatchNorm statistics move in the prepared model only
+    stats = [(k, v) for k, v in qat.shared.items() if k.endswith("running_mean")]
+    assert stats
+    ours, theirs = qat.fp32.state_dict(), qat.prepared.state_dict()
+    assert not any(torch.equal(ours[v], theirs[k]) for k, v in stats)
+    synced = qat.synced().state_dict()
+    assert all(torch.equal(synced[v], theirs[k]) for k, v in stats)
+
+
 def test_a_student_torch_fx_cannot_trace_is_refused_saying_what_works() -> None:
     class Branchy(nn.Module):
         def __init__(self) -> None:
