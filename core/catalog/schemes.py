@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.catalog.losses import LOSSES
 from core.catalog.params import Entry, param
 from core.catalog.students import STUDENTS
 
@@ -147,6 +148,13 @@ def self_problem(run: Any) -> str | None:
             return (
                 "scheme 'self' (born_again): with losses [ce] alone no generation learns from "
                 "the one before; add a loss that reads the teacher's logits, e.g. kd"
+            )
+        reads_model = [loss.name for loss in run.losses if LOSSES[loss.name].kind == "other"]
+        if reads_model and params["generations"] > 1:
+            return (
+                f"scheme 'self' (born_again): {reads_model} read the run's teacher model itself "
+                "(its weights or gradients), not the generation before; use logit losses "
+                "(ce, kd, dkd, ...) or generations: 1"
             )
         return None
     student = run.student

@@ -122,6 +122,11 @@ def test_the_config_takes_both_modes_with_their_parameters() -> None:
         ({"mode": "ban"}, {}, "must be one of"),
         ({"generations": 2}, {"losses": [{"name": "ce"}]}, "add a loss that reads the teacher"),
         (
+            {"generations": 2},
+            {"losses": [{"name": "ce"}, {"name": "kd"}, {"name": "grad_match"}]},
+            r"\['grad_match'\] read the run's teacher model itself",
+        ),
+        (
             {"mode": "deep_supervision"},
             {"student": {"architecture": "mlp"}},
             "needs a student with at least 2 stages; 'mlp'",
