@@ -82,24 +82,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def qat_run(files: Path) -> tuple[Path, dict[str, Any], list[set[str]]]:
-    """One whole QAT run through the pipeline: (out dir, summary, the modules' types seen
-    during training)."""
-
-    class Seen(Callbacks):
-        def __init__(self) -> None:
-            self.steps: list[set[str]] = []
-
-    seen = Seen()
+def qat_run(files: Path) -> tuple[Path, dict[str, Any]]:
+    """One whole QAT run (resnet8 student) through the pipeline: (out dir, summary)."""
     config = _config(
         teacher={"path": str(files / "teacher.pt2")},
         dataset={"path": str(files / "data.npz"), "val_fraction": 0.25},
     )
     out = files / "out"
-    summary = run_distillation(
-        config, files / "teacher.pt2", files / "data.npz", out, callbacks=seen
-    )
-    return out, summary, seen.steps
+    return out, run_distillation(config, files / "teacher.pt2", files / "data.npz", out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,9 +200,9 @@ def test_a_student_torch_fx_cannot_trace_is_refused_saying_what_works() -> None:
 
 
 def test_a_qat_run_writes_a_working_int8_model_next_to_the_fp32_one(
-    qat_run: tuple[Path, dict[str, Any], list[set[str]]], files: Path
+    qat_run: tuple[Path, dict[str, Any]],
 ) -> None:
-    out, summary, _ = qat_run
+    out, summary = qat_run
     arts = summary["artifacts"]
     assert arts["student_int8"] == "student_int8.pt" and (out / "student_int8.pt").is_file()
     assert {"student_safetensors", "student_pt2", "config", "evaluation"} <= set(arts)
@@ -245,9 +235,9 @@ def test_a_qat_run_writes_a_working_int8_model_next_to_the_fp32_one(
 
 
 def test_evaluation_shows_fp32_and_int8_accuracy_size_and_latency(
-    qat_run: tuple[Path, dict[str, Any], list[set[str]]],
+    qat_run: tuple[Path, dict[str, Any]],
 ) -> None:
-    out, summary, _ = qat_run
+    out, summary = qat_run
     report = json.loads((out / "evaluation.json").read_text())
     block = report["quantized"]
     assert block["backend"] == "x86" and block["method"] == "qat"
