@@ -455,6 +455,13 @@ class _Loop:
         for k, peer in enumerate(self.scheme.students()[1:], 1):
             theirs = self.task.validate(peer, data, self.ts.batch_size, self.device, self.autocast)
             metrics.update({_peer_key(name, k): v for name, v in theirs.items()})
+        metrics.update(
+            self.scheme.validate_extra(
+                lambda m: self.task.validate(
+                    m, data, self.ts.batch_size, self.device, self.autocast
+                )
+            )
+        )
         return metrics
 
 

@@ -25,7 +25,7 @@ from worker.engine.loading import load_model
 from worker.engine.pipeline import run_distillation
 from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.online import fresh_copy
-from worker.engine.schemes.self_distill import SelfScheme
+from worker.engine.schemes.self_distill import HeadExit, SelfScheme
 from worker.engine.tasks.classification.data import TensorData, split
 from worker.engine.trainer import Callbacks, Cancelled, train
 
@@ -335,6 +335,12 @@ def test_deep_supervision_trains_heads_and_resumes_exactly(
     scheme = Heads(mode="deep_supervision")
     full = train(config, _teacher(), train_data, val_data, callbacks=rec, scheme=scheme)
     assert {"loss/head0/ce", "loss/head1/kd", "loss/head1/hint", "loss/kd"} <= rec.steps[-1]
+    heads_top1 = [rec.epochs[-1][f"val/head{i}/top1"] for i in (0, 1)]  # each exit's accuracy
+    assert all(0.0 <= v <= 1.0 for v in heads_top1) and "val/head2/top1" not in rec.epochs[-1]
+    exit0 = HeadExit(scheme.student, scheme.ends, scheme.heads[0], 0).eval()
+    with torch.no_grad():
+        by_hand = (exit0(val_data.x).argmax(1) == val_data.y).float().mean().item()
+    assert by_hand == pytest.approx(heads_top1[0])
     heads = _copy(scheme.heads.state_dict())
     for key, value in heads.items():  # every head weight moved: the optimizer trains them
         if key.endswith("weight"):

@@ -71,6 +71,11 @@ class Scheme(ABC):
         idempotent); the trainer then clears the optimizer's state and restarts the schedule."""
         return None
 
+    def validate_extra(self, validate: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
+        """Extra validation metrics each epoch, `validate(module)` being the task's metrics of a
+        module taking the student's inputs (deep supervision: every head's, `val/head{i}/...`)."""
+        return {}
+
     def earlier_students(self) -> list[nn.Module]:
         """Models finished in earlier rounds (born-again generations 1..N-1), exported too."""
         return []

@@ -33,6 +33,7 @@ just before the student's forward) attaches the taps and `combine` reads and rem
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,6 +62,20 @@ class AuxHead(nn.Module):
         """(logits, pooled adapted feature)."""
         pooled = F.adaptive_avg_pool2d(self.adapter(feature), 1).flatten(1)
         return self.fc(pooled), pooled
+
+
+class HeadExit(nn.Module):
+    """The student up to stage i's end, then auxiliary head i: a model of its own, to validate."""
+
+    def __init__(self, student: nn.Module, ends: list[str], head: nn.Module, i: int) -> None:
+        super().__init__()
+        self.student, self.head, self.ends, self.i = student, head, ends, i
+
+    def forward(self, x: Tensor) -> Tensor:
+        with FeatureTaps(self.student, [(p, "output") for p in self.ends], "student") as taps:
+            self.student(x)
+            logits: Tensor = self.head(taps.features[self.i])[0]
+            return logits
 
 
 def stage_ends(student: nn.Module) -> tuple[list[str], list[int]]:
@@ -233,6 +248,16 @@ class SelfScheme(OfflineScheme):
             terms[f"head{i}/kd"] = kd_w * kl * t * t
             terms[f"head{i}/hint"] = hint_w * F.mse_loss(pooled.float(), target)
         return {**values, **terms}
+
+    def validate_extra(self, validate: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
+        """Every head's validation metrics as `val/head{i}/<metric>` (deep supervision)."""
+        metrics: dict[str, float] = {}
+        for i, head in enumerate(self.heads):
+            exit_i = HeadExit(self.student, self.ends, head, i)
+            for name, value in validate(exit_i).items():
+                group, sep, rest = name.partition("/")
+                metrics[f"{group}/head{i}/{rest}" if sep else f"head{i}/{name}"] = value
+        return metrics
 
     def head_logits(self, x: Tensor) -> list[Tensor]:
         """Every auxiliary head's logits for `x` (no grad; for evaluation and tests)."""
