@@ -7,7 +7,11 @@ combines and what a checkpoint holds of the models; the task (`tasks/`, default
 validation metrics. The loop itself knows neither. A scheme may train several students
 (`Scheme.students()`, e.g. `online`'s peers): each step runs them all on the batch, the
 configured logit losses apply to each (`p{k}/<loss>` for student k > 0) and each is validated
-(`val/p{k}/...`); `TrainResult.students` returns them, the configured student first.
+(`val/p{k}/...`); `TrainResult.students` returns them, the configured student first. A scheme
+may also train in `rounds()` of `training.epochs` each (`self`'s born-again generations): epochs
+are numbered across rounds, and before each later round's first batch the loop calls
+`start_round`, clears the optimizer's state and the LR schedule restarts;
+`TrainResult.earlier` holds the models of the rounds before the last.
 
 Deterministic on CPU: the same config gives bit-identical weights, and a run interrupted (cancel,
 crash) and resumed from its checkpoint ends exactly where an uninterrupted run would. The order
