@@ -277,6 +277,16 @@ def test_a_resume_right_at_a_generation_boundary_does_not_skip_or_repeat_one(
     assert _hash(resumed.earlier[0].state_dict()) == _hash(full.earlier[0].state_dict())
 
 
+def test_a_student_that_cannot_be_reinitialised_is_refused_before_the_first_step() -> None:
+    scheme = build_scheme("self", generations=2)
+    frozen_shape = nn.Sequential(nn.Flatten(), nn.ReLU())  # nothing to re-initialise
+    with pytest.raises(ValueError, match="no later generation could start fresh"):
+        scheme.setup(_teacher(), frozen_shape, nn.ModuleList())
+    build_scheme("self", generations=1).setup(_teacher(), frozen_shape, nn.ModuleList())
+    with pytest.raises(ValueError, match="needs a zoo or derived student"):
+        build_scheme("self", mode="deep_supervision").setup(_teacher(), _teacher(), nn.ModuleList())
+
+
 # ----------------------------------------------------------------------------------------------
 # deep supervision
 

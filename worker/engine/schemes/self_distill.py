@@ -145,6 +145,15 @@ class SelfScheme(OfflineScheme):
         self.base_seed = torch.initial_seed()
         if self.mode == "deep_supervision":
             self._build_heads(student)
+        elif self.n_generations > 1:  # refuse now, not after the first generation trained
+            try:
+                fresh_copy(student, self.generation_seed(1))
+            except ValueError:
+                raise ValueError(
+                    "self/born_again: the student has no layers that can be re-initialised "
+                    "(reset_parameters), so no later generation could start fresh; use a zoo "
+                    "or derived student"
+                ) from None
 
     def _build_heads(self, student: nn.Module) -> None:
         self.ends, shape = stage_ends(student)
