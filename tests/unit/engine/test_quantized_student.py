@@ -26,7 +26,7 @@ from worker.engine.loading import ModelLoadError, UnsafeModelError, load_model
 from worker.engine.pipeline import run_distillation
 from worker.engine.tasks.classification import ClassificationTask
 from worker.engine.tasks.classification.data import TensorData
-from worker.engine.trainer import Callbacks, Cancelled
+from worker.engine.trainer import Callbacks, Cancelled, train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -160,6 +160,29 @@ def test_the_prepared_student_fake_quantizes_and_shares_the_float_weights() -> N
     fresh = build_student("resnet8", (1, 8, 8), 10)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in qat.fp32.state_dict().items()
                if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))  # fmt: skip
+
+
+def test_training_runs_through_active_fake_quantization_and_moves_the_float_weights() -> None:
+    """The trainer steps the prepared model: every fake quantizer stays on and its observer
+    sees the data (scales move off their initial 1.0), and the float student's weights move
+    with it (they are the same tensors)."""
+    d = load_digits()
+    x = torch.tensor(d.images[:200], dtype=torch.float32)[:, None] / 16.0
+    data = TensorData(x, torch.tensor(d.target[:200]), [str(i) for i in range(10)])
+    config = _config(training={"epochs": 1})
+    qat = quantize.qat_student(config, ClassificationTask(), data, None)
+    assert qat is not None
+    before = {k: v.clone() for k, v in qat.fp32.state_dict().items()}
+    quantizers = quantize.fake_quantizers(qat.prepared)
+    assert all(float(q.scale.flatten()[0]) == 1.0 for q in quantizers)  # nothing observed yet
+    result = train(config, _teacher(), data, data.subset(list(range(50))), student=qat.prepared)
+    assert result.student is qat.prepared and result.steps == 7
+    assert all(bool(q.fake_quant_enabled[0]) and bool(q.observer_enabled[0]) for q in quantizers)
+    assert all(float(q.scale.flatten()[0]) != 1.0 for q in quantizers)  # observed during training
+    after = qat.synced().state_dict()
+    conv = "conv1.weight"
+    assert not torch.equal(before[conv], after[conv])
+    assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
 
 
 def test_the_float_student_gets_back_what_a_device_move_unshared() -> None:
