@@ -12,7 +12,8 @@ inspected both, launches the *training run* (`--train-epochs`, every step logged
 `--duration` seconds, runs `--clients` clients, each with its own connection, in a loop:
 
 - `GET /runs?limit=20` (list runs),
-- `GET /runs/{id}/metrics?names=loss` of the training run (read metrics),
+- `GET /runs/{id}/metrics?names=loss&max_points=1000` of the training run (read metrics, as the
+  pages do; `--max-points 0` for every point),
 - `GET /runs/{id}` of the training run (progress),
 - `POST /runs` then `POST /runs/{id}/cancel` at once (create runs), at most
   `--creates-per-client` times per client, so the queue does not grow without bound.
@@ -326,8 +327,10 @@ async def one_client(
     tally: Tally,
     seed: int,
     seeded_run: int | None = None,
+    max_points: int = 0,
 ) -> None:
     rng = random.Random(seed)
+    series = {"names": "loss", **({"max_points": max_points} if max_points else {})}
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with httpx.AsyncClient(
         base_url=f"{url}/api/v1",
@@ -364,14 +367,14 @@ async def one_client(
                     "GET /runs/{id}/metrics (10k)",
                     "GET",
                     f"/runs/{seeded_run}/metrics",
-                    params={"names": "loss"},
+                    params=series,
                 )
             elif roll < 0.8:
                 await call(
                     "GET /runs/{id}/metrics",
                     "GET",
                     f"/runs/{run_id}/metrics",
-                    params={"names": "loss"},
+                    params=series,
                 )
             else:
                 await call("GET /runs/{id}", "GET", f"/runs/{run_id}")
@@ -386,6 +389,7 @@ async def load(
     duration: float,
     creates: int,
     seeded_run: int | None = None,
+    max_points: int = 0,
 ) -> tuple[Tally, float]:
     tally = Tally()
     started = time.time()
@@ -455,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--api-workers", type=int, default=None, help="API processes (DS_API_WORKERS)."
     )
+    parser.add_argument(
+        "--max-points",
+        type=int,
+        default=1000,
+        help="max_points of the metric reads, as the pages ask (0: every point; a server "
+        "older than max_points ignores it and sends every point).",
+    )
     args = parser.parse_args(argv)
 
     from tests.conftest import WorkerProcess
@@ -514,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.duration,
                     args.creates_per_client,
                     seeded_run,
+                    args.max_points,
                 )
             )
             api_cpu = cpu_spent(cpu_before, cpu_seconds(server.proc.pid))
@@ -542,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_cpu_s": api_cpu,
         "api_cpu_ms_per_request": 1000 * api_cpu / max(total, 1),
         "seeded": {"runs": args.seed_runs, "points": args.seed_points},
+        "max_points": args.max_points,
         "big_series": big,
         "runs_cancelled_listed": len(cancelled["items"]),
         "endpoints": rows,
