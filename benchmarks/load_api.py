@@ -238,6 +238,14 @@ def seed(
                 flush()
     if batch:
         flush()
+    try:  # the series' rollups (migration 0006), built as a worker builds them; older: none
+        from worker.reporting import rebuild_rollups
+    except ImportError:
+        rebuild_rollups = None
+    if rebuild_rollups is not None:
+        for run_id, _ in series:
+            with session_scope() as s:
+                rebuild_rollups(s, run_id, -1)
     print(
         f"seeded {runs} runs and {sum(n for _, n in series)} metric points in "
         f"{time.perf_counter() - started:.0f}s",
