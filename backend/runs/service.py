@@ -483,14 +483,15 @@ def _m4(
 
 
 def rollup_buckets(lo: int, hi: int, max_points: int) -> tuple[int, int, int] | None:
-    """(rollup width W, bucket width, start) of a rollup read of steps `lo`..`hi`.
+    """(rollup width W, start, span) of a rollup read of steps `lo`..`hi` in `max_points // 4`
+    buckets.
 
-    W is the largest rollup width not above the bucket width (`max_points // 4` buckets over
-    the steps from `start`, `lo` rounded down to a multiple of W). Each bucket is a whole number
-    of rollup buckets: rollup bucket b goes to bucket `(b * W - start) // bucket width`, so the
-    boundaries are the multiples of W nearest the even ones (buckets differ by at most W steps,
-    and none is lost to rounding). None when the buckets are narrower than the narrowest
-    rollup (a short series: its points are read).
+    W is the largest rollup width not above the even bucket width; `start` is `lo` rounded down
+    to a multiple of W and `span` the steps from there to `hi`. Each bucket is a whole number
+    of rollup buckets: rollup bucket b goes to bucket `(b * W - start) * count // span`, so the
+    boundaries are the multiples of W at or below the even ones (buckets differ by at most W
+    steps, and none is lost to rounding). None when the buckets are narrower than the
+    narrowest rollup (a short series: its points are read).
     """
     count = max_points // MIN_POINTS
     fits = [w for w in ROLLUP_WIDTHS if w <= (hi - lo) // count + 1]
@@ -498,7 +499,7 @@ def rollup_buckets(lo: int, hi: int, max_points: int) -> tuple[int, int, int] | 
         return None
     width = fits[-1]
     start = lo // width * width
-    return width, (hi - start) // count + 1, start
+    return width, start, hi + 1 - start
 
 
 def _order(value: float) -> tuple[bool, float]:
@@ -527,7 +528,8 @@ def _m4_rollups(
     plan = rollup_buckets(lo, hi, max_points)
     if plan is None:
         return None
-    width, size, start = plan
+    width, start, span = plan
+    count = max_points // MIN_POINTS
     rows = (
         session.connection()  # plain rows: no ORM row handling for a few thousand of them
         .execute(
@@ -555,7 +557,8 @@ def _m4_rollups(
     for i in range(1, len(rows) + 1):  # rows in step order: each bucket is a run of them
         if (
             i < len(rows)
-            and (rows[i][0] * width - start) // size == (rows[first][0] * width - start) // size
+            and (rows[i][0] * width - start) * count // span
+            == (rows[first][0] * width - start) * count // span
         ):
             continue
         group = rows[first:i]

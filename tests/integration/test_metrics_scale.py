@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 from sqlalchemy import insert, text
 
@@ -274,12 +275,17 @@ def _rollups_of(run_id: int, points: dict[str, dict[int, float]]) -> list[tuple]
     return sorted(tuple(r[k] for k in ROLLUP_COLUMNS) for r in rollups(run_id, every))
 
 
-def _m4_of(points: dict[int, float], start: int, size: int, align: int = 1) -> set[int]:
-    """The steps M4 keeps of `points` for buckets of `size` steps from `start` (their bounds
-    moved to the multiple of `align` at or below), point by point."""
+def _bucket(step: int, start: int, span: int, count: int, align: int = 1) -> int:
+    """Which of `count` even buckets of the `span` steps from `start` holds `step` (their
+    bounds moved to the multiple of `align` at or below)."""
+    return (step // align * align - start) * count // span
+
+
+def _m4_of(points: dict[int, float], bucket: Callable[[int], int]) -> set[int]:
+    """The steps M4 keeps of `points` for the buckets `bucket` puts them in, point by point."""
     buckets: dict[int, list[int]] = {}
     for step in sorted(points):
-        buckets.setdefault((step // align * align - start) // size, []).append(step)
+        buckets.setdefault(bucket(step), []).append(step)
     kept: set[int] = set()
     for steps in buckets.values():
         values = [points[s] for s in steps]
@@ -295,10 +301,17 @@ def _check_rollup_read(api, run_id: int, points: dict[int, float], max_points: i
     lo, hi = min(points), max(points)
     plan = rollup_buckets(lo, hi, max_points)
     assert plan is not None
-    width, size, start = plan
-    assert start % width == 0 and (hi - start) // size < max_points // 4
-    expected = _m4_of(points, start, size, width)
-    today = _m4_of(points, lo, (hi - lo) // (max_points // 4) + 1)
+    width, start, span = plan
+    count = max_points // 4
+    assert start % width == 0 and start <= lo and span == hi + 1 - start
+
+    def rolled(step: int) -> int:
+        return _bucket(step, start, span, count, width)
+
+    assert {rolled(s) for s in points} == set(range(count))  # every bucket: none lost
+    expected = _m4_of(points, rolled)
+    even = (hi - lo) // count + 1  # the bucket width of a read of the points
+    today = _m4_of(points, lambda step: (step - lo) // even)
     assert expected != today  # so the test tells a rollup read from a read of the points
     loss = api.get(
         f"/runs/{run_id}/metrics", params={"names": "loss", "max_points": max_points}
@@ -388,7 +401,9 @@ def test_points_without_rollups_are_read_as_points(api, studio_env) -> None:
     loss = api.get(f"/runs/{run_id}/metrics", params={"names": "loss", "max_points": 400})
     body = loss.json()["series"]["loss"]
     assert body["total"] == STEPS + 1 and STEPS + 1 in body["steps"]
-    assert set(body["steps"]) == _m4_of(points["loss"], 1, STEPS // 100 + 1)
+    assert set(body["steps"]) == _m4_of(
+        points["loss"], lambda step: (step - 1) // (STEPS // 100 + 1)
+    )
 
 
 def test_migration_0006_backfills_rollups_and_keeps_points(api, studio_env) -> None:
