@@ -98,20 +98,30 @@ def _set(table: str, row_id: int, **fields: Any) -> None:
 
 
 def _finish_next_run(after: int) -> threading.Thread:
-    """Stand in for the worker: the next run created trains for a moment and succeeds."""
+    """Stand in for the worker: once a client follows the next run created, it runs halfway,
+    then succeeds, announcing each state on the run's event stream as a worker does."""
     from sqlalchemy import select
 
+    from core import events
     from core.db import session_scope
     from core.db.tables import Run
+    from core.settings import get_settings
+    from worker.reporting import announce
+
+    broker = events._publisher(get_settings().broker_url)
+
+    def followed(run_id: int) -> bool:
+        name = events.channel(run_id, events._db(broker))
+        return any(count for _, count in broker.pubsub_numsub(name))
 
     def work() -> None:
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while time.time() < deadline:
             with session_scope() as session:
                 run_id = session.scalar(select(Run.id).where(Run.id > after))
-            if run_id:
+            if run_id and followed(run_id):
                 _set("Run", run_id, status="running", progress=0.5, epoch=1, step=3, total_steps=6)
-                time.sleep(0.4)
+                announce(run_id)
                 _set(
                     "Run",
                     run_id,
@@ -121,6 +131,7 @@ def _finish_next_run(after: int) -> threading.Thread:
                     finished_at=datetime.now(UTC),
                     summary={"teacher_top1": 0.9, "student_top1": 0.8, "student_params": 800},
                 )
+                announce(run_id)
                 return
             time.sleep(0.05)
 
