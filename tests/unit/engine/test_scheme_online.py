@@ -18,13 +18,14 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from core.config import RunConfig
+from tests.unit.engine.support import Epochs
 from worker.engine.export import export_pt2
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_distillation
 from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.online import OnlineScheme
 from worker.engine.tasks.classification.data import TensorData, split
-from worker.engine.trainer import Callbacks, Cancelled, train
+from worker.engine.trainer import Cancelled, train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,23 +68,6 @@ def _config(**fields: Any) -> RunConfig:
             **fields,
         }
     )
-
-
-class Stop(Callbacks):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.stop_at, self.checks = stop_at, 0
-        self.epochs: list[dict[str, float]] = []
-        self.steps: list[set[str]] = []
-
-    def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        self.epochs.append(metrics)
-
-    def on_step(self, report: Any) -> None:
-        self.steps.append(set(report.metrics))
-
-    def should_stop(self) -> bool:
-        self.checks += 1
-        return self.stop_at is not None and self.checks > self.stop_at
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +266,7 @@ def _first_batch(config: RunConfig, n: int) -> Tensor:
 
 def test_a_cohort_trains_and_reports_every_peer(digits: tuple[TensorData, TensorData]) -> None:
     train_data, val_data = digits
-    rec = Stop()
+    rec = Epochs()
     result = train(_config(), _teacher(), train_data, val_data, callbacks=rec)
     assert len(result.students) == 3 and result.students[0] is result.student
     assert {"val/top1", "val/p1/top1", "val/p2/top1"} <= set(rec.epochs[-1])
@@ -295,7 +279,7 @@ def test_the_teacher_guides_every_peer_when_a_loss_reads_it(
     digits: tuple[TensorData, TensorData],
 ) -> None:
     train_data, val_data = digits
-    rec = Stop()
+    rec = Epochs()
     config = _config(losses=[{"name": "ce"}, {"name": "kd"}], scheme="online")
     train(config, _teacher(), train_data, val_data, callbacks=rec)
     assert {"loss/kd", "loss/p1/kd", "loss/mutual", "loss/p1/mutual"} <= rec.steps[-1]
@@ -313,7 +297,7 @@ def test_a_resumed_cohort_ends_where_an_uninterrupted_one_does(
             _teacher(),
             train_data,
             val_data,
-            callbacks=Stop(stop_at=5),
+            callbacks=Epochs(stop_at=5),
             checkpoint_path=tmp_path / "c.ckpt",
         )
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)

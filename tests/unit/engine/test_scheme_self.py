@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from core.config import RunConfig
+from tests.unit.engine.support import Epochs
 from worker.engine.export import export_pt2
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_distillation
@@ -27,7 +28,7 @@ from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.online import fresh_copy
 from worker.engine.schemes.self_distill import HeadExit, SelfScheme
 from worker.engine.tasks.classification.data import TensorData, split
-from worker.engine.trainer import Callbacks, Cancelled, train
+from worker.engine.trainer import Cancelled, train
 
 STUDENT = {"architecture": "resnet8", "kwargs": {"width": 0.25}}
 
@@ -84,23 +85,6 @@ def _hash(state: dict[str, Tensor]) -> str:
 
 def _copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
-
-
-class Stop(Callbacks):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.stop_at, self.checks = stop_at, 0
-        self.epochs: list[dict[str, float]] = []
-        self.steps: list[set[str]] = []
-
-    def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        self.epochs.append(metrics)
-
-    def on_step(self, report: Any) -> None:
-        self.steps.append(set(report.metrics))
-
-    def should_stop(self) -> bool:
-        self.checks += 1
-        return self.stop_at is not None and self.checks > self.stop_at
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +228,7 @@ def test_a_resume_in_a_later_generation_ends_where_an_uninterrupted_run_does(
     per_gen = full.steps // 3
     stop = per_gen + 3  # mid generation 2
     with pytest.raises(Cancelled):
-        train(config, _teacher(), train_data, val_data, callbacks=Stop(stop_at=stop),
+        train(config, _teacher(), train_data, val_data, callbacks=Epochs(stop_at=stop),
               checkpoint_path=tmp_path / "c.ckpt")  # fmt: skip
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert ckpt["generation"] == 1 and len(ckpt["generations"]) == 1
@@ -267,7 +251,7 @@ def test_a_resume_right_at_a_generation_boundary_does_not_skip_or_repeat_one(
     per_gen = full.steps // 2
     # the first check of generation 2 comes right after its start_round
     with pytest.raises(Cancelled):
-        train(config, _teacher(), train_data, val_data, callbacks=Stop(stop_at=per_gen),
+        train(config, _teacher(), train_data, val_data, callbacks=Epochs(stop_at=per_gen),
               checkpoint_path=tmp_path / "c.ckpt")  # fmt: skip
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert (ckpt["step"], ckpt["generation"], len(ckpt["generations"])) == (per_gen, 1, 1)
@@ -335,7 +319,7 @@ def test_deep_supervision_trains_heads_and_resumes_exactly(
     train_data, val_data = digits
     config = _config({"mode": "deep_supervision"}, training={
         "epochs": 2, "batch_size": 30, "lr": 0.05, "device": "cpu", "checkpoint_every": 2})  # fmt: skip
-    rec = Stop()
+    rec = Epochs()
 
     class Heads(SelfScheme):
         def setup(self, teacher: nn.Module, student: nn.Module, losses: nn.ModuleList) -> None:
@@ -356,7 +340,7 @@ def test_deep_supervision_trains_heads_and_resumes_exactly(
         if key.endswith("weight"):
             assert not torch.equal(value, scheme.initial[key]), key
     with pytest.raises(Cancelled):
-        train(config, _teacher(), train_data, val_data, callbacks=Stop(stop_at=3),
+        train(config, _teacher(), train_data, val_data, callbacks=Epochs(stop_at=3),
               checkpoint_path=tmp_path / "c.ckpt")  # fmt: skip
     again = build_scheme("self", mode="deep_supervision")
     assert isinstance(again, SelfScheme)

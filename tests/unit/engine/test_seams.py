@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from core.catalog.schemes import SCHEMES, SchemeEntry
 from core.catalog.tasks import TASKS, TaskEntry
 from core.config import DatasetRef, RunConfig
+from tests.unit.engine.support import Epochs
 from worker.engine import taps
 from worker.engine.export import export_pt2
 from worker.engine.pipeline import run_distillation
@@ -35,7 +36,7 @@ from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.offline import OfflineScheme
 from worker.engine.tasks import Batch, IncompatibleDataError, Task, build_task, dataset_task
 from worker.engine.tasks.classification import ClassificationTask
-from worker.engine.trainer import Callbacks, Cancelled, train
+from worker.engine.trainer import Cancelled, train
 
 HERE = __name__  # the implementations below are named "tests.unit.engine.test_seams:Class"
 
@@ -225,23 +226,6 @@ def _config(**fields: Any) -> RunConfig:
             **fields,
         }
     )
-
-
-class Epochs(Callbacks):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.epochs: list[dict[str, float]] = []
-        self.steps: list[set[str]] = []
-        self.stop_at, self.checks = stop_at, 0
-
-    def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        self.epochs.append(metrics)
-
-    def on_step(self, report: Any) -> None:
-        self.steps.append(set(report.metrics))
-
-    def should_stop(self) -> bool:
-        self.checks += 1
-        return self.stop_at is not None and self.checks > self.stop_at
 
 
 # ----------------------------------------------------------------------------------------------
