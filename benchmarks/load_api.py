@@ -153,6 +153,25 @@ def wait_for(client: httpx.Client, path: str, done: set[str], timeout: float) ->
 SEED_SERIES = 10_000  # points per ordinary seeded series
 
 
+def upload_inputs(client: httpx.Client, tmp: Path, prefix: str) -> tuple[dict, dict]:
+    """Upload `make_inputs`' teacher and dataset as `<prefix>teacher` and `<prefix>table` and
+    wait until the worker has inspected both; their bodies."""
+    model_file, data_file = make_inputs(tmp)
+    with model_file.open("rb") as fh:
+        model = client.post(
+            "/models", files={"file": ("teacher.pt2", fh)}, data={"name": f"{prefix}teacher"}
+        ).json()
+    with data_file.open("rb") as fh:
+        dataset = client.post(
+            "/datasets", files={"file": ("table.npz", fh)}, data={"name": f"{prefix}table"}
+        ).json()
+    for path in (f"/models/{model['id']}", f"/datasets/{dataset['id']}"):
+        body = wait_for(client, path, {"ready", "failed"}, 300)
+        if body["status"] != "ready":
+            raise RuntimeError(f"{path} failed: {body.get('error')}")
+    return model, dataset
+
+
 def seed(
     model_id: int | None, dataset_id: int | None, runs: int, points: int, big_series: int
 ) -> tuple[int | None, int | None]:
@@ -488,24 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         extra = {} if args.api_workers is None else {"DS_API_WORKERS": str(args.api_workers)}
         server = ApiServer(env, extra_env=extra).start()
         stack.callback(server.stop)
-        model_file, data_file = make_inputs(tmp)
         with httpx.Client(
             base_url=f"{server.url}/api/v1",
             timeout=120,
             headers={"Authorization": f"Bearer {token}"},
         ) as client:
-            with model_file.open("rb") as fh:
-                model = client.post(
-                    "/models", files={"file": ("teacher.pt2", fh)}, data={"name": "load-teacher"}
-                ).json()
-            with data_file.open("rb") as fh:
-                dataset = client.post(
-                    "/datasets", files={"file": ("table.npz", fh)}, data={"name": "load-table"}
-                ).json()
-            for path in (f"/models/{model['id']}", f"/datasets/{dataset['id']}"):
-                body = wait_for(client, path, {"ready", "failed"}, 300)
-                if body["status"] != "ready":
-                    raise RuntimeError(f"{path} failed: {body.get('error')}")
+            model, dataset = upload_inputs(client, tmp, "load-")
             big_run, seeded_run = seed(
                 model["id"], dataset["id"], args.seed_runs, args.seed_points, args.big_series
             )

@@ -38,7 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.load_api import admin_token, make_inputs, run_config, studio, wait_for  # noqa: E402
+from benchmarks.load_api import (  # noqa: E402
+    admin_token,
+    run_config,
+    studio,
+    upload_inputs,
+    wait_for,
+)
 
 POLL_S = 0.05
 
@@ -98,24 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(worker.stop)
         server = ApiServer(env).start()
         stack.callback(server.stop)
-        model_file, data_file = make_inputs(tmp)
         with httpx.Client(
             base_url=f"{server.url}/api/v1",
             timeout=120,
             headers={"Authorization": f"Bearer {token}"},
         ) as client:
-            with model_file.open("rb") as fh:
-                model = client.post(
-                    "/models", files={"file": ("teacher.pt2", fh)}, data={"name": "teacher"}
-                ).json()
-            with data_file.open("rb") as fh:
-                dataset = client.post(
-                    "/datasets", files={"file": ("table.npz", fh)}, data={"name": "table"}
-                ).json()
-            for path in (f"/models/{model['id']}", f"/datasets/{dataset['id']}"):
-                body = wait_for(client, path, {"ready", "failed"}, 300)
-                if body["status"] != "ready":
-                    raise RuntimeError(f"{path} failed: {body.get('error')}")
+            model, dataset = upload_inputs(client, tmp, "")
             runs = []
             for i in range(args.runs):
                 time.sleep(args.idle)  # the worker idles: its spare sandbox child is up again
