@@ -118,6 +118,19 @@ def make_studio_env(tmp: Path, database: str) -> StudioEnv:
     return StudioEnv(env, tmp)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `one_database` (a worker training a scheme: nothing of it depends on the
+    database) run on SQLite only; their PostgreSQL variant is deselected."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("studio_env") == "postgres"
+        (drop if on_postgres and item.get_closest_marker("one_database") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def studio_env(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StudioEnv]:
     """A studio configuration on SQLite and on PostgreSQL, schema created by Alembic."""

@@ -34,6 +34,7 @@ def test_configs_qat_cannot_run_are_refused_before_queueing(api: TestClient) -> 
     assert r.status_code == 422 and "use scheme 'offline'" in r.text
 
 
+@pytest.mark.one_database
 def test_a_real_worker_trains_and_exports_an_int8_student(
     api, worker, demo_files: tuple[Path, Path]
 ) -> None:

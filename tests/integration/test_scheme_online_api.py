@@ -39,6 +39,7 @@ def test_bad_scheme_parameters_are_refused_before_queueing(api: TestClient) -> N
     assert r.status_code == 422 and "unknown parameter 'students' for 'online'" in r.text
 
 
+@pytest.mark.one_database
 def test_a_real_worker_trains_every_peer(api, worker, demo_files: tuple[Path, Path]) -> None:
     model, dataset = mark_ready_from(api, *upload_demo(api, demo_files))
     body = run_config(

@@ -56,6 +56,7 @@ def test_configs_self_cannot_run_are_refused_before_queueing(
     assert message in r.text
 
 
+@pytest.mark.one_database
 def test_a_real_worker_trains_every_generation(api, worker, demo_files: tuple[Path, Path]) -> None:
     model, dataset = mark_ready_from(api, *upload_demo(api, demo_files))
     body = run_config(
@@ -80,6 +81,7 @@ def test_a_real_worker_trains_every_generation(api, worker, demo_files: tuple[Pa
     assert {"loss/kd", "val/top1"} <= set(series)
 
 
+@pytest.mark.one_database
 def test_a_real_worker_trains_deep_supervision_heads(
     api, worker, demo_files: tuple[Path, Path]
 ) -> None:
