@@ -1,16 +1,20 @@
 """Pure functions behind the pages (no Streamlit, no HTTP): config diffs, Pareto fronts, split
-sizes, a run's event history, and the Compare page's tables. Runs are `client.Run`s.
+sizes, a run's event history, every trained model of a run (its table and curves), and the
+Compare page's tables. Runs are `client.Run`s.
 Unit-tested in tests/ui/test_analysis.py.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
+
+from core.trained_models import trained_models
 
 MISSING = "—"
 # The most points of one series a chart asks the API for (`max_points`): the API keeps each
@@ -274,26 +278,137 @@ def diff_styles(frame: pd.DataFrame) -> pd.DataFrame:
     return styles
 
 
-def tradeoff_frame(
-    runs: list[Any], cost_key: str, teacher_costs: Mapping[int, float] | None = None
+def model_label(run: Any, model: Mapping[str, Any], alone: bool) -> str:
+    """A trained model's name across runs: the run's label, and the model's unless it is the
+    run's only one (`#4 dml · peer 1`, `#3 kd`)."""
+    return run_label(run) if alone else f"{run_label(run)} · {model['label']}"
+
+
+def run_models(runs: list[Any]) -> list[tuple[Any, dict[str, Any], str]]:
+    """(run, trained model row, its label across runs) for every trained model of `runs`."""
+    out = []
+    for run in runs:
+        models = trained_models(run.summary)
+        out.extend((run, m, model_label(run, m, len(models) == 1)) for m in models)
+    return out
+
+
+MODEL_COLUMNS = [  # (column, row key, format of RESULTS)
+    ("top-1", "top1", "pct"),
+    ("agreement", "agreement", "pct"),
+    ("params", "params", "count"),
+    ("size", "size_bytes", "bytes"),
+    ("FLOPs", "flops", "count"),
+    ("CPU latency (ms)", "cpu_latency_ms", "ms"),
+]
+
+
+def models_frame(
+    models: Sequence[Mapping[str, Any]], formats: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
-    """Students (and each distinct teacher) as points: label, kind, cost, accuracy, on_front and
-    front ("Pareto front" or "dominated"), the front computed over all of them.
+    """One row per trained model (`trained_models` rows): model, top-1, agreement, params, size,
+    FLOPs, CPU latency, artifacts (their file names); `formats` ({"pct" | "count" | "bytes" |
+    "ms": value -> str}) turns the values into text."""
+
+    def cell(value: Any, kind: str) -> Any:
+        return formats[kind](value) if formats and kind in formats else value
+
+    rows = [
+        {
+            "model": m["label"],
+            **{column: cell(m.get(key), kind) for column, key, kind in MODEL_COLUMNS},
+            "artifacts": ", ".join(sorted((m.get("artifacts") or {}).values())),
+        }
+        for m in models
+    ]
+    return pd.DataFrame(rows, columns=["model", *[c for c, *_ in MODEL_COLUMNS], "artifacts"])
+
+
+def curve_models(
+    summary: Mapping[str, Any] | None, config: Mapping[str, Any], names: Iterable[str]
+) -> list[dict[str, Any]]:
+    """The models whose curves the run page draws: the finished run's trained models, or while
+    it trains, what its config and series say: the student and each peer with `val/p{k}/`
+    series, or a born-again `self` run's generations."""
+    models = trained_models(summary)
+    if models:
+        return models
+    peers = sorted(
+        {int(m.group(1)) for n in names if (m := re.match(r"val/p(\d+)/", n)) is not None}
+    )
+    if peers:
+        found = [{"label": "student", "val_prefix": "val/"}]
+        return found + [{"label": f"peer {k}", "val_prefix": f"val/p{k}/"} for k in peers]
+    params = config.get("scheme_params") or {}
+    if config.get("scheme") == "self" and params.get("mode", "born_again") == "born_again":
+        n = int(params.get("generations", 2))
+        if n > 1:
+            return [{"label": f"generation {g}", "val_prefix": None} for g in range(1, n + 1)]
+    return []
+
+
+def model_curves(
+    frame: pd.DataFrame,
+    models: Sequence[Mapping[str, Any]],
+    metric: str = "top1",
+    epochs_per_round: int | None = None,
+) -> pd.DataFrame:
+    """The validation `metric` of every trained model as (name, step, epoch, value), `name`
+    the model's label: a model's own series (`val_prefix` + metric, e.g. `val/p1/top1`), and
+    for born-again generations (no series of their own) the run's `val/<metric>` cut by epoch,
+    generation g being epochs [(g-1)·E, g·E) with E = `epochs_per_round` (training.epochs)."""
+    columns = ["name", "step", "epoch", "value"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    parts = []
+    for m in models:
+        prefix, label = m.get("val_prefix"), str(m["label"])
+        if prefix:
+            part = frame[frame["name"] == f"{prefix}{metric}"]
+        elif label.startswith("generation ") and epochs_per_round:
+            g = int(label.split()[-1])
+            part = frame[frame["name"] == f"val/{metric}"]
+            epoch = pd.to_numeric(part["epoch"], errors="coerce")
+            lo, hi = (g - 1) * epochs_per_round, g * epochs_per_round
+            part = part[(epoch >= lo) & (epoch < hi)]
+        else:
+            continue
+        if not part.empty:
+            parts.append(part.assign(name=label))
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def tradeoff_frame(
+    runs: list[Any],
+    cost_key: str,
+    teacher_costs: Mapping[int, float] | None = None,
+    models: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Every trained model of the runs (and each distinct teacher) as points: label, kind, cost,
+    accuracy, on_front and front ("Pareto front" or "dominated"), the front computed over all
+    of them. A run that trained several models (peers, generations, an int8 student) gives one
+    point per model, labelled `#id name · peer 1`.
 
     `cost_key` is a summary suffix: `size_bytes`, `params`, `flops` or `cpu_latency_ms`;
-    `teacher_costs` fills a teacher's cost the summary lacks (e.g. its file size)."""
+    `teacher_costs` fills a teacher's cost the summary lacks (e.g. its file size); `models`
+    keeps only the trained models of these labels (teachers stay)."""
     rows: list[dict[str, Any]] = []
     teachers: set[Any] = set()
+    keep = None if models is None else set(models)
+    for _run, model, label in run_models(runs):
+        if keep is None or label in keep:
+            rows.append(
+                {
+                    "label": label,
+                    "kind": "student",
+                    "cost": model.get(cost_key),
+                    "accuracy": model.get("top1"),
+                }
+            )
     for run in runs:
         s = run.summary or {}
-        rows.append(
-            {
-                "label": run_label(run),
-                "kind": "student",
-                "cost": s.get(f"student_{cost_key}"),
-                "accuracy": s.get("student_top1"),
-            }
-        )
         key = (run.teacher_model_id, s.get("teacher_top1"))
         if run.teacher_model_id is not None and key not in teachers and s.get("teacher_top1"):
             teachers.add(key)

@@ -1,6 +1,8 @@
 """Compare runs: results and the config keys that differ (highlighted), the same curve of every
 run overlaid, accuracy against size and against CPU latency with the Pareto front marked; save
-the comparison for the team and share its link.
+the comparison for the team and share its link. A run that trained several models (`online`
+peers, born-again generations, an int8 student, ...) lists each in a table and puts each on the
+accuracy-cost plots as its own point, and each can be left off the plots like a run.
 
 Query parameters: `?runs=3,5,8` (the first is the baseline) or `?comparison=<saved id>`.
 """
@@ -23,8 +25,10 @@ from ui.analysis import (
     best_cells,
     diff_frame,
     diff_styles,
+    models_frame,
     results_frame,
     run_label,
+    run_models,
     tradeoff_frame,
 )
 
@@ -179,6 +183,18 @@ def _results(runs: list[Run]) -> None:
     styler = frame.style.apply(lambda _: best_cells(frame), axis=None).format(formats)
     st.dataframe(styler, hide_index=True, key="cmp_results")
     st.caption("**Bold green**: the best value of a column (higher accuracy, smaller, faster).")
+    _every_model(runs)
+
+
+def _every_model(runs: list[Run]) -> None:
+    """Every trained model of the runs, one row each, when a run trained more than one."""
+    found = run_models(runs)
+    if len(found) <= len({r.id for r, _, _ in found}):
+        return
+    formats = {"pct": _fmt("pct"), "count": _fmt("count"), "bytes": _fmt("bytes"), "ms": _fmt("ms")}
+    frame = models_frame([{**m, "label": label} for _, m, label in found], formats)
+    st.markdown(f"**Every trained model** ({len(found)} models of {len(runs)} runs)")
+    st.dataframe(frame, hide_index=True, width="stretch", key="cmp_models_table")
 
 
 def _configs(runs: list[Run]) -> None:
@@ -405,16 +421,39 @@ def _teacher_sizes(runs: list[Run]) -> dict[int, float]:
     return sizes
 
 
+def _pick_models(runs: list[Run]) -> list[str] | None:
+    """The trained models to plot (labels), picked like runs when a run trained several (all
+    at first; a model left off stays off while it is offered); None: every model."""
+    labels = [label for _, _, label in run_models(runs)]
+    if len(labels) <= len(runs):
+        return None
+    hidden = set(st.session_state.get("_cmp_models_hidden", ()))
+    st.session_state["cmp_models"] = [x for x in labels if x not in hidden]
+    chosen = st.multiselect(
+        "Trained models on the plots",
+        labels,
+        key="cmp_models",
+        placeholder="Pick the models to plot…",
+        help="Runs that trained several models (peers, generations, an int8 student) give one "
+        "point per model.",
+    )
+    st.session_state["_cmp_models_hidden"] = sorted(
+        (hidden - set(labels)) | (set(labels) - set(chosen))
+    )
+    return list(chosen)
+
+
 def _tradeoffs(runs: list[Run]) -> None:
     st.subheader("Accuracy against cost")
+    models = _pick_models(runs)
     left, right = st.columns(2)
-    size = tradeoff_frame(runs, "size_bytes", _teacher_sizes(runs))
+    size = tradeoff_frame(runs, "size_bytes", _teacher_sizes(runs), models)
     if size.empty:  # older summaries may only have parameter counts
-        size, size_title = tradeoff_frame(runs, "params"), "parameters"
+        size, size_title = tradeoff_frame(runs, "params", models=models), "parameters"
     else:
         size = size.assign(cost=size["cost"] / 1024)
         size_title = "size on disk (KiB)"
-    latency = tradeoff_frame(runs, "cpu_latency_ms")
+    latency = tradeoff_frame(runs, "cpu_latency_ms", models=models)
     for col, frame, title in (
         (left, size, size_title),
         (right, latency, "CPU latency, 1 sample (ms)"),

@@ -10,8 +10,15 @@ import pandas as pd
 import streamlit as st
 
 from client import ApiError, Client, Metrics, Run
+from core.trained_models import trained_models
 from ui import components as ui
-from ui.analysis import CHART_POINTS, run_events
+from ui.analysis import (
+    CHART_POINTS,
+    curve_models,
+    model_curves,
+    models_frame,
+    run_events,
+)
 
 REFRESH_S = 2.0  # the timed refresh: where there is no live stream, and to start following it
 WAIT_S = 3.0  # the longest one run of the fragment waits on the live stream (a click waits too)
@@ -93,14 +100,31 @@ def line_spec(
 
 
 def split_series(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(losses incl. validation losses, validation scores in [0, 1], everything else)."""
+    """(losses incl. validation losses, validation scores in [0, 1], everything else); a
+    model's own validation loss (`val/p1/loss`) is a loss too."""
     names = frame["name"]
-    is_loss = names.str.startswith("loss") | names.str.startswith("val/loss")
+    is_loss = names.str.contains(r"(?:^|/)loss", regex=True)
     is_score = names.str.startswith("val/") & ~is_loss
     return frame[is_loss], frame[is_score], frame[~is_loss & ~is_score]
 
 
-def _charts(frame: pd.DataFrame) -> None:
+def _model_curves(frame: pd.DataFrame, run: Run) -> None:
+    """Validation top-1 of every trained model (peers, generations, ...), one line each."""
+    cfg = run.config or {}
+    models = curve_models(run.summary, cfg, frame["name"].unique())
+    if len(models) < 2:
+        return
+    epochs = (cfg.get("training") or {}).get("epochs")
+    curves = model_curves(frame, models, "top1", int(epochs) if epochs else None)
+    st.markdown("**Validation top-1 of every trained model**")
+    if curves.empty:
+        st.caption("Each model's validation accuracy appears after its first epoch.")
+        return
+    spec = line_spec("top-1", len(curves), percent=True)
+    st.vega_lite_chart(curves, spec, width="stretch", key="run_model_curves")
+
+
+def _charts(frame: pd.DataFrame, run: Run) -> None:
     if frame.empty:
         st.caption("No metrics reported yet — they appear after the first logged steps.")
         return
@@ -123,6 +147,7 @@ def _charts(frame: pd.DataFrame) -> None:
             percent = bool(scores["value"].between(0, 1).all())
             spec = line_spec("score", len(scores), percent=percent)
             st.vega_lite_chart(scores, spec, width="stretch")
+    _model_curves(frame, run)
     if not rest.empty:
         with st.expander("Other series (learning rate, …)", icon=":material/show_chart:"):
             for name, group in rest.groupby("name"):
@@ -194,7 +219,7 @@ def live_panel(run_id: int, was_terminal: bool) -> None:
             st.rerun()  # the whole page: evaluation, artifacts, and no more refreshing
         _progress(run)
         frame = load_metrics(api, run_id, full=was_terminal)
-        _charts(frame)
+        _charts(frame, run)
         _log(run, frame)
         if page_run[0] or run.is_terminal or st.session_state.get(no_stream):
             return  # the timed refresh runs the fragment next
@@ -429,8 +454,21 @@ def _evaluation(run: Run) -> None:
     if quantized is not None:
         st.markdown(f"**The student in int8** ({summary['quantized'].get('backend')} backend)")
         st.dataframe(quantized, hide_index=True, width="stretch", key="run_quantized")
+    _every_model(summary)
     with st.expander("Full summary", icon=":material/receipt_long:"):
         st.json(summary, expanded=False)
+
+
+def _every_model(summary: dict[str, Any]) -> None:
+    """A table of every trained model (peers, generations, the int8 student, ...) when the run
+    trained more than one."""
+    models = trained_models(summary)
+    if len(models) < 2:
+        return
+    formats = {"pct": ui.fmt_pct, "count": ui.fmt_count, "bytes": ui.fmt_bytes, "ms": _ms}
+    frame = models_frame(models, formats)
+    st.markdown(f"**Every trained model** ({len(models)})")
+    st.dataframe(frame, hide_index=True, width="stretch", key="run_models")
 
 
 def _artifacts(run: Run) -> None:
