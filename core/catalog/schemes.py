@@ -136,6 +136,36 @@ SCHEMES: dict[str, SchemeEntry] = {
             feature_losses=False,
             run_check="self",
         ),
+        SchemeEntry(
+            "netaug",
+            "Network augmentation (NetAug)",
+            "The tiny student trains as itself and as the leading slice of wider models that "
+            "share its weights: each step adds to its configured losses alpha times the same "
+            "configured logit losses (ce, kd, ...) of one augmented model, its width sampled "
+            "from `widths` (multiples of the student's). Loss: L(W_tiny) + alpha * "
+            "L([W_tiny, W_aug]). Only the tiny student is exported; its weights are the shared "
+            "slice. Needs a zoo or derived student of mlp, resnet, wrn or vgg.",
+            (
+                param(
+                    "widths",
+                    "str",
+                    "1.5,2,3",
+                    "Augmentation widths, multiples of the student's width in (1, 8], "
+                    "separated by commas; one is sampled per step.",
+                ),
+                param(
+                    "alpha",
+                    "float",
+                    1.0,
+                    "Weight of the augmented model's loss (the paper's alpha, 1 by default).",
+                    0.0,
+                    100.0,
+                ),
+            ),
+            paper="Cai, Gan, Lin, Han. Network Augmentation for Tiny Deep Learning. ICLR 2022",
+            implementation="worker.engine.schemes.netaug:NetAugScheme",
+            run_check="netaug",
+        ),
     ]
 }
 
@@ -170,3 +200,53 @@ def self_problem(run: Any) -> str | None:
 
 
 RUN_CHECKS = {"self": self_problem}
+
+
+NETAUG_FAMILIES = ("mlp", "resnet", "wrn", "vgg")
+
+
+def netaug_problem(run: Any) -> str | None:
+    """Why a run config cannot run the `netaug` scheme (None when it can)."""
+    params = {**SCHEMES["netaug"].defaults(), **run.scheme_params}
+    text = str(params["widths"])
+    try:
+        widths = [float(w) for w in text.replace(";", ",").split(",") if w.strip()]
+    except ValueError:
+        widths = []
+    if not widths or any(not 1.0 < w <= 8.0 for w in widths):
+        return (
+            f"scheme 'netaug': widths must be multiples of the student's width in (1, 8], "
+            f"separated by commas (e.g. 1.5,2,3); got {text!r}"
+        )
+    student = run.student
+    if student.source == "model":
+        return (
+            "scheme 'netaug' trains the student inside wider copies of its own architecture; "
+            "an uploaded student (source 'model') is a fixed graph that cannot be widened; use "
+            f"a zoo or derived student of {', '.join(NETAUG_FAMILIES)}"
+        )
+    entry = STUDENTS.get(student.architecture) if student.source == "zoo" else None
+    if entry is not None and entry.family not in NETAUG_FAMILIES:
+        return (
+            f"scheme 'netaug' widens the student by adding channels after its first ones; "
+            f"'{student.architecture}' ({entry.family}) has grouped or depthwise convolutions "
+            f"that do not slice that way; use a student of {', '.join(NETAUG_FAMILIES)}"
+        )
+    if entry is not None and entry.family == "wrn":
+        width = student.kwargs.get("width", entry.width)
+        if width == 1.0:
+            return (
+                f"scheme 'netaug': '{student.architecture}' at width 1 has no shortcut "
+                "convolution in its first stage, which every wider twin has, so it is not their "
+                "slice; use a width other than 1 (e.g. wrn_16_2) or a resnet"
+            )
+    reads_model = [loss.name for loss in run.losses if LOSSES[loss.name].kind == "other"]
+    if reads_model:
+        return (
+            f"scheme 'netaug': {reads_model} read the student model itself, which the augmented "
+            "wider model is not; use logit and feature losses (ce, kd, fitnets, ...)"
+        )
+    return None
+
+
+RUN_CHECKS["netaug"] = netaug_problem

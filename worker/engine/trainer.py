@@ -404,16 +404,24 @@ class _Loop:
                     teacher=self.teacher,
                 )
                 values[term.key] = term.weight * term.loss(out).float()
-            for k, (peer, logits) in enumerate(zip(peers, p_logits, strict=True), 1):
-                for term in terms:  # the other students' logit losses
-                    if term.pairs:
-                        continue
-                    out = StepOutputs(
-                        logits, t_logits, y, [], [], epoch, inputs=x, student=peer,
+
+        def logit_terms(logits: Tensor, model: nn.Module) -> dict[str, Tensor]:
+            """The configured losses without layer pairs, weighted, of another model's logits."""
+            with self.autocast():
+                return {
+                    term.key: term.weight * term.loss(StepOutputs(
+                        logits, t_logits, y, [], [], epoch, inputs=x, student=model,
                         teacher=self.teacher,
-                    )  # fmt: skip
-                    values[f"p{k}/{term.key}"] = term.weight * term.loss(out).float()
+                    )).float()
+                    for term in terms
+                    if not term.pairs
+                }  # fmt: skip
+
+        for k, (peer, logits) in enumerate(zip(peers, p_logits, strict=True), 1):
+            for key, value in logit_terms(logits, peer).items():  # the other students' losses
+                values[f"p{k}/{key}"] = value
         view = StepView(x, y, s_logits, t_logits, epoch, self.autocast, [s_logits, *p_logits])
+        view.logit_terms = logit_terms
         values = self.scheme.combine(values, view)
         total = torch.stack(list(values.values())).sum()
         self.opt.zero_grad(set_to_none=True)
@@ -510,6 +518,7 @@ def train(
     torch.manual_seed(config.seed)
     student = student if student is not None else _build_student(config, task, train_data)
     scheme.setup(teacher, student, nn.ModuleList())
+    student = scheme.student  # a scheme may wrap it (split: head + the teacher's tail)
     teacher.to(device)
     student.to(device).train()
     probe = task.batch(train_data, torch.arange(min(2, len(train_data))), device).inputs

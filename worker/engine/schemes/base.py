@@ -41,6 +41,9 @@ class StepView:
     epoch: int
     autocast: Autocast
     peer_logits: list[Tensor] = field(default_factory=list)  # every student's, this step's
+    # the configured losses without layer pairs, weighted, of another model's logits on this
+    # batch (`logit_terms(logits, model) -> {loss key: term}`; netaug's augmented model)
+    logit_terms: Callable[[Tensor, nn.Module], dict[str, Tensor]] | None = None
 
 
 class Scheme(ABC):
