@@ -16,6 +16,7 @@ audit ...`: a running studio, scripted over REST.
     distill-studio models download ID -o teacher.pt2   (datasets download, artifacts download too)
     distill-studio artifacts list RUN_ID | download ID [-o DEST]
     distill-studio comparisons create NAME 12 14 | list | show ID | delete ID
+        (runs show and comparisons show list every trained model: peers, generations, int8)
     distill-studio tokens list | create --name ci --read-only | revoke ID
     distill-studio webhooks list | create URL --event run.failed | delete ID | deliveries ID
     distill-studio audit list --action model --all
@@ -203,9 +204,31 @@ def _run_rows(runs: Sequence[Run]) -> list[list[Any]]:
 RUN_HEADERS = ("id", "name", "status", "progress", "teacher", "dataset", "student_top1", "created")
 
 
+TRAINED_HEADERS = ("model", "top1", "agreement", "params", "size", "flops", "cpu_ms", "artifacts")
+
+
+def _trained_rows(models: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            m["label"],
+            m["top1"],
+            m["agreement"],
+            m["params"],
+            _size(m["size_bytes"]),
+            m["flops"],
+            m["cpu_latency_ms"],
+            ", ".join(sorted(m["artifacts"].values())),
+        ]
+        for m in models
+    ]
+
+
 def _show_run(run: Run, as_json: bool) -> None:
+    """The run, its results, and every model it trained when there are several (`--json`: the
+    run with `trained_models`, one row per model whatever their number)."""
+    models = run.trained_models()
     if as_json:
-        emit_json(run)
+        emit_json({**_plain(run), "trained_models": models})
         return
     typer.echo(table(RUN_HEADERS, _run_rows([run])))
     if run.error:
@@ -218,6 +241,9 @@ def _show_run(run: Run, as_json: bool) -> None:
                 sorted((k, v) for k, v in run.summary.items() if not isinstance(v, dict | list)),
             )
         )
+    if len(models) > 1:
+        typer.echo(f"\n{len(models)} trained models:")
+        typer.echo(table(TRAINED_HEADERS, _trained_rows(models)))
 
 
 @command(runs_app, "create")
@@ -1005,16 +1031,22 @@ def comparisons_show(
     conn: Connection,
     comparison_id: Annotated[int, typer.Argument(help="Comparison id.")],
 ) -> None:
-    """A saved comparison, with its runs side by side (as `runs compare`)."""
+    """A saved comparison, with its runs side by side (as `runs compare`) and every model they
+    trained (`--json`: the comparison with `models`, one row per trained model)."""
     api = conn.client()
     saved = api.comparison(comparison_id)
+    models = api.comparison_models(comparison_id)
     if conn.as_json:
-        emit_json(saved)
+        emit_json({**_plain(saved), "models": models})
         return
     typer.echo(table(COMPARISON_HEADERS, _comparison_rows([saved])))
     if saved.description:
         typer.echo(f"\n{saved.description}")
     typer.echo("\n" + compare_table([api.run(i) for i in saved.run_ids]))
+    if len(models) > len({m.run_id for m in models}):
+        rows = [{**m.model_dump(), "label": f"#{m.run_id} {m.label}"} for m in models]
+        typer.echo(f"\n{len(models)} trained models:")
+        typer.echo(table(TRAINED_HEADERS, _trained_rows(rows)))
 
 
 @command(comparisons_app, "delete")

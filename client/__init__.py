@@ -26,7 +26,7 @@ from client.audit import AuditApi, AuditEntry
 from client.auth import AuthApi, Health, Me, Token
 from client.base import API, BaseClient, ProgressFn
 from client.catalog import Catalog, CatalogApi, CatalogEntry, ParamSpec
-from client.comparisons import Comparison, ComparisonsApi
+from client.comparisons import Comparison, ComparisonModel, ComparisonsApi
 from client.datasets import (
     Dataset,
     DatasetInfo,
@@ -89,6 +89,7 @@ __all__ = [
     "CatalogEntry",
     "Client",
     "Comparison",
+    "ComparisonModel",
     "Dataset",
     "DatasetInfo",
     "DatasetSamples",

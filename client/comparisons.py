@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from pydantic import Field
 
@@ -19,6 +20,23 @@ class Comparison(Out):
     created_by: int | None = None
     created_by_name: str | None = None
     created_at: datetime | None = None
+
+
+class ComparisonModel(Out):
+    """One trained model of a compared run (a run of `online` peers has one per peer)."""
+
+    run_id: int
+    run_name: str = ""
+    run_status: str = ""
+    label: str = "student"
+    top1: float | None = None
+    agreement: float | None = None
+    params: float | None = None
+    size_bytes: float | None = None
+    flops: float | None = None
+    cpu_latency_ms: float | None = None
+    val_prefix: str | None = None
+    artifacts: dict[str, Any] = Field(default_factory=dict)
 
 
 class ComparisonsApi(BaseClient):
@@ -43,3 +61,8 @@ class ComparisonsApi(BaseClient):
 
     def delete_comparison(self, comparison_id: int) -> None:
         self._send("DELETE", f"/comparisons/{comparison_id}")
+
+    def comparison_models(self, comparison_id: int) -> list[ComparisonModel]:
+        """Every trained model of the comparison's runs (peers, generations, int8, ...)."""
+        rows = self._json("GET", f"/comparisons/{comparison_id}/models")
+        return [ComparisonModel.model_validate(r) for r in rows]

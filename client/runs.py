@@ -15,6 +15,7 @@ from client.errors import ApiError, retry_after
 from client.events import EventsApi
 from client.models import Inspection
 from client.pagination import PAGE_SIZE, Page, walk
+from core.trained_models import trained_models
 
 TERMINAL_RUN_STATES = ("succeeded", "failed", "cancelled")
 PLAN_TIMEOUT_S = 150.0  # past the server's own limit (DS_INSPECT_TIMEOUT_S), so its message wins
@@ -74,6 +75,12 @@ class Run(Out):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_RUN_STATES
+
+    def trained_models(self) -> list[dict[str, Any]]:
+        """Every model the run trained, from its summary (`core.trained_models`): label
+        (`student`, `peer 1`, `generation 2`, `int8`, ...), top1, params, size_bytes, flops,
+        cpu_latency_ms, val_prefix, artifacts; none before it succeeds."""
+        return trained_models(self.summary)
 
 
 class Series(Out):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from backend.access import DeletableComparison, OwnedComparison, Writer
 from backend.compare import service
-from backend.compare.schemas import ComparisonCreate, ComparisonOut
+from backend.compare.schemas import ComparisonCreate, ComparisonModelOut, ComparisonOut
 from backend.deps import CurrentUser, SessionDep, TeamDep
 from backend.errors import responses
 from backend.teams.schemas import Page
@@ -62,6 +62,16 @@ def list_comparisons(
 )
 def get_comparison(session: SessionDep, row: OwnedComparison) -> ComparisonOut:
     return _out(row, service.usernames(session, [row]))
+
+
+@router.get(
+    "/{comparison_id}/models",
+    response_model=list[ComparisonModelOut],
+    responses=responses(401, 404, 422, 503),
+    summary="Every trained model of the comparison's runs (peers, generations, int8, ...)",
+)
+def comparison_models(session: SessionDep, row: OwnedComparison) -> list[ComparisonModelOut]:
+    return [ComparisonModelOut.model_validate(m) for m in service.models(session, row)]
 
 
 @router.delete(

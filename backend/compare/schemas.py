@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -64,3 +64,48 @@ class ComparisonOut(OrmModel):
     created_by: int | None = Field(description="User id of whoever saved it.")
     created_by_name: str | None = Field(None, description="Their username.")
     created_at: UtcDateTime
+
+
+class ComparisonModelOut(BaseModel):
+    """One trained model of a compared run (`core.trained_models`): a run that trained several
+    (`online` peers, born-again generations, an int8 student, ...) has a row for each."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": 14,
+                    "run_name": "dml 3 peers",
+                    "run_status": "succeeded",
+                    "label": "peer 1",
+                    "top1": 0.912,
+                    "agreement": 0.95,
+                    "params": 78042,
+                    "size_bytes": 316416,
+                    "flops": 1210000,
+                    "cpu_latency_ms": 0.41,
+                    "val_prefix": "val/p1/",
+                    "artifacts": {"peer1_student_pt2": "peer1_student.pt2"},
+                }
+            ]
+        }
+    )
+
+    run_id: int
+    run_name: str
+    run_status: str
+    label: str = Field(
+        description="`student`, `peer k`, `generation k`, `int8`, or a scheme's own label."
+    )
+    top1: float | None = None
+    agreement: float | None = None
+    params: float | None = None
+    size_bytes: float | None = None
+    flops: float | None = None
+    cpu_latency_ms: float | None = None
+    val_prefix: str | None = Field(
+        None, description="Where its validation series are (`val/p1/` -> `val/p1/top1`)."
+    )
+    artifacts: dict[str, Any] = Field(
+        default_factory=dict, description="Its weight artifacts: {kind: file name}."
+    )

@@ -7,6 +7,8 @@ what the page shows; the comparison keeps their ids.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,6 +18,7 @@ from backend.errors import NotFound
 from backend.teams.service import page
 from core.clock import utcnow
 from core.db.tables import Comparison, Run, User
+from core.trained_models import trained_models
 
 
 def _check_runs(session: Session, team_id: int, run_ids: list[int]) -> list[int]:
@@ -68,3 +71,17 @@ def usernames(session: Session, rows: list[Comparison]) -> dict[int, str]:
     if not ids:
         return {}
     return dict(session.execute(select(User.id, User.username).where(User.id.in_(ids))).all())
+
+
+def models(session: Session, row: Comparison) -> list[dict[str, Any]]:
+    """Every trained model of the comparison's runs that still exist, in the comparison's run
+    order (`core.trained_models` rows with the run's id, name and status)."""
+    found = session.scalars(
+        select(Run).where(Run.team_id == row.team_id, Run.id.in_(row.run_ids or []))
+    )
+    runs = {run.id: run for run in found}
+    return [
+        {"run_id": run.id, "run_name": run.name, "run_status": run.status, **model}
+        for run in (runs[i] for i in row.run_ids or [] if i in runs)
+        for model in trained_models(run.summary)
+    ]
