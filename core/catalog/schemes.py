@@ -166,6 +166,51 @@ SCHEMES: dict[str, SchemeEntry] = {
             implementation="worker.engine.schemes.netaug:NetAugScheme",
             run_check="netaug",
         ),
+        SchemeEntry(
+            "split",
+            "Split computing (head network distillation)",
+            "A small head with a bottleneck of few channels replaces the teacher's layers up to "
+            "split_at and learns to reproduce the teacher's feature there (feature_weight * MSE); "
+            "the teacher's tail (the layers after split_at) stays frozen and serves the rest, so "
+            "the deployed model is head + tail: the device runs the head up to the bottleneck "
+            "and sends it, the server runs the rest. The configured logit losses (ce, kd, ...) "
+            "apply to the end-to-end output, through the frozen tail; the run's student setting "
+            "is not used (the head is built from the split point's shape). The evaluation gives "
+            "end-to-end accuracy, the bottleneck's bytes per sample (float32 and 8-bit) and the "
+            "head's CPU latency at batch 1; head.safetensors and head.pt2 hold the head.",
+            (
+                param(
+                    "split_at",
+                    "str",
+                    "",
+                    "The teacher layer whose output the head reproduces (a module path of its "
+                    "layer table, e.g. layer1); empty: the end of its first spatial stage.",
+                ),
+                param(
+                    "bottleneck",
+                    "int",
+                    4,
+                    "Channels of the bottleneck the device sends (at the split point's "
+                    "resolution): fewer channels, fewer bytes per sample.",
+                    1,
+                    512,
+                ),
+                param(
+                    "feature_weight",
+                    "float",
+                    1.0,
+                    "Weight of the MSE between the head's output and the teacher's feature at "
+                    "split_at (the paper's only loss).",
+                    0.0,
+                    100.0,
+                ),
+            ),
+            paper="Matsubara, Baidya, Callegaro, Levorato, Singh. Distilled Split Deep Neural "
+            "Networks for Edge-Assisted Real-Time Systems. HotEdgeVideo 2019",
+            implementation="worker.engine.schemes.split:SplitScheme",
+            feature_losses=False,
+            run_check="split",
+        ),
     ]
 }
 
@@ -250,3 +295,39 @@ def netaug_problem(run: Any) -> str | None:
 
 
 RUN_CHECKS["netaug"] = netaug_problem
+
+
+def split_problem(run: Any) -> str | None:
+    """Why a run config cannot run the `split` scheme (None when it can)."""
+    if run.layer_pairs:
+        return (
+            "scheme 'split' matches the head's output to the teacher's feature at "
+            "scheme_params.split_at itself; remove layer_pairs"
+        )
+    return None
+
+
+RUN_CHECKS["split"] = split_problem
+
+
+def multi_teacher_problem(run: Any) -> str | None:
+    """Why a run config cannot run the `multi_teacher` scheme (None when it can)."""
+    count = len(run.teachers)
+    if not 1 <= count <= 7:
+        return (
+            f"scheme 'multi_teacher' needs 2 to 8 teachers: `teacher` plus 1 to 7 under "
+            f"`teachers: [{{model_id, weight, pairs}}]`; {count} given under teachers"
+        )
+    logits = [
+        loss.name for loss in run.losses if LOSSES[loss.name].kind == "logits" and loss.name != "ce"
+    ]
+    if logits:
+        return (
+            f"scheme 'multi_teacher' distils every teacher's logits itself (its kd_weight and "
+            f"temperature); remove {logits} from losses (keep ce, and feature losses on "
+            "layer_pairs)"
+        )
+    return None
+
+
+RUN_CHECKS["multi_teacher"] = multi_teacher_problem
