@@ -403,6 +403,12 @@ def train(
             if student_model.path is None:
                 raise fail("student.model.model_id names a studio model; set student.model.path")
             doc["student"]["model"]["path"] = str((base / student_model.path).resolve())
+        for i, extra in enumerate(cfg.teachers):  # scheme multi_teacher's other teachers
+            if extra.path is None:
+                raise fail(f"teachers[{i}].model_id names a studio model; set teachers[{i}].path")
+            doc["teachers"][i]["path"] = str((base / extra.path).resolve())
+            if not Path(doc["teachers"][i]["path"]).is_file():
+                raise fail(f"teachers[{i}] file {doc['teachers'][i]['path']} does not exist")
         out.mkdir(parents=True, exist_ok=True)
         # run.yaml in OUT names the files relative to OUT, so `train OUT/run.yaml` runs it again
         for key in ("teacher", "dataset"):

@@ -303,6 +303,18 @@ class LayerPair(_Strict):
     tap: Literal["output", "input"] = "output"
 
 
+class TeacherSpec(ModelRef):
+    """Another teacher of a `multi_teacher` run: a model, its weight and its own layer pairs.
+
+    `weight`: its share when the scheme's weighting is fixed (all weights normalised to sum 1);
+    `pairs`: student/teacher layers whose features the scheme matches (a hint, MSE through a
+    connector), like `layer_pairs` for the run's `teacher`.
+    """
+
+    weight: float = Field(1.0, ge=0.0, le=100.0, description="Fixed weight (normalised).")
+    pairs: list[LayerPair] = Field(default_factory=list, description="This teacher's pairs.")
+
+
 class LossSpec(_Strict):
     _catalog_checked: ClassVar[frozenset[str]] = frozenset({"params"})
 
@@ -376,6 +388,10 @@ class RunConfig(_Strict):
     student: StudentSpec = Field(default_factory=StudentSpec)
     dataset: DatasetRef
     layer_pairs: list[LayerPair] = Field(default_factory=list)
+    teachers: list[TeacherSpec] = Field(
+        default_factory=list,
+        description="scheme multi_teacher: the teachers besides `teacher` (1 to 7).",
+    )
     losses: list[LossSpec] = Field(
         default_factory=lambda: [LossSpec(name="ce", weight=1.0), LossSpec(name="kd", weight=1.0)]
     )
@@ -437,6 +453,11 @@ class RunConfig(_Strict):
         errors = entry.check_params(self.scheme_params)
         if errors:
             raise ValueError("scheme_params: " + "; ".join(errors))
+        if self.teachers and self.scheme != "multi_teacher":
+            raise ValueError(
+                f"teachers: {len(self.teachers)} more teachers given, but scheme "
+                f"'{self.scheme}' uses one; use scheme 'multi_teacher' or drop teachers"
+            )
         if entry.run_check and (problem := RUN_CHECKS[entry.run_check](self)):
             raise ValueError(problem)
         if not entry.feature_losses:
@@ -506,6 +527,8 @@ class RunConfig(_Strict):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)
+        if not data.get("teachers"):
+            data.pop("teachers", None)  # only multi_teacher runs have them
         params = data.pop("scheme_params", None)
         if params:  # `scheme: {name, params}`; a scheme without parameters stays one word
             data["scheme"] = {"name": data["scheme"], "params": params}

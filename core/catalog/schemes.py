@@ -167,49 +167,58 @@ SCHEMES: dict[str, SchemeEntry] = {
             run_check="netaug",
         ),
         SchemeEntry(
-            "split",
-            "Split computing (head network distillation)",
-            "A small head with a bottleneck of few channels replaces the teacher's layers up to "
-            "split_at and learns to reproduce the teacher's feature there (feature_weight * MSE); "
-            "the teacher's tail (the layers after split_at) stays frozen and serves the rest, so "
-            "the deployed model is head + tail: the device runs the head up to the bottleneck "
-            "and sends it, the server runs the rest. The configured logit losses (ce, kd, ...) "
-            "apply to the end-to-end output, through the frozen tail; the run's student setting "
-            "is not used (the head is built from the split point's shape). The evaluation gives "
-            "end-to-end accuracy, the bottleneck's bytes per sample (float32 and 8-bit) and the "
-            "head's CPU latency at batch 1; head.safetensors and head.pt2 hold the head.",
+            "multi_teacher",
+            "Multi-teacher (fixed or confidence-aware weights)",
+            "2 to 8 frozen teachers of the same classes and input shape: the run's `teacher` "
+            "(its layer pairs: `layer_pairs`, with the configured feature losses) and 1 to 7 "
+            "more under `teachers: [{model_id, weight, pairs}]`. The scheme adds the weighted KD "
+            "term  kd_weight * T^2 * mean_i sum_k w_ik KL(softmax(z_k,i/T) || softmax(s_i/T))  "
+            "and, for each extra teacher's pairs, a hint  feature_weight * mean_i sum_k w_ik "
+            "||r_k(f_s,i) - f_k,i||^2 / dim  (r_k: a connector). weighting fixed: w_ik = the "
+            "teachers' weights normalised to sum 1; confidence (CA-MKD): per sample, w_ik = "
+            "softmax over teachers k of -CE(z_k,i, y_i). Configured losses: ce and feature "
+            "losses (kd and other logit losses are the scheme's own term).",
             (
                 param(
-                    "split_at",
-                    "str",
-                    "",
-                    "The teacher layer whose output the head reproduces (a module path of its "
-                    "layer table, e.g. layer1); empty: the end of its first spatial stage.",
+                    "weighting",
+                    "choice",
+                    "confidence",
+                    "fixed: each teacher's weight, normalised; confidence: per sample, softmax "
+                    "over teachers of minus each teacher's cross-entropy (CA-MKD).",
+                    choices=("fixed", "confidence"),
                 ),
                 param(
-                    "bottleneck",
-                    "int",
-                    4,
-                    "Channels of the bottleneck the device sends (at the split point's "
-                    "resolution): fewer channels, fewer bytes per sample.",
-                    1,
-                    512,
+                    "teacher_weight",
+                    "float",
+                    1.0,
+                    "fixed weighting: the run's teacher's weight (the others' are in teachers).",
+                    0.0,
+                    100.0,
+                ),
+                param(
+                    "kd_weight",
+                    "float",
+                    1.0,
+                    "Weight of the teachers' weighted KD term.",
+                    0.0,
+                    100.0,
+                ),
+                param(
+                    "temperature", "float", 4.0, "Softmax temperature of the KD term.", 0.1, 20.0
                 ),
                 param(
                     "feature_weight",
                     "float",
                     1.0,
-                    "Weight of the MSE between the head's output and the teacher's feature at "
-                    "split_at (the paper's only loss).",
+                    "Weight of the extra teachers' hint terms on their pairs.",
                     0.0,
-                    100.0,
+                    1000.0,
                 ),
             ),
-            paper="Matsubara, Baidya, Callegaro, Levorato, Singh. Distilled Split Deep Neural "
-            "Networks for Edge-Assisted Real-Time Systems. HotEdgeVideo 2019",
-            implementation="worker.engine.schemes.split:SplitScheme",
-            feature_losses=False,
-            run_check="split",
+            paper="Zhang, Chen, Wang. Confidence-Aware Multi-Teacher Knowledge Distillation. "
+            "ICASSP 2022 (weights: w_k = softmax_k(-CE(z_k, y)))",
+            implementation="worker.engine.schemes.multi_teacher:MultiTeacherScheme",
+            run_check="multi_teacher",
         ),
     ]
 }
@@ -295,19 +304,6 @@ def netaug_problem(run: Any) -> str | None:
 
 
 RUN_CHECKS["netaug"] = netaug_problem
-
-
-def split_problem(run: Any) -> str | None:
-    """Why a run config cannot run the `split` scheme (None when it can)."""
-    if run.layer_pairs:
-        return (
-            "scheme 'split' matches the head's output to the teacher's feature at "
-            "scheme_params.split_at itself; remove layer_pairs"
-        )
-    return None
-
-
-RUN_CHECKS["split"] = split_problem
 
 
 def multi_teacher_problem(run: Any) -> str | None:

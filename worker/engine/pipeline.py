@@ -276,6 +276,66 @@ def _evaluate(
     return evaluation
 
 
+def _other_teachers(
+    config: RunConfig, teacher: LoadedModel, paths: list[Path] | None, task: Task, data: Any
+) -> tuple[list[nn.Module], Any] | None:
+    """Scheme multi_teacher: the other teachers, loaded (safely) and checked against the run's
+    teacher (same input shape and classes, else ValueError saying which and how), and the
+    scheme bound to them; None for other schemes."""
+    if not config.teachers:
+        return None
+    from worker.engine.schemes import build_scheme
+
+    specs = config.teachers
+    files = paths or [Path(t.path) for t in specs if t.path]
+    if len(files) != len(specs):
+        raise ValueError("multi_teacher: every entry of teachers must name a file (path)")
+    probe = task.batch(data, torch.arange(min(2, len(data))), torch.device("cpu")).inputs
+    with torch.inference_mode():
+        want = tuple(teacher.module(probe).shape[1:])
+    modules = []
+    for k, (spec, path) in enumerate(zip(specs, files, strict=True), 1):
+        module = load_model(path, model_format(path, spec.format), spec.architecture, spec.kwargs)
+        try:
+            with torch.inference_mode():
+                got = tuple(module.module(probe).shape[1:])
+        except Exception as exc:  # noqa: BLE001 - say which teacher does not take the inputs
+            raise IncompatibleDataError(
+                f"teachers[{k - 1}] does not take the run teacher's inputs "
+                f"{tuple(probe.shape[1:])}: {type(exc).__name__}: {exc}"
+            ) from None
+        if got != want:
+            raise IncompatibleDataError(
+                f"teachers[{k - 1}] outputs {list(got)} per sample, the run's teacher {list(want)}"
+                ": every teacher must predict the same classes"
+            )
+        modules.append(module.module)
+    scheme = build_scheme(config.scheme, **config.scheme_params)
+    pairs = [[(p.student, p.teacher, p.tap) for p in spec.pairs] for spec in specs]
+    scheme.bind(modules, [spec.weight for spec in specs], pairs, probe)  # type: ignore[attr-defined]
+    return modules, scheme
+
+
+def _teacher_evaluations(
+    config: RunConfig, others: list[nn.Module], student: nn.Module, val: Any, task: Task
+) -> list[dict[str, Any]]:
+    """Each other teacher's quality on the held-out split (the task's `teacher_*` metrics),
+    after the run's teacher (teacher 0, the top level's `teacher_*`)."""
+    rows = []
+    for k, (spec, module) in enumerate(zip(config.teachers, others, strict=True), 1):
+        metrics = task.evaluate(module.cpu(), student, val)
+        rows.append(
+            {
+                "teacher": k,
+                "model_id": spec.model_id,
+                "path": spec.path,
+                "weight": spec.weight,
+                **{m: v for m, v in metrics.items() if m.startswith("teacher_top")},
+            }
+        )
+    return rows
+
+
 def run_distillation(
     config: RunConfig,
     teacher_path: Path,
@@ -285,10 +345,13 @@ def run_distillation(
     callbacks: Callbacks | None = None,
     checkpoint_path: Path | None = None,
     student_path: Path | None = None,
+    teacher_paths: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Run one distillation end to end; returns the evaluation, artifact names and the student.
 
-    `student_path`: the file of a `source: model` student whose config names it by id.
+    `student_path`: the file of a `source: model` student whose config names it by id;
+    `teacher_paths`: the files of `config.teachers` (scheme multi_teacher) named by id, in order
+    (default: each entry's `path`).
 
     Raises `loading.ModelLoadError` / `UnsafeModelError` for a teacher that cannot or must not
     be loaded, `datasets.DatasetError` for a dataset that cannot be read, `IncompatibleDataError`
@@ -307,6 +370,7 @@ def run_distillation(
     student = build_run_student(config, teacher, data, student_path, task)
     train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
     qat = qat_student(config, task, data, student)  # None unless training.qat
+    others = _other_teachers(config, teacher, teacher_paths, task, train_data)
     result = train(
         config,
         teacher.module,
@@ -316,6 +380,7 @@ def run_distillation(
         callbacks=callbacks,
         checkpoint_path=checkpoint_path,
         task=task,
+        scheme=others[1] if others else None,
     )
     student = (result.student if qat is None else qat.synced()).cpu().eval()
     teacher.module.cpu()
@@ -329,12 +394,16 @@ def run_distillation(
             input_shape=input_shape, fp32_size=evaluation["student_size_bytes"],
         )  # fmt: skip
     evaluation = {**evaluation, "train_steps": result.steps, "epochs": result.epochs}
-    if config.scheme == "split":  # the head on its own (head.*) and evaluation.json's `split`
-        from worker.engine.schemes.split import SplitModel, export_head
-
-        assert isinstance(student, SplitModel)
-        head, evaluation["split"] = export_head(student, out_dir, val_data, task)
-        int8.update(head)  # extra artifacts
+    if others:
+        first = {
+            "teacher": 0,
+            "model_id": config.teacher.model_id,
+            "path": config.teacher.path,
+            "weight": config.resolved_scheme_params()["teacher_weight"],
+            **{m: v for m, v in evaluation.items() if m.startswith("teacher_top")},
+        }
+        rest = _teacher_evaluations(config, others[0], student, val_data, task)
+        evaluation["teachers"] = [first, *rest]
     peers = [
         _peer(k, peer, teacher, out_dir, val_data, config, task, input_shape)
         for k, peer in enumerate(result.students[1:], 1)
