@@ -137,36 +137,6 @@ SCHEMES: dict[str, SchemeEntry] = {
             run_check="self",
         ),
         SchemeEntry(
-            "netaug",
-            "Network augmentation (NetAug)",
-            "The tiny student trains as itself and as the leading slice of wider models that "
-            "share its weights: each step adds to its configured losses alpha times the same "
-            "configured logit losses (ce, kd, ...) of one augmented model, its width sampled "
-            "from `widths` (multiples of the student's). Loss: L(W_tiny) + alpha * "
-            "L([W_tiny, W_aug]). Only the tiny student is exported; its weights are the shared "
-            "slice. Needs a zoo or derived student of mlp, resnet, wrn or vgg.",
-            (
-                param(
-                    "widths",
-                    "str",
-                    "1.5,2,3",
-                    "Augmentation widths, multiples of the student's width in (1, 8], "
-                    "separated by commas; one is sampled per step.",
-                ),
-                param(
-                    "alpha",
-                    "float",
-                    1.0,
-                    "Weight of the augmented model's loss (the paper's alpha, 1 by default).",
-                    0.0,
-                    100.0,
-                ),
-            ),
-            paper="Cai, Gan, Lin, Han. Network Augmentation for Tiny Deep Learning. ICLR 2022",
-            implementation="worker.engine.schemes.netaug:NetAugScheme",
-            run_check="netaug",
-        ),
-        SchemeEntry(
             "multi_teacher",
             "Multi-teacher (fixed or confidence-aware weights)",
             "2 to 8 frozen teachers of the same classes and input shape: the run's `teacher` "
@@ -219,6 +189,81 @@ SCHEMES: dict[str, SchemeEntry] = {
             "ICASSP 2022 (weights: w_k = softmax_k(-CE(z_k, y)))",
             implementation="worker.engine.schemes.multi_teacher:MultiTeacherScheme",
             run_check="multi_teacher",
+        ),
+        SchemeEntry(
+            "netaug",
+            "Network augmentation (NetAug)",
+            "The tiny student trains as itself and as the leading slice of wider models that "
+            "share its weights: each step adds to its configured losses alpha times the same "
+            "configured logit losses (ce, kd, ...) of one augmented model, its width sampled "
+            "from `widths` (multiples of the student's). Loss: L(W_tiny) + alpha * "
+            "L([W_tiny, W_aug]). Only the tiny student is exported; its weights are the shared "
+            "slice. Needs a zoo or derived student of mlp, resnet, wrn or vgg.",
+            (
+                param(
+                    "widths",
+                    "str",
+                    "1.5,2,3",
+                    "Augmentation widths, multiples of the student's width in (1, 8], "
+                    "separated by commas; one is sampled per step.",
+                ),
+                param(
+                    "alpha",
+                    "float",
+                    1.0,
+                    "Weight of the augmented model's loss (the paper's alpha, 1 by default).",
+                    0.0,
+                    100.0,
+                ),
+            ),
+            paper="Cai, Gan, Lin, Han. Network Augmentation for Tiny Deep Learning. ICLR 2022",
+            implementation="worker.engine.schemes.netaug:NetAugScheme",
+            run_check="netaug",
+        ),
+        SchemeEntry(
+            "split",
+            "Split computing (head network distillation)",
+            "A small head with a bottleneck of few channels replaces the teacher's layers up to "
+            "split_at and learns to reproduce the teacher's feature there (feature_weight * MSE); "
+            "the teacher's tail (the layers after split_at) stays frozen and serves the rest, so "
+            "the deployed model is head + tail: the device runs the head up to the bottleneck "
+            "and sends it, the server runs the rest. The configured logit losses (ce, kd, ...) "
+            "apply to the end-to-end output, through the frozen tail; the run's student setting "
+            "is not used (the head is built from the split point's shape). The evaluation gives "
+            "end-to-end accuracy, the bottleneck's bytes per sample (float32 and 8-bit) and the "
+            "head's CPU latency at batch 1; head.safetensors and head.pt2 hold the head.",
+            (
+                param(
+                    "split_at",
+                    "str",
+                    "",
+                    "The teacher layer whose output the head reproduces (a module path of its "
+                    "layer table, e.g. layer1); empty: the end of its first spatial stage.",
+                ),
+                param(
+                    "bottleneck",
+                    "int",
+                    4,
+                    "Channels of the bottleneck the device sends (at the split point's "
+                    "resolution): fewer channels, fewer bytes per sample.",
+                    1,
+                    512,
+                ),
+                param(
+                    "feature_weight",
+                    "float",
+                    1.0,
+                    "Weight of the MSE between the head's output and the teacher's feature at "
+                    "split_at (the paper's only loss).",
+                    0.0,
+                    100.0,
+                ),
+            ),
+            paper="Matsubara, Baidya, Callegaro, Levorato, Singh. Distilled Split Deep Neural "
+            "Networks for Edge-Assisted Real-Time Systems. HotEdgeVideo 2019",
+            implementation="worker.engine.schemes.split:SplitScheme",
+            feature_losses=False,
+            run_check="split",
         ),
     ]
 }
@@ -304,6 +349,19 @@ def netaug_problem(run: Any) -> str | None:
 
 
 RUN_CHECKS["netaug"] = netaug_problem
+
+
+def split_problem(run: Any) -> str | None:
+    """Why a run config cannot run the `split` scheme (None when it can)."""
+    if run.layer_pairs:
+        return (
+            "scheme 'split' matches the head's output to the teacher's feature at "
+            "scheme_params.split_at itself; remove layer_pairs"
+        )
+    return None
+
+
+RUN_CHECKS["split"] = split_problem
 
 
 def multi_teacher_problem(run: Any) -> str | None:

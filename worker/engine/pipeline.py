@@ -394,6 +394,12 @@ def run_distillation(
             input_shape=input_shape, fp32_size=evaluation["student_size_bytes"],
         )  # fmt: skip
     evaluation = {**evaluation, "train_steps": result.steps, "epochs": result.epochs}
+    if config.scheme == "split":  # the head on its own (head.*) and evaluation.json's `split`
+        from worker.engine.schemes.split import SplitModel, export_head
+
+        assert isinstance(student, SplitModel)
+        head, evaluation["split"] = export_head(student, out_dir, val_data, task)
+        int8.update(head)  # extra artifacts
     if others:
         first = {
             "teacher": 0,
