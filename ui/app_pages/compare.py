@@ -428,6 +428,12 @@ def _pick_models(runs: list[Run]) -> list[str] | None:
     if len(labels) <= len(runs):
         return None
     hidden = set(st.session_state.get("_cmp_models_hidden", ()))
+    current = st.session_state.get("cmp_models")
+    if current is not None:  # what was offered last time and is not picked now was left off
+        offered = set(st.session_state.get("_cmp_models_offered", ()))
+        hidden = (hidden | (offered - set(current))) - set(current)
+    st.session_state["_cmp_models_hidden"] = sorted(hidden)
+    st.session_state["_cmp_models_offered"] = labels
     st.session_state["cmp_models"] = [x for x in labels if x not in hidden]
     chosen = st.multiselect(
         "Trained models on the plots",
@@ -436,9 +442,6 @@ def _pick_models(runs: list[Run]) -> list[str] | None:
         placeholder="Pick the models to plot…",
         help="Runs that trained several models (peers, generations, an int8 student) give one "
         "point per model.",
-    )
-    st.session_state["_cmp_models_hidden"] = sorted(
-        (hidden - set(labels)) | (set(labels) - set(chosen))
     )
     return list(chosen)
 
