@@ -15,6 +15,15 @@ student.onnx is written when `training.export_onnx` is on (the default); if the 
 fails on a model that trained fine, the run still succeeds, without that artifact, and
 evaluation.json says why under "onnx_export_error".
 
+Every trained model has its evaluation in evaluation.json (the run's `summary`), where the pages,
+the API and the CLI find them (`core.trained_models`): the run's student at the top level
+(`student_top1`, `student_params`, `student_size_bytes`, `student_flops`,
+`student_cpu_latency_ms`, ...), `peers` and `generations` as above, `quantized` for the int8
+student. A future scheme that trains or exports other models lists every one of them, its
+student included, under `models`: [{label, <the same evaluation keys>, artifacts: {kind: file},
+val_prefix (optional: where its validation series are logged, e.g. `val/p1/`)}]; nothing else is
+needed for them to get a row, a curve and a point on Compare.
+
 What the data is, how it is read, checked against the teacher, split, batched, validated and
 evaluated is the run's task (`config.task`, built from the catalog: `tasks/`); how the models
 train is its scheme (`config.scheme`: `schemes/`). This module only orders the steps.
