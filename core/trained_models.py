@@ -13,6 +13,10 @@ A summary says which models it holds (worker/engine/pipeline.py writes it):
   optional `val_prefix` says where the model's validation metrics are logged (`val/p1/`).
 - `quantized` (`training.qat`): the int8 model next to the float student -> "int8", its
   parameters and FLOPs those of the float student, its size and latency its own.
+- `split` (`split`): the student is the head with the teacher's frozen tail; the head, the part
+  that runs on the device, is a row of its own -> "head" (its parameters and CPU latency, the
+  end-to-end accuracy), and "head, 8-bit bottleneck" (the accuracy with the bottleneck sent as
+  8 bits).
 
 A summary with none of the lists is one model, "student", from the top level. An empty summary
 (a run that has not finished) has no models. Torch-free: the backend, the client and the pages
@@ -56,6 +60,26 @@ def _entries(summary: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     return [e for e in value if isinstance(e, Mapping)]
 
 
+SPLIT_ARTIFACTS = {"head_safetensors": "head.safetensors", "head_pt2": "head.pt2"}
+
+
+def _split_rows(split: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The head of a `split` run, end to end with a float and with an 8-bit bottleneck."""
+    rows = []
+    for label, key in (("head", "end_to_end"), ("head, 8-bit bottleneck", "end_to_end_8bit")):
+        metrics = split.get(key)
+        if not isinstance(metrics, Mapping):
+            continue
+        entry = {
+            "top1": metrics.get("val/top1", metrics.get("top1")),
+            "params": split.get("head_params"),
+            "cpu_latency_ms": split.get("head_latency_ms"),
+            "artifacts": SPLIT_ARTIFACTS if label == "head" else {},
+        }
+        rows.append(_row(label, entry, None))
+    return rows
+
+
 def trained_models(summary: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The run's trained models, the run's student among them; see the module docstring.
 
@@ -85,6 +109,9 @@ def trained_models(summary: Mapping[str, Any] | None) -> list[dict[str, Any]]:
             else {}
         )
         rows.append(_row("student", {**summary, "artifacts": weights}, "val/"))
+    split = summary.get("split")
+    if isinstance(split, Mapping) and rows:
+        rows.extend(_split_rows(split))
     quantized = summary.get("quantized")
     if isinstance(quantized, Mapping) and isinstance(quantized.get("int8"), Mapping) and rows:
         int8 = quantized["int8"]

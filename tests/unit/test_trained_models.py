@@ -101,6 +101,25 @@ def test_the_generic_models_list_of_any_other_scheme() -> None:
     assert rows[1]["artifacts"] == {"head_pt2": "head.pt2"}
 
 
+def test_a_split_runs_head_is_a_row_with_its_own_cost() -> None:
+    split = {
+        "head_params": 300,
+        "head_latency_ms": 0.1,
+        "end_to_end": {"val/top1": 0.86, "val/loss": 0.4},
+        "end_to_end_8bit": {"val/top1": 0.85, "val/loss": 0.41},
+    }
+    student, head, head8 = trained_models({**STUDENT, "split": split})
+    assert student["label"] == "student" and student["params"] == 1000
+    assert (head["label"], head["top1"], head["params"], head["cpu_latency_ms"]) == (
+        "head",
+        0.86,
+        300,
+        0.1,
+    )
+    assert head["artifacts"] == {"head_safetensors": "head.safetensors", "head_pt2": "head.pt2"}
+    assert (head8["label"], head8["top1"]) == ("head, 8-bit bottleneck", 0.85)
+
+
 def _run(run_id: int, name: str, summary: dict[str, Any], **config: Any) -> Run:
     return Run(id=run_id, name=name, status="succeeded", summary=summary, config=config)
 
