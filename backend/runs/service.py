@@ -47,6 +47,7 @@ from core.db.tables import (
 )
 from core.jobs import DISTILL, INSPECT_STUDENT
 from core.settings import get_settings
+from core.split_point import split_layer
 from core.webhooks.events import dispatch_run_event
 
 PATH_REFUSED = "the API takes model_id/dataset_id; 'path' is for the standalone CLI"
@@ -246,6 +247,14 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
         if student_insp is None:  # a zoo student: only built (by a worker) when pairs need it
             student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
         check_layer_pairs(config, teacher_insp, student_insp)
+    if config.scheme == "split":  # the split point must be a feature map of this teacher
+        split_at = str(config.resolved_scheme_params()["split_at"])
+        try:
+            split_layer(inspection_of(teacher), split_at)
+        except ValueError as exc:
+            where = "scheme_params.split_at"
+            message = str(exc).removeprefix(f"{where}: ")
+            raise Invalid(where, message, loc=["body", "scheme_params", "split_at"]) from None
     student_model_id = (
         config.student.model.model_id
         if (config.student.source == "model" and config.student.model is not None)

@@ -584,7 +584,9 @@ def _loss_form(catalog: Catalog, name: str, n_pairs: int) -> dict[str, Any]:
     return spec
 
 
-def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
+def _training(
+    catalog: Catalog, teacher: Model | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(training settings, {'scheme', 'scheme_params', 'seed', 'val_fraction'}).
 
     Every input is built from the training settings declared in `core.catalog.training` (the
@@ -627,12 +629,12 @@ def _training(catalog: Catalog) -> tuple[dict[str, Any], dict[str, Any]]:
         c = st.columns(4)
         val = _setting_input(c[0], VAL_FRACTION, "nr_val_fraction")
         t["qat"] = field(c[1], "qat")  # quantization-aware training: int8 student too
-    scheme, scheme_params = _scheme(catalog)
+    scheme, scheme_params = _scheme(catalog, teacher)
     misc = {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
     return t, {**misc, "scheme_params": scheme_params}
 
 
-def _scheme(catalog: Catalog) -> tuple[str, dict[str, Any]]:
+def _scheme(catalog: Catalog, teacher: Model | None = None) -> tuple[str, dict[str, Any]]:
     """The scheme picker and the chosen scheme's fields (its catalog parameters)."""
     schemes = [s.name for s in catalog.schemes] or ["offline"]
     scheme = st.selectbox(
@@ -646,8 +648,40 @@ def _scheme(catalog: Catalog) -> tuple[str, dict[str, Any]]:
     if entry is None:
         return scheme, {}
     ui.entry_help(entry)
+    if scheme == "split" and teacher is not None:  # lists leave the layer table out
+        detail = teacher if teacher.inspection is not None else ui.client().model(teacher.id)
+        if detail.inspection is not None:
+            return scheme, _split_fields(entry, detail)
     params = ui.param_form(entry, f"nr_scheme.{scheme}", persist=True) if entry.params else {}
     return scheme, params
+
+
+def _split_fields(entry: Any, teacher: Model) -> dict[str, Any]:
+    """`split`'s fields: the split point as a select of the teacher's layers that output feature
+    maps (empty: the end of its first spatial stage), the other parameters as usual."""
+    assert teacher.inspection is not None
+    shapes = {
+        layer.path: ui.fmt_shape(layer.output_shape)
+        for layer in teacher.inspection.layers
+        if layer.output_shape is not None and len(layer.output_shape) == 3
+    }
+    first = next((s.end for s in teacher.inspection.stages if s.resolution and s.end), None)
+    key = "nr_scheme.split.split_at"
+    options = ["", *shapes]
+    current = st.session_state.get(key)
+    if current is not None and current not in options:  # e.g. pasted YAML naming another layer
+        options.append(str(current))
+    spec = next(p for p in entry.params if p.name == "split_at")
+    split_at = st.selectbox(
+        "Split point (teacher layer)",
+        options,
+        key=key,
+        persist_state="session",
+        format_func=lambda p: f"{p} {shapes.get(p, '')}" if p else f"default: {first or '—'}",
+        help=spec.help,
+    )
+    rest = entry.model_copy(update={"params": [p for p in entry.params if p.name != "split_at"]})
+    return {"split_at": split_at, **ui.param_form(rest, "nr_scheme.split", persist=True)}
 
 
 def _setting_input(where: Any, spec: Setting, key: str, *, help_: bool = True) -> Any:
@@ -874,7 +908,7 @@ st.subheader("4 · Losses")
 losses = _losses(catalog)
 
 st.subheader("5 · Training")
-training, misc = _training(catalog)
+training, misc = _training(catalog, ready.get(teacher_id) if teacher_id else None)
 
 st.subheader("6 · Review and launch")
 _review(

@@ -78,3 +78,27 @@ def test_the_self_scheme_shows_its_mode_generations_and_ensemble_fields(studio: 
     assert run.config["scheme"] == "self"
     assert run.config["scheme_params"]["generations"] == 3
     assert run.config["scheme_params"]["ensemble_last"] is True
+
+
+def test_the_split_scheme_offers_the_teachers_layers_as_split_points(studio: Studio) -> None:
+    """`split`'s split point is a select of the teacher's feature-map layers (its shape beside
+    each, the default named); bottleneck and feature weight come from the catalog as usual."""
+    at = _app(studio, "new_run.py")
+    at.selectbox(key="nr_scheme").set_value("split").run()
+    assert not at.exception
+    point = at.selectbox(key="nr_scheme.split.split_at")
+    assert point.options == ["default: layer1", "conv1 4×8×8", "layer1 4×8×8", "layer2 8×4×4"]
+    assert at.number_input(key="nr_scheme.split.bottleneck").value == 4
+    assert "Distilled Split Deep Neural Networks" in " ".join(c.value for c in at.caption)
+    point.set_value("layer2").run()
+    at.number_input(key="nr_scheme.split.bottleneck").set_value(2).run()
+    at.text_input(key="nr_name").set_value("split-from-the-form").run()
+    review = texts(at.code)
+    assert "name: split" in review and "split_at: layer2" in review and "bottleneck: 2" in review
+    at.button(key="nr_launch").click().run()
+    assert not at.exception
+    runs = Client(studio.url, studio.token).list_runs().items
+    run = next(r for r in runs if r.name == "split-from-the-form")
+    assert run.config["scheme"] == "split"
+    assert run.config["scheme_params"]["split_at"] == "layer2"
+    assert run.config["scheme_params"]["bottleneck"] == 2
