@@ -347,6 +347,11 @@ def curve_models(
     return []
 
 
+def has_curve(model: Mapping[str, Any]) -> bool:
+    """Whether `model_curves` can draw the model: its own series, or a born-again generation."""
+    return bool(model.get("val_prefix")) or str(model.get("label", "")).startswith("generation ")
+
+
 def model_curves(
     frame: pd.DataFrame,
     models: Sequence[Mapping[str, Any]],

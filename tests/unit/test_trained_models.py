@@ -10,7 +10,14 @@ import pandas as pd
 
 from client import Run
 from core.trained_models import ROW_KEYS, trained_models
-from ui.analysis import curve_models, model_curves, models_frame, run_models, tradeoff_frame
+from ui.analysis import (
+    curve_models,
+    has_curve,
+    model_curves,
+    models_frame,
+    run_models,
+    tradeoff_frame,
+)
 
 STUDENT = {
     "teacher_top1": 0.95,
@@ -174,3 +181,5 @@ def test_curve_models_while_training_come_from_series_and_config() -> None:
     deep = {"scheme": "self", "scheme_params": {"mode": "deep_supervision"}}
     assert curve_models({}, deep, ["val/top1", "val/head1/top1"]) == []
     assert [m["label"] for m in curve_models(STUDENT, {}, [])] == ["student"]
+    qat = {**STUDENT, "quantized": {"int8": {"top1": 0.8}}}
+    assert [has_curve(m) for m in curve_models(qat, {}, [])] == [True, False]  # int8: no series

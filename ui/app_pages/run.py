@@ -15,6 +15,7 @@ from ui import components as ui
 from ui.analysis import (
     CHART_POINTS,
     curve_models,
+    has_curve,
     model_curves,
     models_frame,
     run_events,
@@ -111,7 +112,7 @@ def split_series(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
 def _model_curves(frame: pd.DataFrame, run: Run) -> None:
     """Validation top-1 of every trained model (peers, generations, ...), one line each."""
     cfg = run.config or {}
-    models = curve_models(run.summary, cfg, frame["name"].unique())
+    models = [m for m in curve_models(run.summary, cfg, frame["name"].unique()) if has_curve(m)]
     if len(models) < 2:
         return
     epochs = (cfg.get("training") or {}).get("epochs")

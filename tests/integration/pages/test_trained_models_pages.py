@@ -122,6 +122,17 @@ def test_born_again_generations_each_have_a_row_and_a_curve(studio: Studio) -> N
     ]
 
 
+def test_a_qat_runs_int8_student_is_a_row_without_a_curve(studio: Studio) -> None:
+    block = {"artifact": "student_int8.pt", "int8": {"top1": 0.85, "size_bytes": 1024}}
+    run_id = _finished_run(studio, "qat", {**SUMMARY, "quantized": block})
+    at = _app(studio, "run.py", id=run_id)
+    assert not at.exception
+    frame = next(f.value for f in at.dataframe if "model" in f.value.columns)
+    assert list(frame["model"]) == ["student", "int8"]
+    assert list(frame["size"]) == ["2 KiB", "1 KiB"] and frame.iloc[1]["params"] == "321"
+    assert "Validation top-1 of every trained model" not in texts(at.markdown)  # one curve
+
+
 def test_a_single_students_page_has_no_model_table(studio: Studio) -> None:
     at = _app(studio, "run.py", id=studio.done_run_id)
     assert not at.exception
