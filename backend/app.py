@@ -27,6 +27,7 @@ from backend.json_depth import JsonDepthLimit
 from backend.limits import BodyLimit
 from backend.models.router import router as models_router
 from backend.runs.router import router as runs_router
+from backend.students.router import router as students_router
 from backend.teams.router import invitations_router, users_router
 from backend.teams.router import router as teams_router
 from backend.webhooks.router import router as webhooks_router
@@ -127,6 +128,7 @@ def create_app() -> FastAPI:
         models_router,
         datasets_router,
         runs_router,
+        students_router,
         events_router,
         artifacts_router,
         audit_router,

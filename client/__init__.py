@@ -51,12 +51,14 @@ from client.runs import (
     Series,
     SuggestedPair,
 )
+from client.students import BudgetCandidate, BudgetTable, StudentsApi, Sweep
 from client.teams import Invitation, Member, TeamRef, TeamsApi, UserAccount
 from client.tokens import ApiToken, TokensApi
 from client.webhooks import Webhook, WebhookDelivery, WebhooksApi
 
 
 class Client(
+    StudentsApi,
     AuthApi,
     TokensApi,
     TeamsApi,
@@ -85,6 +87,8 @@ __all__ = [
     "Artifact",
     "AuditEntry",
     "BaseClient",
+    "BudgetCandidate",
+    "BudgetTable",
     "Catalog",
     "CatalogEntry",
     "Client",
@@ -113,6 +117,7 @@ __all__ = [
     "SamplePreview",
     "Series",
     "Stage",
+    "Sweep",
     "SuggestedPair",
     "TeamRef",
     "Token",

@@ -13,6 +13,10 @@ arguments: `{"status": "pending", "since": <unix time>}`, `{"status": "ready", "
 limit (`DS_INSPECT_TIMEOUT_S`) means no worker answered: it is dropped, the caller gets 503 and a
 later request queues it again. Failures are kept briefly (a fixed worker may succeed later),
 layer tables for long (they depend only on the arguments and the code).
+
+`Store` is that pattern for any worker-built result of a task's arguments: `STUDENTS` (the
+module functions below are its methods) and `BUDGETS` (a budget search's measured candidates,
+`core.budget`, under `ds:student-budget:`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class Entry:
     """What the store knows about one student: pending (since when), ready or failed."""
 
     status: str
-    inspection: dict[str, Any] | None = None
+    inspection: dict[str, Any] | None = None  # the stored result (a layer table, costs, ...)
     error: str | None = None
     since: float = 0.0
 
@@ -77,83 +81,98 @@ def _client() -> redis.Redis:
     return _client_for(get_settings().broker_url)
 
 
-def _key(job: str) -> str:
-    return PREFIX + job
+class Store:
+    """Results a worker builds for the API, under `<prefix><job id>`: the pattern above, for
+    any task whose result depends only on its arguments (student inspections, `STUDENTS`; the
+    costs of a budget search's candidates, `BUDGETS`). `what` names it in log lines."""
 
+    def __init__(self, prefix: str, what: str) -> None:
+        self.prefix, self.what = prefix, what
 
-def read(job: str) -> Entry | None:
-    """The stored entry of `job`, or None; BrokerDown when the store cannot be reached."""
-    try:
-        # redis-py types sync and async replies alike (Awaitable | Any); this client is sync
-        raw = cast("bytes | None", _client().get(_key(job)))
-    except RedisError as exc:
-        log.warning("reading student inspection %s failed: %s", job, exc)
-        raise jobs.BrokerDown() from exc
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-        return Entry(
-            str(data["status"]),
-            data.get("inspection"),
-            data.get("error"),
-            float(data.get("since", 0.0)),
-        )
-    except (ValueError, KeyError, TypeError):  # not ours, or damaged: build it again
-        return None
+    def _key(self, job: str) -> str:
+        return self.prefix + job
 
+    def read(self, job: str) -> Entry | None:
+        """The stored entry of `job`, or None; BrokerDown when the store cannot be reached."""
+        try:
+            # redis-py types sync and async replies alike (Awaitable | Any); this client is sync
+            raw = cast("bytes | None", _client().get(self._key(job)))
+        except RedisError as exc:
+            log.warning("reading %s %s failed: %s", self.what, job, exc)
+            raise jobs.BrokerDown() from exc
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return Entry(
+                str(data["status"]),
+                data.get("inspection"),
+                data.get("error"),
+                float(data.get("since", 0.0)),
+            )
+        except (ValueError, KeyError, TypeError):  # not ours, or damaged: build it again
+            return None
 
-def _write(job: str, data: dict[str, Any], ttl: int, *, only_new: bool = False) -> bool:
-    try:
-        done = _client().set(_key(job), json.dumps(data), ex=ttl, nx=only_new)
-    except RedisError as exc:
-        log.warning("writing student inspection %s failed: %s", job, exc)
-        raise jobs.BrokerDown() from exc
-    return bool(done)
+    def _write(self, job: str, data: dict[str, Any], ttl: int, *, only_new: bool = False) -> bool:
+        try:
+            done = _client().set(self._key(job), json.dumps(data), ex=ttl, nx=only_new)
+        except RedisError as exc:
+            log.warning("writing %s %s failed: %s", self.what, job, exc)
+            raise jobs.BrokerDown() from exc
+        return bool(done)
 
+    def forget(self, job: str) -> None:
+        try:
+            _client().delete(self._key(job))
+        except RedisError as exc:
+            raise jobs.BrokerDown() from exc
 
-def forget(job: str) -> None:
-    try:
-        _client().delete(_key(job))
-    except RedisError as exc:
-        raise jobs.BrokerDown() from exc
+    def lookup(self, args: list[Any], task: str) -> Entry:
+        """The stored entry of the result built from `args`; when there is none, `task(*args)`
+        is queued (once, whoever asks at the same time) and a pending entry returned. Never
+        waits for a worker. A pending entry older than the inspection limit is dropped and
+        NoWorker raised."""
+        job = job_id(args)
+        entry = self.read(job)
+        if entry is None:
+            mine = Entry("pending", since=time.time())
+            pending = {"status": "pending", "since": mine.since}
+            if self._write(job, pending, _pending_ttl(), only_new=True):
+                try:
+                    jobs.send_task(task, args, "cpu")
+                except jobs.BrokerDown:
+                    self.forget(job)
+                    raise
+                return mine
+            entry = self.read(job) or mine  # someone else claimed it just now
+        limit = get_settings().inspect_timeout_s
+        if entry.status == "pending" and time.time() - entry.since > limit:
+            self.forget(job)  # the next request queues it again
+            raise jobs.NoWorker(jobs.no_worker_message(limit))
+        return entry
+
+    def store_ready(self, args: list[Any], result: dict[str, Any]) -> None:
+        """Record what a worker built (its task calls this)."""
+        self._write(job_id(args), {"status": "ready", "inspection": result}, READY_TTL_S)
+
+    def store_failed(self, args: list[Any], error: str) -> None:
+        """Record why a worker could not build it (its task calls this)."""
+        self._write(job_id(args), {"status": "failed", "error": error}, FAILED_TTL_S)
 
 
 def _pending_ttl() -> int:
     return 2 * get_settings().inspect_timeout_s + 60
 
 
-def lookup(args: list[Any], task: str) -> Entry:
-    """The stored entry of the student built from `args`; when there is none, `task(*args)` is
-    queued (once, whoever asks at the same time) and a pending entry returned. Never waits for a
-    worker. A pending entry older than the inspection limit is dropped and NoWorker raised."""
-    job = job_id(args)
-    entry = read(job)
-    if entry is None:
-        mine = Entry("pending", since=time.time())
-        if _write(job, {"status": "pending", "since": mine.since}, _pending_ttl(), only_new=True):
-            try:
-                jobs.send_task(task, args, "cpu")
-            except jobs.BrokerDown:
-                forget(job)
-                raise
-            return mine
-        entry = read(job) or mine  # someone else claimed it just now
-    limit = get_settings().inspect_timeout_s
-    if entry.status == "pending" and time.time() - entry.since > limit:
-        forget(job)  # the next request queues it again
-        raise jobs.NoWorker(jobs.no_worker_message(limit))
-    return entry
+STUDENTS = Store(PREFIX, "student inspection")
+BUDGETS = Store("ds:student-budget:", "budget search")  # `core.budget`: candidates' costs
 
-
-def store_ready(args: list[Any], inspection: dict[str, Any]) -> None:
-    """Record a built student's layer table (the worker's task calls this)."""
-    _write(job_id(args), {"status": "ready", "inspection": inspection}, READY_TTL_S)
-
-
-def store_failed(args: list[Any], error: str) -> None:
-    """Record why a student could not be built (the worker's task calls this)."""
-    _write(job_id(args), {"status": "failed", "error": error}, FAILED_TTL_S)
+# the student inspections' store, as module functions (what the API and the worker call)
+read = STUDENTS.read
+forget = STUDENTS.forget
+lookup = STUDENTS.lookup
+store_ready = STUDENTS.store_ready
+store_failed = STUDENTS.store_failed
 
 
 def plant(

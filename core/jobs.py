@@ -34,6 +34,7 @@ INSPECT_MODEL = "worker.tasks.inspect_model"
 SCAN_DATASET = "worker.tasks.scan_dataset"
 QUEUES = ("gpu", "cpu")
 INSPECT_STUDENT = "worker.tasks.inspect_student"
+MEASURE_STUDENTS = "worker.tasks.measure_students"  # a budget search's candidates
 DELIVER_WEBHOOK = "worker.tasks.deliver_webhook"
 
 CONNECT_TIMEOUT_S = 3.0
@@ -80,6 +81,7 @@ def make_celery() -> Celery:
             INSPECT_MODEL: {"queue": "cpu"},
             SCAN_DATASET: {"queue": "cpu"},
             INSPECT_STUDENT: {"queue": "cpu"},
+            MEASURE_STUDENTS: {"queue": "cpu"},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -29,7 +29,14 @@ from sqlalchemy import select, update
 
 from core.db import session_scope, with_db_retry
 from core.db.tables import TERMINAL_RUN_STATES, Artifact, Dataset, Model, Run, Status
-from core.jobs import DISTILL, INSPECT_MODEL, INSPECT_STUDENT, SCAN_DATASET, send_task
+from core.jobs import (
+    DISTILL,
+    INSPECT_MODEL,
+    INSPECT_STUDENT,
+    MEASURE_STUDENTS,
+    SCAN_DATASET,
+    send_task,
+)
 from core.settings import get_settings
 from core.storage import get_store
 from worker import sandbox
@@ -200,6 +207,28 @@ def inspect_student(
         raise
     inspections.store_ready(args, result)
     return result
+
+
+@celery_app.task(name=MEASURE_STUDENTS, soft_time_limit=get_settings().inspect_timeout_s)
+def measure_students(
+    candidates: list[list[Any]], input_shape: list[int], num_classes: int
+) -> list[dict[str, Any]]:
+    """The costs of a budget search's candidates (params, FLOPs, CPU latency at batch 1).
+
+    Stored under its arguments (`core.inspections.BUDGETS`), where the API reads them and
+    makes the table for a target (`core.budget.select`); a failure is stored, then raised."""
+    from core import inspections
+    from worker.engine.budget import measure
+
+    args = [candidates, input_shape, num_classes]
+    try:
+        costs = measure([(str(a), dict(k)) for a, k in candidates], input_shape, num_classes)
+    except Exception as exc:
+        reason = "took longer than the limit" if _timed_out(exc) else _short_error(exc)
+        inspections.BUDGETS.store_failed(args, reason)
+        raise
+    inspections.BUDGETS.store_ready(args, {"costs": costs})
+    return costs
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""Students found for a budget over REST: 202 until a worker measured the candidates (here the
+worker's task runs in-process, on the message the API queued), then the cost table for any
+target from the same measurements; 422s for bad targets and search spaces; a sweep of the best
+candidates launched through the client and saved as one comparison."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from .api_helpers import ready_dataset, ready_model, run_config
+
+# resnet8 has a width and no depth parameter: 7 candidates (the depth grid: the unit tests)
+SEARCH = {"target": {"params": 20000}, "architecture": "resnet8", "kwargs": {"width": 0.5}}
+
+
+def _measure_messages(studio_env) -> list[list[Any]]:
+    """The args of every MEASURE_STUDENTS message on the cpu queue."""
+    import redis
+
+    broker = redis.Redis.from_url(studio_env.env["DS_BROKER_URL"])
+    return [
+        json.loads(base64.b64decode(m["body"]))[0]
+        for m in map(json.loads, broker.lrange("cpu", 0, -1))
+        if m["headers"]["task"] == "worker.tasks.measure_students"
+    ]
+
+
+def _run_worker_task(studio_env) -> None:
+    """Do what a worker does with the queued message: measure and store (in-process)."""
+    from worker.tasks import measure_students
+
+    (args,) = _measure_messages(studio_env)
+    measure_students(*args)
+
+
+def test_search_answers_202_then_the_table_for_any_target(api, studio_env) -> None:
+    dataset_id = ready_dataset(api)  # inputs [3, 8, 8], 4 classes
+    body = {**SEARCH, "dataset_id": dataset_id}
+    first = api.post("/students/search", json=body)
+    assert first.status_code == 202, first.text
+    assert first.headers["Retry-After"] == "2"
+    pending = first.json()
+    assert pending["status"] == "pending" and "send the same request again" in pending["detail"]
+    again = api.post("/students/search", json=body)
+    assert again.status_code == 202 and again.json()["job_id"] == pending["job_id"]
+    messages = _measure_messages(studio_env)
+    assert len(messages) == 1  # queued once, however often asked
+    candidates, shape, classes = messages[0]
+    assert shape == [3, 8, 8] and classes == 4
+    assert candidates[0] == ["resnet8", {"width": 0.125}]  # base width 0.5 x 0.25
+
+    _run_worker_task(studio_env)
+    table = api.post("/students/search", json=body)
+    assert table.status_code == 200, table.text
+    out = table.json()
+    assert out["metric"] == "params" and out["budget"] == 20000
+    assert out["tried"] == len(candidates) == len(out["candidates"]) + out["rejected"]
+    rows = out["candidates"]
+    assert rows and all(r["params"] <= 20000 for r in rows)
+    assert [r["params"] for r in rows] == sorted((r["params"] for r in rows), reverse=True)
+    assert rows[0]["percent_of_budget"] == round(100 * rows[0]["params"] / 20000, 1)
+    assert all(r["flops"] > 0 and r["latency_ms"] > 0 for r in rows)
+    assert out["message"].startswith(f"{len(rows)} of {len(candidates)} candidates meet")
+
+    # another target over the same space: from the same measurements, nothing queued again
+    by_flops = api.post("/students/search", json={**body, "target": {"flops": 300000}})
+    assert by_flops.status_code == 200
+    assert all(r["flops"] <= 300000 for r in by_flops.json()["candidates"])
+    none = api.post("/students/search", json={**body, "target": {"params": 10}}).json()
+    assert none["candidates"] == [] and none["rejected"] == none["tried"]
+    assert none["message"].startswith(
+        "no candidate meets 10 parameters; the smallest is resnet8 {'width': 0.125}"
+    )
+    assert len(_measure_messages(studio_env)) == 1
+
+
+def test_search_refuses_bad_targets_and_spaces(api) -> None:
+    def detail(body: dict[str, Any]) -> str:
+        r = api.post("/students/search", json={"input_shape": [1, 8, 8], "num_classes": 3, **body})
+        assert r.status_code == 422, r.text
+        return r.json()["detail"]
+
+    assert "got none" in detail({"target": {}, "architecture": "resnet"})
+    assert "got flops, params" in detail(
+        {"target": {"params": 1000, "flops": 5000}, "architecture": "resnet"}
+    )
+    assert "must be a positive number, got -5" in detail(
+        {"target": {"params": -5}, "architecture": "resnet"}
+    )
+    assert "unknown student architecture 'resnet9'" in detail(
+        {"target": {"params": 1000}, "architecture": "resnet9"}
+    )
+    assert "nothing to search; search its family's generic entry 'resnet'" in detail(
+        {"target": {"params": 1000}, "architecture": "resnet8x4"}
+    )
+    assert "give architecture" in detail({"target": {"params": 1000}})
+    no_inputs = api.post(
+        "/students/search", json={"target": {"params": 1000}, "architecture": "resnet"}
+    )
+    assert no_inputs.status_code == 422 and "needs the students' inputs" in no_inputs.text
+
+
+def test_derived_from_a_teacher_without_architecture_is_refused(api) -> None:
+    teacher = ready_model(api)  # a .pt2 graph: no zoo architecture to derive from
+    r = api.post(
+        "/students/search",
+        json={"target": {"params": 1000}, "teacher_model_id": teacher, "dataset_id": None},
+    )
+    assert r.status_code == 422
+    assert "derived students need a teacher whose architecture is in the zoo" in r.text
+
+
+def test_best_candidates_launch_as_runs_in_one_comparison(api, studio_env) -> None:
+    from client import Client
+
+    teacher, dataset_id = ready_model(api), ready_dataset(api)
+    studio = Client("http://testserver", http=api)
+    body: dict[str, Any] = {"architecture": "resnet8", "kwargs": {"width": 0.5}}
+    assert (
+        api.post("/students/search", json={**SEARCH, "dataset_id": dataset_id}).status_code == 202
+    )
+    _run_worker_task(studio_env)
+    table = studio.search_students({"params": 20000}, **body, dataset_id=dataset_id, wait=0)
+    best = table.candidates[:2]
+    sweep = studio.launch_candidates(run_config(teacher, dataset_id, name="kd"), best)
+    assert [r.name for r in sweep.runs] == [f"kd [{c.label}]" for c in best]
+    assert [r.config["student"] for r in sweep.runs] == [
+        {**r.config["student"], "architecture": "resnet8", "kwargs": c.kwargs}
+        for r, c in zip(sweep.runs, best, strict=True)
+    ]
+    assert sweep.comparison.run_ids == [r.id for r in sweep.runs]
+    assert studio.comparison(sweep.comparison.id).name == "kd: budget candidates"
