@@ -286,7 +286,7 @@ def model_label(run: Any, model: Mapping[str, Any], alone: bool) -> str:
 
 def run_models(runs: list[Any]) -> list[tuple[Any, dict[str, Any], str]]:
     """(run, trained model row, its label across runs) for every trained model of `runs`."""
-    out = []
+    out: list[tuple[Any, dict[str, Any], str]] = []
     for run in runs:
         models = trained_models(run.summary)
         out.extend((run, m, model_label(run, m, len(models) == 1)) for m in models)
