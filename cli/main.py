@@ -488,6 +488,10 @@ with_connection(app)  # --api-url, --token, --team, --json also before the sub-c
 for _name, _sub in REMOTE_APPS.items():
     app.add_typer(_sub, name=_name)
 
+from cli.students import students_app  # noqa: E402
+
+app.add_typer(students_app, name="students")  # students found for a budget
+
 
 if __name__ == "__main__":
     app()

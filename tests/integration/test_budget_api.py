@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from core import budget
+
 from .api_helpers import ready_dataset, ready_model, run_config
+from .test_cli_remote import _ready_inputs, cli, server  # noqa: F401 - fixtures
 
 # resnet8 has a width and no depth parameter: 7 candidates (the depth grid: the unit tests)
 SEARCH = {"target": {"params": 20000}, "architecture": "resnet8", "kwargs": {"width": 0.5}}
@@ -132,3 +138,39 @@ def test_best_candidates_launch_as_runs_in_one_comparison(api, studio_env) -> No
     ]
     assert sweep.comparison.run_ids == [r.id for r in sweep.runs]
     assert studio.comparison(sweep.comparison.id).name == "kd: budget candidates"
+
+
+def test_cli_search_and_launch(cli: Any, tmp_path: Path) -> None:  # noqa: F811
+    """`distill-studio students search` against a running API (uvicorn, SQLite): the table, and
+    `--launch 2 -f run.yaml` starting the best two as runs saved as one comparison."""
+    from worker.tasks import measure_students
+
+    model, dataset, _ = _ready_inputs(cli, tmp_path)
+    # the worker's part, done before asking (the 202 path: the REST tests above)
+    measure_students([[a, k] for a, k in budget.zoo_candidates("resnet8")], [3, 8, 8], 4)
+    search = ["students", "search", "--params", "20000", "--architecture", "resnet8"]
+    shown = cli(*search, "--dataset", str(dataset["id"])).stdout
+    assert "architecture" in shown and "% of budget" in shown
+    assert "resnet8 width=0.5 " in shown and "candidates meet 20,000 parameters" in shown
+
+    run_file = tmp_path / "run.yaml"
+    config = run_config(model["id"], dataset["id"], name="kd")
+    run_file.write_text(yaml.safe_dump(config))
+    out = json.loads(
+        cli(
+            *search, "--dataset", str(dataset["id"]), "--launch", "2", "-f", str(run_file), "--json"
+        ).stdout
+    )
+    best = out["candidates"][:2]
+    launched = out["launched"]
+    assert [r["config"]["student"]["kwargs"] for r in launched["runs"]] == [
+        c["kwargs"] for c in best
+    ]
+    assert launched["comparison"]["run_ids"] == [r["id"] for r in launched["runs"]]
+    shown = json.loads(
+        cli("comparisons", "show", str(launched["comparison"]["id"]), "--json").stdout
+    )
+    assert shown["name"] == "kd: budget candidates"
+
+    refused = cli("students", "search", "--architecture", "resnet8", "--dataset", "1", code=1)
+    assert "target: give exactly one target" in refused.stderr
