@@ -108,6 +108,7 @@ def train(
     out_dir: str,
     checkpoint_path: str,
     student_path: str | None,
+    teacher_paths: list[str] | None = None,
 ) -> dict[str, Any]:
     """One distillation run end to end (`pipeline.run_distillation`); returns its summary."""
     from core.config import RunConfig
@@ -125,6 +126,7 @@ def train(
         callbacks=Forwarded(channel),
         checkpoint_path=Path(checkpoint_path),
         student_path=Path(student_path) if student_path else None,
+        teacher_paths=[Path(p) for p in teacher_paths] if teacher_paths else None,
     )
     return summary
 

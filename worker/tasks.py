@@ -383,6 +383,26 @@ def _resolve_inputs(config: dict[str, Any], tmp: Path) -> tuple[Any, Path, Path,
     return RunConfig.model_validate(config), teacher_path, dataset_path, student_path
 
 
+def _other_teachers(config: dict[str, Any], tmp: Path) -> list[str]:
+    """Scheme multi_teacher: fetch each of `config["teachers"]` and fill in its format (like
+    the teacher's); their files, in order."""
+    store, keys = get_store(), []
+    with session_scope() as s:
+        for i, spec in enumerate(config.get("teachers") or []):
+            model = s.get(Model, spec["model_id"])
+            if model is None:
+                raise ValueError(f"the run's teachers[{i}] (model {spec['model_id']}) was deleted")
+            spec.update(
+                format=model.format,
+                architecture=model.architecture,
+                kwargs=model.arch_kwargs or {},
+            )
+            keys.append((model.storage_key, model.format))
+    return [
+        str(store.get_file(key, tmp / f"teacher{k}.{fmt}")) for k, (key, fmt) in enumerate(keys, 1)
+    ]
+
+
 def checkpoint_key(team_id: int, run_id: int) -> str:
     return f"team-{team_id}/runs/{run_id}/checkpoint.pt"
 
@@ -405,6 +425,7 @@ def distill(self, run_id: int) -> str:
     try:
         with Heartbeat(run_id, worker), _scratch() as tmp_str:
             tmp = Path(tmp_str)
+            teacher_paths = _other_teachers(claim.config, tmp)
             config, teacher_path, dataset_path, student_path = _resolve_inputs(claim.config, tmp)
             ckpt = tmp / "checkpoint.pt"
             if store.exists(ckpt_key):
@@ -419,6 +440,7 @@ def distill(self, run_id: int) -> str:
                     "out_dir": str(tmp / "out"),
                     "checkpoint_path": str(ckpt),
                     "student_path": str(student_path) if student_path else None,
+                    "teacher_paths": teacher_paths,
                 },
                 workdir=tmp,
                 handler=_reporting_handler(reporter, ckpt),

@@ -27,6 +27,7 @@ from backend import queue
 from backend.audit.service import audit
 from backend.deps import Principal
 from backend.errors import Conflict, Invalid, InvalidMany
+from backend.runs.teachers import check_teacher_pairs, ready_teachers
 from backend.teams.service import get_owned, page, scoped
 from core import (
     events,
@@ -239,9 +240,15 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
     assert config.teacher.model_id is not None and config.dataset.dataset_id is not None
     teacher = ready_model(session, config.teacher.model_id, team_id)
     dataset = ready_dataset(session, config.dataset.dataset_id, team_id)
+    others = ready_teachers(session, config, team_id, teacher, ready_model)  # multi_teacher
     student_insp = None
     if config.student.source == "model":  # the student model must exist and be ready, pairs or not
         student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
+    if any(t.pairs for t in config.teachers):
+        check_teacher_pairs(config, others, None)  # the teachers' side first: no worker needed
+        if student_insp is None:
+            student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
+        check_teacher_pairs(config, others, student_insp)
     if config.layer_pairs:
         teacher_insp = inspection_of(teacher)
         if student_insp is None:  # a zoo student: only built (by a worker) when pairs need it
