@@ -254,6 +254,7 @@ def test_a_whole_run_exports_the_head_and_reports_bytes_and_latency(
     summary = run_distillation(config, teacher_path, data_path, out)
     arts = summary["artifacts"]
     assert {"head_safetensors", "head_pt2", "student_pt2"} <= set(arts)
+    assert summary["student_architecture"] == ""  # head + tail is no zoo model to register
     report = json.loads((out / "evaluation.json").read_text())["split"]
     assert report["split_at"] == "layer2" and report["feature_shape"] == [16, 4, 4]
     assert report["bottleneck_bytes"] == {"float32": 2 * 4 * 4 * 4, "int8": 2 * 4 * 4}

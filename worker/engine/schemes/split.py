@@ -96,6 +96,7 @@ class SplitModel(nn.Module):
         # not registered as a child: its parameters are the teacher's, listed once
         self._cut: list[nn.Module] = [dict(teacher.named_modules())[split_at]]
         self.last_feature: Tensor | None = None
+        self.arch = ""  # not a zoo architecture: the run's student is not registered as a model
 
     def forward(self, x: Tensor) -> Tensor:
         feature = self.head(x)
