@@ -21,6 +21,7 @@ from core import catalog as engine_catalog  # torch-free, like config and pairin
 from core import pairing
 from core.catalog.training import LOSS_WEIGHT, SEED, TRAINING, VAL_FRACTION, Setting
 from core.config import RunConfig, StudentSpec, TrainSettings
+from ui import budget_finder
 from ui import components as ui
 
 TRAIN_DEFAULTS = TrainSettings().model_dump()
@@ -648,12 +649,57 @@ def _scheme(catalog: Catalog, teacher: Model | None = None) -> tuple[str, dict[s
     if entry is None:
         return scheme, {}
     ui.entry_help(entry)
+    if scheme == "multi_teacher":
+        _teachers_fields(teacher)
     if scheme == "split" and teacher is not None:  # lists leave the layer table out
         detail = teacher if teacher.inspection is not None else ui.client().model(teacher.id)
         if detail.inspection is not None:
             return scheme, _split_fields(entry, detail)
     params = ui.param_form(entry, f"nr_scheme.{scheme}", persist=True) if entry.params else {}
     return scheme, params
+
+
+def _teachers_fields(teacher: Model | None) -> None:
+    """`multi_teacher`'s other teachers: a multiselect of the team's ready models (the run's
+    teacher left out) and each one's fixed weight; their layer pairs come from pasted YAML."""
+    models = {m.id: m for m in ui.ready_models() if teacher is None or m.id != teacher.id}
+    key = "nr_teachers"
+    st.session_state[key] = [i for i in st.session_state.get(key, []) if i in models]
+    chosen = st.multiselect(
+        "Other teachers",
+        list(models),
+        key=key,
+        persist_state="session",
+        format_func=lambda i: _model_label(models[i]),
+        placeholder="pick 1 to 7 more teachers",
+        help="Teachers besides the one above (same inputs and classes); each is frozen. "
+        "Their weights count when weighting is fixed (all weights are normalised to sum 1).",
+    )
+    for where, model_id in zip(st.columns(4) * 2, chosen, strict=False):
+        wkey = f"nr_teachers.{model_id}.weight"
+        st.session_state.setdefault(wkey, 1.0)
+        where.number_input(
+            f"Weight of {models[model_id].name}",
+            0.0,
+            100.0,
+            key=wkey,
+            persist_state="session",
+            step=0.1,
+            format="%g",
+        )
+
+
+def _chosen_teachers() -> list[dict[str, Any]]:
+    """The run config's `teachers` from the form (pairs kept from pasted YAML)."""
+    pairs = st.session_state.get("nr_teachers.pairs", {})
+    return [
+        {
+            "model_id": i,
+            "weight": float(st.session_state.get(f"nr_teachers.{i}.weight", 1.0)),
+            **({"pairs": pairs[i]} if pairs.get(i) else {}),
+        }
+        for i in st.session_state.get("nr_teachers", [])
+    ]
 
 
 def _split_fields(entry: Any, teacher: Model) -> dict[str, Any]:
@@ -744,6 +790,7 @@ def _config(
         "losses": losses,
         "scheme": misc["scheme"],
         "scheme_params": misc["scheme_params"],
+        **({"teachers": _chosen_teachers()} if misc["scheme"] == "multi_teacher" else {}),
         "training": training,
         "seed": misc["seed"],
     }
@@ -824,6 +871,11 @@ def _fill_form(cfg: RunConfig) -> None:
     for key, value in cfg.training.model_dump().items():
         s[f"nr_t.{key}"] = ",".join(f"{m:g}" for m in value) if key == "step_milestones" else value
     s["nr_scheme"] = cfg.scheme
+    others = [t for t in cfg.teachers if t.model_id is not None]
+    s["nr_teachers"] = [t.model_id for t in others]
+    s["nr_teachers.pairs"] = {t.model_id: [p.model_dump() for p in t.pairs] for t in others}
+    for t in others:
+        s[f"nr_teachers.{t.model_id}.weight"] = float(t.weight)
     for key, value in cfg.scheme_params.items():
         s[f"nr_scheme.{cfg.scheme}.{key}"] = value
     s["nr_seed"] = cfg.seed
@@ -896,6 +948,7 @@ st.subheader("1 · Teacher and data")
 teacher_id, dataset_id, ready = _sources()
 
 st.subheader("2 · Student")
+budget_finder.finder(catalog, ready.get(teacher_id), dataset_id)  # fills the fields below
 student_spec, student_name = _student(catalog, ready.get(teacher_id), ready)
 
 st.subheader("3 · Plan and layer pairs")
@@ -911,7 +964,6 @@ st.subheader("5 · Training")
 training, misc = _training(catalog, ready.get(teacher_id) if teacher_id else None)
 
 st.subheader("6 · Review and launch")
-_review(
-    _config(teacher_id, dataset_id, student_spec, student_name, losses, training, misc),
-    pair_errors,
-)
+config = _config(teacher_id, dataset_id, student_spec, student_name, losses, training, misc)
+_review(config, pair_errors)
+budget_finder.sweep(config)  # the best budget candidates, one run each, as a comparison
