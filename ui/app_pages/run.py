@@ -388,6 +388,29 @@ def quantized_frame(summary: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(out, columns=["", "fp32", "int8", "fp32 / int8"])
 
 
+def teachers_frame(summary: dict[str, Any]) -> pd.DataFrame | None:
+    """A `multi_teacher` run's teachers next to the student: each one's model, weight and
+    held-out top-1 (evaluation.json's `teachers`, teacher 0 the run's), then the student's;
+    None for any other run."""
+    teachers = summary.get("teachers")
+    if not isinstance(teachers, list) or not teachers:
+        return None
+    rows = [
+        {
+            "": f"teacher {t.get('teacher')}",
+            "model": f"#{t['model_id']}" if t.get("model_id") is not None else t.get("path") or "",
+            "weight": f"{t['weight']:g}" if isinstance(t.get("weight"), (int, float)) else "",
+            "top-1": ui.fmt_pct(t.get("teacher_top1")),
+        }
+        for t in teachers
+        if isinstance(t, dict)
+    ]
+    rows.append(
+        {"": "student", "model": "", "weight": "", "top-1": ui.fmt_pct(summary.get("student_top1"))}
+    )
+    return pd.DataFrame(rows, columns=["", "model", "weight", "top-1"])
+
+
 def _with_teacher_size(run: Run) -> dict[str, Any]:
     """The summary, with the teacher's file size from its model when the worker did not say."""
     summary = dict(run.summary or {})
@@ -455,6 +478,10 @@ def _evaluation(run: Run) -> None:
     if quantized is not None:
         st.markdown(f"**The student in int8** ({summary['quantized'].get('backend')} backend)")
         st.dataframe(quantized, hide_index=True, width="stretch", key="run_quantized")
+    teachers = teachers_frame(summary)
+    if teachers is not None:
+        st.markdown(f"**Each teacher next to the student** ({len(teachers) - 1} teachers)")
+        st.dataframe(teachers, hide_index=True, width="stretch", key="run_teachers")
     _every_model(summary)
     with st.expander("Full summary", icon=":material/receipt_long:"):
         st.json(summary, expanded=False)

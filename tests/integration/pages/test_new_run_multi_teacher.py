@@ -8,7 +8,7 @@ import pytest
 
 from client import Client
 from tests.integration.pages.conftest import LiveApi
-from tests.integration.pages.support import INSPECTION, TEACHER_KWARGS, texts, update
+from tests.integration.pages.support import INSPECTION, SUMMARY, TEACHER_KWARGS, texts, update
 from tests.integration.pages.test_run_workflow import Studio, _app, _seed
 
 pytestmark = pytest.mark.slow
@@ -74,3 +74,27 @@ scheme: {{name: multi_teacher, params: {{weighting: fixed}}}}
     assert at.number_input(key=f"nr_teachers.{second}.weight").value == 3.0
     review = texts(at.code)
     assert "weight: 3.0" in review and "teacher: layer1" in review
+
+
+def test_the_run_page_shows_each_teachers_accuracy_next_to_the_students(
+    studio: tuple[Studio, int],
+) -> None:
+    seeded, second = studio
+    teachers = [
+        {"teacher": 0, "model_id": seeded.teacher_id, "weight": 1.0, "teacher_top1": 0.98},
+        {"teacher": 1, "model_id": second, "weight": 2.0, "teacher_top1": 0.955},
+    ]
+    update("Run", seeded.done_run_id, summary={**SUMMARY, "teachers": teachers})
+    try:
+        at = _app(seeded, "run.py", id=seeded.done_run_id)
+        assert not at.exception
+        frame = next(f.value for f in at.dataframe if "weight" in f.value.columns)
+        assert list(frame[""]) == ["teacher 0", "teacher 1", "student"]
+        assert list(frame["model"]) == [f"#{seeded.teacher_id}", f"#{second}", ""]
+        assert list(frame["weight"]) == ["1", "2", ""]
+        assert list(frame["top-1"])[:2] == ["98.00%", "95.50%"]
+        assert "Each teacher next to the student" in texts(at.markdown)
+    finally:
+        update("Run", seeded.done_run_id, summary=SUMMARY)
+    at = _app(seeded, "run.py", id=seeded.done_run_id)
+    assert not [f for f in at.dataframe if "weight" in f.value.columns]  # one teacher
