@@ -39,8 +39,9 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in a worker
 # thread, and each such hop costs about as much CPU as a small query. The session is made on the
-# event loop (no connection yet) and closed in a thread (closing returns its connection to the
-# pool, which talks to the database).
+# event loop (no connection yet) and closed in a thread when it still holds a connection
+# (closing returns it to the pool, which talks to the database); on the loop when the route
+# ended its transaction itself.
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -48,7 +49,10 @@ async def get_session() -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        await run_in_threadpool(_close, session)
+        if session.in_transaction():  # a connection to give back: I/O, in a thread
+            await run_in_threadpool(_close, session)
+        else:  # the route ended its transaction (the reads of runs do): nothing to wait for
+            session.close()
 
 
 def _close(session: Session) -> None:

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.orm import Session
 
-from backend.access import OwnedRun, TeamMember, WritableRun, Writer
+from backend.access import OwnedRun, Permission, TeamMember, WritableRun, Writer, require
 from backend.artifacts import service as artifacts
 from backend.artifacts.schemas import ArtifactOut
 from backend.deps import SessionDep, StoreDep
@@ -169,6 +170,17 @@ def plan(
     return PlanOut.model_validate(result)
 
 
+# The reads below answer with the JSON the service wrote (`Response`): FastAPI then neither
+# validates the response again (a worker-thread hop of its own for a sync route) nor encodes it;
+# `response_model` still documents it. They end the request's transaction themselves, so the
+# session dependency closes it without another hop (`backend.deps.get_session`).
+
+
+def _json(session: Session, body: bytes) -> Response:
+    session.close()
+    return Response(body, media_type="application/json")
+
+
 @router.get(
     "",
     response_model=Page[RunOut],
@@ -183,7 +195,7 @@ def list_runs(
     status: Status | None = None,
     teacher_model_id: int | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Name contains (any case).")] = None,
-) -> Page[RunOut]:
+) -> Response:
     rows, next_cursor = service.list_runs(
         session,
         principal.team_id,
@@ -193,7 +205,7 @@ def list_runs(
         teacher_model_id=teacher_model_id,
         q=q,
     )
-    return Page[RunOut](items=[RunOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return _json(session, service.runs_page_json(rows, next_cursor))
 
 
 @router.get(
@@ -202,8 +214,10 @@ def list_runs(
     responses=responses(401, 403, 404, 422, 503),
     summary="One run: status, progress, summary",
 )
-def get_run(run: OwnedRun) -> RunOut:
-    return RunOut.model_validate(run)
+def get_run(session: SessionDep, principal: TeamMember, run_id: int) -> Response:
+    body = service.run_for_read_json(session, run_id, principal.team_id)  # 404 first
+    require(principal, Permission.read)
+    return _json(session, body)
 
 
 @router.get(
@@ -222,7 +236,8 @@ def get_run(run: OwnedRun) -> RunOut:
 )
 def get_metrics(
     session: SessionDep,
-    run: OwnedRun,
+    principal: TeamMember,
+    run_id: int,
     names: Annotated[
         str | None, Query(description="Comma-separated series names; default all.")
     ] = None,
@@ -235,11 +250,12 @@ def get_metrics(
             description="At most this many points per series (downsampled, M4); default all.",
         ),
     ] = None,
-) -> MetricsOut:
+) -> Response:
+    run = service.run_ref(session, run_id, principal.team_id)  # 404 first, as OwnedRun
+    require(principal, Permission.read)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    return MetricsOut.model_validate(
-        {"series": service.metrics(session, run, wanted, since_step, max_points)}
-    )
+    series = service.metrics(session, run, wanted, since_step, max_points)
+    return _json(session, service.metrics_json(series))
 
 
 @router.post(

@@ -11,6 +11,8 @@ from core.config import StudentSpec
 
 
 class RunOut(OrmModel):
+    # every field but `summary` and `config` is a column of `runs` of the same name: the reads
+    # of runs select them (`service.RUN_COLUMNS`) and write this JSON without this model
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [

@@ -15,20 +15,31 @@ The database connection is given back before the broker is asked.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from itertools import groupby
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
-from sqlalchemy import func, select, text, update
+from pydantic_core import from_json, to_json
+from sqlalchemy import Select, Text, bindparam, cast, func, select, text, update
 from sqlalchemy.orm import Session
 
 from backend import queue
 from backend.audit.service import audit
 from backend.deps import Principal
-from backend.errors import Conflict, Invalid, InvalidMany
+from backend.errors import Conflict, Invalid, InvalidMany, NotFound
+from backend.runs.schemas import RunOut
 from backend.runs.teachers import check_teacher_pairs, ready_teachers
-from backend.teams.service import get_owned, page, scoped
+from backend.teams.service import (
+    MAX_LIMIT,
+    decode_cursor,
+    encode_cursor,
+    get_owned,
+    label,
+)
 from core import (
     events,
     inspections,
@@ -331,6 +342,59 @@ def plan(
 # -- reading and cancelling -------------------------------------------------------------------
 
 
+# Reads of runs are the API's most frequent requests (pages and scripts poll them): they select
+# plain columns (no ORM objects, no identity map) and write the response JSON once, here: the
+# scalar fields through pydantic-core, `config` and `summary` spliced in as the JSON text the
+# database holds (never decoded and encoded again). The router returns these bytes as they are.
+
+_JSON_FIELDS = ("summary", "config")
+RUN_FIELDS = tuple(f for f in RunOut.model_fields if f not in _JSON_FIELDS)
+_STAMPS = frozenset(
+    i
+    for i, f in enumerate(RUN_FIELDS)
+    if f in ("heartbeat_at", "created_at", "started_at", "finished_at")
+)
+RUN_COLUMNS = (
+    *(getattr(Run, f) for f in RUN_FIELDS),
+    *(cast(getattr(Run, f), Text).label(f) for f in _JSON_FIELDS),  # the stored JSON text
+    Run.team_id,
+)
+_NOT_JSON = ("NaN", "Infinity")  # what Python's json writes for non-finite floats
+
+
+def _raw_json(value: str | None) -> bytes:
+    """Stored JSON text as it can go out: as it is, unless it holds a non-finite float (SQLite
+    stores what Python's json writes), which goes out as null like every other value."""
+    if value is None:
+        return b"{}"
+    if any(word in value for word in _NOT_JSON):
+        return to_json(from_json(value, allow_inf_nan=True), inf_nan_mode="null")
+    return value.encode()
+
+
+def run_json(row: Sequence[Any]) -> bytes:
+    """The `RunOut` JSON of a row of `RUN_COLUMNS`."""
+    scalars = {
+        field: (_utc(row[i]) if i in _STAMPS else row[i]) for i, field in enumerate(RUN_FIELDS)
+    }
+    n = len(RUN_FIELDS)
+    return b"".join(
+        (
+            to_json(scalars, inf_nan_mode="null")[:-1],
+            b',"summary":',
+            _raw_json(row[n]),
+            b',"config":',
+            _raw_json(row[n + 1]),
+            b"}",
+        )
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Stamps with their UTC offset (SQLite hands back naive ones), as `UtcDateTime`."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def list_runs(
     session: Session,
     team_id: int,
@@ -340,15 +404,91 @@ def list_runs(
     status: str | None,
     teacher_model_id: int | None,
     q: str | None,
-) -> tuple[list[Run], str | None]:
-    stmt = scoped(Run, team_id)
+) -> tuple[list[Any], str | None]:
+    """Rows of `RUN_COLUMNS` of the team's runs, newest first, at most `limit` after `cursor`;
+    and the next cursor (as `teams.service.page`)."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    values: dict[str, Any] = {"team": team_id, "limit": limit + 1}
     if status:
-        stmt = stmt.where(Run.status == status)
+        values["status"] = status
     if teacher_model_id is not None:
-        stmt = stmt.where(Run.teacher_model_id == teacher_model_id)
-    if q:
-        stmt = stmt.where(func.lower(Run.name).contains(q.lower(), autoescape=True))
-    return page(session, stmt, Run, limit, cursor)
+        values["teacher"] = teacher_model_id
+    if q:  # name contains q, any case; its / % _ escaped by /
+        escaped = q.lower().replace("/", "//").replace("%", "/%").replace("_", "/_")
+        values["q"] = f"%{escaped}%"
+    if cursor:
+        values["before"] = decode_cursor(cursor)
+    connection = session.connection()  # plain rows: no ORM row handling
+    if connection.dialect.name == "postgresql":
+        # the order from the (team_id, id) index, never a sort of the whole team (see `page`)
+        connection.execute(_NO_SORT)
+    rows = connection.execute(_list_statement(frozenset(values)), values).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1][0]) if more and rows else None
+
+
+_NO_SORT = text("SET LOCAL enable_sort = off")
+
+
+@cache
+def _list_statement(given: frozenset[str]) -> Select[Any]:
+    """The list's statement for the filters `given`, with bind parameters: built once for each
+    combination (building a statement costs more than running it)."""
+    stmt = select(*RUN_COLUMNS).where(Run.team_id == bindparam("team"))
+    if "status" in given:
+        stmt = stmt.where(Run.status == bindparam("status"))
+    if "teacher" in given:
+        stmt = stmt.where(Run.teacher_model_id == bindparam("teacher"))
+    if "q" in given:
+        stmt = stmt.where(func.lower(Run.name).like(bindparam("q"), escape="/"))
+    if "before" in given:
+        stmt = stmt.where(Run.id < bindparam("before"))
+    return stmt.order_by(Run.id.desc()).limit(bindparam("limit"))
+
+
+def runs_page_json(rows: list[Any], next_cursor: str | None) -> bytes:
+    """The `Page[RunOut]` JSON of `list_runs`."""
+    return b"".join(
+        (
+            b'{"items":[',
+            b",".join(map(run_json, rows)),
+            b'],"next_cursor":',
+            to_json(next_cursor),
+            b"}",
+        )
+    )
+
+
+class RunRef(NamedTuple):
+    """A run known to be the caller's team's, without loading it."""
+
+    id: int
+    team_id: int
+
+
+# by primary key, then the team (other teams' ids answer 404 like missing ones); built once:
+# building a statement per request costs more than running it
+_RUN_BY_ID = select(*RUN_COLUMNS).where(Run.id == bindparam("id"))
+_TEAM_OF_RUN = select(Run.team_id).where(Run.id == bindparam("id"))
+
+
+def _readable(session: Session, run_id: int, team_id: int, stmt: Select[Any]) -> Any:
+    row = session.connection().execute(stmt, {"id": run_id}).first()
+    if row is None or row[-1] != team_id:
+        raise NotFound(f"{label(Run)} {run_id} not found")
+    return row
+
+
+def run_for_read_json(session: Session, run_id: int, team_id: int) -> bytes:
+    """The `RunOut` JSON of the team's run `run_id` (404 otherwise)."""
+    return run_json(_readable(session, run_id, team_id, _RUN_BY_ID))
+
+
+def run_ref(session: Session, run_id: int, team_id: int) -> RunRef:
+    """The team's run `run_id` (404 otherwise), by primary key, without its config."""
+    _readable(session, run_id, team_id, _TEAM_OF_RUN)
+    return RunRef(run_id, team_id)
 
 
 def get_run(session: Session, run_id: int, team_id: int) -> Run:
@@ -401,7 +541,7 @@ M4_BUCKETS = text(
 
 def metrics(
     session: Session,
-    run: Run,
+    run: Run | RunRef,
     names: list[str] | None,
     since_step: int | None,
     max_points: int | None = None,
@@ -443,24 +583,66 @@ def metrics(
 def _points(
     session: Session, run_id: int, names: list[str] | None, since_step: int | None
 ) -> dict[str, dict[str, Any]]:
-    """Every point of the series (all of the run's when `names` is empty)."""
-    stmt = select(Metric.name, Metric.step, Metric.epoch, Metric.value).where(
-        Metric.run_id == run_id
-    )
-    if names:
-        stmt = stmt.where(Metric.name.in_(names))
+    """Every point of the series (all of the run's when `names` is empty), as plain rows."""
+    values: dict[str, Any] = {"run": run_id}
     if since_step is not None:
-        stmt = stmt.where(Metric.step > since_step)
-    series: dict[str, dict[str, Any]] = {}
-    for name, step, epoch, value in session.execute(stmt.order_by(Metric.name, Metric.step)):
-        s = series.setdefault(
-            name, {"steps": [], "values": [], "epochs": [], "total": 0, "downsampled": False}
-        )
-        s["steps"].append(step)
-        s["values"].append(_finite(value))
-        s["epochs"].append(epoch)
-        s["total"] += 1
-    return series
+        values["since"] = since_step
+    if names and len(names) == 1:  # one series (what pages and scripts ask): no name per row
+        values["name"] = names[0]
+        rows = _tuples(session, _points_statement(frozenset(values)), values)
+        return {names[0]: _series(*zip(*rows, strict=True))} if rows else {}
+    if names:
+        values["names"] = names
+    rows = _tuples(session, _points_statement(frozenset(values)), values)
+    return {
+        name: _series(*list(zip(*group, strict=True))[1:])
+        for name, group in groupby(rows, itemgetter(0))
+    }
+
+
+def _tuples(session: Session, stmt: Select[Any], values: dict[str, Any]) -> list[Any]:
+    """The rows of `stmt` as the database driver gives them: plain tuples, no `Row` per point
+    (the points' columns are integers and floats, which SQLAlchemy hands on unchanged)."""
+    result = session.connection().execute(stmt, values)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
+
+
+def _series(
+    steps: tuple[int, ...], epochs: tuple[int, ...], values: tuple[float, ...]
+) -> dict[str, Any]:
+    finite = math.isfinite(sum(values))  # one C loop; else NaN and infinities go out as None
+    return {
+        "steps": list(steps),
+        "values": list(values)
+        if finite
+        else [v if -math.inf < v < math.inf else None for v in values],
+        "epochs": list(epochs),
+        "total": len(steps),
+        "downsampled": False,
+    }
+
+
+@cache
+def _points_statement(given: frozenset[str]) -> Select[Any]:
+    """The points' statement for the parameters `given`, built once for each combination."""
+    columns = (Metric.step, Metric.epoch, Metric.value)
+    stmt = select(*columns) if "name" in given else select(Metric.name, *columns)
+    stmt = stmt.where(Metric.run_id == bindparam("run"))
+    if "name" in given:
+        stmt = stmt.where(Metric.name == bindparam("name"))
+    if "names" in given:
+        stmt = stmt.where(Metric.name.in_(bindparam("names", expanding=True)))
+    if "since" in given:
+        stmt = stmt.where(Metric.step > bindparam("since"))
+    return stmt.order_by(Metric.name, Metric.step)
+
+
+def metrics_json(series: dict[str, dict[str, Any]]) -> bytes:
+    """The `MetricsOut` JSON of `metrics`."""
+    return to_json({"series": series}, inf_nan_mode="null")
 
 
 def _m4(
