@@ -358,6 +358,11 @@ def split_problem(run: Any) -> str | None:
             "scheme 'split' matches the head's output to the teacher's feature at "
             "scheme_params.split_at itself; remove layer_pairs"
         )
+    if run.student.source == "model":
+        return (
+            "scheme 'split' trains a head it builds from the split point's shape, not the "
+            "run's student: leave student at a zoo architecture (source zoo, the default)"
+        )
     return None
 
 

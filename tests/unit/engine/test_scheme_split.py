@@ -109,6 +109,8 @@ def test_the_catalog_entry_and_the_config_take_the_parameters() -> None:
         _config({"bottleneck": 0})
     with pytest.raises(ValidationError, match="remove layer_pairs"):
         _config(layer_pairs=[{"teacher": "layer1", "student": "layer1"}])
+    with pytest.raises(ValidationError, match="leave student at a zoo architecture"):
+        _config(student={"source": "model", "model": {"path": "student.pt2"}})
     with pytest.raises(ValidationError, match="matches features"):
         _config(losses=[{"name": "ce"}, {"name": "feature_l2"}])
 
