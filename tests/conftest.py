@@ -78,6 +78,21 @@ def _postgres_database() -> Iterator[str]:
 _REDIS_DB: int | None = None
 
 
+def _lease_holder_gone(holder: str) -> bool:
+    """Whether the test process holding a Redis database lease (`host:pid`) is gone: only a
+    process of this machine can be checked; an old-style lease (a bare pid) counts as here."""
+    host, _, pid = holder.rpartition(":")
+    if (host and host != socket.gethostname()) or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _redis_db_url() -> str:
     """A Redis database of this test process's own (leased, so parallel runs never share one),
     flushed before each use."""
@@ -88,10 +103,23 @@ def _redis_db_url() -> str:
 
     if _REDIS_DB is None:
         lock = redis.Redis.from_url(f"{REDIS_URL}/0")
+        me = f"{socket.gethostname()}:{os.getpid()}"
         for db in range(1, 16):
-            if lock.set(f"ds-test-db-lease:{db}", os.getpid(), nx=True, ex=3 * 3600):
+            key = f"ds-test-db-lease:{db}"
+            holder = lock.get(key)
+            if holder is not None and _lease_holder_gone(holder.decode()):
+                # a killed test process never released it: take it over (only if unchanged)
+                with lock.pipeline() as pipe:
+                    try:
+                        pipe.watch(key)
+                        pipe.multi()
+                        pipe.delete(key)
+                        pipe.execute()
+                    except redis.WatchError:
+                        continue
+            if lock.set(key, me, nx=True, ex=3 * 3600):
                 _REDIS_DB = db
-                atexit.register(lock.delete, f"ds-test-db-lease:{db}")
+                atexit.register(lock.delete, key)
                 break
         else:
             raise RuntimeError("all Redis test databases 1-15 are leased; wait or clear the leases")
