@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from core import budget
@@ -174,3 +175,35 @@ def test_cli_search_and_launch(cli: Any, tmp_path: Path) -> None:  # noqa: F811
 
     refused = cli("students", "search", "--architecture", "resnet8", "--dataset", "1", code=1)
     assert "target: give exactly one target" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.one_database
+def test_a_real_worker_measures_the_candidates_and_trains_the_sweep(
+    api, worker, demo_files: tuple[Path, Path]
+) -> None:
+    from client import Client
+
+    from .conftest import mark_ready_from, upload_demo, wait_run
+    from .conftest import run_config as worker_config
+
+    model, dataset = mark_ready_from(api, *upload_demo(api, demo_files))  # digits: [1, 8, 8], 10
+    studio = Client("http://testserver", http=api)
+    table = studio.search_students(
+        {"params": 20000}, architecture="resnet8", dataset_id=dataset["id"], wait=300
+    )
+    assert table.input_shape == [1, 8, 8] and table.num_classes == 10 and table.tried == 7
+    assert table.candidates and all(c.params <= 20000 for c in table.candidates)
+    assert table.candidates[0].kwargs == {"width": 0.5}  # the widest resnet8 under 20k
+    config = worker_config(
+        model, dataset, name="swept", training={"epochs": 1, "export_onnx": False}
+    )
+    sweep = studio.launch_candidates(config, table.candidates[:2])
+    for run in sweep.runs:
+        done = wait_run(api, run.id)
+        assert done["status"] == "succeeded", (done, worker.output()[-3000:])
+    models = studio.comparison_models(sweep.comparison.id)
+    assert sorted(m.run_id for m in models) == sorted(r.id for r in sweep.runs)
+    assert [m.params for m in sorted(models, key=lambda m: m.run_id)] == [
+        c.params for c in table.candidates[:2]
+    ]
