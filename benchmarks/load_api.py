@@ -545,6 +545,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             api_cpu = cpu_spent(cpu_before, cpu_seconds(server.proc.pid))
             processes = len(api_processes(server.proc.pid))
+            load_average = os.getloadavg()  # the machine is shared: say how busy it was
+            early = summary(tally, took)  # shown now: the training run may take a while yet
+            print(
+                f"load ended: {sum(r['requests'] for r in early) / took:.0f} requests/s, "
+                f"{1000 * api_cpu / max(sum(r['requests'] for r in early), 1):.2f} ms API CPU "
+                f"per request, load average {load_average[0]:.1f} / {load_average[1]:.1f} / "
+                f"{load_average[2]:.1f}\n{markdown(early)}",
+                file=sys.stderr,
+                flush=True,
+            )
             big = big_series_reads(client, big_run) if big_run is not None else None
             at_end = client.get(f"/runs/{run_id}").json()
             run = wait_for(client, f"/runs/{run_id}", {"succeeded", "failed", "cancelled"}, 1800)
@@ -568,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_processes": processes,
         "api_cpu_s": api_cpu,
         "api_cpu_ms_per_request": 1000 * api_cpu / max(total, 1),
+        "load_average": load_average,
         "seeded": {"runs": args.seed_runs, "points": args.seed_points},
         "max_points": args.max_points,
         "big_series": big,
@@ -587,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{args.clients} clients for {took:.1f}s on loopback ({args.database}): {total} "
         f"requests ({total / took:.0f}/s), {errors} errors, {tally.created} runs created and "
         f"cancelled; API: {processes} processes, {1000 * api_cpu / max(total, 1):.2f} ms "
-        f"CPU per request\n"
+        f"CPU per request; load average when the load ended {load_average[0]:.1f} / "
+        f"{load_average[1]:.1f} / {load_average[2]:.1f} (1 / 5 / 15 min)\n"
     )
     print(markdown(rows))
     if big is not None:
