@@ -15,7 +15,7 @@ import yaml
 
 from core import budget
 
-from .api_helpers import ready_dataset, ready_model, run_config
+from .api_helpers import ready_dataset, ready_model, run_config, set_row, upload_model
 from .test_cli_remote import _ready_inputs, cli, server  # noqa: F401 - fixtures
 
 # resnet8 has a width and no depth parameter: 7 candidates (the depth grid: the unit tests)
@@ -117,6 +117,35 @@ def test_derived_from_a_teacher_without_architecture_is_refused(api) -> None:
     )
     assert r.status_code == 422
     assert "derived students need a teacher whose architecture is in the zoo" in r.text
+
+
+def test_students_derived_from_a_zoo_teacher_take_its_inputs(api, studio_env) -> None:
+    """No architecture, a zoo teacher: the grid of `derived_architecture`'s factors, built for
+    the inputs the teacher records (no dataset given)."""
+    kwargs = {
+        "architecture": "resnet8",
+        "kwargs": json.dumps({"input_shape": [1, 8, 8], "num_classes": 3}),
+    }
+    r = upload_model(
+        api, "zoo-teacher", b"weights", "teacher.safetensors", format="safetensors", **kwargs
+    )
+    assert r.status_code == 201, r.text
+    set_row(
+        "Model",
+        r.json()["id"],
+        status="ready",
+        inspection={"input_shape": [1, 8, 8], "num_classes": 3},
+    )
+    body = {"target": {"latency_ms": 1000.0}, "teacher_model_id": r.json()["id"]}
+    assert api.post("/students/search", json=body).status_code == 202
+    ((candidates, shape, classes),) = _measure_messages(studio_env)
+    assert (shape, classes) == ([1, 8, 8], 3)
+    assert candidates == [["resnet8", {"width": w}] for w in (0.25, 0.375, 0.5, 0.75, 1.0)]
+    _run_worker_task(studio_env)
+    out = api.post("/students/search", json=body).json()
+    assert out["metric"] == "latency_ms" and out["tried"] == 5 and out["rejected"] == 0
+    latencies = [c["latency_ms"] for c in out["candidates"]]
+    assert latencies == sorted(latencies, reverse=True)
 
 
 def test_best_candidates_launch_as_runs_in_one_comparison(api, studio_env) -> None:
