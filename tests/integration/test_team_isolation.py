@@ -218,6 +218,10 @@ COLLECTIONS: dict[tuple[str, str], tuple[Make, Check]] = {
         lambda a: {"json": {"teacher_model_id": a["model_id"], "dataset_id": a["dataset_id"]}},
         _status(403, 404),
     ),
+    ("POST", "/students/search"): (
+        lambda a: {"json": {"target": {"params": 20000}, "teacher_model_id": a["model_id"]}},
+        _status(403, 404),
+    ),
     ("GET", "/audit"): (lambda a: {}, _refused_or_own),
     ("GET", "/webhooks"): (lambda a: {}, _webhooks),
     ("POST", "/webhooks"): (
