@@ -21,16 +21,11 @@ from worker.engine.losses.reviewkd import hcl
 from worker.engine.tasks.classification.data import TensorData, split
 from worker.engine.trainer import Callbacks, Cancelled, StepReport, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 Z = torch.zeros(2, 10)
 Y = torch.zeros(2, dtype=torch.long)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _loss(name: str, pairs: list, **params: object):

@@ -7,7 +7,6 @@ The gradient check at the end also covers kd, at and nst.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,13 +18,7 @@ from worker.engine.losses import LossContext, StepOutputs, build_loss
 from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _loss(name: str, pairs: list | None = None, n: int = 0, **params: object) -> nn.Module:

@@ -4,7 +4,6 @@ export (`student_int8.pt`) and evaluation.json's `quantized` block (fp32 and int
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,7 @@ from worker.engine.tasks.classification import ClassificationTask
 from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import Callbacks, Cancelled, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _teacher() -> nn.Module:

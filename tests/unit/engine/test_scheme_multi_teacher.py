@@ -4,7 +4,6 @@ confidence), each with its own layer pairs; trained, checkpointed, exported and 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,55 +17,36 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from core.config import RunConfig
-from tests.unit.engine.support import Epochs
+from tests.unit.engine.support import (
+    TINY_MLP,
+    Epochs,
+    scheme_config,
+    small_digits,
+    tiny_teacher,
+)
 from worker.engine.export import export_pt2
 from worker.engine.pipeline import IncompatibleDataError, run_distillation
 from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.multi_teacher import MultiTeacherScheme, teacher_weights, weighted_kd
-from worker.engine.tasks.classification.data import TensorData, split
+from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import Cancelled, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[TensorData, TensorData]:
-    d = load_digits()
-    x = torch.tensor(d.images[:240], dtype=torch.float32)[:, None] / 16.0
-    data = TensorData(x, torch.tensor(d.target[:240]), [str(i) for i in range(10)])
-    return split(data, 0.25, seed=0)
-
-
-def _teacher(seed: int = 7, hidden: int = 32, classes: int = 10) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+    return small_digits(240)
 
 
 def _config(**fields: Any) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "teacher": {"path": "unused.pt2"},
-            "teachers": [{"path": "other.pt2", "weight": 1.0}],
-            "dataset": {"path": "unused.npz", "val_fraction": 0.25},
-            "student": {"architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
-            "losses": [{"name": "ce"}],
-            "scheme": {"name": "multi_teacher", "params": {"weighting": "confidence"}},
-            "training": {
-                "epochs": 2,
-                "batch_size": 30,
-                "lr": 0.05,
-                "device": "cpu",
-                "checkpoint_every": 4,
-                "export_onnx": False,
-            },
-            **fields,
-        }
+    extra = [{"path": "other.pt2", "weight": 1.0}]
+    return scheme_config(
+        "multi_teacher",
+        {"weighting": "confidence"},
+        epochs=2,
+        checkpoint_every=4,
+        **{"student": TINY_MLP, "teachers": extra, **fields},
     )
 
 
@@ -159,7 +139,7 @@ def _scheme(
     scheme = build_scheme("multi_teacher", **params)
     assert isinstance(scheme, MultiTeacherScheme)
     scheme.bind(others, [1.0] * len(others), pairs or [[] for _ in others], torch.rand(2, 1, 8, 8))
-    scheme.setup(_teacher(7), student, nn.ModuleList())
+    scheme.setup(tiny_teacher(7), student, nn.ModuleList())
     return scheme, student
 
 
@@ -178,16 +158,16 @@ def _grads(scheme: MultiTeacherScheme, student: nn.Module, x: Tensor, y: Tensor)
 def test_every_teachers_output_reaches_the_students_gradient(weighting: str) -> None:
     """Swapping any one teacher changes the student's gradients: none is ignored."""
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    base, student = _scheme([_teacher(8), _teacher(9)], weighting=weighting)
+    base, student = _scheme([tiny_teacher(8), tiny_teacher(9)], weighting=weighting)
     reference = _grads(base, student, x, y)
     assert len(reference) == len(list(student.parameters()))
-    swapped_1, s1 = _scheme([_teacher(18), _teacher(9)], weighting=weighting)
-    swapped_2, s2 = _scheme([_teacher(8), _teacher(19)], weighting=weighting)
+    swapped_1, s1 = _scheme([tiny_teacher(18), tiny_teacher(9)], weighting=weighting)
+    swapped_2, s2 = _scheme([tiny_teacher(8), tiny_teacher(19)], weighting=weighting)
     for scheme, model in ((swapped_1, s1), (swapped_2, s2)):
         grads = _grads(scheme, model, x, y)
         assert any(not torch.allclose(a, b) for a, b in zip(reference, grads, strict=True))
-    swapped_0, s0 = _scheme([_teacher(8), _teacher(9)], weighting=weighting)
-    swapped_0.teacher = _teacher(17)  # the run's own teacher, too
+    swapped_0, s0 = _scheme([tiny_teacher(8), tiny_teacher(9)], weighting=weighting)
+    swapped_0.teacher = tiny_teacher(17)  # the run's own teacher, too
     grads = _grads(swapped_0, s0, x, y)
     assert any(not torch.allclose(a, b) for a, b in zip(reference, grads, strict=True))
     assert all(p.grad is None for t in base.others for p in t.parameters())  # frozen
@@ -197,7 +177,7 @@ def test_a_teachers_pairs_give_a_hint_term_through_a_connector() -> None:
     """Teacher 1's pair (its 32-wide hidden layer vs the student's 16-wide one) gets a linear
     connector (linear + BN) that trains, and its hint moves the student's tapped layer."""
     pair = [("layers.0", "1", "output")]
-    scheme, student = _scheme([_teacher(8)], [pair])
+    scheme, student = _scheme([tiny_teacher(8)], [pair])
     connector = scheme.connectors[0][0]
     assert connector.proj.weight.shape == (32, 16)
     trained = {id(p) for g in scheme.param_groups() for p in g["params"]}
@@ -234,8 +214,8 @@ def test_training_logs_the_terms_and_a_resumed_run_ends_where_an_uninterrupted_o
     config = _config(teachers=[{"path": "b.pt2", "pairs": [pair]}, {"path": "c.pt2"}])
 
     def run(**kw: Any) -> Any:
-        scheme = _bound(config, train_data, [_teacher(8), _teacher(9, hidden=24)])
-        return train(config, _teacher(), train_data, val_data, scheme=scheme, **kw), scheme
+        scheme = _bound(config, train_data, [tiny_teacher(8), tiny_teacher(9, hidden=24)])
+        return train(config, tiny_teacher(), train_data, val_data, scheme=scheme, **kw), scheme
 
     rec = Epochs()
     (full, full_scheme) = run(callbacks=rec)
@@ -260,9 +240,9 @@ def _files(tmp_path: Path, n: int = 300) -> None:
     d = load_digits()
     np.savez(tmp_path / "data.npz", x=(d.images[:n, None] / 16.0).astype("float32"),
              y=d.target[:n])  # fmt: skip
-    export_pt2(_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
-    export_pt2(_teacher(8, hidden=24).eval(), (1, 8, 8), tmp_path / "other.pt2")
-    export_pt2(_teacher(9, classes=7).eval(), (1, 8, 8), tmp_path / "seven.pt2")
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    export_pt2(tiny_teacher(8, hidden=24).eval(), (1, 8, 8), tmp_path / "other.pt2")
+    export_pt2(tiny_teacher(9, classes=7).eval(), (1, 8, 8), tmp_path / "seven.pt2")
 
 
 def test_a_whole_run_evaluates_each_teacher_next_to_the_student(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ uninterrupted run does."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,57 +19,30 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from core.config import RunConfig
-from tests.unit.engine.support import Epochs
+from tests.unit.engine.support import (
+    CE_KD,
+    Epochs,
+    scheme_config,
+    small_digits,
+    tiny_teacher,
+)
 from worker.engine.export import export_pt2
 from worker.engine.schemes import build_scheme
 from worker.engine.schemes.netaug import NetAugScheme, parse_widths, wider
 from worker.engine.students import build_student
-from worker.engine.tasks.classification.data import TensorData, split
+from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import Cancelled, train
 
-STUDENT = {"architecture": "resnet8", "kwargs": {"width": 0.25}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[TensorData, TensorData]:
-    d = load_digits()
-    x = torch.tensor(d.images[:200], dtype=torch.float32)[:, None] / 16.0
-    data = TensorData(x, torch.tensor(d.target[:200]), [str(i) for i in range(10)])
-    return split(data, 0.25, seed=0)
-
-
-def _teacher() -> nn.Module:
-    torch.manual_seed(7)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return small_digits(200)
 
 
 def _config(params: dict[str, Any] | None = None, **fields: Any) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "teacher": {"path": "unused.pt2"},
-            "dataset": {"path": "unused.npz", "val_fraction": 0.25},
-            "student": STUDENT,
-            "losses": [{"name": "ce"}, {"name": "kd"}],
-            "scheme": {"name": "netaug", "params": params or {}},
-            "training": {
-                "epochs": 1,
-                "batch_size": 30,
-                "lr": 0.05,
-                "device": "cpu",
-                "checkpoint_every": 2,
-                "export_onnx": False,
-            },
-            **fields,
-        }
-    )
+    return scheme_config("netaug", params or {}, **{"losses": CE_KD, **fields})
 
 
 def _copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -156,11 +128,11 @@ def test_a_student_without_a_zoo_architecture_is_refused_saying_what_works() -> 
     scheme = build_scheme("netaug")
     shuffle = build_student("shufflenetv2", (1, 8, 8), 10, width=0.5)
     with pytest.raises(ValueError, match="cannot be widened"):
-        scheme.setup(_teacher(), shuffle, nn.ModuleList())
+        scheme.setup(tiny_teacher(), shuffle, nn.ModuleList())
     # WRN-16-1's first stage has no shortcut convolution (16 -> 16), a wider one has
     wrn = build_student("wrn_16_1", (1, 8, 8), 10)
     with pytest.raises(ValueError, match="does not hold it as its first channels"):
-        scheme.setup(_teacher(), wrn, nn.ModuleList())
+        scheme.setup(tiny_teacher(), wrn, nn.ModuleList())
 
 
 def test_the_augmented_model_runs_on_the_students_own_tensors(
@@ -169,7 +141,7 @@ def test_the_augmented_model_runs_on_the_students_own_tensors(
     torch.manual_seed(0)
     student = build_student("resnet8", (1, 8, 8), 10, width=0.25)
     scheme = NetAugScheme(widths="2,3")
-    scheme.setup(_teacher(), student, nn.ModuleList())
+    scheme.setup(tiny_teacher(), student, nn.ModuleList())
     x = digits[0].x[:8]
     # the widest model, materialised from the shared weights, computes what the step computes
     for index in (0, 1):
@@ -219,7 +191,7 @@ def test_the_trained_student_is_the_shared_slice_and_the_augmented_term_moved_it
     config = _config({"widths": "1.5,2,3", "alpha": 1.0})
     scheme = Spy(widths="1.5,2,3", alpha=1.0)
     rec = Epochs()
-    result = train(config, _teacher(), train_data, val_data, scheme=scheme, callbacks=rec)
+    result = train(config, tiny_teacher(), train_data, val_data, scheme=scheme, callbacks=rec)
     assert result.student is scheme.student and result.students == [scheme.student]
     # every step added one sampled width's configured logit losses, weighted by alpha
     assert len(scheme.sampled) == result.steps and len(set(scheme.sampled)) > 1
@@ -235,13 +207,15 @@ def test_the_trained_student_is_the_shared_slice_and_the_augmented_term_moved_it
     tiny = build_student("resnet8", (1, 8, 8), 10, width=0.25).state_dict()
     assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in tiny.items()}
     # the same run without the augmented term ends elsewhere: the wide models trained it
-    plain = train(_config({"alpha": 0.0}), _teacher(), train_data, val_data)
+    plain = train(_config({"alpha": 0.0}), tiny_teacher(), train_data, val_data)
     moved = [k for k, v in plain.student.state_dict().items() if not torch.equal(v, exported[k])]
     assert "conv1.weight" in moved and "fc.weight" in moved
     # the widest model's own channels trained too
     fresh = Spy(widths="1.5,2,3")
     torch.manual_seed(config.seed)
-    fresh.setup(_teacher(), build_student("resnet8", (1, 8, 8), 10, width=0.25), nn.ModuleList())
+    fresh.setup(
+        tiny_teacher(), build_student("resnet8", (1, 8, 8), 10, width=0.25), nn.ModuleList()
+    )
     assert not torch.equal(
         fresh.augmented[-1].fc.weight, scheme.augmented[-1].fc.weight.detach().cpu()
     )
@@ -253,11 +227,11 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
     train_data, val_data = digits
     config = _config({"widths": "2,3"})
     full_scheme = NetAugScheme(widths="2,3")
-    full = train(config, _teacher(), train_data, val_data, scheme=full_scheme)
+    full = train(config, tiny_teacher(), train_data, val_data, scheme=full_scheme)
     with pytest.raises(Cancelled):
         train(
             config,
-            _teacher(),
+            tiny_teacher(),
             train_data,
             val_data,
             callbacks=Epochs(stop_at=3),
@@ -268,7 +242,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
     resumed_scheme = NetAugScheme(widths="2,3")
     resumed = train(
         config,
-        _teacher(),
+        tiny_teacher(),
         train_data,
         val_data,
         scheme=resumed_scheme,
@@ -282,7 +256,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
         assert all(torch.equal(s1[k], s2[k]) for k in s1)
     fewer = _config({"widths": "2"})
     with pytest.raises(ValueError, match="holds 2 augmented widths; this run has 1"):
-        train(fewer, _teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
+        train(fewer, tiny_teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +272,7 @@ def test_distill_studio_train_runs_netaug_and_exports_the_tiny_model(tmp_path: P
     d = load_digits()
     np.savez(tmp_path / "data.npz", x=(d.images[:200, None] / 16.0).astype("float32"),
              y=d.target[:200])  # fmt: skip
-    export_pt2(_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
     doc = yaml.safe_load(_config({"widths": "2,3", "alpha": 0.5}).to_yaml())
     doc["teacher"], doc["dataset"] = {"path": "teacher.pt2"}, {"path": "data.npz"}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))

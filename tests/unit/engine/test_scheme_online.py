@@ -4,7 +4,6 @@ predictions, each trained, checkpointed, exported and evaluated."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,55 +17,32 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from core.config import RunConfig
-from tests.unit.engine.support import Epochs
+from tests.unit.engine.support import (
+    TINY_MLP,
+    Epochs,
+    scheme_config,
+    small_digits,
+    tiny_teacher,
+)
 from worker.engine.export import export_pt2
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_distillation
 from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.online import OnlineScheme
-from worker.engine.tasks.classification.data import TensorData, split
+from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import Cancelled, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[TensorData, TensorData]:
-    d = load_digits()
-    x = torch.tensor(d.images[:240], dtype=torch.float32)[:, None] / 16.0
-    data = TensorData(x, torch.tensor(d.target[:240]), [str(i) for i in range(10)])
-    return split(data, 0.25, seed=0)
-
-
-def _teacher() -> nn.Module:
-    torch.manual_seed(7)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return small_digits(240)
 
 
 def _config(**fields: Any) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "teacher": {"path": "unused.pt2"},
-            "dataset": {"path": "unused.npz", "val_fraction": 0.25},
-            "student": {"architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
-            "losses": [{"name": "ce"}],
-            "scheme": {"name": "online", "params": {"peers": 3}},
-            "training": {
-                "epochs": 2,
-                "batch_size": 30,
-                "lr": 0.05,
-                "device": "cpu",
-                "checkpoint_every": 4,
-                "export_onnx": False,
-            },
-            **fields,
-        }
+    return scheme_config(
+        "online", {"peers": 3}, epochs=2, checkpoint_every=4, **{"student": TINY_MLP, **fields}
     )
 
 
@@ -125,7 +101,7 @@ def _setup(peers: int = 2) -> tuple[OnlineScheme, nn.Module]:
     student = build_student("mlp", (1, 8, 8), 10, hidden=16, depth=1)
     scheme = build_scheme("online", peers=peers, temperature=2.0)
     assert isinstance(scheme, OnlineScheme)
-    scheme.setup(_teacher(), student, nn.ModuleList())
+    scheme.setup(tiny_teacher(), student, nn.ModuleList())
     return scheme, student
 
 
@@ -155,7 +131,7 @@ def test_a_zoo_peer_is_built_by_the_zoo_and_any_other_module_is_reinitialised() 
     zoo = build_student("resnet8", (1, 8, 8), 10, width=0.25)  # the zoo's own init (Kaiming)
     assert all(torch.equal(v, zoo.state_dict()[k]) for k, v in peer.state_dict().items())
     assert not torch.equal(peer.state_dict()["conv1.weight"], resnet.state_dict()["conv1.weight"])
-    plain = _teacher()
+    plain = tiny_teacher()
     other = fresh_copy(plain, 5)
     assert all(
         not torch.equal(a, b) for a, b in zip(plain.parameters(), other.parameters(), strict=True)
@@ -231,7 +207,7 @@ def test_one_step_gives_every_peer_gradients_from_its_loss_and_the_current_outpu
 
     scheme.combine = once  # type: ignore[method-assign]
     with pytest.raises(_Stop):
-        train(config, _teacher(), train_data, train_data, scheme=scheme)
+        train(config, tiny_teacher(), train_data, train_data, scheme=scheme)
     assert set(seen["terms"]) == {"ce", "p1/ce", "p2/ce", "mutual", "p1/mutual", "p2/mutual"}
     models = scheme.students()
     assert all(
@@ -267,7 +243,7 @@ def _first_batch(config: RunConfig, n: int) -> Tensor:
 def test_a_cohort_trains_and_reports_every_peer(digits: tuple[TensorData, TensorData]) -> None:
     train_data, val_data = digits
     rec = Epochs()
-    result = train(_config(), _teacher(), train_data, val_data, callbacks=rec)
+    result = train(_config(), tiny_teacher(), train_data, val_data, callbacks=rec)
     assert len(result.students) == 3 and result.students[0] is result.student
     assert {"val/top1", "val/p1/top1", "val/p2/top1"} <= set(rec.epochs[-1])
     assert {"loss/ce", "loss/p2/ce", "loss/mutual", "loss/p2/mutual"} <= rec.steps[-1]
@@ -281,7 +257,7 @@ def test_the_teacher_guides_every_peer_when_a_loss_reads_it(
     train_data, val_data = digits
     rec = Epochs()
     config = _config(losses=[{"name": "ce"}, {"name": "kd"}], scheme="online")
-    train(config, _teacher(), train_data, val_data, callbacks=rec)
+    train(config, tiny_teacher(), train_data, val_data, callbacks=rec)
     assert {"loss/kd", "loss/p1/kd", "loss/mutual", "loss/p1/mutual"} <= rec.steps[-1]
 
 
@@ -290,11 +266,11 @@ def test_a_resumed_cohort_ends_where_an_uninterrupted_one_does(
 ) -> None:
     train_data, val_data = digits
     config = _config()
-    full = [m.state_dict() for m in train(config, _teacher(), train_data, val_data).students]
+    full = [m.state_dict() for m in train(config, tiny_teacher(), train_data, val_data).students]
     with pytest.raises(Cancelled):
         train(
             config,
-            _teacher(),
+            tiny_teacher(),
             train_data,
             val_data,
             callbacks=Epochs(stop_at=5),
@@ -302,12 +278,14 @@ def test_a_resumed_cohort_ends_where_an_uninterrupted_one_does(
         )
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert ckpt["step"] == 5 and len(ckpt["peers"]) == 2  # mid-epoch, peers 1 and 2
-    resumed = train(config, _teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
+    resumed = train(
+        config, tiny_teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt"
+    )
     for a, b in zip(full, [m.state_dict() for m in resumed.students], strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     fewer = _config(scheme={"name": "online", "params": {"peers": 2}})
     with pytest.raises(ValueError, match="holds 3 peers; this run trains 2"):
-        train(fewer, _teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
+        train(fewer, tiny_teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +296,7 @@ def test_a_whole_run_exports_and_evaluates_every_peer(tmp_path: Path) -> None:
     d = load_digits()
     np.savez(tmp_path / "data.npz", x=(d.images[:300, None] / 16.0).astype("float32"),
              y=d.target[:300])  # fmt: skip
-    export_pt2(_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
     config = _config(
         teacher={"path": str(tmp_path / "teacher.pt2")},
         dataset={"path": str(tmp_path / "data.npz"), "val_fraction": 0.25},
@@ -357,7 +335,7 @@ def test_distill_studio_train_runs_a_cohort(tmp_path: Path) -> None:
     d = load_digits()
     np.savez(tmp_path / "data.npz", x=(d.images[:200, None] / 16.0).astype("float32"),
              y=d.target[:200])  # fmt: skip
-    export_pt2(_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
     doc = yaml.safe_load(_config().to_yaml())
     doc["teacher"], doc["dataset"] = {"path": "teacher.pt2"}, {"path": "data.npz"}
     doc["scheme"]["params"] = {"peers": 2, "temperature": 3.0}

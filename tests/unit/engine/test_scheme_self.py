@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,59 +19,32 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from core.config import RunConfig
-from tests.unit.engine.support import Epochs
+from tests.unit.engine.support import (
+    CE_KD,
+    Epochs,
+    scheme_config,
+    small_digits,
+    tiny_teacher,
+)
 from worker.engine.export import export_pt2
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_distillation
 from worker.engine.schemes import StepView, build_scheme
 from worker.engine.schemes.online import fresh_copy
 from worker.engine.schemes.self_distill import HeadExit, SelfScheme
-from worker.engine.tasks.classification.data import TensorData, split
+from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import Cancelled, train
 
-STUDENT = {"architecture": "resnet8", "kwargs": {"width": 0.25}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[TensorData, TensorData]:
-    d = load_digits()
-    x = torch.tensor(d.images[:200], dtype=torch.float32)[:, None] / 16.0
-    data = TensorData(x, torch.tensor(d.target[:200]), [str(i) for i in range(10)])
-    return split(data, 0.25, seed=0)
-
-
-def _teacher() -> nn.Module:
-    torch.manual_seed(7)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return small_digits(200)
 
 
 def _config(params: dict[str, Any] | None = None, **fields: Any) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "teacher": {"path": "unused.pt2"},
-            "dataset": {"path": "unused.npz", "val_fraction": 0.25},
-            "student": STUDENT,
-            "losses": [{"name": "ce"}, {"name": "kd"}],
-            "scheme": {"name": "self", "params": params or {"generations": 2}},
-            "training": {
-                "epochs": 1,
-                "batch_size": 30,
-                "lr": 0.05,
-                "device": "cpu",
-                "checkpoint_every": 2,
-                "export_onnx": False,
-            },
-            **fields,
-        }
-    )
+    return scheme_config("self", params or {"generations": 2}, **{"losses": CE_KD, **fields})
 
 
 def _hash(state: dict[str, Tensor]) -> str:
@@ -165,7 +137,7 @@ def test_each_generation_starts_fresh_and_is_taught_by_the_one_before(
 ) -> None:
     train_data, val_data = digits
     scheme = Spy(mode="born_again", generations=3)
-    teacher = _teacher()
+    teacher = tiny_teacher()
     result = train(_config({"generations": 3}), teacher, train_data, val_data, scheme=scheme)
     per_gen = result.steps // 3
     assert len(result.earlier) == 2 and result.student is scheme.student
@@ -205,7 +177,7 @@ def test_the_last_generation_learns_from_the_ensemble_of_all_earlier_ones(
     train_data, val_data = digits
     scheme = Spy(mode="born_again", generations=3, ensemble_last=True)
     params = {"generations": 3, "ensemble_last": True}
-    result = train(_config(params), _teacher(), train_data, val_data, scheme=scheme)
+    result = train(_config(params), tiny_teacher(), train_data, val_data, scheme=scheme)
     elders = result.earlier
     hashes = [_hash(e.state_dict()) for e in elders]
     second = [t for gen, t, _, _ in scheme.taught if gen == 1]
@@ -224,22 +196,24 @@ def test_a_resume_in_a_later_generation_ends_where_an_uninterrupted_run_does(
 ) -> None:
     train_data, val_data = digits
     config = _config({"generations": 3, "ensemble_last": True})
-    full = train(config, _teacher(), train_data, val_data)
+    full = train(config, tiny_teacher(), train_data, val_data)
     per_gen = full.steps // 3
     stop = per_gen + 3  # mid generation 2
     with pytest.raises(Cancelled):
-        train(config, _teacher(), train_data, val_data, callbacks=Epochs(stop_at=stop),
+        train(config, tiny_teacher(), train_data, val_data, callbacks=Epochs(stop_at=stop),
               checkpoint_path=tmp_path / "c.ckpt")  # fmt: skip
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert ckpt["generation"] == 1 and len(ckpt["generations"]) == 1
-    resumed = train(config, _teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
+    resumed = train(
+        config, tiny_teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt"
+    )
     assert resumed.steps == full.steps
     for a, b in zip([*full.earlier, full.student], [*resumed.earlier, resumed.student],
                     strict=True):  # fmt: skip
         assert _hash(a.state_dict()) == _hash(b.state_dict())
     fewer = _config({"generations": 2})
     with pytest.raises(ValueError, match="does not fit|steps but this"):
-        train(fewer, _teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
+        train(fewer, tiny_teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
 
 
 def test_a_resume_right_at_a_generation_boundary_does_not_skip_or_repeat_one(
@@ -247,15 +221,17 @@ def test_a_resume_right_at_a_generation_boundary_does_not_skip_or_repeat_one(
 ) -> None:
     train_data, val_data = digits
     config = _config({"generations": 2})
-    full = train(config, _teacher(), train_data, val_data)
+    full = train(config, tiny_teacher(), train_data, val_data)
     per_gen = full.steps // 2
     # the first check of generation 2 comes right after its start_round
     with pytest.raises(Cancelled):
-        train(config, _teacher(), train_data, val_data, callbacks=Epochs(stop_at=per_gen),
+        train(config, tiny_teacher(), train_data, val_data, callbacks=Epochs(stop_at=per_gen),
               checkpoint_path=tmp_path / "c.ckpt")  # fmt: skip
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert (ckpt["step"], ckpt["generation"], len(ckpt["generations"])) == (per_gen, 1, 1)
-    resumed = train(config, _teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
+    resumed = train(
+        config, tiny_teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt"
+    )
     assert len(resumed.earlier) == 1
     assert _hash(resumed.student.state_dict()) == _hash(full.student.state_dict())
     assert _hash(resumed.earlier[0].state_dict()) == _hash(full.earlier[0].state_dict())
@@ -265,10 +241,12 @@ def test_a_student_that_cannot_be_reinitialised_is_refused_before_the_first_step
     scheme = build_scheme("self", generations=2)
     frozen_shape = nn.Sequential(nn.Flatten(), nn.ReLU())  # nothing to re-initialise
     with pytest.raises(ValueError, match="no later generation could start fresh"):
-        scheme.setup(_teacher(), frozen_shape, nn.ModuleList())
-    build_scheme("self", generations=1).setup(_teacher(), frozen_shape, nn.ModuleList())
+        scheme.setup(tiny_teacher(), frozen_shape, nn.ModuleList())
+    build_scheme("self", generations=1).setup(tiny_teacher(), frozen_shape, nn.ModuleList())
     with pytest.raises(ValueError, match="needs a zoo or derived student"):
-        build_scheme("self", mode="deep_supervision").setup(_teacher(), _teacher(), nn.ModuleList())
+        build_scheme("self", mode="deep_supervision").setup(
+            tiny_teacher(), tiny_teacher(), nn.ModuleList()
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +260,7 @@ def _ds_scheme() -> tuple[SelfScheme, nn.Module]:
     student = build_student("resnet8", (1, 8, 8), 10, width=0.25)
     scheme = build_scheme("self", mode="deep_supervision")
     assert isinstance(scheme, SelfScheme)
-    scheme.setup(_teacher(), student, nn.ModuleList())
+    scheme.setup(tiny_teacher(), student, nn.ModuleList())
     return scheme, student
 
 
@@ -327,7 +305,7 @@ def test_deep_supervision_trains_heads_and_resumes_exactly(
             self.initial = _copy(self.heads.state_dict())
 
     scheme = Heads(mode="deep_supervision")
-    full = train(config, _teacher(), train_data, val_data, callbacks=rec, scheme=scheme)
+    full = train(config, tiny_teacher(), train_data, val_data, callbacks=rec, scheme=scheme)
     assert {"loss/head0/ce", "loss/head1/kd", "loss/head1/hint", "loss/kd"} <= rec.steps[-1]
     heads_top1 = [rec.epochs[-1][f"val/head{i}/top1"] for i in (0, 1)]  # each exit's accuracy
     assert all(0.0 <= v <= 1.0 for v in heads_top1) and "val/head2/top1" not in rec.epochs[-1]
@@ -340,11 +318,11 @@ def test_deep_supervision_trains_heads_and_resumes_exactly(
         if key.endswith("weight"):
             assert not torch.equal(value, scheme.initial[key]), key
     with pytest.raises(Cancelled):
-        train(config, _teacher(), train_data, val_data, callbacks=Epochs(stop_at=3),
+        train(config, tiny_teacher(), train_data, val_data, callbacks=Epochs(stop_at=3),
               checkpoint_path=tmp_path / "c.ckpt")  # fmt: skip
     again = build_scheme("self", mode="deep_supervision")
     assert isinstance(again, SelfScheme)
-    resumed = train(config, _teacher(), train_data, val_data, scheme=again,
+    resumed = train(config, tiny_teacher(), train_data, val_data, scheme=again,
                     checkpoint_path=tmp_path / "c.ckpt")  # fmt: skip
     assert _hash(resumed.student.state_dict()) == _hash(full.student.state_dict())
     assert _hash(again.heads.state_dict()) == _hash(heads)
@@ -354,7 +332,7 @@ def test_the_export_is_the_trained_backbone_without_heads(tmp_path: Path) -> Non
     d = load_digits()
     x = (d.images[:200, None] / 16.0).astype("float32")
     np.savez(tmp_path / "data.npz", x=x, y=d.target[:200])
-    export_pt2(_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
     config = _config(
         {"mode": "deep_supervision"},
         teacher={"path": str(tmp_path / "teacher.pt2")},
@@ -384,7 +362,7 @@ def test_a_whole_run_exports_and_evaluates_every_generation(tmp_path: Path) -> N
     d = load_digits()
     x = (d.images[:200, None] / 16.0).astype("float32")
     np.savez(tmp_path / "data.npz", x=x, y=d.target[:200])
-    export_pt2(_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
     config = _config(
         {"generations": 3},
         teacher={"path": str(tmp_path / "teacher.pt2")},
@@ -421,7 +399,7 @@ def test_distill_studio_train_runs_born_again_generations(tmp_path: Path) -> Non
     d = load_digits()
     np.savez(tmp_path / "data.npz", x=(d.images[:160, None] / 16.0).astype("float32"),
              y=d.target[:160])  # fmt: skip
-    export_pt2(_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
     doc = yaml.safe_load(_config({"generations": 2, "ensemble_last": True}).to_yaml())
     doc["teacher"], doc["dataset"] = {"path": "teacher.pt2"}, {"path": "data.npz"}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))

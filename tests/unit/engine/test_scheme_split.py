@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,11 @@ from torch import Tensor, nn
 
 from core.config import RunConfig
 from core.split_point import split_layer
-from tests.unit.engine.support import Epochs
+from tests.unit.engine.support import (
+    Epochs,
+    scheme_config,
+    small_digits,
+)
 from worker.engine.export import export_pt2
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_distillation
@@ -29,24 +32,15 @@ from worker.engine.schemes import build_scheme
 from worker.engine.schemes.split import SplitHead, SplitModel, SplitScheme
 from worker.engine.students import build_student
 from worker.engine.taps import inspect_model
-from worker.engine.tasks.classification.data import TensorData, split
+from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import Cancelled, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[TensorData, TensorData]:
-    d = load_digits()
-    x = torch.tensor(d.images[:200], dtype=torch.float32)[:, None] / 16.0
-    data = TensorData(x, torch.tensor(d.target[:200]), [str(i) for i in range(10)])
-    return split(data, 0.25, seed=0)
+    return small_digits(200)
 
 
 def _eager_teacher() -> nn.Module:
@@ -66,24 +60,7 @@ def _pt2_teacher(path: Path) -> nn.Module:
 
 
 def _config(params: dict[str, Any] | None = None, **fields: Any) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "teacher": {"path": "unused.pt2"},
-            "dataset": {"path": "unused.npz", "val_fraction": 0.25},
-            "student": {"architecture": "resnet8", "kwargs": {"width": 0.25}},
-            "losses": [{"name": "ce"}],
-            "scheme": {"name": "split", "params": params or {"split_at": "layer1"}},
-            "training": {
-                "epochs": 2,
-                "batch_size": 30,
-                "lr": 0.05,
-                "device": "cpu",
-                "checkpoint_every": 2,
-                "export_onnx": False,
-            },
-            **fields,
-        }
-    )
+    return scheme_config("split", params or {"split_at": "layer1"}, epochs=2, **fields)
 
 
 def _hash(state: dict[str, Tensor]) -> str:

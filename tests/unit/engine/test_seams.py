@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,9 @@ from worker.engine.schemes.offline import OfflineScheme
 from worker.engine.tasks import Batch, IncompatibleDataError, Task, build_task, dataset_task
 from worker.engine.tasks.classification import ClassificationTask
 from worker.engine.trainer import Cancelled, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 HERE = __name__  # the implementations below are named "tests.unit.engine.test_seams:Class"
 
@@ -187,14 +189,6 @@ def toy_entries(monkeypatch: pytest.MonkeyPatch) -> None:
             metrics=("mse",),
         ),
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _teacher(features: int = 6, outputs: int = 3) -> nn.Module:
