@@ -38,7 +38,7 @@ FIELDS = (
     ("cpu_latency_ms", "cpu_latency_ms"),
 )
 ROW_KEYS = ("label", *(key for key, _ in FIELDS), "val_prefix", "artifacts")
-INT8_ARTIFACT_KIND = "student_int8"
+INT8_ARTIFACT_KIND = "student_int8"  # the kind of a `quantized` block that names none (older runs)
 
 
 def _row(label: str, entry: Mapping[str, Any], val_prefix: str | None) -> dict[str, Any]:
@@ -119,6 +119,7 @@ def trained_models(summary: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         row = _row("int8", int8, None)
         row["params"], row["flops"] = student["params"], student["flops"]
         name = quantized.get("artifact")
-        row["artifacts"] = {INT8_ARTIFACT_KIND: name} if isinstance(name, str) else {}
+        kind = quantized.get("artifact_kind") or INT8_ARTIFACT_KIND
+        row["artifacts"] = {str(kind): name} if isinstance(name, str) else {}
         rows.append(row)
     return rows

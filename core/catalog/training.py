@@ -182,7 +182,8 @@ TRAINING: dict[str, Setting] = {
             "none",
             "Quantization-aware training (int8)",
             "Train the student through int8 fake quantization (torch.ao; the distillation "
-            "losses apply as usual) and also export it as int8 TorchScript (student_int8.pt) "
+            "losses apply as usual) and also export it as an int8 ONNX model in QDQ form "
+            "(student_int8.onnx; TorchScript student_int8.pt when ONNX cannot express it) "
             "for this backend: x86 (servers, per-channel weights) or qnnpack (ARM/mobile); "
             "evaluation.json then shows fp32 and int8 accuracy, size and CPU latency side by "
             "side. Offline scheme, logit losses and a zoo or derived student.",

@@ -1,6 +1,6 @@
 """Quantized students through the REST API: `training.qat` is in the catalog, checked before
 queueing, and a real worker trains the student through fake quantization, stores its int8
-artifact and the side-by-side evaluation."""
+model (ONNX QDQ, `student_int8.onnx`) and the side-by-side evaluation."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_the_catalog_declares_the_qat_setting(api: TestClient) -> None:
     training = {s["name"]: s for s in api.get("/catalog").json()["training"]}
     qat = training["qat"]
     assert qat["default"] == "none" and qat["choices"] == ["none", "x86", "qnnpack"]
-    assert "int8" in qat["help"] and "student_int8.pt" in qat["help"]
+    assert "int8" in qat["help"] and "student_int8.onnx" in qat["help"]
 
 
 def test_configs_qat_cannot_run_are_refused_before_queueing(api: TestClient) -> None:
@@ -53,6 +53,9 @@ def test_a_real_worker_trains_and_exports_an_int8_student(
         assert 0.0 <= block[side]["top1"] <= 1.0
         assert block[side]["size_bytes"] > 0 and block[side]["cpu_latency_ms"] > 0
     arts = {a["kind"]: a for a in api.get(f"/runs/{done['id']}/artifacts").json()}
-    assert arts["student_int8"]["filename"] == "student_int8.pt"
-    assert arts["student_int8"]["size_bytes"] == block["int8"]["size_bytes"]
+    assert "student_int8" not in arts  # no TorchScript: the int8 model is ONNX QDQ
+    assert arts["student_int8_onnx"]["filename"] == "student_int8.onnx"
+    assert arts["student_int8_onnx"]["size_bytes"] == block["int8"]["size_bytes"]
+    assert block["artifact_format"] == "onnx-qdq" and block["runtime"].startswith("onnxruntime")
+    assert block["artifact_int8_weights"]["tensors"] == 2  # the file's int8 weight matrices
     assert arts["student_safetensors"]["filename"] == "student.safetensors"  # fp32, as before

@@ -437,6 +437,7 @@ ARTIFACT_KINDS = {
     "student_safetensors": "Student weights (safetensors)",
     "student_pt2": "Student as a torch.export archive (.pt2)",
     "student_onnx": "Student as ONNX",
+    "student_int8_onnx": "Student in int8 (ONNX QDQ, for deployment)",
     "student_int8": "Student in int8 (TorchScript, for deployment)",
     "config": "Run config (YAML)",
     "evaluation": "Evaluation report (JSON)",
@@ -476,7 +477,9 @@ def _evaluation(run: Run) -> None:
         st.dataframe(frame, hide_index=True, width="stretch", key="run_eval")
     quantized = quantized_frame(summary)
     if quantized is not None:
-        st.markdown(f"**The student in int8** ({summary['quantized'].get('backend')} backend)")
+        block = summary["quantized"]
+        runtime = f"; both measured in {block['runtime']}" if block.get("runtime") else ""
+        st.markdown(f"**The student in int8** ({block.get('backend')} backend{runtime})")
         st.dataframe(quantized, hide_index=True, width="stretch", key="run_quantized")
     teachers = teachers_frame(summary)
     if teachers is not None:

@@ -6,7 +6,7 @@
       -> evaluate on the held-out split
       -> out_dir/{student.safetensors, student.pt2, student.onnx, run.yaml, evaluation.json}
          (with `training.qat`: the student trains through int8 fake quantization, and
-         student_int8.pt, its int8 TorchScript, is written too: `quantize.py`)
+         student_int8.onnx, its int8 model in ONNX QDQ form, is written too: `quantize.py`)
          (a scheme that trains several students, e.g. `online`: also peer{k}_student.* for
          each student k > 0, and evaluation.json lists every student's under `peers`; `self`'s
          born-again generations: gen{k}_student.* for each earlier one, under `generations`)

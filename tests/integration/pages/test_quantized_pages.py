@@ -39,6 +39,9 @@ def test_a_qat_runs_page_shows_fp32_and_int8_side_by_side(studio: Studio) -> Non
         "backend": "x86",
         "fp32": {"top1": 0.9, "size_bytes": 4096, "cpu_latency_ms": 0.4},
         "int8": {"top1": 0.88, "size_bytes": 1024, "cpu_latency_ms": 0.2},
+        "runtime": "onnxruntime 1.32.0 (CPUExecutionProvider)",
+        "artifact": "student_int8.onnx",
+        "artifact_kind": "student_int8_onnx",
     }
     update("Run", studio.done_run_id, summary={**SUMMARY, "quantized": block})
     try:
@@ -51,6 +54,7 @@ def test_a_qat_runs_page_shows_fp32_and_int8_side_by_side(studio: Studio) -> Non
         top1 = frame[frame[""] == "Top-1 accuracy"].iloc[0]
         assert (top1["fp32"], top1["int8"]) == ("90.00%", "88.00%")
         assert "The student in int8" in texts(at.markdown)
+        assert "both measured in onnxruntime 1.32.0" in texts(at.markdown)
     finally:
         update("Run", studio.done_run_id, summary=SUMMARY)
     at = _app(studio, "run.py", id=studio.done_run_id)
