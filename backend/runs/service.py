@@ -45,6 +45,7 @@ from core import (
     inspections,
     pairing,  # torch-free, like config and catalog
 )
+from core.catalog.schemes import peer_layers
 from core.clock import utcnow
 from core.config import RunConfig, StudentSpec
 from core.db.tables import (
@@ -236,6 +237,22 @@ def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[
         raise InvalidMany(problems)
 
 
+def check_peer_layers(layers: list[str], student: dict[str, Any]) -> None:
+    """online's peer_layers are layers of the student with a tensor output; 422 otherwise."""
+    where, loc = "scheme_params.peer_layers", ["body", "scheme_params", "peer_layers"]
+    problems: list[tuple[str, str, list[str | int]]] = []
+    for name in layers:
+        try:
+            row = pairing.find_layer(student, name, "student")
+        except ValueError as exc:
+            problems.append((where, str(exc), loc))
+            continue
+        if not row.get("output_shape"):
+            problems.append((where, f"the student layer '{name}' has no tensor output", loc))
+    if problems:
+        raise InvalidMany(problems)
+
+
 # -- creating runs ----------------------------------------------------------------------------
 
 
@@ -265,6 +282,11 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
         if student_insp is None:  # a zoo student: only built (by a worker) when pairs need it
             student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
         check_layer_pairs(config, teacher_insp, student_insp)
+    layers = peer_layers(config.scheme_params.get("peer_layers", ""))
+    if config.scheme == "online" and layers:  # the peers' layers must be the student's
+        if student_insp is None:
+            student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
+        check_peer_layers(layers, student_insp)
     if config.scheme == "split":  # the split point must be a feature map of this teacher
         split_at = str(config.resolved_scheme_params()["split_at"])
         try:

@@ -31,6 +31,14 @@ class SchemeEntry(Entry):
         return {"feature_losses": self.feature_losses}
 
 
+# online: the catalog logit losses that can stand for the mutual KL (a peer in the teacher's
+# place), and the feature losses between peers (not ft / ka: they pre-train on a teacher's
+# features before the first step, which peers that train together do not have)
+MUTUAL_LOSSES = ("kl", *(n for n, e in LOSSES.items() if e.kind == "logits" and n != "ce"))
+PEER_FEATURE_LOSSES = tuple(
+    n for n, e in LOSSES.items() if e.kind == "feature" and n not in ("ft", "ka")
+)
+
 SCHEMES: dict[str, SchemeEntry] = {
     e.name: e
     for e in [
@@ -45,8 +53,14 @@ SCHEMES: dict[str, SchemeEntry] = {
             "Online (deep mutual learning)",
             "2 to 8 peers, copies of the student initialised independently, train together: "
             "each with the configured losses (its task loss, and the teacher's terms when a "
-            "loss reads the teacher; losses: [ce] for no teacher) plus a KL term towards every "
-            "other peer's current, detached prediction. Logit losses only for now.",
+            "loss reads the teacher; losses: [ce] for no teacher) plus a mutual term towards "
+            "every other peer's current, detached prediction (KL, or the catalog logit loss "
+            "mutual_loss). Features between peers: peer_layers names student layers (e.g. "
+            "layer2,layer3), the same in every peer; each peer's output there is pulled towards "
+            "the other peers' current, detached outputs at the same layer by the feature loss "
+            "peer_loss (its catalog defaults; shapes match, so no connector), weighted by "
+            "peer_weight. The configured losses are logit losses (layer_pairs are the "
+            "teacher's; use peer_layers).",
             (
                 param("peers", "int", 2, "How many students train together.", 2, 8),
                 param(
@@ -65,10 +79,43 @@ SCHEMES: dict[str, SchemeEntry] = {
                     0.1,
                     20.0,
                 ),
+                param(
+                    "mutual_loss",
+                    "choice",
+                    "kl",
+                    "The mutual term on logits: kl (the paper's), or a catalog logit loss with "
+                    "the other peer's detached logits as its teacher's (its catalog defaults; "
+                    "temperature: the scheme's).",
+                    choices=MUTUAL_LOSSES,
+                ),
+                param(
+                    "peer_layers",
+                    "str",
+                    "",
+                    "Student layers whose outputs the peers match, module paths of the student's "
+                    "layer table separated by commas (e.g. layer2,layer3); empty: logits only.",
+                ),
+                param(
+                    "peer_loss",
+                    "choice",
+                    "feature_l2",
+                    "The feature loss between peers at peer_layers (catalog defaults).",
+                    choices=PEER_FEATURE_LOSSES,
+                ),
+                param(
+                    "peer_weight",
+                    "float",
+                    1.0,
+                    "Weight of each peer's feature term (the mean of peer_loss towards the "
+                    "other peers); at wants about 1000 on 32x32 maps, like its loss weight.",
+                    0.0,
+                    10000.0,
+                ),
             ),
             paper="Zhang, Xiang, Hospedales, Lu. Deep Mutual Learning. CVPR 2018",
             implementation="worker.engine.schemes.online:OnlineScheme",
             feature_losses=False,
+            run_check="online",
         ),
         SchemeEntry(
             "self",
@@ -299,6 +346,31 @@ def self_problem(run: Any) -> str | None:
 
 
 RUN_CHECKS = {"self": self_problem}
+
+
+def peer_layers(text: Any) -> list[str]:
+    """online's `peer_layers` as a list: module paths separated by commas, blanks dropped."""
+    return [part.strip() for part in str(text).replace(";", ",").split(",") if part.strip()]
+
+
+def online_problem(run: Any) -> str | None:
+    """Why a run config cannot run the `online` scheme (None when it can); the layers of
+    peer_layers are checked against the student's layer table where it is known (the API)."""
+    paired = [loss.name for loss in run.losses if LOSSES[loss.name].needs_pairs]
+    if paired:
+        return (
+            f"scheme 'online': {paired} match features on layer_pairs, which scheme 'online' "
+            "does not run; match features between peers with scheme_params.peer_layers (e.g. "
+            "layer2,layer3) and peer_loss (e.g. feature_l2, at), and keep logit losses in losses"
+        )
+    layers = peer_layers(run.scheme_params.get("peer_layers", ""))
+    repeated = sorted({name for name in layers if layers.count(name) > 1})
+    if repeated:
+        return f"scheme 'online': peer_layers names {repeated} more than once; give each once"
+    return None
+
+
+RUN_CHECKS["online"] = online_problem
 
 
 NETAUG_FAMILIES = ("mlp", "resnet", "wrn", "vgg")

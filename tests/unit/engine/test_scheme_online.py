@@ -41,9 +41,10 @@ def digits() -> tuple[TensorData, TensorData]:
 
 
 def _config(**fields: Any) -> RunConfig:
-    return scheme_config(
-        "online", {"peers": 3}, epochs=2, checkpoint_every=4, **{"student": TINY_MLP, **fields}
-    )
+    """3 tiny MLP peers for 2 epochs; `fields` replace top-level entries (`scheme` too)."""
+    base = scheme_config("online", {"peers": 3}, epochs=2, checkpoint_every=4, student=TINY_MLP)
+    doc = yaml.safe_load(base.to_yaml())
+    return RunConfig.model_validate({**doc, **fields})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,7 +56,15 @@ def test_the_config_takes_the_scheme_with_its_parameters_in_either_form() -> Non
     assert (nested.scheme, nested.scheme_params) == ("online", {"peers": 3})
     flat = _config(scheme="online", scheme_params={"peers": 3})
     assert flat == nested
-    assert nested.resolved_scheme_params() == {"peers": 3, "weight": 1.0, "temperature": 1.0}
+    assert nested.resolved_scheme_params() == {
+        "peers": 3,
+        "weight": 1.0,
+        "temperature": 1.0,
+        "mutual_loss": "kl",
+        "peer_layers": "",
+        "peer_loss": "feature_l2",
+        "peer_weight": 1.0,
+    }
     dumped = yaml.safe_load(nested.to_yaml())
     assert dumped["scheme"] == {"name": "online", "params": {"peers": 3}}
     assert "scheme_params" not in dumped
@@ -73,6 +82,16 @@ def test_the_config_takes_the_scheme_with_its_parameters_in_either_form() -> Non
         ({"name": "offline", "params": {"peers": 2}}, "it takes: none"),
         ({"params": {"peers": 2}}, "give a name"),
         ({"name": "online", "extra": 1}, "unknown keys"),
+        (
+            {"name": "online", "params": {"peer_layers": "layers.0", "peer_loss": "kd"}},
+            r"'peer_loss' of 'online' must be one of \['fitnets', 'at', 'feature_l2'",
+        ),
+        ({"name": "online", "params": {"peer_loss": "ft"}}, "must be one of"),  # pre-trains
+        ({"name": "online", "params": {"mutual_loss": "ce"}}, r"must be one of \['kl', 'kd'"),
+        (
+            {"name": "online", "params": {"peer_layers": "layers.0, fc,layers.0"}},
+            r"peer_layers names \['layers.0'\] more than once",
+        ),
     ],
 )
 def test_unknown_or_out_of_range_scheme_parameters_are_refused(
@@ -82,8 +101,9 @@ def test_unknown_or_out_of_range_scheme_parameters_are_refused(
         _config(scheme=scheme)
 
 
-def test_feature_losses_are_refused_with_the_online_scheme() -> None:
-    with pytest.raises(ValidationError, match="'fitnets' matches features, which scheme 'online'"):
+def test_feature_losses_on_layer_pairs_are_refused_with_the_online_scheme() -> None:
+    with pytest.raises(ValidationError, match=r"\['fitnets'\] match features on layer_pairs.*"
+                       "peer_layers"):  # fmt: skip
         _config(
             layer_pairs=[{"teacher": "1", "student": "layers.0"}],
             losses=[{"name": "ce"}, {"name": "fitnets"}],
@@ -237,6 +257,135 @@ def _first_batch(config: RunConfig, n: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# features between peers (peer_layers, peer_loss) and another mutual loss (mutual_loss)
+
+PEER_LAYERS = ("layer1", "layer2")
+
+
+def _feature_scheme(loss: str) -> OnlineScheme:
+    from worker.engine.students import build_student
+
+    torch.manual_seed(0)
+    student = build_student("resnet8", (1, 8, 8), 10, width=0.25)
+    scheme = build_scheme(
+        "online", peers=3, peer_layers=" layer1, layer2", peer_loss=loss, peer_weight=2.0
+    )
+    assert isinstance(scheme, OnlineScheme)
+    scheme.setup(tiny_teacher(), student, nn.ModuleList())
+    return scheme
+
+
+def _standardize(f: Tensor) -> Tensor:
+    mean = f.mean((0, 2, 3), keepdim=True)
+    return (f - mean) / torch.sqrt(f.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+
+
+def _attention(f: Tensor) -> Tensor:
+    return F.normalize(f.pow(2).mean(1).flatten(1), dim=1)
+
+
+def _by_hand(loss: str, mine: Tensor, theirs: Tensor) -> Tensor:
+    """feature_l2 at the start (identity projector, batch-standardised, MSE) or at (p = 2)."""
+    if loss == "feature_l2":
+        return F.mse_loss(_standardize(mine), _standardize(theirs))
+    return (_attention(mine) - _attention(theirs)).pow(2).mean()
+
+
+@pytest.mark.parametrize("loss", ["feature_l2", "at"])
+def test_peer_features_pull_each_peer_towards_the_others_current_detached_features(
+    loss: str,
+) -> None:
+    scheme = _feature_scheme(loss)
+    models = scheme.students()
+    x = torch.rand(6, 1, 8, 8)
+    seen: list[dict[str, Tensor]] = [{} for _ in models]  # captured apart from the scheme's taps
+    handles = [
+        dict(m.named_modules())[name].register_forward_hook(
+            lambda _m, _a, out, d=seen[k], n=name: d.__setitem__(n, out)
+        )
+        for k, m in enumerate(models)
+        for name in PEER_LAYERS
+    ]
+    scheme.teacher_outputs(x, None, False, _no_autocast)  # the step attaches the taps here
+    logits = [m(x) for m in models]
+    for handle in handles:
+        handle.remove()
+    y = torch.zeros(6, dtype=torch.long)
+    terms = scheme.combine({}, StepView(x, y, logits[0], x.new_empty(0), 0, _no_autocast, logits))
+    keys = ["mutual_feat", "p1/mutual_feat", "p2/mutual_feat"]
+    assert set(terms) == {"mutual", "p1/mutual", "p2/mutual", *keys}
+    for i, key in enumerate(keys):  # weight 2 * mean over the other peers j of sum over layers
+        per_peer = [
+            sum(_by_hand(loss, seen[i][n], seen[j][n]) for n in PEER_LAYERS)
+            for j in range(3)
+            if j != i
+        ]
+        torch.testing.assert_close(terms[key], 2.0 * torch.stack(per_peer).mean())
+    assert not any(h for m in models for sub in m.modules()
+                   for h in (sub._forward_hooks, sub._forward_pre_hooks))  # fmt: skip
+    for i, key in enumerate(keys):  # peer i's term moves peer i up to its tapped layers, alone
+        for module in [*models, scheme.feature_losses]:
+            module.zero_grad(set_to_none=True)
+        terms[key].backward(retain_graph=True)
+        mine = dict(models[i].named_parameters())
+        tapped = [k for k in mine if k.startswith(("conv1", "layer1", "layer2"))]
+        assert all(mine[k].grad is not None and mine[k].grad.abs().sum() > 0 for k in tapped)
+        assert all(p.grad is None for k, p in mine.items() if k.startswith(("layer3", "fc")))
+        others = [p for j, m in enumerate(models) if j != i for p in m.parameters()]
+        assert all(p.grad is None for p in others)  # the others' features are detached
+        own = [list(m.parameters()) for m in scheme.feature_losses]
+        assert all(p.grad is not None for p in own[i])  # feature_l2's projectors learn
+        assert all(p.grad is None for j, ps in enumerate(own) if j != i for p in ps)
+
+
+def test_a_peer_loss_of_a_layer_the_student_lacks_or_that_pre_trains_is_refused() -> None:
+    from worker.engine.students import build_student
+
+    student = build_student("resnet8", (1, 8, 8), 10, width=0.25)
+    scheme = build_scheme("online", peer_layers="layer1,layer9")
+    with pytest.raises(ValueError, match="layer 'layer9' not in student"):
+        scheme.setup(tiny_teacher(), student, nn.ModuleList())
+    scheme = build_scheme("online", peer_layers="layer1", peer_loss="ft")
+    with pytest.raises(ValueError, match="'ft' needs a preparation the peers do not have"):
+        scheme.setup(tiny_teacher(), student, nn.ModuleList())
+    with pytest.raises(ValueError, match="peer_loss must be a feature loss"):
+        build_scheme("online", peer_layers="layer1", peer_loss="kd")
+
+
+def test_the_mutual_term_may_be_a_catalog_logit_loss() -> None:
+    """kd at the scheme's temperature is the paper's KL; dist (any catalog logit loss) takes the
+    other peers' detached logits in the teacher's place."""
+    from core.config import LossSpec
+    from worker.engine.losses import LossContext, StepOutputs, build_loss
+    from worker.engine.students import build_student
+
+    x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    runs = {}
+    for name in ("kl", "kd", "dist"):
+        scheme = build_scheme("online", peers=3, temperature=2.0, mutual_loss=name)
+        assert isinstance(scheme, OnlineScheme)
+        torch.manual_seed(0)  # the same student and peers each time
+        student = build_student("mlp", (1, 8, 8), 10, hidden=16, depth=1)
+        scheme.setup(tiny_teacher(), student, nn.ModuleList())
+        logits = [m(x) for m in scheme.students()]
+        view = StepView(x, y, logits[0], x.new_empty(0), 0, _no_autocast, logits)
+        runs[name] = (scheme, logits, scheme.combine({}, view))
+    keys = ("mutual", "p1/mutual", "p2/mutual")
+    for key in keys:
+        torch.testing.assert_close(runs["kd"][2][key], runs["kl"][2][key])
+    scheme, logits, dist = runs["dist"]
+    loss = build_loss(LossSpec(name="dist", params={"temperature": 2.0}), LossContext(10))
+    for i, key in enumerate(keys):
+        by_hand = [loss(StepOutputs(logits[i], logits[j], y)) for j in range(3) if j != i]
+        torch.testing.assert_close(dist[key], torch.stack(by_hand).mean())
+        assert not torch.allclose(dist[key], runs["kl"][2][key])
+    dist["p1/mutual"].backward()
+    models = scheme.students()
+    assert all(p.grad is not None for p in models[1].parameters())
+    assert all(p.grad is None for k in (0, 2) for p in models[k].parameters())
+
+
+# ----------------------------------------------------------------------------------------------
 # training, checkpoints
 
 
@@ -288,6 +437,35 @@ def test_a_resumed_cohort_ends_where_an_uninterrupted_one_does(
         train(fewer, tiny_teacher(), train_data, val_data, checkpoint_path=tmp_path / "c.ckpt")
 
 
+def test_a_resumed_cohort_with_peer_features_ends_where_an_uninterrupted_one_does(
+    digits: tuple[TensorData, TensorData], tmp_path: Path
+) -> None:
+    """peer_layers through the trainer: every peer logs its feature term, the peer losses'
+    projectors train and are checkpointed, and a resume ends bit-identical."""
+    train_data, val_data = digits
+    params = {"peers": 3, "peer_layers": "layers.0", "mutual_loss": "dist"}
+    config = _config(scheme={"name": "online", "params": params})
+    rec, scheme = Epochs(), build_scheme("online", **params)
+    full = train(config, tiny_teacher(), train_data, val_data, callbacks=rec, scheme=scheme)
+    assert {"loss/mutual_feat", "loss/p1/mutual_feat", "loss/p2/mutual_feat"} <= rec.steps[-1]
+    assert isinstance(scheme, OnlineScheme)
+    projectors = scheme.feature_losses.state_dict()
+    assert set(projectors) == {f"{k}.projectors.0.weight" for k in range(3)}
+    assert all(not torch.equal(w, torch.eye(16)) for w in projectors.values())  # they learnt
+    with pytest.raises(Cancelled):
+        train(config, tiny_teacher(), train_data, val_data, callbacks=Epochs(stop_at=5),
+              checkpoint_path=tmp_path / "c.ckpt", scheme=build_scheme("online", **params))  # fmt: skip
+    ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
+    assert ckpt["step"] == 5 and set(ckpt["peer_losses"]) == set(projectors)
+    again = build_scheme("online", **params)
+    resumed = train(config, tiny_teacher(), train_data, val_data,
+                    checkpoint_path=tmp_path / "c.ckpt", scheme=again)  # fmt: skip
+    for a, b in zip(full.students, resumed.students, strict=True):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert isinstance(again, OnlineScheme)
+    assert all(torch.equal(v, again.feature_losses.state_dict()[k]) for k, v in projectors.items())
+
+
 # ----------------------------------------------------------------------------------------------
 # the whole run: every peer exported and evaluated
 
@@ -327,7 +505,8 @@ def test_a_whole_run_exports_and_evaluates_every_peer(tmp_path: Path) -> None:
 
 
 def test_distill_studio_train_runs_a_cohort(tmp_path: Path) -> None:
-    """`distill-studio train run.yaml` (no server) with `scheme: {name: online, ...}`."""
+    """`distill-studio train run.yaml` (no server) with `scheme: {name: online, ...}`, the
+    peers matching their features at a layer too."""
     from typer.testing import CliRunner
 
     from cli.main import app
@@ -338,7 +517,7 @@ def test_distill_studio_train_runs_a_cohort(tmp_path: Path) -> None:
     export_pt2(tiny_teacher().eval(), (1, 8, 8), tmp_path / "teacher.pt2")
     doc = yaml.safe_load(_config().to_yaml())
     doc["teacher"], doc["dataset"] = {"path": "teacher.pt2"}, {"path": "data.npz"}
-    doc["scheme"]["params"] = {"peers": 2, "temperature": 3.0}
+    doc["scheme"]["params"] = {"peers": 2, "temperature": 3.0, "peer_layers": "layers.0"}
     doc["training"]["epochs"] = 1
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
@@ -352,4 +531,4 @@ def test_distill_studio_train_runs_a_cohort(tmp_path: Path) -> None:
         p.name for p in out.iterdir()
     }
     saved = RunConfig.from_yaml((out / "run.yaml").read_text())
-    assert saved.scheme_params == {"peers": 2, "temperature": 3.0}
+    assert saved.scheme_params == {"peers": 2, "temperature": 3.0, "peer_layers": "layers.0"}
