@@ -10,6 +10,7 @@ from torch import nn
 
 from core.config import RunConfig
 from worker.engine.tasks.classification.data import TensorData, split
+from worker.engine.trainer import Callbacks
 
 TINY_RESNET = {"architecture": "resnet8", "kwargs": {"width": 0.25}}
 TINY_MLP = {"architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}}
@@ -31,14 +32,15 @@ def tiny_teacher(seed: int = 7, hidden: int = 32, classes: int = 10) -> nn.Modul
 
 
 def scheme_config(
-    scheme: str,
+    name: str,
     params: dict[str, Any],
+    /,
     *,
     epochs: int = 1,
     checkpoint_every: int = 2,
     **fields: Any,
 ) -> RunConfig:
-    """A run config of `scheme` for the engine tests (its files are not read: the tests hand the
+    """A run config of scheme `name` for the engine tests (its files are not read: the tests hand the
     models and data to `train` themselves): a tiny resnet student and CE unless `fields`, which
     replace top-level entries, say otherwise."""
     return RunConfig.model_validate(
@@ -47,7 +49,7 @@ def scheme_config(
             "dataset": {"path": "unused.npz", "val_fraction": 0.25},
             "student": TINY_RESNET,
             "losses": [{"name": "ce"}],
-            "scheme": {"name": scheme, "params": params},
+            "scheme": {"name": name, "params": params},
             "training": {
                 "epochs": epochs,
                 "batch_size": 30,
@@ -59,3 +61,22 @@ def scheme_config(
             **fields,
         }
     )
+
+
+class Epochs(Callbacks):
+    """Records each epoch's metrics and each step's metric names; stops after `stop_at` checks."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self.steps: list[set[str]] = []
+        self.stop_at, self.checks = stop_at, 0
+
+    def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        self.epochs.append(metrics)
+
+    def on_step(self, report: Any) -> None:
+        self.steps.append(set(report.metrics))
+
+    def should_stop(self) -> bool:
+        self.checks += 1
+        return self.stop_at is not None and self.checks > self.stop_at
