@@ -25,14 +25,12 @@ from typing import Any
 import torch
 
 from benchmarks.paper_table import (
-    DOCS,
     EPOCHS,
     FRACTION,
-    ROOT,
     TRAINING,
     _fmt,
     _top1,
-    write_section,
+    publish,
 )
 from core import budget
 from core.config import RunConfig
@@ -173,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     measured = run(list(range(args.seeds)))
-    text = section(measured)
-    print("\n" + text)
-    if not args.no_write:
-        write_section(text, DOCS, SECTION)
-        print(f"wrote the section '{SECTION}' of {DOCS.relative_to(ROOT)}")
+    publish(section(measured), SECTION, write=not args.no_write)
     print(f"mean top-1: { {k: statistics.fmean(v) for k, v in measured['top1'].items()} }")
     return 0
 

@@ -23,15 +23,13 @@ import torch
 from torch import nn
 
 from benchmarks.paper_table import (
-    DOCS,
     EPOCHS,
     FRACTION,
-    ROOT,
     STUDENT,
     TRAINING,
     _fmt,
     _top1,
-    write_section,
+    publish,
 )
 from core.config import RunConfig
 from worker.engine.schemes.multi_teacher import MultiTeacherScheme
@@ -203,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
     torch.set_num_threads(1)
     measured = run(list(range(args.seeds)), rows)
-    text = section(measured)
-    print("\n" + text)
-    if not args.no_write:
-        write_section(text, DOCS, SECTION)
-        print(f"wrote the section '{SECTION}' of {DOCS.relative_to(ROOT)}")
+    publish(section(measured), SECTION, write=not args.no_write)
     return 0
 
 

@@ -240,6 +240,14 @@ def write_section(text: str, path: Path = DOCS, title: str = SECTION) -> None:
     path.write_text(doc)
 
 
+def publish(text: str, title: str, write: bool) -> None:
+    """Print a benchmark's section and, when `write`, put it in docs/benchmarks.md."""
+    print("\n" + text)
+    if write:
+        write_section(text, DOCS, title)
+        print(f"wrote the section '{title}' of {DOCS.relative_to(ROOT)}")
+
+
 READING = """Reading. Distillation helps this small, data-starved student a lot: alone it reaches
 88.4%, ten points below the teacher (98.1%), and every method but one closes part of that gap.
 The logit methods close the most, more than half of it (KD +6.2, DKD +5.9, KD+LS +5.6 points);

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.paper_table import DOCS, FRACTION, ROOT, TRAINING, _fmt, _top1, write_section
+from benchmarks.paper_table import FRACTION, TRAINING, _fmt, _top1, publish
 from core.config import RunConfig
 from worker.engine.loading import load_model
 from worker.engine.pipeline import make_demo
@@ -163,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     measured = run(list(range(args.seeds)))
-    text = section(measured)
-    print("\n" + text)
-    if not args.no_write:
-        write_section(text, DOCS, SECTION)
-        print(f"wrote the section '{SECTION}' of {DOCS.relative_to(ROOT)}")
+    publish(section(measured), SECTION, write=not args.no_write)
     return 0
 
 
