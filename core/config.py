@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from core import catalog
+from core.catalog.augment import AUGMENT, Policy, mixing_problem
 from core.catalog.schemes import RUN_CHECKS, SCHEMES
 from core.catalog.tasks import TASKS
 from core.catalog.training import (
@@ -380,6 +381,37 @@ class TrainSettings(_Strict):
         return self.log_every or max(1, math.ceil(total_steps / LOG_POINTS))
 
 
+class AugmentSettings(_Strict):
+    """Data augmentation of the training batches and normalisation of every input: each field's
+    type, default, range and help come from `core.catalog.augment.AUGMENT` (the New run form
+    reads the same); the engine's `worker/engine/augment.py` applies them."""
+
+    flip: bool = setting(AUGMENT["flip"])
+    pad_crop: int = setting(AUGMENT["pad_crop"])
+    resized_crop: float = setting(AUGMENT["resized_crop"])
+    policy: Policy = setting(AUGMENT["policy"])
+    rand_ops: int = setting(AUGMENT["rand_ops"])
+    rand_magnitude: int = setting(AUGMENT["rand_magnitude"])
+    mixup: float = setting(AUGMENT["mixup"])
+    cutmix: float = setting(AUGMENT["cutmix"])
+    mean: list[Annotated[float, _items(AUGMENT["mean"])]] = setting(AUGMENT["mean"])
+    std: list[Annotated[float, _items(AUGMENT["std"])]] = setting(AUGMENT["std"])
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> AugmentSettings:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"augment.mean has {len(self.mean)} values and augment.std {len(self.std)}; "
+                "give both with as many values (one per channel or feature, or one for all), "
+                "or neither"
+            )
+        return self
+
+    def is_default(self) -> bool:
+        """True when nothing is augmented or normalised."""
+        return self == AugmentSettings()
+
+
 class RunConfig(_Strict):
     _catalog_checked: ClassVar[frozenset[str]] = frozenset({"scheme_params"})
 
@@ -405,6 +437,7 @@ class RunConfig(_Strict):
     )
     task: str = Field("classification", description="Task (catalog `tasks`).")
     training: TrainSettings = Field(default_factory=TrainSettings)
+    augment: AugmentSettings = Field(default_factory=AugmentSettings)
     seed: int = setting(SEED)
 
     @field_validator("layer_pairs", "losses", mode="before")
@@ -486,6 +519,13 @@ class RunConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _augment_fits(self) -> RunConfig:
+        """mixup/cutmix's soft targets reach only losses and schemes that can read them."""
+        if (problem := mixing_problem(self)) is not None:
+            raise ValueError(problem)
+        return self
+
     def resolved_scheme_params(self) -> dict[str, Any]:
         """The scheme's parameters with the catalog's defaults filled in."""
         return {**SCHEMES[self.scheme].defaults(), **self.scheme_params}
@@ -529,6 +569,8 @@ class RunConfig(_Strict):
         data = self.model_dump(mode="json", exclude_none=True)
         if not data.get("teachers"):
             data.pop("teachers", None)  # only multi_teacher runs have them
+        if self.augment.is_default():
+            data.pop("augment", None)  # a run without augmentation leaves the section out
         params = data.pop("scheme_params", None)
         if params:  # `scheme: {name, params}`; a scheme without parameters stays one word
             data["scheme"] = {"name": data["scheme"], "params": params}

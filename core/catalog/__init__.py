@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.catalog.augment import AUGMENT
+from core.catalog.augment import as_json as augment_json
 from core.catalog.losses import LOSSES, LossEntry, LossKind
 from core.catalog.params import Entry, Param, ParamType, load, nearest, param
 from core.catalog.schemes import SCHEMES, SchemeEntry
@@ -35,7 +37,8 @@ from core.catalog.training import as_json as training_json
 def as_json() -> dict[str, Any]:
     """The catalog as plain JSON, served at `GET /api/v1/catalog`: every entry in the same shape
     (`Entry.as_json`), plus the optimizers and schedules a run may name and the type, default,
-    range and help of every training setting (`core.catalog.training`)."""
+    range and help of every training setting (`core.catalog.training`) and augmentation setting
+    (`core.catalog.augment`)."""
     return {
         "losses": [e.as_json() for e in LOSSES.values()],
         "students": [e.as_json() for e in STUDENTS.values()],
@@ -44,10 +47,12 @@ def as_json() -> dict[str, Any]:
         "optimizers": list(OPTIMIZERS),
         "schedules": list(SCHEDULES),
         "training": training_json(),
+        "augment": augment_json(),
     }
 
 
 __all__ = [
+    "AUGMENT",
     "DEVICES",
     "LOSSES",
     "NEEDS_ZOO_TEACHER",

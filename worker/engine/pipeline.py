@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from core.config import RunConfig
+from worker.engine.augment import Augmenter
 from worker.engine.evaluate import evaluate
 from worker.engine.export import export_onnx, export_pt2, save_safetensors
 from worker.engine.loading import LoadedModel, ModelFormat, load_model
@@ -392,6 +393,7 @@ def run_distillation(
         scheme=others[1] if others else None,
     )
     student = (result.student if qat is None else qat.synced()).cpu().eval()
+    val_data = Augmenter(config.augment, config.seed).eval_data(val_data)  # normalised
     teacher.module.cpu()
     input_shape = task.input_shape(data)
     _write_weights(out_dir, student, input_shape, task)

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from core import catalog
 from core.config import RunConfig, TrainSettings
+from worker.engine.augment import Augmenter
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
 from worker.engine.schemes import Scheme, StepView, build_scheme
 from worker.engine.tasks import Task, build_task
@@ -366,6 +367,7 @@ class _Loop:
         self.amp = device.type == "cuda" and self.ts.amp
         # a trailing batch of 1 breaks BatchNorm in training mode (student or a connector)
         self.skip_single = any(_has_batchnorm(m) for m in scheme.trained_modules())
+        self.augment = Augmenter(config.augment, config.seed)  # `augment.py`
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -529,6 +531,8 @@ def train(
     scheme.losses.to(device)
     scheme.to(device)
     loop = _Loop(config, scheme, task, terms, device, cb)
+    loop.augment.fit(probe, task.output_size(train_data))  # ValueError if it cannot
+    val_data = loop.augment.eval_data(val_data)  # validation: normalised, no random op
     per_epoch = len(epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single))
     if per_epoch == 0:
         raise ValueError("the training split has a single sample; BatchNorm needs at least 2")
@@ -537,7 +541,7 @@ def train(
     state = _State()
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = _load_checkpoint(Path(checkpoint_path), scheme, loop.opt, sched, total)
-    loop.prepare(train_data)
+    loop.prepare(loop.augment.eval_data(train_data))
     cb.on_start(total, state.step)
     _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
     return TrainResult(
@@ -576,6 +580,7 @@ def _run_epochs(
                     raise Cancelled(f"cancelled at step {state.step}")
                 idx = batches[state.batch]
                 batch = loop.task.batch(train_data, idx, loop.device)
+                batch = loop.augment(batch, state.epoch, state.batch)  # one batch for all models
                 metrics = loop.step(batch.inputs, batch.targets, state.epoch, taps)
                 metrics["lr"] = torch.tensor(sched.get_last_lr()[0])
                 sched.step()
