@@ -45,6 +45,7 @@ from core import (
     inspections,
     pairing,  # torch-free, like config and catalog
 )
+from core.catalog.augment import image_ops_problem
 from core.catalog.schemes import peer_layers
 from core.clock import utcnow
 from core.config import RunConfig, StudentSpec
@@ -256,6 +257,15 @@ def check_peer_layers(layers: list[str], student: dict[str, Any]) -> None:
 # -- creating runs ----------------------------------------------------------------------------
 
 
+def check_augment(config: RunConfig, dataset: Dataset) -> None:
+    """The augment section fits the dataset: image operations need images, the mean/std one
+    value per channel or feature (or one for all); 422 naming the setting otherwise."""
+    shape = (dataset.info or {}).get("input_shape")
+    problem = image_ops_problem(config.augment.model_dump(), list(shape) if shape else None)
+    if problem is not None:
+        raise Invalid("", f"{problem} (dataset {dataset.id})", loc=["body", "augment"])
+
+
 def queue_for(config: RunConfig) -> str:
     device = config.training.device
     return DEVICE_QUEUES.get(device, get_settings().default_queue)
@@ -269,6 +279,7 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
     teacher = ready_model(session, config.teacher.model_id, team_id)
     dataset = ready_dataset(session, config.dataset.dataset_id, team_id)
     others = ready_teachers(session, config, team_id, teacher, ready_model)  # multi_teacher
+    check_augment(config, dataset)
     student_insp = None
     if config.student.source == "model":  # the student model must exist and be ready, pairs or not
         student_insp = student_inspection(session, config.student, team_id, teacher, dataset)
