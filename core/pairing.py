@@ -62,6 +62,14 @@ def shape_problem(
         if s[0] == t[0]:
             return None
         return f"sequence lengths differ ({s[0]} vs {t[0]}); pick layers with as many tokens"
+    if sorted((len(s), len(t))) == [2, 3]:
+        tokens, tokens_side = (s, "student") if len(s) == 2 else (t, "teacher")
+        return (
+            f"the {tokens_side} layer gives transformer tokens {fmt_shape(tokens)} "
+            "([tokens, dim]) and the other a CNN map [C,H,W]; no connector maps one to the "
+            "other: pair token layers with another transformer's token layers (as many tokens), "
+            "or use logit losses (kd, dkd, ...) between a transformer and a CNN"
+        )
     return (
         f"no connector maps a {len(s) + 1}D student feature to a {len(t) + 1}D teacher feature; "
         "pick layers whose outputs are both maps (N,C,H,W) or both vectors (N,D)"
@@ -133,11 +141,23 @@ def _penultimate(inspection: dict[str, Any]) -> str | None:
     return path
 
 
+def _map_stages(inspection: dict[str, Any]) -> list[tuple[tuple[int, ...], str]]:
+    """(resolution, end) of the spatial stages, shallow to deep."""
+    stages = inspection.get("stages", [])
+    return [(tuple(s["resolution"]), s["end"]) for s in stages if s.get("resolution") and s["end"]]
+
+
 def _spatial_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str]]:
-    """The "spatial" stage rule: (teacher, student) stage ends aligned from the end, deepest
-    first; the penultimate features when either network has no spatial stage (MLPs)."""
-    t_ends, s_ends = _map_stage_ends(teacher), _map_stage_ends(student)
-    candidates = list(zip(reversed(t_ends), reversed(s_ends), strict=False))
+    """The "spatial" stage rule: the ends of the stages both networks have at the same
+    resolution, deepest first; when no resolution matches, the stage ends aligned from the
+    end; the penultimate features when either network has no spatial stage (MLPs)."""
+    s_by_res = dict(_map_stages(student))
+    candidates = [
+        (t_end, s_by_res[res]) for res, t_end in reversed(_map_stages(teacher)) if res in s_by_res
+    ]
+    if not candidates:
+        t_ends, s_ends = _map_stage_ends(teacher), _map_stage_ends(student)
+        candidates = list(zip(reversed(t_ends), reversed(s_ends), strict=False))
     if not candidates:
         t_pen, s_pen = _penultimate(teacher), _penultimate(student)
         candidates = [(t_pen, s_pen)] if t_pen and s_pen else []
@@ -176,9 +196,10 @@ def suggest_pairs(
     """Stage-end pairs, deepest first when choosing, returned shallow to deep.
 
     The candidates come from `task`'s stage rule (its catalog entry's `stage_rule`); for
-    classification ("spatial") both networks' spatial stages are aligned from the end (the last
-    teacher stage with the last student stage, and so on), and when either network has no
-    spatial stage (MLPs) the penultimate features are paired instead. At most `max_pairs`, keeping
+    classification ("spatial") every resolution both networks have is paired (the ends of their
+    stages at that resolution, deepest first); when none matches, the spatial stages are aligned
+    from the end (the last teacher stage with the last student stage, and so on), and when
+    either network has no spatial stage (MLPs) the penultimate features are paired instead. At most `max_pairs`, keeping
     only pairs `check_pair` accepts.
     """
     candidates = STAGE_RULES[TASKS[task].stage_rule].candidates(teacher, student)

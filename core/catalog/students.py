@@ -42,6 +42,14 @@ _VGG_PAPER = "Simonyan & Zisserman. Very Deep Convolutional Networks. ICLR 2015"
 _DEPTH_MULT = param(
     "depth", "float", 1.0, "Depth multiplier: blocks per stage times this (at least 1).", 0.1, 4.0
 )
+_STEM = param(
+    "stem",
+    "choice",
+    "auto",
+    "auto: the ImageNet stem from 112 px on the shorter side, below that one that keeps the "
+    "resolution (small images are not reduced to nothing); or force imagenet / small.",
+    choices=("auto", "imagenet", "small"),
+)
 RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 WRN_NAMED = {"wrn_16_1": (16, 1), "wrn_16_2": (16, 2), "wrn_40_1": (40, 1), "wrn_40_2": (40, 2)}
 VGG_NAMED = (8, 11, 13)
@@ -215,6 +223,89 @@ STUDENTS: dict[str, StudentEntry] = {
             family="shufflenetv2",
             implementation="worker.engine.students.shufflenet:shufflenetv2",
         ),
+        *(
+            StudentEntry(
+                name,
+                title,
+                f"{text} torchvision's layout and names (conv1, layer1..layer4, fc); "
+                "ImageNet stem from 112 px, a stride-1 3x3 stem without max pool below (overall "
+                "stride 8: 32x32 ends at 4x4).",
+                (_WIDTH, _DEPTH_MULT, _STEM),
+                paper=_RESNET_PAPER,
+                kind="cnn",
+                family="resnet_imagenet",
+                implementation="worker.engine.students.resnet_imagenet:resnet_imagenet",
+                builder_args=(name,),
+            )
+            for name, title, text in (
+                ("resnet18", "ResNet-18 (ImageNet-style)", "Basic blocks 2/2/2/2, 64..512 ch."),
+                ("resnet34", "ResNet-34 (ImageNet-style)", "Basic blocks 3/4/6/3, 64..512 ch."),
+                ("resnet50", "ResNet-50 (ImageNet-style)", "Bottlenecks 3/4/6/3, 256..2048 ch."),
+            )
+        ),
+        *(
+            StudentEntry(
+                name,
+                title,
+                f"{text} Inverted residuals with squeeze-excitation and hardswish, torchvision's "
+                "names (features.N, classifier); ImageNet strides from 112 px, below that the "
+                "stem and first stride-2 block keep the resolution (overall stride 8).",
+                (_WIDTH, _DEPTH_MULT, _STEM),
+                paper="Howard et al. Searching for MobileNetV3. ICCV 2019",
+                kind="cnn",
+                family="mobilenetv3",
+                implementation="worker.engine.students.mobilenetv3:mobilenetv3",
+                builder_args=(name,),
+            )
+            for name, title, text in (
+                (
+                    "mobilenetv3_small",
+                    "MobileNetV3-Small",
+                    "11 blocks, 2.5M parameters at 1000 classes.",
+                ),
+                (
+                    "mobilenetv3_large",
+                    "MobileNetV3-Large",
+                    "15 blocks, 5.5M parameters at 1000 classes.",
+                ),
+            )
+        ),
+        StudentEntry(
+            "efficientnet_b0",
+            "EfficientNet-B0",
+            "MBConv stages with squeeze-excitation and SiLU (5.3M parameters at 1000 classes), "
+            "torchvision's names (features.0..8, classifier); ImageNet strides from 112 px, below "
+            "that the stem and first stride-2 stage keep the resolution (overall stride 8).",
+            (_WIDTH, _DEPTH_MULT, _STEM),
+            paper="Tan & Le. EfficientNet: Rethinking Model Scaling for CNNs. ICML 2019",
+            kind="cnn",
+            family="efficientnet",
+            implementation="worker.engine.students.efficientnet:efficientnet_b0",
+        ),
+        StudentEntry(
+            "deit_tiny",
+            "DeiT-Tiny (ViT)",
+            "Vision transformer: patch embedding, class token, 12 blocks of attention (3 heads) "
+            "and MLP at width 192, timm's names (patch_embed, blocks.N, norm, head). Its layers "
+            "give token maps [tokens, dim]: pair them with another transformer's.",
+            (
+                _WIDTH,
+                _DEPTH_MULT,
+                param(
+                    "patch_size",
+                    "int",
+                    0,
+                    "Patch size in pixels; 0 = auto: 16 from 112 px, 4 below (2 under 16 px).",
+                    0,
+                    64,
+                ),
+            ),
+            paper="Touvron et al. Training data-efficient image transformers & distillation "
+            "through attention (DeiT). ICML 2021",
+            kind="vit",
+            family="vit",
+            implementation="worker.engine.students.vit:deit_tiny",
+        ),
         StudentEntry(
             "mlp",
             "MLP",
@@ -307,7 +398,9 @@ def derived_architecture(
     - wrn: depth -> nearest 6n+4 >= 10, widening factor k times the factor;
     - vgg: convolutions (depth - 3) times the factor, at least one per block; channels scaled;
     - mlp: hidden units times the width factor (>= 4), layers times the depth factor (>= 1);
-    - mobilenetv2, shufflenetv1/v2: their width and depth multipliers times the factors.
+    - mobilenetv2, shufflenetv1/v2, resnet18/34/50, mobilenetv3_small/large, efficientnet_b0,
+      deit_tiny: their width and depth multipliers times the factors (other parameters, such as
+      the stem or the patch size, kept).
     A named architecture is returned when the result is one (resnet20, wrn_16_2, vgg8, ...),
     else the family's generic entry (resnet, wrn, vgg) with explicit depth and width.
     """
@@ -346,7 +439,10 @@ def derived_architecture(
             "depth": max(1, round(kw["depth"] * depth_factor)),
             "dropout": float(kw["dropout"]),
         }
+    # mobile, shuffle and the ImageNet-style families: multipliers, other parameters kept
+    # (e.g. the stem, the patch size)
     return str(teacher_arch), {
+        **{k: v for k, v in kw.items() if k not in ("width", "depth")},
         "width": _width(width * width_factor, entry),
         "depth": max(0.1, round(float(kw["depth"]) * depth_factor, 4)),
     }

@@ -16,11 +16,13 @@ resolution; its `end` is the last module to finish at that resolution, which is 
 one (e.g. `layer2` rather than `layer2.2.relu2`). Global pooling to 1x1 and everything after the
 last spatial stage form a final "head" stage with resolution null; 1x1 maps in the middle of the
 network (squeeze-excitation) do not break a stage, nor does work at the old resolution inside a
-down-sampling block (a pre-activation, a bottleneck's first 1x1: see `_inner`).
+down-sampling block (a pre-activation, a bottleneck's first 1x1: see `_inner`), while a trunk
+module that wraps several stages (`features` of MobileNetV3/EfficientNet) does not hide them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -199,13 +201,45 @@ def _inner(seq: list[dict[str, Any]]) -> set[str]:
     never start or end one, so `layer1` (not `layer2.0.relu1`) ends the first stage.
     """
     res = {row["path"]: _resolution(row) for row in seq}
+    ins = {row["path"]: _resolution(row, "input_shape") for row in seq}
+    convs: dict[tuple[str, tuple[int, int] | None], int] = {}
+    for row in seq:
+        if _CONV.fullmatch(row["type"]):
+            parts = row["path"].split(".")
+            for k in range(1, len(parts)):
+                key = (".".join(parts[:k]), res[row["path"]])
+                convs[key] = convs.get(key, 0) + 1
     inner = set()
     for path, own in res.items():
         parts = path.split(".")
-        ancestors = (res.get(".".join(parts[:k])) for k in range(1, len(parts)))
-        if own is not None and any(a is not None and a != own for a in ancestors):
+        ancestors = [".".join(parts[:k]) for k in range(1, len(parts))]
+        if own is not None and any(
+            _encloses(a, res.get(a), ins.get(a), own, convs) for a in ancestors
+        ):
             inner.add(path)
     return inner
+
+
+_CONV = re.compile(r"(Lazy)?Conv(Transpose)?[123]d")
+
+
+def _encloses(
+    ancestor: str,
+    outer: tuple[int, int] | None,
+    source: tuple[int, int] | None,
+    own: tuple[int, int],
+    convs: dict[tuple[str, tuple[int, int] | None], int],
+) -> bool:
+    """Whether a row at resolution `own` is old-resolution work inside `ancestor`: the ancestor
+    ends at another resolution, `own` is its input's, and it holds at most one convolution at
+    `own` (a block's expansion or pre-activation). A trunk that wraps whole stages (`features`,
+    `trunk`: a stem at a resolution that is neither its input's nor its output's, or two or more
+    convolutions at one) does not hide them: they stay stages of their own."""
+    if outer is None or outer == own:
+        return False
+    if own == (1, 1):
+        return True
+    return own == source and convs.get((ancestor, own), 0) < 2
 
 
 def _spatial_stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:

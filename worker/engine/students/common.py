@@ -71,3 +71,25 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+STEM_CHOICES = ("auto", "imagenet", "small")
+SMALL_INPUT = 112  # shorter side below which "auto" picks the small stem
+
+
+def small_stem(h: int, w: int, stem: str) -> bool:
+    """Whether an ImageNet-layout student uses its small-input stem.
+
+    "auto": below `SMALL_INPUT` pixels on the shorter side, the stem and the first down-sampling
+    step keep the resolution (overall stride 8 instead of 32: 32x32 ends at 4x4, 8x8 at 1x1),
+    so a small image is not reduced to nothing; "imagenet" / "small" force one or the other.
+    """
+    if stem not in STEM_CHOICES:
+        raise ValueError(f"stem must be one of {list(STEM_CHOICES)}, got {stem!r}")
+    return stem == "small" or (stem == "auto" and min(h, w) < SMALL_INPUT)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's rounding of scaled channels: nearest multiple of `divisor`, >= 90% of value."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
