@@ -6,9 +6,11 @@ import dataclasses
 import json
 import subprocess
 import sys
+from collections import OrderedDict
 
 import pytest
 import torch
+from torch import nn
 
 from core.catalog.tasks import TASKS
 from core.pairing import check_pair, find_layer, suggest_pairs
@@ -178,3 +180,89 @@ def test_check_pair_points_to_the_student_layers_of_the_tasks_stage_rule(
 def test_pairing_is_torch_free() -> None:
     code = "import sys, core.pairing; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class OddNet(nn.Module):
+    """A teacher with odd module names whose one `trunk` wraps all its stages (16, 8, 4 pixels
+    on 32x32 inputs), as torchvision's `features` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def convs(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1)
+            )
+
+        self.trunk = nn.Sequential(
+            OrderedDict(
+                [
+                    ("1st", nn.Conv2d(3, 8, 3, 2, 1)),
+                    ("block-a", convs(8, 16, 1)),
+                    ("block-b", convs(16, 32, 2)),
+                    ("block-c", convs(32, 64, 2)),
+                ]
+            )
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.flatten(self.pool(self.trunk(x)), 1))
+
+
+def test_a_trunk_hides_no_stage_and_pairs_match_by_resolution() -> None:
+    """OddNet's stages inside its trunk are stages of their own, and suggestions pair every
+    resolution both networks have (16 and 8 pixels), not the trunk with the last stage."""
+    shape = (3, 32, 32)
+    teacher = inspect_model(OddNet(), shape)
+    ends = [(s["resolution"], s["end"]) for s in teacher["stages"]]
+    assert ends == [
+        ([16, 16], "trunk.block-a"),
+        ([8, 8], "trunk.block-b"),
+        ([4, 4], "trunk"),
+        (None, "out"),
+    ]
+    student = inspect_model(build_student("resnet8", shape, 10, width=0.5), shape)  # 32/16/8
+    pairs = suggest_pairs(teacher, student)
+    assert [(p["teacher"], p["student"]) for p in pairs] == [
+        ("trunk.block-a", "layer2"),
+        ("trunk.block-b", "layer3"),
+    ]
+    assert [p["teacher_shape"] for p in pairs] == [[16, 16, 16], [32, 8, 8]]
+
+
+def _inspection(stages: list[tuple[list[int] | None, str, list[int]]]) -> dict:
+    """A hand-written inspection: (resolution, end, end's output shape) per stage."""
+    return {
+        "layers": [{"path": end, "output_shape": out} for _, end, out in stages],
+        "stages": [{"resolution": res, "end": end, "layers": [end]} for res, end, out in stages],
+    }
+
+
+def test_suggest_pairs_by_resolution_torch_free() -> None:
+    teacher = _inspection(
+        [
+            ([56, 56], "s1", [64, 56, 56]),
+            ([28, 28], "s2", [128, 28, 28]),
+            ([14, 14], "s3", [256, 14, 14]),
+            ([7, 7], "s4", [512, 7, 7]),
+            (None, "fc", [10]),
+        ]
+    )
+    student = _inspection(
+        [
+            ([112, 112], "stem", [16, 112, 112]),
+            ([28, 28], "b2", [24, 28, 28]),
+            ([7, 7], "b4", [96, 7, 7]),
+            (None, "head", [10]),
+        ]
+    )
+    pairs = suggest_pairs(teacher, student)
+    assert [(p["teacher"], p["student"]) for p in pairs] == [("s2", "b2"), ("s4", "b4")]
+    # no resolution in common: aligned from the end, as before
+    other = _inspection([([9, 9], "x", [8, 9, 9]), ([3, 3], "y", [8, 3, 3]), (None, "z", [10])])
+    assert [(p["teacher"], p["student"]) for p in suggest_pairs(teacher, other)] == [
+        ("s3", "x"),
+        ("s4", "y"),
+    ]
