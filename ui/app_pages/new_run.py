@@ -19,12 +19,14 @@ from pydantic import ValidationError
 from client import PLAN_TIMEOUT_S, Catalog, Model, Pending, PendingFn, Plan
 from core import catalog as engine_catalog  # torch-free, like config and pairing
 from core import pairing
+from core.catalog.augment import AUGMENT
 from core.catalog.training import LOSS_WEIGHT, SEED, TRAINING, VAL_FRACTION, Setting
-from core.config import RunConfig, StudentSpec, TrainSettings
+from core.config import AugmentSettings, RunConfig, StudentSpec, TrainSettings
 from ui import budget_finder
 from ui import components as ui
 
 TRAIN_DEFAULTS = TrainSettings().model_dump()
+AUGMENT_DEFAULTS = AugmentSettings().model_dump()
 STUDENT_DEFAULTS = StudentSpec().model_dump()
 TAPS = ["output", "input"]
 PAIR_COLUMNS = ["teacher", "student", "tap", "teacher_shape", "student_shape"]
@@ -635,6 +637,50 @@ def _training(
     return t, {**misc, "scheme_params": scheme_params}
 
 
+def _augment() -> dict[str, Any]:
+    """The run's augment section, from a collapsed "Augmentation" expander whose inputs are
+    built from `core.catalog.augment` (types, ranges, defaults, help); only the settings that
+    differ from no augmentation go into the config."""
+    _defaults(
+        {
+            f"nr_aug.{name}": _numbers_text(value) if isinstance(value, list) else value
+            for name, value in AUGMENT_DEFAULTS.items()
+        }
+    )
+    values: dict[str, Any] = {}
+    names = list(AUGMENT)
+    with st.expander("Augmentation", icon=":material/auto_awesome:"):
+        st.caption(
+            "Applied to each training batch on the worker's device before the teacher and the "
+            "student see it (both see the same batch): flip, pad-crop, resized crop, policy, "
+            "then mixup or cutmix, then the normalisation, which validation and evaluation "
+            "apply too. Image operations need image data."
+        )
+        for start in range(0, len(names), 4):
+            for where, name in zip(st.columns(4), names[start : start + 4], strict=False):
+                spec, key = AUGMENT[name], f"nr_aug.{name}"
+                if spec.type == "floats":
+                    text = where.text_input(
+                        spec.title, key=key, persist_state="session", help=spec.help
+                    )
+                    values[name] = _numbers(text, spec.title)
+                else:
+                    values[name] = _setting_input(where, spec, key)
+    return {k: v for k, v in values.items() if v != AUGMENT_DEFAULTS[k]}
+
+
+def _numbers_text(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _numbers(text: str, title: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        st.error(f"{title}: give numbers separated by commas, e.g. 0.5,0.4,0.3.")
+        return []
+
+
 def _scheme(catalog: Catalog, teacher: Model | None = None) -> tuple[str, dict[str, Any]]:
     """The scheme picker and the chosen scheme's fields (its catalog parameters)."""
     schemes = [s.name for s in catalog.schemes] or ["offline"]
@@ -870,6 +916,8 @@ def _fill_form(cfg: RunConfig) -> None:
             s[f"nr_loss.{loss.name}.{key}"] = value
     for key, value in cfg.training.model_dump().items():
         s[f"nr_t.{key}"] = ",".join(f"{m:g}" for m in value) if key == "step_milestones" else value
+    for key, value in cfg.augment.model_dump().items():
+        s[f"nr_aug.{key}"] = _numbers_text(value) if isinstance(value, list) else value
     s["nr_scheme"] = cfg.scheme
     others = [t for t in cfg.teachers if t.model_id is not None]
     s["nr_teachers"] = [t.model_id for t in others]
@@ -962,8 +1010,11 @@ losses = _losses(catalog)
 
 st.subheader("5 · Training")
 training, misc = _training(catalog, ready.get(teacher_id) if teacher_id else None)
+augment = _augment()
 
 st.subheader("6 · Review and launch")
 config = _config(teacher_id, dataset_id, student_spec, student_name, losses, training, misc)
+if augment:  # only a run that augments carries the section
+    config["augment"] = augment
 _review(config, pair_errors)
 budget_finder.sweep(config)  # the best budget candidates, one run each, as a comparison
