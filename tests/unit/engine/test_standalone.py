@@ -164,3 +164,20 @@ def test_errors_say_what_to_do(folder: Path) -> None:
     studio = _write(folder, "studio.yaml", teacher={"model_id": 3})
     result = _run(str(studio), "--out", str(folder / "bad"))
     assert result.exit_code == 1 and "pass --teacher FILE" in result.stderr
+
+
+def test_an_augmented_run_through_the_cli(folder: Path) -> None:
+    """`augment` in run.yaml: pad-crop, TrivialAugment and mixup on the digits, kept in the
+    run.yaml the run writes."""
+    augment = {"pad_crop": 1, "policy": "trivial", "mixup": 0.2}
+    config = _write(
+        folder, "augment.yaml", augment=augment, training__epochs=1, training__export_onnx=False
+    )
+    result = _run(str(config), "--out", str(folder / "augment"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["student_top1"] > 0.1
+    saved = RunConfig.from_yaml((folder / "augment" / "run.yaml").read_text())
+    assert saved.augment.model_dump(include=set(augment)) == augment
+    table = _write(folder, "augment_bad.yaml", augment={"mixup": 0.2}, losses=[{"name": "dkd"}])
+    refused = _run(str(table), "--out", str(folder / "augment_bad"))
+    assert refused.exit_code != 0 and "'dkd' cannot train on mixup" in refused.output
