@@ -197,7 +197,7 @@ class ModelRef(_Strict):
 
     model_id: int | None = None
     path: str | None = None
-    format: Literal["pt2", "safetensors"] | None = None
+    format: Literal["pt2", "safetensors", "onnx"] | None = None
     architecture: str | None = Field(None, description="Zoo architecture, for safetensors weights.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Zoo architecture arguments.")
 

@@ -32,7 +32,7 @@ router = APIRouter(prefix="/models", tags=["models"])
     "",
     response_model=ModelOut,
     status_code=201,
-    summary="Upload a model (.pt2 archive, or .safetensors weights of a catalog architecture)",
+    summary="Upload a model (.pt2 archive, .safetensors weights of a catalog architecture, .onnx)",
     responses=responses(401, 403, 413, 422, 503, e503="broker unreachable; nothing was saved"),
     openapi_extra={
         "requestBody": {
@@ -67,10 +67,11 @@ def upload_model(
     session: SessionDep,
     store: StoreDep,
     principal: Writer,
-    file: Annotated[UploadFile, File(description="The .pt2 or .safetensors file.")],
+    file: Annotated[UploadFile, File(description="The .pt2, .safetensors or .onnx file.")],
     name: Annotated[str, Form(description="Uploading an existing name makes its next version.")],
     format_: Annotated[
-        str | None, Form(alias="format", description="pt2 | safetensors; default: the extension.")
+        str | None,
+        Form(alias="format", description="pt2 | safetensors | onnx; default: the extension."),
     ] = None,
     architecture: Annotated[
         str | None, Form(description="For safetensors: the catalog architecture, e.g. resnet8.")

@@ -11,7 +11,7 @@ from backend.teams.schemas import OrmModel, Tags, UtcDateTime
 
 class _CardFacts(BaseModel):
     source: str = Field(description="upload, or run (a registered student).")
-    format: str = Field(description="pt2 | safetensors")
+    format: str = Field(description="pt2 | safetensors | onnx")
     input_shape: list[int]
     num_classes: int
     classes: list[str]
@@ -92,7 +92,9 @@ class ModelOut(OrmModel):
     name: str
     version: int
     description: str
-    format: str = Field(description="pt2 (torch.export archive) or safetensors (zoo weights).")
+    format: str = Field(
+        description="pt2 (torch.export archive), safetensors (zoo weights) or onnx (ONNX graph)."
+    )
     architecture: str | None
     arch_kwargs: dict[str, Any]
     size_bytes: int

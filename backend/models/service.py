@@ -32,7 +32,7 @@ from core.storage import Store, Stored, new_key
 
 log = logging.getLogger(__name__)
 
-FORMATS = {".pt2": "pt2", ".safetensors": "safetensors"}
+FORMATS = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx"}
 ZOO_SHAPE_KEYS = ("input_shape", "num_classes")
 KWARGS_EXAMPLE = '{"input_shape": [3, 32, 32], "num_classes": 10}'
 
@@ -61,8 +61,9 @@ def pick_format(filename: str, given: str | None) -> str:
         if given not in FORMATS.values():
             raise Invalid(
                 "format",
-                f"'{given}' is not accepted; use pt2 (a torch.export archive) or "
-                "safetensors (weights of a catalog architecture)",
+                f"'{given}' is not accepted; use pt2 (a torch.export archive), "
+                "safetensors (weights of a catalog architecture) or onnx (a single-file ONNX "
+                "teacher)",
                 loc=["body", "format"],
             )
         if ext in FORMATS and FORMATS[ext] != given:
@@ -76,8 +77,8 @@ def pick_format(filename: str, given: str | None) -> str:
     if ext not in FORMATS:
         raise Invalid(
             "format",
-            f"cannot tell the format of '{filename}'; upload a .pt2 or .safetensors file "
-            "or give format=pt2|safetensors",
+            f"cannot tell the format of '{filename}'; upload a .pt2, .safetensors or .onnx "
+            "file or give format=pt2|safetensors|onnx",
             loc=["body", "format"],
         )
     return FORMATS[ext]

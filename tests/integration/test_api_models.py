@@ -92,7 +92,7 @@ def test_safetensors_validation(api, studio_env) -> None:
         bad_param.status_code == 422 and "unknown parameter 'depth'" in bad_param.json()["detail"]
     )
 
-    bad_format = upload_model(api, "x", b"x", "x.onnx")
+    bad_format = upload_model(api, "x", b"x", "x.tflite")
     assert bad_format.status_code == 422 and bad_format.json()["detail"].startswith("format:")
     assert ".pt2" in bad_format.json()["detail"]
     named_format = upload_model(api, "x", b"x", "x.bin", format="tflite")

@@ -53,9 +53,10 @@ def _architecture_form(catalog: Catalog) -> tuple[str, dict[str, Any]] | None:
 def _upload_form(catalog: Catalog) -> None:
     file = st.file_uploader(
         "Teacher file",
-        type=["pt2", "safetensors"],
+        type=["pt2", "safetensors", "onnx"],
         key="up_file",
-        help="A `torch.export` archive (.pt2), or safetensors weights of a zoo architecture. "
+        help="A `torch.export` archive (.pt2), safetensors weights of a zoo architecture, or a "
+        "single-file ONNX teacher (run by onnxruntime; no gradients through it). "
         "Uploaded files are never unpickled as code.",
     )
     if file is None:

@@ -51,7 +51,7 @@ from torch import nn
 from core import catalog
 from worker.engine import operators
 
-ModelFormat = Literal["pt2", "safetensors"]
+ModelFormat = Literal["pt2", "safetensors", "onnx"]
 
 
 class UnsafeModelError(ValueError):
@@ -664,6 +664,8 @@ def load_model(
     - "safetensors": weights for zoo `architecture`; `kwargs` holds `input_shape`, `num_classes`
       and the architecture's parameters (falling back to the file's own metadata, which
       `export.save_safetensors` writes).
+    - "onnx": a single-file ONNX graph, checked and run by onnxruntime
+      (`worker.engine.onnx_teacher`): a frozen teacher, no gradients through it.
     """
     path = Path(path)
     if not path.is_file():
@@ -672,8 +674,12 @@ def load_model(
         loaded = _load_pt2(path)
     elif format == "safetensors":
         loaded = _load_safetensors(path, architecture, dict(kwargs or {}))
+    elif format == "onnx":
+        from worker.engine.onnx_teacher import load_onnx
+
+        loaded = load_onnx(path)
     else:
-        raise ModelLoadError(f"unknown model format '{format}'; use 'pt2' or 'safetensors'")
+        raise ModelLoadError(f"unknown model format '{format}'; use 'pt2', 'safetensors' or 'onnx'")
     loaded.module.eval()
     loaded.module.requires_grad_(False)
     return loaded

@@ -64,7 +64,11 @@ ARTIFACTS = {
     "config": "run.yaml",
     "evaluation": "evaluation.json",
 }
-MODEL_SUFFIXES: dict[str, ModelFormat] = {".pt2": "pt2", ".safetensors": "safetensors"}
+MODEL_SUFFIXES: dict[str, ModelFormat] = {
+    ".pt2": "pt2",
+    ".safetensors": "safetensors",
+    ".onnx": "onnx",
+}
 
 
 def model_format(path: Path, declared: ModelFormat | None) -> ModelFormat:
@@ -74,8 +78,8 @@ def model_format(path: Path, declared: ModelFormat | None) -> ModelFormat:
     fmt = MODEL_SUFFIXES.get(Path(path).suffix.lower())
     if fmt is None:
         raise ValueError(
-            f"cannot tell the format of model file '{Path(path).name}'; name it .pt2 or "
-            ".safetensors, or set teacher.format"
+            f"cannot tell the format of model file '{Path(path).name}'; name it .pt2, "
+            ".safetensors or .onnx, or set teacher.format"
         )
     return fmt
 

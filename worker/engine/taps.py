@@ -52,6 +52,11 @@ def _shape(value: Any) -> list[int] | None:
 
 
 def _param_count(module: nn.Module) -> int:
+    """Its parameters; a module standing for part of a graph run elsewhere (an ONNX teacher's
+    scopes, `onnx_teacher.OnnxScope`) says how many weights it holds (`param_count`)."""
+    own = getattr(module, "param_count", None)
+    if isinstance(own, int):
+        return own
     return sum(p.numel() for p in module.parameters())
 
 
