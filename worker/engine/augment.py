@@ -100,12 +100,13 @@ def pad_crop(
     if offsets is None:
         assert gen is not None
         offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen, device=x.device)
+    c, wide = x.shape[1], w + 2 * padding
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # [N, H]
     cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # [N, W]
-    index = torch.arange(n, device=x.device).view(n, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[index, rows.view(n, h, 1), cols.view(n, 1, w)]
-    return out.permute(0, 3, 1, 2).contiguous()
+    # two gathers (rows, then columns): a plain contiguous [N, C, H, W] result
+    out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, wide))
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
 def _warp(x: Tensor, theta: Tensor, padding: str = "zeros") -> Tensor:

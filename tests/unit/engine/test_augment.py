@@ -65,6 +65,9 @@ def test_pad_crop_with_zero_shift_is_the_identity_and_shifts_otherwise() -> None
     assert torch.equal(shifted[:, :, -1], torch.zeros_like(shifted[:, :, -1]))  # zero padding
     drawn = pad_crop(x, p, _gen())
     assert drawn.shape == x.shape and torch.equal(drawn, pad_crop(x, p, _gen()))
+    # one channel: plain strides (a permuted result passed as contiguous, and CPU convolutions
+    # on it corrupted the heap in torch 2.13)
+    assert pad_crop(x[:, :1], p, _gen()).stride() == (10 * 12, 10 * 12, 12, 1)
 
 
 def test_resized_crop_keeps_the_size_and_is_the_identity_at_full_scale() -> None:
