@@ -190,8 +190,12 @@ def _head_start(seq: list[dict[str, Any]]) -> int:
     """Index (in finishing order) where the head begins."""
     spatial = [i for i, r in enumerate(seq) if _resolution(r) not in (None, (1, 1))]
     last_big = spatial[-1] if spatial else -1
+    maps_out = {r["path"] for r in seq if _resolution(r) is not None}
     for i in range(last_big + 1, len(seq)):
-        if _is_global_pool(seq[i]):
+        parts = seq[i]["path"].split(".")
+        # a pool inside a module that outputs a map (squeeze-excitation on 1x1 maps) is no head
+        inside_map = any(".".join(parts[:k]) in maps_out for k in range(1, len(parts)))
+        if _is_global_pool(seq[i]) and not inside_map:
             return i
     maps = [i for i, r in enumerate(seq) if _resolution(r) is not None]
     return (maps[-1] if maps else -1) + 1

@@ -161,6 +161,11 @@ def test_stages_of_the_cnns_at_32_and_224_pixels() -> None:
     ]
     # 8x8 digits (overall stride 8): the last stage is 1x1
     assert _stages("resnet18", (1, 8, 8))[-2:] == [([1, 1], "layer4"), (None, "fc")]
+    # (the squeeze-excitation's pooling of a 1x1 map is not the head's)
+    assert _stages("efficientnet_b0", (1, 8, 8))[-2:] == [
+        ([1, 1], "features"),
+        (None, "classifier"),
+    ]
 
 
 def test_vit_layer_table_shows_token_maps() -> None:
