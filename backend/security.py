@@ -15,6 +15,7 @@ import hmac
 import secrets
 import string
 from datetime import timedelta
+from typing import Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -99,9 +100,16 @@ def looks_like_token(token: str) -> bool:
     )
 
 
+class Account(Protocol):
+    """Whom a token is for: a `User`, or the request's `backend.deps.UserRow`."""
+
+    @property
+    def id(self) -> int: ...
+
+
 def create_api_token(
     session: Session,
-    user: User,
+    user: Account,
     team_id: int | None,
     name: str,
     read_only: bool = False,
