@@ -3,7 +3,10 @@
 Each file is really hostile: if any check let it through, loading it would create a marker file
 (`touch`, through `os.system` or `exec` in a pickle). Every test asserts that the upload ends
 `failed` with a reason a person can act on, that no marker was ever created, and the last test
-that the same worker process is still alive and inspects a genuine model afterwards. Pickled
+that the same worker process is still alive and inspects a genuine model afterwards. ONNX
+files that would read another file (external data at /etc/passwd; `../` traversal: the unit
+tests), call a
+custom-domain operator or are truncated fail the same way. Pickled
 checkpoints (`.pt`, `.pth`, `.pkl`, `.ckpt`) never reach a worker: the API refuses them (422).
 Hostile dataset files and oversized uploads are in test_hostile_datasets.py.
 
@@ -212,6 +215,32 @@ def root_of(archive: bytes) -> str:
 
 MLP = {"architecture": "mlp", "kwargs": json.dumps({"input_shape": [4], "num_classes": 2})}
 
+
+def onnx_graph(node_domain: str = "", external: str | None = None) -> bytes:
+    """A one-node ONNX model y = x + w (x: N x 4): its `w` kept in the file at `external`, or
+    the node in operator domain `node_domain`. Loaded as written, either would run."""
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0] * 4)
+    if external is not None:
+        w.ClearField("float_data")
+        w.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", external), ("offset", "0"), ("length", "16")):
+            entry = w.external_data.add()
+            entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"], domain=node_domain)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[w],
+    )
+    opsets = [helper.make_opsetid("", 17)]
+    if node_domain:
+        opsets.append(helper.make_opsetid(node_domain, 1))
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
 # name -> (file name, build(marker, genuine archive) -> bytes, form fields, expected error words)
 CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tuple[str, ...]]] = {
     "raw pickle posing as .pt2": (
@@ -319,6 +348,24 @@ CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tupl
         lambda m, g: export(RefusesEveryInput(), (4,)),
         {},
         ("forward failed", "this model refuses every input"),
+    ),
+    "onnx reading /etc/passwd as external data": (
+        "model.onnx",
+        lambda m, g: onnx_graph(external="/etc/passwd"),
+        {},
+        ("external file", "/etc/passwd", "refused", "one file"),
+    ),
+    "onnx with a custom-domain operator": (
+        "model.onnx",
+        lambda m, g: onnx_graph(node_domain="com.evil.ops"),
+        {},
+        ("domain 'com.evil.ops'", "refused", "standard ONNX operators"),
+    ),
+    "truncated onnx": (
+        "model.onnx",
+        lambda m, g: onnx_graph()[:60],
+        {},
+        ("truncated or not ONNX",),
     ),
 }
 
