@@ -5,9 +5,8 @@ Each file is really hostile: if any check let it through, loading it would creat
 `failed` with a reason a person can act on, that no marker was ever created, and the last test
 that the same worker process is still alive and inspects a genuine model afterwards. ONNX
 files that would read another file (external data at /etc/passwd; `../` traversal: the unit
-tests), call a
-custom-domain operator or are truncated fail the same way. Pickled
-checkpoints (`.pt`, `.pth`, `.pkl`, `.ckpt`) never reach a worker: the API refuses them (422).
+tests), call a custom-domain operator or are truncated fail the same way. Pickled checkpoints
+(`.pt`, `.pth`, `.pkl`, `.ckpt`) never reach a worker: the API refuses them (422).
 Hostile dataset files and oversized uploads are in test_hostile_datasets.py.
 
 The worker runs with DS_INSPECT_TIMEOUT_S=6, so a model whose forward would take about a minute
