@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.catalog.tasks import task_students
 from core.config import StudentSpec
 from core.pairing import check_pair, find_layer, suggest_pairs
 from worker.engine.export import export_pt2
@@ -48,6 +49,11 @@ FULL_SIZE = {
     "efficientnet_b0": 5_288_548,
     "deit_tiny": 5_717_416,
 }
+
+
+def test_the_new_run_page_offers_them() -> None:
+    """The New run page's student list is the classification task's zoo students."""
+    assert set(ZOO) <= set(task_students("classification"))
 
 
 @pytest.mark.slow
@@ -260,3 +266,54 @@ def test_derived_from_a_teacher_of_the_family(
     assert (s.arch, s.arch_kwargs) == (arch, kwargs)
     assert _params(s) < _params(t) / 3, (teacher, _params(s), _params(t))
     assert s(torch.randn(2, *shape)).shape == (2, 10)
+
+
+# --- the run.yaml door --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_run_yaml_with_the_new_students(tmp_path: Path) -> None:
+    """`distill-studio train run.yaml`: a deit_tiny (exported to ONNX too), and a student
+    derived from a resnet18 safetensors teacher with a feature pair at their 4x4 stages."""
+    import json
+
+    import numpy as np
+    import yaml
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from worker.engine.export import save_safetensors
+    from worker.engine.tasks.classification.data import digits_data
+
+    data = digits_data()
+    np.savez(tmp_path / "digits.npz", x=data.x.numpy(), y=data.y.numpy())
+    teacher = build_student("resnet18", data.input_shape, 10, width=0.25, depth=0.5)
+    save_safetensors(teacher, tmp_path / "teacher.safetensors")
+    vit = {"architecture": "deit_tiny", "kwargs": {"width": 0.25, "depth": 0.1}}
+    derived = {"source": "derived", "depth_factor": 0.5, "width_factor": 0.5}
+    cases = [
+        (vit, None, True, "deit_tiny"),
+        (derived, [{"teacher": "layer2", "student": "layer2"}], False, "resnet18"),
+    ]
+    for student, pairs, onnx, arch in cases:
+        losses = [{"name": "ce"}, {"name": "kd"}] + ([{"name": "at"}] if pairs else [])
+        doc = {
+            "teacher": {"path": "teacher.safetensors"},
+            "dataset": {"path": "digits.npz"},
+            "student": {"source": "zoo", **student},
+            "losses": losses,
+            "training": {"epochs": 1, "batch_size": 128, "device": "cpu", "export_onnx": onnx},
+            **({"layer_pairs": pairs} if pairs else {}),
+        }
+        config = tmp_path / f"{arch}.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        out = tmp_path / f"out-{arch}"
+        result = CliRunner().invoke(
+            app, ["train", str(config), "--out", str(out)], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["student_architecture"] == arch
+        assert (out / "student.safetensors").exists()
+        assert (out / "student.onnx").exists() == onnx, summary.get("onnx_export_error")
+    assert (summary["student_kwargs"]["width"], summary["student_kwargs"]["depth"]) == (0.125, 0.25)
