@@ -12,6 +12,10 @@ Families: CIFAR ResNets (`resnet8`..`resnet110`, `resnet8x4`, `resnet32x4`, `res
 ResNets (`wrn_16_1`, `wrn_16_2`, `wrn_40_1`, `wrn_40_2`, `wrn`), VGG with BN (`vgg8`, `vgg11`,
 `vgg13`, `vgg`), `mobilenetv2`, `shufflenetv1`, `shufflenetv2` and `mlp`. Every network takes any
 input size down to 8x8 and any number of input channels.
+
+For real images (ImageNet layouts, torchvision's/timm's module names, a small-input stem below
+112 px): `resnet18`/`resnet34`/`resnet50` (`resnet_imagenet`), `mobilenetv3_small`/`_large`
+(`mobilenetv3`), `efficientnet_b0` (`efficientnet`) and `deit_tiny` (`vit`, token maps).
 """
 
 from __future__ import annotations
