@@ -147,10 +147,38 @@ def _map_stages(inspection: dict[str, Any]) -> list[tuple[tuple[int, ...], str]]
     return [(tuple(s["resolution"]), s["end"]) for s in stages if s.get("resolution") and s["end"]]
 
 
+def _token_blocks(inspection: dict[str, Any]) -> list[tuple[str, int]]:
+    """(path, tokens) of a transformer's numbered blocks (`blocks.0`, `blocks.1`, ...) whose
+    outputs are token maps [tokens, dim], shallow to deep: the longest run under one parent."""
+    runs: dict[str, list[tuple[str, int]]] = {}
+    for row in inspection.get("layers", []):
+        shape, (parent, _, last) = row.get("output_shape"), row["path"].rpartition(".")
+        if shape is not None and len(shape) == 2 and parent and last.isdigit():
+            runs.setdefault(parent, []).append((row["path"], int(shape[0])))
+    return max(runs.values(), key=len, default=[])
+
+
+def _token_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str]]:
+    """Two transformers with as many tokens: each student block with the teacher block at the
+    same relative depth, deepest first."""
+    t_blocks, s_blocks = _token_blocks(teacher), _token_blocks(student)
+    if not t_blocks or not s_blocks or t_blocks[-1][1] != s_blocks[-1][1]:
+        return []
+    m, n = len(t_blocks), len(s_blocks)
+    return [
+        (t_blocks[max(0, round((k + 1) * m / n) - 1)][0], s_blocks[k][0])
+        for k in reversed(range(n))
+    ]
+
+
 def _spatial_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str]]:
-    """The "spatial" stage rule: the ends of the stages both networks have at the same
-    resolution, deepest first; when no resolution matches, the stage ends aligned from the
-    end; the penultimate features when either network has no spatial stage (MLPs)."""
+    """The "spatial" stage rule: two transformers' blocks at the same relative depth; the ends
+    of the stages both networks have at the same resolution, deepest first; when no resolution
+    matches, the stage ends aligned from the end; the penultimate features when either network
+    has no spatial stage (MLPs)."""
+    tokens = _token_candidates(teacher, student)
+    if tokens:
+        return tokens
     s_by_res = dict(_map_stages(student))
     candidates = [
         (t_end, s_by_res[res]) for res, t_end in reversed(_map_stages(teacher)) if res in s_by_res
@@ -199,7 +227,8 @@ def suggest_pairs(
     classification ("spatial") every resolution both networks have is paired (the ends of their
     stages at that resolution, deepest first); when none matches, the spatial stages are aligned
     from the end (the last teacher stage with the last student stage, and so on), and when
-    either network has no spatial stage (MLPs) the penultimate features are paired instead. At most `max_pairs`, keeping
+    either network has no spatial stage (MLPs) the penultimate features are paired instead. Two
+    transformers with as many tokens (ViT, DeiT) pair their blocks at the same relative depth. At most `max_pairs`, keeping
     only pairs `check_pair` accepts.
     """
     candidates = STAGE_RULES[TASKS[task].stage_rule].candidates(teacher, student)

@@ -206,6 +206,16 @@ def test_suggested_pairs_match_stages_by_resolution() -> None:
     # two ViTs: their token maps pair (same token count, a linear connector on dim)
     other = inspect_model(build_student("deit_tiny", shape, 10, width=0.5, depth=0.1), shape)
     assert check_pair(find_layer(other, "blocks.0", ""), find_layer(vit, "blocks.0", "")) is None
+    # and suggestions pair two ViTs' blocks at the same relative depth (6 teacher, 3 student)
+    teacher_vit = build_student("deit_tiny", shape, 10, width=0.5, depth=0.5)
+    student_vit = build_student("deit_tiny", shape, 10, width=0.25, depth=0.25)
+    pairs = suggest_pairs(inspect_model(teacher_vit, shape), inspect_model(student_vit, shape))
+    assert [(p["teacher"], p["student"]) for p in pairs] == [
+        ("blocks.1", "blocks.0"),
+        ("blocks.3", "blocks.1"),
+        ("blocks.5", "blocks.2"),
+    ]
+    assert [p["student_shape"] for p in pairs] == [[65, 48]] * 3
 
 
 # torch.export is slow: the smallest versions on 8x8 inputs; resnet34 and mobilenetv3_large use
