@@ -25,7 +25,12 @@ METRIC_NAMES = {"params": "parameters", "flops": "FLOPs", "latency_ms": "CPU lat
 DEPTH_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 WIDTH_FACTORS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0)
 DERIVED_FACTORS = (0.25, 0.375, 0.5, 0.75, 1.0)
-_DEPTH_RULES = {"resnet": (2, 8), "wrn": (4, 10)}  # depth = 6n + offset >= minimum
+_DEPTH_RULES = {
+    "resnet": (2, 8),
+    "wrn": (4, 10),
+    "seg_fcn": (2, 8),
+    "seg_unet": (2, 8),
+}  # 6n + offset
 _WIDTH_PARAMS = ("width", "hidden")
 
 Candidate = tuple[str, dict[str, Any]]

@@ -169,7 +169,7 @@ def scan_dataset(dataset_id: int) -> str:
         named = path.rename(path.with_name(f"{_file_stem(ds.name)}.{ds.format}"))
         ref = DatasetRef(path=str(named), format=ds.format, label_column=ds.label_column)
         # the decoded size is checked from headers before anything is decoded (DS_MAX_DECODED_MB)
-        info = dataset_task(ds.format).describe(
+        info = dataset_task(ds.format, named).describe(
             named,
             ref,
             max_entries=settings.max_zip_entries,

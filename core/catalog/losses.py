@@ -69,6 +69,36 @@ LOSSES: dict[str, LossEntry] = {
             implementation="worker.engine.losses.kd:KD",
         ),
         LossEntry(
+            "pixel_kd",
+            "Pixel-wise KD (segmentation)",
+            "KD at every pixel over the class dimension: T^2 times the mean, over the pixels "
+            "that are not ignored, of KL(softmax(t_p/T) || softmax(s_p/T)); per-pixel logits "
+            "[N, classes, H, W] (task segmentation). Liu et al. use T = 1.",
+            (
+                param(
+                    "temperature", "float", 1.0, "Softmax temperature T over the classes.", 0.1, 100
+                ),
+            ),
+            paper="Liu, Chen, Liu, Qu, Ma, Wang. Structured Knowledge Distillation for Semantic "
+            "Segmentation. CVPR 2019",
+            kind="logits",
+            implementation="worker.engine.losses.dense:PixelKD",
+        ),
+        LossEntry(
+            "cwd",
+            "Channel-wise distillation (segmentation)",
+            "Each class channel's map becomes a distribution over the H*W locations "
+            "(softmax(y_c/T) over space); T^2/(N*C) * sum over samples and channels of "
+            "KL(teacher || student): KD with classes and locations swapped. Per-pixel logits "
+            "[N, classes, H, W] (task segmentation); MMRazor uses T = 1 and weight 3.",
+            (param("temperature", "float", 1.0, "Softmax temperature T over space.", 0.1, 100),),
+            paper="Shu, Liu, Gao, Yan, Shen. Channel-wise Knowledge Distillation for Dense "
+            "Prediction. ICCV 2021",
+            kind="logits",
+            default_weight=3.0,
+            implementation="worker.engine.losses.dense:CWD",
+        ),
+        LossEntry(
             "fitnets",
             "FitNets hints",
             "A regressor maps the student feature to the teacher's shape; L2 between them. "

@@ -319,6 +319,40 @@ STUDENTS: dict[str, StudentEntry] = {
             family="mlp",
             implementation="worker.engine.students.mlp:mlp",
         ),
+        *(
+            StudentEntry(
+                name,
+                title,
+                f"{text} Per-pixel class logits [N, classes, H, W] at the input's size "
+                "(task segmentation).",
+                (
+                    param("depth", "int", 8, "Backbone depth (6n+2, as resnet).", 8, 56),
+                    _WIDTH,
+                ),
+                paper=paper,
+                kind="segmentation",
+                family=name,
+                implementation=f"worker.engine.students.segmentation:{name}",
+            )
+            for name, title, text, paper in (
+                (
+                    "seg_fcn",
+                    "FCN head on a ResNet backbone",
+                    "CIFAR ResNet stages, a 3x3 conv and a 1x1 classifier on the last stage, "
+                    "upsampled bilinearly.",
+                    "Long, Shelhamer, Darrell. Fully Convolutional Networks for Semantic "
+                    "Segmentation. CVPR 2015",
+                ),
+                (
+                    "seg_unet",
+                    "Light U-Net decoder on a ResNet backbone",
+                    "CIFAR ResNet stages; each decoder step upsamples, concatenates the "
+                    "stage's skip and fuses with a 3x3 conv.",
+                    "Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical "
+                    "Image Segmentation. MICCAI 2015",
+                ),
+            )
+        ),
     ]
 }
 
@@ -327,9 +361,9 @@ def student_problems(name: str, params: dict[str, Any]) -> list[str]:
     """Errors for a student's parameters: the catalog ranges plus the resnet/wrn depth rule."""
     errors = STUDENTS[name].check_params(params)
     depth = params.get("depth")
-    if errors or name not in ("resnet", "wrn") or depth is None:
+    if errors or name not in ("resnet", "wrn", "seg_fcn", "seg_unet") or depth is None:
         return errors
-    offset, minimum = (2, 8) if name == "resnet" else (4, 10)
+    offset, minimum = (4, 10) if name == "wrn" else (2, 8)
     if (depth - offset) % 6:
         low = max(minimum, depth - (depth - offset) % 6)
         errors.append(

@@ -34,12 +34,19 @@ class TaskEntry(Entry):
     metrics: tuple[str, ...] = ()  # validation metrics, reported per epoch as val/<name>
     stage_rule: StageRule = "spatial"
     stage_hint: str = ""  # "pick a student layer <hint>" in a pairing error
+    # the zoo students (by `StudentEntry.kind`) and losses the New run form offers; empty: the
+    # kinds / losses no other task lists (`task_students`, `task_losses`)
+    student_kinds: tuple[str, ...] = ()
+    losses: tuple[str, ...] = ()
+    own_losses: tuple[str, ...] = ()  # of `losses`, those only this task can use
 
     def extra_json(self) -> dict[str, Any]:
         return {
             "formats": list(self.formats),
             "metrics": list(self.metrics),
             "stage_rule": self.stage_rule,
+            "students": task_students(self.name),
+            "losses": task_losses(self.name),
         }
 
 
@@ -58,5 +65,46 @@ TASKS: dict[str, TaskEntry] = {
             stage_rule="spatial",
             stage_hint="with a 4D output",
         ),
+        TaskEntry(
+            "segmentation",
+            "Semantic segmentation",
+            "One class per pixel: targets are masks [H, W] of class indices (255: ignored) and "
+            "the teacher outputs per-pixel class logits [N, classes, H, W]; validated by mIoU, "
+            "pixel accuracy and cross-entropy, evaluated by mIoU, per-class IoU, pixel accuracy "
+            "and agreement. Datasets: .npz (x, masks, optional classes) or .zip (images/ and "
+            "masks/ PNGs with the same names, optional classes.txt).",
+            implementation="worker.engine.tasks.segmentation:SegmentationTask",
+            formats=("npz", "zip"),
+            metrics=("miou", "pixel_acc", "loss"),
+            stage_rule="spatial",
+            stage_hint="with a 4D output",
+            student_kinds=("segmentation",),
+            losses=("ce", "pixel_kd", "cwd", "fitnets", "at", "feature_l2", "nst", "sp", "pkt"),
+            own_losses=("pixel_kd", "cwd"),
+        ),
     ]
 }
+
+
+def task_students(name: str) -> list[str]:
+    """The zoo students the task `name` offers: those of its `student_kinds`, or, when it lists
+    none, those of every kind no other task lists."""
+    from core.catalog.students import STUDENTS
+
+    entry = TASKS[name]
+    if entry.student_kinds:
+        return [s for s, e in STUDENTS.items() if e.kind in entry.student_kinds]
+    taken = {k for t in TASKS.values() if t.name != name for k in t.student_kinds}
+    return [s for s, e in STUDENTS.items() if e.kind not in taken]
+
+
+def task_losses(name: str) -> list[str]:
+    """The losses the task `name` offers: its `losses`, or, when it lists none, every catalog
+    loss that no other task lists as its own."""
+    from core.catalog.losses import LOSSES
+
+    entry = TASKS[name]
+    if entry.losses:
+        return [n for n in entry.losses if n in LOSSES]
+    taken = {n for t in TASKS.values() if t.name != name for n in t.own_losses}
+    return [n for n in LOSSES if n not in taken]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from core.catalog.tasks import DEFAULT, TASKS
@@ -35,9 +36,16 @@ def default_task() -> Task:
     return build_task(DEFAULT)
 
 
-def dataset_task(format: str | None) -> Task:
-    """The task that reads a dataset upload in `format` (a dataset names no task): the default
-    task when its catalog entry lists the format, else the first task whose entry does, else the
-    default task (whose reader then says which formats it takes)."""
+def dataset_task(format: str | None, path: Path | None = None) -> Task:
+    """The task that reads a dataset upload in `format` (a dataset names no task): with the
+    file at hand, the first other task that lists the format and `recognizes` the file's layout
+    (segmentation: an .npz with `masks`); else the default task when its catalog entry lists
+    the format, else the first task whose entry does, else the default task (whose reader then
+    says which formats it takes)."""
     names = [DEFAULT, *(name for name in TASKS if name != DEFAULT)]
+    if path is not None:
+        for name in names[1:]:
+            recognizes = getattr(TASKS[name].load(), "recognizes", None)  # optional
+            if format in TASKS[name].formats and recognizes and recognizes(path, format):
+                return build_task(name)
     return build_task(next((n for n in names if format in TASKS[n].formats), DEFAULT))
