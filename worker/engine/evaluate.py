@@ -206,7 +206,11 @@ def _latencies(
 
 
 def _cost(module: nn.Module, input_shape: Sequence[int], prefix: str) -> dict[str, Any]:
-    """Parameters, safetensors size and FLOPs per sample (counted on CPU)."""
+    """Parameters, safetensors size and FLOPs per sample (counted on CPU); a graph run by
+    another runtime (an ONNX teacher, `onnx_teacher.OnnxTeacher`) states its own."""
+    graph_cost = getattr(module, "graph_cost", None)
+    if callable(graph_cost):
+        return {f"{prefix}_{key}": value for key, value in graph_cost().items()}
     with _eval_on(module, torch.device("cpu")) as cpu:
         return {
             f"{prefix}_params": sum(p.numel() for p in cpu.parameters()),

@@ -346,6 +346,12 @@ class OnnxTeacher(nn.Module):
         self.param_count = root.param_count
         self._output = root.output_name
         self._sessions: dict[tuple[str, frozenset[str]], Any] = {}
+        self._flops = _graph_flops(model)
+
+    def graph_cost(self) -> dict[str, int]:
+        """What `evaluate` and `inspect_model` report for a module (they cannot count a graph
+        that onnxruntime runs): weights, the file's bytes, FLOPs per sample (`_graph_flops`)."""
+        return {"params": self.param_count, "size_bytes": len(self._bytes), "flops": self._flops}
 
     def forward(self, x: Tensor) -> Tensor:
         watched = self._watched()
@@ -407,6 +413,39 @@ class OnnxTeacher(nn.Module):
 
     def scopes(self) -> Iterator[OnnxScope]:
         yield from self._scopes.values()
+
+
+def _graph_flops(model: Any) -> int:
+    """FLOPs per sample of the convolutions and matrix products (a multiply-add counts 2, as
+    `torch.utils.flop_counter` counts), from ONNX shape inference; 0 when shapes are unknown."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an estimate only
+        return 0
+    shapes: dict[str, list[int]] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    for t in graph.initializer:
+        shapes[t.name] = list(t.dims)
+    total = 0
+    for node in graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        ins = [shapes.get(i) for i in node.input[:2]]
+        if not out or any(d <= 0 for d in out[1:]) or None in ins:
+            continue
+        per_sample = int(np.prod(out[1:], dtype=np.int64))
+        if node.op_type == "Conv" and ins[1] and len(ins[1]) > 1:
+            total += 2 * per_sample * int(np.prod(ins[1][1:], dtype=np.int64))
+        elif node.op_type in ("Gemm", "MatMul") and ins[0]:
+            k = ins[0][-1] if node.op_type == "MatMul" or len(ins[0]) < 2 else ins[0][1]
+            transposed = any(a.name == "transA" and a.i for a in node.attribute)
+            k = ins[0][0] if node.op_type == "Gemm" and transposed else k
+            total += 2 * per_sample * max(int(k), 0)
+    return total
 
 
 def _tensor(array: Any, device: torch.device) -> Tensor:

@@ -131,6 +131,8 @@ def inspect_model(
     shape = [int(s) for s in input_shape]
     recorder = _Recorder(getattr(module, "module_types", None) or {})
     output, flops = _dummy_forward(module, shape, recorder.attach(module))
+    graph_cost = getattr(module, "graph_cost", None)  # an ONNX teacher: counted on its graph
+    flops = graph_cost()["flops"] if callable(graph_cost) else flops
     rows = recorder.rows
     stages = STAGE_RULES[task.stage_rule]([rows[p] for p in recorder.finished], recorder.order)
     out_shape = _shape(output)

@@ -103,6 +103,7 @@ def test_layer_table_from_the_graph(
     # both exporters fold batch norm into the convolutions
     assert got["params"] == sum(p.numel() for p in resnet.parameters()) - _bn_shifts(resnet)
     assert got["num_classes"] == 10 and got["output_shape"] == [10]
+    assert got["flops"] == ref["flops"] > 0  # counted on the graph: convolutions and the Gemm
     # the stages (taps' "spatial" rule) are the torch model's
     strip = [{k: s[k] for k in ("resolution", "channels", "end")} for s in got["stages"]]
     assert strip == [{k: s[k] for k in ("resolution", "channels", "end")} for s in ref["stages"]]
@@ -304,3 +305,50 @@ def test_truncated_and_oversized_and_non_float_inputs_are_refused(
     )
     with pytest.raises(ModelLoadError, match="is not a float tensor"):
         load_model(ints, "onnx")
+
+
+def test_distill_studio_train_takes_an_onnx_teacher_file(tmp_path: Path) -> None:
+    """The fourth door: `distill-studio train run.yaml`, the teacher named by its .onnx file."""
+    import json
+
+    import numpy as np
+    import yaml
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    torch.manual_seed(3)
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(
+            Small().eval(),
+            (torch.zeros(2, *SHAPE),),
+            str(tmp_path / "teacher.onnx"),
+            dynamic_axes={"x": {0: "batch"}},
+            input_names=["x"],
+            dynamo=False,
+        )
+    train_split, val_split = small_digits(120)
+    np.savez(
+        tmp_path / "digits.npz",
+        x=torch.cat([train_split.x, val_split.x]).numpy(),
+        y=torch.cat([train_split.y, val_split.y]).numpy(),
+    )
+    run = {
+        "teacher": {"path": "teacher.onnx"},
+        "dataset": {"path": "digits.npz", "val_fraction": 0.25},
+        "student": {"source": "zoo", "architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
+        "layer_pairs": [{"teacher": "fc", "student": "layers.0", "tap": "input"}],
+        "losses": [{"name": "ce"}, {"name": "kd"}, {"name": "fitnets", "weight": 0.5}],
+        "training": {"epochs": 1, "batch_size": 32, "device": "cpu", "export_onnx": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["train", str(tmp_path / "run.yaml"), "--out", str(out)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert 0.0 <= evaluation["teacher_top1"] <= 1.0 and evaluation["latency_form"] == "eager"
+    assert evaluation["teacher_params"] == 8 * 9 + 8 + 128 * 10 + 10
+    assert evaluation["teacher_flops"] == 2 * (8 * 64 * 9 + 128 * 10)  # per sample
+    assert evaluation["teacher_size_bytes"] == (tmp_path / "teacher.onnx").stat().st_size
