@@ -36,6 +36,7 @@ from core.catalog.training import (
     SEED,
     TRAINING,
     VAL_FRACTION,
+    ChannelsLast,
     Device,
     Optimizer,
     QatBackend,
@@ -370,6 +371,9 @@ class TrainSettings(_Strict):
     step_gamma: float = setting(TRAINING["step_gamma"])
     device: Device = setting(TRAINING["device"])
     amp: bool = setting(TRAINING["amp"])
+    grad_accumulation: int = setting(TRAINING["grad_accumulation"])
+    compile: bool = setting(TRAINING["compile"])
+    channels_last: ChannelsLast = setting(TRAINING["channels_last"])
     checkpoint_every: int = setting(TRAINING["checkpoint_every"])
     log_every: int = setting(TRAINING["log_every"])
     export_onnx: bool = setting(TRAINING["export_onnx"])

@@ -17,11 +17,13 @@ Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
 Device = Literal["auto", "cpu", "cuda"]
 QatBackend = Literal["none", "x86", "qnnpack"]
+ChannelsLast = Literal["auto", "on", "off"]
 
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 QAT_BACKENDS: tuple[str, ...] = typing.get_args(QatBackend)
+CHANNELS_LAST: tuple[str, ...] = typing.get_args(ChannelsLast)
 
 SettingType = Literal["int", "float", "bool", "choice", "floats"]
 LOG_POINTS = 1000  # log_every 0: about this many points per series over a run
@@ -149,6 +151,36 @@ TRAINING: dict[str, Setting] = {
         _choice("device", Device, "auto", "Device", "auto: a GPU worker when one is available."),
         Setting(
             "amp", "bool", True, "Mixed precision (GPU)", "Autocast (bf16) on GPU; ignored on CPU."
+        ),
+        Setting(
+            "grad_accumulation",
+            "int",
+            1,
+            "Gradient accumulation",
+            "Run each step's batch as this many micro-batches whose gradients add up before the "
+            "one optimizer step: the same steps, schedule and result (to rounding) with the "
+            "activation memory of batch_size / N. Exact for losses that average over samples; "
+            "BatchNorm statistics and batch-level losses (relations, contrastive) see the "
+            "micro-batches.",
+            ge=1,
+            le=1024,
+        ),
+        Setting(
+            "compile",
+            "bool",
+            False,
+            "Compile (torch.compile)",
+            "Compile the student's and the teacher's forward with torch.compile (inductor): "
+            "faster steps after a first step that takes seconds to minutes; a model that "
+            "cannot be compiled runs as is, with a warning in the log.",
+        ),
+        _choice(
+            "channels_last",
+            ChannelsLast,
+            "auto",
+            "Channels-last",
+            "Images (4-D inputs) and the models in channels-last memory format, faster for "
+            "convolutions on GPU: auto (on GPU only), on, off.",
         ),
         Setting(
             "checkpoint_every",

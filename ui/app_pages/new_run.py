@@ -632,6 +632,9 @@ def _training(
         c = st.columns(4)
         val = _setting_input(c[0], VAL_FRACTION, "nr_val_fraction")
         t["qat"] = field(c[1], "qat")  # quantization-aware training: int8 student too
+        t["grad_accumulation"] = field(c[2], "grad_accumulation")
+        t["channels_last"] = field(c[3], "channels_last")
+        t["compile"] = field(st.columns(4)[0], "compile")
     scheme, scheme_params = _scheme(catalog, teacher)
     misc = {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
     return t, {**misc, "scheme_params": scheme_params}

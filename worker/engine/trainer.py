@@ -24,6 +24,21 @@ states: connectors, pre-trained auxiliary modules and their `prepared` flags), o
 scheduler, the position (step, epoch, batch), the CPU/CUDA RNG states and the history so far; it
 is written atomically (tmp file + `os.replace`) and read with `torch.load(weights_only=True)`.
 
+Speed (issue 14): a step never waits for the device. Its metrics stay there (`_Window`) and are
+read once per report, checkpoint and epoch end, where the finite check runs; the numbers are
+those of reading every step. `training.grad_accumulation` N runs each batch as N micro-batches
+whose gradients add up before the one optimizer step (same steps, schedule and checkpoints;
+activation memory of batch_size / N; exact to rounding for losses that average over samples).
+On CUDA: batches copied from pinned memory without blocking (`tasks.base.to_device`), fused
+optimizers, bf16 autocast (`training.amp`) and channels-last images and models
+(`training.channels_last` auto; `on` applies it on CPU too). `training.compile` compiles the
+teacher's and the students' forward in place (`nn.Module.compile`, so state dicts, taps and
+checkpoints are unchanged) and hands them back uncompiled; a model that does not compile runs
+eagerly with a warning. The teacher forward is skipped when no active loss needs the teacher; it
+is not cut short after the last tapped layer when only features are needed (losses do not
+declare whether they read the teacher's logits, and an exception raised from a hook is not safe
+inside compiled or exported teachers).
+
 Losses declare what they need through class flags, never by name: `needs_teacher` (else the
 teacher forward is skipped), `needs_input_grad` (the input batch requires grad), `needs_prepare`
 (`prepare_once` runs after any checkpoint is restored and before the first step, on the teacher
@@ -35,6 +50,8 @@ features, the input batch and both models (`StepOutputs`).
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import math
 import os
 import time
@@ -54,6 +71,9 @@ from worker.engine.schemes import Scheme, StepView, build_scheme
 from worker.engine.tasks import Task, build_task
 
 PERMUTATION_STRIDE = 1_000_003
+COMPILE_BACKEND: Any = "inductor"  # `training.compile`'s torch.compile backend
+
+log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
@@ -221,11 +241,72 @@ def _build_terms(
     return terms
 
 
-def _optimizer(ts: TrainSettings, params: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """The configured optimizer over the scheme's parameter groups."""
+def _optimizer(
+    ts: TrainSettings, params: list[dict[str, Any]], device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """The configured optimizer over the scheme's parameter groups; on a GPU its fused kernels
+    (one launch for every parameter) when this torch has them."""
     if ts.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=ts.lr, weight_decay=ts.weight_decay)
-    return torch.optim.SGD(params, lr=ts.lr, momentum=ts.momentum, weight_decay=ts.weight_decay)
+        fast = _fused(torch.optim.AdamW, device)
+        return torch.optim.AdamW(params, lr=ts.lr, weight_decay=ts.weight_decay, **fast)
+    fast = _fused(torch.optim.SGD, device)
+    return torch.optim.SGD(
+        params, lr=ts.lr, momentum=ts.momentum, weight_decay=ts.weight_decay, **fast
+    )
+
+
+def _fused(optimizer: type, device: torch.device | None) -> dict[str, Any]:
+    """`fused=True` on CUDA where the optimizer takes it; nothing (torch's default) elsewhere,
+    which keeps CPU runs bit-identical to earlier ones."""
+    if device is None or device.type != "cuda":
+        return {}
+    return {"fused": True} if "fused" in inspect.signature(optimizer).parameters else {}
+
+
+def _amp_on(device: torch.device, ts: TrainSettings) -> bool:
+    """bf16 autocast: `training.amp` on a GPU; a CPU run ignores it."""
+    return device.type == "cuda" and ts.amp
+
+
+def _channels_last_on(device: torch.device, ts: TrainSettings) -> bool:
+    """`training.channels_last`: on, off, or auto (on a GPU only)."""
+    return ts.channels_last == "on" or (ts.channels_last == "auto" and device.type == "cuda")
+
+
+def _set_mode(module: nn.Module, training: bool) -> None:
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        module.train(training)  # exported graph modules may refuse it
+
+
+def _compile(module: nn.Module, probe: Tensor, what: str) -> bool:
+    """Compile `module`'s forward in place (`nn.Module.compile`: its state dict keeps its keys)
+    and check it compiles with one forward of `probe` in eval mode without gradient (nothing
+    changes: no BatchNorm statistics, no random numbers); when it does not, it runs as before
+    and the log says why. The training forward compiles again at the first step."""
+    module.compile(backend=COMPILE_BACKEND)
+    was_training = module.training
+    try:
+        _set_mode(module, False)
+        with torch.no_grad():
+            module(probe)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
+        _uncompile(module)
+        cause = getattr(exc, "inner_exception", None) or exc  # dynamo wraps the backend's
+        lines = str(cause).strip().splitlines() or [""]
+        log.warning(
+            "training.compile: the %s could not be compiled, it runs uncompiled (%s: %s)",
+            what,
+            type(cause).__name__,
+            lines[0][:300],
+        )
+        return False
+    finally:
+        _set_mode(module, was_training)
+    return True
+
+
+def _uncompile(module: nn.Module) -> None:
+    module._compiled_call_impl = None
 
 
 def _schedule(
@@ -325,19 +406,41 @@ def _load_checkpoint(path: Path, scheme: Scheme, opt: Any, sched: Any, total_ste
 
 
 class _Window:
-    """Accumulates per-step metrics between two reports."""
+    """Accumulates per-step metrics between two reports without waiting for the device: a
+    step's values stay there, stacked into one float64 vector (exact for every float dtype),
+    and `flush` copies every pending step's values to the host at once, then adds them up in
+    step order as plain floats, exactly as reading each step would (the window's means and the
+    epoch's `train/loss`)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.samples = 0
         self.started = time.perf_counter()
+        self.pending: list[tuple[list[str], Tensor, int, float]] = []
 
-    def add(self, metrics: dict[str, float], batch: int) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-            self.counts[k] = self.counts.get(k, 0) + 1
+    def add(self, metrics: dict[str, Tensor], batch: int, lr: float) -> None:
+        """One step's detached values ("loss" first) on the device, its batch size and LR."""
+        dev = metrics["loss"].device
+        values = torch.stack([v.detach().to(dev, torch.float64) for v in metrics.values()])
+        self.pending.append((list(metrics), values, batch, lr))
         self.samples += batch
+
+    def flush(self, state: _State) -> None:
+        """Read the pending steps (one transfer) into the sums and the epoch's loss."""
+        if not self.pending:
+            return
+        host = torch.cat([values for _, values, _, _ in self.pending]).tolist()
+        at = 0
+        for keys, _, batch, lr in self.pending:
+            step = dict(zip(keys, host[at : at + len(keys)], strict=True))
+            at += len(keys)
+            for k, v in {**step, "lr": lr}.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                self.counts[k] = self.counts.get(k, 0) + 1
+            state.epoch_loss_sum += step["loss"] * batch
+            state.epoch_loss_count += batch
+        self.pending.clear()
 
     def report(self, step: int, epoch: int, total: int) -> StepReport:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -363,11 +466,23 @@ class _Loop:
         self.scheme, self.task, self.terms = scheme, task, terms
         self.teacher, self.student, self.losses = scheme.teacher, scheme.student, scheme.losses
         self.device, self.cb = device, cb
-        self.opt = _optimizer(self.ts, scheme.param_groups())
-        self.amp = device.type == "cuda" and self.ts.amp
+        self.opt = _optimizer(self.ts, scheme.param_groups(), device)
+        self.amp = _amp_on(device, self.ts)
+        self.channels_last = _channels_last_on(device, self.ts)
         # a trailing batch of 1 breaks BatchNorm in training mode (student or a connector)
         self.skip_single = any(_has_batchnorm(m) for m in scheme.trained_modules())
         self.augment = Augmenter(config.augment, config.seed)  # `augment.py`
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """A batch's inputs as the models take them: images channels-last when that is on."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def micro_batches(self, n: int) -> int:
+        """How many micro-batches a batch of `n` runs as: `grad_accumulation`, fewer for a
+        small batch (each gets a sample, two with BatchNorm)."""
+        return max(1, min(self.ts.grad_accumulation, n // 2 if self.skip_single else n))
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -378,10 +493,38 @@ class _Loop:
         return exclusive or active
 
     def step(self, x: Tensor, y: Tensor, epoch: int, taps: tuple[Any, Any]) -> dict[str, Tensor]:
-        """One optimisation step; returns the detached weighted terms and the total."""
+        """One optimisation step; returns the detached weighted terms and the total, on the
+        device. With `grad_accumulation` N the batch runs as N micro-batches, each term scaled
+        by the micro-batch's share of the samples, so the gradients (and the returned values)
+        add up to the whole batch's for losses that average over samples."""
         terms = self.active_terms(epoch)
         if not terms:
             raise ValueError(f"no loss is active in epoch {epoch}; add one that always is (ce)")
+        parts = self.micro_batches(len(x))
+        if parts == 1:
+            out = self.forward_backward(x, y, epoch, taps, terms, None)
+        else:
+            out = {}
+            chunks = zip(x.tensor_split(parts), y.tensor_split(parts), strict=True)
+            for i, (xs, ys) in enumerate(chunks):
+                share = len(xs) / len(x)
+                part = self.forward_backward(xs, ys, epoch, taps, terms, share, first=i == 0)
+                out = {k: out[k] + v if k in out else v for k, v in part.items()}
+        self.opt.step()
+        return out
+
+    def forward_backward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        epoch: int,
+        taps: tuple[Any, Any],
+        terms: list[_Term],
+        share: float | None,
+        first: bool = True,
+    ) -> dict[str, Tensor]:
+        """The forward and backward of one (micro-)batch, its terms scaled by `share`; the
+        first clears the gradients of the last step just before its backward."""
         needed = any(t.loss.needs_teacher for t in terms)
         t_logits, t_feats = self.scheme.teacher_outputs(x, taps[0], needed, self.autocast)
         if x.is_floating_point() and any(t.loss.needs_input_grad for t in terms):
@@ -425,10 +568,12 @@ class _Loop:
         view = StepView(x, y, s_logits, t_logits, epoch, self.autocast, [s_logits, *p_logits])
         view.logit_terms = logit_terms
         values = self.scheme.combine(values, view)
+        if share is not None:
+            values = {k: v * share for k, v in values.items()}
         total = torch.stack(list(values.values())).sum()
-        self.opt.zero_grad(set_to_none=True)
+        if first:
+            self.opt.zero_grad(set_to_none=True)
         total.backward()
-        self.opt.step()
         return {"loss": total.detach(), **{f"loss/{k}": v.detach() for k, v in values.items()}}
 
     def prepare(self, data: Any) -> None:
@@ -454,7 +599,7 @@ class _Loop:
                 if self.cb.should_stop():
                     raise Cancelled("cancelled while pre-training a loss's auxiliary modules")
                 with torch.no_grad(), self.autocast():
-                    self.teacher(self.task.batch(data, idx, self.device).inputs)
+                    self.teacher(self.inputs(self.task.batch(data, idx, self.device).inputs))
                     feats = taps.features if taps is not None else []
                 yield [feats[i].detach() for i in pairs]
 
@@ -533,6 +678,9 @@ def train(
     loop = _Loop(config, scheme, task, terms, device, cb)
     loop.augment.fit(probe, task.output_size(train_data))  # ValueError if it cannot
     val_data = loop.augment.eval_data(val_data)  # validation: normalised, no random op
+    if loop.channels_last:
+        for module in (teacher, *scheme.trained_modules()):
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     per_epoch = len(epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single))
     if per_epoch == 0:
         raise ValueError("the training split has a single sample; BatchNorm needs at least 2")
@@ -541,9 +689,17 @@ def train(
     state = _State()
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = _load_checkpoint(Path(checkpoint_path), scheme, loop.opt, sched, total)
-    loop.prepare(loop.augment.eval_data(train_data))
-    cb.on_start(total, state.step)
-    _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
+    compiled = []
+    if ts.compile:
+        models = [("teacher", teacher), *(("student", m) for m in scheme.students())]
+        compiled = [m for what, m in models if _compile(m, loop.inputs(probe), what)]
+    try:
+        loop.prepare(loop.augment.eval_data(train_data))
+        cb.on_start(total, state.step)
+        _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
+    finally:
+        for module in compiled:  # the models go back as plain modules (export, evaluation)
+            _uncompile(module)
     return TrainResult(
         student, state.step, ts.epochs, state.history, scheme.students(), scheme.earlier_students()
     )
@@ -562,6 +718,7 @@ def _run_epochs(
 
     def save() -> None:
         if ckpt is not None:
+            window.flush(state)  # the epoch's loss so far is part of the checkpoint
             _save_checkpoint(Path(ckpt), loop.scheme, loop.opt, sched, state, total)
             loop.cb.on_checkpoint(Path(ckpt), state.step)
 
@@ -581,20 +738,20 @@ def _run_epochs(
                 idx = batches[state.batch]
                 batch = loop.task.batch(train_data, idx, loop.device)
                 batch = loop.augment(batch, state.epoch, state.batch)  # one batch for all models
-                metrics = loop.step(batch.inputs, batch.targets, state.epoch, taps)
-                metrics["lr"] = torch.tensor(sched.get_last_lr()[0])
+                metrics = loop.step(loop.inputs(batch.inputs), batch.targets, state.epoch, taps)
+                lr = float(torch.tensor(sched.get_last_lr()[0]))  # as float32, on the host
                 sched.step()
                 state.step, state.batch = state.step + 1, state.batch + 1
-                window.add({k: float(v) for k, v in metrics.items()}, len(idx))
-                state.epoch_loss_sum += float(metrics["loss"]) * len(idx)
-                state.epoch_loss_count += len(idx)
+                window.add(metrics, len(idx), lr)  # no wait for the device: read below
                 if state.step % ts.log_interval(total) == 0 or state.step == total:
+                    window.flush(state)
                     report = window.report(state.step, state.epoch, total)
                     _check_finite(report)
                     loop.cb.on_step(report)
                     window = _Window()
                 if state.step % ts.checkpoint_every == 0 and state.batch < len(batches):
                     save()  # the epoch-end checkpoint follows right after the last batch
+            window.flush(state)
             _end_epoch(loop, state, val_data)
             save()
 

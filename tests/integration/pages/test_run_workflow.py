@@ -308,6 +308,11 @@ def test_new_run_losses_start_at_their_catalog_weight_and_settings_follow_it(
     assert at.selectbox(key="nr_t.device").options == list(TRAINING["device"].choices)
     lr = at.number_input(key="nr_t.lr")
     assert (lr.min, lr.max) == TRAINING["lr"].form_range()
+    # the speed settings (Advanced): micro-batches, channels-last, torch.compile
+    acc = at.number_input(key="nr_t.grad_accumulation")
+    assert (acc.value, acc.min, acc.max) == (1, *TRAINING["grad_accumulation"].form_range())
+    assert at.selectbox(key="nr_t.channels_last").options == ["auto", "on", "off"]
+    assert at.checkbox(key="nr_t.compile").value is False
 
 
 # -- runs --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worker.engine.evaluate import predict
-from worker.engine.tasks.base import Autocast, Batch, IncompatibleDataError, Task
+from worker.engine.tasks.base import Autocast, Batch, IncompatibleDataError, Task, to_device
 from worker.engine.tasks.classification.data import (
     TensorData,
     describe_dataset,
@@ -136,7 +136,7 @@ class ClassificationTask(Task):
         return make_demo(out_dir, seed)
 
     def batch(self, data: TensorData, idx: Tensor, device: torch.device) -> Batch:
-        return Batch(data.x[idx].to(device), data.y[idx].to(device))
+        return Batch(to_device(data.x[idx], device), to_device(data.y[idx], device))
 
     @torch.inference_mode()
     def validate(
@@ -152,7 +152,7 @@ class ClassificationTask(Task):
         correct, loss_sum = 0, 0.0
         step = max(batch_size, _VAL_BATCH)
         for i in range(0, len(data), step):
-            x, y = data.x[i : i + step].to(device), data.y[i : i + step].to(device)
+            x, y = to_device(data.x[i : i + step], device), to_device(data.y[i : i + step], device)
             with autocast():
                 logits = student(x).float()
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
