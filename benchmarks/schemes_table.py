@@ -62,6 +62,18 @@ ROWS: dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {
     "deep supervision (ce)": (_CE, _BYOT),  # Zhang et al. 2019: no teacher, heads at stage ends
     "netaug (ce)": (_CE, _NETAUG),  # Cai et al. 2022: inside 1.5x/2x/3x twins, alpha 1
     "netaug + kd": (_KD, _NETAUG),  # the same with the teacher's terms on both models
+    "student (ce) + pad-crop": (_CE, None),  # augment: see AUGMENTED
+    "kd + pad-crop": (_KD, None),
+    "kd + pad-crop + mixup": (_KD, None),
+}
+
+# rows with an `augment` section: digits are 8 x 8, so CIFAR's 4-pixel pad-crop of 32 x 32
+# becomes 1 pixel; no flip (digits are not mirror-symmetric)
+_PAD_CROP = {"pad_crop": 1}
+AUGMENTED: dict[str, dict[str, Any]] = {
+    "student (ce) + pad-crop": _PAD_CROP,
+    "kd + pad-crop": _PAD_CROP,
+    "kd + pad-crop + mixup": {**_PAD_CROP, "mixup": 0.2},
 }
 
 
@@ -78,6 +90,8 @@ def _config(row: str, seed: int) -> RunConfig:
     }
     if scheme is not None:
         doc["scheme"] = scheme
+    if row in AUGMENTED:
+        doc["augment"] = AUGMENTED[row]
     return RunConfig.model_validate(doc)
 
 
@@ -155,7 +169,11 @@ gains 1.7 points over the student alone (90.14 vs 88.41 measured in the same run
 seeds' spread but ahead on 4 of 5 seeds; with kd on both the tiny and the augmented model it lands
 0.6 points below kd alone (94.09 vs 94.65), with half its spread: the teacher's soft targets
 already supply the extra supervision the wider twins would. Cai et al. report up to +2.2 points
-ImageNet top-1 for tiny models, which under-fit."""
+ImageNet top-1 for tiny models, which under-fit.
+
+Augmentation: pad-crop by 1 pixel (CIFAR's 4 of 32, scaled to 8 x 8; no flip) lifts the student
+alone by 2.6 points and kd by 1.5 points (95.43 vs 93.98 in the same run, ahead on every seed,
+with half the spread); mixup (alpha 0.2) on top is no better (94.82) on 216 images."""
 
 
 def section(measured: dict[str, Any]) -> str:
