@@ -29,7 +29,7 @@ from pydantic import (
 from core import catalog
 from core.catalog.augment import AUGMENT, Policy, mixing_problem
 from core.catalog.schemes import RUN_CHECKS, SCHEMES
-from core.catalog.tasks import TASKS
+from core.catalog.tasks import TASKS, task_losses, task_students
 from core.catalog.training import (
     LOG_POINTS,
     LOSS_WEIGHT,
@@ -540,6 +540,25 @@ class RunConfig(_Strict):
         if value not in TASKS:
             raise ValueError(f"unknown task '{value}'; the catalog has: {', '.join(TASKS)}")
         return value
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> RunConfig:
+        """The losses and the zoo student are ones the task offers (`task_losses`,
+        `task_students`): per-pixel losses and students for segmentation, and so on."""
+        losses = task_losses(self.task)
+        for i, loss in enumerate(self.losses):
+            if loss.name not in losses:
+                raise ValueError(
+                    f"losses[{i}] '{loss.name}' does not work with task '{self.task}'; "
+                    f"its losses: {', '.join(losses)}"
+                )
+        students = task_students(self.task)
+        if self.student.source == "zoo" and self.student.architecture not in students:
+            raise ValueError(
+                f"student '{self.student.architecture}' is not a {self.task} student "
+                f"(its output does not fit the task); use one of: {', '.join(students)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _losses_fit_pairs(self) -> RunConfig:
