@@ -526,11 +526,15 @@ def models_push(
     conn: Connection,
     file: Annotated[
         Path,
-        typer.Argument(help="A .pt2 archive or .safetensors weights.", exists=True, dir_okay=False),
+        typer.Argument(
+            help="A .pt2 archive, .safetensors weights or an .onnx teacher.",
+            exists=True,
+            dir_okay=False,
+        ),
     ],
     name: Annotated[str, typer.Option(help="Model name; an existing name gets a new version.")],
     format_: Annotated[
-        str | None, typer.Option("--format", help="pt2 | safetensors (default: extension).")
+        str | None, typer.Option("--format", help="pt2 | safetensors | onnx (default: extension).")
     ] = None,
     architecture: Annotated[
         str | None, typer.Option(help="For safetensors: the catalog architecture.")
@@ -644,7 +648,7 @@ def models_download(
     model_id: Annotated[int, typer.Argument(help="Model id.")],
     output: Dest = Path("."),
 ) -> None:
-    """Download a model's file (.pt2 or .safetensors); prints the path written."""
+    """Download a model's file (.pt2, .safetensors or .onnx); prints the path written."""
     path = conn.client().download_model(model_id, output)
     _downloaded("model", model_id, path, conn.as_json)
 

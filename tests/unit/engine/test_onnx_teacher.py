@@ -352,3 +352,17 @@ def test_distill_studio_train_takes_an_onnx_teacher_file(tmp_path: Path) -> None
     assert evaluation["teacher_params"] == 8 * 9 + 8 + 128 * 10 + 10
     assert evaluation["teacher_flops"] == 2 * (8 * 64 * 9 + 128 * 10)  # per sample
     assert evaluation["teacher_size_bytes"] == (tmp_path / "teacher.onnx").stat().st_size
+
+
+def test_every_door_names_the_onnx_format() -> None:
+    """The client (and so `distill-studio models push`), run configs and the pipeline."""
+    from client.base import guess_format
+    from client.models import MODEL_SUFFIXES
+    from worker.engine.pipeline import model_format
+
+    assert guess_format("teacher.ONNX", MODEL_SUFFIXES, "model") == "onnx"
+    assert model_format(Path("t.onnx"), None) == "onnx"
+    ref = RunConfig.model_validate(
+        {"teacher": {"path": "t.bin", "format": "onnx"}, "dataset": {"path": "d.npz"}}
+    )
+    assert ref.teacher.format == "onnx"
