@@ -242,10 +242,22 @@ class OnnxScope(nn.Module):
         self.first = 0
 
     def forward(self, x: Tensor | None, values: dict[str, Tensor]) -> Tensor | None:
-        for child in self.children():
-            assert isinstance(child, OnnxScope)
-            child(values.get(child.input_name), values)
+        _call_children(self, values)
         return values.get(self.output_name)
+
+
+def _call_children(parent: nn.Module, values: dict[str, Tensor]) -> None:
+    """Call each scope under `parent` with its tensors, so that hooks on it see them. A hook
+    cannot change what the graph computed: one that replaces a scope's output is refused."""
+    for child in parent.children():
+        assert isinstance(child, OnnxScope)
+        out = values.get(child.output_name)
+        if child(values.get(child.input_name), values) is not out:
+            raise ValueError(
+                f"layer '{child.path}' of an ONNX teacher cannot have its output replaced (the "
+                "graph runs whole in onnxruntime), which e.g. scheme split needs: upload the "
+                "teacher as a .pt2 archive or safetensors weights"
+            )
 
 
 _RESERVED = frozenset(dir(nn.Module)) | {"path", "kind", "input_name", "output_name", "first"}
@@ -364,9 +376,7 @@ class OnnxTeacher(nn.Module):
         values = {n: _tensor(r, x.device) for n, r in zip(fetch, results, strict=True)}
         values[self.input_name] = x.detach()
         if watched:
-            for child in self.children():
-                assert isinstance(child, OnnxScope)
-                child(values.get(child.input_name), values)
+            _call_children(self, values)
         return values[self._output]
 
     def _watched(self) -> list[OnnxScope]:
@@ -397,6 +407,7 @@ class OnnxTeacher(nn.Module):
         options.add_session_config_entry("session.allow_released_opsets_only", "1")
         options.add_session_config_entry("session.load_model_format", "ONNX")
         options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()  # the engine's thread setting
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
         try:
             session = ort.InferenceSession(

@@ -143,6 +143,11 @@ def test_extra_outputs_equal_the_torch_features(resnet: nn.Module, onnx_file: Pa
     assert len(teacher._sessions) == 2
     with pytest.raises(ValueError, match="layer2.9"):
         FeatureTaps(teacher, [("layer2.9", "output")])
+    # a hook that replaces a layer's output (scheme split) cannot change the graph: refused
+    handle = dict(teacher.named_modules())["layer2"].register_forward_hook(lambda m, a, o: o * 0)
+    with pytest.raises(ValueError, match="cannot have its output replaced"):
+        teacher(x)
+    handle.remove()
 
 
 class Small(nn.Module):
