@@ -20,6 +20,7 @@ from client import PLAN_TIMEOUT_S, Catalog, Model, Pending, PendingFn, Plan
 from core import catalog as engine_catalog  # torch-free, like config and pairing
 from core import pairing
 from core.catalog.augment import AUGMENT
+from core.catalog.tasks import DEFAULT as DEFAULT_TASK
 from core.catalog.training import LOSS_WEIGHT, SEED, TRAINING, VAL_FRACTION, Setting
 from core.config import AugmentSettings, RunConfig, StudentSpec, TrainSettings
 from ui import budget_finder
@@ -291,8 +292,40 @@ def _model_student(teacher: Model | None, models: dict[int, Model]) -> tuple[dic
     return {"source": "model", "model": {"model_id": model_id}}, models[model_id].name
 
 
+def _task(catalog: Catalog, dataset: int | None) -> str:
+    """The run's task: a selector over the catalog's tasks when it has several, starting at
+    the one the dataset's scan found (`info.task`); it narrows the students and losses offered."""
+    names = [t.name for t in catalog.tasks] or ["classification"]
+    if len(names) == 1:
+        st.session_state["nr_task"] = names[0]
+        return names[0]
+    info = next((d.info for d in ui.ready_datasets() if d.id == dataset), None)
+    found = getattr(info, "task", None)  # recorded by the scan (client models keep extra keys)
+    if (
+        st.session_state.get("nr_task_for") != dataset
+        or st.session_state.get("nr_task") not in names
+    ):
+        st.session_state["nr_task"] = found if found in names else names[0]
+        st.session_state["nr_task_for"] = dataset
+    task = st.selectbox(
+        "Task",
+        names,
+        key="nr_task",
+        format_func=lambda n: entry.title if (entry := catalog.task(n)) else n,
+        help="What the models predict; the students and losses below are the task's.",
+    )
+    return str(task)
+
+
+def _offered(catalog: Catalog, key: str) -> list[str] | None:
+    """The names of students or losses (`key`) the chosen task offers; None: all."""
+    entry = catalog.task(st.session_state.get("nr_task") or "classification")
+    return entry.extra.get(key) if entry is not None else None
+
+
 def _zoo_student(catalog: Catalog) -> tuple[str, dict[str, Any]]:
-    names = [e.name for e in catalog.students]
+    offered = _offered(catalog, "students")
+    names = [e.name for e in catalog.students if offered is None or e.name in offered]
     if st.session_state.get("nr_student") not in names:
         st.session_state["nr_student"] = names[0]
     left, right = st.columns([2, 3])
@@ -531,7 +564,12 @@ def _apply_edits(key: str) -> None:
 
 def _losses(catalog: Catalog) -> list[dict[str, Any]]:
     pairs = _pairs()
-    usable = [e for e in catalog.losses if pairs or not e.needs_pairs]
+    offered = _offered(catalog, "losses")
+    usable = [
+        e
+        for e in catalog.losses
+        if (pairs or not e.needs_pairs) and (offered is None or e.name in offered)
+    ]
     names = [e.name for e in usable]
     chosen = st.session_state.get("nr_losses")
     if chosen is None:
@@ -832,6 +870,11 @@ def _config(
     )
     return {
         "name": name,
+        **(
+            {"task": task}
+            if (task := st.session_state.get("nr_task")) not in (None, DEFAULT_TASK)
+            else {}
+        ),
         "teacher": {"model_id": teacher},
         "student": student,
         "dataset": {"dataset_id": dataset, "val_fraction": misc["val_fraction"]},
@@ -899,6 +942,7 @@ def _fill_form(cfg: RunConfig) -> None:
     if cfg.dataset.dataset_id is not None:
         s["nr_dataset"] = cfg.dataset.dataset_id
     s["nr_val_fraction"] = cfg.dataset.val_fraction
+    s["nr_task"], s["nr_task_for"] = cfg.task, cfg.dataset.dataset_id
     student = cfg.student
     s["nr_student_source"] = student.source
     if student.source == "zoo":
@@ -997,6 +1041,7 @@ if flash := st.session_state.pop("nr_flash", None):
 
 st.subheader("1 · Teacher and data")
 teacher_id, dataset_id, ready = _sources()
+_task(catalog, dataset_id)
 
 st.subheader("2 · Student")
 budget_finder.finder(catalog, ready.get(teacher_id), dataset_id)  # fills the fields below
