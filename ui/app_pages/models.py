@@ -11,7 +11,7 @@ import streamlit as st
 from client import Catalog, Model
 from ui import components as ui
 
-FORMATS = {".pt2": "pt2", ".safetensors": "safetensors"}
+FORMATS = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx"}
 
 
 def _parse_shape(text: str) -> list[int] | None:
@@ -62,12 +62,13 @@ def _upload_form(catalog: Catalog) -> None:
     if file is None:
         st.caption(
             "Export a teacher with `torch.export.save(torch.export.export(model, (x,)), "
-            "'teacher.pt2')`, or save its state dict with safetensors."
+            "'teacher.pt2')`, save its state dict with safetensors, or export it to one ONNX "
+            "file (`torch.onnx.export(model, (x,), 'teacher.onnx')`)."
         )
         return
     fmt = FORMATS.get(Path(file.name).suffix.lower())
     if fmt is None:
-        st.error(f"'{file.name}' is neither .pt2 nor .safetensors; export the model again.")
+        st.error(f"'{file.name}' is not .pt2, .safetensors or .onnx; export the model again.")
         return
     left, right = st.columns([2, 3])
     name = left.text_input("Name", placeholder=Path(file.name).stem, key="up_name")
