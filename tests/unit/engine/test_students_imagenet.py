@@ -233,6 +233,17 @@ def test_export_pt2_and_load_back(name: str, tmp_path: Path) -> None:
         torch.testing.assert_close(loaded.module(x), model(x), atol=1e-5, rtol=1e-4)
 
 
+def test_depth_multiplier_of_mobilenetv3_and_efficientnet() -> None:
+    """Each run of same-width blocks (stage) scaled, at least one block, repeated above 1."""
+    blocks = {
+        d: len(build_student("mobilenetv3_large", (3, 32, 32), 10, width=0.25, depth=d).features)
+        for d in (0.1, 1.0, 2.0)
+    }
+    assert blocks == {0.1: 8, 1.0: 17, 2.0: 32}  # stem + blocks + last conv; 6 runs, 15 blocks
+    effnet = build_student("efficientnet_b0", (3, 32, 32), 10, width=0.25, depth=2.0)
+    assert [len(effnet.features[i]) for i in range(1, 8)] == [2, 4, 4, 6, 6, 8, 2]
+
+
 def test_stem_and_patch_size_choices() -> None:
     forced = build_student("resnet18", (3, 32, 32), 10, stem="imagenet", **SMALL)
     assert forced.conv1.kernel_size == (7, 7) and forced.arch_kwargs["stem"] == "imagenet"

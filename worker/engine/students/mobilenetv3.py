@@ -9,7 +9,8 @@ expansion, depthwise conv, squeeze-excitation `fc1`/`fc2`, 1x1 projection), `fea
 Any input size: from 112 pixels up (`stem="auto"`) the strides are ImageNet's (overall 32); below
 that the stem and the first stride-2 block keep the resolution (overall 8: 32x32 ends at 4x4, 8x8
 digits at 1x1). `width` scales the channels (rounded to multiples of 8 as in the paper), `depth`
-the number of blocks of each run of blocks with the same output width (at least one).
+the number of blocks of each run of blocks with the same output width (at least one; above 1
+the run's last block is repeated).
 """
 
 from __future__ import annotations
@@ -124,18 +125,20 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-def keep_blocks(outputs: Sequence[int], depth: float) -> list[bool]:
-    """Which blocks a depth multiplier keeps: of each run with the same output width, the first
-    `repeats(run, depth)` (the run's first block changes width or stride; the rest are residual)."""
-    keep, i = [], 0
-    while i < len(outputs):
+def scaled_runs(settings: Sequence[Setting], depth: float) -> list[Setting]:
+    """The blocks a depth multiplier gives: each run of blocks with the same output width gets
+    `repeats(run, depth)` blocks, its first ones kept (the first changes width or stride; the
+    rest are residual), its last one repeated when the multiplier is above 1."""
+    out, i = [], 0
+    while i < len(settings):
         j = i
-        while j < len(outputs) and outputs[j] == outputs[i]:
+        while j < len(settings) and settings[j][3] == settings[i][3]:
             j += 1
-        n = repeats(j - i, depth)
-        keep += [k < n for k in range(j - i)]
+        run = list(settings[i:j])
+        n = repeats(len(run), depth)
+        out += run[:n] + [run[-1][:6] + (1,)] * (n - len(run))
         i = j
-    return keep
+    return out
 
 
 def small_strides(strides: Sequence[int], small: bool) -> list[int]:
@@ -161,8 +164,7 @@ class MobileNetV3(nn.Module):
         super().__init__()
         c, h, w = image_shape(arch, input_shape)
         settings, last = VARIANTS[arch]
-        keep = keep_blocks([s[3] for s in settings], depth)
-        kept = [s for s, k in zip(settings, keep, strict=True) if k]
+        kept = scaled_runs(settings, depth)
         strides = small_strides([2, *(s[6] for s in kept)], small_stem(h, w, stem))
         first = make_divisible(16 * width)
         layers: list[nn.Module] = [conv_norm_act(c, first, 3, strides[0], act=nn.Hardswish)]
