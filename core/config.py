@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from core import catalog
-from core.catalog.augment import AUGMENT, Policy, mixing_problem
+from core.catalog.augment import AUGMENT, Policy, config_problem
 from core.catalog.schemes import RUN_CHECKS, SCHEMES
 from core.catalog.tasks import TASKS, task_losses, task_students
 from core.catalog.training import (
@@ -525,8 +525,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _augment_fits(self) -> RunConfig:
-        """mixup/cutmix's soft targets reach only losses and schemes that can read them."""
-        if (problem := mixing_problem(self)) is not None:
+        """Random augmentation only where targets follow (classification); mixup/cutmix's
+        soft targets only for losses and schemes that can read them."""
+        if (problem := config_problem(self)) is not None:
             raise ValueError(problem)
         return self
 

@@ -12,7 +12,9 @@ Validation and evaluation apply only the normalisation.
 Image operations need image data ([N, C, H, W]); mixup and normalisation work on any float
 inputs (tables: per feature). Mixup and cutmix turn the targets into soft targets (the mixed
 one-hot vectors), which the cross-entropy reads as class probabilities; losses that need one
-hard class per sample cannot take them (`HARD_LABEL_LOSSES`, `mixing_problem`).
+hard class per sample cannot take them (`HARD_LABEL_LOSSES`, `mixing_problem`). Only
+classification augments its targets with its inputs so far; other tasks take only the
+normalisation (`config_problem`).
 """
 
 from __future__ import annotations
@@ -179,6 +181,23 @@ def image_ops_problem(values: dict[str, Any], input_shape: list[int] | None) -> 
             f"one value or {width}"
         )
     return None
+
+
+def config_problem(config: Any) -> str | None:
+    """Why a run config's augment section does not fit its task, losses or scheme; None when it
+    fits. Only classification has its targets augmented with the inputs so far: another task
+    (segmentation's masks would not move with a flipped image) takes only the normalisation."""
+    aug = config.augment
+    if config.task != "classification":
+        random_ops = image_ops(aug.model_dump()) + (["mixup"] if aug.mixup else [])
+        if random_ops:
+            return (
+                f"augment: {', '.join(random_ops)} change the inputs but not task "
+                f"'{config.task}''s targets; for this task use only the normalisation "
+                "(augment.mean/std)"
+            )
+        return None
+    return mixing_problem(config)
 
 
 def mixing_problem(config: Any) -> str | None:

@@ -83,3 +83,19 @@ def test_image_operations_need_images_and_the_mean_fits_the_channels() -> None:
     assert (
         problem == "augment.mean has 2 values but the samples have 3 channels; give one value or 3"
     )
+
+
+def test_other_tasks_take_only_the_normalisation() -> None:
+    with pytest.raises(ValidationError, match="augment: flip, mixup change the inputs but not"):
+        _config(
+            {"flip": True, "mixup": 0.2},
+            task="segmentation",
+            student={"architecture": "seg_fcn"},
+            losses=[{"name": "ce"}],
+        )
+    _config(
+        {"mean": [0.5], "std": [0.2]},
+        task="segmentation",
+        student={"architecture": "seg_fcn"},
+        losses=[{"name": "ce"}],
+    )
