@@ -233,8 +233,8 @@ def test_the_config_names_them_and_the_engine_resolves_the_catalog_entries() -> 
     assert RunConfig.model_validate(config.model_dump()).task == "targets_toy"
     defaults = _config()
     assert (defaults.scheme, defaults.task) == ("offline", "classification")
-    with pytest.raises(ValueError, match="unknown task 'segmentation'"):
-        _config(task="segmentation")
+    with pytest.raises(ValueError, match="unknown task 'detection_toy'"):
+        _config(task="detection_toy")
 
 
 def test_a_toy_scheme_and_task_train_through_the_seam(tmp_path: Path) -> None:
