@@ -362,7 +362,7 @@ def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> No
     keys = {"name", "title", "help", "params", "paper", "kind", "needs_pairs", "extra"}
     for kind, names in (
         ("schemes", list(SCHEMES)),  # every scheme of the catalog, the toy one last
-        ("tasks", ["classification", "targets_toy"]),
+        ("tasks", list(TASKS)),
     ):
         assert [e["name"] for e in served[kind]] == names, kind
         assert all(set(e) == keys for e in served[kind]), kind
