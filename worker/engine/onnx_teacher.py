@@ -365,6 +365,7 @@ class OnnxTeacher(nn.Module):
         that onnxruntime runs): weights, the file's bytes, FLOPs per sample (`_graph_flops`)."""
         return {"params": self.param_count, "size_bytes": len(self._bytes), "flops": self._flops}
 
+    @torch.compiler.disable  # onnxruntime runs the graph: nothing for training.compile to do
     def forward(self, x: Tensor) -> Tensor:
         watched = self._watched()
         names = frozenset(n for s in watched for n in (s.input_name, s.output_name) if n)
