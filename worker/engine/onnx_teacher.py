@@ -133,7 +133,7 @@ def _check_graph(graph: Any, where: str, depth: int, count: list[int]) -> int:
             raise UnsafeModelError(
                 _domain_refusal(where, f"uses operator '{node.op_type}' of domain '{node.domain}'")
             )
-        if not onnx.defs.has(node.op_type, node.domain):
+        if not onnx.defs.has(node.op_type, "" if node.domain == "ai.onnx" else node.domain):
             raise UnsafeModelError(
                 f"{where}: operator '{node.op_type}' is not a standard ONNX operator; refused. "
                 "Export with standard ONNX operators only"
