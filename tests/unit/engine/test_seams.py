@@ -371,8 +371,10 @@ def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> No
     typed = Catalog.model_validate(served)  # the SDK's model reads them too
     assert typed.task("targets_toy") is not None and typed.scheme("mutual_toy") is not None
     classification = served["tasks"][0]
-    assert classification["extra"] == {
+    extra = classification["extra"]
+    assert {k: extra[k] for k in ("formats", "metrics", "stage_rule")} == {
         "formats": ["npz", "zip", "csv"],
         "metrics": ["top1", "loss"],
         "stage_rule": "spatial",
     }
+    assert {"ce", "kd"} <= set(extra["losses"]) and "resnet8" in extra["students"]
