@@ -24,7 +24,7 @@ The whole task lives in this package: the task (here), its datasets (`data`) and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +167,8 @@ class ClassificationTask(Task):
         """teacher_top1, student_top1 (fractions), teacher_top5 / student_top5 (with >= 5
         classes), agreement, teacher_ece, student_ece."""
         labels = data.y.long().cpu()
-        t_logits, s_logits = predict(teacher, data.x), predict(student, data.x)
+        x = cast(Tensor, data.x)  # a LazyArray is read in slices the same way
+        t_logits, s_logits = predict(teacher, x), predict(student, x)
         result: dict[str, Any] = {
             "teacher_top1": topk_accuracy(t_logits, labels, 1),
             "student_top1": topk_accuracy(s_logits, labels, 1),

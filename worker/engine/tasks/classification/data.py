@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -59,6 +60,7 @@ from worker.engine.datasets import (
     target_mode,
     to_nchw,
 )
+from worker.engine.lazy import LazyArray, member_data_offset
 
 Format = Literal["npz", "zip", "csv"]
 MAX_CSV_COLUMNS = 100_000
@@ -66,6 +68,8 @@ _CSV_HEADER_BYTES = 64 * MAX_CSV_COLUMNS  # the header line is read from at most
 _CSV_LINE_BYTES = 64 * 1024  # a line may take this many bytes plus 64 per column
 _CSV_BYTES_PER_COLUMN = 64
 _CSV_CHUNK_FIELDS = 1 << 20  # pandas parses about this many fields at a time
+# an uncompressed .npz whose x takes at least this much as float32 stays on disk (`LazyArray`)
+LAZY_NPZ_BYTES = 256 << 20
 
 
 @dataclass
@@ -74,7 +78,7 @@ class TensorData:
 
     `x` may also be uint8 (images kept compact while scanning; the values are x / 255)."""
 
-    x: Tensor
+    x: Tensor | LazyArray
     y: Tensor
     classes: list[str]
 
@@ -98,7 +102,8 @@ class TensorData:
 
     def subset(self, idx: Tensor | np.ndarray | list[int]) -> TensorData:
         index = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        return TensorData(self.x[index], self.y[index], list(self.classes))
+        x = self.x.subset(index.numpy()) if isinstance(self.x, LazyArray) else self.x[index]
+        return TensorData(x, self.y[index], list(self.classes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,9 +146,12 @@ def _npz_needs_copy(header: NpyHeader) -> bool:
     return header.dtype != np.float32 or nhwc
 
 
-def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str, NpyHeader]:
+def _npz_headers(
+    zf: zipfile.ZipFile, where: str, limit: int | None, lazy: bool | None = False
+) -> dict[str, NpyHeader]:
     """The headers of x, y (and classes); refuses missing arrays and a decoded size over
-    `limit`: the arrays as stored, plus x's float32 copy when it needs one."""
+    `limit`: the arrays as stored, plus x's float32 copy when it needs one. With `lazy`
+    (x stays on disk, `_lazy_x`) x counts for nothing; None: decide it here (`_lazy_x`)."""
     members = {(n[:-4] if n.endswith(".npy") else n): n for n in zf.namelist()}
     missing = [k for k in ("x", "y") if k not in members]
     if missing:
@@ -157,6 +165,9 @@ def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str
     copy = math.prod(x.shape) * 4 if _npz_needs_copy(x) else 0
     decoded = sum(h.nbytes for h in headers.values()) + copy
     detail = f"x: {x.shape} {x.dtype}" + (" and its float32 copy" if copy else "")
+    if lazy:
+        decoded = sum(h.nbytes for k, h in headers.items() if k != "x")
+        detail = "the labels; x is read from disk a batch at a time"
     check_decoded(where, decoded, detail, limit, "save fewer or smaller samples")
     for key, h in headers.items():
         if h.nbytes > h.held:
@@ -167,7 +178,39 @@ def _npz_headers(zf: zipfile.ZipFile, where: str, limit: int | None) -> dict[str
     return headers
 
 
-def _load_npz(path: Path, limits: Limits, compact: bool) -> TensorData:
+def _lazy_x(path: Path, zf: zipfile.ZipFile, where: str, lazy: bool | None) -> LazyArray | None:
+    """x as a `LazyArray` when it is read in place: its member stored uncompressed
+    (`numpy.savez`, not `savez_compressed`), in C order, numeric, [N, D] or images, and
+    `lazy` is True, or None (automatic) and its float32 size is at least LAZY_NPZ_BYTES."""
+    if lazy is False:
+        return None
+    members = {(n[:-4] if n.endswith(".npy") else n): n for n in zf.namelist()}
+    if "x" not in members:
+        return None
+    start = member_data_offset(path, zf, members["x"])
+    if start is None:
+        return None
+    fmt = np.lib.format
+    try:
+        with zf.open(members["x"]) as fp:
+            version = fmt.read_magic(fp)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(fp)
+            offset = start + fp.tell()
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # the eager reader says what is wrong
+    if fortran or dtype.kind not in "iufb" or dtype.hasobject or len(shape) not in (2, 3, 4):
+        return None
+    if lazy is None and math.prod(shape) * 4 < LAZY_NPZ_BYTES:
+        return None
+    nhwc = len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
+    x = LazyArray(str(path), offset, tuple(shape[1:]), dtype.str, nhwc, rows=int(shape[0]))
+    if path.stat().st_size < offset + len(x) * x._row_bytes:
+        return None  # the eager reader refuses it
+    return x
+
+
+def _load_npz(path: Path, limits: Limits, compact: bool, lazy: bool | None = None) -> TensorData:
     where = path.name
     try:
         zf = zipfile.ZipFile(path)
@@ -177,7 +220,19 @@ def _load_npz(path: Path, limits: Limits, compact: bool) -> TensorData:
         ) from exc
     with zf:
         check_zip_entries(zf, where, limits.entries, limits.unpacked)
-        headers = _npz_headers(zf, where, limits.decoded)
+        lazy_x = _lazy_x(path, zf, where, lazy)
+        headers = _npz_headers(zf, where, limits.decoded, lazy=lazy_x is not None)
+        if lazy_x is not None:
+            y = read_npy(zf, headers["y"], where)
+            labels, classes = _encode_labels(y, where)
+            if "classes" in headers:
+                names = read_npy(zf, headers["classes"], where).astype(str).tolist()
+                classes = _apply_names(classes, names, y, where)
+            if not lazy_x.all_finite():
+                raise DatasetError(
+                    f"{where}: x contains NaN or infinite values; clean or impute them first"
+                )
+            return TensorData(lazy_x, torch.from_numpy(labels), classes)
         y = read_npy(zf, headers["y"], where)
         names = None
         if "classes" in headers:
@@ -363,14 +418,19 @@ def _load_csv(path: Path, label_column: str, limits: Limits) -> TensorData:
 
 
 def _read(
-    path: Path, format: Format | str | None, label_column: str, limits: Limits, compact: bool
+    path: Path,
+    format: Format | str | None,
+    label_column: str,
+    limits: Limits,
+    compact: bool,
+    lazy: bool | None = None,
 ) -> TensorData:
     path = Path(path)
     fmt = format or path.suffix.lower().lstrip(".")
     if not path.is_file():
         raise DatasetError(f"dataset file '{path}' does not exist")
     if fmt == "npz":
-        data = _load_npz(path, limits, compact)
+        data = _load_npz(path, limits, compact, lazy)
     elif fmt == "zip":
         data = _load_zip(path, limits, compact)
     elif fmt == "csv":
@@ -392,15 +452,21 @@ def load_dataset(
     max_entries: int = 100_000,
     max_uncompressed_bytes: int = 2 * GiB,
     max_decoded_bytes: int | None = None,
+    lazy: bool | None = None,
 ) -> TensorData:
     """Read an uploaded dataset (npz, zip image folder or csv) into float32/int64 tensors.
 
     `max_decoded_bytes` (a studio server passes DS_MAX_DECODED_MB) bounds what the data takes
     once decoded, read from the headers before anything is decoded; None: no bound. Images are
     decoded one at a time into one preallocated float32 array, so the peak stays near that size.
+
+    `lazy`: an .npz whose x is stored uncompressed (`numpy.savez`) can stay on disk, x a
+    `LazyArray` read a batch at a time (the same float32 values), so its size is bounded by the
+    disk, not memory; None (the default) does so when x takes LAZY_NPZ_BYTES or more as float32,
+    True whenever it can, False never.
     """
     limits = Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
-    return _read(path, format, label_column, limits, compact=False)
+    return _read(path, format, label_column, limits, compact=False, lazy=lazy)
 
 
 def describe_dataset(

@@ -1,0 +1,189 @@
+"""Datasets larger than memory: an uncompressed .npz whose x stays on disk (`LazyArray`).
+
+The lazy reader gives the same float32 values as the eager one, batch for batch (through the
+task's `batch`, a split, normalisation and a DataLoader's worker processes), keeps refusing what
+the eager one refuses, and training on a dataset whose float32 size is 4 GiB stays under a
+stated peak memory (measured in a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from worker.engine.augment import normalize
+from worker.engine.datasets import DatasetError
+from worker.engine.lazy import LazyArray
+from worker.engine.tasks.classification import ClassificationTask
+from worker.engine.tasks.classification.data import describe_dataset, load_dataset, split
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _images(path: Path, n: int = 200, nhwc: bool = True, compressed: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    shape = (n, 12, 10, 3) if nhwc else (n, 3, 12, 10)
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    y = np.arange(n) % 4
+    (np.savez_compressed if compressed else np.savez)(path, x=x, y=y)
+    return path
+
+
+def _pair(path: Path) -> tuple[object, object]:
+    return load_dataset(path, lazy=False), load_dataset(path, lazy=True)
+
+
+def test_lazy_reads_the_same_values_as_eager(tmp_path: Path) -> None:
+    for nhwc in (True, False):
+        eager, lazy = _pair(_images(tmp_path / f"img{nhwc}.npz", nhwc=nhwc))
+        assert isinstance(lazy.x, LazyArray) and isinstance(eager.x, torch.Tensor)
+        assert lazy.x.shape == eager.x.shape and lazy.x.dim() == 4 and len(lazy) == len(eager)
+        assert torch.equal(lazy.y, eager.y) and lazy.classes == eager.classes
+        idx = torch.tensor([5, 3, 3, 199, 0, 42, 41, 40])  # unsorted, repeated, runs
+        assert torch.equal(lazy.x[idx], eager.x[idx])
+        assert torch.equal(lazy.x[10:20], eager.x[10:20]) and torch.equal(lazy.x[-1], eager.x[-1])
+        task, cpu = ClassificationTask(), torch.device("cpu")
+        for (lt, lv), (et, ev) in [(split(lazy, 0.25, 3), split(eager, 0.25, 3))]:
+            assert isinstance(lt.x, LazyArray)
+            for a, b in ((lt, et), (lv, ev)):
+                for i in torch.randperm(len(a), generator=torch.Generator().manual_seed(1)).split(
+                    16
+                ):
+                    la, ea = task.batch(a, i, cpu), task.batch(b, i, cpu)
+                    assert torch.equal(la.inputs, ea.inputs)
+                    assert torch.equal(la.targets, ea.targets)
+        mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.3, 0.25])
+        assert torch.equal(normalize(lazy.x, mean, std)[idx], normalize(eager.x, mean, std)[idx])  # type: ignore[arg-type]
+
+
+def test_tabular_float_and_automatic_choice(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).normal(size=(300, 7)).astype(np.float64)
+    np.savez(tmp_path / "t.npz", x=x, y=np.arange(300) % 3)
+    eager, lazy = _pair(tmp_path / "t.npz")
+    assert torch.equal(lazy.x[:], eager.x)
+    assert isinstance(load_dataset(tmp_path / "t.npz").x, torch.Tensor)  # small: eager
+    # compressed members cannot be read in place: eager even when asked
+    c = load_dataset(_images(tmp_path / "c.npz", compressed=True), lazy=True)
+    assert isinstance(c.x, torch.Tensor)
+    bad = x.copy()
+    bad[17, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad, y=np.arange(300) % 3)
+    with pytest.raises(DatasetError, match="NaN or infinite"):
+        load_dataset(tmp_path / "nan.npz", lazy=True)
+
+
+def test_describe_is_the_same_and_limits_still_hold(tmp_path: Path) -> None:
+    path = _images(tmp_path / "img.npz")
+    # lazy: the decoded limit counts the labels, x stays on disk; eager: x's float32 copy
+    lazy = load_dataset(path, lazy=True, max_decoded_bytes=10_000)
+    assert isinstance(lazy.x, LazyArray)
+    with pytest.raises(DatasetError, match="decodes to"):
+        load_dataset(path, lazy=False, max_decoded_bytes=10_000)
+    with pytest.raises(DatasetError, match="unpacks to"):  # the zip checks run first
+        load_dataset(path, lazy=True, max_uncompressed_bytes=1000)
+    described = describe_dataset(path)
+    assert described["input_shape"] == [3, 12, 10] and described["num_samples"] == 200
+    preview = describe_dataset(path)["preview"]
+    assert len(preview["samples"]) == 16
+
+
+def test_a_dataloader_with_two_workers_gives_the_same_batches(tmp_path: Path) -> None:
+    eager, lazy = _pair(_images(tmp_path / "img.npz"))
+    train, _ = split(lazy, 0.25, 0)
+    train_eager, _ = split(eager, 0.25, 0)
+    batches = list(torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).split(32))
+    loader = DataLoader(
+        _Batches(train.x, batches), batch_size=None, num_workers=2, shuffle=False
+    )  # the LazyArray is pickled into each worker and reopens the file there
+    got = list(loader)
+    assert len(got) == len(batches)
+    for x, idx in zip(got, batches, strict=True):
+        assert torch.equal(x, train_eager.x[idx])
+
+
+class _Batches(torch.utils.data.Dataset[torch.Tensor]):
+    def __init__(self, x: LazyArray, batches: list[torch.Tensor]) -> None:
+        self.x, self.batches = x, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[self.batches[i]]
+
+
+# ----------------------------------------------------------------------------------------------
+# memory: a dataset whose float32 size is 4 GiB, trained on in a subprocess
+
+N_BIG, SIDE = 262_144, 64  # uint8 1 x 64 x 64: 1 GiB on disk, 4 GiB as float32
+PEAK_BOUND = 1536 << 20  # bytes of peak RSS
+
+
+def write_big_npz(path: Path, n: int = N_BIG, side: int = SIDE) -> None:
+    """An uncompressed .npz of n uint8 images, written in chunks (never held in memory)."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (n, 1, side, side)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        with zf.open("x.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            chunk = 8192
+            pattern = (np.arange(chunk * side * side, dtype=np.uint32) * 2654435761 >> 24).astype(
+                np.uint8
+            )
+            for start in range(0, n, chunk):
+                rows = min(chunk, n - start)
+                f.write(pattern[: rows * side * side].tobytes())
+        with zf.open("y.npy", "w") as f:
+            np.lib.format.write_array(f, (np.arange(n) % 10).astype(np.int64))
+
+
+_TRAIN = """
+import resource, sys, torch
+from torch import nn
+sys.path.insert(0, {tests!r})
+from tests.unit.engine.support import scheme_config
+from worker.engine.lazy import LazyArray
+from worker.engine.tasks.classification.data import describe_dataset, load_dataset, split
+from worker.engine.trainer import train
+
+data = load_dataset({path!r}, max_decoded_bytes=64 << 20)  # the old loader needs 4 GiB
+assert isinstance(data.x, LazyArray), type(data.x)
+info = describe_dataset({path!r})
+train_data, val_data = split(data, 0.01, 0)
+pick = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(0))
+train_data, val_data = train_data.subset(pick[:256]), val_data.subset(torch.arange(64))
+torch.manual_seed(0)
+teacher = nn.Sequential(nn.Flatten(), nn.Linear({side} * {side}, 10))
+config = scheme_config("offline", {{}}, student={{"architecture": "mlp",
+                       "kwargs": {{"hidden": 16, "depth": 1}}}})
+result = train(config, teacher, train_data, val_data)
+print("steps", result.steps, "samples", len(data), "peak_kib",
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_training_on_a_dataset_larger_than_memory_allows_in_float32(tmp_path: Path) -> None:
+    path = tmp_path / "big.npz"
+    write_big_npz(path)
+    assert N_BIG * SIDE * SIDE * 4 >= 4 << 30  # what the eager loader would hold
+    script = _TRAIN.format(tests=str(REPO), path=str(path), side=SIDE)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    words = done.stdout.split()
+    peak = int(words[words.index("peak_kib") + 1]) * 1024  # the child's own ru_maxrss
+    print(done.stdout)
+    assert int(words[words.index("samples") + 1]) == N_BIG
+    assert peak < PEAK_BOUND, f"peak RSS {peak / 2**20:.0f} MiB, bound {PEAK_BOUND >> 20} MiB"
