@@ -18,6 +18,14 @@ time into one preallocated array, and conversion to float32 works a batch of row
 the peak stays near the decoded size (images: the float32 samples plus decoding the costliest
 single image). `describe_dataset` keeps images as uint8: a quarter of that.
 
+Datasets larger than memory: an `.npz` whose `x` is stored uncompressed (`numpy.savez`, not
+`savez_compressed`), in C order, stays on disk when its float32 size is LAZY_NPZ_BYTES or more
+(`load_dataset(lazy=None)`; True: whenever it can, False: never): `x` is then a
+`worker.engine.lazy.LazyArray`, read a batch at a time with the same float32 values, and the
+decoded limit counts only the labels (the zip checks all still run). A split or subset copies
+nothing, and a scan's preview reads only the samples it shows. Compressed members, zip image
+folders and CSV files are decoded into memory as below.
+
 Images come out as float32 NCHW in [0, 1] (uint8 / 255); tabular data as float32 [N, D].
 Integer labels keep their value as the class index (class names "0".."K-1", K = max label + 1),
 so a teacher's output units line up with them; other labels map to their sorted names.
