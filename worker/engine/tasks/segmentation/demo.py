@@ -22,8 +22,8 @@ from worker.engine.trainer import train
 
 log = logging.getLogger(__name__)
 
-DEMO_TEACHER = {"architecture": "seg_unet", "kwargs": {"depth": 8, "width": 1.0}}
-DEMO_TRAINING = {"epochs": 6, "batch_size": 32, "lr": 0.05, "device": "cpu"}
+DEMO_TEACHER = {"architecture": "seg_unet", "kwargs": {"depth": 8, "width": 0.75}}
+DEMO_TRAINING = {"epochs": 10, "batch_size": 16, "optimizer": "adamw", "lr": 0.005, "device": "cpu"}
 DEMO_SAMPLES = 300
 
 
