@@ -1,0 +1,59 @@
+"""Smoke tests of the peers benchmark (issue 14 item 7): its CPU mode and the GPU script's paths
+(bf16 flag, compile, the table under $OUT) run on CPU with tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import peers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_peers_quick_reports_every_variant_and_the_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "peers.md"
+    before = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert peers.main(["--device", "cpu", "--quick", "--no-write", "--out", str(out)]) == 0
+    text = out.read_text()
+    for variant in ("floor", "hand kd", "engine kd", "hand +fit", "engine +fit"):
+        assert f"| {variant} | " in text
+    assert "| torchdistill +fit | not available" in text or "| torchdistill +fit | " in text
+    assert "cached teacher epochs | not available" in text
+    assert "engine / hand loop: kd " in text and "engine / floor: kd " in text
+    assert "the engine's taps beyond the hand loop's hooks" in text
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == before  # --no-write keeps the docs
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_its_settings_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh with DEVICE=cpu QUICK=1: fp32, amp and amp + compile (eager backend)
+    each give a table under $OUT, with every variant measured, and the 1-vs-N line says what is
+    missing."""
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "QUICK": "1",
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (tmp_path / "peers.md").read_text()
+    assert "failed or ran past" not in table, (tmp_path / "log.txt").read_text()[-3000:]
+    assert table.count("| engine kd | ") == 3
+    assert "--amp --compile" in table and "compile on" in table
+    assert "failed:" not in table, table
+    assert "1 vs N GPUs:" in table
+    assert (tmp_path / "log.txt").exists()
