@@ -378,6 +378,7 @@ class TrainSettings(_Strict):
     log_every: int = setting(TRAINING["log_every"])
     export_onnx: bool = setting(TRAINING["export_onnx"])
     qat: QatBackend = setting(TRAINING["qat"])
+    data_workers: int = setting(TRAINING["data_workers"])
 
     def log_interval(self, total_steps: int) -> int:
         """Steps between reported metrics: `log_every`, or when that is 0, the fewest that

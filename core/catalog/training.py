@@ -220,6 +220,19 @@ TRAINING: dict[str, Setting] = {
             "evaluation.json then shows fp32 and int8 accuracy, size and CPU latency side by "
             "side. Offline scheme, logit losses and a zoo or derived student.",
         ),
+        Setting(
+            "data_workers",
+            "int",
+            0,
+            "Data loader workers",
+            "Read and decode the training batches in this many worker processes, a few batches "
+            "ahead (into pinned memory on a GPU), so the device does not wait for the data; "
+            "the same batches in the same order. 0 reads them in the training process, enough "
+            "for data in memory; 2-8 help a dataset read from disk (an uncompressed .npz "
+            "larger than memory) on a GPU.",
+            ge=0,
+            le=32,
+        ),
     ]
 }
 

@@ -672,7 +672,9 @@ def _training(
         t["qat"] = field(c[1], "qat")  # quantization-aware training: int8 student too
         t["grad_accumulation"] = field(c[2], "grad_accumulation")
         t["channels_last"] = field(c[3], "channels_last")
-        t["compile"] = field(st.columns(4)[0], "compile")
+        c = st.columns(4)
+        t["compile"] = field(c[0], "compile")
+        t["data_workers"] = field(c[1], "data_workers")  # batches read in worker processes
     scheme, scheme_params = _scheme(catalog, teacher)
     misc = {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
     return t, {**misc, "scheme_params": scheme_params}

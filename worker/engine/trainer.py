@@ -66,6 +66,7 @@ from torch import Tensor, nn
 from core import catalog
 from core.config import RunConfig, TrainSettings
 from worker.engine.augment import Augmenter
+from worker.engine.loader import batch_stream
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
 from worker.engine.schemes import Scheme, StepView, build_scheme
 from worker.engine.tasks import Task, build_task
@@ -731,12 +732,15 @@ def _run_epochs(
             batches = epoch_batches(
                 len(train_data), ts.batch_size, seed, state.epoch, loop.skip_single
             )
+            stream = batch_stream(
+                loop.task, train_data, batches, state.batch, loop.device, ts.data_workers
+            )  # in worker processes when training.data_workers > 0
             while state.batch < len(batches):
                 if loop.cb.should_stop():
                     save()
                     raise Cancelled(f"cancelled at step {state.step}")
                 idx = batches[state.batch]
-                batch = loop.task.batch(train_data, idx, loop.device)
+                batch = next(stream)
                 batch = loop.augment(batch, state.epoch, state.batch)  # one batch for all models
                 metrics = loop.step(loop.inputs(batch.inputs), batch.targets, state.epoch, taps)
                 lr = float(torch.tensor(sched.get_last_lr()[0]))  # as float32, on the host

@@ -313,6 +313,8 @@ def test_new_run_losses_start_at_their_catalog_weight_and_settings_follow_it(
     assert (acc.value, acc.min, acc.max) == (1, *TRAINING["grad_accumulation"].form_range())
     assert at.selectbox(key="nr_t.channels_last").options == ["auto", "on", "off"]
     assert at.checkbox(key="nr_t.compile").value is False
+    workers = at.number_input(key="nr_t.data_workers")  # batches read in worker processes
+    assert (workers.value, workers.min, workers.max) == (0, *TRAINING["data_workers"].form_range())
 
 
 # -- runs --------------------------------------------------------------------------------------

@@ -187,3 +187,27 @@ def test_training_on_a_dataset_larger_than_memory_allows_in_float32(tmp_path: Pa
     print(done.stdout)
     assert int(words[words.index("samples") + 1]) == N_BIG
     assert peak < PEAK_BOUND, f"peak RSS {peak / 2**20:.0f} MiB, bound {PEAK_BOUND >> 20} MiB"
+
+
+def test_training_with_data_workers_gives_the_same_student(tmp_path: Path) -> None:
+    """training.data_workers = 2 reads the batches in worker processes: the same run."""
+    from tests.unit.engine.support import TINY_MLP, scheme_config, tiny_teacher
+    from worker.engine.trainer import train
+
+    rng = np.random.default_rng(2)
+    np.savez(
+        tmp_path / "d.npz", x=rng.integers(0, 256, (120, 8, 8), np.uint8), y=np.arange(120) % 10
+    )
+    data = load_dataset(tmp_path / "d.npz", lazy=True)
+    train_data, val_data = split(data, 0.25, 0)
+    states = []
+    for workers in (0, 2):
+        config = scheme_config("offline", {}, student=TINY_MLP)
+        training = config.training.model_copy(update={"data_workers": workers, "batch_size": 16})
+        config = config.model_copy(update={"training": training})
+        torch.manual_seed(0)
+        result = train(config, tiny_teacher(), train_data, val_data)
+        states.append(result.student.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
