@@ -61,9 +61,9 @@ if [ -n "$QUICK" ]; then
     LIMIT=(120 120 240)
 else
     COMMON=(--device "$DEVICE" --warmup 5 --steps 40)
-    LIMIT=(150 150 270)
+    LIMIT=(140 140 250)
 fi
-ALL="floor,hand kd,engine kd,hand +fit,engine +fit$TD"
+ALL="floor,hand kd,engine kd,hand +fit,engine +fit,hand kd nosync$TD"
 
 run() {  # limit, then peers.py's arguments
     local limit=$1
