@@ -211,3 +211,36 @@ def test_training_with_data_workers_gives_the_same_student(tmp_path: Path) -> No
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+@pytest.mark.slow
+def test_a_whole_run_on_data_left_on_disk_equals_the_run_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_distillation (train, validate, evaluate, export) on data read lazily gives the
+    evaluation of the same run on the data in memory."""
+    from core.config import RunConfig
+    from tests.unit.engine.support import tiny_teacher
+    from worker.engine.export import export_pt2
+    from worker.engine.pipeline import run_distillation
+    from worker.engine.tasks.classification import data as data_module
+
+    teacher, data = tmp_path / "teacher.pt2", tmp_path / "digits.npz"
+    export_pt2(tiny_teacher().eval(), (1, 8, 8), teacher)
+    rng = np.random.default_rng(3)
+    np.savez(data, x=rng.integers(0, 256, (400, 1, 8, 8), np.uint8), y=np.arange(400) % 10)
+    config = RunConfig.model_validate(
+        {
+            "teacher": {"path": str(teacher)},
+            "dataset": {"path": str(data)},
+            "student": {"architecture": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
+            "losses": [{"name": "ce"}, {"name": "kd"}],
+            "training": {"epochs": 1, "batch_size": 64, "device": "cpu", "export_onnx": False},
+        }
+    )
+    eager = run_distillation(config, teacher, data, tmp_path / "eager")
+    monkeypatch.setattr(data_module, "LAZY_NPZ_BYTES", 0)  # every uncompressed x stays on disk
+    assert isinstance(load_dataset(data).x, LazyArray)
+    lazy = run_distillation(config, teacher, data, tmp_path / "lazy")
+    for key in ("student_top1", "teacher_top1", "train_steps"):
+        assert lazy[key] == eager[key], key
