@@ -126,7 +126,16 @@ class LazyArray:
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} samples")
         idx = np.where(idx < 0, idx + len(self), idx)
-        raw = self._raw(idx if self.index is None else self.index[idx])
+        out = torch.from_numpy(self._float_rows(idx if self.index is None else self.index[idx]))
+        view = (1, -1) + (1,) * (out.dim() - 2)
+        for op, t in self.ops:
+            t = t.to(out.dtype)
+            out = out - t.view(view) if op == "sub" else out / t.view(view)
+        return out
+
+    def _float_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored rows as float32 NCHW (or [N, D]), as the eager reader converts them."""
+        raw = self._raw(rows)
         if self.nhwc:
             raw = raw.transpose(0, 3, 1, 2)
         elif raw.ndim == 3:
@@ -136,12 +145,7 @@ class LazyArray:
             np.divide(raw, 255.0, out=x, dtype=np.float32)
         else:
             x[...] = raw
-        out = torch.from_numpy(x)
-        view = (1, -1) + (1,) * (out.dim() - 2)
-        for op, t in self.ops:
-            t = t.to(out.dtype)
-            out = out - t.view(view) if op == "sub" else out / t.view(view)
-        return out
+        return x
 
     def all_finite(self) -> bool:
         """Whether every stored value is finite, read `_SCAN_BYTES` at a time."""
@@ -169,3 +173,29 @@ def member_data_offset(path: Path, zf: zipfile.ZipFile, member: str) -> int | No
     fields = _LOCAL_HEADER.unpack(head)
     name_len, extra_len = fields[9], fields[10]
     return int(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
+
+
+@dataclass
+class LazyImages(LazyArray):
+    """A zip image folder's images (`names`, in sample order), decoded when indexed: each to
+    `mode` at `size` as the eager reader does (`datasets.decode_image`), then uint8 / 255.
+    `stored` is (C, H, W); `path` the zip file, reopened in each process."""
+
+    names: tuple[str, ...] = ()
+    mode: str = "L"
+    where: str = ""
+
+    def _float_rows(self, rows: np.ndarray) -> np.ndarray:
+        from worker.engine.datasets import decode_image
+
+        c, h, w = self.stored
+        x = np.empty((len(rows), c, h, w), np.float32)
+        with zipfile.ZipFile(self.path) as zf:
+            for i, row in enumerate(rows.tolist()):
+                pixels = decode_image(zf, self.names[row], self.mode, (w, h), self.where)
+                chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+                np.divide(chw, 255.0, out=x[i], dtype=np.float32)
+        return x
+
+    def all_finite(self) -> bool:
+        return True

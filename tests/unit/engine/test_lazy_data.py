@@ -81,11 +81,11 @@ def test_tabular_float_and_automatic_choice(tmp_path: Path) -> None:
 
 def test_describe_is_the_same_and_limits_still_hold(tmp_path: Path) -> None:
     path = _images(tmp_path / "img.npz")
-    # lazy: the decoded limit counts the labels, x stays on disk; eager: x's float32 copy
-    lazy = load_dataset(path, lazy=True, max_decoded_bytes=10_000)
+    # lazy: the decoded limit counts the labels and a batch; eager: x's float32 copy
+    lazy = load_dataset(path, lazy=True, max_decoded_bytes=300_000)
     assert isinstance(lazy.x, LazyArray)
     with pytest.raises(DatasetError, match="decodes to"):
-        load_dataset(path, lazy=False, max_decoded_bytes=10_000)
+        load_dataset(path, lazy=False, max_decoded_bytes=300_000)
     with pytest.raises(DatasetError, match="unpacks to"):  # the zip checks run first
         load_dataset(path, lazy=True, max_uncompressed_bytes=1000)
     described = describe_dataset(path)
@@ -239,8 +239,42 @@ def test_a_whole_run_on_data_left_on_disk_equals_the_run_in_memory(
         }
     )
     eager = run_distillation(config, teacher, data, tmp_path / "eager")
-    monkeypatch.setattr(data_module, "LAZY_NPZ_BYTES", 0)  # every uncompressed x stays on disk
+    monkeypatch.setattr(data_module, "LAZY_BYTES", 0)  # every uncompressed x stays on disk
     assert isinstance(load_dataset(data).x, LazyArray)
     lazy = run_distillation(config, teacher, data, tmp_path / "lazy")
     for key in ("student_top1", "teacher_top1", "train_steps"):
         assert lazy[key] == eager[key], key
+
+
+def test_a_zip_image_folder_is_decoded_per_batch_with_the_same_values(tmp_path: Path) -> None:
+    """A zip image folder read lazily (LazyImages) decodes only the images asked for, to the
+    values the eager reader gives (mixed sizes and modes resized and converted alike)."""
+    import io
+
+    from PIL import Image
+
+    from worker.engine.lazy import LazyImages
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(30):
+            side = 10 if i % 7 else 13  # a few of another size: resized
+            mode = "RGB" if i % 5 else "L"  # a few grey ones: converted
+            pixels = rng.integers(0, 256, (side, side, 3), np.uint8)
+            img = Image.fromarray(pixels, "RGB").convert(mode)
+            out = io.BytesIO()
+            img.save(out, format="PNG")
+            zf.writestr(f"top/{['cat', 'dog', 'eel'][i % 3]}/{i}.png", out.getvalue())
+    eager, lazy = load_dataset(path, lazy=False), load_dataset(path, lazy=True)
+    assert isinstance(lazy.x, LazyImages) and lazy.x.shape == eager.x.shape
+    assert torch.equal(lazy.y, eager.y) and lazy.classes == eager.classes
+    idx = torch.tensor([29, 0, 7, 7, 14, 3])
+    assert torch.equal(lazy.x[idx], eager.x[idx])
+    (lt, lv), (et, ev) = split(lazy, 0.25, 0), split(eager, 0.25, 0)
+    assert torch.equal(lv.x[:], ev.x) and torch.equal(lt.x[:5], et.x[:5])
+    # the decoded limit counts a batch (all 30 here) and the costliest image, lazy or not
+    for how in (True, False):
+        with pytest.raises(DatasetError, match="decodes to"):
+            load_dataset(path, lazy=how, max_decoded_bytes=20_000)
+    assert isinstance(load_dataset(path).x, torch.Tensor)  # few images: in memory

@@ -19,12 +19,15 @@ the peak stays near the decoded size (images: the float32 samples plus decoding 
 single image). `describe_dataset` keeps images as uint8: a quarter of that.
 
 Datasets larger than memory: an `.npz` whose `x` is stored uncompressed (`numpy.savez`, not
-`savez_compressed`), in C order, stays on disk when its float32 size is LAZY_NPZ_BYTES or more
+`savez_compressed`), in C order, stays on disk when its float32 size is LAZY_BYTES or more
 (`load_dataset(lazy=None)`; True: whenever it can, False: never): `x` is then a
 `worker.engine.lazy.LazyArray`, read a batch at a time with the same float32 values, and the
 decoded limit counts only the labels (the zip checks all still run). A split or subset copies
-nothing, and a scan's preview reads only the samples it shows. Compressed members, zip image
-folders and CSV files are decoded into memory as below.
+nothing, and a scan's preview reads only the samples it shows. The decoded limit then counts
+the labels and LAZY_BATCH samples as float32 (a batch). A zip image folder of more than
+LAZY_BATCH images whose float32 size is LAZY_BYTES or more is a `LazyImages`: every header is
+checked up front as below, and each image is decoded when a batch asks for it (a corrupt one
+then fails the run naming it). Compressed members and CSV files are decoded into memory.
 
 Images come out as float32 NCHW in [0, 1] (uint8 / 255); tabular data as float32 [N, D].
 Integer labels keep their value as the class index (class names "0".."K-1", K = max label + 1),
@@ -60,6 +63,7 @@ from worker.engine.datasets import (
     check_zip_entries,
     csv_lines,
     decode_image,
+    decoding_bytes,
     float32_rows,
     image_header,
     npy_header,
@@ -68,7 +72,7 @@ from worker.engine.datasets import (
     target_mode,
     to_nchw,
 )
-from worker.engine.lazy import LazyArray, member_data_offset
+from worker.engine.lazy import LazyArray, LazyImages, member_data_offset
 
 Format = Literal["npz", "zip", "csv"]
 MAX_CSV_COLUMNS = 100_000
@@ -76,8 +80,11 @@ _CSV_HEADER_BYTES = 64 * MAX_CSV_COLUMNS  # the header line is read from at most
 _CSV_LINE_BYTES = 64 * 1024  # a line may take this many bytes plus 64 per column
 _CSV_BYTES_PER_COLUMN = 64
 _CSV_CHUNK_FIELDS = 1 << 20  # pandas parses about this many fields at a time
-# an uncompressed .npz whose x takes at least this much as float32 stays on disk (`LazyArray`)
-LAZY_NPZ_BYTES = 256 << 20
+# data taking at least this much as float32 stays on disk (`LazyArray`, `LazyImages`)
+LAZY_BYTES = 256 << 20
+# a lazy dataset is held to the decoded limit for this many samples at a time (a batch), and a
+# zip image folder of fewer images stays in memory
+LAZY_BATCH = 256
 
 
 @dataclass
@@ -174,8 +181,10 @@ def _npz_headers(
     decoded = sum(h.nbytes for h in headers.values()) + copy
     detail = f"x: {x.shape} {x.dtype}" + (" and its float32 copy" if copy else "")
     if lazy:
-        decoded = sum(h.nbytes for k, h in headers.items() if k != "x")
-        detail = "the labels; x is read from disk a batch at a time"
+        rows = min(x.shape[0], LAZY_BATCH) if x.shape else 0
+        sample = math.prod(x.shape[1:]) * 4
+        decoded = sum(h.nbytes for k, h in headers.items() if k != "x") + rows * sample
+        detail = f"the labels and {rows} samples as float32; x is read from disk when used"
     check_decoded(where, decoded, detail, limit, "save fewer or smaller samples")
     for key, h in headers.items():
         if h.nbytes > h.held:
@@ -189,7 +198,7 @@ def _npz_headers(
 def _lazy_x(path: Path, zf: zipfile.ZipFile, where: str, lazy: bool | None) -> LazyArray | None:
     """x as a `LazyArray` when it is read in place: its member stored uncompressed
     (`numpy.savez`, not `savez_compressed`), in C order, numeric, [N, D] or images, and
-    `lazy` is True, or None (automatic) and its float32 size is at least LAZY_NPZ_BYTES."""
+    `lazy` is True, or None (automatic) and its float32 size is at least LAZY_BYTES."""
     if lazy is False:
         return None
     members = {(n[:-4] if n.endswith(".npy") else n): n for n in zf.namelist()}
@@ -209,7 +218,7 @@ def _lazy_x(path: Path, zf: zipfile.ZipFile, where: str, lazy: bool | None) -> L
         return None  # the eager reader says what is wrong
     if fortran or dtype.kind not in "iufb" or dtype.hasobject or len(shape) not in (2, 3, 4):
         return None
-    if lazy is None and math.prod(shape) * 4 < LAZY_NPZ_BYTES:
+    if lazy is None and math.prod(shape) * 4 < LAZY_BYTES:
         return None
     nhwc = len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
     x = LazyArray(str(path), offset, tuple(shape[1:]), dtype.str, nhwc, rows=int(shape[0]))
@@ -298,7 +307,7 @@ def _image_entries(zf: zipfile.ZipFile, where: str) -> list[tuple[str, str]]:
     return [(f, p[0]) for f, p in zip(files, parts, strict=True)]
 
 
-def _load_zip(path: Path, limits: Limits, compact: bool) -> TensorData:
+def _load_zip(path: Path, limits: Limits, compact: bool, lazy: bool | None = None) -> TensorData:
     where = path.name
     try:
         zf = zipfile.ZipFile(path)
@@ -310,8 +319,24 @@ def _load_zip(path: Path, limits: Limits, compact: bool) -> TensorData:
         headers = [image_header(zf, name, where) for name, _ in entries]
         mode = Counter(target_mode(m) for m, _ in headers).most_common(1)[0][0]
         size = Counter(s for _, s in headers).most_common(1)[0][0]
-        check_images_decoded(entries, headers, mode, size, where, limits.decoded)
         channels = 3 if mode == "RGB" else 1
+        samples = len(entries) * channels * size[0] * size[1] * 4
+        many = len(entries) > LAZY_BATCH and samples >= LAZY_BYTES
+        if lazy or (lazy is None and many):  # decoded a batch at a time
+            costs = [decoding_bytes(m, s, mode, size) for m, s in headers]
+            k = max(range(len(costs)), key=costs.__getitem__)
+            some = [k, *[i for i in range(len(entries)) if i != k][: LAZY_BATCH - 1]]
+            check_images_decoded(
+                [entries[i] for i in some], [headers[i] for i in some], mode, size, where,
+                limits.decoded,
+            )  # fmt: skip
+            names = tuple(name for name, _ in entries)
+            shape = (channels, size[1], size[0])
+            lazy_x = LazyImages(str(path), 0, shape, "|u1", rows=len(entries), names=names,
+                                mode=mode, where=where)  # fmt: skip
+            labels, classes = _encode_labels(np.array([c for _, c in entries]), where)
+            return TensorData(lazy_x, torch.from_numpy(labels), classes)
+        check_images_decoded(entries, headers, mode, size, where, limits.decoded)
         x = np.empty(
             (len(entries), channels, size[1], size[0]), np.uint8 if compact else np.float32
         )
@@ -440,7 +465,7 @@ def _read(
     if fmt == "npz":
         data = _load_npz(path, limits, compact, lazy)
     elif fmt == "zip":
-        data = _load_zip(path, limits, compact)
+        data = _load_zip(path, limits, compact, lazy)
     elif fmt == "csv":
         data = _load_csv(path, label_column, limits)
     else:
@@ -470,7 +495,7 @@ def load_dataset(
 
     `lazy`: an .npz whose x is stored uncompressed (`numpy.savez`) can stay on disk, x a
     `LazyArray` read a batch at a time (the same float32 values), so its size is bounded by the
-    disk, not memory; None (the default) does so when x takes LAZY_NPZ_BYTES or more as float32,
+    disk, not memory; None (the default) does so when x takes LAZY_BYTES or more as float32,
     True whenever it can, False never.
     """
     limits = Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
