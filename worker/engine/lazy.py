@@ -190,12 +190,25 @@ class LazyImages(LazyArray):
 
         c, h, w = self.stored
         x = np.empty((len(rows), c, h, w), np.float32)
-        with zipfile.ZipFile(self.path) as zf:
-            for i, row in enumerate(rows.tolist()):
-                pixels = decode_image(zf, self.names[row], self.mode, (w, h), self.where)
-                chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-                np.divide(chw, 255.0, out=x[i], dtype=np.float32)
+        zf = _open_zip(self.path)
+        for i, row in enumerate(rows.tolist()):
+            pixels = decode_image(zf, self.names[row], self.mode, (w, h), self.where)
+            chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+            np.divide(chw, 255.0, out=x[i], dtype=np.float32)
         return x
 
     def all_finite(self) -> bool:
         return True
+
+
+_ZIPS: dict[tuple[str, int], zipfile.ZipFile] = {}  # per process: a fork opens its own
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    """The zip at `path`, opened once per process (its directory is read once, not per batch)."""
+    key = (path, os.getpid())
+    if key not in _ZIPS:
+        for stale in [k for k in _ZIPS if k[1] != key[1]]:
+            del _ZIPS[stale]  # inherited from the parent: never read here (a shared offset)
+        _ZIPS[key] = zipfile.ZipFile(path)
+    return _ZIPS[key]

@@ -273,6 +273,10 @@ def test_a_zip_image_folder_is_decoded_per_batch_with_the_same_values(tmp_path: 
     assert torch.equal(lazy.x[idx], eager.x[idx])
     (lt, lv), (et, ev) = split(lazy, 0.25, 0), split(eager, 0.25, 0)
     assert torch.equal(lv.x[:], ev.x) and torch.equal(lt.x[:5], et.x[:5])
+    batches = list(torch.arange(len(lt)).flip(0).split(4))
+    loader = DataLoader(_Batches(lt.x, batches), batch_size=None, num_workers=2)
+    for x, idx in zip(loader, batches, strict=True):  # decoded in the worker processes
+        assert torch.equal(x, et.x[idx])
     # the decoded limit counts a batch (all 30 here) and the costliest image, lazy or not
     for how in (True, False):
         with pytest.raises(DatasetError, match="decodes to"):
