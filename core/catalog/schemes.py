@@ -15,6 +15,7 @@ from typing import Any
 from core.catalog.losses import LOSSES
 from core.catalog.params import Entry, param
 from core.catalog.students import STUDENTS
+from core.catalog.tasks import TASKS
 
 DEFAULT = "offline"
 
@@ -34,7 +35,13 @@ class SchemeEntry(Entry):
 # online: the catalog logit losses that can stand for the mutual KL (a peer in the teacher's
 # place), and the feature losses between peers (not ft / ka: they pre-train on a teacher's
 # features before the first step, which peers that train together do not have)
-MUTUAL_LOSSES = ("kl", *(n for n, e in LOSSES.items() if e.kind == "logits" and n != "ce"))
+# the peers' logits are class scores [N, classes]: a loss only a dense task can use (pixel_kd,
+# cwd: `TaskEntry.own_losses`) is no mutual term
+_TASK_OWN = {n for t in TASKS.values() for n in t.own_losses}
+MUTUAL_LOSSES = (
+    "kl",
+    *(n for n, e in LOSSES.items() if e.kind == "logits" and n != "ce" and n not in _TASK_OWN),
+)
 PEER_FEATURE_LOSSES = tuple(
     n for n, e in LOSSES.items() if e.kind == "feature" and n not in ("ft", "ka")
 )
