@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from worker.engine.export import save_safetensors
+from worker.engine.loading import set_mode
 
 if TYPE_CHECKING:
     from worker.engine.tasks.base import Task
@@ -81,14 +82,12 @@ def _eval_on(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """The module in eval mode on `device`; its device and mode are restored afterwards."""
     before, was_training = _device(module), module.training
     module.to(device)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        module.eval()
+    set_mode(module, False)
     try:
         yield module
     finally:
         module.to(before)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            module.train(was_training)
+        set_mode(module, was_training)
 
 
 @contextlib.contextmanager

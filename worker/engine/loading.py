@@ -31,6 +31,7 @@ before the library maps them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -52,6 +53,13 @@ from core import catalog
 from worker.engine import operators
 
 ModelFormat = Literal["pt2", "safetensors", "onnx"]
+
+
+def set_mode(module: nn.Module, training: bool) -> None:
+    """`module.train(training)`; an exported graph module may refuse it (it is inference
+    already) and is left as it is."""
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        module.train(training)
 
 
 class UnsafeModelError(ValueError):

@@ -67,6 +67,7 @@ from core import catalog
 from core.config import RunConfig, TrainSettings
 from worker.engine.augment import Augmenter
 from worker.engine.loader import batch_stream
+from worker.engine.loading import set_mode
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
 from worker.engine.schemes import Scheme, StepView, build_scheme
 from worker.engine.tasks import Task, build_task
@@ -274,11 +275,6 @@ def _channels_last_on(device: torch.device, ts: TrainSettings) -> bool:
     return ts.channels_last == "on" or (ts.channels_last == "auto" and device.type == "cuda")
 
 
-def _set_mode(module: nn.Module, training: bool) -> None:
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        module.train(training)  # exported graph modules may refuse it
-
-
 def _compile(module: nn.Module, probe: Tensor, what: str) -> bool:
     """Compile `module`'s forward in place (`nn.Module.compile`: its state dict keeps its keys)
     and check it compiles with one forward of `probe` in eval mode without gradient (nothing
@@ -287,7 +283,7 @@ def _compile(module: nn.Module, probe: Tensor, what: str) -> bool:
     module.compile(backend=COMPILE_BACKEND)
     was_training = module.training
     try:
-        _set_mode(module, False)
+        set_mode(module, False)
         with torch.no_grad():
             module(probe)
     except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
@@ -302,7 +298,7 @@ def _compile(module: nn.Module, probe: Tensor, what: str) -> bool:
         )
         return False
     finally:
-        _set_mode(module, was_training)
+        set_mode(module, was_training)
     return True
 
 

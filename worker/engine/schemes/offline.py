@@ -8,12 +8,12 @@ the student and the losses' states, never the teacher's (it is the uploaded file
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from worker.engine.loading import set_mode
 from worker.engine.schemes.base import Autocast, Scheme
 
 
@@ -21,8 +21,7 @@ def freeze(module: nn.Module) -> None:
     """No gradient for any parameter, eval mode (some exported graphs refuse .eval())."""
     for p in module.parameters():
         p.requires_grad_(False)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        module.eval()  # exported graph modules may refuse .eval(); they are already inference
+    set_mode(module, False)
 
 
 class OfflineScheme(Scheme):
