@@ -3,18 +3,25 @@ decoding to boxes (CenterNet with box distances: Zhou, Wang, Krähenbühl. Objec
 the l/t/r/b regression at the centre as in TTFNet, Liu et al. AAAI 2020). The detection task's
 first student; not a catalog entry until the detection `Task` exists.
 
-The dense-head layout (what the studio documents for detectors): one tensor [N, C + 4, h, w] at
-stride `STRIDE` (h = ceil(H / 2)); channels 0..C-1 are class-centre logits, C..C+3 the distances
-(left, top, right, bottom) in pixels from the location's centre ((j + 0.5) * stride,
-(i + 0.5) * stride) to the box's sides.
+The dense-head layout (what the studio documents for detectors): one tensor [N, C + 4 * B, h, w]
+at stride `STRIDE` (h = ceil(H / 2)); channels 0..C-1 are class-centre logits, then 4 groups of B
+bin logits, one group per side (left, top, right, bottom; side s at C + s * B .. C + s * B + B - 1):
+each side's distance from the location's centre ((j + 0.5) * stride, (i + 0.5) * stride) to the
+box's side is a distribution, softmax over the B bins, whose bin k stands for k * u pixels with
+u = `distance_unit(h, w, B)` = (max(h, w) * stride / 2 + stride) / (B - 1); the distance is its
+expectation (General Focal Loss's integral box head: Li et al. NeurIPS 2020), and the
+distribution is what localization distillation matches (LD, Zheng et al. CVPR 2022).
 
 - `CenterNet`: the backbone's three stages (strides 1, 2, 4), the last upsampled to stride 2 and
-  fused with the second, then a 3x3 conv-BN-ReLU and 1x1 convs to the logits and distances;
+  fused with the second, then a 3x3 conv-BN-ReLU and 1x1 convs to the logits and the distance
+  bins (`bins`, default `BINS`);
 - `encode`: targets per image: a Gaussian heatmap per class (peak 1 at each box's centre cell,
   sigma = the box's side / 6), the distances at each centre cell and the mask of those cells;
 - `centernet_loss`: the penalty-reduced focal loss on the heatmap (alpha 2, beta 4) over the
-  number of boxes, plus `size_weight` times the L1 of the distances (in stride units) at the
-  centre cells;
+  number of boxes, plus `size_weight` times the L1 of the expected distances (in stride units)
+  and `dfl_weight` times the distribution focal loss (GFL) of the bins, both at the centre cells;
+- `split_output`, `expected_distances`, `distance_logits`: the layout's parts, the distances it
+  stands for, and bin logits that stand for given distances (tests, teachers built by hand);
 - `decode`: sigmoid, 3x3 max-pool peaks, the top `k` scores per image above `threshold`, their
   boxes clipped to the image.
 """
@@ -33,21 +40,31 @@ from worker.engine.students.segmentation import _Backbone
 from worker.engine.tasks.detection.evaluate import Prediction
 
 STRIDE = 2
+BINS = 16  # distance bins per box side
 
 
 class CenterNet(nn.Module):
-    """[N, C, H, W] images -> [N, classes + 4, ceil(H / 2), ceil(W / 2)] (see the module doc)."""
+    """[N, C, H, W] images -> [N, classes + 4 * bins, ceil(H / 2), ceil(W / 2)] (see the module
+    doc)."""
 
     def __init__(
-        self, input_shape: Sequence[int], num_classes: int, depth: int = 8, width: float = 1.0
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        depth: int = 8,
+        width: float = 1.0,
+        bins: int = BINS,
     ) -> None:
         super().__init__()
+        if bins < 2:
+            raise ValueError(f"a CenterNet needs at least 2 distance bins per side, got {bins}")
         self.num_classes = int(num_classes)
+        self.bins = int(bins)
         self.backbone = _Backbone(depth, width, input_shape)
         _, c2, c3 = self.backbone.channels
         self.fuse = conv_bn_relu(c2 + c3, c2, 3)
         self.heatmap = nn.Conv2d(c2, self.num_classes, 1)
-        self.distances = nn.Conv2d(c2, 4, 1)
+        self.distances = nn.Conv2d(c2, 4 * self.bins, 1)
         assert self.heatmap.bias is not None
         nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
 
@@ -55,7 +72,63 @@ class CenterNet(nn.Module):
         _, f2, f3 = self.backbone(x)
         up = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
         h = self.fuse(torch.cat([f2, up], 1))
-        return torch.cat([self.heatmap(h), F.relu(self.distances(h)) * STRIDE], 1)
+        return torch.cat([self.heatmap(h), self.distances(h)], 1)
+
+
+def distance_unit(h: int, w: int, bins: int) -> float:
+    """Pixels per distance bin on an [h, w] output map: the largest distance a centre cell can
+    have to its box's side (half the image plus a stride) spread over bins 0..B-1."""
+    return (max(h, w) * STRIDE / 2 + STRIDE) / (bins - 1)
+
+
+def split_output(output: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """The layout's class logits [N, C, h, w] and distance bin logits [N, 4, B, h, w]."""
+    n, channels, h, w = output.shape
+    bins, rest = divmod(channels - num_classes, 4)
+    if rest or bins < 2:
+        raise ValueError(
+            f"a detector output [N, classes + 4 * bins, h, w] for {num_classes} classes needs "
+            f"{num_classes} + a multiple of 4 (at least 8) channels, got {channels}"
+        )
+    return output[:, :num_classes], output[:, num_classes:].reshape(n, 4, bins, h, w)
+
+
+def expected_distances(bin_logits: Tensor) -> Tensor:
+    """Distances in pixels [N, 4, h, w]: the expectation of each side's bin distribution."""
+    bins, (h, w) = bin_logits.shape[2], bin_logits.shape[-2:]
+    values = torch.arange(bins, device=bin_logits.device, dtype=torch.float32)
+    p = torch.softmax(bin_logits.float(), dim=2)
+    return (p * values[:, None, None]).sum(2) * distance_unit(h, w, bins)
+
+
+def _two_hot(dist: Tensor, bins: int, unit: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Distances (pixels) in bin units, clamped into [0, B - 1), and their lower bin with the
+    weights of the lower and upper bins (GFL's target distribution)."""
+    y = (dist / unit).clamp(0, bins - 1 - 1e-4)
+    lower = y.floor()
+    return lower.long(), (lower + 1 - y), (y - lower)
+
+
+def distance_logits(dist: Tensor, bins: int = BINS, eps: float = 1e-6) -> Tensor:
+    """Bin logits [N, 4 * B, h, w] whose expected distances are `dist` [N, 4, h, w] (pixels): the
+    log of the two-hot distribution on the two bins around each distance."""
+    n, _, h, w = dist.shape
+    lower, w_lo, w_hi = _two_hot(dist.float(), bins, distance_unit(h, w, bins))
+    p = torch.zeros(n, 4, bins, h, w, device=dist.device)
+    p.scatter_add_(2, lower[:, :, None], w_lo[:, :, None])
+    p.scatter_add_(2, (lower + 1)[:, :, None], w_hi[:, :, None])
+    return torch.log(p.clamp_min(eps)).reshape(n, 4 * bins, h, w)
+
+
+def distribution_focal_loss(bin_logits: Tensor, dist: Tensor, unit: float) -> Tensor:
+    """DFL per side [P, 4]: -((y_r - y) log p(y_l) + (y - y_l) log p(y_r)) for bin logits
+    [P, 4, B] and distances [P, 4] in pixels, y = distance / `unit` in bins, y_l = floor(y),
+    y_r = y_l + 1 (Li et al. General Focal Loss, NeurIPS 2020)."""
+    lower, w_lo, w_hi = _two_hot(dist.float(), bin_logits.shape[2], unit)
+    log_p = F.log_softmax(bin_logits.float(), dim=2)
+    lo = log_p.gather(2, lower[..., None])[..., 0]
+    hi = log_p.gather(2, (lower + 1)[..., None])[..., 0]
+    return -(w_lo * lo + w_hi * hi)
 
 
 def _centres(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -98,12 +171,19 @@ def encode(
 
 
 def centernet_loss(
-    output: Tensor, heat: Tensor, dist: Tensor, mask: Tensor, size_weight: float = 0.1
+    output: Tensor,
+    heat: Tensor,
+    dist: Tensor,
+    mask: Tensor,
+    size_weight: float = 0.1,
+    dfl_weight: float = 0.25,
 ) -> Tensor:
-    """Focal loss on the centre heatmaps plus `size_weight` x L1 of the distances (in stride
-    units) at the centre cells, both over the number of boxes (at least 1)."""
+    """Focal loss on the centre heatmaps plus `size_weight` x L1 of the expected distances (in
+    stride units) and `dfl_weight` x the distribution focal loss of the bins (GFL's weight 0.25),
+    at the centre cells; each over the number of boxes (at least 1)."""
     c = heat.shape[1]
-    logits, pred = output[:, :c], output[:, c:]
+    logits, bin_logits = split_output(output, c)
+    pred = expected_distances(bin_logits)
     p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
     pos = heat.eq(1).float()
     neg = 1.0 - pos
@@ -112,7 +192,10 @@ def centernet_loss(
     boxes = max(int(mask.sum()), 1)
     m = mask[:, None].expand_as(pred)
     size_loss = F.l1_loss(pred[m] / STRIDE, dist[m] / STRIDE, reduction="sum") / boxes
-    return (pos_loss + neg_loss) / boxes + size_weight * size_loss
+    at = bin_logits.permute(0, 3, 4, 1, 2)[mask]  # [P, 4, B] at the centre cells
+    unit = distance_unit(*output.shape[-2:], bin_logits.shape[2])
+    dfl = distribution_focal_loss(at, dist.permute(0, 2, 3, 1)[mask], unit).sum() / boxes
+    return (pos_loss + neg_loss) / boxes + size_weight * size_loss + dfl_weight * dfl
 
 
 @torch.no_grad()
@@ -121,7 +204,8 @@ def decode(
 ) -> list[Prediction]:
     """Per image: the top `k` heatmap peaks (3x3 local maxima) scoring above `threshold`, as
     xyxy boxes clipped to `size` (H, W), with their scores and class indices."""
-    logits, pred = output[:, :num_classes].float(), output[:, num_classes:].float()
+    logits, bin_logits = split_output(output.float(), num_classes)
+    pred = expected_distances(bin_logits)
     n, _, h, w = logits.shape
     p = torch.sigmoid(logits)
     p = p * (F.max_pool2d(p, 3, stride=1, padding=1) == p).float()
