@@ -42,7 +42,9 @@ from core.catalog.training import (
     QatBackend,
     Schedule,
     Setting,
+    TeacherCache,
 )
+from core.teacher_cache import cache_problem
 
 # Limits of a run config. The studio's settings (core/settings.py) declare the same DS_*
 # variables; the engine reads them from the environment, as it does not import the backend.
@@ -372,6 +374,7 @@ class TrainSettings(_Strict):
     device: Device = setting(TRAINING["device"])
     amp: bool = setting(TRAINING["amp"])
     grad_accumulation: int = setting(TRAINING["grad_accumulation"])
+    gpus: int = setting(TRAINING["gpus"])
     compile: bool = setting(TRAINING["compile"])
     channels_last: ChannelsLast = setting(TRAINING["channels_last"])
     checkpoint_every: int = setting(TRAINING["checkpoint_every"])
@@ -379,6 +382,18 @@ class TrainSettings(_Strict):
     export_onnx: bool = setting(TRAINING["export_onnx"])
     qat: QatBackend = setting(TRAINING["qat"])
     data_workers: int = setting(TRAINING["data_workers"])
+    teacher_cache: TeacherCache = setting(TRAINING["teacher_cache"])
+    teacher_cache_top_k: int = setting(TRAINING["teacher_cache_top_k"])
+
+    @model_validator(mode="after")
+    def _batch_per_gpu(self) -> TrainSettings:
+        if self.batch_size % self.gpus:
+            raise ValueError(
+                f"training.batch_size {self.batch_size} does not divide among training.gpus "
+                f"{self.gpus}: each GPU takes batch_size / gpus samples; use a batch size that "
+                f"is a multiple of {self.gpus}"
+            )
+        return self
 
     def log_interval(self, total_steps: int) -> int:
         """Steps between reported metrics: `log_every`, or when that is 0, the fewest that
@@ -521,6 +536,32 @@ class RunConfig(_Strict):
             raise ValueError(
                 "training.qat fuses the student's layers, so layer_pairs cannot tap them; "
                 "use logit losses (ce, kd, ...) without layer_pairs, or set training.qat to 'none'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_cache_fits(self) -> RunConfig:
+        """`training.teacher_cache: on` only where the cache applies (logit losses, ...)."""
+        if self.training.teacher_cache == "on" and (problem := cache_problem(self)) is not None:
+            raise ValueError(
+                f"training.teacher_cache is 'on' but {problem}; or set it to 'auto' or 'off'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _gpus_fit(self) -> RunConfig:
+        """Several GPUs (`training.gpus` > 1) train the offline scheme's one student."""
+        if self.training.gpus == 1:
+            return self
+        if self.scheme != "offline":
+            raise ValueError(
+                f"training.gpus {self.training.gpus}: several GPUs train scheme 'offline' only "
+                f"(one student); scheme '{self.scheme}' runs on one GPU, set training.gpus to 1"
+            )
+        if self.training.qat != "none":
+            raise ValueError(
+                "training.gpus > 1 does not run quantization-aware training; set training.qat "
+                "to 'none' or training.gpus to 1"
             )
         return self
 

@@ -18,12 +18,14 @@ Schedule = Literal["cosine", "step", "constant"]
 Device = Literal["auto", "cpu", "cuda"]
 QatBackend = Literal["none", "x86", "qnnpack"]
 ChannelsLast = Literal["auto", "on", "off"]
+TeacherCache = Literal["off", "auto", "on"]
 
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 QAT_BACKENDS: tuple[str, ...] = typing.get_args(QatBackend)
 CHANNELS_LAST: tuple[str, ...] = typing.get_args(ChannelsLast)
+TEACHER_CACHE: tuple[str, ...] = typing.get_args(TeacherCache)
 
 SettingType = Literal["int", "float", "bool", "choice", "floats"]
 LOG_POINTS = 1000  # log_every 0: about this many points per series over a run
@@ -166,6 +168,19 @@ TRAINING: dict[str, Setting] = {
             le=1024,
         ),
         Setting(
+            "gpus",
+            "int",
+            1,
+            "GPUs",
+            "Train on this many GPUs of one worker with torch.distributed (one process per "
+            "GPU, DDP): each takes batch_size / N samples of every batch (batch_size must "
+            "divide), gradients are averaged, so the result is that of one GPU with the same "
+            "batch (BatchNorm statistics are per GPU). The worker must have N GPUs; on CPU N "
+            "processes train the same way. Offline scheme.",
+            ge=1,
+            le=16,
+        ),
+        Setting(
             "compile",
             "bool",
             False,
@@ -232,6 +247,29 @@ TRAINING: dict[str, Setting] = {
             "larger than memory) on a GPU.",
             ge=0,
             le=32,
+        ),
+        _choice(
+            "teacher_cache",
+            TeacherCache,
+            "off",
+            "Teacher-output cache",
+            "Keep the teacher's outputs of every training batch (its top-k logits, with the "
+            "seed and augmentation that produced them) as a team artifact, so later epochs "
+            "(without random augmentation) and later runs with the same teacher, data, seed, "
+            "batch size and augmentation replay them without the teacher forward (FKD, Shen & "
+            "Xing 2022). Offline scheme, classification, logit losses only. on: required (the "
+            "config is refused otherwise); auto: where it applies; off: never.",
+        ),
+        Setting(
+            "teacher_cache_top_k",
+            "int",
+            10,
+            "Cached top-k",
+            "The teacher logits kept per sample: the k largest, the other classes sharing the "
+            "rest of the probability mass evenly (at temperature 1); 0 keeps every logit "
+            "(float32, the same losses as without the cache).",
+            ge=0,
+            le=100_000,
         ),
     ]
 }

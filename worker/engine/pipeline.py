@@ -37,6 +37,8 @@ on scikit-learn's bundled 8x8 digits) for the quick start, the docs and the test
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -46,6 +48,8 @@ import torch
 from torch import nn
 
 from core.config import RunConfig
+from core.teacher_cache import cache_enabled, cache_key, cache_problem, per_epoch
+from worker.engine import distributed
 from worker.engine.augment import Augmenter
 from worker.engine.evaluate import evaluate
 from worker.engine.export import export_onnx, export_pt2, save_safetensors
@@ -53,7 +57,8 @@ from worker.engine.loading import LoadedModel, ModelFormat, load_model
 from worker.engine.quantize import export_int8, qat_student
 from worker.engine.tasks import IncompatibleDataError as IncompatibleDataError  # re-exported
 from worker.engine.tasks import Task, build_task, default_task
-from worker.engine.trainer import Callbacks, train
+from worker.engine.teacher_cache import TeacherCache
+from worker.engine.trainer import Callbacks, Cancelled, train
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ ARTIFACTS = {
     "config": "run.yaml",
     "evaluation": "evaluation.json",
 }
+CACHE_FILE = "teacher_cache.npz"  # the teacher-output cache after the run (`teacher_cache.py`)
 MODEL_SUFFIXES: dict[str, ModelFormat] = {
     ".pt2": "pt2",
     ".safetensors": "safetensors",
@@ -350,6 +356,70 @@ def _teacher_evaluations(
     return rows
 
 
+def _inputs(
+    config: RunConfig, teacher_path: Path, dataset_path: Path, student_path: Path | None
+) -> tuple[Task, LoadedModel, Any, nn.Module | None, Any, Any]:
+    """The run's task, teacher (loaded safely), data (checked against the teacher), student
+    (None: the trainer's zoo student) and training and validation splits."""
+    task = build_task(config.task)
+    teacher = load_model(
+        Path(teacher_path),
+        model_format(Path(teacher_path), config.teacher.format),
+        config.teacher.architecture,
+        config.teacher.kwargs,
+    )
+    data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
+    student = build_run_student(config, teacher, data, student_path, task)
+    train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
+    return task, teacher, data, student, train_data, val_data
+
+
+def _other_ranks(
+    config: RunConfig,
+    teacher_path: Path,
+    dataset_path: Path,
+    checkpoint_path: Path | None,
+    student_path: Path | None,
+) -> contextlib.AbstractContextManager[Any]:
+    """With `training.gpus` N > 1: ranks 1..N-1 (`distributed.launch`, `_train_rank`) while the
+    block runs, this process being rank 0; with one GPU, nothing."""
+    ts = config.training
+    if ts.gpus == 1:
+        return contextlib.nullcontext()
+    args = (config, teacher_path, dataset_path, checkpoint_path, student_path)
+    return distributed.launch(ts.gpus, ts.device, _train_rank, args)
+
+
+def _train_rank(
+    index: int,
+    ranks: int,
+    port: int,
+    device_name: str,
+    config: RunConfig,
+    teacher_path: Path,
+    dataset_path: Path,
+    checkpoint_path: Path | None,
+    student_path: Path | None,
+) -> None:
+    """Rank `index` + 1 of a `training.gpus` run, in its own process: the same inputs and
+    training as rank 0, which alone reports, writes checkpoints and the artifacts; it reads
+    rank 0's checkpoint to resume and stops when rank 0 is cancelled."""
+    with distributed.joined(index + 1, ranks, port, device_name):
+        task, teacher, _, student, train_data, val_data = _inputs(
+            config, teacher_path, dataset_path, student_path
+        )
+        with contextlib.suppress(Cancelled):
+            train(
+                config,
+                teacher.module,
+                train_data,
+                val_data,
+                student=student,
+                checkpoint_path=checkpoint_path,
+                task=task,
+            )
+
+
 def run_distillation(
     config: RunConfig,
     teacher_path: Path,
@@ -360,8 +430,17 @@ def run_distillation(
     checkpoint_path: Path | None = None,
     student_path: Path | None = None,
     teacher_paths: list[Path] | None = None,
+    teacher_cache: Path | None = None,
+    teacher_cache_key: str | None = None,
 ) -> dict[str, Any]:
     """Run one distillation end to end; returns the evaluation, artifact names and the student.
+
+    With `training.teacher_cache` on (or auto, where it applies): `teacher_cache` is a cache
+    file of an earlier run to replay (`teacher_cache.py`; used when its key is this run's:
+    `teacher_cache_key`, by default computed from the teacher's and the dataset's bytes);
+    the cache after this run is written to out_dir/teacher_cache.npz (artifact
+    `teacher_cache`) and evaluation.json's `teacher_cache` gives its key, size and the
+    batches replayed and recorded (or, under auto, why the run could not use one).
 
     `student_path`: the file of a `source: model` student whose config names it by id;
     `teacher_paths`: the files of `config.teachers` (scheme multi_teacher) named by id, in order
@@ -373,29 +452,28 @@ def run_distillation(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = build_task(config.task)
-    teacher = load_model(
-        Path(teacher_path),
-        model_format(Path(teacher_path), config.teacher.format),
-        config.teacher.architecture,
-        config.teacher.kwargs,
-    )
-    data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
-    student = build_run_student(config, teacher, data, student_path, task)
-    train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
-    qat = qat_student(config, task, data, student)  # None unless training.qat
-    others = _other_teachers(config, teacher, teacher_paths, task, train_data)
-    result = train(
-        config,
-        teacher.module,
-        train_data,
-        val_data,
-        student=student if qat is None else qat.prepared,
-        callbacks=callbacks,
-        checkpoint_path=checkpoint_path,
-        task=task,
-        scheme=others[1] if others else None,
-    )
+    ranks = _other_ranks(config, teacher_path, dataset_path, checkpoint_path, student_path)
+    with ranks:  # training.gpus > 1: ranks 1..N-1 load and train beside this one, rank 0
+        task, teacher, data, student, train_data, val_data = _inputs(
+            config, teacher_path, dataset_path, student_path
+        )
+        qat = qat_student(config, task, data, student)  # None unless training.qat
+        others = _other_teachers(config, teacher, teacher_paths, task, train_data)
+        cache, cache_note = _teacher_cache(
+            config, teacher_path, dataset_path, teacher_cache, teacher_cache_key, len(train_data)
+        )
+        result = train(
+            config,
+            teacher.module,
+            train_data,
+            val_data,
+            student=student if qat is None else qat.prepared,
+            callbacks=callbacks,
+            checkpoint_path=checkpoint_path,
+            task=task,
+            scheme=others[1] if others else None,
+            teacher_cache=cache,
+        )
     student = (result.student if qat is None else qat.synced()).cpu().eval()
     val_data = Augmenter(config.augment, config.seed).eval_data(val_data)  # normalised
     teacher.module.cpu()
@@ -409,6 +487,13 @@ def run_distillation(
             input_shape=input_shape, fp32_size=evaluation["student_size_bytes"],
         )  # fmt: skip
     evaluation = {**evaluation, "train_steps": result.steps, "epochs": result.epochs}
+    cache_files: dict[str, str] = {}
+    if cache is not None:
+        cache_note["size_bytes"] = cache.save(out_dir / CACHE_FILE)
+        cache_note.update(cache.stats.as_json())
+        cache_files["teacher_cache"] = CACHE_FILE
+    if cache_note:
+        evaluation["teacher_cache"] = cache_note
     if config.scheme == "split":  # the head on its own (head.*) and evaluation.json's `split`
         from worker.engine.schemes.split import SplitModel, export_head
 
@@ -437,8 +522,41 @@ def run_distillation(
         out_dir, student, config, task, input_shape, evaluation, peers, generations
     )
     artifacts.update(int8)
+    artifacts.update(cache_files)
     described = _student_description(student, config, task, data)
     return {**evaluation, "artifacts": artifacts, **described}
+
+
+def _teacher_cache(
+    config: RunConfig,
+    teacher_path: Path,
+    dataset_path: Path,
+    stored: Path | None,
+    key: str | None,
+    samples: int,
+) -> tuple[TeacherCache | None, dict[str, Any]]:
+    """The run's teacher-output cache (None when it uses none) and what evaluation.json says
+    of it: under `auto`, why a run cannot use one."""
+    mode = config.training.teacher_cache
+    if mode == "off":
+        return None, {}
+    if not cache_enabled(config):
+        return None, {"used": False, "why": cache_problem(config)}
+    if key is None:
+        key = cache_key(config, file_sha256(teacher_path), file_sha256(dataset_path))
+    top_k = config.training.teacher_cache_top_k
+    cache = TeacherCache.open(stored, key, top_k, samples, per_epoch(config))
+    note: dict[str, Any] = {"used": True, "key": key, "top_k": top_k, "per_epoch": cache.per_epoch}
+    return cache, note
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (as the artifact store records an upload's)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

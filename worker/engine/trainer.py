@@ -65,12 +65,14 @@ from torch import Tensor, nn
 
 from core import catalog
 from core.config import RunConfig, TrainSettings
-from worker.engine.augment import Augmenter
+from worker.engine import distributed
+from worker.engine.augment import Augmenter, augment_seed
 from worker.engine.loader import batch_stream
 from worker.engine.loading import set_mode
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
 from worker.engine.schemes import Scheme, StepView, build_scheme
 from worker.engine.tasks import Task, build_task
+from worker.engine.teacher_cache import TeacherCache
 
 PERMUTATION_STRIDE = 1_000_003
 COMPILE_BACKEND: Any = "inductor"  # `training.compile`'s torch.compile backend
@@ -154,6 +156,8 @@ class _State:
 
 
 def resolve_device(name: str) -> torch.device:
+    if distributed.world() > 1:  # `training.gpus` > 1: this rank's GPU, or the CPU
+        return distributed.device_for(name, distributed.rank(), distributed.world())
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -331,12 +335,14 @@ def _has_batchnorm(module: nn.Module) -> bool:
 
 
 def epoch_batches(
-    n: int, batch_size: int, seed: int, epoch: int, skip_single: bool
+    n: int, batch_size: int, seed: int, epoch: int, skip_single: bool, ranks: int = 1
 ) -> list[Tensor]:
-    """The index batches of one epoch, in order; a trailing batch of 1 is dropped if asked."""
+    """The index batches of one epoch, in order; a trailing batch of 1 is dropped if asked.
+    With `ranks` > 1 (`training.gpus`) a trailing batch too small to give each rank a sample
+    (two with `skip_single`) is dropped."""
     gen = torch.Generator().manual_seed(seed * PERMUTATION_STRIDE + epoch)
     batches = list(torch.randperm(n, generator=gen).split(batch_size))
-    if skip_single and batches and len(batches[-1]) == 1:
+    if batches and len(batches[-1]) < ranks * (2 if skip_single else 1):
         batches.pop()
     return batches
 
@@ -469,6 +475,13 @@ class _Loop:
         # a trailing batch of 1 breaks BatchNorm in training mode (student or a connector)
         self.skip_single = any(_has_batchnorm(m) for m in scheme.trained_modules())
         self.augment = Augmenter(config.augment, config.seed)  # `augment.py`
+        self.rank, self.ranks = distributed.rank(), distributed.world()  # `training.gpus`
+        self.params = [p for group in self.opt.param_groups for p in group["params"]]
+        self.cache: TeacherCache | None = None  # `teacher_cache.py`, when the run uses one
+
+    def should_stop(self) -> bool:
+        """`Callbacks.should_stop()` of rank 0, on every rank."""
+        return distributed.agree(self.cb.should_stop() if self.rank == 0 else False)
 
     def inputs(self, x: Tensor) -> Tensor:
         """A batch's inputs as the models take them: images channels-last when that is on."""
@@ -489,24 +502,57 @@ class _Loop:
         exclusive = [t for t in active if t.loss.exclusive(epoch)]
         return exclusive or active
 
-    def step(self, x: Tensor, y: Tensor, epoch: int, taps: tuple[Any, Any]) -> dict[str, Tensor]:
+    def cached_logits(self, x: Tensor, epoch: int, batch: int, idx: Tensor) -> Tensor | None:
+        """With a teacher-output cache: batch `batch` of epoch `epoch`'s teacher logits,
+        replayed, or run once (the whole batch) and recorded; None without a cache or when no
+        active loss reads the teacher."""
+        if self.cache is None or not any(t.loss.needs_teacher for t in self.active_terms(epoch)):
+            return None
+        start, seed = batch * self.ts.batch_size, augment_seed(self.config.seed, epoch, batch)
+        found = self.cache.lookup(epoch, start, idx, seed, x.device)
+        if found is not None:
+            return found
+        logits, _ = self.scheme.teacher_outputs(x, None, True, self.autocast)
+        return self.cache.record(epoch, start, idx, seed, logits)
+
+    def step(
+        self,
+        x: Tensor,
+        y: Tensor,
+        epoch: int,
+        taps: tuple[Any, Any],
+        cached: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """One optimisation step; returns the detached weighted terms and the total, on the
         device. With `grad_accumulation` N the batch runs as N micro-batches, each term scaled
         by the micro-batch's share of the samples, so the gradients (and the returned values)
-        add up to the whole batch's for losses that average over samples."""
+        add up to the whole batch's for losses that average over samples. `cached`: the
+        batch's teacher logits from the cache (then the teacher does not run).
+
+        With `training.gpus` N > 1 this rank runs its N-th of the batch the same way (its
+        micro-batches scaled by their share of the whole batch) and the gradients and values
+        are summed over the ranks: the whole batch's again, on every rank."""
         terms = self.active_terms(epoch)
         if not terms:
             raise ValueError(f"no loss is active in epoch {epoch}; add one that always is (ce)")
+        whole = len(x)
+        if self.ranks > 1:  # this rank's slice of the batch
+            x, y = x.tensor_split(self.ranks)[self.rank], y.tensor_split(self.ranks)[self.rank]
+            cached = cached.tensor_split(self.ranks)[self.rank] if cached is not None else None
         parts = self.micro_batches(len(x))
-        if parts == 1:
-            out = self.forward_backward(x, y, epoch, taps, terms, None)
+        if parts == 1 and self.ranks == 1:
+            out = self.forward_backward(x, y, epoch, taps, terms, None, cached=cached)
         else:
             out = {}
-            chunks = zip(x.tensor_split(parts), y.tensor_split(parts), strict=True)
-            for i, (xs, ys) in enumerate(chunks):
-                share = len(xs) / len(x)
-                part = self.forward_backward(xs, ys, epoch, taps, terms, share, first=i == 0)
+            logits = cached.tensor_split(parts) if cached is not None else [None] * parts
+            chunks = zip(x.tensor_split(parts), y.tensor_split(parts), logits, strict=True)
+            for i, (xs, ys, ls) in enumerate(chunks):
+                share = len(xs) / whole
+                part = self.forward_backward(
+                    xs, ys, epoch, taps, terms, share, first=i == 0, cached=ls
+                )
                 out = {k: out[k] + v if k in out else v for k, v in part.items()}
+        out = distributed.sum_step(self.params, out)  # over the ranks (gpus > 1)
         self.opt.step()
         return out
 
@@ -519,11 +565,17 @@ class _Loop:
         terms: list[_Term],
         share: float | None,
         first: bool = True,
+        cached: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The forward and backward of one (micro-)batch, its terms scaled by `share`; the
-        first clears the gradients of the last step just before its backward."""
-        needed = any(t.loss.needs_teacher for t in terms)
-        t_logits, t_feats = self.scheme.teacher_outputs(x, taps[0], needed, self.autocast)
+        first clears the gradients of the last step just before its backward. `cached`: its
+        teacher logits from the cache (logit losses only: no teacher features)."""
+        t_feats: list[Tensor] = []
+        if cached is not None:
+            t_logits = cached
+        else:
+            needed = any(t.loss.needs_teacher for t in terms)
+            t_logits, t_feats = self.scheme.teacher_outputs(x, taps[0], needed, self.autocast)
         if x.is_floating_point() and any(t.loss.needs_input_grad for t in terms):
             x = x.detach().requires_grad_(True)
         peers = self.scheme.students()[1:]
@@ -593,7 +645,7 @@ class _Loop:
                 len(data), self.ts.batch_size, self.config.seed, 0, self.skip_single
             )
             for idx in order:
-                if self.cb.should_stop():
+                if self.should_stop():
                     raise Cancelled("cancelled while pre-training a loss's auxiliary modules")
                 with torch.no_grad(), self.autocast():
                     self.teacher(self.inputs(self.task.batch(data, idx, self.device).inputs))
@@ -646,11 +698,14 @@ def train(
     checkpoint_path: Path | None = None,
     task: Task | None = None,
     scheme: Scheme | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> TrainResult:
     """Distil `teacher` into the configured student on `train_data`; see the module docstring.
 
     `task` and `scheme` default to the ones the config names (`config.task`, `config.scheme`),
-    built from their catalog entries.
+    built from their catalog entries. `teacher_cache`: the run's teacher-output cache
+    (`teacher_cache.py`; logit losses only), which replays the batches it holds and records
+    the others.
     """
     cb = callbacks or Callbacks()
     ts = config.training
@@ -673,12 +728,15 @@ def train(
     scheme.losses.to(device)
     scheme.to(device)
     loop = _Loop(config, scheme, task, terms, device, cb)
+    loop.cache = teacher_cache
     loop.augment.fit(probe, task.output_size(train_data))  # ValueError if it cannot
     val_data = loop.augment.eval_data(val_data)  # validation: normalised, no random op
     if loop.channels_last:
         for module in (teacher, *scheme.trained_modules()):
             module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    per_epoch = len(epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single))
+    per_epoch = len(
+        epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single, loop.ranks)
+    )
     if per_epoch == 0:
         raise ValueError("the training split has a single sample; BatchNorm needs at least 2")
     total = per_epoch * ts.epochs * scheme.rounds()
@@ -692,6 +750,7 @@ def train(
         compiled = [m for what, m in models if _compile(m, loop.inputs(probe), what)]
     try:
         loop.prepare(loop.augment.eval_data(train_data))
+        distributed.broadcast_modules(scheme.trained_modules())  # the same start on every rank
         cb.on_start(total, state.step)
         _run_epochs(loop, sched, state, train_data, val_data, total, checkpoint_path)
     finally:
@@ -714,7 +773,7 @@ def _run_epochs(
     ts, seed = loop.ts, loop.config.seed
 
     def save() -> None:
-        if ckpt is not None:
+        if ckpt is not None and loop.rank == 0:  # rank 0 alone writes; every rank reads it
             window.flush(state)  # the epoch's loss so far is part of the checkpoint
             _save_checkpoint(Path(ckpt), loop.scheme, loop.opt, sched, state, total)
             loop.cb.on_checkpoint(Path(ckpt), state.step)
@@ -726,19 +785,21 @@ def _run_epochs(
                 loop.scheme.start_round(state.epoch // ts.epochs)  # e.g. the next generation
                 loop.opt.state.clear()
             batches = epoch_batches(
-                len(train_data), ts.batch_size, seed, state.epoch, loop.skip_single
+                len(train_data), ts.batch_size, seed, state.epoch, loop.skip_single, loop.ranks
             )
             stream = batch_stream(
                 loop.task, train_data, batches, state.batch, loop.device, ts.data_workers
             )  # in worker processes when training.data_workers > 0
             while state.batch < len(batches):
-                if loop.cb.should_stop():
+                if loop.should_stop():
                     save()
                     raise Cancelled(f"cancelled at step {state.step}")
                 idx = batches[state.batch]
                 batch = next(stream)
                 batch = loop.augment(batch, state.epoch, state.batch)  # one batch for all models
-                metrics = loop.step(loop.inputs(batch.inputs), batch.targets, state.epoch, taps)
+                x = loop.inputs(batch.inputs)
+                cached = loop.cached_logits(x, state.epoch, state.batch, idx)
+                metrics = loop.step(x, batch.targets, state.epoch, taps, cached)
                 lr = float(torch.tensor(sched.get_last_lr()[0]))  # as float32, on the host
                 sched.step()
                 state.step, state.batch = state.step + 1, state.batch + 1
@@ -757,7 +818,7 @@ def _run_epochs(
 
 
 def _end_epoch(loop: _Loop, state: _State, val_data: Any) -> None:
-    metrics = loop.validate(val_data) if len(val_data) else {}
+    metrics = loop.validate(val_data) if len(val_data) and loop.rank == 0 else {}
     metrics["train/loss"] = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
     loop.cb.on_epoch(state.epoch, state.step, metrics)
     state.history.append({"epoch": float(state.epoch), "step": float(state.step), **metrics})

@@ -1,0 +1,233 @@
+"""The teacher-output cache (FKD: Shen & Xing, "A Fast Knowledge Distillation Framework for
+Visual Recognition", ECCV 2022): the teacher's logits of every training batch, stored so that
+later epochs and later runs replay them without the teacher forward. `core/teacher_cache.py`
+says when a run may use it and what its key is.
+
+What a row holds. With `top_k` k (0 < k < C classes) a sample's logits z [C] are kept as the k
+largest values (float16) with their class indices (int16, int32 from 32,768 classes) and one
+float32 `rest` = log((1 / (C - k)) sum_{j not in top-k} exp(z_j)), the log-mean-exp of the
+other logits. The replayed logits are z'_i = z_i (rounded to float16) in the top k and z'_j =
+rest elsewhere, so softmax(z') gives the top-k classes their probabilities and spreads the rest
+of the mass evenly over the other classes (FKD's label smoothing of the remainder), exactly at
+temperature 1 (up to the float16 rounding); at a temperature T != 1 the rest is spread in the
+same way. With k = 0 (or k >= C) the logits are kept whole in float32 and replay exactly.
+
+Record = replay. A batch the cache does not hold runs the teacher, and its logits are stored and
+replaced by their replayed form (`record` returns `expand(compress(z))`), so the run that
+records and every run that replays compute the same losses; with k = 0 they are the teacher's
+own logits, the same as without the cache.
+
+Which rows. Without random augmentation (no flip, crop, policy, mixup or cutmix; normalisation
+is deterministic) a sample's teacher output is the same in every epoch: one slot holds a row per
+training sample, and every epoch after the first replays it. With random augmentation each
+epoch's batches differ: slot e holds epoch e's rows in the epoch's batch order (batch b at rows
+b * batch_size ...), each with the seed of its batch's augmentation draws
+(`augment.augment_seed(seed, e, b)`: the parameters that produced it, checked on replay), and a
+later run of the same key (same seed, data, batch size and recipe, hence the same draws)
+replays them; a run of more epochs records the epochs the cache lacks.
+
+The file is one `.npz` (numpy, no pickles): `meta` (JSON: key, top_k, classes, samples, layout)
+and per slot `s{e}.values`, `s{e}.indices`, `s{e}.rest`, `s{e}.filled`, `s{e}.seeds`; a file
+whose meta does not match the run is ignored (the run records afresh).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    """The rows of one epoch (or of every epoch, without random augmentation)."""
+
+    values: np.ndarray  # [n, k] float16, or [n, C] float32 when whole
+    indices: np.ndarray  # [n, k] int16/int32; [n, 0] when whole
+    rest: np.ndarray  # [n] float32
+    filled: np.ndarray  # [n] bool
+    seeds: np.ndarray  # [n] int64: the augmentation seed of the row's batch (-1: none)
+
+
+@dataclass
+class CacheStats:
+    """Batches replayed and recorded (teacher forwards run) in this process."""
+
+    replayed: int = 0
+    recorded: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {"replayed_batches": self.replayed, "recorded_batches": self.recorded}
+
+
+class TeacherCache:
+    """The teacher's logits of a run's training batches; see the module docstring.
+
+    `samples`: training samples; `per_epoch`: whether the batches are randomly augmented (a
+    slot per epoch); `classes` is taken from the first recorded logits.
+    """
+
+    def __init__(self, key: str, top_k: int, samples: int, per_epoch: bool) -> None:
+        self.key, self.top_k, self.samples, self.per_epoch = key, top_k, samples, per_epoch
+        self.classes: int | None = None
+        self.slots: dict[int, _Slot] = {}
+        self.stats = CacheStats()
+        self.changed = False
+
+    # -- the file ------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "top_k": self.top_k,
+            "samples": self.samples,
+            "per_epoch": self.per_epoch,
+            "classes": self.classes,
+        }
+
+    @classmethod
+    def open(
+        cls, path: Path | None, key: str, top_k: int, samples: int, per_epoch: bool
+    ) -> TeacherCache:
+        """The cache stored at `path` when it is this run's (same key and layout), else an
+        empty one."""
+        cache = cls(key, top_k, samples, per_epoch)
+        if path is None or not Path(path).is_file():
+            return cache
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(bytes(npz["meta"]).decode())
+            mine = {k: v for k, v in cache.meta().items() if k != "classes"}
+            if {k: meta.get(k) for k in mine} != mine:
+                log.warning(
+                    "teacher cache %s belongs to another run (%s); recording afresh", path, meta
+                )
+                return cache
+            cache.classes = meta["classes"]
+            for name in npz.files:
+                if name.endswith(".values"):
+                    e = int(name[1:].split(".")[0])
+                    cache.slots[e] = _Slot(
+                        *(
+                            npz[f"s{e}.{part}"]
+                            for part in ("values", "indices", "rest", "filled", "seeds")
+                        )
+                    )
+        return cache
+
+    def save(self, path: Path) -> int:
+        """Write the cache to `path` (atomically); its size in bytes."""
+        arrays: dict[str, np.ndarray] = {
+            "meta": np.frombuffer(json.dumps(self.meta()).encode(), dtype=np.uint8)
+        }
+        for e, slot in sorted(self.slots.items()):
+            for part in ("values", "indices", "rest", "filled", "seeds"):
+                arrays[f"s{e}.{part}"] = getattr(slot, part)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+        return path.stat().st_size
+
+    # -- rows ------------------------------------------------------------------------------------
+
+    def whole(self) -> bool:
+        """Whether rows hold every logit (top_k 0 or at least the class count)."""
+        assert self.classes is not None
+        return self.top_k == 0 or self.top_k >= self.classes
+
+    def _where(self, epoch: int, start: int, idx: Tensor) -> tuple[int, np.ndarray]:
+        """(slot, rows) of a batch: epoch e's positions start.. or, without random augmentation,
+        the samples' own indices in slot 0."""
+        if self.per_epoch:
+            return epoch, np.arange(start, start + len(idx))
+        return 0, idx.cpu().numpy()
+
+    def _slot(self, e: int) -> _Slot:
+        if e not in self.slots:
+            assert self.classes is not None
+            n, whole = self.samples, self.whole()
+            width = self.classes if whole else self.top_k
+            index_type = np.int16 if self.classes <= 2**15 else np.int32
+            self.slots[e] = _Slot(
+                np.zeros((n, width), np.float32 if whole else np.float16),
+                np.zeros((n, 0 if whole else self.top_k), index_type),
+                np.zeros(n, np.float32),
+                np.zeros(n, bool),
+                np.full(n, -1, np.int64),
+            )
+        return self.slots[e]
+
+    def lookup(
+        self, epoch: int, start: int, idx: Tensor, seed: int, device: torch.device
+    ) -> Tensor | None:
+        """The replayed logits [len(idx), C] of a batch (epoch `epoch`, first row `start`,
+        samples `idx`, augmentation seed `seed`) on `device`; None when any row is missing."""
+        e, rows = self._where(epoch, start, idx)
+        slot = self.slots.get(e)
+        if slot is None or not slot.filled[rows].all():
+            return None
+        if self.per_epoch and not (slot.seeds[rows] == seed).all():
+            return None  # recorded under other augmentation draws: not this batch's
+        self.stats.replayed += 1
+        return self._expand(slot, rows).to(device, non_blocking=True)
+
+    def record(self, epoch: int, start: int, idx: Tensor, seed: int, logits: Tensor) -> Tensor:
+        """Store a batch's teacher logits [len(idx), C]; returns their replayed form (on the
+        logits' device), which the run uses in their place."""
+        if logits.dim() != 2:
+            raise ValueError(
+                f"the teacher-output cache stores class logits [N, classes]; this teacher gives "
+                f"{list(logits.shape)}; set training.teacher_cache to 'off'"
+            )
+        if self.classes is None:
+            self.classes = int(logits.shape[1])
+        if logits.shape[1] != self.classes:
+            raise ValueError(
+                f"the teacher gave {logits.shape[1]} classes, the cache holds {self.classes}"
+            )
+        e, rows = self._where(epoch, start, idx)
+        slot = self._slot(e)
+        z = logits.detach().float()
+        if self.whole():
+            slot.values[rows] = z.cpu().numpy()
+        else:
+            k = self.top_k
+            top = z.topk(k, dim=1)
+            others = z.scatter(1, top.indices, float("-inf"))
+            rest = torch.logsumexp(others, dim=1) - math.log(self.classes - k)
+            slot.values[rows] = top.values.half().cpu().numpy()
+            slot.indices[rows] = top.indices.cpu().numpy().astype(slot.indices.dtype)
+            slot.rest[rows] = rest.cpu().numpy()
+        slot.filled[rows] = True
+        slot.seeds[rows] = seed if self.per_epoch else -1
+        self.changed = True
+        self.stats.recorded += 1
+        return self._expand(slot, rows).to(logits.device)
+
+    def _expand(self, slot: _Slot, rows: np.ndarray) -> Tensor:
+        """The logits [len(rows), C] the rows replay (float32)."""
+        values = torch.from_numpy(slot.values[rows]).float()
+        if self.whole():
+            return values
+        assert self.classes is not None
+        out = torch.from_numpy(slot.rest[rows]).unsqueeze(1).repeat(1, self.classes)
+        indices = torch.from_numpy(slot.indices[rows].astype(np.int64))
+        return out.scatter_(1, indices, values)
+
+    def size_bytes(self) -> int:
+        """Bytes the rows take in memory (about the file's size)."""
+        return sum(
+            getattr(s, p).nbytes
+            for s in self.slots.values()
+            for p in ("values", "indices", "rest", "filled", "seeds")
+        )
