@@ -600,5 +600,61 @@ LOSSES: dict[str, LossEntry] = {
             default_weight=0.8,
             aux_modules=("embed_s", "embed_t"),
         ),
+        LossEntry(
+            "fg_imitation",
+            "Fine-grained feature imitation (detection)",
+            "MSE between the adapted student feature (3x3 conv to the teacher's channels) and "
+            "the teacher's, only at the locations near a ground-truth box: the box moved to a "
+            "location is that location's anchor, kept where its IoU with the box exceeds psi "
+            "times the best; 1/(2 N_p) * sum over kept locations and channels, N_p the kept "
+            "locations (task detection; any teacher, layers by name).",
+            (
+                param(
+                    "psi",
+                    "float",
+                    0.5,
+                    "Keep locations whose anchor IoU exceeds psi x the box's best (paper: 0.5).",
+                    0.0,
+                    0.99,
+                ),
+            ),
+            paper="Wang, Yuan, Zhang, Feng. Distilling Object Detectors with Fine-grained "
+            "Feature Imitation. CVPR 2019",
+            kind="feature",
+            needs_pairs=True,
+            implementation="worker.engine.losses.detection:FineGrainedImitation",
+            aux_modules=("adapters",),
+        ),
+        LossEntry(
+            "ld",
+            "Localization distillation (detection)",
+            "KD on the box-side distributions: at each ground-truth box's centre cell, "
+            "T^2 * KL(softmax(t/T) || softmax(s/T)) over the distance bins of each side "
+            "(left, top, right, bottom), averaged over the sides and cells. Both models' outputs "
+            "in the dense-head layout [N, classes + 4 * bins, h, w] with the same bins (task "
+            "detection); the paper uses T = 10 and weight 0.25.",
+            (
+                param(
+                    "temperature", "float", 10.0, "Softmax temperature T over the bins.", 0.1, 100
+                ),
+            ),
+            paper="Zheng, Ye, Wang, Cao, Ren, Zuo, Cheng. Localization Distillation for Dense "
+            "Object Detection. CVPR 2022",
+            kind="logits",
+            default_weight=0.25,
+            implementation="worker.engine.losses.detection:LocalizationDistillation",
+        ),
+        LossEntry(
+            "heatmap_kd",
+            "Heatmap KD (detection)",
+            "KD on the class-centre heatmaps: each class score per location is a binary "
+            "(sigmoid) distribution; T^2 times the binary KL(teacher || student) summed over the "
+            "classes and averaged over the locations. Both models' outputs in the dense-head "
+            "layout (task detection).",
+            (param("temperature", "float", 1.0, "Temperature T of the sigmoid.", 0.1, 100),),
+            paper="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015",
+            kind="logits",
+            implementation="worker.engine.losses.detection:HeatmapKD",
+        ),
     ]
 }

@@ -193,7 +193,7 @@ def centernet_loss(
     m = mask[:, None].expand_as(pred)
     size_loss = F.l1_loss(pred[m] / STRIDE, dist[m] / STRIDE, reduction="sum") / boxes
     at = bin_logits.permute(0, 3, 4, 1, 2)[mask]  # [P, 4, B] at the centre cells
-    unit = distance_unit(*output.shape[-2:], bin_logits.shape[2])
+    unit = distance_unit(output.shape[-2], output.shape[-1], bin_logits.shape[2])
     dfl = distribution_focal_loss(at, dist.permute(0, 2, 3, 1)[mask], unit).sum() / boxes
     return (pos_loss + neg_loss) / boxes + size_weight * size_loss + dfl_weight * dfl
 
