@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
@@ -44,6 +44,13 @@ _UNREADABLE_IMAGE = (OSError, EOFError, ValueError, SyntaxError, zipfile.BadZipF
 
 class DatasetError(ValueError):
     """A dataset upload that cannot be used; the message says what is wrong and how to fix it."""
+
+
+class Archive(Protocol):
+    """What image reading needs of an upload's archive: a member opened by name for reading
+    (a `zipfile.ZipFile`, or a tar read in place, `worker.engine.tars.TarIndex`)."""
+
+    def open(self, name: str) -> IO[bytes]: ...
 
 
 def to_nchw(x: np.ndarray, where: str) -> np.ndarray:
@@ -284,7 +291,7 @@ def open_image(fp: IO[bytes], name: str, where: str) -> Any:
     return img
 
 
-def image_header(zf: zipfile.ZipFile, name: str, where: str) -> tuple[str, tuple[int, int]]:
+def image_header(zf: Archive, name: str, where: str) -> tuple[str, tuple[int, int]]:
     """The mode and size of one image from its header, without decoding its pixels."""
     with zf.open(name) as fp, open_image(fp, name, where) as img:
         return img.mode, img.size
@@ -336,7 +343,7 @@ def check_images_decoded(
 
 
 def decode_image(
-    zf: zipfile.ZipFile, name: str, mode: str, size: tuple[int, int], where: str
+    zf: Archive, name: str, mode: str, size: tuple[int, int], where: str
 ) -> np.ndarray:
     """One image as uint8 [H, W] (mode L) or [H, W, 3] (RGB), resized to `size` if needed."""
     from PIL import Image

@@ -201,6 +201,42 @@ class LazyImages(LazyArray):
         return True
 
 
+@dataclass
+class LazyTarImages(LazyImages):
+    """Images of a tar read in place (an image folder or WebDataset shards, `tars.TarIndex`):
+    image `i` is bytes [offsets[i], offsets[i] + sizes[i]) of `path`, read with one positioned
+    read and decoded as `LazyImages` does."""
+
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def _float_rows(self, rows: np.ndarray) -> np.ndarray:
+        from worker.engine.datasets import decode_image
+        from worker.engine.tars import open_index
+
+        c, h, w = self.stored
+        x = np.empty((len(rows), c, h, w), np.float32)
+        index = open_index(self.path, self.offsets, self.sizes)
+        for i, row in enumerate(rows.tolist()):
+            pixels = decode_image(_Span(index, row), self.names[row], self.mode, (w, h), self.where)
+            chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+            np.divide(chw, 255.0, out=x[i], dtype=np.float32)
+        return x
+
+
+@dataclass
+class _Span:
+    """Member `row` of an index, opened whatever name it is asked for."""
+
+    index: Any
+    row: int
+
+    def open(self, name: str) -> Any:
+        return self.index.open_span(
+            int(self.index.offsets[self.row]), int(self.index.sizes[self.row])
+        )
+
+
 _ZIPS: dict[tuple[str, int], zipfile.ZipFile] = {}  # per process: a fork opens its own
 
 

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from worker.engine.datasets import (
     IMAGE_SUFFIXES,
+    Archive,
     DatasetError,
     GiB,
     Limits,
@@ -72,9 +73,17 @@ from worker.engine.datasets import (
     target_mode,
     to_nchw,
 )
-from worker.engine.lazy import LazyArray, LazyImages, member_data_offset
+from worker.engine.lazy import LazyArray, LazyImages, LazyTarImages, member_data_offset
+from worker.engine.tars import (
+    TarIndex,
+    has_shards,
+    is_webdataset,
+    tar_index,
+    webdataset_samples,
+    zip_shards,
+)
 
-Format = Literal["npz", "zip", "csv"]
+Format = Literal["npz", "zip", "tar", "csv", "parquet"]
 MAX_CSV_COLUMNS = 100_000
 _CSV_HEADER_BYTES = 64 * MAX_CSV_COLUMNS  # the header line is read from at most this many bytes
 _CSV_LINE_BYTES = 64 * 1024  # a line may take this many bytes plus 64 per column
@@ -281,18 +290,19 @@ def _apply_names(classes: list[str], names: list[str], raw: np.ndarray, where: s
 # zip image folder: sizes from the headers first, then one image at a time into one array
 
 
-def _image_entries(zf: zipfile.ZipFile, where: str) -> list[tuple[str, str]]:
+def _image_entries(names: list[str], where: str) -> list[tuple[str, str]]:
     """(entry name, class name) of every image, class = the folder right above the file."""
     files = [
-        i.filename
-        for i in zf.infolist()
-        if not i.is_dir()
-        and PurePosixPath(i.filename).suffix.lower() in IMAGE_SUFFIXES
-        and not any(p.startswith((".", "__MACOSX")) for p in PurePosixPath(i.filename).parts)
+        n
+        for n in names
+        if not n.endswith("/")
+        and PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES
+        and not any(p.startswith((".", "__MACOSX")) for p in PurePosixPath(n).parts)
     ]
     if not files:
         raise DatasetError(
-            f"{where}: no images found; zip one folder per class, e.g. cat/1.png, dog/2.png"
+            f"{where}: no images found; put one folder per class in the archive, e.g. "
+            "cat/1.png, dog/2.png"
         )
     parts = [PurePosixPath(f).parts for f in files]
     tops = {p[0] for p in parts}
@@ -307,6 +317,13 @@ def _image_entries(zf: zipfile.ZipFile, where: str) -> list[tuple[str, str]]:
     return [(f, p[0]) for f, p in zip(files, parts, strict=True)]
 
 
+def _is_npy_pair(names: list[str]) -> bool:
+    """A .zip holding the arrays x.npy and y.npy (an .npz by another name)."""
+    return {"x.npy", "y.npy"} <= set(names) and not any(
+        PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES for n in names
+    )
+
+
 def _load_zip(path: Path, limits: Limits, compact: bool, lazy: bool | None = None) -> TensorData:
     where = path.name
     try:
@@ -315,40 +332,90 @@ def _load_zip(path: Path, limits: Limits, compact: bool, lazy: bool | None = Non
         raise DatasetError(f"{where}: not a valid zip file ({exc})") from exc
     with zf:
         check_zip_entries(zf, where, limits.entries, limits.unpacked)
-        entries = _image_entries(zf, where)
-        headers = [image_header(zf, name, where) for name, _ in entries]
-        mode = Counter(target_mode(m) for m, _ in headers).most_common(1)[0][0]
-        size = Counter(s for _, s in headers).most_common(1)[0][0]
-        channels = 3 if mode == "RGB" else 1
-        samples = len(entries) * channels * size[0] * size[1] * 4
-        many = len(entries) > LAZY_BATCH and samples >= LAZY_BYTES
-        if lazy or (lazy is None and many):  # decoded a batch at a time
-            costs = [decoding_bytes(m, s, mode, size) for m, s in headers]
-            k = max(range(len(costs)), key=costs.__getitem__)
-            some = [k, *[i for i in range(len(entries)) if i != k][: LAZY_BATCH - 1]]
-            check_images_decoded(
-                [entries[i] for i in some], [headers[i] for i in some], mode, size, where,
-                limits.decoded,
-            )  # fmt: skip
-            names = tuple(name for name, _ in entries)
-            shape = (channels, size[1], size[0])
+        names = zf.namelist()
+        if has_shards(names):  # WebDataset-style shards, read in place from the zip
+            index = zip_shards(path, zf, where, limits)
+            return _tar_images(path, index, where, limits, compact, lazy)
+        if _is_npy_pair(names):
+            return _load_npz(path, limits, compact, lazy)
+        entries = _image_entries(names, where)
+        labels = np.array([c for _, c in entries])
+        return _images(path, zf, None, entries, labels, where, limits, compact, lazy)
+
+
+def _load_tar(path: Path, limits: Limits, compact: bool, lazy: bool | None = None) -> TensorData:
+    where = path.name
+    return _tar_images(path, tar_index(path, where, limits), where, limits, compact, lazy)
+
+
+def _tar_images(
+    path: Path, index: TarIndex, where: str, limits: Limits, compact: bool, lazy: bool | None
+) -> TensorData:
+    """A tar's images: WebDataset samples (`<key>.png` + `<key>.cls`) when there are .cls
+    files, else an image folder (class sub-folders), as in a .zip."""
+    if is_webdataset(index):
+        entries = webdataset_samples(index, where)
+        texts = [label for _, label in entries]
+        numeric = all(t.isdecimal() for t in texts)
+        labels = np.array([int(t) for t in texts]) if numeric else np.array(texts)
+    else:
+        entries = _image_entries(index.names, where)
+        labels = np.array([c for _, c in entries])
+    return _images(path, index, index, entries, labels, where, limits, compact, lazy)
+
+
+def _images(
+    path: Path,
+    archive: Archive,
+    index: TarIndex | None,
+    entries: list[tuple[str, str]],
+    labels: np.ndarray,
+    where: str,
+    limits: Limits,
+    compact: bool,
+    lazy: bool | None,
+) -> TensorData:
+    """Images from `archive` (a zip, or a tar's `index`) as float32 NCHW (uint8 with `compact`),
+    decoded into memory, or left in the archive (`LazyImages`, `LazyTarImages`) when `lazy`, or
+    when None and there are many (see the module docstring)."""
+    headers = [image_header(archive, name, where) for name, _ in entries]
+    mode = Counter(target_mode(m) for m, _ in headers).most_common(1)[0][0]
+    size = Counter(s for _, s in headers).most_common(1)[0][0]
+    channels = 3 if mode == "RGB" else 1
+    samples = len(entries) * channels * size[0] * size[1] * 4
+    many = len(entries) > LAZY_BATCH and samples >= LAZY_BYTES
+    codes, classes = _encode_labels(labels, where)
+    if lazy or (lazy is None and many):  # decoded a batch at a time
+        costs = [decoding_bytes(m, s, mode, size) for m, s in headers]
+        k = max(range(len(costs)), key=costs.__getitem__)
+        some = [k, *[i for i in range(len(entries)) if i != k][: LAZY_BATCH - 1]]
+        check_images_decoded(
+            [entries[i] for i in some], [headers[i] for i in some], mode, size, where,
+            limits.decoded,
+        )  # fmt: skip
+        names = tuple(name for name, _ in entries)
+        shape = (channels, size[1], size[0])
+        lazy_x: LazyImages
+        if index is None:
             lazy_x = LazyImages(str(path), 0, shape, "|u1", rows=len(entries), names=names,
                                 mode=mode, where=where)  # fmt: skip
-            labels, classes = _encode_labels(np.array([c for _, c in entries]), where)
-            return TensorData(lazy_x, torch.from_numpy(labels), classes)
-        check_images_decoded(entries, headers, mode, size, where, limits.decoded)
-        x = np.empty(
-            (len(entries), channels, size[1], size[0]), np.uint8 if compact else np.float32
-        )
-        for i, (name, _) in enumerate(entries):
-            pixels = decode_image(zf, name, mode, size, where)
-            chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-            if compact:
-                x[i] = chw
-            else:  # the same float32 values as uint8 / 255 of the whole stack
-                np.divide(chw, 255.0, out=x[i], dtype=np.float32)
-    labels, classes = _encode_labels(np.array([c for _, c in entries]), where)
-    return TensorData(torch.from_numpy(x), torch.from_numpy(labels), classes)
+        else:
+            at = {name: i for i, name in enumerate(index.names)}
+            rows = np.array([at[name] for name in names], np.int64)
+            lazy_x = LazyTarImages(str(path), 0, shape, "|u1", rows=len(entries), names=names,
+                                   mode=mode, where=where, offsets=index.offsets[rows],
+                                   sizes=index.sizes[rows])  # fmt: skip
+        return TensorData(lazy_x, torch.from_numpy(codes), classes)
+    check_images_decoded(entries, headers, mode, size, where, limits.decoded)
+    x = np.empty((len(entries), channels, size[1], size[0]), np.uint8 if compact else np.float32)
+    for i, (name, _) in enumerate(entries):
+        pixels = decode_image(archive, name, mode, size, where)
+        chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        if compact:
+            x[i] = chw
+        else:  # the same float32 values as uint8 / 255 of the whole stack
+            np.divide(chw, 255.0, out=x[i], dtype=np.float32)
+    return TensorData(torch.from_numpy(x), torch.from_numpy(codes), classes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,6 +533,8 @@ def _read(
         data = _load_npz(path, limits, compact, lazy)
     elif fmt == "zip":
         data = _load_zip(path, limits, compact, lazy)
+    elif fmt == "tar":
+        data = _load_tar(path, limits, compact, lazy)
     elif fmt == "csv":
         data = _load_csv(path, label_column, limits)
     else:
