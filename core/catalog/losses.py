@@ -99,6 +99,37 @@ LOSSES: dict[str, LossEntry] = {
             implementation="worker.engine.losses.dense:CWD",
         ),
         LossEntry(
+            "centernet",
+            "CenterNet detection loss",
+            "The detector's own loss on the ground-truth boxes (task detection): the "
+            "penalty-reduced focal loss on the class-centre heatmaps (Gaussian targets) plus "
+            "size_weight times the L1 of the left/top/right/bottom box distances and "
+            "dfl_weight times the distribution focal loss of their bins at the centres, each "
+            "over the number of boxes; reads the dense-head output [N, classes + 4 * bins, h, w] "
+            "of det_centernet.",
+            (
+                param(
+                    "size_weight",
+                    "float",
+                    0.1,
+                    "Weight of the box-distance L1 (in stride units) against the focal term.",
+                    0.0,
+                    100,
+                ),
+                param(
+                    "dfl_weight",
+                    "float",
+                    0.25,
+                    "Weight of the distribution focal loss on the distance bins (GFL uses 0.25).",
+                    0.0,
+                    100,
+                ),
+            ),
+            paper="Zhou, Wang, Krähenbühl. Objects as Points. 2019",
+            kind="logits",
+            implementation="worker.engine.losses.centernet:CenterNetLoss",
+        ),
+        LossEntry(
             "fitnets",
             "FitNets hints",
             "A regressor maps the student feature to the teacher's shape; L2 between them. "

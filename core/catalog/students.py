@@ -353,6 +353,20 @@ STUDENTS: dict[str, StudentEntry] = {
                 ),
             )
         ),
+        StudentEntry(
+            "det_centernet",
+            "CenterNet detector on a ResNet backbone",
+            "One-stage anchor-free detector (task detection): CIFAR ResNet stages, the last "
+            "upsampled and fused with the second, then a dense head at stride 2 giving "
+            "[N, classes + 4 * 16, H/2, W/2]: class-centre logits and, per box side (left, "
+            "top, right, bottom), 16 distance-bin logits. Train it with the 'centernet' loss "
+            "(focal heatmap + box distances).",
+            (param("depth", "int", 8, "Backbone depth (6n+2, as resnet).", 8, 56), _WIDTH),
+            paper="Zhou, Wang, Krähenbühl. Objects as Points. 2019",
+            kind="detection",
+            family="det_centernet",
+            implementation="worker.engine.students.detection:det_centernet",
+        ),
     ]
 }
 
@@ -361,7 +375,11 @@ def student_problems(name: str, params: dict[str, Any]) -> list[str]:
     """Errors for a student's parameters: the catalog ranges plus the resnet/wrn depth rule."""
     errors = STUDENTS[name].check_params(params)
     depth = params.get("depth")
-    if errors or name not in ("resnet", "wrn", "seg_fcn", "seg_unet") or depth is None:
+    if (
+        errors
+        or name not in ("resnet", "wrn", "seg_fcn", "seg_unet", "det_centernet")
+        or depth is None
+    ):
         return errors
     offset, minimum = (4, 10) if name == "wrn" else (2, 8)
     if (depth - offset) % 6:

@@ -82,6 +82,37 @@ TASKS: dict[str, TaskEntry] = {
             losses=("ce", "pixel_kd", "cwd", "fitnets", "at", "feature_l2", "nst", "sp", "pkt"),
             own_losses=("pixel_kd", "cwd"),
         ),
+        TaskEntry(
+            "detection",
+            "Object detection",
+            "Boxes with a class each: targets are per image its boxes (xyxy pixels) and classes; "
+            "the student is a dense-head detector (det_centernet) trained with its own loss "
+            "(centernet). Any .pt2 teacher serves feature distillation (layers tapped by name); "
+            "a teacher whose output follows the dense-head layout [N, classes + 4 * bins, H/2, "
+            "W/2] (class-centre logits, then per side left/top/right/bottom the distance-bin "
+            "logits) is also evaluated by mAP. Validated by COCO mAP@[.5:.95], mAP@.5 and the "
+            "loss, evaluated by mAP, mAP@.5 and per-class AP (faster-coco-eval). Datasets: .zip "
+            "of images with COCO annotations.json (boxes xywh).",
+            implementation="worker.engine.tasks.detection:DetectionTask",
+            formats=("zip",),
+            metrics=("map", "map50", "loss"),
+            stage_rule="spatial",
+            stage_hint="with a 4D output",
+            student_kinds=("detection",),
+            losses=(
+                "centernet",
+                "fg_imitation",
+                "ld",
+                "heatmap_kd",
+                "fitnets",
+                "at",
+                "feature_l2",
+                "nst",
+                "sp",
+                "pkt",
+            ),
+            own_losses=("centernet", "fg_imitation", "ld", "heatmap_kd"),
+        ),
     ]
 }
 

@@ -39,8 +39,13 @@ def test_every_student_builds_and_runs(name: str, shape: tuple[int, ...]) -> Non
     model = build_student(name, shape, 7).eval()
     with torch.inference_mode():
         out = model(torch.randn(2, *shape))
-    dense = catalog.STUDENTS[name].kind == "segmentation"  # per-pixel logits
-    assert out.shape == ((2, 7, *shape[1:]) if dense else (2, 7))
+    kind = catalog.STUDENTS[name].kind
+    if kind == "segmentation":  # per-pixel logits
+        assert out.shape == (2, 7, *shape[1:])
+    elif kind == "detection":  # the dense-head layout at stride 2: 16 distance bins per side
+        assert out.shape == (2, 7 + 4 * 16, *(-(-s // 2) for s in shape[1:]))
+    else:
+        assert out.shape == (2, 7)
     assert model.input_shape == shape and model.num_classes == 7 and model.arch == name
     assert isinstance(model.arch_kwargs, dict)
 

@@ -9,8 +9,9 @@
   fuses them with a 3x3 conv-BN-ReLU, then 1x1 conv to the classes at full resolution
   (Ronneberger, Fischer, Brox. U-Net. MICCAI 2015).
 
-The backbone's modules keep the ResNet's names (`conv1`, `bn1`, `layer1`..`layer3`), so layer
-pairs with a ResNet teacher read alike; head modules are `head.*` / `decoder.*`.
+The backbone (`backbone.ResNetBackbone`, shared with the detection student) keeps the ResNet's
+module names (`conv1`, `bn1`, `layer1`..`layer3`), so layer pairs with a ResNet teacher read
+alike; head modules are `head.*` / `decoder.*`.
 """
 
 from __future__ import annotations
@@ -22,24 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worker.engine.students.backbone import ResNetBackbone, check_depth
 from worker.engine.students.common import conv_bn_relu, describe, image_shape
-from worker.engine.students.resnet import ResNet, _init_weights, scaled_channels
-
-
-class _Backbone(nn.Module):
-    """The ResNet's stem and stages, without its pooling and classifier."""
-
-    def __init__(self, depth: int, width: float, input_shape: Sequence[int]) -> None:
-        super().__init__()
-        net = ResNet(depth, scaled_channels((16, 16, 32, 64), width), input_shape, 1)
-        self.conv1, self.bn1, self.relu = net.conv1, net.bn1, net.relu
-        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
-        self.channels = scaled_channels((16, 16, 32, 64), width)[1:]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        f1 = self.layer1(self.relu(self.bn1(self.conv1(x))))
-        f2 = self.layer2(f1)
-        return [f1, f2, self.layer3(f2)]
+from worker.engine.students.resnet import _init_weights
 
 
 class SegFCN(nn.Module):
@@ -47,7 +33,7 @@ class SegFCN(nn.Module):
 
     def __init__(self, depth: int, width: float, input_shape: Sequence[int], num_classes: int):
         super().__init__()
-        self.backbone = _Backbone(depth, width, input_shape)
+        self.backbone = ResNetBackbone(depth, width, input_shape)
         c3 = self.backbone.channels[-1]
         self.head = nn.Sequential(conv_bn_relu(c3, c3, 3), nn.Conv2d(c3, num_classes, 1))
         _init_weights(self)
@@ -74,7 +60,7 @@ class SegUNet(nn.Module):
 
     def __init__(self, depth: int, width: float, input_shape: Sequence[int], num_classes: int):
         super().__init__()
-        self.backbone = _Backbone(depth, width, input_shape)
+        self.backbone = ResNetBackbone(depth, width, input_shape)
         c1, c2, c3 = self.backbone.channels
         self.up2 = _Up(c3, c2, c2)
         self.up1 = _Up(c2, c1, c1)
@@ -98,8 +84,7 @@ def _build(
     width: float,
 ) -> nn.Module:
     shape = image_shape(arch, input_shape)
-    if (depth - 2) % 6 != 0 or depth < 8:
-        raise ValueError(f"{arch}: depth must be 6n+2 (8, 14, 20, ...), got {depth}")
+    check_depth(arch, depth)
     model = cls(int(depth), float(width), shape, int(num_classes))
     kwargs: dict[str, Any] = {"depth": int(depth), "width": float(width)}
     describe(model, arch, kwargs, shape, num_classes)

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worker.engine.students.backbone import ResNetBackbone
 from worker.engine.students.common import conv_bn_relu
-from worker.engine.students.segmentation import _Backbone
 from worker.engine.tasks.detection.evaluate import Prediction
 
 STRIDE = 2
@@ -60,7 +60,7 @@ class CenterNet(nn.Module):
             raise ValueError(f"a CenterNet needs at least 2 distance bins per side, got {bins}")
         self.num_classes = int(num_classes)
         self.bins = int(bins)
-        self.backbone = _Backbone(depth, width, input_shape)
+        self.backbone = ResNetBackbone(depth, width, input_shape)
         _, c2, c3 = self.backbone.channels
         self.fuse = conv_bn_relu(c2 + c3, c2, 3)
         self.heatmap = nn.Conv2d(c2, self.num_classes, 1)

@@ -382,6 +382,34 @@ def split(data: DetData, val_fraction: float, seed: int) -> tuple[DetData, DetDa
     return data.subset(np.flatnonzero(keep)), data.subset(val_idx)
 
 
+def pack_targets(boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+    """A batch's targets as one tensor [N, M, 5] float32: per image its boxes' x0, y0, x1, y1
+    (pixels) and class index, padded with rows of -1 up to M = the most boxes of any image in
+    the batch (at least 1)."""
+    most = max([1, *(len(b) for b in boxes)])
+    out = torch.full((len(boxes), most, 5), -1.0)
+    for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
+        out[i, : len(b), :4] = b
+        out[i, : len(b), 4] = lab.float()
+    return out
+
+
+def unpack_targets(targets: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """`pack_targets`' tensor back to per-image boxes [K, 4] float32 and labels [K] int64
+    (the padding rows, class -1, dropped), on the tensor's device."""
+    if targets.dim() != 3 or targets.shape[-1] != 5:
+        raise ValueError(
+            f"detection targets are [N, boxes, 5] (x0, y0, x1, y1, class; -1 rows pad), got "
+            f"{list(targets.shape)}; use them with the detection task"
+        )
+    boxes, labels = [], []
+    for t in targets:
+        keep = t[:, 4] >= 0
+        boxes.append(t[keep, :4].float())
+        labels.append(t[keep, 4].long())
+    return boxes, labels
+
+
 def box_counts(data: DetData) -> dict[str, int]:
     """Boxes per class name."""
     if not data.labels:
