@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 import yaml
 from pydantic_core import from_json, to_json
-from sqlalchemy import Select, Text, bindparam, cast, func, select, text, update
+from sqlalchemy import Executable, Select, Text, bindparam, cast, func, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
 
 from backend import queue
 from backend.audit.service import audit
@@ -613,10 +614,114 @@ def metrics(
     return {name: series[name] for name in sorted(series)}
 
 
+class Encoded(bytes):
+    """A value already encoded as JSON (a series' points, as the database wrote them): sent as is
+    by `metrics_json`."""
+
+
 def _points(
     session: Session, run_id: int, names: list[str] | None, since_step: int | None
 ) -> dict[str, dict[str, Any]]:
-    """Every point of the series (all of the run's when `names` is empty), as plain rows."""
+    """Every point of the series (all of the run's when `names` is empty), each list already in
+    JSON (`Encoded`), so that Python does not touch the points one by one.
+
+    The database writes the arrays of steps and epochs (integers read the same anywhere).
+    PostgreSQL writes the values too: `float8` text is the shortest that reads back as the same
+    double (with `extra_float_digits` >= 1, its default since version 12; else the rows are read),
+    a whole number gets its ".0" so it stays a float, NaN and infinities are null. SQLite's own
+    float text has 15 digits (it would change values), so there the values come as floats, one
+    column, and pydantic_core encodes them.
+    """
+    values: dict[str, Any] = {"run": run_id}
+    if since_step is not None:
+        values["since"] = since_step
+    if names:
+        values["names"] = names
+    postgres = session.get_bind().dialect.name == "postgresql"
+    given = frozenset(values)
+    groups = _tuples(session, _arrays_statement(given, postgres), values)
+    if postgres and all(int(group[5]) >= 1 for group in groups):
+        return {
+            name: _encoded(steps, epochs, floats, total)
+            for name, steps, epochs, total, floats, _ in groups
+        }
+    if not postgres:
+        floats = [row[0] for row in _tuples(session, _values_statement(given), values)]
+        if sum(group[3] for group in groups) == len(floats):  # else written in between: rows
+            series, first = {}, 0
+            for name, steps, epochs, total in groups:
+                encoded = to_json(floats[first : first + total], inf_nan_mode="null")
+                series[name] = _encoded(steps, epochs, encoded, total)
+                first += total
+            return series
+    return _point_rows(session, run_id, names, since_step)
+
+
+def _encoded(
+    steps: str | bytes, epochs: str | bytes, floats: str | bytes, total: int
+) -> dict[str, Any]:
+    def raw(array: str | bytes) -> Encoded:
+        return Encoded(array.encode() if isinstance(array, str) else array)
+
+    return {
+        "steps": raw(steps),
+        "values": raw(floats),
+        "epochs": raw(epochs),
+        "total": total,
+        "downsampled": False,
+    }
+
+
+def _where(given: frozenset[str]) -> str:
+    """The points' condition for the parameters `given` (a range of the primary key)."""
+    where = "run_id = :run"
+    if "names" in given:
+        where += " AND name IN :names"
+    if "since" in given:
+        where += " AND step > :since"
+    return where
+
+
+# A whole number prints without ".0" in PostgreSQL (below 1e15; from there on with an exponent)
+_PG_VALUE = (
+    "CASE WHEN value IN ('NaN', 'Infinity', '-Infinity') THEN 'null' "
+    "WHEN value = trunc(value) AND abs(value) < 1e15 THEN value::text || '.0' "
+    "ELSE value::text END"
+)
+
+
+@cache
+def _arrays_statement(given: frozenset[str], postgres: bool) -> TextClause:
+    """Per series, in name order: its name, the JSON arrays of its steps and of its epochs and
+    its count of points; on PostgreSQL also the array of its values and `extra_float_digits`.
+
+    SQLite (before 3.44) has no ORDER BY inside an aggregate: its arrays follow the scan, which
+    is in the order of the primary key (the table is stored in it), so by step within a name.
+    """
+    if postgres:
+        columns = (
+            "name, '[' || string_agg(step::text, ',' ORDER BY step) || ']', "
+            "'[' || string_agg(epoch::text, ',' ORDER BY step) || ']', count(*), "
+            f"'[' || string_agg({_PG_VALUE}, ',' ORDER BY step) || ']', "
+            "current_setting('extra_float_digits')"
+        )
+    else:
+        columns = "name, json_group_array(step), json_group_array(epoch), count(*)"
+    stmt = text(f"SELECT {columns} FROM metrics WHERE {_where(given)} GROUP BY name ORDER BY name")
+    return stmt.bindparams(bindparam("names", expanding=True)) if "names" in given else stmt
+
+
+@cache
+def _values_statement(given: frozenset[str]) -> TextClause:
+    """The values of the points, in the order of `_arrays_statement` (name, then step)."""
+    stmt = text(f"SELECT value FROM metrics WHERE {_where(given)} ORDER BY name, step")
+    return stmt.bindparams(bindparam("names", expanding=True)) if "names" in given else stmt
+
+
+def _point_rows(
+    session: Session, run_id: int, names: list[str] | None, since_step: int | None
+) -> dict[str, dict[str, Any]]:
+    """Every point of the series read as plain rows (see `_points`)."""
     values: dict[str, Any] = {"run": run_id}
     if since_step is not None:
         values["since"] = since_step
@@ -633,7 +738,7 @@ def _points(
     }
 
 
-def _tuples(session: Session, stmt: Select[Any], values: dict[str, Any]) -> list[Any]:
+def _tuples(session: Session, stmt: Executable, values: dict[str, Any]) -> list[Any]:
     """The rows of `stmt` as the database driver gives them: plain tuples, no `Row` per point
     (the points' columns are integers and floats, which SQLAlchemy hands on unchanged)."""
     result = session.connection().execute(stmt, values)
@@ -674,8 +779,19 @@ def _points_statement(given: frozenset[str]) -> Select[Any]:
 
 
 def metrics_json(series: dict[str, dict[str, Any]]) -> bytes:
-    """The `MetricsOut` JSON of `metrics`."""
-    return to_json({"series": series}, inf_nan_mode="null")
+    """The `MetricsOut` JSON of `metrics` (its `Encoded` parts as they are)."""
+    parts = []
+    for name, fields in series.items():
+        encoded = (
+            b'"%s":%s'
+            % (
+                key.encode(),
+                value if isinstance(value, Encoded) else to_json(value, inf_nan_mode="null"),
+            )
+            for key, value in fields.items()
+        )
+        parts.append(to_json(name) + b":{" + b",".join(encoded) + b"}")
+    return b'{"series":{' + b",".join(parts) + b"}}"
 
 
 def _m4(

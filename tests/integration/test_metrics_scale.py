@@ -424,3 +424,55 @@ def test_migration_0006_backfills_rollups_and_keeps_points(api, studio_env) -> N
     points, stored = _stored(run_id)
     assert stored and stored == _rollups_of(run_id, points)  # filled in SQL = summed here
     _check_rollup_read(api, run_id, points["loss"], 400)
+
+
+def test_points_read_back_as_the_very_floats_written(api, studio_env) -> None:
+    """The database writes the JSON of the points (`_points`): every value reads back as the
+    same double and stays a float (a whole number too), non-finite ones are null, steps are in
+    order whatever the order of writing, with one series, several, all, and `since_step`."""
+    run_id = api.post("/runs", json=run_config(ready_model(api), ready_dataset(api))).json()["id"]
+    tricky = [0.1, 1 / 3, 2.0, -0.0, 0.0, -7.0, 1e20, 1e-5, 5e-324, 1.7976931348623157e308]
+    tricky += [1e15, 123456789012345.0, 1e16, 1.0000000000000002, 123456789.12345679, -2.5e-300]
+    tricky += [math.inf, -math.inf] + [math.sin(s) * 10.0 ** (s % 40 - 20) for s in range(200)]
+    postgres = get_engine().dialect.name == "postgresql"
+    if postgres:
+        tricky.append(math.nan)  # SQLite stores no NaN
+    steps = list(range(3, 3 * len(tricky) + 3, 3))
+    rows = [
+        {"run_id": run_id, "name": name, "step": s, "epoch": s // 7, "value": v * sign}
+        for name, sign in (("b", -1.0), ("a", 1.0))
+        for s, v in reversed(list(zip(steps, tricky, strict=True)))  # written out of order
+    ]
+    with session_scope() as session:
+        session.execute(insert(Metric), rows)
+
+    def expected(sign: float, since: int) -> dict:
+        kept = [(s, v * sign) for s, v in zip(steps, tricky, strict=True) if s > since]
+        return {
+            "steps": [s for s, _ in kept],
+            "values": [v if math.isfinite(v) else None for _, v in kept],
+            "epochs": [s // 7 for s, _ in kept],
+            "total": len(kept),
+            "downsampled": False,
+        }
+
+    for params, since in (
+        ({"names": "a"}, -1),
+        ({"names": "a,b"}, -1),
+        ({}, -1),
+        ({"names": "b", "since_step": 300}, 300),
+        ({"since_step": 300}, 300),
+    ):
+        r = api.get(f"/runs/{run_id}/metrics", params=params)
+        assert r.status_code == 200, r.text
+        series = r.json()["series"]
+        names = ["a", "b"] if "," in params.get("names", ",") else [params["names"]]
+        assert list(series) == names
+        for name in names:
+            got, want = series[name], expected(1.0 if name == "a" else -1.0, since)
+            assert got == want
+            assert all(type(v) is float for v in got["values"] if v is not None)
+            if postgres:  # SQLite keeps -0.0 as 0 (a whole number is stored as an integer)
+                signs = [math.copysign(1, v) for v in got["values"] if v == 0]
+                assert signs == [math.copysign(1, v) for v in want["values"] if v == 0]
+    assert api.get(f"/runs/{run_id}/metrics", params={"names": "c"}).json() == {"series": {}}
