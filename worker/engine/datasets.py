@@ -216,6 +216,32 @@ def csv_lines(path: Path) -> tuple[int, int, int]:
     return lines, longest, longest_at
 
 
+def csv_row_starts(path: Path) -> np.ndarray:
+    """Where each data row of a CSV starts (each line that is not blank, after the header), then
+    the file's size: int64 [rows + 1], read in 1 MiB blocks; line ends as `csv_lines`'."""
+    found: list[np.ndarray] = []
+    offset, after_end = 0, True  # the first line starts at 0
+    with path.open("rb") as f:
+        block = f.read(MiB)
+        while block:
+            following = f.read(MiB)
+            b = np.frombuffer(block, np.uint8)
+            lf = b == 10
+            lf_next = np.empty_like(lf)
+            lf_next[:-1] = lf[1:]
+            lf_next[-1] = following[:1] == b"\n"
+            ends = lf | ((b == 13) & ~lf_next)
+            begins = np.empty_like(ends)
+            begins[0], begins[1:] = after_end, ends[:-1]
+            at = np.flatnonzero(begins)
+            found.append(at[(b[at] != 10) & (b[at] != 13)] + offset)
+            after_end = bool(ends[-1])
+            offset += len(block)
+            block = following
+    starts = np.concatenate([*found, np.zeros(0, np.int64)]).astype(np.int64)
+    return np.append(starts[1:], np.int64(offset))
+
+
 class Normalizer(nn.Module):
     """y = (x - mean) / std per channel (images [N,C,...]) or per feature (tabular [N,D]).
 

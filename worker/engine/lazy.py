@@ -15,6 +15,7 @@ Memory: the row index (8 bytes a sample) and one batch; independent of the datas
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -248,3 +249,91 @@ def _open_zip(path: str) -> zipfile.ZipFile:
             del _ZIPS[stale]  # inherited from the parent: never read here (a shared offset)
         _ZIPS[key] = zipfile.ZipFile(path)
     return _ZIPS[key]
+
+
+@dataclass
+class LazyCsvRows(LazyArray):
+    """A CSV table's feature columns, its rows read in place: stored row i is the text
+    [starts[i], starts[i + 1]) of `path` (its line and any blank lines after it), a batch read
+    in runs of consecutive rows and parsed by pandas as the eager reader parses the file.
+    `stored` is (D,); `features` the positions of the columns read."""
+
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    features: tuple[int, ...] = ()
+
+    def _float_rows(self, rows: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
+        out = np.empty((len(rows), *self.stored), np.float32)
+        if len(rows) == 0:
+            return out
+        unique, inverse = np.unique(rows, return_inverse=True)
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        parts: list[bytes] = []
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for run in np.split(unique, breaks):
+                start, end = int(self.starts[run[0]]), int(self.starts[run[-1] + 1])
+                text = os.pread(fd, end - start, start)
+                parts.append(text if text.endswith((b"\n", b"\r")) else text + b"\n")
+        finally:
+            os.close(fd)
+        table = pd.read_csv(
+            io.BytesIO(b"".join(parts)),
+            header=None,
+            skipinitialspace=True,
+            usecols=list(self.features),
+        )
+        if len(table) != len(unique):
+            raise OSError(f"{self.path}: the file changed since it was read")
+        values = table[list(self.features)].to_numpy(dtype=np.float32)
+        out[...] = values[inverse.reshape(-1)]
+        return out
+
+    def all_finite(self) -> bool:
+        return True  # checked while the labels were read
+
+
+@dataclass
+class LazyParquetRows(LazyArray):
+    """A Parquet table's feature columns read a row group at a time: the row groups a batch's
+    rows fall in are read (the last one kept per process), as the eager reader converts them
+    (`parquet_float32`). `group_starts` [G + 1]: each row group's first row, then the total."""
+
+    group_starts: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    features: tuple[str, ...] = ()
+
+    def _float_rows(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self.stored), np.float32)
+        groups = np.searchsorted(self.group_starts, rows, side="right") - 1
+        for g in np.unique(groups).tolist():
+            take = np.flatnonzero(groups == g)
+            block = _row_group(self.path, g, self.features)
+            out[take] = block[rows[take] - int(self.group_starts[g])]
+        return out
+
+    def all_finite(self) -> bool:
+        return True  # checked while the labels were read
+
+
+def parquet_float32(table: Any) -> np.ndarray:
+    """A pyarrow table of numeric columns as float32 [rows, columns] (nulls become NaN)."""
+    out = np.empty((table.num_rows, table.num_columns), np.float32)
+    for j, column in enumerate(table.columns):
+        out[:, j] = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return out
+
+
+_GROUP: dict[str, Any] = {}  # per process: the row group read last
+
+
+def _row_group(path: str, group: int, features: tuple[str, ...]) -> np.ndarray:
+    key = (path, os.getpid(), group, features)
+    if _GROUP.get("key") != key:
+        import pyarrow.parquet as pq
+
+        _GROUP.clear()
+        with pq.ParquetFile(path) as pf:
+            _GROUP.update(key=key, block=parquet_float32(pf.read_row_group(group, list(features))))
+    block: np.ndarray = _GROUP["block"]
+    return block

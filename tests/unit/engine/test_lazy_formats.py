@@ -203,3 +203,93 @@ def test_a_zip_of_x_npy_and_y_npy_is_an_npz_read_in_place(tmp_path: Path) -> Non
     lazy, eager = load_dataset(path, lazy=True), load_dataset(path, lazy=False)
     assert isinstance(lazy.x, LazyArray) and torch.equal(lazy.x[:], torch.from_numpy(x))
     _same(lazy, eager)
+
+
+def _table(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(n, 5)), 5).astype(np.float32)
+    x[:, 2] = rng.integers(0, 9, n)  # an integer column
+    return x, np.array(["ant", "bee", "cow"])[np.arange(n) % 3]
+
+
+def _csv(path: Path, x: np.ndarray, y: np.ndarray, crlf: bool = False) -> Path:
+    end = "\r\n" if crlf else "\n"
+    lines = ["a, b,c,label,d"]  # the label column among the features
+    lines += [f"{r[0]},{r[1]},{int(r[2])},{c},{r[3]}" for r, c in zip(x, y, strict=True)]
+    lines.insert(40, "")  # a blank line pandas skips
+    path.write_text(end.join(lines) + end, newline="")
+    return path
+
+
+def test_a_csv_read_in_place_gives_the_rows_read_into_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.engine.lazy as lazy_module
+
+    x, y = _table()
+    for crlf in (False, True):
+        path = _csv(tmp_path / f"t{crlf}.csv", x, y, crlf)
+        eager, lazy = load_dataset(path, lazy=False), load_dataset(path, lazy=True)
+        assert type(lazy.x).__name__ == "LazyCsvRows" and lazy.x.shape == (300, 4)
+        assert torch.equal(eager.x[:], torch.from_numpy(x[:, :4]))
+        _same(lazy, eager)
+        assert torch.equal(lazy.x[:], eager.x[:])
+        (lt, _), (et, _) = split(lazy, 0.2, 0), split(eager, 0.2, 0)
+        assert torch.equal(lt.x[torch.tensor([9, 1, 2, 3])], et.x[torch.tensor([9, 1, 2, 3])])
+    read: list[int] = []
+    real = lazy_module.os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        read.append(n)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(lazy_module.os, "pread", pread)
+    lazy.x[torch.tensor([5, 6, 7, 100])]
+    assert len(read) == 2 and sum(read) < path.stat().st_size // 50  # two runs of lines
+    info = describe_dataset(path)
+    assert info["preview"]["columns"] == ["a", "b", "c", "d"] and info["num_samples"] == 300
+
+
+def test_a_csv_with_line_breaks_in_quotes_is_read_into_memory(tmp_path: Path) -> None:
+    path = tmp_path / "quoted.csv"
+    rows = [f'{i},{i * 2},"class\n{i % 2}"' for i in range(20)]
+    path.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    data = load_dataset(path, lazy=True)  # not one row a line: read into memory instead
+    assert isinstance(data.x, torch.Tensor) and data.x.shape == (20, 2) and len(data.classes) == 2
+
+
+def test_parquet_is_read_a_row_group_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import worker.engine.lazy as lazy_module
+
+    x, y = _table()
+    path = tmp_path / "t.parquet"
+    columns = {"a": x[:, 0], "b": x[:, 1].astype(np.float64), "c": x[:, 2].astype(np.int64)}
+    table = pa.table({**columns, "label": y, "d": x[:, 3]})
+    pq.write_table(table, path, row_group_size=50)
+    eager, lazy = load_dataset(path, lazy=False), load_dataset(path, lazy=True)
+    assert type(lazy.x).__name__ == "LazyParquetRows" and lazy.classes == ["ant", "bee", "cow"]
+    assert torch.equal(eager.x[:], torch.from_numpy(x[:, :4]))
+    _same(lazy, eager)
+    converted: list[int] = []
+    real = lazy_module.parquet_float32
+
+    def counted(table: object) -> np.ndarray:
+        converted.append(table.num_rows)  # type: ignore[attr-defined]
+        return real(table)
+
+    monkeypatch.setattr(lazy_module, "parquet_float32", counted)
+    lazy.x[torch.tensor([120, 101, 149])]  # all in the third row group of six
+    assert converted == [50]
+    info = describe_dataset(path)
+    assert info["preview"]["columns"] == ["a", "b", "c", "d"] and info["kind"] == "tabular"
+    pq.write_table(table.set_column(1, "b", pa.array(["z"] * 300)), tmp_path / "text.parquet")
+    with pytest.raises(DatasetError, match=r"feature column\(s\) \['b'\] are not numeric"):
+        load_dataset(tmp_path / "text.parquet")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DatasetError, match="not a readable Parquet file"):
+        load_dataset(tmp_path / "bad.parquet")

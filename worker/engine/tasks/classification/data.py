@@ -63,6 +63,7 @@ from worker.engine.datasets import (
     check_images_decoded,
     check_zip_entries,
     csv_lines,
+    csv_row_starts,
     decode_image,
     decoding_bytes,
     float32_rows,
@@ -73,7 +74,15 @@ from worker.engine.datasets import (
     target_mode,
     to_nchw,
 )
-from worker.engine.lazy import LazyArray, LazyImages, LazyTarImages, member_data_offset
+from worker.engine.lazy import (
+    LazyArray,
+    LazyCsvRows,
+    LazyImages,
+    LazyParquetRows,
+    LazyTarImages,
+    member_data_offset,
+    parquet_float32,
+)
 from worker.engine.tars import (
     TarIndex,
     has_shards,
@@ -445,9 +454,13 @@ def _csv_columns(path: Path, where: str) -> list[str]:
     return [str(c).strip() for c in columns]
 
 
-def _csv_rows_bound(path: Path, columns: list[str], where: str, limit: int | None) -> int:
-    """An upper bound of the data rows; refuses over-long lines and a decoded size (float32
-    features and int64 labels) over `limit`, before pandas parses anything."""
+def _csv_rows_bound(
+    path: Path, columns: list[str], where: str, limit: int | None, lazy: bool | None
+) -> tuple[int, bool]:
+    """An upper bound of the data rows, and whether the features stay on disk (`lazy`, or None
+    and their float32 size is LAZY_BYTES or more); refuses over-long lines and a decoded size
+    (float32 features, or a batch of them and the row index, and int64 labels) over `limit`,
+    before pandas parses anything."""
     lines, longest, longest_at = csv_lines(path)
     allowed = _CSV_LINE_BYTES + _CSV_BYTES_PER_COLUMN * len(columns)
     if longest > allowed:
@@ -456,20 +469,26 @@ def _csv_rows_bound(path: Path, columns: list[str], where: str, limit: int | Non
             f"row of {len(columns)} columns may take; check the delimiters and line ends"
         )
     rows, features = max(lines - 1, 0), max(len(columns) - 1, 1)
+    on_disk = bool(lazy) or (lazy is None and rows * features * 4 >= LAZY_BYTES)
     decoded = rows * (features * 4 + 8)
     detail = f"{rows} rows x {features} feature columns as float32, and their labels"
+    if on_disk:
+        decoded = rows * 16 + min(rows, LAZY_BATCH) * features * 4
+        detail = f"the labels and row index of {rows} rows; the features are read from disk"
     check_decoded(where, decoded, detail, limit, "keep fewer rows or columns")
-    return rows
+    return rows, on_disk
 
 
-def _load_csv(path: Path, label_column: str, limits: Limits) -> TensorData:
+def _load_csv(
+    path: Path, label_column: str, limits: Limits, lazy: bool | None = None
+) -> TensorData:
     import pandas as pd
 
     where = path.name
     if path.stat().st_size > limits.unpacked:
         raise DatasetError(f"{where}: larger than the limit of {limits.unpacked / GiB:.2f} GiB")
     columns = _csv_columns(path, where)
-    rows = _csv_rows_bound(path, columns, where, limits.decoded)
+    rows, on_disk = _csv_rows_bound(path, columns, where, limits.decoded, lazy)
     if label_column not in columns:
         raise DatasetError(
             f"{where}: no label column '{label_column}'; the columns are {columns}. "
@@ -478,7 +497,7 @@ def _load_csv(path: Path, label_column: str, limits: Limits) -> TensorData:
     features = [c for c in columns if c != label_column]
     if not features:
         raise DatasetError(f"{where}: no feature columns besides '{label_column}'")
-    x = np.empty((rows, len(features)), np.float32)
+    x = None if on_disk else np.empty((rows, len(features)), np.float32)
     nonfinite = np.zeros(len(features), dtype=bool)
     labels: list[pd.Series] = []
     done = 0
@@ -492,11 +511,12 @@ def _load_csv(path: Path, label_column: str, limits: Limits) -> TensorData:
                     f"{where}: feature column(s) {bad} are not numeric; encode "
                     "them as numbers or drop them"
                 )
-            part = x[done : done + len(chunk)]
-            if len(part) < len(chunk):
+            if done + len(chunk) > rows:
                 raise DatasetError(f"{where}: more rows than lines; check the line ends")
-            part[...] = chunk[features].to_numpy(dtype=np.float32)
-            nonfinite |= ~np.isfinite(part).all(axis=0)
+            values = chunk[features].to_numpy(dtype=np.float32)
+            nonfinite |= ~np.isfinite(values).all(axis=0)
+            if x is not None:
+                x[done : done + len(chunk)] = values
             labels.append(chunk[label_column])
             done += len(chunk)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -510,7 +530,104 @@ def _load_csv(path: Path, label_column: str, limits: Limits) -> TensorData:
     numeric = pd.api.types.is_numeric_dtype(label)
     values = label.to_numpy() if numeric else label.astype(str).to_numpy()
     codes, classes = _encode_labels(values, where)
-    return TensorData(torch.from_numpy(x[:done]), torch.from_numpy(codes), classes)
+    if x is not None:
+        return TensorData(torch.from_numpy(x[:done]), torch.from_numpy(codes), classes)
+    starts = csv_row_starts(path)
+    if len(starts) - 1 != done:  # quoted line breaks, or lines pandas skips: not one row a line
+        return _load_csv(path, label_column, limits, lazy=False)
+    positions = tuple(columns.index(c) for c in features)
+    lazy_x = LazyCsvRows(str(path), 0, (len(features),), "<f4", rows=done, starts=starts,
+                         features=positions)  # fmt: skip
+    return TensorData(lazy_x, torch.from_numpy(codes), classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# parquet: the schema and row counts from the footer, then a row group at a time
+
+
+def _parquet_columns(path: Path, label_column: str, where: str) -> tuple[Any, list[str]]:
+    """The open file and its feature columns (all numeric) besides `label_column`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{where}: not a readable Parquet file ({exc})") from exc
+    schema = pf.schema_arrow
+    columns = [str(c) for c in schema.names]
+    if len(columns) > MAX_CSV_COLUMNS:
+        pf.close()
+        raise DatasetError(
+            f"{where}: {len(columns)} columns, more than the limit of {MAX_CSV_COLUMNS}; "
+            "keep fewer features or use an .npz file"
+        )
+    if label_column not in columns:
+        pf.close()
+        raise DatasetError(
+            f"{where}: no label column '{label_column}'; the columns are {columns}. "
+            "Set dataset.label_column to the one holding the labels"
+        )
+    features = [c for c in columns if c != label_column]
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    bad = [c for c in features if not any(t(schema.field(c).type) for t in numeric)]
+    if not features or bad:
+        pf.close()
+        raise DatasetError(
+            f"{where}: feature column(s) {bad} are not numeric; encode them as numbers or drop them"
+            if bad
+            else f"{where}: no feature columns besides '{label_column}'"
+        )
+    return pf, features
+
+
+def _load_parquet(
+    path: Path, label_column: str, limits: Limits, lazy: bool | None = None
+) -> TensorData:
+    where = path.name
+    pf, features = _parquet_columns(path, label_column, where)
+    with pf:
+        meta = pf.metadata
+        rows, groups = int(meta.num_rows), int(meta.num_row_groups)
+        starts = np.cumsum([0, *(meta.row_group(g).num_rows for g in range(groups))])
+        widest = max((meta.row_group(g).num_rows for g in range(groups)), default=0)
+        on_disk = bool(lazy) or (lazy is None and rows * len(features) * 4 >= LAZY_BYTES)
+        # a row group is read as stored (up to 8 bytes a value) and converted to float32
+        group = widest * len(features) * 12
+        decoded = rows * (len(features) * 4 + 8) + group
+        detail = f"{rows} rows x {len(features)} feature columns as float32, and their labels"
+        if on_disk:
+            decoded = rows * 8 + group + min(rows, LAZY_BATCH) * len(features) * 4
+            detail = f"the labels of {rows} rows and a row group of {widest} rows at a time"
+        check_decoded(where, decoded, detail, limits.decoded, "keep fewer rows or columns")
+        column = pf.read(columns=[label_column]).column(0)
+        if column.null_count:
+            raise DatasetError(f"{where}: column '{label_column}' has empty labels; fill them in")
+        raw = column.to_numpy(zero_copy_only=False)
+        codes, classes = _encode_labels(raw if raw.dtype.kind in "iufb" else raw.astype(str), where)
+        x = None if on_disk else np.empty((rows, len(features)), np.float32)
+        nonfinite = np.zeros(len(features), dtype=bool)
+        for g in range(groups):
+            values = parquet_float32(pf.read_row_group(g, columns=features))
+            nonfinite |= ~np.isfinite(values).all(axis=0)
+            if x is not None:
+                x[starts[g] : starts[g + 1]] = values
+    nan_cols = [features[j] for j in np.flatnonzero(nonfinite)]
+    if nan_cols:
+        raise DatasetError(f"{where}: column(s) {nan_cols} have empty or NaN values; fill them in")
+    if x is not None:
+        return TensorData(torch.from_numpy(x), torch.from_numpy(codes), classes)
+    lazy_x = LazyParquetRows(str(path), 0, (len(features),), "<f4", rows=rows,
+                             group_starts=starts.astype(np.int64),
+                             features=tuple(features))  # fmt: skip
+    return TensorData(lazy_x, torch.from_numpy(codes), classes)
+
+
+def parquet_feature_names(path: Path, label_column: str = "label") -> list[str]:
+    """The feature column names of a Parquet upload (its columns without the label column)."""
+    import pyarrow.parquet as pq
+
+    return [str(c) for c in pq.read_schema(path).names if c != label_column]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,10 +653,13 @@ def _read(
     elif fmt == "tar":
         data = _load_tar(path, limits, compact, lazy)
     elif fmt == "csv":
-        data = _load_csv(path, label_column, limits)
+        data = _load_csv(path, label_column, limits, lazy)
+    elif fmt == "parquet":
+        data = _load_parquet(path, label_column, limits, lazy)
     else:
         raise DatasetError(
-            f"'{path.name}': unknown dataset format '{fmt}'; use .npz, .zip (image folders) or .csv"
+            f"'{path.name}': unknown dataset format '{fmt}'; use .npz, .zip or .tar (image "
+            "folders, WebDataset shards), .csv or .parquet"
         )
     if data.num_classes < 2:
         raise DatasetError(f"'{path.name}': found only {data.num_classes} class; need at least 2")
@@ -586,7 +706,11 @@ def describe_dataset(
     limits = Limits(max_entries, max_uncompressed_bytes, max_decoded_bytes)
     data = _read(path, format, label_column, limits, compact=True)
     fmt = format or Path(path).suffix.lower().lstrip(".")
-    names = csv_feature_names(Path(path), label_column) if fmt == "csv" else None
+    names = None
+    if fmt == "csv":
+        names = csv_feature_names(Path(path), label_column)
+    elif fmt == "parquet":
+        names = parquet_feature_names(Path(path), label_column)
     return {**dataset_info(data), "preview": dataset_preview(data, feature_names=names)}
 
 
