@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from backend.access import Permission, allowed
 from backend.audit.service import audit, audit_teams
-from backend.deps import Principal
+from backend.deps import Principal, UserRow
 from backend.errors import Conflict, Forbidden, Invalid, NotFound
 from core.clock import utcnow
 from core.db.tables import Invitation, Membership, Role, Team, User
@@ -112,7 +112,7 @@ def withdraw(
     return row
 
 
-def received(session: Session, user: User) -> list[tuple[Invitation, Team]]:
+def received(session: Session, user: UserRow) -> list[tuple[Invitation, Team]]:
     """The user's pending invitations, oldest first, with their teams."""
     rows = session.execute(
         select(Invitation, Team)
@@ -123,7 +123,7 @@ def received(session: Session, user: User) -> list[tuple[Invitation, Team]]:
     return [(inv, team) for inv, team in rows]
 
 
-def _mine(session: Session, user: User, invitation_id: int) -> tuple[Invitation, Team]:
+def _mine(session: Session, user: UserRow, invitation_id: int) -> tuple[Invitation, Team]:
     """An invitation addressed to `user` (404 for anyone else's, as for ids that do not exist)."""
     row = session.execute(
         select(Invitation, Team)
