@@ -7,8 +7,11 @@
   traces (local file paths) are stripped from the saved graph.
 - The example input traced is the task's (`Task.example_input`; classification: 2 random
   float samples).
-- `export_onnx`: the same graph as ONNX (dynamic batch, input "input", output "logits"), through
-  the dynamo exporter, falling back to the TorchScript exporter when it fails.
+- `export_onnx`: the same graph as ONNX (dynamic batch, input "input", output "logits", or the
+  module's `output_names` when it has several outputs), through the dynamo exporter, falling
+  back to the TorchScript exporter when it fails.
+- What a run exports of its student is the task's `Task.export_module(student, input_shape)`
+  (the pipeline asks; detection adds the decoding to boxes, scores and classes).
 """
 
 from __future__ import annotations
@@ -117,8 +120,10 @@ def export_pt2(
 def export_onnx(
     module: nn.Module, input_shape: Sequence[int], path: Path, task: Task | None = None
 ) -> None:
-    """Save a single-file ONNX model with a dynamic batch (input "input", output "logits")."""
+    """Save a single-file ONNX model with a dynamic batch (input "input"; output "logits", or
+    the names in the module's `output_names`)."""
     path = Path(path)
+    outputs = list(getattr(module, "output_names", ("logits",)))
     with _cpu_eval(module) as model:
         example = (_example(input_shape, task),)
         try:
@@ -127,7 +132,7 @@ def export_onnx(
                 example,
                 str(path),
                 input_names=["input"],
-                output_names=["logits"],
+                output_names=outputs,
                 dynamic_shapes=_batch_dim(),
                 dynamo=True,
                 external_data=False,
@@ -141,8 +146,8 @@ def export_onnx(
             example,
             str(path),
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["input", *outputs]},
             dynamo=False,
             opset_version=17,
         )

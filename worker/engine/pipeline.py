@@ -175,7 +175,8 @@ def _write_weights(
 ) -> None:
     names = student_artifacts(k, prefix)
     save_safetensors(student, out_dir / names[_kind(k, "student_safetensors", prefix)])
-    export_pt2(student, input_shape, out_dir / names[_kind(k, "student_pt2", prefix)], task)
+    exported = task.export_module(student, input_shape)  # detection: with its box decoding
+    export_pt2(exported, input_shape, out_dir / names[_kind(k, "student_pt2", prefix)], task)
 
 
 def _kind(k: int, kind: str, prefix: str = "peer") -> str:
@@ -200,7 +201,7 @@ def _write_onnx(
     onnx_path.unlink(missing_ok=True)  # a resumed run must not keep an older export
     if config.training.export_onnx:
         try:
-            export_onnx(student, input_shape, onnx_path, task)
+            export_onnx(task.export_module(student, input_shape), input_shape, onnx_path, task)
         except Exception as exc:  # noqa: BLE001 - the student is good; say why ONNX is missing
             log.warning("ONNX export failed: %s", exc)
             evaluation["onnx_export_error"] = f"{type(exc).__name__}: {exc}"[:2000]

@@ -11,6 +11,9 @@ layer-stage rule.
     validate(student, data, ...)          per-epoch metrics, reported as val/<name>
     evaluate(teacher, student, val, ...)  its part of evaluation.json (quality metrics)
     example_input(input_shape)            a batch for torch.export / ONNX tracing
+    export_module(student, input_shape)   what the student's .pt2 and ONNX exports hold: the
+                                          student itself (default), or the student with its
+                                          post-processing (detection: boxes, scores, classes)
     inspect_output(output_shape)          the task's keys in a model inspection (num_classes)
     stage_rule                            the catalog's name of the rule that groups an
                                           inspection's layers into stages (`taps.STAGE_RULES`)
@@ -121,6 +124,13 @@ class Task(ABC):
     def example_input(self, input_shape: Sequence[int]) -> Tensor:
         """A batch of 2 random float inputs, for tracing an export."""
         return torch.randn(2, *[int(s) for s in input_shape])
+
+    def export_module(self, student: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+        """The module whose graph the run exports as `.pt2` and ONNX for `student`; the student
+        itself by default. A task whose outputs need decoding wraps it (detection: the decoding
+        to boxes, scores and classes); a wrapper may name its outputs in `output_names` (ONNX;
+        default "logits"). The safetensors export is always the student's own weights."""
+        return student
 
     def inspect_output(self, output_shape: list[int] | None) -> dict[str, Any]:
         """The task's keys in a model inspection, read from the model's output shape (batch
