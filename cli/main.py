@@ -352,6 +352,14 @@ def train(
             help="Dataset file; replaces dataset.path / dataset.dataset_id.",
         ),
     ] = None,
+    teacher_cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="With training.teacher_cache on/auto: a teacher_cache.npz of an earlier run to "
+            "replay (default: OUT/teacher_cache.npz when it is there); used when it is this "
+            "run's (same teacher, data, seed, batch size, augmentation and top-k).",
+        ),
+    ] = None,
 ) -> None:
     """Run one distillation from a run config file, without a server.
 
@@ -362,6 +370,8 @@ def train(
     folder gets what a studio run stores: student.safetensors, student.pt2, student.onnx (unless
     training.export_onnx is false), run.yaml and evaluation.json. An interrupted run resumes from
     OUT/checkpoint.pt when started again; the checkpoint is removed once the run succeeded.
+    With training.teacher_cache, the teacher's outputs are kept in OUT/teacher_cache.npz and
+    replayed by the next run into the same folder (or one given --teacher-cache).
     """
     import os
 
@@ -420,10 +430,19 @@ def train(
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         _echo(f"resuming from {checkpoint} (delete it to start over)")
+    if teacher_cache is not None and not teacher_cache.is_file():
+        raise fail(f"teacher cache file {teacher_cache} does not exist")
+    cache = teacher_cache or out / "teacher_cache.npz"
     bar = _progress_bar()
     try:
         summary = run_distillation(
-            cfg, files["teacher"], files["dataset"], out, callbacks=bar, checkpoint_path=checkpoint
+            cfg,
+            files["teacher"],
+            files["dataset"],
+            out,
+            callbacks=bar,
+            checkpoint_path=checkpoint,
+            teacher_cache=cache if cache.is_file() else None,
         )
     except (
         ValueError,

@@ -109,6 +109,8 @@ def train(
     checkpoint_path: str,
     student_path: str | None,
     teacher_paths: list[str] | None = None,
+    teacher_cache: str | None = None,
+    teacher_cache_key: str | None = None,
 ) -> dict[str, Any]:
     """One distillation run end to end (`pipeline.run_distillation`); returns its summary."""
     from core.config import RunConfig
@@ -127,6 +129,8 @@ def train(
         checkpoint_path=Path(checkpoint_path),
         student_path=Path(student_path) if student_path else None,
         teacher_paths=[Path(p) for p in teacher_paths] if teacher_paths else None,
+        teacher_cache=Path(teacher_cache) if teacher_cache else None,
+        teacher_cache_key=teacher_cache_key,
     )
     return summary
 

@@ -39,6 +39,7 @@ from core.jobs import (
 )
 from core.settings import get_settings
 from core.storage import get_store
+from core.teacher_cache import cache_enabled, cache_key, cache_storage_key
 from worker import sandbox
 from worker.celery_app import celery_app
 from worker.reporting import LostClaim, announce
@@ -403,6 +404,26 @@ def _other_teachers(config: dict[str, Any], tmp: Path) -> list[str]:
     ]
 
 
+def _teacher_cache_input(team_id: int, config: Any, tmp: Path) -> tuple[str | None, str | None]:
+    """(the team's stored teacher-output cache for this run, fetched: its file or None; the
+    cache's key) when the run uses one (`core/teacher_cache.py`), else (None, None). The key
+    comes from the teacher's and the dataset's recorded sha256 (the engine hashes the files
+    when a digest is missing)."""
+    if not cache_enabled(config):
+        return None, None
+    with session_scope() as s:
+        teacher = s.get(Model, config.teacher.model_id)
+        dataset = s.get(Dataset, config.dataset.dataset_id)
+        digests = (teacher.sha256 if teacher else "", dataset.sha256 if dataset else "")
+    if not all(digests):
+        return None, None
+    key = cache_key(config, *digests)
+    store, stored = get_store(), cache_storage_key(team_id, key)
+    if not store.exists(stored):
+        return None, key
+    return str(store.get_file(stored, tmp / "teacher_cache_in.npz")), key
+
+
 def checkpoint_key(team_id: int, run_id: int) -> str:
     return f"team-{team_id}/runs/{run_id}/checkpoint.pt"
 
@@ -427,6 +448,7 @@ def distill(self, run_id: int) -> str:
             tmp = Path(tmp_str)
             teacher_paths = _other_teachers(claim.config, tmp)
             config, teacher_path, dataset_path, student_path = _resolve_inputs(claim.config, tmp)
+            cache_path, cache_key_ = _teacher_cache_input(claim.team_id, config, tmp)
             ckpt = tmp / "checkpoint.pt"
             if store.exists(ckpt_key):
                 store.get_file(ckpt_key, ckpt)
@@ -441,6 +463,8 @@ def distill(self, run_id: int) -> str:
                     "checkpoint_path": str(ckpt),
                     "student_path": str(student_path) if student_path else None,
                     "teacher_paths": teacher_paths,
+                    "teacher_cache": cache_path,
+                    "teacher_cache_key": cache_key_,
                 },
                 workdir=tmp,
                 handler=_reporting_handler(reporter, ckpt),
@@ -521,17 +545,28 @@ def _store_results(
 ) -> None:
     """Upload every artifact, then record them and the summary in one transaction.
 
-    If any upload fails, the ones already written are removed and nothing is recorded.
+    If any upload fails, the ones already written are removed and nothing is recorded. The
+    teacher-output cache (artifact `teacher_cache`) is the team's, kept under its key
+    (`core.teacher_cache.cache_storage_key`) for later runs: a failure leaves it there.
     """
     store = get_store()
     written: list[tuple[str, str, Any]] = []
+    shared: set[str] = set()
+
+    def forget(stored: Any) -> None:
+        if stored.key not in shared:
+            store.delete(stored.key)
+
     try:
         for kind, filename in summary["artifacts"].items():
             key = f"team-{team_id}/runs/{run_id}/{filename}"
+            if kind == "teacher_cache":
+                key = cache_storage_key(team_id, str(summary["teacher_cache"]["key"]))
+                shared.add(key)
             written.append((kind, filename, store.put_file(key, out / filename)))
     except BaseException:
         for _, _, stored in written:
-            store.delete(stored.key)
+            forget(stored)
         raise
 
     def record() -> None:
@@ -559,7 +594,7 @@ def _store_results(
         with_db_retry(record)
     except BaseException:
         for _, _, stored in written:
-            store.delete(stored.key)
+            forget(stored)
         raise
 
 

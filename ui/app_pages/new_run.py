@@ -675,6 +675,9 @@ def _training(
         c = st.columns(4)
         t["compile"] = field(c[0], "compile")
         t["data_workers"] = field(c[1], "data_workers")  # batches read in worker processes
+        c = st.columns(4)
+        t["teacher_cache"] = field(c[0], "teacher_cache")  # replay the teacher's top-k outputs
+        t["teacher_cache_top_k"] = field(c[1], "teacher_cache_top_k")
     scheme, scheme_params = _scheme(catalog, teacher)
     misc = {"scheme": scheme, "seed": int(seed), "val_fraction": float(val)}
     return t, {**misc, "scheme_params": scheme_params}

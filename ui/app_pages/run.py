@@ -12,6 +12,7 @@ import streamlit as st
 from client import ApiError, Client, Metrics, Run
 from core.trained_models import trained_models
 from ui import components as ui
+from ui import predictions
 from ui.analysis import (
     CHART_POINTS,
     curve_models,
@@ -351,12 +352,28 @@ def _ms(value: Any) -> str:
 EVALUATION_ROWS = [
     ("Top-1 accuracy", "top1", ui.fmt_pct),
     ("Top-5 accuracy", "top5", ui.fmt_pct),
+    ("mAP@[.5:.95] (COCO)", "map", ui.fmt_pct),
+    ("mAP@.5", "map50", ui.fmt_pct),
+    ("mIoU", "miou", ui.fmt_pct),
     ("Parameters", "params", ui.fmt_count),
     ("Size", "size_bytes", ui.fmt_bytes),
     ("FLOPs", "flops", ui.fmt_count),
     ("CPU latency, 1 sample", "cpu_latency_ms", _ms),
     ("CPU latency, batch of 64", "cpu_latency_b64_ms", _ms),
 ]
+
+
+QUALITY_KEYS = {"top1", "top5", "map", "map50", "miou"}  # higher is better: no cost ratio
+HEADLINES = (("top1", "Student top-1"), ("map", "Student mAP"), ("miou", "Student mIoU"))
+
+
+def headline(summary: dict[str, Any]) -> tuple[str, float | None, float | None]:
+    """The task's main quality figure (top-1, detection's mAP, segmentation's mIoU): its label
+    and the student's and teacher's values."""
+    for key, label in HEADLINES:
+        if summary.get(f"student_{key}") is not None:
+            return label, summary[f"student_{key}"], summary.get(f"teacher_{key}")
+    return HEADLINES[0][1], None, None
 
 
 def evaluation_frame(summary: dict[str, Any]) -> pd.DataFrame:
@@ -367,7 +384,7 @@ def evaluation_frame(summary: dict[str, Any]) -> pd.DataFrame:
         t, s = summary.get(f"teacher_{key}"), summary.get(f"student_{key}")
         if t is None and s is None:
             continue
-        ratio = "—" if "accuracy" in label else _ratio(t, s)
+        ratio = "—" if key in QUALITY_KEYS else _ratio(t, s)
         out.append({"": label, "teacher": fmt(t), "student": fmt(s), "teacher / student": ratio})
     return pd.DataFrame(out, columns=["", "teacher", "student", "teacher / student"])
 
@@ -441,7 +458,26 @@ ARTIFACT_KINDS = {
     "student_int8": "Student in int8 (TorchScript, for deployment)",
     "config": "Run config (YAML)",
     "evaluation": "Evaluation report (JSON)",
+    "predictions": "Teacher and student predictions on validation images, drawn (JSON of PNGs)",
+    "teacher_cache": "Teacher-output cache (the team's top-k teacher logits, replayed by later "
+    "runs with the same teacher, data and recipe)",
 }
+
+
+def teacher_cache_line(summary: dict[str, Any]) -> str | None:
+    """What the run's teacher-output cache did, in words (None when the run had it off)."""
+    cache = summary.get("teacher_cache")
+    if not isinstance(cache, dict):
+        return None
+    if not cache.get("used"):
+        return f"Teacher-output cache not used: {cache.get('why')}"
+    replayed, recorded = cache.get("replayed_batches", 0), cache.get("recorded_batches", 0)
+    k = cache.get("top_k")
+    kept = "every logit" if not k else f"top-{k} logits"
+    return (
+        f"Teacher-output cache ({kept}, {ui.fmt_bytes(cache.get('size_bytes'))}): "
+        f"{replayed} of {replayed + recorded} training batches replayed without the teacher"
+    )
 
 
 def artifact_label(kind: str) -> str:
@@ -453,11 +489,9 @@ def _evaluation(run: Run) -> None:
     summary = _with_teacher_size(run)
     st.subheader("Evaluation")
     cols = st.columns(4)
-    t1, s1 = summary.get("teacher_top1"), summary.get("student_top1")
+    label, s1, t1 = headline(summary)
     delta, delta_color, arrow = accuracy_delta(s1, t1)
-    cols[0].metric(
-        "Student top-1", ui.fmt_pct(s1), delta=delta, delta_color=delta_color, delta_arrow=arrow
-    )
+    cols[0].metric(label, ui.fmt_pct(s1), delta=delta, delta_color=delta_color, delta_arrow=arrow)
     cols[1].metric(
         "Agreement",
         ui.fmt_pct(summary.get("agreement")),
@@ -486,8 +520,22 @@ def _evaluation(run: Run) -> None:
         st.markdown(f"**Each teacher next to the student** ({len(teachers) - 1} teachers)")
         st.dataframe(teachers, hide_index=True, width="stretch", key="run_teachers")
     _every_model(summary)
+    _predictions(run)
+    if (cache := teacher_cache_line(summary)) is not None:
+        st.caption(cache)
     with st.expander("Full summary", icon=":material/receipt_long:"):
         st.json(summary, expanded=False)
+
+
+def _predictions(run: Run) -> None:
+    """A dense task's validation images with the teacher's and the student's predictions drawn
+    side by side (the run's `predictions` artifact), when it has them."""
+    api = ui.client()
+    artifacts = ui.fetch(api.artifacts, run.id, stop=False) or []
+    if any(a.kind == predictions.KIND for a in artifacts):
+        st.markdown("**Teacher and student on validation images**")
+        predictions.show(api, artifacts)
+        st.caption("Boxes scoring at least 0.3, one colour per class; the same images each run.")
 
 
 def _every_model(summary: dict[str, Any]) -> None:
