@@ -103,3 +103,11 @@ def test_pt2_and_onnx_agree_with_pytorch(tmp_path: Path) -> None:
         assert np.array_equal(classes[peaks], want[2][peaks])
         assert np.allclose(boxes[peaks], want[0][peaks], atol=1e-3)
     assert not wrapper.training and not wrapper.detector.training  # the export left it in eval
+
+
+def test_the_task_seam_exports_the_decoding() -> None:
+    from worker.engine.tasks import build_task
+
+    student = _student()
+    assert isinstance(build_task("detection").export_module(student, SHAPE), DetectionExport)
+    assert build_task("classification").export_module(student, SHAPE) is student  # default

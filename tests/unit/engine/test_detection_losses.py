@@ -159,3 +159,12 @@ def test_ld_refuses_class_labels() -> None:
     x = torch.zeros(2, 9, 4, 4)
     with pytest.raises(ValueError, match=r"targets \[N, boxes, 5\]"):
         loss(StepOutputs(x, x, torch.tensor([0, 1])))
+
+
+def test_only_the_detection_task_offers_them() -> None:
+    from core.catalog.tasks import task_losses
+
+    mine = {"fg_imitation", "ld", "heatmap_kd"}
+    assert mine <= set(task_losses("detection"))
+    assert not mine & set(task_losses("classification"))
+    assert not mine & set(task_losses("segmentation"))

@@ -24,6 +24,9 @@ CenterNet-style student's targets, loss and decoding (`centernet`) and the demo 
   layout has None for its figures and `teacher_layout` says why; `samples`: a few validation
   images with the ground truth, the teacher's and the student's boxes drawn (PNG, base64), for
   the run page;
+- export: the student with its decoding (`export.DetectionExport`, `export_module`): the .pt2
+  and ONNX return boxes, scores and classes of the top 100 peaks; the safetensors stay the
+  student's weights;
 - export example: a batch of 2 random images; inspection: an output [classes + 4 * 16, h, w]
   gives `num_classes`, any other output none (feature distillation only);
 - stages: the "spatial" rule.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +183,13 @@ class DetectionTask(Task):
         keep = [int(i) for i in idx.tolist()]
         targets = pack_targets([data.boxes[i] for i in keep], [data.labels[i] for i in keep])
         return Batch(to_device(data.x[idx], device), to_device(targets, device))
+
+    def export_module(self, student: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+        """The student with its decoding: the exported .pt2 and ONNX return boxes [N, k, 4],
+        scores [N, k] and classes [N, k] (`export.DetectionExport`, k = 100)."""
+        from worker.engine.tasks.detection.export import export_module
+
+        return export_module(student, input_shape)
 
     def inspect_output(self, output_shape: list[int] | None) -> dict[str, Any]:
         """`num_classes` of a dense-head output [classes + 4 * BINS, h, w] (the zoo's bins);
