@@ -680,14 +680,19 @@ def datasets_push(
     file: Annotated[
         Path,
         typer.Argument(
-            help="A .npz (x, y), .zip (class folders) or .csv.", exists=True, dir_okay=False
+            help="A .npz (x, y), .zip/.tar (class folders or WebDataset shards), .csv or .parquet.",
+            exists=True,
+            dir_okay=False,
         ),
     ],
     name: Annotated[str, typer.Option(help="Dataset name.")],
     format_: Annotated[
-        str | None, typer.Option("--format", help="npz | zip | csv (default: extension).")
+        str | None,
+        typer.Option("--format", help="npz | zip | tar | csv | parquet (default: extension)."),
     ] = None,
-    label_column: Annotated[str, typer.Option(help="csv only: the label column.")] = "label",
+    label_column: Annotated[
+        str, typer.Option(help="csv and parquet only: the label column.")
+    ] = "label",
     description: Annotated[str | None, typer.Option(help="What it is.")] = None,
     tag: Tags = None,
 ) -> None:

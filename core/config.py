@@ -288,7 +288,7 @@ class StudentSpec(_Strict):
 class DatasetRef(_Strict):
     dataset_id: int | None = None
     path: str | None = None
-    format: Literal["npz", "zip", "csv"] | None = None
+    format: Literal["npz", "zip", "tar", "csv", "parquet"] | None = None
     label_column: str = "label"
     val_fraction: float = setting(VAL_FRACTION)
 

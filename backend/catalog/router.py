@@ -116,7 +116,7 @@ class CatalogOut(BaseModel):
                             "kind": "task",
                             "needs_pairs": False,
                             "extra": {
-                                "formats": ["npz", "zip", "csv"],
+                                "formats": ["npz", "zip", "tar", "csv", "parquet"],
                                 "metrics": ["top1", "loss"],
                                 "stage_rule": "spatial",
                             },

@@ -32,7 +32,8 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
     "",
     response_model=DatasetOut,
     status_code=201,
-    summary="Upload a dataset (.npz with x and y, .zip of class folders, or .csv with a label column)",
+    summary="Upload a dataset (.npz with x and y, .zip/.tar of class folders or WebDataset shards, "
+    "or .csv/.parquet with a label column)",
     responses=responses(401, 403, 413, 422, 503, e503="broker unreachable; nothing was saved"),
     openapi_extra={
         "requestBody": {
@@ -66,12 +67,17 @@ def upload_dataset(
     session: SessionDep,
     store: StoreDep,
     principal: Writer,
-    file: Annotated[UploadFile, File(description="The .npz, .zip or .csv file.")],
+    file: Annotated[UploadFile, File(description="The .npz, .zip, .tar, .csv or .parquet file.")],
     name: Annotated[str, Form()],
     format_: Annotated[
-        str | None, Form(alias="format", description="npz | zip | csv; default: the extension.")
+        str | None,
+        Form(
+            alias="format", description="npz | zip | tar | csv | parquet; default: the extension."
+        ),
     ] = None,
-    label_column: Annotated[str | None, Form(description="csv only; default 'label'.")] = None,
+    label_column: Annotated[
+        str | None, Form(description="csv and parquet only; default 'label'.")
+    ] = None,
     description: Annotated[str, Form()] = "",
 ) -> DatasetOut:
     dataset = service.create_dataset(

@@ -26,8 +26,10 @@ from core.storage import Store, new_key
 
 FORMATS = {
     "npz": "a NumPy .npz with arrays x (samples) and y (integer labels)",
-    "zip": "a .zip of an image folder, one sub-folder per class",
+    "zip": "a .zip of an image folder, one sub-folder per class (or of WebDataset .tar shards)",
+    "tar": "a .tar of an image folder or WebDataset shards (<key>.jpg + <key>.cls)",
     "csv": "a .csv table with a label column (label_column, default 'label')",
+    "parquet": "a .parquet table with a label column (label_column, default 'label')",
 }
 ACCEPTED = "; ".join(f"{fmt} ({what})" for fmt, what in FORMATS.items())
 

@@ -60,7 +60,7 @@ TASKS: dict[str, TaskEntry] = {
             "scores [N, classes]; validated by top-1 accuracy and cross-entropy, evaluated by "
             "top-1/top-5, agreement and calibration (ECE).",
             implementation="worker.engine.tasks.classification:ClassificationTask",
-            formats=("npz", "zip", "csv"),
+            formats=("npz", "zip", "tar", "csv", "parquet"),
             metrics=("top1", "loss"),
             stage_rule="spatial",
             stage_hint="with a 4D output",

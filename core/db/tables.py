@@ -145,7 +145,7 @@ class Dataset(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
-    format: Mapped[str] = mapped_column(String(20))  # npz | zip | csv
+    format: Mapped[str] = mapped_column(String(20))  # npz | zip | tar | csv | parquet
     label_column: Mapped[str] = mapped_column(String(100), default="label")
     storage_key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigId, default=0)

@@ -23,19 +23,24 @@ def test_dataset_formats_and_listing(api, studio_env) -> None:
     assert table.status_code == 201 and table.json()["label_column"] == "target"
     named = upload_dataset(api, "named", b"x", "data.bin", format="npz")
     assert named.status_code == 201 and named.json()["format"] == "npz"
-    assert queue_length(studio_env) == 4  # one SCAN_DATASET each
+    shards = upload_dataset(api, "shards", b"tar", "shards.tar")
+    assert shards.status_code == 201 and shards.json()["format"] == "tar"
+    parquet = upload_dataset(api, "pq", b"PAR1", "t.parquet", label_column="target")
+    assert parquet.status_code == 201 and parquet.json()["format"] == "parquet"
+    assert queue_length(studio_env) == 6  # one SCAN_DATASET each
 
-    bad = upload_dataset(api, "bad", b"x", "data.parquet")
+    bad = upload_dataset(api, "bad", b"x", "data.h5")
     assert bad.status_code == 422
     detail = bad.json()["detail"]
-    assert detail.startswith("format: cannot read 'data.parquet' as a dataset; accepted:")
-    assert "npz" in detail and "zip" in detail and "csv" in detail
+    assert detail.startswith("format: cannot read 'data.h5' as a dataset; accepted:")
+    for fmt in ("npz", "zip", "tar", "csv", "parquet"):
+        assert fmt in detail
     bad_named = upload_dataset(api, "bad", b"x", "data.npz", format="hdf5")
     assert bad_named.status_code == 422 and "'hdf5' is not accepted" in bad_named.json()["detail"]
-    assert row_count("Dataset") == 4 and len(stored_files(studio_env)) == 4
+    assert row_count("Dataset") == 6 and len(stored_files(studio_env)) == 6
 
-    listed = api.get("/datasets", params={"limit": 3}).json()
-    assert [d["name"] for d in listed["items"]] == ["named", "table", "images"]
+    listed = api.get("/datasets", params={"limit": 5}).json()
+    assert [d["name"] for d in listed["items"]] == ["pq", "shards", "named", "table", "images"]
     assert (
         api.get("/datasets", params={"cursor": listed["next_cursor"]}).json()["items"][0]["name"]
         == "arrays"

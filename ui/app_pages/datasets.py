@@ -1,4 +1,5 @@
-"""Datasets: upload (.npz, .zip of class folders, .csv), list, and look at one dataset."""
+"""Datasets: upload (.npz, .zip/.tar of class folders or WebDataset shards, .csv, .parquet),
+list, and look at one dataset."""
 
 from __future__ import annotations
 
@@ -16,18 +17,20 @@ from ui import components as ui
 from ui.analysis import split_sizes
 
 VAL_FRACTION = DatasetRef.model_fields["val_fraction"].default  # what a run holds out
-FORMATS = {".npz": "npz", ".zip": "zip", ".csv": "csv"}
+FORMATS = {".npz": "npz", ".zip": "zip", ".tar": "tar", ".csv": "csv", ".parquet": "parquet"}
 FORMAT_HELP = {
     "npz": "arrays `x` (samples × …) and `y` (integer labels)",
-    "zip": "one folder per class with images inside",
+    "zip": "one folder per class with images inside (or WebDataset .tar shards, stored)",
+    "tar": "one folder per class, or WebDataset shards: `<key>.jpg` with `<key>.cls` (class)",
     "csv": "one row per sample: a label column and numeric feature columns",
+    "parquet": "a table like .csv: a label column and numeric feature columns",
 }
 
 
 def _upload_form() -> None:
     file = st.file_uploader(
         "Dataset file",
-        type=["npz", "zip", "csv"],
+        type=[k.lstrip(".") for k in FORMATS],
         key=f"ds_file_{st.session_state.get('ds_n', 0)}",
         help="; ".join(f".{k}: {v}" for k, v in FORMAT_HELP.items()),
     )
@@ -36,12 +39,12 @@ def _upload_form() -> None:
         return
     fmt = FORMATS.get(Path(file.name).suffix.lower())
     if fmt is None:
-        st.error(f"'{file.name}' is not .npz, .zip or .csv; convert it to one of those.")
+        st.error(f"'{file.name}' is not one of {', '.join(FORMATS)}; convert it to one of those.")
         return
     left, right = st.columns(2)
     name = left.text_input("Name", placeholder=Path(file.name).stem, key="ds_name")
     label_column = "label"
-    if fmt == "csv":
+    if fmt in ("csv", "parquet"):
         label_column = right.text_input(
             "Label column", "label", key="ds_label", help="The column that holds each row's class."
         )

@@ -373,7 +373,7 @@ def test_the_catalog_route_lists_schemes_and_tasks_with_their_parameters() -> No
     classification = served["tasks"][0]
     extra = classification["extra"]
     assert {k: extra[k] for k in ("formats", "metrics", "stage_rule")} == {
-        "formats": ["npz", "zip", "csv"],
+        "formats": ["npz", "zip", "tar", "csv", "parquet"],
         "metrics": ["top1", "loss"],
         "stage_rule": "spatial",
     }
