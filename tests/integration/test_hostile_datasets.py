@@ -20,6 +20,7 @@ import io
 import select
 import socket
 import stat
+import tarfile
 import time
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -112,6 +113,28 @@ def image_zip(extra: Callable[[zipfile.ZipFile], None] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def image_tar(hostile: tarfile.TarInfo) -> bytes:
+    """A valid tar image folder (2 classes x 3 images) with the member `hostile` after them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for cls, value in (("cat", 30), ("dog", 200)):
+            for i in range(3):
+                data = png(value + i)
+                info = tarfile.TarInfo(f"{cls}/{i}.png")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        data = png(1) if hostile.isreg() else b""
+        hostile.size = len(data)
+        t.addfile(hostile, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
 def npz(extra: Callable[[zipfile.ZipFile], None] | None = None) -> bytes:
     buf = io.BytesIO()
     np.savez(
@@ -168,6 +191,21 @@ DATASET_CASES: dict[str, tuple[str, Build, tuple[str, ...]]] = {
         lambda p: image_zip(lambda z: symlink(z, "cat/link.png", "/etc/passwd")),
         ("symbolic link",),
     ),
+    "tar entry with ..": (
+        "images.tar",
+        lambda p: image_tar(tar_member(escaping(p, "png"))),
+        ("contains '..'",),
+    ),
+    "tar symlink entry": (
+        "images.tar",
+        lambda p: image_tar(tar_member("cat/link.png", tarfile.SYMTYPE, "/etc/passwd")),
+        ("symbolic link",),
+    ),
+    "tar hard link entry": (
+        "images.tar",
+        lambda p: image_tar(tar_member("cat/hard.png", tarfile.LNKTYPE, "/etc/passwd")),
+        ("hard link",),
+    ),
     "npz entry with ..": (
         "arrays.npz",
         lambda p: npz(lambda z: z.writestr(escaping(p, "npy"), b"x")),
@@ -220,7 +258,8 @@ def test_hostile_dataset_fails_with_the_reason(studio: Studio, case: str) -> Non
     assert not any(probe(studio).iterdir())
     scratch = studio.env.data_dir / "scratch"
     assert not scratch.exists() or not any(p.is_file() for p in scratch.rglob("*"))
-    for name in ("escaped.png", "escaped.npy", "absolute.png", "evil.png", "link.png", "bomb.png"):
+    names = ("escaped.png", "escaped.npy", "absolute.png", "evil.png", "link.png", "bomb.png")
+    for name in (*names, "hard.png"):
         assert not list(studio.env.data_dir.rglob(name)), name
     assert studio.worker.proc is not None and studio.worker.proc.poll() is None
 
