@@ -181,3 +181,31 @@ def test_an_augmented_run_through_the_cli(folder: Path) -> None:
     table = _write(folder, "augment_bad.yaml", augment={"mixup": 0.2}, losses=[{"name": "dkd"}])
     refused = _run(str(table), "--out", str(folder / "augment_bad"))
     assert refused.exit_code != 0 and "'dkd' cannot train on mixup" in refused.output
+
+
+def test_a_run_on_webdataset_shards_in_a_tar(folder: Path) -> None:
+    """`--dataset shards.tar`: the digits as WebDataset samples (`<key>.png` + `<key>.cls`),
+    read from the tar by the run."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    data = digits_data()
+    path = folder / "digits_shards.tar"
+    with tarfile.open(path, "w") as tf:
+        for i, (x, y) in enumerate(zip(data.x, data.y, strict=True)):
+            png = io.BytesIO()
+            pixels = (x[0].numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels, "L").save(png, format="PNG")
+            for name, blob in ((f"{i:05d}.png", png.getvalue()), (f"{i:05d}.cls", b"%d" % y)):
+                info = tarfile.TarInfo(name)
+                info.size = len(blob)
+                tf.addfile(info, io.BytesIO(blob))
+    config = _write(folder, "shards.yaml", training__epochs=1, training__export_onnx=False)
+    out = folder / "shards"
+    result = _run(str(config), "--out", str(out), "--dataset", str(path))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["student_top1"] > 0.1  # one epoch
+    saved = RunConfig.from_yaml((out / "run.yaml").read_text())
+    assert saved.dataset.path is not None and saved.dataset.path.endswith("digits_shards.tar")
