@@ -16,6 +16,7 @@ import streamlit as st
 
 from client import ApiError, Comparison, Run
 from ui import components as ui
+from ui import predictions
 from ui.analysis import (
     CHART_POINTS,
     DOMINATED,
@@ -481,6 +482,25 @@ def _tradeoffs(runs: list[Run]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _predictions(runs: list[Run]) -> None:
+    """The runs' teacher and student predictions on the same validation images, drawn (dense
+    tasks: each run's `predictions` artifact), one block per run that has them."""
+    api = ui.client()
+    found = []
+    for run in runs:
+        if run.status == "succeeded":
+            artifacts = ui.fetch(api.artifacts, run.id, stop=False) or []
+            if any(a.kind == predictions.KIND for a in artifacts):
+                found.append((run, artifacts))
+    if not found:
+        return
+    st.subheader("Predictions side by side")
+    st.caption("The same validation images for every run: ground truth, teacher, student.")
+    for run, artifacts in found:
+        st.markdown(f"**{run_label(run)}**")
+        predictions.show(api, artifacts, limit=2)
+
+
 def _share_link(comparison_id: int) -> str:
     try:
         base = str(st.context.url or "").split("?", 1)[0]
@@ -546,5 +566,6 @@ _results(chosen)
 _configs(chosen)
 _curves(chosen)
 _tradeoffs(chosen)
+_predictions(chosen)
 _save(chosen)
 ui.refresh_while(any(not r.is_terminal for r in chosen), every=5, key="compare")

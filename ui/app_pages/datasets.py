@@ -137,9 +137,34 @@ def _detail(dataset: Dataset) -> None:
     with left:
         _samples(dataset)
     with right:
-        _split(dataset, counts)
+        if _task(dataset) == "detection":  # boxes per class; split by image
+            _image_split(dataset)
+        else:
+            _split(dataset, counts)
         if not counts.empty:
-            _counts_chart(counts)
+            _counts_chart(counts, "boxes" if _task(dataset) == "detection" else "samples")
+
+
+def _task(dataset: Dataset) -> str | None:
+    """The task the worker's scan found the upload to be (classification when unsaid)."""
+    return (dataset.info.model_extra or {}).get("task") if dataset.info else None
+
+
+def _image_split(dataset: Dataset) -> None:
+    """A detection dataset's split: round(N x val_fraction) images held out (not by class)."""
+    extra = (dataset.info.model_extra or {}) if dataset.info else {}
+    n = int(dataset.info.num_samples or 0) if dataset.info else 0
+    val = min(max(round(n * VAL_FRACTION), 1), n - 1) if n >= 2 else 0
+    st.markdown("**Train / validation split**")
+    cols = st.columns(3)
+    cols[0].metric("Train images", ui.fmt_count(n - val), help="Images the student trains on.")
+    cols[1].metric("Validation images", ui.fmt_count(val), help="Held out: mAP is measured here.")
+    cols[2].metric("Boxes", ui.fmt_count(extra.get("num_boxes")))
+    empty = extra.get("images_without_boxes")
+    st.caption(
+        f"Runs hold out {VAL_FRACTION:.0%} of the images (seeded by the run's seed)"
+        + (f"; {empty} images have no boxes (allowed)." if empty else ".")
+    )
 
 
 def _split(dataset: Dataset, counts: pd.DataFrame) -> None:
@@ -178,9 +203,12 @@ def _samples(dataset: Dataset) -> None:
                     caption=f"{sample.label}",
                     width="stretch",
                 )
-        st.caption(
-            f"{len(preview.samples)} samples spread over the classes, enlarged without smoothing."
+        drawn = (
+            "with their boxes drawn (one colour per class)"
+            if _task(dataset) == "detection"
+            else "spread over the classes"
         )
+        st.caption(f"{len(preview.samples)} samples {drawn}, enlarged without smoothing.")
     elif preview.kind == "tabular" and preview.rows:
         frame = pd.DataFrame(
             [[r.label, *r.values] for r in preview.rows],
@@ -210,14 +238,14 @@ def _fetch_samples(dataset_id: int) -> DatasetSamples | None:
         return None
 
 
-def _counts_chart(counts: pd.DataFrame) -> None:
-    st.markdown("**Samples per class**")
+def _counts_chart(counts: pd.DataFrame, unit: str = "samples") -> None:
+    st.markdown(f"**{unit.capitalize()} per class**")
     chart = (
         alt.Chart(counts)
         .mark_bar(cornerRadiusTopLeft=3, cornerRadiusTopRight=3)
         .encode(
             x=alt.X("class:N", sort=None, title="class"),
-            y=alt.Y("count:Q", title="samples"),
+            y=alt.Y("count:Q", title=unit),
             tooltip=["class", "count"],
         )
         .properties(height=220)

@@ -69,6 +69,7 @@ ARTIFACTS = {
     "config": "run.yaml",
     "evaluation": "evaluation.json",
 }
+PREDICTIONS = "predictions.json"  # a task's drawn validation predictions (`samples`), if any
 CACHE_FILE = "teacher_cache.npz"  # the teacher-output cache after the run (`teacher_cache.py`)
 MODEL_SUFFIXES: dict[str, ModelFormat] = {
     ".pt2": "pt2",
@@ -230,6 +231,10 @@ def _write_rest(
     """
     weights = _write_onnx(out_dir, student, config, task, input_shape, evaluation)
     written = {**weights, **{k: v for k, v in ARTIFACTS.items() if not k.startswith("student_")}}
+    samples = evaluation.pop("samples", None)  # images, kept out of the run's summary
+    if samples is not None:
+        (out_dir / PREDICTIONS).write_text(json.dumps(samples))
+        written["predictions"] = PREDICTIONS
     if peers:
         evaluation["peers"] = [
             {"peer": 0, "artifacts": weights, **evaluation},
