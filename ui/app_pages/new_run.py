@@ -675,6 +675,7 @@ def _training(
         c = st.columns(4)
         t["compile"] = field(c[0], "compile")
         t["data_workers"] = field(c[1], "data_workers")  # batches read in worker processes
+        t["gpus"] = field(c[2], "gpus")  # one job on N GPUs (torch.distributed)
         c = st.columns(4)
         t["teacher_cache"] = field(c[0], "teacher_cache")  # replay the teacher's top-k outputs
         t["teacher_cache_top_k"] = field(c[1], "teacher_cache_top_k")

@@ -315,6 +315,8 @@ def test_new_run_losses_start_at_their_catalog_weight_and_settings_follow_it(
     assert at.checkbox(key="nr_t.compile").value is False
     workers = at.number_input(key="nr_t.data_workers")  # batches read in worker processes
     assert (workers.value, workers.min, workers.max) == (0, *TRAINING["data_workers"].form_range())
+    gpus = at.number_input(key="nr_t.gpus")  # one job on N GPUs
+    assert (gpus.value, gpus.min, gpus.max) == (1, *TRAINING["gpus"].form_range())
 
 
 # -- runs --------------------------------------------------------------------------------------
