@@ -293,3 +293,29 @@ def test_parquet_is_read_a_row_group_at_a_time(
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DatasetError, match="not a readable Parquet file"):
         load_dataset(tmp_path / "bad.parquet")
+
+
+def test_lazy_tables_and_tars_read_the_same_batches_in_two_loader_workers(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from worker.engine.loader import batch_stream
+    from worker.engine.tasks.classification import ClassificationTask
+
+    x, y = _table(120)
+    pq.write_table(pa.table({"a": x[:, 0], "label": y, "b": x[:, 1]}), tmp_path / "t.parquet",
+                   row_group_size=25)  # fmt: skip
+    paths = [
+        _tar(tmp_path / "wds.tar", _shard_members(40)),
+        _csv(tmp_path / "t.csv", x, y),
+        tmp_path / "t.parquet",
+    ]
+    task, cpu = ClassificationTask(), torch.device("cpu")
+    batches = list(torch.randperm(40, generator=torch.Generator().manual_seed(2)).split(8))
+    for path in paths:
+        data = load_dataset(path, lazy=True)
+        assert isinstance(data.x, LazyArray)
+        here = [b.inputs for b in batch_stream(task, data, batches, 0, cpu, workers=0)]
+        there = [b.inputs for b in batch_stream(task, data, batches, 1, cpu, workers=2)]
+        assert len(there) == len(batches) - 1
+        assert all(torch.equal(a, b) for a, b in zip(here[1:], there, strict=True)), path.name
