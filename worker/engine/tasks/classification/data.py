@@ -4,11 +4,16 @@
 `.split`); `describe_dataset` is what the worker's scan records (`ClassificationTask.describe`);
 `digits_data` is scikit-learn's bundled 8x8 digits, the demo's data.
 
-Three upload formats, all read without executing or extracting anything:
-- `.npz` with arrays `x` (features or images) and `y` (labels); optional `classes` (names);
+Five upload formats, all read without executing or extracting anything:
+- `.npz` with arrays `x` (features or images) and `y` (labels); optional `classes` (names); a
+  `.zip` holding `x.npy` and `y.npy` is read as one;
 - `.zip` image folder, one sub-folder per class (optionally under one top folder), decoded in
-  memory with PIL after checks against path traversal, symlinks and zip bombs;
-- `.csv` with numeric feature columns and a label column.
+  memory with PIL after checks against path traversal, symlinks and zip bombs; or a `.zip` of
+  WebDataset-style `.tar` shards stored uncompressed;
+- `.tar` image folder (the same layout), or WebDataset-style shards (the tar itself, or the
+  `.tar` shards in it): `<key>.jpg`/`.png`/... with `<key>.cls` holding the class index or name
+  (`worker.engine.tars`: an index of member offsets, hostile members refused);
+- `.csv` and `.parquet` with numeric feature columns and a label column.
 
 Bounded memory, whatever the compression (the checks are `worker.engine.datasets`'): the decoded
 size is worked out from headers before anything is decoded (each .npy member's shape and dtype;
@@ -27,7 +32,13 @@ nothing, and a scan's preview reads only the samples it shows. The decoded limit
 the labels and LAZY_BATCH samples as float32 (a batch). A zip image folder of more than
 LAZY_BATCH images whose float32 size is LAZY_BYTES or more is a `LazyImages`: every header is
 checked up front as below, and each image is decoded when a batch asks for it (a corrupt one
-then fails the run naming it). Compressed members and CSV files are decoded into memory.
+then fails the run naming it). A tar's images are the same (`LazyTarImages`), each read with
+one positioned read at the offset its index holds. A CSV whose features take LAZY_BYTES or more
+as float32 keeps them on disk (`LazyCsvRows`: a byte offset per row, a batch read in runs of
+lines and parsed as the eager reader parses them; a file that is not one row a line, e.g. with
+quoted line breaks, is read into memory), and a Parquet file a row group at a time
+(`LazyParquetRows`); both read every row once up front (numeric, finite, the labels). Compressed
+zip members are decoded into memory.
 
 Images come out as float32 NCHW in [0, 1] (uint8 / 255); tabular data as float32 [N, D].
 Integer labels keep their value as the class index (class names "0".."K-1", K = max label + 1),
