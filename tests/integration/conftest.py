@@ -88,6 +88,8 @@ def run_config(model: dict, dataset: dict, **overrides) -> dict:
         "epochs": 3,
         "batch_size": 64,
         "checkpoint_every": 20,
+        # the ONNX exporter costs seconds a run; ONNX export has its own tests (test_export_*)
+        "export_onnx": False,
         **overrides.pop("training", {}),
     }
     return {
