@@ -209,3 +209,18 @@ def test_a_run_on_webdataset_shards_in_a_tar(folder: Path) -> None:
     assert json.loads(result.stdout)["student_top1"] > 0.1  # one epoch
     saved = RunConfig.from_yaml((out / "run.yaml").read_text())
     assert saved.dataset.path is not None and saved.dataset.path.endswith("digits_shards.tar")
+
+
+def test_a_run_on_two_processes_through_the_cli(folder: Path) -> None:
+    """`training.gpus: 2` in run.yaml on CPU: 2 gloo processes (the DDP path), one progress
+    report per epoch (rank 0's), the usual artifacts."""
+    config = _write(
+        folder, "ddp.yaml", training__epochs=1, training__gpus=2, training__export_onnx=False
+    )
+    out = folder / "ddp"
+    result = _run(str(config), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("epoch 0:") == 1  # metrics reported once
+    assert json.loads(result.stdout)["student_top1"] > 0.1  # one epoch
+    assert RunConfig.from_yaml((out / "run.yaml").read_text()).training.gpus == 2
+    assert {"student.safetensors", "student.pt2"} <= {p.name for p in out.iterdir()}
