@@ -352,6 +352,16 @@ class FeatureTaps:
             )
         return [v for v in self._values if v is not None]
 
+    @property
+    def tapped_modules(self) -> list[nn.Module]:
+        """The tapped modules, in the order of `taps`."""
+        return list(self._modules)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every tap has captured its tensor in the current forward."""
+        return all(v is not None for v in self._values)
+
     def __enter__(self) -> FeatureTaps:
         self._handles.append(self.module.register_forward_pre_hook(self._reset))
         for i, (sub, (_, kind)) in enumerate(zip(self._modules, self.taps, strict=True)):

@@ -3,11 +3,13 @@ Visual Recognition", ECCV 2022): the teacher's logits of every training batch, s
 later epochs and later runs replay them without the teacher forward. `core/teacher_cache.py`
 says when a run may use it and what its key is.
 
-What a row holds. With `top_k` k (0 < k < C classes) a sample's logits z [C] are kept as the k
-largest values (float16) with their class indices (int16, int32 from 32,768 classes) and one
+What a row holds. With `top_k` k (0 < k < C classes) a sample's logits z [C], shifted so that
+their maximum is 0 (a shift changes no softmax, and keeps the values in float16's range and
+most precise at the top), are kept as the k largest values (float16) with their class indices (int16, int32 from 32,768 classes) and one
 float32 `rest` = log((1 / (C - k)) sum_{j not in top-k} exp(z_j)), the log-mean-exp of the
 other logits. The replayed logits are z'_i = z_i (rounded to float16) in the top k and z'_j =
-rest elsewhere, so softmax(z') gives the top-k classes their probabilities and spreads the rest
+rest elsewhere (z shifted as above: the logit losses, kd, dkd, dist and logit_std, read only
+differences of logits), so softmax(z') gives the top-k classes their probabilities and spreads the rest
 of the mass evenly over the other classes (FKD's label smoothing of the remainder), exactly at
 temperature 1 (up to the float16 rounding); at a temperature T != 1 the rest is spread in the
 same way. With k = 0 (or k >= C) the logits are kept whole in float32 and replay exactly.
@@ -202,6 +204,7 @@ class TeacherCache:
             slot.values[rows] = z.cpu().numpy()
         else:
             k = self.top_k
+            z = z - z.amax(dim=1, keepdim=True)  # in float16's range, most precise at the top
             top = z.topk(k, dim=1)
             others = z.scatter(1, top.indices, float("-inf"))
             rest = torch.logsumexp(others, dim=1) - math.log(self.classes - k)

@@ -34,10 +34,13 @@ optimizers, bf16 autocast (`training.amp`) and channels-last images and models
 (`training.channels_last` auto; `on` applies it on CPU too). `training.compile` compiles the
 teacher's and the students' forward in place (`nn.Module.compile`, so state dicts, taps and
 checkpoints are unchanged) and hands them back uncompiled; a model that does not compile runs
-eagerly with a warning. The teacher forward is skipped when no active loss needs the teacher; it
-is not cut short after the last tapped layer when only features are needed (losses do not
-declare whether they read the teacher's logits, and an exception raised from a hook is not safe
-inside compiled or exported teachers).
+eagerly with a warning. The teacher forward does only what the active losses need: none when no
+active loss needs the teacher; in the offline scheme, when every active loss that needs it is a
+feature or relation loss (catalog kind: none reads the teacher's logits), it stops after the last
+tapped layer (`OfflineScheme.teacher_features`: a hook raises once every tap has its tensor), for
+eager teachers (plain modules and unflattened `.pt2` archives; a compiled or ONNX teacher runs
+whole); with `training.teacher_cache` the logits of a batch the cache holds are replayed instead
+(`teacher_cache.py`).
 
 Losses declare what they need through class flags, never by name: `needs_teacher` (else the
 teacher forward is skipped), `needs_input_grad` (the input batch requires grad), `needs_prepare`
@@ -70,7 +73,9 @@ from worker.engine.augment import Augmenter, augment_seed
 from worker.engine.loader import batch_stream
 from worker.engine.loading import set_mode
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
+from worker.engine.onnx_teacher import OnnxTeacher
 from worker.engine.schemes import Scheme, StepView, build_scheme
+from worker.engine.schemes.offline import OfflineScheme
 from worker.engine.tasks import Task, build_task
 from worker.engine.teacher_cache import TeacherCache
 
@@ -137,6 +142,7 @@ class _Term:
     loss: DistillLoss
     weight: float
     pairs: list[int]
+    reads_logits: bool = True  # the teacher's logits (feature and relation losses do not)
 
 
 @dataclass
@@ -243,7 +249,8 @@ def _build_terms(
             teacher_modules=[t_mods[paths[j][1]] for j in idx],
         )
         key = spec.name if names.count(spec.name) == 1 else f"{spec.name}_{i}"
-        terms.append(_Term(key, build_loss(spec, ctx), spec.weight, idx))
+        reads = catalog.LOSSES[spec.name].kind not in ("feature", "relation")
+        terms.append(_Term(key, build_loss(spec, ctx), spec.weight, idx, reads))
     return terms
 
 
@@ -478,6 +485,13 @@ class _Loop:
         self.rank, self.ranks = distributed.rank(), distributed.world()  # `training.gpus`
         self.params = [p for group in self.opt.param_groups for p in group["params"]]
         self.cache: TeacherCache | None = None  # `teacher_cache.py`, when the run uses one
+        # the teacher's forward may stop after its last tapped layer (`teacher_features`):
+        # the offline scheme itself (others read the teacher's logits), an eager teacher
+        self.cut_teacher = (
+            type(scheme) is OfflineScheme
+            and not self.ts.compile
+            and not isinstance(scheme.teacher, OnnxTeacher)
+        )
 
     def should_stop(self) -> bool:
         """`Callbacks.should_stop()` of rank 0, on every rank."""
@@ -556,6 +570,17 @@ class _Loop:
         self.opt.step()
         return out
 
+    def features_only(self, terms: list[_Term], taps: Any) -> bool:
+        """Whether the teacher is needed for its tapped features only (no active loss reads
+        its logits), and its forward may stop after the last tapped layer."""
+        needed = [t for t in terms if t.loss.needs_teacher]
+        return (
+            self.cut_teacher
+            and taps is not None
+            and bool(needed)
+            and not any(t.reads_logits for t in needed)
+        )
+
     def forward_backward(
         self,
         x: Tensor,
@@ -573,6 +598,10 @@ class _Loop:
         t_feats: list[Tensor] = []
         if cached is not None:
             t_logits = cached
+        elif self.features_only(terms, taps[0]):
+            assert isinstance(self.scheme, OfflineScheme)
+            t_logits = x.new_empty(0)  # no active loss reads them: the head does not run
+            t_feats = self.scheme.teacher_features(x, taps[0], self.autocast)
         else:
             needed = any(t.loss.needs_teacher for t in terms)
             t_logits, t_feats = self.scheme.teacher_outputs(x, taps[0], needed, self.autocast)

@@ -24,6 +24,10 @@ def freeze(module: nn.Module) -> None:
     set_mode(module, False)
 
 
+class _StopForward(Exception):
+    """Every tapped teacher layer has run: the rest of the teacher's forward is not needed."""
+
+
 class OfflineScheme(Scheme):
     """One student distilled from one frozen teacher."""
 
@@ -44,6 +48,30 @@ class OfflineScheme(Scheme):
             feats = list(taps.features) if taps is not None else []
         # clone outside inference mode: inference tensors cannot be saved for backward
         return logits.clone(), [f.clone() for f in feats]
+
+    def teacher_features(self, x: Tensor, taps: Any, autocast: Autocast) -> list[Tensor]:
+        """The teacher's tapped features without its logits: the forward stops once every
+        tapped layer has run (a hook after the taps' own, on each tapped module, raises
+        `_StopForward` when `taps.complete`), so the layers after the last tapped one and the
+        head do not run. Eager modules only (plain or unflattened `.pt2` teachers): under
+        `torch.compile` or in onnxruntime the trainer runs the whole forward instead."""
+
+        def stop(_module: nn.Module, _args: Any, _output: Any) -> None:
+            if taps.complete:
+                raise _StopForward
+
+        handles = [m.register_forward_hook(stop) for m in taps.tapped_modules]
+        try:
+            with torch.inference_mode(), autocast():
+                try:
+                    self.teacher(x)
+                except _StopForward:
+                    pass
+                feats = list(taps.features)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [f.clone() for f in feats]
 
     def state_dict(self) -> dict[str, Any]:
         return {"student": self.student.state_dict(), "losses": self.losses.state_dict()}
