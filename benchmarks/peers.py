@@ -379,8 +379,8 @@ def report(
         elif v == "torchdistill +fit":
             lines.append(f"| {v} | not available (torchdistill is not installed here) | |")
     lines.append(
-        "| engine, cached teacher epochs | not available (the FKD teacher-output cache, "
-        "item 3, is not built yet) | |"
+        "| engine, cached teacher epochs | measured apart: `benchmarks/teacher_cache.py` "
+        '(section "Teacher-output cache") | |'
     )
     fit_cost = {
         side: 1 - res[f"{side} +fit"][key] / res[f"{side} kd"][key]
