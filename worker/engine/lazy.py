@@ -217,11 +217,15 @@ class LazyTarImages(LazyImages):
 
         c, h, w = self.stored
         x = np.empty((len(rows), c, h, w), np.float32)
-        index = open_index(self.path, self.offsets, self.sizes)
-        for i, row in enumerate(rows.tolist()):
-            pixels = decode_image(_Span(index, row), self.names[row], self.mode, (w, h), self.where)
-            chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-            np.divide(chw, 255.0, out=x[i], dtype=np.float32)
+        index = open_index(self.path, self.offsets, self.sizes)  # the file opened once a batch
+        try:
+            for i, row in enumerate(rows.tolist()):
+                member = _Span(index, row)
+                pixels = decode_image(member, self.names[row], self.mode, (w, h), self.where)
+                chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+                np.divide(chw, 255.0, out=x[i], dtype=np.float32)
+        finally:
+            index.close()
         return x
 
 

@@ -16,8 +16,10 @@ key (the path up to the first dot of the file name) are one sample, `000123.jpg`
 image type) with `000123.cls` (its class index, or name, as text); other files of a sample
 (`.json` metadata and the like) are ignored.
 
-An index is opened once per process (`open_index`): a DataLoader's forked worker reopens the
-file rather than share the parent's descriptor.
+An index holds its own descriptor, opened at the first read and closed with `close` (or when
+the index is collected): nothing stays open on an upload once it is read, and a lazy dataset
+(`lazy.LazyTarImages`, which keeps only the offsets) opens the file once a batch, in whichever
+process reads it (a DataLoader's worker never shares its parent's descriptor).
 """
 
 from __future__ import annotations
@@ -81,9 +83,27 @@ class TarIndex:
     sizes: np.ndarray  # int64
     counter: list[int] = field(default_factory=lambda: [0])  # bytes read through this index
     _at: dict[str, int] = field(default_factory=dict, repr=False)
+    _fd: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._at = {name: i for i, name in enumerate(self.names)}
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def position(self, name: str) -> int:
+        """Where member `name` is in `names`."""
+        return self._at[name]
 
     @property
     def bytes_read(self) -> int:
@@ -95,7 +115,7 @@ class TarIndex:
         return self.open_span(int(self.offsets[i]), int(self.sizes[i]))
 
     def open_span(self, offset: int, size: int) -> IO[bytes]:
-        raw = _Window(_fd(self.path), offset, size, self.counter)
+        raw = _Window(self.fileno(), offset, size, self.counter)
         return io.BufferedReader(raw, buffer_size=min(_BUFFER, max(size, 1)))
 
     def read(self, name: str) -> bytes:
@@ -103,20 +123,9 @@ class TarIndex:
             return fp.read()
 
 
-_FDS: dict[tuple[str, int], int] = {}  # per process: a fork opens its own
-
-
-def _fd(path: str) -> int:
-    key = (path, os.getpid())
-    if key not in _FDS:
-        for stale in [k for k in _FDS if k[1] != key[1]]:
-            del _FDS[stale]  # the parent's: left to the parent
-        _FDS[key] = os.open(path, os.O_RDONLY)
-    return _FDS[key]
-
-
 def open_index(path: str, offsets: np.ndarray, sizes: np.ndarray) -> TarIndex:
-    """An index without names over `path` (what a lazy dataset keeps: its samples' spans)."""
+    """An index without names over `path` (what a lazy dataset keeps: its samples' spans);
+    close it when done."""
     return TarIndex(path, [], offsets, sizes)
 
 
@@ -149,6 +158,7 @@ def _refusal(info: tarfile.TarInfo) -> str | None:
 @dataclass
 class _Walk:
     path: str
+    fd: int
     where: str
     limits: Limits
     total: int  # the upload's size in bytes
@@ -204,7 +214,7 @@ class _Walk:
                 name, offset = prefix + info.name, base + info.offset_data
                 if not prefix and info.name.lower().endswith(".tar") and not _hidden(info.name):
                     self.entries += 1
-                    window = _Window(_fd(self.path), offset, info.size, [0])
+                    window = _Window(self.fd, offset, info.size, [0])
                     with io.BufferedReader(window, buffer_size=_BUFFER) as shard:
                         self.tar(shard, offset, f"{info.name}/", f"shard '{info.name}'")
                     continue
@@ -225,8 +235,8 @@ def _hidden(name: str) -> bool:
 
 def tar_index(path: Path, where: str, limits: Limits) -> TarIndex:
     """The checked index of the tar at `path` (and of the shard tars in it)."""
-    walk = _Walk(str(path), where, limits, path.stat().st_size)
     with path.open("rb") as fp:
+        walk = _Walk(str(path), fp.fileno(), where, limits, path.stat().st_size)
         if fp.read(2) == b"\x1f\x8b":
             raise DatasetError(
                 f"{where}: a gzip-compressed tar cannot be read in place; upload the plain .tar "
@@ -234,29 +244,35 @@ def tar_index(path: Path, where: str, limits: Limits) -> TarIndex:
             )
         fp.seek(0)
         walk.tar(fp, 0, "", "the file")
-    return walk.index()
+        return walk.index()
 
 
 def zip_shards(path: Path, zf: zipfile.ZipFile, where: str, limits: Limits) -> TarIndex:
     """The checked index of the `.tar` shards stored (uncompressed) in the zip at `path`."""
+
+    with path.open("rb") as fp:
+        walk = _Walk(str(path), fp.fileno(), where, limits, path.stat().st_size)
+        for info in zf.infolist():
+            _zip_shard(walk, path, zf, info)
+        return walk.index()
+
+
+def _zip_shard(walk: _Walk, path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Index the zip member `info` when it is a .tar shard (stored: read in place)."""
     from worker.engine.lazy import member_data_offset
 
-    walk = _Walk(str(path), where, limits, path.stat().st_size)
-    for info in zf.infolist():
-        if info.is_dir() or _hidden(info.filename):
-            continue
-        if not info.filename.lower().endswith(".tar"):
-            continue
-        start = member_data_offset(path, zf, info.filename)
-        if start is None:
-            raise DatasetError(
-                f"{where}: shard '{info.filename}' is compressed in the zip; zip the shards "
-                "without compression (zip -0) or upload them in a .tar"
-            )
-        window = _Window(_fd(str(path)), start, info.file_size, [0])
-        with io.BufferedReader(window, buffer_size=_BUFFER) as shard:
-            walk.tar(shard, start, f"{info.filename}/", f"shard '{info.filename}'")
-    return walk.index()
+    name = info.filename
+    if info.is_dir() or _hidden(name) or not name.lower().endswith(".tar"):
+        return
+    start = member_data_offset(path, zf, name)
+    if start is None:
+        raise DatasetError(
+            f"{walk.where}: shard '{name}' is compressed in the zip; zip the shards without "
+            "compression (zip -0) or upload them in a .tar"
+        )
+    window = _Window(walk.fd, start, info.file_size, [0])
+    with io.BufferedReader(window, buffer_size=_BUFFER) as shard:
+        walk.tar(shard, start, f"{name}/", f"shard '{name}'")
 
 
 def has_shards(names: list[str]) -> bool:
@@ -294,7 +310,7 @@ def webdataset_samples(index: TarIndex, where: str) -> list[tuple[str, str]]:
                 f"{where}: sample '{key}' needs one image (.png, .jpg, ...), found {found}"
             )
         member = files["cls"]
-        if int(index.sizes[index._at[member]]) > _MAX_LABEL_BYTES:
+        if int(index.sizes[index.position(member)]) > _MAX_LABEL_BYTES:
             raise DatasetError(
                 f"{where}: '{member}' is over {_MAX_LABEL_BYTES} bytes; a .cls file holds one "
                 "class index or name"

@@ -121,6 +121,11 @@ def test_reading_a_sample_reads_that_member_not_the_tar(tmp_path: Path) -> None:
     assert index.read(name) == big[17][1]
     assert index.bytes_read == len(big[17][1]) < tar.stat().st_size // 20
     assert index.offsets.nbytes + index.sizes.nbytes == 16 * 40  # 16 bytes a member
+    index.close()
+    fds = len(list(Path("/proc/self/fd").iterdir()))
+    data = load_dataset(tar, lazy=True)
+    data.x[torch.arange(5)]
+    assert len(list(Path("/proc/self/fd").iterdir())) == fds  # nothing left open on the upload
 
 
 @pytest.mark.parametrize(

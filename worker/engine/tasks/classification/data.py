@@ -355,7 +355,10 @@ def _load_zip(path: Path, limits: Limits, compact: bool, lazy: bool | None = Non
         names = zf.namelist()
         if has_shards(names):  # WebDataset-style shards, read in place from the zip
             index = zip_shards(path, zf, where, limits)
-            return _tar_images(path, index, where, limits, compact, lazy)
+            try:
+                return _tar_images(path, index, where, limits, compact, lazy)
+            finally:
+                index.close()
         if _is_npy_pair(names):
             return _load_npz(path, limits, compact, lazy)
         entries = _image_entries(names, where)
@@ -365,7 +368,11 @@ def _load_zip(path: Path, limits: Limits, compact: bool, lazy: bool | None = Non
 
 def _load_tar(path: Path, limits: Limits, compact: bool, lazy: bool | None = None) -> TensorData:
     where = path.name
-    return _tar_images(path, tar_index(path, where, limits), where, limits, compact, lazy)
+    index = tar_index(path, where, limits)
+    try:
+        return _tar_images(path, index, where, limits, compact, lazy)
+    finally:
+        index.close()
 
 
 def _tar_images(
@@ -420,8 +427,7 @@ def _images(
             lazy_x = LazyImages(str(path), 0, shape, "|u1", rows=len(entries), names=names,
                                 mode=mode, where=where)  # fmt: skip
         else:
-            at = {name: i for i, name in enumerate(index.names)}
-            rows = np.array([at[name] for name in names], np.int64)
+            rows = np.array([index.position(name) for name in names], np.int64)
             lazy_x = LazyTarImages(str(path), 0, shape, "|u1", rows=len(entries), names=names,
                                    mode=mode, where=where, offsets=index.offsets[rows],
                                    sizes=index.sizes[rows])  # fmt: skip
