@@ -183,6 +183,31 @@ def test_an_augmented_run_through_the_cli(folder: Path) -> None:
     assert refused.exit_code != 0 and "'dkd' cannot train on mixup" in refused.output
 
 
+def test_a_second_cli_run_replays_the_teacher_cache_of_the_first(folder: Path) -> None:
+    """`training.teacher_cache: on` in run.yaml: the first run writes OUT/teacher_cache.npz,
+    the next run into the same folder replays every batch and computes the same losses."""
+    config = _write(
+        folder,
+        "cached.yaml",
+        augment={"flip": True},
+        losses=[{"name": "ce"}, {"name": "kd"}],
+        layer_pairs=[],
+        training__epochs=1,
+        training__export_onnx=False,
+        training__teacher_cache="on",
+    )
+    summaries = []
+    for _ in range(2):
+        result = _run(str(config), "--out", str(folder / "cached"))
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads(result.stdout))
+    first, second = (s["teacher_cache"] for s in summaries)
+    assert first["recorded_batches"] > 0 and first["replayed_batches"] == 0
+    assert second == {**first, "recorded_batches": 0, "replayed_batches": first["recorded_batches"]}
+    assert (folder / "cached" / "teacher_cache.npz").stat().st_size == first["size_bytes"]
+    assert summaries[0]["student_top1"] == summaries[1]["student_top1"]
+
+
 def test_a_run_on_webdataset_shards_in_a_tar(folder: Path) -> None:
     """`--dataset shards.tar`: the digits as WebDataset samples (`<key>.png` + `<key>.cls`),
     read from the tar by the run."""
