@@ -231,3 +231,6 @@ def test_distillation_runs_with_dense_and_feature_losses(
     report = task.evaluate(teacher, result.student, val_data)
     assert set(report["student_class_iou"]) == set(digits.classes)
     assert 0.0 <= report["agreement"] <= 1.0
+    drawn = report["samples"]  # the run page's predictions side by side
+    assert len(drawn) == 4 and {"truth", "teacher", "student", "truth_classes"} <= set(drawn[0])
+    assert drawn[0]["truth_classes"] and set(drawn[0]["truth_classes"]) <= set(digits.classes)

@@ -16,6 +16,8 @@ readers, checks, the synthetic digits data) and its demo (`demo`).
   (MMSegmentation's `mIoU`), pixel accuracy = trace(M) / sum(M); per model (`teacher_*`,
   `student_*`), per-class IoU (`*_class_iou`: name -> IoU, None for a class absent from both),
   and `agreement`: the fraction of counted pixels where both models predict the same class;
+  `samples`: a few validation images with the ground truth's and each model's classes painted
+  over them (PNG, base64), which the pipeline writes as the `predictions` artifact;
 - export example: a batch of 2 random images;
 - inspection: an output [classes, H, W] (per-pixel logits) gives `num_classes`; anything else is
   refused, saying what a segmentation teacher outputs;
@@ -27,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,9 +39,11 @@ from worker.engine.tasks.base import Autocast, Batch, IncompatibleDataError, Tas
 from worker.engine.tasks.segmentation.data import (
     IGNORE_INDEX,
     SegData,
+    _png,
     describe_dataset,
     is_segmentation,
     load_dataset,
+    overlay,
     split,
 )
 
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
 
 TORCH_IGNORE = -100  # F.cross_entropy's default ignore_index: what a batch carries
 _VAL_BATCH = 128
+SAMPLES = 4  # validation images drawn with both models' predictions in the evaluation
 
 
 def targets(masks: Tensor) -> Tensor:
@@ -79,6 +85,26 @@ def mean_iou(m: Tensor) -> float:
 def pixel_accuracy(m: Tensor) -> float:
     total = int(m.sum())
     return float(m.diag().sum()) / total if total else 0.0
+
+
+def prediction_samples(
+    data: SegData, predictions: dict[str, Tensor], n: int = SAMPLES
+) -> list[dict[str, Any]]:
+    """The first `n` images with the ground-truth mask (`truth`) and each model's predicted
+    classes (`predictions[who]`: [N, H, W]) painted over them, as base64 PNGs, with the classes
+    each shows (the run page's and Compare's predictions side by side)."""
+    scale = max(1, 96 // max(int(max(data.input_shape[1:])), 1))
+    samples = []
+    for i in range(min(n, len(data))):
+        image = data.x[i].float().numpy()
+        sample: dict[str, Any] = {"index": i, "mime": "image/png"}
+        for who, mask in (("truth", data.masks[i]), *((w, p[i]) for w, p in predictions.items())):
+            m = mask.numpy()
+            present = sorted(int(c) for c in np.unique(m) if 0 < c < data.num_classes)
+            sample[who] = _png(overlay(image, m), scale)
+            sample[f"{who}_classes"] = [data.classes[c] for c in present]
+        samples.append(sample)
+    return samples
 
 
 def fit_data_to_teacher(teacher: LoadedModel, data: SegData) -> SegData:
@@ -211,4 +237,5 @@ class SegmentationTask(Task):
         counted = y != TORCH_IGNORE
         same = (t_pred == s_pred) & counted
         result["agreement"] = float(same.sum()) / max(int(counted.sum()), 1)
+        result["samples"] = prediction_samples(data, {"teacher": t_pred, "student": s_pred})
         return result
