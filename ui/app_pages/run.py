@@ -535,7 +535,10 @@ def _predictions(run: Run) -> None:
     if any(a.kind == predictions.KIND for a in artifacts):
         st.markdown("**Teacher and student on validation images**")
         predictions.show(api, artifacts)
-        st.caption("Boxes scoring at least 0.3, one colour per class; the same images each run.")
+        st.caption(
+            "One colour per class: boxes scoring at least 0.3 (detection) or each pixel's "
+            "class painted over the image (segmentation); the same images in every run."
+        )
 
 
 def _every_model(summary: dict[str, Any]) -> None:
