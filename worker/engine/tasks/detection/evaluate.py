@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,13 +103,19 @@ def coco_metrics(
         none = {c: 0.0 if k in present else None for k, c in enumerate(classes)}
         return {**empty, "ap_per_class": none}
     quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        gt = COCO(gt_dict)
-        dt = gt.loadRes(detections)
-        ev = COCOeval_faster(gt, dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    logger = logging.getLogger("faster_coco_eval")  # it logs its summary table at INFO
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(quiet):
+            gt = COCO(gt_dict)
+            dt = gt.loadRes(detections)
+            ev = COCOeval_faster(gt, dt, "bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+    finally:
+        logger.setLevel(level)
     stats = ev.stats
     # precision: [iou thresholds T, recall points R, classes K, area ranges A, max dets M]
     precision = np.asarray(ev.eval["precision"])
