@@ -317,6 +317,12 @@ def test_new_run_losses_start_at_their_catalog_weight_and_settings_follow_it(
     assert (workers.value, workers.min, workers.max) == (0, *TRAINING["data_workers"].form_range())
     gpus = at.number_input(key="nr_t.gpus")  # one job on N GPUs
     assert (gpus.value, gpus.min, gpus.max) == (1, *TRAINING["gpus"].form_range())
+    assert at.selectbox(key="nr_t.teacher_cache").options == ["off", "auto", "on"]
+    top_k = at.number_input(key="nr_t.teacher_cache_top_k")  # the cached teacher logits
+    assert (top_k.value, top_k.min, top_k.max) == (
+        10,
+        *TRAINING["teacher_cache_top_k"].form_range(),
+    )
 
 
 # -- runs --------------------------------------------------------------------------------------
