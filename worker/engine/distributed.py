@@ -33,7 +33,7 @@ from torch import Tensor
 
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long for the other ranks
 _PR_SET_PDEATHSIG = 1
-_GRACE_S = 5.0  # how long the other ranks get to end when rank 0 failed
+_GRACE_S = 30.0  # how long the other ranks get to end when rank 0 failed
 
 
 def world() -> int:
@@ -143,14 +143,17 @@ def launch(
 
 
 def _stop(context: Any, cause: BaseException) -> None:
-    """Rank 0 failed: a rank that failed first (its pipe closed under rank 0) raises its own
-    error; the others are stopped."""
+    """Rank 0 failed: when another rank failed with a different error (it failed first, and
+    its closed connection failed rank 0), that error is raised; rank 0's stands when every rank
+    failed alike (a bad checkpoint, a loss that is not finite). The others are stopped."""
     deadline = time.monotonic() + _GRACE_S
     try:
         while time.monotonic() < deadline and not context.join(timeout=_GRACE_S):
             pass
     except mp.ProcessRaisedException as exc:
-        if not isinstance(cause, (KeyboardInterrupt, SystemExit)) and "Cancelled" not in str(exc):
+        if not isinstance(cause, (KeyboardInterrupt, SystemExit)) and (
+            f"{type(cause).__name__}:" not in str(exc)
+        ):
             raise RuntimeError(f"a training rank failed: {str(exc).strip()[-2000:]}") from cause
     except mp.ProcessExitedException:
         pass

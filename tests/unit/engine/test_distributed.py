@@ -27,6 +27,7 @@ from sklearn.datasets import load_digits
 
 from core.config import RunConfig
 from tests.unit.engine.test_trainer import Recorder
+from worker.engine import distributed
 from worker.engine.export import save_safetensors
 from worker.engine.pipeline import run_distillation
 from worker.engine.students import build_student
@@ -199,3 +200,19 @@ def test_config_checks_gpus() -> None:
         )
     with pytest.raises(ValueError, match="teacher-output cache is written by one process"):
         _config(files, gpus=2, teacher_cache="on")
+
+
+def _failing_rank(index: int, ranks: int, port: int, device_name: str) -> None:
+    """Rank 1 of `test_a_failing_rank_fails_the_job_with_its_error`: joins, then fails."""
+    with distributed.joined(index + 1, ranks, port, device_name):
+        raise ValueError("rank 1 could not read its data")
+
+
+@pytest.mark.slow
+def test_a_failing_rank_fails_the_job_with_its_error() -> None:
+    """Rank 0, waiting in a collective for a rank that failed, raises that rank's error."""
+    with (
+        pytest.raises(RuntimeError, match="rank 1 could not read its data"),
+        distributed.launch(2, "cpu", _failing_rank, ()),
+    ):
+        distributed.agree(False)  # rank 1 never comes: its connection closes
