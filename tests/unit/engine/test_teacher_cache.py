@@ -178,3 +178,25 @@ def test_only_logit_losses_of_the_offline_scheme_use_the_cache() -> None:
     online = scheme_config("online", {}, losses=[{"name": "ce"}, {"name": "kd"}])
     assert "use scheme 'offline'" in str(cache_problem(online))
     assert cache_problem(_config({}, 0)) is None
+
+
+def test_the_pipeline_says_why_auto_left_the_cache_off_and_keys_by_the_files(
+    tmp_path: Path,
+) -> None:
+    from worker.engine.pipeline import _teacher_cache, file_sha256
+
+    teacher, data = tmp_path / "t.pt2", tmp_path / "d.npz"
+    teacher.write_bytes(b"teacher"), data.write_bytes(b"data")
+    pairs = [{"teacher": "1", "student": "fc1"}]
+    auto = scheme_config(
+        "offline", {}, losses=[{"name": "fitnets"}], layer_pairs=pairs,
+        training={"teacher_cache": "auto"},
+    )  # fmt: skip
+    cache, note = _teacher_cache(auto, teacher, data, None, None, 91)
+    assert cache is None and note["used"] is False and "feature loss" in note["why"]
+    off = _config({}, 0, mode="off")
+    assert _teacher_cache(off, teacher, data, None, None, 91) == (None, {})
+    on = _config(AUGMENT, 3)
+    cache, note = _teacher_cache(on, teacher, data, None, None, 91)
+    assert cache is not None and cache.per_epoch and note["top_k"] == 3
+    assert note["key"] == cache_key(on, file_sha256(teacher), file_sha256(data))
