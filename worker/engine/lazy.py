@@ -11,6 +11,11 @@ recorded and applied to each batch read. It pickles as its path, offset and inde
 reopened in each process), so a DataLoader's worker processes can read from it.
 
 Memory: the row index (8 bytes a sample) and one batch; independent of the dataset's size.
+
+The same interface over other stored forms, each overriding how rows are read (`_float_rows`):
+`LazyImages` (a zip image folder, each image decoded when asked), `LazyTarImages` (images of a
+tar, or of WebDataset shards, at the offsets of `worker.engine.tars.TarIndex`), `LazyCsvRows`
+(a CSV's lines at a byte offset per row) and `LazyParquetRows` (a Parquet file's row groups).
 """
 
 from __future__ import annotations

@@ -137,9 +137,9 @@ def test_csv_missing_label_column_and_text_feature(tmp_path: Path) -> None:
 
 
 def test_unknown_format(tmp_path: Path) -> None:
-    (tmp_path / "d.parquet").write_bytes(b"x")
+    (tmp_path / "d.h5").write_bytes(b"x")
     with pytest.raises(DatasetError, match="use .npz"):
-        load_dataset(tmp_path / "d.parquet")
+        load_dataset(tmp_path / "d.h5")
 
 
 def test_split_is_stratified_and_deterministic() -> None:

@@ -332,7 +332,7 @@ def test_a_toy_task_drives_the_inspection_and_the_scan(
     assert [s["resolution"] for s in default["stages"]] == [None]  # "spatial": a head only
 
     assert isinstance(dataset_task("npz"), ClassificationTask)  # the default task reads npz
-    assert isinstance(dataset_task("parquet"), ClassificationTask)  # whose reader refuses it
+    assert isinstance(dataset_task("h5"), ClassificationTask)  # whose reader refuses it
     toy = dataclasses.replace(TASKS["targets_toy"], formats=("npt",))
     monkeypatch.setitem(TASKS, "targets_toy", toy)
     scanning = dataset_task("npt")
