@@ -46,8 +46,9 @@ def test_grad_accumulation_equals_one_batch(teacher, digits, parts) -> None:
     assert [r.step for r in acc.reports] == [r.step for r in ref.reports]  # the same steps
     for a, b in zip(acc.reports, ref.reports, strict=True):
         assert a.metrics.keys() == b.metrics.keys()
-        for k in a.metrics:
-            assert a.metrics[k] == pytest.approx(b.metrics[k], rel=1e-5, abs=1e-7)
+        for k in a.metrics:  # rounding over an epoch differs with the CPU's vector width:
+            # 3e-5 on an AVX-512 host; a wrong micro-batch share would be off by 1/N or more
+            assert a.metrics[k] == pytest.approx(b.metrics[k], rel=1e-4, abs=1e-7)
 
 
 def test_grad_accumulation_gradients_match(teacher, digits) -> None:
