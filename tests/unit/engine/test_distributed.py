@@ -87,7 +87,7 @@ def two(
 ) -> tuple[Path, Recorder]:
     """An uninterrupted run on 2 processes: (its output folder, rank 0's callbacks)."""
     out, rec = tmp_path_factory.mktemp("two"), Recorder()
-    _run(_config(files, gpus=2), files, out, callbacks=rec)
+    _run(_config(files, gpus=2), files, out, callbacks=rec, checkpoint_path=out / "ckpt.pt")
     return out, rec
 
 
