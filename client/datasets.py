@@ -12,7 +12,13 @@ from pydantic import Field
 from client.base import BaseClient, Out, ProgressFn, guess_format, open_source
 from client.pagination import PAGE_SIZE, Page, walk
 
-DATASET_SUFFIXES = {".npz": "npz", ".zip": "zip", ".csv": "csv"}
+DATASET_SUFFIXES = {
+    ".npz": "npz",
+    ".zip": "zip",
+    ".tar": "tar",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 
 
 class DatasetInfo(Out):
@@ -71,8 +77,9 @@ class DatasetsApi(BaseClient):
         label_column: str = "label",
         on_progress: ProgressFn | None = None,
     ) -> Dataset:
-        """Upload a dataset: .npz (x, y arrays), .zip (a folder per class) or .csv (a label
-        column and feature columns). The file is streamed with `on_progress(sent, total)`."""
+        """Upload a dataset: .npz (x, y arrays), .zip or .tar (a folder per class, or
+        WebDataset shards), or .csv or .parquet (a label column and feature columns). The file
+        is streamed with `on_progress(sent, total)`."""
         fh, filename, opened = open_source(path)
         try:
             fmt = format or guess_format(filename, DATASET_SUFFIXES, "dataset")

@@ -324,3 +324,16 @@ def test_lazy_tables_and_tars_read_the_same_batches_in_two_loader_workers(tmp_pa
         there = [b.inputs for b in batch_stream(task, data, batches, 1, cpu, workers=2)]
         assert len(there) == len(batches) - 1
         assert all(torch.equal(a, b) for a, b in zip(here[1:], there, strict=True)), path.name
+
+
+def test_every_door_takes_the_formats_the_reader_reads() -> None:
+    from backend.datasets.service import FORMATS, pick_format
+    from client.datasets import DATASET_SUFFIXES
+    from core.catalog.tasks import TASKS
+    from core.config import DatasetRef
+
+    formats = ["npz", "zip", "tar", "csv", "parquet"]
+    assert list(TASKS["classification"].formats) == formats
+    assert list(FORMATS) == formats and list(DATASET_SUFFIXES.values()) == formats
+    assert [pick_format(f"data.{f}", None) for f in formats] == formats
+    assert DatasetRef(path="shards.tar", format="tar").format == "tar"
