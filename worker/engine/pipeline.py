@@ -58,7 +58,7 @@ from worker.engine.quantize import export_int8, qat_student
 from worker.engine.tasks import IncompatibleDataError as IncompatibleDataError  # re-exported
 from worker.engine.tasks import Task, build_task, default_task
 from worker.engine.teacher_cache import TeacherCache
-from worker.engine.trainer import Callbacks, Cancelled, train
+from worker.engine.trainer import Callbacks, Cancelled, resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -551,7 +551,9 @@ def _teacher_cache(
     if key is None:
         key = cache_key(config, file_sha256(teacher_path), file_sha256(dataset_path))
     top_k = config.training.teacher_cache_top_k
-    cache = TeacherCache.open(stored, key, top_k, samples, per_epoch(config))
+    bf16 = config.training.amp and resolve_device(config.training.device).type == "cuda"
+    precision = "bf16" if bf16 else "fp32"  # as the trainer's autocast will run the teacher
+    cache = TeacherCache.open(stored, key, top_k, samples, per_epoch(config), precision)
     note: dict[str, Any] = {"used": True, "key": key, "top_k": top_k, "per_epoch": cache.per_epoch}
     return cache, note
 

@@ -79,8 +79,11 @@ class TeacherCache:
     slot per epoch); `classes` is taken from the first recorded logits.
     """
 
-    def __init__(self, key: str, top_k: int, samples: int, per_epoch: bool) -> None:
+    def __init__(
+        self, key: str, top_k: int, samples: int, per_epoch: bool, precision: str = "fp32"
+    ) -> None:
         self.key, self.top_k, self.samples, self.per_epoch = key, top_k, samples, per_epoch
+        self.precision = precision  # "bf16" (autocast on a GPU) or "fp32": not interchangeable
         self.classes: int | None = None
         self.slots: dict[int, _Slot] = {}
         self.stats = CacheStats()
@@ -94,16 +97,23 @@ class TeacherCache:
             "top_k": self.top_k,
             "samples": self.samples,
             "per_epoch": self.per_epoch,
+            "precision": self.precision,
             "classes": self.classes,
         }
 
     @classmethod
     def open(
-        cls, path: Path | None, key: str, top_k: int, samples: int, per_epoch: bool
+        cls,
+        path: Path | None,
+        key: str,
+        top_k: int,
+        samples: int,
+        per_epoch: bool,
+        precision: str = "fp32",
     ) -> TeacherCache:
-        """The cache stored at `path` when it is this run's (same key and layout), else an
-        empty one."""
-        cache = cls(key, top_k, samples, per_epoch)
+        """The cache stored at `path` when it is this run's (same key, layout and precision:
+        a bf16 recording on a GPU is not replayed into a float32 run), else an empty one."""
+        cache = cls(key, top_k, samples, per_epoch, precision)
         if path is None or not Path(path).is_file():
             return cache
         with np.load(path, allow_pickle=False) as npz:

@@ -90,6 +90,9 @@ def test_a_run_that_replays_the_cache_computes_the_losses_of_the_run_that_record
     # another key (a file of another run) is not replayed
     other = TeacherCache.open(tmp_path / "cache.npz", "o" * 64, 3, 91, True)
     assert other.slots == {}
+    # nor is a float32 recording into a run whose teacher runs in bf16 (autocast on a GPU)
+    assert TeacherCache.open(tmp_path / "cache.npz", "k" * 64, 3, 91, True).slots
+    assert TeacherCache.open(tmp_path / "cache.npz", "k" * 64, 3, 91, True, "bf16").slots == {}
 
 
 def test_full_logits_give_the_losses_of_a_run_without_the_cache_and_later_epochs_replay() -> None:
