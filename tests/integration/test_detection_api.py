@@ -11,7 +11,7 @@ import pytest
 
 from .api_helpers import ready_dataset, ready_model, run_config, set_row
 
-DEMO_SAMPLES = 240  # the demo's synthetic digits: the teacher trains on 192 of them
+DEMO_SAMPLES = 160  # the demo's synthetic digits: the teacher trains on 128 of them
 DET_INFO = {
     "task": "detection",
     "num_samples": 40,
@@ -61,8 +61,11 @@ def test_run_configs_that_do_not_fit_the_task_are_refused(api) -> None:
 def test_detection_distillation_through_rest(api, worker, tmp_path: Path) -> None:
     """Upload the demo teacher and the synthetic digits (a COCO .zip) as a user would; the
     worker's scan finds the task, and distilling with the task loss, fine-grained feature
-    imitation and LD gives a student with mAP@.5 at least a fifth of the teacher's (measured:
-    see the print; the demo is tiny and the run short)."""
+    imitation and LD gives a student with mAP@.5 at least 0.3 of the teacher's (the demo is
+    tiny and the run short: 96 steps. Measured through REST: teacher mAP@.5 0.519 (mAP 0.318),
+    student 0.319 (0.166), 270 s on the shared 2-core CPU. In-process on a similar recipe the
+    same student with the centernet loss alone reached mAP@.5 0.39 against 0.35 with these
+    terms: on this demo the distillation terms do not help)."""
     import torch
 
     from worker.engine.tasks.detection.demo import make_demo
@@ -91,12 +94,16 @@ def test_detection_distillation_through_rest(api, worker, tmp_path: Path) -> Non
         task="detection",
         student={"architecture": "det_centernet", "kwargs": {"width": 0.5}},
         layer_pairs=[{"teacher": "fuse", "student": "fuse"}],
-        losses=[{"name": "centernet"}, {"name": "fg_imitation"}, {"name": "ld"}],
+        losses=[
+            {"name": "centernet"},
+            {"name": "fg_imitation", "weight": 0.1},
+            {"name": "ld", "weight": 0.25},
+        ],
         training={
-            "epochs": 4,
-            "batch_size": 16,
+            "epochs": 6,
+            "batch_size": 8,
             "optimizer": "adamw",
-            "lr": 0.01,
+            "lr": 0.005,
             "device": "cpu",
             "export_onnx": False,
         },
@@ -111,7 +118,7 @@ def test_detection_distillation_through_rest(api, worker, tmp_path: Path) -> Non
     evaluation = done["summary"]
     print("detection through REST:", {k: v for k, v in evaluation.items() if "map" in k})
     assert evaluation["teacher_map50"] > 0.3 and evaluation["teacher_class_ap"]
-    assert evaluation["student_map50"] >= 0.2 * evaluation["teacher_map50"]
+    assert evaluation["student_map50"] >= 0.3 * evaluation["teacher_map50"]
     assert "samples" not in evaluation  # the drawn predictions are an artifact
     kinds = {a["kind"] for a in api.get(f"/runs/{run.json()['id']}/artifacts").json()}
     assert "predictions" in kinds
