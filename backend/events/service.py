@@ -32,7 +32,7 @@ def missed_metrics(run_id: int, since_step: int) -> events.RunEvent | None:
     with get_sessionmaker()() as session:
         run = session.get(Run, run_id)
         series = (
-            runs.metrics(session, run, None, since_step, max_points=runs.MAX_POINTS)
+            runs.plain(runs.metrics(session, run, None, since_step, max_points=runs.MAX_POINTS))
             if run is not None
             else {}
         )

@@ -794,6 +794,15 @@ def metrics_json(series: dict[str, dict[str, Any]]) -> bytes:
     return b'{"series":{' + b",".join(parts) + b"}}"
 
 
+def plain(series: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`metrics` with its `Encoded` parts decoded: for a reader other than `metrics_json` (e.g.
+    the live stream's event of missed points)."""
+    return {
+        name: {k: from_json(v) if isinstance(v, Encoded) else v for k, v in fields.items()}
+        for name, fields in series.items()
+    }
+
+
 def _m4(
     session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
 ) -> dict[str, Any]:
