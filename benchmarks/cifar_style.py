@@ -245,9 +245,10 @@ READING = """Reading (honest: this row does not reproduce the reference's trend 
 the 25-minute budget; `--size 32` is the default for a machine that has the time. The teacher
 failed: after 20 epochs (380 steps) of cross-entropy with pad-crop + flip it is at 8.5% on the
 held-out images, chance level and the same figure as after 8 epochs, so it predicts (nearly) one
-class; why was not found in the time (the same resnet8x4 recipe without a teacher reaches
-60-70% in 6-8 epochs, so the data and the loader are not the cause; a too-short schedule for a
-32-layer net from scratch at lr 0.05, or its BatchNorm statistics, are the suspects). With a
+class. A 4-epoch probe after the run shows why: its training loss is 5.5 in epoch 1 (above
+ln 10 = 2.3, a blow-up at lr 0.05 with batch 32 and no warm-up on a 32-layer x4 net) and then
+sits at 2.3 with 160 of 200 held-out images put in one class; the same resnet8x4 recipe without a
+teacher reaches 60-70% in 6-8 epochs, so the data and the loader are not the cause. With a
 chance-level teacher, KD has nothing to transfer and its kd term (weight 0.9) pulls the student
 towards the teacher's useless outputs: kd rows land 50-55 points below the student alone.
 This is the expected consequence of a broken teacher, not evidence against KD; the reference's
@@ -256,8 +257,8 @@ ordering (teacher 79.42 > KD 73.33 > student 72.50) is not tested by this run. A
 58.5 in a 6-epoch run of the same data): with 8 epochs the student has not yet fitted the
 un-augmented data, and augmentation pays off late in a long schedule (the reference trains
 240 epochs). One seed, 200 held-out images: a difference under about 7 points (2 standard errors
-of a proportion near 0.6) is noise. Still to do: a teacher that learns (more epochs or a
-warm-up), then the same four rows."""
+of a proportion near 0.6) is noise. Still to do: a teacher that learns (a warm-up or a
+lower teacher lr), then the same four rows."""
 
 
 def main(argv: list[str] | None = None) -> int:
