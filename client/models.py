@@ -13,7 +13,7 @@ from pydantic import Field
 from client.base import BaseClient, Out, ProgressFn, guess_format, open_source
 from client.pagination import PAGE_SIZE, Page, walk
 
-MODEL_SUFFIXES = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx"}
+MODEL_SUFFIXES = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx", ".zip": "hf"}
 
 
 class Layer(Out):

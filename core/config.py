@@ -200,7 +200,7 @@ class ModelRef(_Strict):
 
     model_id: int | None = None
     path: str | None = None
-    format: Literal["pt2", "safetensors", "onnx"] | None = None
+    format: Literal["pt2", "safetensors", "onnx", "hf"] | None = None
     architecture: str | None = Field(None, description="Zoo architecture, for safetensors weights.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Zoo architecture arguments.")
 

@@ -61,6 +61,12 @@ def inspect_upload(
     from worker.engine.loading import load_model
     from worker.engine.taps import inspect_model
 
+    if format == "hf":  # a Hugging Face checkpoint: token ids in, blocks and tokenizer facts
+        from worker.engine.hf_teacher import inspect_hf
+
+        found = inspect_hf(Path(path))
+        keys = ("model_type", "architecture", "params", "num_layers", "hidden_size")
+        return {"inspection": found, "card": {key: found.get(key) for key in keys}}
     loaded = load_model(Path(path), format, architecture, kwargs)  # type: ignore[arg-type]
     inspection = inspect_model(loaded.module, loaded.input_shape)
     card = {key: inspection.get(key) for key in ("input_shape", "num_classes", "params", "flops")}

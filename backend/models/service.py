@@ -26,13 +26,14 @@ from backend.json_depth import depth_problem
 from backend.teams.service import get_owned, page, scoped, with_tags
 from core import catalog
 from core.db.tables import Artifact, AuditEntry, Dataset, Model, Run, Status
+from core.hf import PICKLE_SUFFIXES
 from core.jobs import INSPECT_MODEL
 from core.settings import get_settings
 from core.storage import Store, Stored, new_key
 
 log = logging.getLogger(__name__)
 
-FORMATS = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx"}
+FORMATS = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx", ".zip": "hf"}
 ZOO_SHAPE_KEYS = ("input_shape", "num_classes")
 KWARGS_EXAMPLE = '{"input_shape": [3, 32, 32], "num_classes": 10}'
 
@@ -44,7 +45,7 @@ def clean_name(name: str, field: str = "name") -> str:
     return name
 
 
-PICKLE_EXTS = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+PICKLE_EXTS = PICKLE_SUFFIXES  # .bin (pytorch_model.bin), .pt, .pth, .pkl, .pickle, .ckpt
 
 
 def pick_format(filename: str, given: str | None) -> str:
@@ -54,7 +55,8 @@ def pick_format(filename: str, given: str | None) -> str:
             "format",
             f"'{filename}' is a pickled checkpoint, which could run code when loaded, so "
             "the studio never opens one; export the model with torch.export.save (.pt2) or save "
-            "its weights with safetensors",
+            "its weights with safetensors (a Hugging Face checkpoint: convert it to "
+            "safetensors and upload its folder as a .zip)",
             loc=["body", "format"],
         )
     if given:
@@ -62,8 +64,8 @@ def pick_format(filename: str, given: str | None) -> str:
             raise Invalid(
                 "format",
                 f"'{given}' is not accepted; use pt2 (a torch.export archive), "
-                "safetensors (weights of a catalog architecture) or onnx (a single-file ONNX "
-                "teacher)",
+                "safetensors (weights of a catalog architecture), onnx (a single-file ONNX "
+                "teacher) or hf (a Hugging Face checkpoint folder as a .zip)",
                 loc=["body", "format"],
             )
         if ext in FORMATS and FORMATS[ext] != given:
@@ -78,7 +80,8 @@ def pick_format(filename: str, given: str | None) -> str:
         raise Invalid(
             "format",
             f"cannot tell the format of '{filename}'; upload a .pt2, .safetensors or .onnx "
-            "file or give format=pt2|safetensors|onnx",
+            "file, a Hugging Face checkpoint folder as a .zip, or give "
+            "format=pt2|safetensors|onnx|hf",
             loc=["body", "format"],
         )
     return FORMATS[ext]

@@ -4,7 +4,9 @@ Each must be the caller's team's (404 otherwise, as for the run's `teacher`), re
 fit the run's teacher: the same input shape and output (classes), read from the inspections
 the studio stored when each model was uploaded (the API never opens a model file). A teacher
 that differs is refused (422) naming both teachers and how they differ; each teacher's `pairs`
-must name layers that exist in that teacher and in the student.
+must name layers that exist in that teacher and in the student. Every teacher must read what
+the run's task reads: a Hugging Face transformer (format "hf") needs a text task
+(`core.hf.text_task_refusal`), refused 422 otherwise.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from backend.errors import InvalidMany
+from backend.errors import Invalid, InvalidMany
 from core import pairing
 from core.config import RunConfig
 from core.db.tables import Model
+from core.hf import text_task_refusal
 
 
 def _io(model: Model) -> tuple[Any, Any]:
@@ -33,6 +36,7 @@ def ready_teachers(
     session: Session, config: RunConfig, team_id: int, teacher: Model, ready_model: Any
 ) -> list[Model]:
     """The run's other teachers, each ready and of the run teacher's inputs and classes."""
+    check_teacher_task(config, teacher, ["body", "teacher", "model_id"])
     if not config.teachers:
         return []
     problems: list[tuple[str, str, list[str | int]]] = []
@@ -44,6 +48,7 @@ def ready_teachers(
             problems.append((f"teachers[{i}].path", "the API takes model_id", [*where, "path"]))
             continue
         model = ready_model(session, spec.model_id, team_id)  # 404 / 409 like the teacher's
+        check_teacher_task(config, model, [*where, "model_id"])
         models.append(model)
         got_in, got_out = _io(model)
         if got_in != want_in:
@@ -70,6 +75,15 @@ def ready_teachers(
     if problems:
         raise InvalidMany(problems)
     return models
+
+
+def check_teacher_task(config: RunConfig, model: Model, loc: list[str | int]) -> None:
+    """A teacher that reads something other than the task's inputs is refused (422)."""
+    if model.format != "hf":
+        return
+    refusal = text_task_refusal(f"model {model.id} ('{model.name}')", config.task)
+    if refusal:
+        raise Invalid(".".join(str(p) for p in loc[1:]), refusal, loc=loc)
 
 
 def _classes(shape: list[int] | None) -> str:

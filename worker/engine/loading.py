@@ -52,7 +52,7 @@ from torch import nn
 from core import catalog
 from worker.engine import operators
 
-ModelFormat = Literal["pt2", "safetensors", "onnx"]
+ModelFormat = Literal["pt2", "safetensors", "onnx", "hf"]
 
 
 def set_mode(module: nn.Module, training: bool) -> None:
@@ -674,6 +674,8 @@ def load_model(
       `export.save_safetensors` writes).
     - "onnx": a single-file ONNX graph, checked and run by onnxruntime
       (`worker.engine.onnx_teacher`): a frozen teacher, no gradients through it.
+    - "hf": a Hugging Face checkpoint folder zipped (config.json, safetensors, tokenizer), built
+      with transformers from its config, never remote code or pickles (`worker.engine.hf_teacher`).
     """
     path = Path(path)
     if not path.is_file():
@@ -686,8 +688,14 @@ def load_model(
         from worker.engine.onnx_teacher import load_onnx
 
         loaded = load_onnx(path)
+    elif format == "hf":
+        from worker.engine.hf_teacher import load_hf
+
+        loaded = load_hf(path)
     else:
-        raise ModelLoadError(f"unknown model format '{format}'; use 'pt2', 'safetensors' or 'onnx'")
+        raise ModelLoadError(
+            f"unknown model format '{format}'; use 'pt2', 'safetensors', 'onnx' or 'hf'"
+        )
     loaded.module.eval()
     loaded.module.requires_grad_(False)
     return loaded

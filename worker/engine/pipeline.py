@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from core.config import RunConfig
+from core.hf import text_task_refusal
 from core.teacher_cache import cache_enabled, cache_key, cache_problem, per_epoch
 from worker.engine import distributed
 from worker.engine.augment import Augmenter
@@ -75,6 +76,7 @@ MODEL_SUFFIXES: dict[str, ModelFormat] = {
     ".pt2": "pt2",
     ".safetensors": "safetensors",
     ".onnx": "onnx",
+    ".zip": "hf",
 }
 
 
@@ -86,7 +88,7 @@ def model_format(path: Path, declared: ModelFormat | None) -> ModelFormat:
     if fmt is None:
         raise ValueError(
             f"cannot tell the format of model file '{Path(path).name}'; name it .pt2, "
-            ".safetensors or .onnx, or set teacher.format"
+            ".safetensors, .onnx or .zip (a Hugging Face checkpoint), or set teacher.format"
         )
     return fmt
 
@@ -368,9 +370,12 @@ def _inputs(
     """The run's task, teacher (loaded safely), data (checked against the teacher), student
     (None: the trainer's zoo student) and training and validation splits."""
     task = build_task(config.task)
+    teacher_format = model_format(Path(teacher_path), config.teacher.format)
+    if teacher_format == "hf" and (refusal := text_task_refusal("the teacher", config.task)):
+        raise ValueError(refusal)
     teacher = load_model(
         Path(teacher_path),
-        model_format(Path(teacher_path), config.teacher.format),
+        teacher_format,
         config.teacher.architecture,
         config.teacher.kwargs,
     )
