@@ -62,7 +62,9 @@ LOSSES: dict[str, LossEntry] = {
         LossEntry(
             "kd",
             "Knowledge distillation (Hinton)",
-            "KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over the batch.",
+            "KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over the batch; on a language "
+            "model's logits [N, tokens, vocab] averaged over the tokens whose label is not -100: "
+            "the token-level forward KL of LM distillation (GKD's beta = 0). LM recipes use T = 1.",
             (_T,),
             paper="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015",
             kind="logits",
@@ -527,6 +529,86 @@ LOSSES: dict[str, LossEntry] = {
             kind="logits",
             implementation="worker.engine.losses.logit_std:LogitStandardization",
             default_weight=9.0,
+        ),
+        LossEntry(
+            "reverse_kl",
+            "Reverse KL (MiniLLM, token-level)",
+            "T^2 * mean over positions of KL(softmax(s/T) || softmax(t/T)): mode-seeking, the "
+            "student is penalised for mass where the teacher has little rather than for missing "
+            "a teacher mode. Logits [N, classes] or [N, tokens, vocab] (tokens labelled -100 do "
+            "not count). The token-level form of MiniLLM's objective (GKD's beta = 1).",
+            (param("temperature", "float", 1.0, _T.help, 0.1, 100),),
+            paper="Gu, Dong, Wei, Huang. MiniLLM: Knowledge Distillation of Large Language "
+            "Models. ICLR 2024",
+            kind="logits",
+            implementation="worker.engine.losses.divergence:ReverseKL",
+        ),
+        LossEntry(
+            "gkd_jsd",
+            "Generalised JSD (GKD)",
+            "T^2 * mean over positions of beta * KL(p_t || M) + (1 - beta) * KL(p_s || M), "
+            "M = beta p_t + (1 - beta) p_s, p = softmax(logits/T); beta = 0 is the forward KL "
+            "(kd) and beta = 1 the reverse KL (reverse_kl), as TRL's GKD trainer defines them. "
+            "Logits [N, classes] or [N, tokens, vocab] (tokens labelled -100 do not count).",
+            (
+                param(
+                    "beta",
+                    "float",
+                    0.5,
+                    "Interpolation: 0 forward KL, 1 reverse KL, 0.5 the symmetric JSD (TRL's "
+                    "default).",
+                    0.0,
+                    1.0,
+                ),
+                param("temperature", "float", 1.0, _T.help, 0.1, 100),
+            ),
+            paper="Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist, Bachem. On-Policy "
+            "Distillation of Language Models: Learning from Self-Generated Mistakes. ICLR 2024",
+            kind="logits",
+            implementation="worker.engine.losses.divergence:GeneralizedJSD",
+        ),
+        LossEntry(
+            "skew_kl",
+            "Skew KL (DistiLLM)",
+            "T^2 * mean over positions of KL(p_t || alpha p_t + (1 - alpha) p_s) (forward), or "
+            "KL(p_s || alpha p_s + (1 - alpha) p_t) (reverse), p = softmax(logits/T): the "
+            "mixture keeps the divergence and its gradient bounded where the student gives a "
+            "teacher token almost no mass; alpha = 0 is the plain KL. Logits [N, classes] or "
+            "[N, tokens, vocab] (tokens labelled -100 do not count).",
+            (
+                param(
+                    "alpha",
+                    "float",
+                    0.1,
+                    "Skew: the share of the first distribution in the mixture (DistiLLM: 0.1).",
+                    0.0,
+                    0.99,
+                ),
+                param(
+                    "direction",
+                    "choice",
+                    "forward",
+                    "'forward': skew KL; 'reverse': skew reverse KL.",
+                    choices=("forward", "reverse"),
+                ),
+                param("temperature", "float", 1.0, _T.help, 0.1, 100),
+            ),
+            paper="Ko, Kim, Chen, Yun. DistiLLM: Towards Streamlined Distillation for Large "
+            "Language Models. ICML 2024",
+            kind="logits",
+            implementation="worker.engine.losses.divergence:SkewKL",
+        ),
+        LossEntry(
+            "tvd",
+            "Total variation distance",
+            "T^2 * mean over positions of (1/2) * sum |softmax(t/T) - softmax(s/T)|: symmetric "
+            "and bounded in [0, 1] per position. Logits [N, classes] or [N, tokens, vocab] "
+            "(tokens labelled -100 do not count); one of DistillKit's logit losses.",
+            (param("temperature", "float", 1.0, _T.help, 0.1, 100),),
+            paper="Wen, Li, Du, Mou. f-Divergence Minimization for Sequence-Level Knowledge "
+            "Distillation. ACL 2023 (TVD as a distillation objective); arcee-ai DistillKit",
+            kind="logits",
+            implementation="worker.engine.losses.divergence:TVD",
         ),
         LossEntry(
             "pad",

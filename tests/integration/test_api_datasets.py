@@ -62,5 +62,11 @@ def test_catalog(api) -> None:
     assert {"losses", "students", "schemes", "optimizers", "schedules"} <= body.keys()
     kd = next(e for e in body["losses"] if e["name"] == "kd")
     assert kd["kind"] == "logits" and kd["params"][0]["name"] == "temperature"
+    jsd = next(e for e in body["losses"] if e["name"] == "gkd_jsd")
+    assert "GKD" in jsd["title"] and jsd["paper"] and jsd["params"][0]["default"] == 0.5
+    tasks = {t["name"]: t["extra"]["losses"] for t in body["tasks"]}
+    divergences = {"kd", "reverse_kl", "gkd_jsd", "skew_kl", "tvd"}
+    assert divergences <= set(tasks["classification"])
+    assert not divergences & (set(tasks["segmentation"]) | set(tasks["detection"]))
     assert any(e["name"] == "resnet8" for e in body["students"])
     assert api.get("/catalog", headers={"Authorization": ""}).status_code == 401

@@ -42,9 +42,12 @@ def test_the_task_selector_offers_segmentation_with_its_students_and_losses(
     ]
     losses = " ".join(at.multiselect(key="nr_losses").options)
     assert "(pixel_kd)" in losses and "(cwd)" in losses and "(dkd)" not in losses
+    assert "(gkd_jsd)" not in losses  # the token-level divergences read [N, classes] logits
     at.multiselect(key="nr_losses").set_value(["ce", "pixel_kd"]).run()
     assert "task: segmentation" in texts(at.code)
     at.selectbox(key="nr_task").set_value("classification").run()
     assert not at.exception
     assert "(resnet8)" in " ".join(at.selectbox(key="nr_student").options)
-    assert "(cwd)" not in " ".join(at.multiselect(key="nr_losses").options)
+    offered = " ".join(at.multiselect(key="nr_losses").options)
+    assert "(cwd)" not in offered
+    assert all(f"({n})" in offered for n in ("reverse_kl", "gkd_jsd", "skew_kl", "tvd"))
