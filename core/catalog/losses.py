@@ -101,6 +101,28 @@ LOSSES: dict[str, LossEntry] = {
             implementation="worker.engine.losses.dense:CWD",
         ),
         LossEntry(
+            "recon_l1",
+            "Output reconstruction L1 (image-to-image)",
+            "mean |G_s(x) - G_t(x)| over pixels and channels: the student generator's output "
+            "pulled to the teacher's (task generation); GAN Compression's reconstruction term.",
+            (),
+            paper="Li, Lin, Ding, Liu, Zhu, Han. GAN Compression: Efficient Architectures for "
+            "Interactive Conditional GANs. CVPR 2020",
+            kind="logits",
+            implementation="worker.engine.losses.generation:ReconstructionL1",
+        ),
+        LossEntry(
+            "target_l1",
+            "Target L1 (image-to-image task loss)",
+            "mean |G_s(x) - y| against the dataset's target images (task generation): the "
+            "student's own task loss, as ce is a classifier's; needs a dataset with targets.",
+            (),
+            paper="Isola, Zhu, Zhou, Efros. Image-to-Image Translation with Conditional "
+            "Adversarial Networks (pix2pix, its L1 term). CVPR 2017",
+            kind="logits",
+            implementation="worker.engine.losses.generation:TargetL1",
+        ),
+        LossEntry(
             "centernet",
             "CenterNet detection loss",
             "The detector's own loss on the ground-truth boxes (task detection): the "

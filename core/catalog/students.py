@@ -367,6 +367,24 @@ STUDENTS: dict[str, StudentEntry] = {
             family="det_centernet",
             implementation="worker.engine.students.detection:det_centernet",
         ),
+        StudentEntry(
+            "gen_resnet",
+            "Encoder-decoder generator (ResNet blocks)",
+            "Image-to-image generator (task generation): a 3x3 stem, stride-2 convolutions down, "
+            "residual blocks, transposed convolutions up and a 3x3 conv to the output channels "
+            "(linear); 16 * width channels at full resolution, doubled at each step down. Any "
+            "image whose sides divide by 2^downs, any channel counts in and out.",
+            (
+                param("width", "float", 1.0, "Width multiplier (16 channels at 1).", 0.125, 8.0),
+                param("blocks", "int", 3, "Residual blocks at the lowest resolution.", 0, 16),
+                param("downs", "int", 2, "Stride-2 steps down (and up).", 0, 4),
+            ),
+            paper="Johnson, Alahi, Fei-Fei. Perceptual Losses for Real-Time Style Transfer. "
+            "ECCV 2016 (the generator GAN Compression, Li et al. CVPR 2020, compresses)",
+            kind="generation",
+            family="gen_resnet",
+            implementation="worker.engine.students.generation:gen_resnet",
+        ),
     ]
 }
 

@@ -113,6 +113,25 @@ TASKS: dict[str, TaskEntry] = {
             ),
             own_losses=("centernet", "fg_imitation", "ld", "heatmap_kd"),
         ),
+        TaskEntry(
+            "generation",
+            "Image-to-image generation",
+            "Images to images of the same size (denoising, colourising, pix2pix-style; GAN "
+            "Compression's case): the teacher is any .pt2 mapping [N, C, H, W] to "
+            "[N, C', H, W], images in [0, 1]. Validated by PSNR and SSIM against the teacher's "
+            "outputs (and the targets, val/target_*), evaluated by PSNR and SSIM of the student "
+            "against the teacher and of both models against the targets. Datasets: .npz (x, "
+            "optional y of the same size) or .zip (inputs/ and optional targets/ PNGs with the "
+            "same names); without targets the student learns from the teacher alone.",
+            implementation="worker.engine.tasks.generation:GenerationTask",
+            formats=("npz", "zip"),
+            metrics=("psnr", "ssim", "loss"),
+            stage_rule="spatial",
+            stage_hint="with a 4D output",
+            student_kinds=("generation",),
+            losses=("recon_l1", "target_l1", "fitnets", "feature_l2", "at"),
+            own_losses=("recon_l1", "target_l1"),
+        ),
     ]
 }
 
