@@ -10,7 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from client import Model, Run
+from core.hf import TEXT_TASKS
 from ui import components as ui
+from ui import transformer
 
 RUNS_SHOWN = 20
 
@@ -64,21 +66,26 @@ def _body(model: Model) -> None:
         return
     runs, more_runs = ui.collect(ui.client().runs, RUNS_SHOWN, teacher_model_id=model.id)
     versions = ui.all_items(ui.client().models, limit=100, name=model.name)
-    ui.inspection_metrics(model.inspection, model.size_bytes)
+    hf = model.format == "hf" and model.inspection is not None
+    if not hf:
+        ui.inspection_metrics(model.inspection, model.size_bytes)
     _quality(model, runs, len(versions))
-    st.page_link(
-        ui.PAGES["new_run"],
-        label="Distil this teacher",
-        icon=":material/rocket_launch:",
-        query_params={"teacher": str(model.id)},
-    )
+    if hf and not TEXT_TASKS:  # no task reads text yet: say so rather than offer a run
+        st.info(transformer.NO_TASK, icon=":material/translate:")
+    else:
+        st.page_link(
+            ui.PAGES["new_run"],
+            label="Distil this teacher",
+            icon=":material/rocket_launch:",
+            query_params={"teacher": str(model.id)},
+        )
     rows = card_rows(model.card)
     if rows:
         with st.expander("Model card", icon=":material/badge:"):
             st.table(pd.DataFrame(rows, columns=["field", "value"]), hide_index=True)
     layers_tab, versions_tab, runs_tab = st.tabs(
         [
-            "Layers by stage",
+            "Layers by block" if hf else "Layers by stage",
             f"Versions ({len(versions)})",
             f"Runs with this teacher ({len(runs)}{'+' if more_runs else ''})",
         ]
@@ -87,6 +94,8 @@ def _body(model: Model) -> None:
         st.caption("Layer paths are what you pair between teacher and student on the New run page.")
         if model.inspection is None:
             ui.empty_state("This model has no inspection yet.")
+        elif hf:
+            transformer.show(model.inspection, key=f"model{model.id}")
         else:
             ui.layers_by_stage(model.inspection, key=f"model{model.id}")
     with versions_tab:
@@ -96,7 +105,11 @@ def _body(model: Model) -> None:
 
 
 SOURCES = {"upload": "uploaded file", "run": "registered from a run"}
-FORMATS = {"pt2": "torch.export archive (.pt2)", "safetensors": "safetensors weights"}
+FORMATS = {
+    "pt2": "torch.export archive (.pt2)",
+    "safetensors": "safetensors weights",
+    "hf": "Hugging Face checkpoint (.zip)",
+}
 
 
 def _count(n: float) -> str:

@@ -11,7 +11,7 @@ import streamlit as st
 from client import Catalog, Model
 from ui import components as ui
 
-FORMATS = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx"}
+FORMATS = {".pt2": "pt2", ".safetensors": "safetensors", ".onnx": "onnx", ".zip": "hf"}
 
 
 def _parse_shape(text: str) -> list[int] | None:
@@ -53,10 +53,11 @@ def _architecture_form(catalog: Catalog) -> tuple[str, dict[str, Any]] | None:
 def _upload_form(catalog: Catalog) -> None:
     file = st.file_uploader(
         "Teacher file",
-        type=["pt2", "safetensors", "onnx"],
+        type=["pt2", "safetensors", "onnx", "zip"],
         key="up_file",
-        help="A `torch.export` archive (.pt2), safetensors weights of a zoo architecture, or a "
-        "single-file ONNX teacher (run by onnxruntime; no gradients through it). "
+        help="A `torch.export` archive (.pt2), safetensors weights of a zoo architecture, a "
+        "single-file ONNX teacher (run by onnxruntime; no gradients through it), or a Hugging "
+        "Face checkpoint folder as a .zip (config.json, model.safetensors, tokenizer.json). "
         "Uploaded files are never unpickled as code.",
     )
     if file is None:
@@ -68,7 +69,10 @@ def _upload_form(catalog: Catalog) -> None:
         return
     fmt = FORMATS.get(Path(file.name).suffix.lower())
     if fmt is None:
-        st.error(f"'{file.name}' is not .pt2, .safetensors or .onnx; export the model again.")
+        st.error(
+            f"'{file.name}' is not .pt2, .safetensors, .onnx or .zip (a Hugging Face "
+            "checkpoint); export the model again."
+        )
         return
     left, right = st.columns([2, 3])
     name = left.text_input("Name", placeholder=Path(file.name).stem, key="up_name")
