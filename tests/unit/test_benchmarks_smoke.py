@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import peers
+from benchmarks import dense_tasks, peers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +58,28 @@ def test_gpu_script_runs_its_settings_on_cpu(tmp_path: Path) -> None:
     assert "failed:" not in table, table
     assert "1 vs N GPUs:" in table
     assert (tmp_path / "log.txt").exists()
+
+
+@pytest.mark.parametrize("task", list(dense_tasks.SETUPS))
+def test_dense_tasks_quick_gives_the_teacher_and_a_row_per_offered_loss(
+    task: str, tmp_path: Path
+) -> None:
+    """The dense-task table (issue 13) in its quick mode: the teacher, the student alone and one
+    row per distillation loss the catalog offers for the task, each with a value per metric."""
+    out = tmp_path / f"{task}.md"
+    before = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert dense_tasks.main(["--task", task, "--quick", "--seeds", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith(f"{dense_tasks.SECTION}: {task}\n")
+    setup = dense_tasks.SETUPS[task]
+    labels = list(dense_tasks.rows(task, setup))
+    assert labels[0].startswith(dense_tasks.ALONE) and len(labels) >= 3
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| row | " + " | ".join(m.title for m in setup.metrics) + " |")
+    assert lines[2].startswith("| teacher (")
+    assert [line.split(" | ")[0][2:] for line in lines[3:]] == labels
+    for line in lines[2:]:
+        cells = line.split(" | ")
+        for cell in cells[1 : 1 + len(setup.metrics)]:
+            assert math.isfinite(float(cell.split(" ± ")[0])), line
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == before  # --quick keeps the docs
