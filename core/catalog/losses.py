@@ -101,6 +101,87 @@ LOSSES: dict[str, LossEntry] = {
             implementation="worker.engine.losses.dense:CWD",
         ),
         LossEntry(
+            "pairwise",
+            "Pairwise similarity distillation (segmentation)",
+            "Structured pair-wise distillation on feature maps: pool the teacher's map to a grid "
+            "of nodes (patches of scale x its height and width, max-pooled; the student's map "
+            "to the same grid), a_ij = cosine similarity of nodes i and j, and the mean over "
+            "samples and node pairs of (a_ij^s - a_ij^t)^2, summed over the layer pairs. "
+            "Channels and sizes may differ. The authors' code uses scale 0.5 (a 2x2 grid) "
+            "and weight 0.5 on the last feature map.",
+            (
+                param(
+                    "scale",
+                    "float",
+                    0.5,
+                    "Patch side as a fraction of the teacher map's side (the paper's beta): "
+                    "0.5 gives 2x2 nodes, 0.25 4x4; the smallest patch is one location.",
+                    0.01,
+                    1.0,
+                ),
+            ),
+            paper="Liu, Chen, Liu, Qu, Ma, Wang. Structured Knowledge Distillation for Semantic "
+            "Segmentation. CVPR 2019",
+            kind="relation",
+            needs_pairs=True,
+            default_weight=0.5,
+            implementation="worker.engine.losses.pairwise:Pairwise",
+        ),
+        LossEntry(
+            "adversarial",
+            "Holistic adversarial distillation (dense outputs)",
+            "A small convolutional critic D, trained by the engine inside the run with its own "
+            "Adam optimizer, scores (input image, output map) pairs: the teacher's map is real, "
+            "the student's fake. Each training step D takes one step on "
+            "mean D(I, s) - mean D(I, t) + gp_weight * (||grad D|| - 1)^2 at random mixes of the "
+            "two (WGAN-GP), on detached maps, and the student gets -mean D(I, s). D is not "
+            "part of the student (not exported) nor in its optimizer; checkpoints keep it. "
+            "Any dense output [N, C, H, W] (segmentation logits: output softmax; images: raw). "
+            "The authors' code uses weight 0.1, critic lr 4e-4, gradient penalty 10; their "
+            "self-attention critic with spectral norm and SGD are simplified here to a plain "
+            "convolutional critic and Adam(0.5, 0.9).",
+            (
+                param("lr", "float", 4e-4, "The critic's learning rate (Adam).", 1e-6, 1.0),
+                param(
+                    "gp_weight",
+                    "float",
+                    10.0,
+                    "Gradient-penalty weight lambda_gp (WGAN-GP; 0 turns it off).",
+                    0.0,
+                    1000.0,
+                ),
+                param(
+                    "width",
+                    "int",
+                    32,
+                    "Channels of the critic's first convolution (then 2x and 4x).",
+                    1,
+                    512,
+                ),
+                param(
+                    "output",
+                    "choice",
+                    "softmax",
+                    "How outputs become the critic's maps: softmax over the channels (class "
+                    "logits, segmentation) or raw (images, image-to-image).",
+                    choices=("softmax", "raw"),
+                ),
+                param(
+                    "condition",
+                    "bool",
+                    True,
+                    "Also show the critic the input image (resized to the output's size), as "
+                    "the paper's conditional critic.",
+                ),
+            ),
+            paper="Liu, Chen, Liu, Qu, Ma, Wang. Structured Knowledge Distillation for Semantic "
+            "Segmentation. CVPR 2019; Gulrajani et al. Improved Training of Wasserstein GANs. "
+            "NeurIPS 2017",
+            kind="logits",
+            default_weight=0.1,
+            implementation="worker.engine.losses.adversarial:Adversarial",
+        ),
+        LossEntry(
             "recon_l1",
             "Output reconstruction L1 (image-to-image)",
             "mean |G_s(x) - G_t(x)| over pixels and channels: the student generator's output "

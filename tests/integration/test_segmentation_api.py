@@ -28,6 +28,13 @@ def test_the_catalog_offers_segmentation(api) -> None:
     assert {"ce", "pixel_kd", "cwd", "fitnets", "at"} <= set(seg["losses"])
     assert seg["metrics"] == ["miou", "pixel_acc", "loss"]
     assert "cwd" not in tasks["classification"]["extra"]["losses"]
+    # Liu et al.'s structured losses: pairwise on any feature maps, adversarial on dense outputs
+    assert {"pairwise", "adversarial"} <= set(seg["losses"])
+    assert "adversarial" not in tasks["classification"]["extra"]["losses"]
+    losses = {e["name"]: e for e in api.get("/catalog").json()["losses"]}
+    assert losses["pairwise"]["extra"]["default_weight"] == 0.5
+    assert losses["adversarial"]["extra"]["default_weight"] == 0.1
+    assert {p["name"] for p in losses["adversarial"]["params"]} >= {"lr", "gp_weight", "output"}
 
 
 def test_run_configs_that_do_not_fit_the_task_are_refused(api) -> None:

@@ -42,6 +42,10 @@ def test_the_task_selector_offers_segmentation_with_its_students_and_losses(
     ]
     losses = " ".join(at.multiselect(key="nr_losses").options)
     assert "(pixel_kd)" in losses and "(cwd)" in losses and "(dkd)" not in losses
+    assert "(adversarial)" in losses  # Liu et al.'s structured KD; pairwise once pairs exist
+    at.session_state["nr_pairs"] = [{"teacher": "layer3", "student": "layer3", "tap": "output"}]
+    at.run()
+    assert "(pairwise)" in " ".join(at.multiselect(key="nr_losses").options)
     assert "(gkd_jsd)" not in losses  # the token-level divergences read [N, classes] logits
     at.multiselect(key="nr_losses").set_value(["ce", "pixel_kd"]).run()
     assert "task: segmentation" in texts(at.code)
