@@ -8,6 +8,7 @@ audit ...`: a running studio, scripted over REST.
     distill-studio models push teacher.pt2 --name resnet32
     distill-studio models push w.safetensors --name r8 --architecture resnet8 \\
         --kwargs '{"input_shape": [3, 32, 32], "num_classes": 10}'
+    distill-studio models push all-MiniLM-L6-v2/ --name minilm   (a Hugging Face folder or .zip)
     distill-studio models list --tag cifar10 | show ID | update ID --tag prod | delete ID [--archive]
     distill-studio datasets push cifar.npz --name cifar | list | show ID | delete ID [--archive]
     distill-studio teams list | create NAME | members ID | invite ID USER --role admin | ...
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -521,20 +524,31 @@ def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
     ]
 
 
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """The folder's files (subfolders too) as a zip under their relative paths; links skipped
+    (the studio refuses them)."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return dest
+
+
 @command(models_app, "push")
 def models_push(
     conn: Connection,
     file: Annotated[
         Path,
         typer.Argument(
-            help="A .pt2 archive, .safetensors weights or an .onnx teacher.",
+            help="A .pt2 archive, .safetensors weights, an .onnx teacher, or a Hugging Face "
+            "checkpoint folder (config.json, model.safetensors, tokenizer.json) or its .zip.",
             exists=True,
-            dir_okay=False,
         ),
     ],
     name: Annotated[str, typer.Option(help="Model name; an existing name gets a new version.")],
     format_: Annotated[
-        str | None, typer.Option("--format", help="pt2 | safetensors | onnx (default: extension).")
+        str | None,
+        typer.Option("--format", help="pt2 | safetensors | onnx | hf (default: extension)."),
     ] = None,
     architecture: Annotated[
         str | None, typer.Option(help="For safetensors: the catalog architecture.")
@@ -552,14 +566,17 @@ def models_push(
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
     api = conn.client()
-    model = api.upload_model(
-        file,
-        name,
-        format=format_,
-        architecture=architecture,
-        kwargs=parsed,
-        description=description,
-    )
+    with tempfile.TemporaryDirectory(prefix="ds-push-") as tmp:
+        if file.is_dir():  # a checkpoint folder travels as one .zip of its files
+            file, format_ = zip_folder(file, Path(tmp) / f"{file.name}.zip"), "hf"
+        model = api.upload_model(
+            file,
+            name,
+            format=format_,
+            architecture=architecture,
+            kwargs=parsed,
+            description=description,
+        )
     if tag:
         model = api.update_model(model.id, tags=tag)
     if conn.as_json:

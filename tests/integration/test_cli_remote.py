@@ -4,8 +4,10 @@ thread, SQLite, the real broker). No worker runs: the test stands in for it in t
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -475,3 +477,32 @@ def test_connection_options_anywhere_before_or_after_the_command(server: str, cl
     assert refused.exit_code == 1 and "error (4" in refused.stderr, refused.output
     nearest = runner.invoke(app, [*stranger, "models", "list", "--team", str(lab)], env=env)
     assert nearest.exit_code == 0, nearest.output  # the --team nearest the command wins
+
+
+def test_cli_pushes_a_hugging_face_checkpoint_folder_or_zip(cli, tmp_path: Path) -> None:
+    from tests.hf_helpers import TINY_BERT, tiny_members, write_zip
+
+    folder = tmp_path / "tiny-bert"
+    (folder / "extra").mkdir(parents=True)
+    members = tiny_members(TINY_BERT)
+    for name, data in members.items():
+        (folder / name).write_bytes(data)
+    (folder / "extra" / "notes.md").write_text("a sub-folder travels too")
+    pushed = json.loads(cli("models", "push", str(folder), "--name", "bert", "--json").stdout)
+    assert pushed["format"] == "hf" and pushed["status"] == "pending"
+    stored = Path(_stored_path(pushed["id"]))
+    with zipfile.ZipFile(stored) as zf:
+        assert sorted(zf.namelist()) == ["config.json", "extra/notes.md", "model.safetensors"]
+    zipped = write_zip(tmp_path / "bert.zip", members)
+    again = json.loads(cli("models", "push", str(zipped), "--name", "bert", "--json").stdout)
+    assert again["format"] == "hf" and again["version"] == 2
+
+
+def _stored_path(model_id: int) -> str:
+    """Where the artifact store keeps a model's file (the local store of the test studio)."""
+    from core.db import session_scope, tables
+    from core.storage import get_store
+
+    with session_scope() as session:
+        key = session.get(tables.Model, model_id).storage_key
+    return str(get_store().get_file(key, Path(tempfile.mkdtemp()) / "model.zip"))

@@ -238,3 +238,28 @@ def test_the_image_tasks_refuse_a_transformer_teacher_naming_the_tasks() -> None
     message = text_task_refusal("model 3 ('minilm')", "classification")
     assert message is not None and "needs a text task" in message
     assert all(name in message for name in TASKS)
+
+
+def test_distill_studio_train_refuses_a_transformer_teacher_for_an_image_task(
+    tmp_path: Path,
+) -> None:
+    """The run-config door: `distill-studio train run.yaml` with the checkpoint's .zip."""
+    import numpy as np
+    import yaml
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    write_zip(tmp_path / "bert.zip", tiny_members(TINY_BERT))
+    np.savez(tmp_path / "data.npz", x=np.zeros((8, 4), np.float32), y=np.arange(8) % 2)
+    config = {
+        "teacher": {"path": "bert.zip"},
+        "dataset": {"path": "data.npz"},
+        "student": {"architecture": "mlp"},
+        "training": {"epochs": 1, "device": "cpu", "export_onnx": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "the teacher is a Hugging Face transformer" in result.output
+    assert "needs a text task" in result.output and "classification" in result.output
