@@ -10,6 +10,9 @@ is not a registered submodule: the trainer's optimizer takes every parameter of 
 it. Kept outside `parameters()`, the student's optimizer cannot reach it; its weights have
 `requires_grad` off except inside its own step, so the student's backward leaves them alone, and
 its step differentiates only a loss of detached maps, so nothing of it reaches the student.
+One critic step per training call: with `training.grad_accumulation` N that is N steps per
+optimizer step (one per micro-batch), and a scheme that trains several students steps it for
+each student's output it scores.
 
 Generic over dense outputs [N, C, H, W] of the same shape from both models: segmentation logits
 (`output` "softmax": the class-probability maps, as in the paper) or images (`output` "raw":
