@@ -62,7 +62,8 @@ _STAGES = [{"teacher": f"layer{i}", "student": f"layer{i}"} for i in (1, 2, 3)]
 _POOL = [{"teacher": "avgpool", "student": "avgpool"}]
 
 # method -> (losses, layer pairs); weights as RepDistiller (-r ce, -a kd, -b other) / mdistiller
-METHODS: dict[str, tuple[list[dict[str, Any]], list[dict[str, str]]]] = {
+Rows = dict[str, tuple[list[dict[str, Any]], list[dict[str, str]]]]
+METHODS: Rows = {
     "student (ce)": ([{"name": "ce"}], []),
     "kd": (
         [
@@ -116,8 +117,8 @@ METHODS: dict[str, tuple[list[dict[str, Any]], list[dict[str, str]]]] = {
 }
 
 
-def _config(method: str, seed: int) -> RunConfig:
-    losses, pairs = METHODS[method]
+def _config(method: str, seed: int, rows: Rows = METHODS) -> RunConfig:
+    losses, pairs = rows[method]
     return RunConfig.model_validate(
         {
             "name": f"paper-table-{method}",
@@ -136,8 +137,9 @@ def _top1(model: torch.nn.Module, data: TensorData) -> float:
     return topk_accuracy(predict(model, data.x), data.y, 1)
 
 
-def run(seeds: list[int], methods: list[str]) -> dict[str, Any]:
-    """Train the teacher once, then every method on every seed; returns all measurements."""
+def run(seeds: list[int], methods: list[str], rows: Rows = METHODS) -> dict[str, Any]:
+    """Train the teacher once, then every method (a name in `rows`) on every seed; returns all
+    measurements."""
     started = time.perf_counter()
     data = digits_data()
     train_full, val = split(data, 0.2, 0)  # the demo's split: the teacher never saw `val`
@@ -156,7 +158,7 @@ def run(seeds: list[int], methods: list[str]) -> dict[str, Any]:
         subset_sizes.append(len(small))
         for method in methods:
             t0 = time.perf_counter()
-            student = train(_config(method, seed), teacher, small, val).student
+            student = train(_config(method, seed, rows), teacher, small, val).student
             results[method].append(_top1(student, val))
             print(
                 f"seed {seed} {method:14s} {results[method][-1]:.4f} "
