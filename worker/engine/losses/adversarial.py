@@ -174,6 +174,7 @@ class Adversarial(DistillLoss):
         with torch.random.fork_rng(devices=[]):  # same random stream whether built or restored
             net = Critic(map_channels + image_channels, self.width)
         net.requires_grad_(False).to(device)
+        distributed.broadcast_modules([net])  # `training.gpus` > 1: rank 0's critic everywhere
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, betas=(0.5, 0.9))
         state = _CriticState(net, opt, channels)
         pending, self._pending = self._pending, None
