@@ -141,7 +141,7 @@ TASKS: dict[str, TaskEntry] = {
             stage_rule="spatial",
             stage_hint="with a 4D output",
             student_kinds=("generation",),
-            losses=("recon_l1", "target_l1", "fitnets", "feature_l2", "at"),
+            losses=("recon_l1", "target_l1", "adversarial", "fitnets", "feature_l2", "at"),
             own_losses=("recon_l1", "target_l1"),
         ),
     ]

@@ -30,3 +30,20 @@ def test_rows_hold_the_panels_present_in_order() -> None:
     assert len(prediction_rows(raw, limit=1)) == 1
     with pytest.raises(ValueError, match="list of samples"):
         prediction_rows(b"{}")
+
+
+def test_generation_rows_show_the_input_and_each_output_s_note() -> None:
+    """A generation sample: input | target | teacher | student, the models captioned by their
+    PSNR note, the images by their titles."""
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    sample = {"input": png, "truth": png, "teacher": png, "student": png,
+              "teacher_note": "PSNR 17.7 dB vs the target",
+              "student_note": "PSNR 16.9 dB vs the target"}  # fmt: skip
+    (row,) = prediction_rows(json.dumps([sample]).encode())
+    assert [p.title for p in row] == ["Input", "Ground truth", "Teacher", "Student"]
+    assert [caption(p) for p in row] == [
+        "Input",
+        "Ground truth",
+        "Teacher: PSNR 17.7 dB vs the target",
+        "Student: PSNR 16.9 dB vs the target",
+    ]

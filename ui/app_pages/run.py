@@ -349,12 +349,24 @@ def _ms(value: Any) -> str:
     return "—" if value is None else f"{value:.2f} ms"
 
 
+def _db(value: Any) -> str:
+    return "—" if value is None else f"{value:.2f} dB"
+
+
+def _ssim(value: Any) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
 EVALUATION_ROWS = [
     ("Top-1 accuracy", "top1", ui.fmt_pct),
     ("Top-5 accuracy", "top5", ui.fmt_pct),
     ("mAP@[.5:.95] (COCO)", "map", ui.fmt_pct),
     ("mAP@.5", "map50", ui.fmt_pct),
     ("mIoU", "miou", ui.fmt_pct),
+    ("PSNR vs the targets", "psnr", _db),
+    ("SSIM vs the targets", "ssim", _ssim),
+    ("PSNR vs the teacher's outputs", "psnr_vs_teacher", _db),
+    ("SSIM vs the teacher's outputs", "ssim_vs_teacher", _ssim),
     ("Parameters", "params", ui.fmt_count),
     ("Size", "size_bytes", ui.fmt_bytes),
     ("FLOPs", "flops", ui.fmt_count),
@@ -363,7 +375,8 @@ EVALUATION_ROWS = [
 ]
 
 
-QUALITY_KEYS = {"top1", "top5", "map", "map50", "miou"}  # higher is better: no cost ratio
+QUALITY_KEYS = {"top1", "top5", "map", "map50", "miou", "psnr", "ssim"}  # no cost ratio
+QUALITY_KEYS |= {"psnr_vs_teacher", "ssim_vs_teacher"}
 HEADLINES = (("top1", "Student top-1"), ("map", "Student mAP"), ("miou", "Student mIoU"))
 
 
@@ -537,7 +550,8 @@ def _predictions(run: Run) -> None:
         predictions.show(api, artifacts)
         st.caption(
             "One colour per class: boxes scoring at least 0.3 (detection) or each pixel's "
-            "class painted over the image (segmentation); the same images in every run."
+            "class painted over the image (segmentation); for image-to-image generation the "
+            "input, the target and each model's output; the same images in every run."
         )
 
 

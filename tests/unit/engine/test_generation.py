@@ -322,6 +322,24 @@ def test_distillation_runs_with_output_and_feature_losses(
     assert drawn[0]["student_note"].endswith("dB vs the target")
 
 
+def test_a_run_with_the_adversarial_term(digits: GenData) -> None:
+    """recon_l1 plus the engine-trained critic on raw images (teacher output real, student
+    output fake, conditioned on the input) trains with the task; the critic stays out of the
+    student (which is what exports)."""
+    task = build_task("generation")
+    torch.manual_seed(0)
+    teacher = build_student("gen_resnet", (1, 16, 16), 1, width=0.5, blocks=1).eval()
+    data = task.fit_to_teacher(_Loaded(teacher, (1, 16, 16)), digits)  # type: ignore[arg-type]
+    train_data, val_data = task.split(data, 0.25, 0)
+    adversarial = {"name": "adversarial", "weight": 0.1, "params": {"output": "raw", "width": 8}}
+    config = _config([{"name": "recon_l1"}, adversarial], epochs=1)
+    result = train(config, teacher, train_data, val_data, task=task)
+    assert math.isfinite(result.history[-1]["val/psnr"])
+    names = {n for n, _ in result.student.named_parameters()}
+    assert not any("critic" in n for n in names)  # the student alone is exported
+    assert task.evaluate(teacher, result.student, val_data)["student_psnr_vs_teacher"] > 0
+
+
 def test_recon_l1_brings_the_student_to_the_teacher(digits: GenData) -> None:
     """Distilling the outputs raises the student's PSNR against the teacher over training."""
     task = build_task("generation")
