@@ -32,7 +32,8 @@ router = APIRouter(prefix="/models", tags=["models"])
     "",
     response_model=ModelOut,
     status_code=201,
-    summary="Upload a model (.pt2 archive, .safetensors weights of a catalog architecture, .onnx)",
+    summary="Upload a model (.pt2 archive, .safetensors weights of a catalog architecture, .onnx, "
+    "a Hugging Face checkpoint as a .zip or as its files)",
     responses=responses(401, 403, 413, 422, 503, e503="broker unreachable; nothing was saved"),
     openapi_extra={
         "requestBody": {
@@ -67,7 +68,14 @@ def upload_model(
     session: SessionDep,
     store: StoreDep,
     principal: Writer,
-    file: Annotated[UploadFile, File(description="The .pt2, .safetensors or .onnx file.")],
+    file: Annotated[
+        list[UploadFile],
+        File(
+            description="The .pt2, .safetensors, .onnx or Hugging Face checkpoint .zip file; or "
+            "a Hugging Face checkpoint's files, one part each (config.json, model.safetensors, "
+            "tokenizer.json, ...: stored as one zip, format hf)."
+        ),
+    ],
     name: Annotated[str, Form(description="Uploading an existing name makes its next version.")],
     format_: Annotated[
         str | None,
@@ -84,12 +92,14 @@ def upload_model(
     ] = None,
     description: Annotated[str, Form()] = "",
 ) -> ModelOut:
+    first, *more = file
     model = service.create_model(
         session,
         store,
         principal,
-        upload=file.file,
-        filename=file.filename or "",
+        upload=first.file,
+        filename=first.filename or "",
+        more=[(f.file, f.filename or "") for f in more],
         name=name,
         format=format_,
         architecture=architecture,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any, BinaryIO
@@ -18,10 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend import queue
-from backend.artifacts.service import open_stream, store_upload
+from backend.artifacts.service import open_stream, store_upload, too_large_message
 from backend.audit.service import audit
 from backend.deps import Principal
-from backend.errors import ApiError, Conflict, Invalid
+from backend.errors import ApiError, Conflict, Invalid, TooLarge
 from backend.json_depth import depth_problem
 from backend.teams.service import get_owned, page, scoped, with_tags
 from core import catalog
@@ -29,7 +31,7 @@ from core.db.tables import Artifact, AuditEntry, Dataset, Model, Run, Status
 from core.hf import PICKLE_SUFFIXES
 from core.jobs import INSPECT_MODEL
 from core.settings import get_settings
-from core.storage import Store, Stored, new_key
+from core.storage import CHUNK, Store, Stored, new_key
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,14 @@ def clean_name(name: str, field: str = "name") -> str:
     return name
 
 
-PICKLE_EXTS = PICKLE_SUFFIXES  # .bin (pytorch_model.bin), .pt, .pth, .pkl, .pickle, .ckpt
+# .pt, .pth, .pkl, .pickle, .ckpt; a .bin (pytorch_model.bin) too unless a format is declared
+# (ONNX and other files are sometimes named .bin)
+PICKLE_EXTS = PICKLE_SUFFIXES - {".bin"}
 
 
 def pick_format(filename: str, given: str | None) -> str:
     ext = PurePath(filename or "").suffix.lower()
-    if ext in PICKLE_EXTS:
+    if ext in PICKLE_EXTS or (ext == ".bin" and not given):
         raise Invalid(
             "format",
             f"'{filename}' is a pickled checkpoint, which could run code when loaded, so "
@@ -168,6 +172,62 @@ def next_version(session: Session, team_id: int, name: str) -> int:
     return (latest or 0) + 1
 
 
+CHECKPOINT_FILES_EXAMPLE = "config.json, model.safetensors, tokenizer.json"
+
+
+def checkpoint_names(filenames: list[str], format: str | None) -> list[str]:
+    """The member names of a Hugging Face checkpoint uploaded as its files (422 when they are
+    not one: another format, a pickle, no config.json, the same name twice). Only the names are
+    read here; the worker checks the files themselves, as it does a .zip."""
+    if format not in (None, "", "hf"):
+        raise Invalid(
+            "format",
+            f"several files are one Hugging Face checkpoint (format=hf), not format={format}; "
+            "upload other models one file at a time",
+            loc=["body", "format"],
+        )
+    names = [PurePath((f or "").replace("\\", "/")).name for f in filenames]
+    for original, member in zip(filenames, names, strict=True):
+        odd = any(ord(c) < 32 or c == "\x7f" for c in member) or len(member) > 200
+        if odd or not member or (member.startswith(".") and member != ".gitattributes"):
+            raise Invalid(
+                "file", f"'{original}' is not a checkpoint file name", loc=["body", "file"]
+            )
+        if PurePath(member).suffix.lower() in PICKLE_SUFFIXES:
+            pick_format(member, None)  # the pickle refusal, naming the file
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise Invalid("file", f"'{twice[0]}' was given twice", loc=["body", "file"])
+    if "config.json" not in names:
+        raise Invalid(
+            "file",
+            "a Hugging Face checkpoint's files must include config.json (with "
+            f"{CHECKPOINT_FILES_EXAMPLE}); upload them all, or the folder as a .zip",
+            loc=["body", "file"],
+        )
+    return names
+
+
+def bundle(uploads: list[BinaryIO], names: list[str], limit: int) -> BinaryIO:
+    """The files as one uncompressed zip in a temporary file (413 past `limit` bytes in all)."""
+    out = tempfile.TemporaryFile()
+    total = 0
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for upload, member in zip(uploads, names, strict=True):
+                with zf.open(member, "w", force_zip64=True) as dest:
+                    while chunk := upload.read(CHUNK):
+                        total += len(chunk)
+                        if total > limit:
+                            raise TooLarge(too_large_message(limit))
+                        dest.write(chunk)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out
+
+
 def create_model(
     session: Session,
     store: Store,
@@ -180,16 +240,28 @@ def create_model(
     architecture: str | None,
     kwargs: str | None,
     description: str = "",
+    more: list[tuple[BinaryIO, str]] | None = None,
 ) -> Model:
-    """Store the upload as the next version of `name` in the caller's team and queue inspection."""
+    """Store the upload as the next version of `name` in the caller's team and queue inspection.
+
+    `more`: the other files of a Hugging Face checkpoint uploaded as its files; with `upload`
+    they are stored as one zip, as if the folder had been zipped."""
     name = clean_name(name)
+    if more:
+        names = checkpoint_names([filename, *(f for _, f in more)], format)
+        upload = bundle([upload, *(u for u, _ in more)], names, get_settings().max_upload_bytes)
+        filename, format = "checkpoint.zip", "hf"
     fmt = pick_format(filename, format)
     arch_kwargs = parse_kwargs(kwargs)
     architecture = (architecture or "").strip() or None
     if fmt == "safetensors":
         architecture = check_zoo(architecture, arch_kwargs)
     key = new_key(principal.team_id, "models", f"model.{fmt}")
-    stored = store_upload(store, key, upload, get_settings().max_upload_bytes)
+    try:
+        stored = store_upload(store, key, upload, get_settings().max_upload_bytes)
+    finally:
+        if more:
+            upload.close()  # the bundle's temporary file
     fields = {
         "name": name,
         "description": description or "",

@@ -5,7 +5,9 @@ failed with the reason and serve no run; a run of an image task refuses the tran
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +18,7 @@ from tests.integration.api_helpers import (
     ready_dataset,
     row_count,
     run_config,
+    stored_files,
     upload_model,
 )
 
@@ -101,3 +104,56 @@ def test_pickled_checkpoints_never_reach_a_worker(api: TestClient, studio_env) -
     r = upload_model(api, "bin", b"\x80\x04.", "pytorch_model.bin")
     assert r.status_code == 422 and "convert it to safetensors" in r.text
     assert row_count("Model") == 0 and queue_length(studio_env) == 0
+
+
+def _parts(members: dict[str, bytes]) -> list[tuple[str, tuple[str, io.BytesIO]]]:
+    return [("file", (name, io.BytesIO(data))) for name, data in members.items()]
+
+
+def test_a_checkpoint_uploaded_as_its_files_is_stored_as_one_zip(
+    api: TestClient, studio_env
+) -> None:
+    members = tiny_members({**TINY_BERT, "vocab_size": 30522})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        members[name] = (minilm_folder() / name).read_bytes()
+    r = api.post("/models", files=_parts(members), data={"name": "files"})
+    assert r.status_code == 201, r.text
+    assert r.json()["format"] == "hf"
+    assert _inspect_here(r.json()["id"]) == "ready"
+    insp = api.get(f"/models/{r.json()['id']}").json()["inspection"]
+    assert insp["tokenizer_vocab_size"] == 30522 and insp["num_layers"] == 2
+    download = api.get(f"/models/{r.json()['id']}/download")
+    with zipfile.ZipFile(io.BytesIO(download.content)) as zf:
+        assert sorted(zf.namelist()) == sorted(members)
+
+
+def test_files_that_are_not_one_checkpoint_are_refused_and_nothing_kept(
+    api: TestClient, studio_env
+) -> None:
+    members = tiny_members(TINY_BERT)
+    cases = [
+        ({**members, "pytorch_model.bin": b"x"}, {}, "convert it to safetensors"),
+        ({"model.safetensors": b"x", "tokenizer.json": b"{}"}, {}, "must include config.json"),
+        (members, {"format": "pt2"}, "not format=pt2"),
+        ({**members, ".env": b"x"}, {}, "'.env' is not a checkpoint file name"),
+    ]
+    for files, fields, reason in cases:
+        r = api.post("/models", files=_parts(files), data={"name": "files", **fields})
+        assert r.status_code == 422 and reason in r.text, r.text
+    twice = api.post(
+        "/models",
+        files=[*_parts(members), ("file", ("sub/config.json", io.BytesIO(b"{}")))],
+        data={"name": "files"},
+    )
+    assert twice.status_code == 422 and "'config.json' was given twice" in twice.text
+    assert row_count("Model") == 0 and queue_length(studio_env) == 0
+    assert stored_files(studio_env) == []
+
+
+def test_odd_part_names_get_a_422_not_a_crash(api: TestClient, studio_env) -> None:
+    refused = ["", "..", "x" * 300, "C:\\config.json"]  # the last: config.json twice
+    for odd in [*refused, "a\x00b.json", "é/ü.json"]:
+        parts = [("file", ("config.json", io.BytesIO(b"{}"))), ("file", (odd, io.BytesIO(b"")))]
+        r = api.post("/models", files=parts, data={"name": "odd"})
+        assert r.status_code in (201, 422), (odd, r.status_code, r.text)
+        assert r.status_code == 422 or odd not in refused, (odd, r.text)
