@@ -139,6 +139,8 @@ def _detail(dataset: Dataset) -> None:
     with right:
         if _task(dataset) == "detection":  # boxes per class; split by image
             _image_split(dataset)
+        elif _task(dataset) == "generation":  # image pairs: split by image, no classes
+            _pair_split(dataset)
         else:
             _split(dataset, counts)
         if not counts.empty:
@@ -164,6 +166,28 @@ def _image_split(dataset: Dataset) -> None:
     st.caption(
         f"Runs hold out {VAL_FRACTION:.0%} of the images (seeded by the run's seed)"
         + (f"; {empty} images have no boxes (allowed)." if empty else ".")
+    )
+
+
+def _pair_split(dataset: Dataset) -> None:
+    """An image-to-image dataset's split: round(N x val_fraction) pairs held out; whether it
+    has targets (without them the student learns from, and is measured against, the teacher)."""
+    extra = (dataset.info.model_extra or {}) if dataset.info else {}
+    n = int(dataset.info.num_samples or 0) if dataset.info else 0
+    val = min(max(round(n * VAL_FRACTION), 1), n - 1) if n >= 2 else 0
+    targets = bool(extra.get("has_targets"))
+    st.markdown("**Train / validation split**")
+    cols = st.columns(3)
+    cols[0].metric("Train images", ui.fmt_count(n - val), help="Inputs the student trains on.")
+    cols[1].metric("Validation images", ui.fmt_count(val), help="Held out: PSNR/SSIM here.")
+    cols[2].metric("Targets", ui.fmt_shape(extra.get("target_shape")) if targets else "none")
+    st.caption(
+        f"Runs hold out {VAL_FRACTION:.0%} of the images (seeded by the run's seed); "
+        + (
+            "PSNR and SSIM are measured against the teacher's outputs and the targets."
+            if targets
+            else "without targets the student learns from the teacher's outputs alone."
+        )
     )
 
 
@@ -203,11 +227,10 @@ def _samples(dataset: Dataset) -> None:
                     caption=f"{sample.label}",
                     width="stretch",
                 )
-        drawn = (
-            "with their boxes drawn (one colour per class)"
-            if _task(dataset) == "detection"
-            else "spread over the classes"
-        )
+        drawn = {
+            "detection": "with their boxes drawn (one colour per class)",
+            "generation": "each input beside its target",
+        }.get(_task(dataset) or "", "spread over the classes")
         st.caption(f"{len(preview.samples)} samples {drawn}, enlarged without smoothing.")
     elif preview.kind == "tabular" and preview.rows:
         frame = pd.DataFrame(
