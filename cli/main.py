@@ -85,10 +85,26 @@ def _worker_cmd(queues: str, concurrency: int, name: str) -> list[str]:
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="Queues to consume: gpu, cpu or both.")] = "gpu,cpu",
-    concurrency: Annotated[int, typer.Option(help="Processes (1 per GPU).")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Jobs at once (up to 1 per GPU).")] = 1,
     name: Annotated[str, typer.Option(help="Worker name.")] = "worker",
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="This worker's GPUs: a count (4) or the devices (0,1,3); default "
+            "DS_WORKER_GPUS, else the devices torch sees."
+        ),
+    ] = None,
 ) -> None:
-    """Run a Celery worker (one process per GPU: `-Q gpu -c 1`; CPU workers on `-Q cpu`)."""
+    """Run a Celery worker. With `gpu` it also consumes `gpu-2` .. `gpu-G` for runs on several
+    of its G GPUs, each job on GPUs it leased alone (worker/gpus.py); CPU workers on `-Q cpu`."""
+    if gpus is not None:
+        from worker.gpus import parse
+
+        try:
+            parse(gpus)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--gpus") from None
+        os.environ["DS_WORKER_GPUS"] = gpus
     os.execv(sys.executable, _worker_cmd(queues, concurrency, name))
 
 

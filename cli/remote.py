@@ -165,6 +165,8 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 def _progress_line(run: Run) -> str:
+    if run.waiting:  # queued for GPUs: says how many and where
+        return f"run {run.id} queued on {run.queue}: {run.waiting}"
     eta = f", eta {run.eta_seconds:.0f}s" if run.eta_seconds else ""
     return (
         f"run {run.id} {run.status}: {run.progress:.0%} (epoch {run.epoch}, step {run.step}/"
@@ -193,7 +195,7 @@ def _run_rows(runs: Sequence[Run]) -> list[list[Any]]:
         [
             r.id,
             r.name,
-            r.status,
+            f"{r.status} ({r.waiting})" if r.waiting else r.status,
             f"{r.progress:.0%}",
             r.teacher_model_id,
             r.dataset_id,
@@ -234,6 +236,8 @@ def _show_run(run: Run, as_json: bool) -> None:
         emit_json({**_plain(run), "trained_models": models})
         return
     typer.echo(table(RUN_HEADERS, _run_rows([run])))
+    if run.waiting:
+        typer.echo(f"\n{run.waiting}")
     if run.error:
         typer.echo(f"\nerror: {run.error}")
     if run.summary:

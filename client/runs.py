@@ -18,6 +18,7 @@ from client.pagination import PAGE_SIZE, Page, walk
 from core.trained_models import trained_models
 
 TERMINAL_RUN_STATES = ("succeeded", "failed", "cancelled")
+WAITING_KEY = "waiting"  # core.jobs.WAITING_KEY (the SDK does not import Celery)
 PLAN_TIMEOUT_S = 150.0  # past the server's own limit (DS_INSPECT_TIMEOUT_S), so its message wins
 
 
@@ -75,6 +76,13 @@ class Run(Out):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_RUN_STATES
+
+    @property
+    def waiting(self) -> str | None:
+        """What a queued run waits for, when it says ("waiting for 4 free GPUs (1 of 4 free on
+        worker gpu@box:12)", or for a worker with that many GPUs: `worker/gpus.py`)."""
+        note = self.summary.get(WAITING_KEY) if self.status == "queued" else None
+        return str(note) if note else None
 
     def trained_models(self) -> list[dict[str, Any]]:
         """Every model the run trained, from its summary (`core.trained_models`): label

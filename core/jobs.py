@@ -5,7 +5,9 @@ The worker builds its app from `make_celery()` (worker/celery_app.py); the API a
 sweeps publish through `send_task()`, which never hangs when the broker is down: it raises
 `BrokerDown` within a few seconds (the API answers 503 with its message).
 
-Queues: `gpu` (one worker process per GPU, `-Q gpu -c 1`) and `cpu` (inspection and CPU training).
+Queues: `gpu` (runs on one GPU), `gpu-N` for N = 2..16 (runs with `training.gpus: N` on GPUs:
+only a worker with at least N GPUs consumes it, `worker/gpus.py`) and `cpu` (inspection and CPU
+training, also `training.gpus` > 1 as N CPU processes).
 Reliability settings, so that jobs survive a lost worker: a task is acknowledged only after it
 finished (`acks_late`), is given back to the broker if its worker dies
 (`task_reject_on_worker_lost`), each worker process reserves one task at a time (prefetch 1),
@@ -25,6 +27,7 @@ from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
+from core.catalog.training import TRAINING
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,29 @@ log = logging.getLogger(__name__)
 DISTILL = "worker.tasks.distill"
 INSPECT_MODEL = "worker.tasks.inspect_model"
 SCAN_DATASET = "worker.tasks.scan_dataset"
-QUEUES = ("gpu", "cpu")
+MAX_GPUS = int(TRAINING["gpus"].le or 1)  # the most GPUs one run may ask for
+
+
+def gpu_queue(gpus: int) -> str:
+    """The queue of a run on `gpus` GPUs: `gpu` for one, `gpu-N` for N (consumed only by workers
+    with at least N GPUs, so a run never lands on a worker too small for it)."""
+    return "gpu" if gpus <= 1 else f"gpu-{gpus}"
+
+
+def gpu_queues(count: int) -> list[str]:
+    """The GPU queues a worker with `count` GPUs consumes: `gpu`, `gpu-2`, ... `gpu-<count>`."""
+    return [gpu_queue(n) for n in range(1, min(count, MAX_GPUS) + 1)]
+
+
+QUEUES = ("gpu", "cpu", *(gpu_queue(n) for n in range(2, MAX_GPUS + 1)))
+WAITING_KEY = "waiting"  # a queued run's summary key: what it waits for, shown with its status
+
+
+def waiting_for_worker(gpus: int) -> str:
+    """What a run queued for `gpus` > 1 GPUs waits for until a worker that size takes it."""
+    return f"waiting for a worker with {gpus} GPUs (queue {gpu_queue(gpus)})"
+
+
 INSPECT_STUDENT = "worker.tasks.inspect_student"
 MEASURE_STUDENTS = "worker.tasks.measure_students"  # a budget search's candidates
 DELIVER_WEBHOOK = "worker.tasks.deliver_webhook"

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     visibility_timeout_s: int = 48 * 3600
     default_queue: Literal["gpu", "cpu"] = "cpu"  # for runs with device "auto"
+    # A worker's GPUs (worker/gpus.py): a count ("4") or the devices ("0,1,3"); "0": none;
+    # empty: the devices torch sees. It consumes gpu-N queues up to its count and leases them.
+    worker_gpus: str = ""
     metrics_flush_s: float = 2.0
     heartbeat_s: float = 5.0  # a training process marks its run alive this often
     run_stale_s: float = 60.0  # a running run without a heartbeat for this long is recovered

@@ -328,6 +328,12 @@ def status_label(status: str) -> str:
     return f"{STATUS_ICONS.get(status, '•')} {status}"
 
 
+def run_status(run: Run) -> str:
+    """The run's status label, with what a queued run waits for when it says (GPUs)."""
+    label = status_label(run.status)
+    return f"{label} · {run.waiting}" if run.waiting else label
+
+
 def status_badge(status: str) -> None:
     st.badge(status, icon=STATUS_BADGES.get(status), color=STATUS_COLORS.get(status, "gray"))
 
@@ -433,7 +439,7 @@ def runs_frame(runs: list[Run], teachers: dict[int, str] | None = None) -> pd.Da
             {
                 "id": run.id,
                 "name": run.name,
-                "status": status_label(run.status),
+                "status": run_status(run),
                 "progress": float(run.progress or 0.0),
                 "teacher": teachers.get(teacher, f"#{teacher}" if teacher else "—"),
                 "student": student,

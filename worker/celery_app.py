@@ -3,6 +3,34 @@ settings). Imports no torch: the tasks import the engine inside the task bodies.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from celery import signals
+
 from core.jobs import make_celery
+from worker import gpus
+
+log = logging.getLogger(__name__)
 
 celery_app = make_celery()
+
+
+@signals.celeryd_after_setup.connect
+def _consume_gpu_queues(sender: str, instance: Any, **_: Any) -> None:
+    """After `-Q` is applied: a worker with G GPUs that consumes `gpu` also consumes `gpu-2` ..
+    `gpu-G`, and no `gpu-N` beyond its G (worker/gpus.py). Runs before the pool forks, so its
+    processes inherit the devices found here."""
+    queues = instance.app.amqp.queues
+    devices = gpus.worker_devices()
+    current = list(queues.consume_from)
+    wanted = gpus.worker_queues(current, len(devices))
+    for name in current:
+        if name not in wanted:
+            queues.deselect(name)
+    for name in wanted:
+        if name not in current:
+            queues.select_add(queues[name])  # as declared: its own exchange
+    log.info(
+        "%s: %d GPU(s) %s; queues %s", sender, len(devices), ",".join(devices), ", ".join(wanted)
+    )

@@ -98,7 +98,7 @@ class _Child:
 _spare: _Child | None = None
 
 
-def _spawn() -> _Child:
+def _spawn(env: dict[str, str] | None = None) -> _Child:
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
     proc = subprocess.Popen(
@@ -112,7 +112,7 @@ def _spawn() -> _Child:
             str(os.getpid()),
         ],
         cwd="/",
-        env=_child_env(),
+        env={**_child_env(), **(env or {})},
         pass_fds=(to_child_r, from_child_w),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -148,6 +148,7 @@ def run(
     limits: Limits,
     handler: Handler | None = None,
     timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> Any:
     """Run `JOBS[job](**kwargs)` in a limited child process in `workdir`; return its result.
 
@@ -155,9 +156,11 @@ def run(
     exception it raises stops the child and propagates, as does one raised in this process
     while waiting (Celery's soft time limit). Raises SandboxError when the job fails there, or
     when it works longer than `timeout_s` (wall clock from the moment the job started in the
-    child: importing torch in a spare child is not counted).
+    child: importing torch in a spare child is not counted). `env` (a GPU lease's
+    `CUDA_VISIBLE_DEVICES`) is set in a child started for this job, not the spare one, which may
+    have started CUDA already (CUDA reads the variable once).
     """
-    child = _take()
+    child = _take() if env is None else _spawn(env)
     proc, tail = child.proc, child.tail
     try:
         with child.out as out, child.inp as inp:

@@ -6,6 +6,7 @@ result. No database, broker or artifact store here: training callbacks go to the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +139,8 @@ def train(
         teacher_cache=Path(teacher_cache) if teacher_cache else None,
         teacher_cache_key=teacher_cache_key,
     )
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        summary["cuda_visible_devices"] = visible  # the GPUs leased to this run (worker/gpus.py)
     return summary
 
 

@@ -11,10 +11,12 @@ by a live worker is dropped; after `DS_MAX_ATTEMPTS` attempts the run is failed 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,12 +37,13 @@ from core.jobs import (
     INSPECT_STUDENT,
     MEASURE_STUDENTS,
     SCAN_DATASET,
+    WAITING_KEY,
     send_task,
 )
 from core.settings import get_settings
 from core.storage import get_store
 from core.teacher_cache import cache_enabled, cache_key, cache_storage_key
-from worker import sandbox
+from worker import gpus, sandbox
 from worker.celery_app import celery_app
 from worker.reporting import LostClaim, announce
 from worker.webhooks import (  # also registers the deliver_webhook task
@@ -340,6 +343,8 @@ def _claim(run_id: int, worker: str) -> Claim | str | None:
             return "ended"
         run.attempts += 1
         run.status, run.worker, run.heartbeat_at = Status.running.value, worker, now
+        if WAITING_KEY in (run.summary or {}):  # no longer waiting for a worker or GPUs
+            run.summary = {k: v for k, v in run.summary.items() if k != WAITING_KEY}
         run.started_at = run.started_at or now
         return Claim(run.team_id, dict(run.config), run.attempts)
 
@@ -428,16 +433,76 @@ def checkpoint_key(team_id: int, run_id: int) -> str:
     return f"team-{team_id}/runs/{run_id}/checkpoint.pt"
 
 
+GPU_POLL_S = 1.0  # how often a run waiting for GPUs tries again
+
+
+def _lease_gpus(run_id: int, worker: str) -> gpus.Lease | None:
+    """The run's GPUs on this worker, leased (`worker.gpus`): waits while fewer are free than
+    it needs, with the run's summary saying so; a lease of no devices for a CPU run; None on a
+    worker without GPUs, or when the run ended (or vanished) while it waited (its claim then
+    drops it). TooFewGpus when the run needs more GPUs than this worker has."""
+    devices = gpus.worker_devices()
+    if not devices:
+        return None
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        training = dict((run.config or {}).get("training") or {}) if run is not None else None
+    if training is None:
+        return None
+    need = gpus.needed(training, len(devices))
+    pool = gpus.Pool(devices, gpus.lock_dir(get_settings().data_dir))
+    said = None
+    while (lease := pool.try_lease(need)) is None:
+        message = gpus.waiting_message(need, pool.free(), len(devices), worker)
+        note = message if message != said else None
+        if not with_db_retry(functools.partial(_wait_note, run_id, note)):
+            return None
+        if message != said:
+            log.info("run %s: %s", run_id, message)
+            said = message
+        time.sleep(GPU_POLL_S)
+    return lease
+
+
+def _wait_note(run_id: int, message: str | None) -> bool:
+    """Whether the run still waits to be trained (not ended, not deleted); when it does and
+    `message` is given, its summary says it (`WAITING_KEY`) while it is queued."""
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        if run is None or run.status in TERMINAL_RUN_STATES:
+            return False
+        if message is not None and run.status == Status.queued.value:
+            run.summary = {**(run.summary or {}), WAITING_KEY: message}
+    return True
+
+
 @celery_app.task(name=DISTILL, bind=True)
 def distill(self, run_id: int) -> str:
     """Train one run end to end; resumable from its last checkpoint.
 
     The training itself runs in a child process with resource limits (`worker.sandbox`); this
-    pool process claims the run, fetches its inputs, answers the child's progress, cancellation
-    and checkpoint calls with a `DbReporter`, and stores the results."""
+    pool process leases the GPUs the run needs (`worker.gpus`), claims the run, fetches its
+    inputs, answers the child's progress, cancellation and checkpoint calls with a
+    `DbReporter`, and stores the results."""
+    worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"
+    try:
+        lease = _lease_gpus(run_id, worker)  # waits while too few of this worker's GPUs are free
+    except gpus.TooFewGpus as exc:
+        if with_db_retry(lambda: claim_run(run_id, worker)) is None:
+            return "skipped"
+        return _failed(run_id, worker, exc)
+    try:
+        return _train(run_id, worker, lease)
+    finally:
+        if lease is not None:
+            lease.release()  # however the run ended; a crash of this process drops it too
+
+
+def _train(run_id: int, worker: str, lease: gpus.Lease | None) -> str:
+    """Claim the run and train it in the sandbox, on the leased GPUs (None: this worker has no
+    GPUs, the environment is left as it is)."""
     from worker.reporting import DbReporter
 
-    worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"
     claim = with_db_retry(lambda: claim_run(run_id, worker))
     if claim is None:
         return "skipped"
@@ -469,6 +534,7 @@ def distill(self, run_id: int) -> str:
                 workdir=tmp,
                 handler=_reporting_handler(reporter, ckpt),
                 limits=sandbox.Limits.for_job("train", cuda=_may_use_cuda(config)),
+                env=lease.env if lease is not None else None,
             )
             reporter.flush()
             _check_artifact_names(summary, tmp / "out")

@@ -60,7 +60,7 @@ from core.db.tables import (
     Run,
     Status,
 )
-from core.jobs import DISTILL, INSPECT_STUDENT
+from core.jobs import DISTILL, INSPECT_STUDENT, WAITING_KEY, gpu_queue, waiting_for_worker
 from core.settings import get_settings
 from core.split_point import split_layer
 from core.webhooks.events import dispatch_run_event
@@ -268,8 +268,16 @@ def check_augment(config: RunConfig, dataset: Dataset) -> None:
 
 
 def queue_for(config: RunConfig) -> str:
-    device = config.training.device
-    return DEVICE_QUEUES.get(device, get_settings().default_queue)
+    """`cpu`, or the GPU queue for the run's `training.gpus` (`gpu`, `gpu-N`): only workers with
+    N GPUs or more consume `gpu-N`. On `cpu`, N > 1 trains as N CPU processes."""
+    queue = DEVICE_QUEUES.get(config.training.device, get_settings().default_queue)
+    return gpu_queue(config.training.gpus) if queue == "gpu" else queue
+
+
+def queued_summary(config: RunConfig, queue: str) -> dict[str, Any]:
+    """A new run's summary: on a `gpu-N` queue it says what the run waits for."""
+    gpus = config.training.gpus
+    return {WAITING_KEY: waiting_for_worker(gpus)} if queue == gpu_queue(gpus) != "gpu" else {}
 
 
 def create_run(session: Session, principal: Principal, config: RunConfig) -> Run:
@@ -318,6 +326,7 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
         config=config.model_dump(mode="json"),
         status=Status.queued.value,
         queue=queue_for(config),
+        summary=queued_summary(config, queue_for(config)),
         teacher_model_id=teacher.id,
         student_model_id=student_model_id,
         dataset_id=dataset.id,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from core.jobs import DISTILL, INSPECT_MODEL, make_celery
+from core.jobs import DISTILL, INSPECT_MODEL, MAX_GPUS, make_celery
 
 
 def test_each_queue_has_its_own_exchange_and_key() -> None:
     queues = {q.name: q for q in make_celery().conf.task_queues}
-    assert set(queues) == {"gpu", "cpu"}
+    assert set(queues) == {"gpu", "cpu", *(f"gpu-{n}" for n in range(2, MAX_GPUS + 1))}
     for name, queue in queues.items():
         assert queue.exchange.name == name and queue.routing_key == name
 
@@ -15,7 +15,7 @@ def test_each_queue_has_its_own_exchange_and_key() -> None:
 def test_routing_and_reliability_settings() -> None:
     conf = make_celery().conf
     assert conf.task_routes[INSPECT_MODEL]["queue"] == "cpu"
-    assert DISTILL not in conf.task_routes  # the API picks gpu or cpu per run
+    assert DISTILL not in conf.task_routes  # the API picks cpu, gpu or gpu-N per run
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] >= 24 * 3600

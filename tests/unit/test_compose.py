@@ -132,8 +132,32 @@ def test_gpu_worker_reserves_a_gpu_and_broker_keeps_jobs(compose: dict) -> None:
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert gpu["command"][gpu["command"].index("--queues") + 1] == "gpu"
     assert gpu["command"][gpu["command"].index("--concurrency") + 1] == "1"
+    assert devices[0]["count"] == 1 and gpu["environment"]["DS_WORKER_GPUS"] == 1
     redis_cmd = compose["services"]["redis"]["command"]
     assert "--appendonly" in redis_cmd and "noeviction" in redis_cmd
+
+
+def test_a_gpu_worker_for_n_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`DS_WORKER_GPUS=4 docker compose up`: the worker reserves 4 GPUs, knows it has 4, runs 4
+    jobs at once and consumes the queues of runs on 1 to 4 GPUs; its settings stay valid."""
+    monkeypatch.setitem(FAKE_ENV, "DS_WORKER_GPUS", "4")
+    compose = yaml.safe_load(_interpolate((ROOT / "docker-compose.yml").read_text()))
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 4
+    assert gpu["command"][gpu["command"].index("--concurrency") + 1] == "4"
+    _check_cli(gpu["command"])
+    env = gpu["environment"]
+    assert env["DS_ENV"] == "production" and env["DS_BROKER_URL"] == "redis://redis:6379/0"
+    for key in list(os.environ):
+        if key.startswith("DS_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    from worker.gpus import detect, worker_queues
+
+    devices = detect(Settings().worker_gpus, {})
+    assert devices == ["0", "1", "2", "3"]
+    assert worker_queues(["gpu"], len(devices)) == ["gpu", "gpu-2", "gpu-3", "gpu-4"]
 
 
 def test_api_runs_several_processes(compose: dict) -> None:

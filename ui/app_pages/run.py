@@ -166,7 +166,7 @@ def _progress(run: Run) -> None:
     epochs = (run.config.get("training") or {}).get("epochs")
     text = f"{run.progress:.0%}"
     if run.status == "queued":
-        text = f"queued on `{run.queue or '?'}` — waiting for a worker"
+        text = f"queued on `{run.queue or '?'}` — {run.waiting or 'waiting for a worker'}"
     st.progress(min(max(float(run.progress or 0.0), 0.0), 1.0), text=text)
     cols = st.columns(4)
     cols[0].metric("Epoch", f"{_epoch(run, epochs)}/{epochs}" if epochs else run.epoch)
