@@ -468,6 +468,8 @@ def derived_architecture(
     - wrn: depth -> nearest 6n+4 >= 10, widening factor k times the factor;
     - vgg: convolutions (depth - 3) times the factor, at least one per block; channels scaled;
     - mlp: hidden units times the width factor (>= 4), layers times the depth factor (>= 1);
+    - gen_resnet: width times the width factor, residual blocks times the depth factor
+      (rounded, >= 1 when the teacher has any), the steps down kept (the image sizes it takes);
     - mobilenetv2, shufflenetv1/v2, resnet18/34/50, mobilenetv3_small/large, efficientnet_b0,
       deit_tiny: their width and depth multipliers times the factors (other parameters, such as
       the stem or the patch size, kept).
@@ -502,6 +504,13 @@ def derived_architecture(
         d = max(5, round((depth - 3) * depth_factor)) + 3
         w = _width(width * width_factor, STUDENTS["vgg"])
         return (f"vgg{d}", {"width": w}) if d in VGG_NAMED else ("vgg", {"depth": d, "width": w})
+    if family == "gen_resnet":
+        blocks = int(kw["blocks"])
+        return "gen_resnet", {
+            "width": _width(width * width_factor, entry),
+            "blocks": max(min(blocks, 1), round(blocks * depth_factor)),
+            "downs": int(kw["downs"]),
+        }
     if family == "mlp":
         hidden = max(4, round(kw["hidden"] * width_factor))
         return "mlp", {

@@ -224,6 +224,24 @@ def test_the_student_outputs_images_at_the_input_size(
         build_student("gen_resnet", (1, 18, 16), 1)
 
 
+def test_a_student_derived_by_width_and_depth_from_a_zoo_generator() -> None:
+    """A gen_resnet teacher (safetensors with its architecture) derives a narrower, shallower
+    gen_resnet: width and residual blocks times the factors, the steps down kept."""
+    from core.catalog import derived_architecture
+    from worker.engine.students import derive_student
+
+    kwargs = {"width": 1.0, "blocks": 4, "downs": 1, "input_shape": [3, 8, 8], "num_classes": 3}
+    assert derived_architecture("gen_resnet", kwargs, 0.5, 0.25) == (
+        "gen_resnet",
+        {"width": 0.25, "blocks": 2, "downs": 1},
+    )
+    student = derive_student("gen_resnet", kwargs, 0.5, 0.25, (3, 8, 8), 3).eval()
+    teacher = build_student("gen_resnet", (3, 8, 8), 3, width=1.0, blocks=4, downs=1)
+    assert student(torch.rand(2, 3, 8, 8)).shape == (2, 3, 8, 8)
+    count = sum(p.numel() for p in student.parameters())
+    assert count < sum(p.numel() for p in teacher.parameters()) / 8
+
+
 def test_losses_by_hand() -> None:
     ctx = LossContext(num_classes=1)
     s = torch.zeros(2, 1, 4, 4)
