@@ -265,6 +265,14 @@ def seed(
         for run_id, _ in series:
             with session_scope() as s:
                 rebuild_rollups(s, run_id, -1)
+    try:  # the series' chunks of JSON (migration 0007), as the worker writes them; older: none
+        from worker.metric_chunks import build_chunks
+    except ImportError:
+        build_chunks = None
+    if build_chunks is not None:
+        for run_id, _ in series:
+            with session_scope() as s:
+                build_chunks(s, run_id)
     print(
         f"seeded {runs} runs and {sum(n for _, n in series)} metric points in "
         f"{time.perf_counter() - started:.0f}s",

@@ -7,6 +7,8 @@ Each flush also merges its points into the series' rollups (`metric_rollups`: th
 lowest and highest point, with its epoch and value, per bucket of 64, 256, ... 16384 steps) in
 the same transaction, so downsampled reads of long series need not read every point; a resume
 rebuilds the buckets its dropped points were in.
+It also appends the points to each series' chunks of JSON (`worker/metric_chunks.py`), from
+which the API serves a whole series as a few rows.
 Database writes are retried with backoff, so a database that is briefly away does not kill a run.
 
 After each flush the new metric points and the progress are published on the run's channel of
@@ -33,6 +35,7 @@ from core.db import session_scope, with_db_retry
 from core.db.tables import ROLLUP_WIDTHS, Metric, MetricRollup, Run
 from core.settings import get_settings
 from core.storage import get_store
+from worker.metric_chunks import rebuild_chunks, write_chunks
 
 if TYPE_CHECKING:
     from worker.engine.trainer import StepReport
@@ -70,6 +73,7 @@ class DbReporter:
                     delete(Metric).where(Metric.run_id == self.run_id, Metric.step > start_step)
                 )
                 rebuild_rollups(s, self.run_id, start_step)
+                rebuild_chunks(s, self.run_id, start_step)
                 s.execute(
                     update(Run)
                     .where(Run.id == self.run_id)
@@ -154,6 +158,7 @@ class DbReporter:
                     points = _dedupe(rows)
                     s.execute(insert(Metric), points)
                     write_rollups(s, self.run_id, points)
+                    write_chunks(s, self.run_id, points)
                 values = {**progress, "heartbeat_at": datetime.now(UTC)}
                 owned = s.execute(
                     update(Run)

@@ -646,8 +646,12 @@ def _points(
         values["since"] = since_step
     if names:
         values["names"] = names
-    postgres = session.get_bind().dialect.name == "postgresql"
     given = frozenset(values)
+    if since_step is None:  # a whole series: from its chunks of JSON, a few rows
+        chunked = _chunked(session, given, values)
+        if chunked is not None:
+            return chunked
+    postgres = session.get_bind().dialect.name == "postgresql"
     groups = _tuples(session, _arrays_statement(given, postgres), values)
     if postgres and all(int(group[5]) >= 1 for group in groups):
         return {
@@ -664,6 +668,41 @@ def _points(
                 first += total
             return series
     return _point_rows(session, run_id, names, since_step)
+
+
+def _chunked(
+    session: Session, given: frozenset[str], values: dict[str, Any]
+) -> dict[str, dict[str, Any]] | None:
+    """The whole series from their chunks (`metric_chunks`: the JSON of up to `CHUNK_POINTS`
+    points a row, kept by the worker), joined as they are; None when the chunks do not hold
+    every point of the series asked for (points written without them: by an older worker, or
+    by hand), so that the caller reads the points."""
+    rows = _tuples(session, _chunks_statement(given), values)
+    if not rows or sum(row[1] for row in rows) != rows[0][5]:
+        return None
+    series = {}
+    for name, group in groupby(rows, itemgetter(0)):
+        chunks = list(group)
+        series[name] = _encoded(
+            "[" + ",".join(row[2] for row in chunks) + "]",
+            "[" + ",".join(row[3] for row in chunks) + "]",
+            "[" + ",".join(row[4] for row in chunks) + "]",
+            sum(row[1] for row in chunks),
+        )
+    return series
+
+
+@cache
+def _chunks_statement(given: frozenset[str]) -> TextClause:
+    """The chunks of the series in name and step order, each with the count of the series'
+    points in the table (an uncorrelated subquery: counted once, a range of its key)."""
+    where = _where(given)
+    stmt = text(
+        "SELECT name, n, steps_json, epochs_json, values_json, "
+        f"(SELECT count(*) FROM metrics WHERE {where}) "
+        f"FROM metric_chunks WHERE {where} ORDER BY name, chunk"
+    )
+    return stmt.bindparams(bindparam("names", expanding=True)) if "names" in given else stmt
 
 
 def _encoded(

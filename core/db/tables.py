@@ -252,6 +252,35 @@ class MetricRollup(Base):
     max_value: Mapped[float] = mapped_column(Float)
 
 
+CHUNK_POINTS = 1024  # points per chunk of a series' JSON (the last chunk of a series fills up)
+
+
+class MetricChunk(Base):
+    """Up to `CHUNK_POINTS` consecutive points of a series as the JSON they are served as: the
+    items of its arrays of steps, epochs and values (without the brackets; a value as the
+    shortest text that reads back as the same double, NaN and infinities as null).
+
+    A whole series is read as a few of these rows instead of one row per point (the fetch of
+    1,000 point rows was most of a read's cost). Kept by the writer of the points
+    (`worker/metric_chunks.py`: each flush appends to the series' last chunk, in the flush's
+    transaction; a resume rebuilds the chunks from the first that held a dropped point; migration
+    0007 filled them for points written before). The points stay the truth: a read uses chunks
+    only when they hold as many points as the table (`backend/runs/service.py` `_chunked`).
+    """
+
+    __tablename__ = "metric_chunks"
+    __table_args__ = {"sqlite_with_rowid": False}
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(Integer)
+    last_step: Mapped[int] = mapped_column(Integer)
+    steps_json: Mapped[str] = mapped_column(Text)
+    epochs_json: Mapped[str] = mapped_column(Text)
+    values_json: Mapped[str] = mapped_column(Text)
+
+
 class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (Index("ix_artifacts_run_id_id", "run_id", "id"),)  # a run's, in order
