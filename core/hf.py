@@ -31,16 +31,21 @@ CONVERT_HINT = (
 TEXT_TASKS: frozenset[str] = frozenset()  # the catalog tasks that read token ids (none yet)
 
 
-def text_task_refusal(teacher: str, task: str) -> str | None:
-    """Why a Hugging Face transformer `teacher` cannot teach `task` (None when it can)."""
+def text_task_refusal(model: str, task: str, role: str = "teacher") -> str | None:
+    """Why a Hugging Face transformer `model` cannot be the run's `role` (teacher or student)
+    for `task` (None when it can)."""
     if task in TEXT_TASKS:
         return None
     from core.catalog.tasks import TASKS
 
-    tasks = ", ".join(TASKS)
-    serves = ", ".join(sorted(TEXT_TASKS)) or "none of them"
+    others = [name for name in TASKS if name not in TEXT_TASKS]
+    reads = (
+        f"of which {', '.join(sorted(TEXT_TASKS))} read text"
+        if TEXT_TASKS
+        else "none of which reads text"
+    )
     return (
-        f"{teacher} is a Hugging Face transformer: it reads token ids, so it needs a text task; "
-        f"this studio's tasks are: {tasks} (images and tables), and it can teach {serves}. "
-        f"Pick a teacher of task '{task}' (.pt2, .safetensors or .onnx)"
+        f"{model} is a Hugging Face transformer (it reads token ids); a Hugging Face transformer "
+        f"{role} needs a text task, and this studio's tasks are: {', '.join(others)} (images and "
+        f"tables), {reads}. Pick a {role} for task '{task}' (.pt2, .safetensors or .onnx)"
     )

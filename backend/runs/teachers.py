@@ -35,8 +35,15 @@ def _io(model: Model) -> tuple[Any, Any]:
 def ready_teachers(
     session: Session, config: RunConfig, team_id: int, teacher: Model, ready_model: Any
 ) -> list[Model]:
-    """The run's other teachers, each ready and of the run teacher's inputs and classes."""
+    """The run's other teachers, each ready and of the run teacher's inputs and classes.
+
+    Every model of the run (teachers, and a student to start from) must read the task's inputs
+    (`check_teacher_task`)."""
     check_teacher_task(config, teacher, ["body", "teacher", "model_id"])
+    start = config.student.model if config.student.source == "model" else None
+    if start is not None and start.model_id is not None:
+        student = ready_model(session, start.model_id, team_id)
+        check_teacher_task(config, student, ["body", "student", "model", "model_id"])
     if not config.teachers:
         return []
     problems: list[tuple[str, str, list[str | int]]] = []
@@ -78,10 +85,12 @@ def ready_teachers(
 
 
 def check_teacher_task(config: RunConfig, model: Model, loc: list[str | int]) -> None:
-    """A teacher that reads something other than the task's inputs is refused (422)."""
+    """A model (teacher, or student at `student.model`) that reads something other than the
+    task's inputs is refused (422)."""
     if model.format != "hf":
         return
-    refusal = text_task_refusal(f"model {model.id} ('{model.name}')", config.task)
+    role = "student" if loc[1] == "student" else "teacher"
+    refusal = text_task_refusal(f"model {model.id} ('{model.name}')", config.task, role)
     if refusal:
         raise Invalid(".".join(str(p) for p in loc[1:]), refusal, loc=loc)
 

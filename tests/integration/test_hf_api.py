@@ -16,6 +16,7 @@ from tests.hf_helpers import TINY_BERT, folder_members, minilm_folder, tiny_memb
 from tests.integration.api_helpers import (
     queue_length,
     ready_dataset,
+    ready_model,
     row_count,
     run_config,
     stored_files,
@@ -53,7 +54,13 @@ def test_minilm_zip_is_inspected_and_image_runs_refuse_it(api: TestClient, studi
     assert refused.status_code == 422, refused.text
     detail = refused.json()["detail"]
     assert f"model {body['id']} ('minilm') is a Hugging Face transformer" in detail
-    assert "needs a text task" in detail and "classification" in detail
+    assert "transformer teacher needs a text task" in detail and "classification" in detail
+    image_teacher = ready_model(api, "image-teacher")
+    start = {"source": "model", "model": {"model_id": body["id"]}}
+    as_student = api.post("/runs", json=run_config(image_teacher, dataset, student=start))
+    assert as_student.status_code == 422, as_student.text
+    assert "transformer student needs a text task" in as_student.json()["detail"]
+    assert as_student.json()["errors"][0]["loc"] == ["body", "student", "model", "model_id"]
     assert row_count("Run") == 0
 
 

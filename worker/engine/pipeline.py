@@ -130,7 +130,10 @@ def build_run_student(
         path = student_path or (Path(ref.path) if ref is not None and ref.path else None)
         if ref is None or path is None:
             raise ValueError("student.model must name a file (path) by the time the engine runs")
-        loaded = load_model(path, model_format(path, ref.format), ref.architecture, ref.kwargs)
+        fmt = model_format(path, ref.format)
+        if fmt == "hf" and (refusal := text_task_refusal("the student model", config.task, "student")):
+            raise ValueError(refusal)
+        loaded = load_model(path, fmt, ref.architecture, ref.kwargs)
         loaded.module.requires_grad_(True)
         return loaded.module
     from worker.engine.students import build_student
