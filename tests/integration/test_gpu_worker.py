@@ -1,7 +1,8 @@
 """A worker for a multi-GPU host claims N GPUs for an N-GPU run (worker/gpus.py): a real worker
 told it has four GPUs (`DS_WORKER_GPUS=0,1,2,3`, fake on this CPU machine) consumes the queues
 `gpu` .. `gpu-4`, a run with `training.gpus: 2` waits in `gpu-2` while fewer than two of them are
-free (its summary says so), and trains with two leased indices in its job's environment.
+free (its summary says so; cancelled meanwhile, it lets the worker go), and trains with two
+leased indices in its job's environment, released when it ends.
 
 On a machine without CUDA the lease only sets `CUDA_VISIBLE_DEVICES` for the job: `device: auto`
 trains on the CPU (2 gloo processes), as it would with no lease."""
@@ -73,7 +74,8 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
 ) -> None:
     files = _small_inputs(tmp_path)
     worker = WorkerProcess(studio_env, "gpu4", extra_env={"DS_WORKER_GPUS": "0,1,2,3"}).start()
-    held = gpus.Pool(["0", "1", "2", "3"], gpus.lock_dir(studio_env.data_dir)).try_lease(3)
+    held_dir = gpus.lock_dir(studio_env.data_dir)
+    held = gpus.Pool(["0", "1", "2", "3"], held_dir).try_lease(3)
     try:
         banner = worker.output()
         for queue in ("gpu", "gpu-2", "gpu-3", "gpu-4", "cpu"):
@@ -92,6 +94,10 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
         waiting = _wait_waiting(api, run["id"], "free GPUs")  # the worker took it, and waits
         assert waiting["status"] == "queued", waiting
         assert waiting["summary"]["waiting"].startswith("waiting for 2 free GPUs (1 of 4 free")
+        assert api.post(f"/runs/{run['id']}/cancel").status_code in (200, 202)
+        # cancelled while it waited: the worker lets it go and takes the next run, which waits
+        run = api.post("/runs", json=body).json()
+        _wait_waiting(api, run["id"], "free GPUs (1 of 4 free")
         held.release()
 
         done = wait_run(api, run["id"], timeout=300)
@@ -100,6 +106,7 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
         assert len(leased) == 2 and len(set(leased)) == 2 and set(leased) <= {"0", "1", "2", "3"}
         assert "waiting" not in done["summary"]
         assert done["summary"]["student_top1"] is not None
+        assert gpus.Pool(["0", "1", "2", "3"], held_dir).free() == 4  # the job's end released it
     finally:
         if held is not None:
             held.release()

@@ -138,3 +138,14 @@ def test_waiting_message() -> None:
     assert gpus.waiting_message(4, 1, 4, "gpu@box:12") == (
         "waiting for 4 free GPUs (1 of 4 free on worker gpu@box:12)"
     )
+
+
+def test_the_worker_command_refuses_a_bad_gpu_list() -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["worker", "--gpus", "0;1"])
+    assert result.exit_code == 2
+    words = " ".join(result.output.replace("│", " ").split())  # unwrapped from rich's box
+    assert "'0;1' is not a device index or GPU UUID" in words
