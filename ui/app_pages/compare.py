@@ -263,8 +263,16 @@ METRIC_CHOICES = [
 
 
 def _metric_options(runs: list[Run]) -> list[str]:
+    """The usual curves, then each run's task's validation metrics (val/miou, val/psnr, ...)
+    and its losses."""
+    from core.catalog.tasks import TASKS
+
     names = list(METRIC_CHOICES)
     for run in runs:
+        task = TASKS.get(str((run.config or {}).get("task") or "classification"))
+        for metric in task.metrics if task else ():
+            if f"val/{metric}" not in names:
+                names.append(f"val/{metric}")
         for loss in (run.config or {}).get("losses") or []:
             name = f"loss/{loss.get('name')}"
             if name not in names:
@@ -495,7 +503,10 @@ def _predictions(runs: list[Run]) -> None:
     if not found:
         return
     st.subheader("Predictions side by side")
-    st.caption("The same validation images for every run: ground truth, teacher, student.")
+    st.caption(
+        "The same validation images for every run: ground truth, teacher, student (and the "
+        "input, for image-to-image runs)."
+    )
     for run, artifacts in found:
         st.markdown(f"**{run_label(run)}**")
         predictions.show(api, artifacts, limit=2)

@@ -31,8 +31,8 @@ SUMMARY = {
 @pytest.fixture(scope="module")
 def studio(live_api: LiveApi) -> Studio:
     """The shared seed, its dataset scanned as the digits denoising pairs (the scan's real
-    `describe`), and one finished generation run with a predictions artifact drawn by the
-    task's own `prediction_samples`."""
+    `describe`), and two finished generation runs (`done_run_id`, `other_run_id`) with a
+    predictions artifact drawn by the task's own `prediction_samples`."""
     from worker.engine.tasks.generation import prediction_samples
     from worker.engine.tasks.generation.data import describe_dataset, synthetic_digits, write_zip
 
@@ -42,9 +42,17 @@ def studio(live_api: LiveApi) -> Studio:
     info = describe_dataset(write_zip(data, live_api.env.data_dir / "gen.zip"), "zip")
     update("Dataset", studio.dataset_id, info=info)
     samples = prediction_samples(data, {"teacher": data.y, "student": data.x}, n=2)  # type: ignore[dict-item]
+    ids = []
+    for name in ("gen-done", "gen-other"):
+        ids.append(_finished_run(api, studio, name, samples))
+    studio.done_run_id, studio.other_run_id = ids  # type: ignore[attr-defined]
+    return studio
+
+
+def _finished_run(api: Client, studio: Studio, name: str, samples: list[dict]) -> int:
     run = api.create_run(
         {
-            "name": "gen-done",
+            "name": name,
             "task": "generation",
             "teacher": {"model_id": studio.teacher_id},
             "student": {"architecture": "gen_resnet", "kwargs": {"width": 0.25}},
@@ -54,8 +62,7 @@ def studio(live_api: LiveApi) -> Studio:
         }
     )
     _finish(run.id, samples)
-    studio.done_run_id = run.id
-    return studio
+    return run.id
 
 
 def _finish(run_id: int, samples: list[dict]) -> None:
@@ -127,3 +134,13 @@ def test_the_run_page_shows_inputs_targets_and_both_outputs(studio: Studio) -> N
     table = next(f for f in frames if "PSNR vs the targets" in list(f[""]))
     row = list(table[""]).index("PSNR vs the targets")
     assert table["teacher"].iloc[row] == "17.70 dB" and table["student"].iloc[row] == "17.30 dB"
+
+
+def test_compare_draws_both_runs_outputs_and_offers_the_task_metrics(studio: Studio) -> None:
+    other = studio.other_run_id  # type: ignore[attr-defined]
+    at = _app(studio, "compare.py", runs=f"{studio.done_run_id},{other}")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Predictions side by side" in texts(at.subheader)
+    assert "Student: PSNR" in texts(at.caption) and "Input" in texts(at.caption)
+    options = at.selectbox(key="cmp_metric").options
+    assert "val/psnr" in options and "val/ssim" in options and "loss/recon_l1" in options
