@@ -502,14 +502,24 @@ def _evaluation(run: Run) -> None:
     summary = _with_teacher_size(run)
     st.subheader("Evaluation")
     cols = st.columns(4)
-    label, s1, t1 = headline(summary)
-    delta, delta_color, arrow = accuracy_delta(s1, t1)
-    cols[0].metric(label, ui.fmt_pct(s1), delta=delta, delta_color=delta_color, delta_arrow=arrow)
-    cols[1].metric(
-        "Agreement",
-        ui.fmt_pct(summary.get("agreement")),
-        help="Share of validation samples where student and teacher predict the same class.",
-    )
+    if summary.get("student_psnr_vs_teacher") is not None:  # image-to-image: dB and SSIM
+        cols[0].metric(
+            "Student PSNR vs teacher",
+            _db(summary["student_psnr_vs_teacher"]),
+            help="PSNR of the student's output images against the teacher's, held-out images.",
+        )
+        cols[1].metric("Student SSIM vs teacher", _ssim(summary.get("student_ssim_vs_teacher")))
+    else:
+        label, s1, t1 = headline(summary)
+        delta, delta_color, arrow = accuracy_delta(s1, t1)
+        cols[0].metric(
+            label, ui.fmt_pct(s1), delta=delta, delta_color=delta_color, delta_arrow=arrow
+        )
+        cols[1].metric(
+            "Agreement",
+            ui.fmt_pct(summary.get("agreement")),
+            help="Share of validation samples where student and teacher predict the same class.",
+        )
     cols[2].metric(
         "Compression",
         _ratio(summary.get("teacher_params"), summary.get("student_params")),

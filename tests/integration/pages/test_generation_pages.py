@@ -122,6 +122,9 @@ def test_the_task_selector_offers_generation_with_its_students_and_losses(
 def test_the_run_page_shows_inputs_targets_and_both_outputs(studio: Studio) -> None:
     at = _app(studio, "run.py", id=studio.done_run_id)
     assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Student PSNR vs teacher"] == "22.60 dB"
+    assert metrics["Student SSIM vs teacher"] == "0.9100"
     assert "Teacher and student on validation images" in texts(at.markdown)
     captions = texts(at.caption)
     assert "Input" in captions and "Ground truth" in captions
