@@ -5,7 +5,8 @@ Each file is really hostile: if any check let it through, loading it would creat
 `failed` with a reason a person can act on, that no marker was ever created, and the last test
 that the same worker process is still alive and inspects a genuine model afterwards. ONNX
 files that would read another file (external data at /etc/passwd; `../` traversal: the unit
-tests), call a custom-domain operator or are truncated fail the same way. Pickled checkpoints
+tests), call a custom-domain operator or are truncated fail the same way, and so do Hugging Face
+checkpoint zips holding a pickled pytorch_model.bin or remote code (a modeling_*.py file). Pickled checkpoints
 (`.pt`, `.pth`, `.pkl`, `.ckpt`) never reach a worker: the API refuses them (422).
 Hostile dataset files and oversized uploads are in test_hostile_datasets.py.
 
@@ -31,6 +32,7 @@ import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
+from tests.hf_helpers import TINY_BERT, zip_bytes
 from tests.integration.api_helpers import queue_length, row_count, stored_files
 from tests.integration.servers import Studio, studio_with_worker
 
@@ -365,6 +367,31 @@ CASES: dict[str, tuple[str, Callable[[Path, bytes], bytes], dict[str, str], tupl
         lambda m, g: onnx_graph()[:60],
         {},
         ("truncated or not ONNX",),
+    ),
+    "hugging face zip with a pickled pytorch_model.bin": (
+        "checkpoint.zip",
+        lambda m, g: zip_bytes(
+            {
+                "bert/config.json": json.dumps(TINY_BERT).encode(),
+                "bert/pytorch_model.bin": pickle.dumps(Evil(m), protocol=2),
+            }
+        ),
+        {},
+        ("'bert/pytorch_model.bin' is a pickled checkpoint", "convert it to safetensors"),
+    ),
+    "hugging face zip with remote code": (
+        "checkpoint.zip",
+        lambda m, g: zip_bytes(
+            {
+                "config.json": json.dumps(
+                    {**TINY_BERT, "auto_map": {"AutoModel": "modeling_evil.EvilModel"}}
+                ).encode(),
+                "model.safetensors": b"",
+                "modeling_evil.py": f"import os\nos.system('touch {m}')\n".encode(),
+            }
+        ),
+        {},
+        ("'modeling_evil.py' is code", "remote code"),
     ),
 }
 
