@@ -131,7 +131,9 @@ def build_run_student(
         if ref is None or path is None:
             raise ValueError("student.model must name a file (path) by the time the engine runs")
         fmt = model_format(path, ref.format)
-        if fmt == "hf" and (refusal := text_task_refusal("the student model", config.task, "student")):
+        if fmt == "hf" and (
+            refusal := text_task_refusal("the student model", config.task, "student")
+        ):
             raise ValueError(refusal)
         loaded = load_model(path, fmt, ref.architecture, ref.kwargs)
         loaded.module.requires_grad_(True)
