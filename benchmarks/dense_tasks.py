@@ -354,9 +354,8 @@ with what the detection demo showed before (commit a773107 and the REST test's d
 terms do not help at this size). A plausible reason for the feature terms: a target from a
 teacher with twice the channels competes with the detector's own loss in a narrow `fuse` layer
 over only 8 epochs; the papers distil for 12-24 epochs on COCO with ImageNet-initialised
-backbones. Read this table as: the four terms run on a real
-detector end to end, LD is the one worth trying first here, and none gives a reliable gain at
-this budget.""",
+backbones. Read this table as: the four terms run on a real detector end to end, LD is the one
+worth trying first here, and none gives a reliable gain at this budget.""",
     "generation": """Reading. The output term helps a little and the others hurt at their catalog
 weights. PSNR and SSIM are against the clean targets (the teacher's own outputs are not the
 reference here). `recon_l1` (GAN Compression's reconstruction term, weight 1) adds 0.20 dB,
