@@ -817,15 +817,21 @@ def _run_epochs(
                 len(train_data), ts.batch_size, seed, state.epoch, loop.skip_single, loop.ranks
             )
             stream = batch_stream(
-                loop.task, train_data, batches, state.batch, loop.device, ts.data_workers
-            )  # in worker processes when training.data_workers > 0
+                loop.task,
+                train_data,
+                batches,
+                state.batch,
+                loop.device,
+                ts.data_workers,
+                loop.augment,
+                state.epoch,
+            )  # read, and augmented on the CPU, in worker processes when data_workers > 0
             while state.batch < len(batches):
                 if loop.should_stop():
                     save()
                     raise Cancelled(f"cancelled at step {state.step}")
                 idx = batches[state.batch]
-                batch = next(stream)
-                batch = loop.augment(batch, state.epoch, state.batch)  # one batch for all models
+                batch = next(stream)  # augmented: one batch for all models
                 x = loop.inputs(batch.inputs)
                 cached = loop.cached_logits(x, state.epoch, state.batch, idx)
                 metrics = loop.step(x, batch.targets, state.epoch, taps, cached)

@@ -4,6 +4,7 @@ same batch, a resumed run is bit-identical, validation sees no random operation.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from worker.engine.augment import (
     policy_round,
     resized_crop,
 )
+from worker.engine.loader import batch_stream
+from worker.engine.tasks.base import Batch
+from worker.engine.tasks.classification import ClassificationTask
 from worker.engine.tasks.classification.data import TensorData
 from worker.engine.trainer import Cancelled, train
 
@@ -232,3 +236,34 @@ def test_image_operations_on_a_table_stop_the_run_before_training() -> None:
     teacher = nn.Sequential(nn.Linear(6, 3))
     with pytest.raises(ValueError, match=r"augment: flip need images"):
         train(config, teacher, data, data)
+
+
+class _Pid:
+    """An augmentation that records which process made the batch (in its targets)."""
+
+    def __call__(self, batch: Batch, epoch: int, index: int) -> Batch:
+        return Batch(batch.inputs, torch.full((len(batch.targets),), os.getpid()))
+
+
+def test_on_the_cpu_loader_workers_augment_and_give_the_same_batches() -> None:
+    train_data, _ = small_digits(120)
+    task, cpu = ClassificationTask(), torch.device("cpu")
+    order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(4))
+    batches = list(order[:120].split(30))
+    aug = Augmenter(AugmentSettings(**AUGMENT), seed=3, num_classes=10)
+    here = list(batch_stream(task, train_data, batches, 1, cpu, 0, aug, epoch=2))
+    there = list(batch_stream(task, train_data, batches, 1, cpu, 2, aug, epoch=2))
+    assert len(here) == len(there) == len(batches) - 1
+    for i, (a, b) in enumerate(zip(here, there, strict=True), start=1):
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+        raw = task.batch(train_data, batches[i], cpu)
+        expected = aug.train_batch(raw.inputs, raw.targets, 2, i)  # batch i of epoch 2
+        assert torch.equal(a.inputs, expected[0]) and torch.equal(a.targets, expected[1])
+    made_by = {
+        int(b.targets[0]) for b in batch_stream(task, train_data, batches, 0, cpu, 2, _Pid())
+    }
+    assert made_by and os.getpid() not in made_by  # the workers augmented, not this process
+    made_here = {
+        int(b.targets[0]) for b in batch_stream(task, train_data, batches, 0, cpu, 0, _Pid())
+    }
+    assert made_here == {os.getpid()}
