@@ -52,7 +52,8 @@ def test_generation_distillation_through_rest(api, worker, tmp_path: Path) -> No
     task, and distilling its outputs (recon_l1 + target_l1) into a quarter-width generator
     gives a student at least 20 dB PSNR against the teacher's outputs (an MSE under 1% of the
     range squared; measured in-process with these settings: 23.3 dB, from 5 dB after the first
-    epoch) and the predictions artifact."""
+    epoch), at least 90% of the teacher's PSNR against the targets, and the predictions
+    artifact."""
     import torch
 
     from worker.engine.tasks.generation.demo import make_demo
@@ -97,6 +98,9 @@ def test_generation_distillation_through_rest(api, worker, tmp_path: Path) -> No
     evaluation = done["summary"]
     print("generation through REST:", {k: v for k, v in evaluation.items() if "psnr" in k})
     assert evaluation["student_psnr_vs_teacher"] >= 20.0
-    assert evaluation["teacher_psnr"] > 0 and evaluation["student_psnr"] > 0
+    # against the clean targets, the student keeps at least 90% of the teacher's PSNR
+    # (measured: teacher 16.6 dB, student 17.3 dB)
+    assert evaluation["teacher_psnr"] > 0
+    assert evaluation["student_psnr"] >= 0.9 * evaluation["teacher_psnr"]
     kinds = {a["kind"] for a in api.get(f"/runs/{run.json()['id']}/artifacts").json()}
     assert "predictions" in kinds
