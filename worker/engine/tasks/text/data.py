@@ -192,9 +192,9 @@ def _csv_records(path: Path, limits: TextLimits) -> list[tuple[int, dict[str, An
     return out
 
 
-def _field(record: dict[str, Any], name: str, where: str, line: int, *, text: bool) -> str:
-    """A record's field as a string; refuses a missing field (naming those there) and, for a
-    text field, an empty text."""
+def _field(record: dict[str, Any], name: str, where: str, line: int) -> str:
+    """A record's field as a non-empty string; refuses a missing field (naming those there)
+    and an empty or non-string value."""
     if name not in record:
         raise DatasetError(
             f"{where}: line {line} has no field '{name}'; the fields are {sorted(record)}"
@@ -203,7 +203,7 @@ def _field(record: dict[str, Any], name: str, where: str, line: int, *, text: bo
     if value is None or isinstance(value, dict | list):
         raise DatasetError(f"{where}: line {line}: field '{name}' must be a string, got {value!r}")
     value = str(value)
-    if text and not value.strip():
+    if not value.strip():
         raise DatasetError(f"{where}: line {line}: field '{name}' is empty; remove the row")
     return value
 
@@ -246,13 +246,13 @@ def read_text_dataset(
         return TextData("lm", [text for _, text in _lines(path, limits)])
     records = _csv_records(path, limits) if suffix == ".csv" else _jsonl_records(path, limits)
     if kind == "lm":
-        return TextData("lm", [_field(r, "text", where, n, text=True) for n, r in records])
+        return TextData("lm", [_field(r, "text", where, n) for n, r in records])
     if kind == "instruction":
-        prompts = [_field(r, "prompt", where, n, text=True) for n, r in records]
-        completions = [_field(r, "completion", where, n, text=True) for n, r in records]
+        prompts = [_field(r, "prompt", where, n) for n, r in records]
+        completions = [_field(r, "completion", where, n) for n, r in records]
         return TextData("instruction", prompts, completions=completions)
-    texts = [_field(r, text_column, where, n, text=True) for n, r in records]
-    names = [_field(r, label_column, where, n, text=True).strip() for n, r in records]
+    texts = [_field(r, text_column, where, n) for n, r in records]
+    names = [_field(r, label_column, where, n).strip() for n, r in records]
     labels, classes = _encode_labels(names, where)
     return TextData("classification", texts, labels=labels, classes=classes)
 
