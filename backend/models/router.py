@@ -43,7 +43,7 @@ router = APIRouter(prefix="/models", tags=["models"])
                         "pt2": {
                             "summary": "A torch.export archive (curl -F file=@teacher.pt2)",
                             "value": {
-                                "file": "<the .pt2 file>",
+                                "file": ["<the .pt2 file>"],
                                 "name": "resnet32x4-cifar100",
                                 "description": "teacher, 79.4% top-1",
                             },
@@ -51,7 +51,7 @@ router = APIRouter(prefix="/models", tags=["models"])
                         "safetensors": {
                             "summary": "Weights of a catalog architecture",
                             "value": {
-                                "file": "<the .safetensors file>",
+                                "file": ["<the .safetensors file>"],
                                 "name": "resnet8-cifar10",
                                 "format": "safetensors",
                                 "architecture": "resnet8",
@@ -79,7 +79,7 @@ def upload_model(
     name: Annotated[str, Form(description="Uploading an existing name makes its next version.")],
     format_: Annotated[
         str | None,
-        Form(alias="format", description="pt2 | safetensors | onnx; default: the extension."),
+        Form(alias="format", description="pt2 | safetensors | onnx | hf; default: the extension."),
     ] = None,
     architecture: Annotated[
         str | None, Form(description="For safetensors: the catalog architecture, e.g. resnet8.")
