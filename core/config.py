@@ -587,9 +587,12 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _fits_task(self) -> RunConfig:
         """The losses and the zoo student are ones the task offers (`task_losses`,
-        `task_students`): per-pixel losses and students for segmentation, and so on."""
-        losses = task_losses(self.task)
+        `task_students`): per-pixel losses and students for segmentation, and so on; a loss's
+        parameters the task sets (`TaskEntry.loss_params`) fill those the run leaves out."""
+        losses, task_params = task_losses(self.task), TASKS[self.task].loss_params
         for i, loss in enumerate(self.losses):
+            if loss.name in task_params:  # the task's value where the run gives none
+                loss.params = {**task_params[loss.name], **loss.params}
             if loss.name not in losses:
                 raise ValueError(
                     f"losses[{i}] '{loss.name}' does not work with task '{self.task}'; "

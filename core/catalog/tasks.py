@@ -16,7 +16,7 @@ says, in a pairing error, which student layers the rule's stages are made of.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.catalog.params import Entry
@@ -39,6 +39,10 @@ class TaskEntry(Entry):
     student_kinds: tuple[str, ...] = ()
     losses: tuple[str, ...] = ()
     own_losses: tuple[str, ...] = ()  # of `losses`, those only this task can use
+    # a loss's parameters as this task needs them, where its catalog default is another task's
+    # (generation: the adversarial critic reads raw images, not softmax maps); a run config
+    # that leaves such a parameter out gets this value, and the New run form starts at it
+    loss_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def extra_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +51,7 @@ class TaskEntry(Entry):
             "stage_rule": self.stage_rule,
             "students": task_students(self.name),
             "losses": task_losses(self.name),
+            "loss_params": self.loss_params,
         }
 
 
@@ -143,6 +148,7 @@ TASKS: dict[str, TaskEntry] = {
             student_kinds=("generation",),
             losses=("recon_l1", "target_l1", "adversarial", "fitnets", "feature_l2", "at"),
             own_losses=("recon_l1", "target_l1"),
+            loss_params={"adversarial": {"output": "raw"}},
         ),
     ]
 }

@@ -602,7 +602,11 @@ def _loss_form(catalog: Catalog, name: str, n_pairs: int) -> dict[str, Any]:
         if weight_key not in st.session_state:
             st.session_state[weight_key] = float(entry.extra.get("default_weight", 1.0))
         weight = _setting_input(weight_col, LOSS_WEIGHT, weight_key, help_=False)
-        params = ui.param_form(entry, f"nr_loss.{name}", persist=True) if entry.params else {}
+        task = catalog.task(st.session_state.get("nr_task") or DEFAULT_TASK)
+        start = task.extra.get("loss_params", {}).get(name) if task is not None else None
+        params = (
+            ui.param_form(entry, f"nr_loss.{name}", start, persist=True) if entry.params else {}
+        )  # starting at the task's values (generation: the critic on raw images)
         spec: dict[str, Any] = {"name": name, "weight": weight, "params": params}
         if entry.needs_pairs and n_pairs:
             pairs_key = f"nr_loss.{name}.pairs"

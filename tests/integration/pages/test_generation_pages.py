@@ -114,8 +114,9 @@ def test_the_task_selector_offers_generation_with_its_students_and_losses(
     losses = " ".join(at.multiselect(key="nr_losses").options)
     assert "(recon_l1)" in losses and "(target_l1)" in losses and "(adversarial)" in losses
     assert "(kd)" not in losses
-    at.multiselect(key="nr_losses").set_value(["recon_l1", "target_l1"]).run()
+    at.multiselect(key="nr_losses").set_value(["recon_l1", "target_l1", "adversarial"]).run()
     assert not at.exception
+    assert at.selectbox(key="nr_loss.adversarial.output").value == "raw"  # the task's start
     assert "task: generation" in texts(at.code)
 
 

@@ -307,6 +307,28 @@ def _config(losses: list, pairs: list | None = None, epochs: int = 2) -> RunConf
     )
 
 
+def test_the_adversarial_critic_reads_raw_images_unless_the_run_says_otherwise() -> None:
+    """generation's `loss_params`: the critic's `output` defaults to raw images here (softmax
+    over an image's channels is meaningless), to softmax maps for segmentation."""
+    from core.catalog.tasks import TASKS
+
+    raw = _config([{"name": "target_l1"}, {"name": "adversarial", "params": {"width": 8}}])
+    assert raw.losses[1].resolved_params()["output"] == "raw"
+    assert raw.losses[1].params == {"output": "raw", "width": 8}
+    chosen = _config(
+        [{"name": "target_l1"}, {"name": "adversarial", "params": {"output": "softmax"}}]
+    )
+    assert chosen.losses[1].resolved_params()["output"] == "softmax"  # the run's own choice
+    seg = RunConfig.model_validate(
+        {**_config([{"name": "target_l1"}]).model_dump(), "task": "segmentation", "losses": [{"name": "ce"}, {"name": "adversarial"}],
+         "student": {"architecture": "seg_fcn"}}
+    )  # fmt: skip
+    assert seg.losses[1].resolved_params()["output"] == "softmax"
+    assert TASKS["generation"].as_json()["extra"]["loss_params"] == {
+        "adversarial": {"output": "raw"}
+    }
+
+
 @pytest.mark.parametrize(
     ("losses", "pairs"),
     [
