@@ -32,7 +32,10 @@ def test_the_catalog_lists_the_online_scheme_with_its_parameters(api: TestClient
     )
     assert {"weight", "temperature"} <= set(params)
     assert params["mutual_loss"]["default"] == "kl"
-    assert params["mutual_loss"]["choices"] == ["kl", "kd", "dkd", "dist", "logit_std"]
+    assert params["mutual_loss"]["choices"] == [
+        *("kl", "kd", "dkd", "dist", "logit_std"),
+        *("reverse_kl", "gkd_jsd", "skew_kl", "tvd"),  # the token-level divergences
+    ]
     assert (params["peer_layers"]["type"], params["peer_layers"]["default"]) == ("str", "")
     assert params["peer_loss"]["default"] == "feature_l2"
     assert {"feature_l2", "at", "fitnets"} <= set(params["peer_loss"]["choices"])

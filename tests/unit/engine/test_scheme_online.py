@@ -532,3 +532,24 @@ def test_distill_studio_train_runs_a_cohort(tmp_path: Path) -> None:
     }
     saved = RunConfig.from_yaml((out / "run.yaml").read_text())
     assert saved.scheme_params == {"peers": 2, "temperature": 3.0, "peer_layers": "layers.0"}
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "gkd_jsd", "skew_kl", "tvd"])
+def test_the_divergences_serve_as_the_mutual_term(name: str) -> None:
+    """The token-level divergences are catalog logit losses too: each peer's mutual term is
+    finite and its gradient reaches that peer alone."""
+    from core.catalog.schemes import MUTUAL_LOSSES
+    from worker.engine.students import build_student
+
+    assert name in MUTUAL_LOSSES
+    x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    scheme = build_scheme("online", peers=2, temperature=2.0, mutual_loss=name)
+    assert isinstance(scheme, OnlineScheme)
+    scheme.setup(tiny_teacher(), build_student("mlp", (1, 8, 8), 10, hidden=16, depth=1),
+                 nn.ModuleList())  # fmt: skip
+    logits = [m(x) for m in scheme.students()]
+    out = scheme.combine({}, StepView(x, y, logits[0], x.new_empty(0), 0, _no_autocast, logits))
+    assert torch.isfinite(out["mutual"]) and out["mutual"] > 0
+    out["p1/mutual"].backward()
+    assert all(p.grad is not None for p in scheme.students()[1].parameters())
+    assert all(p.grad is None for p in scheme.students()[0].parameters())
