@@ -40,7 +40,7 @@ def test_every_student_builds_and_runs(name: str, shape: tuple[int, ...]) -> Non
     with torch.inference_mode():
         out = model(torch.randn(2, *shape))
     kind = catalog.STUDENTS[name].kind
-    if kind == "segmentation":  # per-pixel logits
+    if kind in ("segmentation", "generation"):  # per-pixel logits, or an image of 7 channels
         assert out.shape == (2, 7, *shape[1:])
     elif kind == "detection":  # the dense-head layout at stride 2: 16 distance bins per side
         assert out.shape == (2, 7 + 4 * 16, *(-(-s // 2) for s in shape[1:]))
