@@ -288,8 +288,9 @@ class StudentSpec(_Strict):
 class DatasetRef(_Strict):
     dataset_id: int | None = None
     path: str | None = None
-    format: Literal["npz", "zip", "tar", "csv", "parquet"] | None = None
+    format: Literal["npz", "zip", "tar", "csv", "parquet", "jsonl", "txt"] | None = None
     label_column: str = "label"
+    text_column: str = Field("text", description="Text tasks: the column holding the text.")
     val_fraction: float = setting(VAL_FRACTION)
 
     @model_validator(mode="after")
@@ -433,7 +434,7 @@ class AugmentSettings(_Strict):
 
 
 class RunConfig(_Strict):
-    _catalog_checked: ClassVar[frozenset[str]] = frozenset({"scheme_params"})
+    _catalog_checked: ClassVar[frozenset[str]] = frozenset({"scheme_params", "task_params"})
 
     name: str = Field("run", min_length=1, max_length=200)
     teacher: ModelRef
@@ -456,6 +457,10 @@ class RunConfig(_Strict):
         default_factory=dict, description="The scheme's parameters (catalog `schemes`)."
     )
     task: str = Field("classification", description="Task (catalog `tasks`).")
+    task_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The task's parameters (catalog `tasks`: e.g. a text task's max_length).",
+    )
     training: TrainSettings = Field(default_factory=TrainSettings)
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
     seed: int = setting(SEED)
@@ -573,6 +578,10 @@ class RunConfig(_Strict):
             raise ValueError(problem)
         return self
 
+    def resolved_task_params(self) -> dict[str, Any]:
+        """The task's parameters with the catalog's defaults filled in."""
+        return {**TASKS[self.task].defaults(), **self.task_params}
+
     def resolved_scheme_params(self) -> dict[str, Any]:
         """The scheme's parameters with the catalog's defaults filled in."""
         return {**SCHEMES[self.scheme].defaults(), **self.scheme_params}
@@ -589,6 +598,8 @@ class RunConfig(_Strict):
         """The losses and the zoo student are ones the task offers (`task_losses`,
         `task_students`): per-pixel losses and students for segmentation, and so on; a loss's
         parameters the task sets (`TaskEntry.loss_params`) fill those the run leaves out."""
+        if errors := TASKS[self.task].check_params(self.task_params):
+            raise ValueError("task_params: " + "; ".join(errors))
         losses, task_params = task_losses(self.task), TASKS[self.task].loss_params
         for i, loss in enumerate(self.losses):
             if loss.name in task_params:  # the task's value where the run gives none

@@ -384,6 +384,7 @@ class HfCheckpoint:
     config: dict[str, Any]
     architecture: str
     tokenizer_vocab_size: int | None
+    tokenizer: Any = None  # tokenizers.Tokenizer of tokenizer.json, None without one
 
     def fact(self, *keys: str) -> int | None:
         """The first of `keys` config.json gives (names differ between model types)."""
@@ -413,10 +414,18 @@ def load_checkpoint(path: Path) -> HfCheckpoint:
         module = build_model(config)
         name = type(module).__name__
         load_weights(module, files, name)
+        tokenizer = read_tokenizer(folder) if tokens is not None else None
         shutil.rmtree(folder, ignore_errors=True)
     module.eval()
     module.requires_grad_(False)
-    return HfCheckpoint(module, config, name, tokens)
+    return HfCheckpoint(module, config, name, tokens, tokenizer)
+
+
+def read_tokenizer(folder: Path) -> Any:
+    """tokenizer.json as a `tokenizers.Tokenizer` (checked by `tokenizer_vocab` first)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(folder / TOKENIZER))
 
 
 def load_hf(path: Path) -> LoadedModel:
@@ -425,7 +434,8 @@ def load_hf(path: Path) -> LoadedModel:
     labels = ckpt.config.get("id2label")
     heads = "ForSequenceClassification" in ckpt.architecture and isinstance(labels, dict)
     classes = len(labels) if heads and isinstance(labels, dict) else None
-    return LoadedModel(ckpt.module, (ckpt.max_positions or DUMMY_TOKENS,), classes, "hf")
+    shape = (ckpt.max_positions or DUMMY_TOKENS,)
+    return LoadedModel(ckpt.module, shape, classes, "hf", ckpt.tokenizer, ckpt.config)
 
 
 def _dummy_ids(ckpt: HfCheckpoint) -> torch.Tensor:

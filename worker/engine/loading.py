@@ -75,13 +75,17 @@ class LoadedModel:
     """A loaded model in eval mode with frozen parameters.
 
     `input_shape` excludes the batch dimension; `num_classes` is the last dimension of a 2D output
-    (None when the output is not a batch of vectors).
+    (None when the output is not a batch of vectors). `tokenizer`: a Hugging Face checkpoint's
+    `tokenizers.Tokenizer` (None when it has none, and for every other format); `config`: its
+    config.json.
     """
 
     module: nn.Module
     input_shape: tuple[int, ...]
     num_classes: int | None
     format: str
+    tokenizer: Any = None
+    config: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +118,18 @@ def build_run_student(
 ) -> nn.Module | None:
     """The student this run trains, or None to let the trainer build the zoo student.
 
+    The task may build a student itself from its teacher (`Task.build_student`: a text task's
+    teacher with fewer layers), for any source but "model";
     - source "model": the model file to start from (loaded safely, trainable): `student.model.path`,
       or `student_path` where the caller fetched the file (the studio's worker, for a model id);
     - source "derived" / "teacher": built from the teacher's zoo architecture (fresh weights,
       seeded with the run's seed); ValueError when the teacher is a .pt2 graph without one.
     """
     spec = config.student
-    if spec.source == "zoo":
-        return None
+    task = task or build_task(config.task, **config.task_params)
+    if spec.source == "zoo":  # a task's own student, else None: the trainer builds it
+        torch.manual_seed(config.seed)
+        return task.build_student(spec.architecture, dict(spec.kwargs), teacher, data)
     if spec.source == "model":
         ref = spec.model
         path = student_path or (Path(ref.path) if ref is not None and ref.path else None)
@@ -137,12 +142,14 @@ def build_run_student(
             raise ValueError(refusal)
         loaded = load_model(path, fmt, ref.architecture, ref.kwargs)
         loaded.module.requires_grad_(True)
-        return loaded.module
+        return task.adapt_model(loaded.module, loaded)
     from worker.engine.students import build_student
 
-    task = task or build_task(config.task)
     arch, kwargs = spec.zoo_architecture(*teacher_architecture(config, teacher))
     torch.manual_seed(config.seed)
+    built = task.build_student(arch, kwargs, teacher, data)
+    if built is not None:
+        return built
     return build_student(arch, task.input_shape(data), task.output_size(data), **kwargs)
 
 
@@ -374,7 +381,7 @@ def _inputs(
 ) -> tuple[Task, LoadedModel, Any, nn.Module | None, Any, Any]:
     """The run's task, teacher (loaded safely), data (checked against the teacher), student
     (None: the trainer's zoo student) and training and validation splits."""
-    task = build_task(config.task)
+    task = build_task(config.task, **config.task_params)
     teacher_format = model_format(Path(teacher_path), config.teacher.format)
     if teacher_format == "hf" and (refusal := text_task_refusal("the teacher", config.task)):
         raise ValueError(refusal)
@@ -384,6 +391,7 @@ def _inputs(
         config.teacher.architecture,
         config.teacher.kwargs,
     )
+    teacher = replace(teacher, module=task.adapt_model(teacher.module, teacher))
     data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
     student = build_run_student(config, teacher, data, student_path, task)
     train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)

@@ -738,7 +738,7 @@ def train(
     """
     cb = callbacks or Callbacks()
     ts = config.training
-    task = task if task is not None else build_task(config.task)
+    task = task if task is not None else build_task(config.task, **config.task_params)
     scheme = scheme if scheme is not None else build_scheme(config.scheme, **config.scheme_params)
     if len(train_data) == 0:
         raise ValueError("the training split is empty; upload more samples")

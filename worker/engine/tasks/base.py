@@ -15,6 +15,11 @@ layer-stage rule.
                                           student itself (default), or the student with its
                                           post-processing (detection: boxes, scores, classes)
     inspect_output(output_shape)          the task's keys in a model inspection (num_classes)
+    adapt_model(module, loaded)           the module a run takes for a loaded model (text
+                                          tasks: a transformers model behind `TokenModel`)
+    build_student(arch, kwargs, teacher, data)
+                                          a student the task builds from its teacher (text:
+                                          fewer layers, pruned); None: the zoo builds it
     stage_rule                            the catalog's name of the rule that groups an
                                           inspection's layers into stages (`taps.STAGE_RULES`)
                                           and pairs them (`core.pairing.STAGE_RULES`)
@@ -136,6 +141,18 @@ class Task(ABC):
         """The task's keys in a model inspection, read from the model's output shape (batch
         excluded); none by default."""
         return {}
+
+    def adapt_model(self, module: nn.Module, loaded: LoadedModel | None = None) -> nn.Module:
+        """The module a run trains or distils from for a loaded model (teacher or student; the
+        `loaded` model's tokenizer and config at hand): the module itself by default."""
+        return module
+
+    def build_student(
+        self, architecture: str, kwargs: dict[str, Any], teacher: LoadedModel, data: Any
+    ) -> nn.Module | None:
+        """A student this task builds from its teacher (`architecture` / `kwargs` as the run
+        config resolved them); None (the default): the zoo builds `architecture`."""
+        return None
 
     def demo(self, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
         """Write a small, real teacher and dataset for this task to `out_dir`; returns (teacher

@@ -1,0 +1,166 @@
+"""What every text task shares: uploads read as texts (`data.read_text_dataset`), tokenised with
+the teacher's tokenizer once the teacher is known (`fit_to_teacher`), split by row, batched as
+token ids padded with `models.PAD`, and models run behind `models.TokenModel`.
+
+A subclass names its `kind` (the upload it reads: classification, lm, instruction; `kinds` when
+it takes several), its model `output` ("logits", "mean_pool"), its targets (`targets`), and its
+validation and evaluation.
+
+Task parameters (catalog `tasks`, run config `task_params`): `max_length`, the longest row in
+tokens (refused when longer than the teacher's positions; rows cut to it are counted in
+`TokenData.truncated`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from worker.engine.datasets import DatasetError
+from worker.engine.tasks.base import Batch, IncompatibleDataError, Task
+from worker.engine.tasks.text.data import (
+    TextData,
+    TextKind,
+    TextLimits,
+    describe_text,
+    read_text_dataset,
+    tokenize,
+)
+from worker.engine.tasks.text.models import PAD, Output, TokenModel
+
+if TYPE_CHECKING:
+    from core.config import DatasetRef
+    from worker.engine.loading import LoadedModel
+
+
+@dataclass
+class TokenData:
+    """A tokenised text dataset: `ids` [N, L] (padding `PAD`), `labels` ([N] classes, or
+    [N, L] token targets with -100 where no loss counts), the texts it came from (samples on
+    the pages) and how many rows the max length cut."""
+
+    text: TextData
+    ids: Tensor
+    labels: Tensor
+    truncated: int = 0
+    tokenizer: Any = None  # the teacher's `tokenizers.Tokenizer`
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def subset(self, idx: np.ndarray | Tensor) -> TokenData:
+        rows = [int(i) for i in idx]
+        text = replace(
+            self.text,
+            texts=[self.text.texts[i] for i in rows],
+            labels=None if self.text.labels is None else [self.text.labels[i] for i in rows],
+            completions=None
+            if self.text.completions is None
+            else [self.text.completions[i] for i in rows],
+        )
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return replace(self, text=text, ids=self.ids[index], labels=self.labels[index])
+
+
+def limits_of(limits: dict[str, Any]) -> TextLimits:
+    """The reader's bounds from the worker's upload limits (file bytes, rows) where given."""
+    fields = {k: limits[k] for k in ("file_bytes", "rows", "line_bytes") if k in limits}
+    return TextLimits(**fields)
+
+
+class TextTask(Task):
+    """A task on token ids; see the module docstring."""
+
+    kinds: ClassVar[tuple[TextKind, ...]] = ("classification",)
+    output: ClassVar[Output] = "logits"
+
+    def kind_of(self, path: Path) -> TextKind:
+        """The kind of upload `path` is read as: the task's one kind, or (LM tasks) instruction
+        data when a .jsonl's first record has `prompt` and `completion`."""
+        return self.kinds[0]
+
+    def load(self, path: Path, ref: DatasetRef, **limits: Any) -> TextData:
+        return read_text_dataset(
+            Path(path),
+            self.kind_of(Path(path)),
+            text_column=ref.text_column,
+            label_column=ref.label_column,
+            limits=limits_of(limits),
+        )
+
+    def describe(self, path: Path, ref: DatasetRef, **limits: Any) -> dict[str, Any]:
+        """Kind, rows, sample rows and class counts (no tokenizer yet: the token length
+        histogram comes with a teacher, `describe_text(data, tokenizer)`)."""
+        return describe_text(self.load(path, ref, **limits))
+
+    def adapt_model(self, module: nn.Module, loaded: LoadedModel | None = None) -> nn.Module:
+        """A transformers model behind `TokenModel`; any other model is refused."""
+        if isinstance(module, TokenModel):
+            return module
+        if loaded is not None and loaded.format != "hf":
+            raise IncompatibleDataError(
+                f"a {type(self).__name__} run needs Hugging Face checkpoints (a .zip of "
+                f"config.json, model.safetensors and tokenizer.json); this model is "
+                f"{loaded.format}"
+            )
+        return TokenModel(module, self.output)
+
+    def max_length(self) -> int:
+        return int(self.params.get("max_length", 128))
+
+    def targets(self, text: TextData, labels: Tensor, ids: Tensor) -> Tensor:
+        """The task's targets from the tokenised labels (class indices, or token targets)."""
+        return labels
+
+    def fit_to_teacher(self, teacher: LoadedModel, data: TextData) -> TokenData:
+        """Tokenise with the teacher's tokenizer at the task's max length (checked against the
+        teacher's positions); refuses a teacher without a tokenizer and empty data."""
+        if teacher.tokenizer is None:
+            raise IncompatibleDataError(
+                "the teacher checkpoint has no tokenizer.json; a text task tokenises the "
+                "dataset with the teacher's tokenizer: zip the checkpoint with its tokenizer"
+            )
+        if len(data) == 0:
+            raise DatasetError("the dataset has no rows")
+        positions = int(teacher.input_shape[0])
+        try:
+            tok = tokenize(data, teacher.tokenizer, self.max_length(), positions)
+        except DatasetError as exc:
+            raise IncompatibleDataError(str(exc)) from exc
+        ids = tok.input_ids.masked_fill(tok.attention_mask == 0, PAD)
+        labels = self.targets(data, tok.labels, ids)
+        return TokenData(data, ids, labels, tok.truncated, teacher.tokenizer)
+
+    def split(self, data: TokenData, val_fraction: float, seed: int) -> tuple[TokenData, TokenData]:
+        """round(N * val_fraction) rows (at least 1, at most N - 1) drawn by a permutation
+        seeded with `seed` go to validation; rows keep their order."""
+        if not 0.0 < val_fraction < 1.0:
+            raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        n = len(data)
+        n_val = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 else 0
+        val_idx = np.sort(np.random.default_rng(seed).permutation(n)[:n_val])
+        keep = np.ones(n, dtype=bool)
+        keep[val_idx] = False
+        return data.subset(np.flatnonzero(keep)), data.subset(val_idx)
+
+    def input_shape(self, data: TokenData) -> tuple[int, ...]:
+        return (int(data.ids.shape[1]),)
+
+    def batch(self, data: TokenData, idx: Tensor, device: torch.device) -> Batch:
+        """Token ids of the rows `idx`, cut to their longest row (less padding to run)."""
+        ids, labels = data.ids[idx], data.labels[idx]
+        width = int((ids != PAD).sum(1).max()) if len(idx) else 1
+        ids = ids[:, :width]
+        if labels.dim() == 2:
+            labels = labels[:, :width]
+        return Batch(ids.to(device), labels.to(device))
+
+    def example_input(self, input_shape: Any) -> Tensor:
+        """Two rows of token ids (no padding) for tracing an export."""
+        length = min(int(input_shape[0]), 16)
+        return (torch.arange(2 * length).reshape(2, length) * 7 + 3) % 100
