@@ -685,7 +685,7 @@ def _read(
 
 def load_dataset(
     path: Path,
-    format: Format | None = None,
+    format: Format | str | None = None,
     label_column: str = "label",
     *,
     max_entries: int = 100_000,
@@ -710,7 +710,7 @@ def load_dataset(
 
 def describe_dataset(
     path: Path,
-    format: Format | None = None,
+    format: Format | str | None = None,
     label_column: str = "label",
     *,
     max_entries: int = 100_000,

@@ -29,6 +29,8 @@ Output = Literal["logits", "mean_pool"]
 class TokenModel(nn.Module):
     """`hf` (a transformers `PreTrainedModel`) taking token ids padded with `PAD`."""
 
+    hf: Any  # the transformers model (kept outside the module registry)
+
     def __init__(self, hf: nn.Module, output: Output = "logits") -> None:
         super().__init__()
         for name, child in hf.named_children():
@@ -59,4 +61,4 @@ class TokenModel(nn.Module):
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The transformers model behind a `TokenModel` (the module itself otherwise)."""
-    return module.hf if isinstance(module, TokenModel) else module
+    return module.hf if isinstance(module, TokenModel) else module  # type: ignore[no-any-return]
