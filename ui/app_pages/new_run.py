@@ -22,7 +22,8 @@ from core import pairing
 from core.catalog.augment import AUGMENT
 from core.catalog.tasks import DEFAULT as DEFAULT_TASK
 from core.catalog.training import LOSS_WEIGHT, SEED, TRAINING, VAL_FRACTION, Setting
-from core.config import AugmentSettings, RunConfig, StudentSpec, TrainSettings
+from core.config import AugmentSettings, DatasetRef, RunConfig, StudentSpec, TrainSettings
+from core.hf import TEXT_TASKS
 from ui import budget_finder
 from ui import components as ui
 
@@ -39,6 +40,9 @@ STUDENT_SOURCES = {
 }
 FROM_TEACHER = ("derived", "teacher")  # sources that need a zoo teacher
 FITTING_SHOWN = 3  # student layers named as ones that would fit a teacher layer
+TEXT_FORMATS = {"jsonl", "txt"}  # dataset formats only text tasks read
+TEXT_COLUMN = DatasetRef.model_fields["text_column"]
+BLOCK_COLUMNS = ["student", "teacher"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +327,40 @@ def _offered(catalog: Catalog, key: str) -> list[str] | None:
     return entry.extra.get(key) if entry is not None else None
 
 
+def is_text_task(entry: Any) -> bool:
+    """Whether a task (its catalog entry) reads text: named in `core.hf.TEXT_TASKS`, or reading a
+    dataset format only text tasks read (.jsonl, .txt)."""
+    if entry is None:
+        return False
+    formats = set(entry.extra.get("formats") or ())
+    return entry.name in TEXT_TASKS or bool(TEXT_FORMATS & formats)
+
+
+def _task_fields(catalog: Catalog) -> tuple[dict[str, Any], str | None]:
+    """(the run config's `task_params`, `dataset.text_column`): inputs for every parameter of the
+    chosen task's catalog entry (a text task's max_length, ...) and, for a text task, the
+    dataset's text column (None for other tasks). A task without either shows nothing."""
+    task = st.session_state.get("nr_task") or DEFAULT_TASK
+    entry = catalog.task(task)
+    text = is_text_task(entry)
+    if entry is None or not (entry.params or text):
+        return {}, None
+    params: dict[str, Any] = {}
+    if entry.params:
+        params = ui.param_form(entry, f"nr_tp.{task}", columns=3, persist=True)
+    column = None
+    if text:
+        st.session_state.setdefault("nr_text_column", TEXT_COLUMN.default)
+        column = st.text_input(
+            "Text column",
+            key="nr_text_column",
+            persist_state="session",
+            help=f"{TEXT_COLUMN.description} A .csv's column or a .jsonl's field; .txt files "
+            "and prompt/completion records need none.",
+        )
+    return params, (column or TEXT_COLUMN.default) if text else None
+
+
 def _zoo_student(catalog: Catalog) -> tuple[str, dict[str, Any]]:
     offered = _offered(catalog, "students")
     names = [e.name for e in catalog.students if offered is None or e.name in offered]
@@ -540,6 +578,142 @@ def _pairs_section() -> list[str]:
         _set_pairs([])
         st.rerun()
     return problems
+
+
+def blocks_of(inspection: Any) -> list[dict[str, Any]]:
+    """A transformer's blocks from its inspection (`blocks`: index, path, attention, mlp,
+    params, as `worker.engine.hf_teacher` records them); [] for models without blocks."""
+    if inspection is None:
+        return []
+    blocks = (inspection.model_extra or {}).get("blocks") or []
+    return [b for b in blocks if isinstance(b, dict) and b.get("path")]
+
+
+def even_mapping(teacher: list[str], student: list[str]) -> list[dict[str, Any]]:
+    """Student block m of S (from 1) learns from teacher block g(m) = round(m * T / S) of T:
+    TinyBERT's uniform layer mapping (Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural
+    Language Understanding"), so the blocks spread over the teacher's depth and the last
+    student block learns from the last teacher block."""
+    if not teacher or not student:
+        return []
+    t, n = len(teacher), len(student)
+    return [
+        {"teacher": teacher[min(max(round(m * t / n), 1), t) - 1], "student": path, "tap": "output"}
+        for m, path in enumerate(student, start=1)
+    ]
+
+
+def _inspection(model: Model | None) -> Any:
+    """A model's inspection with its layer table (the list of models may leave it out)."""
+    if model is None:
+        return None
+    if blocks_of(model.inspection):
+        return model.inspection
+    cache = st.session_state.setdefault("_nr_inspections", {})
+    if model.id not in cache:
+        detail = ui.fetch(ui.client().model, model.id, stop=False)
+        cache[model.id] = detail.inspection if detail is not None else None
+    return cache[model.id]
+
+
+def _student_blocks(
+    plan: Plan | None, student: dict[str, Any], models: dict[int, Model]
+) -> list[dict[str, Any]]:
+    """The student's blocks: from the current plan's student inspection, else, for a student
+    that is a model of the team, from that model's inspection ([] until planned)."""
+    if plan is not None and (found := blocks_of(plan.student)):
+        return found
+    model_id = (student.get("model") or {}).get("model_id")
+    if student.get("source") == "model" and model_id in models:
+        return blocks_of(_inspection(models[model_id]))
+    return []
+
+
+def _blocks_frame(blocks: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [
+        {
+            "block": b.get("index"),
+            "path": b["path"],
+            "attention": ", ".join(b.get("attention") or []),
+            "mlp": ", ".join(b.get("mlp") or []),
+            "params": b.get("params"),
+        }
+        for b in blocks
+    ]
+    return pd.DataFrame(rows, columns=["block", "path", "attention", "mlp", "params"])
+
+
+def _blocks_section(
+    teacher: Model | None, student: dict[str, Any], models: dict[int, Model], current: bool
+) -> None:
+    """Layer mapping by blocks, for transformer teachers: the teacher's and the student's blocks
+    (attention, MLP) side by side and a table of student block -> teacher block pairs, picked
+    from the blocks like image layer pairs (or spread evenly); each row is a layer pair."""
+    t_blocks = blocks_of(_inspection(teacher))
+    if not t_blocks:
+        return
+    s_blocks = _student_blocks(_plan() if current else None, student, models)
+    st.markdown("**Layer mapping by blocks**")
+    st.caption(
+        "Each row makes the student block learn from a teacher block (hidden states; the "
+        "feature losses below use these pairs). *Map evenly* spreads the student's blocks over "
+        "the teacher's depth, the last onto the last."
+    )
+    left, right = st.columns(2)
+    config = {"params": st.column_config.NumberColumn(format="localized")}
+    left.markdown(f"Teacher · {len(t_blocks)} blocks")
+    left.dataframe(
+        _blocks_frame(t_blocks), hide_index=True, key="nr_blocks_t", column_config=config
+    )
+    right.markdown(f"Student · {len(s_blocks)} blocks" if s_blocks else "Student")
+    if not s_blocks:
+        right.info(
+            "Plan to see the student's blocks (a student model of the team shows them at once).",
+            icon=":material/explore:",
+        )
+        return
+    right.dataframe(
+        _blocks_frame(s_blocks), hide_index=True, key="nr_blocks_s", column_config=config
+    )
+    t_paths, s_paths = [b["path"] for b in t_blocks], [b["path"] for b in s_blocks]
+    mapped = [p for p in _pairs() if p["teacher"] in t_paths and p["student"] in s_paths]
+    key = f"nr_blocks_editor_{st.session_state.get('nr_pairs_ver', 0)}"
+    st.data_editor(
+        pd.DataFrame(mapped, columns=BLOCK_COLUMNS),
+        key=key,
+        num_rows="dynamic",
+        on_change=_apply_block_edits,
+        args=(key, t_paths, s_paths),
+        width="stretch",
+        column_config={
+            "student": st.column_config.SelectboxColumn(
+                "student block", options=s_paths, required=True
+            ),
+            "teacher": st.column_config.SelectboxColumn(
+                "teacher block", options=t_paths, required=True
+            ),
+        },
+    )
+    if st.button("Map evenly", icon=":material/linear_scale:", key="nr_blocks_even"):
+        others = [p for p in _pairs() if p not in mapped]
+        _set_pairs(others + even_mapping(t_paths, s_paths))
+        st.rerun()
+
+
+def _apply_block_edits(key: str, teacher: list[str], student: list[str]) -> None:
+    """Fold the block table's edits into `nr_pairs`: its rows replace the pairs between blocks,
+    the other pairs stay."""
+    edits = st.session_state.get(key) or {}
+    pairs = _pairs()
+    mapped = [dict(p) for p in pairs if p["teacher"] in teacher and p["student"] in student]
+    others = [p for p in pairs if not (p["teacher"] in teacher and p["student"] in student)]
+    for index, change in (edits.get("edited_rows") or {}).items():
+        mapped[int(index)].update({k: v for k, v in change.items() if k in BLOCK_COLUMNS})
+    for added in edits.get("added_rows") or []:
+        mapped.append({"teacher": added.get("teacher"), "student": added.get("student")})
+    deleted = {int(i) for i in edits.get("deleted_rows") or []}
+    kept = [p for i, p in enumerate(mapped) if i not in deleted and p.get("teacher")]
+    _set_pairs(others + [p for p in kept if p.get("student")])
 
 
 def _apply_edits(key: str) -> None:
@@ -984,6 +1158,9 @@ def _fill_form(cfg: RunConfig) -> None:
     for key, value in cfg.scheme_params.items():
         s[f"nr_scheme.{cfg.scheme}.{key}"] = value
     s["nr_seed"] = cfg.seed
+    for key, value in cfg.task_params.items():
+        s[f"nr_tp.{cfg.task}.{key}"] = value
+    s["nr_text_column"] = cfg.dataset.text_column
 
 
 def _review(config: dict[str, Any], pair_errors: list[str]) -> None:
@@ -1052,6 +1229,7 @@ if flash := st.session_state.pop("nr_flash", None):
 st.subheader("1 · Teacher and data")
 teacher_id, dataset_id, ready = _sources()
 _task(catalog, dataset_id)
+task_params, text_column = _task_fields(catalog)
 
 st.subheader("2 · Student")
 budget_finder.finder(catalog, ready.get(teacher_id), dataset_id)  # fills the fields below
@@ -1059,8 +1237,10 @@ student_spec, student_name = _student(catalog, ready.get(teacher_id), ready)
 
 st.subheader("3 · Plan and layer pairs")
 _plan_section(teacher_id, dataset_id, student_spec)
+planned = _plan_is_current(_plan_key(teacher_id, dataset_id, student_spec))
+_blocks_section(ready.get(teacher_id), student_spec, ready, planned)
 pair_errors = _pairs_section()
-if not _plan_is_current(_plan_key(teacher_id, dataset_id, student_spec)):
+if not planned:
     pair_errors = []  # checked against an older plan: the API checks them at launch
 
 st.subheader("4 · Losses")
@@ -1074,5 +1254,9 @@ st.subheader("6 · Review and launch")
 config = _config(teacher_id, dataset_id, student_spec, student_name, losses, training, misc)
 if augment:  # only a run that augments carries the section
     config["augment"] = augment
+if task_params:  # only a task with parameters carries them (image tasks have none)
+    config["task_params"] = task_params
+if text_column is not None:
+    config["dataset"]["text_column"] = text_column
 _review(config, pair_errors)
 budget_finder.sweep(config)  # the best budget candidates, one run each, as a comparison
