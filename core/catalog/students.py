@@ -385,6 +385,57 @@ STUDENTS: dict[str, StudentEntry] = {
             family="gen_resnet",
             implementation="worker.engine.students.generation:gen_resnet",
         ),
+        StudentEntry(
+            "hf_layers",
+            "Teacher with fewer layers (DistilBERT-style)",
+            "Text tasks, from a Hugging Face teacher: the teacher's architecture with fewer "
+            "transformer blocks, each initialised from a teacher block (evenly spaced, the "
+            "first and the last included; DistilBERT takes one of two), the embeddings and "
+            "the head copied; the teacher's tokenizer.",
+            (
+                param(
+                    "layers",
+                    "int",
+                    0,
+                    "Transformer blocks; 0 = half the teacher's (at least 1).",
+                    0,
+                    512,
+                ),
+            ),
+            paper="Sanh, Debut, Chaumond, Wolf. DistilBERT, a distilled version of BERT: "
+            "smaller, faster, cheaper and lighter. 2019",
+            kind="text",
+            family="hf_layers",
+            implementation="worker.engine.tasks.text.students:hf_layers",
+        ),
+        StudentEntry(
+            "hf_config",
+            "Narrower fresh transformer",
+            "Text tasks, from a Hugging Face teacher: a randomly initialised model of the "
+            "teacher's type and head with fewer blocks, a narrower hidden width, fewer heads "
+            "and a narrower MLP (each 0 = half the teacher's); same vocabulary, positions and "
+            "tokenizer.",
+            (
+                param("layers", "int", 0, "Transformer blocks; 0 = half the teacher's.", 0, 512),
+                param("hidden", "int", 0, "Hidden width; 0 = half the teacher's.", 0, 65536),
+                param(
+                    "heads",
+                    "int",
+                    0,
+                    "Attention heads (must divide hidden); 0 = half the teacher's.",
+                    0,
+                    1024,
+                ),
+                param(
+                    "intermediate", "int", 0, "MLP inner width; 0 = half the teacher's.", 0, 262144
+                ),
+            ),
+            paper="Jiao et al. TinyBERT: Distilling BERT for Natural Language Understanding. "
+            "Findings of EMNLP 2020 (a narrower student of the teacher's kind)",
+            kind="text",
+            family="hf_config",
+            implementation="worker.engine.tasks.text.students:hf_config",
+        ),
     ]
 }
 

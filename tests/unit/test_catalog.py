@@ -139,9 +139,14 @@ def test_every_catalog_student_names_a_builder_that_resolves(name: str) -> None:
 
     entry = catalog.STUDENTS[name]
     assert entry.name == name and entry.family
-    assert entry.implementation.startswith("worker.engine.students."), entry.implementation
     assert callable(catalog.load(entry.implementation))
     _assert_params_match(entry, REGISTRY[name], skip=2)  # input_shape, num_classes
+    if entry.kind == "text":  # built from the Hugging Face teacher by a text task
+        assert entry.implementation.startswith("worker.engine.tasks.text.students:")
+        with pytest.raises(ValueError, match="built from a Hugging Face teacher"):
+            build_student(name, (16,), 10)
+        return
+    assert entry.implementation.startswith("worker.engine.students."), entry.implementation
     model = build_student(name, (3, 8, 8), 10)
     assert model.arch == name
     if entry.depth is not None and entry.family in ("resnet", "wrn"):

@@ -21,8 +21,22 @@ def test_registry_matches_catalog() -> None:
     assert set(REGISTRY) == set(catalog.STUDENTS)
 
 
-# every student on digits (8x8, one channel) and on CIFAR (32x32, three channels)
-CASES = [(name, shape) for name in sorted(REGISTRY) for shape in ((1, 8, 8), (3, 32, 32))]
+# text students (kind "text") are built from their Hugging Face teacher by a text task
+# (tests/unit/engine/test_text_tasks.py); the zoo refuses to build them alone
+TEXT = sorted(n for n, e in catalog.STUDENTS.items() if e.kind == "text")
+# every other student on digits (8x8, one channel) and on CIFAR (32x32, three channels)
+CASES = [
+    (name, shape)
+    for name in sorted(REGISTRY)
+    if name not in TEXT
+    for shape in ((1, 8, 8), (3, 32, 32))
+]
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_text_students_are_refused_without_a_teacher(name: str) -> None:
+    with pytest.raises(ValueError, match="built from a Hugging Face teacher by a text task"):
+        build_student(name, (16,), 2)
 
 
 @pytest.fixture(scope="module", autouse=True)

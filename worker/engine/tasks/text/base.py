@@ -73,11 +73,39 @@ def limits_of(limits: dict[str, Any]) -> TextLimits:
     return TextLimits(**fields)
 
 
+def check_same_tokenizer(teacher: Any, other: Any) -> None:
+    """Refuses a model whose tokenizer (`tokenizers.Tokenizer`) is missing or maps tokens to
+    other ids than the teacher's: the data is tokenised once, with the teacher's tokenizer, and
+    both models read the same ids (text-level outputs, such as sentence embeddings, would allow
+    two tokenizers, but every text task here feeds one batch of ids to both models)."""
+    if other is None:
+        raise IncompatibleDataError(
+            "the student checkpoint has no tokenizer.json; zip it with its tokenizer (it must "
+            "be the teacher's: both models read the same token ids)"
+        )
+    mine, theirs = (
+        teacher.get_vocab(with_added_tokens=True),
+        other.get_vocab(with_added_tokens=True),
+    )
+    if mine == theirs:
+        return
+    differ = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
+    raise IncompatibleDataError(
+        f"the student's tokenizer differs from the teacher's ({len(theirs)} vs {len(mine)} "
+        f"tokens; e.g. {', '.join(f'{t!r}: {i}' for t, i in differ)}): the two models would "
+        "read the same ids as different text. Distil between models that share a tokenizer "
+        "(e.g. a hf_layers or hf_config student built from the teacher); only losses on "
+        "text-level outputs (sentence embeddings) could compare models with different "
+        "tokenizers, and this studio feeds both models one tokenisation"
+    )
+
+
 class TextTask(Task):
     """A task on token ids; see the module docstring."""
 
     kinds: ClassVar[tuple[TextKind, ...]] = ("classification",)
     output: ClassVar[Output] = "logits"
+    tokenizer: Any = None  # the teacher's, once `fit_to_teacher` has seen it
 
     def kind_of(self, path: Path) -> TextKind:
         """The kind of upload `path` is read as: the task's one kind, or (LM tasks) instruction
@@ -99,16 +127,35 @@ class TextTask(Task):
         return describe_text(self.load(path, ref, **limits))
 
     def adapt_model(self, module: nn.Module, loaded: LoadedModel | None = None) -> nn.Module:
-        """A transformers model behind `TokenModel`; any other model is refused."""
-        if isinstance(module, TokenModel):
-            return module
+        """A transformers model behind `TokenModel`; any other model is refused, and so is a
+        model (the `source: model` student, adapted after `fit_to_teacher`) whose tokenizer
+        is not the teacher's."""
         if loaded is not None and loaded.format != "hf":
             raise IncompatibleDataError(
                 f"a {type(self).__name__} run needs Hugging Face checkpoints (a .zip of "
                 f"config.json, model.safetensors and tokenizer.json); this model is "
                 f"{loaded.format}"
             )
+        if loaded is not None and self.tokenizer is not None:
+            check_same_tokenizer(self.tokenizer, loaded.tokenizer)
+        if isinstance(module, TokenModel):
+            return module
         return TokenModel(module, self.output)
+
+    def build_student(
+        self, architecture: str, kwargs: dict[str, Any], teacher: LoadedModel, data: Any
+    ) -> nn.Module | None:
+        """The text students (`students.TEXT_STUDENTS`: hf_layers, hf_config) from the
+        teacher; any other architecture is refused (a text task takes token ids)."""
+        from worker.engine.tasks.text.students import TEXT_STUDENTS, build_text_student
+
+        if architecture not in TEXT_STUDENTS:
+            raise IncompatibleDataError(
+                f"the student '{architecture}' takes images or tables; a {type(self).__name__} "
+                f"student is one of {', '.join(TEXT_STUDENTS)} (built from the teacher) or a "
+                "Hugging Face checkpoint (student source 'model')"
+            )
+        return build_text_student(architecture, kwargs, teacher, self.output)
 
     def max_length(self) -> int:
         return int(self.params.get("max_length", 128))
@@ -127,6 +174,7 @@ class TextTask(Task):
             )
         if len(data) == 0:
             raise DatasetError("the dataset has no rows")
+        self.tokenizer = teacher.tokenizer  # a `source: model` student must share it
         positions = int(teacher.input_shape[0])
         try:
             tok = tokenize(data, teacher.tokenizer, self.max_length(), positions)
