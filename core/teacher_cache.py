@@ -11,12 +11,16 @@ The key is a hash of everything the teacher's output of a batch depends on: the 
 (its sha256, format, architecture), the dataset file (its sha256 and how it is read and split),
 the task, the seed (split, batch order and every augmentation draw), the batch size (which
 samples share a batch: mixup/cutmix mix within it) and the augment recipe, plus the stored
-top-k. Epochs are not in it: a run of more epochs extends the same cache.
+top-k; for text, the text column and the task parameters (max_length changes the tokens).
+Epochs are not in it: a run of more epochs extends the same cache.
 
 Only response-based (logit) losses can read a replayed output: a feature or relation loss
 needs the teacher's intermediate layers, which are not stored, and a loss of kind "other"
-(grad_match) runs the teacher itself. So the cache applies to the offline scheme on
-classification with logit losses only (`cache_problem` says why not otherwise).
+(grad_match) runs the teacher itself. So the cache applies to the offline scheme with logit
+losses only, on the tasks of `CACHED_TASKS`: class logits [N, classes] (classification) or a
+language model's token logits [N, L, vocab] (causal_lm: top-k per counted token position,
+DistillKit's offline mode and Megatron's offline top-k KD); `cache_problem` says why not
+otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from core.catalog.augment import image_ops
 
 VERSION = 1  # of the stored layout; part of the key
 
+# the tasks whose teacher outputs the cache keeps: class logits or token logits
+CACHED_TASKS = {"classification": "class logits", "causal_lm": "token logits"}
+
 
 def cache_problem(config: Any) -> str | None:
     """Why `config` (a `core.config.RunConfig`) cannot use the teacher-output cache; None when
@@ -41,10 +48,11 @@ def cache_problem(config: Any) -> str | None:
         )
     if config.training.gpus > 1:
         return "the teacher-output cache is written by one process; set training.gpus to 1"
-    if config.task != "classification":
+    if config.task not in CACHED_TASKS:
         return (
-            f"the teacher-output cache stores class logits [N, classes]; task '{config.task}' "
-            "has other outputs"
+            f"the teacher-output cache stores class logits [N, classes] or token logits "
+            f"[N, length, vocab] (tasks {', '.join(CACHED_TASKS)}); task '{config.task}' has "
+            "other outputs"
         )
     for i, loss in enumerate(config.losses):
         kind = catalog.LOSSES[loss.name].kind
@@ -73,7 +81,7 @@ def per_epoch(config: Any) -> bool:
 def cache_key(config: Any, teacher_sha256: str, dataset_sha256: str) -> str:
     """The cache's key (64 hex digits) for a run of `config` on these teacher and dataset
     files (the sha256 of their bytes, as the artifact store records them)."""
-    parts = {
+    parts: dict[str, Any] = {
         "version": VERSION,
         "teacher": {
             "sha256": teacher_sha256,
@@ -93,6 +101,9 @@ def cache_key(config: Any, teacher_sha256: str, dataset_sha256: str) -> str:
         "augment": config.augment.model_dump(mode="json"),
         "top_k": config.training.teacher_cache_top_k,
     }
+    if config.task != "classification":  # how texts are read and tokenised
+        parts["dataset"]["text_column"] = config.dataset.text_column
+        parts["task_params"] = config.resolved_task_params()
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

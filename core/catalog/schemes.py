@@ -319,6 +319,53 @@ SCHEMES: dict[str, SchemeEntry] = {
             feature_losses=False,
             run_check="split",
         ),
+        SchemeEntry(
+            "on_policy",
+            "On-policy (GKD, language models)",
+            "Offline distillation of a causal LM in which a fraction lmbda of the steps (drawn "
+            "per step from the run's seed, so a resumed run makes the same) train on the "
+            "student's own sampled continuations of the batch's prompts instead of the "
+            "dataset's: the student samples in eval mode without gradient (temperature, at most "
+            "max_new_tokens, stopped after its end-of-sequence token), the teacher scores the "
+            "new sequences and the configured token divergence (gkd_jsd with beta, kd, "
+            "reverse_kl, skew_kl, tvd) applies on the generated tokens only. Prompts: "
+            "instruction data's prompt; plain text: the first half of each row. lmbda 0 is the "
+            "offline scheme exactly. ce on an on-policy step fits the student's own samples: "
+            "leave it out. Task causal_lm.",
+            (
+                param(
+                    "lmbda",
+                    "float",
+                    0.5,
+                    "Fraction of the steps on the student's own continuations (GKD's lambda; "
+                    "0: off-policy only, 1: always on-policy).",
+                    0.0,
+                    1.0,
+                ),
+                param(
+                    "temperature",
+                    "float",
+                    0.9,
+                    "Sampling temperature of the student's continuations (TRL's default 0.9; "
+                    "the loss's own temperature is the loss's parameter).",
+                    0.05,
+                    10.0,
+                ),
+                param(
+                    "max_new_tokens",
+                    "int",
+                    128,
+                    "Longest continuation sampled per prompt, in tokens (cut to the models' "
+                    "positions).",
+                    1,
+                    4096,
+                ),
+            ),
+            paper="Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist, Bachem. On-Policy "
+            "Distillation of Language Models: Learning from Self-Generated Mistakes. ICLR 2024",
+            implementation="worker.engine.schemes.on_policy:OnPolicyScheme",
+            run_check="on_policy",
+        ),
     ]
 }
 
@@ -469,3 +516,24 @@ def multi_teacher_problem(run: Any) -> str | None:
 
 
 RUN_CHECKS["multi_teacher"] = multi_teacher_problem
+
+
+ON_POLICY_TASKS = ("causal_lm",)  # tasks whose student generates continuations
+
+
+def on_policy_problem(run: Any) -> str | None:
+    """Why a run config cannot run the `on_policy` scheme (None when it can)."""
+    if run.task not in ON_POLICY_TASKS:
+        return (
+            f"scheme 'on_policy' samples the student's continuations of text; task "
+            f"'{run.task}' is not a language model: use task {' or '.join(ON_POLICY_TASKS)}"
+        )
+    if all(loss.name == "ce" for loss in run.losses):
+        return (
+            "scheme 'on_policy': no configured loss reads the teacher, so the student's "
+            "continuations teach it nothing; add a token divergence (gkd_jsd, kd, reverse_kl)"
+        )
+    return None
+
+
+RUN_CHECKS["on_policy"] = on_policy_problem

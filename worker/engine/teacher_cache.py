@@ -28,9 +28,23 @@ b * batch_size ...), each with the seed of its batch's augmentation draws
 later run of the same key (same seed, data, batch size and recipe, hence the same draws)
 replays them; a run of more epochs records the epochs the cache lacks.
 
+Language models (token logits [N, L, V], issue 12: DistillKit's offline mode, Megatron's
+offline top-k KD). A row is a position, not a sample: each training sample keeps the rows of
+its counted positions only (those whose target is not -100: padding and prompt positions
+take no room), compressed as above with V for C (top-k float16 values, int16/int32 indices
+and the log-mean-exp of the other V - k logits). A replayed batch is [N, L, V] with the rows at
+the counted positions and zeros (a uniform distribution) elsewhere, where no token divergence
+reads it (`losses/divergence.py` masks them), so with k = 0 or k >= V the losses equal the
+live teacher's. Which top-k distribution the losses see: the tail mass is kept, spread
+evenly over the other V - k tokens (not renormalised onto the top k), so every divergence
+(reverse KL, JSD, TVD) stays finite. Token rows are kept per sample, for every epoch (text
+has no random augmentation).
+
 The file is one `.npz` (numpy, no pickles): `meta` (JSON: key, top_k, classes, samples, layout)
-and per slot `s{e}.values`, `s{e}.indices`, `s{e}.rest`, `s{e}.filled`, `s{e}.seeds`; a file
-whose meta does not match the run is ignored (the run records afresh).
+and per slot `s{e}.values`, `s{e}.indices`, `s{e}.rest`, `s{e}.filled`, `s{e}.seeds`; token
+rows as `t.samples` (the samples held), `t.offsets` (sample i's rows are offsets[i] to
+offsets[i + 1]), `t.values`, `t.indices`, `t.rest`. A file whose meta does not match the run
+is ignored (the run records afresh).
 """
 
 from __future__ import annotations
@@ -62,6 +76,20 @@ class _Slot:
 
 
 @dataclass
+class _Rows:
+    """Compressed logit rows: top-k values and indices and the rest (or, whole, the values)."""
+
+    values: np.ndarray  # [P, k] float16, or [P, C] float32 when whole
+    indices: np.ndarray  # [P, k] int16/int32; [P, 0] when whole
+    rest: np.ndarray  # [P] float32
+
+    FIELDS = ("values", "indices", "rest")
+
+    def nbytes(self) -> int:
+        return int(self.values.nbytes + self.indices.nbytes + self.rest.nbytes)
+
+
+@dataclass
 class CacheStats:
     """Batches replayed and recorded (teacher forwards run) in this process."""
 
@@ -86,6 +114,8 @@ class TeacherCache:
         self.precision = precision  # "bf16" (autocast on a GPU) or "fp32": not interchangeable
         self.classes: int | None = None
         self.slots: dict[int, _Slot] = {}
+        self.tokens = False  # token logits [N, L, V]: `rows` per sample, not `slots`
+        self.rows: dict[int, _Rows] = {}  # sample -> its counted positions' rows
         self.stats = CacheStats()
         self.changed = False
 
@@ -99,6 +129,7 @@ class TeacherCache:
             "per_epoch": self.per_epoch,
             "precision": self.precision,
             "classes": self.classes,
+            "tokens": self.tokens,
         }
 
     @classmethod
@@ -118,15 +149,22 @@ class TeacherCache:
             return cache
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(bytes(npz["meta"]).decode())
-            mine = {k: v for k, v in cache.meta().items() if k != "classes"}
+            mine = {k: v for k, v in cache.meta().items() if k not in ("classes", "tokens")}
             if {k: meta.get(k) for k in mine} != mine:
                 log.warning(
                     "teacher cache %s belongs to another run (%s); recording afresh", path, meta
                 )
                 return cache
             cache.classes = meta["classes"]
+            cache.tokens = bool(meta.get("tokens", False))
+            if "t.samples" in npz.files:
+                cache.rows = _split_rows(
+                    npz["t.samples"],
+                    npz["t.offsets"],
+                    _Rows(npz["t.values"], npz["t.indices"], npz["t.rest"]),
+                )
             for name in npz.files:
-                if name.endswith(".values"):
+                if name.startswith("s") and name.endswith(".values"):
                     e = int(name[1:].split(".")[0])
                     cache.slots[e] = _Slot(
                         *(
@@ -144,6 +182,8 @@ class TeacherCache:
         for e, slot in sorted(self.slots.items()):
             for part in ("values", "indices", "rest", "filled", "seeds"):
                 arrays[f"s{e}.{part}"] = getattr(slot, part)
+        if self.rows:
+            arrays.update(_joined_rows(self.rows))
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
@@ -180,10 +220,19 @@ class TeacherCache:
         return self.slots[e]
 
     def lookup(
-        self, epoch: int, start: int, idx: Tensor, seed: int, device: torch.device
+        self,
+        epoch: int,
+        start: int,
+        idx: Tensor,
+        seed: int,
+        device: torch.device,
+        labels: Tensor | None = None,
     ) -> Tensor | None:
         """The replayed logits [len(idx), C] of a batch (epoch `epoch`, first row `start`,
-        samples `idx`, augmentation seed `seed`) on `device`; None when any row is missing."""
+        samples `idx`, augmentation seed `seed`) on `device`; None when any row is missing.
+        Token logits: [len(idx), L, V] at the positions `labels` [len(idx), L] counts."""
+        if self.tokens:
+            return self._lookup_tokens(idx, labels, device)
         e, rows = self._where(epoch, start, idx)
         slot = self.slots.get(e)
         if slot is None or not slot.filled[rows].all():
@@ -193,13 +242,25 @@ class TeacherCache:
         self.stats.replayed += 1
         return self._expand(slot, rows).to(device, non_blocking=True)
 
-    def record(self, epoch: int, start: int, idx: Tensor, seed: int, logits: Tensor) -> Tensor:
-        """Store a batch's teacher logits [len(idx), C]; returns their replayed form (on the
-        logits' device), which the run uses in their place."""
+    def record(
+        self,
+        epoch: int,
+        start: int,
+        idx: Tensor,
+        seed: int,
+        logits: Tensor,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        """Store a batch's teacher logits [len(idx), C] (or token logits [len(idx), L, V], kept
+        at the positions `labels` counts); returns their replayed form (on the logits'
+        device), which the run uses in their place."""
+        if logits.dim() == 3:
+            return self._record_tokens(idx, logits, labels)
         if logits.dim() != 2:
             raise ValueError(
-                f"the teacher-output cache stores class logits [N, classes]; this teacher gives "
-                f"{list(logits.shape)}; set training.teacher_cache to 'off'"
+                f"the teacher-output cache stores class logits [N, classes] or token logits "
+                f"[N, length, vocab]; this teacher gives {list(logits.shape)}; set "
+                "training.teacher_cache to 'off'"
             )
         if self.classes is None:
             self.classes = int(logits.shape[1])
@@ -209,38 +270,138 @@ class TeacherCache:
             )
         e, rows = self._where(epoch, start, idx)
         slot = self._slot(e)
-        z = logits.detach().float()
-        if self.whole():
-            slot.values[rows] = z.cpu().numpy()
-        else:
-            k = self.top_k
-            z = z - z.amax(dim=1, keepdim=True)  # in float16's range, most precise at the top
-            top = z.topk(k, dim=1)
-            others = z.scatter(1, top.indices, float("-inf"))
-            rest = torch.logsumexp(others, dim=1) - math.log(self.classes - k)
-            slot.values[rows] = top.values.half().cpu().numpy()
-            slot.indices[rows] = top.indices.cpu().numpy().astype(slot.indices.dtype)
-            slot.rest[rows] = rest.cpu().numpy()
+        packed = self._compress(logits)
+        slot.values[rows] = packed.values
+        if not self.whole():
+            slot.indices[rows] = packed.indices
+            slot.rest[rows] = packed.rest
         slot.filled[rows] = True
         slot.seeds[rows] = seed if self.per_epoch else -1
         self.changed = True
         self.stats.recorded += 1
         return self._expand(slot, rows).to(logits.device)
 
-    def _expand(self, slot: _Slot, rows: np.ndarray) -> Tensor:
-        """The logits [len(rows), C] the rows replay (float32)."""
-        values = torch.from_numpy(slot.values[rows]).float()
+    def _compress(self, logits: Tensor) -> _Rows:
+        """Rows [P, C] of logits as they are kept: whole (float32), or shifted to a maximum of
+        0 (in float16's range, most precise at the top) and cut to the top k values (float16)
+        and indices plus the log-mean-exp of the others (module docstring)."""
+        assert self.classes is not None
+        z = logits.detach().float()
+        index_type = np.int16 if self.classes <= 2**15 else np.int32
+        if self.whole():
+            empty = np.zeros((len(z), 0), index_type)
+            return _Rows(z.cpu().numpy(), empty, np.zeros(len(z), np.float32))
+        k = self.top_k
+        z = z - z.amax(dim=1, keepdim=True)
+        top = z.topk(k, dim=1)
+        others = z.scatter(1, top.indices, float("-inf"))
+        rest = torch.logsumexp(others, dim=1) - math.log(self.classes - k)
+        return _Rows(
+            top.values.half().cpu().numpy(),
+            top.indices.cpu().numpy().astype(index_type),
+            rest.cpu().numpy(),
+        )
+
+    def _expand(self, slot: _Slot | _Rows, rows: np.ndarray | None = None) -> Tensor:
+        """The logits [len(rows), C] the rows replay (float32); every row of `slot` when
+        `rows` is None."""
+        pick = slice(None) if rows is None else rows
+        values = torch.from_numpy(slot.values[pick]).float()
         if self.whole():
             return values
         assert self.classes is not None
-        out = torch.from_numpy(slot.rest[rows]).unsqueeze(1).repeat(1, self.classes)
-        indices = torch.from_numpy(slot.indices[rows].astype(np.int64))
+        out = torch.from_numpy(slot.rest[pick]).unsqueeze(1).repeat(1, self.classes)
+        indices = torch.from_numpy(slot.indices[pick].astype(np.int64))
         return out.scatter_(1, indices, values)
+
+    # -- token logits ----------------------------------------------------------------------------
+
+    def _record_tokens(self, idx: Tensor, logits: Tensor, labels: Tensor | None) -> Tensor:
+        """Store token logits [N, L, V] at the counted positions of each sample of `idx`."""
+        if self.per_epoch:
+            raise ValueError(
+                "the teacher-output cache keeps token logits per sample, the same in every "
+                "epoch; this run augments its batches randomly: turn augmentation off"
+            )
+        if self.classes is None:
+            self.classes, self.tokens = int(logits.shape[-1]), True
+        if logits.shape[-1] != self.classes or not self.tokens:
+            raise ValueError(
+                f"the teacher gave {list(logits.shape)} logits, the cache holds "
+                f"{'token' if self.tokens else 'class'} logits of {self.classes}"
+            )
+        keep = _counted(labels, logits.shape[:2])
+        packed = self._compress(logits[keep])
+        at = 0
+        for sample, n in zip(idx.tolist(), keep.sum(1).tolist(), strict=True):
+            part = slice(at, at + n)
+            self.rows[int(sample)] = _Rows(
+                packed.values[part].copy(), packed.indices[part].copy(), packed.rest[part].copy()
+            )
+            at += n
+        self.changed = True
+        self.stats.recorded += 1
+        return self._place(packed, keep, logits.shape).to(logits.device)
+
+    def _lookup_tokens(
+        self, idx: Tensor, labels: Tensor | None, device: torch.device
+    ) -> Tensor | None:
+        """The replayed token logits of samples `idx` at the positions `labels` counts; None
+        when a sample is missing or holds another number of positions."""
+        if labels is None or self.classes is None:
+            return None
+        keep = _counted(labels, labels.shape)
+        parts = [self.rows.get(int(i)) for i in idx.tolist()]
+        counts = keep.sum(1).tolist()
+        if any(p is None or len(p.rest) != n for p, n in zip(parts, counts, strict=True)):
+            return None
+        rows = [p for p in parts if p is not None]
+        packed = _Rows(*(np.concatenate([getattr(r, f) for r in rows]) for f in _Rows.FIELDS))
+        self.stats.replayed += 1
+        shape = torch.Size((*labels.shape, self.classes))
+        return self._place(packed, keep, shape).to(device, non_blocking=True)
+
+    def _place(self, packed: _Rows, keep: Tensor, shape: torch.Size) -> Tensor:
+        """Token logits of `shape` [N, L, V]: the rows' replayed logits at the positions `keep`
+        marks, zeros elsewhere (no loss reads them)."""
+        out = torch.zeros(tuple(shape), dtype=torch.float32)
+        out[keep] = self._expand(packed)
+        return out
 
     def size_bytes(self) -> int:
         """Bytes the rows take in memory (about the file's size)."""
-        return sum(
+        slots = sum(
             getattr(s, p).nbytes
             for s in self.slots.values()
             for p in ("values", "indices", "rest", "filled", "seeds")
         )
+        tokens = sum(r.nbytes() for r in self.rows.values())
+        return slots + tokens + (16 * len(self.rows) + 8 if self.rows else 0)  # samples, offsets
+
+
+def _counted(labels: Tensor | None, shape: torch.Size) -> Tensor:
+    """The positions (`shape` [N, L] of token logits [N, L, V]) whose target counts (not
+    -100), on the CPU; every position when there are no such targets."""
+    if labels is None or labels.shape != shape or labels.is_floating_point():
+        return torch.ones(tuple(shape), dtype=torch.bool)
+    return (labels >= 0).cpu()
+
+
+def _joined_rows(rows: dict[int, _Rows]) -> dict[str, np.ndarray]:
+    """Per-sample token rows as the file's flat arrays (samples in order)."""
+    samples = sorted(rows)
+    counts = [len(rows[s].rest) for s in samples]
+    arrays = {
+        f"t.{f}": np.concatenate([getattr(rows[s], f) for s in samples]) for f in _Rows.FIELDS
+    }
+    arrays["t.samples"] = np.asarray(samples, np.int64)
+    arrays["t.offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return arrays
+
+
+def _split_rows(samples: np.ndarray, offsets: np.ndarray, flat: _Rows) -> dict[int, _Rows]:
+    """The file's flat token rows back per sample."""
+    return {
+        int(s): _Rows(*(getattr(flat, f)[offsets[i] : offsets[i + 1]] for f in _Rows.FIELDS))
+        for i, s in enumerate(samples)
+    }

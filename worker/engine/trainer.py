@@ -11,7 +11,9 @@ configured logit losses apply to each (`p{k}/<loss>` for student k > 0) and each
 may also train in `rounds()` of `training.epochs` each (`self`'s born-again generations): epochs
 are numbered across rounds, and before each later round's first batch the loop calls
 `start_round`, clears the optimizer's state and the LR schedule restarts;
-`TrainResult.earlier` holds the models of the rounds before the last.
+`TrainResult.earlier` holds the models of the rounds before the last. A scheme may also put other
+inputs and targets in a batch's place before the step (`Scheme.step_inputs`, a function of the
+batch, the step and the seed: `on_policy`'s student-generated continuations).
 
 Deterministic on CPU: the same config gives bit-identical weights, and a run interrupted (cancel,
 crash) and resumed from its checkpoint ends exactly where an uninterrupted run would. The order
@@ -516,18 +518,21 @@ class _Loop:
         exclusive = [t for t in active if t.loss.exclusive(epoch)]
         return exclusive or active
 
-    def cached_logits(self, x: Tensor, epoch: int, batch: int, idx: Tensor) -> Tensor | None:
+    def cached_logits(
+        self, x: Tensor, y: Tensor, epoch: int, batch: int, idx: Tensor
+    ) -> Tensor | None:
         """With a teacher-output cache: batch `batch` of epoch `epoch`'s teacher logits,
         replayed, or run once (the whole batch) and recorded; None without a cache or when no
-        active loss reads the teacher."""
+        active loss reads the teacher. `y`: the batch's targets (a language model's token
+        logits are kept at the positions whose target counts, `teacher_cache.py`)."""
         if self.cache is None or not any(t.loss.needs_teacher for t in self.active_terms(epoch)):
             return None
         start, seed = batch * self.ts.batch_size, augment_seed(self.config.seed, epoch, batch)
-        found = self.cache.lookup(epoch, start, idx, seed, x.device)
+        found = self.cache.lookup(epoch, start, idx, seed, x.device, y)
         if found is not None:
             return found
         logits, _ = self.scheme.teacher_outputs(x, None, True, self.autocast)
-        return self.cache.record(epoch, start, idx, seed, logits)
+        return self.cache.record(epoch, start, idx, seed, logits, y)
 
     def step(
         self,
@@ -832,9 +837,11 @@ def _run_epochs(
                     raise Cancelled(f"cancelled at step {state.step}")
                 idx = batches[state.batch]
                 batch = next(stream)  # augmented: one batch for all models
-                x = loop.inputs(batch.inputs)
-                cached = loop.cached_logits(x, state.epoch, state.batch, idx)
-                metrics = loop.step(x, batch.targets, state.epoch, taps, cached)
+                x, y = loop.scheme.step_inputs(
+                    loop.inputs(batch.inputs), batch.targets, state.step, seed
+                )  # the batch itself, or (on_policy) the student's continuations of it
+                cached = loop.cached_logits(x, y, state.epoch, state.batch, idx)
+                metrics = loop.step(x, y, state.epoch, taps, cached)
                 lr = float(torch.tensor(sched.get_last_lr()[0]))  # as float32, on the host
                 sched.step()
                 state.step, state.batch = state.step + 1, state.batch + 1

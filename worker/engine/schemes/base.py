@@ -9,6 +9,8 @@ position and RNG); a scheme is asked at each of those points:
     trained_modules()                  what trains (and is checked for BatchNorm)
     param_groups()                     the optimizer's parameter groups, in a fixed order
     teacher_outputs(x, taps, ...)      the teacher's logits and tapped features for a step
+    step_inputs(x, targets, step, seed) a batch's inputs and targets as the step trains on them
+                                       (on_policy: the student's own continuations)
     combine(values, view)              the step's weighted terms -> the terms to sum
     state_dict() / load_state_dict()   what a checkpoint holds besides optimizer and position
     rounds() / start_round(r)          sequential rounds of `epochs` each (born-again generations)
@@ -107,6 +109,16 @@ class Scheme(ABC):
         self, x: Tensor, taps: Any, needed: bool, autocast: Autocast
     ) -> tuple[Tensor, list[Tensor]]:
         """The teacher's logits and tapped features for this batch (empty when not `needed`)."""
+
+    def step_inputs(
+        self, x: Tensor, targets: Tensor, step: int, seed: int
+    ) -> tuple[Tensor, Tensor]:
+        """The inputs and targets step `step` (0-based, counted across epochs) of a run seeded
+        `seed` trains on, for the batch `x`, `targets`; unchanged by default. Called before the
+        teacher runs, so a scheme may put other sequences in the batch's place (`on_policy`:
+        the student's sampled continuations); it must be a function of (batch, step, seed) and
+        the models, so that a resumed run makes the same steps."""
+        return x, targets
 
     def combine(self, values: dict[str, Tensor], view: StepView) -> dict[str, Tensor]:
         """The weighted terms this step sums; the losses' terms unchanged by default."""
