@@ -257,17 +257,20 @@ TRAINING: dict[str, Setting] = {
             "seed and augmentation that produced them) as a team artifact, so later epochs "
             "(without random augmentation) and later runs with the same teacher, data, seed, "
             "batch size and augmentation replay them without the teacher forward (FKD, Shen & "
-            "Xing 2022). Offline scheme, classification, logit losses only. on: required (the "
-            "config is refused otherwise); auto: where it applies; off: never.",
+            "Xing 2022). Offline scheme, logit losses only, on classification (class logits) "
+            "or causal_lm (token logits, kept at the counted positions: DistillKit's offline "
+            "mode). on: required (the config is refused otherwise); auto: where it applies; "
+            "off: never.",
         ),
         Setting(
             "teacher_cache_top_k",
             "int",
             10,
             "Cached top-k",
-            "The teacher logits kept per sample: the k largest, the other classes sharing the "
-            "rest of the probability mass evenly (at temperature 1); 0 keeps every logit "
-            "(float32, the same losses as without the cache).",
+            "The teacher logits kept per sample (a language model: per counted token): the k "
+            "largest, the other classes (tokens) sharing the rest of the probability mass "
+            "evenly (at temperature 1); 0 keeps every logit (float32, the same losses as "
+            "without the cache).",
             ge=0,
             le=100_000,
         ),
