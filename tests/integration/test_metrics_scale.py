@@ -200,7 +200,7 @@ def test_cli_runs_metrics(cli, sqlite_env) -> None:  # noqa: F811 - the imported
     assert "max-points" in refused.stderr
 
 
-# -- rollups: the worker keeps each series' M4 per bucket of 64, 256, ... 16384 steps ---------------
+# -- rollups: the worker keeps each series' M4 per bucket of 16, 64, ... 16384 steps ----------------
 
 FLUSHES = (1, 2, 63, 64, 65, 1_000, 1_023, 1_025, 4_097, 9_999, 12_345, 16_383, 16_385, 19_990)
 WORKER = "rollup-test-worker"

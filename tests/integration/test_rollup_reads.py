@@ -1,0 +1,138 @@
+"""Downsampled reads of long series from the 16-step rollups (migration 0008): a chart of a
+10,000-point series (`max_points=1000`: buckets of 40 steps) merges rollup rows of 16 steps
+instead of taking M4 over the points; the read keeps each bucket's first, last, lowest and
+highest point, and equals M4 taken here over the raw points for the same buckets."""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import event, text
+
+from backend.migrate import downgrade, upgrade
+from core.db import get_engine
+
+from .test_metrics_scale import (
+    WORKER,
+    _bucket,
+    _m4_of,
+    _reporting_run,
+    _rollups_of,
+    _stored,
+)
+
+LONG = 10_000
+
+
+def _wavy(step: int) -> float:
+    """A noisy decay with a lone spike and dip, and runs of equal values (ties)."""
+    if step == 4_321:
+        return 50.0
+    if step == 8_765:
+        return -50.0
+    if 6_000 <= step < 6_100:
+        return 0.5
+    return math.exp(-step / 3_000) + 0.2 * math.sin(step * 2.3)
+
+
+def _write_long_series(api) -> int:
+    """A run whose `loss` has `LONG` points, written by the worker's reporter (rollups too)."""
+    from types import SimpleNamespace
+
+    from worker.reporting import DbReporter
+
+    run_id = _reporting_run(api)
+    reporter = DbReporter(run_id, "unused", WORKER)
+    reporter.flush_every = float("inf")
+    reporter.on_start(LONG, 0)
+    for step in range(1, LONG + 1):
+        reporter.on_step(
+            SimpleNamespace(
+                step=step,
+                epoch=step // 1000,
+                total_steps=LONG,
+                metrics={"loss": _wavy(step)},
+                throughput=1.0,
+                eta_seconds=1.0,
+            )
+        )
+        if step % 777 == 0:  # uneven flushes: buckets of 16 filled across them
+            reporter.flush()
+    reporter.flush()
+    return run_id
+
+
+def _statements_of(api, path: str, params: dict) -> tuple[dict, list[str]]:
+    """The answer to GET `path` and the SQL statements the API ran for it."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        seen.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        response = api.get(path, params=params)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert response.status_code == 200, response.text
+    return response.json(), seen
+
+
+def test_a_long_series_chart_comes_from_16_step_rollups_and_equals_m4_of_the_points(
+    api, studio_env
+) -> None:
+    from backend.runs.service import rollup_buckets
+
+    run_id = _write_long_series(api)
+    points, stored = _stored(run_id)
+    assert stored == _rollups_of(run_id, points)  # the worker's rollups, width 16 among them
+    assert {row[1] for row in stored} >= {16, 64}
+    loss_points = points["loss"]
+    plan = rollup_buckets(1, LONG, 1000)
+    assert plan is not None and plan[0] == 16  # buckets of 40 steps: the 16-step rollups
+
+    body, statements = _statements_of(
+        api, f"/runs/{run_id}/metrics", {"names": "loss", "max_points": 1000}
+    )
+    assert any("metric_rollups" in s for s in statements)
+    # the series' span is looked up in the points' key; no point's value is read
+    assert not any("m.value" in s or "metrics.value" in s for s in statements), statements
+    loss = body["series"]["loss"]
+    assert loss["downsampled"] is True and loss["total"] == LONG
+    assert len(loss["steps"]) <= 1000
+
+    # the same buckets over the raw points (read whole, every point)
+    raw = api.get(f"/runs/{run_id}/metrics", params={"names": "loss"}).json()["series"]["loss"]
+    raw_points = dict(zip(raw["steps"], raw["values"], strict=True))
+    assert raw_points == loss_points
+    width, start, span = plan
+
+    def bucket(step: int) -> int:
+        return _bucket(step, start, span, 250, width)
+
+    assert set(loss["steps"]) == _m4_of(raw_points, bucket)
+    kept = dict(zip(loss["steps"], loss["values"], strict=True))
+    assert kept == {s: raw_points[s] for s in loss["steps"]}
+    assert loss["epochs"] == [s // 1000 for s in loss["steps"]]
+    by_bucket: dict[int, list[float]] = {}
+    for step, value in raw_points.items():
+        by_bucket.setdefault(bucket(step), []).append(value)
+    for b, values in by_bucket.items():  # each bucket's extremes are in the chart
+        drawn = [v for s, v in kept.items() if bucket(s) == b]
+        assert min(drawn) == min(values) and max(drawn) == max(values)
+    assert kept[4_321] == 50.0 and kept[8_765] == -50.0
+
+
+def test_migration_0008_fills_the_16_step_rollups_and_drops_them(api, studio_env) -> None:
+    run_id = _write_long_series(api)
+    points, stored = _stored(run_id)
+    read = text("SELECT count(*) FROM metric_rollups WHERE width = 16")
+    downgrade("0007")
+    with get_engine().connect() as conn:
+        assert conn.execute(read).scalar() == 0
+    after_down = _stored(run_id)
+    assert after_down[0] == points
+    assert after_down[1] == [row for row in stored if row[1] != 16]  # the wider ones kept
+    upgrade("head")
+    assert _stored(run_id) == (points, stored)  # filled in SQL = what the worker wrote
