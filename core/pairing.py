@@ -13,7 +13,10 @@ A vector cannot become a spatial map.
 
 Which layers auto-pairing suggests, and which a mismatched pair's error points to, is the task's
 stage rule, named in its catalog entry (`core.catalog.tasks`, `TaskEntry.stage_rule` and its
-`stage_hint`) and defined in `STAGE_RULES`; classification's is "spatial".
+`stage_hint`) and defined in `STAGE_RULES`; classification's is "spatial". The text tasks'
+"blocks": a transformer's stages are its blocks, and student block i pairs with teacher block
+round((i + 1) * L_t / L_s) - 1 (TinyBERT's uniform mapping); a pair names a block (its hidden
+states) or a module inside it (its attention, for the attention losses).
 """
 
 from __future__ import annotations
@@ -148,14 +151,21 @@ def _map_stages(inspection: dict[str, Any]) -> list[tuple[tuple[int, ...], str]]
 
 
 def _token_blocks(inspection: dict[str, Any]) -> list[tuple[str, int]]:
-    """(path, tokens) of a transformer's numbered blocks (`blocks.0`, `blocks.1`, ...) whose
-    outputs are token maps [tokens, dim], shallow to deep: the longest run under one parent."""
+    """(path, tokens) of a transformer's numbered blocks, shallow to deep (`token_blocks`)."""
+    return token_blocks(inspection.get("layers", []))
+
+
+def token_blocks(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(path, tokens) of a transformer's numbered blocks (`blocks.0`, `encoder.layer.1`,
+    `model.layers.2`, ...) whose outputs are token maps [tokens, dim], shallow to deep: the
+    longest run under one parent, in block order."""
     runs: dict[str, list[tuple[str, int]]] = {}
-    for row in inspection.get("layers", []):
+    for row in rows:
         shape, (parent, _, last) = row.get("output_shape"), row["path"].rpartition(".")
         if shape is not None and len(shape) == 2 and parent and last.isdigit():
             runs.setdefault(parent, []).append((row["path"], int(shape[0])))
-    return max(runs.values(), key=len, default=[])
+    found = max(runs.values(), key=len, default=[])
+    return sorted(found, key=lambda block: int(block[0].rpartition(".")[2]))
 
 
 def _token_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str]]:
@@ -164,11 +174,16 @@ def _token_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> list[
     t_blocks, s_blocks = _token_blocks(teacher), _token_blocks(student)
     if not t_blocks or not s_blocks or t_blocks[-1][1] != s_blocks[-1][1]:
         return []
-    m, n = len(t_blocks), len(s_blocks)
-    return [
-        (t_blocks[max(0, round((k + 1) * m / n) - 1)][0], s_blocks[k][0])
-        for k in reversed(range(n))
-    ]
+    t_paths, s_paths = [p for p, _ in t_blocks], [p for p, _ in s_blocks]
+    return uniform_block_pairs(t_paths, s_paths)
+
+
+def uniform_block_pairs(teacher: Sequence[str], student: Sequence[str]) -> list[tuple[str, str]]:
+    """(teacher block, student block), deepest first: student block i (0-based) with teacher
+    block round((i + 1) * L_t / L_s) - 1, TinyBERT's uniform mapping g(m) = m * L_t / L_s
+    (Jiao et al. 2020), so the last blocks pair and the others spread evenly."""
+    m, n = len(teacher), len(student)
+    return [(teacher[max(0, round((k + 1) * m / n) - 1)], student[k]) for k in reversed(range(n))]
 
 
 def _spatial_candidates(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str]]:
@@ -209,8 +224,31 @@ class StageRule:
     candidates: Callable[[Inspection, Inspection], list[tuple[str, str]]]
 
 
+def _is_tokens(shape: Sequence[int] | None) -> bool:
+    """A token map (N, tokens, dim): [tokens, dim] without the batch."""
+    return shape is not None and len(shape) == 2
+
+
+def _block_paths(inspection: Inspection | None) -> list[str]:
+    """A transformer's blocks, shallow to deep: a Hugging Face inspection's `blocks`
+    (`hf_teacher.group_layers`), else its numbered token blocks (`token_blocks`)."""
+    inspection = inspection or {}
+    listed = [b["path"] for b in inspection.get("blocks") or [] if b.get("path")]
+    return listed or [p for p, _ in _token_blocks(inspection)]
+
+
+def _block_candidates(teacher: Inspection, student: Inspection) -> list[tuple[str, str]]:
+    """The "blocks" stage rule: every student block with a teacher block by TinyBERT's uniform
+    mapping (`uniform_block_pairs`), deepest first."""
+    t_blocks, s_blocks = _block_paths(teacher), _block_paths(student)
+    if not t_blocks or not s_blocks:
+        return []
+    return uniform_block_pairs(t_blocks, s_blocks)
+
+
 STAGE_RULES: dict[str, StageRule] = {
     "spatial": StageRule(_is_map, _map_stage_ends, _spatial_candidates),
+    "blocks": StageRule(_is_tokens, _block_paths, _block_candidates),
 }
 
 

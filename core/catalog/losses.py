@@ -714,6 +714,63 @@ LOSSES: dict[str, LossEntry] = {
             implementation="worker.engine.losses.divergence:TVD",
         ),
         LossEntry(
+            "hidden_mse",
+            "Hidden-state MSE (TinyBERT)",
+            "sum over layer pairs of mean over real tokens and teacher channels of "
+            "(W h_s - h_t)^2: h the hidden states [N, tokens, H] a pair's blocks output, W a "
+            "linear map H_s -> H_t trained with the student (identity-initialised when the "
+            "widths match); padding does not count. Pair blocks by the uniform mapping "
+            "(student block i with teacher block (i + 1) * L_t / L_s - 1).",
+            paper="Jiao et al. TinyBERT: Distilling BERT for Natural Language Understanding. "
+            "Findings of EMNLP 2020",
+            kind="feature",
+            needs_pairs=True,
+            implementation="worker.engine.losses.hidden_mse:HiddenMSE",
+            aux_modules=("projections",),
+        ),
+        LossEntry(
+            "attention_kl",
+            "Attention KL (TinyBERT)",
+            "sum over layer pairs of mean over heads and real query tokens of "
+            "KL(A_t || A_s), A = softmax(Q K^T / sqrt(d)) per head of the attention in each "
+            "paired block (or attention module): keys at padding masked, later keys too in "
+            "causal models (GPT-2, Llama). Different head counts: each side's maps are averaged "
+            "over its heads first. Both models must read the same tokens.",
+            paper="Jiao et al. TinyBERT: Distilling BERT for Natural Language Understanding. "
+            "Findings of EMNLP 2020 (attention-based distillation; as a KL: Wang et al. MiniLM, "
+            "NeurIPS 2020)",
+            kind="relation",
+            needs_pairs=True,
+            implementation="worker.engine.losses.attention_kl:AttentionKL",
+        ),
+        LossEntry(
+            "minilm_relations",
+            "Self-attention relations (MiniLM)",
+            "sum over layer pairs and A in (Q, K, V) of mean over relation heads and real query "
+            "tokens of KL(R_t || R_s), R = softmax(A_r A_r^T / sqrt(d_r)) with each side's "
+            "query, key or value projection split into relation_heads heads (independent of the "
+            "models' heads and widths). MiniLM pairs the student's last block with the "
+            "teacher's last or an upper-middle block.",
+            (
+                param(
+                    "relation_heads",
+                    "int",
+                    8,
+                    "Relation heads R; must divide every paired projection's width (MiniLMv2 "
+                    "uses 12 for base-size and 48 for large teachers).",
+                    1,
+                    256,
+                ),
+            ),
+            paper="Wang et al. MiniLM: Deep Self-Attention Distillation for Task-Agnostic "
+            "Compression of Pre-Trained Transformers. NeurIPS 2020; Wang et al. MiniLMv2: "
+            "Multi-Head Self-Attention Relation Distillation for Compressing Pretrained "
+            "Transformers. Findings of ACL 2021",
+            kind="relation",
+            needs_pairs=True,
+            implementation="worker.engine.losses.minilm:MiniLMRelations",
+        ),
+        LossEntry(
             "pad",
             "Prime-Aware Adaptive Distillation",
             "Feature L2 through a connector, weighted per sample by a learned variance: "

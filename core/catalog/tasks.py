@@ -10,7 +10,9 @@ it (`Entry.load`), so this module stays torch-free.
 `stage_rule` names the rule that groups an inspection's layers into stages
 (`worker.engine.taps.STAGE_RULES`) and pairs them (`core.pairing.STAGE_RULES`): "spatial" groups
 layers by the resolution of their 4-D maps ([C, H, W] without the batch) and pairs the ends of
-those stages and, when either network has none (MLPs), the penultimate features. `stage_hint`
+those stages and, when either network has none (MLPs), the penultimate features; "blocks" (the
+text tasks') makes each transformer block a stage and pairs student block i with teacher block
+round((i + 1) * L_t / L_s) - 1 (TinyBERT's uniform mapping). `stage_hint`
 says, in a pairing error, which student layers the rule's stages are made of.
 """
 
@@ -22,7 +24,7 @@ from typing import Any, Literal
 from core.catalog.params import Entry
 
 DEFAULT = "classification"
-StageRule = Literal["spatial"]
+StageRule = Literal["spatial", "blocks"]
 
 
 @dataclass(frozen=True)

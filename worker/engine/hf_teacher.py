@@ -23,7 +23,8 @@ Safety (no code from the upload runs, no pickle is read):
 
 `inspect_hf` runs one forward on a few token ids and records every module (`taps._Recorder`),
 grouped into the embeddings, each transformer block (its attention and MLP) and the head, with
-the model type, parameters, hidden size, layers, heads, positions and vocabulary sizes.
+the model type, parameters, hidden size, layers, heads, positions and vocabulary sizes; its
+`stages` are the blocks (`taps.STAGE_RULES["blocks"]`, the text tasks' rule).
 """
 
 from __future__ import annotations
@@ -514,7 +515,7 @@ def _outermost(rows: list[dict[str, Any]], part: str) -> list[str]:
 
 def inspect_hf(path: Path) -> dict[str, Any]:
     """Load the checkpoint and run one forward on token ids: the inspection (module doc)."""
-    from worker.engine.taps import _Recorder
+    from worker.engine.taps import STAGE_RULES, _Recorder
 
     ckpt = load_checkpoint(path)
     ids = _dummy_ids(ckpt)
@@ -534,6 +535,8 @@ def inspect_hf(path: Path) -> dict[str, Any]:
     rows = [recorder.rows[p] for p in recorder.order if p in recorder.rows]
     layers = ckpt.fact("num_hidden_layers", "n_layer", "n_layers")
     groups = group_layers(rows, ckpt.module, layers)
+    finished = [recorder.rows[p] for p in recorder.finished]
+    stages = STAGE_RULES["blocks"](finished, recorder.order)  # its blocks, as text tasks pair them
     first = output[0] if isinstance(output, tuple) else next(iter(output.values()))
     return {
         "input_shape": [int(ids.shape[1])],
@@ -549,6 +552,6 @@ def inspect_hf(path: Path) -> dict[str, Any]:
         "vocab_size": ckpt.vocab_size,
         "tokenizer_vocab_size": ckpt.tokenizer_vocab_size,
         "layers": rows,
-        "stages": [],
+        "stages": stages,
         **groups,
     }

@@ -18,6 +18,11 @@ last spatial stage form a final "head" stage with resolution null; 1x1 maps in t
 network (squeeze-excitation) do not break a stage, nor does work at the old resolution inside a
 down-sampling block (a pre-activation, a bottleneck's first 1x1: see `_inner`), while a trunk
 module that wraps several stages (`features` of MobileNetV3/EfficientNet) does not hide them.
+
+The "blocks" rule (the text tasks'): each transformer block (`encoder.layer.3`,
+`model.layers.3`, `transformer.h.3`) is a stage whose `end` is the block itself. A block whose
+forward returns a tuple (older transformers' `BertLayer`, `GPT2Block`) is tapped and recorded by
+its first tensor, the hidden states [N, tokens, dim].
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.pairing import unknown_layer_message
+from core.pairing import token_blocks, unknown_layer_message
 from worker.engine.loading import ModelLoadError
 
 if TYPE_CHECKING:
@@ -303,10 +308,36 @@ def _new_stage(stages: list[dict[str, Any]], resolution: list[int] | None) -> di
     return stage
 
 
+def _block_stages(seq: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """The "blocks" rule (text tasks): each transformer block is a stage, in block order, with
+    the block and every module inside it as its layers and the block as its `end`; its
+    `resolution` is [tokens] and `channels` the hidden size. Embeddings and head stay outside
+    (stage None). Blocks are `core.pairing.token_blocks`: numbered children of one module whose
+    outputs are token maps [tokens, dim]."""
+    rows = {row["path"]: row for row in seq}
+    stages: list[dict[str, Any]] = []
+    for index, (path, tokens) in enumerate(token_blocks(seq)):
+        layers = [p for p in order if p == path or p.startswith(f"{path}.")]
+        for p in layers:
+            if p in rows:
+                rows[p]["stage"] = index
+        shape = rows[path]["output_shape"]
+        stages.append(
+            {
+                "index": index,
+                "resolution": [tokens],
+                "channels": shape[-1],
+                "layers": layers,
+                "end": path,
+            }
+        )
+    return stages
+
+
 StageRule = Callable[[list[dict[str, Any]], list[str]], list[dict[str, Any]]]
 # a task's `stage_rule` names one: (rows in finishing order, paths in call order) -> stages,
 # each row's "stage" set
-STAGE_RULES: dict[str, StageRule] = {"spatial": _spatial_stages}
+STAGE_RULES: dict[str, StageRule] = {"spatial": _spatial_stages, "blocks": _block_stages}
 
 
 class FeatureTaps:

@@ -1,0 +1,200 @@
+"""What the transformer losses share: the real tokens of a batch, the queries, keys and values an
+attention module computed in the last forward, and a KL between masked token distributions.
+
+Real tokens (`token_mask`): a text task's batch is token ids [N, L] padded with -1
+(`tasks.text.models.PAD`); the losses read it from `StepOutputs.inputs`. Any other input (images,
+a ViT's patches) means every position is real.
+
+Reading Q, K, V (`AttentionReader`): a layer pair names a transformer block or its attention
+module; the reader finds inside it the first module with query/key/value projections: children
+`query`/`key`/`value` (BERT, RoBERTa), `q_lin`/`k_lin`/`v_lin` (DistilBERT),
+`q_proj`/`k_proj`/`v_proj` (Llama, Mistral, Qwen2), or one fused projection `c_attn` (GPT-2) /
+`qkv` (the zoo's ViT) whose output splits in three equal parts. Forward hooks on the projections
+keep their outputs of the latest forward, and a pre-hook on the attention module keeps the rotary
+`position_embeddings` (cos, sin) the Llama family passes it, so queries and keys are rotated as
+the model rotates them. Heads: the module's `head_dim` / `attention_head_size`, else its width
+over `num_attention_heads` / `num_heads` / `n_heads` / `n_head` / `heads`; grouped-query keys and
+values (fewer heads) repeat to the query heads as the model does. Causal: the module's
+`is_causal` (GPT-2 and the Llama family True, BERT False). The hooks hold the reader weakly and
+are removed once the reader (its loss) is gone.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+PROJECTIONS = (  # query, key, value children by architecture family
+    ("query", "q_lin", "q_proj"),
+    ("key", "k_lin", "k_proj"),
+    ("value", "v_lin", "v_proj"),
+)
+FUSED_NAMES = ("c_attn", "qkv", "qkv_proj", "query_key_value", "Wqkv")
+HEAD_COUNTS = ("num_attention_heads", "num_heads", "n_heads", "n_head", "heads")
+HEAD_DIMS = ("head_dim", "attention_head_size")
+
+
+def token_mask(inputs: Tensor | None, n: int, length: int, device: torch.device) -> Tensor:
+    """[n, length] bool, True at real tokens: ids >= 0 for integer ids [n, length], else all."""
+    if inputs is not None and not inputs.is_floating_point() and tuple(inputs.shape) == (n, length):
+        return inputs >= 0
+    return torch.ones(n, length, dtype=torch.bool, device=device)
+
+
+def key_mask(real: Tensor, causal: bool) -> Tensor:
+    """[N, 1, L, L] bool: which keys j a query i may attend to (real, and j <= i when causal)."""
+    valid = real[:, None, None, :]
+    if causal:
+        length = real.shape[1]
+        order = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+        valid = valid & order
+    return valid
+
+
+def masked_kl(t_scores: Tensor, s_scores: Tensor, valid: Tensor, real: Tensor) -> Tensor:
+    """Mean over (sample, head, real query) of KL(softmax(t) || softmax(s)) over the valid keys.
+
+    Scores [N, H, L, L] (query i, key j); `valid` [N, 1|H, L, L] the keys each query sees; `real`
+    [N, L] the real queries.
+    """
+    low = torch.finfo(torch.float32).min
+    t_log = t_scores.float().masked_fill(~valid, low).log_softmax(-1)
+    s_log = s_scores.float().masked_fill(~valid, low).log_softmax(-1)
+    terms = torch.where(valid, t_log.exp() * (t_log - s_log), torch.zeros_like(t_log))
+    rows = terms.sum(-1)  # [N, H, L]
+    weights = real[:, None, :].to(rows.dtype)
+    return (rows * weights).sum() / (weights.sum() * rows.shape[1]).clamp_min(1.0)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary position embedding (Su et al. RoFormer 2021) as transformers applies it:
+    x cos + rotate_half(x) sin, with x [N, H, L, d] and cos, sin [N, L, d]."""
+    half = x.shape[-1] // 2
+    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.unsqueeze(1) + turned * sin.unsqueeze(1)
+
+
+def _find(module: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]] | None:
+    """The first module (itself included) with q/k/v projections, and them by role."""
+    for sub in module.modules():
+        children = dict(sub.named_children())
+        fused = next((children[n] for n in FUSED_NAMES if n in children), None)
+        if fused is not None:
+            return sub, {"qkv": fused}
+        found = {
+            role: next((children[n] for n in names if n in children), None)
+            for role, names in zip("qkv", PROJECTIONS, strict=True)
+        }
+        if all(m is not None for m in found.values()):
+            return sub, {role: m for role, m in found.items() if m is not None}
+    return None
+
+
+def _int_attr(module: nn.Module, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    config = getattr(module, "config", None)
+    value = getattr(config, "num_attention_heads", None) if names is HEAD_COUNTS else None
+    return value if isinstance(value, int) else None
+
+
+class AttentionReader:
+    """The Q, K, V of the attention inside `module` in its latest forward (module docstring)."""
+
+    def __init__(self, module: nn.Module | None, where: str) -> None:
+        self.where = where  # "student layer 'encoder.layer.1'", for messages
+        self.captured: dict[str, Any] = {}
+        found = _find(module) if module is not None else None
+        self.problem = None if found else f"{where} holds no attention with q/k/v projections"
+        self.attention: nn.Module | None = found[0] if found else None
+        self.causal = bool(getattr(self.attention, "is_causal", False))
+        self.scaling = getattr(self.attention, "scaling", None)
+        handles = []
+        if found:
+            ref = weakref.ref(self)
+            for role, proj in found[1].items():
+                handles.append(proj.register_forward_hook(_keep(ref, role)))
+            handles.append(found[0].register_forward_pre_hook(_keep_rotary(ref), with_kwargs=True))
+        weakref.finalize(self, _remove, handles)
+
+    def projections(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The projections' outputs [N, L, D_q], [N, L, D_k], [N, L, D_v] of the last forward."""
+        if self.problem:
+            raise ValueError(
+                f"{self.problem}; pair a transformer block (e.g. encoder.layer.3, "
+                "model.layers.3) or its attention module"
+            )
+        if "qkv" in self.captured:
+            q, k, v = self.captured["qkv"].chunk(3, dim=-1)
+        elif all(r in self.captured for r in "qkv"):
+            q, k, v = (self.captured[r] for r in "qkv")
+        else:
+            raise RuntimeError(f"the attention in {self.where} did not run in the last forward")
+        return q, k, v
+
+    def head_dim(self, width: int) -> int:
+        """Channels per head: the module's own figure, else the width over its head count."""
+        assert self.attention is not None
+        dim = _int_attr(self.attention, HEAD_DIMS)
+        heads = _int_attr(self.attention, HEAD_COUNTS)
+        dim = dim or (width // heads if heads else None)
+        if not dim or width % dim:
+            raise ValueError(
+                f"cannot tell the heads of the attention in {self.where} (width {width}); it "
+                f"names neither {HEAD_DIMS} nor {HEAD_COUNTS}"
+            )
+        return dim
+
+    def scores(self) -> Tensor:
+        """Attention logits Q K^T * scale per query head, [N, H, L, L] (scale: the module's
+        `scaling`, else 1/sqrt(head dim)); keys rotated and repeated as the model does."""
+        q, k, _ = self.projections()
+        d = self.head_dim(q.shape[-1])
+        qh, kh = _heads(q, d), _heads(k, d)
+        rotary = self.captured.get("rotary")
+        if rotary is not None:
+            qh, kh = rotate(qh, *rotary), rotate(kh, *rotary)
+        if kh.shape[1] != qh.shape[1]:  # grouped-query attention
+            kh = kh.repeat_interleave(qh.shape[1] // kh.shape[1], dim=1)
+        scale = self.scaling if isinstance(self.scaling, float) else 1.0 / math.sqrt(d)
+        return (qh.float() @ kh.float().transpose(-1, -2)) * scale
+
+    def clear(self) -> None:
+        """Forget the last forward's tensors (they hold its graph)."""
+        self.captured.clear()
+
+
+def _heads(x: Tensor, dim: int) -> Tensor:
+    """[N, L, H * dim] -> [N, H, L, dim]."""
+    n, length, width = x.shape
+    return x.reshape(n, length, width // dim, dim).transpose(1, 2)
+
+
+def _keep(ref: weakref.ref[AttentionReader], role: str) -> Any:
+    def hook(_mod: nn.Module, _args: Any, output: Any) -> None:
+        reader = ref()
+        if reader is not None and isinstance(output, Tensor):
+            reader.captured[role] = output
+
+    return hook
+
+
+def _keep_rotary(ref: weakref.ref[AttentionReader]) -> Any:
+    def hook(_mod: nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        reader = ref()
+        rotary = kwargs.get("position_embeddings")
+        if reader is not None:
+            reader.captured["rotary"] = tuple(rotary) if isinstance(rotary, tuple) else None
+
+    return hook
+
+
+def _remove(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()

@@ -1,0 +1,77 @@
+"""TinyBERT's attention-based distillation, as a KL between the attention distributions of
+paired blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from worker.engine.losses.attention import AttentionReader, key_mask, masked_kl, token_mask
+from worker.engine.losses.base import DistillLoss, LossContext, StepOutputs
+
+
+class AttentionKL(DistillLoss):
+    """L = sum_i mean_{n, h, real q} KL(A_t^i[n, h, q, :] || A_s^i[n, h, q, :]).
+
+    A = softmax(Q K^T / sqrt(d) + mask) per head: the attention distribution of the i-th pair's
+    attention (the pair names a block or its attention module; `attention.AttentionReader` reads
+    its Q and K, rotary embeddings and grouped keys included). Keys at padding (token id -1) are
+    masked, and later keys too when the model is causal (GPT-2, Llama family); only real queries
+    count. When the two attentions have different head counts, each side's distributions are
+    averaged over its heads first and the KL is taken between the averages.
+
+    Jiao et al. TinyBERT: Distilling BERT for Natural Language Understanding. Findings of EMNLP
+    2020 match the attention matrices of uniformly mapped layers (their eq. 7 uses MSE on the
+    unnormalised scores); the KL between the normalised distributions is MiniLM's form (Wang et
+    al. 2020), which needs no projection between teacher and student.
+    """
+
+    def __init__(self, ctx: LossContext) -> None:
+        super().__init__(ctx)
+        if not ctx.pairs:
+            raise ValueError(
+                "attention_kl needs at least one layer pair (a student block and a teacher block)"
+            )
+        self.readers = _readers(ctx)
+
+    def forward(self, out: StepOutputs) -> Tensor:
+        self._check_pairs(out)
+        total = torch.zeros((), device=out.student_logits.device)
+        for student, teacher in self.readers:
+            s, t = student.scores(), teacher.scores()
+            student.clear()
+            teacher.clear()
+            total = total + _pair_kl(s, t, out.inputs, teacher.causal or student.causal)
+        return total
+
+
+def _pair_kl(s: Tensor, t: Tensor, inputs: Tensor | None, causal: bool) -> Tensor:
+    if s.shape[-1] != t.shape[-1]:
+        raise ValueError(
+            f"attention_kl: the student attends over {s.shape[-1]} tokens and the teacher over "
+            f"{t.shape[-1]}; both must read the same token ids (the same tokenizer)"
+        )
+    real = token_mask(inputs, s.shape[0], s.shape[-1], s.device)
+    valid = key_mask(real, causal)
+    if s.shape[1] != t.shape[1]:  # different head counts: compare the head-averaged maps
+        low = torch.finfo(torch.float32).min
+        s = s.masked_fill(~valid, low).softmax(-1).mean(1, keepdim=True).clamp_min(1e-30).log()
+        t = t.masked_fill(~valid, low).softmax(-1).mean(1, keepdim=True).clamp_min(1e-30).log()
+    return masked_kl(t, s, valid, real)
+
+
+def _readers(ctx: LossContext) -> list[tuple[AttentionReader, AttentionReader]]:
+    """One (student, teacher) reader per pair; a pair without modules (built outside a run) or
+    without attention fails when the loss first runs, naming the layer."""
+    readers = []
+    for i in range(len(ctx.pairs)):
+        s_path, t_path = ctx.pair_paths[i] if i < len(ctx.pair_paths) else ("?", "?")
+        s_mod = ctx.student_modules[i] if i < len(ctx.student_modules) else None
+        t_mod = ctx.teacher_modules[i] if i < len(ctx.teacher_modules) else None
+        readers.append(
+            (
+                AttentionReader(s_mod, f"student layer '{s_path}'"),
+                AttentionReader(t_mod, f"teacher layer '{t_path}'"),
+            )
+        )
+    return readers
