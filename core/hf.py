@@ -28,7 +28,7 @@ CONVERT_HINT = (
     "convert it to safetensors (in Python, where you trust the file: "
     "model.save_pretrained(folder, safe_serialization=True)) and zip the folder again"
 )
-TEXT_TASKS: frozenset[str] = frozenset()  # the catalog tasks that read token ids (none yet)
+TEXT_TASKS: frozenset[str] = frozenset({"causal_lm"})  # the catalog tasks that read token ids
 
 
 def text_task_refusal(model: str, task: str, role: str = "teacher") -> str | None:

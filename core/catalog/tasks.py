@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.catalog.params import Entry
+from core.catalog.params import Entry, param
 
 DEFAULT = "classification"
 StageRule = Literal["spatial", "blocks"]
@@ -151,6 +151,46 @@ TASKS: dict[str, TaskEntry] = {
             losses=("recon_l1", "target_l1", "adversarial", "fitnets", "feature_l2", "at"),
             own_losses=("recon_l1", "target_l1"),
             loss_params={"adversarial": {"output": "raw"}},
+        ),
+        TaskEntry(
+            "causal_lm",
+            "Causal language modelling",
+            "Next-token prediction: the teacher is a Hugging Face causal LM checkpoint (a .zip of "
+            "config.json, model.safetensors and tokenizer.json; *ForCausalLM / *LMHeadModel) and "
+            "the student learns its per-token distributions [N, tokens, vocabulary]. Datasets: "
+            ".txt (one text a line) or .jsonl with 'text', or .jsonl with 'prompt' and "
+            "'completion' (instruction data: the loss is on the completion only), tokenised with "
+            "the teacher's tokenizer. Validated by perplexity, next-token agreement with the "
+            "teacher and the token loss; evaluated by both models' perplexity, agreement, "
+            "tokens/s at batch 1 and 32, and sample continuations side by side.",
+            params=(
+                param(
+                    "max_length",
+                    "int",
+                    128,
+                    "Longest row in tokens (longer rows are cut and counted); at most the "
+                    "teacher's positions.",
+                    2,
+                    1_048_576,
+                ),
+            ),
+            implementation="worker.engine.tasks.text.lm:CausalLMTask",
+            formats=("txt", "jsonl"),
+            metrics=("perplexity", "agreement", "loss"),
+            stage_rule="blocks",
+            stage_hint="that is a transformer block",
+            student_kinds=("text",),
+            losses=(
+                "ce",
+                "kd",
+                "reverse_kl",
+                "gkd_jsd",
+                "skew_kl",
+                "tvd",
+                "hidden_mse",
+                "attention_kl",
+                "minilm_relations",
+            ),
         ),
     ]
 }

@@ -12,6 +12,9 @@ class CrossEntropy(DistillLoss):
     """L = -sum_c q_c log softmax(s)_c with q = (1 - eps) * onehot(y) + eps / C.
 
     `label_smoothing` is eps (Szegedy et al. 2016, "Rethinking the Inception Architecture").
+    Logits [N, C] with labels [N] (classification), [N, C, H, W] with [N, H, W] (segmentation),
+    or a language model's [N, T, V] (the vocabulary last, as transformers outputs it) with
+    next-token labels [N, T]; labels -100 do not count.
     """
 
     needs_teacher = False
@@ -21,6 +24,7 @@ class CrossEntropy(DistillLoss):
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, out: StepOutputs) -> Tensor:
-        return F.cross_entropy(
-            out.student_logits.float(), out.labels, label_smoothing=self.label_smoothing
-        )
+        logits, labels = out.student_logits.float(), out.labels
+        if logits.dim() == 3 and labels.shape == logits.shape[:2]:  # per token: [N * T, V]
+            logits, labels = logits.flatten(0, 1), labels.flatten()
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
