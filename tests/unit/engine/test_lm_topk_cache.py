@@ -6,17 +6,22 @@ the file round-trips. Real tiny GPT-2 models built here with transformers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from worker.engine.losses import LossContext
 from worker.engine.losses.base import StepOutputs
 from worker.engine.losses.divergence import TVD, GeneralizedJSD, ReverseKL
 from worker.engine.losses.kd import KD
 from worker.engine.teacher_cache import TeacherCache
+from worker.engine.trainer import Callbacks, train
 
-VOCAB = 120
+from .lm_support import VOCAB, gpt2_student, lm_config, lm_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def token_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +76,8 @@ def test_top_k_rows_keep_the_top_tokens_and_spread_the_tail() -> None:
 
 
 def test_rows_are_kept_for_counted_positions_only_and_the_size_is_bounded() -> None:
-    """k = 8 of 120 tokens: 8 float16 values, 8 int16 indices and one float32 rest per counted
-    position (36 bytes), plus 16 bytes a sample (its id and offset): about 1/13 of float32
+    """k = 8 of 300 tokens: 8 float16 values, 8 int16 indices and one float32 rest per counted
+    position (36 bytes), plus 16 bytes a sample (its id and offset): about 1/33 of float32
     logits at the counted positions, and nothing for padding or prompts."""
     logits, targets = token_batch()
     cache = TeacherCache("k", 8, 3, per_epoch=False)
@@ -98,3 +103,72 @@ def test_the_file_round_trips_and_a_missing_sample_is_not_replayed(tmp_path: Pat
     shorter[2, 0] = -100  # another tokenisation: another count of positions
     assert again.lookup(0, 0, torch.tensor([1, 3, 4]), -1, torch.device("cpu"), shorter) is None
     assert TeacherCache.open(tmp_path / "cache.npz", "other", 8, 5, False).rows == {}
+
+
+# -- through the trainer, on the causal_lm task ---------------------------------------------------
+
+
+class _Counting(nn.Module):
+    """The teacher, counting the training batches it runs on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.batches = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches += 1
+        return self.inner(x)  # type: ignore[no-any-return]
+
+
+class _Losses(Callbacks):
+    def __init__(self) -> None:
+        self.losses: list[dict[str, float]] = []
+
+    def on_step(self, report: Any) -> None:
+        self.losses.append(report.metrics)
+
+
+def _run(
+    tmp_path: Path, mode: str, top_k: int, cache: TeacherCache | None
+) -> tuple[list[dict[str, float]], int]:
+    """The step losses of a 2-epoch kd + gkd_jsd run and the teacher's training forwards."""
+    task, teacher, train_data, val_data = lm_run(tmp_path)
+    losses = [{"name": "kd", "params": {"temperature": 1.0}},
+              {"name": "gkd_jsd", "params": {"beta": 0.5}}]  # fmt: skip
+    config = lm_config(losses=losses, teacher_cache=mode, teacher_cache_top_k=top_k)
+    counting, seen = _Counting(teacher.module), _Losses()
+    train(
+        config, counting, train_data, val_data, student=gpt2_student(), task=task,
+        callbacks=seen, teacher_cache=cache,
+    )  # fmt: skip
+    return seen.losses, counting.batches
+
+
+def test_a_run_from_the_cache_never_runs_the_teacher_and_has_the_live_losses(
+    tmp_path: Path,
+) -> None:
+    live, live_forwards = _run(tmp_path, "off", 0, None)
+    recording = TeacherCache.open(None, "k" * 64, VOCAB, 18, per_epoch=False)
+    recorded, forwards = _run(tmp_path, "on", VOCAB, recording)
+    assert live_forwards == 6 and forwards == 3  # the second epoch replays the first's
+    recording.save(tmp_path / "cache.npz")
+    replaying = TeacherCache.open(tmp_path / "cache.npz", "k" * 64, VOCAB, 18, per_epoch=False)
+    replayed, none = _run(tmp_path, "on", VOCAB, replaying)
+    assert none == 0 and replaying.stats.as_json() == {"replayed_batches": 6,
+                                                        "recorded_batches": 0}  # fmt: skip
+    for runs in zip(live, recorded, replayed, strict=True):
+        for key in ("loss", "loss/kd", "loss/gkd_jsd"):
+            assert abs(runs[0][key] - runs[1][key]) <= 1e-6
+            assert abs(runs[0][key] - runs[2][key]) <= 1e-6
+
+
+def test_the_pipeline_keys_a_language_model_run_by_its_tokenisation(tmp_path: Path) -> None:
+    from core.teacher_cache import cache_key, cache_problem
+
+    config = lm_config(teacher_cache="on", teacher_cache_top_k=16)
+    assert cache_problem(config) is None
+    longer = lm_config(teacher_cache="on", teacher_cache_top_k=16)
+    longer.task_params["max_length"] = 20
+    assert cache_key(config, "t" * 64, "d" * 64) != cache_key(longer, "t" * 64, "d" * 64)
+    on_policy = lm_config("on_policy", {"lmbda": 0.5}, teacher_cache="auto")
+    assert "use scheme 'offline'" in str(cache_problem(on_policy))
