@@ -210,31 +210,58 @@ RESULTS = [  # (column, summary key, format, higher is better)
 ]
 
 
+LOWER_IS_BETTER = ("perplexity", "loss", "ece")  # metrics whose smaller value is the better
+Result = tuple[str, str, str, bool | None]  # (column, summary key, format, higher is better)
+
+
 def run_label(run: Any) -> str:
     return f"#{run.id} {run.name}"
 
 
-def results_frame(runs: list[Any]) -> pd.DataFrame:
-    """One row per run: its status, the summary's results and student minus teacher top-1."""
+def task_results(runs: list[Any], metrics: dict[str, Sequence[str]]) -> list[Result]:
+    """Result columns for the runs' tasks' catalog metrics that `RESULTS` lacks (`metrics`:
+    task name -> its metrics): student and teacher `<metric>` where a run's summary has them
+    (a text task's accuracy, perplexity, cosine, ...); percent when every value is a fraction
+    of 1, and the better direction from the metric (perplexity: lower)."""
+    known = {key for _, key, _, _ in RESULTS}
+    found: list[Result] = []
+    for run in runs:
+        summary = run.summary or {}
+        for metric in metrics.get(str((run.config or {}).get("task") or "classification"), ()):
+            for who, higher in (("student", metric not in LOWER_IS_BETTER), ("teacher", None)):
+                key = f"{who}_{metric}"
+                if key in known or summary.get(key) is None:
+                    continue
+                values = [(r.summary or {}).get(key) for r in runs]
+                fraction = all(0 <= v <= 1 for v in values if isinstance(v, (int, float)))
+                kind = "pct" if fraction and higher is not False else "number"
+                found.append((f"{who} {metric.replace('_', ' ')}", key, kind, higher))
+                known.add(key)
+    return found
+
+
+def results_frame(runs: list[Any], extra: Sequence[Result] = ()) -> pd.DataFrame:
+    """One row per run: its status, the summary's results (`RESULTS`, then `extra`: the tasks'
+    own) and student minus teacher top-1."""
     rows = []
     for run in runs:
         summary = run.summary or {}
         row: dict[str, Any] = {"run": run_label(run), "status": run.status}
-        for column, key, _, _ in RESULTS:
+        for column, key, _, _ in [*RESULTS, *extra]:
             row[column] = summary.get(key)
         t1, s1 = summary.get("teacher_top1"), summary.get("student_top1")
         row["Δ vs teacher (pp)"] = (s1 - t1) * 100 if s1 is not None and t1 is not None else None
         rows.append(row)
-    columns = ["run", "status", *[c for c, *_ in RESULTS], "Δ vs teacher (pp)"]
+    columns = ["run", "status", *[c for c, *_ in [*RESULTS, *extra]], "Δ vs teacher (pp)"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def best_cells(frame: pd.DataFrame) -> pd.DataFrame:
+def best_cells(frame: pd.DataFrame, extra: Sequence[Result] = ()) -> pd.DataFrame:
     """A frame of CSS strings marking the best value of each result column (ties all marked)."""
     styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
     if len(frame) < 2:
         return styles
-    for column, _, _, higher in RESULTS:
+    for column, _, _, higher in [*RESULTS, *extra]:
         values = pd.to_numeric(frame[column], errors="coerce")
         if higher is None or values.notna().sum() < 2 or values.nunique() < 2:
             continue

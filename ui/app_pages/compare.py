@@ -30,6 +30,7 @@ from ui.analysis import (
     results_frame,
     run_label,
     run_models,
+    task_results,
     tradeoff_frame,
 )
 
@@ -170,20 +171,29 @@ def _fmt(kind: str) -> Any:
     def ms(v: Any) -> str:
         return f"{v:.3g}" if pd.notna(v) else MISSING
 
-    return {"pct": pct, "count": count, "bytes": size, "ms": ms}[kind]
+    def number(v: Any) -> str:
+        return f"{v:,.4g}" if pd.notna(v) else MISSING
+
+    return {"pct": pct, "count": count, "bytes": size, "ms": ms, "number": number}[kind]
 
 
 def _results(runs: list[Run]) -> None:
+    from core.catalog.tasks import TASKS
+
     st.subheader("Results")
-    frame = results_frame(runs)
+    extra = task_results(runs, {name: task.metrics for name, task in TASKS.items()})
+    frame = results_frame(runs, extra)
     frame["status"] = frame["status"].map(ui.status_label)
     if not any(r.summary for r in runs):
         st.caption("No run has finished yet: results appear when runs succeed.")
-    formats = {column: _fmt(kind) for column, _, kind, _ in RESULTS}
+    formats = {column: _fmt(kind) for column, _, kind, _ in [*RESULTS, *extra]}
     formats["Δ vs teacher (pp)"] = lambda v: f"{v:+.2f}" if pd.notna(v) else MISSING
-    styler = frame.style.apply(lambda _: best_cells(frame), axis=None).format(formats)
+    styler = frame.style.apply(lambda _: best_cells(frame, extra), axis=None).format(formats)
     st.dataframe(styler, hide_index=True, key="cmp_results")
-    st.caption("**Bold green**: the best value of a column (higher accuracy, smaller, faster).")
+    st.caption(
+        "**Bold green**: the best value of a column (higher accuracy, lower perplexity, "
+        "smaller, faster)."
+    )
     _every_model(runs)
 
 
@@ -298,7 +308,9 @@ def _curves(runs: list[Run]) -> None:
     if frame.empty:
         st.caption(f"None of these runs logged `{metric}`.")
         return
-    st.vega_lite_chart(frame, curves_spec(metric, by_epoch, len(frame)), width="stretch")
+    percent = bool(frame["value"].between(0, 1).all())  # not perplexity, PSNR, ...
+    spec = curves_spec(metric, by_epoch, len(frame), percent)
+    st.vega_lite_chart(frame, spec, width="stretch")
     absent = sorted(set(map(run_label, runs)) - set(frame["run"]))
     if absent:
         st.caption(f"No `{metric}` in: {', '.join(absent)}.")
@@ -309,9 +321,10 @@ def _curves(runs: list[Run]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def curves_spec(metric: str, by_epoch: bool, n_points: int) -> dict[str, Any]:
-    """Vega-Lite: one line per run (a plain spec: no Altair building or validation per run)."""
-    percent = metric.startswith("val/") and "loss" not in metric
+def curves_spec(metric: str, by_epoch: bool, n_points: int, bounded: bool = True) -> dict[str, Any]:
+    """Vega-Lite: one line per run (a plain spec: no Altair building or validation per run); a
+    validation score in percent when its values are `bounded` to [0, 1] (not perplexity)."""
+    percent = metric.startswith("val/") and "loss" not in metric and bounded
     axis = "epoch" if by_epoch else "step"
     y: dict[str, Any] = {"field": "value", "type": "quantitative", "title": metric}
     if percent:

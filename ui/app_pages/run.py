@@ -110,6 +110,36 @@ def split_series(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     return frame[is_loss], frame[is_score], frame[~is_loss & ~is_score]
 
 
+def task_metrics(run: Run) -> list[str]:
+    """The validation series of the run's task (`val/<metric>` for its catalog `metrics`, the
+    loss left out: it is drawn with the losses)."""
+    from core.catalog.tasks import TASKS
+
+    task = TASKS.get(str((run.config or {}).get("task") or "classification"))
+    return [f"val/{m}" for m in (task.metrics if task else ()) if m != "loss"]
+
+
+def validation_groups(
+    scores: pd.DataFrame, metrics: list[str]
+) -> list[tuple[str, pd.DataFrame, bool]]:
+    """The validation scores as charts (title, points, percent axis): the series that stay in
+    [0, 1] (accuracy, agreement, cosine, mIoU, ...) share one chart in percent; any other
+    (perplexity, PSNR in dB, ...) gets its own, so no scale flattens another. The task's
+    catalog metrics come first, in their catalog order."""
+    if scores.empty:
+        return []
+    names = list(scores["name"].unique())
+    order = [m for m in metrics if m in names] + sorted(n for n in names if n not in metrics)
+    bounded = [n for n in order if scores.loc[scores["name"] == n, "value"].between(0, 1).all()]
+    groups: list[tuple[str, pd.DataFrame, bool]] = []
+    if bounded:
+        groups.append(("score", scores[scores["name"].isin(bounded)], True))
+    for name in order:
+        if name not in bounded:
+            groups.append((name.removeprefix("val/"), scores[scores["name"] == name], False))
+    return groups
+
+
 def _model_curves(frame: pd.DataFrame, run: Run) -> None:
     """Validation top-1 of every trained model (peers, generations, ...), one line each."""
     cfg = run.config or {}
@@ -145,10 +175,9 @@ def _charts(frame: pd.DataFrame, run: Run) -> None:
         st.markdown("**Validation**")
         if scores.empty:
             st.caption("Validation runs at the end of each epoch.")
-        else:
-            percent = bool(scores["value"].between(0, 1).all())
-            spec = line_spec("score", len(scores), percent=percent)
-            st.vega_lite_chart(scores, spec, width="stretch")
+        for title, group, percent in validation_groups(scores, task_metrics(run)):
+            spec = line_spec(title, len(group), percent=percent)
+            st.vega_lite_chart(group, spec, width="stretch")
     _model_curves(frame, run)
     if not rest.empty:
         with st.expander("Other series (learning rate, …)", icon=":material/show_chart:"):
@@ -375,29 +404,77 @@ EVALUATION_ROWS = [
 ]
 
 
+QUALITY_ROWS = 9  # the rows of EVALUATION_ROWS before the costs (parameters, size, ...)
 QUALITY_KEYS = {"top1", "top5", "map", "map50", "miou", "psnr", "ssim"}  # no cost ratio
 QUALITY_KEYS |= {"psnr_vs_teacher", "ssim_vs_teacher"}
 HEADLINES = (("top1", "Student top-1"), ("map", "Student mAP"), ("miou", "Student mIoU"))
 
 
-def headline(summary: dict[str, Any]) -> tuple[str, float | None, float | None]:
-    """The task's main quality figure (top-1, detection's mAP, segmentation's mIoU): its label
-    and the student's and teacher's values."""
-    for key, label in HEADLINES:
+OTHER_LABELS = {"ece": "ECE (calibration error)", "map75": "mAP@.75", "pixel_acc": "Pixel accuracy"}
+LOWER_IS_BETTER = {"perplexity", "loss", "ece"}  # a metric whose smaller value is the better
+
+
+def headline(
+    summary: dict[str, Any], metrics: list[str] | None = None
+) -> tuple[str, float | None, float | None]:
+    """The task's main quality figure (top-1, detection's mAP, segmentation's mIoU, else the
+    first of the task's catalog `metrics` the summary has for the student: a text task's
+    accuracy, perplexity, cosine, ...): its label and the student's and teacher's values."""
+    found = list(HEADLINES) + [
+        (m, f"Student {m.replace('_', ' ')}") for m in metrics or () if m not in LOWER_IS_BETTER
+    ]
+    found += [(m, f"Student {m}") for m in metrics or () if m in LOWER_IS_BETTER and m != "loss"]
+    found += [
+        (key, f"Student {label[0].lower()}{label[1:]}") for label, key, _ in other_rows(summary)
+    ]
+    for key, label in found:  # else the first other figure the summary gives for the student
         if summary.get(f"student_{key}") is not None:
             return label, summary[f"student_{key}"], summary.get(f"teacher_{key}")
     return HEADLINES[0][1], None, None
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and 0 <= value <= 1
+
+
+def _number(value: Any) -> str:
+    return "—" if value is None else f"{value:,.4g}"
+
+
+def other_rows(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Rows for the teacher/student figures of the summary that `EVALUATION_ROWS` does not
+    name (a text task's perplexity, accuracy, cosine, tokens/s, ...): (label, key, format),
+    in percent when both values are fractions of 1."""
+    known = {key for _, key, _ in EVALUATION_ROWS}
+    keys = [
+        k.removeprefix("student_")
+        for k, v in summary.items()
+        if k.startswith("student_") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    keys += [
+        k.removeprefix("teacher_")
+        for k, v in summary.items()
+        if k.startswith("teacher_") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    rows = []
+    for key in dict.fromkeys(k for k in keys if k not in known):
+        t, s = summary.get(f"teacher_{key}"), summary.get(f"student_{key}")
+        percent = all(_fraction(v) for v in (t, s) if v is not None) and key not in LOWER_IS_BETTER
+        label = OTHER_LABELS.get(key) or key.replace("_", " ").capitalize()
+        rows.append((label, key, ui.fmt_pct if percent else _number))
+    return rows
 
 
 def evaluation_frame(summary: dict[str, Any]) -> pd.DataFrame:
     """Teacher vs student: accuracy, parameters, size, FLOPs, CPU latency; for costs the ratio
     teacher / student (how many times smaller or faster the student is)."""
     out = []
-    for label, key, fmt in EVALUATION_ROWS:
+    extra = other_rows(summary)
+    for label, key, fmt in EVALUATION_ROWS[:QUALITY_ROWS] + extra + EVALUATION_ROWS[QUALITY_ROWS:]:
         t, s = summary.get(f"teacher_{key}"), summary.get(f"student_{key}")
         if t is None and s is None:
             continue
-        ratio = "—" if key in QUALITY_KEYS else _ratio(t, s)
+        ratio = "—" if key in QUALITY_KEYS or (label, key, fmt) in extra else _ratio(t, s)
         out.append({"": label, "teacher": fmt(t), "student": fmt(s), "teacher / student": ratio})
     return pd.DataFrame(out, columns=["", "teacher", "student", "teacher / student"])
 
@@ -463,6 +540,18 @@ def accuracy_delta(student: float | None, teacher: float | None) -> tuple[str | 
     return f"{points:+.2f} pp vs teacher", "normal", "auto"
 
 
+def number_delta(label: str, student: float, teacher: float | None) -> tuple[str | None, str, str]:
+    """An unbounded figure's difference to the teacher's (perplexity: lower is better, so its
+    colour is inverted: green when the student's is lower)."""
+    if teacher is None:
+        return None, "normal", "auto"
+    diff = student - teacher
+    if f"{diff:.3g}" in ("0", "-0"):
+        return "same as the teacher", "off", "off"
+    lower = any(word in label.lower() for word in LOWER_IS_BETTER)
+    return f"{diff:+,.3g} vs teacher", "inverse" if lower else "normal", "auto"
+
+
 ARTIFACT_KINDS = {
     "student_safetensors": "Student weights (safetensors)",
     "student_pt2": "Student as a torch.export archive (.pt2)",
@@ -510,15 +599,23 @@ def _evaluation(run: Run) -> None:
         )
         cols[1].metric("Student SSIM vs teacher", _ssim(summary.get("student_ssim_vs_teacher")))
     else:
-        label, s1, t1 = headline(summary)
-        delta, delta_color, arrow = accuracy_delta(s1, t1)
-        cols[0].metric(
-            label, ui.fmt_pct(s1), delta=delta, delta_color=delta_color, delta_arrow=arrow
-        )
+        label, s1, t1 = headline(summary, [m.removeprefix("val/") for m in task_metrics(run)])
+        if s1 is None or _fraction(s1):
+            delta, delta_color, arrow = accuracy_delta(s1, t1)
+            value = ui.fmt_pct(s1)
+        else:  # perplexity and other unbounded figures: the difference, not percentage points
+            delta, delta_color, arrow = number_delta(label, s1, t1)
+            value = _number(s1)
+        cols[0].metric(label, value, delta=delta, delta_color=delta_color, delta_arrow=arrow)
+        agreement = next(
+            (k for k in ("agreement", *summary) if k in summary and k.endswith("agreement")),
+            "agreement",
+        )  # a language model's is next_token_agreement
         cols[1].metric(
-            "Agreement",
-            ui.fmt_pct(summary.get("agreement")),
-            help="Share of validation samples where student and teacher predict the same class.",
+            agreement.replace("_", " ").capitalize(),
+            ui.fmt_pct(summary.get(agreement)),
+            help="Share of validation samples (a language model's tokens) where student and "
+            "teacher predict the same class (next token).",
         )
     cols[2].metric(
         "Compression",
@@ -556,13 +653,21 @@ def _predictions(run: Run) -> None:
     api = ui.client()
     artifacts = ui.fetch(api.artifacts, run.id, stop=False) or []
     if any(a.kind == predictions.KIND for a in artifacts):
-        st.markdown("**Teacher and student on validation images**")
-        predictions.show(api, artifacts)
-        st.caption(
-            "One colour per class: boxes scoring at least 0.3 (detection) or each pixel's "
-            "class painted over the image (segmentation); for image-to-image generation the "
-            "input, the target and each model's output; the same images in every run."
-        )
+        slot = st.empty()
+        drawn = predictions.show(api, artifacts)
+        if drawn == "text":
+            slot.markdown("**Teacher and student on validation samples**")
+            st.caption(
+                "The same held-out samples in every run: a language model's greedy "
+                "continuations of each prompt, a classifier's predicted class."
+            )
+        elif drawn:
+            slot.markdown("**Teacher and student on validation images**")
+            st.caption(
+                "One colour per class: boxes scoring at least 0.3 (detection) or each pixel's "
+                "class painted over the image (segmentation); for image-to-image generation the "
+                "input, the target and each model's output; the same images in every run."
+            )
 
 
 def _every_model(summary: dict[str, Any]) -> None:

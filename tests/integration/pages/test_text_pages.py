@@ -6,6 +6,7 @@ an LM's continuations of teacher and student side by side; Compare offers the ta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,140 @@ def test_new_run_maps_student_blocks_onto_teacher_blocks(studio: Studio) -> None
     assert pairs == [("transformer.h.0", "transformer.h.1"), ("transformer.h.1", "transformer.h.3")]
     review = texts(at.code)
     assert "teacher: transformer.h.1" in review and "student: transformer.h.0" in review
+
+
+LM_SUMMARY = {  # what CausalLMTask.evaluate reports (its samples go to predictions.json)
+    "teacher_perplexity": 21.5,
+    "student_perplexity": 34.25,
+    "next_token_agreement": 0.62,
+    "teacher_tokens_per_s": 410.0,
+    "student_tokens_per_s": 980.0,
+    "teacher_params": 160_000,
+    "student_params": 60_000,
+}
+LM_SAMPLES = [
+    {
+        "index": 0,
+        "mime": "text/plain",
+        "prompt": "The quick brown fox",
+        "reference": " jumps over the lazy dog.",
+        "teacher": " jumps over the lazy dog",
+        "student": " jumps over the dog",
+        "epochs": [
+            {"epoch": 0, "student": " the the the"},
+            {"epoch": 1, "student": " jumps over the dog"},
+        ],
+    },
+    {
+        "index": 1,
+        "mime": "text/plain",
+        "prompt": "Once upon a time",
+        "reference": " there was a king.",
+        "teacher": " there was a king",
+        "student": " there was",
+        "epochs": [],
+    },
+]
+
+
+def _lm_run(api: Client, studio: Studio, name: str, perplexity: list[float]) -> int:
+    """A finished causal-LM run as the worker leaves it: its config (task causal_lm), the
+    validation perplexity and agreement per epoch, its summary and predictions.json with the
+    teacher's and the student's continuations."""
+    from core.db import session_scope
+    from core.db.tables import Artifact, Metric, Run
+    from core.storage import get_store
+
+    run = api.create_run(
+        {
+            "name": name,
+            "teacher": {"model_id": studio.teacher_id},
+            "student": {"architecture": "resnet8", "kwargs": {"width": 0.25}},
+            "dataset": {"dataset_id": studio.dataset_id},
+            "losses": [{"name": "kd"}],
+            "training": {"epochs": len(perplexity), "device": "cpu"},
+        }
+    )
+    config = {**run.config, "task": "causal_lm", "task_params": {"max_length": 64}}
+    summary = {**LM_SUMMARY, "student_perplexity": perplexity[-1]}
+    with session_scope() as session:
+        row = session.get(Run, run.id)
+        row.config, row.status, row.progress, row.summary = config, "succeeded", 1.0, summary
+        for epoch, value in enumerate(perplexity):
+            step = 10 * (epoch + 1)
+            for metric, v in (("val/perplexity", value), ("val/agreement", 0.3 + 0.1 * epoch)):
+                session.add(Metric(run_id=run.id, name=metric, step=step, epoch=epoch, value=v))
+            session.add(Metric(run_id=run.id, name="loss", step=step, epoch=epoch, value=1.0))
+        stored = get_store().put_bytes(
+            f"teams/{row.team_id}/runs/{run.id}/predictions.json",
+            json.dumps(LM_SAMPLES).encode(),
+        )
+        session.add(
+            Artifact(
+                team_id=row.team_id,
+                run_id=run.id,
+                kind="predictions",
+                filename="predictions.json",
+                storage_key=stored.key,
+                size_bytes=stored.size,
+                sha256=stored.sha256,
+            )
+        )
+    return run.id
+
+
+def _chart_names(at: Any) -> list[set[str]]:
+    """The series names each vega-lite chart on the page draws."""
+    found = []
+    for chart in at.get("vega_lite_chart"):
+        proto = chart.proto
+        datasets = [proto.data] if proto.data.data else []
+        datasets += [d.data for d in proto.datasets]
+        names: set[str] = set()
+        for data in datasets:
+            import pyarrow as pa
+
+            table = pa.ipc.open_stream(data.data).read_all()
+            if "name" in table.column_names:
+                names |= set(table.column("name").to_pylist())
+        found.append(names)
+    return found
+
+
+def test_the_run_page_draws_the_task_metrics_and_both_continuations(studio: Studio) -> None:
+    api = Client(studio.url, studio.token)
+    run_id = _lm_run(api, studio, "lm-kd", [60.0, 34.25])
+    at = _app(studio, "run.py", id=run_id)
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Student perplexity"].value == "34.25"
+    assert metrics["Student perplexity"].delta == "+12.8 vs teacher"  # worse: shown in red
+    assert metrics["Next token agreement"].value == "62.00%"
+    table = next(f.value for f in at.dataframe if "teacher / student" in f.value.columns)
+    rows = {label: i for i, label in enumerate(table[""])}
+    assert table["teacher"].iloc[rows["Perplexity"]] == "21.5"
+    assert table["student"].iloc[rows["Tokens per s"]] == "980"
+    charts = _chart_names(at)
+    assert {"val/agreement"} in charts and {"val/perplexity"} in charts  # apart: other scales
+    assert "**Teacher and student on validation samples**" in texts(at.markdown)
+    shown = texts(at.text)
+    assert "The quick brown fox" in shown
+    assert "jumps over the lazy dog\njumps over the dog" in shown  # teacher | student
+    assert "**The student after each epoch**" in texts(at.markdown)
+    by_epoch = at.table[0].value
+    assert list(by_epoch["epoch"]) == [1, 2]
+    assert list(by_epoch["student"]) == [" the the the", " jumps over the dog"]
+
+
+def test_compare_ranks_text_runs_on_their_task_metrics(studio: Studio) -> None:
+    api = Client(studio.url, studio.token)
+    better = _lm_run(api, studio, "lm-better", [50.0, 30.0])
+    worse = _lm_run(api, studio, "lm-worse", [60.0, 40.0])
+    at = _app(studio, "compare.py", runs=f"{better},{worse}")
+    assert not at.exception, [e.value for e in at.exception]
+    results = next(f for f in at.dataframe if "student perplexity" in f.value.columns)
+    assert list(results.value["student perplexity"]) == [30.0, 40.0]
+    assert list(results.value["teacher perplexity"]) == [21.5, 21.5]
+    at.selectbox(key="cmp_metric").set_value("val/perplexity").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "None of these runs logged" not in texts(at.caption)
