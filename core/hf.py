@@ -28,7 +28,9 @@ CONVERT_HINT = (
     "convert it to safetensors (in Python, where you trust the file: "
     "model.save_pretrained(folder, safe_serialization=True)) and zip the folder again"
 )
-TEXT_TASKS: frozenset[str] = frozenset({"causal_lm"})  # the catalog tasks that read token ids
+TEXT_TASKS: frozenset[str] = frozenset(  # the catalog tasks that read token ids
+    {"causal_lm", "text_classification", "sentence_embedding"}
+)
 
 
 def text_task_refusal(model: str, task: str, role: str = "teacher") -> str | None:

@@ -932,5 +932,33 @@ LOSSES: dict[str, LossEntry] = {
             kind="logits",
             implementation="worker.engine.losses.detection:HeatmapKD",
         ),
+        *(
+            LossEntry(
+                name,
+                title,
+                f"{formula} between the student's and the teacher's sentence embeddings [N, D] "
+                "(task sentence_embedding: the mean of the last hidden state over the real "
+                "tokens); both of the same width (a narrower student keeps the teacher's hidden "
+                "width).",
+                paper="Reimers & Gurevych. Making Monolingual Sentence Embeddings Multilingual "
+                "using Knowledge Distillation. EMNLP 2020",
+                kind="logits",
+                implementation=f"worker.engine.losses.embedding:{cls}",
+            )
+            for name, title, formula, cls in (
+                (
+                    "embedding_mse",
+                    "Embedding MSE (sentence embeddings)",
+                    "mean over texts and dimensions of (s - t)^2",
+                    "EmbeddingMSE",
+                ),
+                (
+                    "embedding_cosine",
+                    "Embedding cosine (sentence embeddings)",
+                    "mean over texts of 1 - cos(s, t)",
+                    "EmbeddingCosine",
+                ),
+            )
+        ),
     ]
 }

@@ -24,6 +24,14 @@ from typing import Any, Literal
 from core.catalog.params import Entry, param
 
 DEFAULT = "classification"
+_MAX_LENGTH = param(
+    "max_length",
+    "int",
+    128,
+    "Longest row in tokens (longer rows are cut and counted); at most the teacher's positions.",
+    2,
+    1_048_576,
+)
 StageRule = Literal["spatial", "blocks"]
 
 
@@ -151,6 +159,63 @@ TASKS: dict[str, TaskEntry] = {
             losses=("recon_l1", "target_l1", "adversarial", "fitnets", "feature_l2", "at"),
             own_losses=("recon_l1", "target_l1"),
             loss_params={"adversarial": {"output": "raw"}},
+        ),
+        TaskEntry(
+            "text_classification",
+            "Text classification",
+            "One class per text: the teacher is a Hugging Face sequence classifier (a .zip of "
+            "config.json with id2label, model.safetensors and tokenizer.json; "
+            "*ForSequenceClassification), the student a text student built from it or a "
+            "checkpoint with the same tokenizer. Datasets: .csv or .jsonl with a text column and "
+            "a label column (the teacher's id2label names, or its class indices), tokenised with "
+            "the teacher's tokenizer. Validated by accuracy, agreement with the teacher and "
+            "cross-entropy; evaluated by both models' accuracy, agreement and calibration (ECE) "
+            "and sample texts with both predictions.",
+            params=(_MAX_LENGTH,),
+            implementation="worker.engine.tasks.text.classification:TextClassificationTask",
+            formats=("csv", "jsonl"),
+            metrics=("accuracy", "agreement", "loss"),
+            stage_rule="blocks",
+            stage_hint="that is a transformer block",
+            student_kinds=("text",),
+            losses=(
+                "ce",
+                "kd",
+                "reverse_kl",
+                "gkd_jsd",
+                "skew_kl",
+                "tvd",
+                "hidden_mse",
+                "attention_kl",
+                "minilm_relations",
+            ),
+        ),
+        TaskEntry(
+            "sentence_embedding",
+            "Sentence embeddings",
+            "One vector per text: the teacher is a Hugging Face encoder without a head (BertModel, "
+            "RobertaModel, ... such as a sentence-transformers model; a .zip of config.json, "
+            "model.safetensors and tokenizer.json) pooled by the mean of its last hidden state, "
+            "and the student learns to give each text the teacher's embedding (Reimers & "
+            "Gurevych 2020). Datasets: texts only, no labels: .txt (one a line), .jsonl or .csv "
+            "with a text column. Validated by the cosine to the teacher's embeddings; evaluated "
+            "by the mean cosine and nearest-neighbour agreement (top-1, top-5) on held-out texts, "
+            "with both models' latency.",
+            params=(_MAX_LENGTH,),
+            implementation="worker.engine.tasks.text.embedding:SentenceEmbeddingTask",
+            formats=("txt", "jsonl", "csv"),
+            metrics=("cosine", "loss"),
+            stage_rule="blocks",
+            stage_hint="that is a transformer block",
+            student_kinds=("text",),
+            losses=(
+                "embedding_mse",
+                "embedding_cosine",
+                "hidden_mse",
+                "attention_kl",
+                "minilm_relations",
+            ),
+            own_losses=("embedding_mse", "embedding_cosine"),
         ),
         TaskEntry(
             "causal_lm",

@@ -64,14 +64,26 @@ def predict(module: nn.Module, x: Tensor, batch_size: int = _EVAL_BATCH) -> Tens
     return torch.cat(out) if out else torch.empty(0)
 
 
-def count_flops(module: nn.Module, input_shape: Sequence[int]) -> int:
-    """FLOPs per sample (a multiply-add counts 2), measured on one sample on CPU."""
+def rows_of(example: Tensor | None, input_shape: Sequence[int], batch: int) -> Tensor:
+    """`batch` inputs: the rows of a task's `example` (`Task.example_input`: token ids for a
+    text task) repeated, or random floats of `input_shape` without one."""
+    if example is None:
+        return torch.randn(batch, *[int(s) for s in input_shape])
+    reps = -(-batch // max(len(example), 1))
+    return example.repeat(reps, *([1] * (example.dim() - 1)))[:batch]
+
+
+def count_flops(
+    module: nn.Module, input_shape: Sequence[int], example: Tensor | None = None
+) -> int:
+    """FLOPs per sample (a multiply-add counts 2), measured on one sample on CPU (a row of
+    `example` when given, see `rows_of`)."""
     counter = FlopCounterMode(display=False)
     was_training = module.training
     module.eval()
     try:
         with torch.inference_mode(), counter:
-            module(torch.randn(1, *input_shape, device=_device(module)))
+            module(rows_of(example, input_shape, 1).to(_device(module)))
     finally:
         module.train(was_training)
     return int(counter.get_total_flops())
@@ -135,8 +147,10 @@ def latency_ms(
     warmup_s: float = 0.2,
     budget_s: float = 5.0,
     threads: int | None = None,
+    example: Tensor | None = None,
 ) -> dict[str, float]:
     """Median milliseconds of one forward of each module at `batch`, measured the same way.
+    The input is random floats of `input_shape`, or `example`'s rows (`rows_of`).
 
     Every module gets the same input, at least `warmup` warm-up calls and at least `warmup_s`
     seconds of them (at least 2 and at most 50 calls, cut short after `budget_s / 2`), then up
@@ -150,7 +164,7 @@ def latency_ms(
         stack.enter_context(_threads(threads))
         stack.enter_context(torch.inference_mode())
         models = {k: stack.enter_context(_eval_on(m, device)) for k, m in modules.items()}
-        x = torch.randn(batch, *[int(s) for s in input_shape], device=device)
+        x = rows_of(example, input_shape, batch).to(device)
         for module in models.values():
             started, calls = time.perf_counter(), 0
             while calls < 2 or (
@@ -186,7 +200,11 @@ def safetensors_size(module: nn.Module) -> int:
 
 
 def _latencies(
-    teacher: nn.Module, student: nn.Module, shape: list[int], threads: int
+    teacher: nn.Module,
+    student: nn.Module,
+    shape: list[int],
+    threads: int,
+    example: Tensor | None = None,
 ) -> dict[str, Any]:
     """Both models' latency at batch 1 and 64 on CPU, and on the GPU when one is visible."""
     pair = {"teacher": teacher, "student": student}
@@ -196,7 +214,9 @@ def _latencies(
     result: dict[str, Any] = {"latency_threads": threads}
     for label, device in devices:
         for batch, suffix, runs in ((1, "", 30), (64, "_b64", 10)):
-            measured = latency_ms(pair, shape, batch, device=device, runs=runs, threads=threads)
+            measured = latency_ms(
+                pair, shape, batch, device=device, runs=runs, threads=threads, example=example
+            )
             for who, ms in measured.items():
                 result[f"{who}_{label}_latency{suffix}_ms"] = ms
     if torch.cuda.is_available():
@@ -204,7 +224,9 @@ def _latencies(
     return result
 
 
-def _cost(module: nn.Module, input_shape: Sequence[int], prefix: str) -> dict[str, Any]:
+def _cost(
+    module: nn.Module, input_shape: Sequence[int], prefix: str, example: Tensor | None = None
+) -> dict[str, Any]:
     """Parameters, safetensors size and FLOPs per sample (counted on CPU); a graph run by
     another runtime (an ONNX teacher, `onnx_teacher.OnnxTeacher`) states its own."""
     graph_cost = getattr(module, "graph_cost", None)
@@ -214,7 +236,7 @@ def _cost(module: nn.Module, input_shape: Sequence[int], prefix: str) -> dict[st
         return {
             f"{prefix}_params": sum(p.numel() for p in cpu.parameters()),
             f"{prefix}_size_bytes": safetensors_size(cpu),
-            f"{prefix}_flops": count_flops(cpu, input_shape),
+            f"{prefix}_flops": count_flops(cpu, input_shape, example),
         }
 
 
@@ -242,9 +264,11 @@ def evaluate(
     from worker.engine.tasks import default_task
 
     shape = [int(s) for s in input_shape]
-    result = dict((task or default_task()).evaluate(teacher, student, data))
-    result.update(_cost(teacher, shape, "teacher"))
-    result.update(_cost(student, shape, "student"))
+    task = task or default_task()
+    result = dict(task.evaluate(teacher, student, data))
+    example = task.example_input(shape)  # the task's inputs (token ids for text)
+    result.update(_cost(teacher, shape, "teacher", example))
+    result.update(_cost(student, shape, "student", example))
     timed = student if latency_student is None else latency_student
-    result.update(_latencies(teacher, timed, shape, latency_threads))
+    result.update(_latencies(teacher, timed, shape, latency_threads, example))
     return result

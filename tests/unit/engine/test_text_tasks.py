@@ -4,6 +4,7 @@ hand-made cases. Tiny transformers models built here; no mocks."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,18 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from core.config import DatasetRef, LossSpec
+from core.hf import text_task_refusal
 from tests.hf_helpers import TINY_BERT, TINY_GPT2, tiny_members, write_zip
+from tests.text_helpers import write_jsonl
+from worker.engine.datasets import DatasetError
 from worker.engine.hf_teacher import load_hf
 from worker.engine.loading import LoadedModel
+from worker.engine.losses import LossContext, build_loss
+from worker.engine.losses.base import StepOutputs
+from worker.engine.tasks import IncompatibleDataError, build_task, dataset_task
+from worker.engine.tasks.text.classification import agreement
+from worker.engine.tasks.text.embedding import mean_cosine, neighbour_agreement
 from worker.engine.tasks.text.models import PAD, Output, TokenModel, unwrap
 from worker.engine.tasks.text.students import (
     TextStudentError,
@@ -124,3 +134,169 @@ def test_hf_config_is_a_fresh_narrower_model_of_the_teachers_type(
     assert unwrap(wide).config.num_hidden_layers == 1
     with pytest.raises(TextStudentError, match="not divisible by heads"):
         build_text_student("hf_config", {"hidden": 10, "heads": 3}, teacher, output)
+
+
+# --------------------------------------------------------------------------------------------
+# tasks: fitting, batching, refusals
+# --------------------------------------------------------------------------------------------
+
+TEXTS = [f"w{i} w{i + 1} w{i + 2}" + " w7" * (i % 4) for i in range(12)]
+
+
+def _write_labelled(path: Path, labels: list[str], texts: list[str] = TEXTS) -> Path:
+    rows = [{"text": t, "label": y} for t, y in zip(texts, labels, strict=True)]
+    return write_jsonl(path, rows)
+
+
+def _ref(path: Path, **kw: Any) -> DatasetRef:
+    return DatasetRef(path=str(path), **kw)
+
+
+def _fit(task_name: str, tmp: Path, config: dict[str, Any], data: Path, **params: Any) -> Any:
+    task = build_task(task_name, **{"max_length": 16, **params})
+    teacher = load_hf(checkpoint(tmp, config))
+    teacher = replace(teacher, module=task.adapt_model(teacher.module, teacher))
+    return task, teacher, task.fit_to_teacher(teacher, task.load(data, _ref(data)))
+
+
+def test_text_classification_maps_labels_to_the_teachers_classes_and_records_its_logits(
+    tmp_path: Path,
+) -> None:
+    labels = ["pos", "neg"] * 6
+    data_file = _write_labelled(tmp_path / "d.jsonl", labels)
+    task, teacher, data = _fit("text_classification", tmp_path, BERT_CLS, data_file, max_length=8)
+    assert data.text.classes == ["neg", "pos"] and task.output_size(data) == 2
+    assert data.labels.tolist() == [1, 0] * 6  # id2label: 0 neg, 1 pos
+    assert data.teacher is not None and data.teacher.shape == (12, 2)
+    with torch.no_grad():
+        assert torch.allclose(data.teacher[:3], teacher.module(data.ids[:3]), atol=1e-5)
+    # the word tokenizer adds no special tokens: rows of 3..6 ids, a batch cut to its longest
+    batch = task.batch(data, torch.tensor([0, 4]), torch.device("cpu"))
+    assert batch.inputs.shape == (2, 3) and batch.targets.tolist() == [1, 1]
+    assert (data.ids[3] == PAD).sum() == 0 and int((data.ids[0] != PAD).sum()) == 3
+    train, val = task.split(data, 0.25, seed=0)
+    assert len(train) == 9 and len(val) == 3 and val.teacher is not None and len(val.teacher) == 3
+    same = task.evaluate(teacher.module, teacher.module, val)
+    assert same["agreement"] == 1.0 and same["teacher_accuracy"] == same["student_accuracy"]
+    assert len(same["samples"]) == 3 and set(same["samples"][0]) == {
+        "text",
+        "label",
+        "teacher",
+        "student",
+    }
+    metrics = task.validate(teacher.module, val, 4, torch.device("cpu"), nullcontext)
+    assert set(metrics) == {"val/accuracy", "val/agreement", "val/loss"}
+    assert metrics["val/agreement"] == 1.0
+
+
+def test_integer_labels_are_the_teachers_indices(tmp_path: Path) -> None:
+    data_file = _write_labelled(tmp_path / "d.jsonl", ["1", "0"] * 6)
+    _, _, data = _fit("text_classification", tmp_path, BERT_CLS, data_file, max_length=8)
+    assert data.labels.tolist() == [1, 0] * 6 and data.text.classes == ["neg", "pos"]
+
+
+@pytest.mark.parametrize(
+    ("config", "labels", "params", "error"),
+    [
+        ({**TINY_GPT2}, ["a", "b"] * 6, {}, "sequence-classification head"),
+        (BERT4, ["a", "b"] * 6, {}, "sequence-classification head"),
+        (BERT_CLS, ["neg", "other"] * 6, {}, r"labels \['other'\] are not the teacher's"),
+        (BERT_CLS, ["neg", "pos"] * 6, {"max_length": 64}, "longer than the model's 32"),
+    ],
+)
+def test_text_classification_refusals(
+    tmp_path: Path, config: dict[str, Any], labels: list[str], params: dict[str, Any], error: str
+) -> None:
+    data_file = _write_labelled(tmp_path / "d.jsonl", labels)
+    with pytest.raises(IncompatibleDataError, match=error):
+        _fit("text_classification", tmp_path, config, data_file, **params)
+
+
+def test_empty_texts_are_refused_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, [{"text": "w1 w2", "label": "a"}, {"text": "  ", "label": "b"}])
+    with pytest.raises(DatasetError, match="line 2: field 'text' is empty"):
+        build_task("text_classification").load(path, _ref(path))
+    txt = tmp_path / "e.csv"
+    txt.write_text("text\nw1 w2\n\nw3\n")
+    csv_rows = build_task("sentence_embedding").load(txt, _ref(txt))
+    assert csv_rows.texts == ["w1 w2", "w3"]  # a blank line is no row in a csv
+
+
+def test_a_student_checkpoint_with_another_tokenizer_is_refused(tmp_path: Path) -> None:
+    data_file = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in TEXTS])
+    task, _, _ = _fit("sentence_embedding", tmp_path, BERT4, data_file)
+    same = load_hf(checkpoint(tmp_path, BERT4, "same.zip", seed=1))
+    assert isinstance(task.adapt_model(same.module, same), TokenModel)
+    other = load_hf(checkpoint(tmp_path, BERT4, "o.zip", tok=word_tokenizer(WORDS[::-1])))
+    with pytest.raises(IncompatibleDataError, match="tokenizer differs from the teacher's"):
+        task.adapt_model(other.module, other)
+
+
+def test_models_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:
+    data_file = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in TEXTS])
+    with pytest.raises(IncompatibleDataError, match="encoder checkpoint without a head"):
+        _fit("sentence_embedding", tmp_path, BERT_CLS, data_file)
+    image = LoadedModel(torch.nn.Linear(3, 2), (3,), 2, "pt2")
+    with pytest.raises(IncompatibleDataError, match="needs Hugging Face checkpoints"):
+        build_task("text_classification").adapt_model(image.module, image)
+    assert text_task_refusal("the teacher", "classification") is not None
+    assert text_task_refusal("the teacher", "sentence_embedding") is None
+    with pytest.raises(IncompatibleDataError, match="'resnet8' takes images or tables"):
+        build_task("sentence_embedding").build_student("resnet8", {}, image, None)
+
+
+def test_uploads_land_on_the_text_tasks(tmp_path: Path) -> None:
+    labelled = _write_labelled(tmp_path / "l.jsonl", ["a", "b"] * 6)
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in TEXTS])
+    lines = tmp_path / "t.txt"
+    lines.write_text("\n".join(TEXTS))
+    words = tmp_path / "w.csv"
+    words.write_text("review,label\nsome words here,a\nmore words,b\n")
+    numbers = tmp_path / "n.csv"
+    numbers.write_text("f1,f2,label\n0.5,1.5,a\n0.1,0.2,b\n")
+    found = {
+        p.name: type(dataset_task(p.suffix[1:], p)).__name__
+        for p in (labelled, texts, lines, words, numbers)
+    }
+    assert found == {
+        "l.jsonl": "TextClassificationTask",
+        "t.jsonl": "SentenceEmbeddingTask",
+        "t.txt": "SentenceEmbeddingTask",
+        "w.csv": "TextClassificationTask",
+        "n.csv": "ClassificationTask",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# metrics and losses on hand-made cases
+# --------------------------------------------------------------------------------------------
+
+
+def test_neighbour_agreement_and_cosine_by_hand() -> None:
+    teacher = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    # nearest by the teacher: 0<->1, 2<->3; the student swaps row 0's neighbour to 3
+    student = torch.tensor([[0.6, 0.4], [1.0, 0.0], [0.0, 1.0], [0.45, 0.55]])
+    got = neighbour_agreement(student, teacher, k=2)
+    # row 0: student nearest 3 (teacher's 1 is 2nd), row 1: 0 ok, row 2: 3 ok, row 3: 0 (not 2)
+    assert got["neighbour_top1"] == pytest.approx(2 / 4)
+    assert got["neighbour_top5"] == pytest.approx(4 / 4)
+    assert mean_cosine(teacher, teacher) == pytest.approx(1.0)
+    assert mean_cosine(-teacher, teacher) == pytest.approx(-1.0)
+    assert agreement(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 1.0]] * 2)) == 0.5
+
+
+def test_embedding_losses_by_hand() -> None:
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    t = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    out = StepOutputs(s, t, torch.zeros(2, 0))
+    mse = build_loss(LossSpec(name="embedding_mse"), LossContext(2))(out)
+    cos = build_loss(LossSpec(name="embedding_cosine"), LossContext(2))(out)
+    assert float(mse.detach()) == pytest.approx((1 + 1 + 0 + 1) / 4)
+    assert float(cos.detach()) == pytest.approx(((1 - 0) + (1 - 1)) / 2)
+    cos.backward()
+    assert s.grad is not None
+    with pytest.raises(ValueError, match="hf_config with hidden=2"):
+        build_loss(LossSpec(name="embedding_mse"), LossContext(2))(
+            StepOutputs(torch.zeros(2, 3), t, torch.zeros(2, 0))
+        )

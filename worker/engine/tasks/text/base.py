@@ -13,6 +13,7 @@ tokens (refused when longer than the teacher's positions; rows cut to it are cou
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -49,6 +50,7 @@ class TokenData:
     labels: Tensor
     truncated: int = 0
     tokenizer: Any = None  # the teacher's `tokenizers.Tokenizer`
+    teacher: Tensor | None = None  # the teacher's outputs on every row, where a task records them
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -64,7 +66,10 @@ class TokenData:
             else [self.text.completions[i] for i in rows],
         )
         index = torch.as_tensor(rows, dtype=torch.long)
-        return replace(self, text=text, ids=self.ids[index], labels=self.labels[index])
+        teacher = None if self.teacher is None else self.teacher[index]
+        return replace(
+            self, text=text, ids=self.ids[index], labels=self.labels[index], teacher=teacher
+        )
 
 
 def limits_of(limits: dict[str, Any]) -> TextLimits:
@@ -212,3 +217,30 @@ class TextTask(Task):
         """Two rows of token ids (no padding) for tracing an export."""
         length = min(int(input_shape[0]), 16)
         return (torch.arange(2 * length).reshape(2, length) * 7 + 3) % 100
+
+
+@torch.inference_mode()
+def token_outputs(
+    module: nn.Module,
+    ids: Tensor,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    autocast: Any = None,
+) -> Tensor:
+    """`module`'s outputs on token ids [N, L] (padding `PAD`), in batches each cut to its
+    longest row, float32 on CPU; the module runs in eval mode on `device` (default: where its
+    weights are) and comes back in its mode."""
+    was_training = module.training
+    module.eval()
+    if device is None:
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    out = []
+    try:
+        for i in range(0, len(ids), batch_size):
+            chunk = ids[i : i + batch_size]
+            chunk = chunk[:, : max(int((chunk != PAD).sum(1).max()), 1)]
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                out.append(module(chunk.to(device)).float().cpu())
+    finally:
+        module.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
