@@ -472,13 +472,13 @@ def download(session: Session, store: Store, principal: Principal, model: Model)
 
 
 def _card_from_run(
-    run: Run, kwargs: dict[str, Any], dataset: Dataset | None, size: int
+    run: Run, kwargs: dict[str, Any], dataset: Dataset | None, size: int, fmt: str = "safetensors"
 ) -> dict[str, Any]:
     summary = run.summary or {}
     info = (dataset.info if dataset is not None else None) or {}
     card = {
         "source": "run",
-        "format": "safetensors",
+        "format": fmt,
         "input_shape": kwargs.get("input_shape"),
         "num_classes": kwargs.get("num_classes"),
         "classes": info.get("classes"),
@@ -493,6 +493,18 @@ def _card_from_run(
     return {k: v for k, v in card.items() if v is not None}
 
 
+HF_STUDENT = "student_hf"  # a text run's student as a Hugging Face checkpoint zip
+
+
+def _run_artifact(session: Session, run: Run, kind: str) -> Artifact | None:
+    """The run's latest artifact of `kind`, None without one."""
+    return session.scalar(
+        select(Artifact)
+        .where(Artifact.run_id == run.id, Artifact.team_id == run.team_id, Artifact.kind == kind)
+        .order_by(Artifact.id.desc())
+    )
+
+
 def register_run(
     session: Session,
     store: Store,
@@ -503,7 +515,9 @@ def register_run(
     description: str | None,
     tags: list[str],
 ) -> Model:
-    """Register a succeeded run's student (its safetensors) as a new model version.
+    """Register a succeeded run's student as a new model version: a text run's Hugging Face
+    checkpoint zip (artifact `student_hf`, format hf) when it has one, else its safetensors
+    (format safetensors, with the zoo architecture of its summary).
 
     The model is inspected by a worker like an upload (pending -> ready), then serves as a
     teacher, or as a student to start from, in later runs.
@@ -512,39 +526,35 @@ def register_run(
         raise Conflict(
             f"run {run.id} is {run.status}; only a succeeded run's student can be registered"
         )
-    artifact = session.scalar(
-        select(Artifact)
-        .where(
-            Artifact.run_id == run.id,
-            Artifact.team_id == run.team_id,
-            Artifact.kind == "student_safetensors",
-        )
-        .order_by(Artifact.id.desc())
-    )
     summary = run.summary or {}
     architecture, kwargs = summary.get("student_architecture"), summary.get("student_kwargs")
-    if artifact is None or not architecture or not isinstance(kwargs, dict):
-        raise Conflict(
-            f"run {run.id} has no student weights to register (student_safetensors artifact "
-            "and student architecture in its summary); run it again"
-        )
-    try:
-        check_zoo(architecture, dict(kwargs))
-    except ApiError as exc:
-        raise Conflict(f"run {run.id}'s student cannot be registered: {exc.detail}") from None
+    artifact = _run_artifact(session, run, HF_STUDENT)
+    fmt = "hf"
+    if artifact is None:
+        artifact, fmt = _run_artifact(session, run, "student_safetensors"), "safetensors"
+        if artifact is None or not architecture or not isinstance(kwargs, dict):
+            raise Conflict(
+                f"run {run.id} has no student weights to register (student_safetensors artifact "
+                "and student architecture in its summary); run it again"
+            )
+        try:
+            check_zoo(architecture, dict(kwargs))
+        except ApiError as exc:
+            raise Conflict(f"run {run.id}'s student cannot be registered: {exc.detail}") from None
+    kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
     name = clean_name(name or f"{run.name}-student")
     source = open_stream(store, artifact.storage_key, f"artifact {artifact.id}")
-    stored = store.write_stream(new_key(principal.team_id, "models", "model.safetensors"), source)
+    stored = store.write_stream(new_key(principal.team_id, "models", f"model.{fmt}"), source)
     dataset = session.get(Dataset, run.dataset_id) if run.dataset_id is not None else None
     fields = {
         "name": name,
         "description": description
         if description is not None
         else f"Student of run {run.id} ({run.name}).",
-        "format": "safetensors",
-        "architecture": architecture,
-        "arch_kwargs": dict(kwargs),
-        "card": _card_from_run(run, kwargs, dataset, stored.size),
+        "format": fmt,
+        "architecture": architecture if fmt == "safetensors" else None,
+        "arch_kwargs": kwargs if fmt == "safetensors" else {},
+        "card": _card_from_run(run, kwargs, dataset, stored.size, fmt),
         "tags": tags,
         "source_run_id": run.id,
         "lineage": {

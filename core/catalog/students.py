@@ -436,6 +436,36 @@ STUDENTS: dict[str, StudentEntry] = {
             family="hf_config",
             implementation="worker.engine.tasks.text.students:hf_config",
         ),
+        StudentEntry(
+            "hf_pruned",
+            "Teacher pruned by activation importance (Minitron)",
+            "Text tasks, from a Hugging Face teacher: the teacher pruned in depth and width, "
+            "then distilled. One forward over calibration rows of the run's token ids scores "
+            "each attention head and MLP channel (per block), each hidden channel (the norm "
+            "outputs) and each block (cosine distance between its input and output); the "
+            "top-scoring ones are kept with the teacher's weights sliced to them (each 0 = "
+            "the teacher's). In bert, roberta, distilbert and gpt2 hidden = heads x head size "
+            "(give one); grouped-query attention keeps key/value groups whole.",
+            (
+                param("layers", "int", 0, "Transformer blocks kept; 0 = all.", 0, 512),
+                param("hidden", "int", 0, "Hidden (embedding) channels kept; 0 = all.", 0, 65536),
+                param("heads", "int", 0, "Attention heads kept per block; 0 = all.", 0, 1024),
+                param("intermediate", "int", 0, "MLP channels kept per block; 0 = all.", 0, 262144),
+                param(
+                    "calibration_rows",
+                    "int",
+                    256,
+                    "Rows of the dataset's token ids the importance is measured on.",
+                    1,
+                    100000,
+                ),
+            ),
+            paper="Muralidharan et al. Compact Language Models via Pruning and Knowledge "
+            "Distillation (Minitron). NeurIPS 2024",
+            kind="text",
+            family="hf_pruned",
+            implementation="worker.engine.tasks.text.students:hf_pruned",
+        ),
     ]
 }
 

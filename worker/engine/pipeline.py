@@ -13,7 +13,9 @@
 
 student.onnx is written when `training.export_onnx` is on (the default); if the ONNX exporter
 fails on a model that trained fine, the run still succeeds, without that artifact, and
-evaluation.json says why under "onnx_export_error".
+evaluation.json says why under "onnx_export_error" (the .pt2 export: "pt2_export_error"). A task
+may write more exports of its student (`Task.extra_exports`; a text task: student_hf.zip, the
+Hugging Face checkpoint), their failure said under "export_error".
 
 Every trained model has its evaluation in evaluation.json (the run's `summary`), where the pages,
 the API and the CLI find them (`core.trained_models`): the run's student at the top level
@@ -187,11 +189,21 @@ def _write_weights(
     task: Task,
     k: int = 0,
     prefix: str = "peer",
-) -> None:
+) -> str | None:
+    """Student k's safetensors and .pt2; why the .pt2 export failed (None when written): the
+    student is good without it, as without ONNX (`pt2_export_error` in evaluation.json)."""
     names = student_artifacts(k, prefix)
     save_safetensors(student, out_dir / names[_kind(k, "student_safetensors", prefix)])
     exported = task.export_module(student, input_shape)  # detection: with its box decoding
-    export_pt2(exported, input_shape, out_dir / names[_kind(k, "student_pt2", prefix)], task)
+    pt2_path = out_dir / names[_kind(k, "student_pt2", prefix)]
+    pt2_path.unlink(missing_ok=True)  # a resumed run must not keep an older export
+    try:
+        export_pt2(exported, input_shape, pt2_path, task)
+    except Exception as exc:  # noqa: BLE001 - e.g. a transformer torch.export cannot trace
+        log.warning(".pt2 export failed: %s", exc)
+        pt2_path.unlink(missing_ok=True)
+        return f"{type(exc).__name__}: {exc}"[:2000]
+    return None
 
 
 def _kind(k: int, kind: str, prefix: str = "peer") -> str:
@@ -223,6 +235,9 @@ def _write_onnx(
             onnx_path.unlink(missing_ok=True)
     if not onnx_path.exists():
         written.pop(onnx_kind)
+    pt2_kind = _kind(k, "student_pt2", prefix)
+    if not (out_dir / written[pt2_kind]).exists():  # its export failed (`_write_weights`)
+        written.pop(pt2_kind)
     return written
 
 
@@ -282,8 +297,10 @@ def _peer(
     """Student k > 0 (`prefix` "gen": generation k): its weights, evaluation and ONNX export;
     (evaluation, artifacts)."""
     peer = peer.cpu().eval()
-    _write_weights(out_dir, peer, input_shape, task, k, prefix)
+    pt2_error = _write_weights(out_dir, peer, input_shape, task, k, prefix)
     evaluation = _evaluate(teacher, peer, out_dir, val, input_shape, task, k, prefix)
+    if pt2_error:
+        evaluation["pt2_export_error"] = pt2_error
     return evaluation, _write_onnx(out_dir, peer, config, task, input_shape, evaluation, k, prefix)
 
 
@@ -502,8 +519,11 @@ def run_distillation(
     val_data = Augmenter(config.augment, config.seed).eval_data(val_data)  # normalised
     teacher.module.cpu()
     input_shape = task.input_shape(data)
-    _write_weights(out_dir, student, input_shape, task)
+    pt2_error = _write_weights(out_dir, student, input_shape, task)
     evaluation = _evaluate(teacher, student, out_dir, val_data, input_shape, task)
+    if pt2_error:
+        evaluation["pt2_export_error"] = pt2_error
+    extra = _extra_exports(task, student, out_dir, teacher, Path(teacher_path), data, evaluation)
     int8: dict[str, str] = {}
     if qat is not None:
         int8, evaluation["quantized"] = export_int8(
@@ -547,8 +567,28 @@ def run_distillation(
     )
     artifacts.update(int8)
     artifacts.update(cache_files)
+    artifacts.update(extra)
     described = _student_description(student, config, task, data)
     return {**evaluation, "artifacts": artifacts, **described}
+
+
+def _extra_exports(
+    task: Task,
+    student: nn.Module,
+    out_dir: Path,
+    teacher: LoadedModel,
+    teacher_path: Path,
+    data: Any,
+    evaluation: dict[str, Any],
+) -> dict[str, str]:
+    """The task's own exports of the student (`Task.extra_exports`: a text task's Hugging Face
+    checkpoint zip); a failure leaves them out and says why in `evaluation["export_error"]`."""
+    try:
+        return task.extra_exports(student, out_dir, teacher, teacher_path, data)
+    except Exception as exc:  # noqa: BLE001 - the student is good; say why the export is missing
+        log.warning("the task's export failed: %s", exc)
+        evaluation["export_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        return {}
 
 
 def _teacher_cache(

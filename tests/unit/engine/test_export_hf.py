@@ -146,3 +146,48 @@ def test_the_real_minilm_round_trips_with_its_tokenizer_files(tmp_path: Path) ->
 def test_a_model_that_is_not_a_transformer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HfExportError, match="not a transformers model"):
         export_hf(torch.nn.Linear(3, 2), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_causal_lm_run_prunes_exports_and_its_student_teaches_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """run_distillation end to end: an hf_pruned student (Minitron) of a tiny GPT-2, its
+    student_hf.zip holding the trained weights, read back by load_hf as the next run's teacher."""
+    from safetensors.torch import load_file
+
+    from tests.unit.engine.lm_support import GPT2, corpus, lm_config
+    from worker.engine.pipeline import run_distillation
+    from worker.engine.tasks.text.lm_demo import train_tokenizer
+
+    lines = list(corpus())
+    tokenizer = train_tokenizer(lines, GPT2["vocab_size"])
+    members = {**tiny_members(GPT2), "tokenizer.json": tokenizer.to_str().encode()}
+    teacher = write_zip(tmp_path / "teacher.zip", members)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(lines[:24]) + "\n", encoding="utf-8")
+    pruned = {"layers": 1, "heads": 1, "intermediate": 24, "calibration_rows": 16}
+    config = lm_config(losses=[{"name": "kd"}], epochs=1)
+    config = config.model_copy(
+        update={"student": config.student.model_copy(update={"architecture": "hf_pruned",
+                                                              "kwargs": pruned})}
+    )  # fmt: skip
+    result = run_distillation(config, teacher, text, tmp_path / "run1")
+    assert result["student_architecture"] == "hf_pruned"
+    assert result["artifacts"]["student_hf"] == FILENAME
+    for kind in ("student_pt2",):  # written, or why not said (ONNX: test_students)
+        error = result.get(f"{kind.removeprefix('student_')}_export_error")
+        assert (kind in result["artifacts"]) != bool(error), (kind, error)
+    student = load_hf(tmp_path / "run1" / FILENAME)
+    assert (student.config["n_layer"], student.config["n_head"]) == (1, 1)
+    assert (student.config["n_embd"], student.config["n_inner"]) == (8, 24)
+    trained = load_file(str(tmp_path / "run1" / "student.safetensors"))
+    state = student.module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items() if k in state)
+    config2 = config.model_copy(
+        update={"student": config.student.model_copy(update={"architecture": "hf_layers",
+                                                              "kwargs": {"layers": 1}}),
+                "training": config.training.model_copy(update={"export_onnx": False})}
+    )  # fmt: skip
+    again = run_distillation(config2, tmp_path / "run1" / FILENAME, text, tmp_path / "run2")
+    assert again["artifacts"]["student_hf"] == FILENAME and again["epochs"] == 1

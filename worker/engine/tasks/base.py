@@ -154,6 +154,15 @@ class Task(ABC):
         config resolved them); None (the default): the zoo builds `architecture`."""
         return None
 
+    def extra_exports(
+        self, student: nn.Module, out_dir: Path, teacher: LoadedModel, teacher_path: Path, data: Any
+    ) -> dict[str, str]:
+        """Artifacts the task writes for its trained `student` beside the weights, ONNX and
+        .pt2, as {artifact kind: file name in `out_dir`} (a text task: the Hugging Face
+        checkpoint zip, `student_hf`); none by default. The run calls it once for its
+        student; a failure is recorded in evaluation.json, not the run's."""
+        return {}
+
     def demo(self, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
         """Write a small, real teacher and dataset for this task to `out_dir`; returns (teacher
         path, data path)."""

@@ -150,8 +150,9 @@ class TextTask(Task):
     def build_student(
         self, architecture: str, kwargs: dict[str, Any], teacher: LoadedModel, data: Any
     ) -> nn.Module | None:
-        """The text students (`students.TEXT_STUDENTS`: hf_layers, hf_config) from the
-        teacher; any other architecture is refused (a text task takes token ids)."""
+        """The text students (`students.TEXT_STUDENTS`: hf_layers, hf_config, hf_pruned) from
+        the teacher (hf_pruned calibrated on `data`'s token ids); any other architecture is
+        refused (a text task takes token ids)."""
         from worker.engine.tasks.text.students import TEXT_STUDENTS, build_text_student
 
         if architecture not in TEXT_STUDENTS:
@@ -160,7 +161,17 @@ class TextTask(Task):
                 f"student is one of {', '.join(TEXT_STUDENTS)} (built from the teacher) or a "
                 "Hugging Face checkpoint (student source 'model')"
             )
-        return build_text_student(architecture, kwargs, teacher, self.output)
+        return build_text_student(architecture, kwargs, teacher, self.output, data)
+
+    def extra_exports(
+        self, student: nn.Module, out_dir: Path, teacher: LoadedModel, teacher_path: Path, data: Any
+    ) -> dict[str, str]:
+        """The student as a Hugging Face checkpoint zip (`export_hf`: student_hf.zip, with the
+        teacher's tokenizer files and the dataset's class names)."""
+        from worker.engine.tasks.text.export_hf import export_hf
+
+        classes = getattr(getattr(data, "text", None), "classes", None)
+        return export_hf(student, out_dir, teacher.tokenizer, Path(teacher_path), classes)
 
     def max_length(self) -> int:
         return int(self.params.get("max_length", 128))

@@ -30,7 +30,7 @@ from worker.engine.tasks.text.models import Output, TokenModel, unwrap
 if TYPE_CHECKING:
     from worker.engine.loading import LoadedModel
 
-TEXT_STUDENTS = ("hf_layers", "hf_config")
+TEXT_STUDENTS = ("hf_layers", "hf_config", "hf_pruned")
 INTERMEDIATE_KEYS = ("intermediate_size", "n_inner", "hidden_dim", "ffn_dim")
 _STD = ("num_hidden_layers", "hidden_size", "num_attention_heads")
 
@@ -62,6 +62,19 @@ def hf_config(
 ) -> nn.Module:
     """The catalog's builder: refuses (built by `build_text_student` from the teacher)."""
     return _refuse_without_teacher("hf_config")
+
+
+def hf_pruned(
+    input_shape: Any,
+    num_classes: int,
+    layers: int = 0,
+    hidden: int = 0,
+    heads: int = 0,
+    intermediate: int = 0,
+    calibration_rows: int = 256,
+) -> nn.Module:
+    """The catalog's builder: refuses (built by `prune.pruned_student` from the teacher)."""
+    return _refuse_without_teacher("hf_pruned")
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,18 +207,28 @@ def config_student(hf: nn.Module, sizes: dict[str, int]) -> nn.Module:
 
 
 def build_text_student(
-    architecture: str, kwargs: dict[str, Any], teacher: LoadedModel, output: Output
+    architecture: str,
+    kwargs: dict[str, Any],
+    teacher: LoadedModel,
+    output: Output,
+    data: Any = None,
 ) -> nn.Module:
-    """The text student `architecture` ("hf_layers" or "hf_config") from `kwargs`, built from
-    the teacher (`teacher.module` a `TokenModel`), as a `TokenModel` giving `output`; it keeps
+    """The text student `architecture` (`TEXT_STUDENTS`) from `kwargs`, built from the teacher
+    (`teacher.module` a `TokenModel`), as a `TokenModel` giving `output`; it keeps
     `arch`/`arch_kwargs` (the run's description) and `tokenizer` (the teacher's, exported with
-    the student)."""
+    the student). `data` (a `TokenData`): hf_pruned's calibration token ids."""
     hf: Any = unwrap(teacher.module)
     if not hasattr(hf, "config"):
         raise TextStudentError(
             f"the student '{architecture}' is built from a Hugging Face teacher; this teacher "
             f"is {teacher.format}"
         )
+    if architecture == "hf_pruned":  # Minitron: measured on the run's token ids (prune.py)
+        from worker.engine.tasks.text.prune import pruned_student
+
+        if data is None:
+            raise TextStudentError("hf_pruned measures importance on the run's token ids")
+        return pruned_student(kwargs, teacher, data, output)
     if architecture == "hf_layers":
         layers = int(kwargs.get("layers") or 0) or half(int(hf.config.num_hidden_layers))
         built, picked = layer_student(hf, layers)
