@@ -18,6 +18,8 @@ DATASET_SUFFIXES = {
     ".tar": "tar",
     ".csv": "csv",
     ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".txt": "txt",
 }
 
 

@@ -67,12 +67,15 @@ def upload_dataset(
     session: SessionDep,
     store: StoreDep,
     principal: Writer,
-    file: Annotated[UploadFile, File(description="The .npz, .zip, .tar, .csv or .parquet file.")],
+    file: Annotated[
+        UploadFile, File(description="The .npz, .zip, .tar, .csv, .parquet, .jsonl or .txt file.")
+    ],
     name: Annotated[str, Form()],
     format_: Annotated[
         str | None,
         Form(
-            alias="format", description="npz | zip | tar | csv | parquet; default: the extension."
+            alias="format",
+            description="npz | zip | tar | csv | parquet | jsonl | txt; default: the extension.",
         ),
     ] = None,
     label_column: Annotated[

@@ -42,7 +42,7 @@ class DatasetOut(OrmModel):
     id: int
     name: str
     description: str
-    format: str = Field(description="npz | zip | tar | csv | parquet")
+    format: str = Field(description="npz | zip | tar | csv | parquet | jsonl | txt")
     label_column: str
     size_bytes: int
     sha256: str

@@ -30,6 +30,9 @@ FORMATS = {
     "tar": "a .tar of an image folder or WebDataset shards (<key>.jpg + <key>.cls)",
     "csv": "a .csv table with a label column (label_column, default 'label')",
     "parquet": "a .parquet table with a label column (label_column, default 'label')",
+    "jsonl": "JSON lines of text: a text and a label field (text classification), a 'text' "
+    "field (language modelling) or 'prompt' and 'completion' fields (instruction data)",
+    "txt": "plain UTF-8 text, one document a line (language modelling, sentence embeddings)",
 }
 ACCEPTED = "; ".join(f"{fmt} ({what})" for fmt, what in FORMATS.items())
 

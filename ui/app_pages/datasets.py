@@ -1,5 +1,11 @@
-"""Datasets: upload (.npz, .zip/.tar of class folders or WebDataset shards, .csv, .parquet),
-list, and look at one dataset."""
+"""Datasets: upload (.npz, .zip/.tar of class folders or WebDataset shards, .csv, .parquet,
+.jsonl, .txt), list, and look at one dataset.
+
+A text dataset (what `worker.engine.tasks.text.data.describe_text` records at the scan: kind,
+rows, the first rows, class counts) shows its kind, rows, sample rows (text and label, or prompt
+and completion) and class counts; its token length histogram needs a tokenizer, so it is drawn
+when the scan (or a run's teacher) recorded one (`token_lengths`), and the page says which of
+the team's Hugging Face models can tokenise it."""
 
 from __future__ import annotations
 
@@ -17,13 +23,29 @@ from ui import components as ui
 from ui.analysis import split_sizes
 
 VAL_FRACTION = DatasetRef.model_fields["val_fraction"].default  # what a run holds out
-FORMATS = {".npz": "npz", ".zip": "zip", ".tar": "tar", ".csv": "csv", ".parquet": "parquet"}
+FORMATS = {
+    ".npz": "npz",
+    ".zip": "zip",
+    ".tar": "tar",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".txt": "txt",
+}
 FORMAT_HELP = {
     "npz": "arrays `x` (samples × …) and `y` (integer labels)",
     "zip": "one folder per class with images inside (or WebDataset .tar shards, stored)",
     "tar": "one folder per class, or WebDataset shards: `<key>.jpg` with `<key>.cls` (class)",
-    "csv": "one row per sample: a label column and numeric feature columns",
+    "csv": "one row per sample: a label column and numeric feature columns (or a text column)",
     "parquet": "a table like .csv: a label column and numeric feature columns",
+    "jsonl": "one JSON record a line: `text` and a label, `text` alone (language modelling), or "
+    "`prompt` and `completion` (instruction data)",
+    "txt": "plain text, one document a line (language modelling, sentence embeddings)",
+}
+TEXT_KINDS = {
+    "classification": "Text classification",
+    "lm": "Plain text",
+    "instruction": "Prompt / completion",
 }
 
 
@@ -44,7 +66,7 @@ def _upload_form() -> None:
     left, right = st.columns(2)
     name = left.text_input("Name", placeholder=Path(file.name).stem, key="ds_name")
     label_column = "label"
-    if fmt in ("csv", "parquet"):
+    if fmt in ("csv", "parquet", "jsonl"):
         label_column = right.text_input(
             "Label column", "label", key="ds_label", help="The column that holds each row's class."
         )
@@ -126,6 +148,9 @@ def _detail(dataset: Dataset) -> None:
         )
         return
     info = dataset.info
+    if is_text(dataset):
+        _text_detail(dataset)
+        return
     cols = st.columns(5)
     cols[0].metric("Samples", ui.fmt_count(info.num_samples))
     cols[1].metric("Classes", info.num_classes if info.num_classes is not None else "—")
@@ -145,6 +170,134 @@ def _detail(dataset: Dataset) -> None:
             _split(dataset, counts)
         if not counts.empty:
             _counts_chart(counts, "boxes" if _task(dataset) == "detection" else "samples")
+
+
+def _extra(dataset: Dataset) -> dict[str, Any]:
+    return (dataset.info.model_extra or {}) if dataset.info else {}
+
+
+def is_text(dataset: Dataset) -> bool:
+    """Whether the scan read the upload as text (`describe_text`: a text kind and text rows)."""
+    samples = _extra(dataset).get("samples")
+    rows = isinstance(samples, list) and all(isinstance(r, dict) for r in samples)
+    return bool(dataset.info) and dataset.info.kind in TEXT_KINDS and rows  # type: ignore[union-attr]
+
+
+def text_rows(dataset: Dataset) -> pd.DataFrame:
+    """The text dataset's first rows as the scan recorded them (text and label, prompt and
+    completion, or text), one column per field."""
+    samples = [r for r in _extra(dataset).get("samples") or [] if isinstance(r, dict)]
+    columns = list(dict.fromkeys(k for r in samples for k in r))
+    return pd.DataFrame(samples, columns=columns)
+
+
+def length_frame(histogram: dict[str, Any]) -> pd.DataFrame:
+    """A token length histogram (`edges` [bins + 1], `counts` [bins]) as bars: from, to, rows."""
+    edges, counts = histogram.get("edges") or [], histogram.get("counts") or []
+    rows = [
+        {"from": int(lo), "to": int(hi), "rows": int(n)}
+        for lo, hi, n in zip(edges, edges[1:], counts, strict=False)
+    ]
+    return pd.DataFrame(rows, columns=["from", "to", "rows"])
+
+
+def _text_detail(dataset: Dataset) -> None:
+    """A text dataset: kind, rows, classes and size; the first rows; class counts and the
+    split; the token lengths."""
+    info, extra = dataset.info, _extra(dataset)
+    assert info is not None
+    rows = info.num_samples if info.num_samples is not None else extra.get("rows")
+    classes = extra.get("classes") or info.classes
+    cols = st.columns(4)
+    cols[0].metric("Rows", ui.fmt_count(rows))
+    cols[1].metric("Kind", TEXT_KINDS.get(info.kind or "", info.kind or "—"))
+    cols[2].metric("Classes", len(classes) if classes else "—")
+    cols[3].metric("File size", ui.fmt_bytes(dataset.size_bytes))
+    counts = _class_counts(dataset)
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.markdown("**Sample rows**")
+        frame = text_rows(dataset)
+        st.dataframe(frame, hide_index=True, key=f"ds_text_{dataset.id}", height=300)
+        st.caption(f"The first {len(frame)} rows, long texts cut.")
+    with right:
+        if counts.empty:
+            _row_split(int(rows or 0))
+        else:
+            _split(dataset, counts)
+            _counts_chart(counts, "rows")
+    _token_lengths(dataset)
+
+
+def _row_split(n: int) -> None:
+    """An unlabelled text dataset's split: round(N x val_fraction) rows held out."""
+    val = min(max(round(n * VAL_FRACTION), 1), n - 1) if n >= 2 else 0
+    st.markdown("**Train / validation split**")
+    cols = st.columns(2)
+    cols[0].metric("Train rows", ui.fmt_count(n - val), help="Rows the student trains on.")
+    cols[1].metric("Validation rows", ui.fmt_count(val), help="Held out: measured here.")
+    st.caption(f"Runs hold out {VAL_FRACTION:.0%} of the rows (seeded by the run's seed).")
+
+
+def _hf_models() -> dict[int, Any]:
+    """The team's ready Hugging Face models (format hf) that carry a tokenizer."""
+    return {
+        m.id: m
+        for m in ui.ready_models()
+        if m.format == "hf"
+        and ((m.inspection.model_extra or {}) if m.inspection else {}).get("tokenizer_vocab_size")
+        is not None
+    }
+
+
+def _token_lengths(dataset: Dataset) -> None:
+    """The token length histogram, when one was recorded with a tokenizer (`token_lengths`:
+    edges, counts, min, max, mean and, with a max length, the rows it cuts); else which of the
+    team's Hugging Face models could tokenise it."""
+    st.markdown("**Token lengths**")
+    histogram = _extra(dataset).get("token_lengths")
+    models = _hf_models()
+    if isinstance(histogram, dict) and histogram.get("counts"):
+        _length_chart(histogram)
+        return
+    if models:
+        names = ", ".join(f"#{i} {m.name}" for i, m in models.items())
+        st.caption(
+            f"Token lengths depend on the tokenizer: a run with one of your Hugging Face "
+            f"teachers ({names}) tokenises this dataset at its max length and refuses rows "
+            "longer than the teacher's positions."
+        )
+    else:
+        st.caption(
+            "Token lengths depend on the tokenizer: upload a Hugging Face teacher with its "
+            "tokenizer.json on the Models page to tokenise this dataset."
+        )
+
+
+def _length_chart(histogram: dict[str, Any]) -> None:
+    frame = length_frame(histogram)
+    chart = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("from:Q", bin="binned", title="tokens"),
+            x2="to:Q",
+            y=alt.Y("rows:Q", title="rows"),
+            tooltip=["from", "to", "rows"],
+        )
+        .properties(height=200)
+    )
+    st.altair_chart(chart, width="stretch")
+    note = (
+        f"Shortest {histogram.get('min')}, longest {histogram.get('max')}, mean "
+        f"{float(histogram.get('mean') or 0):.1f} tokens"
+    )
+    if histogram.get("max_length") is not None:
+        note += (
+            f"; {histogram.get('over_max_length', 0)} rows are longer than the max length "
+            f"{histogram['max_length']} and would be cut"
+        )
+    st.caption(note + ".")
 
 
 def _task(dataset: Dataset) -> str | None:

@@ -206,3 +206,60 @@ def test_compare_ranks_text_runs_on_their_task_metrics(studio: Studio) -> None:
     at.selectbox(key="cmp_metric").set_value("val/perplexity").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "None of these runs logged" not in texts(at.caption)
+
+
+REVIEWS = [
+    ("a warm and funny film", "pos"),
+    ("dull, slow and far too long", "neg"),
+    ("the best thing I saw this year", "pos"),
+    ("I left before the end", "neg"),
+    ("a gentle story told well", "pos"),
+    ("it never finds its voice", "pos"),
+]
+
+
+def _word_tokenizer(texts: list[str]) -> Any:
+    """A real `tokenizers` word-level tokenizer over the words of `texts`."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    words = sorted({w for t in texts for w in t.replace(",", " ").split()})
+    tokenizer = Tokenizer(
+        WordLevel({w: i + 1 for i, w in enumerate(words)} | {"[UNK]": 0}, "[UNK]")
+    )
+    tokenizer.pre_tokenizer = Whitespace()
+    return tokenizer
+
+
+def test_the_datasets_page_shows_a_text_dataset(studio: Studio, tmp_path: Path) -> None:
+    """A .jsonl of labelled texts uploaded through the page's client, described as the scan
+    describes it (`describe_text`, with a tokenizer: the token length histogram)."""
+    from worker.engine.tasks.text.data import describe_text, read_text_dataset
+
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in REVIEWS))
+    api = Client(studio.url, studio.token)
+    dataset = api.upload_dataset(path, "reviews")
+    assert dataset.format == "jsonl"
+    data = read_text_dataset(path, "classification")
+    info = describe_text(data, _word_tokenizer([t for t, _ in REVIEWS]), max_length=5)
+    update("Dataset", dataset.id, status="ready", info=info)
+
+    at = _app(studio, "datasets.py")
+    at.selectbox(key="ds_selected").set_value(dataset.id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Rows"], metrics["Kind"], metrics["Classes"]) == (
+        "6",
+        "Text classification",
+        "2",
+    )
+    rows = next(f.value for f in at.dataframe if "text" in f.value.columns)
+    assert list(rows["text"])[:2] == ["a warm and funny film", "dull, slow and far too long"]
+    assert list(rows["label"])[:2] == ["pos", "neg"]
+    assert "**Rows per class**" in texts(at.markdown)
+    assert "**Token lengths**" in texts(at.markdown)
+    note = texts(at.caption)
+    assert "Shortest 5, longest 7" in note
+    assert "2 rows are longer than the max length 5" in note
