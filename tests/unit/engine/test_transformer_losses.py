@@ -166,11 +166,31 @@ MODELS: dict[str, tuple[Any, Any, dict[str, Any], str]] = {
 }
 
 
+SMALL = {"vocab_size": 120, "hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32}
+GQA = {**SMALL, "num_attention_heads": 4, "num_key_value_heads": 2}
+OTHERS: dict[str, tuple[Any, Any, dict[str, Any], str]] = {
+    "roberta": (
+        transformers.RobertaConfig,
+        transformers.RobertaModel,
+        {**SMALL, "num_attention_heads": 2},
+        "encoder.layer",
+    ),
+    "distilbert": (
+        transformers.DistilBertConfig,
+        transformers.DistilBertModel,
+        {"vocab_size": 120, "dim": 16, "n_layers": 2, "n_heads": 2, "hidden_dim": 32},
+        "transformer.layer",
+    ),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, GQA, "model.layers"),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, GQA, "model.layers"),
+}
+
+
 def _model(kind: str, seed: int = 0, **changes: Any) -> TokenModel:
-    config_cls, model_cls, kwargs, _ = MODELS[kind]
+    config_cls, model_cls, kwargs, _ = {**MODELS, **OTHERS}[kind]
     torch.manual_seed(seed)
     hf = model_cls(config_cls(**{**kwargs, **changes}))
-    output = "mean_pool" if kind == "bert" else "logits"
+    output = "logits" if hasattr(hf, "lm_head") or kind == "gpt2" else "mean_pool"
     return TokenModel(hf.eval(), output)
 
 
@@ -213,7 +233,7 @@ def _run(
 
 
 def _block(kind: str, i: int) -> str:
-    return f"{MODELS[kind][3]}.{i}"
+    return f"{({**MODELS, **OTHERS})[kind][3]}.{i}"
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -338,12 +358,12 @@ def test_taps_on_blocks_give_the_hidden_states(kind: str) -> None:
     assert attn.shape == (*IDS.shape, 16)
 
 
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", [*MODELS, *OTHERS])
 def test_the_readers_attention_is_the_models_own(kind: str) -> None:
     """softmax of the reader's scores under the key mask equals the attention probabilities
     transformers returns (eager attention, output_attentions) at the real queries: rotary
-    embeddings (Llama), grouped keys (Llama: 2 key heads for 4 query heads), GPT-2's fused
-    projection and causal mask, BERT's padding."""
+    embeddings (Llama, Mistral, Qwen2), grouped keys (2 key heads for 4 query heads), GPT-2's
+    fused projection and causal mask, BERT's, RoBERTa's and DistilBERT's padding."""
     from worker.engine.losses.attention import AttentionReader, key_mask
 
     model = _model(kind)
