@@ -228,17 +228,7 @@ TASKS: dict[str, TaskEntry] = {
             "the teacher's tokenizer. Validated by perplexity, next-token agreement with the "
             "teacher and the token loss; evaluated by both models' perplexity, agreement, "
             "tokens/s at batch 1 and 32, and sample continuations side by side.",
-            params=(
-                param(
-                    "max_length",
-                    "int",
-                    128,
-                    "Longest row in tokens (longer rows are cut and counted); at most the "
-                    "teacher's positions.",
-                    2,
-                    1_048_576,
-                ),
-            ),
+            params=(_MAX_LENGTH,),
             implementation="worker.engine.tasks.text.lm:CausalLMTask",
             formats=("txt", "jsonl"),
             metrics=("perplexity", "agreement", "loss"),

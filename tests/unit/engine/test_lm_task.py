@@ -140,6 +140,9 @@ def test_kind_of_tells_text_from_instruction_data(tmp_path: Path) -> None:
     assert task.kind_of(text) == "lm"
     assert task.kind_of(_txt(tmp_path, LINES)) == "lm"
     assert task.kind_of(_instructions(tmp_path)) == "instruction"
+    # instruction data is this task's alone (the Datasets scan); plain text is any text task's
+    assert CausalLMTask.recognizes(_instructions(tmp_path), "jsonl")
+    assert not CausalLMTask.recognizes(text, "jsonl")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -181,6 +181,12 @@ class CausalLMTask(TextTask):
                     return "instruction" if {"prompt", "completion"} <= set(keys) else "lm"
         return "lm"
 
+    @classmethod
+    def recognizes(cls, path: Path, format: str | None) -> bool:
+        """Whether an upload is instruction data (a .jsonl of prompt/completion records), which
+        only this task reads (`tasks.dataset_task`)."""
+        return cls().kind_of(Path(path)) == "instruction"
+
     def targets(self, text: TextData, labels: Tensor, ids: Tensor) -> Tensor:
         return next_token_targets(labels)
 

@@ -59,6 +59,7 @@ VOCAB = 512
 DATA_EVERY = 3  # every 3rd line is the distillation dataset; the others teach the teacher
 MIN_CHARS, MAX_CHARS = 40, 400
 TRAIN_LENGTH = 64  # tokens per training row of the teacher
+TRAIN_BATCH = 16
 
 
 def _paragraphs(source: str) -> list[str]:
@@ -133,8 +134,9 @@ def train_teacher(
     seed: int = 0,
     config: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
-    """A GPT-2 of `config` (DEMO_CONFIG) trained on `lines` for `steps` AdamW steps (batch 32,
-    cosine learning rate from 3e-3), in eval mode."""
+    """A GPT-2 of `config` (DEMO_CONFIG) trained on `lines` for `steps` AdamW steps (batches of
+    TRAIN_BATCH rows of TRAIN_LENGTH tokens drawn at random, cosine learning rate from 3e-3), in
+    eval mode."""
     import transformers
 
     torch.manual_seed(seed)
@@ -149,7 +151,7 @@ def train_teacher(
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
-        batch = rows[torch.randint(len(rows), (32,), generator=gen)]
+        batch = rows[torch.randint(len(rows), (TRAIN_BATCH,), generator=gen)]
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
@@ -175,7 +177,7 @@ def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path) -> Path:
     return path
 
 
-def make_lm_demo(out_dir: Path, seed: int = 0, steps: int = 400) -> tuple[Path, Path]:
+def make_lm_demo(out_dir: Path, seed: int = 0, steps: int = 300) -> tuple[Path, Path]:
     """Train the demo teacher; write out_dir/lm_teacher.zip and out_dir/lm_corpus.txt.
     Returns (teacher path, data path)."""
     out_dir = Path(out_dir)
