@@ -71,6 +71,53 @@ def test_new_run_maps_student_blocks_onto_teacher_blocks(studio: Studio) -> None
     assert "teacher: transformer.h.1" in review and "student: transformer.h.0" in review
 
 
+def test_new_run_shows_the_task_params_text_column_text_students_and_lm_losses(
+    studio: Studio,
+) -> None:
+    at = _app(studio, "new_run.py")
+    at.selectbox(key="nr_teacher").set_value(studio.hf_teacher).run()  # type: ignore[attr-defined]
+    at.selectbox(key="nr_task").set_value("classification").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [w for w in at.number_input if str(w.key).startswith("nr_tp.")]  # image task:
+    assert "nr_text_column" not in {w.key for w in at.text_input}  # the form as it was
+    assert "max_length" not in texts(at.code)
+
+    at.selectbox(key="nr_task").set_value("causal_lm").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="nr_tp.causal_lm.max_length").value == 128
+    at.number_input(key="nr_tp.causal_lm.max_length").set_value(64).run()
+    at.text_input(key="nr_text_column").set_value("body").run()
+    students = at.selectbox(key="nr_student").options
+    assert any(o.endswith("(hf_layers)") for o in students)
+    assert any(o.endswith("(hf_config)") for o in students)
+    assert not any(o.endswith("(resnet8)") for o in students)
+    at.selectbox(key="nr_student").set_value("hf_layers").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(str(w.key).startswith("nr_student.hf_layers.") for w in at.number_input)
+    losses = at.multiselect(key="nr_losses")
+    for name in ("kd", "reverse_kl", "gkd_jsd", "skew_kl", "tvd"):
+        assert any(o.endswith(f"({name})") for o in losses.options), name
+    assert not any(o.endswith("(at)") for o in losses.options)
+    losses.set_value(["ce", "gkd_jsd"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    review = texts(at.code)
+    assert "task: causal_lm" in review or '"task": "causal_lm"' in review
+    assert "max_length: 64" in review or '"max_length": 64' in review
+    assert "text_column: body" in review or '"text_column": "body"' in review
+    assert "architecture: hf_layers" in review or '"architecture": "hf_layers"' in review
+
+    at.text_area(key="nr_yaml").set_value(
+        "name: pasted\ntask: causal_lm\ntask_params: {max_length: 32}\n"
+        f"teacher: {{model_id: {studio.hf_teacher}}}\n"  # type: ignore[attr-defined]
+        f"dataset: {{dataset_id: {studio.dataset_id}, text_column: story}}\n"
+        "student: {architecture: hf_layers}\nlosses: [{name: kd}]\n"
+    ).run()
+    at.button(key="nr_yaml_load").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="nr_tp.causal_lm.max_length").value == 32
+    assert at.text_input(key="nr_text_column").value == "story"
+
+
 LM_SUMMARY = {  # what CausalLMTask.evaluate reports (its samples go to predictions.json)
     "teacher_perplexity": 21.5,
     "student_perplexity": 34.25,
