@@ -1,11 +1,13 @@
 """The HTTP plumbing every resource of the client shares: the session (base URL, token, team),
-requests and their errors, streamed uploads and downloads, and the lenient response base model.
+requests and their errors, conditional reads, streamed uploads and downloads, and the lenient
+response base model.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Self
@@ -18,6 +20,8 @@ from client.errors import ApiError, detail_of
 
 API = "/api/v1"
 ProgressFn = Callable[[int, int], None]  # (bytes sent, total bytes)
+HELD_READS = 16  # the bodies of the last conditional reads a client keeps (the oldest go)
+HELD_MAX_BYTES = 4 * 1024 * 1024  # a body larger than this is not kept
 
 
 class Out(BaseModel):
@@ -48,6 +52,8 @@ class BaseClient:
         self.timeout = timeout
         self._own_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
+        # conditional reads: (path, params, token, team) -> (ETag, the body's JSON)
+        self._held: OrderedDict[tuple[Any, ...], tuple[str, Any]] = OrderedDict()
 
     def close(self) -> None:
         """Close the HTTP connection pool (only one this client opened itself)."""
@@ -76,13 +82,16 @@ class BaseClient:
             headers["X-Team-Id"] = str(self.team_id)
         return headers
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         """One request; an error answer (or no answer) raises `ApiError` with its message."""
         url = self._url(path)
         if not self._own_http:  # a client passed in keeps its own timeouts (TestClient has none)
             kwargs.pop("timeout", None)
+        sent = self._headers() | headers if headers else self._headers()
         try:
-            response = self._http.request(method, url, headers=self._headers(), **kwargs)
+            response = self._http.request(method, url, headers=sent, **kwargs)
         except httpx.TimeoutException as exc:
             raise ApiError(
                 0,
@@ -104,6 +113,32 @@ class BaseClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._send(method, path, **kwargs).json()
+
+    def _read(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET `path` as JSON, conditionally: the last body of the same read is kept with its
+        `ETag` and sent back as `If-None-Match`; a 304 (unchanged) answers with the kept body,
+        so a poller neither downloads nor decodes what it already has."""
+        key = (path, tuple(sorted((params or {}).items())), self.token, self.team_id)
+        held = self._held.get(key)
+        response = self._send(
+            "GET",
+            path,
+            params=params,
+            headers={"If-None-Match": held[0]} if held is not None else None,
+        )
+        if response.status_code == 304 and held is not None:
+            self._held.move_to_end(key)
+            return held[1]
+        body = response.json()
+        etag = response.headers.get("ETag")
+        if etag and len(response.content) <= HELD_MAX_BYTES:
+            self._held[key] = (etag, body)
+            self._held.move_to_end(key)
+            while len(self._held) > HELD_READS:
+                self._held.popitem(last=False)
+        else:
+            self._held.pop(key, None)
+        return body
 
     @staticmethod
     def _query(**params: Any) -> dict[str, Any]:

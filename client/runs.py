@@ -189,7 +189,7 @@ class RunsApi(EventsApi):
         params = self._query(
             limit=limit, cursor=cursor, status=status, q=q, teacher_model_id=teacher_model_id
         )
-        return Page[Run].model_validate(self._json("GET", "/runs", params=params))
+        return Page[Run].model_validate(self._read("/runs", params))
 
     def iter_runs(
         self,
@@ -207,7 +207,7 @@ class RunsApi(EventsApi):
     list_runs = runs  # `list_*` reads well in scripts too
 
     def run(self, run_id: int) -> Run:
-        return Run.model_validate(self._json("GET", f"/runs/{run_id}"))
+        return Run.model_validate(self._read(f"/runs/{run_id}"))
 
     def metrics(
         self,
@@ -227,7 +227,7 @@ class RunsApi(EventsApi):
             since_step=since_step,
             max_points=max_points,
         )
-        return Metrics.model_validate(self._json("GET", f"/runs/{run_id}/metrics", params=params))
+        return Metrics.model_validate(self._read(f"/runs/{run_id}/metrics", params))
 
     def cancel_run(self, run_id: int) -> Run:
         return Run.model_validate(self._json("POST", f"/runs/{run_id}/cancel"))

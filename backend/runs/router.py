@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from backend.access import OwnedRun, Permission, TeamMember, WritableRun, Writer, require
 from backend.artifacts import service as artifacts
 from backend.artifacts.schemas import ArtifactOut
+from backend.conditional import NOT_MODIFIED, IfNoneMatch, json_or_not_modified
 from backend.deps import SessionDep, StoreDep
 from backend.errors import responses
 from backend.models import service as models
@@ -173,23 +174,27 @@ def plan(
 # The reads below answer with the JSON the service wrote (`Response`): FastAPI then neither
 # validates the response again (a worker-thread hop of its own for a sync route) nor encodes it;
 # `response_model` still documents it. They end the request's transaction themselves, so the
-# session dependency closes it without another hop (`backend.deps.get_session`).
+# session dependency closes it without another hop (`backend.deps.get_session`). Each answers
+# with an ETag and 304 to an `If-None-Match` that names it, so pollers get no body while
+# nothing changed.
 
 
-def _json(session: Session, body: bytes) -> Response:
+def _json(session: Session, body: bytes, if_none_match: str | None) -> Response:
+    """The body with its `ETag`, or 304 when the caller holds it (`backend.conditional`)."""
     session.close()
-    return Response(body, media_type="application/json")
+    return json_or_not_modified(body, if_none_match)
 
 
 @router.get(
     "",
     response_model=Page[RunOut],
-    responses=responses(401, 403, 422, 503),
+    responses={**NOT_MODIFIED, **responses(401, 403, 422, 503)},
     summary="Runs of your team, newest first",
 )
 def list_runs(
     session: SessionDep,
     principal: TeamMember,
+    if_none_match: IfNoneMatch = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     status: Status | None = None,
@@ -205,25 +210,27 @@ def list_runs(
         teacher_model_id=teacher_model_id,
         q=q,
     )
-    return _json(session, service.runs_page_json(rows, next_cursor))
+    return _json(session, service.runs_page_json(rows, next_cursor), if_none_match)
 
 
 @router.get(
     "/{run_id}",
     response_model=RunOut,
-    responses=responses(401, 403, 404, 422, 503),
+    responses={**NOT_MODIFIED, **responses(401, 403, 404, 422, 503)},
     summary="One run: status, progress, summary",
 )
-def get_run(session: SessionDep, principal: TeamMember, run_id: int) -> Response:
+def get_run(
+    session: SessionDep, principal: TeamMember, run_id: int, if_none_match: IfNoneMatch = None
+) -> Response:
     body = service.run_for_read_json(session, run_id, principal.team_id)  # 404 first
     require(principal, Permission.read)
-    return _json(session, body)
+    return _json(session, body, if_none_match)
 
 
 @router.get(
     "/{run_id}/metrics",
     response_model=MetricsOut,
-    responses=responses(401, 403, 404, 422, 503),
+    responses={**NOT_MODIFIED, **responses(401, 403, 404, 422, 503)},
     summary="Metric series of a run",
     description=(
         "Every point of each series, in step order; or, with `max_points`, at most that many "
@@ -250,12 +257,13 @@ def get_metrics(
             description="At most this many points per series (downsampled, M4); default all.",
         ),
     ] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     run = service.run_ref(session, run_id, principal.team_id)  # 404 first, as OwnedRun
     require(principal, Permission.read)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     series = service.metrics(session, run, wanted, since_step, max_points)
-    return _json(session, service.metrics_json(series))
+    return _json(session, service.metrics_json(series), if_none_match)
 
 
 @router.post(

@@ -150,6 +150,7 @@ def test_the_client_covers_every_route() -> None:
         (m, p) for m, p in re.findall(r'_(?:json|send|stream)\(\s*"(\w+)",\s*f?"([^"]+)"', source)
     }
     calls |= {("GET", p) for p in re.findall(r'_download\(\s*f?"([^"]+)"', source)}
+    calls |= {("GET", p) for p in re.findall(r'_read\(\s*f?"([^"]+)"', source)}  # conditional
     calls |= {("POST", p) for p in re.findall(r'_upload\(\s*f?"([^"]+)"', source)}
     covered = {(m, re.sub(r"{[^}]*}", "{}", p)) for m, p in calls}
 
