@@ -214,3 +214,11 @@ def test_a_resumed_on_policy_run_ends_where_an_uninterrupted_one_does(tmp_path: 
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     drawn = [step_draw(0.5, 0, s)[0] for s in range(6)]
     assert any(drawn) and not all(drawn)  # both kinds of step in this run
+
+
+def test_a_student_without_generate_is_refused_with_the_reason() -> None:
+    on = OnPolicyScheme(lmbda=1.0)
+    on.setup(tiny_gpt2(1), nn.Sequential(nn.Embedding(VOCAB, 8)), nn.ModuleList())
+    ids, targets = lm_batch()
+    with pytest.raises(ValueError, match="has none: use a Hugging Face causal LM student"):
+        on.step_inputs(ids, targets, step=0, seed=0)

@@ -156,6 +156,12 @@ class OnPolicyScheme(OfflineScheme):
         """The student's sampled continuations [N, G] of the prompts (left-padded for
         `generate`), and its end-of-sequence ids."""
         hf: Any = unwrap(self.student)
+        if not callable(getattr(hf, "generate", None)):
+            raise ValueError(
+                f"scheme 'on_policy' samples continuations with the student's transformers "
+                f"generate(); this student ({type(hf).__name__}) has none: use a Hugging Face "
+                "causal LM student (hf_layers, hf_config, hf_pruned or a registered checkpoint)"
+            )
         width = int(prompts.max())
         left = torch.zeros((len(ids), width), dtype=torch.long, device=ids.device)
         mask = torch.zeros_like(left)
