@@ -16,6 +16,7 @@ import json
 import re
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 MIN_CHARS, MAX_CHARS = 30, 200
 EMBEDDING_PACKAGES = ("email", "asyncio", "json", "http", "logging", "unittest", "xml", "urllib")
@@ -71,4 +72,80 @@ def labelled_texts(n: int = 120) -> list[tuple[str, str]]:
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+CLASSIFIER_CONFIG: dict[str, Any] = {
+    "architectures": ["BertForSequenceClassification"],
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "id2label": {"0": "asyncio", "1": "email"},
+    "label2id": {"asyncio": 0, "email": 1},
+}
+
+
+def word_tokenizer(texts: list[str]) -> Any:
+    """A lower-cased word-level BERT-style tokenizer ([CLS] text [SEP]) of `texts`' words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    for text in texts:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(text.lower()):
+            vocab.setdefault(word, len(vocab))
+    tok.model = models.WordLevel(vocab, unk_token="[UNK]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return tok
+
+
+def train_classifier_teacher(path: Path, rows: list[tuple[str, str]], steps: int = 30) -> Path:
+    """A 4-block BERT classifier of `rows` (text, label in CLASSIFIER_CONFIG's id2label), trained
+    here with Adam on all rows (seeded), saved as a Hugging Face checkpoint zip at `path`."""
+    import io
+    import zipfile
+
+    import torch
+    import transformers
+    from safetensors.torch import save
+
+    texts = [t for t, _ in rows]
+    tok = word_tokenizer(texts)
+    config = {**CLASSIFIER_CONFIG, "vocab_size": tok.get_vocab_size()}
+    kwargs = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(
+        transformers.AutoConfig.for_model("bert", **kwargs)
+    )
+    enc = tok.encode_batch(texts)
+    width = min(max(len(e.ids) for e in enc), 32)
+    ids = torch.zeros(len(enc), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(enc):
+        n = min(len(e.ids), width)
+        ids[i, :n], mask[i, :n] = torch.tensor(e.ids[:n]), 1
+    labels = torch.tensor([config["label2id"][y] for _, y in rows])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("model.safetensors", save(state))
+        zf.writestr("tokenizer.json", tok.to_str())
+    path.write_bytes(buf.getvalue())
     return path
