@@ -565,3 +565,21 @@ def test_a_text_classification_run_with_hidden_mse_and_attention_kl(tmp_path) ->
     for name in ("hidden_mse", "attention_kl"):
         assert last[f"loss/{name}"] < 0.8 * first[f"loss/{name}"], (name, first, last)
     assert {"val/accuracy", "val/agreement"} <= set(result.history[-1])
+
+
+def test_the_tinybert_example_pairs_blocks_by_the_uniform_mapping() -> None:
+    """examples/lm_tinybert_run.yaml is a valid run config whose layer pairs are the uniform
+    mapping of the demo's 4 teacher blocks onto the student's 2, with losses causal_lm offers."""
+    from pathlib import Path
+
+    import yaml
+
+    from core.catalog.tasks import task_losses
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "lm_tinybert_run.yaml"
+    run = RunConfig.model_validate(yaml.safe_load(example.read_text()))
+    blocks = [f"transformer.h.{i}" for i in range(4)]
+    want = pairing.uniform_block_pairs(blocks, blocks[:2])[::-1]
+    assert [(p.teacher, p.student) for p in run.layer_pairs] == want
+    assert {loss.name for loss in run.losses} <= set(task_losses("causal_lm"))
+    assert set(ALL) <= {loss.name for loss in run.losses}
