@@ -3,7 +3,8 @@ their students, losses and max_length (image tasks offer none of them), and one 
 of each: the real MiniLM-L6 distilled into a 2-block hf_layers student on standard-library
 docstring sentences (cosine and neighbour agreement on held-out sentences, beating the same
 student before training, and the speed-up), and a tiny BERT classifier trained here on two
-packages' docstrings distilled into a 2-block student (agreement with the teacher)."""
+packages' docstrings distilled into a 2-block student (agreement with the teacher); and a
+teacher that does not fit its task fails the run with the reason, keeping no student."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.hf_helpers import folder_members, minilm_folder, write_zip
+from tests.hf_helpers import folder_members, minilm_folder, tiny_members, write_zip
 from tests.integration.conftest import wait_run, wait_status
 from tests.text_helpers import (
+    CLASSIFIER_CONFIG,
     embedding_corpus,
     labelled_texts,
     train_classifier_teacher,
+    word_tokenizer,
     write_jsonl,
 )
 
@@ -172,3 +175,38 @@ def test_text_classification_through_rest(api: TestClient, worker: Any, tmp_path
     assert summary["teacher_accuracy"] > 0.9
     assert summary["agreement"] >= 0.8 and summary["student_accuracy"] >= 0.75
     assert 0 <= summary["student_ece"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.one_database
+def test_a_teacher_that_does_not_fit_the_text_task_fails_the_run_with_the_reason(
+    api: TestClient, worker: Any, tmp_path: Path
+) -> None:
+    """A sequence classifier given to sentence_embedding: the worker fails the run saying
+    which checkpoint the task needs, and keeps no student artifact."""
+    texts = embedding_corpus(40)
+    tok = word_tokenizer(texts)
+    config = {**CLASSIFIER_CONFIG, "vocab_size": tok.get_vocab_size()}
+    members = {**tiny_members(config), "tokenizer.json": tok.to_str().encode()}
+    teacher_zip = write_zip(tmp_path / "classifier.zip", members)
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    model_id, dataset_id = _upload(api, teacher_zip, corpus)
+    body = {
+        "name": "wrong-teacher",
+        "task": "sentence_embedding",
+        "task_params": {"max_length": 32},
+        "teacher": {"model_id": model_id},
+        "dataset": {"dataset_id": dataset_id},
+        "student": {"architecture": "hf_layers", "kwargs": {"layers": 1}},
+        "losses": [{"name": "embedding_mse"}],
+        "training": {**TRAINING, "epochs": 1},
+    }
+    r = api.post("/runs", json=body)
+    assert r.status_code == 201, r.text
+    done = wait_run(api, r.json()["id"])
+    assert done["status"] == "failed"
+    assert "sentence_embedding needs an encoder checkpoint without a head" in done["error"]
+    assert "BertForSequenceClassification" in done["error"]
+    kinds = {a["kind"] for a in api.get(f"/runs/{r.json()['id']}/artifacts").json()}
+    assert not kinds & {"student_safetensors", "evaluation", "predictions"}, kinds
