@@ -583,3 +583,18 @@ def test_the_tinybert_example_pairs_blocks_by_the_uniform_mapping() -> None:
     assert [(p.teacher, p.student) for p in run.layer_pairs] == want
     assert {loss.name for loss in run.losses} <= set(task_losses("causal_lm"))
     assert set(ALL) <= {loss.name for loss in run.losses}
+
+
+def test_the_readers_hooks_go_with_the_loss() -> None:
+    """The hooks on the paired attention's projections are removed once the loss is gone, so a
+    trained student leaves the run without them (exports, later runs)."""
+    import gc
+
+    teacher = _model("bert")
+    student = copy.deepcopy(teacher)
+    loss, _ = _run("attention_kl", student, teacher, [(_block("bert", 1),) * 2], IDS)
+    query = dict(student.named_modules())[f"{_block('bert', 1)}.attention.self.query"]
+    assert len(query._forward_hooks) == 1
+    del loss
+    gc.collect()
+    assert len(query._forward_hooks) == 0
