@@ -300,3 +300,18 @@ def test_embedding_losses_by_hand() -> None:
         build_loss(LossSpec(name="embedding_mse"), LossContext(2))(
             StepOutputs(torch.zeros(2, 3), t, torch.zeros(2, 0))
         )
+
+
+def test_the_example_input_stays_inside_a_small_vocabulary(tmp_path: Path) -> None:
+    """Evaluation times both models on the task's example input: with a teacher of 30 tokens
+    the ids stay below 30."""
+    small = word_tokenizer(WORDS[:26])
+    config = {**BERT4, "vocab_size": 30}
+    task = build_task("sentence_embedding", max_length=16)
+    teacher = load_hf(checkpoint(tmp_path, config, tok=small))
+    teacher = replace(teacher, module=task.adapt_model(teacher.module, teacher))
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in TEXTS])
+    task.fit_to_teacher(teacher, task.load(path, _ref(path)))
+    example = task.example_input((16,))
+    assert example.shape == (2, 16) and int(example.max()) < 30
+    assert teacher.module(example).shape == (2, 16)

@@ -225,9 +225,12 @@ class TextTask(Task):
         return Batch(ids.to(device), labels.to(device))
 
     def example_input(self, input_shape: Any) -> Tensor:
-        """Two rows of token ids (no padding) for tracing an export."""
+        """Two rows of token ids (no padding) for tracing an export and timing the models:
+        ids below 100 and below the teacher tokenizer's vocabulary once `fit_to_teacher` saw it
+        (a tiny vocabulary must not index past the embeddings)."""
         length = min(int(input_shape[0]), 16)
-        return (torch.arange(2 * length).reshape(2, length) * 7 + 3) % 100
+        vocab = 100 if self.tokenizer is None else min(100, int(self.tokenizer.get_vocab_size()))
+        return (torch.arange(2 * length).reshape(2, length) * 7 + 3) % max(vocab, 1)
 
 
 @torch.inference_mode()
