@@ -95,13 +95,14 @@ def _find(module: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]] | None:
 
 
 def _int_attr(module: nn.Module, names: tuple[str, ...]) -> int | None:
-    for name in names:
-        value = getattr(module, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    config = getattr(module, "config", None)
-    value = getattr(config, "num_attention_heads", None) if names is HEAD_COUNTS else None
-    return value if isinstance(value, int) else None
+    """The first of `names` the module, else its transformers `config`, holds as a positive int
+    (Llama's attention keeps its head count only in the config)."""
+    for owner in (module, getattr(module, "config", None)):
+        for name in names:
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
 
 
 class AttentionReader:
@@ -159,6 +160,12 @@ class AttentionReader:
         qh, kh = _heads(q, d), _heads(k, d)
         rotary = self.captured.get("rotary")
         if rotary is not None:
+            if rotary[0].shape[-1] != d:
+                raise ValueError(
+                    f"the attention in {self.where} rotates {rotary[0].shape[-1]} of its {d} "
+                    "channels per head (partial rotary embeddings), which attention_kl does "
+                    "not reproduce; use hidden_mse or minilm_relations on this model"
+                )
             qh, kh = rotate(qh, *rotary), rotate(kh, *rotary)
         if kh.shape[1] != qh.shape[1]:  # grouped-query attention
             kh = kh.repeat_interleave(qh.shape[1] // kh.shape[1], dim=1)
