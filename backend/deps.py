@@ -1,6 +1,7 @@
 """FastAPI dependencies: the request's database session and who is calling, for which team.
 
-- `SessionDep`: one session per request; services commit, anything uncommitted is rolled back.
+- `SessionDep`: one session per request; services commit, anything uncommitted is rolled back
+  (a route marked `read_only` runs its statements in autocommit on PostgreSQL).
 - `CurrentUser`: the `Principal` behind `Authorization: Bearer <token>` (401 otherwise).
 - `TeamDep`: the caller's team id, for reads (any member, any token).
 
@@ -13,21 +14,22 @@ header (the caller must be a member), else the caller's first team.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, NamedTuple
+from functools import lru_cache
+from typing import Annotated, Any, NamedTuple, TypeVar
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import Integer, bindparam, func, select, update
+from sqlalchemy import Engine, Integer, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from backend.errors import Forbidden, Unauthorized
 from backend.security import find_token, looks_like_token, token_hash
 from core.clock import as_utc, utcnow
-from core.db import get_sessionmaker
+from core.db import get_engine, get_sessionmaker
 from core.db.tables import ApiToken, Membership, User
 from core.storage import Store, get_store
 
@@ -44,8 +46,44 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 # ended its transaction itself.
 
 
-async def get_session() -> AsyncIterator[Session]:
-    session = get_sessionmaker()()
+# Routes that only read (`read_only`): on PostgreSQL their session runs each statement on its
+# own (autocommit), so a request sends no BEGIN before its first statement and no ROLLBACK when
+# it gives the connection back: two of the five round trips of `GET /runs/{id}` (pre-ping,
+# BEGIN, principal, run, ROLLBACK), each as much of the API's CPU as a small query. Their
+# statements are single reads (the principal's once-a-minute `last_used_at` update is one
+# statement too), so nothing needs them in one transaction: a metrics read whose statements
+# straddle a flush serves the newer points, or, where the rollups no longer end at the span it
+# read first, reads the points (as for points written without rollups). SQLite begins no
+# transaction for a read anyway.
+_READ_ONLY: set[Callable[..., Any]] = set()
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def read_only(endpoint: _Endpoint) -> _Endpoint:
+    """Mark a route as one that only reads: its session runs in autocommit (see above). Put
+    it under the route's decorator (`@router.get(...)` then `@read_only`)."""
+    _READ_ONLY.add(endpoint)
+    return endpoint
+
+
+@lru_cache(maxsize=4)
+def _autocommit(engine: Engine) -> Engine:
+    """`engine` whose connections run each statement on its own (its pool, shared)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _session_for(request: Request) -> Session:
+    make = get_sessionmaker()
+    route = request.scope.get("route")
+    if getattr(route, "endpoint", None) in _READ_ONLY:
+        engine = get_engine()
+        if engine.dialect.name == "postgresql":
+            return make(bind=_autocommit(engine))
+    return make()
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    session = _session_for(request)
     try:
         yield session
     finally:

@@ -13,7 +13,9 @@ request at a time:
   the `--points` series), and `...?names=loss&max_points=1000` of a 10,000-point series (as the
   pages ask: downsampled, from its rollups);
 - each the way scripts call it (`Authorization: Bearer <token>`) and the way the pages do (the
-  same token kept in the Streamlit session, plus `X-Team-Id`).
+  same token kept in the Streamlit session, plus `X-Team-Id`);
+- the run and the 1,000 points again with `If-None-Match` naming the body's `ETag` (what a
+  poller that holds the body sends: 304, no body).
 
 It prints the CPU time of this process per request (`time.process_time`, after a warm-up) and,
 with `--profile DIR`, writes one pyinstrument text profile per endpoint into DIR.
@@ -48,14 +50,29 @@ async def measure(
         transport=transport, base_url="http://testserver/api/v1", headers=headers
     ) as client:
         for _ in range(20):
-            (await client.get(path, params=params)).raise_for_status()
+            _ok(await client.get(path, params=params))
         rounds = []
         for _ in range(5):
             started = time.process_time()
             for _ in range(max(1, n // 5)):
-                (await client.get(path, params=params)).raise_for_status()
+                _ok(await client.get(path, params=params))
             rounds.append(1000 * (time.process_time() - started) / max(1, n // 5))
         return min(rounds)
+
+
+def _ok(response: httpx.Response) -> None:
+    """A 2xx, or the 304 of a conditional read; anything else stops the benchmark."""
+    if response.status_code != 304:
+        response.raise_for_status()
+
+
+async def etag_of(app: Any, headers: dict[str, str], path: str, params: dict[str, Any]) -> str:
+    """The `ETag` the read answers with now ("" from a server without them)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver/api/v1", headers=headers
+    ) as client:
+        return (await client.get(path, params=params)).headers.get("ETag", "")
 
 
 def baseline_ms(n: int) -> float:
@@ -91,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             with session_scope() as session:
                 team_id = session.scalars(select(Membership.team_id)).first()
             app = create_app()
-            endpoints = [
+            endpoints: list[tuple[str, str, dict[str, Any]]] = [
                 ("GET /runs", "/runs", {"limit": 20}),
                 ("GET /runs/{id}", f"/runs/{big_run}", {}),
                 ("GET /runs/{id}/metrics", f"/runs/{big_run}/metrics", {"names": "loss"}),
@@ -122,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
                     ms = asyncio.run(measure(app, headers, path, params, args.requests))
                     cells.append(f"{ms - client_ms:.2f} ms")
                 print(f"| `{label}` | " + " | ".join(cells) + " |")
+            for label, path, params in endpoints[1:3]:  # a poller that holds the body: 304
+                cells = []
+                for headers in callers.values():
+                    etag = asyncio.run(etag_of(app, headers, path, params))
+                    if not etag:
+                        cells.append("no ETag")
+                        continue
+                    held = headers | {"If-None-Match": etag}
+                    ms = asyncio.run(measure(app, held, path, params, args.requests))
+                    cells.append(f"{ms - client_ms:.2f} ms")
+                print(f"| `{label}`, If-None-Match (304) | " + " | ".join(cells) + " |")
             if args.profile:
                 import anyio.to_thread
                 from pyinstrument import Profiler

@@ -13,7 +13,7 @@ from backend.access import OwnedRun, Permission, TeamMember, WritableRun, Writer
 from backend.artifacts import service as artifacts
 from backend.artifacts.schemas import ArtifactOut
 from backend.conditional import NOT_MODIFIED, IfNoneMatch, json_or_not_modified
-from backend.deps import SessionDep, StoreDep
+from backend.deps import SessionDep, StoreDep, read_only
 from backend.errors import responses
 from backend.models import service as models
 from backend.models.schemas import ModelOut, RegisterIn
@@ -191,6 +191,7 @@ def _json(session: Session, body: bytes, if_none_match: str | None) -> Response:
     responses={**NOT_MODIFIED, **responses(401, 403, 422, 503)},
     summary="Runs of your team, newest first",
 )
+@read_only
 def list_runs(
     session: SessionDep,
     principal: TeamMember,
@@ -219,6 +220,7 @@ def list_runs(
     responses={**NOT_MODIFIED, **responses(401, 403, 404, 422, 503)},
     summary="One run: status, progress, summary",
 )
+@read_only
 def get_run(
     session: SessionDep, principal: TeamMember, run_id: int, if_none_match: IfNoneMatch = None
 ) -> Response:
@@ -241,6 +243,7 @@ def get_run(
         "read again with `since_step` set to the last step you have: only newer points come."
     ),
 )
+@read_only
 def get_metrics(
     session: SessionDep,
     principal: TeamMember,

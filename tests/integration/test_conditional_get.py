@@ -106,3 +106,33 @@ def test_client_sends_the_tag_and_keeps_the_body_on_304(sdk, api) -> None:
     assert sdk.run(run_id).step == 2 and statuses[4:] == [200, 200]
     listed = sdk.runs(limit=3)
     assert sdk.runs(limit=3) == listed and statuses[6:] == [200, 304]
+
+
+def test_reads_send_no_begin_or_rollback_on_postgres(api, studio_env) -> None:
+    """The read routes (`backend.deps.read_only`) run their statements in autocommit on
+    PostgreSQL (no BEGIN, no ROLLBACK round trips); a write still runs in one transaction."""
+    from sqlalchemy import event
+
+    from core.db import get_engine
+
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        return  # SQLite begins no transaction for a read
+    run_id = _reporting_run(api)
+    _step(_reporter(run_id), 1)
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn, _cursor, statement, *_args) -> None:
+        seen.append((statement.split()[0], conn.connection.dbapi_connection.autocommit))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for path in ("/runs", f"/runs/{run_id}", f"/runs/{run_id}/metrics"):
+            assert api.get(path).status_code == 200
+        reads = list(seen)
+        seen.clear()
+        api.post(f"/runs/{run_id}/cancel")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert reads and all(autocommit for _, autocommit in reads), reads
+    assert seen and not any(autocommit for _, autocommit in seen), seen
