@@ -144,6 +144,33 @@ class DatasetsApi(BaseClient):
         body = self._json("GET", f"/datasets/{dataset_id}/samples", params=params)
         return DatasetSamples.model_validate(body)
 
+    def dataset_token_lengths(
+        self,
+        dataset_id: int,
+        model_id: int,
+        *,
+        max_length: int | None = None,
+        text_column: str = "text",
+        wait: float | None = None,
+        on_pending: Any = None,
+    ) -> dict[str, Any]:
+        """A text dataset's token length histogram with the Hugging Face model `model_id`'s
+        tokenizer: `edges`, `counts`, `min`, `max`, `mean` (and, with `max_length`, the rows
+        longer than it, `over_max_length`). A worker counts them; until it has, the API answers
+        202 and this asks again, up to `wait` seconds (`on_pending(pending, waited)` each time)."""
+        from client.runs import PLAN_TIMEOUT_S, RunsApi
+
+        params: dict[str, Any] = {"model_id": model_id, "text_column": text_column}
+        if max_length is not None:
+            params["max_length"] = max_length
+        response = RunsApi._until_built(
+            self,  # type: ignore[arg-type]  # the polling every Client shares
+            lambda: self._send("GET", f"/datasets/{dataset_id}/token-lengths", params=params),
+            PLAN_TIMEOUT_S if wait is None else wait,
+            on_pending,
+        )
+        return dict(response.json())
+
     def update_dataset(
         self,
         dataset_id: int,

@@ -166,6 +166,8 @@ def _pending_ttl() -> int:
 
 STUDENTS = Store(PREFIX, "student inspection")
 BUDGETS = Store("ds:student-budget:", "budget search")  # `core.budget`: candidates' costs
+# a text dataset's token length histogram with a Hugging Face model's tokenizer (Datasets page)
+TOKEN_LENGTHS = Store("ds:token-lengths:", "token length histogram")
 
 # the student inspections' store, as module functions (what the API and the worker call)
 read = STUDENTS.read

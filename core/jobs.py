@@ -60,6 +60,7 @@ def waiting_for_worker(gpus: int) -> str:
 
 INSPECT_STUDENT = "worker.tasks.inspect_student"
 MEASURE_STUDENTS = "worker.tasks.measure_students"  # a budget search's candidates
+TOKEN_LENGTHS = "worker.tasks.token_lengths"  # a text dataset's lengths with a model's tokenizer
 DELIVER_WEBHOOK = "worker.tasks.deliver_webhook"
 
 CONNECT_TIMEOUT_S = 3.0
@@ -107,6 +108,7 @@ def make_celery() -> Celery:
             SCAN_DATASET: {"queue": "cpu"},
             INSPECT_STUDENT: {"queue": "cpu"},
             MEASURE_STUDENTS: {"queue": "cpu"},
+            TOKEN_LENGTHS: {"queue": "cpu"},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,

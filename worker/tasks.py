@@ -37,6 +37,7 @@ from core.jobs import (
     INSPECT_STUDENT,
     MEASURE_STUDENTS,
     SCAN_DATASET,
+    TOKEN_LENGTHS,
     WAITING_KEY,
     send_task,
 )
@@ -233,6 +234,67 @@ def measure_students(
         raise
     inspections.BUDGETS.store_ready(args, {"costs": costs})
     return costs
+
+
+@celery_app.task(name=TOKEN_LENGTHS, soft_time_limit=get_settings().inspect_timeout_s)
+def token_lengths(
+    dataset_id: int, model_id: int, max_length: int | None, text_column: str
+) -> dict[str, Any]:
+    """A text dataset's token length histogram with a Hugging Face model's tokenizer (what the
+    Datasets page asks for when a teacher is chosen: `describe_text` with the tokenizer).
+
+    Stored under its arguments (`core.inspections.TOKEN_LENGTHS`), where the API reads it; a
+    failure is stored, then raised."""
+    from core import inspections
+
+    args = [dataset_id, model_id, max_length, text_column]
+    try:
+        histogram = _token_lengths(dataset_id, model_id, max_length, text_column)
+    except Exception as exc:
+        reason = "took longer than the limit" if _timed_out(exc) else _short_error(exc)
+        inspections.TOKEN_LENGTHS.store_failed(args, reason)
+        raise
+    inspections.TOKEN_LENGTHS.store_ready(args, histogram)
+    return histogram
+
+
+def _token_lengths(
+    dataset_id: int, model_id: int, max_length: int | None, text_column: str
+) -> dict[str, Any]:
+    """Read the dataset as its text task reads it (the scan's bounds) and count each row's
+    tokens with the checkpoint's tokenizer.json (unpacked with the checks of any HF upload)."""
+    from core.config import DatasetRef
+    from worker.engine.hf_teacher import read_tokenizer, tokenizer_vocab, unpack_checkpoint
+    from worker.engine.tasks import dataset_task
+    from worker.engine.tasks.text.data import TextData, describe_text
+
+    with session_scope() as s:
+        ds, model = s.get(Dataset, dataset_id), s.get(Model, model_id)
+        if ds is None or model is None:
+            raise ValueError("the dataset or the model no longer exists")
+        d_key, d_format, d_name, label = ds.storage_key, ds.format, ds.name, ds.label_column
+        m_key, m_name = model.storage_key, model.name
+    settings, store = get_settings(), get_store()
+    with _scratch() as tmp:
+        path = store.get_file(d_key, Path(tmp) / f"{_file_stem(d_name)}.{d_format}")
+        folder = unpack_checkpoint(store.get_file(m_key, Path(tmp) / "model.zip"), Path(tmp) / "hf")
+        if tokenizer_vocab(folder, None) is None:
+            raise ValueError(
+                f"model {m_name} has no tokenizer.json: upload the checkpoint with its tokenizer"
+            )
+        ref = DatasetRef(
+            path=str(path), format=d_format, label_column=label, text_column=text_column
+        )
+        data = dataset_task(d_format, path).load(
+            path,
+            ref,
+            max_entries=settings.max_zip_entries,
+            max_uncompressed_bytes=settings.max_zip_uncompressed_mb * 1024 * 1024,
+            max_decoded_bytes=settings.max_decoded_mb * 1024 * 1024,
+        )
+        if not isinstance(data, TextData):
+            raise ValueError(f"dataset {d_name} is not text: no token lengths to count")
+        return dict(describe_text(data, read_tokenizer(folder), max_length)["token_lengths"])
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ download, delete or archive it."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -19,10 +19,18 @@ from backend.access import (
 )
 from backend.artifacts.router import attachment
 from backend.datasets import service
-from backend.datasets.schemas import DatasetOut, DatasetSamplesOut, DatasetUpdate
+from backend.datasets.schemas import (
+    DatasetOut,
+    DatasetSamplesOut,
+    DatasetUpdate,
+    TokenLengthsOut,
+)
 from backend.deps import SessionDep, StoreDep
 from backend.errors import responses
+from backend.runs.router import PENDING_202
+from backend.runs.schemas import PlanPending
 from backend.teams.schemas import Page, Tag
+from core import inspections
 from core.db.tables import Status
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -193,6 +201,54 @@ def download_dataset(
 ) -> StreamingResponse:
     body = service.download(session, store, principal, dataset)
     return attachment(body, f"{dataset.name}.{dataset.format}")
+
+
+@router.get(
+    "/{dataset_id}/token-lengths",
+    response_model=TokenLengthsOut,
+    responses={
+        **PENDING_202,
+        **responses(
+            401,
+            403,
+            404,
+            409,
+            422,
+            503,
+            e404="the dataset or the model is not in your team",
+            e409="the dataset or model is not ready, or the tokens could not be counted",
+            e422="the model is not a Hugging Face checkpoint, or the dataset is not text",
+            e503="broker unreachable, or no worker counted the tokens in time",
+        ),
+    },
+    summary="A text dataset's token length histogram with a Hugging Face model's tokenizer",
+)
+def dataset_token_lengths(
+    session: SessionDep,
+    principal: TeamMember,
+    dataset_id: int,
+    model_id: Annotated[
+        int, Query(description="A ready Hugging Face model of your team (its tokenizer.json).")
+    ],
+    max_length: Annotated[
+        int | None,
+        Query(ge=2, le=1_048_576, description="Count the rows longer than this many tokens."),
+    ] = None,
+    text_column: Annotated[
+        str, Query(min_length=1, max_length=100, description="The text column or field.")
+    ] = "text",
+) -> Any:
+    try:
+        found = service.token_lengths(
+            session, principal.team_id, dataset_id, model_id, max_length, text_column
+        )
+    except service.LengthsPending as exc:
+        retry = inspections.RETRY_AFTER_S
+        pending = PlanPending(job_id=exc.job, detail=str(exc), retry_after_s=retry)
+        return JSONResponse(
+            pending.model_dump(), status_code=202, headers={"Retry-After": str(retry)}
+        )
+    return TokenLengthsOut.model_validate(found)
 
 
 @router.get(

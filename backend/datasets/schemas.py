@@ -111,6 +111,40 @@ class DatasetSamplesOut(BaseModel):
     rows: list[RowPreview] = Field(default_factory=list, description="kind tabular.")
 
 
+class TokenLengthsOut(BaseModel):
+    """A text dataset's token lengths with a model's tokenizer: a histogram of equal-width bins
+    (`edges` [bins + 1], `counts` [bins]), the shortest, longest and mean row, and, with a max
+    length, how many rows are longer (a run would cut them)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": 3,
+                    "model_id": 7,
+                    "edges": [4.0, 12.0, 20.0, 28.0],
+                    "counts": [120, 64, 9],
+                    "min": 4,
+                    "max": 28,
+                    "mean": 11.6,
+                    "max_length": 16,
+                    "over_max_length": 31,
+                }
+            ]
+        }
+    )
+
+    dataset_id: int
+    model_id: int
+    edges: list[float]
+    counts: list[int]
+    min: int
+    max: int
+    mean: float
+    max_length: int | None = None
+    over_max_length: int | None = None
+
+
 class DatasetUpdate(BaseModel):
     """Fields to change; those left out stay as they are."""
 

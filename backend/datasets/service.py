@@ -16,7 +16,7 @@ from backend import queue
 from backend.artifacts.service import open_stream, store_upload
 from backend.audit.service import audit
 from backend.deps import Principal
-from backend.errors import Invalid
+from backend.errors import Conflict, Invalid
 from backend.models.service import changes, clean_name, delete_file, in_use
 from backend.teams.service import get_owned, page, scoped, with_tags
 from core.db.tables import Dataset, Run, Status
@@ -119,6 +119,60 @@ def create_dataset(
         store.delete(key)
         raise
     return dataset
+
+
+class LengthsPending(Exception):
+    """A worker is counting the tokens: nothing to show yet; ask again (202)."""
+
+    def __init__(self, job: str) -> None:
+        from core import inspections
+
+        super().__init__(
+            "a worker is tokenising the dataset with the model's tokenizer; send the same "
+            f"request again in {inspections.RETRY_AFTER_S}s"
+        )
+        self.job = job
+
+
+def token_lengths(
+    session: Session,
+    team_id: int,
+    dataset_id: int,
+    model_id: int,
+    max_length: int | None,
+    text_column: str,
+) -> dict[str, Any]:
+    """The token length histogram of the team's text dataset with the team's Hugging Face model's
+    tokenizer, from the store a worker fills (`core.inspections.TOKEN_LENGTHS`); LengthsPending
+    while a worker counts. The API never opens either file."""
+    from backend.runs.service import ready_dataset, ready_model, release_connection
+    from core import inspections
+    from core.jobs import TOKEN_LENGTHS
+
+    dataset = ready_dataset(session, dataset_id, team_id)
+    model = ready_model(session, model_id, team_id)
+    if model.format != "hf":
+        raise Invalid(
+            "model_id",
+            f"model {model.id} is a {model.format} model without a tokenizer: pick a Hugging "
+            "Face checkpoint (format hf) with its tokenizer.json",
+            loc=["query", "model_id"],
+        )
+    if dataset.format not in ("csv", "jsonl", "txt"):
+        raise Invalid(
+            "dataset_id",
+            f"dataset {dataset.id} is {dataset.format}, not text: token lengths need a .csv, "
+            ".jsonl or .txt text dataset",
+            loc=["path", "dataset_id"],
+        )
+    args: list[Any] = [dataset.id, model.id, max_length, text_column]
+    release_connection(session)
+    entry = inspections.TOKEN_LENGTHS.lookup(args, TOKEN_LENGTHS)
+    if entry.status == "failed":
+        raise Conflict(f"the tokens could not be counted: {entry.error}")
+    if entry.status != "ready" or entry.inspection is None:
+        raise LengthsPending(inspections.job_id(args))
+    return {"dataset_id": dataset_id, "model_id": model_id, **entry.inspection}
 
 
 def list_datasets(

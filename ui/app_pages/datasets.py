@@ -17,12 +17,17 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from client import ApiError, Dataset, DatasetSamples
+from client import PLAN_TIMEOUT_S, ApiError, Dataset, DatasetSamples
+from core.catalog.tasks import TASKS
 from core.config import DatasetRef
 from ui import components as ui
 from ui.analysis import split_sizes
 
 VAL_FRACTION = DatasetRef.model_fields["val_fraction"].default  # what a run holds out
+# the token lengths' max length to start at: the text tasks' default (task parameter max_length)
+MAX_LENGTH = next(
+    (p.default for t in TASKS.values() for p in t.params if p.name == "max_length"), 128
+)
 FORMATS = {
     ".npz": "npz",
     ".zip": "zip",
@@ -240,38 +245,88 @@ def _row_split(n: int) -> None:
 
 
 def _hf_models() -> dict[int, Any]:
-    """The team's ready Hugging Face models (format hf) that carry a tokenizer."""
-    return {
-        m.id: m
-        for m in ui.ready_models()
-        if m.format == "hf"
-        and ((m.inspection.model_extra or {}) if m.inspection else {}).get("tokenizer_vocab_size")
-        is not None
-    }
+    """The team's ready Hugging Face models (format hf) whose inspection found a tokenizer (the
+    list leaves inspections out: each checkpoint's is read once per session)."""
+    known = st.session_state.setdefault("_ds_tokenizers", {})
+    found = {}
+    for model in ui.ready_models():
+        if model.format != "hf":
+            continue
+        if model.id not in known:
+            detail = ui.fetch(ui.client().model, model.id, stop=False)
+            extra = (detail.inspection.model_extra or {}) if detail and detail.inspection else {}
+            known[model.id] = extra.get("tokenizer_vocab_size") is not None
+        if known[model.id]:
+            found[model.id] = model
+    return found
 
 
 def _token_lengths(dataset: Dataset) -> None:
-    """The token length histogram, when one was recorded with a tokenizer (`token_lengths`:
-    edges, counts, min, max, mean and, with a max length, the rows it cuts); else which of the
-    team's Hugging Face models could tokenise it."""
+    """The token length histogram (edges, counts, min, max, mean and, with a max length, the
+    rows it cuts): the one the scan recorded, or the one a worker counts with the tokenizer of
+    a Hugging Face teacher of the team chosen here (`GET /datasets/{id}/token-lengths`)."""
     st.markdown("**Token lengths**")
     histogram = _extra(dataset).get("token_lengths")
-    models = _hf_models()
     if isinstance(histogram, dict) and histogram.get("counts"):
         _length_chart(histogram)
         return
-    if models:
-        names = ", ".join(f"#{i} {m.name}" for i, m in models.items())
-        st.caption(
-            f"Token lengths depend on the tokenizer: a run with one of your Hugging Face "
-            f"teachers ({names}) tokenises this dataset at its max length and refuses rows "
-            "longer than the teacher's positions."
-        )
-    else:
+    models = _hf_models()
+    if not models:
         st.caption(
             "Token lengths depend on the tokenizer: upload a Hugging Face teacher with its "
-            "tokenizer.json on the Models page to tokenise this dataset."
+            "tokenizer.json on the Models page to count this dataset's tokens."
         )
+        return
+    ids = list(models)
+    if st.session_state.get("ds_tok_model") not in ids:
+        st.session_state["ds_tok_model"] = ids[0]
+    left, middle, right = st.columns([3, 2, 2], vertical_alignment="bottom")
+    model_id = left.selectbox(
+        "Tokenizer of",
+        ids,
+        key="ds_tok_model",
+        format_func=lambda i: f"#{i} {models[i].name} v{models[i].version}",
+        help="A Hugging Face teacher of your team: its tokenizer.json counts each row's tokens.",
+    )
+    max_length = middle.number_input(
+        "Max length",
+        2,
+        1_048_576,
+        value=MAX_LENGTH,
+        key="ds_tok_max_length",
+        help="A run's max length (task parameter): the rows longer than it are counted.",
+    )
+    text_column = right.text_input("Text column", "text", key="ds_tok_text_column")
+    key = (dataset.id, model_id, int(max_length), text_column or "text")
+    found = st.session_state.setdefault("_ds_lengths", {})
+    if key not in found and st.button(
+        "Count tokens", icon=":material/bar_chart:", key="ds_tok_count"
+    ):
+        slot = st.empty()
+        found[key] = ui.fetch(
+            ui.client().dataset_token_lengths,
+            dataset.id,
+            model_id,
+            max_length=int(max_length),
+            text_column=text_column or "text",
+            on_pending=_counting(slot),
+            stop=False,
+        )
+        slot.empty()
+    if found.get(key):
+        _length_chart(found[key])
+
+
+def _counting(slot: Any) -> Any:
+    """Progress in `slot` while a worker counts the tokens (the API said 202)."""
+
+    def show(pending: Any, waited: float) -> None:
+        slot.progress(
+            min(waited / PLAN_TIMEOUT_S, 0.99),
+            text=f"A worker is counting the tokens… {waited:.0f}s",
+        )
+
+    return show
 
 
 def _length_chart(histogram: dict[str, Any]) -> None:

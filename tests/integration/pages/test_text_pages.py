@@ -7,12 +7,16 @@ an LM's continuations of teacher and student side by side; Compare offers the ta
 from __future__ import annotations
 
 import json
+import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from client import Client
+from tests.conftest import WorkerProcess
 from tests.hf_helpers import TINY_GPT2, tiny_members, write_zip
 from tests.integration.pages.conftest import LiveApi
 from tests.integration.pages.support import texts, update
@@ -310,3 +314,60 @@ def test_the_datasets_page_shows_a_text_dataset(studio: Studio, tmp_path: Path) 
     note = texts(at.caption)
     assert "Shortest 5, longest 7" in note
     assert "2 rows are longer than the max length 5" in note
+
+
+@pytest.fixture(scope="module")
+def worker(studio: Studio) -> Iterator[WorkerProcess]:
+    """A real worker (scans, inspections, token counts); the jobs queued for the seeded rows
+    are dropped first: their rows already hold what a worker would have written."""
+    from core import jobs
+
+    jobs.producer_app().control.purge()
+    proc = WorkerProcess(studio.env, name="text-ui").start()
+    yield proc
+    proc.stop()
+
+
+def _ready(read: Any, what: str, timeout: float = 120.0) -> Any:
+    """`read()` once its status is ready (a worker scanned or inspected it)."""
+    deadline = time.monotonic() + timeout
+    while (item := read()).status not in ("ready", "failed"):
+        assert time.monotonic() < deadline, f"{what} still {item.status} after {timeout:.0f}s"
+        time.sleep(0.2)
+    assert item.status == "ready", f"{what}: {item.error}"
+    return item
+
+
+def test_the_datasets_page_counts_tokens_with_a_chosen_teacher(
+    studio: Studio, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """A .txt corpus scanned by the worker, the tiny GPT-2 teacher (BPE tokenizer) inspected by
+    it; on the Datasets page the teacher is chosen and the worker counts each line's tokens."""
+    from tokenizers import Tokenizer
+
+    from tests.lm_helpers import lm_demo_files
+
+    demo = lm_demo_files()
+    api = Client(studio.url, studio.token)
+    uploaded = api.upload_dataset(demo.write_text(tmp_path / "corpus.txt", 40), "corpus")
+    dataset = _ready(lambda: api.dataset(uploaded.id), "dataset")
+    model = api.upload_model(demo.teacher, "lm-teacher")
+    _ready(lambda: api.model(model.id), "model")
+    with zipfile.ZipFile(demo.teacher) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("tokenizer.json"))
+        tokenizer = Tokenizer.from_str(zf.read(name).decode())
+    lengths = [len(tokenizer.encode(line).ids) for line in demo.lines(40)]
+
+    at = _app(studio, "datasets.py")
+    at.selectbox(key="ds_selected").set_value(dataset.id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert {m.label: m.value for m in at.metric}["Kind"] == "Plain text"
+    assert "ds_tok_model" in [w.key for w in at.selectbox], texts(at.caption)[-300:]
+    at.selectbox(key="ds_tok_model").set_value(model.id).run()
+    at.number_input(key="ds_tok_max_length").set_value(16).run()
+    at.button(key="ds_tok_count").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    note = texts(at.caption)
+    over = sum(n > 16 for n in lengths)
+    assert f"Shortest {min(lengths)}, longest {max(lengths)}" in note
+    assert f"{over} rows are longer than the max length 16" in note
