@@ -34,6 +34,11 @@ class LmDemo:
         lines = self.corpus.read_text(encoding="utf-8").splitlines()
         return lines if n is None else lines[:n]
 
+    def spread(self, n: int) -> list[str]:
+        """`n` lines evenly spaced over the corpus (every module's, not the first few's)."""
+        lines = self.lines()
+        return lines[:: max(1, len(lines) // n)][:n]
+
     def write_text(self, path: Path, n: int) -> Path:
         """The corpus's first `n` lines as a .txt dataset."""
         path.write_text("\n".join(self.lines(n)) + "\n", encoding="utf-8")
