@@ -10,7 +10,8 @@ a team artifact under `cache_storage_key`).
 The key is a hash of everything the teacher's output of a batch depends on: the teacher file
 (its sha256, format, architecture), the dataset file (its sha256 and how it is read and split),
 the task, the seed (split, batch order and every augmentation draw), the batch size (which
-samples share a batch: mixup/cutmix mix within it) and the augment recipe, plus the stored
+samples share a batch: mixup/cutmix mix within it; only under random augmentation, since
+without it a row is one sample's in every batch) and the augment recipe, plus the stored
 top-k; for text, the text column and the task parameters (max_length changes the tokens).
 Epochs are not in it: a run of more epochs extends the same cache.
 
@@ -97,7 +98,9 @@ def cache_key(config: Any, teacher_sha256: str, dataset_sha256: str) -> str:
         },
         "task": config.task,
         "seed": config.seed,
-        "batch_size": config.training.batch_size,
+        # which samples share a batch matters to randomly augmented batches (a slot per epoch,
+        # mixup/cutmix); without augmentation a row is a sample's, whatever its batch
+        "batch_size": config.training.batch_size if per_epoch(config) else None,
         "augment": config.augment.model_dump(mode="json"),
         "top_k": config.training.teacher_cache_top_k,
     }

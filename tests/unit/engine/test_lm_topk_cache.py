@@ -172,3 +172,14 @@ def test_the_pipeline_keys_a_language_model_run_by_its_tokenisation(tmp_path: Pa
     assert cache_key(config, "t" * 64, "d" * 64) != cache_key(longer, "t" * 64, "d" * 64)
     on_policy = lm_config("on_policy", {"lmbda": 0.5}, teacher_cache="auto")
     assert "use scheme 'offline'" in str(cache_problem(on_policy))
+
+
+def test_later_runs_of_the_pair_share_the_key_whatever_their_batch_size_or_recipe() -> None:
+    from core.teacher_cache import cache_key
+
+    key = cache_key(lm_config(teacher_cache="on"), "t" * 64, "d" * 64)
+    other_recipe = lm_config(
+        losses=[{"name": "reverse_kl"}], teacher_cache="on", batch_size=12, epochs=5, lr=0.1
+    )
+    assert cache_key(other_recipe, "t" * 64, "d" * 64) == key
+    assert cache_key(lm_config(teacher_cache="on"), "u" * 64, "d" * 64) != key
