@@ -1,6 +1,7 @@
 """Hugging Face checkpoints on the pages: the Models page uploads a checkpoint .zip as format hf
 (no architecture form), and the model page shows the transformer's inspection: its type and
-sizes, and its layers by block (embeddings, each block's attention and MLP, the head)."""
+sizes, and its layers by block (embeddings, each block's attention and MLP, the head), and
+offers it as the teacher of a new run (the text tasks read token ids)."""
 
 from __future__ import annotations
 
@@ -60,4 +61,5 @@ def test_the_model_page_shows_type_sizes_and_blocks(studio: Studio, tmp_path: Pa
     block = next(label for label in labels if label.startswith("Block 1"))
     assert "`transformer.h.1.attn`" in block and "`transformer.h.1.mlp`" in block
     assert any(label.startswith("Head") for label in labels), labels
-    assert "needs a text task" in texts(at.info)
+    # text tasks read token ids now: the page offers the checkpoint as a teacher
+    assert any(link.label == "Distil this teacher" for link in at.get("page_link"))
