@@ -15,7 +15,7 @@ from torch import nn
 
 from tests.hf_helpers import TINY_BERT, TINY_GPT2
 from worker.engine.tasks.text.models import PAD
-from worker.engine.tasks.text.prune import PruneError, importance, prune, shape_of
+from worker.engine.tasks.text.prune import PruneError, family_of, importance, prune, shape_of
 
 TINY_LLAMA: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
@@ -175,3 +175,42 @@ def test_sizes_a_model_cannot_take_are_refused() -> None:
     )  # fmt: skip
     with pytest.raises(PruneError, match="cannot prune a electra model; it prunes bert"):
         prune(electra, ids)
+
+
+def test_block_importance_drops_a_block_no_worse_than_a_typical_choice() -> None:
+    """On the trained demo GPT-2 (4 blocks, `tests.lm_helpers`), the 3 blocks Minitron keeps
+    lose less next-token loss on held-out lines than the median of all four 3-block choices
+    (measured: kept 4.791 nats, the choices 4.792 / 4.792 / 5.55 / 5.55; teacher 4.786). Width
+    is not asserted: on this tiny model the activation ranking of heads and hidden channels
+    measured no better than random picks (heads 2 of 4: 5.43 vs 5.26-5.42)."""
+    from itertools import combinations
+
+    from tests.lm_helpers import lm_demo_files
+    from worker.engine.hf_teacher import load_hf
+    from worker.engine.tasks.text.prune import Keep, build_pruned, target_shape
+
+    demo = lm_demo_files()
+    teacher = load_hf(demo.teacher)
+    rows = [teacher.tokenizer.encode(line).ids[:48] for line in demo.lines(160)]
+    ids = torch.full((len(rows), max(map(len, rows))), PAD)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    calibration, held = ids[:80], ids[80:]
+
+    def loss(model: nn.Module) -> float:
+        logits = outputs(model.eval(), held)[:, :-1]
+        targets = held[:, 1:].masked_fill(held[:, 1:] == PAD, -100)
+        return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets))
+
+    hf = teacher.module
+    pruned, _, _ = prune(hf, calibration, layers=3)
+    shape = shape_of(hf)
+    every = torch.arange(shape.hidden)
+    heads = [torch.arange(shape.heads)] * 3
+    inter = [torch.arange(shape.intermediate)] * 3
+    target = target_shape(shape, family_of(hf), layers=3)
+    choices = sorted(
+        loss(build_pruned(hf, Keep(list(kept), every, heads, heads, inter), target))
+        for kept in combinations(range(shape.layers), 3)
+    )
+    assert loss(pruned) <= (choices[1] + choices[2]) / 2
