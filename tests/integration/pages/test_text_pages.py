@@ -109,6 +109,12 @@ def test_new_run_shows_the_task_params_text_column_text_students_and_lm_losses(
     assert "max_length: 64" in review or '"max_length": 64' in review
     assert "text_column: body" in review or '"text_column": "body"' in review
     assert "architecture: hf_layers" in review or '"architecture": "hf_layers"' in review
+    at.selectbox(key="nr_scheme").set_value("on_policy").run()  # GKD's on-policy fraction
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="nr_scheme.on_policy.lmbda").value == 0.5
+    at.number_input(key="nr_scheme.on_policy.lmbda").set_value(0.25).run()
+    review = texts(at.code)
+    assert "lmbda: 0.25" in review or '"lmbda": 0.25' in review
 
     at.text_area(key="nr_yaml").set_value(
         "name: pasted\ntask: causal_lm\ntask_params: {max_length: 32}\n"
