@@ -919,6 +919,19 @@ _ROLLUP_COLUMNS = [
 ]
 
 
+# the rollup rows of one width of a series, in step order; built once (building a statement
+# per request costs more than running it)
+_ROLLUP_ROWS = (
+    select(MetricRollup.bucket, MetricRollup.n, *_ROLLUP_COLUMNS)
+    .where(
+        MetricRollup.run_id == bindparam("run"),
+        MetricRollup.name == bindparam("name"),
+        MetricRollup.width == bindparam("width"),
+    )
+    .order_by(MetricRollup.bucket)
+)
+
+
 def _m4_rollups(
     session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
 ) -> dict[str, Any] | None:
@@ -934,22 +947,11 @@ def _m4_rollups(
         return None
     width, start, span = plan
     count = max_points // MIN_POINTS
-    rows = (
-        session.connection()  # plain rows: no ORM row handling for a few thousand of them
-        .execute(
-            select(MetricRollup.bucket, MetricRollup.n, *_ROLLUP_COLUMNS)
-            .where(
-                MetricRollup.run_id == run_id,
-                MetricRollup.name == name,
-                MetricRollup.width == width,
-            )
-            .order_by(MetricRollup.bucket)
-        )
-        .all()
-    )
+    values = {"run": run_id, "name": name, "width": width}
+    rows = _tuples(session, _ROLLUP_ROWS, values)  # plain tuples: no `Row` for each of them
     if not rows or rows[0][2] != lo or rows[-1][5] != hi:
         return None  # none, or not kept up with the points: read them instead
-    total = sum(row[1] for row in rows)
+    total = sum(map(itemgetter(1), rows))
     if total <= max_points:  # sparse (a value per epoch over many steps): all
         return None
     extremes = sum(map(itemgetter(10), rows)) + sum(map(itemgetter(13), rows))
@@ -957,16 +959,10 @@ def _m4_rollups(
     low: Callable[[Any], Any] = (lambda r: (*_order(r[10]), r[8])) if nan else itemgetter(10)
     high: Callable[[Any], Any] = (lambda r: (*_order(r[13]), -r[11])) if nan else itemgetter(13)
     points: dict[int, tuple[Any, Any]] = {}  # step -> (epoch, value)
-    first = 0
-    for i in range(1, len(rows) + 1):  # rows in step order: each bucket is a run of them
-        if (
-            i < len(rows)
-            and (rows[i][0] * width - start) * count // span
-            == (rows[first][0] * width - start) * count // span
-        ):
-            continue
-        group = rows[first:i]
-        first = i
+    # rows in step order: each bucket is a run of them
+    buckets = [(row[0] * width - start) * count // span for row in rows]
+    for _, grouped in groupby(zip(buckets, rows, strict=True), itemgetter(0)):
+        group = [row for _, row in grouped]
         # the first row of equal extremes holds the first step of them (min and max keep
         # the first one they meet)
         lowest, highest = min(group, key=low), max(group, key=high)
