@@ -147,8 +147,15 @@ def _model_label(model: Any) -> str:
 
 
 def _dataset_label(dataset: Any) -> str:
+    """'#3 name · 120 samples, 4 classes' (a text dataset: its rows, and classes if any)."""
     info = dataset.info
-    extra = f" · {info.num_samples} samples, {info.num_classes} classes" if info else ""
+    if info is None:
+        return f"#{dataset.id} {dataset.name}"
+    rows = (
+        info.num_samples if info.num_samples is not None else (info.model_extra or {}).get("rows")
+    )
+    classes = info.num_classes if info.num_classes is not None else len(info.classes or []) or None
+    extra = f" · {rows} samples" + (f", {classes} classes" if classes is not None else "")
     return f"#{dataset.id} {dataset.name}{extra}"
 
 
