@@ -84,8 +84,15 @@ def _example(input_shape: Sequence[int], task: Task | None) -> Tensor:
     return (task or default_task()).example_input(input_shape)
 
 
-def _batch_dim() -> tuple[dict[int, torch.export.Dim]]:
-    return ({0: torch.export.Dim("batch", min=1)},)
+def _batch_dim(
+    task: Task | None = None, input_shape: Sequence[int] = ()
+) -> tuple[dict[int, torch.export.Dim]]:
+    """The input's dynamic dimensions: the batch, and those the task adds (`Task.export_dims`:
+    a text task's sequence length)."""
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if task is not None:
+        dims.update(task.export_dims(input_shape))
+    return (dims,)
 
 
 def export_program(
@@ -96,7 +103,7 @@ def export_program(
     with _cpu_eval(module) as model:
         try:
             program = torch.export.export(
-                model, (_example(input_shape, task),), dynamic_shapes=_batch_dim()
+                model, (_example(input_shape, task),), dynamic_shapes=_batch_dim(task, input_shape)
             )
         except Exception as exc:
             raise ValueError(
@@ -133,7 +140,7 @@ def export_onnx(
                 str(path),
                 input_names=["input"],
                 output_names=outputs,
-                dynamic_shapes=_batch_dim(),
+                dynamic_shapes=_batch_dim(task, input_shape),
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -147,7 +154,12 @@ def export_onnx(
             str(path),
             input_names=["input"],
             output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in ["input", *outputs]},
+            dynamic_axes={
+                "input": {
+                    d: str(dim.__name__) for d, dim in _batch_dim(task, input_shape)[0].items()
+                },
+                **{name: {0: "batch"} for name in outputs},
+            },
             dynamo=False,
             opset_version=17,
         )

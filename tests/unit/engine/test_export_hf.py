@@ -191,3 +191,27 @@ def test_a_causal_lm_run_prunes_exports_and_its_student_teaches_the_next_run(
     )  # fmt: skip
     again = run_distillation(config2, tmp_path / "run1" / FILENAME, text, tmp_path / "run2")
     assert again["artifacts"]["student_hf"] == FILENAME and again["epochs"] == 1
+
+
+def test_pt2_and_onnx_exports_of_a_text_student_take_any_length(tmp_path: Path) -> None:
+    """A text task leaves the sequence dimension dynamic (`TextTask.export_dims`): the .pt2
+    and ONNX graphs traced on 16 tokens give the model's logits at 10 and 24 tokens too."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from worker.engine.export import export_onnx, export_pt2
+    from worker.engine.tasks import build_task
+
+    task = build_task("causal_lm", max_length=24)
+    teacher = load_hf(teacher_zip(tmp_path, TINY_GPT2))
+    student = TokenModel(teacher.module).eval()
+    export_pt2(student, (24,), tmp_path / "s.pt2", task)
+    export_onnx(student, (24,), tmp_path / "s.onnx", task)
+    graph = torch.export.load(str(tmp_path / "s.pt2")).module()
+    session = ort.InferenceSession(str(tmp_path / "s.onnx"))
+    for length in (10, 24):
+        x = torch.randint(0, 100, (3, length), generator=torch.Generator().manual_seed(length))
+        want = run(student, x)
+        assert torch.allclose(graph(x), want, atol=1e-5)
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert np.allclose(got, want.numpy(), atol=1e-4)

@@ -137,6 +137,11 @@ class Task(ABC):
         default "logits"). The safetensors export is always the student's own weights."""
         return student
 
+    def export_dims(self, input_shape: Sequence[int]) -> dict[int, Any]:
+        """The input dimensions besides the batch that the .pt2 and ONNX exports leave dynamic,
+        {dimension: `torch.export.Dim`} (a text task: the sequence length); none by default."""
+        return {}
+
     def inspect_output(self, output_shape: list[int] | None) -> dict[str, Any]:
         """The task's keys in a model inspection, read from the model's output shape (batch
         excluded); none by default."""

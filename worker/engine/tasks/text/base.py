@@ -224,6 +224,11 @@ class TextTask(Task):
             labels = labels[:, :width]
         return Batch(ids.to(device), labels.to(device))
 
+    def export_dims(self, input_shape: Any) -> dict[int, Any]:
+        """The exports take any number of tokens up to the run's max length (the example that
+        traces them has at most 16)."""
+        return {1: torch.export.Dim("tokens", min=2, max=max(self.max_length(), 16))}
+
     def example_input(self, input_shape: Any) -> Tensor:
         """Two rows of token ids (no padding) for tracing an export and timing the models:
         ids below 100 and below the teacher tokenizer's vocabulary once `fit_to_teacher` saw it
