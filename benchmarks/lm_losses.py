@@ -163,11 +163,25 @@ def measure(seeds: list[int], epochs: int = EPOCHS) -> tuple[dict[str, Any], str
     return info, text
 
 
+READING = """Reading. The teacher was trained on other docstring lines than the ones distilled on, so
+every row is measured on text neither model saw. Alone, the student ends 30 perplexity points
+above the teacher; forward KL, generalised JSD (beta 0.5), skew KL and TVD each close about two
+thirds of that gap (perplexity 152-155 against 172, below ce on every seed) and lift next-token
+agreement with the teacher from 0.27 to about 0.68; their differences are within their spreads,
+so at this budget they are tied. Reverse KL is the exception: it ends above the student alone
+(202, 0 of the seeds below), with agreement no higher than ce's. Mode-seeking reverse KL gives a
+fresh student with a near-uniform distribution little gradient towards the teacher's modes (the
+student's own samples, weighted by its own probabilities, drive it); MiniLLM applies it to a
+student already fine-tuned on the data, which this setting does not do. Two seeds and one small
+teacher-student pair: the table shows the losses work on token logits and their grouping, not
+the papers' numbers."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks import paper_table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--seeds", type=int, default=2, help="number of seeds (0, 1, ...)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--no-write", action="store_true", help="print only, keep the docs")
     args = parser.parse_args(argv)
@@ -186,6 +200,8 @@ seeds {", ".join(map(str, range(args.seeds)))}. Each distillation row uses its l
 T = 1; ce is the same student on the text alone.
 
 {text}
+
+{READING}
 """
     paper_table.publish(body, SECTION, not args.no_write)
     return 0
