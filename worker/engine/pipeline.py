@@ -410,8 +410,10 @@ def _inputs(
     )
     teacher = replace(teacher, module=task.adapt_model(teacher.module, teacher))
     data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
-    student = build_run_student(config, teacher, data, student_path, task)
     train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
+    # built from the training split: a student calibrated on data (hf_pruned) never sees the
+    # validation rows
+    student = build_run_student(config, teacher, train_data, student_path, task)
     return task, teacher, data, student, train_data, val_data
 
 
