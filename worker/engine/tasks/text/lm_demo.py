@@ -160,15 +160,15 @@ def train_teacher(
     return model.eval()
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path) -> Path:
+def save_checkpoint(model: Any, tokenizer: Any, path: Path) -> Path:
     """`model` (a transformers model) and `tokenizer` as a checkpoint zip: config.json,
     model.safetensors, tokenizer.json."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
+        model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save(str(folder / "tokenizer.json"))
         (folder / "tokenizer_config.json").write_text(
-            json.dumps({"eos_token": EOS, "model_max_length": getattr(model, "config").n_positions})
+            json.dumps({"eos_token": EOS, "model_max_length": model.config.n_positions})
         )
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
             for name in ("config.json", "model.safetensors", "tokenizer.json",
