@@ -382,3 +382,16 @@ def decode_image(
             return np.asarray(img, dtype=np.uint8)
         except _UNREADABLE_IMAGE as exc:
             raise DatasetError(f"{where}: '{name}' is not a readable image ({exc})") from exc
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic train / validation split of `n` samples that the tasks share:
+    round(n * val_fraction) samples (at least 1, at most n - 1) drawn by a permutation seeded
+    with `seed` go to validation; both index lists stay in dataset order."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    n_val = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 else 0
+    val_idx = np.sort(np.random.default_rng(seed).permutation(n)[:n_val])
+    keep = np.ones(n, dtype=bool)
+    keep[val_idx] = False
+    return np.flatnonzero(keep), val_idx

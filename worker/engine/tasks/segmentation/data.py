@@ -48,6 +48,7 @@ from worker.engine.datasets import (
     open_image,
     read_npy,
     size_text,
+    split_indices,
     target_mode,
     to_nchw,
 )
@@ -349,14 +350,8 @@ def is_segmentation(path: Path, format: str | None) -> bool:
 def split(data: SegData, val_fraction: float, seed: int) -> tuple[SegData, SegData]:
     """Deterministic split: round(N * val_fraction) images (at least 1, at most N - 1) chosen by
     a permutation seeded with `seed` go to validation; indices stay in dataset order."""
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    n = len(data)
-    n_val = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 else 0
-    val_idx = np.sort(np.random.default_rng(seed).permutation(n)[:n_val])
-    keep = np.ones(n, dtype=bool)
-    keep[val_idx] = False
-    return data.subset(np.flatnonzero(keep)), data.subset(val_idx)
+    train_idx, val_idx = split_indices(len(data), val_fraction, seed)
+    return data.subset(train_idx), data.subset(val_idx)
 
 
 def pixel_counts(data: SegData) -> dict[str, int]:

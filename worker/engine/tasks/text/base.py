@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from worker.engine.datasets import DatasetError
+from worker.engine.datasets import DatasetError, split_indices
 from worker.engine.tasks.base import Batch, IncompatibleDataError, Task
 from worker.engine.tasks.text.data import (
     TextData,
@@ -203,14 +203,8 @@ class TextTask(Task):
     def split(self, data: TokenData, val_fraction: float, seed: int) -> tuple[TokenData, TokenData]:
         """round(N * val_fraction) rows (at least 1, at most N - 1) drawn by a permutation
         seeded with `seed` go to validation; rows keep their order."""
-        if not 0.0 < val_fraction < 1.0:
-            raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-        n = len(data)
-        n_val = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 else 0
-        val_idx = np.sort(np.random.default_rng(seed).permutation(n)[:n_val])
-        keep = np.ones(n, dtype=bool)
-        keep[val_idx] = False
-        return data.subset(np.flatnonzero(keep)), data.subset(val_idx)
+        train_idx, val_idx = split_indices(len(data), val_fraction, seed)
+        return data.subset(train_idx), data.subset(val_idx)
 
     def input_shape(self, data: TokenData) -> tuple[int, ...]:
         return (int(data.ids.shape[1]),)
