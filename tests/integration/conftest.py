@@ -75,6 +75,26 @@ def upload_demo(api: TestClient, demo_files: tuple[Path, Path]) -> tuple[dict, d
     return r.json(), d.json()
 
 
+def upload_lm_demo(api: TestClient, tmp_path: Path, rows: int) -> tuple[int, int]:
+    """The demo causal LM (`tests.lm_helpers`, format hf) and `rows` lines of its corpus,
+    uploaded and scanned: (model id, dataset id)."""
+    from tests.lm_helpers import lm_demo_files
+
+    demo = lm_demo_files()
+    with demo.teacher.open("rb") as fh:
+        model = api.post(
+            "/models", files={"file": ("lm.zip", fh)}, data={"name": "lm", "format": "hf"}
+        )
+    corpus = demo.write_text(tmp_path / "corpus.txt", rows)
+    with corpus.open("rb") as fh:
+        dataset = api.post("/datasets", files={"file": ("corpus.txt", fh)}, data={"name": "c"})
+    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
+    for path in (f"/models/{model.json()['id']}", f"/datasets/{dataset.json()['id']}"):
+        ready = wait_status(api, path, {"ready", "failed"})
+        assert ready["status"] == "ready", ready
+    return model.json()["id"], dataset.json()["id"]
+
+
 def mark_ready_from(api: TestClient, model: dict, dataset: dict) -> tuple[dict, dict]:
     m = wait_status(api, f"/models/{model['id']}", {"ready", "failed"})
     d = wait_status(api, f"/datasets/{dataset['id']}", {"ready", "failed"})

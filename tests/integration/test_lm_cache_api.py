@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.integration.conftest import wait_run, wait_status
-from tests.lm_helpers import lm_demo_files
+from tests.integration.conftest import upload_lm_demo, wait_run
 
 
 def test_the_catalog_offers_on_policy_with_its_lambda(api: TestClient) -> None:
@@ -26,24 +25,13 @@ def test_the_catalog_offers_on_policy_with_its_lambda(api: TestClient) -> None:
 def test_a_second_lm_run_of_the_pair_replays_the_first_runs_top_k_cache(
     api: TestClient, worker, tmp_path: Path
 ) -> None:
-    demo = lm_demo_files()
-    with demo.teacher.open("rb") as fh:
-        model = api.post(
-            "/models", files={"file": ("lm.zip", fh)}, data={"name": "lm", "format": "hf"}
-        )
-    corpus = demo.write_text(tmp_path / "corpus.txt", 60)
-    with corpus.open("rb") as fh:
-        dataset = api.post("/datasets", files={"file": ("corpus.txt", fh)}, data={"name": "c"})
-    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
-    for path in (f"/models/{model.json()['id']}", f"/datasets/{dataset.json()['id']}"):
-        ready = wait_status(api, path, {"ready", "failed"})
-        assert ready["status"] == "ready", ready
+    model_id, dataset_id = upload_lm_demo(api, tmp_path, 60)
     body = {
         "name": "lm-cache",
         "task": "causal_lm",
         "task_params": {"max_length": 48},
-        "teacher": {"model_id": model.json()["id"]},
-        "dataset": {"dataset_id": dataset.json()["id"], "val_fraction": 0.2},
+        "teacher": {"model_id": model_id},
+        "dataset": {"dataset_id": dataset_id, "val_fraction": 0.2},
         "student": {"architecture": "hf_layers", "kwargs": {"layers": 1}},
         "losses": [{"name": "gkd_jsd", "params": {"beta": 0.5}}],
         "training": {

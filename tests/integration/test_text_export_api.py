@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.integration.conftest import wait_run, wait_status
-from tests.lm_helpers import lm_demo_files
+from tests.integration.conftest import upload_lm_demo, wait_run, wait_status
 
 TRAINING = {
     "epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 0.001, "device": "cpu",
@@ -43,20 +42,9 @@ def test_a_pruned_student_exported_registered_and_teaching(
     import torch
     import transformers
 
-    demo = lm_demo_files()
-    with demo.teacher.open("rb") as fh:
-        model = api.post(
-            "/models", files={"file": ("lm.zip", fh)}, data={"name": "lm", "format": "hf"}
-        )
-    corpus = demo.write_text(tmp_path / "corpus.txt", 80)
-    with corpus.open("rb") as fh:
-        dataset = api.post("/datasets", files={"file": ("corpus.txt", fh)}, data={"name": "c"})
-    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
-    for path in (f"/models/{model.json()['id']}", f"/datasets/{dataset.json()['id']}"):
-        ready = wait_status(api, path, {"ready", "failed"})
-        assert ready["status"] == "ready", ready
+    model_id, dataset_id = upload_lm_demo(api, tmp_path, 80)
     pruned = {"architecture": "hf_pruned", "kwargs": {"layers": 2, "heads": 2, "intermediate": 96}}
-    r = api.post("/runs", json=lm_run(model.json()["id"], dataset.json()["id"], pruned, "prune"))
+    r = api.post("/runs", json=lm_run(model_id, dataset_id, pruned, "prune"))
     assert r.status_code == 201, r.text
     done = wait_run(api, r.json()["id"])
     assert done["status"] == "succeeded", (done.get("error"), worker.output()[-3000:])
@@ -86,7 +74,7 @@ def test_a_pruned_student_exported_registered_and_teaching(
     # it teaches the next run (the worker loads it as it loaded the demo teacher; in-process the
     # whole second run is tests/unit/engine/test_export_hf.py's causal_lm pipeline test)
     layers = {"architecture": "hf_layers", "kwargs": {"layers": 1}}
-    again = api.post("/runs", json=lm_run(student_model["id"], dataset.json()["id"], layers, "2"))
+    again = api.post("/runs", json=lm_run(student_model["id"], dataset_id, layers, "2"))
     assert again.status_code == 201, again.text
     cancelled = api.post(f"/runs/{again.json()['id']}/cancel")
     assert cancelled.status_code in (200, 202), cancelled.text
