@@ -597,17 +597,13 @@ def blocks_of(inspection: Any) -> list[dict[str, Any]]:
 
 
 def even_mapping(teacher: list[str], student: list[str]) -> list[dict[str, Any]]:
-    """Student block m of S (from 1) learns from teacher block g(m) = round(m * T / S) of T:
-    TinyBERT's uniform layer mapping (Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural
-    Language Understanding"), so the blocks spread over the teacher's depth and the last
-    student block learns from the last teacher block."""
+    """Student block m of S (from 1) learns from teacher block round(m * T / S) of T: TinyBERT's
+    uniform layer mapping (`core.pairing.uniform_block_pairs`), shallowest student block first,
+    so the blocks spread over the teacher's depth and the last blocks pair."""
     if not teacher or not student:
         return []
-    t, n = len(teacher), len(student)
-    return [
-        {"teacher": teacher[min(max(round(m * t / n), 1), t) - 1], "student": path, "tap": "output"}
-        for m, path in enumerate(student, start=1)
-    ]
+    pairs = reversed(pairing.uniform_block_pairs(teacher, student))
+    return [{"teacher": t, "student": s, "tap": "output"} for t, s in pairs]
 
 
 def _inspection(model: Model | None) -> Any:
