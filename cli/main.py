@@ -505,6 +505,15 @@ def _progress_bar():  # noqa: ANN202 - a Callbacks subclass defined inside, with
                 self.close()
                 _echo("evaluating and exporting the student...")
 
+        def on_samples(self, epoch: int, samples: list[dict]) -> None:
+            from cli.remote import sample_lines
+
+            for line in sample_lines(epoch, samples):
+                if self.bar is not None:
+                    self.bar.write(line, file=sys.stderr)
+                else:
+                    _echo(line)
+
         def close(self) -> None:
             if self.bar is not None:
                 self.bar.close()

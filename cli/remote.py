@@ -174,14 +174,52 @@ def _progress_line(run: Run) -> str:
     )
 
 
+SAMPLE_CHARS = 120  # characters of each text shown per sample line
+
+
+def sample_lines(epoch: int | None, samples: Any) -> list[str]:
+    """A run's live samples (a language model's continuations of the validation prompts, the
+    teacher's next to the student's after `epoch`, 0-based) as lines for a terminal."""
+    if not isinstance(samples, list):
+        return []
+
+    def cut(value: Any) -> str:
+        text = " ".join(str(value).split()) if value is not None else "-"
+        return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+
+    after = f" after epoch {epoch}" if isinstance(epoch, int) else ""
+    lines = [f"samples{after}:"] if samples else []
+    for i, sample in enumerate(s for s in samples if isinstance(s, dict)):
+        lines += [
+            f"  [{i + 1}] prompt:  {cut(sample.get('prompt'))}",
+            f"      teacher: {cut(sample.get('teacher'))}",
+            f"      student: {cut(sample.get('student'))}",
+        ]
+    return lines
+
+
+def _live_samples(run: Run) -> tuple[int | None, list[Any]]:
+    """(epoch, samples) of the run's live samples (`live_samples` in its summary), if any."""
+    live = (run.summary or {}).get("live_samples")
+    if not isinstance(live, dict) or not isinstance(live.get("samples"), list):
+        return None, []
+    epoch = live.get("epoch")
+    return (epoch if isinstance(epoch, int) else None), live["samples"]
+
+
 def _follow_run(api: Client, run_id: int, poll: float, timeout: float | None, quiet: bool) -> Run:
     last = [""]
+    shown: list[int | None] = [None]  # the epoch whose samples were printed
 
     def show(run: Run) -> None:
         line = _progress_line(run)
         if not quiet and line != last[0]:
             typer.echo(line, err=True)
             last[0] = line
+        epoch, samples = _live_samples(run)
+        if not quiet and samples and epoch != shown[0]:
+            typer.echo("\n".join(sample_lines(epoch, samples)), err=True)
+            shown[0] = epoch
 
     try:
         return api.wait(run_id, timeout=timeout, poll=poll, on_progress=show)
@@ -240,6 +278,9 @@ def _show_run(run: Run, as_json: bool) -> None:
         typer.echo(f"\n{run.waiting}")
     if run.error:
         typer.echo(f"\nerror: {run.error}")
+    epoch, samples = _live_samples(run)
+    if samples:
+        typer.echo("\n" + "\n".join(sample_lines(epoch, samples)))
     if run.summary:
         typer.echo("")
         typer.echo(

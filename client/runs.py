@@ -293,8 +293,13 @@ class RunsApi(EventsApi):
                     continue
                 if event.terminal:
                     run = self.run(run_id)  # the whole final state: summary, finished_at, ...
-                else:
-                    run = (run or self.run(run_id)).model_copy(update=event.data)
+                elif run is None:
+                    run = self.run(run_id).model_copy(update=event.data)
+                else:  # at each new epoch its summary again: the live samples
+                    epoch = event.data.get("epoch")
+                    if epoch is not None and epoch != run.epoch:
+                        run = run.model_copy(update={"summary": self.run(run_id).summary})
+                    run = run.model_copy(update=event.data)
                 if on_progress is not None:
                     on_progress(run)
                 if run.is_terminal:

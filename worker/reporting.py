@@ -132,6 +132,38 @@ class DbReporter:
             )
         self.flush()
 
+    def on_samples(self, epoch: int, samples: Any) -> None:
+        """The task's samples of the student after epoch `epoch` (`Task.live_samples`: a
+        language model's continuations next to the teacher's) into the run's summary under
+        `live_samples`, each sample keeping the student's output of every epoch so far, so the
+        run page shows them while the run trains; the final summary replaces them with the
+        `predictions` artifact. What the training process sends is bounded here (it runs the
+        uploaded models): at most LIVE_SAMPLES samples of LIVE_TEXT characters a field."""
+        fresh = live_samples(samples)
+        if not fresh:
+            return
+
+        def write() -> None:
+            with session_scope() as s:
+                run = s.get(Run, self.run_id)
+                if run is None or run.worker != self.worker:
+                    raise LostClaim(f"run {self.run_id} was taken over by another worker")
+                summary = dict(run.summary or {})
+                before = {
+                    item.get("index"): item.get("epochs", [])
+                    for item in (summary.get(LIVE_KEY) or {}).get("samples", [])
+                    if isinstance(item, dict)
+                }
+                for item in fresh:
+                    kept = [e for e in before.get(item["index"], []) if e.get("epoch") != epoch]
+                    item["epochs"] = [*kept, {"epoch": epoch, "student": item["student"]}][
+                        -LIVE_EPOCHS:
+                    ]
+                summary[LIVE_KEY] = {"epoch": epoch, "samples": fresh}
+                run.summary = summary
+
+        with_db_retry(write)
+
     def on_checkpoint(self, path: Path, step: int) -> None:
         self.flush()  # metrics up to `step` are in the database before the checkpoint is
         get_store().put_file(self.checkpoint_key, path)
@@ -175,6 +207,33 @@ class DbReporter:
             events.publish(events.metrics_event(self.run_id, _dedupe(rows)))
         if progress:
             events.publish(events.progress_event(self.run_id, progress))
+
+
+LIVE_KEY = "live_samples"  # the run summary's key of `DbReporter.on_samples`
+LIVE_SAMPLES = 8  # samples kept
+LIVE_TEXT = 2000  # characters kept of each text field
+LIVE_EPOCHS = 50  # the student's outputs of the last this many epochs, per sample
+LIVE_FIELDS = ("prompt", "reference", "teacher", "student")
+
+
+def live_samples(raw: Any) -> list[dict[str, Any]]:
+    """The well-formed part of what a training process sent as live samples: dicts with an
+    integer index and text fields (cut to LIVE_TEXT characters), at most LIVE_SAMPLES."""
+    if not isinstance(raw, list):
+        return []
+    out: list[dict[str, Any]] = []
+    for item in raw:
+        if len(out) == LIVE_SAMPLES:
+            break
+        if not isinstance(item, dict) or not isinstance(item.get("student"), str):
+            continue
+        index = item.get("index")
+        clean: dict[str, Any] = {"index": index if isinstance(index, int) else len(out)}
+        for field in LIVE_FIELDS:
+            value = item.get(field)
+            clean[field] = value[:LIVE_TEXT] if isinstance(value, str) else None
+        out.append(clean)
+    return out
 
 
 def announce(run_id: int) -> None:

@@ -99,6 +99,9 @@ class _ParentCallbacks:
     def on_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.channel.call("on_epoch", [epoch, step, {k: float(v) for k, v in metrics.items()}])
 
+    def on_samples(self, epoch: int, samples: list[dict[str, Any]]) -> None:
+        self.channel.call("on_samples", [epoch, samples])
+
     def on_checkpoint(self, path: Path, step: int) -> None:
         self.channel.call("on_checkpoint", [str(path), step])  # uploaded before training goes on
 

@@ -642,6 +642,8 @@ def _reporting_handler(reporter: Any, checkpoint: Path) -> sandbox.Handler:
             reporter.on_start(int(args[0]), int(args[1]))
         elif name == "on_epoch":
             reporter.on_epoch(int(args[0]), int(args[1]), dict(args[2]))
+        elif name == "on_samples":
+            reporter.on_samples(int(args[0]), args[1])
         elif name == "on_checkpoint":
             if Path(args[0]) != checkpoint or not _plain_file(checkpoint):  # nothing else
                 raise ValueError(f"the training process sent an unexpected checkpoint {args[0]!r}")

@@ -4,7 +4,7 @@ and helpers for tests that drive the API and a real worker process."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +50,22 @@ def wait_status(api: TestClient, path: str, done: set[str], timeout: float = 600
 
 def wait_run(api: TestClient, run_id: int, timeout: float = 600) -> dict:
     return wait_status(api, f"/runs/{run_id}", {"succeeded", "failed", "cancelled"}, timeout)
+
+
+def wait_for(
+    api: TestClient, run_id: int, ready: Callable[[dict], bool], timeout: float = 600
+) -> dict:
+    """The run as soon as `ready(run)` holds; an AssertionError when it ends (or `timeout`
+    passes) first."""
+    deadline = time.time() + timeout
+    body: dict = {}
+    while time.time() < deadline:
+        body = api.get(f"/runs/{run_id}").json()
+        if ready(body):
+            return body
+        assert body["status"] not in ("succeeded", "failed", "cancelled"), body
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} never got there: {body}")
 
 
 def wait_step(api: TestClient, run_id: int, step: int, timeout: float = 600) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.integration.conftest import upload_lm_demo, wait_run
+from tests.integration.conftest import upload_lm_demo, wait_for, wait_run
 
 
 def test_the_catalog_offers_causal_lm(api: TestClient) -> None:
@@ -67,3 +67,17 @@ def test_lm_distillation_through_rest(api: TestClient, worker, tmp_path: Path) -
     samples = json.loads(raw.content)
     assert len(samples) == 4 and all(s["teacher"] and s["prompt"] for s in samples)
     assert [e["epoch"] for e in samples[0]["epochs"]] == [0, 1]
+
+    # a longer run shows the continuations while it trains: after its first epoch the run's
+    # summary holds them (from the training process, through the worker), and a cancelled run
+    # keeps them
+    r = api.post("/runs", json={**body, "name": "lm-live", "training": {**body["training"], "epochs": 50}})  # fmt: skip
+    assert r.status_code == 201, r.text
+    run = wait_for(api, r.json()["id"], lambda b: "live_samples" in b["summary"])
+    assert api.post(f"/runs/{run['id']}/cancel").status_code == 202
+    live = run["summary"]["live_samples"]
+    assert live["epoch"] >= 0 and len(live["samples"]) == 4
+    assert all(s["prompt"] and s["teacher"] and isinstance(s["student"], str) for s in live["samples"])  # fmt: skip
+    assert [s["teacher"] for s in live["samples"]] == [s["teacher"] for s in samples]
+    done = wait_run(api, run["id"])
+    assert done["status"] == "cancelled" and "live_samples" in done["summary"]

@@ -352,6 +352,56 @@ def test_cli_runs_wait_prints_progress_from_the_stream(live: Live) -> None:
     assert f"run {run_id} succeeded: 100%" in result.stderr
 
 
+SAMPLES = [
+    {"index": 0, "prompt": "Return a new", "reference": " list", "teacher": " list of",
+     "student": " the the"},
+    {"index": 1, "prompt": "Open the", "reference": " file", "teacher": " file and",
+     "student": " and and"},
+]  # fmt: skip
+
+
+def test_live_samples_reach_rest_and_the_cli_while_the_run_trains(live: Live) -> None:
+    """A language model's continuations after each epoch (`DbReporter.on_samples`, as the
+    training process sends them) are in the run's summary over REST, merged epoch by epoch and
+    bounded, and `runs wait` and `runs show` print them while the run trains."""
+    from worker.reporting import LIVE_SAMPLES, LIVE_TEXT, DbReporter
+
+    run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
+    reporter = DbReporter(run_id, "unused", WORKER)
+    hostile = [*SAMPLES, "not a sample", {"index": 9, "student": 5}]
+    hostile += [{"index": 10 + i, "student": "x" * (LIVE_TEXT * 3)} for i in range(20)]
+    reporter.on_samples(0, hostile)
+    later = [{**s, "student": s["teacher"]} for s in SAMPLES]  # epoch 1: it learnt
+    api = Client(live.url, live.token)
+    live_now = api.run(run_id).summary["live_samples"]
+    assert live_now["epoch"] == 0 and len(live_now["samples"]) == LIVE_SAMPLES
+    assert live_now["samples"][0] == {**SAMPLES[0], "epochs": [{"epoch": 0, "student": " the the"}]}
+    assert all(len(s["student"]) <= LIVE_TEXT for s in live_now["samples"])
+
+    listening = _listeners(run_id) + 1
+
+    def worker() -> None:
+        _subscribed(run_id, listening)
+        reporter.on_samples(1, later)
+        _publish_progress(run_id, 50, 100)  # epoch 1 has begun
+        _finish(run_id)
+
+    threading.Thread(target=worker, daemon=True).start()
+    result = _cli(live, "runs", "wait", str(run_id), "--poll", "3600")
+    assert result.exit_code == 0, result.output
+    assert "samples after epoch 1:" in result.stderr, result.stderr
+    assert "samples after epoch 0:" in result.stderr and "student: the the" in result.stderr
+    assert "teacher: list of" in result.stderr and "student: list of" in result.stderr
+
+    summary = api.run(run_id).summary["live_samples"]
+    assert summary["epoch"] == 1
+    assert [e["epoch"] for e in summary["samples"][0]["epochs"]] == [0, 1]
+    assert [e["student"] for e in summary["samples"][1]["epochs"]] == [" and and", " file and"]
+    shown = _cli(live, "runs", "show", str(run_id))
+    assert shown.exit_code == 0, shown.output
+    assert "samples after epoch 1:" in shown.stdout and "prompt:  Open the" in shown.stdout
+
+
 @contextmanager
 def _older_server() -> Iterator[str]:
     """The API as it was before live events (no `/runs/{id}/events`), served by uvicorn."""

@@ -251,6 +251,7 @@ def live_panel(run_id: int, was_terminal: bool) -> None:
         _progress(run)
         frame = load_metrics(api, run_id, full=was_terminal)
         _charts(frame, run)
+        _live_samples(run)
         _log(run, frame)
         if page_run[0] or run.is_terminal or st.session_state.get(no_stream):
             return  # the timed refresh runs the fragment next
@@ -260,6 +261,29 @@ def live_panel(run_id: int, was_terminal: bool) -> None:
 
     _panel()
     page_run[0] = False
+
+
+LIVE_KEY = "live_samples"  # the summary key the worker writes them under (worker/reporting.py)
+
+
+def _live_samples(run: Run) -> None:
+    """While a run trains (or after it failed): the task's samples of the student after its
+    latest epoch, a language model's continuations next to the teacher's, each with the
+    student's output after every epoch so far. A finished run shows its predictions instead."""
+    live = (run.summary or {}).get(LIVE_KEY)
+    if not isinstance(live, dict):
+        return
+    samples = predictions.text_rows(live.get("samples") or [])
+    if not samples:
+        return
+    epoch = live.get("epoch")
+    after = f" after epoch {epoch + 1}" if isinstance(epoch, int) else ""
+    with st.expander(
+        f"Teacher and student on validation samples{after}",
+        icon=":material/notes:",
+        expanded=not run.is_terminal,
+    ):
+        predictions.show_texts(samples)
 
 
 def epoch_scores(frame: pd.DataFrame) -> dict[int, float]:

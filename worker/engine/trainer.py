@@ -114,6 +114,10 @@ class Callbacks:
         """After each epoch (0-based): the task's val/* metrics (classification: val/top1,
         val/loss) and train/loss."""
 
+    def on_samples(self, epoch: int, samples: list[dict[str, Any]]) -> None:
+        """After `on_epoch`, when the task shows something of the student as it trains
+        (`Task.live_samples`: a language model's continuations next to the teacher's)."""
+
     def on_checkpoint(self, path: Path, step: int) -> None:
         """After a checkpoint was written."""
 
@@ -863,6 +867,10 @@ def _end_epoch(loop: _Loop, state: _State, val_data: Any) -> None:
     metrics = loop.validate(val_data) if len(val_data) and loop.rank == 0 else {}
     metrics["train/loss"] = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
     loop.cb.on_epoch(state.epoch, state.step, metrics)
+    if len(val_data) and loop.rank == 0:
+        samples = loop.task.live_samples(loop.student, val_data)
+        if samples:
+            loop.cb.on_samples(state.epoch, samples)
     state.history.append({"epoch": float(state.epoch), "step": float(state.step), **metrics})
     state.epoch, state.batch = state.epoch + 1, 0
     state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0

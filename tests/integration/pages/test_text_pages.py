@@ -251,6 +251,44 @@ def test_the_run_page_draws_the_task_metrics_and_both_continuations(studio: Stud
     assert list(by_epoch["student"]) == [" the the the", " jumps over the dog"]
 
 
+def test_the_run_page_shows_continuations_while_the_run_trains(studio: Studio) -> None:
+    """A causal-LM run in its third epoch: the live panel shows the samples the worker wrote
+    after epoch 2 (`live_samples`), the teacher's and the student's continuations side by side
+    and the student's after each epoch so far."""
+    from core.db import session_scope
+    from core.db.tables import Run
+
+    api = Client(studio.url, studio.token)
+    run_id = _lm_run(api, studio, "lm-live", [60.0, 40.0])
+    live = {
+        "epoch": 1,
+        "samples": [
+            {
+                "index": 0,
+                "prompt": "The quick brown fox",
+                "reference": " jumps over the lazy dog",
+                "teacher": " jumps over the lazy dog",
+                "student": " jumps over the fox",
+                "epochs": [
+                    {"epoch": 0, "student": " the the the"},
+                    {"epoch": 1, "student": " jumps over the fox"},
+                ],
+            }
+        ],
+    }
+    with session_scope() as session:
+        row = session.get(Run, run_id)
+        row.status, row.progress, row.epoch, row.summary = "running", 0.5, 2, {"live_samples": live}
+    at = _app(studio, "run.py", id=run_id)
+    assert not at.exception, [e.value for e in at.exception]
+    (panel,) = [e for e in at.expander if "validation samples" in e.label]
+    assert panel.label == "Teacher and student on validation samples after epoch 2"
+    shown = texts(panel.text)
+    assert "The quick brown fox" in shown
+    assert "jumps over the lazy dog\njumps over the fox" in shown  # teacher | student
+    assert list(panel.table[0].value["student"]) == [" the the the", " jumps over the fox"]
+
+
 def test_compare_ranks_text_runs_on_their_task_metrics(studio: Studio) -> None:
     api = Client(studio.url, studio.token)
     better = _lm_run(api, studio, "lm-better", [50.0, 30.0])

@@ -46,3 +46,6 @@ def test_the_lm_example_runs_standalone(tmp_path: Path) -> None:
     samples = json.loads((out / "predictions.json").read_text())
     assert len(samples) == 4 and {"prompt", "reference", "teacher", "student"} <= set(samples[0])
     assert [e["epoch"] for e in samples[0]["epochs"]] == [0]  # the one epoch's continuation
+    # and the terminal showed them as the epoch ended, the teacher's next to the student's
+    assert "samples after epoch 0:" in result.stderr, result.stderr
+    assert result.stderr.count("teacher: ") == result.stderr.count("student: ") == 4

@@ -296,6 +296,39 @@ class CausalLMTask(TextTask):
         ran on it (epoch 0, 1, ...; a resumed run's list starts at its resumed epoch)."""
         return list(self._epochs.get(student, []))
 
+    def live_samples(self, student: nn.Module, data: TokenData) -> list[dict[str, Any]]:
+        """The sample prompts with the reference, the teacher's continuation (generated once)
+        and the student's after its latest validation (`validate` records it)."""
+        latest = self.epoch_samples(student)
+        if not latest:
+            return []
+        teacher = self._teacher_continuations(data)
+        return [
+            {
+                "index": i,
+                "prompt": self._decode(data, prompt),
+                "reference": self._decode(data, reference),
+                "teacher": teacher[i] if i < len(teacher) else None,
+                "student": latest[-1][i],
+            }
+            for i, (prompt, reference) in enumerate(self.sample_prompts(data))
+            if i < len(latest[-1])
+        ]
+
+    def _teacher_continuations(self, data: TokenData) -> list[str]:
+        """The teacher's continuations of the sample prompts of `data`, generated once (no
+        teacher seen: none)."""
+        if self.teacher is None:
+            return []
+        if self._teacher_samples is None or self._teacher_samples[0] is not data:
+            was = self.teacher.training
+            self.teacher.eval()
+            try:
+                self._teacher_samples = (data, self._continuations(self.teacher, data))
+            finally:
+                self.teacher.train(was)
+        return self._teacher_samples[1]
+
     # -- samples and evaluation ---------------------------------------------------------------
     def sample_prompts(self, data: TokenData, n: int = SAMPLES) -> list[tuple[Tensor, Tensor]]:
         """(prompt ids, reference ids) of the first `n` rows: instruction data's prompt and
