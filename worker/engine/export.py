@@ -112,7 +112,29 @@ def export_program(
             ) from exc
     for node in program.graph.nodes:
         node.meta.pop("stack_trace", None)
+    _drop_inplace_detach(program)
     return program
+
+
+def _drop_inplace_detach(program: torch.export.ExportedProgram) -> None:
+    """Take out the `aten::detach_` calls torch.export keeps on tensors a model makes during its
+    forward (transformers' GPT-2 attention makes a constant this way): in an inference graph
+    they change no value, and the studio's loader refuses in-place view operators
+    (`operators.py`), so without this a text student's own .pt2 could not be uploaded again.
+    Each is replaced by its input."""
+    graph = program.graph_module.graph
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.detach_.default:
+            continue
+        if any(user.op == "output" for user in node.users):
+            continue  # the graph's output names it: left as it is
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.lint()
+        program.graph_module.recompile()
 
 
 def export_pt2(
