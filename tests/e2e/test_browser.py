@@ -169,6 +169,15 @@ def select(page: Any, label: str, option: str) -> None:
     settle(page)
 
 
+def select_typed(page: Any, label: str, option: str) -> None:
+    """`select`, typing `option` into the box first (a long list draws only its first items)."""
+    box = main(page).get_by_role("combobox", name=label, exact=True)
+    box.click()
+    box.press_sequentially(option)
+    page.get_by_role("option").filter(has_text=option).first.click()
+    settle(page)
+
+
 def multiselect_add(page: Any, label: str, option: str) -> None:
     box = main(page).get_by_role("combobox", name=label, exact=True)
     box.click()
@@ -455,6 +464,72 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
 
     assert teacher["id"] == run["teacher_model_id"]
     publish(shots)
+
+
+def test_text_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path) -> None:
+    """A language model through the pages: the demo causal LM (a Hugging Face checkpoint zip)
+    and its corpus uploaded over the API; New run adapts to the task (max length, the
+    teacher's blocks to map, text students, LM losses) and launches a 2-block student; the run
+    page shows perplexity and the teacher's and the student's continuations side by side."""
+    from tests.lm_helpers import lm_demo_files
+
+    http = _api(stack)
+    demo = lm_demo_files()
+    with demo.teacher.open("rb") as fh:
+        r = http.post(
+            "/models", files={"file": ("lm.zip", fh)}, data={"name": "lm-teacher", "format": "hf"}
+        )
+    assert r.status_code == 201, r.text
+    corpus = demo.write_text(tmp_path / "corpus.txt", 120)
+    with corpus.open("rb") as fh:
+        d = http.post("/datasets", files={"file": ("corpus.txt", fh)}, data={"name": "lm-corpus"})
+    assert d.status_code == 201, d.text
+    _ready(http, "models", "lm-teacher")
+    _ready(http, "datasets", "lm-corpus")
+
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.goto(stack["ui"])
+    main(page).get_by_label("Username", exact=True).fill(stack["username"])
+    main(page).get_by_label("Password", exact=True).fill(stack["password"])
+    click(page, "Log in")
+    heading(page, "Runs")
+
+    nav(page, "New run")
+    heading(page, "New run")
+    select(page, "Teacher", "lm-teacher")
+    select(page, "Dataset", "lm-corpus")
+    select(page, "Task", "Causal language modelling")
+    main(page).get_by_label("Run name", exact=True).fill("browser lm")
+    main(page).get_by_label("Run name", exact=True).press("Enter")
+    settle(page)
+    shows(page, "Layer mapping by blocks")  # the teacher's blocks, to map onto the student's
+    in_table(page, "transformer.h.3")
+    select_typed(page, "Student architecture", "hf_layers")
+    number(page, "max length", 32)
+    number(page, "Epochs", 2)
+    main(page).get_by_text("task: causal_lm").first.wait_for()
+    main(page).get_by_text("max_length: 32").first.wait_for()
+    shoot(page, "new_run_lm", max_height=4400)
+    click(page, "Launch run")
+
+    heading(page, "browser lm")
+    shows(page, "run #")
+    run_id = int(re.search(r"run #(\d+)", main(page).inner_text()).group(1))  # type: ignore[union-attr]
+    run = _wait_run(http, run_id)
+    assert run["status"] == "succeeded", run.get("error")
+    assert run["config"]["task"] == "causal_lm" and run["config"]["task_params"]["max_length"] == 32
+    shows(page, "Teacher and student on validation samples")
+    shows(page, "The student after each epoch")
+    text = main(page).inner_text()
+    assert "perplexity" in text.lower()
+    assert "Teacher" in text and "Student" in text
+    prompt = http.get(f"/runs/{run_id}/artifacts").json()
+    predictions = next(a for a in prompt if a["kind"] == "predictions")
+    first = http.get(f"/artifacts/{predictions['id']}/download").json()[0]
+    shows(page, first["prompt"].strip().splitlines()[0][:30])  # the sample itself, as text
+    shoot(page, "run_lm")
+    page.close()
 
 
 def publish(shots: list[Path], width: int = 1100) -> None:
