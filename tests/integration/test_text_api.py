@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.hf_helpers import folder_members, minilm_folder, tiny_members, write_zip
+from tests.hf_helpers import TINY_BERT, folder_members, minilm_folder, tiny_members, write_zip
 from tests.integration.conftest import wait_run, wait_status
 from tests.text_helpers import (
     CLASSIFIER_CONFIG,
@@ -210,3 +210,57 @@ def test_a_teacher_that_does_not_fit_the_text_task_fails_the_run_with_the_reason
     assert "BertForSequenceClassification" in done["error"]
     kinds = {a["kind"] for a in api.get(f"/runs/{r.json()['id']}/artifacts").json()}
     assert not kinds & {"student_safetensors", "evaluation", "predictions"}, kinds
+
+
+@pytest.mark.slow
+@pytest.mark.one_database
+def test_a_registered_student_with_its_own_tokenizer_through_rest(
+    api: TestClient, worker: Any, tmp_path: Path
+) -> None:
+    """Sentence embeddings from a word-level teacher into a registered student with a byte-level
+    BPE tokenizer of its own: the run trains it (its curve rises), and its Hugging Face export
+    carries its own tokenizer."""
+    import io
+    import zipfile
+
+    from worker.engine.tasks.text.lm_demo import train_tokenizer
+
+    texts = embedding_corpus(64)
+    words = word_tokenizer(texts)
+    teacher = {**TINY_BERT, "vocab_size": words.get_vocab_size(), "max_position_embeddings": 64}
+    teacher_zip = write_zip(
+        tmp_path / "teacher.zip",
+        {**tiny_members(teacher), "tokenizer.json": words.to_str().encode()},
+    )
+    bpe = train_tokenizer(texts, 300)
+    student_zip = write_zip(
+        tmp_path / "student.zip",
+        {
+            **tiny_members({**TINY_BERT, "vocab_size": 300, "max_position_embeddings": 64}, 1),
+            "tokenizer.json": bpe.to_str().encode(),
+        },
+    )
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    model_id, dataset_id = _upload(api, teacher_zip, corpus)
+    with student_zip.open("rb") as fh:
+        s = api.post("/models", files={"file": ("s.zip", fh)}, data={"name": "s", "format": "hf"})
+    assert s.status_code == 201, s.text
+    assert wait_status(api, f"/models/{s.json()['id']}", {"ready", "failed"})["status"] == "ready"
+    body = {
+        "name": "own-tokenizer",
+        "task": "sentence_embedding",
+        "task_params": {"max_length": 32},
+        "teacher": {"model_id": model_id},
+        "dataset": {"dataset_id": dataset_id, "val_fraction": 0.25},
+        "student": {"source": "model", "model": {"model_id": s.json()["id"]}},
+        "losses": [{"name": "embedding_mse"}, {"name": "embedding_cosine"}],
+        "training": {**TRAINING, "epochs": 2, "batch_size": 16, "lr": 0.003},
+    }
+    done = _run(api, worker, body)
+    cosine = api.get(f"/runs/{done['id']}/metrics").json()["series"]["val/cosine"]["values"]
+    assert len(cosine) == 2 and cosine[-1] > cosine[0]
+    arts = {a["kind"]: a for a in api.get(f"/runs/{done['id']}/artifacts").json()}
+    raw = api.get(f"/artifacts/{arts['student_hf']['id']}/download").content
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        assert json.loads(zf.read("tokenizer.json"))["model"]["type"] == "BPE"

@@ -300,7 +300,41 @@ def _model_student(teacher: Model | None, models: dict[int, Model]) -> tuple[dic
     )
     if teacher is not None and model_id == teacher.id:
         st.caption("The student starts as a copy of the teacher.")
+    elif teacher is not None and teacher.format == models[model_id].format == "hf":
+        _tokenizer_note(teacher.id, model_id)
     return {"source": "model", "model": {"model_id": model_id}}, models[model_id].name
+
+
+def _tokenizer_vocab(model_id: int) -> int | None:
+    """A Hugging Face model's tokenizer vocabulary, from its inspection (None: unknown)."""
+    detail = ui.fetch(ui.client().model, model_id, stop=False)
+    extra = (detail.inspection.model_extra or {}) if detail and detail.inspection else {}
+    found = extra.get("tokenizer_vocab_size")
+    return int(found) if isinstance(found, int) else None
+
+
+def _tokenizer_note(teacher_id: int, student_id: int) -> None:
+    """When the student's tokenizer is not the teacher's (their vocabularies differ): what the
+    chosen text task does with it (sentence embeddings re-tokenise each batch for it; the other
+    text tasks refuse it)."""
+    mine, theirs = _tokenizer_vocab(teacher_id), _tokenizer_vocab(student_id)
+    if mine is None or theirs is None or mine == theirs:
+        return
+    sizes = f"{theirs:,} tokens against the teacher's {mine:,}"
+    if st.session_state.get("nr_task") == "sentence_embedding":
+        st.info(
+            f"The student has a tokenizer of its own ({sizes}): it reads each batch "
+            "re-tokenised with it, and only losses on the sentence embeddings (embedding_mse, "
+            "embedding_cosine) compare it to the teacher; no layer pairs.",
+            icon=":material/translate:",
+        )
+    else:
+        st.warning(
+            f"The student's tokenizer is not the teacher's ({sizes}): this task compares the "
+            "two token by token, so the run would be refused. Pick a student that shares the "
+            "teacher's tokenizer, or the sentence_embedding task.",
+            icon=":material/warning:",
+        )
 
 
 def _task(catalog: Catalog, dataset: int | None) -> str:

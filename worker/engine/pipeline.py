@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.catalog.losses import LOSSES
 from core.config import RunConfig
 from core.hf import text_task_refusal
 from core.teacher_cache import cache_enabled, cache_key, cache_problem, per_epoch
@@ -414,7 +415,24 @@ def _inputs(
     # built from the training split: a student calibrated on data (hf_pruned) never sees the
     # validation rows
     student = build_run_student(config, teacher, train_data, student_path, task)
+    _check_own_tokenizer(config, student)
     return task, teacher, data, student, train_data, val_data
+
+
+def _check_own_tokenizer(config: RunConfig, student: nn.Module | None) -> None:
+    """A student reading its own tokenizer's ids (`Retokenizer`) has other tokens than the
+    teacher: only losses on the models' outputs (sentence embeddings) compare the two, no
+    layer pairs."""
+    if getattr(student, "retokenize", None) is None:
+        return
+    paired = [s.name for s in config.losses if s.name in LOSSES and LOSSES[s.name].needs_pairs]
+    if config.layer_pairs or paired:
+        raise IncompatibleDataError(
+            "the student has its own tokenizer, so its tokens are not the teacher's: only "
+            "losses on the sentence embeddings (embedding_mse, embedding_cosine) compare the "
+            f"two; remove {', '.join(paired) or 'the layer pairs'} (or use a student that "
+            "shares the teacher's tokenizer)"
+        )
 
 
 def _other_ranks(

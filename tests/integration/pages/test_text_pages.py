@@ -128,6 +128,37 @@ def test_new_run_shows_the_task_params_text_column_text_students_and_lm_losses(
     assert at.text_input(key="nr_text_column").value == "story"
 
 
+def test_new_run_says_what_a_student_with_its_own_tokenizer_means(studio: Studio) -> None:
+    """Two BERT encoders with tokenizers of 40 and 60 words: for sentence embeddings the page
+    says the student reads each batch re-tokenised (embedding losses only); for a task that
+    compares tokens it warns that the run would be refused."""
+    from tests.hf_helpers import TINY_BERT
+    from tests.text_helpers import word_tokenizer
+    from worker.engine.hf_teacher import inspect_hf
+
+    api = Client(studio.url, studio.token)
+    ids = []
+    for name, words in (("bert-40", 40), ("bert-60", 60)):
+        tok = word_tokenizer([" ".join(f"w{i}" for i in range(words))])
+        members = {**tiny_members(TINY_BERT), "tokenizer.json": tok.to_str().encode()}
+        path = write_zip(studio.env.data_dir / f"{name}.zip", members)
+        model = api.upload_model(path, name)
+        update("Model", model.id, status="ready", inspection=inspect_hf(path))
+        ids.append(model.id)
+    at = _app(studio, "new_run.py")
+    at.selectbox(key="nr_teacher").set_value(ids[0]).run()
+    at.selectbox(key="nr_task").set_value("sentence_embedding").run()
+    at.radio(key="nr_student_source").set_value("model").run()
+    at.selectbox(key="nr_student_model").set_value(ids[1]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    note = texts(at.info)
+    assert "tokenizer of its own (64 tokens against the teacher's 44)" in note
+    assert "re-tokenised" in note
+    at.selectbox(key="nr_task").set_value("text_classification").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "the run would be refused" in texts(at.warning)
+
+
 LM_SUMMARY = {  # what CausalLMTask.evaluate reports (its samples go to predictions.json)
     "teacher_perplexity": 21.5,
     "student_perplexity": 34.25,

@@ -6,6 +6,7 @@ MiniLM, to stay fast), one epoch, and the studio's artifacts and the task's figu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,72 @@ def test_the_sentence_embedding_example_runs(tmp_path: Path) -> None:
     top1, top5 = evaluation["neighbour_top1"], evaluation["neighbour_top5"]
     assert 0 <= top1 <= top5 <= 1  # type: ignore[operator]
     assert evaluation["student_flops"] > 0  # type: ignore[operator]  # measured on token ids
+
+
+def test_a_sentence_embedding_student_with_its_own_tokenizer(tmp_path: Path) -> None:
+    """A registered student whose tokenizer is not the teacher's (a byte-level BPE against the
+    teacher's word-level one) learns the teacher's sentence embeddings: it reads each batch
+    re-tokenised with its own tokenizer, and its Hugging Face export carries that tokenizer. A
+    loss on token-level features (layer pairs) is refused for it, saying why."""
+    import zipfile
+
+    import torch
+    import transformers
+
+    from worker.engine.tasks.text.lm_demo import train_tokenizer
+
+    texts = embedding_corpus(96)
+    words = word_tokenizer(texts)
+    teacher = {**TINY_BERT, "vocab_size": words.get_vocab_size(), "max_position_embeddings": 64}
+    write_zip(
+        tmp_path / "teacher.zip",
+        {**tiny_members(teacher), "tokenizer.json": words.to_str().encode()},
+    )
+    bpe = train_tokenizer(texts, 300)
+    student = {**TINY_BERT, "vocab_size": 300, "max_position_embeddings": 64}
+    write_zip(
+        tmp_path / "student.zip",
+        {**tiny_members(student, seed=1), "tokenizer.json": bpe.to_str().encode()},
+    )
+    (tmp_path / "sentences.txt").write_text("\n".join(texts) + "\n")
+    doc = {
+        "name": "own-tokenizer",
+        "task": "sentence_embedding",
+        "task_params": {"max_length": 32},
+        "teacher": {"path": "teacher.zip", "format": "hf"},
+        "dataset": {"path": "sentences.txt", "val_fraction": 0.25},
+        "student": {"source": "model", "model": {"path": "student.zip", "format": "hf"}},
+        "losses": [{"name": "embedding_mse"}, {"name": "embedding_cosine"}],
+        "training": {
+            "epochs": 3, "batch_size": 16, "optimizer": "adamw", "lr": 0.003, "device": "cpu",
+            "export_onnx": False,
+        },
+    }  # fmt: skip
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["train", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    losses = [float(v) for v in re.findall(r"train/loss=([0-9.]+)", result.output)]
+    cosines = [float(v) for v in re.findall(r"val/cosine=([-0-9.]+)", result.output)]
+    print("own tokenizer: train/loss", losses, "val/cosine", cosines)
+    assert len(losses) == 3 and losses[-1] < losses[0]  # it learns through its own tokens
+    assert cosines[-1] > cosines[0]
+    assert -1 <= evaluation["cosine"] <= 1
+    with zipfile.ZipFile(out / "student_hf.zip") as zf:
+        shipped = json.loads(zf.read("tokenizer.json"))
+    assert shipped["model"]["type"] == "BPE"  # the student's tokenizer, not the teacher's
+    folder = tmp_path / "student_hf"
+    zipfile.ZipFile(out / "student_hf.zip").extractall(folder)
+    model = transformers.AutoModel.from_pretrained(folder)
+    assert model.config.vocab_size == 300
+    ids = torch.tensor([bpe.encode(texts[0]).ids])
+    assert model(input_ids=ids).last_hidden_state.shape[-1] == TINY_BERT["hidden_size"]
+
+    doc["losses"] = [{"name": "hidden_mse"}]
+    doc["layer_pairs"] = [{"teacher": "encoder.layer.1", "student": "encoder.layer.1"}]
+    config.write_text(yaml.safe_dump(doc))
+    refused = CliRunner().invoke(app, ["train", str(config), "--out", str(tmp_path / "out2")])
+    assert refused.exit_code != 0
+    assert "its own tokenizer" in refused.output and "hidden_mse" in refused.output

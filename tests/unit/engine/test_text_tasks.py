@@ -25,7 +25,7 @@ from worker.engine.losses.base import StepOutputs
 from worker.engine.tasks import IncompatibleDataError, build_task, dataset_task
 from worker.engine.tasks.text.classification import agreement
 from worker.engine.tasks.text.embedding import mean_cosine, neighbour_agreement
-from worker.engine.tasks.text.models import PAD, Output, TokenModel, unwrap
+from worker.engine.tasks.text.models import PAD, Output, TokenModel, plain, unwrap
 from worker.engine.tasks.text.students import (
     TextStudentError,
     build_text_student,
@@ -223,14 +223,36 @@ def test_empty_texts_are_refused_naming_the_line(tmp_path: Path) -> None:
     assert csv_rows.texts == ["w1 w2", "w3"]  # a blank line is no row in a csv
 
 
-def test_a_student_checkpoint_with_another_tokenizer_is_refused(tmp_path: Path) -> None:
+def test_a_student_with_another_tokenizer_reads_the_batch_retokenised(tmp_path: Path) -> None:
+    """Sentence embeddings (text-level outputs) take a student with its own tokenizer: it
+    reads each batch of the teacher's ids decoded and encoded with its tokenizer, exactly what
+    its tokenizer makes of the text; its exports read its own ids. A task whose losses compare
+    tokens (classification logits per token set, LM logits) refuses it, saying why."""
     data_file = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in TEXTS])
-    task, _, _ = _fit("sentence_embedding", tmp_path, BERT4, data_file)
+    task, _, data = _fit("sentence_embedding", tmp_path, BERT4, data_file)
     same = load_hf(checkpoint(tmp_path, BERT4, "same.zip", seed=1))
-    assert isinstance(task.adapt_model(same.module, same), TokenModel)
-    other = load_hf(checkpoint(tmp_path, BERT4, "o.zip", tok=word_tokenizer(WORDS[::-1])))
+    shared = task.adapt_model(same.module, same)
+    assert isinstance(shared, TokenModel) and shared.retokenize is None
+    reversed_words = word_tokenizer(WORDS[::-1])
+    other = load_hf(checkpoint(tmp_path, BERT4, "o.zip", tok=reversed_words))
+    student = task.adapt_model(other.module, other)
+    assert isinstance(student, TokenModel) and student.retokenize is not None
+    batch = task.batch(data, torch.arange(4), torch.device("cpu")).inputs
+    theirs = student.retokenize(batch)
+    for row, text in zip(theirs, TEXTS[:4], strict=True):
+        assert [int(t) for t in row if t >= 0] == reversed_words.encode(text).ids
+    assert not torch.equal(theirs[:, : batch.shape[1]], batch)  # other ids for the same words
+    own = plain(student)
+    assert own.retokenize is None and own.hf is student.hf
+    with torch.no_grad():
+        assert torch.allclose(student.eval()(batch), own.eval()(theirs), atol=1e-6)
+    assert task.export_module(student, (16,)).retokenize is None
+
+    labelled = _write_labelled(tmp_path / "l.jsonl", ["pos", "neg"] * 6)
+    cls_task, _, _ = _fit("text_classification", tmp_path, BERT_CLS, labelled)
+    other_cls = load_hf(checkpoint(tmp_path, BERT_CLS, "oc.zip", tok=reversed_words))
     with pytest.raises(IncompatibleDataError, match="tokenizer differs from the teacher's"):
-        task.adapt_model(other.module, other)
+        cls_task.adapt_model(other_cls.module, other_cls)
 
 
 def test_models_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:

@@ -6,6 +6,11 @@ A subclass names its `kind` (the upload it reads: classification, lm, instructio
 it takes several), its model `output` ("logits", "mean_pool"), its targets (`targets`), and its
 validation and evaluation.
 
+Both models read the teacher's tokenisation: a `source: model` student whose tokenizer maps
+tokens to other ids is refused, except on a task whose losses compare text-level outputs
+(sentence embeddings, `output` "mean_pool"), where it reads each batch re-tokenised with its
+own tokenizer (`models.Retokenizer`) and is exported with it.
+
 Task parameters (catalog `tasks`, run config `task_params`): `max_length`, the longest row in
 tokens (refused when longer than the teacher's positions; rows cut to it are counted in
 `TokenData.truncated`).
@@ -14,6 +19,7 @@ tokens (refused when longer than the teacher's positions; rows cut to it are cou
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,7 +38,7 @@ from worker.engine.tasks.text.data import (
     read_text_dataset,
     tokenize,
 )
-from worker.engine.tasks.text.models import PAD, Output, TokenModel
+from worker.engine.tasks.text.models import PAD, Output, Retokenizer, TokenModel, plain
 
 if TYPE_CHECKING:
     from core.config import DatasetRef
@@ -78,6 +84,15 @@ def limits_of(limits: dict[str, Any]) -> TextLimits:
     return TextLimits(**fields)
 
 
+def same_tokenizer(teacher: Any, other: Any) -> bool:
+    """Whether `other` (a tokenizers.Tokenizer, or None) maps every token to the teacher's id."""
+    if other is None:
+        return False
+    return bool(
+        teacher.get_vocab(with_added_tokens=True) == other.get_vocab(with_added_tokens=True)
+    )
+
+
 def check_same_tokenizer(teacher: Any, other: Any) -> None:
     """Refuses a model whose tokenizer (`tokenizers.Tokenizer`) is missing or maps tokens to
     other ids than the teacher's: the data is tokenised once, with the teacher's tokenizer, and
@@ -98,10 +113,10 @@ def check_same_tokenizer(teacher: Any, other: Any) -> None:
     raise IncompatibleDataError(
         f"the student's tokenizer differs from the teacher's ({len(theirs)} vs {len(mine)} "
         f"tokens; e.g. {', '.join(f'{t!r}: {i}' for t, i in differ)}): the two models would "
-        "read the same ids as different text. Distil between models that share a tokenizer "
-        "(e.g. a hf_layers or hf_config student built from the teacher); only losses on "
-        "text-level outputs (sentence embeddings) could compare models with different "
-        "tokenizers, and this studio feeds both models one tokenisation"
+        "read the same ids as different text, and this task's losses compare them token by "
+        "token. Distil between models that share a tokenizer (e.g. a hf_layers or hf_config "
+        "student built from the teacher); only the sentence_embedding task, whose losses "
+        "compare text-level outputs, takes a student with its own tokenizer"
     )
 
 
@@ -142,10 +157,28 @@ class TextTask(Task):
                 f"{loaded.format}"
             )
         if loaded is not None and self.tokenizer is not None:
+            if self.output == "mean_pool" and not same_tokenizer(self.tokenizer, loaded.tokenizer):
+                return self._retokenized(module, loaded)
             check_same_tokenizer(self.tokenizer, loaded.tokenizer)
         if isinstance(module, TokenModel):
             return module
         return TokenModel(module, self.output)
+
+    def _retokenized(self, module: nn.Module, loaded: LoadedModel) -> TokenModel:
+        """A student with a tokenizer of its own, on a task whose losses compare text-level
+        outputs (sentence embeddings): it reads each batch re-tokenised with its tokenizer, at
+        most the task's max length (or its positions)."""
+        if loaded.tokenizer is None:
+            check_same_tokenizer(self.tokenizer, None)  # refuses, saying why
+        positions = int(loaded.input_shape[0]) if loaded.input_shape else self.max_length()
+        bridge = Retokenizer(self.tokenizer, loaded.tokenizer, min(self.max_length(), positions))
+        hf = module.hf if isinstance(module, TokenModel) else module
+        return TokenModel(hf, self.output, bridge)
+
+    def export_module(self, student: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+        """The student reading its own token ids (`models.plain`: without the re-tokenising a
+        student with its own tokenizer does in training)."""
+        return plain(student)
 
     def build_student(
         self, architecture: str, kwargs: dict[str, Any], teacher: LoadedModel, data: Any
@@ -171,6 +204,9 @@ class TextTask(Task):
         from worker.engine.tasks.text.export_hf import export_hf
 
         classes = getattr(getattr(data, "text", None), "classes", None)
+        bridge = getattr(student, "retokenize", None)
+        if bridge is not None:  # its own tokenizer, not the teacher's
+            return export_hf(student, out_dir, bridge.target, None, classes)
         return export_hf(student, out_dir, teacher.tokenizer, Path(teacher_path), classes)
 
     def max_length(self) -> int:
