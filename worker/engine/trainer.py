@@ -868,7 +868,7 @@ def _end_epoch(loop: _Loop, state: _State, val_data: Any) -> None:
     metrics["train/loss"] = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
     loop.cb.on_epoch(state.epoch, state.step, metrics)
     if len(val_data) and loop.rank == 0:
-        samples = loop.task.live_samples(loop.student, val_data)
+        samples = loop.task.live_samples(loop.student, val_data, state.epoch)
         if samples:
             loop.cb.on_samples(state.epoch, samples)
     state.history.append({"epoch": float(state.epoch), "step": float(state.step), **metrics})

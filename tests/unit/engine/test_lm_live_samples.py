@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from worker.engine.schemes import build_scheme
-from worker.engine.trainer import Callbacks, train
+from worker.engine.trainer import Callbacks, Cancelled, train
 
 from .lm_support import gpt2_student, lm_config, lm_run
 
@@ -55,4 +55,35 @@ def test_each_epoch_reports_the_teachers_and_the_students_continuations(tmp_path
 def test_a_task_without_live_samples_reports_none(tmp_path: Path) -> None:
     from worker.engine.tasks import build_task
 
-    assert build_task("classification").live_samples(gpt2_student(), []) == []
+    assert build_task("classification").live_samples(gpt2_student(), [], 0) == []
+
+
+class StopAfterFirstEpoch(Recorder):
+    def should_stop(self) -> bool:
+        return any(kind == "samples" for kind, _, _ in self.calls)
+
+
+def test_a_resumed_run_numbers_its_epochs_from_where_it_resumed(tmp_path: Path) -> None:
+    """Stopped after epoch 0 and resumed from its checkpoint in a fresh task (as a new worker
+    process would): the resumed run reports epoch 1's samples as epoch 1, and its evaluation's
+    per-epoch continuations say epoch 1, not 0."""
+    config = lm_config("offline", losses=[{"name": "kd"}])
+    checkpoint = tmp_path / "checkpoint.pt"
+    task, teacher, train_data, val_data = lm_run(tmp_path)
+    first = StopAfterFirstEpoch()
+    with pytest.raises(Cancelled):
+        train(
+            config, teacher.module, train_data, val_data, student=gpt2_student(), task=task,
+            scheme=build_scheme(config.scheme), callbacks=first, checkpoint_path=checkpoint,
+        )  # fmt: skip
+    assert [(kind, epoch) for kind, epoch, _ in first.calls] == [("epoch", 0), ("samples", 0)]
+
+    task, teacher, train_data, val_data = lm_run(tmp_path)  # a new process
+    again = Recorder()
+    result = train(
+        config, teacher.module, train_data, val_data, student=gpt2_student(), task=task,
+        scheme=build_scheme(config.scheme), callbacks=again, checkpoint_path=checkpoint,
+    )  # fmt: skip
+    assert [(kind, epoch) for kind, epoch, _ in again.calls] == [("epoch", 1), ("samples", 1)]
+    samples = task.evaluate(teacher.module.eval(), result.student.eval(), val_data)["samples"]
+    assert [e["epoch"] for e in samples[0]["epochs"]] == [1]

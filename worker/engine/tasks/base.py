@@ -142,10 +142,11 @@ class Task(ABC):
         {dimension: `torch.export.Dim`} (a text task: the sequence length); none by default."""
         return {}
 
-    def live_samples(self, student: nn.Module, data: Any) -> list[dict[str, Any]]:
+    def live_samples(self, student: nn.Module, data: Any, epoch: int) -> list[dict[str, Any]]:
         """What the run page shows of the student while it trains, after the validation of
-        each epoch (a language model: the teacher's and the student's continuations of the
-        sample prompts, side by side); JSON-ready, a few small items; none by default."""
+        epoch `epoch` (0-based; a resumed run's first is the epoch it resumed at): a language
+        model's continuations of the sample prompts next to the teacher's; JSON-ready, a few
+        small items; none by default."""
         return []
 
     def inspect_output(self, output_shape: list[int] | None) -> dict[str, Any]:

@@ -163,6 +163,8 @@ class CausalLMTask(TextTask):
         self._epochs: weakref.WeakKeyDictionary[nn.Module, list[list[str]]] = (
             weakref.WeakKeyDictionary()
         )
+        # the epoch of each of those validations, where the trainer said (`live_samples`)
+        self._numbers: weakref.WeakKeyDictionary[nn.Module, list[int]] = weakref.WeakKeyDictionary()
 
     # -- data ---------------------------------------------------------------------------------
     def kind_of(self, path: Path) -> TextKind:
@@ -296,12 +298,16 @@ class CausalLMTask(TextTask):
         ran on it (epoch 0, 1, ...; a resumed run's list starts at its resumed epoch)."""
         return list(self._epochs.get(student, []))
 
-    def live_samples(self, student: nn.Module, data: TokenData) -> list[dict[str, Any]]:
+    def live_samples(self, student: nn.Module, data: TokenData, epoch: int) -> list[dict[str, Any]]:
         """The sample prompts with the reference, the teacher's continuation (generated once)
-        and the student's after its latest validation (`validate` records it)."""
+        and the student's after its latest validation (`validate` records it), which was
+        epoch `epoch`'s (kept: the evaluation's samples number the epochs with it)."""
         latest = self.epoch_samples(student)
         if not latest:
             return []
+        numbers = self._numbers.setdefault(student, [])
+        numbers += [-1] * (len(latest) - len(numbers))
+        numbers[-1] = epoch
         teacher = self._teacher_continuations(data)
         return [
             {
@@ -408,6 +414,12 @@ class CausalLMTask(TextTask):
         t_text = self._continuations(teacher, data)
         s_text = self._continuations(student, data)
         epochs = self.epoch_samples(student)
+        told = self._numbers.get(student, [])
+        numbers = (
+            told
+            if len(told) == len(epochs) and all(n >= 0 for n in told)
+            else list(range(len(epochs)))
+        )  # a resumed run's epochs go on from the one it resumed at
         samples = []
         for i, (prompt, reference) in enumerate(self.sample_prompts(data)):
             samples.append(
@@ -420,7 +432,7 @@ class CausalLMTask(TextTask):
                     "student": s_text[i],
                     "epochs": [
                         {"epoch": e, "student": texts[i]}
-                        for e, texts in enumerate(epochs)
+                        for e, texts in zip(numbers, epochs, strict=True)
                         if i < len(texts)
                     ],
                 }
