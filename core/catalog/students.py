@@ -429,9 +429,21 @@ STUDENTS: dict[str, StudentEntry] = {
                 param(
                     "intermediate", "int", 0, "MLP inner width; 0 = half the teacher's.", 0, 262144
                 ),
+                param(
+                    "size",
+                    "choice",
+                    "none",
+                    "A preset from the BERT miniatures (Turc et al. 2019): tiny 2 blocks x 128, "
+                    "mini 4 x 256, small 4 x 512, medium 8 x 512, heads of 64 channels and an "
+                    "MLP 4x as wide; the sizes above, where not 0, override it (sentence "
+                    "embeddings keep the teacher's hidden width unless `hidden` is given).",
+                    choices=("none", "tiny", "mini", "small", "medium"),
+                ),
             ),
             paper="Jiao et al. TinyBERT: Distilling BERT for Natural Language Understanding. "
-            "Findings of EMNLP 2020 (a narrower student of the teacher's kind)",
+            "Findings of EMNLP 2020 (a narrower student of the teacher's kind); Turc et al. "
+            "Well-Read Students Learn Better: On the Importance of Pre-training Compact "
+            "Models. 2019 (the size presets)",
             kind="text",
             family="hf_config",
             implementation="worker.engine.tasks.text.students:hf_config",

@@ -47,6 +47,9 @@ def test_the_catalog_offers_the_text_tasks(api: TestClient) -> None:
     image = tasks["classification"]["extra"]
     assert not {"hf_layers", "hf_config"} & set(image["students"])
     assert not {"embedding_mse", "embedding_cosine"} & set(image["losses"])
+    students = {s["name"]: s for s in api.get("/catalog").json()["students"]}
+    (size,) = [p for p in students["hf_config"]["params"] if p["name"] == "size"]
+    assert size["choices"] == ["none", "tiny", "mini", "small", "medium"]
 
 
 def _upload(api: TestClient, model: Path, data: Path) -> tuple[int, int]:

@@ -95,6 +95,12 @@ def test_new_run_shows_the_task_params_text_column_text_students_and_lm_losses(
     assert any(o.endswith("(hf_layers)") for o in students)
     assert any(o.endswith("(hf_config)") for o in students)
     assert not any(o.endswith("(resnet8)") for o in students)
+    at.selectbox(key="nr_student").set_value("hf_config").run()
+    size = at.selectbox(key="nr_student.hf_config.size")
+    assert size.options == ["none", "tiny", "mini", "small", "medium"]
+    size.set_value("tiny").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "size: tiny" in texts(at.code) or '"size": "tiny"' in texts(at.code)
     at.selectbox(key="nr_student").set_value("hf_layers").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(str(w.key).startswith("nr_student.hf_layers.") for w in at.number_input)

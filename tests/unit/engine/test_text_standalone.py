@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,6 @@ def test_a_sentence_embedding_student_with_its_own_tokenizer(tmp_path: Path) -> 
     teacher's word-level one) learns the teacher's sentence embeddings: it reads each batch
     re-tokenised with its own tokenizer, and its Hugging Face export carries that tokenizer. A
     loss on token-level features (layer pairs) is refused for it, saying why."""
-    import zipfile
-
     import torch
     import transformers
 
@@ -139,3 +138,28 @@ def test_a_sentence_embedding_student_with_its_own_tokenizer(tmp_path: Path) -> 
     refused = CliRunner().invoke(app, ["train", str(config), "--out", str(tmp_path / "out2")])
     assert refused.exit_code != 0
     assert "its own tokenizer" in refused.output and "hidden_mse" in refused.output
+
+
+def test_a_bert_miniature_student_from_a_size_preset(tmp_path: Path) -> None:
+    """`student: {architecture: hf_config, kwargs: {size: tiny}}` on a causal LM: a fresh
+    2-block, 128-wide GPT-2 (Turc et al.'s BERT-Tiny shape, of the teacher's type) is trained
+    and exported so."""
+    from tests.unit.engine.lm_support import lm_run
+
+    lm_run(tmp_path)  # writes the tiny GPT-2 teacher (teacher0.zip) and corpus.txt
+    doc = {
+        "task": "causal_lm",
+        "task_params": {"max_length": 24},
+        "teacher": {"path": "teacher0.zip", "format": "hf"},
+        "dataset": {"path": "corpus.txt"},
+        "student": {"architecture": "hf_config", "kwargs": {"size": "tiny"}},
+        "losses": [{"name": "kd"}],
+        "training": {"epochs": 1, "batch_size": 8, "device": "cpu", "export_onnx": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))
+    summary = _train(tmp_path / "run.yaml", tmp_path / "out")
+    assert summary["student_params"] > summary["teacher_params"]  # 128 wide against 16
+    with zipfile.ZipFile(tmp_path / "out" / "student_hf.zip") as zf:
+        config = json.loads(zf.read("config.json"))
+    assert (config["model_type"], config["n_layer"], config["n_embd"]) == ("gpt2", 2, 128)
+    assert config["n_head"] == 2 and config["n_inner"] == 512

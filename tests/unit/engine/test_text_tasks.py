@@ -136,6 +136,27 @@ def test_hf_config_is_a_fresh_narrower_model_of_the_teachers_type(
         build_text_student("hf_config", {"hidden": 10, "heads": 3}, teacher, output)
 
 
+def test_hf_config_sizes_start_at_the_bert_miniatures(tmp_path: Path) -> None:
+    """`size` presets (Turc et al. 2019): tiny = 2 blocks x 128 with 2 heads and a 512 MLP, of
+    the teacher's type and vocabulary; an explicit size overrides the preset's; a preset
+    deeper than the teacher is refused."""
+    teacher = loaded(tmp_path, BERT4, "mean_pool")
+    tiny = build_text_student("hf_config", {"size": "tiny"}, teacher, "mean_pool")
+    c = unwrap(tiny).config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads) == (2, 128, 2)
+    assert c.intermediate_size == 512 and c.vocab_size == unwrap(teacher.module).config.vocab_size
+    assert tiny.arch_kwargs == {  # type: ignore[attr-defined]
+        "layers": 2, "hidden": 128, "heads": 2, "intermediate": 512, "size": "tiny",
+    }  # fmt: skip
+    assert tiny(torch.tensor([[5, 6, PAD]])).shape == (1, 128)
+    one = build_text_student("hf_config", {"size": "mini", "layers": 1}, teacher, "mean_pool")
+    assert (unwrap(one).config.num_hidden_layers, unwrap(one).config.hidden_size) == (1, 256)
+    with pytest.raises(TextStudentError, match="layers 8 is more than the teacher's 4"):
+        build_text_student("hf_config", {"size": "medium"}, teacher, "mean_pool")
+    with pytest.raises(TextStudentError, match="size 'huge' is not one of"):
+        build_text_student("hf_config", {"size": "huge"}, teacher, "mean_pool")
+
+
 # --------------------------------------------------------------------------------------------
 # tasks: fitting, batching, refusals
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ architecture, shallower or narrower, tokenised with the teacher's tokenizer.
   `round(linspace(0, L - 1, layers))` of the teacher's L blocks, so any depth can be asked for.
 - `hf_config`: a fresh (randomly initialised) config of the teacher's model type, narrower and
   shallower: `layers`, `hidden`, `heads`, `intermediate` (0: half the teacher's), same vocabulary,
-  positions and head (classes), so the teacher's tokenizer and labels still apply.
+  positions and head (classes), so the teacher's tokenizer and labels still apply. `size` starts
+  them at a preset of the BERT miniatures (Turc et al. 2019: tiny, mini, small, medium; `SIZES`).
 
 Model types name their sizes differently (BERT `num_hidden_layers`, GPT-2 `n_layer`, DistilBERT
 `n_layers`); transformers' own `attribute_map` translates the standard names, so nothing here is
@@ -59,9 +60,36 @@ def hf_config(
     hidden: int = 0,
     heads: int = 0,
     intermediate: int = 0,
+    size: str = "none",
 ) -> nn.Module:
     """The catalog's builder: refuses (built by `build_text_student` from the teacher)."""
     return _refuse_without_teacher("hf_config")
+
+
+# hf_config's `size` presets: the BERT miniatures of Turc et al. 2019 (blocks, hidden width),
+# with heads of 64 channels and an MLP 4x as wide
+SIZES: dict[str, tuple[int, int]] = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+}
+
+
+def preset_sizes(kwargs: dict[str, Any]) -> dict[str, int]:
+    """hf_config's sizes: the `size` preset's where it names one, each replaced by the explicit
+    size where that is not 0."""
+    size = str(kwargs.get("size") or "none")
+    if size != "none" and size not in SIZES:
+        raise TextStudentError(f"hf_config: size {size!r} is not one of none, {', '.join(SIZES)}")
+    layers, hidden = SIZES.get(size, (0, 0))
+    preset = {
+        "layers": layers,
+        "hidden": hidden,
+        "heads": hidden // 64,
+        "intermediate": 4 * hidden,
+    }
+    return {k: int(kwargs.get(k) or 0) or v for k, v in preset.items()}
 
 
 def hf_pruned(
@@ -234,9 +262,9 @@ def build_text_student(
         built, picked = layer_student(hf, layers)
         arch_kwargs: dict[str, Any] = {"layers": layers}
     elif architecture == "hf_config":
-        built, picked = config_student(hf, kwargs), []
-        arch_kwargs = {k: int(kwargs.get(k) or 0) for k in ("layers", "hidden", "heads")}
-        arch_kwargs["intermediate"] = int(kwargs.get("intermediate") or 0)
+        sizes = preset_sizes(kwargs)
+        built, picked = config_student(hf, sizes), []
+        arch_kwargs = {**sizes, "size": str(kwargs.get("size") or "none")}
     else:
         raise TextStudentError(
             f"'{architecture}' is not a text student ({', '.join(TEXT_STUDENTS)})"
