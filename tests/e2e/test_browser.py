@@ -169,6 +169,13 @@ def select(page: Any, label: str, option: str) -> None:
     settle(page)
 
 
+def log_in(page: Any, stack: dict[str, Any]) -> None:
+    """Fill in the login form with the stack's first admin and press Log in."""
+    main(page).get_by_label("Username", exact=True).fill(stack["username"])
+    main(page).get_by_label("Password", exact=True).fill(stack["password"])
+    click(page, "Log in")
+
+
 def select_typed(page: Any, label: str, option: str) -> None:
     """`select`, typing `option` into the box first (a long list draws only its first items)."""
     box = main(page).get_by_role("combobox", name=label, exact=True)
@@ -309,9 +316,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     main(page).get_by_label("Username", exact=True).wait_for()
     settle(page)
     shots.append(shoot(page, "login"))
-    main(page).get_by_label("Username", exact=True).fill(stack["username"])
-    main(page).get_by_label("Password", exact=True).fill(stack["password"])
-    click(page, "Log in")
+    log_in(page, stack)
     heading(page, "Runs")
 
     # -- upload a teacher (.pt2) through the Models page; its page waits for the inspection -----
@@ -454,9 +459,7 @@ def test_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: Path)
     other = browser.new_page(viewport=VIEWPORT)
     other.set_default_timeout(UI_TIMEOUT_MS)
     other.goto(f"{stack['ui']}/compare?comparison={shared['id']}")
-    main(other).get_by_label("Username", exact=True).fill(stack["username"])
-    main(other).get_by_label("Password", exact=True).fill(stack["password"])
-    click(other, "Log in")
+    log_in(other, stack)
     heading(other, "Compare runs")
     main(other).get_by_role("heading", name="Config differences").wait_for()
     shows(other, f"#{run_id} browser kd+at")
@@ -490,9 +493,7 @@ def test_text_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: 
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(UI_TIMEOUT_MS)
     page.goto(stack["ui"])
-    main(page).get_by_label("Username", exact=True).fill(stack["username"])
-    main(page).get_by_label("Password", exact=True).fill(stack["password"])
-    click(page, "Log in")
+    log_in(page, stack)
     heading(page, "Runs")
 
     nav(page, "New run")

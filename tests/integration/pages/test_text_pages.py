@@ -297,22 +297,9 @@ def test_the_run_page_shows_continuations_while_the_run_trains(studio: Studio) -
 
     api = Client(studio.url, studio.token)
     run_id = _lm_run(api, studio, "lm-live", [60.0, 40.0])
-    live = {
-        "epoch": 1,
-        "samples": [
-            {
-                "index": 0,
-                "prompt": "The quick brown fox",
-                "reference": " jumps over the lazy dog",
-                "teacher": " jumps over the lazy dog",
-                "student": " jumps over the fox",
-                "epochs": [
-                    {"epoch": 0, "student": " the the the"},
-                    {"epoch": 1, "student": " jumps over the fox"},
-                ],
-            }
-        ],
-    }
+    sample = {**LM_SAMPLES[0], "student": " jumps over the fox"}  # as after epoch 2 of 3
+    sample["epochs"] = [{"epoch": 0, "student": " the the the"}, {"epoch": 1, "student": " jumps over the fox"}]  # fmt: skip
+    live = {"epoch": 1, "samples": [sample]}
     with session_scope() as session:
         row = session.get(Run, run_id)
         row.status, row.progress, row.epoch, row.summary = "running", 0.5, 2, {"live_samples": live}
