@@ -511,7 +511,7 @@ def test_text_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: 
     number(page, "Epochs", 2)
     main(page).get_by_text("task: causal_lm").first.wait_for()
     main(page).get_by_text("max_length: 32").first.wait_for()
-    shoot(page, "new_run_lm", max_height=4400)
+    shots = [shoot(page, "new_run_lm", max_height=4400)]
     click(page, "Launch run")
 
     heading(page, "browser lm")
@@ -529,8 +529,9 @@ def test_text_pages_in_a_browser(stack: dict[str, Any], browser: Any, tmp_path: 
     predictions = next(a for a in prompt if a["kind"] == "predictions")
     first = http.get(f"/artifacts/{predictions['id']}/download").json()[0]
     shows(page, first["prompt"].strip().splitlines()[0][:30])  # the sample itself, as text
-    shoot(page, "run_lm")
+    shots.append(shoot(page, "run_lm"))
     page.close()
+    publish(shots)
 
 
 def publish(shots: list[Path], width: int = 1100) -> None:
