@@ -198,15 +198,6 @@ def sample_lines(epoch: int | None, samples: Any) -> list[str]:
     return lines
 
 
-def _live_samples(run: Run) -> tuple[int | None, list[Any]]:
-    """(epoch, samples) of the run's live samples (`live_samples` in its summary), if any."""
-    live = (run.summary or {}).get("live_samples")
-    if not isinstance(live, dict) or not isinstance(live.get("samples"), list):
-        return None, []
-    epoch = live.get("epoch")
-    return (epoch if isinstance(epoch, int) else None), live["samples"]
-
-
 def _follow_run(api: Client, run_id: int, poll: float, timeout: float | None, quiet: bool) -> Run:
     last = [""]
     shown: list[int | None] = [None]  # the epoch whose samples were printed
@@ -216,7 +207,7 @@ def _follow_run(api: Client, run_id: int, poll: float, timeout: float | None, qu
         if not quiet and line != last[0]:
             typer.echo(line, err=True)
             last[0] = line
-        epoch, samples = _live_samples(run)
+        epoch, samples = run.live_samples()
         if not quiet and samples and epoch != shown[0]:
             typer.echo("\n".join(sample_lines(epoch, samples)), err=True)
             shown[0] = epoch
@@ -278,7 +269,7 @@ def _show_run(run: Run, as_json: bool) -> None:
         typer.echo(f"\n{run.waiting}")
     if run.error:
         typer.echo(f"\nerror: {run.error}")
-    epoch, samples = _live_samples(run)
+    epoch, samples = run.live_samples()
     if samples:
         typer.echo("\n" + "\n".join(sample_lines(epoch, samples)))
     if run.summary:

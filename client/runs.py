@@ -19,6 +19,7 @@ from core.trained_models import trained_models
 
 TERMINAL_RUN_STATES = ("succeeded", "failed", "cancelled")
 WAITING_KEY = "waiting"  # core.jobs.WAITING_KEY (the SDK does not import Celery)
+LIVE_SAMPLES_KEY = "live_samples"  # worker.reporting.LIVE_KEY: samples while a run trains
 PLAN_TIMEOUT_S = 150.0  # past the server's own limit (DS_INSPECT_TIMEOUT_S), so its message wins
 
 
@@ -83,6 +84,16 @@ class Run(Out):
         worker gpu@box:12)", or for a worker with that many GPUs: `worker/gpus.py`)."""
         note = self.summary.get(WAITING_KEY) if self.status == "queued" else None
         return str(note) if note else None
+
+    def live_samples(self) -> tuple[int | None, list[Any]]:
+        """(epoch, samples) the worker keeps in the summary while the run trains
+        (`live_samples`: a language model's continuations next to the teacher's after that
+        epoch, 0-based); (None, []) when it has none."""
+        live = (self.summary or {}).get(LIVE_SAMPLES_KEY)
+        if not isinstance(live, dict) or not isinstance(live.get("samples"), list):
+            return None, []
+        epoch = live.get("epoch")
+        return (epoch if isinstance(epoch, int) else None), live["samples"]
 
     def trained_models(self) -> list[dict[str, Any]]:
         """Every model the run trained, from its summary (`core.trained_models`): label

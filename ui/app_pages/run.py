@@ -263,20 +263,14 @@ def live_panel(run_id: int, was_terminal: bool) -> None:
     page_run[0] = False
 
 
-LIVE_KEY = "live_samples"  # the summary key the worker writes them under (worker/reporting.py)
-
-
 def _live_samples(run: Run) -> None:
     """While a run trains (or after it failed): the task's samples of the student after its
     latest epoch, a language model's continuations next to the teacher's, each with the
     student's output after every epoch so far. A finished run shows its predictions instead."""
-    live = (run.summary or {}).get(LIVE_KEY)
-    if not isinstance(live, dict):
-        return
-    samples = predictions.text_rows(live.get("samples") or [])
+    epoch, raw = run.live_samples()
+    samples = predictions.text_rows(raw)
     if not samples:
         return
-    epoch = live.get("epoch")
     after = f" after epoch {epoch + 1}" if isinstance(epoch, int) else ""
     with st.expander(
         f"Teacher and student on validation samples{after}",

@@ -411,7 +411,8 @@ class CausalLMTask(TextTask):
     ) -> list[dict[str, Any]]:
         """The sample prompts with the reference and both models' continuations, and the
         student's after each epoch."""
-        t_text = self._continuations(teacher, data)
+        same = teacher is self.teacher  # the run's teacher: its continuations were made once
+        t_text = self._teacher_continuations(data) if same else self._continuations(teacher, data)
         s_text = self._continuations(student, data)
         epochs = self.epoch_samples(student)
         told = self._numbers.get(student, [])
