@@ -114,6 +114,56 @@ def check_pair(
     return message
 
 
+# -- attention inside a paired layer (attention_kl, minilm_relations) ---------------------------
+
+ATTENTION_PROJECTIONS = (  # query, key, value children by architecture family
+    ("query", "q_lin", "q_proj"),  # BERT and RoBERTa; DistilBERT; Llama, Mistral, Qwen2
+    ("key", "k_lin", "k_proj"),
+    ("value", "v_lin", "v_proj"),
+)
+FUSED_ATTENTION = ("c_attn", "qkv", "qkv_proj", "query_key_value", "Wqkv")  # one projection
+
+
+def attention_children(children: Sequence[str]) -> dict[str, str] | None:
+    """The child names of a module's query/key/value projections by role ("q", "k", "v"), or
+    {"qkv": name} for one fused projection; None when the children hold no attention."""
+    fused = next((n for n in FUSED_ATTENTION if n in children), None)
+    if fused is not None:
+        return {"qkv": fused}
+    found = {
+        role: next((n for n in names if n in children), None)
+        for role, names in zip("qkv", ATTENTION_PROJECTIONS, strict=True)
+    }
+    if any(name is None for name in found.values()):
+        return None
+    return {role: name for role, name in found.items() if name is not None}
+
+
+def attention_problem(inspection: dict[str, Any], path: str, side: str) -> str | None:
+    """None when the layer `path` of an inspection's layer table is, or holds, an attention
+    with query/key/value projections (what attention_kl and minilm_relations read); else why
+    not, naming the layers that would do. The engine's reader finds the same attention
+    (`losses.attention`)."""
+    paths = [row["path"] for row in inspection.get("layers", [])]
+    children: dict[str, list[str]] = {}
+    for p in paths:
+        parent, _, name = p.rpartition(".")
+        children.setdefault(parent, []).append(name)
+    holders = [
+        parent
+        for parent, names in children.items()
+        if attention_children(names) is not None and parent  # the model itself is no layer
+    ]
+    if any(h == path or h.startswith(f"{path}.") for h in holders):
+        return None
+    outermost = [h for h in holders if not any(h.startswith(f"{o}.") for o in holders)]
+    hint = f" such as {', '.join(outermost[:3])}" if outermost else ""
+    return (
+        f"the {side} layer '{path}' holds no attention with query/key/value projections; pair "
+        f"a transformer block or its attention module{hint}"
+    )
+
+
 def _is_map(shape: Sequence[int] | None) -> bool:
     """A 4-D feature map (N, C, H, W): [C, H, W] without the batch."""
     return shape is not None and len(shape) == 3

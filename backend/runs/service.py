@@ -47,6 +47,7 @@ from core import (
     pairing,  # torch-free, like config and catalog
 )
 from core.catalog.augment import image_ops_problem
+from core.catalog.losses import LOSSES
 from core.catalog.schemes import peer_layers
 from core.clock import utcnow
 from core.config import RunConfig, StudentSpec
@@ -216,19 +217,29 @@ def student_inspection(
 
 
 def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[str, Any]) -> None:
-    """Every pair names existing layers that can be matched; 422 listing each problem."""
+    """Every pair names existing layers that can be matched, holding an attention where a loss
+    reads one (attention_kl, minilm_relations); 422 listing each problem."""
     problems: list[tuple[str, str, list[str | int]]] = []
+    attention = _attention_readers(config)
     for i, pair in enumerate(config.layer_pairs):
         where = f"layer_pairs[{i}]"
         t_layer = s_layer = None
-        try:
-            t_layer = pairing.find_layer(teacher, pair.teacher, "teacher")
-        except ValueError as exc:
-            problems.append((f"{where}.teacher", str(exc), ["body", "layer_pairs", i, "teacher"]))
-        try:
-            s_layer = pairing.find_layer(student, pair.student, "student")
-        except ValueError as exc:
-            problems.append((f"{where}.student", str(exc), ["body", "layer_pairs", i, "student"]))
+        for side, inspection, path in (
+            ("teacher", teacher, pair.teacher),
+            ("student", student, pair.student),
+        ):
+            loc: list[str | int] = ["body", "layer_pairs", i, side]
+            try:
+                row = pairing.find_layer(inspection, path, side)
+            except ValueError as exc:
+                problems.append((f"{where}.{side}", str(exc), loc))
+                continue
+            if side == "teacher":
+                t_layer = row
+            else:
+                s_layer = row
+            if i in attention and (why := pairing.attention_problem(inspection, path, side)):
+                problems.append((f"{where}.{side}", f"{why} ({attention[i]} reads it)", loc))
         if t_layer is not None and s_layer is not None:
             message = pairing.check_pair(
                 t_layer, s_layer, tap=pair.tap, student=student, task=config.task
@@ -237,6 +248,20 @@ def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[
                 problems.append((where, message, ["body", "layer_pairs", i]))
     if problems:
         raise InvalidMany(problems)
+
+
+def _attention_readers(config: RunConfig) -> dict[int, str]:
+    """The layer pairs a loss reads attention from (`LossEntry.reads_attention`), each with the
+    first such loss's name."""
+    readers: dict[int, str] = {}
+    for spec in config.losses:
+        entry = LOSSES.get(spec.name)
+        if entry is None or not entry.reads_attention:
+            continue
+        pairs = range(len(config.layer_pairs)) if spec.pairs is None else spec.pairs
+        for j in pairs:
+            readers.setdefault(j, spec.name)
+    return readers
 
 
 def check_peer_layers(layers: list[str], student: dict[str, Any]) -> None:

@@ -24,13 +24,16 @@ class LossEntry(Entry):
     - `default_weight`: the weight the New run form starts at (the paper's or reference
       implementation's setting, cited in `help`); a run config without a weight still means 1;
     - `aux_modules`: the loss's own trainable submodules (connectors, regressors,
-      auto-encoders), trained by the optimizer and saved in checkpoints.
+      auto-encoders), trained by the optimizer and saved in checkpoints;
+    - `reads_attention`: each paired layer must be, or hold, an attention with query/key/value
+      projections (`core.pairing.attention_problem`).
     """
 
     needs_pairs: bool = False
     min_pairs: int = 0
     default_weight: float = 1.0
     aux_modules: tuple[str, ...] = ()
+    reads_attention: bool = False
 
     def fewest_pairs(self) -> int:
         """The layer pairs a run must give this loss at least."""
@@ -41,6 +44,7 @@ class LossEntry(Entry):
             "default_weight": self.default_weight,
             "min_pairs": self.fewest_pairs(),
             "aux_modules": list(self.aux_modules),
+            "reads_attention": self.reads_attention,
         }
 
 
@@ -741,6 +745,7 @@ LOSSES: dict[str, LossEntry] = {
             "NeurIPS 2020)",
             kind="relation",
             needs_pairs=True,
+            reads_attention=True,
             implementation="worker.engine.losses.attention_kl:AttentionKL",
         ),
         LossEntry(
@@ -768,6 +773,7 @@ LOSSES: dict[str, LossEntry] = {
             "Transformers. Findings of ACL 2021",
             kind="relation",
             needs_pairs=True,
+            reads_attention=True,
             implementation="worker.engine.losses.minilm:MiniLMRelations",
         ),
         LossEntry(

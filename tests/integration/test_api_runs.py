@@ -207,6 +207,66 @@ def test_layer_pairs_are_checked_against_both_inspections(api, studio_env) -> No
     assert body["suggested_pairs"] and {"teacher", "student"} <= body["suggested_pairs"][0].keys()
 
 
+def _vit_inspection(blocks: int) -> dict[str, Any]:
+    """A ViT-like classifier's layer table: blocks.i with attn (a fused qkv) and mlp."""
+    tokens = [17, 32]
+    rows = [{"path": "patch_embed", "type": "Linear", "output_shape": tokens}]
+    for i in range(blocks):
+        b = f"blocks.{i}"
+        rows += [
+            {"path": f"{b}.norm1", "type": "LayerNorm", "output_shape": tokens},
+            {"path": f"{b}.attn.qkv", "type": "Linear", "output_shape": [17, 96]},
+            {"path": f"{b}.attn.proj", "type": "Linear", "output_shape": tokens},
+            {"path": f"{b}.attn", "type": "Attention", "output_shape": tokens},
+            {"path": f"{b}.mlp.fc1", "type": "Linear", "output_shape": [17, 64]},
+            {"path": f"{b}.mlp", "type": "Mlp", "output_shape": tokens},
+            {"path": b, "type": "Block", "output_shape": tokens},
+        ]
+    rows.append({"path": "head", "type": "Linear", "output_shape": [4]})
+    layers = [{"input_shape": None, "params": 10, "stage": None, **row} for row in rows]
+    return {**TEACHER_INSPECTION, "layers": layers, "stages": []}
+
+
+def test_attention_losses_need_pairs_that_hold_an_attention(api, studio_env) -> None:
+    """attention_kl and minilm_relations read Q/K/V inside each pair they read: a pair without
+    an attention (an MLP, here) is a 422 naming the side and the layers that would do, before
+    anything is queued; another loss may still read that pair."""
+    teacher = ready_model(api, inspection=_vit_inspection(4))
+    student = ready_model(api, "student", inspection=_vit_inspection(2))
+    dataset_id = ready_dataset(api)
+
+    def post(pairs: list[dict[str, str]], losses: list[dict[str, Any]]) -> Any:
+        spec = {"source": "model", "model": {"model_id": student}}
+        config = run_config(teacher, dataset_id, student=spec, layer_pairs=pairs, losses=losses)
+        return api.post("/runs", json=config)
+
+    mlp = {"teacher": "blocks.3.mlp", "student": "blocks.1.mlp"}
+    block = {"teacher": "blocks.1", "student": "blocks.0"}
+    refused = post([block, mlp], [{"name": "ce"}, {"name": "attention_kl"}])
+    assert refused.status_code == 422, refused.text
+    errors = refused.json()["errors"]
+    assert [e["loc"] for e in errors] == [
+        ["body", "layer_pairs", 1, "teacher"],
+        ["body", "layer_pairs", 1, "student"],
+    ]
+    assert errors[0]["msg"] == (
+        "the teacher layer 'blocks.3.mlp' holds no attention with "
+        "query/key/value projections; pair a transformer block or its attention module such as "
+        "blocks.0.attn, blocks.1.attn, blocks.2.attn (attention_kl reads it)"
+    ), errors[0]
+    assert (
+        "minilm_relations reads it"
+        in post([mlp], [{"name": "ce"}, {"name": "minilm_relations"}]).json()["detail"]
+    )
+    assert row_count("Run") == 0
+
+    # hidden_mse reads the MLP pair, minilm_relations only the blocks (its `pairs`)
+    losses = [{"name": "hidden_mse"}, {"name": "minilm_relations", "pairs": [0]}]
+    assert post([block, mlp], losses).status_code == 201
+    attention_module = {"teacher": "blocks.2.attn", "student": "blocks.1.attn"}
+    assert post([attention_module], [{"name": "attention_kl"}]).status_code == 201
+
+
 def test_no_worker_or_no_broker_is_503(api, studio_env, monkeypatch) -> None:
     """No worker: 202 (nothing saved) until the inspection limit passes, then 503 naming the
     limit; no broker: 503 at once. Nothing is saved either way."""

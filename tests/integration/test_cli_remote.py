@@ -243,6 +243,17 @@ def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- not a mapping")
     assert "one run config" in cli("runs", "create", "-f", str(bad), code=2).stderr
+    attention = {
+        **config,
+        "student": {"source": "model", "model": {"model_id": pushed["id"]}},
+        "layer_pairs": [{"teacher": "fc", "student": "fc"}],
+        "losses": [{"name": "ce"}, {"name": "attention_kl"}],
+    }
+    bad.write_text(yaml.safe_dump(attention))
+    refused = cli("runs", "create", "-f", str(bad), code=1).stderr
+    assert (
+        "error (422): layer_pairs[0].teacher: the teacher layer 'fc' holds no attention" in refused
+    ), refused
     assert cli("models", "delete", str(pushed["id"]), code=1).stderr.startswith(
         "error (409): model"
     )

@@ -117,6 +117,11 @@ def test_loss_aux_modules_are_the_engine_modules_with_parameters(name: str) -> N
         [nn.Conv2d(4, 8, 3), nn.Conv2d(8, 16, 3)],
         [nn.Conv2d(4, 16, 3), nn.Conv2d(16, 32, 3)],
     )
+    if entry.reads_attention:  # a paired layer must hold query/key/value projections
+        s_mods, t_mods = (
+            [nn.ModuleDict({r: nn.Linear(w, w) for r in ("query", "key", "value")}) for w in ws]
+            for ws in ((8, 16), (16, 32))
+        )
     n = len(pairs)
     ctx = LossContext(
         10,

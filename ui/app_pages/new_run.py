@@ -534,6 +534,33 @@ def pair_problems(plan: Plan, pairs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def attention_problems(
+    plan: Plan, pairs: list[dict[str, Any]], losses: list[dict[str, Any]], catalog: Catalog
+) -> list[str]:
+    """The pairs a chosen loss reads an attention from (`reads_attention` in the catalog:
+    attention_kl, minilm_relations) whose layer holds none, as "pair i: ..."; the API's check
+    at launch (`core.pairing.attention_problem`)."""
+    sides = {
+        "teacher": plan.teacher.model_dump(mode="json"),
+        "student": plan.student.model_dump(mode="json"),
+    }
+    readers: dict[int, str] = {}
+    for loss in losses:
+        entry = catalog.loss(loss["name"])
+        if entry is None or not entry.extra.get("reads_attention"):
+            continue
+        chosen = loss.get("pairs")
+        for i in range(len(pairs)) if chosen is None else chosen:
+            readers.setdefault(i, loss["name"])
+    problems = []
+    for i, name in sorted(readers.items()):
+        for side, inspection in sides.items():
+            path = pairs[i].get(side) if i < len(pairs) else None
+            if path and (why := pairing.attention_problem(inspection, path, side)):
+                problems.append(f"pair {i}: {why} ({name} reads it)")
+    return problems
+
+
 def _fitting(student: dict[str, Any], teacher_layer: dict[str, Any], tap: str) -> str:
     """The deepest student layers a connector could match to `teacher_layer`."""
     key = "input_shape" if tap == "input" else "output_shape"
@@ -1282,6 +1309,8 @@ if not planned:
 
 st.subheader("4 · Losses")
 losses = _losses(catalog)
+if planned and (plan := _plan()) is not None:
+    pair_errors += attention_problems(plan, _pairs(), losses, catalog)
 
 st.subheader("5 · Training")
 training, misc = _training(catalog, ready.get(teacher_id) if teacher_id else None)

@@ -507,6 +507,18 @@ def test_new_run_student_model_and_pairs_that_cannot_fit(studio: Studio) -> None
     at.session_state["nr_pairs"] = [{"teacher": "layer2", "student": "layer2", "tap": "output"}]
     at.text_input(key="nr_name").set_value("from-a-model").run()
     assert "cannot fit" not in texts(at.warning)
+
+    # a loss that reads attention, on CNN stages: refused before the launch, as the API would
+    at.multiselect(key="nr_losses").set_value(["ce", "kd", "attention_kl"]).run()
+    errors = texts(at.error)
+    for side in ("teacher", "student"):
+        assert (
+            f"layer_pairs: pair 0: the {side} layer 'layer2' holds no attention with "
+            "query/key/value projections; pair a transformer block or its attention module "
+            "(attention_kl reads it)" in errors
+        ), errors
+    assert not [b for b in at.button if b.key == "nr_launch"]
+    at.multiselect(key="nr_losses").set_value(["ce", "kd"]).run()
     at.button(key="nr_launch").click().run()
     assert not at.exception and not at.error, texts(at.error)
     student = _run_named(studio, "from-a-model").config["student"]

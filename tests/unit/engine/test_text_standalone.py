@@ -57,6 +57,21 @@ def test_the_text_classification_example_runs(tmp_path: Path) -> None:
     samples = json.loads((tmp_path / "out/predictions.json").read_text())
     assert samples[0]["label"] in ("email", "asyncio")
 
+    # attention_kl on a pair whose teacher layer holds no attention: refused before training
+    doc = yaml.safe_load((tmp_path / "text_classification_run.yaml").read_text())
+    doc["layer_pairs"] = [
+        {"teacher": "bert.encoder.layer.1.output", "student": "bert.encoder.layer.1"}
+    ]
+    doc["losses"].append({"name": "attention_kl"})
+    (tmp_path / "attention.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "refused"
+    refused = CliRunner().invoke(
+        app, ["train", str(tmp_path / "attention.yaml"), "--out", str(out)]
+    )
+    assert refused.exit_code == 1, refused.output
+    assert "teacher layer 'bert.encoder.layer.1.output' holds no attention" in refused.output
+    assert not (out / "checkpoint.pt").exists() and not (out / "student.safetensors").exists()
+
 
 def test_the_sentence_embedding_example_runs(tmp_path: Path) -> None:
     (tmp_path / "demo").mkdir()

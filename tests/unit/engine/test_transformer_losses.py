@@ -134,11 +134,13 @@ def test_attention_kl_averages_heads_when_their_counts_differ() -> None:
     assert value.item() == pytest.approx(want, rel=1e-5)
 
 
-def test_a_pair_without_attention_is_named_when_the_loss_runs() -> None:
-    loss = _built("attention_kl", nn.Linear(2, 2), nn.Linear(2, 2), ((2,), (2,)))
-    f = torch.zeros(1, 2)
+@pytest.mark.parametrize("name", ["attention_kl", "minilm_relations"])
+def test_a_pair_without_attention_is_refused_when_the_loss_is_built(name: str) -> None:
+    """Before training starts (the trainer builds the losses first), naming the layer."""
     with pytest.raises(ValueError, match="student layer 's.attn' holds no attention"):
-        loss(StepOutputs(f, f, torch.zeros(1), [f], [f]))
+        _built(name, nn.Linear(2, 2), ToyAttention(), ((2,), (2, 2)))
+    with pytest.raises(ValueError, match="teacher layer 't.attn' holds no attention"):
+        _built(name, ToyAttention(), nn.Sequential(nn.Linear(2, 2)), ((2, 2), (2,)))
 
 
 def test_relation_heads_must_divide_the_widths() -> None:
@@ -381,6 +383,20 @@ def test_the_readers_attention_is_the_models_own(kind: str) -> None:
     theirs = out.attentions[1]
     real = mask[:, None, :, None].expand_as(mine)
     torch.testing.assert_close(mine[real], theirs[real], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", [*MODELS, *OTHERS])
+def test_the_apis_attention_check_agrees_with_the_reader(kind: str) -> None:
+    """`core.pairing.attention_problem`, the API's check on a layer table before a run is
+    queued, refuses exactly the layers in which the engine's reader finds no attention."""
+    from worker.engine.losses.attention import AttentionReader
+
+    modules = {path: m for path, m in _model(kind).named_modules() if path}
+    table = {"layers": [{"path": path} for path in modules]}
+    for path, module in modules.items():
+        api_ok = pairing.attention_problem(table, path, "teacher") is None
+        assert api_ok == (AttentionReader(module, path).problem is None), path
+    assert pairing.attention_problem(table, _block(kind, 1), "teacher") is None
 
 
 # ---- through the trainer ---------------------------------------------------------------------

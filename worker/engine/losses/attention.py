@@ -9,7 +9,8 @@ Reading Q, K, V (`AttentionReader`): a layer pair names a transformer block or i
 module; the reader finds inside it the first module with query/key/value projections: children
 `query`/`key`/`value` (BERT, RoBERTa), `q_lin`/`k_lin`/`v_lin` (DistilBERT),
 `q_proj`/`k_proj`/`v_proj` (Llama, Mistral, Qwen2), or one fused projection `c_attn` (GPT-2) /
-`qkv` (the zoo's ViT) whose output splits in three equal parts. Forward hooks on the projections
+`qkv` (the zoo's ViT) whose output splits in three equal parts (`core.pairing.attention_children`,
+which the API also uses to refuse a pair without attention before a run is queued). Forward hooks on the projections
 keep their outputs of the latest forward, and a pre-hook on the attention module keeps the rotary
 `position_embeddings` (cos, sin) the Llama family passes it, so queries and keys are rotated as
 the model rotates them. Heads: the module's `head_dim` / `attention_head_size`, else its width
@@ -28,12 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-PROJECTIONS = (  # query, key, value children by architecture family
-    ("query", "q_lin", "q_proj"),
-    ("key", "k_lin", "k_proj"),
-    ("value", "v_lin", "v_proj"),
-)
-FUSED_NAMES = ("c_attn", "qkv", "qkv_proj", "query_key_value", "Wqkv")
+from core.pairing import attention_children
+
 HEAD_COUNTS = ("num_attention_heads", "num_heads", "n_heads", "n_head", "heads")
 HEAD_DIMS = ("head_dim", "attention_head_size")
 
@@ -82,15 +79,9 @@ def _find(module: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]] | None:
     """The first module (itself included) with q/k/v projections, and them by role."""
     for sub in module.modules():
         children = dict(sub.named_children())
-        fused = next((children[n] for n in FUSED_NAMES if n in children), None)
-        if fused is not None:
-            return sub, {"qkv": fused}
-        found = {
-            role: next((children[n] for n in names if n in children), None)
-            for role, names in zip("qkv", PROJECTIONS, strict=True)
-        }
-        if all(m is not None for m in found.values()):
-            return sub, {role: m for role, m in found.items() if m is not None}
+        roles = attention_children(list(children))
+        if roles is not None:
+            return sub, {role: children[name] for role, name in roles.items()}
     return None
 
 
@@ -124,13 +115,17 @@ class AttentionReader:
             handles.append(found[0].register_forward_pre_hook(_keep_rotary(ref), with_kwargs=True))
         weakref.finalize(self, _remove, handles)
 
-    def projections(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The projections' outputs [N, L, D_q], [N, L, D_k], [N, L, D_v] of the last forward."""
+    def check(self) -> None:
+        """ValueError naming the layer when it holds no attention."""
         if self.problem:
             raise ValueError(
                 f"{self.problem}; pair a transformer block (e.g. encoder.layer.3, "
                 "model.layers.3) or its attention module"
             )
+
+    def projections(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The projections' outputs [N, L, D_q], [N, L, D_k], [N, L, D_v] of the last forward."""
+        self.check()
         if "qkv" in self.captured:
             q, k, v = self.captured["qkv"].chunk(3, dim=-1)
         elif all(r in self.captured for r in "qkv"):

@@ -61,17 +61,20 @@ def _pair_kl(s: Tensor, t: Tensor, inputs: Tensor | None, causal: bool) -> Tenso
 
 
 def _readers(ctx: LossContext) -> list[tuple[AttentionReader, AttentionReader]]:
-    """One (student, teacher) reader per pair; a pair without modules (built outside a run) or
-    without attention fails when the loss first runs, naming the layer."""
+    """One (student, teacher) reader per pair. A paired module without attention is refused
+    here, before training starts, naming the layer; a pair without modules (a loss built
+    outside a run) fails when the loss first runs."""
     readers = []
     for i in range(len(ctx.pairs)):
         s_path, t_path = ctx.pair_paths[i] if i < len(ctx.pair_paths) else ("?", "?")
         s_mod = ctx.student_modules[i] if i < len(ctx.student_modules) else None
         t_mod = ctx.teacher_modules[i] if i < len(ctx.teacher_modules) else None
-        readers.append(
-            (
-                AttentionReader(s_mod, f"student layer '{s_path}'"),
-                AttentionReader(t_mod, f"teacher layer '{t_path}'"),
-            )
+        pair = (
+            AttentionReader(s_mod, f"student layer '{s_path}'"),
+            AttentionReader(t_mod, f"teacher layer '{t_path}'"),
         )
+        for reader, module in zip(pair, (s_mod, t_mod), strict=True):
+            if module is not None:
+                reader.check()
+        readers.append(pair)
     return readers
