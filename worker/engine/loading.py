@@ -719,6 +719,7 @@ def _load_pt2(path: Path) -> LoadedModel:
     check_graph(program, path.name)
     input_shape = _program_input_shape(program, path.name)
     module = torch.export.unflatten(program)
+    follow_input_device(module)
     for sub in module.modules():
         if hasattr(sub, "_run_with_interpreter") and not _calls_reused_module(sub):
             # run the generated code rather than torch.fx.Interpreter: ~4x faster at batch 1
@@ -726,6 +727,45 @@ def _load_pt2(path: Path) -> LoadedModel:
             sub._run_with_interpreter = False  # type: ignore[assignment]
     module.module_types = _module_types(program)  # type: ignore[assignment]
     return LoadedModel(module, input_shape, _program_num_classes(program), "pt2")
+
+
+def follow_input_device(module: nn.Module) -> None:
+    """Make an unflattened exported graph run on whichever device its inputs are on.
+
+    torch.export records the device it traced on: `_assert_tensor_metadata` checks (from
+    `.to(dtype)` / `.float()` calls) and factory calls (`arange(..., device=cpu)`). As loaded,
+    a graph exported on the CPU fails on a GPU ("Tensor device mismatch! Expected: cpu, Got:
+    cuda:0"), and the reverse: a teacher trained on the GPU, or a student's `.pt2` timed there.
+    The checks are dropped (nothing reads them), and each factory call takes the device of its
+    graph's first tensor input, as the eager module did. Each graph (the root's and every
+    submodule's) is rewritten, then its generated code rebuilt (`finalize`)."""
+    for sub in module.modules():
+        graph = getattr(sub, "graph", None)
+        if not isinstance(graph, torch.fx.Graph) or not hasattr(sub, "finalize"):
+            continue
+        inputs = [n for n in graph.nodes if n.op == "placeholder"]
+        tensor = next((n for n in inputs if isinstance(n.meta.get("val"), torch.Tensor)), None)
+        device: torch.fx.Node | None = None
+        changed = False
+        for node in list(graph.nodes):
+            if node.op != "call_function":
+                continue
+            if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+                graph.erase_node(node)
+                changed = True
+            elif isinstance(node.kwargs.get("device"), torch.device) and tensor is not None:
+                if device is None:
+                    with graph.inserting_after(inputs[-1]):
+                        device = graph.call_function(_device_of, (tensor,))
+                node.update_kwarg("device", device)
+                changed = True
+        if changed:
+            sub.finalize()
+
+
+def _device_of(tensor: torch.Tensor) -> torch.device:
+    """The device a graph's factory calls create their tensors on (`follow_input_device`)."""
+    return tensor.device
 
 
 def _calls_reused_module(module: nn.Module) -> bool:

@@ -81,6 +81,54 @@ def test_inspection_of_loaded_pt2_keeps_names_and_types(archive: Path) -> None:
     assert [s["end"] for s in info["stages"]] == ["layer1", "layer2", "layer3", "fc"]
 
 
+class _TracedOnItsDevice(torch.nn.Module):
+    """What torch.export pins to the device it traced on: a dtype cast (an
+    `_assert_tensor_metadata` check of the device) and a factory call (`arange(device=cpu)`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.inner = torch.nn.Sequential(torch.nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device).float()
+        return self.inner(self.fc(x.double().float() + positions))
+
+
+def _device_bound_archive(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0)
+    model = _TracedOnItsDevice().eval()
+    path = tmp_path / "bound.pt2"
+    export_pt2(model, (4,), path)
+    return model, path
+
+
+def test_a_pt2_exported_on_the_cpu_runs_on_another_device(tmp_path: Path) -> None:
+    """As torch loads it, the graph refuses inputs on another device than the one it was
+    exported on (here `meta`, standing in for a GPU: the same device check fails); as the studio
+    loads it (`follow_input_device`), it runs wherever its inputs are, with the same values on
+    the CPU. An H200 run of a detection student's .pt2 failed this way before."""
+    model, path = _device_bound_archive(tmp_path)
+    x = torch.randn(3, 4)
+    meta = torch.device("meta")
+    as_torch_loads_it = torch.export.unflatten(torch.export.load(str(path))).to(meta)
+    with pytest.raises(RuntimeError, match="device"):
+        as_torch_loads_it(x.to(meta))
+    loaded = load_model(path, "pt2").module
+    torch.testing.assert_close(loaded(x), model(x))
+    moved = load_model(path, "pt2").module.to(meta)
+    assert moved(x.to(meta)).device == meta
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_pt2_exported_on_the_cpu_runs_on_the_gpu_and_back(tmp_path: Path) -> None:
+    model, path = _device_bound_archive(tmp_path)
+    x = torch.randn(3, 4)
+    loaded = load_model(path, "pt2").module.cuda()
+    torch.testing.assert_close(loaded(x.cuda()).cpu(), model(x))
+    torch.testing.assert_close(loaded.cpu()(x), model(x))
+
+
 def test_training_mode_export_is_refused(tmp_path: Path) -> None:
     model = build_student("mlp", (6,), 3, hidden=8, dropout=0.5).train()
     program = torch.export.export(model, (torch.randn(2, 6),))

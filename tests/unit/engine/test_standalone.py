@@ -238,9 +238,15 @@ def test_a_run_on_webdataset_shards_in_a_tar(folder: Path) -> None:
 
 def test_a_run_on_two_processes_through_the_cli(folder: Path) -> None:
     """`training.gpus: 2` in run.yaml on CPU: 2 gloo processes (the DDP path), one progress
-    report per epoch (rank 0's), the usual artifacts."""
+    report per epoch (rank 0's), the usual artifacts. The device is `cpu`, not `auto`: on a
+    one-GPU machine `auto` means that GPU, and 2 of them are refused (seen on an H200)."""
     config = _write(
-        folder, "ddp.yaml", training__epochs=1, training__gpus=2, training__export_onnx=False
+        folder,
+        "ddp.yaml",
+        training__epochs=1,
+        training__gpus=2,
+        training__device="cpu",
+        training__export_onnx=False,
     )
     out = folder / "ddp"
     result = _run(str(config), "--out", str(out))
