@@ -139,6 +139,24 @@ def attention_children(children: Sequence[str]) -> dict[str, str] | None:
     return {role: name for role, name in found.items() if name is not None}
 
 
+def attention_readers(
+    losses: Sequence[tuple[str, Sequence[int] | None]], pairs: int
+) -> dict[int, str]:
+    """The layer pairs (indices) a loss reads an attention from (`LossEntry.reads_attention`),
+    each with the first such loss's name; `losses` are (name, the pairs it reads: None for
+    all of the `pairs`)."""
+    from core.catalog.losses import LOSSES
+
+    readers: dict[int, str] = {}
+    for name, chosen in losses:
+        entry = LOSSES.get(name)
+        if entry is None or not entry.reads_attention:
+            continue
+        for i in range(pairs) if chosen is None else chosen:
+            readers.setdefault(i, name)
+    return readers
+
+
 def attention_problem(inspection: dict[str, Any], path: str, side: str) -> str | None:
     """None when the layer `path` of an inspection's layer table is, or holds, an attention
     with query/key/value projections (what attention_kl and minilm_relations read); else why

@@ -47,7 +47,6 @@ from core import (
     pairing,  # torch-free, like config and catalog
 )
 from core.catalog.augment import image_ops_problem
-from core.catalog.losses import LOSSES
 from core.catalog.schemes import peer_layers
 from core.clock import utcnow
 from core.config import RunConfig, StudentSpec
@@ -220,7 +219,8 @@ def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[
     """Every pair names existing layers that can be matched, holding an attention where a loss
     reads one (attention_kl, minilm_relations); 422 listing each problem."""
     problems: list[tuple[str, str, list[str | int]]] = []
-    attention = _attention_readers(config)
+    losses = [(spec.name, spec.pairs) for spec in config.losses]
+    attention = pairing.attention_readers(losses, len(config.layer_pairs))
     for i, pair in enumerate(config.layer_pairs):
         where = f"layer_pairs[{i}]"
         t_layer = s_layer = None
@@ -248,20 +248,6 @@ def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[
                 problems.append((where, message, ["body", "layer_pairs", i]))
     if problems:
         raise InvalidMany(problems)
-
-
-def _attention_readers(config: RunConfig) -> dict[int, str]:
-    """The layer pairs a loss reads attention from (`LossEntry.reads_attention`), each with the
-    first such loss's name."""
-    readers: dict[int, str] = {}
-    for spec in config.losses:
-        entry = LOSSES.get(spec.name)
-        if entry is None or not entry.reads_attention:
-            continue
-        pairs = range(len(config.layer_pairs)) if spec.pairs is None else spec.pairs
-        for j in pairs:
-            readers.setdefault(j, spec.name)
-    return readers
 
 
 def check_peer_layers(layers: list[str], student: dict[str, Any]) -> None:

@@ -535,7 +535,7 @@ def pair_problems(plan: Plan, pairs: list[dict[str, Any]]) -> list[str]:
 
 
 def attention_problems(
-    plan: Plan, pairs: list[dict[str, Any]], losses: list[dict[str, Any]], catalog: Catalog
+    plan: Plan, pairs: list[dict[str, Any]], losses: list[dict[str, Any]]
 ) -> list[str]:
     """The pairs a chosen loss reads an attention from (`reads_attention` in the catalog:
     attention_kl, minilm_relations) whose layer holds none, as "pair i: ..."; the API's check
@@ -544,14 +544,8 @@ def attention_problems(
         "teacher": plan.teacher.model_dump(mode="json"),
         "student": plan.student.model_dump(mode="json"),
     }
-    readers: dict[int, str] = {}
-    for loss in losses:
-        entry = catalog.loss(loss["name"])
-        if entry is None or not entry.extra.get("reads_attention"):
-            continue
-        chosen = loss.get("pairs")
-        for i in range(len(pairs)) if chosen is None else chosen:
-            readers.setdefault(i, loss["name"])
+    chosen = [(loss["name"], loss.get("pairs")) for loss in losses]
+    readers = pairing.attention_readers(chosen, len(pairs))
     problems = []
     for i, name in sorted(readers.items()):
         for side, inspection in sides.items():
@@ -1310,7 +1304,7 @@ if not planned:
 st.subheader("4 · Losses")
 losses = _losses(catalog)
 if planned and (plan := _plan()) is not None:
-    pair_errors += attention_problems(plan, _pairs(), losses, catalog)
+    pair_errors += attention_problems(plan, _pairs(), losses)
 
 st.subheader("5 · Training")
 training, misc = _training(catalog, ready.get(teacher_id) if teacher_id else None)

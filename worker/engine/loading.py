@@ -760,7 +760,7 @@ def follow_input_device(module: nn.Module) -> None:
                 node.update_kwarg("device", device)
                 changed = True
         if changed:
-            sub.finalize()
+            sub.finalize()  # type: ignore[operator]  # UnflattenedModule / InterpreterModule
 
 
 def _device_of(tensor: torch.Tensor) -> torch.device:
