@@ -18,7 +18,8 @@
 #   .venv/bin/python -m worker.engine.pipeline .whl/demo
 #   .venv/bin/python -c "from worker.engine.tasks.text.lm_demo import make_lm_demo; make_lm_demo('.whl/demo')"
 #
-# then: device run, carry [".whl"], command `bash benchmarks/gpu_checks.sh`, timeout_s 570.
+# then: device run, carry [".whl"], command `bash benchmarks/gpu_checks.sh`, timeout_s 570
+# (run on an H200 on 2026-12-04 in 316 s: docs/benchmarks.md, "On an H200").
 # Each part has its own time limit (ENGINE_S, TRAIN_S, LIMITS for gpu.sh), so a slow part costs
 # itself, not the report.
 set -u -o pipefail
@@ -41,8 +42,12 @@ torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.
 
 # 1. the engine's tests, CUDA visible (verbose, so a run cut short still says what passed)
 echo "== engine tests" | tee -a "$OUT/gpu.txt"
+PARALLEL=()
+if "$PY" -c "import xdist" 2>/dev/null; then  # pytest-xdist, on the GPU machine's image
+    PARALLEL=(-n "${WORKERS:-12}")
+fi
 timeout "${ENGINE_S:-200}" "$PY" -m pytest tests/unit/engine -q -rfE -o addopts="" \
-    -p no:cacheprovider --timeout 150 -n "${WORKERS:-12}" >"$OUT/engine.txt" 2>&1
+    -p no:cacheprovider --timeout 150 "${PARALLEL[@]}" >"$OUT/engine.txt" 2>&1
 echo "engine tests: exit $?" | tee -a "$OUT/gpu.txt"
 tail -n 40 "$OUT/engine.txt"
 
