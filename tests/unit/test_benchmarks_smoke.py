@@ -83,3 +83,15 @@ def test_dense_tasks_quick_gives_the_teacher_and_a_row_per_offered_loss(
         for cell in cells[1 : 1 + len(setup.metrics)]:
             assert math.isfinite(float(cell.split(" ± ")[0])), line
     assert (ROOT / "docs" / "benchmarks.md").read_text() == before  # --quick keeps the docs
+
+
+def test_attention_memory_runs_both_settings_to_the_same_value() -> None:
+    """benchmarks/attention_memory.py's step, tiny: whole maps and every head its own chunk."""
+    from benchmarks.attention_memory import one
+    from worker.engine.losses import attention
+
+    default = attention.CHUNK_ELEMENTS
+    whole, chunked = one(32, 2, 4, 2 * 4 * 32 * 32 + 1), one(32, 2, 4, 1)
+    assert chunked["value"] == pytest.approx(whole["value"], rel=1e-5)
+    assert whole["peak_mib"] >= 0 and chunked["seconds"] > 0
+    assert attention.CHUNK_ELEMENTS == default  # restored

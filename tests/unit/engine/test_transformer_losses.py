@@ -285,6 +285,41 @@ def test_padding_changes_nothing_on_real_models(kind: str, name: str) -> None:
     assert long.item() == pytest.approx(short.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("name", ["attention_kl", "minilm_relations"])
+@pytest.mark.parametrize("student_heads", ["same", "one"])
+def test_a_chunk_of_heads_at_a_time_gives_the_same_value_and_gradients(
+    kind: str, name: str, student_heads: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long sequences take the maps a chunk of heads at a time, each chunk recomputed in the
+    backward pass (`attention.heads_kl`). With `CHUNK_ELEMENTS` 1 every head is its own chunk:
+    the value and the student's gradients are those of the whole maps, on a padded batch,
+    causal models included, and with a one-head student (head-averaged maps)."""
+    from worker.engine.losses import attention
+
+    teacher = _model(kind)
+    changes = {}
+    if student_heads == "one":
+        changes = {"n_head": 1} if kind == "gpt2" else {"num_attention_heads": 1}
+        if kind == "llama":
+            changes["num_key_value_heads"] = 1
+    padded = torch.cat([IDS, torch.full((2, 2), PAD)], 1)
+    results = []
+    for chunk in (attention.CHUNK_ELEMENTS, 1):
+        monkeypatch.setattr(attention, "CHUNK_ELEMENTS", chunk)
+        student = _model(kind, seed=3, **changes)
+        _, value = _run(name, student, teacher, [(_block(kind, 1), _block(kind, 1))], padded)
+        value.backward()
+        grads = [p.grad.clone() for p in student.parameters() if p.grad is not None]
+        results.append((value.detach(), grads))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    assert whole.item() > 0
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
+    assert len(chunked_grads) == len(whole_grads) > 0
+    for got, want in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_the_causal_mask_is_applied_on_causal_models() -> None:
     """The readers take the causal flag from the attention module: GPT-2 and Llama causal,
     BERT not (the hand values above show what the flag masks)."""

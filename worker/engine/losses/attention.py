@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from core.pairing import attention_children
 
@@ -58,13 +59,88 @@ def masked_kl(t_scores: Tensor, s_scores: Tensor, valid: Tensor, real: Tensor) -
     Scores [N, H, L, L] (query i, key j); `valid` [N, 1|H, L, L] the keys each query sees; `real`
     [N, L] the real queries.
     """
+    weights = real[:, None, :].float()
+    total = _kl_sum(t_scores, s_scores, valid, weights)
+    return total / (weights.sum() * s_scores.shape[1]).clamp_min(1.0)
+
+
+def _kl_sum(t_scores: Tensor, s_scores: Tensor, valid: Tensor, weights: Tensor) -> Tensor:
+    """The sum over (sample, head, real query) of the KLs `masked_kl` averages."""
     low = torch.finfo(torch.float32).min
     t_log = t_scores.float().masked_fill(~valid, low).log_softmax(-1)
     s_log = s_scores.float().masked_fill(~valid, low).log_softmax(-1)
     terms = torch.where(valid, t_log.exp() * (t_log - s_log), torch.zeros_like(t_log))
-    rows = terms.sum(-1)  # [N, H, L]
-    weights = real[:, None, :].to(rows.dtype)
-    return (rows * weights).sum() / (weights.sum() * rows.shape[1]).clamp_min(1.0)
+    return (terms.sum(-1) * weights).sum()
+
+
+# Score entries ([N, h, L, L]) one chunk of heads may hold: 2^23 float32 values, 32 MB.
+CHUNK_ELEMENTS = 1 << 23
+Heads = tuple[Tensor, Tensor, float]  # per-head queries and keys [N, H, L, d], and the scale
+
+
+def scores_of(heads: Heads) -> Tensor:
+    """Attention logits q k^T * scale, [N, H, L, L], in float32."""
+    q, k, scale = heads
+    return (q.float() @ k.float().transpose(-1, -2)) * scale
+
+
+def _chunks(n: int, length: int) -> int:
+    """Heads per chunk: as many as keep a chunk's scores within `CHUNK_ELEMENTS`."""
+    return max(1, CHUNK_ELEMENTS // max(1, n * length * length))
+
+
+def heads_kl(t: Heads, s: Heads, valid: Tensor, real: Tensor) -> Tensor:
+    """`masked_kl` of the two sides' attention (or relation) maps, given their per-head queries
+    and keys, with as many heads on each side.
+
+    Long sequences make the maps large (N * H * L^2 values; at N 16, 12 heads and 2,048 tokens,
+    3.2 GB a map in float32, and the KL holds several). So when they exceed `CHUNK_ELEMENTS`
+    the heads are taken a chunk at a time, each chunk recomputed in the backward pass
+    (activation checkpointing): memory holds one chunk's maps. Values and gradients are the
+    unchunked ones (up to the order of float additions)."""
+    n, h, length, _ = s[0].shape
+    step = _chunks(n, length)
+    if step >= h:
+        return masked_kl(scores_of(t), scores_of(s), valid, real)
+    weights = real[:, None, :].float()
+    total = torch.zeros((), device=s[0].device)
+    for i in range(0, h, step):
+        part = (t[0][:, i : i + step], t[1][:, i : i + step], s[0][:, i : i + step])
+        total = total + checkpoint(
+            _chunk_kl, *part, s[1][:, i : i + step], t[2], s[2], valid, weights,
+            use_reentrant=False,
+        )  # fmt: skip
+    return total / (weights.sum() * h).clamp_min(1.0)
+
+
+def _chunk_kl(
+    tq: Tensor, tk: Tensor, sq: Tensor, sk: Tensor, t_scale: float, s_scale: float,
+    valid: Tensor, weights: Tensor,
+) -> Tensor:  # fmt: skip
+    return _kl_sum(scores_of((tq, tk, t_scale)), scores_of((sq, sk, s_scale)), valid, weights)
+
+
+def mean_map_log(heads: Heads, valid: Tensor) -> Tensor:
+    """log of the head-averaged attention distribution, [N, 1, L, L] (for sides with different
+    head counts), the heads summed a chunk at a time as in `heads_kl`."""
+    q, k, scale = heads
+    n, h, length, _ = q.shape
+    step = _chunks(n, length)
+    total = torch.zeros(n, 1, length, length, device=q.device)
+    for i in range(0, h, step):
+        args = (q[:, i : i + step], k[:, i : i + step], scale, valid)
+        part = (
+            _chunk_probs(*args)
+            if step >= h
+            else checkpoint(_chunk_probs, *args, use_reentrant=False)
+        )
+        total = total + part
+    return (total / h).clamp_min(1e-30).log()
+
+
+def _chunk_probs(q: Tensor, k: Tensor, scale: float, valid: Tensor) -> Tensor:
+    low = torch.finfo(torch.float32).min
+    return scores_of((q, k, scale)).masked_fill(~valid, low).softmax(-1).sum(1, keepdim=True)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -150,6 +226,11 @@ class AttentionReader:
     def scores(self) -> Tensor:
         """Attention logits Q K^T * scale per query head, [N, H, L, L] (scale: the module's
         `scaling`, else 1/sqrt(head dim)); keys rotated and repeated as the model does."""
+        return scores_of(self.heads())
+
+    def heads(self) -> Heads:
+        """Per-head queries and keys [N, H, L, d] of the last forward, keys rotated and repeated
+        as the model does, and the scale of their products (`scores`)."""
         q, k, _ = self.projections()
         d = self.head_dim(q.shape[-1])
         qh, kh = _heads(q, d), _heads(k, d)
@@ -165,7 +246,7 @@ class AttentionReader:
         if kh.shape[1] != qh.shape[1]:  # grouped-query attention
             kh = kh.repeat_interleave(qh.shape[1] // kh.shape[1], dim=1)
         scale = self.scaling if isinstance(self.scaling, float) else 1.0 / math.sqrt(d)
-        return (qh.float() @ kh.float().transpose(-1, -2)) * scale
+        return qh, kh, scale
 
     def clear(self) -> None:
         """Forget the last forward's tensors (they hold its graph)."""

@@ -6,7 +6,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from worker.engine.losses.attention import AttentionReader, key_mask, masked_kl, token_mask
+from worker.engine.losses.attention import (
+    AttentionReader,
+    Heads,
+    heads_kl,
+    key_mask,
+    masked_kl,
+    mean_map_log,
+    token_mask,
+)
 from worker.engine.losses.base import DistillLoss, LossContext, StepOutputs
 
 
@@ -18,7 +26,8 @@ class AttentionKL(DistillLoss):
     its Q and K, rotary embeddings and grouped keys included). Keys at padding (token id -1) are
     masked, and later keys too when the model is causal (GPT-2, Llama family); only real queries
     count. When the two attentions have different head counts, each side's distributions are
-    averaged over its heads first and the KL is taken between the averages.
+    averaged over its heads first and the KL is taken between the averages. Long sequences take
+    the maps a chunk of heads at a time, recomputed in the backward pass (`attention.heads_kl`).
 
     Jiao et al. TinyBERT: Distilling BERT for Natural Language Understanding. Findings of EMNLP
     2020 match the attention matrices of uniformly mapped layers (their eq. 7 uses MSE on the
@@ -38,26 +47,26 @@ class AttentionKL(DistillLoss):
         self._check_pairs(out)
         total = torch.zeros((), device=out.student_logits.device)
         for student, teacher in self.readers:
-            s, t = student.scores(), teacher.scores()
+            s, t = student.heads(), teacher.heads()
             student.clear()
             teacher.clear()
             total = total + _pair_kl(s, t, out.inputs, teacher.causal or student.causal)
         return total
 
 
-def _pair_kl(s: Tensor, t: Tensor, inputs: Tensor | None, causal: bool) -> Tensor:
-    if s.shape[-1] != t.shape[-1]:
+def _pair_kl(s: Heads, t: Heads, inputs: Tensor | None, causal: bool) -> Tensor:
+    """The pair's KL; long sequences a chunk of heads at a time (`attention.heads_kl`)."""
+    (n, s_heads, length, _), (t_heads, t_length) = s[0].shape, t[0].shape[1:3]
+    if length != t_length:
         raise ValueError(
-            f"attention_kl: the student attends over {s.shape[-1]} tokens and the teacher over "
-            f"{t.shape[-1]}; both must read the same token ids (the same tokenizer)"
+            f"attention_kl: the student attends over {length} tokens and the teacher over "
+            f"{t_length}; both must read the same token ids (the same tokenizer)"
         )
-    real = token_mask(inputs, s.shape[0], s.shape[-1], s.device)
+    real = token_mask(inputs, n, length, s[0].device)
     valid = key_mask(real, causal)
-    if s.shape[1] != t.shape[1]:  # different head counts: compare the head-averaged maps
-        low = torch.finfo(torch.float32).min
-        s = s.masked_fill(~valid, low).softmax(-1).mean(1, keepdim=True).clamp_min(1e-30).log()
-        t = t.masked_fill(~valid, low).softmax(-1).mean(1, keepdim=True).clamp_min(1e-30).log()
-    return masked_kl(t, s, valid, real)
+    if s_heads != t_heads:  # different head counts: compare the head-averaged maps
+        return masked_kl(mean_map_log(t, valid), mean_map_log(s, valid), valid, real)
+    return heads_kl(t, s, valid, real)
 
 
 def _readers(ctx: LossContext) -> list[tuple[AttentionReader, AttentionReader]]:

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from worker.engine.losses.attention import key_mask, masked_kl, token_mask
+from worker.engine.losses.attention import Heads, heads_kl, key_mask, token_mask
 from worker.engine.losses.attention_kl import _readers
 from worker.engine.losses.base import DistillLoss, LossContext, StepOutputs
 
@@ -59,10 +59,11 @@ class MiniLMRelations(DistillLoss):
             )
         real = token_mask(inputs, s.shape[0], s.shape[1], s.device)
         valid = key_mask(real, causal)
-        return masked_kl(self._relations(t), self._relations(s), valid, real)
+        return heads_kl(self._relations(t), self._relations(s), valid, real)
 
-    def _relations(self, a: Tensor) -> Tensor:
-        """[N, L, D] -> relation logits [N, R, L, L] = A_r A_r^T / sqrt(D / R)."""
+    def _relations(self, a: Tensor) -> Heads:
+        """[N, L, D] -> the relation heads [N, R, L, D / R] as queries and keys, and the scale
+        1 / sqrt(D / R): relation logits A_r A_r^T / sqrt(D / R) (`attention.heads_kl`)."""
         n, length, width = a.shape
         r = self.relation_heads
         if width % r:
@@ -71,4 +72,4 @@ class MiniLMRelations(DistillLoss):
                 f"{width}; pick a relation_heads that divides every paired width"
             )
         heads = a.float().reshape(n, length, r, width // r).transpose(1, 2)
-        return heads @ heads.transpose(-1, -2) / math.sqrt(width // r)
+        return heads, heads, 1.0 / math.sqrt(width // r)
