@@ -56,7 +56,10 @@ def test_a_second_lm_run_of_the_pair_replays_the_first_runs_top_k_cache(
         api.get(f"/runs/{run['id']}/metrics", params={"names": "loss"}).json()["series"]["loss"]
         for run in runs
     ]
-    assert losses[0]["values"] == losses[1]["values"]  # the replay computes the same losses
+    # the replay computes the same losses, to float rounding: the two runs are two worker
+    # processes, and CPU matrix products may round differently between processes (seen: 1.3e-7
+    # apart at 0.135 in one CI run; the issue asks for 1e-6)
+    assert losses[1]["values"] == pytest.approx(losses[0]["values"], rel=1e-6, abs=1e-6)
     for run in runs:
         arts = {a["kind"]: a for a in api.get(f"/runs/{run['id']}/artifacts").json()}
         assert arts["teacher_cache"]["size_bytes"] == run["summary"]["teacher_cache"]["size_bytes"]
