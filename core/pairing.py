@@ -139,22 +139,35 @@ def attention_children(children: Sequence[str]) -> dict[str, str] | None:
     return {role: name for role, name in found.items() if name is not None}
 
 
-def attention_readers(
-    losses: Sequence[tuple[str, Sequence[int] | None]], pairs: int
-) -> dict[int, str]:
-    """The layer pairs (indices) a loss reads an attention from (`LossEntry.reads_attention`),
-    each with the first such loss's name; `losses` are (name, the pairs it reads: None for
-    all of the `pairs`)."""
+def attention_pair_problems(
+    losses: Sequence[tuple[str, Sequence[int] | None]],
+    pairs: Sequence[tuple[str, str]],
+    teacher: dict[str, Any],
+    student: dict[str, Any],
+) -> list[tuple[int, str, str]]:
+    """(pair index, side, message) for each side of a layer pair that a loss reads an attention
+    from (`LossEntry.reads_attention`: attention_kl, minilm_relations) whose layer holds none
+    (`attention_problem`). `losses` are (name, the pairs it reads: None for all), `pairs`
+    (teacher path, student path); a layer missing from its table is left to `find_layer`."""
     from core.catalog.losses import LOSSES
 
-    readers: dict[int, str] = {}
+    readers: dict[int, str] = {}  # pair index -> the first loss that reads its attention
     for name, chosen in losses:
         entry = LOSSES.get(name)
-        if entry is None or not entry.reads_attention:
+        if entry is not None and entry.reads_attention:
+            for i in range(len(pairs)) if chosen is None else chosen:
+                readers.setdefault(i, name)
+    problems = []
+    for i, name in sorted(readers.items()):
+        if i >= len(pairs):
             continue
-        for i in range(pairs) if chosen is None else chosen:
-            readers.setdefault(i, name)
-    return readers
+        for side, inspection, path in zip(
+            ("teacher", "student"), (teacher, student), pairs[i], strict=True
+        ):
+            known = any(row["path"] == path for row in inspection.get("layers", []))
+            if known and (why := attention_problem(inspection, path, side)):
+                problems.append((i, side, f"{why} ({name} reads it)"))
+    return problems
 
 
 def attention_problem(inspection: dict[str, Any], path: str, side: str) -> str | None:

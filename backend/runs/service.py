@@ -219,33 +219,27 @@ def check_layer_pairs(config: RunConfig, teacher: dict[str, Any], student: dict[
     """Every pair names existing layers that can be matched, holding an attention where a loss
     reads one (attention_kl, minilm_relations); 422 listing each problem."""
     problems: list[tuple[str, str, list[str | int]]] = []
-    losses = [(spec.name, spec.pairs) for spec in config.losses]
-    attention = pairing.attention_readers(losses, len(config.layer_pairs))
     for i, pair in enumerate(config.layer_pairs):
         where = f"layer_pairs[{i}]"
         t_layer = s_layer = None
-        for side, inspection, path in (
-            ("teacher", teacher, pair.teacher),
-            ("student", student, pair.student),
-        ):
-            loc: list[str | int] = ["body", "layer_pairs", i, side]
-            try:
-                row = pairing.find_layer(inspection, path, side)
-            except ValueError as exc:
-                problems.append((f"{where}.{side}", str(exc), loc))
-                continue
-            if side == "teacher":
-                t_layer = row
-            else:
-                s_layer = row
-            if i in attention and (why := pairing.attention_problem(inspection, path, side)):
-                problems.append((f"{where}.{side}", f"{why} ({attention[i]} reads it)", loc))
+        try:
+            t_layer = pairing.find_layer(teacher, pair.teacher, "teacher")
+        except ValueError as exc:
+            problems.append((f"{where}.teacher", str(exc), ["body", "layer_pairs", i, "teacher"]))
+        try:
+            s_layer = pairing.find_layer(student, pair.student, "student")
+        except ValueError as exc:
+            problems.append((f"{where}.student", str(exc), ["body", "layer_pairs", i, "student"]))
         if t_layer is not None and s_layer is not None:
             message = pairing.check_pair(
                 t_layer, s_layer, tap=pair.tap, student=student, task=config.task
             )
             if message:
                 problems.append((where, message, ["body", "layer_pairs", i]))
+    losses = [(spec.name, spec.pairs) for spec in config.losses]
+    pairs = [(pair.teacher, pair.student) for pair in config.layer_pairs]
+    for i, side, message in pairing.attention_pair_problems(losses, pairs, teacher, student):
+        problems.append((f"layer_pairs[{i}].{side}", message, ["body", "layer_pairs", i, side]))
     if problems:
         raise InvalidMany(problems)
 

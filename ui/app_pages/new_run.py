@@ -537,22 +537,15 @@ def pair_problems(plan: Plan, pairs: list[dict[str, Any]]) -> list[str]:
 def attention_problems(
     plan: Plan, pairs: list[dict[str, Any]], losses: list[dict[str, Any]]
 ) -> list[str]:
-    """The pairs a chosen loss reads an attention from (`reads_attention` in the catalog:
-    attention_kl, minilm_relations) whose layer holds none, as "pair i: ..."; the API's check
-    at launch (`core.pairing.attention_problem`)."""
-    sides = {
-        "teacher": plan.teacher.model_dump(mode="json"),
-        "student": plan.student.model_dump(mode="json"),
-    }
-    chosen = [(loss["name"], loss.get("pairs")) for loss in losses]
-    readers = pairing.attention_readers(chosen, len(pairs))
-    problems = []
-    for i, name in sorted(readers.items()):
-        for side, inspection in sides.items():
-            path = pairs[i].get(side) if i < len(pairs) else None
-            if path and (why := pairing.attention_problem(inspection, path, side)):
-                problems.append(f"pair {i}: {why} ({name} reads it)")
-    return problems
+    """The pairs a chosen loss reads an attention from (attention_kl, minilm_relations) whose
+    layer holds none, as "pair i: ..."; the API's check at launch."""
+    problems = pairing.attention_pair_problems(
+        [(loss["name"], loss.get("pairs")) for loss in losses],
+        [(pair.get("teacher") or "", pair.get("student") or "") for pair in pairs],
+        plan.teacher.model_dump(mode="json"),
+        plan.student.model_dump(mode="json"),
+    )
+    return [f"pair {i}: {message}" for i, _, message in problems]
 
 
 def _fitting(student: dict[str, Any], teacher_layer: dict[str, Any], tap: str) -> str:

@@ -10,10 +10,10 @@ module; the reader finds inside it the first module with query/key/value project
 `query`/`key`/`value` (BERT, RoBERTa), `q_lin`/`k_lin`/`v_lin` (DistilBERT),
 `q_proj`/`k_proj`/`v_proj` (Llama, Mistral, Qwen2), or one fused projection `c_attn` (GPT-2) /
 `qkv` (the zoo's ViT) whose output splits in three equal parts (`core.pairing.attention_children`,
-which the API also uses to refuse a pair without attention before a run is queued). Forward hooks on the projections
-keep their outputs of the latest forward, and a pre-hook on the attention module keeps the rotary
-`position_embeddings` (cos, sin) the Llama family passes it, so queries and keys are rotated as
-the model rotates them. Heads: the module's `head_dim` / `attention_head_size`, else its width
+which the API also uses to refuse a pair without attention before a run is queued). Forward
+hooks on the projections keep their outputs of the latest forward, and a pre-hook on the
+attention module keeps the rotary `position_embeddings` (cos, sin) the Llama family passes it,
+so queries and keys are rotated as the model rotates them. Heads: the module's `head_dim` / `attention_head_size`, else its width
 over `num_attention_heads` / `num_heads` / `n_heads` / `n_head` / `heads`; grouped-query keys and
 values (fewer heads) repeat to the query heads as the model does. Causal: the module's
 `is_causal` (GPT-2 and the Llama family True, BERT False). The hooks hold the reader weakly and
@@ -100,16 +100,12 @@ def heads_kl(t: Heads, s: Heads, valid: Tensor, real: Tensor) -> Tensor:
     unchunked ones (up to the order of float additions)."""
     n, h, length, _ = s[0].shape
     step = _chunks(n, length)
-    if step >= h:
-        return masked_kl(scores_of(t), scores_of(s), valid, real)
     weights = real[:, None, :].float()
     total = torch.zeros((), device=s[0].device)
     for i in range(0, h, step):
-        part = (t[0][:, i : i + step], t[1][:, i : i + step], s[0][:, i : i + step])
-        total = total + checkpoint(
-            _chunk_kl, *part, s[1][:, i : i + step], t[2], s[2], valid, weights,
-            use_reentrant=False,
-        )  # fmt: skip
+        heads = slice(i, i + step)
+        args = (t[0][:, heads], t[1][:, heads], s[0][:, heads], s[1][:, heads], t[2], s[2])
+        total = total + _run(step < h, _chunk_kl, *args, valid, weights)
     return total / (weights.sum() * h).clamp_min(1.0)
 
 
@@ -128,19 +124,20 @@ def mean_map_log(heads: Heads, valid: Tensor) -> Tensor:
     step = _chunks(n, length)
     total = torch.zeros(n, 1, length, length, device=q.device)
     for i in range(0, h, step):
-        args = (q[:, i : i + step], k[:, i : i + step], scale, valid)
-        part = (
-            _chunk_probs(*args)
-            if step >= h
-            else checkpoint(_chunk_probs, *args, use_reentrant=False)
+        total = total + _run(
+            step < h, _chunk_probs, q[:, i : i + step], k[:, i : i + step], scale, valid
         )
-        total = total + part
     return (total / h).clamp_min(1e-30).log()
 
 
 def _chunk_probs(q: Tensor, k: Tensor, scale: float, valid: Tensor) -> Tensor:
     low = torch.finfo(torch.float32).min
     return scores_of((q, k, scale)).masked_fill(~valid, low).softmax(-1).sum(1, keepdim=True)
+
+
+def _run(chunked: bool, fn: Any, *args: Any) -> Tensor:
+    """fn(*args); recomputed in the backward pass when the heads come in several chunks."""
+    return checkpoint(fn, *args, use_reentrant=False) if chunked else fn(*args)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
