@@ -393,7 +393,9 @@ def train(
 
     from pydantic import ValidationError
 
+    from cli.remote import size_text
     from core.config import RunConfig
+    from core.teacher_cache import cache_line
     from worker.engine.pipeline import run_distillation
 
     def fail(message: str) -> typer.Exit:
@@ -468,6 +470,8 @@ def train(
     finally:
         bar.close()
     checkpoint.unlink(missing_ok=True)
+    if (line := cache_line(summary, size_text)) is not None:
+        _echo(line)
     _echo(f"wrote {', '.join(summary['artifacts'].values())} to {out}")
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "artifacts"}, indent=2))
 

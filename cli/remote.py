@@ -133,10 +133,10 @@ def _downloaded(what: str, item_id: int, path: Path, as_json: bool) -> None:
         emit_json({"id": item_id, "path": str(path), "size_bytes": path.stat().st_size})
     else:
         typer.echo(str(path))
-        typer.echo(f"{what} {item_id}: {_size(path.stat().st_size)} written", err=True)
+        typer.echo(f"{what} {item_id}: {size_text(path.stat().st_size)} written", err=True)
 
 
-def _size(n: int | None) -> str:
+def size_text(n: int | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -248,7 +248,7 @@ def _trained_rows(models: Sequence[dict[str, Any]]) -> list[list[Any]]:
             m["top1"],
             m["agreement"],
             m["params"],
-            _size(m["size_bytes"]),
+            size_text(m["size_bytes"]),
             m["flops"],
             m["cpu_latency_ms"],
             ", ".join(sorted(m["artifacts"].values())),
@@ -491,7 +491,7 @@ def compare_rows(runs: Sequence[Run]) -> list[tuple[str, list[Any]]]:
     for label, key in COMPARE_RESULTS:
         values = [r.summary.get(key) for r in runs]
         if key == "student_size_bytes":
-            values = [_size(v) if v is not None else None for v in values]
+            values = [size_text(v) if v is not None else None for v in values]
         rows.append((label, values))
     return rows
 
@@ -554,7 +554,7 @@ def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
             m.status + (" (archived)" if getattr(m, "archived", False) else ""),
             getattr(m, "tags", None) or [],
             (m.card or {}).get("accuracy"),
-            _size(m.size_bytes),
+            size_text(m.size_bytes),
         ]
         for m in models
     ]
@@ -721,7 +721,7 @@ def _dataset_rows(datasets: Sequence[Any]) -> list[list[Any]]:
             d.info.num_samples if d.info else None,
             d.info.num_classes if d.info else None,
             getattr(d, "tags", None) or [],
-            _size(d.size_bytes),
+            size_text(d.size_bytes),
         ]
         for d in datasets
     ]
@@ -1028,7 +1028,7 @@ def artifacts_list(
                         a.run_id,
                         a.kind,
                         a.filename,
-                        _size(a.size_bytes),
+                        size_text(a.size_bytes),
                         a.sha256[:12],
                         _when(a.created_at),
                     ]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from core import catalog
@@ -114,3 +115,29 @@ def cache_key(config: Any, teacher_sha256: str, dataset_sha256: str) -> str:
 def cache_storage_key(team_id: int, key: str) -> str:
     """Where the artifact store keeps a team's cache of `key`."""
     return f"team-{team_id}/teacher-cache/{key}/teacher_cache.npz"
+
+
+def cache_line(summary: dict[str, Any], size: Callable[[Any], str]) -> str | None:
+    """What a run's teacher-output cache did, in words, from its summary (None when the run
+    had it off); `size` writes a byte count. The run page and `distill-studio train` say it."""
+    cache = summary.get("teacher_cache")
+    if not isinstance(cache, dict):
+        return None
+    if not cache.get("used"):
+        return f"Teacher-output cache not used: {cache.get('why')}"
+    replayed, recorded = cache.get("replayed_batches", 0), cache.get("recorded_batches", 0)
+    k = cache.get("top_k")
+    kept = "every logit" if not k else f"top-{k} logits"
+    line = (
+        f"Teacher-output cache ({kept}, {size(cache.get('size_bytes'))}): "
+        f"{replayed} of {replayed + recorded} training batches replayed without the teacher"
+    )
+    loaded = cache.get("teacher_loaded")
+    if loaded == "no":
+        line += "; the teacher was not loaded (its figures are those of the run that recorded it)"
+    elif loaded == "to build the student":
+        line += (
+            "; the teacher's weights were read only to build the student, and the teacher never "
+            "ran (its figures are those of the run that recorded it)"
+        )
+    return line

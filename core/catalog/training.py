@@ -259,8 +259,10 @@ TRAINING: dict[str, Setting] = {
             "batch size and augmentation replay them without the teacher forward (FKD, Shen & "
             "Xing 2022). Offline scheme, logit losses only, on classification (class logits) "
             "or causal_lm (token logits, kept at the counted positions: DistillKit's offline "
-            "mode). on: required (the config is refused otherwise); auto: where it applies; "
-            "off: never.",
+            "mode). A causal_lm run that finds every batch and the teacher's evaluation in "
+            "the cache does not load the teacher at all (its weights are read only when the "
+            "student is built from them, as hf_layers does). on: required (the config is "
+            "refused otherwise); auto: where it applies; off: never.",
         ),
         Setting(
             "teacher_cache_top_k",

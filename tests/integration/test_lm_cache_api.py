@@ -32,7 +32,9 @@ def test_a_second_lm_run_of_the_pair_replays_the_first_runs_top_k_cache(
         "task_params": {"max_length": 48},
         "teacher": {"model_id": model_id},
         "dataset": {"dataset_id": dataset_id, "val_fraction": 0.2},
-        "student": {"architecture": "hf_layers", "kwargs": {"layers": 1}},
+        # a fresh student of the teacher's config: the second run never reads the teacher's
+        # weights (an hf_layers student would: engine test_lm_topk_cache)
+        "student": {"architecture": "hf_config", "kwargs": {"layers": 1}},
         "losses": [{"name": "gkd_jsd", "params": {"beta": 0.5}}],
         "training": {
             "epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 0.001, "device": "cpu",
@@ -52,6 +54,10 @@ def test_a_second_lm_run_of_the_pair_replays_the_first_runs_top_k_cache(
     assert batches == 3 and first["replayed_batches"] == 0 and first["top_k"] == 32
     assert second["replayed_batches"] == batches and second["recorded_batches"] == 0
     assert second["key"] == first["key"]
+    # the second run did without the teacher: its figures are the first run's record
+    assert (first["teacher_loaded"], second["teacher_loaded"]) == ("yes", "no")
+    for key in ("teacher_perplexity", "teacher_tokens_per_s", "teacher_cpu_latency_ms"):
+        assert runs[1]["summary"][key] == runs[0]["summary"][key], key
     losses = [
         api.get(f"/runs/{run['id']}/metrics", params={"names": "loss"}).json()["series"]["loss"]
         for run in runs

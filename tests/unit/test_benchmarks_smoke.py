@@ -95,3 +95,16 @@ def test_attention_memory_runs_both_settings_to_the_same_value() -> None:
     assert chunked["value"] == pytest.approx(whole["value"], rel=1e-5)
     assert whole["peak_mib"] >= 0 and chunked["seconds"] > 0
     assert attention.CHUNK_ELEMENTS == default  # restored
+
+
+@pytest.mark.slow
+def test_lm_replay_run_quick_replays_without_the_teacher() -> None:
+    """benchmarks/lm_replay_run.py, tiny: the three runs in their own processes; the replaying
+    one loads no teacher, replays every batch and reports the recording run's teacher."""
+    from benchmarks.lm_replay_run import measure
+
+    live, recording, replaying = measure(layers=2, width=64, rows=48, epochs=1)
+    assert (live["teacher_loaded"], replaying["teacher_loaded"]) == ("yes", "no")
+    assert replaying["replayed"] == recording["recorded"] > 0 == replaying["recorded"]
+    assert replaying["teacher_perplexity"] == recording["teacher_perplexity"]
+    assert min(r["wall_s"] for r in (live, recording, replaying)) > 0

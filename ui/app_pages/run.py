@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from client import ApiError, Client, Metrics, Run
+from core.teacher_cache import cache_line
 from core.trained_models import trained_models
 from ui import components as ui
 from ui import predictions
@@ -586,18 +587,7 @@ ARTIFACT_KINDS = {
 
 def teacher_cache_line(summary: dict[str, Any]) -> str | None:
     """What the run's teacher-output cache did, in words (None when the run had it off)."""
-    cache = summary.get("teacher_cache")
-    if not isinstance(cache, dict):
-        return None
-    if not cache.get("used"):
-        return f"Teacher-output cache not used: {cache.get('why')}"
-    replayed, recorded = cache.get("replayed_batches", 0), cache.get("recorded_batches", 0)
-    k = cache.get("top_k")
-    kept = "every logit" if not k else f"top-{k} logits"
-    return (
-        f"Teacher-output cache ({kept}, {ui.fmt_bytes(cache.get('size_bytes'))}): "
-        f"{replayed} of {replayed + recorded} training batches replayed without the teacher"
-    )
+    return cache_line(summary, ui.fmt_bytes)
 
 
 def artifact_label(kind: str) -> str:

@@ -200,14 +200,15 @@ def safetensors_size(module: nn.Module) -> int:
 
 
 def _latencies(
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     student: nn.Module,
     shape: list[int],
     threads: int,
     example: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Both models' latency at batch 1 and 64 on CPU, and on the GPU when one is visible."""
-    pair = {"teacher": teacher, "student": student}
+    """Both models' latency at batch 1 and 64 on CPU, and on the GPU when one is visible (the
+    student's alone when `teacher` is None)."""
+    pair = {"student": student} if teacher is None else {"teacher": teacher, "student": student}
     devices = [("cpu", torch.device("cpu"))]
     if torch.cuda.is_available():
         devices.append(("gpu", torch.device("cuda", torch.cuda.current_device())))
@@ -249,6 +250,7 @@ def evaluate(
     task: Task | None = None,
     latency_threads: int = 1,
     latency_student: nn.Module | None = None,
+    teacher_figures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Quality and cost of the student next to its teacher on the held-out `data`.
 
@@ -260,6 +262,10 @@ def evaluate(
     medians measured alternately, the same way for both (`latency_ms`), on CPU with
     `latency_threads` intra-op threads. `latency_student` is the student to time instead, in the
     teacher's form (e.g. its own .pt2 loaded like a .pt2 teacher).
+
+    `teacher_figures`: the teacher's cost and latency as an earlier run measured them (its
+    `teacher_*` keys of evaluation.json), for a teacher that was not loaded (`loading.is_shell`:
+    the run replayed its outputs); only the student is measured then.
     """
     from worker.engine.tasks import default_task
 
@@ -267,8 +273,16 @@ def evaluate(
     task = task or default_task()
     result = dict(task.evaluate(teacher, student, data))
     example = task.example_input(shape)  # the task's inputs (token ids for text)
+    timed = student if latency_student is None else latency_student
+    if teacher_figures is not None:
+        result.update(_cost(student, shape, "student", example))
+        result.update(_latencies(None, timed, shape, latency_threads, example))
+        measured = {
+            k.replace("student_", "teacher_", 1) for k in result if k.startswith("student_")
+        }
+        result.update({k: v for k, v in teacher_figures.items() if k in measured})
+        return result
     result.update(_cost(teacher, shape, "teacher", example))
     result.update(_cost(student, shape, "student", example))
-    timed = student if latency_student is None else latency_student
     result.update(_latencies(teacher, timed, shape, latency_threads, example))
     return result

@@ -128,8 +128,9 @@ def _root(names: list[str], where: str) -> str:
     return roots[0]
 
 
-def unpack_checkpoint(path: Path, dest: Path) -> Path:
-    """Check the zip (module doc) and unpack its data files into `dest`; the checkpoint folder."""
+def unpack_checkpoint(path: Path, dest: Path, weights: bool = True) -> Path:
+    """Check the zip (module doc) and unpack its data files into `dest`; the checkpoint folder.
+    `weights` False leaves the safetensors files packed (`load_hf_shell`)."""
     where = path.name
     try:
         zf = zipfile.ZipFile(path)
@@ -163,6 +164,8 @@ def unpack_checkpoint(path: Path, dest: Path) -> Path:
             if _check_kind(info.filename, where):
                 kept.append(info)
         root = _root([i.filename for i in kept], where)
+        if not weights:
+            kept = [i for i in kept if not i.filename.endswith(".safetensors")]
         folder = dest / "checkpoint"
         folder.mkdir(parents=True, exist_ok=True)
         for info in kept:
@@ -431,12 +434,34 @@ def read_tokenizer(folder: Path) -> Any:
 
 def load_hf(path: Path) -> LoadedModel:
     """A checkpoint as a `LoadedModel`: inputs are token ids up to the model's positions."""
-    ckpt = load_checkpoint(path)
+    return _loaded(load_checkpoint(path))
+
+
+def _loaded(ckpt: HfCheckpoint) -> LoadedModel:
     labels = ckpt.config.get("id2label")
     heads = "ForSequenceClassification" in ckpt.architecture and isinstance(labels, dict)
     classes = len(labels) if heads and isinstance(labels, dict) else None
     shape = (ckpt.max_positions or DUMMY_TOKENS,)
     return LoadedModel(ckpt.module, shape, classes, "hf", ckpt.tokenizer, ckpt.config)
+
+
+def load_hf_shell(path: Path) -> LoadedModel:
+    """The checkpoint's model without its weights: built from config.json on the `meta`
+    device (no memory, no weights read), with its tokenizer. A run that replays everything it
+    needs of the teacher (`worker.engine.teacher_cache`: the training batches' logits and the
+    teacher's evaluation) reads its structure, positions, vocabulary and tokenizer only; the
+    zip is checked as for `load_hf`, its weights left packed."""
+    with tempfile.TemporaryDirectory(prefix="ds-hf-") as tmp:
+        folder = unpack_checkpoint(Path(path), Path(tmp), weights=False)
+        config = read_config(folder)
+        vocab = config.get("vocab_size")
+        tokens = tokenizer_vocab(folder, vocab if isinstance(vocab, int) else None)
+        with torch.device("meta"):
+            module = build_model(config)
+        tokenizer = read_tokenizer(folder) if tokens is not None else None
+    module.eval()
+    module.requires_grad_(False)
+    return _loaded(HfCheckpoint(module, config, type(module).__name__, tokens, tokenizer))
 
 
 def _dummy_ids(ckpt: HfCheckpoint) -> torch.Tensor:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import pickletools
@@ -86,6 +87,12 @@ class LoadedModel:
     format: str
     tokenizer: Any = None
     config: dict[str, Any] | None = None
+
+
+def is_shell(module: nn.Module) -> bool:
+    """Whether `module` is a model without its weights (on the `meta` device: a teacher whose
+    outputs a run replays from its cache, `hf_teacher.load_hf_shell`); it cannot run."""
+    return any(t.is_meta for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 # --------------------------------------------------------------------------------------------

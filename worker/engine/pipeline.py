@@ -299,7 +299,7 @@ def _peer(
     (evaluation, artifacts)."""
     peer = peer.cpu().eval()
     pt2_error = _write_weights(out_dir, peer, input_shape, task, k, prefix)
-    evaluation = _evaluate(teacher, peer, out_dir, val, input_shape, task, k, prefix)
+    evaluation = _evaluate(teacher, peer, out_dir, val, input_shape, task, None, k, prefix)
     if pt2_error:
         evaluation["pt2_export_error"] = pt2_error
     return evaluation, _write_onnx(out_dir, peer, config, task, input_shape, evaluation, k, prefix)
@@ -312,6 +312,7 @@ def _evaluate(
     val: Any,
     input_shape: tuple[int, ...],
     task: Task,
+    teacher_figures: dict[str, Any] | None = None,
     k: int = 0,
     prefix: str = "peer",
 ) -> dict[str, Any]:
@@ -328,7 +329,13 @@ def _evaluate(
             out_dir / student_artifacts(k, prefix)[_kind(k, "student_pt2", prefix)], "pt2"
         ).module
     evaluation = evaluate(
-        teacher.module, student, val, input_shape, task=task, latency_student=same_form
+        teacher.module,
+        student,
+        val,
+        input_shape,
+        task=task,
+        latency_student=same_form,
+        teacher_figures=teacher_figures,
     )
     evaluation["latency_form"] = "pt2" if same_form is not None else "eager"
     return evaluation
@@ -395,20 +402,30 @@ def _teacher_evaluations(
 
 
 def _inputs(
-    config: RunConfig, teacher_path: Path, dataset_path: Path, student_path: Path | None
+    config: RunConfig,
+    teacher_path: Path,
+    dataset_path: Path,
+    student_path: Path | None,
+    shell: bool = False,
 ) -> tuple[Task, LoadedModel, Any, nn.Module | None, Any, Any]:
-    """The run's task, teacher (loaded safely), data (checked against the teacher), student
-    (None: the trainer's zoo student) and training and validation splits."""
+    """The run's task, teacher (loaded safely; `shell`: a Hugging Face teacher without its
+    weights, `hf_teacher.load_hf_shell`), data (checked against the teacher), student (None:
+    the trainer's zoo student) and training and validation splits."""
     task = build_task(config.task, **config.task_params)
     teacher_format = model_format(Path(teacher_path), config.teacher.format)
     if teacher_format == "hf" and (refusal := text_task_refusal("the teacher", config.task)):
         raise ValueError(refusal)
-    teacher = load_model(
-        Path(teacher_path),
-        teacher_format,
-        config.teacher.architecture,
-        config.teacher.kwargs,
-    )
+    if shell and teacher_format == "hf":
+        from worker.engine.hf_teacher import load_hf_shell
+
+        teacher = load_hf_shell(Path(teacher_path))
+    else:
+        teacher = load_model(
+            Path(teacher_path),
+            teacher_format,
+            config.teacher.architecture,
+            config.teacher.kwargs,
+        )
     teacher = replace(teacher, module=task.adapt_model(teacher.module, teacher))
     data = task.fit_to_teacher(teacher, task.load(Path(dataset_path), config.dataset))
     train_data, val_data = task.split(data, config.dataset.val_fraction, config.seed)
@@ -515,14 +532,32 @@ def run_distillation(
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = _other_ranks(config, teacher_path, dataset_path, checkpoint_path, student_path)
     with ranks:  # training.gpus > 1: ranks 1..N-1 load and train beside this one, rank 0
+        key = _cache_key(config, teacher_path, dataset_path, teacher_cache_key)
+        # a cache with the teacher's record may spare the teacher's weights (`_may_replay`)
+        shell = _may_replay(config, teacher_cache, key) and not build_task(
+            config.task, **config.task_params
+        ).student_reads_teacher(config.student)
         task, teacher, data, student, train_data, val_data = _inputs(
-            config, teacher_path, dataset_path, student_path
+            config, teacher_path, dataset_path, student_path, shell
         )
         qat = qat_student(config, task, data, student)  # None unless training.qat
         others = _other_teachers(config, teacher, teacher_paths, task, train_data)
-        cache, cache_note = _teacher_cache(
-            config, teacher_path, dataset_path, teacher_cache, teacher_cache_key, len(train_data)
-        )
+        cache, cache_note = _teacher_cache(config, teacher_cache, key, len(train_data))
+        replay = _may_replay(config, teacher_cache, key) and _replays_all(config, cache)
+        if shell and not replay:  # the cache does not hold every batch: the teacher must run
+            log.info("the teacher-output cache lacks batches of this run: loading the teacher")
+            task, teacher, data, student, train_data, val_data = _inputs(
+                config, teacher_path, dataset_path, student_path
+            )
+            shell = False
+        if replay:
+            assert cache is not None and cache.teacher_record is not None
+            task.replay_teacher(cache.teacher_record["task"], cache.teacher_arrays)
+            if not shell and not _shares_weights(teacher.module, student):
+                teacher.module.to("meta")  # read to build the student; not needed any more
+            cache_note["teacher_loaded"] = "no" if shell else "to build the student"
+        elif cache is not None:
+            cache_note["teacher_loaded"] = "yes"
         result = train(
             config,
             teacher.module,
@@ -537,10 +572,20 @@ def run_distillation(
         )
     student = (result.student if qat is None else qat.synced()).cpu().eval()
     val_data = Augmenter(config.augment, config.seed).eval_data(val_data)  # normalised
-    teacher.module.cpu()
+    if not replay:
+        teacher.module.cpu()
     input_shape = task.input_shape(data)
     pt2_error = _write_weights(out_dir, student, input_shape, task)
-    evaluation = _evaluate(teacher, student, out_dir, val_data, input_shape, task)
+    figures = (
+        cache.teacher_record["evaluation"] if replay and cache and cache.teacher_record else None
+    )
+    evaluation = _evaluate(teacher, student, out_dir, val_data, input_shape, task, figures)
+    if (
+        cache is not None
+        and cache.teacher_record is None
+        and cache.holds_every_batch(result.epochs)
+    ):
+        _keep_teacher_record(cache, task, evaluation)
     if pt2_error:
         evaluation["pt2_export_error"] = pt2_error
     extra = _extra_exports(task, student, out_dir, teacher, Path(teacher_path), data, evaluation)
@@ -612,28 +657,78 @@ def _extra_exports(
 
 
 def _teacher_cache(
-    config: RunConfig,
-    teacher_path: Path,
-    dataset_path: Path,
-    stored: Path | None,
-    key: str | None,
-    samples: int,
+    config: RunConfig, stored: Path | None, key: str | None, samples: int
 ) -> tuple[TeacherCache | None, dict[str, Any]]:
     """The run's teacher-output cache (None when it uses none) and what evaluation.json says
-    of it: under `auto`, why a run cannot use one."""
+    of it: under `auto`, why a run cannot use one. `key`: the cache's (`cache_key`)."""
     mode = config.training.teacher_cache
     if mode == "off":
         return None, {}
     if not cache_enabled(config):
         return None, {"used": False, "why": cache_problem(config)}
-    if key is None:
-        key = cache_key(config, file_sha256(teacher_path), file_sha256(dataset_path))
+    assert key is not None
     top_k = config.training.teacher_cache_top_k
     bf16 = config.training.amp and resolve_device(config.training.device).type == "cuda"
     precision = "bf16" if bf16 else "fp32"  # as the trainer's autocast will run the teacher
     cache = TeacherCache.open(stored, key, top_k, samples, per_epoch(config), precision)
     note: dict[str, Any] = {"used": True, "key": key, "top_k": top_k, "per_epoch": cache.per_epoch}
     return cache, note
+
+
+def _cache_key(
+    config: RunConfig, teacher_path: Path, dataset_path: Path, given: str | None
+) -> str | None:
+    """The run's teacher-output cache key: `given` (the worker's), else computed from the
+    teacher's and the dataset's bytes; None when the run uses no cache."""
+    if not cache_enabled(config):
+        return None
+    return given or cache_key(config, file_sha256(teacher_path), file_sha256(dataset_path))
+
+
+def _may_replay(config: RunConfig, stored: Path | None, key: str | None) -> bool:
+    """Whether the run may do without the teacher's weights, before anything is loaded: it
+    uses the cache, `stored` is that cache with the teacher's record (`Task.teacher_record`)
+    and nothing but the cached logits reads the teacher (no layer pairs, no QAT)."""
+    return (
+        cache_enabled(config)
+        and stored is not None
+        and key is not None
+        and not config.layer_pairs
+        and config.training.qat == "none"
+        and TeacherCache.has_teacher_record(Path(stored), key)
+    )
+
+
+def _replays_all(config: RunConfig, cache: TeacherCache | None) -> bool:
+    """Whether the opened cache replays every training batch and the teacher's evaluation."""
+    return (
+        cache is not None
+        and cache.teacher_record is not None
+        and cache.holds_every_batch(config.training.epochs)
+    )
+
+
+def _shares_weights(teacher: nn.Module, student: nn.Module | None) -> bool:
+    """Whether the student holds tensors of the teacher (then the teacher stays loaded)."""
+    if student is None:
+        return False
+    held = {t.data_ptr() for t in [*teacher.parameters(), *teacher.buffers()] if t.numel()}
+    return any(
+        t.numel() and t.data_ptr() in held for t in [*student.parameters(), *student.buffers()]
+    )
+
+
+def _keep_teacher_record(cache: TeacherCache, task: Task, evaluation: dict[str, Any]) -> None:
+    """Keep in the cache what the evaluation read of the teacher (the task's record and the
+    teacher's figures in evaluation.json), for later runs that replay it without the teacher."""
+    kept = task.teacher_record()
+    if kept is None:
+        return
+    record, arrays = kept
+    figures = {
+        k: v for k, v in evaluation.items() if k.startswith("teacher_") and k != "teacher_cache"
+    }
+    cache.keep_teacher_record({"task": record, "evaluation": figures}, arrays)
 
 
 def file_sha256(path: Path) -> str:

@@ -40,10 +40,19 @@ evenly over the other V - k tokens (not renormalised onto the top k), so every d
 (reverse KL, JSD, TVD) stays finite. Token rows are kept per sample, for every epoch (text
 has no random augmentation).
 
+The teacher's record. A run whose task keeps one (`Task.teacher_record`: causal_lm's validation
+NLL and counted tokens, tokens/s, sample continuations and argmax next tokens) stores it beside
+the rows, with the teacher's figures of evaluation.json (parameters, size, FLOPs, latency); a
+later run of the key whose cache holds every batch (`holds_every_batch`) replays it
+(`Task.replay_teacher`) and builds the teacher without weights (`hf_teacher.load_hf_shell`,
+the `meta` device): nothing runs or reads the teacher, only the student is measured
+(`pipeline._may_replay`).
+
 The file is one `.npz` (numpy, no pickles): `meta` (JSON: key, top_k, classes, samples, layout)
 and per slot `s{e}.values`, `s{e}.indices`, `s{e}.rest`, `s{e}.filled`, `s{e}.seeds`; token
 rows as `t.samples` (the samples held), `t.offsets` (sample i's rows are offsets[i] to
-offsets[i + 1]), `t.values`, `t.indices`, `t.rest`. A file whose meta does not match the run
+offsets[i + 1]), `t.values`, `t.indices`, `t.rest`; the teacher's record as `r.json` and its
+arrays `r.<name>`. A file whose meta does not match the run
 is ignored (the run records afresh).
 """
 
@@ -118,6 +127,10 @@ class TeacherCache:
         self.rows: dict[int, _Rows] = {}  # sample -> its counted positions' rows
         self.stats = CacheStats()
         self.changed = False
+        # what the run's evaluation read of the teacher (`Task.teacher_record`, its figures in
+        # evaluation.json): a run that replays every batch and this needs no teacher weights
+        self.teacher_record: dict[str, Any] | None = None
+        self.teacher_arrays: dict[str, np.ndarray] = {}
 
     # -- the file ------------------------------------------------------------------------------
 
@@ -163,6 +176,11 @@ class TeacherCache:
                     npz["t.offsets"],
                     _Rows(npz["t.values"], npz["t.indices"], npz["t.rest"]),
                 )
+            if "r.json" in npz.files:
+                cache.teacher_record = json.loads(bytes(npz["r.json"]).decode())
+                cache.teacher_arrays = {
+                    n[2:]: npz[n] for n in npz.files if n.startswith("r.") and n != "r.json"
+                }
             for name in npz.files:
                 if name.startswith("s") and name.endswith(".values"):
                     e = int(name[1:].split(".")[0])
@@ -174,6 +192,20 @@ class TeacherCache:
                     )
         return cache
 
+    @staticmethod
+    def has_teacher_record(path: Path, key: str) -> bool:
+        """Whether the cache file at `path` is of `key` and holds the teacher's record
+        (`keep_teacher_record`), read from its meta alone."""
+        if not Path(path).is_file():
+            return False
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(bytes(npz["meta"]).decode())
+                return meta.get("key") == key and "r.json" in npz.files
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("teacher cache %s could not be read (%s)", path, exc)
+            return False
+
     def save(self, path: Path) -> int:
         """Write the cache to `path` (atomically); its size in bytes."""
         arrays: dict[str, np.ndarray] = {
@@ -184,11 +216,31 @@ class TeacherCache:
                 arrays[f"s{e}.{part}"] = getattr(slot, part)
         if self.rows:
             arrays.update(_joined_rows(self.rows))
+        if self.teacher_record is not None:
+            arrays["r.json"] = np.frombuffer(
+                json.dumps(self.teacher_record).encode(), dtype=np.uint8
+            )
+            arrays.update({f"r.{n}": a for n, a in self.teacher_arrays.items()})
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
         return path.stat().st_size
+
+    def holds_every_batch(self, epochs: int) -> bool:
+        """Whether every training batch of a run of `epochs` epochs replays (no teacher forward
+        is left to run): each sample's token rows, or every row of each epoch's slot (of slot 0
+        without random augmentation)."""
+        if self.tokens:
+            return all(i in self.rows for i in range(self.samples))
+        wanted = range(epochs) if self.per_epoch else range(1)
+        return all(e in self.slots and bool(self.slots[e].filled.all()) for e in wanted)
+
+    def keep_teacher_record(self, record: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Keep what the run's evaluation read of the teacher (`record`: JSON, `arrays`:
+        named numpy arrays), replayed by later runs that do not load the teacher."""
+        self.teacher_record, self.teacher_arrays = record, dict(arrays)
+        self.changed = True
 
     # -- rows ------------------------------------------------------------------------------------
 

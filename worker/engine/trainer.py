@@ -73,7 +73,7 @@ from core.config import RunConfig, TrainSettings
 from worker.engine import distributed
 from worker.engine.augment import Augmenter, augment_seed
 from worker.engine.loader import batch_stream
-from worker.engine.loading import set_mode
+from worker.engine.loading import is_shell, set_mode
 from worker.engine.losses import DistillLoss, LossContext, StepOutputs, build_loss
 from worker.engine.onnx_teacher import OnnxTeacher
 from worker.engine.schemes import Scheme, StepView, build_scheme
@@ -535,6 +535,11 @@ class _Loop:
         found = self.cache.lookup(epoch, start, idx, seed, x.device, y)
         if found is not None:
             return found
+        if is_shell(self.teacher):
+            raise RuntimeError(
+                f"batch {batch} of epoch {epoch} is not in the teacher-output cache, and the "
+                "teacher was not loaded (its cache was thought to hold every batch)"
+            )
         logits, _ = self.scheme.teacher_outputs(x, None, True, self.autocast)
         return self.cache.record(epoch, start, idx, seed, logits, y)
 
@@ -756,7 +761,8 @@ def train(
     student = student if student is not None else _build_student(config, task, train_data)
     scheme.setup(teacher, student, nn.ModuleList())
     student = scheme.student  # a scheme may wrap it (split: head + the teacher's tail)
-    teacher.to(device)
+    if not is_shell(teacher):  # a teacher without weights: the cache replays all it gives
+        teacher.to(device)
     student.to(device).train()
     probe = task.batch(train_data, torch.arange(min(2, len(train_data))), device).inputs
     shapes = _pair_shapes(config, teacher, student, probe)
@@ -771,7 +777,8 @@ def train(
     val_data = loop.augment.eval_data(val_data)  # validation: normalised, no random op
     if loop.channels_last:
         for module in (teacher, *scheme.trained_modules()):
-            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            if not is_shell(module):
+                module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     per_epoch = len(
         epoch_batches(len(train_data), ts.batch_size, config.seed, 0, loop.skip_single, loop.ranks)
     )
@@ -785,6 +792,7 @@ def train(
     compiled = []
     if ts.compile:
         models = [("teacher", teacher), *(("student", m) for m in scheme.students())]
+        models = [(what, m) for what, m in models if not is_shell(m)]
         compiled = [m for what, m in models if _compile(m, loop.inputs(probe), what)]
     try:
         loop.prepare(loop.augment.eval_data(train_data))

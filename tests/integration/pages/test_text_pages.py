@@ -173,6 +173,14 @@ LM_SUMMARY = {  # what CausalLMTask.evaluate reports (its samples go to predicti
     "student_tokens_per_s": 980.0,
     "teacher_params": 160_000,
     "student_params": 60_000,
+    "teacher_cache": {
+        "used": True,
+        "top_k": 32,
+        "size_bytes": 40_960,
+        "replayed_batches": 6,
+        "recorded_batches": 0,
+        "teacher_loaded": "no",
+    },  # fmt: skip
 }
 LM_SAMPLES = [
     {
@@ -286,6 +294,11 @@ def test_the_run_page_draws_the_task_metrics_and_both_continuations(studio: Stud
     by_epoch = at.table[0].value
     assert list(by_epoch["epoch"]) == [1, 2]
     assert list(by_epoch["student"]) == [" the the the", " jumps over the dog"]
+    assert (
+        "Teacher-output cache (top-32 logits, 40 KiB): 6 of 6 training batches replayed without "
+        "the teacher; the teacher was not loaded (its figures are those of the run that "
+        "recorded it)"
+    ) in texts(at.caption)
 
 
 def test_the_run_page_shows_continuations_while_the_run_trains(studio: Studio) -> None:

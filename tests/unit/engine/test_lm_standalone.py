@@ -49,3 +49,34 @@ def test_the_lm_example_runs_standalone(tmp_path: Path) -> None:
     # and the terminal showed them as the epoch ended, the teacher's next to the student's
     assert "samples after epoch 0:" in result.stderr, result.stderr
     assert result.stderr.count("teacher: ") == result.stderr.count("student: ") == 4
+
+
+def test_a_second_train_of_the_pair_replays_the_teacher_without_loading_it(
+    tmp_path: Path,
+) -> None:
+    """`training.teacher_cache: on` with a fresh student of the teacher's config: the first
+    `distill-studio train` records OUT/teacher_cache.npz with the teacher's evaluation, the
+    second replays every batch and the evaluation without loading the teacher, and says so."""
+    demo = lm_demo_files()
+    (tmp_path / "demo").mkdir()
+    shutil.copy(demo.teacher, tmp_path / "demo" / "lm_teacher.zip")
+    demo.write_text(tmp_path / "demo" / "lm_corpus.txt", 60)
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["training"].update(epochs=1, device="cpu", teacher_cache="on", teacher_cache_top_k=16)
+    doc["student"] = {"architecture": "hf_config", "kwargs": {"layers": 1}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    runs = []
+    for _ in range(2):
+        result = CliRunner().invoke(
+            app, ["train", str(config), "--out", str(out)], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        runs.append((json.loads(result.stdout), result.stderr))
+    (first, _), (second, said) = runs
+    assert first["teacher_cache"]["teacher_loaded"] == "yes"
+    assert second["teacher_cache"]["teacher_loaded"] == "no"
+    assert second["teacher_cache"]["recorded_batches"] == 0
+    assert second["teacher_perplexity"] == first["teacher_perplexity"]
+    assert "training batches replayed without the teacher; the teacher was not loaded" in said

@@ -5,6 +5,7 @@ the file round-trips. Real tiny GPT-2 models built here with transformers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,88 @@ def test_later_runs_of_the_pair_share_the_key_whatever_their_batch_size_or_recip
     )
     assert cache_key(other_recipe, "t" * 64, "d" * 64) == key
     assert cache_key(lm_config(teacher_cache="on"), "u" * 64, "d" * 64) != key
+
+
+# -- a later run of the pair without the teacher (run_distillation) ------------------------------
+
+
+def _teacher_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny GPT-2 checkpoint zip with its tokenizer, and 24 corpus lines as .txt."""
+    from tests.hf_helpers import tiny_members, write_zip
+    from worker.engine.tasks.text.lm_demo import train_tokenizer
+
+    from .lm_support import GPT2, corpus
+
+    lines = list(corpus())
+    tokenizer = train_tokenizer(lines, VOCAB)
+    members = {**tiny_members(GPT2), "tokenizer.json": tokenizer.to_str().encode()}
+    teacher = write_zip(tmp_path / "teacher.zip", members)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(lines[:24]) + "\n", encoding="utf-8")
+    return teacher, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("student", "loaded"),
+    [
+        ({"architecture": "hf_config", "kwargs": {"layers": 1}}, "no"),
+        ({"architecture": "hf_layers", "kwargs": {"layers": 1}}, "to build the student"),
+    ],
+)
+def test_a_later_run_of_the_pair_replays_the_teacher_without_its_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, student: dict[str, Any], loaded: str
+) -> None:
+    """The first run records the teacher's logits and its evaluation (perplexity, tokens/s,
+    latency, continuations, argmax tokens); the second replays them: the teacher never runs
+    (hf_config: its weights are never read; hf_layers: read to copy the blocks, then dropped),
+    the losses and every teacher figure are the first run's, the student is measured anew."""
+    from worker.engine import hf_teacher
+    from worker.engine.pipeline import CACHE_FILE, run_distillation
+
+    teacher, text = _teacher_files(tmp_path)
+    config = lm_config(losses=[{"name": "kd"}], epochs=2, teacher_cache="on",
+                       teacher_cache_top_k=16)  # fmt: skip
+    config = config.model_copy(
+        update={"student": config.student.model_copy(update=student)}
+    )  # fmt: skip
+    first = run_distillation(config, teacher, text, tmp_path / "run1")
+    assert first["teacher_cache"]["teacher_loaded"] == "yes"
+
+    reads: list[str] = []
+    real_load = hf_teacher.load_weights
+    monkeypatch.setattr(
+        hf_teacher, "load_weights", lambda m, f, n: (reads.append(n), real_load(m, f, n))[1]
+    )
+    forwards: list[int] = []
+    monkeypatch.setattr(hf_teacher, "build_model", _counting_forwards(hf_teacher.build_model,
+                                                                      forwards))  # fmt: skip
+    cached = tmp_path / "run1" / CACHE_FILE
+    second = run_distillation(config, teacher, text, tmp_path / "run2", teacher_cache=cached)
+    note = second["teacher_cache"]
+    assert note["teacher_loaded"] == loaded
+    assert note["replayed_batches"] == 6 and note["recorded_batches"] == 0
+    assert forwards == []  # the teacher module built by this run never ran
+    assert reads == ([] if loaded == "no" else ["GPT2LMHeadModel"])
+    teacher_keys = [k for k in first if k.startswith("teacher_") and k != "teacher_cache"]
+    assert {"teacher_perplexity", "teacher_tokens_per_s", "teacher_cpu_latency_ms",
+            "teacher_params", "teacher_flops"} <= set(teacher_keys)  # fmt: skip
+    for key in teacher_keys:
+        assert second[key] == first[key], key
+    assert second["student_perplexity"] == pytest.approx(first["student_perplexity"], rel=1e-5)
+    assert second["next_token_agreement"] == pytest.approx(first["next_token_agreement"])
+    samples = [json.loads((tmp_path / r / "predictions.json").read_text()) for r in ("run1",
+                                                                                  "run2")]  # fmt: skip
+    assert [s["teacher"] for s in samples[1]] == [s["teacher"] for s in samples[0]]
+    assert all(s["teacher"] for s in samples[1])
+
+
+def _counting_forwards(build: Any, calls: list[int]) -> Any:
+    """`hf_teacher.build_model` whose models note each forward in `calls`."""
+
+    def built(config: dict[str, Any]) -> nn.Module:
+        module = build(config)
+        module.register_forward_pre_hook(lambda *_: calls.append(1))
+        return module
+
+    return built

@@ -186,7 +186,7 @@ def test_only_logit_losses_of_the_offline_scheme_use_the_cache() -> None:
 def test_the_pipeline_says_why_auto_left_the_cache_off_and_keys_by_the_files(
     tmp_path: Path,
 ) -> None:
-    from worker.engine.pipeline import _teacher_cache, file_sha256
+    from worker.engine.pipeline import _cache_key, _teacher_cache, file_sha256
 
     teacher, data = tmp_path / "t.pt2", tmp_path / "d.npz"
     teacher.write_bytes(b"teacher"), data.write_bytes(b"data")
@@ -195,11 +195,12 @@ def test_the_pipeline_says_why_auto_left_the_cache_off_and_keys_by_the_files(
         "offline", {}, losses=[{"name": "fitnets"}], layer_pairs=pairs,
         training={"teacher_cache": "auto"},
     )  # fmt: skip
-    cache, note = _teacher_cache(auto, teacher, data, None, None, 91)
+    assert _cache_key(auto, teacher, data, None) is None
+    cache, note = _teacher_cache(auto, None, None, 91)
     assert cache is None and note["used"] is False and "feature loss" in note["why"]
     off = _config({}, 0, mode="off")
-    assert _teacher_cache(off, teacher, data, None, None, 91) == (None, {})
+    assert _teacher_cache(off, None, None, 91) == (None, {})
     on = _config(AUGMENT, 3)
-    cache, note = _teacher_cache(on, teacher, data, None, None, 91)
+    cache, note = _teacher_cache(on, None, _cache_key(on, teacher, data, None), 91)
     assert cache is not None and cache.per_epoch and note["top_k"] == 3
     assert note["key"] == cache_key(on, file_sha256(teacher), file_sha256(data))

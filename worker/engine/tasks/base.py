@@ -20,6 +20,11 @@ layer-stage rule.
     build_student(arch, kwargs, teacher, data)
                                           a student the task builds from its teacher (text:
                                           fewer layers, pruned); None: the zoo builds it
+    student_reads_teacher(spec)           whether building that student reads the teacher's
+                                          weights (else a replaying run need not load them)
+    teacher_record(), replay_teacher(...) what validation and evaluation read of the teacher,
+                                          kept in the teacher-output cache and replayed by a
+                                          later run that does not load the teacher
     stage_rule                            the catalog's name of the rule that groups an
                                           inspection's layers into stages (`taps.STAGE_RULES`)
                                           and pairs them (`core.pairing.STAGE_RULES`)
@@ -44,7 +49,9 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from core.config import DatasetRef
+    import numpy as np
+
+    from core.config import DatasetRef, StudentSpec
     from worker.engine.loading import LoadedModel
 
 Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -165,6 +172,25 @@ class Task(ABC):
         """A student this task builds from its teacher (`architecture` / `kwargs` as the run
         config resolved them); None (the default): the zoo builds `architecture`."""
         return None
+
+    def student_reads_teacher(self, spec: StudentSpec) -> bool:
+        """Whether building the run's student (`spec`) reads the teacher's weights or runs it
+        (a student initialised from its layers, or measured on it); True by default."""
+        return True
+
+    def teacher_record(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """What this task's `validate`, `live_samples` and `evaluate` read of the run's teacher,
+        once `evaluate` ran on it: (JSON-ready values, named numpy arrays), kept in the run's
+        teacher-output cache (`worker.engine.teacher_cache`) so that a later run of the same
+        teacher and data can do without the teacher's weights (`replay_teacher`). None (the
+        default): the task keeps nothing, and such runs load the teacher."""
+        return None
+
+    def replay_teacher(self, record: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Take the teacher's side of validation and evaluation from an earlier run's
+        `teacher_record` (on the same validation split); the run's teacher is then a model
+        without weights (`loading.is_shell`), which these methods must not run."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no teacher record")
 
     def extra_exports(
         self, student: nn.Module, out_dir: Path, teacher: LoadedModel, teacher_path: Path, data: Any

@@ -41,7 +41,7 @@ from worker.engine.tasks.text.data import (
 from worker.engine.tasks.text.models import PAD, Output, Retokenizer, TokenModel, plain
 
 if TYPE_CHECKING:
-    from core.config import DatasetRef
+    from core.config import DatasetRef, StudentSpec
     from worker.engine.loading import LoadedModel
 
 
@@ -195,6 +195,11 @@ class TextTask(Task):
                 "Hugging Face checkpoint (student source 'model')"
             )
         return build_text_student(architecture, kwargs, teacher, self.output, data)
+
+    def student_reads_teacher(self, spec: StudentSpec) -> bool:
+        """hf_layers copies the teacher's blocks and hf_pruned measures the teacher; a fresh
+        hf_config reads its config only, and a registered model (source 'model') nothing."""
+        return spec.source != "model" and spec.architecture != "hf_config"
 
     def extra_exports(
         self, student: nn.Module, out_dir: Path, teacher: LoadedModel, teacher_path: Path, data: Any

@@ -35,14 +35,17 @@ import json
 import math
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worker.engine.datasets import DatasetError
+from worker.engine.loading import is_shell
 from worker.engine.tasks.base import Autocast, IncompatibleDataError
 from worker.engine.tasks.text.base import TextTask, TokenData
 from worker.engine.tasks.text.data import IGNORE_INDEX, TextData, TextKind
@@ -165,6 +168,9 @@ class CausalLMTask(TextTask):
         )
         # the epoch of each of those validations, where the trainer said (`live_samples`)
         self._numbers: weakref.WeakKeyDictionary[nn.Module, list[int]] = weakref.WeakKeyDictionary()
+        # the run's teacher's evaluation (NLL sum, counted tokens, tokens/s), for its record
+        self._teacher_eval: dict[str, Any] | None = None
+        self._replay: _TeacherReplay | None = None  # an earlier run's record (`replay_teacher`)
 
     # -- data ---------------------------------------------------------------------------------
     def kind_of(self, path: Path) -> TextKind:
@@ -258,7 +264,10 @@ class CausalLMTask(TextTask):
         return nll, count, preds
 
     def _teacher_reference(self, data: TokenData, autocast: Autocast) -> Tensor | None:
-        """The teacher's argmax next tokens on the validation `data` (computed once)."""
+        """The teacher's argmax next tokens on the validation `data` (computed once, or
+        replayed)."""
+        if self._replay is not None:
+            return self._replay.reference_for(data)
         if self.teacher is None:
             return None
         if self._reference is None or self._reference[0] is not data:
@@ -322,8 +331,10 @@ class CausalLMTask(TextTask):
         ]
 
     def _teacher_continuations(self, data: TokenData) -> list[str]:
-        """The teacher's continuations of the sample prompts of `data`, generated once (no
-        teacher seen: none)."""
+        """The teacher's continuations of the sample prompts of `data`, generated once (or
+        replayed; no teacher seen: none)."""
+        if self._replay is not None:
+            return list(self._replay.continuations)
         if self.teacher is None:
             return []
         if self._teacher_samples is None or self._teacher_samples[0] is not data:
@@ -382,8 +393,19 @@ class CausalLMTask(TextTask):
         """Perplexities, next-token agreement, tokens/s and samples (module doc)."""
         modes = (teacher.training, student.training)
         teacher.eval(), student.eval()
+        replay = self._replay if is_shell(teacher) else None
+        if is_shell(teacher) and replay is None:
+            raise ValueError("the teacher was not loaded and no record of it is replayed")
         try:
-            t_nll, count, t_pred = self._scores(teacher, data)
+            if replay is not None:
+                t_nll, count, t_pred = replay.nll, replay.count, replay.reference_for(data)
+                t_speed = dict(replay.speed)
+            else:
+                t_nll, count, t_pred = self._scores(teacher, data)
+                t_speed = self._speed(teacher, data)
+            if teacher is self.teacher and replay is None:
+                self._teacher_eval = {"nll": t_nll, "count": count, "speed": t_speed}
+                self._reference = (data, t_pred)
             s_nll, _, s_pred = self._scores(student, data)
             same = int(((t_pred == s_pred) & (t_pred >= 0)).sum())
             result: dict[str, Any] = {
@@ -394,8 +416,8 @@ class CausalLMTask(TextTask):
                 "next_token_agreement": same / max(count, 1),
                 "eval_tokens": count,
             }
-            for who, model in (("teacher", teacher), ("student", student)):
-                for b, rate in self._speed(model, data).items():
+            for who, speed in (("teacher", t_speed), ("student", self._speed(student, data))):
+                for b, rate in speed.items():
                     suffix = "" if b == "b1" else f"_{b}"
                     result[f"{who}_tokens_per_s{suffix}"] = rate
             gen = all(_can_generate(unwrap(m)) for m in (teacher, student))
@@ -411,7 +433,8 @@ class CausalLMTask(TextTask):
     ) -> list[dict[str, Any]]:
         """The sample prompts with the reference and both models' continuations, and the
         student's after each epoch."""
-        same = teacher is self.teacher  # the run's teacher: its continuations were made once
+        # the run's teacher: its continuations were made once (or are replayed)
+        same = teacher is self.teacher or self._replay is not None
         t_text = self._teacher_continuations(data) if same else self._continuations(teacher, data)
         s_text = self._continuations(student, data)
         epochs = self.epoch_samples(student)
@@ -439,3 +462,45 @@ class CausalLMTask(TextTask):
                 }
             )
         return samples
+
+    # -- the teacher's record (a replaying run without the teacher) --------------------------
+    def teacher_record(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The run's teacher's validation NLL and counted tokens, tokens/s, sample
+        continuations and argmax next tokens on the validation split, once `evaluate` ran on
+        it (`Task.teacher_record`)."""
+        if self._teacher_eval is None or self._reference is None or self._teacher_samples is None:
+            return None
+        record = {**self._teacher_eval, "continuations": list(self._teacher_samples[1])}
+        return record, {"reference": self._reference[1].numpy().astype(np.int32)}
+
+    def replay_teacher(self, record: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Validation's agreement, the live samples' and the evaluation's teacher side from
+        `teacher_record`'s output of an earlier run (`Task.replay_teacher`)."""
+        self._replay = _TeacherReplay(
+            nll=float(record["nll"]),
+            count=int(record["count"]),
+            speed={str(k): float(v) for k, v in record["speed"].items()},
+            continuations=[str(t) for t in record["continuations"]],
+            reference=torch.from_numpy(arrays["reference"].astype(np.int64)),
+        )
+
+
+@dataclass
+class _TeacherReplay:
+    """An earlier run's record of the teacher on the validation split (`replay_teacher`)."""
+
+    nll: float
+    count: int
+    speed: dict[str, float]
+    continuations: list[str]
+    reference: Tensor  # argmax next tokens [N, L], -1 where no token counts
+
+    def reference_for(self, data: TokenData) -> Tensor:
+        """The argmax next tokens of `data`, which must be the split they were recorded on."""
+        if tuple(self.reference.shape) != tuple(data.labels.shape):
+            raise ValueError(
+                f"the teacher's recorded validation tokens are {list(self.reference.shape)}, "
+                f"this run's validation split is {list(data.labels.shape)}: the cache is not "
+                "this run's; set training.teacher_cache to 'off' to run the teacher"
+            )
+        return self.reference
