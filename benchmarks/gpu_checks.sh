@@ -40,13 +40,14 @@ nvidia-smi -L 2>&1 | tee "$OUT/gpu.txt"
 torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" \
     2>&1 | tee -a "$OUT/gpu.txt"
 
-# 1. the engine's tests, CUDA visible (verbose, so a run cut short still says what passed)
+# 1. the engine's tests, CUDA visible (verbose, so a run cut short still says what passed;
+# TESTS narrows them)
 echo "== engine tests" | tee -a "$OUT/gpu.txt"
 PARALLEL=()
 if "$PY" -c "import xdist" 2>/dev/null; then  # pytest-xdist, on the GPU machine's image
     PARALLEL=(-n "${WORKERS:-12}")
 fi
-timeout "${ENGINE_S:-200}" "$PY" -m pytest tests/unit/engine -q -rfE -o addopts="" \
+timeout "${ENGINE_S:-200}" "$PY" -m pytest ${TESTS:-tests/unit/engine} -q -rfE -o addopts="" \
     -p no:cacheprovider --timeout 150 "${PARALLEL[@]}" >"$OUT/engine.txt" 2>&1
 echo "engine tests: exit $?" | tee -a "$OUT/gpu.txt"
 tail -n 40 "$OUT/engine.txt"
@@ -64,9 +65,22 @@ train() {  # name, config, then train's extra arguments
     cp /tmp/train_"$name"/evaluation.json "$OUT/train_$name/" 2>/dev/null
     tail -n 5 "$OUT/train_$name/log.txt"
 }
-train digits examples/digits_run.yaml --teacher .whl/demo/digits_teacher.pt2 \
-    --dataset .whl/demo/digits.npz
-train lm examples/lm_run.yaml --teacher .whl/demo/lm_teacher.zip --dataset .whl/demo/lm_corpus.txt
+[ "${ONLY_LM_CACHE:-0}" = 1 ] || train digits examples/digits_run.yaml \
+    --teacher .whl/demo/digits_teacher.pt2 --dataset .whl/demo/digits.npz
+[ "${ONLY_LM_CACHE:-0}" = 1 ] || train lm examples/lm_run.yaml --teacher .whl/demo/lm_teacher.zip \
+    --dataset .whl/demo/lm_corpus.txt
+
+# 2b. the causal-LM cache example twice into one folder: the second run replays the teacher on
+# the GPU without loading it (its teacher_cache says teacher_loaded "no")
+if [ "${LM_CACHE:-1}" = 1 ]; then
+    for round in record replay; do
+        train lm_cache examples/lm_cache_run.yaml --teacher .whl/demo/lm_teacher.zip \
+            --dataset .whl/demo/lm_corpus.txt
+        cp "$OUT/train_lm_cache/log.txt" "$OUT/train_lm_cache/log_$round.txt"
+        cp "$OUT/train_lm_cache/evaluation.json" "$OUT/train_lm_cache/evaluation_$round.json"
+    done
+fi
+[ "${ONLY_LM_CACHE:-0}" = 1 ] && exit 0
 
 # 3. the peers benchmark: fp32 and bf16 (compile left out unless LIMITS names it)
 OUT=$OUT LIMITS=${LIMITS:-"90 90 0"} STEPS=${STEPS:-30} PYTHON=$PY bash benchmarks/gpu.sh \

@@ -54,16 +54,18 @@ def test_the_lm_example_runs_standalone(tmp_path: Path) -> None:
 def test_a_second_train_of_the_pair_replays_the_teacher_without_loading_it(
     tmp_path: Path,
 ) -> None:
-    """`training.teacher_cache: on` with a fresh student of the teacher's config: the first
-    `distill-studio train` records OUT/teacher_cache.npz with the teacher's evaluation, the
-    second replays every batch and the evaluation without loading the teacher, and says so."""
+    """examples/lm_cache_run.yaml (`training.teacher_cache: on`, a fresh student of the
+    teacher's config) twice into one folder: the first `distill-studio train` records
+    OUT/teacher_cache.npz with the teacher's evaluation, the second replays every batch and the
+    evaluation without loading the teacher, and says so."""
     demo = lm_demo_files()
     (tmp_path / "demo").mkdir()
     shutil.copy(demo.teacher, tmp_path / "demo" / "lm_teacher.zip")
     demo.write_text(tmp_path / "demo" / "lm_corpus.txt", 60)
-    doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["training"].update(epochs=1, device="cpu", teacher_cache="on", teacher_cache_top_k=16)
-    doc["student"] = {"architecture": "hf_config", "kwargs": {"layers": 1}}
+    doc = yaml.safe_load((EXAMPLE.parent / "lm_cache_run.yaml").read_text())
+    assert doc["training"]["teacher_cache"] == "on"
+    assert doc["student"]["architecture"] == "hf_config"
+    doc["training"].update(epochs=1, device="cpu")
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
