@@ -462,6 +462,21 @@ def summary(tally: Tally, took: float) -> list[dict[str, Any]]:
     return rows
 
 
+def overall(tally: Tally, took: float) -> dict[str, Any]:
+    """The same figures over every request of every endpoint together."""
+    values = [v for series in tally.latencies.values() for v in series]
+    return {
+        "endpoint": "every request",
+        "requests": len(values),
+        "per_s": len(values) / took,
+        "p50_ms": 1000 * statistics.median(values) if values else 0.0,
+        "p95_ms": 1000 * percentile(values, 95) if values else 0.0,
+        "p99_ms": 1000 * percentile(values, 99) if values else 0.0,
+        "max_ms": 1000 * max(values, default=0.0),
+        "errors": sum(len(e) for e in tally.errors.values()),
+    }
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors |",
@@ -559,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"load ended: {sum(r['requests'] for r in early) / took:.0f} requests/s, "
                 f"{1000 * api_cpu / max(sum(r['requests'] for r in early), 1):.2f} ms API CPU "
                 f"per request, load average {load_average[0]:.1f} / {load_average[1]:.1f} / "
-                f"{load_average[2]:.1f}\n{markdown(early)}",
+                f"{load_average[2]:.1f}\n{markdown([*early, overall(tally, took)])}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -592,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         "big_series": big,
         "runs_cancelled_listed": len(cancelled["items"]),
         "endpoints": rows,
+        "overall": overall(tally, took),
         "training_run": {
             "status": run["status"],
             "total_steps": run["total_steps"],
@@ -609,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU per request; load average when the load ended {load_average[0]:.1f} / "
         f"{load_average[1]:.1f} / {load_average[2]:.1f} (1 / 5 / 15 min)\n"
     )
-    print(markdown(rows))
+    print(markdown([*rows, overall(tally, took)]))
     if big is not None:
         print(f"\na {args.big_series}-point series, read one request at a time:")
         for label, b in big.items():

@@ -50,8 +50,11 @@ def test_load_benchmark_smoke(tmp_path: Path) -> None:
         "GET /runs/{id}",
         "GET /runs/{id}/metrics",
     }
+    every = result["overall"]
+    assert every["requests"] == result["requests"] and every["errors"] == 0
     assert all(
-        r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] for r in result["endpoints"]
+        r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
+        for r in [*result["endpoints"], every]
     )
     run = result["training_run"]
     assert run["status"] == "succeeded" and run["every_step_once"]
