@@ -148,9 +148,12 @@ def latency_ms(
     budget_s: float = 5.0,
     threads: int | None = None,
     example: Tensor | None = None,
+    examples: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """Median milliseconds of one forward of each module at `batch`, measured the same way.
-    The input is random floats of `input_shape`, or `example`'s rows (`rows_of`).
+    The input is random floats of `input_shape`, or `example`'s rows (`rows_of`); `examples`
+    names the modules that take rows of their own inputs instead (a text student with a
+    tokenizer of its own: its token ids of the same texts).
 
     Every module gets the same input, at least `warmup` warm-up calls and at least `warmup_s`
     seconds of them (at least 2 and at most 50 calls, cut short after `budget_s / 2`), then up
@@ -164,21 +167,24 @@ def latency_ms(
         stack.enter_context(_threads(threads))
         stack.enter_context(torch.inference_mode())
         models = {k: stack.enter_context(_eval_on(m, device)) for k, m in modules.items()}
-        x = rows_of(example, input_shape, batch).to(device)
-        for module in models.values():
+        xs = {
+            k: rows_of((examples or {}).get(k, example), input_shape, batch).to(device)
+            for k in models
+        }
+        for key, module in models.items():
             started, calls = time.perf_counter(), 0
             while calls < 2 or (
                 calls < 50
                 and (calls < warmup or time.perf_counter() - started < warmup_s)
                 and time.perf_counter() - started < budget_s / 2
             ):
-                timer(module, x)
+                timer(module, xs[key])
                 calls += 1
         times: dict[str, list[float]] = {k: [] for k in models}
         deadline = time.perf_counter() + budget_s
         for i in range(runs):
             for key, module in models.items():
-                times[key].append(timer(module, x))
+                times[key].append(timer(module, xs[key]))
             if i >= 4 and time.perf_counter() > deadline:
                 break
     return {k: statistics.median(v) for k, v in times.items()}
@@ -205,9 +211,11 @@ def _latencies(
     shape: list[int],
     threads: int,
     example: Tensor | None = None,
+    student_example: Tensor | None = None,
 ) -> dict[str, Any]:
     """Both models' latency at batch 1 and 64 on CPU, and on the GPU when one is visible (the
-    student's alone when `teacher` is None)."""
+    student's alone when `teacher` is None); `student_example`: the student's own inputs."""
+    own = {"student": student_example} if student_example is not None else None
     pair = {"student": student} if teacher is None else {"teacher": teacher, "student": student}
     devices = [("cpu", torch.device("cpu"))]
     if torch.cuda.is_available():
@@ -216,7 +224,14 @@ def _latencies(
     for label, device in devices:
         for batch, suffix, runs in ((1, "", 30), (64, "_b64", 10)):
             measured = latency_ms(
-                pair, shape, batch, device=device, runs=runs, threads=threads, example=example
+                pair,
+                shape,
+                batch,
+                device=device,
+                runs=runs,
+                threads=threads,
+                example=example,
+                examples=own,
             )
             for who, ms in measured.items():
                 result[f"{who}_{label}_latency{suffix}_ms"] = ms
@@ -261,7 +276,9 @@ def evaluate(
     machine with a GPU also _gpu_latency_ms, _gpu_latency_b64_ms and gpu_name. Latencies are
     medians measured alternately, the same way for both (`latency_ms`), on CPU with
     `latency_threads` intra-op threads. `latency_student` is the student to time instead, in the
-    teacher's form (e.g. its own .pt2 loaded like a .pt2 teacher).
+    teacher's form (e.g. its own .pt2 loaded like a .pt2 teacher). The student is measured as
+    deployed (`Task.native_inputs`: a text student with a tokenizer of its own on its own
+    token ids, not the teacher's mapped to them).
 
     `teacher_figures`: the teacher's cost and latency as an earlier run measured them (its
     `teacher_*` keys of evaluation.json), for a teacher that was not loaded (`loading.is_shell`:
@@ -273,16 +290,17 @@ def evaluate(
     task = task or default_task()
     result = dict(task.evaluate(teacher, student, data))
     example = task.example_input(shape)  # the task's inputs (token ids for text)
-    timed = student if latency_student is None else latency_student
+    # the student as deployed: a text student with a tokenizer of its own reads its own ids
+    costed = task.native_inputs(student, example)
+    timed = task.native_inputs(student if latency_student is None else latency_student, example)
+    result.update(_cost(costed[0], shape, "student", costed[1]))
     if teacher_figures is not None:
-        result.update(_cost(student, shape, "student", example))
-        result.update(_latencies(None, timed, shape, latency_threads, example))
+        result.update(_latencies(None, timed[0], shape, latency_threads, example, timed[1]))
         measured = {
             k.replace("student_", "teacher_", 1) for k in result if k.startswith("student_")
         }
         result.update({k: v for k, v in teacher_figures.items() if k in measured})
         return result
     result.update(_cost(teacher, shape, "teacher", example))
-    result.update(_cost(student, shape, "student", example))
-    result.update(_latencies(teacher, timed, shape, latency_threads, example))
+    result.update(_latencies(teacher, timed[0], shape, latency_threads, example, timed[1]))
     return result

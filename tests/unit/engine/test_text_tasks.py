@@ -268,6 +268,12 @@ def test_a_student_with_another_tokenizer_reads_the_batch_retokenised(tmp_path: 
     with torch.no_grad():
         assert torch.allclose(student.eval()(batch), own.eval()(theirs), atol=1e-6)
     assert task.export_module(student, (16,)).retokenize is None
+    # its cost and latency are measured as deployed: on its own ids, without the bridge
+    native, native_ids = task.native_inputs(student, batch)
+    assert native.retokenize is None and native.hf is student.hf
+    assert torch.equal(native_ids, theirs)
+    assert task.native_inputs(shared, batch)[0] is shared
+    assert task.native_inputs(shared, batch)[1] is batch
 
     labelled = _write_labelled(tmp_path / "l.jsonl", ["pos", "neg"] * 6)
     cls_task, _, _ = _fit("text_classification", tmp_path, BERT_CLS, labelled)
@@ -358,3 +364,33 @@ def test_the_example_input_stays_inside_a_small_vocabulary(tmp_path: Path) -> No
     example = task.example_input((16,))
     assert example.shape == (2, 16) and int(example.max()) < 30
     assert teacher.module(example).shape == (2, 16)
+
+
+def test_a_student_with_its_own_tokenizer_is_timed_on_its_own_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate() times and counts a student with its own tokenizer as deployed: the plain
+    model on its own token ids of the example texts, never the teacher's ids through the bridge
+    (which would time the re-tokenising too); the teacher on the teacher's ids."""
+    from worker.engine import evaluate as evaluation
+
+    data_file = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in TEXTS])
+    task, teacher, data = _fit("sentence_embedding", tmp_path, BERT4, data_file)
+    other = load_hf(checkpoint(tmp_path, BERT4, "o.zip", tok=word_tokenizer(WORDS[::-1])))
+    student = task.adapt_model(other.module, other)
+    seen: list[tuple[str, Any, torch.Tensor]] = []
+    real = evaluation.latency_ms
+
+    def spy(modules: dict[str, Any], shape: Any, batch: int = 1, **kw: Any) -> dict[str, float]:
+        for key, module in modules.items():
+            rows = (kw.get("examples") or {}).get(key, kw.get("example"))
+            seen.append((key, module, rows))
+        return real(modules, shape, batch, **{**kw, "runs": 2, "budget_s": 0.2})
+
+    monkeypatch.setattr(evaluation, "latency_ms", spy)
+    evaluation.evaluate(teacher.module, student, data, task.input_shape(data), task=task)
+    example = task.example_input(task.input_shape(data))
+    timed = [(m, rows) for key, m, rows in seen if key == "student"]
+    assert timed and all(m.retokenize is None and m.hf is student.hf for m, _ in timed)
+    assert all(torch.equal(rows, student.retokenize(example)) for _, rows in timed)
+    assert all(torch.equal(rows, example) for key, _, rows in seen if key == "teacher")

@@ -11,6 +11,8 @@ layer-stage rule.
     validate(student, data, ...)          per-epoch metrics, reported as val/<name>
     evaluate(teacher, student, val, ...)  its part of evaluation.json (quality metrics)
     example_input(input_shape)            a batch for torch.export / ONNX tracing
+    native_inputs(model, example)         the model and its inputs for cost and latency (a text
+                                          student with its own tokenizer: its own token ids)
     export_module(student, input_shape)   what the student's .pt2 and ONNX exports hold: the
                                           student itself (default), or the student with its
                                           post-processing (detection: boxes, scores, classes)
@@ -143,6 +145,14 @@ class Task(ABC):
         to boxes, scores and classes); a wrapper may name its outputs in `output_names` (ONNX;
         default "logits"). The safetensors export is always the student's own weights."""
         return student
+
+    def native_inputs(
+        self, model: nn.Module, example: Tensor | None
+    ) -> tuple[nn.Module, Tensor | None]:
+        """The model as it runs deployed and `example` (`example_input`'s rows, the teacher's
+        inputs) as its inputs, for its cost and latency: the model and the example themselves
+        by default (a text student with a tokenizer of its own: its own token ids)."""
+        return model, example
 
     def export_dims(self, input_shape: Sequence[int]) -> dict[int, Any]:
         """The input dimensions besides the batch that the .pt2 and ONNX exports leave dynamic,

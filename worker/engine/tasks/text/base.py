@@ -180,6 +180,17 @@ class TextTask(Task):
         student with its own tokenizer does in training)."""
         return plain(student)
 
+    def native_inputs(
+        self, model: nn.Module, example: Tensor | None
+    ) -> tuple[nn.Module, Tensor | None]:
+        """A student with a tokenizer of its own reads its own token ids of the same texts
+        (`models.plain`, the ids re-tokenised once, before timing): deployed, it never maps the
+        teacher's ids to its own."""
+        bridge = getattr(model, "retokenize", None)
+        if bridge is None or example is None:
+            return model, example
+        return plain(model), bridge(example)
+
     def build_student(
         self, architecture: str, kwargs: dict[str, Any], teacher: LoadedModel, data: Any
     ) -> nn.Module | None:
