@@ -50,6 +50,7 @@ from pydantic import BaseModel
 
 from cli.connection import Connection, command, with_connection
 from client import Client, Run, walk
+from core.teacher_cache import cache_line
 
 Limit = Annotated[int, typer.Option(help="Rows per page.", min=1, max=200)]
 AllPages = Annotated[bool, typer.Option("--all", help="Follow the cursor through every page.")]
@@ -280,6 +281,8 @@ def _show_run(run: Run, as_json: bool) -> None:
                 sorted((k, v) for k, v in run.summary.items() if not isinstance(v, dict | list)),
             )
         )
+        if (cache := cache_line(run.summary, size_text)) is not None:
+            typer.echo(f"\n{cache}")
     if len(models) > 1:
         typer.echo(f"\n{len(models)} trained models:")
         typer.echo(table(TRAINED_HEADERS, _trained_rows(models)))

@@ -131,7 +131,19 @@ def _finish_next_run(after: int) -> threading.Thread:
                     progress=1.0,
                     step=6,
                     finished_at=datetime.now(UTC),
-                    summary={"teacher_top1": 0.9, "student_top1": 0.8, "student_params": 800},
+                    summary={
+                        "teacher_top1": 0.9,
+                        "student_top1": 0.8,
+                        "student_params": 800,
+                        "teacher_cache": {
+                            "used": True,
+                            "top_k": 8,
+                            "size_bytes": 4096,
+                            "replayed_batches": 6,
+                            "recorded_batches": 0,
+                            "teacher_loaded": "no",
+                        },  # fmt: skip
+                    },
                 )
                 announce(run_id)
                 return
@@ -205,6 +217,10 @@ def test_cli_against_a_running_api(cli, tmp_path: Path) -> None:
     assert "kd-lr0.1" in waited.stdout and "student_top1" in waited.stdout
     second = json.loads(cli("runs", "list", "--json").stdout)[0]
     assert second["name"] == "kd-lr0.1" and second["status"] == "succeeded"
+    assert (
+        "Teacher-output cache (top-8 logits, 4.0 KiB): 6 of 6 training batches replayed without "
+        "the teacher; the teacher was not loaded"
+    ) in cli("runs", "show", str(second["id"])).stdout
 
     table = cli("runs", "list", "--status", "queued").stdout
     assert "kd " in table and "kd-lr0.1" not in table
