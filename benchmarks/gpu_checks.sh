@@ -15,10 +15,13 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 #     pydantic-settings==2.16.3 python-dotenv==1.2.4
+#   # and for the detection tests (the GPU image lacks it): faster-coco-eval==1.8.0 the same way
 #   .venv/bin/python -m worker.engine.pipeline .whl/demo
 #   .venv/bin/python -c "from worker.engine.tasks.text.lm_demo import make_lm_demo; make_lm_demo('.whl/demo')"
 #
-# then: device run, carry [".whl"], command `bash benchmarks/gpu_checks.sh`, timeout_s 570
+# then: device run, carry [".whl"], command `bash benchmarks/gpu_checks.sh`, timeout_s 570.
+# `ONLY_LM_CACHE=1 TESTS="tests/unit/engine/test_lm_topk_cache.py ..."` runs the named tests and
+# the causal-LM cache example twice (record, then replay without the teacher), nothing else.
 # (run on an H200 on 2026-12-04 in 316 s: docs/benchmarks.md, "On an H200").
 # Each part has its own time limit (ENGINE_S, TRAIN_S, LIMITS for gpu.sh), so a slow part costs
 # itself, not the report.
