@@ -301,13 +301,19 @@ def _token_lengths(
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine runs; a killed pool process not yet reaped by
+    its parent (a zombie, state Z in /proc) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc here: the signal check is all there is
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _alive_elsewhere(run: Run, me: str, now: datetime) -> bool:

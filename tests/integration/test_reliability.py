@@ -273,7 +273,13 @@ def test_run_killed_on_every_attempt_fails_with_the_reason(
             pid = int(_run_row(run_id).worker.rsplit(":", 1)[1])
             assert pid in worker.pool_pids()
             os.kill(pid, signal.SIGKILL)
-        run = wait_run(api, run_id)
+        try:
+            run = wait_run(api, run_id, timeout=240)
+        except AssertionError as exc:  # say what the worker did (a CI run once waited here)
+            row = _run_row(run_id)
+            fields = ("status", "attempts", "worker", "heartbeat_at", "step", "error")
+            seen = {f: getattr(row, f) for f in fields}
+            raise AssertionError(f"{exc}\n{seen}\n{worker.output()[-6000:]}") from exc
         assert run["status"] == "failed", run
         assert "gave up after 2 attempts" in run["error"], run["error"]
         assert run["attempts"] == 2

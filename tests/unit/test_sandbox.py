@@ -85,7 +85,9 @@ def test_file_size_limit(tmp_path: Path) -> None:
 
 
 def test_cpu_limit_and_wall_clock_limit(tmp_path: Path, small: Path) -> None:
-    heavy = _export(Heavy(), (32, 64, 64), tmp_path / "heavy.pt2")
+    # 400 convolutions at 192 x 192: about 270 GFLOP a forward, many CPU-seconds on any core
+    # (at 64 x 64, a fast machine inspected it within the 2 s limit)
+    heavy = _export(Heavy(), (32, 192, 192), tmp_path / "heavy.pt2")
     with pytest.raises(
         sandbox.SandboxError,
         match=r"exceeded the CPU time limit of 2 s; raise "
