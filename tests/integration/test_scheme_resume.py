@@ -148,7 +148,9 @@ def test_cancelling_a_born_again_run_in_its_second_generation_stops_it(
         name="cancel in generation 2",
         student=RESNET,
         scheme={"name": "self", "params": {"generations": 3}},
-        training={"epochs": 2, "checkpoint_every": 5, "export_onnx": False},
+        # long enough that the half left after the cancel outlasts the worker's cancel check
+        # (once a second) on a fast machine: at 2 epochs a generation one run finished first
+        training={"epochs": 10, "checkpoint_every": 5, "export_onnx": False},
     )
     run_id = studio.api.post("/runs", json=body).json()["id"]
     at = _step_at(studio, run_id, 0.45)
