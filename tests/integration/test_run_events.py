@@ -360,7 +360,9 @@ SAMPLES = [
 ]  # fmt: skip
 
 
-def test_live_samples_reach_rest_and_the_cli_while_the_run_trains(live: Live) -> None:
+def test_live_samples_reach_rest_and_the_cli_while_the_run_trains(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A language model's continuations after each epoch (`DbReporter.on_samples`, as the
     training process sends them) are in the run's summary over REST, merged epoch by epoch and
     bounded, and `runs wait` and `runs show` print them while the run trains."""
@@ -379,9 +381,19 @@ def test_live_samples_reach_rest_and_the_cli_while_the_run_trains(live: Live) ->
     assert all(len(s["student"]) <= LIVE_TEXT for s in live_now["samples"])
 
     listening = _listeners(run_id) + 1
+    read = threading.Event()  # `runs wait` has read the run (at the stream's first event)
+    read_run = Client.run
+
+    def run_and_tell(self: Client, run_id: int) -> Any:
+        run = read_run(self, run_id)
+        read.set()
+        return run
+
+    monkeypatch.setattr(Client, "run", run_and_tell)
 
     def worker() -> None:
         _subscribed(run_id, listening)
+        assert read.wait(30), "runs wait never read the run"
         reporter.on_samples(1, later)
         _publish_progress(run_id, 50, 100)  # epoch 1 has begun
         _finish(run_id)
