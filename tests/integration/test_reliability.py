@@ -118,6 +118,21 @@ def test_whole_worker_killed_is_recovered_by_another(
             w2.stop()
 
 
+def _dropped(logs: str) -> int:
+    return logs.count("dropping duplicate delivery") + logs.count("'skipped'")
+
+
+def _until_dropped(w1: WorkerProcess, w2: WorkerProcess, count: int, timeout: float = 120) -> str:
+    """The two workers' logs once they say they dropped `count` deliveries."""
+    deadline = time.monotonic() + timeout
+    logs = w1.output() + w2.output()
+    while _dropped(logs) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} deliveries dropped:\n{logs[-3000:]}"
+        time.sleep(0.2)
+        logs = w1.output() + w2.output()
+    return logs
+
+
 @ON_POSTGRES
 def test_two_workers_one_run_despite_redelivery(api, studio_env: StudioEnv, demo_files) -> None:
     from backend.queue import enqueue
@@ -136,12 +151,10 @@ def test_two_workers_one_run_despite_redelivery(api, studio_env: StudioEnv, demo
         run = wait_run(api, run_id)
         assert run["status"] == "succeeded"
         assert run["attempts"] == 1, "claimed by exactly one worker"
-        time.sleep(2)  # let the duplicates be consumed
-        logs = w1.output() + w2.output()
-        assert logs.count("dropping duplicate delivery") + logs.count("'skipped'") >= 3
+        logs = _until_dropped(w1, w2, 3)  # the duplicates are consumed, and dropped
         assert _run_row(run_id).attempts == 1
         _assert_every_step_once(api, run)
-        dropped = logs.count("dropping duplicate delivery") + logs.count("'skipped'")
+        dropped = _dropped(logs)
         print(
             f"two workers, 3 extra deliveries while training: attempts {run['attempts']}, "
             f"{dropped} deliveries dropped, {run['total_steps']} steps each once"
