@@ -127,7 +127,9 @@ def _until_dropped(w1: WorkerProcess, w2: WorkerProcess, count: int, timeout: fl
     deadline = time.monotonic() + timeout
     logs = w1.output() + w2.output()
     while _dropped(logs) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} deliveries dropped:\n{logs[-3000:]}"
+        assert time.monotonic() < deadline, (
+            f"fewer than {count} deliveries dropped:\n{logs[-3000:]}"
+        )
         time.sleep(0.2)
         logs = w1.output() + w2.output()
     return logs
