@@ -534,7 +534,8 @@ def run_distillation(
     with ranks:  # training.gpus > 1: ranks 1..N-1 load and train beside this one, rank 0
         key = _cache_key(config, teacher_path, dataset_path, teacher_cache_key)
         # a cache with the teacher's record may spare the teacher's weights (`_may_replay`)
-        shell = _may_replay(config, teacher_cache, key) and not build_task(
+        may_replay = _may_replay(config, teacher_cache, key)
+        shell = may_replay and not build_task(
             config.task, **config.task_params
         ).student_reads_teacher(config.student)
         task, teacher, data, student, train_data, val_data = _inputs(
@@ -543,7 +544,7 @@ def run_distillation(
         qat = qat_student(config, task, data, student)  # None unless training.qat
         others = _other_teachers(config, teacher, teacher_paths, task, train_data)
         cache, cache_note = _teacher_cache(config, teacher_cache, key, len(train_data))
-        replay = _may_replay(config, teacher_cache, key) and _replays_all(config, cache)
+        replay = may_replay and _replays_all(config, cache)
         if shell and not replay:  # the cache does not hold every batch: the teacher must run
             log.info("the teacher-output cache lacks batches of this run: loading the teacher")
             task, teacher, data, student, train_data, val_data = _inputs(
