@@ -804,10 +804,7 @@ PREVIEW_MAX_COLUMNS = 32
 
 def csv_feature_names(path: Path, label_column: str = "label") -> list[str]:
     """The feature column names of a CSV upload (its header without the label column)."""
-    import pandas as pd
-
-    columns = [str(c).strip() for c in pd.read_csv(path, nrows=0, skipinitialspace=True).columns]
-    return [c for c in columns if c != label_column]
+    return [c for c in _csv_columns(path, path.name) if c != label_column]
 
 
 def _spread(labels: Tensor, n: int) -> list[int]:
