@@ -105,15 +105,23 @@ def require(principal: Principal, permission: Permission) -> Principal:
 # -- the caller, with a permission in the team of the request ---------------------------------
 
 
-def _writer(principal: CurrentUser) -> Principal:
+# These check what the principal already holds (no I/O), so they are `async def`: FastAPI would
+# run a plain `def` in a worker thread, a hop that costs about as much CPU as a small query.
+
+
+async def _writer(principal: CurrentUser) -> Principal:
     return require(principal, Permission.write)
 
 
-def _manager(principal: CurrentUser) -> Principal:
+async def _manager(principal: CurrentUser) -> Principal:
     return require(principal, Permission.manage)
 
 
-def _account(principal: CurrentUser) -> Principal:
+async def _account(principal: CurrentUser) -> Principal:
+    return _may_change_account(principal)
+
+
+def _may_change_account(principal: Principal) -> Principal:
     """For changes to the caller's own account (tokens, new teams): any role, no read-only token."""
     if principal.read_only:
         raise Forbidden(
@@ -127,23 +135,23 @@ def is_studio_admin(principal: Principal) -> bool:
     return principal.user.is_superuser and not principal.read_only
 
 
-def _user_creator(principal: CurrentUser) -> Principal:
+async def _user_creator(principal: CurrentUser) -> Principal:
     """Studio administrators create users; team admins and owners too only when
     DS_USER_CREATORS=team_admins."""
     if is_studio_admin(principal):
         return principal
     if get_settings().user_creators == "team_admins":
         return require(principal, Permission.manage)
-    _account(principal)
+    _may_change_account(principal)
     raise Forbidden(
         "creating users is for studio administrators (DS_USER_CREATORS=admins); ask one to "
         "create the account, then invite it to your team"
     )
 
 
-def _team_creator(principal: CurrentUser) -> Principal:
+async def _team_creator(principal: CurrentUser) -> Principal:
     """Studio administrators create teams; everyone when DS_TEAM_CREATORS=everyone."""
-    _account(principal)
+    _may_change_account(principal)
     if principal.user.is_superuser or get_settings().team_creators == "everyone":
         return principal
     raise Forbidden(
@@ -152,9 +160,9 @@ def _team_creator(principal: CurrentUser) -> Principal:
     )
 
 
-def _unscoped_account(principal: CurrentUser) -> Principal:
+async def _unscoped_account(principal: CurrentUser) -> Principal:
     """For answering invitations: the account as a whole, so not a token scoped to one team."""
-    _account(principal)
+    _may_change_account(principal)
     if principal.token.team_id is not None:
         raise Forbidden(
             f"this token is scoped to team {principal.token.team_id}, so it cannot answer "

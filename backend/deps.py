@@ -1,9 +1,10 @@
 """FastAPI dependencies: the request's database session and who is calling, for which team.
 
-- `SessionDep`: one session per request; services commit, anything uncommitted is rolled back
-  (a route marked `read_only` runs its statements in autocommit on PostgreSQL).
+- `SessionDep`: one session per request; services commit, anything uncommitted is rolled back.
 - `CurrentUser`: the `Principal` behind `Authorization: Bearer <token>` (401 otherwise).
 - `TeamDep`: the caller's team id, for reads (any member, any token).
+- `CredentialsDep` and `read_as`: the same checks and a session of its own in one worker-thread
+  hop, for the reads that pollers repeat (see `read_as`).
 
 What a role may do, and the dependencies that hand routes an authorised resource
 (`OwnedModel`, `WritableRun`, `Writer`, `Manager`, ...), live in `backend.access`.
@@ -18,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, NamedTuple, TypeVar
+from typing import Annotated, NamedTuple, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import Engine, Integer, bindparam, func, select, update
@@ -46,50 +47,14 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 # ended its transaction itself.
 
 
-# Routes that only read (`read_only`): on PostgreSQL their session runs each statement on its
-# own (autocommit), so a request sends no BEGIN before its first statement and no ROLLBACK when
-# it gives the connection back: two of the five round trips of `GET /runs/{id}` (pre-ping,
-# BEGIN, principal, run, ROLLBACK), each as much of the API's CPU as a small query. Their
-# statements are single reads (the principal's once-a-minute `last_used_at` update is one
-# statement too), so nothing needs them in one transaction: a metrics read whose statements
-# straddle a flush serves the newer points, or, where the rollups no longer end at the span it
-# read first, reads the points (as for points written without rollups). SQLite begins no
-# transaction for a read anyway.
-_READ_ONLY: set[Callable[..., Any]] = set()
-_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
-
-
-def read_only(endpoint: _Endpoint) -> _Endpoint:
-    """Mark a route as one that only reads: its session runs in autocommit (see above). Put
-    it under the route's decorator (`@router.get(...)` then `@read_only`)."""
-    _READ_ONLY.add(endpoint)
-    return endpoint
-
-
-@lru_cache(maxsize=4)
-def _autocommit(engine: Engine) -> Engine:
-    """`engine` whose connections run each statement on its own (its pool, shared)."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
-def _session_for(request: Request) -> Session:
-    make = get_sessionmaker()
-    route = request.scope.get("route")
-    if getattr(route, "endpoint", None) in _READ_ONLY:
-        engine = get_engine()
-        if engine.dialect.name == "postgresql":
-            return make(bind=_autocommit(engine))
-    return make()
-
-
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    session = _session_for(request)
+async def get_session() -> AsyncIterator[Session]:
+    session = get_sessionmaker()()
     try:
         yield session
     finally:
         if session.in_transaction():  # a connection to give back: I/O, in a thread
             await run_in_threadpool(_close, session)
-        else:  # the route ended its transaction (the reads of runs do): nothing to wait for
+        else:  # the route ended its transaction (a commit does): nothing to wait for
             session.close()
 
 
@@ -259,26 +224,44 @@ def _fast_principal(session: Session, token: str, header_team: int | None) -> _F
     return _Found(TokenRow(*row[0:4]), UserRow(*row[4:7]), *row[7:11])
 
 
-def get_principal(
-    session: SessionDep,
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a request says of its caller, not yet checked: the bearer token and X-Team-Id."""
+
+    token: str
+    team_header: int | None
+
+
+async def get_credentials(
     token: Annotated[str | None, Depends(oauth2_scheme)],
     x_team_id: Annotated[
         int | None,
         Header(alias="X-Team-Id", description="Act for this team (default: your first team)."),
     ] = None,
-) -> Principal:
+) -> Credentials:
+    """The request's credentials (401 when it has no token); the database checks them later."""
     if not token:
         raise Unauthorized(
             "not signed in: send `Authorization: Bearer <token>`; get a token from "
             f"POST {TOKEN_URL} (username, password)"
         )
-    found = _fast_principal(session, token, x_team_id)
+    return Credentials(token, x_team_id)
+
+
+CredentialsDep = Annotated[Credentials, Depends(get_credentials)]
+
+
+def principal_for(session: Session, credentials: Credentials) -> Principal:
+    """The principal behind `credentials`: 401 for a token that is unknown, revoked or expired,
+    403 for a team the caller may not act for. Notes the token's use once a minute."""
+    token, header_team = credentials.token, credentials.team_header
+    found = _fast_principal(session, token, header_team)
     if found is None:  # unknown token or no membership to act under: say which
-        found = _slow_principal(session, token, x_team_id)
+        found = _slow_principal(session, token, header_team)
     now = utcnow()
     _check_alive(found.revoked_at, found.token.expires_at, now)
     if found.token.team_id is not None:
-        resolve_team_checks(found.token, x_team_id)
+        resolve_team_checks(found.token, header_team)
     last = as_utc(found.last_used_at)
     if last is None or now - last >= LAST_USED_EVERY:
         session.connection().execute(_TOUCH, {"token_id": found.token.id, "now": now})
@@ -292,6 +275,10 @@ def get_principal(
     )
 
 
+def get_principal(session: SessionDep, credentials: CredentialsDep) -> Principal:
+    return principal_for(session, credentials)
+
+
 CurrentUser = Annotated[Principal, Depends(get_principal)]
 
 
@@ -300,3 +287,50 @@ async def get_team_id(principal: CurrentUser) -> int:
 
 
 TeamDep = Annotated[int, Depends(get_team_id)]
+
+
+# The reads that pages and scripts poll (a run, its metrics, the list of runs) take the
+# credentials (no I/O) and do all their database work in `read_as`: one worker-thread hop for
+# the principal, the read and giving the connection back, where the dependencies would take
+# two (the principal, then the route), each costing about as much CPU as a small query. On
+# PostgreSQL their session runs each statement on its own (autocommit): no BEGIN before the
+# first statement and no ROLLBACK after the last, two of the five round trips of
+# `GET /runs/{id}` (pre-ping, BEGIN, principal, run, ROLLBACK). Their statements are single
+# reads (the principal's once-a-minute `last_used_at` update is one statement too), so nothing
+# needs them in one transaction: a metrics read whose statements straddle a flush serves the
+# newer points, or, where the rollups no longer end at the span it read first, reads the points
+# (as for points written without rollups). A read that needs a transaction (`SET LOCAL`) asks
+# for one. SQLite begins no transaction for a read anyway.
+
+_Read = TypeVar("_Read")
+
+
+@lru_cache(maxsize=4)
+def _autocommit(engine: Engine) -> Engine:
+    """`engine` whose connections run each statement on its own (its pool, shared)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _read(
+    credentials: Credentials, read: Callable[[Session, Principal], _Read], transaction: bool
+) -> _Read:
+    engine = get_engine()
+    if engine.dialect.name == "postgresql" and not transaction:
+        session = get_sessionmaker()(bind=_autocommit(engine))
+    else:
+        session = get_sessionmaker()()
+    try:
+        return read(session, principal_for(session, credentials))
+    finally:
+        session.close()
+
+
+async def read_as(
+    credentials: Credentials,
+    read: Callable[[Session, Principal], _Read],
+    *,
+    transaction: bool = False,
+) -> _Read:
+    """`read(session, principal)` for the caller behind `credentials`, in one worker-thread hop,
+    on a session of its own (see above; `transaction`: its statements in one transaction)."""
+    return await run_in_threadpool(_read, credentials, read, transaction)

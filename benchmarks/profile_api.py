@@ -43,7 +43,7 @@ from benchmarks.load_api import SEED_SERIES, admin_token, seed, studio  # noqa: 
 async def measure(
     app: Any, headers: dict[str, str], path: str, params: dict[str, Any], n: int
 ) -> float:
-    """CPU ms of this process per request: the least of 5 rounds of `n / 5` requests, after 20
+    """CPU ms of this process per request: the least of 15 rounds of `n / 15` requests, after 20
     of warm-up (the least: other processes share the machine's cores and caches)."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
@@ -52,11 +52,11 @@ async def measure(
         for _ in range(20):
             _ok(await client.get(path, params=params))
         rounds = []
-        for _ in range(5):
+        for _ in range(15):
             started = time.process_time()
-            for _ in range(max(1, n // 5)):
+            for _ in range(max(1, n // 15)):
                 _ok(await client.get(path, params=params))
-            rounds.append(1000 * (time.process_time() - started) / max(1, n // 5))
+            rounds.append(1000 * (time.process_time() - started) / max(1, n // 15))
         return min(rounds)
 
 

@@ -13,7 +13,7 @@ from backend.access import OwnedRun, Permission, TeamMember, WritableRun, Writer
 from backend.artifacts import service as artifacts
 from backend.artifacts.schemas import ArtifactOut
 from backend.conditional import NOT_MODIFIED, IfNoneMatch, json_or_not_modified
-from backend.deps import SessionDep, StoreDep, read_only
+from backend.deps import CredentialsDep, Principal, SessionDep, StoreDep, read_as
 from backend.errors import responses
 from backend.models import service as models
 from backend.models.schemas import ModelOut, RegisterIn
@@ -171,18 +171,11 @@ def plan(
     return PlanOut.model_validate(result)
 
 
-# The reads below answer with the JSON the service wrote (`Response`): FastAPI then neither
-# validates the response again (a worker-thread hop of its own for a sync route) nor encodes it;
-# `response_model` still documents it. They end the request's transaction themselves, so the
-# session dependency closes it without another hop (`backend.deps.get_session`). Each answers
-# with an ETag and 304 to an `If-None-Match` that names it, so pollers get no body while
-# nothing changed.
-
-
-def _json(session: Session, body: bytes, if_none_match: str | None) -> Response:
-    """The body with its `ETag`, or 304 when the caller holds it (`backend.conditional`)."""
-    session.close()
-    return json_or_not_modified(body, if_none_match)
+# The reads below are the API's most frequent requests (pages and scripts poll them). They do
+# their database work in one worker-thread hop (`backend.deps.read_as`) and answer with the JSON
+# the service wrote (`Response`): FastAPI then neither validates the response again nor encodes
+# it; `response_model` still documents it. Each answers with an ETag and 304 to an
+# `If-None-Match` that names it, so pollers get no body while nothing changed.
 
 
 @router.get(
@@ -191,10 +184,8 @@ def _json(session: Session, body: bytes, if_none_match: str | None) -> Response:
     responses={**NOT_MODIFIED, **responses(401, 403, 422, 503)},
     summary="Runs of your team, newest first",
 )
-@read_only
-def list_runs(
-    session: SessionDep,
-    principal: TeamMember,
+async def list_runs(
+    credentials: CredentialsDep,
     if_none_match: IfNoneMatch = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
@@ -202,16 +193,21 @@ def list_runs(
     teacher_model_id: int | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Name contains (any case).")] = None,
 ) -> Response:
-    rows, next_cursor = service.list_runs(
-        session,
-        principal.team_id,
-        limit=limit,
-        cursor=cursor,
-        status=status.value if status else None,
-        teacher_model_id=teacher_model_id,
-        q=q,
-    )
-    return _json(session, service.runs_page_json(rows, next_cursor), if_none_match)
+    def read(session: Session, principal: Principal) -> bytes:
+        rows, next_cursor = service.list_runs(
+            session,
+            principal.team_id,
+            limit=limit,
+            cursor=cursor,
+            status=status.value if status else None,
+            teacher_model_id=teacher_model_id,
+            q=q,
+        )
+        return service.runs_page_json(rows, next_cursor)
+
+    # in a transaction: on PostgreSQL the list plans itself from the index with `SET LOCAL`
+    body = await read_as(credentials, read, transaction=True)
+    return json_or_not_modified(body, if_none_match)
 
 
 @router.get(
@@ -220,13 +216,15 @@ def list_runs(
     responses={**NOT_MODIFIED, **responses(401, 403, 404, 422, 503)},
     summary="One run: status, progress, summary",
 )
-@read_only
-def get_run(
-    session: SessionDep, principal: TeamMember, run_id: int, if_none_match: IfNoneMatch = None
+async def get_run(
+    credentials: CredentialsDep, run_id: int, if_none_match: IfNoneMatch = None
 ) -> Response:
-    body = service.run_for_read_json(session, run_id, principal.team_id)  # 404 first
-    require(principal, Permission.read)
-    return _json(session, body, if_none_match)
+    def read(session: Session, principal: Principal) -> bytes:
+        body = service.run_for_read_json(session, run_id, principal.team_id)  # 404 first
+        require(principal, Permission.read)
+        return body
+
+    return json_or_not_modified(await read_as(credentials, read), if_none_match)
 
 
 @router.get(
@@ -243,10 +241,8 @@ def get_run(
         "read again with `since_step` set to the last step you have: only newer points come."
     ),
 )
-@read_only
-def get_metrics(
-    session: SessionDep,
-    principal: TeamMember,
+async def get_metrics(
+    credentials: CredentialsDep,
     run_id: int,
     names: Annotated[
         str | None, Query(description="Comma-separated series names; default all.")
@@ -262,11 +258,14 @@ def get_metrics(
     ] = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
-    run = service.run_ref(session, run_id, principal.team_id)  # 404 first, as OwnedRun
-    require(principal, Permission.read)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    series = service.metrics(session, run, wanted, since_step, max_points)
-    return _json(session, service.metrics_json(series), if_none_match)
+
+    def read(session: Session, principal: Principal) -> bytes:
+        run = service.run_ref(session, run_id, principal.team_id)  # 404 first, as OwnedRun
+        require(principal, Permission.read)
+        return service.metrics_json(service.metrics(session, run, wanted, since_step, max_points))
+
+    return json_or_not_modified(await read_as(credentials, read), if_none_match)
 
 
 @router.post(

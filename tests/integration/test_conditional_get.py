@@ -109,8 +109,9 @@ def test_client_sends_the_tag_and_keeps_the_body_on_304(sdk, api) -> None:
 
 
 def test_reads_send_no_begin_or_rollback_on_postgres(api, studio_env) -> None:
-    """The read routes (`backend.deps.read_only`) run their statements in autocommit on
-    PostgreSQL (no BEGIN, no ROLLBACK round trips); a write still runs in one transaction."""
+    """A run and its metrics are read in autocommit on PostgreSQL (`backend.deps.read_as`: no
+    BEGIN, no ROLLBACK round trips). The list of runs is read in a transaction, where its
+    `SET LOCAL` holds for the SELECT after it; a write runs in one transaction too."""
     from sqlalchemy import event
 
     from core.db import get_engine
@@ -125,14 +126,19 @@ def test_reads_send_no_begin_or_rollback_on_postgres(api, studio_env) -> None:
     def record(conn, _cursor, statement, *_args) -> None:
         seen.append((statement.split()[0], conn.connection.dbapi_connection.autocommit))
 
+    def sent(call) -> list[tuple[str, bool]]:
+        seen.clear()
+        call()
+        return list(seen)
+
     event.listen(engine, "before_cursor_execute", record)
     try:
-        for path in ("/runs", f"/runs/{run_id}", f"/runs/{run_id}/metrics"):
-            assert api.get(path).status_code == 200
-        reads = list(seen)
-        seen.clear()
-        api.post(f"/runs/{run_id}/cancel")
+        for path in (f"/runs/{run_id}", f"/runs/{run_id}/metrics"):
+            reads = sent(lambda path=path: api.get(path).raise_for_status())
+            assert reads and all(autocommit for _, autocommit in reads), (path, reads)
+        listed = sent(lambda: api.get("/runs").raise_for_status())
+        written = sent(lambda: api.post(f"/runs/{run_id}/cancel"))
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert reads and all(autocommit for _, autocommit in reads), reads
-    assert seen and not any(autocommit for _, autocommit in seen), seen
+    assert ("SET", False) in listed and not any(autocommit for _, autocommit in listed), listed
+    assert written and not any(autocommit for _, autocommit in written), written

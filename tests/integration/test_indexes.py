@@ -136,12 +136,13 @@ def _seed() -> dict[str, int]:
 
 
 @contextmanager
-def _captured() -> Iterator[list[tuple[str, Any]]]:
-    """The SQL statements (and parameters) sent to the driver meanwhile."""
-    sent: list[tuple[str, Any]] = []
+def _captured() -> Iterator[list[tuple[str, Any, bool]]]:
+    """The SQL statements sent to the driver meanwhile, with their parameters and whether they
+    ran in a transaction (a `SET LOCAL` sent in autocommit holds for nothing after it)."""
+    sent: list[tuple[str, Any, bool]] = []
 
     def listen(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
-        sent.append((statement, parameters))
+        sent.append((statement, parameters, not conn.connection.dbapi_connection.autocommit))
 
     event.listen(get_engine(), "before_cursor_execute", listen)
     try:
@@ -160,10 +161,15 @@ def _plan(call: Callable[[Session], Any]) -> list[dict[str, Any]]:
     """The nodes of the plan of the last SELECT that `call` sends (the list itself)."""
     with session_scope() as s, _captured() as sent:
         call(s)
+    return _plan_of(sent)
+
+
+def _plan_of(sent: list[tuple[str, Any, bool]]) -> list[dict[str, Any]]:
     selects = [q for q in sent if q[0].lstrip().upper().startswith(("SELECT", "WITH"))]
-    statement, parameters = selects[-1]  # after any look-ups of the arguments (session.get)
+    statement, parameters, _ = selects[-1]  # after any look-ups of the arguments (session.get)
+    settings = [q[0] for q in sent if q[0].lstrip().upper().startswith("SET") and q[2]]
     with get_engine().begin() as conn:  # in a transaction set up as the service set its own
-        for setting, _ in (q for q in sent if q[0].lstrip().upper().startswith("SET")):
+        for setting in settings:
             conn.exec_driver_sql(setting)
         [[explained]] = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).all()
     return list(_nodes(explained[0]["Plan"]))
@@ -253,6 +259,22 @@ def test_list_queries_use_matching_indexes(studio_env) -> None:
         assert "Seq Scan" not in {n["Node Type"] for n in nodes}, nodes
 
 
+def test_the_api_lists_runs_by_the_index(studio_env, api) -> None:
+    """`GET /runs` as the API sends it (its own session and settings, not the service's in a
+    test's transaction) is planned from the (team_id, id) index without statistics."""
+    _seed()
+    team = api.get("/auth/me").json()["teams"][0]["id"]
+    with session_scope() as s:
+        s.execute(
+            insert(Run), [{"team_id": team, "name": f"a{i}", "config": {}} for i in range(500)]
+        )
+    for params in ({"limit": 50}, {"limit": 20, "status": "queued"}):
+        with _captured() as sent:
+            assert api.get("/runs", params=params).status_code == 200
+        index = "ix_runs_team_id_status_id" if "status" in params else "ix_runs_team_id_id"
+        _assert_index(_plan_of(sent), index)
+
+
 def test_incremental_metric_reads_use_the_primary_key(studio_env) -> None:
     from backend.runs import service as runs
 
@@ -274,7 +296,7 @@ def test_downsampled_reads_scan_only_key_ranges(studio_env) -> None:
     reads = [q for q in sent if "FROM metrics" in q[0]]
     assert len(reads) == 4  # the series' names and step range, its count, M4, the points
     with get_engine().connect() as conn:
-        for statement, parameters in reads:
+        for statement, parameters, _ in reads:
             [[explained]] = conn.exec_driver_sql(
                 "EXPLAIN (FORMAT JSON) " + statement, parameters
             ).all()
@@ -306,7 +328,7 @@ def test_rollup_reads_scan_only_key_ranges(studio_env) -> None:
     assert "metric_rollups" in reads[1][0]
     keys = {"metrics": "pk_metrics", "metric_rollups": "pk_metric_rollups"}
     with get_engine().connect() as conn:
-        for statement, parameters in reads:
+        for statement, parameters, _ in reads:
             [[explained]] = conn.exec_driver_sql(
                 "EXPLAIN (FORMAT JSON) " + statement, parameters
             ).all()
