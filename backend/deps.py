@@ -299,8 +299,7 @@ TeamDep = Annotated[int, Depends(get_team_id)]
 # reads (the principal's once-a-minute `last_used_at` update is one statement too), so nothing
 # needs them in one transaction: a metrics read whose statements straddle a flush serves the
 # newer points, or, where the rollups no longer end at the span it read first, reads the points
-# (as for points written without rollups). A read that needs a transaction (`SET LOCAL`) asks
-# for one. SQLite begins no transaction for a read anyway.
+# (as for points written without rollups). SQLite begins no transaction for a read anyway.
 
 _Read = TypeVar("_Read")
 
@@ -311,11 +310,9 @@ def _autocommit(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def _read(
-    credentials: Credentials, read: Callable[[Session, Principal], _Read], transaction: bool
-) -> _Read:
+def _read(credentials: Credentials, read: Callable[[Session, Principal], _Read]) -> _Read:
     engine = get_engine()
-    if engine.dialect.name == "postgresql" and not transaction:
+    if engine.dialect.name == "postgresql":
         session = get_sessionmaker()(bind=_autocommit(engine))
     else:
         session = get_sessionmaker()()
@@ -325,12 +322,7 @@ def _read(
         session.close()
 
 
-async def read_as(
-    credentials: Credentials,
-    read: Callable[[Session, Principal], _Read],
-    *,
-    transaction: bool = False,
-) -> _Read:
+async def read_as(credentials: Credentials, read: Callable[[Session, Principal], _Read]) -> _Read:
     """`read(session, principal)` for the caller behind `credentials`, in one worker-thread hop,
-    on a session of its own (see above; `transaction`: its statements in one transaction)."""
-    return await run_in_threadpool(_read, credentials, read, transaction)
+    on a session of its own (see above)."""
+    return await run_in_threadpool(_read, credentials, read)

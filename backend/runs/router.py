@@ -205,9 +205,7 @@ async def list_runs(
         )
         return service.runs_page_json(rows, next_cursor)
 
-    # in a transaction: on PostgreSQL the list plans itself from the index with `SET LOCAL`
-    body = await read_as(credentials, read, transaction=True)
-    return json_or_not_modified(body, if_none_match)
+    return json_or_not_modified(await read_as(credentials, read), if_none_match)
 
 
 @router.get(
@@ -261,9 +259,13 @@ async def get_metrics(
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
 
     def read(session: Session, principal: Principal) -> bytes:
-        run = service.run_ref(session, run_id, principal.team_id)  # 404 first, as OwnedRun
+        # the team check is in the read's statements: no look-up of the run before them
+        run = service.RunRef(run_id, principal.team_id)
+        series = service.metrics(session, run, wanted, since_step, max_points)
+        if not series:  # no points, or not the team's run: 404 for that first, as OwnedRun
+            service.run_ref(session, run_id, principal.team_id)
         require(principal, Permission.read)
-        return service.metrics_json(service.metrics(session, run, wanted, since_step, max_points))
+        return service.metrics_json(series)
 
     return json_or_not_modified(await read_as(credentials, read), if_none_match)
 

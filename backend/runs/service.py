@@ -35,6 +35,7 @@ from backend.errors import Conflict, Invalid, InvalidMany, NotFound
 from backend.runs.schemas import RunOut
 from backend.runs.teachers import check_teacher_pairs, ready_teachers
 from backend.teams.service import (
+    LAST_ID,
     MAX_LIMIT,
     decode_cursor,
     encode_cursor,
@@ -454,19 +455,17 @@ def list_runs(
     if q:  # name contains q, any case; its / % _ escaped by /
         escaped = q.lower().replace("/", "//").replace("%", "/%").replace("_", "/_")
         values["q"] = f"%{escaped}%"
+    # ids below the cursor's, or up to the largest there can be: the bound plans the list from
+    # the (team_id, id) index, never as a sort of the whole team (see `page`)
     if cursor:
         values["before"] = decode_cursor(cursor)
+    else:
+        values["last"] = LAST_ID
     connection = session.connection()  # plain rows: no ORM row handling
-    if connection.dialect.name == "postgresql":
-        # the order from the (team_id, id) index, never a sort of the whole team (see `page`)
-        connection.execute(_NO_SORT)
     rows = connection.execute(_list_statement(frozenset(values)), values).all()
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, encode_cursor(rows[-1][0]) if more and rows else None
-
-
-_NO_SORT = text("SET LOCAL enable_sort = off")
 
 
 @cache
@@ -482,6 +481,8 @@ def _list_statement(given: frozenset[str]) -> Select[Any]:
         stmt = stmt.where(func.lower(Run.name).like(bindparam("q"), escape="/"))
     if "before" in given:
         stmt = stmt.where(Run.id < bindparam("before"))
+    else:
+        stmt = stmt.where(Run.id <= bindparam("last"))
     return stmt.order_by(Run.id.desc()).limit(bindparam("limit"))
 
 
@@ -492,7 +493,8 @@ def runs_page_json(rows: list[Any], next_cursor: str | None) -> bytes:
 
 
 class RunRef(NamedTuple):
-    """A run known to be the caller's team's, without loading it."""
+    """A run by id and the team it is read for: known to be that team's (`run_ref`), or checked
+    by the statements that read it (`metrics`)."""
 
     id: int
     team_id: int
@@ -532,10 +534,14 @@ def _finite(value: float) -> float | None:
 
 MAX_POINTS = 10_000  # the most points per series one request may ask for
 MIN_POINTS = 4  # M4 keeps up to four points per bucket
+# The first statement of each metrics read holds the team check: a run of another team reads
+# as one without points (evaluated once, by the runs' primary key), so a read of a run with
+# points needs no look-up of the run before it (see `metrics`)
+OF_TEAM = "EXISTS (SELECT 1 FROM runs WHERE runs.id = :run AND runs.team_id = :team)"
 SERIES_NAMES = text(
-    """
+    f"""
     WITH RECURSIVE names(name) AS (
-        SELECT MIN(name) FROM metrics WHERE run_id = :run
+        SELECT MIN(name) FROM metrics WHERE run_id = :run AND {OF_TEAM}
         UNION ALL
         SELECT (SELECT MIN(m.name) FROM metrics m WHERE m.run_id = :run AND m.name > names.name)
         FROM names WHERE names.name IS NOT NULL
@@ -578,6 +584,7 @@ def metrics(
     max_points: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Series of the run by name, ordered by step; only steps after `since_step` when given.
+    None of them when `run` is not of `run.team_id` (the team check is in the statements).
 
     With `max_points`, a series with more points than that is downsampled in the database to at
     most `max_points` points by M4 (Jugel et al., "M4: A Visualization-Oriented Time Series Data
@@ -591,15 +598,17 @@ def metrics(
     rows gives the exact M4 of every point without reading them (`_m4_rollups`).
     """
     if max_points is None:
-        return _points(session, run.id, names, since_step)
+        return _points(session, run, names, since_step)
     since = since_step if since_step is not None else -(2**31)
     spans = {
         name: (lo, hi)
-        for name, lo, hi in session.execute(SERIES_NAMES, {"run": run.id, "since": since})
+        for name, lo, hi in session.execute(
+            SERIES_NAMES, {"run": run.id, "team": run.team_id, "since": since}
+        )
         if lo is not None and (not names or name in names)
     }
     small = [name for name, (lo, hi) in spans.items() if hi - lo + 1 <= max_points]
-    series = _points(session, run.id, small, since_step) if small else {}
+    series = _points(session, run, small, since_step) if small else {}
     for name, (lo, hi) in spans.items():
         if name not in series:
             found = (
@@ -607,7 +616,7 @@ def metrics(
                 if since_step is not None
                 else _m4_rollups(session, run.id, name, lo, hi, max_points)
             )
-            series[name] = found or _m4(session, run.id, name, lo, hi, max_points)
+            series[name] = found or _m4(session, run, name, lo, hi, max_points)
     return {name: series[name] for name in sorted(series)}
 
 
@@ -617,7 +626,7 @@ class Encoded(bytes):
 
 
 def _points(
-    session: Session, run_id: int, names: list[str] | None, since_step: int | None
+    session: Session, run: Run | RunRef, names: list[str] | None, since_step: int | None
 ) -> dict[str, dict[str, Any]]:
     """Every point of the series (all of the run's when `names` is empty), each list already in
     JSON (`Encoded`), so that Python does not touch the points one by one.
@@ -629,7 +638,7 @@ def _points(
     float text has 15 digits (it would change values), so there the values come as floats, one
     column, and pydantic_core encodes them.
     """
-    values: dict[str, Any] = {"run": run_id}
+    values: dict[str, Any] = {"run": run.id, "team": run.team_id}
     if since_step is not None:
         values["since"] = since_step
     if names:
@@ -655,7 +664,7 @@ def _points(
                 series[name] = _encoded(steps, epochs, encoded, total)
                 first += total
             return series
-    return _point_rows(session, run_id, names, since_step)
+    return _point_rows(session, run.id, names, since_step)
 
 
 def _chunked(
@@ -709,8 +718,9 @@ def _encoded(
 
 
 def _where(given: frozenset[str]) -> str:
-    """The points' condition for the parameters `given` (a range of the primary key)."""
-    where = "run_id = :run"
+    """The points' condition for the parameters `given` (a range of the primary key), with the
+    team check."""
+    where = f"run_id = :run AND {OF_TEAM}"
     if "names" in given:
         where += " AND name IN :names"
     if "since" in given:
@@ -840,7 +850,7 @@ def plain(series: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _m4(
-    session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
+    session: Session, run: Run | RunRef, name: str, lo: int, hi: int, max_points: int
 ) -> dict[str, Any]:
     """The series `name` from step `lo` to `hi`, M4-downsampled to at most `max_points` points.
 
@@ -850,14 +860,14 @@ def _m4(
     points at those steps are read by key. Every bucket is a range of the key, so nothing
     sorts or groups the whole series, and nothing but the chosen points leaves the database.
     """
-    in_series = (Metric.run_id == run_id, Metric.name == name, Metric.step >= lo)
+    in_series = (Metric.run_id == run.id, Metric.name == name, Metric.step >= lo)
     total = session.scalar(select(func.count()).where(*in_series))
     if not total or total <= max_points:  # sparse (a value per epoch over many steps): all
-        every = _points(session, run_id, [name], lo - 1)
+        every = _points(session, run, [name], lo - 1)
         return every.get(name) or {"steps": [], "values": [], "epochs": [], "total": 0}
     width = (hi - lo) // (max_points // MIN_POINTS) + 1
     picked = session.execute(
-        M4_BUCKETS, {"run": run_id, "name": name, "lo": lo, "hi": hi, "width": width}
+        M4_BUCKETS, {"run": run.id, "name": name, "lo": lo, "hi": hi, "width": width}
     )
     steps = {step for row in picked for step in row if step is not None}
     rows = session.execute(

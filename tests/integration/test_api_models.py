@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 
@@ -55,6 +56,11 @@ def test_upload_pt2_versions_list_detail_download(api, studio_env) -> None:
     assert bad_status.status_code == 422 and bad_status.json()["detail"].startswith("status:")
     bad_cursor = api.get("/models", params={"cursor": "garbage"})
     assert bad_cursor.status_code == 422 and "cursor" in bad_cursor.json()["detail"]
+    for last_id in (0, -5, 2**31, 2**70):  # shaped like ours, but no id a table can hold
+        forged = base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+        for path in ("/models", "/runs"):
+            out_of_range = api.get(path, params={"cursor": forged})
+            assert out_of_range.status_code == 422, (path, last_id, out_of_range.text)
 
     dl = api.get(f"/models/{first['id']}/download")
     assert dl.status_code == 200 and dl.content == data

@@ -136,13 +136,12 @@ def _seed() -> dict[str, int]:
 
 
 @contextmanager
-def _captured() -> Iterator[list[tuple[str, Any, bool]]]:
-    """The SQL statements sent to the driver meanwhile, with their parameters and whether they
-    ran in a transaction (a `SET LOCAL` sent in autocommit holds for nothing after it)."""
-    sent: list[tuple[str, Any, bool]] = []
+def _captured() -> Iterator[list[tuple[str, Any]]]:
+    """The SQL statements sent to the driver meanwhile, with their parameters."""
+    sent: list[tuple[str, Any]] = []
 
     def listen(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
-        sent.append((statement, parameters, not conn.connection.dbapi_connection.autocommit))
+        sent.append((statement, parameters))
 
     event.listen(get_engine(), "before_cursor_execute", listen)
     try:
@@ -164,13 +163,12 @@ def _plan(call: Callable[[Session], Any]) -> list[dict[str, Any]]:
     return _plan_of(sent)
 
 
-def _plan_of(sent: list[tuple[str, Any, bool]]) -> list[dict[str, Any]]:
+def _plan_of(sent: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """The plan of the last SELECT `sent` (after any look-ups of the arguments: session.get),
+    as the database plans it on a connection of its own: nothing set beforehand."""
     selects = [q for q in sent if q[0].lstrip().upper().startswith(("SELECT", "WITH"))]
-    statement, parameters, _ = selects[-1]  # after any look-ups of the arguments (session.get)
-    settings = [q[0] for q in sent if q[0].lstrip().upper().startswith("SET") and q[2]]
-    with get_engine().begin() as conn:  # in a transaction set up as the service set its own
-        for setting in settings:
-            conn.exec_driver_sql(setting)
+    statement, parameters = selects[-1]
+    with get_engine().connect() as conn:
         [[explained]] = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).all()
     return list(_nodes(explained[0]["Plan"]))
 
@@ -296,7 +294,7 @@ def test_downsampled_reads_scan_only_key_ranges(studio_env) -> None:
     reads = [q for q in sent if "FROM metrics" in q[0]]
     assert len(reads) == 4  # the series' names and step range, its count, M4, the points
     with get_engine().connect() as conn:
-        for statement, parameters, _ in reads:
+        for statement, parameters in reads:
             [[explained]] = conn.exec_driver_sql(
                 "EXPLAIN (FORMAT JSON) " + statement, parameters
             ).all()
@@ -328,7 +326,7 @@ def test_rollup_reads_scan_only_key_ranges(studio_env) -> None:
     assert "metric_rollups" in reads[1][0]
     keys = {"metrics": "pk_metrics", "metric_rollups": "pk_metric_rollups"}
     with get_engine().connect() as conn:
-        for statement, parameters, _ in reads:
+        for statement, parameters in reads:
             [[explained]] = conn.exec_driver_sql(
                 "EXPLAIN (FORMAT JSON) " + statement, parameters
             ).all()

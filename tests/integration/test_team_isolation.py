@@ -409,3 +409,35 @@ def test_other_team_sees_nothing(api, app_client) -> None:
     assert theirs.status_code == 404 and theirs.json()["detail"] == f"model {model_id} not found"
     plan = app_client.post("/runs/plan", headers=bob, json={"teacher_model_id": model_id})
     assert plan.status_code == 404
+
+
+def test_other_team_reads_no_metrics_of_a_run_with_points(api, app_client) -> None:
+    """The metrics read checks the team in its own statements (no look-up of the run before
+    them): another team's run with points, chunks and rollups is 404 however it is asked for,
+    while its own team reads the points."""
+    from .test_conditional_get import _reporter, _step
+    from .test_metrics_scale import _reporting_run
+
+    run_id = _reporting_run(api)
+    reporter = _reporter(run_id)
+    for step in range(1, 80):
+        _step(reporter, step)
+    bob = auth(other_team_token(app_client))
+    asks: list[dict[str, Any]] = [
+        {},
+        {"names": "loss"},
+        {"names": "loss,lr"},
+        {"since_step": 10},
+        {"max_points": 8},
+        {"max_points": 8, "since_step": 3},
+        {"max_points": 1000},
+    ]
+    for params in asks:
+        theirs = app_client.get(f"/runs/{run_id}/metrics", headers=bob, params=params)
+        assert theirs.status_code == 404, (params, theirs.text)
+        assert theirs.json() == {"detail": f"run {run_id} not found"}, params
+        ours = api.get(f"/runs/{run_id}/metrics", params=params)
+        assert ours.status_code == 200 and ours.json()["series"]["loss"]["steps"], params
+    empty = api.post("/runs", json=run_config(ready_model(api), ready_dataset(api))).json()["id"]
+    assert api.get(f"/runs/{empty}/metrics").json() == {"series": {}}  # ours, no points yet
+    assert app_client.get(f"/runs/{empty}/metrics", headers=bob).status_code == 404
