@@ -15,10 +15,10 @@ The database connection is given back before the broker is asked.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from itertools import groupby
-from operator import itemgetter
+from operator import gt, itemgetter, lt
 from typing import Any, NamedTuple
 
 import orjson
@@ -633,7 +633,7 @@ def _points(
 
     The database writes the arrays of steps and epochs (integers read the same anywhere).
     PostgreSQL writes the values too: `float8` text is the shortest that reads back as the same
-    double (with `extra_float_digits` >= 1, its default since version 12; else the rows are read),
+    double (the engine sets `extra_float_digits`, `core.db.make_engine`),
     a whole number gets its ".0" so it stays a float, NaN and infinities are null. SQLite's own
     float text has 15 digits (it would change values), so there the values come as floats, one
     column, and pydantic_core encodes them.
@@ -650,20 +650,19 @@ def _points(
             return chunked
     postgres = session.get_bind().dialect.name == "postgresql"
     groups = _tuples(session, _arrays_statement(given, postgres), values)
-    if postgres and all(int(group[5]) >= 1 for group in groups):
+    if postgres:
         return {
             name: _encoded(steps, epochs, floats, total)
-            for name, steps, epochs, total, floats, _ in groups
+            for name, steps, epochs, total, floats in groups
         }
-    if not postgres:
-        floats = [row[0] for row in _tuples(session, _values_statement(given), values)]
-        if sum(group[3] for group in groups) == len(floats):  # else written in between: rows
-            series, first = {}, 0
-            for name, steps, epochs, total in groups:
-                encoded = to_json(floats[first : first + total], inf_nan_mode="null")
-                series[name] = _encoded(steps, epochs, encoded, total)
-                first += total
-            return series
+    floats = [row[0] for row in _tuples(session, _values_statement(given), values)]
+    if sum(group[3] for group in groups) == len(floats):  # else written in between: rows
+        series, first = {}, 0
+        for name, steps, epochs, total in groups:
+            encoded = to_json(floats[first : first + total], inf_nan_mode="null")
+            series[name] = _encoded(steps, epochs, encoded, total)
+            first += total
+        return series
     return _point_rows(session, run.id, names, since_step)
 
 
@@ -739,7 +738,7 @@ _PG_VALUE = (
 @cache
 def _arrays_statement(given: frozenset[str], postgres: bool) -> TextClause:
     """Per series, in name order: its name, the JSON arrays of its steps and of its epochs and
-    its count of points; on PostgreSQL also the array of its values and `extra_float_digits`.
+    its count of points; on PostgreSQL also the array of its values.
 
     SQLite (before 3.44) has no ORDER BY inside an aggregate: its arrays follow the scan, which
     is in the order of the primary key (the table is stored in it), so by step within a name.
@@ -748,8 +747,7 @@ def _arrays_statement(given: frozenset[str], postgres: bool) -> TextClause:
         columns = (
             "name, '[' || string_agg(step::text, ',' ORDER BY step) || ']', "
             "'[' || string_agg(epoch::text, ',' ORDER BY step) || ']', count(*), "
-            f"'[' || string_agg({_PG_VALUE}, ',' ORDER BY step) || ']', "
-            "current_setting('extra_float_digits')"
+            f"'[' || string_agg({_PG_VALUE}, ',' ORDER BY step) || ']'"
         )
     else:
         columns = "name, json_group_array(step), json_group_array(epoch), count(*)"
@@ -909,6 +907,14 @@ def _order(value: float) -> tuple[bool, float]:
     return (True, 0.0) if math.isnan(value) else (False, value)
 
 
+def _nan_lt(a: float, b: float) -> bool:
+    return _order(a) < _order(b)
+
+
+def _nan_gt(a: float, b: float) -> bool:
+    return _order(a) > _order(b)
+
+
 _ROLLUP_ENDS = ("first", "last", "min", "max")
 _ROLLUP_COLUMNS = [
     getattr(MetricRollup, f"{end}_{part}")
@@ -952,28 +958,42 @@ def _m4_rollups(
     total = sum(map(itemgetter(1), rows))
     if total <= max_points:  # sparse (a value per epoch over many steps): all
         return None
+    return _merged(rows, width, start, span, count) | {"total": total}  # of the series
+
+
+def _merged(rows: list[Any], width: int, start: int, span: int, count: int) -> dict[str, Any]:
+    """The M4 of rollup rows (`_ROLLUP_ROWS`) in the `count` buckets of `rollup_buckets`."""
     extremes = sum(map(itemgetter(10), rows)) + sum(map(itemgetter(13), rows))
     nan = math.isnan(extremes)  # a NaN among them (PostgreSQL): order as the database does
-    low: Callable[[Any], Any] = (lambda r: (*_order(r[10]), r[8])) if nan else itemgetter(10)
-    high: Callable[[Any], Any] = (lambda r: (*_order(r[13]), -r[11])) if nan else itemgetter(13)
+    lower, higher = (_nan_lt, _nan_gt) if nan else (lt, gt)
     points: dict[int, tuple[Any, Any]] = {}  # step -> (epoch, value)
-    # rows in step order: each bucket is a run of them
-    buckets = [(row[0] * width - start) * count // span for row in rows]
-    for _, grouped in groupby(zip(buckets, rows, strict=True), itemgetter(0)):
-        group = [row for _, row in grouped]
-        # the first row of equal extremes holds the first step of them (min and max keep
-        # the first one they meet)
-        lowest, highest = min(group, key=low), max(group, key=high)
-        points[group[0][2]] = (group[0][3], group[0][4])
-        points[group[-1][5]] = (group[-1][6], group[-1][7])
+
+    def keep(first: Any, last: Any, lowest: Any, highest: Any) -> None:
+        points[first[2]] = (first[3], first[4])
+        points[last[5]] = (last[6], last[7])
         points[lowest[8]] = (lowest[9], lowest[10])
         points[highest[11]] = (highest[12], highest[13])
+
+    # rows in step order: each bucket is a run of them; the first of equal extremes is kept
+    # (only a lower low or a higher high replaces it), which holds the first step of them
+    first = last = lowest = highest = rows[0]
+    bucket = (first[0] * width - start) * count // span
+    for row in rows:
+        if (b := (row[0] * width - start) * count // span) != bucket:
+            keep(first, last, lowest, highest)
+            bucket, first, lowest, highest = b, row, row, row
+        else:
+            if lower(row[10], lowest[10]):
+                lowest = row
+            if higher(row[13], highest[13]):
+                highest = row
+        last = row
+    keep(first, last, lowest, highest)
     steps = sorted(points)
     return {
         "steps": steps,
         "values": [_finite(points[s][1]) for s in steps],
         "epochs": [points[s][0] for s in steps],
-        "total": total,
         "downsampled": True,
     }
 

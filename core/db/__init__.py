@@ -69,7 +69,18 @@ def make_engine(url: str) -> Engine:
     # per process: the API runs DS_API_WORKERS of them (4 in docker-compose), so 4 x 20 stays
     # under PostgreSQL's default max_connections of 100 with room for the workers; pre-ping
     # costs about 0.1% of a read (profiled) and keeps a restarted database from failing requests
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=15)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=15)
+
+    @event.listens_for(engine, "connect")
+    def _exact_floats(dbapi_conn, _record) -> None:
+        # floats come as text: the shortest that reads back as the same double from PostgreSQL
+        # 12 on (17 digits before); a server or role set below 1 would round every value read,
+        # and the metrics' JSON written by the database (backend/runs/service.py)
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET extra_float_digits = 3")
+        dbapi_conn.commit()
+
+    return engine
 
 
 @lru_cache

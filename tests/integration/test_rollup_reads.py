@@ -6,10 +6,13 @@ highest point, and equals M4 taken here over the raw points for the same buckets
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import pytest
 from sqlalchemy import event, text
 
 from backend.migrate import downgrade, upgrade
+from backend.runs.service import rollup_buckets
 from core.db import get_engine
 
 from .test_metrics_scale import (
@@ -35,8 +38,9 @@ def _wavy(step: int) -> float:
     return math.exp(-step / 3_000) + 0.2 * math.sin(step * 2.3)
 
 
-def _write_long_series(api) -> int:
-    """A run whose `loss` has `LONG` points, written by the worker's reporter (rollups too)."""
+def _write_long_series(api, value: Callable[[int], float] = _wavy) -> int:
+    """A run whose `loss` has `LONG` points (`value` of each step), written by the worker's
+    reporter (rollups too)."""
     from types import SimpleNamespace
 
     from worker.reporting import DbReporter
@@ -51,7 +55,7 @@ def _write_long_series(api) -> int:
                 step=step,
                 epoch=step // 1000,
                 total_steps=LONG,
-                metrics={"loss": _wavy(step)},
+                metrics={"loss": value(step)},
                 throughput=1.0,
                 eta_seconds=1.0,
             )
@@ -136,3 +140,74 @@ def test_migration_0008_fills_the_16_step_rollups_and_drops_them(api, studio_env
     assert after_down[1] == [row for row in stored if row[1] != 16]  # the wider ones kept
     upgrade("head")
     assert _stored(run_id) == (points, stored)  # filled in SQL = what the worker wrote
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("studio_env", ["postgres"], indirect=True)
+def test_floats_read_exact_on_a_postgres_server_set_to_round_them(api, studio_env) -> None:
+    """PostgreSQL writes the floats of the points as text (its JSON of a series, its chart of
+    rollups, and each float the driver reads). A server set to fewer digits
+    (`extra_float_digits` below 1: the default before version 12) would round them; the
+    studio's connections set their own, so every value reads back as written."""
+    run_id = _write_long_series(api)
+    engine = get_engine()
+    with engine.connect() as conn:
+        database = conn.exec_driver_sql("SELECT current_database()").scalar()
+        conn.exec_driver_sql(f'ALTER DATABASE "{database}" SET extra_float_digits = 0')
+        conn.commit()
+    engine.dispose()  # new connections start with the server's 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW extra_float_digits").scalar() == "3"
+        conn.exec_driver_sql("SET extra_float_digits = 0")
+        rounded = conn.exec_driver_sql("SELECT 0.1::float8 / 3").scalar()
+        conn.rollback()
+    assert rounded != 0.1 / 3  # what a connection with the server's setting reads
+
+    chart = api.get(f"/runs/{run_id}/metrics", params={"names": "loss", "max_points": 1000})
+    whole = api.get(f"/runs/{run_id}/metrics", params={"names": "loss"})
+    since = api.get(f"/runs/{run_id}/metrics", params={"names": "loss", "since_step": 9_000})
+    for response in (chart, whole, since):
+        loss = response.json()["series"]["loss"]
+        assert loss["values"] == [_wavy(step) for step in loss["steps"]]
+    assert len(chart.json()["series"]["loss"]["steps"]) <= 1000
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("studio_env", ["postgres"], indirect=True)
+def test_a_chart_orders_nan_and_infinities_as_postgres_does(api, studio_env) -> None:
+    """PostgreSQL keeps NaN (SQLite stores none) and orders it above every number, infinity
+    too: a bucket's highest point is its first NaN, its lowest the first of its lowest
+    numbers; the chart is M4 in that order, NaN and infinities sent as null."""
+    odd = {2_000: math.nan, 2_001: math.nan, 2_002: math.inf, 5_555: -math.inf, 7_777: math.inf}
+    odd |= {7_778: math.nan, 9_000: math.nan}
+
+    def value(step: int) -> float:
+        return odd.get(step, _wavy(step))
+
+    run_id = _write_long_series(api, value)
+    plan = rollup_buckets(1, LONG, 1000)
+    assert plan is not None
+    width, start, span = plan
+
+    def bucket(step: int) -> int:
+        return _bucket(step, start, span, 250, width)
+
+    def order(step: int) -> tuple[bool, float, int]:  # PostgreSQL's, the first step of equals
+        v = value(step)
+        return (math.isnan(v), 0.0 if math.isnan(v) else v, step)
+
+    buckets: dict[int, list[int]] = {}
+    for step in range(1, LONG + 1):
+        buckets.setdefault(bucket(step), []).append(step)
+    expected: set[int] = set()
+    for steps in buckets.values():
+        highest = max(steps, key=lambda s: (*order(s)[:2], -s))
+        expected |= {steps[0], steps[-1], min(steps, key=order), highest}
+    assert {2_000, 7_778, 9_000, 5_555} <= expected and 2_001 not in expected
+
+    loss = api.get(f"/runs/{run_id}/metrics", params={"names": "loss", "max_points": 1000}).json()[
+        "series"
+    ]["loss"]
+    assert loss["steps"] == sorted(expected)
+    finite = [value(s) if math.isfinite(value(s)) else None for s in loss["steps"]]
+    assert loss["values"] == finite
