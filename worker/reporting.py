@@ -4,7 +4,7 @@ Metrics are buffered and written in batches (every `DS_METRICS_FLUSH_S` seconds,
 end and before each checkpoint), never one commit per step. The run row's progress, ETA and
 heartbeat are updated with each flush; the cancel flag is read at most once a second.
 Each flush also merges its points into the series' rollups (`metric_rollups`: the first, last,
-lowest and highest point, with its epoch and value, per bucket of 16, 64, ... 16384 steps) in
+lowest and highest point, with its epoch and value, per bucket of 16, 32, 64, ... 16384 steps) in
 the same transaction, so downsampled reads of long series need not read every point; a resume
 rebuilds the buckets its dropped points were in.
 It also appends the points to each series' chunks of JSON (`worker/metric_chunks.py`), from

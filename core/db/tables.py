@@ -216,7 +216,8 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
-ROLLUP_WIDTHS = (16, 64, 256, 1024, 4096, 16384)  # steps per rollup bucket: each a 4th of the next
+# steps per rollup bucket, each half the next: a read's buckets hold 1 to 2 rows of a width
+ROLLUP_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 class MetricRollup(Base):
@@ -227,9 +228,10 @@ class MetricRollup(Base):
 
     Kept for each width of `ROLLUP_WIDTHS` by the writer of the points (`worker/reporting.py`,
     upserted with each flush, rebuilt when a resumed run drops its later points; migration 0006
-    filled them for points written before, 0008 those of width 16). A downsampled read merges
-    these rows into its own buckets (a multiple of a width): exact M4 of every point from a few
-    thousand rows (a 10,000-point series read as 1,000 points: 625 rows of width 16).
+    filled them for points written before, 0008 those of width 16, 0009 the widths between).
+    A downsampled read merges these rows into its own buckets (a multiple of a width): exact M4
+    of every point from a few thousand rows (a 10,000-point series read as 1,000 points: 313
+    rows of width 32).
     """
 
     __tablename__ = "metric_rollups"

@@ -1,7 +1,8 @@
-"""Downsampled reads of long series from the 16-step rollups (migration 0008): a chart of a
-10,000-point series (`max_points=1000`: buckets of 40 steps) merges rollup rows of 16 steps
-instead of taking M4 over the points; the read keeps each bucket's first, last, lowest and
-highest point, and equals M4 taken here over the raw points for the same buckets."""
+"""Downsampled reads of long series from the rollups of 16, 32, 64, ... steps (migrations 0008
+and 0009): a chart of a 10,000-point series (`max_points=1000`: buckets of 40 steps) merges
+rollup rows of 32 steps (one or two a bucket) instead of taking M4 over the points; the read
+keeps each bucket's first, last, lowest and highest point, and equals M4 taken here over the
+raw points for the same buckets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy import event, text
 from backend.migrate import downgrade, upgrade
 from backend.runs.service import rollup_buckets
 from core.db import get_engine
+from core.db.tables import ROLLUP_WIDTHS
 
 from .test_metrics_scale import (
     WORKER,
@@ -25,6 +27,7 @@ from .test_metrics_scale import (
 )
 
 LONG = 10_000
+WIDTHS_0006 = (64, 256, 1024, 4096, 16384)
 
 
 def _wavy(step: int) -> float:
@@ -83,18 +86,18 @@ def _statements_of(api, path: str, params: dict) -> tuple[dict, list[str]]:
     return response.json(), seen
 
 
-def test_a_long_series_chart_comes_from_16_step_rollups_and_equals_m4_of_the_points(
+def test_a_long_series_chart_comes_from_32_step_rollups_and_equals_m4_of_the_points(
     api, studio_env
 ) -> None:
     from backend.runs.service import rollup_buckets
 
     run_id = _write_long_series(api)
     points, stored = _stored(run_id)
-    assert stored == _rollups_of(run_id, points)  # the worker's rollups, width 16 among them
-    assert {row[1] for row in stored} >= {16, 64}
+    assert stored == _rollups_of(run_id, points)  # the worker's rollups, of every width
+    assert {row[1] for row in stored} == set(ROLLUP_WIDTHS) >= {16, 32, 64, 128}
     loss_points = points["loss"]
     plan = rollup_buckets(1, LONG, 1000)
-    assert plan is not None and plan[0] == 16  # buckets of 40 steps: the 16-step rollups
+    assert plan is not None and plan[0] == 32  # buckets of 40 steps: the 32-step rollups
 
     body, statements = _statements_of(
         api, f"/runs/{run_id}/metrics", {"names": "loss", "max_points": 1000}
@@ -137,9 +140,30 @@ def test_migration_0008_fills_the_16_step_rollups_and_drops_them(api, studio_env
         assert conn.execute(read).scalar() == 0
     after_down = _stored(run_id)
     assert after_down[0] == points
-    assert after_down[1] == [row for row in stored if row[1] != 16]  # the wider ones kept
+    assert after_down[1] == [row for row in stored if row[1] in WIDTHS_0006]  # 0009's gone
     upgrade("head")
     assert _stored(run_id) == (points, stored)  # filled in SQL = what the worker wrote
+
+
+def test_migration_0009_fills_the_widths_between_and_drops_them(api, studio_env) -> None:
+    """0009 widens each of 32, 128, ... 8192 from the rollups of half its width, in SQL: the
+    same rows as the worker's, and a chart read from them."""
+    run_id = _write_long_series(api)
+    points, stored = _stored(run_id)
+    params = {"names": "loss", "max_points": 1000}
+    chart = api.get(f"/runs/{run_id}/metrics", params=params).json()
+    downgrade("0008")
+    after_down = _stored(run_id)
+    assert after_down[0] == points
+    assert after_down[1] == [row for row in stored if row[1] in (16, *WIDTHS_0006)]
+    without = api.get(f"/runs/{run_id}/metrics", params=params).json()["series"]["loss"]
+    assert without["downsampled"] and len(without["steps"]) <= 1000  # no 32s: from the points
+    upgrade("head")
+    assert _stored(run_id) == (points, stored)
+    body, statements = _statements_of(api, f"/runs/{run_id}/metrics", params)
+    assert any("metric_rollups" in s for s in statements)
+    assert not any("m.value" in s or "metrics.value" in s for s in statements), statements
+    assert body == chart
 
 
 @pytest.mark.postgres
