@@ -936,6 +936,42 @@ _ROLLUP_ROWS = (
 )
 
 
+def _json_number(column: str) -> str:
+    """A float column as PostgreSQL text that JSON reads back as the same float: whole numbers
+    get their ".0" (so "-0" stays -0.0); NaN and infinities are not JSON (the caller reads rows)."""
+    whole = f"{column} = trunc({column}) AND abs({column}) < 1e15"
+    return f"{column}::text || CASE WHEN {whole} THEN '.0' ELSE '' END"
+
+
+# PostgreSQL: the same rows as one JSON array of their numbers, 14 a row (the columns are NOT
+# NULL): a third of the API's CPU of reading them as rows, and less of the database's
+_ROLLUP_JSON = text(
+    "SELECT '[' || string_agg(concat_ws(',', "
+    + ", ".join(
+        _json_number(c.name) if c.name.endswith("_value") else c.name
+        for c in _ROLLUP_ROWS.selected_columns
+    )
+    + "), ',' ORDER BY bucket) || ']' FROM metric_rollups "
+    "WHERE run_id = :run AND name = :name AND width = :width"
+)
+
+
+def _rollup_rows(session: Session, values: dict[str, Any]) -> list[Any]:
+    """The rows of `_ROLLUP_ROWS` as tuples; on PostgreSQL read through `_ROLLUP_JSON`, unless
+    a value is NaN or infinite (not JSON): then as rows."""
+    if session.get_bind().dialect.name == "postgresql":
+        ((flat,),) = _tuples(session, _ROLLUP_JSON, values)
+        if flat is None:
+            return []
+        try:
+            numbers = orjson.loads(flat)
+        except orjson.JSONDecodeError:  # NaN or an infinity among the values
+            pass
+        else:
+            return list(zip(*[iter(numbers)] * len(_ROLLUP_ROWS.selected_columns), strict=True))
+    return _tuples(session, _ROLLUP_ROWS, values)
+
+
 def _m4_rollups(
     session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
 ) -> dict[str, Any] | None:
@@ -952,7 +988,7 @@ def _m4_rollups(
     width, start, span = plan
     count = max_points // MIN_POINTS
     values = {"run": run_id, "name": name, "width": width}
-    rows = _tuples(session, _ROLLUP_ROWS, values)  # plain tuples: no `Row` for each of them
+    rows = _rollup_rows(session, values)
     if not rows or rows[0][2] != lo or rows[-1][5] != hi:
         return None  # none, or not kept up with the points: read them instead
     total = sum(map(itemgetter(1), rows))

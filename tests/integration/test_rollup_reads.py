@@ -89,8 +89,6 @@ def _statements_of(api, path: str, params: dict) -> tuple[dict, list[str]]:
 def test_a_long_series_chart_comes_from_32_step_rollups_and_equals_m4_of_the_points(
     api, studio_env
 ) -> None:
-    from backend.runs.service import rollup_buckets
-
     run_id = _write_long_series(api)
     points, stored = _stored(run_id)
     assert stored == _rollups_of(run_id, points)  # the worker's rollups, of every width
@@ -235,3 +233,39 @@ def test_a_chart_orders_nan_and_infinities_as_postgres_does(api, studio_env) -> 
     assert loss["steps"] == sorted(expected)
     finite = [value(s) if math.isfinite(value(s)) else None for s in loss["steps"]]
     assert loss["values"] == finite
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("studio_env", ["postgres"], indirect=True)
+def test_a_postgres_chart_reads_its_rollups_as_json_and_keeps_every_float_as_written(
+    api, studio_env
+) -> None:
+    """On PostgreSQL the rollup rows come as one JSON array of their numbers (cheaper to read
+    than rows); whole numbers stay floats and -0.0 keeps its sign (JSON's "-0" is the integer
+    0), and the chart equals the one read as rows."""
+
+    def value(step: int) -> float:
+        return {1: -0.0, LONG: 3.0}.get(step, _wavy(step))  # both kept: first and last
+
+    run_id = _write_long_series(api, value)
+    params = {"names": "loss", "max_points": 1000}
+    body, statements = _statements_of(api, f"/runs/{run_id}/metrics", params)
+    assert any("string_agg" in s and "metric_rollups" in s for s in statements), statements
+    loss = body["series"]["loss"]
+    assert loss["values"] == [value(s) for s in loss["steps"]]
+    assert loss["steps"][0] == 1 and math.copysign(1.0, loss["values"][0]) == -1.0
+    text_of = api.get(f"/runs/{run_id}/metrics", params=params).text
+    values = text_of.split('"values":[')[1].split("]")[0].split(",")
+    assert values[0] == "-0.0" and values[-1] == "3.0" and "50.0" in values and "-50.0" in values
+
+    with get_engine().connect() as conn:  # the rows themselves: the same chart
+        from backend.runs.service import _ROLLUP_ROWS, _merged
+
+        plan = rollup_buckets(1, LONG, 1000)
+        assert plan is not None
+        width, start, span = plan
+        rows = [
+            tuple(row)
+            for row in conn.execute(_ROLLUP_ROWS, {"run": run_id, "name": "loss", "width": width})
+        ]
+    assert {k: v for k, v in loss.items() if k != "total"} == _merged(rows, width, start, span, 250)
