@@ -1026,9 +1026,10 @@ def _merged(rows: list[Any], width: int, start: int, span: int, count: int) -> d
         last = row
     keep(first, last, lowest, highest)
     steps = sorted(points)
+    values = [points[s][1] for s in steps]
     return {
         "steps": steps,
-        "values": [_finite(points[s][1]) for s in steps],
+        "values": values if math.isfinite(extremes) else [_finite(v) for v in values],
         "epochs": [points[s][0] for s in steps],
         "downsampled": True,
     }
