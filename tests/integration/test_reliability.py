@@ -278,12 +278,16 @@ def test_run_killed_on_every_attempt_fails_with_the_reason(
         run_id = api.post(
             "/runs", json=run_config(model, dataset, training={"epochs": 6, "checkpoint_every": 10})
         ).json()["id"]
+        fields = ("status", "attempts", "worker", "heartbeat_at", "step", "error")
         for attempt in (1, 2):
             deadline = time.time() + 120
             while not (_run_row(run_id).attempts == attempt and _run_row(run_id).step >= 3):
-                assert time.time() < deadline, (
-                    f"attempt {attempt} never started: {_run_row(run_id)}"
-                )
+                if time.time() > deadline:  # say what the worker did
+                    row = _run_row(run_id)
+                    seen = {f: getattr(row, f) for f in fields}
+                    raise AssertionError(
+                        f"attempt {attempt} never started: {seen}\n{worker.output()[-8000:]}"
+                    )
                 time.sleep(0.2)
             pid = int(_run_row(run_id).worker.rsplit(":", 1)[1])
             assert pid in worker.pool_pids()
@@ -292,7 +296,6 @@ def test_run_killed_on_every_attempt_fails_with_the_reason(
             run = wait_run(api, run_id, timeout=240)
         except AssertionError as exc:  # say what the worker did (a CI run once waited here)
             row = _run_row(run_id)
-            fields = ("status", "attempts", "worker", "heartbeat_at", "step", "error")
             seen = {f: getattr(row, f) for f in fields}
             raise AssertionError(f"{exc}\n{seen}\n{worker.output()[-6000:]}") from exc
         assert run["status"] == "failed", run
