@@ -780,13 +780,32 @@ def recover_stale_runs() -> list[int]:
     return [run_id for run_id, _ in recovered]
 
 
+# The sweeps run in a thread of the worker's main process, which forks the pool processes. A
+# fork while the sweep's thread holds a lock (SQLite's, the connection pool's, the broker
+# client's) leaves the child that lock held by no thread: the new pool process hangs at its
+# first connection (seen: a run re-queued after its pool process was killed never started). So
+# a fork waits for the sweep in progress to end, and no sweep starts during a fork.
+_NO_FORK_NOW = threading.Lock()
+os.register_at_fork(
+    before=_NO_FORK_NOW.acquire,
+    after_in_parent=_NO_FORK_NOW.release,
+    after_in_child=_NO_FORK_NOW.release,
+)
+
+
+def sweep_once(sweep: Callable[[], object]) -> None:
+    """Run one sweep of the recovery loop, never across a fork; log (not raise) its error."""
+    try:
+        with _NO_FORK_NOW:
+            sweep()
+    except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
+        log.exception("%s failed", getattr(sweep, "__name__", sweep))
+
+
 def _recovery_loop(stop: threading.Event) -> None:
     while not stop.wait(get_settings().recover_every_s):
         for sweep in (recover_stale_runs, resend_unqueued_deliveries):
-            try:
-                sweep()
-            except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
-                log.exception("%s failed", sweep.__name__)
+            sweep_once(sweep)
 
 
 _stop_recovery = threading.Event()
