@@ -727,11 +727,17 @@ def _where(given: frozenset[str]) -> str:
     return where
 
 
-# A whole number prints without ".0" in PostgreSQL (below 1e15; from there on with an exponent)
+def _json_number(column: str) -> str:
+    """A float column as PostgreSQL text that JSON reads back as the same float: a whole number
+    prints without ".0" (below 1e15; from there on with an exponent), so it gets one (and "-0"
+    stays -0.0). NaN and infinities are not JSON: the caller maps or avoids them."""
+    whole = f"{column} = trunc({column}) AND abs({column}) < 1e15"
+    return f"{column}::text || CASE WHEN {whole} THEN '.0' ELSE '' END"
+
+
 _PG_VALUE = (
-    "CASE WHEN value IN ('NaN', 'Infinity', '-Infinity') THEN 'null' "
-    "WHEN value = trunc(value) AND abs(value) < 1e15 THEN value::text || '.0' "
-    "ELSE value::text END"
+    f"CASE WHEN value IN ('NaN', 'Infinity', '-Infinity') THEN 'null' "
+    f"ELSE {_json_number('value')} END"
 )
 
 
@@ -934,13 +940,6 @@ _ROLLUP_ROWS = (
     )
     .order_by(MetricRollup.bucket)
 )
-
-
-def _json_number(column: str) -> str:
-    """A float column as PostgreSQL text that JSON reads back as the same float: whole numbers
-    get their ".0" (so "-0" stays -0.0); NaN and infinities are not JSON (the caller reads rows)."""
-    whole = f"{column} = trunc({column}) AND abs({column}) < 1e15"
-    return f"{column}::text || CASE WHEN {whole} THEN '.0' ELSE '' END"
 
 
 # PostgreSQL: the same rows as one JSON array of their numbers, 14 a row (the columns are NOT
