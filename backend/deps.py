@@ -301,7 +301,7 @@ TeamDep = Annotated[int, Depends(get_team_id)]
 # newer points, or, where the rollups no longer end at the span it read first, reads the points
 # (as for points written without rollups). SQLite begins no transaction for a read anyway.
 
-_Read = TypeVar("_Read")
+_Out = TypeVar("_Out")
 
 
 @lru_cache(maxsize=4)
@@ -310,19 +310,33 @@ def _autocommit(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def _read(credentials: Credentials, read: Callable[[Session, Principal], _Read]) -> _Read:
+def _act(
+    credentials: Credentials, work: Callable[[Session, Principal], _Out], reads_only: bool
+) -> _Out:
     engine = get_engine()
-    if engine.dialect.name == "postgresql":
+    if reads_only and engine.dialect.name == "postgresql":
         session = get_sessionmaker()(bind=_autocommit(engine))
     else:
         session = get_sessionmaker()()
     try:
-        return read(session, principal_for(session, credentials))
+        return work(session, principal_for(session, credentials))
     finally:
-        session.close()
+        session.close()  # rolls back whatever a write did not commit
 
 
-async def read_as(credentials: Credentials, read: Callable[[Session, Principal], _Read]) -> _Read:
+async def read_as(credentials: Credentials, read: Callable[[Session, Principal], _Out]) -> _Out:
     """`read(session, principal)` for the caller behind `credentials`, in one worker-thread hop,
     on a session of its own (see above)."""
-    return await run_in_threadpool(_read, credentials, read)
+    return await run_in_threadpool(_act, credentials, read, True)
+
+
+# A frequent write without a body (cancelling a run: scripts and the pages do it in bursts) saves
+# the same hops: `write(session, principal)` checks the permission itself (`backend.access`) and
+# commits what it changes, in one transaction like a route's. (A write with a body keeps its
+# dependencies: they answer 401/403 before the body's 422.)
+
+
+async def write_as(credentials: Credentials, write: Callable[[Session, Principal], _Out]) -> _Out:
+    """`write(session, principal)` for the caller behind `credentials`, in one worker-thread
+    hop, on a session of its own; what it leaves uncommitted is rolled back."""
+    return await run_in_threadpool(_act, credentials, write, False)

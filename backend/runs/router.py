@@ -9,11 +9,19 @@ from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
-from backend.access import OwnedRun, Permission, TeamMember, WritableRun, Writer, require
+from backend.access import (
+    OwnedRun,
+    Permission,
+    TeamMember,
+    WritableRun,
+    Writer,
+    require,
+    run_for_write,
+)
 from backend.artifacts import service as artifacts
 from backend.artifacts.schemas import ArtifactOut
 from backend.conditional import NOT_MODIFIED, IfNoneMatch, json_or_not_modified
-from backend.deps import CredentialsDep, Principal, SessionDep, StoreDep, read_as
+from backend.deps import CredentialsDep, Principal, SessionDep, StoreDep, read_as, write_as
 from backend.errors import responses
 from backend.models import service as models
 from backend.models.schemas import ModelOut, RegisterIn
@@ -279,13 +287,15 @@ async def get_metrics(
         **responses(401, 403, 404, 409, 422, 503, e409="the run already finished"),
     },
 )
-def cancel_run(
-    session: SessionDep, principal: TeamMember, run: WritableRun, response: Response
-) -> RunOut:
-    run, at_once = service.cancel(session, principal, run)
+async def cancel_run(credentials: CredentialsDep, run_id: int, response: Response) -> RunOut:
+    def cancel(session: Session, principal: Principal) -> tuple[RunOut, bool]:
+        run, at_once = service.cancel(session, principal, run_for_write(run_id, session, principal))
+        return RunOut.model_validate(run), at_once
+
+    out, at_once = await write_as(credentials, cancel)
     if not at_once:
         response.status_code = 202
-    return RunOut.model_validate(run)
+    return out
 
 
 @router.post(

@@ -26,6 +26,7 @@ import yaml
 from pydantic_core import from_json, to_json
 from sqlalchemy import Executable, Select, Text, bindparam, cast, func, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import TextClause
 
 from backend import queue
@@ -64,7 +65,7 @@ from core.db.tables import (
 from core.jobs import DISTILL, INSPECT_STUDENT, WAITING_KEY, gpu_queue, waiting_for_worker
 from core.settings import get_settings
 from core.split_point import split_layer
-from core.webhooks.events import dispatch_run_event
+from core.webhooks.events import dispatch_run_event, hooks_to_tell
 
 PATH_REFUSED = "the API takes model_id/dataset_id; 'path' is for the standalone CLI"
 WAITING = (Status.pending.value, Status.queued.value, Status.running.value)
@@ -1040,22 +1041,32 @@ def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]
     A run cancelled at once never reaches a worker, so its webhooks are told from here.
     """
     if run.status not in TERMINAL_RUN_STATES and run.status != Status.running.value:
+        cancelled: dict[str, Any] = {
+            "status": Status.cancelled.value,
+            "cancel_requested": True,
+            "finished_at": utcnow(),
+        }
         done = session.execute(
             update(Run)
             .where(Run.id == run.id, Run.status.in_([Status.queued.value, Status.pending.value]))
-            .values(status=Status.cancelled.value, cancel_requested=True, finished_at=utcnow())
+            .values(cancelled)
             .execution_options(synchronize_session=False)
         )
         if done.rowcount == 1:
             audit(
                 session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": "queued"}
             )
-        session.commit()
-        session.refresh(run)
-        if done.rowcount == 1:
-            dispatch_run_event(session, run.id)
+            # most teams have no webhook for it: then no second transaction records deliveries
+            to_tell = hooks_to_tell(session, run.team_id, run.id, f"run.{Status.cancelled.value}")
+            session.commit()
+            for key, value in cancelled.items():  # what the update wrote: no need to read it back
+                set_committed_value(run, key, value)
+            if to_tell:
+                dispatch_run_event(session, run.id)
             events.publish_status(run)  # live streams learn it now (GET /runs/{id}/events)
             return run, True
+        session.commit()
+        session.refresh(run)  # a worker took it meanwhile, or it ended: as it is now
     if run.status in TERMINAL_RUN_STATES:
         raise Conflict(f"run {run.id} already {run.status}")
     session.execute(

@@ -49,8 +49,8 @@ def label(table: type) -> str:
 
 def get_owned(session: Session, table: type[Owned], id_: int, team_id: int) -> Owned:
     """The row `id_` of `table` if it belongs to `team_id`; else 404 "model 7 not found"."""
-    row = session.scalar(select(table).where(table.id == id_, table.team_id == team_id))
-    if row is None:
+    row = session.get(table, id_)  # by primary key: the session's cached statement
+    if row is None or row.team_id != team_id:
         raise NotFound(f"{label(table)} {id_} not found")
     return row
 

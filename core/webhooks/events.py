@@ -13,7 +13,7 @@ import json
 import logging
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,6 +62,31 @@ def run_event_body(run: Run, event: str, delivery_id: int, webhook_id: int) -> s
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
 
 
+# The active webhooks of a team without a delivery of an event for a run yet (whether each
+# subscribed to the event is in its JSON list, checked by `hooks_to_tell`): built once.
+_UNTOLD = (
+    select(Webhook)
+    .where(
+        Webhook.team_id == bindparam("team_id"),
+        Webhook.active.is_(True),
+        ~select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.webhook_id == Webhook.id,
+            WebhookDelivery.run_id == bindparam("run_id"),
+            WebhookDelivery.event == bindparam("event"),
+        )
+        .exists(),
+    )
+    .order_by(Webhook.id)
+)
+
+
+def hooks_to_tell(session: Session, team_id: int, run_id: int, event: str) -> list[Webhook]:
+    """The team's active webhooks subscribed to `event` that have no delivery of it for the run."""
+    hooks = session.scalars(_UNTOLD, {"team_id": team_id, "run_id": run_id, "event": event})
+    return [hook for hook in hooks if event in (hook.events or [])]
+
+
 def record_run_event(session: Session, run_id: int) -> list[int]:
     """Write a delivery per subscribed active webhook for the run's terminal state; their ids.
 
@@ -71,22 +96,8 @@ def record_run_event(session: Session, run_id: int) -> list[int]:
     if run is None or run.status not in TERMINAL_RUN_STATES:
         return []
     event = f"run.{run.status}"
-    hooks = session.scalars(
-        select(Webhook)
-        .where(Webhook.team_id == run.team_id, Webhook.active.is_(True))
-        .order_by(Webhook.id)
-    )
-    done = set(
-        session.scalars(
-            select(WebhookDelivery.webhook_id).where(
-                WebhookDelivery.run_id == run.id, WebhookDelivery.event == event
-            )
-        )
-    )
     created: list[WebhookDelivery] = []
-    for hook in hooks:
-        if event not in (hook.events or []) or hook.id in done:
-            continue
+    for hook in hooks_to_tell(session, run.team_id, run.id, event):
         delivery = WebhookDelivery(
             webhook_id=hook.id,
             team_id=run.team_id,

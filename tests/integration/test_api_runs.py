@@ -465,6 +465,7 @@ def test_cancel(api, studio_env) -> None:
         and r.json()["cancel_requested"]
         and r.json()["finished_at"]
     )
+    assert r.json() == api.get(f"/runs/{queued['id']}").json()  # the answer is what was stored
     again = api.post(f"/runs/{queued['id']}/cancel")
     assert (
         again.status_code == 409
@@ -482,6 +483,36 @@ def test_cancel(api, studio_env) -> None:
     r = api.post(f"/runs/{done['id']}/cancel")
     assert r.status_code == 409 and r.json()["detail"] == f"run {done['id']} already succeeded"
     assert api.post("/runs/98765/cancel").status_code == 404
+
+
+def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
+    """The run is not read back after its update, and a team without webhooks gets no second
+    transaction looking for deliveries to record."""
+    from sqlalchemy import event
+
+    from core.db import get_engine
+
+    queued = api.post("/runs", json=run_config(ready_model(api), ready_dataset(api))).json()
+    engine = get_engine()
+    sent: list[str] = []
+    commits: list[object] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        sent.append(statement.split()[0])
+
+    def commit(conn) -> None:
+        commits.append(conn)
+
+    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", commit)
+    try:
+        assert api.post(f"/runs/{queued['id']}/cancel").json()["status"] == "cancelled"
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", commit)
+    # the principal, the run, the update, its audit entry, the webhooks to tell: one commit
+    assert sent == ["SELECT", "SELECT", "UPDATE", "INSERT", "SELECT"], sent
+    assert len(commits) == 1, commits
 
 
 def test_metrics(api, studio_env) -> None:
