@@ -15,7 +15,10 @@ request at a time:
 - each the way scripts call it (`Authorization: Bearer <token>`) and the way the pages do (the
   same token kept in the Streamlit session, plus `X-Team-Id`);
 - the run and the 1,000 points again with `If-None-Match` naming the body's `ETag` (what a
-  poller that holds the body sends: 304, no body).
+  poller that holds the body sends: 304, no body);
+- with `--writes`, the two writes scripts and the pages repeat most: `POST /runs` (a small MLP
+  teacher and a tabular dataset uploaded first and inspected in this process, as a worker would)
+  and `POST /runs/{id}/cancel` of the queued run it made (no worker takes it: cancelled at once).
 
 It prints the CPU time of this process per request (`time.process_time`, after a warm-up) and,
 with `--profile DIR`, writes one pyinstrument text profile per endpoint into DIR.
@@ -37,7 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.load_api import SEED_SERIES, admin_token, seed, studio  # noqa: E402
+from benchmarks.load_api import (  # noqa: E402
+    SEED_SERIES,
+    admin_token,
+    make_inputs,
+    run_config,
+    seed,
+    studio,
+)
 
 
 async def measure(
@@ -75,6 +85,51 @@ async def etag_of(app: Any, headers: dict[str, str], path: str, params: dict[str
         return (await client.get(path, params=params)).headers.get("ETag", "")
 
 
+async def measure_writes(
+    app: Any, headers: dict[str, str], tmp: Path, n: int
+) -> tuple[float, float]:
+    """CPU ms of this process per `POST /runs` and per `POST /runs/{id}/cancel` of the run it
+    made: the least of 15 rounds of `n / 15` creates, then of their cancels, after 20 of each."""
+    from worker.tasks import inspect_model, scan_dataset
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver/api/v1", headers=headers
+    ) as client:
+        model_file, data_file = make_inputs(tmp)
+        with model_file.open("rb") as fh:
+            files = {"file": ("teacher.pt2", fh)}
+            model = await client.post("/models", files=files, data={"name": "teacher"})
+        with data_file.open("rb") as fh:
+            files = {"file": ("table.npz", fh)}
+            dataset = await client.post("/datasets", files=files, data={"name": "table"})
+        inspect_model(model.json()["id"])  # what a worker does with the uploads
+        scan_dataset(dataset.json()["id"])
+        body = run_config(model.json()["id"], dataset.json()["id"], "profiled", 1)
+
+        async def creates(count: int) -> list[int]:
+            made = [await client.post("/runs", json=body) for _ in range(count)]
+            for response in made:
+                response.raise_for_status()
+            return [response.json()["id"] for response in made]
+
+        async def cancels(ids: list[int]) -> None:
+            for run_id in ids:
+                (await client.post(f"/runs/{run_id}/cancel")).raise_for_status()
+
+        await cancels(await creates(20))
+        per_round = max(1, n // 15)
+        created, cancelled = [], []
+        for _ in range(15):
+            started = time.process_time()
+            ids = await creates(per_round)
+            created.append(1000 * (time.process_time() - started) / per_round)
+            started = time.process_time()
+            await cancels(ids)
+            cancelled.append(1000 * (time.process_time() - started) / per_round)
+        return min(created), min(cancelled)
+
+
 def baseline_ms(n: int) -> float:
     """CPU ms per request of the client side alone (httpx to a bare ASGI app), subtracted."""
 
@@ -92,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--profile", type=Path, help="Write pyinstrument profiles here.")
+    parser.add_argument(
+        "--writes", action="store_true", help="Also POST /runs and its cancel (imports torch)."
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="ds-profile-") as tmp_name:
@@ -150,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                     ms = asyncio.run(measure(app, held, path, params, args.requests))
                     cells.append(f"{ms - client_ms:.2f} ms")
                 print(f"| `{label}`, If-None-Match (304) | " + " | ".join(cells) + " |")
+            if args.writes:
+                cells = []
+                for headers in callers.values():
+                    writes = measure_writes(app, headers, Path(tmp_name), args.requests)
+                    cells.append(tuple(ms - client_ms for ms in asyncio.run(writes)))
+                for i, label in enumerate(("POST /runs", "POST /runs/{id}/cancel (queued)")):
+                    print(f"| `{label}` | " + " | ".join(f"{c[i]:.2f} ms" for c in cells) + " |")
             if args.profile:
                 import anyio.to_thread
                 from pyinstrument import Profiler

@@ -61,3 +61,31 @@ def test_load_benchmark_smoke(tmp_path: Path) -> None:
     assert run["metric_steps"] == run["total_steps"] > 0
     assert result["duration_s"] < 30, "the load loop stops by itself"
     assert "| endpoint | requests |" in proc.stdout
+
+
+def test_profile_benchmark_smoke() -> None:
+    """benchmarks/profile_api.py keeps working, the writes too: a few requests each, SQLite."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.profile_api",
+            "--database",
+            "sqlite",
+            "--requests",
+            "15",
+            "--runs",
+            "10",
+            "--points",
+            "100",
+            "--writes",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if "| `" in line}
+    for endpoint in ("`GET /runs`", "`POST /runs`", "`POST /runs/{id}/cancel (queued)`"):
+        assert endpoint in rows and rows[endpoint].count(" ms") == 2, proc.stdout
