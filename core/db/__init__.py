@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from core.settings import get_settings
@@ -67,9 +68,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # per process: the API runs DS_API_WORKERS of them (4 in docker-compose), so 4 x 20 stays
-    # under PostgreSQL's default max_connections of 100 with room for the workers; pre-ping
-    # costs about 0.1% of a read (profiled) and keeps a restarted database from failing requests
-    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=15)
+    # under PostgreSQL's default max_connections of 100 with room for the workers
+    engine = create_engine(url, pool_size=5, max_overflow=15)
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_conn, _record, _proxy) -> None:
+        # a pooled connection the server closed (a restart, an idle timeout, a cut network
+        # link) is not handed out: the pool opens a new one instead (DisconnectionError). This
+        # replaces a pre-ping, which is a round trip before every request's first statement
+        if closed_by_server(dbapi_conn):
+            raise DisconnectionError("the database closed this pooled connection")
 
     @event.listens_for(engine, "connect")
     def _exact_floats(dbapi_conn, _record) -> None:
@@ -81,6 +89,19 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.commit()
 
     return engine
+
+
+def closed_by_server(dbapi_conn: Any) -> bool:
+    """Whether the server closed this idle psycopg connection, or said something unasked (as
+    it does before it closes one): then its socket has something to read. No round trip."""
+    if dbapi_conn.closed or dbapi_conn.broken:
+        return True
+    try:
+        readable = select.poll()
+        readable.register(dbapi_conn.pgconn.socket, select.POLLIN)
+        return bool(readable.poll(0))
+    except Exception:  # noqa: BLE001 - no socket any more (psycopg: "the connection is lost")
+        return True
 
 
 @lru_cache
