@@ -294,12 +294,13 @@ TeamDep = Annotated[int, Depends(get_team_id)]
 # the principal, the read and giving the connection back, where the dependencies would take
 # two (the principal, then the route), each costing about as much CPU as a small query. On
 # PostgreSQL their session runs each statement on its own (autocommit): no BEGIN before the
-# first statement and no ROLLBACK after the last, two of the five round trips of
-# `GET /runs/{id}` (pre-ping, BEGIN, principal, run, ROLLBACK). Their statements are single
-# reads (the principal's once-a-minute `last_used_at` update is one statement too), so nothing
-# needs them in one transaction: a metrics read whose statements straddle a flush serves the
-# newer points, or, where the rollups no longer end at the span it read first, reads the points
-# (as for points written without rollups). SQLite begins no transaction for a read anyway.
+# first statement and no ROLLBACK after the last: `GET /runs/{id}` is two round trips (the
+# principal, the run; the pool checks a connection without one, `core.db`). Their statements
+# are single reads (the principal's once-a-minute `last_used_at` update is one statement too),
+# so nothing needs them in one transaction: a metrics read whose statements straddle a flush
+# serves the newer points, or, where the rollups no longer end at the span it read first, reads
+# the points (as for points written without rollups). SQLite begins no transaction for a read
+# anyway.
 
 _Out = TypeVar("_Out")
 

@@ -289,7 +289,8 @@ async def get_metrics(
 )
 async def cancel_run(credentials: CredentialsDep, run_id: int, response: Response) -> RunOut:
     def cancel(session: Session, principal: Principal) -> tuple[RunOut, bool]:
-        run, at_once = service.cancel(session, principal, run_for_write(run_id, session, principal))
+        run = run_for_write(run_id, session, principal)  # 404, then 403
+        run, at_once = service.cancel(session, principal, run)
         return RunOut.model_validate(run), at_once
 
     out, at_once = await write_as(credentials, cancel)
