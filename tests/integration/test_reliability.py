@@ -278,26 +278,25 @@ def test_run_killed_on_every_attempt_fails_with_the_reason(
         run_id = api.post(
             "/runs", json=run_config(model, dataset, training={"epochs": 6, "checkpoint_every": 10})
         ).json()["id"]
-        fields = ("status", "attempts", "worker", "heartbeat_at", "step", "error")
+
+        def what_happened() -> str:  # the run's fields and the worker's log, for a failure
+            row = _run_row(run_id)
+            fields = ("status", "attempts", "worker", "heartbeat_at", "step", "error")
+            return f"{ {f: getattr(row, f) for f in fields} }\n{worker.output()[-8000:]}"
+
         for attempt in (1, 2):
             deadline = time.time() + 120
             while not (_run_row(run_id).attempts == attempt and _run_row(run_id).step >= 3):
-                if time.time() > deadline:  # say what the worker did
-                    row = _run_row(run_id)
-                    seen = {f: getattr(row, f) for f in fields}
-                    raise AssertionError(
-                        f"attempt {attempt} never started: {seen}\n{worker.output()[-8000:]}"
-                    )
+                if time.time() > deadline:
+                    raise AssertionError(f"attempt {attempt} never started: {what_happened()}")
                 time.sleep(0.2)
             pid = int(_run_row(run_id).worker.rsplit(":", 1)[1])
             assert pid in worker.pool_pids()
             os.kill(pid, signal.SIGKILL)
         try:
             run = wait_run(api, run_id, timeout=240)
-        except AssertionError as exc:  # say what the worker did (a CI run once waited here)
-            row = _run_row(run_id)
-            seen = {f: getattr(row, f) for f in fields}
-            raise AssertionError(f"{exc}\n{seen}\n{worker.output()[-6000:]}") from exc
+        except AssertionError as exc:  # a CI run once waited here
+            raise AssertionError(f"{exc}\n{what_happened()}") from exc
         assert run["status"] == "failed", run
         assert "gave up after 2 attempts" in run["error"], run["error"]
         assert run["attempts"] == 2
