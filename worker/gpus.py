@@ -14,9 +14,9 @@ has them.
 Leases: a job that trains on GPUs takes as many as `training.gpus` asks, all at once or none,
 as one lock file per device (`flock`, in `<DS_DATA_DIR>/gpu-leases`): two jobs of one worker
 (concurrency > 1), or of two workers on one host sharing the data dir, never share a GPU. The
-kernel drops a lock when its file closes, however its holder ends: the job's end (success,
-failure, cancel) closes it, and a pool process that crashes or is killed drops it with its
-files. The job's training process sees only its leased devices (`CUDA_VISIBLE_DEVICES` in the
+kernel drops a lock when its file closes, however its holder ends: the end of the job's
+training process closes it (before the run's outcome is stored), and a pool process that
+crashes or is killed drops it with its files. The job's training process sees only its leased devices (`CUDA_VISIBLE_DEVICES` in the
 environment it starts with, before CUDA initialises), and a CPU run on a GPU worker sees none.
 
 Pure except for the lock files and the detection child: no torch, no database (tested with fake

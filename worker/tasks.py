@@ -586,24 +586,28 @@ def _train(run_id: int, worker: str, lease: gpus.Lease | None) -> str:
             if store.exists(ckpt_key):
                 store.get_file(ckpt_key, ckpt)
             reporter = DbReporter(run_id, ckpt_key, worker)
-            summary = sandbox.run(
-                "train",
-                {
-                    "config": config.model_dump(mode="json"),
-                    "teacher_path": str(teacher_path),
-                    "dataset_path": str(dataset_path),
-                    "out_dir": str(tmp / "out"),
-                    "checkpoint_path": str(ckpt),
-                    "student_path": str(student_path) if student_path else None,
-                    "teacher_paths": teacher_paths,
-                    "teacher_cache": cache_path,
-                    "teacher_cache_key": cache_key_,
-                },
-                workdir=tmp,
-                handler=_reporting_handler(reporter, ckpt),
-                limits=sandbox.Limits.for_job("train", cuda=_may_use_cuda(config)),
-                env=lease.env if lease is not None else None,
-            )
+            try:
+                summary = sandbox.run(
+                    "train",
+                    {
+                        "config": config.model_dump(mode="json"),
+                        "teacher_path": str(teacher_path),
+                        "dataset_path": str(dataset_path),
+                        "out_dir": str(tmp / "out"),
+                        "checkpoint_path": str(ckpt),
+                        "student_path": str(student_path) if student_path else None,
+                        "teacher_paths": teacher_paths,
+                        "teacher_cache": cache_path,
+                        "teacher_cache_key": cache_key_,
+                    },
+                    workdir=tmp,
+                    handler=_reporting_handler(reporter, ckpt),
+                    limits=sandbox.Limits.for_job("train", cuda=_may_use_cuda(config)),
+                    env=lease.env if lease is not None else None,
+                )
+            finally:
+                if lease is not None:
+                    lease.release()  # the training process has ended: its GPUs are free
             reporter.flush()
             _check_artifact_names(summary, tmp / "out")
             _store_results(run_id, claim.team_id, worker, tmp / "out", summary)

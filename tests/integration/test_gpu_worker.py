@@ -106,7 +106,7 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
         assert len(leased) == 2 and len(set(leased)) == 2 and set(leased) <= {"0", "1", "2", "3"}
         assert "waiting" not in done["summary"]
         assert done["summary"]["student_top1"] is not None
-        assert gpus.Pool(["0", "1", "2", "3"], held_dir).free() == 4  # the job's end released it
+        assert gpus.Pool(["0", "1", "2", "3"], held_dir).free() == 4  # released before the outcome
     finally:
         if held is not None:
             held.release()
