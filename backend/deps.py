@@ -18,19 +18,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Annotated, NamedTuple, TypeVar
 
 from fastapi import Depends, Header
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import Engine, Integer, bindparam, func, select, update
+from sqlalchemy import Integer, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from backend.errors import Forbidden, Unauthorized
 from backend.security import find_token, looks_like_token, token_hash
 from core.clock import as_utc, utcnow
-from core.db import get_engine, get_sessionmaker
+from core.db import get_engine, get_read_engine, get_sessionmaker
 from core.db.tables import ApiToken, Membership, User
 from core.storage import Store, get_store
 
@@ -293,9 +292,10 @@ TeamDep = Annotated[int, Depends(get_team_id)]
 # credentials (no I/O) and do all their database work in `read_as`: one worker-thread hop for
 # the principal, the read and giving the connection back, where the dependencies would take
 # two (the principal, then the route), each costing about as much CPU as a small query. On
-# PostgreSQL their session runs each statement on its own (autocommit): no BEGIN before the
-# first statement and no ROLLBACK after the last: `GET /runs/{id}` is two round trips (the
-# principal, the run; the pool checks a connection without one, `core.db`). Their statements
+# PostgreSQL their session runs each statement on its own (autocommit connections of a pool of
+# their own, `core.db.get_read_engine`): no BEGIN before the first statement and no ROLLBACK
+# after the last: `GET /runs/{id}` is two round trips (the principal, the run; the pool checks
+# a connection without one, `core.db`). Their statements
 # are single reads (the principal's once-a-minute `last_used_at` update is one statement too),
 # so nothing needs them in one transaction: a metrics read whose statements straddle a flush
 # serves the newer points, or, where the rollups no longer end at the span it read first, reads
@@ -305,20 +305,10 @@ TeamDep = Annotated[int, Depends(get_team_id)]
 _Out = TypeVar("_Out")
 
 
-@lru_cache(maxsize=4)
-def _autocommit(engine: Engine) -> Engine:
-    """`engine` whose connections run each statement on its own (its pool, shared)."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
 def _act(
     credentials: Credentials, work: Callable[[Session, Principal], _Out], reads_only: bool
 ) -> _Out:
-    engine = get_engine()
-    if reads_only and engine.dialect.name == "postgresql":
-        session = get_sessionmaker()(bind=_autocommit(engine))
-    else:
-        session = get_sessionmaker()()
+    session = get_sessionmaker()(bind=get_read_engine() if reads_only else get_engine())
     try:
         return work(session, principal_for(session, credentials))
     finally:

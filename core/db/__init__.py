@@ -52,7 +52,9 @@ def private_sqlite_files(database: str | None) -> None:
             log.warning("could not make %s%s private: %s", database, suffix, exc)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, autocommit: bool = False) -> Engine:
+    """The engine of `url`. `autocommit` (PostgreSQL): a pool of its own whose connections run
+    each statement on its own, set once per connection (`get_read_engine`)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         database = engine.url.database
@@ -67,9 +69,12 @@ def make_engine(url: str) -> Engine:
             private_sqlite_files(database)
 
         return engine
-    # per process: the API runs DS_API_WORKERS of them (4 in docker-compose), so 4 x 20 stays
-    # under PostgreSQL's default max_connections of 100 with room for the workers
-    engine = create_engine(url, pool_size=5, max_overflow=15)
+    # per process: the API runs DS_API_WORKERS of them (4 in docker-compose), so 4 x (15 + 5)
+    # stays under PostgreSQL's default max_connections of 100 with room for the workers
+    if autocommit:
+        engine = create_engine(url, pool_size=3, max_overflow=2, isolation_level="AUTOCOMMIT")
+    else:
+        engine = create_engine(url, pool_size=5, max_overflow=10)
 
     @event.listens_for(engine, "checkout")
     def _alive(dbapi_conn, _record, _proxy) -> None:
@@ -110,6 +115,19 @@ def get_engine() -> Engine:
 
 
 @lru_cache
+def get_read_engine() -> Engine:
+    """The engine of the API's polled reads (`backend.deps.read_as`). On PostgreSQL a pool of
+    autocommit connections: no BEGIN before a read's first statement and no ROLLBACK after its
+    last, and no switching a pooled connection to autocommit and back around each request
+    (about a twentieth of a small read's CPU). SQLite begins no transaction for a read anyway:
+    there it is `get_engine()`."""
+    settings = get_settings()
+    if settings.database_url.startswith("sqlite"):
+        return get_engine()
+    return make_engine(settings.database_url, autocommit=True)
+
+
+@lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
@@ -130,9 +148,10 @@ def session_scope() -> Iterator[Session]:
 
 def reset_caches() -> None:
     """Forget the cached settings, engine and sessionmaker (tests switch databases)."""
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()
-    get_engine.cache_clear()
+    for cached in (get_read_engine, get_engine):
+        if cached.cache_info().currsize:
+            cached().dispose()
+        cached.cache_clear()
     get_sessionmaker.cache_clear()
     get_settings.cache_clear()
 

@@ -297,3 +297,28 @@ def set_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
 
 
 CLOSED_BROKER = "redis://127.0.0.1:9/0"  # nothing listens on the discard port
+
+
+@contextmanager
+def sql_sent() -> Iterator[list[tuple[str, Any, bool]]]:
+    """The SQL statements sent to the database meanwhile, through either engine (the API's reads
+    have one of their own on PostgreSQL, `core.db.get_read_engine`): each with its parameters
+    and whether its connection was in autocommit."""
+    from sqlalchemy import event
+
+    from core.db import get_engine, get_read_engine
+
+    sent: list[tuple[str, Any, bool]] = []
+
+    def record(conn, _cursor, statement, parameters, *_args) -> None:  # noqa: ANN001
+        autocommit = bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
+        sent.append((statement, parameters, autocommit))
+
+    engines = {id(e): e for e in (get_engine(), get_read_engine())}.values()
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)

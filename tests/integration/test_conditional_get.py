@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .api_helpers import ready_dataset, ready_model, run_config
+from .api_helpers import ready_dataset, ready_model, run_config, sql_sent
 from .test_metrics_scale import WORKER, _reporting_run
 
 
@@ -112,32 +112,21 @@ def test_reads_send_no_begin_or_rollback_on_postgres(api, studio_env) -> None:
     """A run, its metrics and the list of runs are read in autocommit on PostgreSQL
     (`backend.deps.read_as`: no BEGIN, no ROLLBACK round trips) and the list sets nothing
     before its SELECT; a write runs in one transaction."""
-    from sqlalchemy import event
-
     from core.db import get_engine
 
-    engine = get_engine()
-    if engine.dialect.name != "postgresql":
+    if get_engine().dialect.name != "postgresql":
         return  # SQLite begins no transaction for a read
     run_id = _reporting_run(api)
     _step(_reporter(run_id), 1)
-    seen: list[tuple[str, bool]] = []
-
-    def record(conn, _cursor, statement, *_args) -> None:
-        seen.append((statement.split()[0], conn.connection.dbapi_connection.autocommit))
 
     def sent(call) -> list[tuple[str, bool]]:
-        seen.clear()
-        call()
-        return list(seen)
+        with sql_sent() as seen:
+            call()
+        return [(statement.split()[0], autocommit) for statement, _, autocommit in seen]
 
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        for path in (f"/runs/{run_id}", f"/runs/{run_id}/metrics", "/runs"):
-            reads = sent(lambda path=path: api.get(path).raise_for_status())
-            assert reads and all(autocommit for _, autocommit in reads), (path, reads)
-            assert {verb for verb, _ in reads} == {"SELECT"}, (path, reads)
-        written = sent(lambda: api.post(f"/runs/{run_id}/cancel"))
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    for path in (f"/runs/{run_id}", f"/runs/{run_id}/metrics", "/runs"):
+        reads = sent(lambda path=path: api.get(path).raise_for_status())
+        assert reads and all(autocommit for _, autocommit in reads), (path, reads)
+        assert {verb for verb, _ in reads} == {"SELECT"}, (path, reads)
+    written = sent(lambda: api.post(f"/runs/{run_id}/cancel"))
     assert written and not any(autocommit for _, autocommit in written), written

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from core.db import get_engine, session_scope
@@ -31,6 +31,8 @@ from core.db.tables import (
     Webhook,
     WebhookDelivery,
 )
+
+from .api_helpers import sql_sent
 
 pytestmark = [
     pytest.mark.postgres,
@@ -138,16 +140,10 @@ def _seed() -> dict[str, int]:
 @contextmanager
 def _captured() -> Iterator[list[tuple[str, Any]]]:
     """The SQL statements sent to the driver meanwhile, with their parameters."""
-    sent: list[tuple[str, Any]] = []
-
-    def listen(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
-        sent.append((statement, parameters))
-
-    event.listen(get_engine(), "before_cursor_execute", listen)
-    try:
-        yield sent
-    finally:
-        event.remove(get_engine(), "before_cursor_execute", listen)
+    with sql_sent() as sent:
+        statements: list[tuple[str, Any]] = []
+        yield statements
+        statements += [(statement, parameters) for statement, parameters, _ in sent]
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -10,13 +10,14 @@ import math
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from backend.migrate import downgrade, upgrade
 from backend.runs.service import rollup_buckets
 from core.db import get_engine
 from core.db.tables import ROLLUP_WIDTHS
 
+from .api_helpers import sql_sent
 from .test_metrics_scale import (
     WORKER,
     _bucket,
@@ -71,19 +72,10 @@ def _write_long_series(api, value: Callable[[int], float] = _wavy) -> int:
 
 def _statements_of(api, path: str, params: dict) -> tuple[dict, list[str]]:
     """The answer to GET `path` and the SQL statements the API ran for it."""
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args) -> None:
-        seen.append(statement)
-
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with sql_sent() as sent:
         response = api.get(path, params=params)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert response.status_code == 200, response.text
-    return response.json(), seen
+    return response.json(), [statement for statement, _, _ in sent]
 
 
 def test_a_long_series_chart_comes_from_32_step_rollups_and_equals_m4_of_the_points(
