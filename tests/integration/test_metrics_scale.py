@@ -87,6 +87,10 @@ def test_max_points_downsamples_keeping_extremes(api, studio_env) -> None:
         assert series[name]["total"] == total and series[name]["downsampled"] is False
         assert len(series[name]["steps"]) == total
 
+    asked = {"names": "lr,short", "max_points": 400}  # only the series asked for
+    some = api.get(f"/runs/{run_id}/metrics", params=asked).json()["series"]
+    assert some == {"lr": lr, "short": series["short"]}
+
     everything = api.get(f"/runs/{run_id}/metrics", params={"names": "loss"}).json()["series"]
     assert everything["loss"]["steps"] == list(range(1, STEPS + 1))  # no max_points: every point
     assert everything["loss"]["total"] == STEPS and everything["loss"]["downsampled"] is False
