@@ -535,7 +535,6 @@ def _finite(value: float) -> float | None:
 
 MAX_POINTS = 10_000  # the most points per series one request may ask for
 MIN_POINTS = 4  # M4 keeps up to four points per bucket
-WIDTHS = list(ROLLUP_WIDTHS)  # a statement's parameter (an array)
 # The first statement of each metrics read holds the team check: a run of another team reads
 # as one without points (evaluated once, by the runs' primary key), so a read of a run with
 # points needs no look-up of the run before it (see `metrics`)
@@ -597,31 +596,18 @@ def metrics(
 
     A whole series (no `since_step`) with rollups (`metric_rollups`, kept by the worker) is
     downsampled from those: its buckets are a multiple of a rollup width, so merging the rollup
-    rows gives the exact M4 of every point without reading them (`_m4_rollups`); on PostgreSQL
-    those rows come with the series' spans, in one statement (`SERIES_WITH_ROLLUPS`).
+    rows gives the exact M4 of every point without reading them (`_m4_rollups`).
     """
     if max_points is None:
         return _points(session, run, names, since_step)
-    read: dict[str, list[Any] | None] = {}  # rollup rows read with the spans
-    if since_step is None and session.get_bind().dialect.name == "postgresql":
-        values = {"run": run.id, "team": run.team_id, "names": names or [], "widths": WIDTHS}
-        values |= {"max_points": max_points, "count": max_points // MIN_POINTS}
-        rows = _tuples(session, SERIES_WITH_ROLLUPS, values)
-        spans = {name: (lo, hi) for name, lo, hi, _ in rows if lo is not None}
-        read = {  # [] for a long series without rollups: it is read from its points
-            name: _rows_of_json(flat)
-            for name, lo, hi, flat in rows
-            if lo is not None and hi - lo + 1 > max_points
-        }
-    else:
-        since = since_step if since_step is not None else -(2**31)
-        spans = {
-            name: (lo, hi)
-            for name, lo, hi in session.execute(
-                SERIES_NAMES, {"run": run.id, "team": run.team_id, "since": since}
-            )
-            if lo is not None and (not names or name in names)
-        }
+    since = since_step if since_step is not None else -(2**31)
+    spans = {
+        name: (lo, hi)
+        for name, lo, hi in session.execute(
+            SERIES_NAMES, {"run": run.id, "team": run.team_id, "since": since}
+        )
+        if lo is not None and (not names or name in names)
+    }
     small = [name for name, (lo, hi) in spans.items() if hi - lo + 1 <= max_points]
     series = _points(session, run, small, since_step) if small else {}
     for name, (lo, hi) in spans.items():
@@ -629,7 +615,7 @@ def metrics(
             found = (
                 None
                 if since_step is not None
-                else _m4_rollups(session, run.id, name, lo, hi, max_points, read.get(name))
+                else _m4_rollups(session, run.id, name, lo, hi, max_points)
             )
             series[name] = found or _m4(session, run, name, lo, hi, max_points)
     return {name: series[name] for name in sorted(series)}
@@ -959,97 +945,50 @@ _ROLLUP_ROWS = (
 
 # PostgreSQL: the same rows as one JSON array of their numbers, 14 a row (the columns are NOT
 # NULL): a third of the API's CPU of reading them as rows, and less of the database's
-_ROLLUP_NUMBERS = (
-    "'[' || string_agg(concat_ws(',', "
+_ROLLUP_JSON = text(
+    "SELECT '[' || string_agg(concat_ws(',', "
     + ", ".join(
         _json_number(c.name) if c.name.endswith("_value") else c.name
         for c in _ROLLUP_ROWS.selected_columns
     )
-    + "), ',' ORDER BY bucket) || ']'"
-)
-_ROLLUP_JSON = text(
-    f"SELECT {_ROLLUP_NUMBERS} FROM metric_rollups "
+    + "), ',' ORDER BY bucket) || ']' FROM metric_rollups "
     "WHERE run_id = :run AND name = :name AND width = :width"
 )
-
-# PostgreSQL, a whole series (no `since_step`): `SERIES_NAMES` (only the series asked for) and,
-# for each longer than `max_points`, its rollup rows of the width `rollup_buckets` picks, as
-# `_ROLLUP_JSON` gives them: one statement where a chart took two
-SERIES_WITH_ROLLUPS = text(
-    f"""
-    WITH RECURSIVE names(name) AS (
-        SELECT MIN(name) FROM metrics WHERE run_id = :run AND {OF_TEAM}
-        UNION ALL
-        SELECT (SELECT MIN(m.name) FROM metrics m WHERE m.run_id = :run AND m.name > names.name)
-        FROM names WHERE names.name IS NOT NULL
-    ),
-    spans AS (
-        SELECT name,
-            (SELECT MIN(m.step) FROM metrics m WHERE m.run_id = :run AND m.name = names.name)
-                AS lo,
-            (SELECT MAX(m.step) FROM metrics m WHERE m.run_id = :run AND m.name = names.name)
-                AS hi
-        FROM names
-        WHERE name IS NOT NULL
-            AND (cardinality(CAST(:names AS text[])) = 0 OR name = ANY(CAST(:names AS text[])))
-    )
-    SELECT name, lo, hi, CASE WHEN hi - lo + 1 > :max_points THEN (
-        SELECT {_ROLLUP_NUMBERS} FROM metric_rollups
-        WHERE run_id = :run AND metric_rollups.name = spans.name AND width = (
-            SELECT max(w) FROM unnest(CAST(:widths AS integer[])) AS w
-            WHERE w <= (spans.hi - spans.lo) / :count + 1
-        )
-    ) END
-    FROM spans
-    """
-)
-
-
-def _rows_of_json(flat: str | None) -> list[Any] | None:
-    """The rollup rows in the text of `_ROLLUP_JSON` ([] for none), as tuples; None when a value
-    is NaN or infinite (not JSON): then they are read as rows."""
-    if flat is None:
-        return []
-    try:
-        numbers = orjson.loads(flat)
-    except orjson.JSONDecodeError:  # NaN or an infinity among the values
-        return None
-    return list(zip(*[iter(numbers)] * len(_ROLLUP_ROWS.selected_columns), strict=True))
 
 
 def _rollup_rows(session: Session, values: dict[str, Any]) -> list[Any]:
     """The rows of `_ROLLUP_ROWS` as tuples; on PostgreSQL read through `_ROLLUP_JSON`, unless
-    a value is NaN or infinite: then as rows."""
+    a value is NaN or infinite (not JSON): then as rows."""
     if session.get_bind().dialect.name == "postgresql":
         ((flat,),) = _tuples(session, _ROLLUP_JSON, values)
-        if (rows := _rows_of_json(flat)) is not None:
-            return rows
+        if flat is None:
+            return []
+        try:
+            numbers = orjson.loads(flat)
+        except orjson.JSONDecodeError:  # NaN or an infinity among the values
+            pass
+        else:
+            return list(zip(*[iter(numbers)] * len(_ROLLUP_ROWS.selected_columns), strict=True))
     return _tuples(session, _ROLLUP_ROWS, values)
 
 
 def _m4_rollups(
-    session: Session,
-    run_id: int,
-    name: str,
-    lo: int,
-    hi: int,
-    max_points: int,
-    rows: list[Any] | None = None,
+    session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
 ) -> dict[str, Any] | None:
     """The whole series `name` (steps `lo`..`hi`) M4-downsampled from its rollups: the rows of
     one width (a range of their primary key, a few thousand at most) merged into the buckets
     of `rollup_buckets` (first and last by step, lowest and highest by value, the first step of
     equals); the rollups hold each point's epoch and value, so no point is read. None when the
     series has no rollups that cover it (points written before them, by an older worker): the
-    caller reads the points. `rows`: those rows, when read already (`SERIES_WITH_ROLLUPS`).
+    caller reads the points.
     """
     plan = rollup_buckets(lo, hi, max_points)
     if plan is None:
         return None
     width, start, span = plan
     count = max_points // MIN_POINTS
-    if rows is None:
-        rows = _rollup_rows(session, {"run": run_id, "name": name, "width": width})
+    values = {"run": run_id, "name": name, "width": width}
+    rows = _rollup_rows(session, values)
     if not rows or rows[0][2] != lo or rows[-1][5] != hi:
         return None  # none, or not kept up with the points: read them instead
     total = sum(map(itemgetter(1), rows))
