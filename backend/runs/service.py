@@ -292,8 +292,17 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
     refuse_paths(config)
     team_id = principal.team_id
     assert config.teacher.model_id is not None and config.dataset.dataset_id is not None
+    # the teacher and the dataset in one statement, into the session's identity map (held here:
+    # it keeps rows only while they are referenced), where `get_owned` finds them by primary
+    # key without a statement each (one absent: it looks, and answers 404)
+    held = session.execute(
+        select(Model, Dataset).where(
+            Model.id == config.teacher.model_id, Dataset.id == config.dataset.dataset_id
+        )
+    ).all()
     teacher = ready_model(session, config.teacher.model_id, team_id)
     dataset = ready_dataset(session, config.dataset.dataset_id, team_id)
+    del held
     others = ready_teachers(session, config, team_id, teacher, ready_model)  # multi_teacher
     check_augment(config, dataset)
     student_insp = None

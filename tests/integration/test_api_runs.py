@@ -515,6 +515,38 @@ def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
     assert len(commits) == 1, commits
 
 
+def test_creating_a_run_reads_its_teacher_and_dataset_in_one_statement(api, studio_env) -> None:
+    """A create's statements: the principal, the teacher and the dataset together, the run's
+    INSERT and its audit entry's, in one transaction; an unknown dataset is still a 404."""
+    from sqlalchemy import event
+
+    from core.db import get_engine
+
+    body = run_config(ready_model(api), ready_dataset(api))
+    engine = get_engine()
+    sent: list[str] = []
+    commits: list[object] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        sent.append(statement.split()[0])
+
+    def commit(conn) -> None:
+        commits.append(conn)
+
+    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", commit)
+    try:
+        assert api.post("/runs", json=body).status_code == 201
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", commit)
+    assert sent == ["SELECT", "SELECT", "INSERT", "INSERT"], sent
+    assert len(commits) == 1, commits
+    unknown = {**body, "dataset": {**body["dataset"], "dataset_id": 98765}}
+    missing = api.post("/runs", json=unknown)
+    assert missing.status_code == 404 and missing.json()["detail"] == "dataset 98765 not found"
+
+
 def test_metrics(api, studio_env) -> None:
     from core.db import session_scope
     from core.db.tables import Metric
