@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -485,14 +487,13 @@ def test_cancel(api, studio_env) -> None:
     assert api.post("/runs/98765/cancel").status_code == 404
 
 
-def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
-    """The run is not read back after its update, and a team without webhooks gets no second
-    transaction looking for deliveries to record."""
+@contextmanager
+def _writes_sent() -> Iterator[tuple[list[str], list[object]]]:
+    """The verbs of the statements the write engine sent meanwhile, and its commits."""
     from sqlalchemy import event
 
     from core.db import get_engine
 
-    queued = api.post("/runs", json=run_config(ready_model(api), ready_dataset(api))).json()
     engine = get_engine()
     sent: list[str] = []
     commits: list[object] = []
@@ -500,16 +501,22 @@ def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
     def record(_conn, _cursor, statement, *_args) -> None:
         sent.append(statement.split()[0])
 
-    def commit(conn) -> None:
-        commits.append(conn)
-
+    commit = commits.append  # one bound method: the listener to remove is the one added
     event.listen(engine, "before_cursor_execute", record)
     event.listen(engine, "commit", commit)
     try:
-        assert api.post(f"/runs/{queued['id']}/cancel").json()["status"] == "cancelled"
+        yield sent, commits
     finally:
         event.remove(engine, "before_cursor_execute", record)
         event.remove(engine, "commit", commit)
+
+
+def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
+    """The run is not read back after its update, and a team without webhooks gets no second
+    transaction looking for deliveries to record."""
+    queued = api.post("/runs", json=run_config(ready_model(api), ready_dataset(api))).json()
+    with _writes_sent() as (sent, commits):
+        assert api.post(f"/runs/{queued['id']}/cancel").json()["status"] == "cancelled"
     # the principal, the run, the update, its audit entry, the webhooks to tell: one commit
     assert sent == ["SELECT", "SELECT", "UPDATE", "INSERT", "SELECT"], sent
     assert len(commits) == 1, commits
@@ -518,28 +525,9 @@ def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
 def test_creating_a_run_reads_its_teacher_and_dataset_in_one_statement(api, studio_env) -> None:
     """A create's statements: the principal, the teacher and the dataset together, the run's
     INSERT and its audit entry's, in one transaction; an unknown dataset is still a 404."""
-    from sqlalchemy import event
-
-    from core.db import get_engine
-
     body = run_config(ready_model(api), ready_dataset(api))
-    engine = get_engine()
-    sent: list[str] = []
-    commits: list[object] = []
-
-    def record(_conn, _cursor, statement, *_args) -> None:
-        sent.append(statement.split()[0])
-
-    def commit(conn) -> None:
-        commits.append(conn)
-
-    event.listen(engine, "before_cursor_execute", record)
-    event.listen(engine, "commit", commit)
-    try:
+    with _writes_sent() as (sent, commits):
         assert api.post("/runs", json=body).status_code == 201
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-        event.remove(engine, "commit", commit)
     assert sent == ["SELECT", "SELECT", "INSERT", "INSERT"], sent
     assert len(commits) == 1, commits
     unknown = {**body, "dataset": {**body["dataset"], "dataset_id": 98765}}
