@@ -24,6 +24,7 @@ from .api_helpers import (
     run_config,
     set_env,
     set_row,
+    sql_sent,
     upload_dataset,
     upload_model,
 )
@@ -489,26 +490,21 @@ def test_cancel(api, studio_env) -> None:
 
 @contextmanager
 def _writes_sent() -> Iterator[tuple[list[str], list[object]]]:
-    """The verbs of the statements the write engine sent meanwhile, and its commits."""
+    """The verbs of the statements sent meanwhile (`sql_sent`), and the write engine's commits."""
     from sqlalchemy import event
 
     from core.db import get_engine
 
-    engine = get_engine()
-    sent: list[str] = []
+    verbs: list[str] = []
     commits: list[object] = []
-
-    def record(_conn, _cursor, statement, *_args) -> None:
-        sent.append(statement.split()[0])
-
     commit = commits.append  # one bound method: the listener to remove is the one added
-    event.listen(engine, "before_cursor_execute", record)
-    event.listen(engine, "commit", commit)
+    event.listen(get_engine(), "commit", commit)
     try:
-        yield sent, commits
+        with sql_sent() as sent:
+            yield verbs, commits
+        verbs += [statement.split()[0] for statement, _, _ in sent]
     finally:
-        event.remove(engine, "before_cursor_execute", record)
-        event.remove(engine, "commit", commit)
+        event.remove(get_engine(), "commit", commit)
 
 
 def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
