@@ -24,7 +24,18 @@ from typing import Any, NamedTuple
 import orjson
 import yaml
 from pydantic_core import from_json, to_json
-from sqlalchemy import Executable, Select, Text, bindparam, cast, func, select, text, update
+from sqlalchemy import (
+    Executable,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import TextClause
@@ -294,11 +305,12 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
     assert config.teacher.model_id is not None and config.dataset.dataset_id is not None
     # the teacher and the dataset in one statement, into the session's identity map (held here:
     # it keeps rows only while they are referenced), where `get_owned` finds them by primary
-    # key without a statement each (one absent: it looks, and answers 404)
+    # key without a statement each (one absent: it looks, and answers 404); joined on true:
+    # each side is one row by its key, so the product is wanted (and SQLAlchemy is told so)
     held = session.execute(
-        select(Model, Dataset).where(
-            Model.id == config.teacher.model_id, Dataset.id == config.dataset.dataset_id
-        )
+        select(Model, Dataset)
+        .join(Dataset, true())
+        .where(Model.id == config.teacher.model_id, Dataset.id == config.dataset.dataset_id)
     ).all()
     teacher = ready_model(session, config.teacher.model_id, team_id)
     dataset = ready_dataset(session, config.dataset.dataset_id, team_id)
