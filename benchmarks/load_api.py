@@ -15,8 +15,11 @@ inspected both, launches the *training run* (`--train-epochs`, every step logged
 - `GET /runs/{id}/metrics?names=loss&max_points=1000` of the training run (read metrics, as the
   pages do; `--max-points 0` for every point),
 - `GET /runs/{id}` of the training run (progress),
-- `POST /runs` then `POST /runs/{id}/cancel` at once (create runs), at most
-  `--creates-per-client` times per client, so the queue does not grow without bound.
+- `POST /runs` then `POST /runs/{id}/cancel` at once (create runs), `--creates-per-client`
+  times per client (so the queue does not grow without bound), spread over the load: one at a
+  random moment of each of as many equal parts of it, so the writes meet the load as it goes on
+  (until 2026-12-05 each client made them with its first requests, so every write fell into the
+  load's first second).
 
 With `--seed-runs` / `--seed-points` the database first gets that many extra runs (finished,
 of the admin's team) and metric points, bulk-inserted through `core.db.tables`: one run with a
@@ -384,11 +387,13 @@ async def one_client(
             tally.record(label, started, response)
             return response
 
-        left = creates
+        start = time.time()
+        part = (deadline - start) / max(creates, 1)
+        create_at = [start + (k + rng.random()) * part for k in range(creates)]
         while time.time() < deadline:
             roll = rng.random()
-            if left and roll < 0.1:
-                left -= 1
+            if create_at and time.time() >= create_at[0]:
+                create_at.pop(0)
                 created = await call("POST /runs", "POST", "/runs", json=create_body)
                 if created is not None and created.status_code == 201:
                     tally.created += 1
