@@ -7,6 +7,9 @@ Every route needs `Authorization: Bearer <token>` except `POST /api/v1/auth/toke
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -31,6 +34,7 @@ from backend.students.router import router as students_router
 from backend.teams.router import invitations_router, users_router
 from backend.teams.router import router as teams_router
 from backend.webhooks.router import router as webhooks_router
+from core import jobs
 from core.db import get_engine
 
 log = logging.getLogger(__name__)
@@ -105,8 +109,18 @@ def health() -> Any:
     return JSONResponse(body.model_dump(), status_code=200 if db else 503)
 
 
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """At start-up, in the background (a broker that is down never holds the start): ready the
+    broker connection the first run's publish would otherwise open (`jobs.warm_up`)."""
+    producer = jobs.producer_app()
+    threading.Thread(target=jobs.warm_up, args=(producer,), name="warm-up", daemon=True).start()
+    yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="Distill Studio",
         version=__version__,
         description=(

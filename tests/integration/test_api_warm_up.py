@@ -1,0 +1,56 @@
+"""At start-up the API readies, in the background, what its first publish would otherwise build
+(`core.jobs.warm_up`, run by the app's lifespan): the first run of each API process is then
+no slower than the next. A broker that does not answer never holds the start."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from tests.conftest import StudioEnv
+from tests.integration.api_helpers import CLOSED_BROKER, set_env
+from tests.integration.servers import ApiServer
+
+
+def test_the_api_readies_the_first_publish_at_start_up(sqlite_env: StudioEnv) -> None:
+    """A real API server, asked nothing: each of its processes has opened a broker connection
+    and declared the run queues (which writes their bindings) before any run is created."""
+    broker = redis.Redis.from_url(sqlite_env.env["DS_BROKER_URL"])
+    bindings = ["_kombu.binding.cpu", "_kombu.binding.gpu"]  # what declaring a queue writes
+    broker.delete(*bindings)
+    server = ApiServer(sqlite_env).start()
+    try:
+        deadline = time.monotonic() + 60
+        while broker.exists(*bindings) < len(bindings):
+            assert time.monotonic() < deadline, f"no queue declared:\n{server.output()[-2000:]}"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    assert broker.llen("cpu") == 0  # readied, nothing published
+
+
+def test_a_publish_builds_no_result_backend(sqlite_env: StudioEnv) -> None:
+    """Celery builds one per thread for the `AsyncResult` it returns (scanning every installed
+    package's entry points); the studio never reads these tasks' results."""
+    from core import jobs
+
+    task_id = jobs.send_task("worker.tasks.nothing", [1], "cpu")
+    message = json.loads(redis.Redis.from_url(sqlite_env.env["DS_BROKER_URL"]).lpop("cpu"))
+    assert message["headers"]["id"] == task_id and message["headers"]["ignore_result"] is True
+    assert jobs.producer_app()._backend is None
+
+
+def test_a_broker_that_does_not_answer_does_not_hold_the_start(
+    sqlite_env: StudioEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    set_env(monkeypatch, DS_BROKER_URL=CLOSED_BROKER)
+    with TestClient(create_app()) as http:  # started while the warm-up still tries
+        health = http.get("/api/v1/health")
+    assert health.status_code == 200 and health.json()["broker"] is False
