@@ -54,3 +54,23 @@ def test_a_broker_that_does_not_answer_does_not_hold_the_start(
     with TestClient(create_app()) as http:  # started while the warm-up still tries
         health = http.get("/api/v1/health")
     assert health.status_code == 200 and health.json()["broker"] is False
+
+
+def test_the_first_publish_benchmark_measures_its_three_cases(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import first_publish
+
+    assert first_publish.main(["--repeat", "1"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[0] in ("cold", "readied", "new thread"):
+            rows[cells[0]] = cells[1:]
+    # warm-up, first publish, next ones, first from a new thread (ms; "-": not that case)
+    assert [[c == "-" for c in rows[case]] for case in rows] == [
+        [True, False, False, True],
+        [False, False, False, True],
+        [True, False, False, False],
+    ], rows
+    assert all(float(c) > 0 for cells in rows.values() for c in cells if c != "-")
