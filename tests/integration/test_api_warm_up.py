@@ -37,6 +37,7 @@ def test_a_publish_builds_no_result_backend(sqlite_env: StudioEnv) -> None:
     package's entry points); the studio never reads these tasks' results."""
     from core import jobs
 
+    jobs.reset_producers()  # a fresh app: `queue.call` (which waits for results) builds one
     task_id = jobs.send_task("worker.tasks.nothing", [1], "cpu")
     message = json.loads(redis.Redis.from_url(sqlite_env.env["DS_BROKER_URL"]).lpop("cpu"))
     assert message["headers"]["id"] == task_id and message["headers"]["ignore_result"] is True
