@@ -243,6 +243,22 @@ def main(argv: list[str] | None = None) -> int:
                             ConsoleRenderer(flat=True, show_all=True, time="percent_of_total")
                         )
                     )
+                if args.writes:  # the creates and their cancels, in one profile
+                    profiler = Profiler(interval=0.0002, async_mode="disabled")
+                    profiler.start()
+                    writes = measure_writes(
+                        app, callers["token (scripts)"], Path(tmp_name), args.requests
+                    )
+                    asyncio.run(writes)
+                    profiler.stop()
+                    (args.profile / f"{args.database}POST__runs.txt").write_text(
+                        profiler.output_text(unicode=False, color=False, show_all=False)
+                    )
+                    (args.profile / f"{args.database}POST__runs.flat.txt").write_text(
+                        profiler.output(
+                            ConsoleRenderer(flat=True, show_all=True, time="percent_of_total")
+                        )
+                    )
                 print(f"\nprofiles in {args.profile}")
     return 0
 

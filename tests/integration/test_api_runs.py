@@ -17,6 +17,8 @@ from .api_helpers import (
     STUDENT_INSPECTION,
     TEACHER_INSPECTION,
     add_artifact,
+    auth,
+    other_team_token,
     queue_length,
     ready_dataset,
     ready_model,
@@ -154,6 +156,42 @@ def test_run_config_errors(api, studio_env) -> None:
     )
 
     assert row_count("Run") == 0
+
+
+def test_who_may_launch_is_checked_before_the_body(api, app_client) -> None:
+    """`POST /runs` checks its caller in its endpoint, with the create (one worker-thread hop);
+    a body FastAPI refuses still answers 401 and 403 first, as routes with `Writer` do."""
+    from backend.bootstrap import create_user
+    from core.db import session_scope
+
+    with session_scope() as session:
+        create_user(session, "vera", "vera-password-1", "default", "viewer")
+    signed = app_client.post(
+        "/auth/token", data={"username": "vera", "password": "vera-password-1"}
+    )
+    viewer = auth(signed.json()["access_token"])
+    reader = auth(api.post("/auth/tokens", json={"name": "r", "read_only": True}).json()["token"])
+    other_team = api.get("/auth/me", headers=auth(other_team_token(app_client))).json()["team_id"]
+    good = run_config(ready_model(api), ready_dataset(api))
+    not_a_config = {"name": 3, "losses": "kd"}
+    broken = {"content": b'{"name": '}  # not JSON
+
+    def status(headers: dict[str, str], **body: Any) -> int:
+        headers = headers | {"content-type": "application/json"}
+        return app_client.post("/runs", headers=headers, **body).status_code
+
+    for body in ({"json": not_a_config}, broken):
+        assert status({"Authorization": ""}, **body) == 401  # no token
+        assert status(auth("ds_unknown_token"), **body) == 401
+        assert status(viewer, **body) == 403
+        assert status(reader, **body) == 403
+        assert status(dict(api.headers) | {"X-Team-Id": str(other_team)}, **body) == 403
+        assert status(dict(api.headers), **body) == 422  # a writer: the body's own answer
+    assert status(dict(api.headers) | {"X-Team-Id": "abc"}, json=good) == 422  # the header's
+    assert status(viewer, json=good) == 403 and status(reader, json=good) == 403
+    assert status(dict(api.headers), json=good) == 201
+    assert api.get("/runs").json()["items"][0]["name"] == "api-test"
+    assert len(api.get("/runs").json()["items"]) == 1
 
 
 def test_layer_pairs_are_checked_against_both_inspections(api, studio_env) -> None:
