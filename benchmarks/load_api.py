@@ -29,7 +29,9 @@ the big series is read sequentially, whole and downsampled (`max_points=1000`), 
 
 It records the latency of every request per endpoint (p50, p95, p99, max) and every error (a
 status other than 2xx, or a failed request), and the CPU seconds the API processes (the server
-and its worker processes, psutil) spent during the load, per request; then waits for the training run to finish and checks
+and its worker processes, psutil) spent during the load, per request, and where the machine's
+CPU went meanwhile (the API, the training worker, PostgreSQL, Redis, the clients of this process,
+and the machine in all); then waits for the training run to finish and checks
 that its metrics arrived complete: every step from 1 to total_steps exactly once. It prints a
 Markdown table (copied into docs/benchmarks.md and docs/reliability.md), writes the figures as
 JSON with `--json`, and exits 1 on any error or incomplete metrics. The loop stops by itself.
@@ -336,6 +338,54 @@ def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[p] - before.get(p, 0.0) for p in after)
 
 
+def named_cpu_seconds(names: tuple[str, ...]) -> dict[int, float]:
+    """CPU seconds of every process of the machine with one of `names` (PostgreSQL's, Redis')."""
+    import psutil
+
+    out: dict[int, float] = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is not None and (proc.info["name"] or "").startswith(names):
+            out[proc.pid] = times.user + times.system
+    return out
+
+
+@dataclass
+class CoreSplit:
+    """Where the machine's CPU went during the load: seconds of each part, and of all."""
+
+    started: dict[str, Any] = field(default_factory=dict)
+    spent: dict[str, float] = field(default_factory=dict)
+
+    def start(self, api_pid: int, worker_pid: int) -> None:
+        import psutil
+
+        self.started = self._now(api_pid, worker_pid) | {"machine": psutil.cpu_times()}
+
+    def stop(self, api_pid: int, worker_pid: int) -> None:
+        import psutil
+
+        now = self._now(api_pid, worker_pid)
+        for part in ("API", "worker (training)", "PostgreSQL", "Redis"):
+            self.spent[part] = cpu_spent(self.started[part], now[part])
+        self.spent["clients (this process)"] = time.process_time() - self.started["clients"]
+        before, after = self.started["machine"], psutil.cpu_times()
+        busy = ("user", "nice", "system", "irq", "softirq", "steal")  # guest is in user
+        self.spent["the machine, all"] = sum(
+            getattr(after, f, 0.0) - getattr(before, f, 0.0) for f in busy
+        )
+
+    @staticmethod
+    def _now(api_pid: int, worker_pid: int) -> dict[str, Any]:
+        return {
+            "API": cpu_seconds(api_pid),
+            "worker (training)": cpu_seconds(worker_pid),
+            "PostgreSQL": named_cpu_seconds(("postgres",)),
+            "Redis": named_cpu_seconds(("redis-server",)),
+            "clients": time.process_time(),
+        }
+
+
 # -- the load -----------------------------------------------------------------------------------
 
 
@@ -557,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
             create_body = run_config(model["id"], dataset["id"], "created under load", 1)
 
             assert server.proc is not None
+            assert worker.proc is not None
             cpu_before = cpu_seconds(server.proc.pid)
+            split = CoreSplit()
+            split.start(server.proc.pid, worker.proc.pid)
             tally, took = asyncio.run(
                 load(
                     server.url,
@@ -572,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             api_cpu = cpu_spent(cpu_before, cpu_seconds(server.proc.pid))
+            split.stop(server.proc.pid, worker.proc.pid)
             processes = len(api_processes(server.proc.pid))
             load_average = os.getloadavg()  # the machine is shared: say how busy it was
             early = summary(tally, took)  # shown now: the training run may take a while yet
@@ -607,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_cpu_s": api_cpu,
         "api_cpu_ms_per_request": 1000 * api_cpu / max(total, 1),
         "load_average": load_average,
+        "cpu_seconds": split.spent,
         "seeded": {"runs": args.seed_runs, "points": args.seed_points},
         "max_points": args.max_points,
         "big_series": big,
@@ -631,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_average[1]:.1f} / {load_average[2]:.1f} (1 / 5 / 15 min)\n"
     )
     print(markdown([*rows, overall(tally, took)]))
+    cores = ", ".join(f"{part} {seconds:.1f}" for part, seconds in split.spent.items())
+    print(
+        f"\nCPU seconds during the {took:.0f} s of load ({os.cpu_count()} cores: {(os.cpu_count() or 1) * took:.0f}): {cores}"
+    )
     if big is not None:
         print(f"\na {args.big_series}-point series, read one request at a time:")
         for label, b in big.items():

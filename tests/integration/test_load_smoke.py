@@ -61,6 +61,14 @@ def test_load_benchmark_smoke(tmp_path: Path) -> None:
     assert run["metric_steps"] == run["total_steps"] > 0
     assert result["duration_s"] < 30, "the load loop stops by itself"
     assert "| endpoint | requests |" in proc.stdout
+    cpu = result["cpu_seconds"]  # where the machine's CPU went during the load
+    assert cpu["API"] > 0 and cpu["clients (this process)"] > 0 and cpu["PostgreSQL"] > 0
+    assert (
+        0
+        < sum(v for k, v in cpu.items() if k != "the machine, all")
+        <= 1.1 * (cpu["the machine, all"] + 1)
+    )
+    assert "CPU seconds during the" in proc.stdout
 
 
 def test_profile_benchmark_smoke() -> None:
