@@ -323,8 +323,10 @@ async def read_as(credentials: Credentials, read: Callable[[Session, Principal],
 
 # A frequent write without a body (cancelling a run: scripts and the pages do it in bursts) saves
 # the same hops: `write(session, principal)` checks the permission itself (`backend.access`) and
-# commits what it changes, in one transaction like a route's. (A write with a body keeps its
-# dependencies: they answer 401/403 before the body's 422.)
+# commits what it changes, in one transaction like a route's. A write with a body answers 401/403
+# before the body's 422: most keep their dependencies for that; `POST /runs` (launched in
+# bursts too) uses `write_as` with the route class `backend.access.WriterFirst`, which checks
+# the caller when FastAPI refuses the body.
 
 
 async def write_as(credentials: Credentials, write: Callable[[Session, Principal], _Out]) -> _Out:
