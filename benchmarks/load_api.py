@@ -608,7 +608,6 @@ def main(argv: list[str] | None = None) -> int:
 
             assert server.proc is not None
             assert worker.proc is not None
-            cpu_before = cpu_seconds(server.proc.pid)
             split = CoreSplit()
             split.start(server.proc.pid, worker.proc.pid)
             tally, took = asyncio.run(
@@ -624,8 +623,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.max_points,
                 )
             )
-            api_cpu = cpu_spent(cpu_before, cpu_seconds(server.proc.pid))
             split.stop(server.proc.pid, worker.proc.pid)
+            api_cpu = split.spent["API"]
             processes = len(api_processes(server.proc.pid))
             load_average = os.getloadavg()  # the machine is shared: say how busy it was
             early = summary(tally, took)  # shown now: the training run may take a while yet
