@@ -9,6 +9,9 @@ connection, psutil), so the API exposes nothing of it.
 from __future__ import annotations
 
 import http.client
+import os
+import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -88,3 +91,50 @@ def test_sign_in_throttle_holds_across_processes(server: ApiServer) -> None:
     assert codes == {401: ATTEMPTS, 429: 2 * ATTEMPTS}, codes
     by_process = Counter(pid for _, pid in answers)
     assert None not in by_process and len(by_process) == 2, by_process  # both processes counted
+
+
+def _listening(pid: int, port: int) -> bool:
+    import psutil
+
+    conns = psutil.Process(pid).net_connections(kind="tcp")
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
+
+
+def _workers_listening(server: ApiServer) -> list[int]:
+    """The supervisor's worker processes that listen on the API's port."""
+    import psutil
+
+    assert server.proc is not None
+    children = psutil.Process(server.proc.pid).children()
+    return [c.pid for c in children if _listening(c.pid, server.port)]
+
+
+def test_each_process_listens_on_a_socket_of_its_own_and_a_dead_one_is_replaced(
+    server: ApiServer,
+) -> None:
+    """The kernel spreads new connections across the processes' own sockets (SO_REUSEPORT,
+    backend/serving.py): every worker listens, the supervisor does not (its socket only holds
+    the address). A worker that dies is replaced by one that listens too, and requests go on."""
+    assert server.proc is not None
+    while len(_workers_listening(server)) < 2:  # the second may still be starting
+        time.sleep(0.1)
+    assert not _listening(server.proc.pid, server.port)
+    killed = _workers_listening(server)[0]
+    os.kill(killed, signal.SIGKILL)
+    while True:  # waits for content; pytest-timeout bounds it
+        listening = _workers_listening(server)
+        if len(listening) == 2 and killed not in listening:
+            break
+        time.sleep(0.1)
+    assert server.proc.poll() is None  # the supervisor carried on
+    assert {status for status, _ in _parallel(server, 16, "GET", "/api/v1/health")} == {200}
+
+
+def test_a_second_studio_on_the_same_port_is_refused(server: ApiServer, sqlite_env) -> None:
+    """Its own SO_REUSEPORT sockets would share the port with the first studio; it stops at
+    once with uvicorn's start-up failure code and says why."""
+    second = ApiServer(sqlite_env, extra_env={"DS_API_WORKERS": "2"}, name="api-second")
+    second.port = server.port
+    with pytest.raises(RuntimeError, match="Address already in use"):
+        second.start()
+    assert second.proc is not None and second.proc.returncode == 3
