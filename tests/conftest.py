@@ -7,6 +7,7 @@ Environment knobs (defaults match the CI machine and docker-compose):
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.file_seconds import FILE_SECONDS, slowest_first
 
 if TYPE_CHECKING:
     from client import Client
@@ -148,7 +151,8 @@ def make_studio_env(tmp: Path, database: str) -> StudioEnv:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `one_database` (a worker training a scheme: nothing of it depends on the
-    database) run on SQLite only; their PostgreSQL variant is deselected."""
+    database) run on SQLite only; their PostgreSQL variant is deselected. The files run slowest
+    first (tests/file_seconds.py: `make test` keeps this order for pytest-xdist)."""
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
@@ -156,7 +160,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (drop if on_postgres and item.get_closest_marker("one_database") else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.exists() else {}
+    items[:] = [keep[i] for i in slowest_first([item.nodeid for item in keep], seconds)]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
