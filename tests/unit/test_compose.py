@@ -73,10 +73,22 @@ def _check_cli(args: list[str]) -> None:
 
 
 def _commands(svc: dict) -> list[list[str]]:
+    """The commands a service runs (those of an `sh -c` list, each without its `exec`)."""
     cmd = svc["command"]
     if cmd[:2] == ["sh", "-c"]:
-        return [shlex.split(part) for part in cmd[2].split("&&")]
+        parts = [shlex.split(part) for part in cmd[2].split("&&")]
+        return [args[1:] if args[0] == "exec" else args for args in parts]
     return [cmd]
+
+
+def test_the_last_command_of_a_shell_list_replaces_the_shell(compose: dict) -> None:
+    """`sh -c "a && exec b"`: b becomes the container's first process and gets `docker compose
+    stop`'s SIGTERM (the API's supervisor then stops its processes gracefully); a shell as the
+    first process ignores it, and Docker kills the container 10 s later."""
+    for name, svc in compose["services"].items():
+        cmd = svc.get("command")
+        if name in STUDIO_SERVICES and cmd[:2] == ["sh", "-c"]:
+            assert shlex.split(cmd[2].split("&&")[-1])[0] == "exec", name
 
 
 def test_every_studio_command_parses(compose: dict) -> None:
