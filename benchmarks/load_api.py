@@ -356,6 +356,9 @@ class CoreSplit:
 
     started: dict[str, Any] = field(default_factory=dict)
     spent: dict[str, float] = field(default_factory=dict)
+    # each API process's seconds (uvicorn's supervisor and its workers), most first: how evenly
+    # the processes shared the clients' connections
+    by_api_process: list[float] = field(default_factory=list)
 
     def start(self, api_pid: int, worker_pid: int) -> None:
         import psutil
@@ -368,6 +371,10 @@ class CoreSplit:
         now = self._now(api_pid, worker_pid)
         for part in ("API", "worker (training)", "PostgreSQL", "Redis"):
             self.spent[part] = cpu_spent(self.started[part], now[part])
+        api_before = self.started["API"]
+        self.by_api_process = sorted(
+            (round(now["API"][p] - api_before.get(p, 0.0), 2) for p in now["API"]), reverse=True
+        )
         self.spent["clients (this process)"] = time.process_time() - self.started["clients"]
         before, after = self.started["machine"], psutil.cpu_times()
         busy = ("user", "nice", "system", "irq", "softirq", "steal")  # guest is in user
@@ -661,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_cpu_ms_per_request": 1000 * api_cpu / max(total, 1),
         "load_average": load_average,
         "cpu_seconds": split.spent,
+        "api_cpu_by_process_s": split.by_api_process,
         "seeded": {"runs": args.seed_runs, "points": args.seed_points},
         "max_points": args.max_points,
         "big_series": big,
@@ -689,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nCPU seconds during the {took:.0f} s of load ({os.cpu_count()} cores: {(os.cpu_count() or 1) * took:.0f}): {cores}"
     )
+    print(f"the API's processes: {', '.join(f'{s:.1f}' for s in split.by_api_process)} s")
     if big is not None:
         print(f"\na {args.big_series}-point series, read one request at a time:")
         for label, b in big.items():

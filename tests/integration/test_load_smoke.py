@@ -69,6 +69,9 @@ def test_load_benchmark_smoke(tmp_path: Path) -> None:
         <= 1.1 * (cpu["the machine, all"] + 1)
     )
     assert "CPU seconds during the" in proc.stdout
+    by_process = result["api_cpu_by_process_s"]  # the supervisor and each worker process
+    assert by_process == sorted(by_process, reverse=True) and by_process[0] > 0
+    assert sum(by_process) == pytest.approx(cpu["API"], abs=0.05 * len(by_process))
 
 
 def test_profile_benchmark_smoke() -> None:
