@@ -183,9 +183,10 @@ class _ListenerPerProcess(socket.socket):
 
     uvicorn hands its workers one shared listening socket; whichever process wakes first accepts
     every pending connection, so a few processes end up holding all the clients' keep-alive
-    connections (measured under the load benchmark: 9.9, 7.8, 1.6 and 1.5 CPU-s for four
-    processes). With a socket per process and `SO_REUSEPORT`, the kernel spreads new connections
-    across the processes (9.4, 7.8, 6.4 and 4.3). uvicorn's supervisor pickles the sockets it is
+    connections (under the load benchmark, four processes' CPU: 9.9, 7.8, 1.6 and 1.5 s). With a
+    socket per process and `SO_REUSEPORT`, the kernel spreads new connections across the
+    processes by a hash of each (7.3, 7.0, 5.2 and 5.1 s in one run; docs/benchmarks.md, "A
+    listening socket per API process"). uvicorn's supervisor pickles the sockets it is
     given into every worker process it starts or restarts: this one pickles as its address and
     unpickles there as a new socket bound to it, which uvicorn makes listen. The supervisor's own
     socket never listens, so the kernel never hands it a connection.
