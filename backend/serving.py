@@ -248,13 +248,14 @@ def run_api(host: str, port: int, workers: int) -> None:
         if not server.started:
             sys.exit(STARTUP_FAILURE)
         return
+    says = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config, as its own lines
     if not LISTENER_PER_PROCESS:
         sock = config.bind_socket()
     else:
         try:
             sock = listener_per_process(host, port)
         except OSError as exc:
-            log.error("cannot serve the API on %s:%d: %s", host, port, exc)
+            says.error("cannot serve the API on %s:%d: %s", host, port, exc)
             sys.exit(STARTUP_FAILURE)
-        log.info("API on http://%s:%d: %d processes, a socket each", host, port, config.workers)
+        says.info("API on http://%s:%d: %d processes, a socket each", host, port, config.workers)
     Multiprocess(config, sockets=[sock]).run()
