@@ -306,9 +306,9 @@ _Out = TypeVar("_Out")
 
 
 def _act(
-    credentials: Credentials, work: Callable[[Session, Principal], _Out], reads_only: bool
+    credentials: Credentials, work: Callable[[Session, Principal], _Out], autocommit: bool
 ) -> _Out:
-    session = get_sessionmaker()(bind=get_read_engine() if reads_only else get_engine())
+    session = get_sessionmaker()(bind=get_read_engine() if autocommit else get_engine())
     try:
         return work(session, principal_for(session, credentials))
     finally:
@@ -326,10 +326,18 @@ async def read_as(credentials: Credentials, read: Callable[[Session, Principal],
 # commits what it changes, in one transaction like a route's. A write with a body answers 401/403
 # before the body's 422: most keep their dependencies for that; `POST /runs` (launched in
 # bursts too) uses `write_as` with the route class `backend.access.WriterFirst`, which checks
-# the caller when FastAPI refuses the body.
+# the caller when FastAPI refuses the body. A write that saves in one statement (a create:
+# `backend.audit.service.add_audited`) runs `autocommit` like the reads: on PostgreSQL no BEGIN
+# and no COMMIT round trip around it.
 
 
-async def write_as(credentials: Credentials, write: Callable[[Session, Principal], _Out]) -> _Out:
+async def write_as(
+    credentials: Credentials,
+    write: Callable[[Session, Principal], _Out],
+    *,
+    autocommit: bool = False,
+) -> _Out:
     """`write(session, principal)` for the caller behind `credentials`, in one worker-thread
-    hop, on a session of its own; what it leaves uncommitted is rolled back."""
-    return await run_in_threadpool(_act, credentials, write, False)
+    hop, on a session of its own; what it leaves uncommitted is rolled back. `autocommit`: each
+    statement commits on its own (PostgreSQL), for a write of a single statement."""
+    return await run_in_threadpool(_act, credentials, write, autocommit)

@@ -117,7 +117,7 @@ async def create_run(
         body = RunOut.model_validate(run).model_dump_json()
         return Response(body, status_code=201, media_type="application/json")
 
-    return await write_as(credentials, create)
+    return await write_as(credentials, create, autocommit=True)  # the run saved in one statement
 
 
 router.add_api_route(

@@ -30,18 +30,19 @@ from sqlalchemy import (
     Text,
     bindparam,
     cast,
+    delete,
     func,
     select,
     text,
     true,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import TextClause
 
 from backend import queue
-from backend.audit.service import audit
+from backend.audit.service import add_audited, audit
 from backend.deps import Principal
 from backend.errors import Conflict, Invalid, InvalidMany, NotFound
 from backend.runs.schemas import RunOut
@@ -66,6 +67,7 @@ from core.config import RunConfig, StudentSpec
 from core.db.tables import (
     ROLLUP_WIDTHS,
     TERMINAL_RUN_STATES,
+    AuditEntry,
     Dataset,
     Metric,
     MetricRollup,
@@ -298,6 +300,17 @@ def queued_summary(config: RunConfig, queue: str) -> dict[str, Any]:
     return {WAITING_KEY: waiting_for_worker(gpus)} if queue == gpu_queue(gpus) != "gpu" else {}
 
 
+# built once: a create's statement is built in about the time it takes to run. The teacher's
+# layer table and card are the row's largest JSON: read (one statement more) only where a check
+# reads them (layer pairs, a split point, another teacher's shapes)
+_TEACHER_AND_DATASET = (
+    select(Model, Dataset)
+    .join(Dataset, true())
+    .where(Model.id == bindparam("teacher"), Dataset.id == bindparam("dataset"))
+    .options(defer(Model.inspection), defer(Model.card))
+)
+
+
 def create_run(session: Session, principal: Principal, config: RunConfig) -> Run:
     """Validate `config` against the team's models and datasets, save the run and queue it."""
     refuse_paths(config)
@@ -308,9 +321,8 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
     # key without a statement each (one absent: it looks, and answers 404); joined on true:
     # each side is one row by its key, so the product is wanted (and SQLAlchemy is told so)
     held = session.execute(
-        select(Model, Dataset)
-        .join(Dataset, true())
-        .where(Model.id == config.teacher.model_id, Dataset.id == config.dataset.dataset_id)
+        _TEACHER_AND_DATASET,
+        {"teacher": config.teacher.model_id, "dataset": config.dataset.dataset_id},
     ).all()
     teacher = ready_model(session, config.teacher.model_id, team_id)
     dataset = ready_dataset(session, config.dataset.dataset_id, team_id)
@@ -361,28 +373,20 @@ def create_run(session: Session, principal: Principal, config: RunConfig) -> Run
         created_by=principal.user.id,
         created_at=utcnow(),
     )
-    session.add(run)
-    session.flush()
-    entry = audit(
-        session,
-        principal,
-        "run.create",
-        "run",
-        run.id,
-        {
-            "name": run.name,
-            "teacher_model_id": teacher.id,
-            "dataset_id": dataset.id,
-            "student_model_id": student_model_id,
-            "queue": run.queue,
-        },
-    )
-    session.commit()
+    detail = {
+        "name": run.name,
+        "teacher_model_id": teacher.id,
+        "dataset_id": dataset.id,
+        "student_model_id": student_model_id,
+        "queue": run.queue,
+    }
+    entry_id = add_audited(session, principal, run, "run.create", "run", detail)
     try:
         queue.enqueue(DISTILL, [run.id], queue=run.queue)
-    except queue.BrokerUnavailable:
-        session.delete(entry)
-        session.delete(run)
+    except queue.BrokerUnavailable:  # nothing saved: the run goes, then its entry (a session
+        # in autocommit, `write_as`, commits each: the run first, never left without its entry)
+        session.execute(delete(Run).where(Run.id == run.id))
+        session.execute(delete(AuditEntry).where(AuditEntry.id == entry_id))
         session.commit()
         raise
     return run

@@ -335,7 +335,8 @@ def test_no_worker_or_no_broker_is_503(api, studio_env, monkeypatch) -> None:
     assert down.status_code == 503 and "broker" in down.json()["detail"]
     plan = api.post("/runs/plan", json={"teacher_model_id": teacher, "dataset_id": dataset_id})
     assert plan.status_code == 503 and "broker" in plan.json()["detail"]
-    assert row_count("Run") == 0
+    assert row_count("Run") == 0  # saved before the publish, then taken back with its entry
+    assert "run.create" not in [e["action"] for e in api.get("/audit").json()["items"]]
 
 
 def _until_not_pending(send, timeout: float = 60):
@@ -557,13 +558,24 @@ def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
 
 
 def test_creating_a_run_reads_its_teacher_and_dataset_in_one_statement(api, studio_env) -> None:
-    """A create's statements: the principal, the teacher and the dataset together, the run's
-    INSERT and its audit entry's, in one transaction; an unknown dataset is still a 404."""
+    """A create's statements: the principal, the teacher and the dataset together, then the
+    run's INSERT and its audit entry's: on PostgreSQL one statement on an autocommit connection
+    (no BEGIN, no COMMIT), on SQLite one transaction; an unknown dataset is still a 404."""
     body = run_config(ready_model(api), ready_dataset(api))
-    with _writes_sent() as (sent, commits):
-        assert api.post("/runs", json=body).status_code == 201
-    assert sent == ["SELECT", "SELECT", "INSERT", "INSERT"], sent
-    assert len(commits) == 1, commits
+    with sql_sent() as statements, _writes_sent() as (sent, commits):
+        created = api.post("/runs", json=body)
+    assert created.status_code == 201
+    if studio_env.env["DS_DATABASE_URL"].startswith("postgresql"):
+        assert sent == ["SELECT", "SELECT", "WITH"], sent
+        assert all(autocommit for _, _, autocommit in statements) and commits == []
+    else:
+        assert sent == ["SELECT", "SELECT", "INSERT", "INSERT"], sent
+        assert len(commits) == 1, commits
+    run = created.json()  # the columns' defaults, as the database saved them
+    assert (run["status"], run["progress"], run["step"], run["attempts"]) == ("queued", 0.0, 0, 0)
+    assert api.get(f"/runs/{run['id']}").json() == run
+    entry = api.get("/audit", params={"limit": 1}).json()["items"][0]
+    assert (entry["action"], entry["resource_id"]) == ("run.create", str(run["id"]))
     unknown = {**body, "dataset": {**body["dataset"], "dataset_id": 98765}}
     missing = api.post("/runs", json=unknown)
     assert missing.status_code == 404 and missing.json()["detail"] == "dataset 98765 not found"

@@ -49,6 +49,46 @@ def member_headers(api: TestClient, username: str, role: str) -> dict[str, str]:
 # -- audit log ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_row_and_its_entry_are_saved_together_or_not_at_all(
+    api: TestClient, autocommit: bool
+) -> None:
+    """`add_audited` (a run's create): an entry that cannot be saved (here: for a team that does
+    not exist) takes its row with it, on either kind of session."""
+    from sqlalchemy.exc import IntegrityError
+
+    from backend.audit.service import add_audited
+    from backend.deps import Principal, UserRow
+    from core.clock import utcnow
+    from core.db import get_engine, get_read_engine, get_sessionmaker
+    from core.db.tables import Run
+
+    me = api.get("/auth/me").json()
+    team_id = me["teams"][0]["id"]
+    user = UserRow(me["id"], me["username"], True)
+    engine = get_read_engine() if autocommit else get_engine()
+    runs, entries = row_count("Run"), row_count("AuditEntry")
+
+    def new_run() -> Run:
+        config = {"name": "audited"}
+        return Run(team_id=team_id, name="audited", config=config, created_at=utcnow())
+
+    with get_sessionmaker()(bind=engine) as session:
+        nowhere = Principal(user, team_id=987654, role="owner", read_only=False, token=None)  # type: ignore[arg-type]
+        with pytest.raises(IntegrityError):
+            add_audited(session, nowhere, new_run(), "run.create", "run", {})
+    assert (row_count("Run"), row_count("AuditEntry")) == (runs, entries)
+
+    with get_sessionmaker()(bind=engine) as session:
+        here = Principal(user, team_id=team_id, role="owner", read_only=False, token=None)  # type: ignore[arg-type]
+        run = new_run()
+        entry_id = add_audited(session, here, run, "run.create", "run", {"k": 1})
+    assert (run.status, run.progress, run.summary) == ("queued", 0.0, {})  # the defaults
+    assert (row_count("Run"), row_count("AuditEntry")) == (runs + 1, entries + 1)
+    logged = [e for e in api.get("/audit").json()["items"] if e["id"] == entry_id]
+    assert [(e["resource_id"], e["detail"]) for e in logged] == [(str(run.id), {"k": 1})]
+
+
 def test_audit_log(api: TestClient, monkeypatch) -> None:
     from .api_helpers import add_artifact
 
