@@ -19,7 +19,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, String, Table, bindparam, cast, insert, select, true
+from sqlalchemy import CTE, Select, String, Table, Update, bindparam, cast, insert, select, true
 from sqlalchemy import inspect as orm_mapper
 from sqlalchemy.orm import Session
 
@@ -121,20 +121,65 @@ def _insert_audited(table: Table, keys: tuple[str, ...], said: tuple[str, ...]) 
         .returning(*table.columns)
         .cte("new_row")
     )
+    logged = _entry_of(new, said)
+    return select(new, logged.c.id.label("audit_entry_id")).join_from(new, logged, true())
+
+
+def change_audited(
+    session: Session,
+    principal: Principal,
+    change: Update,
+    params: dict[str, Any],
+    action: str,
+    resource_type: str,
+    resource_id: int,
+    detail: dict[str, Any],
+) -> bool:
+    """Run `change` (an UPDATE of at most the row `resource_id`, built once, its values bound by
+    name in `params`) and, when it changed the row, add an audit entry for it: whether it did.
+    The caller commits.
+
+    On PostgreSQL in one statement, atomic on its own: the entry's INSERT reads the UPDATE's
+    RETURNING (no row changed: no entry); on an autocommit session the pair needs no
+    transaction. Elsewhere the UPDATE, then the entry in the session."""
+    table = change.table
+    assert isinstance(table, Table)
+    if session.get_bind().dialect.name != "postgresql":
+        changed = session.execute(change, params).rowcount == 1  # type: ignore[attr-defined]
+        if changed:
+            audit(session, principal, action, resource_type, resource_id, detail)
+        return changed
+    said = _said(principal, action, resource_type, detail)
+    params = {**params, **{f"entry_{key}": value for key, value in said.items()}}
+    statement = _change_audited(change, tuple(said))
+    return session.connection().execute(statement, params).first() is not None
+
+
+@cache
+def _change_audited(change: Update, said: tuple[str, ...]) -> Select[Any]:
+    """`change_audited`'s statement for `change`, built once."""
+    table = change.table
+    assert isinstance(table, Table)
+    changed = change.returning(table.c.id).cte("changed")
+    return select(_entry_of(changed, said).c.id)
+
+
+def _entry_of(rows: CTE, said: tuple[str, ...]) -> CTE:
+    """The INSERT of an audit entry for each row of `rows` (its `id` as the resource id), the
+    other columns `said` bound by name (`entry_<column>`), in a WITH: the ids of the entries."""
     columns = AuditEntry.__table__.c
-    logged = (
+    return (
         insert(AuditEntry)
         .from_select(
             [*said, "resource_id"],
             select(
                 *(bindparam(f"entry_{key}", type_=columns[key].type) for key in said),
-                cast(new.c.id, String),
+                cast(rows.c.id, String),
             ),
         )
         .returning(AuditEntry.id)
         .cte("logged")
     )
-    return select(new, logged.c.id.label("audit_entry_id")).join_from(new, logged, true())
 
 
 def audit_teams(

@@ -305,7 +305,7 @@ async def cancel_run(credentials: CredentialsDep, run_id: int, response: Respons
         run, at_once = service.cancel(session, principal, run)
         return RunOut.model_validate(run), at_once
 
-    out, at_once = await write_as(credentials, cancel)
+    out, at_once = await write_as(credentials, cancel, autocommit=True)  # each write one statement
     if not at_once:
         response.status_code = 202
     return out

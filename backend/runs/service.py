@@ -42,7 +42,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import TextClause
 
 from backend import queue
-from backend.audit.service import add_audited, audit
+from backend.audit.service import add_audited, change_audited
 from backend.deps import Principal
 from backend.errors import Conflict, Invalid, InvalidMany, NotFound
 from backend.runs.schemas import RunOut
@@ -64,6 +64,7 @@ from core.catalog.augment import image_ops_problem
 from core.catalog.schemes import peer_layers
 from core.clock import utcnow
 from core.config import RunConfig, StudentSpec
+from core.db import get_sessionmaker
 from core.db.tables import (
     ROLLUP_WIDTHS,
     TERMINAL_RUN_STATES,
@@ -1066,44 +1067,57 @@ def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]
     A run cancelled at once never reaches a worker, so its webhooks are told from here.
     """
     if run.status not in TERMINAL_RUN_STATES and run.status != Status.running.value:
-        cancelled: dict[str, Any] = {
-            "status": Status.cancelled.value,
-            "cancel_requested": True,
-            "finished_at": utcnow(),
-        }
-        done = session.execute(
-            update(Run)
-            .where(Run.id == run.id, Run.status.in_([Status.queued.value, Status.pending.value]))
-            .values(cancelled)
-            .execution_options(synchronize_session=False)
-        )
-        if done.rowcount == 1:
-            audit(
-                session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": "queued"}
-            )
+        now = utcnow()
+        detail = {"name": run.name, "was": "queued"}
+        params = {"run_id": run.id, "now": now}
+        if change_audited(
+            session, principal, _CANCEL_WAITING, params, "run.cancel", "run", run.id, detail
+        ):
             # most teams have no webhook for it: then no second transaction records deliveries
             to_tell = hooks_to_tell(session, run.team_id, run.id, f"run.{Status.cancelled.value}")
             session.commit()
-            for key, value in cancelled.items():  # what the update wrote: no need to read it back
+            cancelled = {"status": Status.cancelled.value, "cancel_requested": True}
+            for key, value in {**cancelled, "finished_at": now}.items():  # what it wrote
                 set_committed_value(run, key, value)
-            if to_tell:
-                dispatch_run_event(session, run.id)
+            if to_tell:  # its deliveries in a transaction of their own (this session may be
+                # in autocommit: `write_as`)
+                with get_sessionmaker()() as deliveries:
+                    dispatch_run_event(deliveries, run.id)
             events.publish_status(run)  # live streams learn it now (GET /runs/{id}/events)
             return run, True
         session.commit()
         session.refresh(run)  # a worker took it meanwhile, or it ended: as it is now
     if run.status in TERMINAL_RUN_STATES:
         raise Conflict(f"run {run.id} already {run.status}")
-    session.execute(
-        update(Run)
-        .where(Run.id == run.id)
-        .values(cancel_requested=True)
-        .execution_options(synchronize_session=False)
-    )
-    audit(session, principal, "run.cancel", "run", run.id, {"name": run.name, "was": run.status})
+    detail = {"name": run.name, "was": run.status}
+    params = {"run_id": run.id}
+    change_audited(session, principal, _FLAG_CANCEL, params, "run.cancel", "run", run.id, detail)
     session.commit()
     session.refresh(run)
     return run, False
+
+
+# a cancel's UPDATEs, built once (`change_audited` saves each with its audit entry): a run that
+# waits (queued, or pending a worker's plan) is cancelled at once; a running one is flagged for
+# its worker
+_CANCEL_WAITING = (
+    update(Run)
+    .where(
+        Run.id == bindparam("run_id"), Run.status.in_([Status.queued.value, Status.pending.value])
+    )
+    .values(
+        status=Status.cancelled.value,
+        cancel_requested=True,
+        finished_at=bindparam("now", type_=Run.finished_at.type),
+    )
+    .execution_options(synchronize_session=False)
+)
+_FLAG_CANCEL = (
+    update(Run)
+    .where(Run.id == bindparam("run_id"))
+    .values(cancel_requested=True)
+    .execution_options(synchronize_session=False)
+)
 
 
 def retry(session: Session, principal: Principal, run: Run) -> Run:

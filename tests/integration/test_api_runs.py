@@ -548,13 +548,23 @@ def _writes_sent() -> Iterator[tuple[list[str], list[object]]]:
 
 def test_cancelling_a_queued_run_is_one_transaction(api, studio_env) -> None:
     """The run is not read back after its update, and a team without webhooks gets no second
-    transaction looking for deliveries to record."""
+    transaction looking for deliveries to record. On PostgreSQL the update and its audit entry
+    are one statement, on an autocommit connection (no BEGIN, no COMMIT)."""
     queued = api.post("/runs", json=run_config(ready_model(api), ready_dataset(api))).json()
-    with _writes_sent() as (sent, commits):
-        assert api.post(f"/runs/{queued['id']}/cancel").json()["status"] == "cancelled"
-    # the principal, the run, the update, its audit entry, the webhooks to tell: one commit
-    assert sent == ["SELECT", "SELECT", "UPDATE", "INSERT", "SELECT"], sent
-    assert len(commits) == 1, commits
+    with sql_sent() as statements, _writes_sent() as (sent, commits):
+        cancelled = api.post(f"/runs/{queued['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
+    # the principal, the run, the update, its audit entry, the webhooks to tell
+    if studio_env.env["DS_DATABASE_URL"].startswith("postgresql"):
+        assert sent == ["SELECT", "SELECT", "WITH", "SELECT"], sent
+        assert all(autocommit for _, _, autocommit in statements) and commits == []
+    else:
+        assert sent == ["SELECT", "SELECT", "UPDATE", "INSERT", "SELECT"], sent
+        assert len(commits) == 1, commits
+    assert api.get(f"/runs/{queued['id']}").json() == cancelled
+    entry = api.get("/audit", params={"limit": 1}).json()["items"][0]
+    assert (entry["action"], entry["resource_id"]) == ("run.cancel", str(queued["id"]))
+    assert entry["detail"] == {"name": queued["name"], "was": "queued"}
 
 
 def test_creating_a_run_reads_its_teacher_and_dataset_in_one_statement(api, studio_env) -> None:
