@@ -31,6 +31,10 @@ POSTGRES_URL = os.environ.get(
     "DS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("DS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# `make test` runs two test processes on two cores, each training tiny models in itself or in
+# the workers and sandboxes it starts: one torch thread each (children inherit it), where one
+# per core only makes the threads wait for each other
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def free_port() -> int:

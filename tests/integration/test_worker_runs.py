@@ -1,4 +1,6 @@
-"""A real Celery worker process on real Redis, with SQLite and with PostgreSQL.
+"""A real Celery worker process on real Redis, with SQLite (a worker on PostgreSQL, killed,
+redelivered and cut off from its database: test_reliability.py; a running run cancelled:
+test_reliability.py too).
 
 The API runs in-process (TestClient); the worker is a separate `celery worker` process sharing
 the database, broker and artifact folder — the production topology on one machine.
@@ -29,6 +31,8 @@ _config = run_config
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
+# a worker's runs on PostgreSQL: test_reliability.py (killed, redelivered, the database away)
+@pytest.mark.one_database
 def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
     model, dataset = _upload(api, demo_files)
     layers = {row["path"]: row for row in model["inspection"]["layers"]}
@@ -85,22 +89,6 @@ def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
     }
     cfg = api.get(f"/artifacts/{next(a['id'] for a in arts if a['kind'] == 'config')}/download")
     assert b"fitnets" in cfg.content
-
-
-@pytest.mark.parametrize("studio_env", ["sqlite"], indirect=True)
-def test_cancel_running_run(api, worker, demo_files) -> None:
-    model, dataset = _upload(api, demo_files)
-    run = api.post(
-        "/runs", json=_config(model, dataset, training={"epochs": 200, "checkpoint_every": 10})
-    )
-    run_id = run.json()["id"]
-    deadline = time.time() + 120
-    while api.get(f"/runs/{run_id}").json()["step"] < 5 and time.time() < deadline:
-        time.sleep(0.2)
-    assert api.post(f"/runs/{run_id}/cancel").status_code == 202
-    done = _wait(api, f"/runs/{run_id}", {"succeeded", "failed", "cancelled"}, timeout=60)
-    assert done["status"] == "cancelled", done
-    assert done["step"] < done["total_steps"]
 
 
 @pytest.mark.parametrize("studio_env", ["sqlite"], indirect=True)
