@@ -10,8 +10,8 @@ invitation.create, invitation.accept, invitation.decline, invitation.withdraw, a
 An action that concerns several teams (a token that reaches all of its user's teams, a throttled
 sign-in of an account in several teams) is recorded in each of them (`audit_teams`).
 
-A new row that launches often (a run) is saved with its entry by `add_audited`: on PostgreSQL
-in one statement.
+The most frequent writes save their entry in the same statement on PostgreSQL: a new run
+(`add_audited`), a queued run's cancel (`change_audited`).
 """
 
 from __future__ import annotations

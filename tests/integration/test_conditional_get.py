@@ -111,7 +111,8 @@ def test_client_sends_the_tag_and_keeps_the_body_on_304(sdk, api) -> None:
 def test_reads_send_no_begin_or_rollback_on_postgres(api, studio_env) -> None:
     """A run, its metrics and the list of runs are read in autocommit on PostgreSQL
     (`backend.deps.read_as`: no BEGIN, no ROLLBACK round trips) and the list sets nothing
-    before its SELECT; a write runs in one transaction."""
+    before its SELECT; a cancel too, its UPDATE and audit entry being one statement (then the
+    run as it is now)."""
     from core.db import get_engine
 
     if get_engine().dialect.name != "postgresql":
@@ -128,5 +129,6 @@ def test_reads_send_no_begin_or_rollback_on_postgres(api, studio_env) -> None:
         reads = sent(lambda path=path: api.get(path).raise_for_status())
         assert reads and all(autocommit for _, autocommit in reads), (path, reads)
         assert {verb for verb, _ in reads} == {"SELECT"}, (path, reads)
-    written = sent(lambda: api.post(f"/runs/{run_id}/cancel"))
-    assert written and not any(autocommit for _, autocommit in written), written
+    written = sent(lambda: api.post(f"/runs/{run_id}/cancel").raise_for_status())
+    assert [verb for verb, _ in written] == ["SELECT", "SELECT", "WITH", "SELECT"], written
+    assert all(autocommit for _, autocommit in written), written
