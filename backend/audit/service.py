@@ -89,14 +89,12 @@ def add_audited(
         entry = audit(session, principal, action, resource_type, row.id, detail)  # type: ignore[attr-defined]
         session.commit()
         return entry.id
-    mapper = orm_mapper(type(row))
-    table = mapper.local_table
-    assert isinstance(table, Table)
+    table, attributes = _mapped(type(row))
     given: dict[str, Any] = {}
-    for column in table.columns:
-        key, default = mapper.get_property_by_column(column).key, column.default
-        if key in vars(row):
-            given[column.key] = getattr(row, key)
+    for column, attribute in zip(table.columns, attributes, strict=True):
+        default = column.default
+        if attribute in vars(row):
+            given[column.key] = getattr(row, attribute)
         elif default is not None and not default.is_sequence:  # an INSERT in a WITH does not
             # apply the columns' Python defaults (SQLAlchemy computes those before the statement)
             given[column.key] = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
@@ -106,9 +104,18 @@ def add_audited(
     statement = _insert_audited(table, tuple(given), tuple(said))
     saved = session.connection().execute(statement, params).one()
     session.commit()  # nothing to send on an autocommit session
-    for column in table.columns:
-        setattr(row, mapper.get_property_by_column(column).key, saved._mapping[column.name])
+    for column, attribute in zip(table.columns, attributes, strict=True):
+        setattr(row, attribute, saved._mapping[column.name])
     return int(saved.audit_entry_id)
+
+
+@cache
+def _mapped(cls: type[Base]) -> tuple[Table, tuple[str, ...]]:
+    """The table of `cls` and, column by column, the attribute that maps it."""
+    mapper = orm_mapper(cls)
+    table = mapper.local_table
+    assert isinstance(table, Table)
+    return table, tuple(mapper.get_property_by_column(c).key for c in table.columns)
 
 
 @cache
@@ -142,8 +149,6 @@ def change_audited(
     On PostgreSQL in one statement, atomic on its own: the entry's INSERT reads the UPDATE's
     RETURNING (no row changed: no entry); on an autocommit session the pair needs no
     transaction. Elsewhere the UPDATE, then the entry in the session."""
-    table = change.table
-    assert isinstance(table, Table)
     if session.get_bind().dialect.name != "postgresql":
         changed = session.execute(change, params).rowcount == 1  # type: ignore[attr-defined]
         if changed:

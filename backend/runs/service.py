@@ -1076,9 +1076,9 @@ def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]
             # most teams have no webhook for it: then no second transaction records deliveries
             to_tell = hooks_to_tell(session, run.team_id, run.id, f"run.{Status.cancelled.value}")
             session.commit()
-            cancelled = {"status": Status.cancelled.value, "cancel_requested": True}
-            for key, value in {**cancelled, "finished_at": now}.items():  # what it wrote
-                set_committed_value(run, key, value)
+            set_committed_value(run, "status", Status.cancelled.value)  # what it wrote
+            set_committed_value(run, "cancel_requested", True)
+            set_committed_value(run, "finished_at", now)
             if to_tell:  # its deliveries in a transaction of their own (this session may be
                 # in autocommit: `write_as`)
                 with get_sessionmaker()() as deliveries:
