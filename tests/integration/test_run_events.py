@@ -322,14 +322,20 @@ def test_client_wait_follows_the_stream(live: Live) -> None:
     run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
 
     listening = _listeners(run_id) + 1
+    seen: list[int] = []
 
     def worker() -> None:
         _subscribed(run_id, listening)
+        # the stream's first event is the run as the database has it: published before the
+        # client has it, step 37 and the end would race that read (a finished run then)
+        deadline = time.monotonic() + 30
+        while not seen:
+            assert time.monotonic() < deadline, "the stream sent no first state"
+            time.sleep(0.02)
         _publish_progress(run_id, 37, 100)
         _finish(run_id)
 
     threading.Thread(target=worker, daemon=True).start()
-    seen: list[int] = []
     final = Client(live.url, live.token).wait(
         run_id, poll=3600, on_progress=lambda r: seen.append(r.step)
     )
