@@ -50,10 +50,11 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -402,14 +403,89 @@ class Tally:
     errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     created: int = 0
 
-    def record(
-        self, label: str, started: float, response: httpx.Response | None, error: str | None = None
-    ) -> None:
+    def record(self, label: str, started: float, response: Any, error: str | None = None) -> None:
         self.latencies[label].append(time.perf_counter() - started)
         if error is not None:
             self.errors[label].append(error)
         elif response is not None and not response.is_success:
             self.errors[label].append(f"{response.status_code} {response.text[:200]}")
+
+
+@dataclass
+class Answer:
+    """What the load keeps of a response (the few attributes of httpx's it reads)."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class KeptAlive:
+    """One client's HTTP/1.1 connection, kept alive: a load generator lighter than the server.
+
+    httpx took 1.1-1.5 ms of this process's CPU per request, a fifth of the two cores that the
+    server under test shares with it (docs/benchmarks.md); this writes the request and reads
+    the status line, the headers and the `Content-Length` body in about a tenth of that. `--client httpx` keeps the earlier client, to compare."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.fixed = (
+            f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\nAccept: */*\r\n"
+            "Connection: keep-alive\r\n"
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+    ) -> Answer:
+        if self.writer is None or self.reader is None or self.reader.at_eof():
+            await self.close()
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        target = self.prefix + path + (f"?{urlencode(params)}" if params else "")
+        body = b"" if json_body is None else json.dumps(json_body).encode()
+        head = f"{method} {target} HTTP/1.1\r\n".encode() + self.fixed
+        if json_body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode()
+        elif method != "GET":
+            head += b"Content-Length: 0\r\n"
+        self.writer.write(head + b"\r\n" + body)
+        status_line, _, header_block = (await self.reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        headers = {}
+        for line in header_block.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if b"content-length" not in headers:  # the load's requests are answered in one piece
+            raise ValueError(f"{method} {target}: an answer without a Content-Length")
+        content = await self.reader.readexactly(int(headers[b"content-length"]))
+        if headers.get(b"connection", b"").lower() == b"close":
+            await self.close()
+        return Answer(status, content)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
 
 
 async def one_client(
@@ -423,23 +499,42 @@ async def one_client(
     seed: int,
     seeded_run: int | None = None,
     max_points: int = 0,
+    kind: str = "kept-alive",
 ) -> None:
     rng = random.Random(seed)
     series = {"names": "loss", **({"max_points": max_points} if max_points else {})}
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(
-        base_url=f"{url}/api/v1",
-        timeout=60,
-        limits=limits,
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with AsyncExitStack() as stack:
+        if kind == "httpx":
+            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=f"{url}/api/v1",
+                    timeout=60,
+                    limits=limits,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            )
 
-        async def call(label: str, method: str, path: str, **kw: Any) -> httpx.Response | None:
+            async def send(method: str, path: str, params: Any, body: Any) -> Any:
+                return await client.request(method, path, params=params, json=body)
+
+        else:
+            kept = KeptAlive(f"{url}/api/v1", token)
+            stack.push_async_callback(kept.close)
+
+            async def send(method: str, path: str, params: Any, body: Any) -> Any:
+                return await asyncio.wait_for(kept.request(method, path, params, body), 60)
+
+        async def call(
+            label: str, method: str, path: str, params: Any = None, body: Any = None
+        ) -> Any:
             started = time.perf_counter()
             try:
-                response = await client.request(method, path, **kw)
-            except httpx.HTTPError as exc:
+                response = await send(method, path, params, body)
+            except (TimeoutError, EOFError, OSError, ValueError, httpx.HTTPError) as exc:
                 tally.record(label, started, None, f"{type(exc).__name__}: {exc}")
+                if kind != "httpx":
+                    await kept.close()  # a broken connection is not reused
                 return None
             tally.record(label, started, response)
             return response
@@ -451,28 +546,20 @@ async def one_client(
             roll = rng.random()
             if create_at and time.time() >= create_at[0]:
                 create_at.pop(0)
-                created = await call("POST /runs", "POST", "/runs", json=create_body)
+                created = await call("POST /runs", "POST", "/runs", body=create_body)
                 if created is not None and created.status_code == 201:
                     tally.created += 1
                     await call(
                         "POST /runs/{id}/cancel", "POST", f"/runs/{created.json()['id']}/cancel"
                     )
             elif roll < 0.45:
-                await call("GET /runs", "GET", "/runs", params={"limit": 20})
+                await call("GET /runs", "GET", "/runs", {"limit": 20})
             elif seeded_run is not None and roll < 0.55:
                 await call(
-                    "GET /runs/{id}/metrics (10k)",
-                    "GET",
-                    f"/runs/{seeded_run}/metrics",
-                    params=series,
+                    "GET /runs/{id}/metrics (10k)", "GET", f"/runs/{seeded_run}/metrics", series
                 )
             elif roll < 0.8:
-                await call(
-                    "GET /runs/{id}/metrics",
-                    "GET",
-                    f"/runs/{run_id}/metrics",
-                    params=series,
-                )
+                await call("GET /runs/{id}/metrics", "GET", f"/runs/{run_id}/metrics", series)
             else:
                 await call("GET /runs/{id}", "GET", f"/runs/{run_id}")
 
@@ -487,13 +574,26 @@ async def load(
     creates: int,
     seeded_run: int | None = None,
     max_points: int = 0,
+    kind: str = "kept-alive",
 ) -> tuple[Tally, float]:
     tally = Tally()
     started = time.time()
     deadline = started + duration
     await asyncio.gather(
         *(
-            one_client(url, token, run_id, create_body, creates, deadline, tally, seed, seeded_run)
+            one_client(
+                url,
+                token,
+                run_id,
+                create_body,
+                creates,
+                deadline,
+                tally,
+                seed,
+                seeded_run,
+                max_points,  # until 2026-12-06 it was not passed on: every point was read
+                kind,
+            )
             for seed in range(clients)
         )
     )
@@ -578,10 +678,29 @@ def main(argv: list[str] | None = None) -> int:
         help="max_points of the metric reads, as the pages ask (0: every point; a server "
         "older than max_points ignores it and sends every point).",
     )
+    parser.add_argument(
+        "--client",
+        choices=["kept-alive", "httpx"],
+        default="kept-alive",
+        help="The load's HTTP client: a minimal HTTP/1.1 one (about a tenth of httpx's CPU per "
+        "request, which shares the cores with the server) or httpx, as until 2026-12-06.",
+    )
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=0,
+        help="torch threads of the training worker (OMP_NUM_THREADS); 0: torch's default, one "
+        "per core, as in every run before 2026-12-06.",
+    )
     args = parser.parse_args(argv)
 
     from tests.conftest import WorkerProcess
     from tests.integration.servers import ApiServer
+
+    if args.worker_threads:  # the worker and the API inherit this process's environment
+        os.environ["OMP_NUM_THREADS"] = str(args.worker_threads)
+    else:  # tests.conftest sets 1 for the test processes
+        os.environ.pop("OMP_NUM_THREADS", None)
 
     with tempfile.TemporaryDirectory(prefix="ds-load-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
@@ -628,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.creates_per_client,
                     seeded_run,
                     args.max_points,
+                    args.client,
                 )
             )
             split.stop(server.proc.pid, worker.proc.pid)
@@ -671,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         "api_cpu_by_process_s": split.by_api_process,
         "seeded": {"runs": args.seed_runs, "points": args.seed_points},
         "max_points": args.max_points,
+        "client": args.client,
+        "worker_threads": args.worker_threads,
         "big_series": big,
         "runs_cancelled_listed": len(cancelled["items"]),
         "endpoints": rows,

@@ -34,6 +34,8 @@ def test_load_benchmark_smoke(tmp_path: Path) -> None:
             "2",
             "--train-epochs",
             "2",
+            "--worker-threads",
+            "1",
             "--json",
             str(out),
         ],
