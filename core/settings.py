@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # A worker's GPUs (worker/gpus.py): a count ("4") or the devices ("0,1,3"); "0": none;
     # empty: the devices torch sees. It consumes gpu-N queues up to its count and leases them.
     worker_gpus: str = ""
+    # torch's threads in each job a worker runs; 0: the worker's share of the cores (its cores
+    # divided among the jobs it runs at once; `distill-studio up`, whose API shares the machine,
+    # leaves it one core), or OMP_NUM_THREADS where that is set (worker/sandbox.py)
+    worker_torch_threads: int = 0
     metrics_flush_s: float = 2.0
     heartbeat_s: float = 5.0  # a training process marks its run alive this often
     run_stale_s: float = 60.0  # a running run without a heartbeat for this long is recovered

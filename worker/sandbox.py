@@ -230,6 +230,44 @@ def _send(out: Any, message: dict[str, Any]) -> None:
     out.flush()
 
 
+THREADS_ENV = "DS_WORKER_TORCH_THREADS"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's cpuset, `taskset`)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def job_torch_threads(setting: int, jobs_at_once: int | str, cores: int, omp: str | None) -> int:
+    """torch's threads in each of a worker's jobs: `setting` when given; 0 (torch decides,
+    from OMP_NUM_THREADS) where OMP_NUM_THREADS is set; else the cores divided among the jobs
+    the worker runs at once (Celery's concurrency; "auto": one per core), at least one.
+
+    torch takes one thread per core in every process. Two jobs at once on the same cores, or a
+    job beside the API, then make its threads wait for each other: on two cores shared with the
+    API under load, two threads trained the load benchmark's run about 9x slower than one
+    (docs/benchmarks.md)."""
+    if setting > 0:
+        return setting
+    if omp:
+        return 0
+    at_once = jobs_at_once if isinstance(jobs_at_once, int) and jobs_at_once > 0 else cores
+    return max(1, cores // at_once)
+
+
+def use_torch_threads() -> int:
+    """In a job's child: set torch's threads from the worker's share (`THREADS_ENV`, set when
+    the worker starts; 0 or unset: torch's own) and return the threads torch uses."""
+    import torch
+
+    if (threads := int(os.environ.get(THREADS_ENV) or 0)) > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def _child_env() -> dict[str, str]:
     """The worker's environment without secrets and service URLs."""
     env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}

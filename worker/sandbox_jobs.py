@@ -19,7 +19,9 @@ def preload() -> None:
     import worker.engine.loading  # noqa: F401
     import worker.engine.pipeline  # noqa: F401
     import worker.engine.taps  # noqa: F401
+    from worker.sandbox import use_torch_threads
 
+    use_torch_threads()
     warm_up()
 
 
@@ -123,6 +125,8 @@ def train(
     teacher_cache_key: str | None = None,
 ) -> dict[str, Any]:
     """One distillation run end to end (`pipeline.run_distillation`); returns its summary."""
+    import torch
+
     from core.config import RunConfig
     from worker.engine.pipeline import run_distillation
     from worker.engine.trainer import Callbacks
@@ -144,6 +148,7 @@ def train(
     )
     if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
         summary["cuda_visible_devices"] = visible  # the GPUs leased to this run (worker/gpus.py)
+    summary["torch_threads"] = torch.get_num_threads()  # its share of the worker's cores
     return summary
 
 

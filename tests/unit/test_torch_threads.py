@@ -1,0 +1,52 @@
+"""Each job's torch threads: its share of the worker's cores (worker/sandbox.py), and the
+embedded setup leaving the API a core (cli/main.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cli.main import _embedded_worker_threads
+from worker.sandbox import THREADS_ENV, job_torch_threads, usable_cores, use_torch_threads
+
+
+@pytest.mark.parametrize(
+    ("setting", "jobs_at_once", "cores", "omp", "threads"),
+    [
+        (3, 2, 8, None, 3),  # the setting wins
+        (3, 2, 8, "1", 3),
+        (0, 2, 8, "1", 0),  # OMP_NUM_THREADS set: torch reads it
+        (0, 1, 8, None, 8),  # one job: every core
+        (0, 2, 8, None, 4),  # two jobs at once: half each
+        (0, 3, 8, None, 2),
+        (0, 4, 2, None, 1),  # more jobs than cores: one each, never none
+        (0, "auto", 8, None, 1),  # Celery's "auto": one job per core
+        (0, 0, 2, None, 1),
+    ],
+)
+def test_a_job_gets_its_share_of_the_cores(
+    setting: int, jobs_at_once: int | str, cores: int, omp: str | None, threads: int
+) -> None:
+    assert job_torch_threads(setting, jobs_at_once, cores, omp) == threads
+
+
+def test_a_job_child_sets_the_threads_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(THREADS_ENV, "2")
+        assert use_torch_threads() == 2 == torch.get_num_threads()
+        monkeypatch.setenv(THREADS_ENV, "0")  # torch's own: left as it is
+        torch.set_num_threads(1)
+        assert use_torch_threads() == 1
+        monkeypatch.delenv(THREADS_ENV)
+        assert use_torch_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_embedded_worker_leaves_the_api_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _embedded_worker_threads(0) == {THREADS_ENV: str(max(1, usable_cores() - 1))}
+    assert _embedded_worker_threads(4) == {}  # set: the worker uses it
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert _embedded_worker_threads(0) == {}
