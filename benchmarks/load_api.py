@@ -689,24 +689,23 @@ def main(argv: list[str] | None = None) -> int:
         "--worker-threads",
         type=int,
         default=0,
-        help="torch threads of the training worker (OMP_NUM_THREADS); 0: torch's default, one "
-        "per core, as in every run before 2026-12-06.",
+        help="torch threads of the training run (DS_WORKER_TORCH_THREADS); 0: the worker's "
+        "default, every core for its one job, as torch's own in every run before 2026-12-06; 1: "
+        "what the embedded `distill-studio up` gives on two cores (one left to the API).",
     )
     args = parser.parse_args(argv)
 
     from tests.conftest import WorkerProcess
     from tests.integration.servers import ApiServer
 
-    if args.worker_threads:  # the worker and the API inherit this process's environment
-        os.environ["OMP_NUM_THREADS"] = str(args.worker_threads)
-    else:  # tests.conftest sets 1 for the test processes
-        os.environ.pop("OMP_NUM_THREADS", None)
+    os.environ.pop("OMP_NUM_THREADS", None)  # tests.conftest sets 1 for the test processes
 
     with tempfile.TemporaryDirectory(prefix="ds-load-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         env = stack.enter_context(studio(tmp, args.database))
         token = admin_token()
-        worker = WorkerProcess(env, "load").start()
+        threads = {"DS_WORKER_TORCH_THREADS": str(args.worker_threads)}
+        worker = WorkerProcess(env, "load", extra_env=threads).start()
         stack.callback(worker.stop)
         extra = {} if args.api_workers is None else {"DS_API_WORKERS": str(args.api_workers)}
         server = ApiServer(env, extra_env=extra).start()
