@@ -9,11 +9,14 @@ a local artifact store, the Alembic schema and the first admin. Starts the real 
 (`distill-studio api`: uvicorn, one process) and a real Celery worker as subprocesses on
 127.0.0.1, uploads a small MLP teacher (.pt2) and a tabular dataset (.npz), waits until the worker
 inspected both, launches the *training run* (`--train-epochs`, every step logged) and then, for
-`--duration` seconds, runs `--clients` clients, each with its own connection, in a loop:
+`--duration` seconds, runs `--clients` clients, each with its own kept-alive connection, in a
+loop (`KeptAlive`, a minimal HTTP/1.1 client, so that the load takes little of the cores it
+shares with the server; `--client httpx`, as until 2026-12-06, took 1.1-1.5 ms per request):
 
 - `GET /runs?limit=20` (list runs),
 - `GET /runs/{id}/metrics?names=loss&max_points=1000` of the training run (read metrics, as the
-  pages do; `--max-points 0` for every point),
+  pages do; `--max-points 0` for every point, which every load before 2026-12-06 read: the
+  option was not passed on),
 - `GET /runs/{id}` of the training run (progress),
 - `POST /runs` then `POST /runs/{id}/cancel` at once (create runs), `--creates-per-client`
   times per client (so the queue does not grow without bound), spread over the load: one at a
