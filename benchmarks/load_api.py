@@ -10,8 +10,8 @@ a local artifact store, the Alembic schema and the first admin. Starts the real 
 127.0.0.1, uploads a small MLP teacher (.pt2) and a tabular dataset (.npz), waits until the worker
 inspected both, launches the *training run* (`--train-epochs`, every step logged) and then, for
 `--duration` seconds, runs `--clients` clients, each with its own kept-alive connection, in a
-loop (`KeptAlive`, a minimal HTTP/1.1 client, so that the load takes little of the cores it
-shares with the server; `--client httpx`, as until 2026-12-06, took 1.1-1.5 ms per request):
+loop (httpx; `--client kept-alive` for a minimal HTTP/1.1 client that takes about a tenth of
+httpx's 1.1-1.5 ms of CPU per request from the cores it shares with the server):
 
 - `GET /runs?limit=20` (list runs),
 - `GET /runs/{id}/metrics?names=loss&max_points=1000` of the training run (read metrics, as the
@@ -436,9 +436,10 @@ class Answer:
 class KeptAlive:
     """One client's HTTP/1.1 connection, kept alive: a load generator lighter than the server.
 
-    httpx took 1.1-1.5 ms of this process's CPU per request, a fifth of the two cores that the
+    httpx takes 1.1-1.5 ms of this process's CPU per request, a fifth of the two cores that the
     server under test shares with it (docs/benchmarks.md); this writes the request and reads
-    the status line, the headers and the `Content-Length` body in about a tenth of that. `--client httpx` keeps the earlier client, to compare."""
+    the status line, the headers and the `Content-Length` body in about a tenth of that.
+    `--client kept-alive`."""
 
     def __init__(self, url: str, token: str) -> None:
         parts = urlsplit(url)
@@ -502,7 +503,7 @@ async def one_client(
     seed: int,
     seeded_run: int | None = None,
     max_points: int = 0,
-    kind: str = "kept-alive",
+    kind: str = "httpx",
 ) -> None:
     rng = random.Random(seed)
     series = {"names": "loss", **({"max_points": max_points} if max_points else {})}
@@ -577,7 +578,7 @@ async def load(
     creates: int,
     seeded_run: int | None = None,
     max_points: int = 0,
-    kind: str = "kept-alive",
+    kind: str = "httpx",
 ) -> tuple[Tally, float]:
     tally = Tally()
     started = time.time()
@@ -683,10 +684,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--client",
-        choices=["kept-alive", "httpx"],
-        default="kept-alive",
-        help="The load's HTTP client: a minimal HTTP/1.1 one (about a tenth of httpx's CPU per "
-        "request, which shares the cores with the server) or httpx, as until 2026-12-06.",
+        choices=["httpx", "kept-alive"],
+        default="httpx",
+        help="The load's HTTP client: httpx (1.1-1.5 ms of CPU per request, on the cores the "
+        "server uses; every figure of docs/benchmarks.md) or a minimal HTTP/1.1 one (about a "
+        "tenth of that: more of the cores for the server, more requests in it at once).",
     )
     parser.add_argument(
         "--worker-threads",
