@@ -695,8 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="torch threads of the training run (DS_WORKER_TORCH_THREADS); 0: the worker's "
-        "default, every core for its one job, as torch's own in every run before 2026-12-06; 1: "
-        "what the embedded `distill-studio up` gives on two cores (one left to the API).",
+        "default, its cores less one (one on two cores); every run before 2026-12-06 had "
+        "torch's own, one per core: --worker-threads 2 on two cores.",
     )
     args = parser.parse_args(argv)
 

@@ -301,10 +301,7 @@ def up(
     try:
         children.start("api", [sys.executable, "-m", "cli.main", "api"], env, data / "logs/api.log")
         children.start(
-            "worker",
-            _worker_cmd("gpu,cpu", 1, "embedded"),
-            {**env, **_embedded_worker_threads(s.worker_torch_threads)},
-            data / "logs/worker.log",
+            "worker", _worker_cmd("gpu,cpu", 1, "embedded"), env, data / "logs/worker.log"
         )
         children.start("ui", _ui_cmd(s.ui_port, s.ui_host), env, data / "logs/ui.log")
         _wait_http(f"{api_url}/api/v1/health")
@@ -331,16 +328,6 @@ def up(
         if valkey is not None:
             valkey.stop()  # type: ignore[attr-defined]
         _echo("stopped")
-
-
-def _embedded_worker_threads(setting: int) -> dict[str, str]:
-    """The embedded worker's jobs leave one core to the API, the UI and the broker beside them
-    (`worker_torch_threads`): unless the threads are set, by it or by OMP_NUM_THREADS."""
-    from worker.sandbox import usable_cores
-
-    if setting > 0 or os.environ.get("OMP_NUM_THREADS"):
-        return {}
-    return {"DS_WORKER_TORCH_THREADS": str(max(1, usable_cores() - 1))}
 
 
 def _stop_on_signals() -> None:

@@ -62,9 +62,9 @@ class Settings(BaseSettings):
     # A worker's GPUs (worker/gpus.py): a count ("4") or the devices ("0,1,3"); "0": none;
     # empty: the devices torch sees. It consumes gpu-N queues up to its count and leases them.
     worker_gpus: str = ""
-    # torch's threads in each job a worker runs; 0: the worker's share of the cores (its cores
-    # divided among the jobs it runs at once; `distill-studio up`, whose API shares the machine,
-    # leaves it one core), or OMP_NUM_THREADS where that is set (worker/sandbox.py)
+    # torch's threads in each job a worker runs; 0: its share of the cores (the cores less one,
+    # for the API and the database beside it, divided among the jobs it runs at once), or
+    # OMP_NUM_THREADS where that is set (worker/sandbox.py `job_torch_threads`)
     worker_torch_threads: int = 0
     metrics_flush_s: float = 2.0
     heartbeat_s: float = 5.0  # a training process marks its run alive this often

@@ -243,19 +243,21 @@ def usable_cores() -> int:
 
 def job_torch_threads(setting: int, jobs_at_once: int | str, cores: int, omp: str | None) -> int:
     """torch's threads in each of a worker's jobs: `setting` when given; 0 (torch decides,
-    from OMP_NUM_THREADS) where OMP_NUM_THREADS is set; else the cores divided among the jobs
-    the worker runs at once (Celery's concurrency; "auto": one per core), at least one.
+    from OMP_NUM_THREADS) where OMP_NUM_THREADS is set; else the cores less one (for what runs
+    beside the jobs: the API and the database in the embedded setup or on a compose host, the
+    pool processes) divided among the jobs the worker runs at once (Celery's concurrency;
+    "auto": one per core), at least one.
 
     torch takes one thread per core in every process. Two jobs at once on the same cores, or a
-    job beside the API, then make its threads wait for each other: on two cores shared with the
-    API under load, two threads trained the load benchmark's run about 9x slower than one
+    job beside a busy API, then make its threads wait for each other: on two cores shared with
+    the API under load, two threads trained the load benchmark's run 10-30x slower than one
     (docs/benchmarks.md)."""
     if setting > 0:
         return setting
     if omp:
         return 0
     at_once = jobs_at_once if isinstance(jobs_at_once, int) and jobs_at_once > 0 else cores
-    return max(1, cores // at_once)
+    return max(1, (cores - 1) // at_once)
 
 
 def use_torch_threads() -> int:

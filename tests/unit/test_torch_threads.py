@@ -1,13 +1,11 @@
-"""Each job's torch threads: its share of the worker's cores (worker/sandbox.py), and the
-embedded setup leaving the API a core (cli/main.py)."""
+"""Each job's torch threads: its share of the worker's cores (worker/sandbox.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cli.main import _embedded_worker_threads
-from worker.sandbox import THREADS_ENV, job_torch_threads, usable_cores, use_torch_threads
+from worker.sandbox import THREADS_ENV, job_torch_threads, use_torch_threads
 
 
 @pytest.mark.parametrize(
@@ -16,10 +14,12 @@ from worker.sandbox import THREADS_ENV, job_torch_threads, usable_cores, use_tor
         (3, 2, 8, None, 3),  # the setting wins
         (3, 2, 8, "1", 3),
         (0, 2, 8, "1", 0),  # OMP_NUM_THREADS set: torch reads it
-        (0, 1, 8, None, 8),  # one job: every core
-        (0, 2, 8, None, 4),  # two jobs at once: half each
+        (0, 1, 8, None, 7),  # one job: every core but one, for the API and the database
+        (0, 2, 9, None, 4),  # two jobs at once: half of those each
         (0, 3, 8, None, 2),
-        (0, 4, 2, None, 1),  # more jobs than cores: one each, never none
+        (0, 1, 2, None, 1),  # the embedded studio on two cores
+        (0, 2, 2, None, 1),  # more jobs than cores: one each, never none
+        (0, 1, 1, None, 1),
         (0, "auto", 8, None, 1),  # Celery's "auto": one job per core
         (0, 0, 2, None, 1),
     ],
@@ -42,11 +42,3 @@ def test_a_job_child_sets_the_threads_it_was_given(monkeypatch: pytest.MonkeyPat
         assert use_torch_threads() == 1
     finally:
         torch.set_num_threads(before)
-
-
-def test_the_embedded_worker_leaves_the_api_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert _embedded_worker_threads(0) == {THREADS_ENV: str(max(1, usable_cores() - 1))}
-    assert _embedded_worker_threads(4) == {}  # set: the worker uses it
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert _embedded_worker_threads(0) == {}
