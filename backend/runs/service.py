@@ -15,6 +15,7 @@ The database connection is given back before the broker is asked.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from functools import cache
 from itertools import groupby
@@ -622,7 +623,9 @@ def metrics(
 
     A whole series (no `since_step`) with rollups (`metric_rollups`, kept by the worker) is
     downsampled from those: its buckets are a multiple of a rollup width, so merging the rollup
-    rows gives the exact M4 of every point without reading them (`_m4_rollups`).
+    rows gives the exact M4 of every point without reading them (`_m4_rollups`). One too short
+    for the rollups' buckets (under 16 steps a bucket: up to 4,000 steps at `max_points=1000`,
+    such as a live run's) is downsampled from its chunks of JSON, a few rows (`_m4_chunks`).
     """
     if max_points is None:
         return _points(session, run, names, since_step)
@@ -638,11 +641,13 @@ def metrics(
     series = _points(session, run, small, since_step) if small else {}
     for name, (lo, hi) in spans.items():
         if name not in series:
-            found = (
-                None
-                if since_step is not None
-                else _m4_rollups(session, run.id, name, lo, hi, max_points)
-            )
+            found = None
+            if since_step is None:  # a whole series: from what the worker keeps of it
+                found = (
+                    _m4_rollups(session, run.id, name, lo, hi, max_points)
+                    if rollup_buckets(lo, hi, max_points) is not None
+                    else _m4_chunks(session, run, name, max_points)
+                )
             series[name] = found or _m4(session, run, name, lo, hi, max_points)
     return {name: series[name] for name in sorted(series)}
 
@@ -877,6 +882,46 @@ def plain(series: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
         name: {k: from_json(v) if isinstance(v, Encoded) else v for k, v in fields.items()}
         for name, fields in series.items()
+    }
+
+
+def _m4_chunks(
+    session: Session, run: Run | RunRef, name: str, max_points: int
+) -> dict[str, Any] | None:
+    """The whole series `name` M4-downsampled from its chunks of JSON (`_chunked`): the buckets
+    of `_m4` (from its first step, of `(last - first) // (max_points // 4) + 1` steps), each a
+    slice of the points, its first, last, lowest and highest (the first step of equals) found
+    by C loops. For series too short for the rollups' buckets, where `_m4` would probe each
+    bucket in the database. None when the chunks do not hold every point, when the series has
+    no more than `max_points` (sparse: all of them), or when a value is not finite (NaN and
+    infinities are null in the chunks, and order apart): the caller then reads the points."""
+    values = {"run": run.id, "team": run.team_id, "names": [name]}
+    whole = _chunked(session, frozenset(values), values)
+    if whole is None or name not in whole:
+        return None
+    encoded = whole[name]
+    steps, floats, epochs = (
+        orjson.loads(memoryview(encoded[k])) for k in ("steps", "values", "epochs")
+    )
+    if len(steps) <= max_points or None in floats:
+        return None
+    lo = steps[0]
+    width = (steps[-1] - lo) // (max_points // MIN_POINTS) + 1
+    kept: set[int] = set()  # indexes of the points kept
+    first = 0
+    while first < len(steps):
+        end = bisect_left(steps, lo + ((steps[first] - lo) // width + 1) * width, first)
+        bucket = floats[first:end]
+        low, high = bucket.index(min(bucket)), bucket.index(max(bucket))
+        kept.update((first, end - 1, first + low, first + high))
+        first = end
+    order = sorted(kept)
+    return {
+        "steps": [steps[i] for i in order],
+        "values": [floats[i] for i in order],
+        "epochs": [epochs[i] for i in order],
+        "total": encoded["total"],
+        "downsampled": True,
     }
 
 

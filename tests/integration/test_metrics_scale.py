@@ -410,6 +410,63 @@ def test_points_without_rollups_are_read_as_points(api, studio_env) -> None:
     )
 
 
+def test_a_series_too_short_for_the_rollups_is_m4_of_its_chunks(api, studio_env) -> None:
+    """A series of 1,000-4,000 steps read at `max_points=1000`, as a live run's is: its buckets
+    are narrower than the narrowest rollup, so it is downsampled from its chunks of JSON, to what
+    the database's M4 of its points gives; a value that is not finite leaves it to the latter."""
+    from backend.runs import service
+    from core.db.tables import Run
+    from worker.reporting import DbReporter
+
+    steps = 3_001
+    run_id = _reporting_run(api)
+    reporter = DbReporter(run_id, "unused", WORKER)
+    reporter.flush_every = float("inf")  # only the flushes asked for write
+    reporter.on_start(steps, 0)
+    _report(reporter, range(1, steps + 1), _loss, flushes=(1, 700, 1_500, 2_999))
+    points, _ = _stored(run_id)
+    assert service.rollup_buckets(1, steps, 1000) is None  # too short for the rollups
+    even = (steps - 1) // 250 + 1
+
+    def read(name: str) -> dict:
+        body = api.get(f"/runs/{run_id}/metrics", params={"names": name, "max_points": 1000})
+        return body.json()["series"][name]
+
+    for name in ("loss", "lr"):  # lr: every value ties, the first step of equals is kept
+        got = read(name)
+        assert got["downsampled"] is True and got["total"] == steps
+        assert set(got["steps"]) == _m4_of(points[name], lambda step: (step - 1) // even)
+        assert got["steps"] == sorted(got["steps"]) and len(got["steps"]) <= 1000
+        assert got["values"] == [points[name][step] for step in got["steps"]]
+        assert got["epochs"] == [step // 1000 for step in got["steps"]]
+        with session_scope() as session:
+            run = session.get(Run, run_id)
+            from_chunks = service._m4_chunks(session, run, name, 1000)
+            in_database = service._m4(session, run, name, 1, steps, 1000)
+        assert from_chunks is not None and from_chunks == in_database
+        assert {k: got[k] for k in from_chunks} == from_chunks
+
+    with session_scope() as session:  # an infinity: the chunks say null, the database orders it
+        session.execute(
+            text(
+                "UPDATE metrics SET value = :inf WHERE run_id = :r AND name = 'loss' AND step = 5"
+            ),
+            {"inf": math.inf, "r": run_id},
+        )
+        session.execute(
+            text(
+                "UPDATE metric_chunks SET values_json = replace(values_json, :was, 'null') "
+                "WHERE run_id = :r AND name = 'loss' AND chunk = 0"
+            ),
+            {"was": json.dumps(points["loss"][5]), "r": run_id},
+        )
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        assert service._m4_chunks(session, run, "loss", 1000) is None
+    got = read("loss")
+    assert 5 in got["steps"] and got["values"][got["steps"].index(5)] is None
+
+
 def test_migration_0006_backfills_rollups_and_keeps_points(api, studio_env) -> None:
     from sqlalchemy import inspect
 
