@@ -106,3 +106,21 @@ def test_profile_benchmark_smoke() -> None:
     rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if "| `" in line}
     for endpoint in ("`GET /runs`", "`POST /runs`", "`POST /runs/{id}/cancel (queued)`"):
         assert endpoint in rows and rows[endpoint].count(" ms") == 2, proc.stdout
+
+
+def test_m4_reads_benchmark_smoke() -> None:
+    """benchmarks/m4_reads.py keeps working: both reads of one short series, the same series."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.m4_reads", "--database", "postgres", "--points", "1200"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| | 1200 |")]
+    assert len(rows) == 2 and {row.split("|")[3].strip() for row in rows} == {
+        "the database's M4",
+        "M4 of the chunks",
+    }
+    assert rows[0].split("|")[-2] == rows[1].split("|")[-2]  # as many points kept
