@@ -262,11 +262,12 @@ def job_torch_threads(setting: int, jobs_at_once: int | str, cores: int, omp: st
 
 def use_torch_threads() -> int:
     """In a job's child: set torch's threads from the worker's share (`THREADS_ENV`, set when
-    the worker starts; 0 or unset: torch's own) and return the threads torch uses."""
+    the worker starts; 0 or unset: torch's own), never more than torch's own (one per physical
+    core: the share counts logical ones), and return the threads torch uses."""
     import torch
 
     if (threads := int(os.environ.get(THREADS_ENV) or 0)) > 0:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(min(threads, torch.get_num_threads()))
     return torch.get_num_threads()
 
 

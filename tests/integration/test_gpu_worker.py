@@ -76,7 +76,12 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
     worker = WorkerProcess(
         studio_env,
         "gpu4",
-        extra_env={"DS_WORKER_GPUS": "0,1,2,3", "DS_WORKER_TORCH_THREADS": "2"},
+        # the setting wins over OMP_NUM_THREADS (torch's own in the job: 2)
+        extra_env={
+            "DS_WORKER_GPUS": "0,1,2,3",
+            "DS_WORKER_TORCH_THREADS": "1",
+            "OMP_NUM_THREADS": "2",
+        },
     ).start()
     held_dir = gpus.lock_dir(studio_env.data_dir)
     held = gpus.Pool(["0", "1", "2", "3"], held_dir).try_lease(3)
@@ -110,7 +115,7 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
         assert len(leased) == 2 and len(set(leased)) == 2 and set(leased) <= {"0", "1", "2", "3"}
         assert "waiting" not in done["summary"]
         assert done["summary"]["student_top1"] is not None
-        assert done["summary"]["torch_threads"] == 2  # the worker's setting, in its job
+        assert done["summary"]["torch_threads"] == 1  # the worker's setting, in its job
         assert gpus.Pool(["0", "1", "2", "3"], held_dir).free() == 4  # released before the outcome
     finally:
         if held is not None:

@@ -33,12 +33,15 @@ def test_a_job_gets_its_share_of_the_cores(
 def test_a_job_child_sets_the_threads_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(3)  # torch's own, in a child: one per physical core
         monkeypatch.setenv(THREADS_ENV, "2")
         assert use_torch_threads() == 2 == torch.get_num_threads()
+        torch.set_num_threads(3)
+        monkeypatch.setenv(THREADS_ENV, "8")  # more than torch's own: no more than those
+        assert use_torch_threads() == 3
         monkeypatch.setenv(THREADS_ENV, "0")  # torch's own: left as it is
-        torch.set_num_threads(1)
-        assert use_torch_threads() == 1
+        assert use_torch_threads() == 3
         monkeypatch.delenv(THREADS_ENV)
-        assert use_torch_threads() == 1
+        assert use_torch_threads() == 3
     finally:
         torch.set_num_threads(before)
