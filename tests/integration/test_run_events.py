@@ -350,13 +350,26 @@ def _cli(live: Live, *args: str) -> Any:
     return CliRunner().invoke(app, list(args), env=env)
 
 
-def test_cli_runs_wait_prints_progress_from_the_stream(live: Live) -> None:
+def test_cli_runs_wait_prints_progress_from_the_stream(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
 
     listening = _listeners(run_id) + 1
+    read = threading.Event()  # `runs wait` has read the run (at the stream's first event)
+    read_run = Client.run
+
+    def run_and_tell(self: Client, run_id: int) -> Any:
+        run = read_run(self, run_id)
+        read.set()
+        return run
+
+    monkeypatch.setattr(Client, "run", run_and_tell)
 
     def worker() -> None:
         _subscribed(run_id, listening)
+        # published before the stream's first read of the run, the end would be all it saw
+        assert read.wait(30), "runs wait never read the run"
         _publish_progress(run_id, 37, 100)
         _finish(run_id)
 
