@@ -350,13 +350,10 @@ def _cli(live: Live, *args: str) -> Any:
     return CliRunner().invoke(app, list(args), env=env)
 
 
-def test_cli_runs_wait_prints_progress_from_the_stream(
-    live: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
-
-    listening = _listeners(run_id) + 1
-    read = threading.Event()  # `runs wait` has read the run (at the stream's first event)
+def _told_when_read(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once `Client.run` has returned: `runs wait` has read the run, at the stream's first
+    event. What is published before that read may be all the stream shows (a finished run)."""
+    read = threading.Event()
     read_run = Client.run
 
     def run_and_tell(self: Client, run_id: int) -> Any:
@@ -365,10 +362,19 @@ def test_cli_runs_wait_prints_progress_from_the_stream(
         return run
 
     monkeypatch.setattr(Client, "run", run_and_tell)
+    return read
+
+
+def test_cli_runs_wait_prints_progress_from_the_stream(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = _run(live.team_id, status="running", worker=WORKER, total_steps=100)
+
+    listening = _listeners(run_id) + 1
+    read = _told_when_read(monkeypatch)
 
     def worker() -> None:
         _subscribed(run_id, listening)
-        # published before the stream's first read of the run, the end would be all it saw
         assert read.wait(30), "runs wait never read the run"
         _publish_progress(run_id, 37, 100)
         _finish(run_id)
@@ -409,15 +415,7 @@ def test_live_samples_reach_rest_and_the_cli_while_the_run_trains(
     assert all(len(s["student"]) <= LIVE_TEXT for s in live_now["samples"])
 
     listening = _listeners(run_id) + 1
-    read = threading.Event()  # `runs wait` has read the run (at the stream's first event)
-    read_run = Client.run
-
-    def run_and_tell(self: Client, run_id: int) -> Any:
-        run = read_run(self, run_id)
-        read.set()
-        return run
-
-    monkeypatch.setattr(Client, "run", run_and_tell)
+    read = _told_when_read(monkeypatch)
 
     def worker() -> None:
         _subscribed(run_id, listening)
