@@ -827,18 +827,18 @@ def _stop_recovery_loop(**_: Any) -> None:
     _stop_recovery.set()
 
 
-@signals.worker_init.connect
-def _share_the_cores(sender: Any, **_: Any) -> None:
+@signals.celeryd_after_setup.connect
+def _share_the_cores(sender: str, instance: Any, **_: Any) -> None:
     """Each job's torch threads: the worker's share of the cores, passed to the pool processes
-    and their sandboxed children (`sandbox.job_torch_threads`)."""
+    and their sandboxed children (`sandbox.job_torch_threads`). Runs before the pool forks."""
     threads = sandbox.job_torch_threads(
         get_settings().worker_torch_threads,
-        getattr(sender, "concurrency", 0),
+        getattr(instance, "concurrency", None) or 0,
         sandbox.usable_cores(),
         os.environ.get("OMP_NUM_THREADS"),
     )
     os.environ[sandbox.THREADS_ENV] = str(threads)
-    log.info("each job's torch threads: %s", threads or "torch's own (OMP_NUM_THREADS)")
+    log.info("%s: each job's torch threads: %s", sender, threads or "torch's (OMP_NUM_THREADS)")
 
 
 @signals.worker_process_init.connect
