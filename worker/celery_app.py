@@ -4,12 +4,14 @@ settings). Imports no torch: the tasks import the engine inside the task bodies.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import signals
 
 from core.jobs import make_celery
-from worker import gpus
+from core.settings import get_settings
+from worker import gpus, sandbox
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +36,17 @@ def _consume_gpu_queues(sender: str, instance: Any, **_: Any) -> None:
     log.info(
         "%s: %d GPU(s) %s; queues %s", sender, len(devices), ",".join(devices), ", ".join(wanted)
     )
+
+
+@signals.celeryd_after_setup.connect
+def _share_the_cores(sender: str, instance: Any, **_: Any) -> None:
+    """Each job's torch threads: the worker's share of the cores (`sandbox.job_torch_threads`),
+    in the environment its pool processes and their sandboxed children inherit."""
+    threads = sandbox.job_torch_threads(
+        get_settings().worker_torch_threads,
+        getattr(instance, "concurrency", None) or 0,
+        sandbox.usable_cores(),
+        os.environ.get("OMP_NUM_THREADS"),
+    )
+    os.environ[sandbox.THREADS_ENV] = str(threads)
+    log.info("%s: each job's torch threads: %s", sender, threads or "torch's (OMP_NUM_THREADS)")

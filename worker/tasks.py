@@ -827,20 +827,6 @@ def _stop_recovery_loop(**_: Any) -> None:
     _stop_recovery.set()
 
 
-@signals.celeryd_after_setup.connect
-def _share_the_cores(sender: str, instance: Any, **_: Any) -> None:
-    """Each job's torch threads: the worker's share of the cores, passed to the pool processes
-    and their sandboxed children (`sandbox.job_torch_threads`). Runs before the pool forks."""
-    threads = sandbox.job_torch_threads(
-        get_settings().worker_torch_threads,
-        getattr(instance, "concurrency", None) or 0,
-        sandbox.usable_cores(),
-        os.environ.get("OMP_NUM_THREADS"),
-    )
-    os.environ[sandbox.THREADS_ENV] = str(threads)
-    log.info("%s: each job's torch threads: %s", sender, threads or "torch's (OMP_NUM_THREADS)")
-
-
 @signals.worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     """A forked pool process must not share the parent's database connections."""

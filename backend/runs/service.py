@@ -643,9 +643,10 @@ def metrics(
         if name not in series:
             found = None
             if since_step is None:  # a whole series: from what the worker keeps of it
+                plan = rollup_buckets(lo, hi, max_points)
                 found = (
-                    _m4_rollups(session, run.id, name, lo, hi, max_points)
-                    if rollup_buckets(lo, hi, max_points) is not None
+                    _m4_rollups(session, run.id, name, lo, hi, max_points, plan)
+                    if plan is not None
                     else _m4_chunks(session, run, name, max_points)
                 )
             series[name] = found or _m4(session, run, name, lo, hi, max_points)
@@ -1044,18 +1045,21 @@ def _rollup_rows(session: Session, values: dict[str, Any]) -> list[Any]:
 
 
 def _m4_rollups(
-    session: Session, run_id: int, name: str, lo: int, hi: int, max_points: int
+    session: Session,
+    run_id: int,
+    name: str,
+    lo: int,
+    hi: int,
+    max_points: int,
+    plan: tuple[int, int, int],
 ) -> dict[str, Any] | None:
     """The whole series `name` (steps `lo`..`hi`) M4-downsampled from its rollups: the rows of
     one width (a range of their primary key, a few thousand at most) merged into the buckets
-    of `rollup_buckets` (first and last by step, lowest and highest by value, the first step of
+    of `plan` (`rollup_buckets`; first and last by step, lowest and highest by value, the first step of
     equals); the rollups hold each point's epoch and value, so no point is read. None when the
     series has no rollups that cover it (points written before them, by an older worker): the
     caller reads the points.
     """
-    plan = rollup_buckets(lo, hi, max_points)
-    if plan is None:
-        return None
     width, start, span = plan
     count = max_points // MIN_POINTS
     values = {"run": run_id, "name": name, "width": width}
