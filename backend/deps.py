@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from backend.errors import Forbidden, Unauthorized
 from backend.security import find_token, looks_like_token, token_hash
 from core.clock import as_utc, utcnow
-from core.db import get_engine, get_read_engine, get_sessionmaker
+from core.db import driver_rows, get_engine, get_read_engine, get_sessionmaker
 from core.db.tables import ApiToken, Membership, User
 from core.storage import Store, get_store
 
@@ -213,13 +213,12 @@ def _slow_principal(session: Session, token: str, header_team: int | None) -> _F
 def _fast_principal(session: Session, token: str, header_team: int | None) -> _Found | None:
     if not looks_like_token(token):
         return None
-    row = (
-        session.connection()
-        .execute(_PRINCIPAL, {"digest": token_hash(token), "team": header_team})
-        .first()
+    rows = driver_rows(
+        session.connection(), _PRINCIPAL, {"digest": token_hash(token), "team": header_team}
     )
-    if row is None:
+    if not rows:
         return None
+    row = rows[0]
     return _Found(TokenRow(*row[0:4]), UserRow(*row[4:7]), *row[7:11])
 
 

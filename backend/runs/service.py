@@ -65,7 +65,7 @@ from core.catalog.augment import image_ops_problem
 from core.catalog.schemes import peer_layers
 from core.clock import utcnow
 from core.config import RunConfig, StudentSpec
-from core.db import get_sessionmaker
+from core.db import driver_rows, get_sessionmaker
 from core.db.tables import (
     ROLLUP_WIDTHS,
     TERMINAL_RUN_STATES,
@@ -489,8 +489,7 @@ def list_runs(
         values["before"] = decode_cursor(cursor)
     else:
         values["last"] = LAST_ID
-    connection = session.connection()  # plain rows: no ORM row handling
-    rows = connection.execute(_list_statement(frozenset(values)), values).all()
+    rows = driver_rows(session.connection(), _list_statement(frozenset(values)), values)
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, encode_cursor(rows[-1][0]) if more and rows else None
@@ -535,7 +534,8 @@ _TEAM_OF_RUN = select(Run.team_id).where(Run.id == bindparam("id"))
 
 
 def _readable(session: Session, run_id: int, team_id: int, stmt: Select[Any]) -> Any:
-    row = session.connection().execute(stmt, {"id": run_id}).first()
+    rows = driver_rows(session.connection(), stmt, {"id": run_id})
+    row = rows[0] if rows else None
     if row is None or row[-1] != team_id:
         raise NotFound(f"{label(Run)} {run_id} not found")
     return row
@@ -632,8 +632,8 @@ def metrics(
     since = since_step if since_step is not None else -(2**31)
     spans = {
         name: (lo, hi)
-        for name, lo, hi in session.execute(
-            SERIES_NAMES, {"run": run.id, "team": run.team_id, "since": since}
+        for name, lo, hi in _tuples(
+            session, SERIES_NAMES, {"run": run.id, "team": run.team_id, "since": since}
         )
         if lo is not None and (not names or name in names)
     }
@@ -677,11 +677,11 @@ def _points(
     if names:
         values["names"] = names
     given = frozenset(values)
+    postgres = session.get_bind().dialect.name == "postgresql"
     if since_step is None:  # a whole series: from its chunks of JSON, a few rows
-        chunked = _chunked(session, given, values)
+        chunked = _chunked(session, _chunks_statement(given, postgres), values)
         if chunked is not None:
             return chunked
-    postgres = session.get_bind().dialect.name == "postgresql"
     groups = _tuples(session, _arrays_statement(given, postgres), values)
     if postgres:
         return {
@@ -700,13 +700,13 @@ def _points(
 
 
 def _chunked(
-    session: Session, given: frozenset[str], values: dict[str, Any]
+    session: Session, stmt: TextClause, values: dict[str, Any]
 ) -> dict[str, dict[str, Any]] | None:
     """The whole series from their chunks (`metric_chunks`: the JSON of up to `CHUNK_POINTS`
     points a row, kept by the worker), joined as they are; None when the chunks do not hold
     every point of the series asked for (points written without them: by an older worker, or
     by hand), so that the caller reads the points."""
-    rows = _tuples(session, _chunks_statement(given), values)
+    rows = _tuples(session, stmt, values)
     if not rows or sum(row[1] for row in rows) != rows[0][5]:
         return None
     series = {}
@@ -722,16 +722,16 @@ def _chunked(
 
 
 @cache
-def _chunks_statement(given: frozenset[str]) -> TextClause:
+def _chunks_statement(given: frozenset[str], postgres: bool) -> TextClause:
     """The chunks of the series in name and step order, each with the count of the series'
     points in the table (an uncorrelated subquery: counted once, a range of its key)."""
-    where = _where(given)
+    where = _where(given, postgres)
     stmt = text(
         "SELECT name, n, steps_json, epochs_json, values_json, "
         f"(SELECT count(*) FROM metrics WHERE {where}) "
         f"FROM metric_chunks WHERE {where} ORDER BY name, chunk"
     )
-    return stmt.bindparams(bindparam("names", expanding=True)) if "names" in given else stmt
+    return _names_bound(stmt, given, postgres)
 
 
 def _encoded(
@@ -749,12 +749,14 @@ def _encoded(
     }
 
 
-def _where(given: frozenset[str]) -> str:
+def _where(given: frozenset[str], postgres: bool) -> str:
     """The points' condition for the parameters `given` (a range of the primary key), with the
-    team check."""
+    team check. The names are one array parameter on PostgreSQL (`= ANY`, as PostgreSQL plans
+    an `IN` list): the same statement for any number of them, which `core.db.driver_rows` can
+    run on the driver; SQLite gets an `IN` list (`_names_bound`)."""
     where = f"run_id = :run AND {OF_TEAM}"
     if "names" in given:
-        where += " AND name IN :names"
+        where += " AND name = ANY(:names)" if postgres else " AND name IN :names"
     if "since" in given:
         where += " AND step > :since"
     return where
@@ -790,15 +792,24 @@ def _arrays_statement(given: frozenset[str], postgres: bool) -> TextClause:
         )
     else:
         columns = "name, json_group_array(step), json_group_array(epoch), count(*)"
-    stmt = text(f"SELECT {columns} FROM metrics WHERE {_where(given)} GROUP BY name ORDER BY name")
-    return stmt.bindparams(bindparam("names", expanding=True)) if "names" in given else stmt
+    where = _where(given, postgres)
+    stmt = text(f"SELECT {columns} FROM metrics WHERE {where} GROUP BY name ORDER BY name")
+    return _names_bound(stmt, given, postgres)
 
 
 @cache
 def _values_statement(given: frozenset[str]) -> TextClause:
-    """The values of the points, in the order of `_arrays_statement` (name, then step)."""
-    stmt = text(f"SELECT value FROM metrics WHERE {_where(given)} ORDER BY name, step")
-    return stmt.bindparams(bindparam("names", expanding=True)) if "names" in given else stmt
+    """The values of the points, in the order of `_arrays_statement` (name, then step), on
+    SQLite: PostgreSQL's arrays hold them."""
+    stmt = text(f"SELECT value FROM metrics WHERE {_where(given, False)} ORDER BY name, step")
+    return _names_bound(stmt, given, False)
+
+
+def _names_bound(stmt: TextClause, given: frozenset[str], postgres: bool) -> TextClause:
+    """`stmt` with its `names` parameter expanded into an `IN` list where `_where` has one."""
+    if "names" in given and not postgres:
+        return stmt.bindparams(bindparam("names", expanding=True))
+    return stmt
 
 
 def _point_rows(
@@ -824,11 +835,7 @@ def _point_rows(
 def _tuples(session: Session, stmt: Executable, values: dict[str, Any]) -> list[Any]:
     """The rows of `stmt` as the database driver gives them: plain tuples, no `Row` per point
     (the points' columns are integers and floats, which SQLAlchemy hands on unchanged)."""
-    result = session.connection().execute(stmt, values)
-    try:
-        return list(result.cursor.fetchall())
-    finally:
-        result.close()
+    return driver_rows(session.connection(), stmt, values)
 
 
 def _series(
@@ -897,7 +904,8 @@ def _m4_chunks(
     no more than `max_points` (sparse: all of them), or when a value is not finite (NaN and
     infinities are null in the chunks, and order apart): the caller then reads the points."""
     values = {"run": run.id, "team": run.team_id, "names": [name]}
-    whole = _chunked(session, frozenset(values), values)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    whole = _chunked(session, _chunks_statement(frozenset(values), postgres), values)
     if whole is None or name not in whole:
         return None
     encoded = whole[name]

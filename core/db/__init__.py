@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from core.settings import get_settings
 
@@ -204,3 +205,85 @@ def with_db_retry(fn: Callable[[], T], *, attempts: int = 30, first_delay: float
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
     raise AssertionError("unreachable")
+
+
+# -- hot reads on the driver --------------------------------------------------------------------
+#
+# SQLAlchemy's `Connection.execute` costs about 90 us of CPU per statement on top of psycopg's
+# own (its execution context, parameter handling and result set-up): as much as the database's
+# work for the small reads the pages poll, which take two or three statements each. A statement
+# whose parameters and columns SQLAlchemy passes on unchanged (no type processing either way, no
+# parameters expanded per call) is run on psycopg's connection itself after its first run
+# through SQLAlchemy, with the SQL and fixed parameters SQLAlchemy sent then. Where anything
+# listens to the engine's statements (the tests' `sql_sent`), or on other drivers, it always
+# goes through SQLAlchemy.
+
+
+class _Driven(NamedTuple):
+    sql: str  # as SQLAlchemy sent it to psycopg
+    fixed: dict[str, Any]  # parameters the statement holds itself (literal values)
+
+
+# statement -> how to run it on the driver, or None where it may not be; the statements given are
+# built once (module constants and cached builders), and the table stops growing at its limit
+_DRIVEN: dict[Any, _Driven | None] = {}
+_DRIVEN_LIMIT = 512
+
+
+def driver_rows(connection: Connection, stmt: Executable, values: dict[str, Any]) -> list[Any]:
+    """The rows of `stmt` run with `values` on `connection`, as tuples (the driver's own rows
+    where no column needs SQLAlchemy's processing; see above). A database error is raised as
+    SQLAlchemy raises it (`sqlalchemy.exc.OperationalError` and so on), and a connection lost
+    meanwhile is dropped from the pool, as `Connection.execute` does."""
+    psycopg = connection.dialect.driver == "psycopg"
+    plan = _DRIVEN.get(stmt) if psycopg else None
+    if plan is not None and not (connection._has_events or connection.engine._has_events):
+        raw = connection.connection.driver_connection
+        params = plan.fixed | values if plan.fixed else values
+        try:
+            return raw.execute(plan.sql, params).fetchall()  # type: ignore[union-attr]
+        except connection.dialect.loaded_dbapi.Error as exc:
+            raise _as_sqlalchemy_error(connection, plan.sql, params, exc) from exc
+    result = connection.execute(stmt, values)
+    try:
+        plain = result._metadata._effective_processors is None  # type: ignore[attr-defined]
+        if psycopg and stmt not in _DRIVEN and len(_DRIVEN) < _DRIVEN_LIMIT:
+            _DRIVEN[stmt] = _driven(connection, result, values) if plain else None
+        return list(result.cursor.fetchall()) if plain else [tuple(row) for row in result]
+    finally:
+        result.close()
+
+
+def _driven(connection: Connection, result: Any, values: dict[str, Any]) -> _Driven | None:
+    """How `result`'s statement may run on the driver, or None where it may not."""
+    context = result.context
+    compiled = context.compiled
+    if (
+        compiled is None
+        or context.executemany
+        or compiled._bind_processors  # a type that changes a parameter on its way
+        or compiled.post_compile_params  # expanded per call (IN lists)
+        or compiled.literal_execute_params
+        or any(bind.callable is not None for bind in compiled.binds.values())
+    ):
+        return None
+    sent = context.compiled_parameters[0]
+    return _Driven(context.statement, {k: v for k, v in sent.items() if k not in values})
+
+
+def _as_sqlalchemy_error(
+    connection: Connection, sql: str, params: dict[str, Any], exc: Any
+) -> Exception:
+    """`exc`, a psycopg error, as SQLAlchemy raises it; a lost connection is invalidated."""
+    dialect = connection.dialect
+    lost = dialect.is_disconnect(exc, connection.connection.dbapi_connection, None)
+    if lost:
+        connection.invalidate(exc)
+    return DBAPIError.instance(
+        sql,
+        params,
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=lost,
+        dialect=dialect,
+    )
