@@ -19,7 +19,19 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import CTE, Select, String, Table, Update, bindparam, cast, insert, select, true
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Select,
+    String,
+    Table,
+    Update,
+    bindparam,
+    cast,
+    insert,
+    select,
+    true,
+)
 from sqlalchemy import inspect as orm_mapper
 from sqlalchemy.orm import Session
 
@@ -169,22 +181,40 @@ def _change_audited(change: Update, said: tuple[str, ...]) -> Select[Any]:
     return select(_entry_of(changed, said).c.id)
 
 
-def _entry_of(rows: CTE, said: tuple[str, ...]) -> CTE:
+def _entry_of(rows: CTE, said: tuple[str, ...], detail: ColumnElement[Any] | None = None) -> CTE:
     """The INSERT of an audit entry for each row of `rows` (its `id` as the resource id), the
-    other columns `said` bound by name (`entry_<column>`), in a WITH: the ids of the entries."""
+    other columns `said` bound by name (`entry_<column>`), in a WITH: the ids of the entries.
+    `detail`: the entry's detail written by the statement (from the row), not bound."""
     columns = AuditEntry.__table__.c
+    bound = [key for key in said if detail is None or key != "detail"]
+    written = [bindparam(f"entry_{key}", type_=columns[key].type) for key in bound]
     return (
         insert(AuditEntry)
         .from_select(
-            [*said, "resource_id"],
-            select(
-                *(bindparam(f"entry_{key}", type_=columns[key].type) for key in said),
-                cast(rows.c.id, String),
-            ),
+            [*bound, *(["detail"] if detail is not None else []), "resource_id"],
+            select(*written, *([detail] if detail is not None else []), cast(rows.c.id, String)),
         )
         .returning(AuditEntry.id)
         .cte("logged")
     )
+
+
+# the columns of an entry that `_said` fills in
+_SAID = ("team_id", "user_id", "username", "action", "resource_type", "detail", "created_at")
+
+
+def audited_change(change: CTE, detail: ColumnElement[Any]) -> Select[Any]:
+    """A statement of the rows that `change` (an UPDATE ... RETURNING in a WITH) returns, each
+    with an audit entry saved by the same statement (atomic on its own: no row changed, no
+    entry), whose detail the statement writes from the row (`detail`) and whose other columns
+    are bound (`entry_params`). PostgreSQL; built once by the caller."""
+    return select(change).join_from(change, _entry_of(change, _SAID, detail), true())
+
+
+def entry_params(principal: Principal, action: str, resource_type: str) -> dict[str, Any]:
+    """The bound columns of an `audited_change` entry."""
+    said = _said(principal, action, resource_type, None)
+    return {f"entry_{key}": said[key] for key in _SAID if key != "detail"}
 
 
 def audit_teams(

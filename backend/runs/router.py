@@ -15,6 +15,7 @@ from backend.access import (
     TeamMember,
     WritableRun,
     WriterFirst,
+    allowed,
     require,
     run_for_write,
 )
@@ -299,13 +300,21 @@ async def get_metrics(
         **responses(401, 403, 404, 409, 422, 503, e409="the run already finished"),
     },
 )
-async def cancel_run(credentials: CredentialsDep, run_id: int, response: Response) -> RunOut:
-    def cancel(session: Session, principal: Principal) -> tuple[RunOut, bool]:
+async def cancel_run(
+    credentials: CredentialsDep, run_id: int, response: Response
+) -> RunOut | Response:
+    def cancel(session: Session, principal: Principal) -> tuple[RunOut | bytes, bool]:
+        if allowed(principal, Permission.write):  # a waiting run of the team: one statement
+            cancelled = service.cancel_waiting(session, principal, run_id)
+            if cancelled is not None:
+                return cancelled, True
         run = run_for_write(run_id, session, principal)  # 404, then 403
         run, at_once = service.cancel(session, principal, run)
         return RunOut.model_validate(run), at_once
 
     out, at_once = await write_as(credentials, cancel, autocommit=True)  # each write one statement
+    if isinstance(out, bytes):
+        return Response(out, media_type="application/json")
     if not at_once:
         response.status_code = 202
     return out

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from functools import cache
 from itertools import groupby
 from operator import gt, itemgetter, lt
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import orjson
@@ -33,6 +34,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    or_,
     select,
     text,
     true,
@@ -43,7 +45,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import TextClause
 
 from backend import queue
-from backend.audit.service import add_audited, change_audited
+from backend.audit.service import add_audited, audited_change, change_audited, entry_params
 from backend.deps import Principal
 from backend.errors import Conflict, Invalid, InvalidMany, NotFound
 from backend.runs.schemas import RunOut
@@ -76,6 +78,7 @@ from core.db.tables import (
     Model,
     Run,
     Status,
+    Webhook,
 )
 from core.jobs import DISTILL, INSPECT_STUDENT, WAITING_KEY, gpu_queue, waiting_for_worker
 from core.settings import get_settings
@@ -1154,6 +1157,28 @@ def cancel(session: Session, principal: Principal, run: Run) -> tuple[Run, bool]
     return run, False
 
 
+def cancel_waiting(session: Session, principal: Principal, run_id: int) -> bytes | None:
+    """Cancel the caller's team's run `run_id` if it waits (queued, or pending a worker's plan),
+    in one statement on PostgreSQL (`_CANCEL_WAITING_OF_TEAM`): the `RunOut` JSON of the run as
+    it saved it. None where nothing changed (another team's run, or none; running or ended) or
+    on SQLite: `cancel` then answers, after looking the run up. The caller may write runs."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    params = {"run_id": run_id, "team": principal.team_id, "now": utcnow()}
+    params |= entry_params(principal, "run.cancel", "run")
+    rows = driver_rows(session.connection(), _CANCEL_WAITING_OF_TEAM, params)
+    if not rows:
+        return None
+    *row, hooked = rows[0]
+    run = _run_dict(row)
+    if hooked:  # the team has an active webhook: record the deliveries due (`cancel`)
+        if hooks_to_tell(session, principal.team_id, run_id, f"run.{Status.cancelled.value}"):
+            with get_sessionmaker()() as deliveries:
+                dispatch_run_event(deliveries, run_id)
+    events.publish_status(SimpleNamespace(**run))  # live streams learn it now
+    return orjson.dumps(run, option=_AS_RUN_OUT)
+
+
 # a cancel's UPDATEs, built once (`change_audited` saves each with its audit entry): a run that
 # waits (queued, or pending a worker's plan) is cancelled at once; a running one is flagged for
 # its worker
@@ -1168,6 +1193,34 @@ _CANCEL_WAITING = (
         finished_at=bindparam("now", type_=Run.finished_at.type),
     )
     .execution_options(synchronize_session=False)
+)
+# `cancel_waiting`'s statement: `_CANCEL_WAITING` of the caller's team's run, the run as it
+# saved it, its audit entry (its detail as `cancel` writes it), and whether the team has an
+# active webhook (most have none: then nothing more is read); the team check is in the UPDATE
+_WAITING_CANCELLED = (
+    update(Run)
+    .where(
+        Run.id == bindparam("run_id"),
+        Run.team_id == bindparam("team"),
+        or_(Run.status == Status.queued.value, Run.status == Status.pending.value),  # no IN
+        # list to expand: `driver_rows` runs it on the driver
+    )
+    .values(
+        status=Status.cancelled.value,
+        cancel_requested=True,
+        finished_at=bindparam("now", type_=Run.finished_at.type),
+    )
+    .returning(*RUN_COLUMNS)
+    .cte("cancelled")
+)
+_CANCEL_WAITING_OF_TEAM = audited_change(
+    _WAITING_CANCELLED,
+    func.json_build_object("name", _WAITING_CANCELLED.c.name, "was", "queued"),
+).add_columns(
+    select(Webhook.id)
+    .where(Webhook.team_id == bindparam("team"), Webhook.active.is_(True))
+    .exists()
+    .label("hooked")
 )
 _FLAG_CANCEL = (
     update(Run)

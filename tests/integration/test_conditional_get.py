@@ -130,5 +130,7 @@ def test_reads_send_no_begin_or_rollback_on_postgres(api, studio_env) -> None:
         assert reads and all(autocommit for _, autocommit in reads), (path, reads)
         assert {verb for verb, _ in reads} == {"SELECT"}, (path, reads)
     written = sent(lambda: api.post(f"/runs/{run_id}/cancel").raise_for_status())
-    assert [verb for verb, _ in written] == ["SELECT", "SELECT", "WITH", "SELECT"], written
+    # the principal; a running run's cancel: the cancel of a waiting run changes nothing, then
+    # the run, its flag and audit entry, the run as it is now
+    assert [verb for verb, _ in written] == ["SELECT", "WITH", "SELECT", "WITH", "SELECT"], written
     assert all(autocommit for _, autocommit in written), written
