@@ -325,7 +325,9 @@ def api_processes(pid: int) -> list[Any]:
 
 
 def cpu_seconds(pid: int) -> dict[int, float]:
-    """User + system CPU seconds of the API server and every process under it, by pid."""
+    """User + system CPU seconds of process `pid` and every process under it, by pid; each with
+    those of its children that ended and were waited for (a job's sandbox process ends with its
+    job: its CPU then counts in its parent's)."""
     import psutil
 
     out: dict[int, float] = {}
@@ -334,12 +336,14 @@ def cpu_seconds(pid: int) -> dict[int, float]:
             times = proc.cpu_times()
         except psutil.Error:
             continue
-        out[proc.pid] = times.user + times.system
+        out[proc.pid] = times.user + times.system + times.children_user + times.children_system
     return out
 
 
 def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(after[p] - before.get(p, 0.0) for p in after)
+    """CPU seconds a tree of processes (`cpu_seconds`) spent between the two readings: those of
+    a process gone meanwhile are in its parent's reading."""
+    return sum(after.values()) - sum(before.values())
 
 
 def named_cpu_seconds(names: tuple[str, ...]) -> dict[int, float]:
@@ -350,7 +354,8 @@ def named_cpu_seconds(names: tuple[str, ...]) -> dict[int, float]:
     for proc in psutil.process_iter(["name", "cpu_times"]):
         times = proc.info["cpu_times"]
         if times is not None and (proc.info["name"] or "").startswith(names):
-            out[proc.pid] = times.user + times.system
+            # with the ended children waited for: PostgreSQL's server waits for its backends
+            out[proc.pid] = times.user + times.system + times.children_user + times.children_system
     return out
 
 

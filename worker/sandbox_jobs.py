@@ -16,6 +16,16 @@ if TYPE_CHECKING:
 
 def preload() -> None:
     """Import torch and the engine while the child waits for its job (the spare child)."""
+    import warnings
+
+    # torch 2.13 warns whenever it copies one of its own tree specs (a `LeafSpec`, built by
+    # `copy` when torch.export copies a program): torch's deprecation, not the job's, and it
+    # came into the worker's log at every model's inspection
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
     import worker.engine.loading  # noqa: F401
     import worker.engine.pipeline  # noqa: F401
     import worker.engine.taps  # noqa: F401

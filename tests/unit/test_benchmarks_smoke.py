@@ -108,3 +108,14 @@ def test_lm_replay_run_quick_replays_without_the_teacher() -> None:
     assert replaying["replayed"] == recording["recorded"] > 0 == replaying["recorded"]
     assert replaying["teacher_perplexity"] == recording["teacher_perplexity"]
     assert min(r["wall_s"] for r in (live, recording, replaying)) > 0
+
+
+def test_the_load_counts_the_cpu_of_a_process_that_ended_in_its_parent() -> None:
+    """`benchmarks.load_api`'s CPU split counts a child that ran and ended between its two
+    readings (a training job's sandbox process ends with its job) in its parent's."""
+    from benchmarks.load_api import cpu_seconds, cpu_spent
+
+    before = cpu_seconds(os.getpid())
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert cpu_spent(before, cpu_seconds(os.getpid())) >= 0.3
