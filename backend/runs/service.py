@@ -1185,7 +1185,9 @@ def cancel_waiting(session: Session, principal: Principal, run_id: int) -> bytes
 _CANCEL_WAITING = (
     update(Run)
     .where(
-        Run.id == bindparam("run_id"), Run.status.in_([Status.queued.value, Status.pending.value])
+        Run.id == bindparam("run_id"),
+        # no IN list to expand: `driver_rows` runs `cancel_waiting`'s form of it on the driver
+        or_(Run.status == Status.queued.value, Run.status == Status.pending.value),
     )
     .values(
         status=Status.cancelled.value,
@@ -1198,20 +1200,7 @@ _CANCEL_WAITING = (
 # saved it, its audit entry (its detail as `cancel` writes it), and whether the team has an
 # active webhook (most have none: then nothing more is read); the team check is in the UPDATE
 _WAITING_CANCELLED = (
-    update(Run)
-    .where(
-        Run.id == bindparam("run_id"),
-        Run.team_id == bindparam("team"),
-        or_(Run.status == Status.queued.value, Run.status == Status.pending.value),  # no IN
-        # list to expand: `driver_rows` runs it on the driver
-    )
-    .values(
-        status=Status.cancelled.value,
-        cancel_requested=True,
-        finished_at=bindparam("now", type_=Run.finished_at.type),
-    )
-    .returning(*RUN_COLUMNS)
-    .cte("cancelled")
+    _CANCEL_WAITING.where(Run.team_id == bindparam("team")).returning(*RUN_COLUMNS).cte("cancelled")
 )
 _CANCEL_WAITING_OF_TEAM = audited_change(
     _WAITING_CANCELLED,
