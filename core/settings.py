@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # for the API and the database beside it, divided among the jobs it runs at once), or
     # OMP_NUM_THREADS where that is set (worker/sandbox.py `job_torch_threads`)
     worker_torch_threads: int = 0
+    # CPU priority (nice, 0-19) of a worker and its jobs: training takes the cores the API and
+    # the database leave (worker/sandbox.py `lower_priority`); 0 leaves the worker's own
+    worker_nice: int = 10
     metrics_flush_s: float = 2.0
     heartbeat_s: float = 5.0  # a training process marks its run alive this often
     run_stale_s: float = 60.0  # a running run without a heartbeat for this long is recovered

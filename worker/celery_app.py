@@ -50,3 +50,11 @@ def _share_the_cores(sender: str, instance: Any, **_: Any) -> None:
     )
     os.environ[sandbox.THREADS_ENV] = str(threads)
     log.info("%s: each job's torch threads: %s", sender, threads or "torch's (OMP_NUM_THREADS)")
+
+
+@signals.celeryd_after_setup.connect
+def _yield_the_cores(sender: str, instance: Any, **_: Any) -> None:
+    """The worker, its pool processes and their jobs at a lower CPU priority than the API and
+    the database beside them (`sandbox.lower_priority`); before the pool forks."""
+    nice = sandbox.lower_priority(get_settings().worker_nice)
+    log.info("%s: CPU priority (nice) %d", sender, nice)

@@ -260,6 +260,25 @@ def job_torch_threads(setting: int, jobs_at_once: int | str, cores: int, omp: st
     return max(1, (cores - 1) // at_once)
 
 
+def lower_priority(nice: int, autogroup: Path = Path("/proc/self/autogroup")) -> int:
+    """Run this process, and every process it starts later, at CPU priority `nice` (0: leave
+    it; only ever lowered): a job then takes the cores that the API, the database and the
+    worker's own reporting leave, and yields them when those need them. Linux groups the
+    processes of each session (autogroup) and shares the cores between the groups first, so a
+    process's own nice counts only within its session: where this process leads its session
+    (the embedded studio starts the worker so), the session's group gets the same nice. Returns
+    the nice this process runs at."""
+    if nice <= 0:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current < nice:
+        os.setpriority(os.PRIO_PROCESS, 0, min(nice, 19))
+    if os.getsid(0) == os.getpid():  # never another session's group (a terminal's)
+        with contextlib.suppress(OSError):  # no autogroup (another kernel, a container)
+            autogroup.write_text(str(min(nice, 19)))
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def use_torch_threads() -> int:
     """In a job's child: set torch's threads from the worker's share (`THREADS_ENV`, set when
     the worker starts; 0 or unset: torch's own), never more than torch's own (one per physical

@@ -159,6 +159,7 @@ def train(
     if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
         summary["cuda_visible_devices"] = visible  # the GPUs leased to this run (worker/gpus.py)
     summary["torch_threads"] = torch.get_num_threads()  # its share of the worker's cores
+    summary["nice"] = os.getpriority(os.PRIO_PROCESS, 0)  # its CPU priority (DS_WORKER_NICE)
     return summary
 
 

@@ -9,6 +9,7 @@ trains on the CPU (2 gloo processes), as it would with no lease."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -81,6 +82,7 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
             "DS_WORKER_GPUS": "0,1,2,3",
             "DS_WORKER_TORCH_THREADS": "1",
             "OMP_NUM_THREADS": "2",
+            "DS_WORKER_NICE": "0",
         },
     ).start()
     held_dir = gpus.lock_dir(studio_env.data_dir)
@@ -116,6 +118,7 @@ def test_a_four_gpu_worker_leases_two_gpus_to_a_two_gpu_run(
         assert "waiting" not in done["summary"]
         assert done["summary"]["student_top1"] is not None
         assert done["summary"]["torch_threads"] == 1  # the worker's setting, in its job
+        assert done["summary"]["nice"] == os.getpriority(os.PRIO_PROCESS, 0)  # 0: left as it was
         assert gpus.Pool(["0", "1", "2", "3"], held_dir).free() == 4  # released before the outcome
     finally:
         if held is not None:

@@ -75,6 +75,7 @@ def test_inspect_plan_distill_on_a_real_worker(api, worker, demo_files) -> None:
     summary = done["summary"]
     assert summary["student_top1"] > 0.5 and summary["teacher_top1"] > 0.9
     assert summary["torch_threads"] == 1  # the tests' OMP_NUM_THREADS=1, left to torch
+    assert summary["nice"] >= 10  # DS_WORKER_NICE's default: below the API's priority
 
     series = api.get(f"/runs/{done['id']}/metrics").json()["series"]
     assert {"loss", "loss/ce", "loss/kd", "loss/fitnets", "lr", "val/top1"} <= set(series)

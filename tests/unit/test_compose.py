@@ -172,6 +172,16 @@ def test_a_gpu_worker_for_n_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker_queues(["gpu"], len(devices)) == ["gpu", "gpu-2", "gpu-3", "gpu-4"]
 
 
+def test_workers_yield_the_cores_to_the_api(compose: dict) -> None:
+    """Docker shares a host's cores between containers by weight, whatever the nice inside:
+    the workers weigh less than the API and the database (left at Docker's 1024)."""
+    services = compose["services"]
+    for name in ("worker-gpu", "worker-cpu"):
+        assert 2 <= services[name]["cpu_shares"] < 1024
+    for name in ("api", "postgres", "redis", "ui"):
+        assert "cpu_shares" not in services[name]
+
+
 def test_api_runs_several_processes(compose: dict) -> None:
     """The API command starts several uvicorn worker processes (`--workers N`, N >= 2)."""
     (api_cmd,) = [c for c in _commands(compose["services"]["api"]) if c[1] == "api"]
