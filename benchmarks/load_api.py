@@ -26,7 +26,9 @@ httpx's 1.1-1.5 ms of CPU per request from the cores it shares with the server):
 
 With `--seed-runs` / `--seed-points` the database first gets that many extra runs (finished,
 of the admin's team) and metric points, bulk-inserted through `core.db.tables`: one run with a
-`--big-series` points long series (200,000 by default), the rest in 10,000-point series; the load
+`--big-series` points long series (200,000 by default), the rest in 10,000-point series, then on
+PostgreSQL `VACUUM ANALYZE` (as autovacuum leaves a running studio's tables; it is off on this
+machine's server, and the loads before 2026-12-06 went without); the load
 then also reads a seeded run's 10,000 points (`GET /runs/{id}/metrics (10k)`), and after the load
 the big series is read sequentially, whole and downsampled (`max_points=1000`), timed and sized.
 
@@ -282,12 +284,27 @@ def seed(
         for run_id, _ in series:
             with session_scope() as s:
                 build_chunks(s, run_id)
+    settle()
     print(
         f"seeded {runs} runs and {sum(n for _, n in series)} metric points in "
         f"{time.perf_counter() - started:.0f}s",
         file=sys.stderr,
     )
     return ids[0], (series[1][0] if len(series) > 1 else None)
+
+
+def settle() -> None:
+    """On PostgreSQL, `VACUUM ANALYZE` the seeded database: what autovacuum does to a running
+    studio's tables a minute or so after a bulk insert (statistics, hint bits, the visibility
+    map). Autovacuum is off on this machine's server (`SHOW autovacuum`): the loads before
+    2026-12-06 read tables never vacuumed nor analyzed."""
+    from core.db import get_engine
+
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE")
 
 
 def big_series_reads(client: httpx.Client, run_id: int, times: int = 10) -> dict[str, Any]:
