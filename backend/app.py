@@ -26,6 +26,7 @@ from backend.catalog.router import router as catalog_router
 from backend.compare.router import router as compare_router
 from backend.datasets.router import router as datasets_router
 from backend.events.router import router as events_router
+from backend.fast_reads import FastReads
 from backend.json_depth import JsonDepthLimit
 from backend.limits import BodyLimit
 from backend.models.router import router as models_router
@@ -118,7 +119,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def create_app() -> FastAPI:
+def create_app(*, fast_reads: bool = True) -> FastAPI:
+    """The API; `fast_reads=False` without `backend.fast_reads` (every request through FastAPI's
+    routes: the tests compare the two)."""
     app = FastAPI(
         lifespan=lifespan,
         title="Distill Studio",
@@ -133,6 +136,8 @@ def create_app() -> FastAPI:
     openapi_examples.install(app)
     app.add_middleware(JsonDepthLimit)  # 422 for deeply nested JSON, before parsing it
     app.add_middleware(BodyLimit)  # 413 while the body streams in, before parsing it
+    if fast_reads:  # the polled reads of runs and metrics, answered before FastAPI's routing
+        app.add_middleware(FastReads)
     # the router tries routes in this order: the runs' (the most requested) first
     for router in (
         health_router,

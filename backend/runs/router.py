@@ -3,6 +3,7 @@ register a finished run's student as a model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
@@ -199,21 +200,20 @@ def plan(
 # `If-None-Match` that names it, so pollers get no body while nothing changed.
 
 
-@router.get(
-    "",
-    response_model=Page[RunOut],
-    responses={**NOT_MODIFIED, **responses(401, 403, 422, 503)},
-    summary="Runs of your team, newest first",
-)
-async def list_runs(
-    credentials: CredentialsDep,
-    if_none_match: IfNoneMatch = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-    status: Status | None = None,
-    teacher_model_id: int | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="Name contains (any case).")] = None,
-) -> Response:
+Reader = Callable[[Session, Principal], bytes]
+PAGE_MAX = 200  # the most runs one page holds
+NAME_QUERY_MAX = 200  # the longest `q`
+
+
+def runs_page_reader(
+    limit: int,
+    cursor: str | None,
+    status: Status | None,
+    teacher_model_id: int | None,
+    q: str | None,
+) -> Reader:
+    """What `GET /runs` reads (here and in `backend.fast_reads`)."""
+
     def read(session: Session, principal: Principal) -> bytes:
         rows, next_cursor = service.list_runs(
             session,
@@ -226,6 +226,56 @@ async def list_runs(
         )
         return service.runs_page_json(rows, next_cursor)
 
+    return read
+
+
+def run_reader(run_id: int) -> Reader:
+    """What `GET /runs/{run_id}` reads."""
+
+    def read(session: Session, principal: Principal) -> bytes:
+        body = service.run_for_read_json(session, run_id, principal.team_id)  # 404 first
+        require(principal, Permission.read)
+        return body
+
+    return read
+
+
+def metrics_reader(
+    run_id: int, names: str | None, since_step: int | None, max_points: int | None
+) -> Reader:
+    """What `GET /runs/{run_id}/metrics` reads."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
+
+    def read(session: Session, principal: Principal) -> bytes:
+        # the team check is in the read's statements: no look-up of the run before them
+        run = service.RunRef(run_id, principal.team_id)
+        series = service.metrics(session, run, wanted, since_step, max_points)
+        if not series:  # no points, or not the team's run: 404 for that first, as OwnedRun
+            service.run_ref(session, run_id, principal.team_id)
+        require(principal, Permission.read)
+        return service.metrics_json(series)
+
+    return read
+
+
+@router.get(
+    "",
+    response_model=Page[RunOut],
+    responses={**NOT_MODIFIED, **responses(401, 403, 422, 503)},
+    summary="Runs of your team, newest first",
+)
+async def list_runs(
+    credentials: CredentialsDep,
+    if_none_match: IfNoneMatch = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
+    cursor: str | None = None,
+    status: Status | None = None,
+    teacher_model_id: int | None = None,
+    q: Annotated[
+        str | None, Query(max_length=NAME_QUERY_MAX, description="Name contains (any case).")
+    ] = None,
+) -> Response:
+    read = runs_page_reader(limit, cursor, status, teacher_model_id, q)
     return json_or_not_modified(await read_as(credentials, read), if_none_match)
 
 
@@ -238,12 +288,7 @@ async def list_runs(
 async def get_run(
     credentials: CredentialsDep, run_id: int, if_none_match: IfNoneMatch = None
 ) -> Response:
-    def read(session: Session, principal: Principal) -> bytes:
-        body = service.run_for_read_json(session, run_id, principal.team_id)  # 404 first
-        require(principal, Permission.read)
-        return body
-
-    return json_or_not_modified(await read_as(credentials, read), if_none_match)
+    return json_or_not_modified(await read_as(credentials, run_reader(run_id)), if_none_match)
 
 
 @router.get(
@@ -277,17 +322,7 @@ async def get_metrics(
     ] = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
-    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-
-    def read(session: Session, principal: Principal) -> bytes:
-        # the team check is in the read's statements: no look-up of the run before them
-        run = service.RunRef(run_id, principal.team_id)
-        series = service.metrics(session, run, wanted, since_step, max_points)
-        if not series:  # no points, or not the team's run: 404 for that first, as OwnedRun
-            service.run_ref(session, run_id, principal.team_id)
-        require(principal, Permission.read)
-        return service.metrics_json(series)
-
+    read = metrics_reader(run_id, names, since_step, max_points)
     return json_or_not_modified(await read_as(credentials, read), if_none_match)
 
 
